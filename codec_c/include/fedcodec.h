@@ -1,0 +1,232 @@
+/*
+ * fedcodec.h - the one public header of the fedcodec C library.
+ *
+ * fedcodec compresses float32 tensors (typically the differential weight
+ * updates of federated learning) with a rate-distortion optimizing scalar
+ * quantizer (DeepCABAC-style) followed by a context-adaptive binary range
+ * coder.  A call encodes a whole set of tensors into one self-contained
+ * container; the byte layout is documented in codec_c/FORMAT.md.
+ *
+ * Conventions
+ *   - Every function returns an `enum fc_result`; sizes and counts are
+ *     returned through out-parameters.  FC_OK is 0, errors are positive and
+ *     their numbers never change.  fc_result_name() names them.
+ *   - Option structs carry their own size (`struct_size`): initialize them
+ *     with the matching *_init() function, then change fields.  A struct from
+ *     an older header (smaller struct_size) is accepted; fields it lacks take
+ *     their defaults.
+ *   - Tensors are row-major and contiguous.  A tensor of shape (d0, d1, ...)
+ *     is coded as d0 rows of d1*d2*... columns (a 1-D tensor is one row; a
+ *     0-D tensor one element).
+ *
+ * Thread safety
+ *   All functions are reentrant: they keep no global mutable state, so any
+ *   number of threads may call them at once on different buffers.  Encoding
+ *   and decoding run on up to `threads` worker threads of their own inside
+ *   one call; the call returns only after those threads have finished.
+ *
+ * Determinism
+ *   For the same tensors and options the encoder produces the same bytes on
+ *   every run, platform and thread count (the slicing of a tensor never
+ *   depends on the thread count).  The decoder's reconstruction of a level
+ *   k is the float32 product (float)k * step, so an encoder-side
+ *   reconstruction (fc_tensor.recon) equals what any decoder produces.
+ *
+ * What not to rely on
+ *   The exact bytes produced by the encoder may change between library
+ *   versions (better compression); the container version only changes when
+ *   old decoders could not read the new output.
+ */
+#ifndef FEDCODEC_H
+#define FEDCODEC_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#define FC_VERSION_MAJOR 0
+#define FC_VERSION_MINOR 1
+#define FC_VERSION_PATCH 0
+
+/* Container format version written by this library (FORMAT.md). */
+#define FC_FORMAT_VERSION 1
+
+/* Largest number of dimensions of a tensor. */
+#define FC_MAX_DIMS 8
+
+/* Largest number of `|level| > j` flags (the N of the binarization). */
+#define FC_MAX_GTX 8
+
+/* Largest absolute quantization level (levels are int32). */
+#define FC_MAX_LEVEL ((int32_t)((1u << 30) - 1))
+
+/* Result codes.  The numbers are part of the ABI and never change. */
+enum fc_result {
+    FC_OK = 0,
+    FC_ERR_INVALID_ARGUMENT = 1,  /* a parameter is out of range or NULL */
+    FC_ERR_NONFINITE = 2,         /* an input value is NaN or infinite */
+    FC_ERR_LEVEL_OVERFLOW = 3,    /* |value / step| exceeds FC_MAX_LEVEL */
+    FC_ERR_BUFFER_TOO_SMALL = 4,  /* output capacity too small */
+    FC_ERR_TRUNCATED = 5,         /* the container ends early */
+    FC_ERR_CORRUPT = 6,           /* the container is malformed */
+    FC_ERR_CHECKSUM = 7,          /* the CRC32 does not match */
+    FC_ERR_VERSION = 8,           /* unknown magic or format version */
+    FC_ERR_LIMIT = 9,             /* a decoder limit is exceeded */
+    FC_ERR_MISMATCH = 10,         /* targets do not match the container */
+    FC_ERR_NOMEM = 11,            /* memory allocation failed */
+    FC_ERR_THREAD = 12            /* a worker thread could not start */
+};
+
+/* A static, NUL-terminated name such as "FC_ERR_CORRUPT"; "FC_ERR_UNKNOWN"
+ * for numbers this version does not know. */
+const char *fc_result_name(int result);
+
+/* The library version as "major.minor.patch". */
+const char *fc_version_string(void);
+
+/* ------------------------------------------------------------------------ */
+/* Encoding                                                                  */
+/* ------------------------------------------------------------------------ */
+
+/* Significance-coding mode of a slice.  FC_MODE_AUTO lets the encoder pick
+ * per slice from the density of nonzero levels. */
+enum fc_mode {
+    FC_MODE_AUTO = -1,
+    FC_MODE_DENSE = 0,   /* a significance flag per element */
+    FC_MODE_GROUPED = 1, /* row flags, 16-element group flags, then sig flags */
+    FC_MODE_RUNS = 2     /* Exp-Golomb coded gaps between nonzeros */
+};
+
+/* One tensor to encode.  Exactly one of `values` and `levels` is non-NULL. */
+typedef struct fc_tensor {
+    uint32_t index;                /* id written to the container; strictly
+                                      increasing across one call */
+    uint32_t ndim;                 /* 0 .. FC_MAX_DIMS */
+    uint64_t shape[FC_MAX_DIMS];   /* sizes of the first ndim dimensions */
+    const float *values;           /* float32 weights to quantize, or NULL */
+    const int32_t *levels;         /* integer levels coded losslessly
+                                      (|level| <= FC_MAX_LEVEL), or NULL */
+    const float *importance;       /* optional per-weight importance eta >= 0
+                                      (values only); NULL means eta = 1.  It is
+                                      normalized to mean 1 inside. */
+    double step;                   /* > 0: use this step (required with
+                                      levels); 0: derive it from S (below) */
+    double sigma_min;              /* > 0: the sigma_min of the step formula;
+                                      0: the RMS of the nonzero values */
+    float *recon;                  /* optional out: level * step per weight,
+                                      exactly what a decoder reconstructs */
+} fc_tensor;
+
+/* Per-tensor results of an encode. */
+typedef struct fc_tensor_stats {
+    double step;          /* the step used (float32-representable) */
+    uint64_t nonzeros;    /* number of nonzero levels */
+    uint64_t bytes;       /* bytes of this tensor in the container
+                             (its header and payloads) */
+    uint32_t slices;      /* number of independent slices */
+    uint32_t modes;       /* bit m set when some slice used mode m */
+    double sq_error;      /* sum of (value - recon)^2 (0 for levels) */
+} fc_tensor_stats;
+
+typedef struct fc_encode_options {
+    size_t struct_size;     /* sizeof(fc_encode_options) */
+    double lambda;          /* rate-distortion trade-off >= 0, in units of
+                               step^2 per bit; 0 means plain rounding.
+                               ln(2)/6 ~= 0.1155 is the high-rate optimum. */
+    uint32_t S;             /* step resolution S >= 0 of the DeepCABAC rule
+                               step = 2|w|max / (2|w|max / sigma_min + S) */
+    uint32_t max_gtx;       /* N: number of |level| > j flags, 1..FC_MAX_GTX
+                               (default 4) */
+    uint32_t threads;       /* worker threads; 0 = all online CPUs */
+    uint32_t slice_elems;   /* target elements per slice (default 262144) */
+    int32_t mode;           /* enum fc_mode; default FC_MODE_AUTO */
+    uint32_t window_set;    /* probability-estimator window set 0..7
+                               (default 0 = shifts 4 and 7) */
+} fc_encode_options;
+
+/* Fill `opts` with the defaults (and struct_size). */
+void fc_encode_options_init(fc_encode_options *opts);
+
+/* An upper bound of the container size for these tensors (any options).
+ * Returns 0 when the tensor descriptions are invalid. */
+size_t fc_encode_bound(const fc_tensor *tensors, size_t count);
+
+/* Encode `count` tensors into `dst` (capacity `dst_capacity`, which
+ * fc_encode_bound() always satisfies).  On FC_OK *dst_size holds the
+ * container size; `stats` (NULL, or `count` entries) receives per-tensor
+ * statistics.  On FC_ERR_BUFFER_TOO_SMALL *dst_size holds the size that is
+ * needed.  On other errors *dst_size is 0; `bad_tensor` (may be NULL)
+ * receives the position in `tensors` of the tensor at fault, or SIZE_MAX. */
+enum fc_result fc_encode(const fc_tensor *tensors, size_t count,
+                         const fc_encode_options *opts,
+                         uint8_t *dst, size_t dst_capacity, size_t *dst_size,
+                         fc_tensor_stats *stats, size_t *bad_tensor);
+
+/* ------------------------------------------------------------------------ */
+/* Decoding                                                                  */
+/* ------------------------------------------------------------------------ */
+
+typedef struct fc_decode_options {
+    size_t struct_size;        /* sizeof(fc_decode_options) */
+    uint32_t threads;          /* worker threads; 0 = all online CPUs */
+    uint32_t max_tensors;      /* default 1 << 20 */
+    uint64_t max_tensor_elems; /* default 1 << 32 */
+    uint64_t max_total_elems;  /* default 1 << 32 */
+} fc_decode_options;
+
+void fc_decode_options_init(fc_decode_options *opts);
+
+/* What the container says about one tensor. */
+typedef struct fc_tensor_info {
+    uint32_t index;
+    uint32_t ndim;
+    uint64_t shape[FC_MAX_DIMS];
+    uint64_t numel;
+    double step;
+    uint32_t slices;
+    uint32_t max_gtx;
+} fc_tensor_info;
+
+/* Parse and check a container without decoding payloads: magic, version,
+ * CRC32, every header field and the limits in `opts` (NULL = defaults).
+ * *count receives the number of tensors; the first min(count, capacity)
+ * entries of `infos` (may be NULL when capacity is 0) are filled. */
+enum fc_result fc_inspect(const uint8_t *src, size_t src_size,
+                          const fc_decode_options *opts,
+                          fc_tensor_info *infos, size_t capacity,
+                          size_t *count);
+
+/* Accumulator element types for fc_decode_target.acc. */
+enum fc_acc_dtype { FC_ACC_NONE = 0, FC_ACC_F32 = 1, FC_ACC_F64 = 2 };
+
+/* Where one tensor's decoded data goes.  Any combination of the pointers may
+ * be set (each holds numel elements); all NULL skips the tensor's payload. */
+typedef struct fc_decode_target {
+    int32_t *levels;       /* out: the integer levels */
+    float *values;         /* out: level * step, float32 */
+    void *acc;             /* in/out: acc[i] += weight * (level * step) */
+    int32_t acc_dtype;     /* enum fc_acc_dtype of acc */
+    double weight;         /* accumulation weight */
+} fc_decode_target;
+
+/* Decode a container into `targets`, one per tensor in container order
+ * (`count` must equal the tensor count).  The container is checked in full
+ * (as by fc_inspect) before any target is written.  A payload that turns out
+ * malformed while decoding returns FC_ERR_CORRUPT; `levels` and `values`
+ * targets may then hold partial data, but accumulators are never touched:
+ * when any target accumulates, every payload is first decoded once without
+ * output, so a rejected container leaves every accumulator as it was.
+ * Hostile input never causes a read outside `src`, a write outside the
+ * targets, or work beyond a bounded amount per element. */
+enum fc_result fc_decode(const uint8_t *src, size_t src_size,
+                         const fc_decode_options *opts,
+                         const fc_decode_target *targets, size_t count);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* FEDCODEC_H */

@@ -1,0 +1,153 @@
+/*
+ * binarize.h - DeepCABAC binarization of one level, and of a run length.
+ *
+ * A nonzero level v (its significance is coded by the caller, by mode):
+ *   sign        1 bin, context from the signs of left and above
+ *   |v| > j+1   for j = 0 .. N-1, unary, stopping at the first 0; context
+ *               by j and min(|left| + |above|, 3)
+ *   remainder   r = |v| - N - 1 when all N flags were 1, as order-0
+ *               Exp-Golomb: x = r + 1, e = floor(log2 x); e ones and a zero
+ *               (context by position and the neighbourhood's magnitude
+ *               class), then the e low bits of x: the first context-coded
+ *               by e, the rest bypass.
+ * A gap g (runs mode) is order-k Exp-Golomb: e = floor(log2(g/2^k + 1)); e
+ * ones and a zero (context by position), then e + k suffix bits: the first
+ * two context-coded by e, the rest bypass.
+ *
+ * Each element has three forms here: code it (encoder), decode it, and the
+ * rate model's pair cost/update (quantizer).  Keep them in step.
+ */
+#ifndef FC_BINARIZE_H
+#define FC_BINARIZE_H
+
+#include "contexts.h"
+
+static inline unsigned fc_min_u(unsigned a, unsigned b) { return a < b ? a : b; }
+
+/* ---------------------------------------------------------------- encode */
+
+static inline void fc_enc_level(fc_rc_enc *e, fc_ctxset *s, int32_t v, fc_nbr nb, unsigned N)
+{
+    unsigned a = fc_abs32(v), j, x, ep;
+    fc_rc_encode(e, &s->sign[nb.sign_ctx], v < 0);
+    for (j = 0; j < N; j++) {
+        unsigned f = a > j + 1u;
+        fc_rc_encode(e, &s->gtx[j][nb.gtx_class], f);
+        if (!f) return;
+    }
+    x = a - N; /* r + 1 */
+    ep = fc_ilog2_32(x);
+    for (j = 0; j < ep; j++)
+        fc_rc_encode(e, &s->rem_prefix[nb.rem_class][fc_min_u(j, FC_REM_PREFIX_POS - 1)], 1);
+    fc_rc_encode(e, &s->rem_prefix[nb.rem_class][fc_min_u(ep, FC_REM_PREFIX_POS - 1)], 0);
+    if (ep > 0) {
+        fc_rc_encode(e, &s->rem_suffix[fc_min_u(ep, FC_REM_PREFIX_POS) - 1], (x >> (ep - 1)) & 1u);
+        fc_rc_bypass(e, x, ep - 1);
+    }
+}
+
+static inline void fc_enc_gap(fc_rc_enc *e, fc_ctxset *s, uint64_t g, unsigned k)
+{
+    uint64_t q = (g >> k) + 1u, rest;
+    unsigned ep = fc_ilog2_64(q), j, nbits, lead;
+    for (j = 0; j < ep; j++) fc_rc_encode(e, &s->gap_prefix[fc_min_u(j, FC_GAP_PREFIX_POS - 1)], 1);
+    fc_rc_encode(e, &s->gap_prefix[fc_min_u(ep, FC_GAP_PREFIX_POS - 1)], 0);
+    nbits = ep + k;
+    rest = g - ((((uint64_t)1 << ep) - 1u) << k);
+    lead = nbits < 2 ? nbits : 2;
+    for (j = 0; j < lead; j++) {
+        unsigned bit = (unsigned)((rest >> (nbits - 1u - j)) & 1u);
+        fc_rc_encode(e, &s->gap_suffix[fc_min_u(ep, FC_GAP_PREFIX_POS - 1)][j], bit);
+    }
+    fc_rc_bypass(e, rest, nbits - lead);
+}
+
+/* ---------------------------------------------------------------- decode */
+
+/* Returns the level (nonzero), or 0 when the stream is malformed. */
+static inline int32_t fc_dec_level(fc_rc_dec *d, fc_ctxset *s, fc_nbr nb, unsigned N)
+{
+    unsigned neg = fc_rc_decode(d, &s->sign[nb.sign_ctx]);
+    unsigned a = 1, j, ep;
+    uint32_t x;
+    for (j = 0; j < N; j++) {
+        if (!fc_rc_decode(d, &s->gtx[j][nb.gtx_class])) goto done;
+        a++;
+    }
+    for (ep = 0;; ep++) {
+        if (!fc_rc_decode(d, &s->rem_prefix[nb.rem_class][fc_min_u(ep, FC_REM_PREFIX_POS - 1)]))
+            break;
+        if (ep >= FC_MAX_EG_PREFIX) return 0;
+    }
+    x = 1;
+    if (ep > 0) {
+        x = (x << 1) | fc_rc_decode(d, &s->rem_suffix[fc_min_u(ep, FC_REM_PREFIX_POS) - 1]);
+        x = (x << (ep - 1)) | (uint32_t)fc_rc_bypass_dec(d, ep - 1);
+    }
+    if ((uint64_t)x + N > (uint64_t)FC_MAX_LEVEL) return 0;
+    a = N + x;
+done:
+    return neg ? -(int32_t)a : (int32_t)a;
+}
+
+/* Returns 0 on success, -1 when the stream is malformed. */
+static inline int fc_dec_gap(fc_rc_dec *d, fc_ctxset *s, unsigned k, uint64_t *g)
+{
+    unsigned ep, j, nbits, lead;
+    uint64_t rest = 0;
+    for (ep = 0;; ep++) {
+        if (!fc_rc_decode(d, &s->gap_prefix[fc_min_u(ep, FC_GAP_PREFIX_POS - 1)])) break;
+        if (ep >= FC_MAX_GAP_PREFIX) return -1;
+    }
+    nbits = ep + k;
+    if (nbits > 62) return -1;
+    lead = nbits < 2 ? nbits : 2;
+    for (j = 0; j < lead; j++)
+        rest = (rest << 1) | fc_rc_decode(d, &s->gap_suffix[fc_min_u(ep, FC_GAP_PREFIX_POS - 1)][j]);
+    rest = (rest << (nbits - lead)) | fc_rc_bypass_dec(d, nbits - lead);
+    *g = rest + ((((uint64_t)1 << ep) - 1u) << k);
+    return 0;
+}
+
+/* ------------------------------------------------------------ rate model */
+
+/* Bits to code the nonzero magnitude a >= 1 with sign `neg`. */
+static inline float fc_cost_level(const fc_ctxset *s, unsigned a, unsigned neg, fc_nbr nb, unsigned N)
+{
+    float bits = fc_ctx_cost(&s->sign[nb.sign_ctx], neg);
+    unsigned j, x, ep;
+    for (j = 0; j < N; j++) {
+        unsigned f = a > j + 1u;
+        bits += fc_ctx_cost(&s->gtx[j][nb.gtx_class], f);
+        if (!f) return bits;
+    }
+    x = a - N;
+    ep = fc_ilog2_32(x);
+    for (j = 0; j < ep; j++)
+        bits += fc_ctx_cost(&s->rem_prefix[nb.rem_class][fc_min_u(j, FC_REM_PREFIX_POS - 1)], 1);
+    bits += fc_ctx_cost(&s->rem_prefix[nb.rem_class][fc_min_u(ep, FC_REM_PREFIX_POS - 1)], 0);
+    if (ep > 0) {
+        bits += fc_ctx_cost(&s->rem_suffix[fc_min_u(ep, FC_REM_PREFIX_POS) - 1], (x >> (ep - 1)) & 1u);
+        bits += (float)(ep - 1);
+    }
+    return bits;
+}
+
+static inline void fc_update_level(fc_ctxset *s, int32_t v, fc_nbr nb, unsigned N)
+{
+    unsigned a = fc_abs32(v), j, x, ep;
+    fc_ctx_update(&s->sign[nb.sign_ctx], v < 0);
+    for (j = 0; j < N; j++) {
+        unsigned f = a > j + 1u;
+        fc_ctx_update(&s->gtx[j][nb.gtx_class], f);
+        if (!f) return;
+    }
+    x = a - N;
+    ep = fc_ilog2_32(x);
+    for (j = 0; j < ep; j++)
+        fc_ctx_update(&s->rem_prefix[nb.rem_class][fc_min_u(j, FC_REM_PREFIX_POS - 1)], 1);
+    fc_ctx_update(&s->rem_prefix[nb.rem_class][fc_min_u(ep, FC_REM_PREFIX_POS - 1)], 0);
+    if (ep > 0) fc_ctx_update(&s->rem_suffix[fc_min_u(ep, FC_REM_PREFIX_POS) - 1], (x >> (ep - 1)) & 1u);
+}
+
+#endif /* FC_BINARIZE_H */

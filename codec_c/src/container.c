@@ -1,0 +1,197 @@
+/* container.c - container parsing (hostile input) and header writing. */
+#include <math.h>
+
+#include "container.h"
+
+int fc_layout(uint32_t ndim, const uint64_t *shape, uint64_t *numel, uint64_t *rows, uint64_t *cols)
+{
+    uint64_t n = 1, c = 1;
+    uint32_t i;
+    for (i = 0; i < ndim; i++) {
+        if (shape[i] != 0 && n > UINT64_MAX / shape[i]) return 0;
+        n *= shape[i];
+        if (i > 0) c *= shape[i];
+    }
+    if (n > ((uint64_t)1 << 62)) return 0;
+    *numel = n;
+    if (ndim == 0) {
+        *rows = 1;
+        *cols = 1;
+    } else if (ndim == 1) {
+        *rows = 1;
+        *cols = shape[0];
+    } else {
+        *rows = shape[0];
+        *cols = c;
+    }
+    return 1;
+}
+
+void fc_parsed_free(fc_parsed *p)
+{
+    free(p->tensors);
+    free(p->slices);
+    p->tensors = NULL;
+    p->slices = NULL;
+    p->count = p->nslices = 0;
+}
+
+#define CHECK(expr)                   \
+    do {                              \
+        int rc_ = (expr);             \
+        if (rc_ != FC_OK) return rc_; \
+    } while (0)
+
+static int parse_tensor(fc_reader *r, const fc_decode_options *o, int64_t *last_index,
+                        uint64_t *total, fc_tensor_desc *td, fc_parsed *out, size_t *slice_cap)
+{
+    uint64_t v, s, rows_seen = 0, nsl;
+    size_t first;
+    uint32_t i;
+    uint8_t byte;
+
+    memset(td, 0, sizeof(*td));
+    CHECK(fc_get_varint(r, &v));
+    if (v > FC_MAX_INDEX || (int64_t)v <= *last_index) return FC_ERR_CORRUPT;
+    *last_index = (int64_t)v;
+    td->index = (uint32_t)v;
+
+    CHECK(fc_get_u8(r, &byte));
+    td->ndim = byte & 0x0Fu;
+    if ((byte >> 4) != FC_DTYPE_F32 || td->ndim > FC_MAX_DIMS) return FC_ERR_CORRUPT;
+    for (i = 0; i < td->ndim; i++) {
+        CHECK(fc_get_varint(r, &td->shape[i]));
+        if (td->shape[i] > o->max_tensor_elems && td->shape[i] > 1) return FC_ERR_LIMIT;
+    }
+    if (!fc_layout(td->ndim, td->shape, &td->numel, &td->rows, &td->cols)) return FC_ERR_LIMIT;
+    if (td->numel > o->max_tensor_elems) return FC_ERR_LIMIT;
+    *total += td->numel;
+    if (*total > o->max_total_elems) return FC_ERR_LIMIT;
+
+    if (r->end - r->p < 4) return FC_ERR_TRUNCATED;
+    td->step = fc_bits_f32(fc_load_le32(r->p));
+    r->p += 4;
+    if (!isnormal(td->step) || !(td->step > 0.0f)) return FC_ERR_CORRUPT;
+
+    CHECK(fc_get_u8(r, &byte));
+    td->max_gtx = byte & 0x0Fu;
+    td->window_set = (byte >> 4) & 7u;
+    if (td->max_gtx < 1 || td->max_gtx > FC_MAX_GTX || (byte & 0x80u)) return FC_ERR_CORRUPT;
+
+    CHECK(fc_get_varint(r, &nsl));
+    if (nsl > td->rows || (td->numel == 0 && nsl != 0)) return FC_ERR_CORRUPT;
+    /* Each slice entry takes at least 3 bytes: bounds the allocation. */
+    if (nsl > (uint64_t)(r->end - r->p) / 3u) return FC_ERR_TRUNCATED;
+    td->nslices = (size_t)nsl;
+    first = out->nslices;
+    if (out->nslices + td->nslices > *slice_cap) {
+        size_t cap = *slice_cap ? *slice_cap : 16;
+        fc_slice_desc *p;
+        while (cap < out->nslices + td->nslices) cap *= 2;
+        p = (fc_slice_desc *)realloc(out->slices, cap * sizeof(*p));
+        if (!p) return FC_ERR_NOMEM;
+        out->slices = p;
+        *slice_cap = cap;
+    }
+    for (s = 0; s < nsl; s++) {
+        fc_slice_desc *sd = &out->slices[first + s];
+        uint64_t sz;
+        CHECK(fc_get_varint(r, &sd->rows));
+        CHECK(fc_get_u8(r, &byte));
+        CHECK(fc_get_varint(r, &sz));
+        sd->mode = byte & 3u;
+        sd->k = (byte >> 2) & 31u;
+        if (sd->rows == 0 || sd->rows > td->rows - rows_seen || sd->mode > FC_MODE_RUNS ||
+            (byte & 0x80u) || (sd->mode != FC_MODE_RUNS && sd->k != 0))
+            return FC_ERR_CORRUPT;
+        rows_seen += sd->rows;
+        if (sz > (uint64_t)(r->end - r->p)) return FC_ERR_TRUNCATED;
+        sd->size = (size_t)sz;
+        sd->payload = NULL;
+        out->nslices++;
+    }
+    if (nsl != 0 && rows_seen != td->rows) return FC_ERR_CORRUPT;
+    for (s = 0; s < nsl; s++) {
+        fc_slice_desc *sd = &out->slices[first + s];
+        if ((size_t)(r->end - r->p) < sd->size) return FC_ERR_TRUNCATED;
+        sd->payload = r->p;
+        r->p += sd->size;
+    }
+    /* Store the offset; pointers are fixed once the table stops moving. */
+    td->slices = (fc_slice_desc *)(uintptr_t)first;
+    return FC_OK;
+}
+
+int fc_parse(const uint8_t *src, size_t size, const fc_decode_options *o, fc_parsed *out)
+{
+    fc_reader r;
+    uint64_t count, t, total = 0;
+    int64_t last_index = -1;
+    size_t slice_cap = 0, i;
+    int rc;
+
+    memset(out, 0, sizeof(*out));
+    if (!src && size) return FC_ERR_INVALID_ARGUMENT;
+    if (size < 4) return FC_ERR_TRUNCATED;
+    if (src[0] != FC_MAGIC0 || src[1] != FC_MAGIC1 || src[2] != FC_MAGIC2 || src[3] != FC_MAGIC3)
+        return FC_ERR_VERSION;
+    if (size < 11) return FC_ERR_TRUNCATED;
+    if (src[4] != FC_FORMAT_VERSION) return FC_ERR_VERSION;
+    if (fc_crc32(0, src, size - 4) != fc_load_le32(src + size - 4)) return FC_ERR_CHECKSUM;
+    if (src[5] != 0) return FC_ERR_CORRUPT;
+
+    r.p = src + 6;
+    r.end = src + size - 4;
+    rc = fc_get_varint(&r, &count);
+    if (rc != FC_OK) return rc;
+    if (count > o->max_tensors) return FC_ERR_LIMIT;
+    /* Each tensor takes at least 8 bytes: bounds the allocation. */
+    if (count > (uint64_t)(r.end - r.p) / 8u) return FC_ERR_TRUNCATED;
+    out->tensors = (fc_tensor_desc *)calloc(count ? (size_t)count : 1, sizeof(fc_tensor_desc));
+    if (!out->tensors) return FC_ERR_NOMEM;
+    for (t = 0; t < count; t++) {
+        rc = parse_tensor(&r, o, &last_index, &total, &out->tensors[t], out, &slice_cap);
+        if (rc != FC_OK) {
+            fc_parsed_free(out);
+            return rc;
+        }
+        out->count = (size_t)t + 1;
+    }
+    if (r.p != r.end) {
+        fc_parsed_free(out);
+        return FC_ERR_CORRUPT;
+    }
+    for (i = 0; i < out->count; i++)
+        out->tensors[i].slices = out->slices + (size_t)(uintptr_t)out->tensors[i].slices;
+    return FC_OK;
+}
+
+void fc_write_container_header(fc_buf *b, size_t count)
+{
+    fc_buf_put(b, FC_MAGIC0);
+    fc_buf_put(b, FC_MAGIC1);
+    fc_buf_put(b, FC_MAGIC2);
+    fc_buf_put(b, FC_MAGIC3);
+    fc_buf_put(b, FC_FORMAT_VERSION);
+    fc_buf_put(b, 0);
+    fc_put_varint(b, count);
+}
+
+void fc_write_tensor_header(fc_buf *b, const fc_tensor_desc *t)
+{
+    uint8_t le[4];
+    uint32_t i;
+    size_t s;
+    fc_put_varint(b, t->index);
+    fc_buf_put(b, (uint8_t)((FC_DTYPE_F32 << 4) | t->ndim));
+    for (i = 0; i < t->ndim; i++) fc_put_varint(b, t->shape[i]);
+    fc_store_le32(le, fc_f32_bits(t->step));
+    fc_buf_write(b, le, 4);
+    fc_buf_put(b, (uint8_t)(t->max_gtx | (t->window_set << 4)));
+    fc_put_varint(b, t->nslices);
+    for (s = 0; s < t->nslices; s++) {
+        fc_put_varint(b, t->slices[s].rows);
+        fc_buf_put(b, (uint8_t)(t->slices[s].mode | (t->slices[s].k << 2)));
+        fc_put_varint(b, t->slices[s].size);
+    }
+}

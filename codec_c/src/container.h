@@ -1,0 +1,55 @@
+/*
+ * container.h - the container (codec_c/FORMAT.md): parsing untrusted bytes
+ * into a checked table of tensors and slices, and writing it.
+ */
+#ifndef FC_CONTAINER_H
+#define FC_CONTAINER_H
+
+#include "common.h"
+
+#define FC_MAGIC0 'F'
+#define FC_MAGIC1 'C'
+#define FC_MAGIC2 'D'
+#define FC_MAGIC3 'C'
+#define FC_DTYPE_F32 1u
+#define FC_MAX_INDEX 0xFFFFFFFFu
+
+typedef struct fc_slice_desc {
+    uint64_t rows;
+    unsigned mode;
+    unsigned k;
+    const uint8_t *payload;
+    size_t size;
+} fc_slice_desc;
+
+typedef struct fc_tensor_desc {
+    uint32_t index;
+    uint32_t ndim;
+    uint64_t shape[FC_MAX_DIMS];
+    uint64_t numel, rows, cols;
+    float step;
+    unsigned max_gtx;
+    unsigned window_set;
+    size_t nslices;
+    fc_slice_desc *slices; /* points into fc_parsed.slices */
+} fc_tensor_desc;
+
+typedef struct fc_parsed {
+    size_t count;
+    fc_tensor_desc *tensors;
+    size_t nslices;
+    fc_slice_desc *slices;
+} fc_parsed;
+
+/* Rows and columns of the coded 2-D view; returns 0 on overflow. */
+int fc_layout(uint32_t ndim, const uint64_t *shape, uint64_t *numel, uint64_t *rows, uint64_t *cols);
+
+/* Parse and check everything but the payload contents. */
+int fc_parse(const uint8_t *src, size_t size, const fc_decode_options *opts, fc_parsed *out);
+void fc_parsed_free(fc_parsed *p);
+
+/* Header writing. */
+void fc_write_container_header(fc_buf *b, size_t count);
+void fc_write_tensor_header(fc_buf *b, const fc_tensor_desc *t);
+
+#endif

@@ -1,0 +1,483 @@
+/* fedcodec.c - the public API: argument checks, slicing, the thread pool
+ * and container assembly. */
+#include <math.h>
+
+#include "container.h"
+#include "pool.h"
+#include "quant.h"
+#include "slice.h"
+
+#define DEFAULT_SLICE_ELEMS 262144u
+/* A slice should carry at least this many compressed bytes, so the flush
+ * and context re-learning overhead stays small. */
+#define MIN_SLICE_BYTES 4096u
+#define FC_PER_ELEMENT_BOUND 80u
+#define FC_PER_ROW_BOUND 64u
+
+void fc_encode_options_init(fc_encode_options *o)
+{
+    memset(o, 0, sizeof(*o));
+    o->struct_size = sizeof(*o);
+    o->lambda = 0.0;
+    o->S = 128;
+    o->max_gtx = 4;
+    o->threads = 0;
+    o->slice_elems = DEFAULT_SLICE_ELEMS;
+    o->mode = FC_MODE_AUTO;
+    o->window_set = 0;
+}
+
+void fc_decode_options_init(fc_decode_options *o)
+{
+    memset(o, 0, sizeof(*o));
+    o->struct_size = sizeof(*o);
+    o->threads = 0;
+    o->max_tensors = 1u << 20;
+    o->max_tensor_elems = (uint64_t)1 << 32;
+    o->max_total_elems = (uint64_t)1 << 32;
+}
+
+/* Copy a caller's options struct that may be older (smaller) than ours. */
+static int copy_options(void *dst, size_t dst_size, const void *src)
+{
+    size_t n;
+    if (!src) return 1;
+    memcpy(&n, src, sizeof(size_t));
+    if (n < sizeof(size_t)) return 0;
+    memcpy(dst, src, n < dst_size ? n : dst_size);
+    memcpy(dst, &dst_size, sizeof(size_t));
+    return 1;
+}
+
+size_t fc_encode_bound(const fc_tensor *tensors, size_t count)
+{
+    size_t i;
+    uint64_t total = 16;
+    if (!tensors && count) return 0;
+    for (i = 0; i < count; i++) {
+        uint64_t numel, rows, cols;
+        if (tensors[i].ndim > FC_MAX_DIMS) return 0;
+        if (!fc_layout(tensors[i].ndim, tensors[i].shape, &numel, &rows, &cols)) return 0;
+        if (numel > (UINT64_MAX - total) / (FC_PER_ELEMENT_BOUND + FC_PER_ROW_BOUND + 1)) return 0;
+        total += 32 + 10 * (uint64_t)FC_MAX_DIMS + numel * FC_PER_ELEMENT_BOUND +
+                 rows * FC_PER_ROW_BOUND;
+    }
+    if (total > (uint64_t)SIZE_MAX) return 0;
+    return (size_t)total;
+}
+
+/* ------------------------------------------------------------------ */
+/* Encoding                                                             */
+/* ------------------------------------------------------------------ */
+
+typedef struct enc_tensor {
+    fc_tensor_desc desc;
+    size_t first_job;
+    size_t njobs;
+    double eta_scale;
+} enc_tensor;
+
+static void run_enc_job(void *ctx, size_t i)
+{
+    fc_slice_encode(&((fc_slice_enc_job *)ctx)[i]);
+}
+
+static enum fc_result check_encode_args(const fc_tensor *tensors, size_t count,
+                                        const fc_encode_options *o, size_t *bad)
+{
+    size_t i;
+    if (!(o->lambda >= 0.0) || !isfinite(o->lambda)) return FC_ERR_INVALID_ARGUMENT;
+    if (o->max_gtx < 1 || o->max_gtx > FC_MAX_GTX) return FC_ERR_INVALID_ARGUMENT;
+    if (o->window_set > 7) return FC_ERR_INVALID_ARGUMENT;
+    if (o->mode < FC_MODE_AUTO || o->mode > FC_MODE_RUNS) return FC_ERR_INVALID_ARGUMENT;
+    if (o->slice_elems == 0) return FC_ERR_INVALID_ARGUMENT;
+    if (!tensors && count) return FC_ERR_INVALID_ARGUMENT;
+    for (i = 0; i < count; i++) {
+        const fc_tensor *t = &tensors[i];
+        uint64_t numel, rows, cols;
+        *bad = i;
+        if (t->ndim > FC_MAX_DIMS) return FC_ERR_INVALID_ARGUMENT;
+        if (!fc_layout(t->ndim, t->shape, &numel, &rows, &cols)) return FC_ERR_INVALID_ARGUMENT;
+        if ((t->values == NULL) == (t->levels == NULL) && numel > 0) return FC_ERR_INVALID_ARGUMENT;
+        if (t->levels && t->importance) return FC_ERR_INVALID_ARGUMENT;
+        if (i > 0 && t->index <= tensors[i - 1].index) return FC_ERR_INVALID_ARGUMENT;
+        if (!(t->step >= 0.0) || !isfinite(t->step)) return FC_ERR_INVALID_ARGUMENT;
+        if (t->step > 0.0 && !isnormal((float)t->step)) return FC_ERR_INVALID_ARGUMENT;
+        if (t->levels && !(t->step > 0.0)) return FC_ERR_INVALID_ARGUMENT;
+        if (!(t->sigma_min >= 0.0) || !isfinite(t->sigma_min)) return FC_ERR_INVALID_ARGUMENT;
+    }
+    *bad = SIZE_MAX;
+    return FC_OK;
+}
+
+/* Step, level range and slicing of tensor i. */
+static enum fc_result plan_tensor(const fc_tensor *t, const fc_encode_options *o, enc_tensor *et,
+                                  uint64_t *significant)
+{
+    fc_tensor_desc *d = &et->desc;
+    uint64_t numel, nsl, rows_per;
+    double step = t->step;
+    memset(d, 0, sizeof(*d));
+    d->index = t->index;
+    d->ndim = t->ndim;
+    memcpy(d->shape, t->shape, sizeof(uint64_t) * t->ndim);
+    fc_layout(t->ndim, t->shape, &d->numel, &d->rows, &d->cols);
+    numel = d->numel;
+    d->max_gtx = o->max_gtx;
+    d->window_set = o->window_set;
+    et->eta_scale = 1.0;
+    *significant = 0;
+    if (t->values && numel) {
+        fc_tensor_scan scan;
+        fc_scan_tensor(t->values, t->importance, numel, &scan);
+        if (scan.nonfinite) return FC_ERR_NONFINITE;
+        if (t->importance) {
+            if (!(scan.importance_sum > 0.0)) return FC_ERR_INVALID_ARGUMENT;
+            et->eta_scale = (double)numel / scan.importance_sum;
+        }
+        if (step <= 0.0) step = fc_derive_step(&scan, t->sigma_min, o->S);
+        if (!(step > 0.0)) return FC_ERR_INVALID_ARGUMENT;
+        step = (double)(float)step;
+        if (scan.abs_max / step >= (double)FC_MAX_LEVEL) return FC_ERR_LEVEL_OVERFLOW;
+        *significant = fc_count_significant(t->values, numel, 1.0 / step);
+    } else if (t->levels && numel) {
+        uint64_t i;
+        for (i = 0; i < numel; i++) {
+            int32_t v = t->levels[i];
+            if (v > FC_MAX_LEVEL || v < -FC_MAX_LEVEL) return FC_ERR_LEVEL_OVERFLOW;
+            *significant += v != 0;
+        }
+    }
+    if (!(step > 0.0)) step = 1.0;
+    d->step = (float)step;
+    if (numel == 0) {
+        d->nslices = 0;
+        return FC_OK;
+    }
+    /* Slices: about slice_elems elements, but not so many that each carries
+     * less than MIN_SLICE_BYTES (estimated at ~ log2(1/density) + 6 bits per
+     * nonzero).  Depends on the data only, never on the thread count. */
+    nsl = (numel + o->slice_elems - 1) / o->slice_elems;
+    {
+        double dens = *significant ? (double)*significant / (double)numel : 1.0 / (double)numel;
+        double est_bytes = (double)*significant * (log2(1.0 / dens) + 6.0) / 8.0;
+        uint64_t by_bytes = (uint64_t)(est_bytes / MIN_SLICE_BYTES) + 1u;
+        if (by_bytes < nsl) nsl = by_bytes;
+    }
+    if (nsl > d->rows) nsl = d->rows;
+    if (nsl < 1) nsl = 1;
+    rows_per = (d->rows + nsl - 1) / nsl;
+    d->nslices = (size_t)((d->rows + rows_per - 1) / rows_per);
+    return FC_OK;
+}
+
+enum fc_result fc_encode(const fc_tensor *tensors, size_t count, const fc_encode_options *opts,
+                         uint8_t *dst, size_t dst_capacity, size_t *dst_size,
+                         fc_tensor_stats *stats, size_t *bad_tensor)
+{
+    fc_encode_options o;
+    enc_tensor *et = NULL;
+    fc_slice_enc_job *jobs = NULL;
+    fc_slice_desc *sdesc = NULL;
+    size_t i, j, njobs = 0, bad = SIZE_MAX, total;
+    enum fc_result rc;
+    fc_buf head = {0};
+
+    if (dst_size) *dst_size = 0;
+    if (bad_tensor) *bad_tensor = SIZE_MAX;
+    fc_encode_options_init(&o);
+    if (!copy_options(&o, sizeof(o), opts) || !dst_size) return FC_ERR_INVALID_ARGUMENT;
+    if (!dst && dst_capacity) return FC_ERR_INVALID_ARGUMENT;
+    rc = check_encode_args(tensors, count, &o, &bad);
+    if (rc != FC_OK) goto fail;
+    fc_cost_table_init();
+
+    et = (enc_tensor *)calloc(count ? count : 1, sizeof(*et));
+    if (!et) {
+        rc = FC_ERR_NOMEM;
+        goto fail;
+    }
+    for (i = 0; i < count; i++) {
+        uint64_t significant;
+        rc = plan_tensor(&tensors[i], &o, &et[i], &significant);
+        if (rc != FC_OK) {
+            bad = i;
+            goto fail;
+        }
+        et[i].first_job = njobs;
+        et[i].njobs = et[i].desc.nslices;
+        njobs += et[i].njobs;
+    }
+    jobs = (fc_slice_enc_job *)calloc(njobs ? njobs : 1, sizeof(*jobs));
+    sdesc = (fc_slice_desc *)calloc(njobs ? njobs : 1, sizeof(*sdesc));
+    if (!jobs || !sdesc) {
+        rc = FC_ERR_NOMEM;
+        goto fail;
+    }
+    for (i = 0; i < count; i++) {
+        const fc_tensor *t = &tensors[i];
+        fc_tensor_desc *d = &et[i].desc;
+        uint64_t rows_per = d->nslices ? (d->rows + d->nslices - 1) / d->nslices : 0, r0 = 0;
+        for (j = 0; j < et[i].njobs; j++) {
+            fc_slice_enc_job *jb = &jobs[et[i].first_job + j];
+            uint64_t rows = d->rows - r0 < rows_per ? d->rows - r0 : rows_per;
+            uint64_t off = r0 * d->cols;
+            jb->values = t->values ? t->values + off : NULL;
+            jb->levels = t->levels ? t->levels + off : NULL;
+            jb->importance = t->importance ? t->importance + off : NULL;
+            jb->recon = t->recon ? t->recon + off : NULL;
+            jb->rows = rows;
+            jb->cols = d->cols;
+            jb->step = d->step;
+            jb->lambda = o.lambda;
+            jb->eta_scale = et[i].eta_scale;
+            jb->max_gtx = o.max_gtx;
+            jb->window_set = o.window_set;
+            jb->mode_request = o.mode;
+            r0 += rows;
+        }
+        if (t->recon && d->numel && d->nslices == 0) memset(t->recon, 0, sizeof(float) * d->numel);
+    }
+    fc_parallel_for(njobs, o.threads, run_enc_job, jobs);
+    for (j = 0; j < njobs; j++) {
+        if (jobs[j].result != FC_OK) {
+            rc = (enum fc_result)jobs[j].result;
+            for (i = 0; i < count; i++)
+                if (j >= et[i].first_job && j < et[i].first_job + et[i].njobs) bad = i;
+            goto fail;
+        }
+    }
+
+    /* Assemble: container header, then per tensor its header and payloads. */
+    fc_write_container_header(&head, count);
+    total = head.size;
+    for (i = 0; i < count; i++) {
+        fc_tensor_desc *d = &et[i].desc;
+        uint64_t nz = 0, payload = 0;
+        size_t hstart = head.size;
+        for (j = 0; j < et[i].njobs; j++) {
+            fc_slice_enc_job *jb = &jobs[et[i].first_job + j];
+            fc_slice_desc *sd = &sdesc[et[i].first_job + j];
+            nz += jb->nonzeros;
+            sd->rows = jb->rows;
+            sd->mode = jb->mode;
+            sd->k = jb->k;
+            sd->size = jb->out.size;
+            payload += jb->out.size;
+        }
+        d->slices = sdesc + et[i].first_job;
+        if (nz == 0) {
+            d->nslices = 0; /* an all-zero tensor has no slices */
+            payload = 0;
+        }
+        fc_write_tensor_header(&head, d);
+        if (stats) {
+            fc_tensor_stats *st = &stats[i];
+            st->step = (double)d->step;
+            st->nonzeros = nz;
+            st->bytes = (head.size - hstart) + payload;
+            st->slices = (uint32_t)d->nslices;
+            st->modes = 0;
+            st->sq_error = 0.0;
+            for (j = 0; j < et[i].njobs; j++) {
+                if (d->nslices) st->modes |= 1u << jobs[et[i].first_job + j].mode;
+                st->sq_error += jobs[et[i].first_job + j].sq_error;
+            }
+        }
+        total = head.size + (size_t)payload;
+        (void)total;
+    }
+    if (head.failed) {
+        rc = FC_ERR_NOMEM;
+        goto fail;
+    }
+    total = head.size + 4;
+    for (j = 0; j < njobs; j++) total += jobs[j].out.size;
+    /* Payloads of all-zero tensors are not written. */
+    for (i = 0; i < count; i++)
+        if (et[i].desc.nslices == 0)
+            for (j = 0; j < et[i].njobs; j++) total -= jobs[et[i].first_job + j].out.size;
+    *dst_size = total;
+    if (total > dst_capacity) {
+        rc = FC_ERR_BUFFER_TOO_SMALL;
+        goto done;
+    }
+    {
+        /* Re-walk headers: write tensor header bytes then payloads. */
+        fc_buf tmp = {0};
+        size_t pos = 0;
+        fc_write_container_header(&tmp, count);
+        memcpy(dst, tmp.data, tmp.size);
+        pos = tmp.size;
+        for (i = 0; i < count; i++) {
+            tmp.size = 0;
+            fc_write_tensor_header(&tmp, &et[i].desc);
+            if (tmp.failed) {
+                fc_buf_free(&tmp);
+                rc = FC_ERR_NOMEM;
+                *dst_size = 0;
+                goto fail;
+            }
+            memcpy(dst + pos, tmp.data, tmp.size);
+            pos += tmp.size;
+            for (j = 0; j < et[i].desc.nslices; j++) {
+                fc_slice_enc_job *jb = &jobs[et[i].first_job + j];
+                if (jb->out.size) memcpy(dst + pos, jb->out.data, jb->out.size);
+                pos += jb->out.size;
+            }
+        }
+        fc_buf_free(&tmp);
+        fc_store_le32(dst + pos, fc_crc32(0, dst, pos));
+        pos += 4;
+        if (pos != total) {
+            rc = FC_ERR_INVALID_ARGUMENT; /* cannot happen */
+            *dst_size = 0;
+            goto fail;
+        }
+    }
+    rc = FC_OK;
+    goto done;
+fail:
+    if (bad_tensor) *bad_tensor = bad;
+    if (dst_size && rc != FC_ERR_BUFFER_TOO_SMALL) *dst_size = 0;
+done:
+    if (jobs)
+        for (j = 0; j < njobs; j++) fc_buf_free(&jobs[j].out);
+    fc_buf_free(&head);
+    free(jobs);
+    free(sdesc);
+    free(et);
+    return rc;
+}
+
+/* ------------------------------------------------------------------ */
+/* Decoding                                                             */
+/* ------------------------------------------------------------------ */
+
+static int get_decode_options(const fc_decode_options *opts, fc_decode_options *o)
+{
+    fc_decode_options_init(o);
+    return copy_options(o, sizeof(*o), opts);
+}
+
+enum fc_result fc_inspect(const uint8_t *src, size_t src_size, const fc_decode_options *opts,
+                          fc_tensor_info *infos, size_t capacity, size_t *count)
+{
+    fc_decode_options o;
+    fc_parsed p;
+    size_t i;
+    int rc;
+    if (count) *count = 0;
+    if (!count || (!infos && capacity) || !get_decode_options(opts, &o))
+        return FC_ERR_INVALID_ARGUMENT;
+    rc = fc_parse(src, src_size, &o, &p);
+    if (rc != FC_OK) return (enum fc_result)rc;
+    *count = p.count;
+    for (i = 0; i < p.count && i < capacity; i++) {
+        const fc_tensor_desc *d = &p.tensors[i];
+        fc_tensor_info *inf = &infos[i];
+        memset(inf, 0, sizeof(*inf));
+        inf->index = d->index;
+        inf->ndim = d->ndim;
+        memcpy(inf->shape, d->shape, sizeof(uint64_t) * d->ndim);
+        inf->numel = d->numel;
+        inf->step = (double)d->step;
+        inf->slices = (uint32_t)d->nslices;
+        inf->max_gtx = d->max_gtx;
+    }
+    fc_parsed_free(&p);
+    return FC_OK;
+}
+
+static void run_dec_job(void *ctx, size_t i)
+{
+    fc_slice_decode(&((fc_slice_dec_job *)ctx)[i]);
+}
+
+enum fc_result fc_decode(const uint8_t *src, size_t src_size, const fc_decode_options *opts,
+                         const fc_decode_target *targets, size_t count)
+{
+    fc_decode_options o;
+    fc_parsed p;
+    fc_slice_dec_job *jobs = NULL;
+    size_t i, j, n = 0;
+    int rc, accumulate = 0, pass;
+    if ((!targets && count) || !get_decode_options(opts, &o)) return FC_ERR_INVALID_ARGUMENT;
+    for (i = 0; i < count; i++) {
+        if (targets[i].acc) {
+            if (targets[i].acc_dtype != FC_ACC_F32 && targets[i].acc_dtype != FC_ACC_F64)
+                return FC_ERR_INVALID_ARGUMENT;
+            if (!isfinite(targets[i].weight)) return FC_ERR_INVALID_ARGUMENT;
+            accumulate = 1;
+        }
+    }
+    rc = fc_parse(src, src_size, &o, &p);
+    if (rc != FC_OK) return (enum fc_result)rc;
+    if (p.count != count) {
+        fc_parsed_free(&p);
+        return FC_ERR_MISMATCH;
+    }
+    /* Tensors without slices are all zero: written here, no job needed. */
+    for (i = 0; i < count; i++) {
+        const fc_tensor_desc *d = &p.tensors[i];
+        if (d->nslices == 0 && d->numel) {
+            if (targets[i].levels) memset(targets[i].levels, 0, sizeof(int32_t) * (size_t)d->numel);
+            if (targets[i].values) memset(targets[i].values, 0, sizeof(float) * (size_t)d->numel);
+        }
+    }
+    jobs = (fc_slice_dec_job *)calloc(p.nslices ? p.nslices : 1, sizeof(*jobs));
+    if (!jobs) {
+        fc_parsed_free(&p);
+        return FC_ERR_NOMEM;
+    }
+    /* Pass 0 validates every payload when anything accumulates, so a
+     * corrupt container never touches an accumulator. */
+    for (pass = accumulate ? 0 : 1; pass < 2; pass++) {
+        n = 0;
+        for (i = 0; i < count; i++) {
+            const fc_tensor_desc *d = &p.tensors[i];
+            const fc_decode_target *tg = &targets[i];
+            uint64_t r0 = 0;
+            int wanted = tg->levels || tg->values || tg->acc;
+            if (!wanted && pass == 1) continue;
+            for (j = 0; j < d->nslices; j++) {
+                fc_slice_dec_job *jb = &jobs[n++];
+                const fc_slice_desc *sd = &d->slices[j];
+                uint64_t off = r0 * d->cols;
+                memset(jb, 0, sizeof(*jb));
+                jb->src = sd->payload;
+                jb->size = sd->size;
+                jb->rows = sd->rows;
+                jb->cols = d->cols;
+                jb->step = d->step;
+                jb->max_gtx = d->max_gtx;
+                jb->window_set = d->window_set;
+                jb->mode = sd->mode;
+                jb->k = sd->k;
+                if (pass == 1) {
+                    jb->sink.levels = tg->levels ? tg->levels + off : NULL;
+                    jb->sink.values = tg->values ? tg->values + off : NULL;
+                    if (tg->acc)
+                        jb->sink.acc = tg->acc_dtype == FC_ACC_F64
+                                           ? (void *)((double *)tg->acc + off)
+                                           : (void *)((float *)tg->acc + off);
+                    jb->sink.acc_dtype = tg->acc_dtype;
+                    jb->sink.weight = tg->weight;
+                }
+                r0 += sd->rows;
+            }
+        }
+        fc_parallel_for(n, o.threads, run_dec_job, jobs);
+        for (j = 0; j < n; j++) {
+            if (jobs[j].result != FC_OK) {
+                rc = jobs[j].result;
+                goto out;
+            }
+        }
+    }
+    rc = FC_OK;
+out:
+    free(jobs);
+    fc_parsed_free(&p);
+    return (enum fc_result)rc;
+}

@@ -1,0 +1,119 @@
+/* quant.c - step derivation and the rate-distortion optimizing quantizer. */
+#include <math.h>
+
+#include "quant.h"
+
+void fc_scan_tensor(const float *values, const float *importance, uint64_t n, fc_tensor_scan *out)
+{
+    double amax = 0.0, ssq = 0.0, isum = 0.0;
+    uint64_t nz = 0, i;
+    int bad = 0;
+    for (i = 0; i < n; i++) {
+        double a = fabs((double)values[i]);
+        if (!(a <= 3.4028234663852886e38)) bad = 1; /* NaN or Inf */
+        if (a > amax) amax = a;
+        if (a != 0.0) {
+            nz++;
+            ssq += a * a;
+        }
+    }
+    if (importance) {
+        for (i = 0; i < n; i++) {
+            double e = (double)importance[i];
+            if (!(e >= 0.0 && e <= 3.4028234663852886e38)) bad = 1;
+            isum += e;
+        }
+    }
+    out->abs_max = amax;
+    out->sum_sq_nz = ssq;
+    out->nonzero = nz;
+    out->importance_sum = isum;
+    out->nonfinite = bad;
+}
+
+double fc_derive_step(const fc_tensor_scan *scan, double sigma_min, uint32_t S)
+{
+    double step;
+    float f;
+    if (sigma_min <= 0.0)
+        sigma_min = scan->nonzero ? sqrt(scan->sum_sq_nz / (double)scan->nonzero) : 1.0;
+    if (scan->abs_max > 0.0)
+        step = 2.0 * scan->abs_max / (2.0 * scan->abs_max / sigma_min + (double)S);
+    else
+        step = sigma_min;
+    f = (float)step;
+    if (!(f > 0.0f) || !isfinite(f) || !isnormal(f)) return -1.0;
+    return (double)f;
+}
+
+uint64_t fc_count_significant(const float *values, uint64_t n, double inv_step)
+{
+    /* |w| >= step/2, compared in float to keep the loop vectorizable; the
+     * count only steers slicing and mode choice, never the levels. */
+    float half = (float)(0.5 / inv_step);
+    uint64_t cnt = 0, i;
+    for (i = 0; i < n; i++) cnt += fabsf(values[i]) >= half;
+    return cnt;
+}
+
+static uint64_t quantize_row_rounding(const fc_quantizer *q, const float *x, uint64_t cols,
+                                      int32_t *cur)
+{
+    uint64_t nz = 0, c;
+    for (c = 0; c < cols; c++) {
+        double t = fabs((double)x[c]) * q->inv_step;
+        int32_t a = (int32_t)(t + 0.5);
+        cur[c] = x[c] < 0.0f ? -a : a;
+        nz += a != 0;
+    }
+    return nz;
+}
+
+uint64_t fc_quantize_row(fc_quantizer *q, const float *x, const float *importance,
+                         uint64_t cols, const int32_t *prev, int32_t *cur)
+{
+    fc_ctxset *m = &q->model;
+    uint64_t nz = 0, c;
+    unsigned lastmag = 0;
+    if (q->lambda <= 0.0) return quantize_row_rounding(q, x, cols, cur);
+    for (c = 0; c < cols; c++) {
+        int32_t left = c ? cur[c - 1] : 0;
+        int32_t above = prev ? prev[c] : 0;
+        fc_ctx *sig = &m->sig[fc_sig_ctx(left, above)];
+        double t = fabs((double)x[c]) * q->inv_step;
+        unsigned best = 0;
+        if (t > 0.0) {
+            double eta = importance ? (double)importance[c] * q->eta_scale : 1.0;
+            unsigned fl = (unsigned)t, ce = fl + ((double)fl < t);
+            unsigned neg = x[c] < 0.0f;
+            fc_nbr nb = fc_neighbourhood(left, above, lastmag);
+            double best_j = eta * t * t + q->lambda * (double)fc_ctx_cost(sig, 0);
+            double sig1 = (double)fc_ctx_cost(sig, 1);
+            unsigned cand[2], i;
+            if (ce > (unsigned)FC_MAX_LEVEL) ce = (unsigned)FC_MAX_LEVEL;
+            cand[0] = fl;
+            cand[1] = ce;
+            for (i = 0; i < 2; i++) {
+                unsigned k = cand[i];
+                double d, j;
+                if (k == 0 || (i == 1 && k == fl)) continue;
+                d = t - (double)k;
+                j = eta * d * d + q->lambda * (sig1 + (double)fc_cost_level(m, k, neg, nb, q->N));
+                if (j < best_j) {
+                    best_j = j;
+                    best = k;
+                }
+            }
+            if (best) {
+                int32_t v = neg ? -(int32_t)best : (int32_t)best;
+                fc_update_level(m, v, nb, q->N);
+                cur[c] = v;
+                lastmag = best;
+                nz++;
+            }
+        }
+        fc_ctx_update(sig, best != 0);
+        if (!best) cur[c] = 0;
+    }
+    return nz;
+}

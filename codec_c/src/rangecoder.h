@@ -1,0 +1,258 @@
+/*
+ * rangecoder.h - the binary arithmetic coding engine and the adaptive
+ * probability estimator.
+ *
+ * Engine: a binary range coder with a 32-bit range and a 64-bit low
+ * register.  A bin with probability p1 = P(bin = 1) in units of 2^-16 splits
+ * the range at bound = (range >> 16) * p1: a 1 takes [0, bound), a 0 takes
+ * [bound, range).  Renormalization is byte-wise (while range < 2^24).  Carries
+ * are resolved LZMA-style with a cached byte plus a count of pending 0xFF
+ * bytes, so output is strictly byte-wise.  p1 is clamped to [16, 65520], so
+ * a near-certain bin costs about 3.5e-4 bits (there is no 0.0094-bit floor
+ * as in NNR's engine).
+ *
+ * The encoder never writes LZMA's always-zero lead byte, and its flush
+ * picks the value with the most trailing zero bits inside the final interval
+ * and drops trailing zero bytes: the decoder reads zeros past the end of a
+ * payload, so an all-zero slice costs 0 bytes.
+ *
+ * Estimator: per context two exponential-decay estimators of P(1) with 31-bit
+ * state (a fast and a slow window); the coding probability is their average.
+ * During warm-up the effective shift is min(shift, 1 + floor(log2(n + 1))),
+ * which behaves like a count-based estimator on cold contexts.
+ */
+#ifndef FC_RANGECODER_H
+#define FC_RANGECODER_H
+
+#include "common.h"
+
+#define FC_PROB_BITS 16
+#define FC_PROB_MIN 16u
+#define FC_PROB_MAX 65520u
+#define FC_HALF31 (1u << 30)
+#define FC_ONE31 (1u << 31)
+#define FC_WARMUP_COUNT 1024u
+
+/* ------------------------------------------------------------------ */
+/* Probability estimator                                                */
+/* ------------------------------------------------------------------ */
+
+typedef struct fc_ctx {
+    uint32_t fast;   /* P(1) in units of 2^-31 */
+    uint32_t slow;   /* P(1) in units of 2^-31 */
+    uint16_t count;  /* bins seen, saturating at FC_WARMUP_COUNT */
+    uint8_t shift_fast;
+    uint8_t shift_slow;
+} fc_ctx;
+
+/* The eight window sets (fast shift, slow shift) a tensor may select. */
+extern const uint8_t fc_window_sets[8][2];
+
+static inline void fc_ctx_init(fc_ctx *c, unsigned window_set)
+{
+    c->fast = FC_HALF31;
+    c->slow = FC_HALF31;
+    c->count = 0;
+    c->shift_fast = fc_window_sets[window_set & 7][0];
+    c->shift_slow = fc_window_sets[window_set & 7][1];
+}
+
+static inline uint32_t fc_ctx_p1(const fc_ctx *c)
+{
+    uint32_t p = (c->fast + c->slow) >> 16;
+    if (p < FC_PROB_MIN) p = FC_PROB_MIN;
+    if (p > FC_PROB_MAX) p = FC_PROB_MAX;
+    return p;
+}
+
+static inline void fc_ctx_update(fc_ctx *c, unsigned bin)
+{
+    unsigned sf = c->shift_fast, ss = c->shift_slow;
+    if (FC_UNLIKELY(c->count < FC_WARMUP_COUNT)) {
+        unsigned w = 1u + fc_ilog2_32((uint32_t)c->count + 1u);
+        if (w < sf) sf = w;
+        if (w < ss) ss = w;
+        c->count++;
+    }
+    if (bin) {
+        c->fast += (FC_ONE31 - c->fast) >> sf;
+        c->slow += (FC_ONE31 - c->slow) >> ss;
+    } else {
+        c->fast -= c->fast >> sf;
+        c->slow -= c->slow >> ss;
+    }
+}
+
+/* Cost table for rate estimation: fc_cost[p1 >> 4] is -log2(p1 / 65536) in
+ * bits, i.e. the cost of a 1; the cost of a 0 is fc_cost[(65536-p1) >> 4]. */
+#define FC_COST_SIZE 4096
+extern float fc_cost[FC_COST_SIZE + 1];
+void fc_cost_table_init(void);
+
+static inline float fc_ctx_cost(const fc_ctx *c, unsigned bin)
+{
+    uint32_t p1 = fc_ctx_p1(c);
+    return fc_cost[(bin ? p1 : 65536u - p1) >> 4];
+}
+
+/* ------------------------------------------------------------------ */
+/* Encoder                                                               */
+/* ------------------------------------------------------------------ */
+
+typedef struct fc_rc_enc {
+    uint64_t low;
+    uint32_t range;
+    uint8_t cache;
+    int cache_is_lead; /* the cache holds the implicit zero lead byte */
+    uint64_t pending;  /* 0xFF bytes waiting for a possible carry */
+    fc_buf *out;
+    size_t start;      /* out->size when this codeword began */
+} fc_rc_enc;
+
+static inline void fc_rc_enc_init(fc_rc_enc *e, fc_buf *out)
+{
+    e->low = 0;
+    e->range = 0xFFFFFFFFu;
+    e->cache = 0;
+    e->cache_is_lead = 1;
+    e->pending = 0;
+    e->out = out;
+    e->start = out->size;
+}
+
+static inline void fc_rc_shift_low(fc_rc_enc *e)
+{
+    if ((uint32_t)e->low < 0xFF000000u || (e->low >> 32) != 0) {
+        uint8_t carry = (uint8_t)(e->low >> 32);
+        if (!e->cache_is_lead) fc_buf_put(e->out, (uint8_t)(e->cache + carry));
+        e->cache_is_lead = 0;
+        for (; e->pending; e->pending--) fc_buf_put(e->out, (uint8_t)(0xFF + carry));
+        e->cache = (uint8_t)(e->low >> 24);
+    } else {
+        e->pending++;
+    }
+    e->low = (e->low & 0x00FFFFFFu) << 8;
+}
+
+static inline void fc_rc_encode(fc_rc_enc *e, fc_ctx *c, unsigned bin)
+{
+    uint32_t bound = (e->range >> 16) * fc_ctx_p1(c);
+    if (bin) {
+        e->range = bound;
+    } else {
+        e->low += bound;
+        e->range -= bound;
+    }
+    fc_ctx_update(c, bin);
+    while (e->range < (1u << 24)) {
+        e->range <<= 8;
+        fc_rc_shift_low(e);
+    }
+}
+
+/* Equiprobable bins, most significant of the `nbits` low bits of v first. */
+static inline void fc_rc_bypass(fc_rc_enc *e, uint64_t v, unsigned nbits)
+{
+    while (nbits--) {
+        e->range >>= 1;
+        if ((v >> nbits) & 1u) e->low += e->range;
+        if (e->range < (1u << 24)) {
+            e->range <<= 8;
+            fc_rc_shift_low(e);
+        }
+    }
+}
+
+/* Terminate the codeword (see the file comment). */
+static inline void fc_rc_finish(fc_rc_enc *e)
+{
+    uint64_t lo = e->low, hi = e->low + e->range - 1u;
+    unsigned k;
+    for (k = 40; k > 0; k--) {
+        uint64_t mask = ((uint64_t)1 << k) - 1u;
+        uint64_t v = (lo + mask) & ~mask;
+        if (v >= lo && v <= hi) {
+            e->low = v;
+            break;
+        }
+    }
+    for (k = 0; k < 5; k++) fc_rc_shift_low(e);
+    while (e->out->size > e->start && e->out->data[e->out->size - 1] == 0) e->out->size--;
+}
+
+/* ------------------------------------------------------------------ */
+/* Decoder                                                               */
+/* ------------------------------------------------------------------ */
+
+typedef struct fc_rc_dec {
+    const uint8_t *p;
+    const uint8_t *end;
+    uint32_t range;
+    uint32_t code;
+    uint64_t consumed; /* bytes read, counting the implicit zeros past end */
+} fc_rc_dec;
+
+static inline uint8_t fc_rc_next_byte(fc_rc_dec *d)
+{
+    d->consumed++;
+    return d->p < d->end ? *d->p++ : 0;
+}
+
+static inline void fc_rc_dec_init(fc_rc_dec *d, const uint8_t *src, size_t size)
+{
+    unsigned i;
+    d->p = src;
+    d->end = src + size;
+    d->range = 0xFFFFFFFFu;
+    d->code = 0;
+    d->consumed = 0;
+    for (i = 0; i < 4; i++) d->code = (d->code << 8) | fc_rc_next_byte(d);
+}
+
+static inline unsigned fc_rc_decode(fc_rc_dec *d, fc_ctx *c)
+{
+    uint32_t bound = (d->range >> 16) * fc_ctx_p1(c);
+    unsigned bin;
+    if (d->code < bound) {
+        d->range = bound;
+        bin = 1;
+    } else {
+        d->code -= bound;
+        d->range -= bound;
+        bin = 0;
+    }
+    fc_ctx_update(c, bin);
+    while (d->range < (1u << 24)) {
+        d->range <<= 8;
+        d->code = (d->code << 8) | fc_rc_next_byte(d);
+    }
+    return bin;
+}
+
+static inline uint64_t fc_rc_bypass_dec(fc_rc_dec *d, unsigned nbits)
+{
+    uint64_t v = 0;
+    while (nbits--) {
+        d->range >>= 1;
+        if (d->code >= d->range) {
+            d->code -= d->range;
+            v = (v << 1) | 1u;
+        } else {
+            v <<= 1;
+        }
+        if (d->range < (1u << 24)) {
+            d->range <<= 8;
+            d->code = (d->code << 8) | fc_rc_next_byte(d);
+        }
+    }
+    return v;
+}
+
+/* A well-formed codeword leaves code < range and has been read to its last
+ * stored byte (the encoder trims only trailing zeros). */
+static inline int fc_rc_dec_ok(const fc_rc_dec *d, size_t size)
+{
+    return d->code < d->range && d->consumed >= size;
+}
+
+#endif /* FC_RANGECODER_H */

@@ -1,0 +1,75 @@
+/*
+ * slice.h - coding of one slice: a range of whole rows of one tensor, coded
+ * as an independent codeword with fresh contexts.  Slices are the unit of
+ * parallel work for both encoder and decoder.
+ *
+ * Row coding by mode:
+ *   dense    per row: row flag (context: previous row's flag); if set, per
+ *            element a sig flag (context: left class x above significant)
+ *            and, when significant, the level (binarize.h)
+ *   grouped  per row: row flag; if set, per 16-element group a group flag
+ *            (context: left group x above group); in a set group per
+ *            element a sig flag (own contexts) and the level
+ *   runs     no row flags; the gaps between nonzero levels in raster order
+ *            (Exp-Golomb of order k), each followed by its level; a final gap
+ *            that reaches exactly the end of the slice terminates it
+ */
+#ifndef FC_SLICE_H
+#define FC_SLICE_H
+
+#include "common.h"
+
+typedef struct fc_slice_enc_job {
+    /* input */
+    const float *values;      /* rows x cols, or NULL */
+    const int32_t *levels;    /* rows x cols, or NULL */
+    const float *importance;  /* rows x cols, or NULL */
+    float *recon;             /* rows x cols, or NULL */
+    uint64_t rows, cols;
+    float step;
+    double lambda;
+    double eta_scale;
+    unsigned max_gtx;
+    unsigned window_set;
+    int mode_request;         /* enum fc_mode */
+    /* output */
+    fc_buf out;
+    unsigned mode;
+    unsigned k;               /* runs mode: Exp-Golomb order */
+    uint64_t nonzeros;
+    double sq_error;
+    int result;               /* enum fc_result */
+} fc_slice_enc_job;
+
+void fc_slice_encode(fc_slice_enc_job *job);
+
+/* Where decoded rows go (all NULL: decode only, to validate). */
+typedef struct fc_sink {
+    int32_t *levels;
+    float *values;
+    void *acc;
+    int acc_dtype;
+    double weight;
+} fc_sink;
+
+typedef struct fc_slice_dec_job {
+    const uint8_t *src;
+    size_t size;
+    uint64_t rows, cols;
+    float step;
+    unsigned max_gtx;
+    unsigned window_set;
+    unsigned mode;
+    unsigned k;
+    fc_sink sink;             /* pointers already offset to the slice start */
+    int result;
+} fc_slice_dec_job;
+
+void fc_slice_decode(fc_slice_dec_job *job);
+
+/* Mode choice from the share of significant elements. */
+unsigned fc_choose_mode(uint64_t significant, uint64_t n);
+/* Exp-Golomb order for gaps at this density. */
+unsigned fc_choose_gap_order(uint64_t significant, uint64_t n);
+
+#endif /* FC_SLICE_H */
