@@ -1,0 +1,502 @@
+"""The one door to the C library: a thin layer 1:1 with ``fedcodec.h``.
+
+Only this module imports ``fedcodec._fedcodec_cffi``.  Each function here
+checks its inputs (dtype, layout, sizes, integer ranges), makes one C call
+and turns a non-zero ``enum fc_result`` into a :class:`~fedcodec.errors.FedCodecError`
+subclass whose message names the C result and the problem (which tensor,
+what is wrong).  The public API in :mod:`fedcodec.codec` is built only on it.
+
+Buffers go to C without copies (``ffi.from_buffer``); the cdata objects keep
+the numpy arrays alive until the call returns.  cffi releases the GIL around
+every C call, so encoding or decoding on several Python threads at once runs
+in parallel (the C library is reentrant; each call must have its own output
+arrays, and the caller must not modify the inputs while a call runs).
+"""
+
+from __future__ import annotations
+
+import math
+import operator
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, NoReturn
+
+import numpy as np
+import numpy.typing as npt
+
+from fedcodec._fedcodec_cffi import ffi, lib
+from fedcodec.errors import (
+    FC_ERR_BUFFER_TOO_SMALL,
+    FC_ERR_INVALID_ARGUMENT,
+    FC_ERR_LEVEL_OVERFLOW,
+    FC_ERR_MISMATCH,
+    FC_ERR_NONFINITE,
+    FC_OK,
+    error_class_for,
+)
+
+# Constants are read from the compiled library, never restated.
+MAX_DIMS: int = int(lib.FC_MAX_DIMS)
+MAX_GTX: int = int(lib.FC_MAX_GTX)
+MAX_LEVEL: int = int(lib.FC_MAX_LEVEL)
+FORMAT_VERSION: int = int(lib.FC_FORMAT_VERSION)
+
+MODE_AUTO: int = int(lib.FC_MODE_AUTO)
+MODE_DENSE: int = int(lib.FC_MODE_DENSE)
+MODE_GROUPED: int = int(lib.FC_MODE_GROUPED)
+MODE_RUNS: int = int(lib.FC_MODE_RUNS)
+MODES: tuple[int, ...] = (MODE_AUTO, MODE_DENSE, MODE_GROUPED, MODE_RUNS)
+
+_ACC_DTYPE: dict[np.dtype[Any], int] = {
+    np.dtype(np.float32): int(lib.FC_ACC_F32),
+    np.dtype(np.float64): int(lib.FC_ACC_F64),
+}
+
+_UINT32_MAX = 2**32 - 1
+_UINT64_MAX = 2**64 - 1
+_WINDOW_SETS = 8  # fc_encode_options.window_set is 0..7 (fedcodec.h)
+
+_F32 = np.dtype(np.float32)
+_I32 = np.dtype(np.int32)
+
+# What each result means, in words for an exception message.
+_MEANING = {
+    1: "a parameter is out of range",
+    2: "an input value is NaN or infinite",
+    3: f"|value / step| exceeds the largest level {2**30 - 1}; use a larger step",
+    4: "output buffer too small (a bug: the buffer was sized by fc_encode_bound)",
+    5: "the container ends early (truncated)",
+    6: "the container is malformed",
+    7: "the CRC32 does not match (corrupted data)",
+    8: "unknown magic or format version (not a fedcodec container, or a newer format)",
+    9: "a decoder limit is exceeded (max_tensors, max_tensor_elems or max_total_elems)",
+    10: "the targets do not match the container",
+    11: "the C library could not allocate memory",
+    12: "a worker thread could not be started",
+}
+
+
+def result_name(code: int) -> str:
+    """``fc_result_name(code)``: the C name of a result code."""
+    name: bytes = ffi.string(lib.fc_result_name(code))
+    return name.decode("ascii")
+
+
+def version_string() -> str:
+    """``fc_version_string()``: the C library version, "major.minor.patch"."""
+    version: bytes = ffi.string(lib.fc_version_string())
+    return version.decode("ascii")
+
+
+def _fail(code: int, problem: str) -> NoReturn:
+    """Raise the exception for C result ``code`` with ``problem`` in words."""
+    raise error_class_for(code)(problem, code=code, result_name=result_name(code))
+
+
+def invalid(problem: str, code: int = FC_ERR_INVALID_ARGUMENT) -> NoReturn:
+    """Raise :class:`InvalidParameterError` for a check done in Python."""
+    _fail(code, problem)
+
+
+def _check_result(code: int, what: str) -> None:
+    if code != FC_OK:
+        _fail(code, f"{what}: {_MEANING.get(code, 'unknown error')}")
+
+
+# ---------------------------------------------------------------------------
+# Argument checks shared by encode and decode
+# ---------------------------------------------------------------------------
+
+
+def check_uint(value: object, name: str, low: int, high: int) -> int:
+    """``value`` as an int in ``[low, high]``, else InvalidParameterError."""
+    if isinstance(value, bool | np.bool_):
+        invalid(f"{name} must be an integer, got {value!r}")
+    try:
+        number = operator.index(value)  # type: ignore[arg-type]
+    except TypeError:
+        invalid(f"{name} must be an integer, got {type(value).__name__} {value!r}")
+    if not low <= number <= high:
+        invalid(f"{name} must be in [{low}, {high}], got {number}")
+    return number
+
+
+def check_real(value: object, name: str) -> float:
+    """``value`` as a finite float, else InvalidParameterError."""
+    if isinstance(value, bool | np.bool_):
+        invalid(f"{name} must be a number, got {value!r}")
+    try:
+        number = float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        invalid(f"{name} must be a number, got {type(value).__name__} {value!r}")
+    if not math.isfinite(number):
+        invalid(f"{name} must be finite, got {number}")
+    return number
+
+
+def check_float(value: object, name: str, *, positive: bool = False) -> float:
+    """``value`` as a finite float >= 0 (> 0 when ``positive``)."""
+    number = check_real(value, name)
+    if positive and number <= 0.0:
+        invalid(f"{name} must be > 0, got {number}")
+    if number < 0.0:
+        invalid(f"{name} must be >= 0, got {number}")
+    return number
+
+
+def _check_array(
+    array: np.ndarray[Any, Any],
+    label: str,
+    role: str,
+    dtypes: Sequence[np.dtype[Any]],
+    numel: int | None,
+    *,
+    writeable: bool = False,
+) -> None:
+    """Check what C needs of a buffer: dtype, C order, alignment, size."""
+    if not isinstance(array, np.ndarray):
+        invalid(f"{label}: {role} must be a numpy array, got {type(array).__name__}")
+    if array.dtype not in dtypes:
+        wanted = " or ".join(str(d) for d in dtypes)
+        invalid(
+            f"{label}: {role} must have dtype {wanted} (native byte order), got "
+            f"{array.dtype.str} ({array.dtype}); convert it explicitly, "
+            f"e.g. with .astype(np.{dtypes[0]})"
+        )
+    if not array.flags.c_contiguous:
+        invalid(
+            f"{label}: {role} must be C-contiguous (row-major, no strides); "
+            "pass np.ascontiguousarray(x)"
+        )
+    if not array.flags.aligned:
+        invalid(f"{label}: {role} is not aligned to its dtype; pass a copy")
+    if writeable and not array.flags.writeable:
+        invalid(f"{label}: {role} must be writeable")
+    if numel is not None and array.size != numel:
+        invalid(
+            f"{label}: {role} has {array.size} elements, expected {numel}",
+            FC_ERR_MISMATCH,
+        )
+
+
+def _pointer(ctype: str, array: np.ndarray[Any, Any] | None, keep: list[Any]) -> Any:
+    """A C pointer into ``array`` (no copy), or NULL; ``keep`` holds it alive."""
+    if array is None:
+        return ffi.NULL
+    cdata = ffi.from_buffer(ctype, array, require_writable=array.flags.writeable)
+    keep.append(cdata)
+    return cdata
+
+
+def _as_bytes_view(data: object) -> memoryview:
+    """A contiguous byte view of a bytes-like container."""
+    try:
+        view = memoryview(data)  # type: ignore[arg-type]
+    except TypeError:
+        invalid(f"data must be bytes-like, got {type(data).__name__}")
+    if not view.c_contiguous:
+        invalid("data must be a contiguous buffer")
+    return view.cast("B") if view.format != "B" or view.ndim != 1 else view
+
+
+# ---------------------------------------------------------------------------
+# Encoding
+# ---------------------------------------------------------------------------
+
+
+@dataclass
+class EncodeTensor:
+    """One ``fc_tensor`` with its buffers as numpy arrays.
+
+    ``label`` names the tensor in error messages.  Exactly one of ``values``
+    (float32) and ``levels`` (int32) is set; ``importance`` (float32) and
+    ``recon`` (float32, writeable) are optional; all have ``numel`` elements.
+    ``step`` and ``sigma_min`` are 0 for "derive it" (see fedcodec.h).
+    """
+
+    label: str
+    index: int
+    shape: tuple[int, ...]
+    values: np.ndarray[Any, np.dtype[np.float32]] | None = None
+    levels: np.ndarray[Any, np.dtype[np.int32]] | None = None
+    importance: np.ndarray[Any, np.dtype[np.float32]] | None = None
+    step: float = 0.0
+    sigma_min: float = 0.0
+    recon: np.ndarray[Any, np.dtype[np.float32]] | None = None
+
+
+@dataclass(frozen=True)
+class EncodeOptions:
+    """``fc_encode_options`` (``lam`` is the C field ``lambda``)."""
+
+    lam: float = 0.0
+    S: int = 128
+    max_gtx: int = 4
+    threads: int = 0
+    slice_elems: int = 262144
+    mode: int = MODE_AUTO
+    window_set: int = 0
+
+
+@dataclass(frozen=True)
+class TensorStatsRaw:
+    """``fc_tensor_stats`` of one tensor."""
+
+    step: float
+    nonzeros: int
+    bytes: int
+    slices: int
+    modes: int
+    sq_error: float
+
+
+def _numel(shape: tuple[int, ...]) -> int:
+    return math.prod(shape)
+
+
+def _fill_tensor(c_tensor: Any, tensor: EncodeTensor, keep: list[Any]) -> None:
+    label = tensor.label
+    if len(tensor.shape) > MAX_DIMS:
+        invalid(f"{label}: has {len(tensor.shape)} dimensions, at most {MAX_DIMS} are supported")
+    for size in tensor.shape:
+        check_uint(size, f"{label}: shape {tensor.shape}", 0, _UINT64_MAX)
+    numel = _numel(tensor.shape)
+    if (tensor.values is None) == (tensor.levels is None):
+        invalid(f"{label}: exactly one of values and levels must be given")
+    if tensor.values is not None:
+        _check_array(tensor.values, label, "values", [_F32], numel)
+    if tensor.levels is not None:
+        _check_array(tensor.levels, label, "levels", [_I32], numel)
+        if tensor.importance is not None:
+            invalid(f"{label}: importance applies to float values, not to integer levels")
+        if not tensor.step > 0.0:
+            invalid(f"{label}: integer levels need a step > 0")
+    if tensor.importance is not None:
+        _check_array(tensor.importance, label, "importance", [_F32], numel)
+    if tensor.recon is not None:
+        _check_array(tensor.recon, label, "recon", [_F32], numel, writeable=True)
+    c_tensor.index = check_uint(tensor.index, f"{label}: index", 0, _UINT32_MAX)
+    c_tensor.ndim = len(tensor.shape)
+    for axis, size in enumerate(tensor.shape):
+        c_tensor.shape[axis] = size
+    c_tensor.values = _pointer("float[]", tensor.values, keep)
+    c_tensor.levels = _pointer("int32_t[]", tensor.levels, keep)
+    c_tensor.importance = _pointer("float[]", tensor.importance, keep)
+    c_tensor.recon = _pointer("float[]", tensor.recon, keep)
+    c_tensor.step = check_float(tensor.step, f"{label}: step")
+    c_tensor.sigma_min = check_float(tensor.sigma_min, f"{label}: sigma_min")
+
+
+def _encode_options(options: EncodeOptions) -> Any:
+    c_opts = ffi.new("fc_encode_options *")
+    lib.fc_encode_options_init(c_opts)
+    setattr(c_opts, "lambda", check_float(options.lam, "lam"))  # a Python keyword
+    c_opts.S = check_uint(options.S, "S", 0, _UINT32_MAX)
+    c_opts.max_gtx = check_uint(options.max_gtx, "max_gtx", 1, MAX_GTX)
+    c_opts.threads = check_uint(options.threads, "threads", 0, _UINT32_MAX)
+    c_opts.slice_elems = check_uint(options.slice_elems, "slice_elems", 1, _UINT32_MAX)
+    if options.mode not in MODES:
+        invalid(f"mode must be one of {MODES}, got {options.mode!r}")
+    c_opts.mode = options.mode
+    c_opts.window_set = check_uint(options.window_set, "window_set", 0, _WINDOW_SETS - 1)
+    return c_opts
+
+
+def _explain_tensor_error(code: int, tensor: EncodeTensor, step: float) -> str:
+    """Words for an fc_encode error blamed on ``tensor`` (error path only)."""
+    if code == FC_ERR_NONFINITE:
+        for role, array in (("values", tensor.values), ("importance", tensor.importance)):
+            if array is not None:
+                bad = np.flatnonzero(~np.isfinite(array.reshape(-1)))
+                if bad.size:
+                    where = np.unravel_index(int(bad[0]), tensor.shape) if tensor.shape else ()
+                    return (
+                        f"{tensor.label}: {role} contain {bad.size} NaN or infinite "
+                        f"value(s), the first at {tuple(int(i) for i in where)}"
+                    )
+    if code == FC_ERR_LEVEL_OVERFLOW:
+        if tensor.levels is not None and tensor.levels.size:
+            peak = int(np.abs(tensor.levels.astype(np.int64)).max())
+            return f"{tensor.label}: a level of magnitude {peak} exceeds {MAX_LEVEL}"
+        if tensor.values is not None and tensor.values.size and step > 0.0:
+            peak_f = float(np.abs(tensor.values).max())
+            return (
+                f"{tensor.label}: max |value| {peak_f:g} / step {step:g} exceeds "
+                f"the largest level {MAX_LEVEL}; use a larger step"
+            )
+    importance = tensor.importance
+    if (
+        code == FC_ERR_INVALID_ARGUMENT
+        and importance is not None
+        and importance.size
+        and float(importance.min()) < 0.0
+    ):
+        return f"{tensor.label}: importance must be >= 0"
+    return f"{tensor.label}: {_MEANING.get(code, 'unknown error')}"
+
+
+def encode(
+    tensors: Sequence[EncodeTensor], options: EncodeOptions
+) -> tuple[bytes, list[TensorStatsRaw]]:
+    """``fc_encode_bound`` + ``fc_encode``: the container and per-tensor stats."""
+    count = len(tensors)
+    keep: list[Any] = []
+    c_tensors = ffi.new("fc_tensor[]", max(count, 1))
+    previous = -1
+    for position, tensor in enumerate(tensors):
+        _fill_tensor(c_tensors[position], tensor, keep)
+        if tensor.index <= previous:
+            invalid(f"{tensor.label}: tensor indices must be strictly increasing")
+        previous = tensor.index
+    c_opts = _encode_options(options)
+
+    bound = int(lib.fc_encode_bound(c_tensors, count))
+    # bound == 0 means fc_encode_bound rejected a description: let fc_encode
+    # say which one (it checks before it writes anything).
+    dst = np.empty(max(bound, 1), dtype=np.uint8)
+    c_dst = ffi.from_buffer("uint8_t[]", dst, require_writable=True)
+    dst_size = ffi.new("size_t *")
+    bad_tensor = ffi.new("size_t *")
+    c_stats = ffi.new("fc_tensor_stats[]", max(count, 1))
+    code = lib.fc_encode(c_tensors, count, c_opts, c_dst, bound, dst_size, c_stats, bad_tensor)
+    del keep  # the input buffers are free again
+    if code != FC_OK:
+        bad = int(bad_tensor[0])
+        if code != FC_ERR_BUFFER_TOO_SMALL and 0 <= bad < count:
+            step = float(c_stats[bad].step) or tensors[bad].step
+            _fail(code, _explain_tensor_error(code, tensors[bad], step))
+        if bound == 0:
+            invalid("fc_encode_bound rejected the tensor descriptions")
+        _check_result(code, "encoding failed")
+    size = int(dst_size[0])
+    stats = [
+        TensorStatsRaw(
+            step=float(s.step),
+            nonzeros=int(s.nonzeros),
+            bytes=int(s.bytes),
+            slices=int(s.slices),
+            modes=int(s.modes),
+            sq_error=float(s.sq_error),
+        )
+        for s in (c_stats[i] for i in range(count))
+    ]
+    return dst[:size].tobytes(), stats
+
+
+# ---------------------------------------------------------------------------
+# Decoding
+# ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class DecodeOptions:
+    """``fc_decode_options``."""
+
+    threads: int = 0
+    max_tensors: int = 1 << 20
+    max_tensor_elems: int = 1 << 32
+    max_total_elems: int = 1 << 32
+
+
+@dataclass(frozen=True)
+class TensorInfoRaw:
+    """``fc_tensor_info`` of one tensor."""
+
+    index: int
+    shape: tuple[int, ...]
+    numel: int
+    step: float
+    slices: int
+    max_gtx: int
+
+
+@dataclass
+class DecodeTarget:
+    """One ``fc_decode_target``: any of levels (int32), values (float32) and
+    acc (float32 or float64, ``acc += weight * level * step``); all None skips
+    the tensor.  ``label`` names the tensor in error messages."""
+
+    label: str
+    numel: int
+    levels: np.ndarray[Any, np.dtype[np.int32]] | None = None
+    values: np.ndarray[Any, np.dtype[np.float32]] | None = None
+    acc: npt.NDArray[np.float32] | npt.NDArray[np.float64] | None = None
+    weight: float = 1.0
+
+
+def _decode_options(options: DecodeOptions) -> Any:
+    c_opts = ffi.new("fc_decode_options *")
+    lib.fc_decode_options_init(c_opts)
+    c_opts.threads = check_uint(options.threads, "threads", 0, _UINT32_MAX)
+    c_opts.max_tensors = check_uint(options.max_tensors, "max_tensors", 0, _UINT32_MAX)
+    c_opts.max_tensor_elems = check_uint(
+        options.max_tensor_elems, "max_tensor_elems", 0, _UINT64_MAX
+    )
+    c_opts.max_total_elems = check_uint(options.max_total_elems, "max_total_elems", 0, _UINT64_MAX)
+    return c_opts
+
+
+_INSPECT_FIRST_CAPACITY = 64
+
+
+def inspect(data: object, options: DecodeOptions) -> list[TensorInfoRaw]:
+    """``fc_inspect``: check a container and describe its tensors."""
+    view = _as_bytes_view(data)
+    c_opts = _decode_options(options)
+    c_src = ffi.from_buffer("uint8_t[]", view)
+    count = ffi.new("size_t *")
+    capacity = _INSPECT_FIRST_CAPACITY
+    while True:
+        infos = ffi.new("fc_tensor_info[]", capacity)
+        code = lib.fc_inspect(c_src, len(view), c_opts, infos, capacity, count)
+        _check_result(code, "container rejected")
+        if int(count[0]) <= capacity:
+            break
+        capacity = int(count[0])  # rare: more tensors than the first guess
+    return [
+        TensorInfoRaw(
+            index=int(info.index),
+            shape=tuple(int(info.shape[axis]) for axis in range(int(info.ndim))),
+            numel=int(info.numel),
+            step=float(info.step),
+            slices=int(info.slices),
+            max_gtx=int(info.max_gtx),
+        )
+        for info in (infos[i] for i in range(int(count[0])))
+    ]
+
+
+def decode(data: object, options: DecodeOptions, targets: Sequence[DecodeTarget]) -> None:
+    """``fc_decode``: decode a container into ``targets`` (container order)."""
+    view = _as_bytes_view(data)
+    c_opts = _decode_options(options)
+    keep: list[Any] = []
+    count = len(targets)
+    c_targets = ffi.new("fc_decode_target[]", max(count, 1))
+    for position, target in enumerate(targets):
+        c_target = c_targets[position]
+        if target.levels is not None:
+            _check_array(
+                target.levels, target.label, "levels", [_I32], target.numel, writeable=True
+            )
+        if target.values is not None:
+            _check_array(
+                target.values, target.label, "values", [_F32], target.numel, writeable=True
+            )
+        c_target.levels = _pointer("int32_t[]", target.levels, keep)
+        c_target.values = _pointer("float[]", target.values, keep)
+        if target.acc is None:
+            c_target.acc = ffi.NULL
+            c_target.acc_dtype = lib.FC_ACC_NONE
+        else:
+            acc = target.acc
+            _check_array(
+                acc, target.label, "accumulator", list(_ACC_DTYPE), target.numel, writeable=True
+            )
+            c_target.acc = _pointer("char[]", acc, keep)
+            c_target.acc_dtype = _ACC_DTYPE[acc.dtype]
+        c_target.weight = check_real(target.weight, "weight")
+    c_src = ffi.from_buffer("uint8_t[]", view)
+    code = lib.fc_decode(c_src, len(view), c_opts, c_targets, count)
+    del keep
+    _check_result(code, "container rejected")

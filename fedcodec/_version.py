@@ -1,0 +1,3 @@
+"""The distribution version (read by setuptools at build time)."""
+
+__version__ = "0.1.0"

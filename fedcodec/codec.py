@@ -1,0 +1,870 @@
+"""The public codec API: encode float32 tensors into one container and back.
+
+A *container* holds a list of tensors; their positions ``0 .. n-1`` are the
+tensor indices written to it.  Names are not stored: pass a mapping to
+:func:`encode` for convenience (its iteration order is the container order)
+and ``names=`` to :func:`decode` to get a dict back.
+
+Inputs are taken as they are: float32 (native byte order), C-contiguous,
+at most 8 dimensions.  Anything else raises
+:class:`~fedcodec.errors.InvalidParameterError` naming the tensor; nothing is
+cast or copied behind your back.
+
+Thread safety: every function may be called from any number of threads at
+once.  The C library releases the GIL and runs its own worker threads
+(``threads=0`` uses all online CPUs).  Do not modify an input array, or use an
+output array, while a call that reads or writes it is running.
+
+Determinism: the same tensors and options give the same bytes on every run,
+platform and thread count, and the reconstruction of a level ``k`` is the
+float32 product ``float32(k) * step``, so the ``recon`` returned by
+:func:`encode` equals what :func:`decode` returns, bit for bit.
+
+Examples
+--------
+>>> import numpy as np
+>>> import fedcodec
+>>> update = {"w": np.linspace(-1, 1, 1000, dtype=np.float32).reshape(10, 100)}
+>>> result = fedcodec.encode(update, lam=0.1, S=64, return_recon=True)
+>>> decoded = fedcodec.decode(result.data, names=["w"])
+>>> bool(np.array_equal(decoded["w"], result.recon[0]))
+True
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal, TypeVar, overload
+
+import numpy as np
+import numpy.typing as npt
+
+from fedcodec import _binding
+from fedcodec.errors import FC_ERR_MISMATCH
+
+__all__ = [
+    "EncodeResult",
+    "Mode",
+    "TensorInfo",
+    "TensorStats",
+    "decode",
+    "decode_accumulate",
+    "decode_levels",
+    "encode",
+    "encode_levels",
+    "inspect",
+    "library_version",
+]
+
+Mode = Literal["auto", "dense", "grouped", "runs"]
+
+_MODE_NUMBERS: dict[str, int] = {
+    "auto": _binding.MODE_AUTO,
+    "dense": _binding.MODE_DENSE,
+    "grouped": _binding.MODE_GROUPED,
+    "runs": _binding.MODE_RUNS,
+}
+# Bit m of fc_tensor_stats.modes is set when some slice used mode m.
+_MODE_BITS: tuple[tuple[int, str], ...] = (
+    (_binding.MODE_DENSE, "dense"),
+    (_binding.MODE_GROUPED, "grouped"),
+    (_binding.MODE_RUNS, "runs"),
+)
+
+_DEFAULT_MAX_ELEMS = 1 << 32
+_DEFAULT_MAX_TENSORS = 1 << 20
+
+Float32Array = npt.NDArray[np.float32]
+Int32Array = npt.NDArray[np.int32]
+_T = TypeVar("_T")
+
+
+# ---------------------------------------------------------------------------
+# Result types
+# ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class TensorStats:
+    """What the encoder did with one tensor.
+
+    Attributes
+    ----------
+    index : int
+        Position of the tensor in the container.
+    name : str or None
+        Its key when :func:`encode` got a mapping, else None.
+    shape : tuple of int
+        The tensor's shape.
+    step : float
+        The quantization step used (a float32 value).
+    nonzeros : int
+        Number of nonzero levels.
+    numel : int
+        Number of elements.
+    bytes : int
+        Bytes of this tensor in the container (its header and payloads).
+    slices : int
+        Number of independently coded slices.
+    modes : tuple of str
+        Significance-coding modes used by its slices ("dense", "grouped",
+        "runs").
+    sq_error : float
+        Sum of squared reconstruction errors (0 for integer levels).
+    """
+
+    index: int
+    name: str | None
+    shape: tuple[int, ...]
+    step: float
+    nonzeros: int
+    numel: int
+    bytes: int
+    slices: int
+    modes: tuple[str, ...]
+    sq_error: float
+
+    @property
+    def density(self) -> float:
+        """Fraction of nonzero levels (0.0 for an empty tensor)."""
+        return self.nonzeros / self.numel if self.numel else 0.0
+
+    @property
+    def bits_per_weight(self) -> float:
+        """Container bits spent per element (``nan`` for an empty tensor)."""
+        return 8.0 * self.bytes / self.numel if self.numel else math.nan
+
+    @property
+    def mse(self) -> float:
+        """Mean squared reconstruction error (0.0 for an empty tensor)."""
+        return self.sq_error / self.numel if self.numel else 0.0
+
+
+@dataclass(frozen=True)
+class EncodeResult:
+    """The output of :func:`encode` / :func:`encode_levels`.
+
+    Attributes
+    ----------
+    data : bytes
+        The container.
+    stats : list of TensorStats
+        One entry per tensor, in container order.
+    recon : list of ndarray or None
+        With ``return_recon=True``: per tensor, the float32 reconstruction
+        a decoder will produce (bit-exact), with the input's shape.
+    """
+
+    data: bytes
+    stats: list[TensorStats]
+    recon: list[Float32Array] | None = None
+
+    def __len__(self) -> int:
+        """Size of the container in bytes."""
+        return len(self.data)
+
+    @property
+    def total_nonzeros(self) -> int:
+        """Nonzero levels over all tensors."""
+        return sum(s.nonzeros for s in self.stats)
+
+
+@dataclass(frozen=True)
+class TensorInfo:
+    """What a container says about one tensor (see :func:`inspect`).
+
+    Attributes
+    ----------
+    index : int
+        Position of the tensor in the container.
+    shape : tuple of int
+        The stored shape.
+    numel : int
+        Number of elements.
+    step : float
+        The quantization step (a float32 value).
+    slices : int
+        Number of independently coded slices.
+    max_gtx : int
+        The number of ``|level| > j`` flags of its binarization.
+    """
+
+    index: int
+    shape: tuple[int, ...]
+    numel: int
+    step: float
+    slices: int
+    max_gtx: int
+
+
+# ---------------------------------------------------------------------------
+# Argument normalization
+# ---------------------------------------------------------------------------
+
+
+def _label(position: int, name: str | None) -> str:
+    return f"tensor {name!r} (position {position})" if name is not None else f"tensor {position}"
+
+
+def _split_collection(collection: object, what: str) -> tuple[list[str] | None, list[Any]]:
+    """(names or None, items) of a sequence or a str-keyed mapping."""
+    if isinstance(collection, Mapping):
+        names = list(collection.keys())
+        for key in names:
+            if not isinstance(key, str):
+                _binding.invalid(f"{what}: mapping keys must be str, got {key!r}")
+        return names, list(collection.values())
+    if isinstance(collection, np.ndarray):
+        _binding.invalid(
+            f"{what} must be a sequence or mapping of arrays, not one array; "
+            "wrap a single tensor in a list: [x]"
+        )
+    if isinstance(collection, str | bytes) or not isinstance(collection, Sequence):
+        _binding.invalid(
+            f"{what} must be a sequence or mapping of arrays, got {type(collection).__name__}"
+        )
+    return None, list(collection)
+
+
+def _per_tensor(
+    option: object, what: str, names: list[str] | None, count: int, *, arrays: bool = False
+) -> list[Any]:
+    """Expand a per-tensor option to a list with one entry per tensor.
+
+    Scalar options (``arrays=False``) may be one value for all tensors, a
+    sequence (or 1-d array) with one entry per tensor, or a mapping by name.
+    Array options must be a sequence or a mapping.
+    """
+    if option is None:
+        return [None] * count
+    if isinstance(option, Mapping):
+        if names is None:
+            _binding.invalid(f"{what} is a mapping, but the tensors are a sequence")
+        unknown = [key for key in option if key not in names]
+        if unknown:
+            _binding.invalid(f"{what} names unknown tensors: {unknown!r}")
+        return [option.get(name) for name in names]
+    entries: list[Any]
+    if isinstance(option, str | bytes):
+        _binding.invalid(f"{what} must not be a string")
+    if arrays:
+        if isinstance(option, np.ndarray) or not isinstance(option, Sequence):
+            _binding.invalid(
+                f"{what} must be a sequence or mapping with one array (or None) per tensor, "
+                f"got {type(option).__name__}"
+            )
+        entries = list(option)
+    elif isinstance(option, np.ndarray) and option.ndim == 1:
+        entries = option.tolist()
+    elif isinstance(option, Sequence):
+        entries = list(option)
+    else:
+        return [option] * count
+    if len(entries) != count:
+        _binding.invalid(f"{what} has {len(entries)} entries for {count} tensors")
+    return entries
+
+
+def _optional_positive(value: object, what: str) -> float:
+    """None -> 0.0 ("derive it" in C); else a finite float > 0."""
+    if value is None:
+        return 0.0
+    return _binding.check_float(value, what, positive=True)
+
+
+def _as_input_array(value: object, label: str) -> np.ndarray[Any, Any]:
+    """The tensor as an ndarray, without conversion (0-d scalars allowed)."""
+    array = value if isinstance(value, np.ndarray) else np.asarray(value)
+    if array.ndim > _binding.MAX_DIMS:
+        _binding.invalid(
+            f"{label}: has {array.ndim} dimensions, at most {_binding.MAX_DIMS} are supported"
+        )
+    return array
+
+
+def _weighting(
+    label: str,
+    shape: tuple[int, ...],
+    importance: object,
+    sigma: object,
+    sigma_min: float,
+) -> tuple[Float32Array | None, float]:
+    """Per-weight eta (float32, C order) and sigma_min from importance or sigma."""
+    if importance is not None and sigma is not None:
+        _binding.invalid(f"{label}: give importance or sigma, not both")
+    if importance is None and sigma is None:
+        return None, sigma_min
+    role = "importance" if importance is not None else "sigma"
+    given = np.asarray(importance if importance is not None else sigma)
+    if given.dtype.kind not in "fiu":
+        _binding.invalid(f"{label}: {role} must be real numbers, got dtype {given.dtype}")
+    if given.shape != shape:
+        _binding.invalid(
+            f"{label}: {role} has shape {given.shape}, the tensor has shape {shape}",
+            FC_ERR_MISMATCH,
+        )
+    if importance is not None:
+        eta = np.ascontiguousarray(given, dtype=np.float32)
+        if eta.size and not (np.isfinite(eta).all() and float(eta.min()) >= 0.0):
+            _binding.invalid(f"{label}: importance must be finite and >= 0")
+        return eta, sigma_min
+    sig = np.asarray(given, dtype=np.float64)
+    if sig.size and not (np.isfinite(sig).all() and float(sig.min()) > 0.0):
+        _binding.invalid(f"{label}: sigma must be finite and > 0")
+    if sig.size == 0:
+        return np.zeros(shape, dtype=np.float32), sigma_min
+    inverse_var = 1.0 / np.square(sig)
+    # The C library normalizes eta to mean 1; doing it here in float64 keeps
+    # tiny sigmas from overflowing float32.
+    inverse_var /= inverse_var.mean()
+    eta = np.ascontiguousarray(inverse_var, dtype=np.float32)
+    if sigma_min == 0.0:
+        sigma_min = float(sig.min())
+    return eta, sigma_min
+
+
+def _mode_number(mode: object) -> int:
+    if not isinstance(mode, str) or mode not in _MODE_NUMBERS:
+        _binding.invalid(f"mode must be one of {sorted(_MODE_NUMBERS)}, got {mode!r}")
+    return _MODE_NUMBERS[mode]
+
+
+def _stats(
+    raw: list[_binding.TensorStatsRaw],
+    names: list[str] | None,
+    shapes: list[tuple[int, ...]],
+) -> list[TensorStats]:
+    return [
+        TensorStats(
+            index=position,
+            name=names[position] if names is not None else None,
+            shape=shapes[position],
+            step=s.step,
+            nonzeros=s.nonzeros,
+            numel=math.prod(shapes[position]),
+            bytes=s.bytes,
+            slices=s.slices,
+            modes=tuple(name for bit, name in _MODE_BITS if s.modes >> bit & 1),
+            sq_error=s.sq_error,
+        )
+        for position, s in enumerate(raw)
+    ]
+
+
+# ---------------------------------------------------------------------------
+# Encoding
+# ---------------------------------------------------------------------------
+
+
+def encode(
+    tensors: Sequence[npt.ArrayLike] | Mapping[str, npt.ArrayLike],
+    *,
+    lam: float = 0.0,
+    S: int = 128,
+    step: float | Sequence[float | None] | Mapping[str, float] | None = None,
+    sigma_min: float | Sequence[float | None] | Mapping[str, float] | None = None,
+    importance: Sequence[npt.ArrayLike | None] | Mapping[str, npt.ArrayLike] | None = None,
+    sigma: Sequence[npt.ArrayLike | None] | Mapping[str, npt.ArrayLike] | None = None,
+    max_gtx: int = 4,
+    threads: int = 0,
+    mode: Mode = "auto",
+    window_set: int = 0,
+    slice_elems: int = 262144,
+    return_recon: bool = False,
+) -> EncodeResult:
+    """Quantize and entropy-code float32 tensors into one container.
+
+    Each tensor is quantized to levels ``k`` (reconstructed as
+    ``float32(k) * step``) by DeepCABAC's rate-distortion optimizing quantizer
+    and coded with a context-adaptive binary range coder.
+
+    Parameters
+    ----------
+    tensors : sequence or mapping of array_like
+        float32 arrays (native byte order, C-contiguous, 0 to 8 dimensions,
+        finite).  Positions (mapping order for a mapping) are the tensor
+        indices in the container.  Other dtypes are rejected, not cast.
+    lam : float, optional
+        Rate-distortion trade-off λ >= 0 in units of step² per bit.  0 means
+        plain rounding (error at most step/2 per weight); larger values spend
+        fewer bits for more distortion (``ln(2)/6 ≈ 0.1155`` is the high-rate
+        optimum).
+    S : int, optional
+        Step resolution S >= 0 of DeepCABAC's rule
+        ``step = 2|w|max / (2|w|max / sigma_min + S)``: larger S, finer step.
+    step : float, sequence or mapping, optional
+        A step > 0 to use instead of the rule above: one for all tensors, or
+        per tensor (None entries, or names missing from a mapping, use S).
+    sigma_min : float, sequence or mapping, optional
+        The ``sigma_min`` of the step rule, > 0.  Default: the RMS of the
+        tensor's nonzero values, or the smallest ``sigma`` when ``sigma`` is
+        given.
+    importance : sequence or mapping of array_like, optional
+        Per-weight importance η >= 0 (same shape as the tensor; any real
+        dtype, converted to float32) weighting the squared error; normalized
+        to mean 1.  None entries mean η = 1.
+    sigma : sequence or mapping of array_like, optional
+        Alternative to ``importance``: per-weight standard deviations σ > 0,
+        giving η = 1/σ².
+    max_gtx : int, optional
+        Number N of ``|level| > j`` flags of the binarization, 1..8.
+    threads : int, optional
+        Worker threads; 0 uses all online CPUs.  The output does not depend
+        on it.
+    mode : {"auto", "dense", "grouped", "runs"}, optional
+        Significance coding: per element, grouped with row and 16-element
+        group flags, or run lengths for very sparse tensors.  "auto" picks per
+        slice.
+    window_set : int, optional
+        Probability-estimator window set 0..7 (0: shifts 4 and 7).
+    slice_elems : int, optional
+        Target elements per independently coded slice (the unit of
+        parallelism).
+    return_recon : bool, optional
+        Also return the reconstruction a decoder will produce.
+
+    Returns
+    -------
+    EncodeResult
+        The container bytes, per-tensor statistics and optionally ``recon``.
+
+    Raises
+    ------
+    InvalidParameterError
+        Wrong dtype, layout or dimensionality; NaN or infinite values; a
+        parameter out of range; a level beyond ``2**30 - 1`` (step too small).
+    """
+    names, items = _split_collection(tensors, "tensors")
+    count = len(items)
+    steps = _per_tensor(step, "step", names, count)
+    sigma_mins = _per_tensor(sigma_min, "sigma_min", names, count)
+    importances = _per_tensor(importance, "importance", names, count, arrays=True)
+    sigmas = _per_tensor(sigma, "sigma", names, count, arrays=True)
+    options = _binding.EncodeOptions(
+        lam=_binding.check_float(lam, "lam"),
+        S=S,
+        max_gtx=max_gtx,
+        threads=threads,
+        slice_elems=slice_elems,
+        mode=_mode_number(mode),
+        window_set=window_set,
+    )
+    specs: list[_binding.EncodeTensor] = []
+    shapes: list[tuple[int, ...]] = []
+    recon: list[Float32Array] | None = [] if return_recon else None
+    for position, item in enumerate(items):
+        name = names[position] if names is not None else None
+        label = _label(position, name)
+        values = _as_input_array(item, label)
+        shape = tuple(int(n) for n in values.shape)
+        eta, tensor_sigma_min = _weighting(
+            label,
+            shape,
+            importances[position],
+            sigmas[position],
+            _optional_positive(sigma_mins[position], f"{label}: sigma_min"),
+        )
+        out = None
+        if recon is not None:
+            out = np.empty(shape, dtype=np.float32)
+            recon.append(out)
+        specs.append(
+            _binding.EncodeTensor(
+                label=label,
+                index=position,
+                shape=shape,
+                values=values,
+                importance=eta,
+                step=_optional_positive(steps[position], f"{label}: step"),
+                sigma_min=tensor_sigma_min,
+                recon=out,
+            )
+        )
+        shapes.append(shape)
+    data, raw = _binding.encode(specs, options)
+    return EncodeResult(data=data, stats=_stats(raw, names, shapes), recon=recon)
+
+
+def _as_levels(value: object, label: str) -> Int32Array:
+    """Integer levels as int32 (other integer dtypes checked, then converted)."""
+    array = _as_input_array(value, label)
+    if array.dtype.kind not in "iu":
+        _binding.invalid(f"{label}: levels must have an integer dtype, got {array.dtype}")
+    if not array.flags.c_contiguous:
+        _binding.invalid(
+            f"{label}: levels must be C-contiguous (row-major, no strides); "
+            "pass np.ascontiguousarray(x)"
+        )
+    if array.dtype == np.dtype(np.int32):
+        levels: Int32Array = array
+        return levels
+    if array.size:
+        low, high = int(array.min()), int(array.max())
+        if low < -_binding.MAX_LEVEL or high > _binding.MAX_LEVEL:
+            _binding.invalid(
+                f"{label}: levels range over [{low}, {high}], beyond "
+                f"±{_binding.MAX_LEVEL} (2**30 - 1)"
+            )
+    return np.ascontiguousarray(array, dtype=np.int32)
+
+
+def encode_levels(
+    levels: Sequence[npt.ArrayLike] | Mapping[str, npt.ArrayLike],
+    step: float | Sequence[float] | Mapping[str, float],
+    *,
+    max_gtx: int = 4,
+    threads: int = 0,
+    mode: Mode = "auto",
+    window_set: int = 0,
+    slice_elems: int = 262144,
+) -> EncodeResult:
+    """Code integer quantization levels losslessly.
+
+    For callers that quantize themselves (or re-code levels they decoded).
+    :func:`decode_levels` returns exactly these levels, and :func:`decode`
+    returns ``float32(level) * float32(step)``.
+
+    Parameters
+    ----------
+    levels : sequence or mapping of array_like
+        Integer arrays (C-contiguous, 0 to 8 dimensions) with
+        ``|level| <= 2**30 - 1``.  int32 is used as is; other integer dtypes
+        are range-checked and converted.
+    step : float, sequence or mapping
+        The step > 0 of each tensor (stored as float32), one for all or one
+        per tensor.
+    max_gtx, threads, mode, window_set, slice_elems
+        As for :func:`encode`.
+
+    Returns
+    -------
+    EncodeResult
+        ``recon`` is None; ``stats[i].sq_error`` is 0.
+
+    Raises
+    ------
+    InvalidParameterError
+        Non-integer dtype, non-contiguous input, a level out of range, a
+        missing or non-positive step, a parameter out of range.
+    """
+    names, items = _split_collection(levels, "levels")
+    count = len(items)
+    steps = _per_tensor(step, "step", names, count)
+    options = _binding.EncodeOptions(
+        lam=0.0,
+        max_gtx=max_gtx,
+        threads=threads,
+        slice_elems=slice_elems,
+        mode=_mode_number(mode),
+        window_set=window_set,
+    )
+    specs: list[_binding.EncodeTensor] = []
+    shapes: list[tuple[int, ...]] = []
+    for position, item in enumerate(items):
+        name = names[position] if names is not None else None
+        label = _label(position, name)
+        array = _as_levels(item, label)
+        if steps[position] is None:
+            _binding.invalid(f"{label}: integer levels need a step")
+        shape = tuple(int(n) for n in array.shape)
+        specs.append(
+            _binding.EncodeTensor(
+                label=label,
+                index=position,
+                shape=shape,
+                levels=array,
+                step=_binding.check_float(steps[position], f"{label}: step", positive=True),
+            )
+        )
+        shapes.append(shape)
+    data, raw = _binding.encode(specs, options)
+    return EncodeResult(data=data, stats=_stats(raw, names, shapes))
+
+
+# ---------------------------------------------------------------------------
+# Decoding
+# ---------------------------------------------------------------------------
+
+
+def _decode_options(
+    threads: int, max_tensors: int, max_tensor_elems: int, max_total_elems: int
+) -> _binding.DecodeOptions:
+    return _binding.DecodeOptions(
+        threads=threads,
+        max_tensors=max_tensors,
+        max_tensor_elems=max_tensor_elems,
+        max_total_elems=max_total_elems,
+    )
+
+
+def _check_names(names: Sequence[str] | None, count: int) -> list[str] | None:
+    if names is None:
+        return None
+    if isinstance(names, str) or not isinstance(names, Sequence):
+        _binding.invalid(f"names must be a sequence of str, got {type(names).__name__}")
+    names = list(names)
+    if len(names) != count:
+        _binding.invalid(
+            f"names has {len(names)} entries, the container holds {count} tensors",
+            FC_ERR_MISMATCH,
+        )
+    if len(set(names)) != count:
+        _binding.invalid("names must be distinct")
+    return names
+
+
+def _named(items: list[_T], names: list[str] | None) -> list[_T] | dict[str, _T]:
+    return dict(zip(names, items, strict=True)) if names is not None else items
+
+
+def inspect(
+    data: bytes | bytearray | memoryview,
+    *,
+    max_tensors: int = _DEFAULT_MAX_TENSORS,
+    max_tensor_elems: int = _DEFAULT_MAX_ELEMS,
+    max_total_elems: int = _DEFAULT_MAX_ELEMS,
+) -> list[TensorInfo]:
+    """Check a container (magic, version, CRC32, every header field, limits)
+    without decoding payloads, and describe its tensors.
+
+    Parameters
+    ----------
+    data : bytes-like
+        The container.
+    max_tensors, max_tensor_elems, max_total_elems : int, optional
+        Decoder limits; a container beyond them is rejected.
+
+    Returns
+    -------
+    list of TensorInfo
+        One entry per tensor, in container order.
+
+    Raises
+    ------
+    CorruptStreamError
+        The container is truncated, malformed, fails its checksum, has an
+        unknown magic or version, or exceeds a limit.
+    """
+    options = _decode_options(0, max_tensors, max_tensor_elems, max_total_elems)
+    return [
+        TensorInfo(
+            index=info.index,
+            shape=info.shape,
+            numel=info.numel,
+            step=info.step,
+            slices=info.slices,
+            max_gtx=info.max_gtx,
+        )
+        for info in _binding.inspect(data, options)
+    ]
+
+
+@overload
+def decode(
+    data: bytes | bytearray | memoryview,
+    *,
+    names: None = None,
+    threads: int = 0,
+    max_tensors: int = _DEFAULT_MAX_TENSORS,
+    max_tensor_elems: int = _DEFAULT_MAX_ELEMS,
+    max_total_elems: int = _DEFAULT_MAX_ELEMS,
+) -> list[Float32Array]: ...
+
+
+@overload
+def decode(
+    data: bytes | bytearray | memoryview,
+    *,
+    names: Sequence[str],
+    threads: int = 0,
+    max_tensors: int = _DEFAULT_MAX_TENSORS,
+    max_tensor_elems: int = _DEFAULT_MAX_ELEMS,
+    max_total_elems: int = _DEFAULT_MAX_ELEMS,
+) -> dict[str, Float32Array]: ...
+
+
+def decode(
+    data: bytes | bytearray | memoryview,
+    *,
+    names: Sequence[str] | None = None,
+    threads: int = 0,
+    max_tensors: int = _DEFAULT_MAX_TENSORS,
+    max_tensor_elems: int = _DEFAULT_MAX_ELEMS,
+    max_total_elems: int = _DEFAULT_MAX_ELEMS,
+) -> list[Float32Array] | dict[str, Float32Array]:
+    """Decode a container into float32 arrays with the stored shapes.
+
+    Parameters
+    ----------
+    data : bytes-like
+        The container.
+    names : sequence of str, optional
+        One distinct name per tensor: return a dict in container order
+        instead of a list.
+    threads : int, optional
+        Worker threads; 0 uses all online CPUs.
+    max_tensors, max_tensor_elems, max_total_elems : int, optional
+        Decoder limits (hostile input cannot make the decoder allocate more
+        than ``4 * max_total_elems`` bytes of output).
+
+    Returns
+    -------
+    list or dict of ndarray
+        float32 arrays, each ``float32(level) * step``.
+
+    Raises
+    ------
+    CorruptStreamError
+        The container is truncated, malformed, fails its checksum, has an
+        unknown magic or version, or exceeds a limit.
+    InvalidParameterError
+        ``names`` does not match the container, or a parameter is out of
+        range.
+    """
+    options = _decode_options(threads, max_tensors, max_tensor_elems, max_total_elems)
+    infos = _binding.inspect(data, options)
+    checked_names = _check_names(names, len(infos))
+    outputs = [np.empty(info.shape, dtype=np.float32) for info in infos]
+    targets = [
+        _binding.DecodeTarget(label=_label(i, None), numel=info.numel, values=out)
+        for i, (info, out) in enumerate(zip(infos, outputs, strict=True))
+    ]
+    _binding.decode(data, options, targets)
+    return _named(outputs, checked_names)
+
+
+@overload
+def decode_levels(
+    data: bytes | bytearray | memoryview,
+    *,
+    names: None = None,
+    threads: int = 0,
+    max_tensors: int = _DEFAULT_MAX_TENSORS,
+    max_tensor_elems: int = _DEFAULT_MAX_ELEMS,
+    max_total_elems: int = _DEFAULT_MAX_ELEMS,
+) -> list[tuple[Int32Array, float]]: ...
+
+
+@overload
+def decode_levels(
+    data: bytes | bytearray | memoryview,
+    *,
+    names: Sequence[str],
+    threads: int = 0,
+    max_tensors: int = _DEFAULT_MAX_TENSORS,
+    max_tensor_elems: int = _DEFAULT_MAX_ELEMS,
+    max_total_elems: int = _DEFAULT_MAX_ELEMS,
+) -> dict[str, tuple[Int32Array, float]]: ...
+
+
+def decode_levels(
+    data: bytes | bytearray | memoryview,
+    *,
+    names: Sequence[str] | None = None,
+    threads: int = 0,
+    max_tensors: int = _DEFAULT_MAX_TENSORS,
+    max_tensor_elems: int = _DEFAULT_MAX_ELEMS,
+    max_total_elems: int = _DEFAULT_MAX_ELEMS,
+) -> list[tuple[Int32Array, float]] | dict[str, tuple[Int32Array, float]]:
+    """Decode a container into its integer levels and steps.
+
+    Parameters
+    ----------
+    data : bytes-like
+        The container.
+    names, threads, max_tensors, max_tensor_elems, max_total_elems
+        As for :func:`decode`.
+
+    Returns
+    -------
+    list or dict of (ndarray, float)
+        Per tensor: int32 levels with the stored shape, and the step (a
+        float32 value); the reconstruction is ``float32(level) * step``.
+
+    Raises
+    ------
+    CorruptStreamError, InvalidParameterError
+        As for :func:`decode`.
+    """
+    options = _decode_options(threads, max_tensors, max_tensor_elems, max_total_elems)
+    infos = _binding.inspect(data, options)
+    checked_names = _check_names(names, len(infos))
+    outputs = [np.empty(info.shape, dtype=np.int32) for info in infos]
+    targets = [
+        _binding.DecodeTarget(label=_label(i, None), numel=info.numel, levels=out)
+        for i, (info, out) in enumerate(zip(infos, outputs, strict=True))
+    ]
+    _binding.decode(data, options, targets)
+    pairs = [(out, info.step) for out, info in zip(outputs, infos, strict=True)]
+    return _named(pairs, checked_names)
+
+
+def decode_accumulate(
+    data: bytes | bytearray | memoryview,
+    accumulators: Sequence[npt.NDArray[np.float32] | npt.NDArray[np.float64]]
+    | Mapping[str, npt.NDArray[np.float32] | npt.NDArray[np.float64]],
+    weight: float = 1.0,
+    *,
+    threads: int = 0,
+    max_tensors: int = _DEFAULT_MAX_TENSORS,
+    max_tensor_elems: int = _DEFAULT_MAX_ELEMS,
+    max_total_elems: int = _DEFAULT_MAX_ELEMS,
+) -> None:
+    """Add ``weight * decoded`` to accumulators in place, without
+    materializing the decoded tensors (the server side of FedAvg).
+
+    ``acc[i] += weight * (float32(level) * step)``, computed in the
+    accumulator's precision.  The container is checked in full before any
+    accumulator is written: on any error every accumulator is left as it was.
+
+    Parameters
+    ----------
+    data : bytes-like
+        The container.
+    accumulators : sequence or mapping of ndarray
+        One per tensor, in container order (mapping order for a mapping):
+        float32 or float64, C-contiguous, writeable, with exactly the stored
+        shape.
+    weight : float, optional
+        Finite accumulation weight (e.g. a client's share of the examples).
+    threads, max_tensors, max_tensor_elems, max_total_elems
+        As for :func:`decode`.
+
+    Raises
+    ------
+    InvalidParameterError
+        An accumulator count, shape, dtype or layout that does not fit, a
+        read-only accumulator, a non-finite weight.
+    CorruptStreamError
+        As for :func:`decode`.
+    """
+    names, accs = _split_collection(accumulators, "accumulators")
+    options = _decode_options(threads, max_tensors, max_tensor_elems, max_total_elems)
+    weight = _binding.check_real(weight, "weight")
+    infos = _binding.inspect(data, options)
+    if len(accs) != len(infos):
+        _binding.invalid(
+            f"got {len(accs)} accumulators, the container holds {len(infos)} tensors",
+            FC_ERR_MISMATCH,
+        )
+    targets: list[_binding.DecodeTarget] = []
+    for position, (acc, info) in enumerate(zip(accs, infos, strict=True)):
+        label = _label(position, names[position] if names else None)
+        if not isinstance(acc, np.ndarray):
+            _binding.invalid(
+                f"{label}: accumulator must be a numpy array, got {type(acc).__name__}"
+            )
+        if acc.shape != info.shape:
+            _binding.invalid(
+                f"{label}: accumulator has shape {acc.shape}, the container stores {info.shape}",
+                FC_ERR_MISMATCH,
+            )
+        targets.append(_binding.DecodeTarget(label=label, numel=info.numel, acc=acc, weight=weight))
+    _binding.decode(data, options, targets)
+
+
+def library_version() -> str:
+    """Version of the compiled C library, "major.minor.patch"."""
+    return _binding.version_string()
