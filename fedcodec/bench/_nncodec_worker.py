@@ -1,0 +1,252 @@
+"""Code given integer levels with NNCodec; runs in NNCodec's own Python environment.
+
+This file is executed as a script by *another* interpreter (``--nncodec-python``), one that has
+NNCodec installed; it must therefore import nothing from fedcodec, only the standard library,
+numpy and nncodec. fedcodec never imports it.
+
+Usage::
+
+    PYTHON _nncodec_worker.py SPEC.json OUT.json
+
+``SPEC.json`` holds ``{"repeats": int, "sets": [{"name": str, "npz": path, "step": float}]}``;
+each ``.npz`` holds the int32 levels of one data set as arrays ``arr_0, arr_1, ...`` in order. For
+each set the worker finds NNCodec's ``(qp, qp_density)`` whose step equals ``step`` exactly,
+feeds NNCodec the float32 tensors ``level * step`` with plain rounding (URQ: no trellis,
+``lambda_scale=0``, row skipping and parameter optimisation on), so that NNCodec quantizes
+them back to exactly the given levels, and times ``compress`` and ``decompress``. The decoded
+tensors must equal ``level * step`` bit for bit, which proves NNCodec coded the same levels.
+"""
+
+from __future__ import annotations
+
+import gc
+import importlib
+import json
+import os
+import statistics
+import sys
+import time
+import types
+from typing import Any
+
+import numpy as np
+
+_DENSITY_PREFERENCE = (2, 0, 1, 3, 4, 5, 6, 7)
+
+
+def grid_step(qp: int, qp_density: int) -> float:
+    """NNCodec's step for ``(qp, qp_density)``: ``(k + qp mod k) * 2**(floor(qp/k) - d)``.
+
+    Parameters
+    ----------
+    qp : int
+        Quantization parameter.
+    qp_density : int
+        ``d``; ``k = 2**d`` steps per octave.
+
+    Returns
+    -------
+    float
+        The step.
+    """
+    k = 1 << qp_density
+    return float((k + qp % k) * 2.0 ** (qp // k - qp_density))
+
+
+def find_qp(step: float) -> tuple[int, int] | None:
+    """``(qp, qp_density)`` whose step equals ``step`` (to float32 precision), or None.
+
+    Parameters
+    ----------
+    step : float
+        Wanted step.
+
+    Returns
+    -------
+    tuple of (int, int) or None
+        The grid point, preferring NNCodec's default density 2.
+    """
+    target = float(np.float32(step))
+    for d in _DENSITY_PREFERENCE:
+        k = 1 << d
+        octave = int(np.floor(np.log2(target)))
+        for s in (octave - 1, octave, octave + 1):
+            for m in range(k):
+                qp = k * s + m
+                if abs(grid_step(qp, d) / target - 1.0) < 1e-7:
+                    return qp, d
+    return None
+
+
+class _Anything:
+    """Accepts any call and any attribute; stands in for torchvision's dataset helpers."""
+
+    def __init__(self, *args: object, **kwargs: object) -> None:
+        pass
+
+    def __call__(self, *args: object, **kwargs: object) -> _Anything:
+        return _Anything()
+
+    def __getattr__(self, name: str) -> _Anything:
+        if name.startswith("__"):
+            raise AttributeError(name)
+        return _Anything()
+
+
+def _placeholder_module(name: str) -> types.ModuleType:
+    mod = types.ModuleType(name)
+
+    def getattr_(attr: str) -> type:
+        if attr.startswith("__"):
+            raise AttributeError(attr)
+        return type(attr, (_Anything,), {})
+
+    mod.__getattr__ = getattr_  # type: ignore[method-assign]
+    return mod
+
+
+def import_nnc() -> Any:
+    """Import ``nncodec.nnc``, with a placeholder torchvision if the real one cannot load.
+
+    NNCodec imports torchvision only for dataset helpers that coding never uses, and the PyPI
+    torchvision wheel does not import against a CPU-only torch.
+
+    Returns
+    -------
+    module
+        ``nncodec.nnc``.
+    """
+    importlib.import_module("torch")
+    try:
+        importlib.import_module("torchvision")
+    except Exception:
+        for key in [k for k in sys.modules if k == "torchvision" or k.startswith("torchvision.")]:
+            del sys.modules[key]
+        top = _placeholder_module("torchvision")
+        for sub in ("datasets", "transforms", "models"):
+            m = _placeholder_module("torchvision." + sub)
+            setattr(top, sub, m)
+            sys.modules["torchvision." + sub] = m
+        sys.modules["torchvision"] = top
+    return importlib.import_module("nncodec.nnc")
+
+
+def code_set(nnc: Any, levels: list[np.ndarray], step: float, repeats: int) -> dict[str, Any]:
+    """Code one data set's levels with NNCodec URQ ``repeats`` times.
+
+    Parameters
+    ----------
+    nnc : module
+        ``nncodec.nnc``.
+    levels : list of numpy.ndarray
+        int32 levels per tensor.
+    step : float
+        The step (must lie on NNCodec's qp grid).
+    repeats : int
+        Number of encode + decode runs.
+
+    Returns
+    -------
+    dict
+        ``bytes``, ``qp``, ``qp_density``, ``enc_s``/``dec_s`` (lists of seconds),
+        ``deterministic``, ``decoded_equal``; or ``error`` when the step is off the grid.
+    """
+    grid = find_qp(step)
+    if grid is None:
+        return {"error": f"step {step!r} is not on NNCodec's qp grid"}
+    qp, d = grid
+    s32 = np.float32(step)
+    tensors: dict[str, np.ndarray] = {}
+    for i, lv in enumerate(levels):
+        a = lv.astype(np.float32) * s32
+        tensors[f"layer{i}.weight"] = a.reshape(1, -1) if a.ndim < 2 else a
+    kwargs: dict[str, Any] = {
+        "bitstream_path": None,
+        "qp": qp,
+        "qp_density": d,
+        "nonweight_qp": qp,
+        "qp_per_tensor": dict.fromkeys(tensors, qp),
+        "use_dq": False,
+        "lambda_scale": 0.0,
+        "row_skipping": True,
+        "param_opt": True,
+        "return_bitstream": True,
+        "verbose": False,
+    }
+    enc_s: list[float] = []
+    dec_s: list[float] = []
+    sizes: set[int] = set()
+    equal = True
+    for _ in range(max(1, repeats)):
+        gc.collect()
+        t0 = time.perf_counter()
+        bs = bytearray(nnc.compress(tensors, **kwargs))
+        t1 = time.perf_counter()
+        rec = nnc.decompress(bs)
+        t2 = time.perf_counter()
+        enc_s.append(t1 - t0)
+        dec_s.append(t2 - t1)
+        sizes.add(len(bs))
+        for name, a in tensors.items():
+            if not np.array_equal(np.asarray(rec[name], dtype=np.float32).reshape(a.shape), a):
+                equal = False
+    return {
+        "bytes": min(sizes),
+        "qp": qp,
+        "qp_density": d,
+        "enc_s": enc_s,
+        "dec_s": dec_s,
+        "enc_s_median": statistics.median(enc_s),
+        "dec_s_median": statistics.median(dec_s),
+        "deterministic": len(sizes) == 1,
+        "decoded_equal": equal,
+    }
+
+
+def main(argv: list[str]) -> int:
+    """Run the worker: read the spec, code every set, write the results.
+
+    Parameters
+    ----------
+    argv : list of str
+        ``[SPEC.json, OUT.json]``.
+
+    Returns
+    -------
+    int
+        Exit status.
+    """
+    # The script's own folder (fedcodec/bench) is sys.path[0]; keep it from shadowing packages.
+    here = os.path.dirname(os.path.abspath(__file__))
+    sys.path[:] = [p for p in sys.path if os.path.abspath(p or os.curdir) != here]
+    if len(argv) != 2:
+        print("usage: _nncodec_worker.py SPEC.json OUT.json", file=sys.stderr)
+        return 2
+    with open(argv[0], encoding="utf-8") as fh:
+        spec = json.load(fh)
+    t0 = time.perf_counter()
+    nnc = import_nnc()
+    version = "unknown"
+    try:
+        from importlib.metadata import version as _v
+
+        version = _v("nncodec")
+    except Exception:
+        pass
+    out: dict[str, Any] = {
+        "nncodec_version": version,
+        "numpy_version": np.__version__,
+        "import_s": time.perf_counter() - t0,
+        "sets": {},
+    }
+    for s in spec["sets"]:
+        with np.load(s["npz"], allow_pickle=False) as z:
+            levels = [np.asarray(z[f"arr_{i}"]) for i in range(len(z.files))]
+        out["sets"][s["name"]] = code_set(nnc, levels, float(s["step"]), int(spec["repeats"]))
+    with open(argv[1], "w", encoding="utf-8") as fh:
+        json.dump(out, fh)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

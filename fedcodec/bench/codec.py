@@ -1,0 +1,1023 @@
+"""The codec benchmark: fedcodec's entropy coder against generic coders on the same levels.
+
+``fedcodec bench codec`` (or ``python -m fedcodec.bench codec``) builds seeded synthetic model
+updates (:mod:`fedcodec.bench.data`), quantizes them by plain rounding at a fixed step, and
+codes exactly those integer levels with
+
+* fedcodec (``fc.encode_levels``, lossless) — sizes, and encode / decode / decode-accumulate
+  speed on one thread and on all cores;
+* zstd-19, lzma-9, and the order-0 entropy and i.i.d. ideal rate of the levels
+  (:mod:`fedcodec.bench.baselines`);
+* NNCodec, when ``--nncodec-python`` names an interpreter that has it
+  (:mod:`fedcodec.bench.nncodec_ref`); otherwise its published figures are shown as reference.
+
+It also runs ``fc.encode`` on the float tensors at the same step with λ = 0 (which must give the
+same bytes) and with one RDOQ λ (size and SNR), checks every decode against the input, and
+ends with a table of targets marked PASS or MISS.
+
+Everything is measured side by side in one process, interleaved run by run, and reported as
+medians, because the machines it runs on are shared and noisy.
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+import math
+import statistics
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, TextIO, TypeVar
+
+import numpy as np
+import numpy.typing as npt
+
+from fedcodec.bench import baselines as bl
+from fedcodec.bench.data import (
+    FULL_SHAPES,
+    QUICK_SHAPES,
+    Dataset,
+    density_label,
+    make_datasets,
+    quantize,
+)
+from fedcodec.bench.machine import machine_info, usable_cores
+from fedcodec.bench.nncodec_ref import PUBLISHED, PUBLISHED_NUMEL, NNCodecRun, run_nncodec
+from fedcodec.bench.report import fmt_int, fmt_pct, fmt_rate, table
+
+__all__ = [
+    "DENSE_STEP",
+    "FULL_DENSITIES",
+    "QUICK_DENSITIES",
+    "RDOQ_LAMBDA",
+    "SPARSE_STEP",
+    "BenchError",
+    "CodecBenchConfig",
+    "TargetResult",
+    "run_codec_bench",
+]
+
+#: Step of the sparse sets: NNCodec's qp -46 (6 * 2**-14 ~= 3.66e-4), exact in float32.
+SPARSE_STEP = 3.662109375e-4
+#: Step of the dense set: twice the sparse step (NNCodec's qp -42), about 3 bits per weight.
+DENSE_STEP = 7.32421875e-4
+#: The RDOQ setting reported next to plain rounding: ln(2)/6, the high-rate optimum.
+RDOQ_LAMBDA = 0.1155
+#: Densities of the full run and of ``--quick``.
+FULL_DENSITIES: tuple[float, ...] = (0.10, 0.05, 0.01, 0.001, 0.0001)
+QUICK_DENSITIES: tuple[float, ...] = (0.01, 0.001)
+
+_MODE_NAMES = ("dense", "grouped", "runs")
+_T = TypeVar("_T")
+I32Array = npt.NDArray[np.int32]
+F32Array = npt.NDArray[np.float32]
+
+
+class BenchError(RuntimeError):
+    """A correctness failure found by the benchmark (a decode that differs from its input)."""
+
+
+@dataclass
+class CodecBenchConfig:
+    """Settings of one codec benchmark run.
+
+    Attributes
+    ----------
+    quick : bool
+        Quarter-size tensors and fewer densities, for smoke runs.
+    repeats : int or None
+        Timed runs per measurement (medians are reported); None means 5, or 1 with ``quick``.
+    step : float
+        Quantization step of the sparse sets (rounded to float32).
+    dense_step : float
+        Quantization step of the dense set (rounded to float32).
+    densities : tuple of float or None
+        Sparse densities as fractions; None means the default of the mode.
+    dense : bool
+        Include the dense set.
+    rdoq_lambda : float
+        λ of the RDOQ row.
+    threads : int
+        Thread count of the "all cores" measurements (0 = all online CPUs).
+    seed : int
+        Seed of the synthetic data.
+    nncodec_python : str or None
+        Interpreter with NNCodec installed, to measure it on the same levels.
+    json_path : str or None
+        Where to write the JSON report.
+    check : bool
+        Make :func:`run_codec_bench`'s caller fail on a missed target or failed check.
+    """
+
+    quick: bool = False
+    repeats: int | None = None
+    step: float = SPARSE_STEP
+    dense_step: float = DENSE_STEP
+    densities: tuple[float, ...] | None = None
+    dense: bool = True
+    rdoq_lambda: float = RDOQ_LAMBDA
+    threads: int = 0
+    seed: int = 0
+    nncodec_python: str | None = None
+    json_path: str | None = None
+    check: bool = False
+
+    def resolved_repeats(self) -> int:
+        """Return the number of timed runs per measurement, defaults applied.
+
+        Returns
+        -------
+        int
+            At least 1.
+        """
+        if self.repeats is not None:
+            return max(1, self.repeats)
+        return 1 if self.quick else 5
+
+    def resolved_densities(self) -> tuple[float, ...]:
+        """Sparse densities after applying the defaults.
+
+        Returns
+        -------
+        tuple of float
+            Fractions in (0, 1].
+        """
+        if self.densities is not None:
+            return self.densities
+        return QUICK_DENSITIES if self.quick else FULL_DENSITIES
+
+
+@dataclass(frozen=True)
+class TargetResult:
+    """One row of the targets table.
+
+    Attributes
+    ----------
+    name : str
+        What is measured.
+    dataset : str
+        The data set it is measured on.
+    measured : float or None
+        The value (None when the data set was not part of the run).
+    goal : str
+        The target, in words.
+    unit : str
+        Unit of ``measured``.
+    status : str
+        ``"PASS"``, ``"MISS"`` or ``"n/a"``.
+    """
+
+    name: str
+    dataset: str
+    measured: float | None
+    goal: str
+    unit: str
+    status: str
+
+
+@dataclass
+class _Timings:
+    """Seconds per run of each timed operation."""
+
+    runs: dict[str, list[float]] = field(default_factory=dict)
+
+    def add(self, op: str, seconds: float) -> None:
+        self.runs.setdefault(op, []).append(seconds)
+
+    def median(self, op: str) -> float | None:
+        r = self.runs.get(op)
+        return statistics.median(r) if r else None
+
+
+def _timed(fn: Callable[[], _T]) -> tuple[_T, float]:
+    gc_was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        t0 = time.perf_counter()
+        r = fn()
+        t1 = time.perf_counter()
+    finally:
+        if gc_was_enabled:
+            gc.enable()
+    return r, t1 - t0
+
+
+def _modes_str(modes: object) -> str:
+    """Slice coding modes of a tensor as text: a bit mask (bit m = mode m) or a list of names."""
+    if isinstance(modes, (int, np.integer)):
+        names = [n for m, n in enumerate(_MODE_NAMES) if int(modes) >> m & 1]
+        return "+".join(names) if names else "-"
+    if isinstance(modes, str):
+        return modes
+    if isinstance(modes, (list, tuple)):
+        return "+".join(str(m) for m in modes)
+    return str(modes)
+
+
+def _snr_db(signal_sq: float, err_sq: float) -> float | None:
+    """SNR in dB, or None when it is unbounded (no error) or undefined (no signal)."""
+    if err_sq <= 0.0 or signal_sq <= 0.0:
+        return None
+    return 10.0 * math.log10(signal_sq / err_sq)
+
+
+def _fmt_db(x: float | None) -> str:
+    return "inf" if x is None else f"{x:.2f}"
+
+
+def _rel(a: float | None, b: float | None) -> float | None:
+    if a is None or b is None or b <= 0:
+        return None
+    return a / b - 1.0
+
+
+def _mws(numel: int, seconds: float | None) -> float | None:
+    if seconds is None or seconds <= 0:
+        return None
+    return numel / seconds / 1e6
+
+
+def _expect_levels(
+    got: Sequence[tuple[I32Array, float]], want: Sequence[I32Array], step: float, what: str
+) -> None:
+    if len(got) != len(want):
+        raise BenchError(f"{what}: decoded {len(got)} tensors, expected {len(want)}")
+    for i, ((lv, st), ref) in enumerate(zip(got, want, strict=True)):
+        a = np.asarray(lv)
+        if a.shape != ref.shape or not np.array_equal(a, ref):
+            bad = (
+                int(np.count_nonzero(a.reshape(-1) != ref.reshape(-1)))
+                if a.size == ref.size
+                else -1
+            )
+            raise BenchError(
+                f"{what}: tensor {i} decodes to different levels than were encoded "
+                f"(shape {a.shape} vs {ref.shape}, {bad} mismatches)"
+            )
+        if float(np.float32(st)) != float(np.float32(step)):
+            raise BenchError(f"{what}: tensor {i} decodes with step {st!r}, encoded with {step!r}")
+
+
+def _expect_floats(got: Sequence[F32Array], want: Sequence[F32Array], what: str) -> None:
+    if len(got) != len(want):
+        raise BenchError(f"{what}: {len(got)} tensors, expected {len(want)}")
+    for i, (a, ref) in enumerate(zip(got, want, strict=True)):
+        arr = np.asarray(a)
+        if arr.shape != ref.shape or not np.array_equal(arr, ref):
+            diff = (
+                float(np.max(np.abs(arr.astype(np.float64) - ref)))
+                if arr.shape == ref.shape
+                else float("nan")
+            )
+            raise BenchError(
+                f"{what}: tensor {i} differs from level * step (shape {arr.shape} vs {ref.shape}, "
+                f"max |diff| {diff:.3e})"
+            )
+
+
+def _bench_dataset(
+    ds: Dataset, cfg: CodecBenchConfig, repeats: int, with_zstd: bool, log: Callable[[str], None]
+) -> tuple[dict[str, Any], list[I32Array]]:
+    """Measure one data set. Returns its JSON record and its levels."""
+    from fedcodec import codec as fc
+
+    step = ds.step
+    tensors = ds.tensors
+    numel = ds.numel
+    levels = quantize(tensors, step)
+    s32 = np.float32(step)
+    expected = [lv.astype(np.float32) * s32 for lv in levels]
+    lvl_nnz = int(sum(np.count_nonzero(lv) for lv in levels))
+    thr = cfg.threads
+    checks: dict[str, Any] = {"decodes_verified": 0}
+
+    # Reference encodes (untimed): the lossless level stream and its per-tensor stats.
+    ref = fc.encode_levels(levels, step, threads=1)
+    ref_bytes = bytes(ref.data)
+    tensor_stats = [
+        {
+            "index": int(s.index),
+            "shape": list(s.shape),
+            "bytes": int(s.bytes),
+            "nonzeros": int(s.nonzeros),
+            "slices": int(s.slices),
+            "modes": _modes_str(s.modes),
+        }
+        for s in ref.stats
+    ]
+    rd0 = fc.encode(tensors, step=step, lam=0.0, threads=thr, return_recon=True)
+    rdq = fc.encode(tensors, step=step, lam=cfg.rdoq_lambda, threads=thr, return_recon=True)
+    rdq_bytes = bytes(rdq.data)
+
+    # fc.encode(step, λ=0) must quantize to the same levels and so give the same bytes.
+    float_same = bytes(rd0.data) == ref_bytes
+    float_mismatch = 0
+    if not float_same:
+        got = fc.decode_levels(bytes(rd0.data), threads=thr)
+        float_mismatch = int(
+            sum(
+                np.count_nonzero(np.asarray(g[0]).reshape(-1) != w.reshape(-1))
+                for g, w in zip(got, levels, strict=True)
+            )
+        )
+    checks["float_encode_equals_levels_bytes"] = float_same
+    checks["float_encode_level_mismatches"] = float_mismatch
+
+    # The RDOQ encoder's reconstruction must be what a decoder produces.
+    rdq_dec = fc.decode(rdq_bytes, threads=thr)
+    rdq_recon = rdq.recon if rdq.recon is not None else []
+    checks["rdoq_recon_equals_decode"] = len(rdq_recon) == len(rdq_dec) and all(
+        np.array_equal(np.asarray(a), np.asarray(b))
+        for a, b in zip(rdq_recon, rdq_dec, strict=True)
+    )
+    _expect_floats(
+        fc.decode(bytes(rd0.data), threads=thr),
+        list(rd0.recon or []),
+        f"{ds.name}: decode of fc.encode(lam=0) vs its recon",
+    )
+    sig_sq = float(sum(float(np.square(t, dtype=np.float64).sum()) for t in tensors))
+    err0 = float(
+        sum(
+            float(np.square(t.astype(np.float64) - e).sum())
+            for t, e in zip(tensors, expected, strict=True)
+        )
+    )
+    err_rdq = float(
+        sum(
+            float(np.square(t.astype(np.float64) - np.asarray(r, dtype=np.float64)).sum())
+            for t, r in zip(tensors, rdq_dec, strict=True)
+        )
+    )
+    rdq_nnz = int(sum(s.nonzeros for s in rdq.stats))
+
+    accs = [np.zeros(t.shape, dtype=np.float32) for t in tensors]
+    deterministic = True
+
+    def enc_levels(n: int) -> Callable[[], bytes]:
+        return lambda: bytes(fc.encode_levels(levels, step, threads=n).data)
+
+    def enc_float(n: int, lam: float) -> Callable[[], bytes]:
+        return lambda: bytes(fc.encode(tensors, step=step, lam=lam, threads=n).data)
+
+    def dec_levels(n: int) -> Callable[[], list[tuple[I32Array, float]]]:
+        return lambda: fc.decode_levels(ref_bytes, threads=n)
+
+    def dec_float(n: int) -> Callable[[], list[F32Array]]:
+        return lambda: fc.decode(ref_bytes, threads=n)
+
+    def accumulate(n: int) -> Callable[[], None]:
+        return lambda: fc.decode_accumulate(ref_bytes, accs, 1.0, threads=n)
+
+    timings = _Timings()
+    # One untimed warm-up pass (thread pools, page faults), then `repeats` timed passes with the
+    # operations interleaved, so that a slow spell of the machine hits all of them alike.
+    for rep in range(repeats + 1):
+        for n, tag in ((1, "1t"), (thr, "all")):
+            data, sec = _timed(enc_levels(n))
+            deterministic &= data == ref_bytes
+            if rep:
+                timings.add(f"enc_levels_{tag}", sec)
+            dec, sec = _timed(dec_levels(n))
+            _expect_levels(dec, levels, step, f"{ds.name}: decode_levels(threads={n})")
+            checks["decodes_verified"] += 1
+            if rep:
+                timings.add(f"dec_levels_{tag}", sec)
+            for a in accs:
+                a.fill(0.0)
+            _, sec = _timed(accumulate(n))
+            _expect_floats(accs, expected, f"{ds.name}: decode_accumulate(threads={n})")
+            checks["decodes_verified"] += 1
+            if rep:
+                timings.add(f"acc_{tag}", sec)
+            data, sec = _timed(enc_float(n, 0.0))
+            deterministic &= data == bytes(rd0.data)
+            if rep:
+                timings.add(f"enc_float_{tag}", sec)
+        fl, sec = _timed(dec_float(thr))
+        _expect_floats(fl, expected, f"{ds.name}: decode(threads={thr})")
+        checks["decodes_verified"] += 1
+        if rep:
+            timings.add("dec_float_all", sec)
+        data, sec = _timed(enc_float(thr, cfg.rdoq_lambda))
+        deterministic &= data == rdq_bytes
+        if rep:
+            timings.add("enc_rdoq_all", sec)
+    checks["deterministic_bytes"] = deterministic
+
+    t0 = time.perf_counter()
+    base = bl.measure_baselines(levels, with_zstd=with_zstd)
+    log(f"    baselines {time.perf_counter() - t0:.1f} s")
+
+    nbytes = len(ref_bytes)
+    speed = {
+        op: {
+            "median_s": timings.median(op),
+            "median_mws": _mws(numel, timings.median(op)),
+            "runs_s": runs,
+        }
+        for op, runs in timings.runs.items()
+    }
+    rec: dict[str, Any] = {
+        "name": ds.name,
+        "density": ds.density,
+        "step": step,
+        "numel": numel,
+        "float_nonzeros": ds.nonzeros,
+        "level_nonzeros": lvl_nnz,
+        "max_abs_level": int(max((int(np.abs(lv).max()) for lv in levels if lv.size), default=0)),
+        "tensors": [
+            {"name": n, "shape": list(t.shape)} for n, t in zip(ds.names, tensors, strict=True)
+        ],
+        "fedcodec": {
+            "bytes": nbytes,
+            "bits_per_weight": 8.0 * nbytes / numel,
+            "bits_per_nonzero": (8.0 * nbytes / lvl_nnz) if lvl_nnz else None,
+            "tensors": tensor_stats,
+        },
+        "baselines": asdict(base),
+        "relative": {
+            "vs_zstd19": _rel(nbytes, base.zstd19_bytes),
+            "vs_lzma9": _rel(nbytes, base.lzma9_bytes),
+            "vs_order0": _rel(nbytes, base.order0_bytes),
+            "vs_iid": _rel(nbytes, base.iid_bytes),
+        },
+        "speed": speed,
+        "float_encode": {
+            "lam": 0.0,
+            "bytes": len(rd0.data),
+            "snr_db": _snr_db(sig_sq, err0),
+            "sq_error": err0,
+            "sq_error_reported": float(sum(s.sq_error for s in rd0.stats)),
+        },
+        "rdoq": {
+            "lam": cfg.rdoq_lambda,
+            "bytes": len(rdq_bytes),
+            "vs_plain": _rel(len(rdq_bytes), nbytes),
+            "snr_db": _snr_db(sig_sq, err_rdq),
+            "sq_error": err_rdq,
+            "sq_error_reported": float(sum(s.sq_error for s in rdq.stats)),
+            "nonzeros": rdq_nnz,
+        },
+        "checks": checks,
+    }
+    return rec, levels
+
+
+def _targets(records: Sequence[dict[str, Any]], cores: int) -> list[TargetResult]:
+    by_density: dict[float | None, dict[str, Any]] = {r["density"]: r for r in records}
+
+    def find(d: float | None) -> dict[str, Any] | None:
+        if d is None:
+            return by_density.get(None)
+        for k, r in by_density.items():
+            if k is not None and math.isclose(k, d, rel_tol=1e-9):
+                return r
+        return None
+
+    out: list[TargetResult] = []
+
+    def size_target(d: float | None, label: str, key: str, limit: float, goal: str) -> None:
+        r = find(d)
+        if r is None:
+            out.append(TargetResult(label, density_label(d), None, goal, "%", "n/a"))
+            return
+        v = r["relative"][key]
+        ok = v is not None and v <= limit
+        out.append(
+            TargetResult(
+                label,
+                r["name"],
+                None if v is None else 100.0 * v,
+                goal,
+                "%",
+                "PASS" if ok else "MISS",
+            )
+        )
+
+    size_target(0.01, "bytes vs order-0 entropy", "vs_order0", -0.15, "<= -15 %")
+    size_target(0.001, "bytes vs iid ideal", "vs_iid", 0.10, "<= +10 %")
+    size_target(0.0001, "bytes vs iid ideal", "vs_iid", 0.10, "<= +10 %")
+    size_target(None, "bytes vs order-0 entropy", "vs_order0", 0.0, "<= 0 %")
+
+    r1 = find(0.01)
+
+    def mws(op: str) -> float | None:
+        if r1 is None:
+            return None
+        v = r1["speed"].get(op, {}).get("median_mws")
+        return None if v is None else float(v)
+
+    name1 = r1["name"] if r1 else density_label(0.01)
+    for op, label, lim in (
+        ("enc_levels_1t", "encode_levels, 1 thread", 100.0),
+        ("dec_levels_1t", "decode_levels, 1 thread", 200.0),
+    ):
+        v = mws(op)
+        st = "n/a" if v is None else ("PASS" if v >= lim else "MISS")
+        out.append(TargetResult(label, name1, v, f">= {lim:g} Mw/s", "Mw/s", st))
+    for kind in ("enc", "dec"):
+        one, allc = mws(f"{kind}_levels_1t"), mws(f"{kind}_levels_all")
+        word = "encode_levels" if kind == "enc" else "decode_levels"
+        label = f"{word}, all cores / 1 thread"
+        if one is None or allc is None:
+            out.append(TargetResult(label, name1, None, "> 1.00x", "x", "n/a"))
+        elif cores < 2:
+            out.append(
+                TargetResult(label, name1, allc / one, "> 1.00x (needs 2+ cores)", "x", "n/a")
+            )
+        else:
+            out.append(
+                TargetResult(
+                    label, name1, allc / one, "> 1.00x", "x", "PASS" if allc > one else "MISS"
+                )
+            )
+    return out
+
+
+def _fmt_measured(t: TargetResult) -> str:
+    if t.measured is None:
+        return "n/a"
+    if t.unit == "%":
+        return f"{t.measured:+.1f} %"
+    if t.unit == "x":
+        return f"{t.measured:.2f}x"
+    return f"{fmt_rate(t.measured)} Mw/s"
+
+
+def _print_published(recs: Sequence[dict[str, Any]], out: TextIO) -> None:
+    out.write(
+        f"Published figures, NOT measured here (reference notes on NNCodec, section 4.1: "
+        f"NNCodec 2.1.3 URQ, {PUBLISHED_NUMEL:,} weights of the same recipe but another "
+        f"random draw, 2-vCPU Xeon, one thread):\n\n"
+    )
+    rows = []
+    for p in PUBLISHED:
+        mine = next(
+            (
+                r
+                for r in recs
+                if r["density"] is not None
+                and math.isclose(r["density"], p.density)
+                and r["numel"] == PUBLISHED_NUMEL
+                and math.isclose(r["step"], p.step, rel_tol=1e-6)
+            ),
+            None,
+        )
+        rows.append(
+            [
+                f"sparse-{100 * p.density:g}% (published)",
+                fmt_int(p.nncodec_bytes),
+                f"{p.bits_per_weight:.3f}",
+                f"{p.bits_per_nonzero:.2f}",
+                fmt_int(p.order0_bytes),
+                fmt_pct(_rel(p.nncodec_bytes, p.order0_bytes)),
+                fmt_rate(p.enc_mws),
+                fmt_rate(p.dec_mws),
+                "n/a" if mine is None else fmt_int(mine["baselines"]["order0_bytes"]),
+                "n/a"
+                if mine is None
+                else fmt_pct(_rel(mine["fedcodec"]["bytes"], p.nncodec_bytes)),
+            ]
+        )
+    out.write(
+        table(
+            [
+                "data",
+                "NNCodec B",
+                "bits/w",
+                "bits/nnz",
+                "their order-0",
+                "vs order-0",
+                "enc Mw/s",
+                "dec Mw/s",
+                "our order-0",
+                "fedcodec vs published (indicative)",
+            ],
+            rows,
+        )
+        + "\n\n"
+    )
+
+
+def _print_report(res: dict[str, Any], out: TextIO) -> None:
+    recs: list[dict[str, Any]] = res["datasets"]
+    cfg = res["config"]
+    m = res["machine"]
+    w = out.write
+    shapes = ", ".join("x".join(str(d) for d in s) for s in cfg["shapes"])
+    w(f"# fedcodec codec benchmark{' (--quick)' if cfg['quick'] else ''}\n\n")
+    w(
+        f"data: {cfg['numel']:,} weights in {len(cfg['shapes'])} tensors ({shapes}); Laplacian "
+        f"(scale 1e-3) x log-normal row scales (sigma 0.5), global top-k; seed {cfg['seed']}\n"
+    )
+    w(
+        f"steps: sparse {cfg['step']:.10g}, dense {cfg['dense_step']:.10g}; levels = "
+        f"round-half-away(w / step)\n"
+    )
+    w(
+        f"machine: {m['cpu_model']}; {m['usable_cores']} usable cores; Python {m['python']}, "
+        f"numpy {m['numpy']}, fedcodec {m['fedcodec']} (C library "
+        f"{m.get('fedcodec_library')}), zstandard {m['zstandard'] or 'missing'}\n"
+    )
+    w(
+        f"timing: median of {cfg['repeats']} interleaved runs after a warm-up; 1t = threads=1, "
+        f"all = threads={cfg['threads']} ({m['usable_cores']} cores); Mw/s = million weights "
+        f"(zeros included) per second\n\n"
+    )
+    if not res["zstd_available"]:
+        w(
+            "note: zstd-19 not measured: the `zstandard` package is not installed "
+            "(pip install 'fedcodec[bench]')\n\n"
+        )
+
+    w("## Sizes on the same integer levels (fedcodec = fc.encode_levels, lossless)\n\n")
+    w("Relative sizes are fedcodec / baseline - 1 (negative = fedcodec smaller).\n\n")
+    rows = []
+    for r in recs:
+        f = r["fedcodec"]
+        rel = r["relative"]
+        rows.append(
+            [
+                r["name"],
+                "100 %" if r["density"] is None else f"{100 * r['density']:g} %",
+                fmt_int(r["level_nonzeros"]),
+                fmt_int(f["bytes"]),
+                f"{f['bits_per_weight']:.4f}",
+                "n/a" if f["bits_per_nonzero"] is None else f"{f['bits_per_nonzero']:.2f}",
+                fmt_pct(rel["vs_zstd19"]),
+                fmt_pct(rel["vs_lzma9"]),
+                fmt_pct(rel["vs_order0"]),
+                fmt_pct(rel["vs_iid"]),
+            ]
+        )
+    w(
+        table(
+            [
+                "data",
+                "density",
+                "nonzeros",
+                "fedcodec B",
+                "bits/w",
+                "bits/nnz",
+                "vs zstd-19",
+                "vs lzma-9",
+                "vs order-0",
+                "vs iid ideal",
+            ],
+            rows,
+        )
+        + "\n\n"
+    )
+
+    rows = []
+    for r in recs:
+        b = r["baselines"]
+        modes = sorted({t["modes"] for t in r["fedcodec"]["tensors"]})
+        rows.append(
+            [
+                r["name"],
+                b["int_dtype"],
+                str(r["max_abs_level"]),
+                fmt_int(b["zstd19_bytes"]),
+                fmt_int(b["lzma9_bytes"]),
+                fmt_int(b["order0_bytes"]),
+                fmt_int(b["iid_bytes"]),
+                ", ".join(modes),
+            ]
+        )
+    w(
+        "Baselines in bytes (zstd/lzma: all levels concatenated in the narrowest signed dtype; "
+        "order-0: global N*H0/8; iid ideal: sum over tensors of numel*H0(tensor)/8), and the "
+        "slice modes fedcodec chose:\n\n"
+    )
+    w(
+        table(
+            ["data", "levels", "max|L|", "zstd-19", "lzma-9", "order-0", "iid ideal", "modes"],
+            rows,
+            left=2,
+        )
+        + "\n\n"
+    )
+
+    w(f"## Speed (Mw/s, median of {cfg['repeats']})\n\n")
+    w(
+        "enc/dec = encode_levels/decode_levels; acc = decode_accumulate into float32; "
+        "enc float = fc.encode(step, lam=0) from float32; dec float = fc.decode to float32.\n\n"
+    )
+    rows = []
+    for r in recs:
+        s = r["speed"]
+
+        def g(op: str, s: dict[str, Any] = s) -> str:
+            return fmt_rate(s.get(op, {}).get("median_mws"))
+
+        rows.append(
+            [
+                r["name"],
+                g("enc_levels_1t"),
+                g("enc_levels_all"),
+                g("dec_levels_1t"),
+                g("dec_levels_all"),
+                g("acc_1t"),
+                g("acc_all"),
+                g("enc_float_1t"),
+                g("enc_float_all"),
+                g("dec_float_all"),
+            ]
+        )
+    w(
+        table(
+            [
+                "data",
+                "enc 1t",
+                "enc all",
+                "dec 1t",
+                "dec all",
+                "acc 1t",
+                "acc all",
+                "enc float 1t",
+                "enc float all",
+                "dec float all",
+            ],
+            rows,
+        )
+        + "\n\n"
+    )
+
+    w(f"## Quantizer: fc.encode at the same step, lam=0 vs RDOQ lam={cfg['rdoq_lambda']:g}\n\n")
+    rows = []
+    for r in recs:
+        fe, rq, ck = r["float_encode"], r["rdoq"], r["checks"]
+        same = (
+            "yes"
+            if ck["float_encode_equals_levels_bytes"]
+            else (f"NO ({ck['float_encode_level_mismatches']:,} levels differ)")
+        )
+        rows.append(
+            [
+                r["name"],
+                fmt_int(fe["bytes"]),
+                same,
+                _fmt_db(fe["snr_db"]),
+                fmt_int(rq["bytes"]),
+                fmt_pct(rq["vs_plain"]),
+                _fmt_db(rq["snr_db"]),
+                fmt_int(rq["nonzeros"]),
+                fmt_rate(r["speed"]["enc_rdoq_all"]["median_mws"]),
+            ]
+        )
+    w(
+        table(
+            [
+                "data",
+                "lam=0 B",
+                "= levels B",
+                "SNR dB",
+                "RDOQ B",
+                "vs lam=0",
+                "RDOQ SNR dB",
+                "RDOQ nnz",
+                "RDOQ enc all Mw/s",
+            ],
+            rows,
+        )
+        + "\n\n"
+    )
+
+    w("## NNCodec\n\n")
+    nn = res["nncodec"]
+    if nn["status"] == "measured":
+        w(
+            f"measured here on the same levels: NNCodec {nn['meta'].get('nncodec_version')} "
+            f"(URQ, lam=0, row_skipping, param_opt; one thread, it has no threading), "
+            f"median of {cfg['repeats']}\n\n"
+        )
+        rows = []
+        for r in recs:
+            n = r.get("nncodec")
+            if n is None:
+                continue
+            if n["nncodec_bytes"] is None:
+                rows.append([r["name"], "n/a", "", "", "", "", "", n.get("error") or ""])
+                continue
+            nb = n["nncodec_bytes"]
+            enc = _mws(r["numel"], statistics.median(n["enc_s"]) if n["enc_s"] else None)
+            dec = _mws(r["numel"], statistics.median(n["dec_s"]) if n["dec_s"] else None)
+            rows.append(
+                [
+                    r["name"],
+                    fmt_int(nb),
+                    f"{8.0 * nb / r['numel']:.4f}",
+                    fmt_pct(_rel(nb, r["baselines"]["order0_bytes"])),
+                    fmt_pct(_rel(r["fedcodec"]["bytes"], nb)),
+                    fmt_rate(enc),
+                    fmt_rate(dec),
+                    "ok" if n["decoded_equal"] and n["deterministic"] else "MISMATCH",
+                ]
+            )
+        w(
+            table(
+                [
+                    "data",
+                    "NNCodec B",
+                    "bits/w",
+                    "NNCodec vs order-0",
+                    "fedcodec vs NNCodec",
+                    "enc Mw/s",
+                    "dec Mw/s",
+                    "decode check",
+                ],
+                rows,
+            )
+            + "\n\n"
+        )
+    else:
+        if nn["status"] == "not installed":
+            w(
+                "NNCodec: not installed (see docs). Measure it on the same levels with "
+                "--nncodec-python PATH, the python of a separate venv that has NNCodec.\n\n"
+            )
+        else:
+            w(f"NNCodec: {nn['status']}: {nn.get('error')}\n\n")
+        _print_published(recs, out)
+    w("## Targets\n\n")
+    rows = [[t.name, t.dataset, _fmt_measured(t), t.goal, t.status] for t in res["targets"]]
+    w(table(["target", "data", "measured", "goal", "result"], rows, left=2) + "\n\n")
+
+    w("## Checks\n\n")
+    for line in res["check_lines"]:
+        w(f"- {line}\n")
+    w(f"\n{res['summary']}\n")
+
+
+def run_codec_bench(
+    cfg: CodecBenchConfig, out: TextIO | None = None, log: TextIO | None = None
+) -> tuple[dict[str, Any], bool]:
+    """Run the codec benchmark, print its report, and optionally write the JSON.
+
+    Parameters
+    ----------
+    cfg : CodecBenchConfig
+        Settings.
+    out : file-like, optional
+        Where the report goes (default ``sys.stdout``).
+    log : file-like, optional
+        Where progress lines go (default ``sys.stderr``).
+
+    Returns
+    -------
+    tuple of (dict, bool)
+        The full result (what ``--json`` writes) and whether every target that was measured
+        passed and every check held.
+
+    Raises
+    ------
+    BenchError
+        If a decode differs from its input, or another correctness failure is found.
+    """
+    out = sys.stdout if out is None else out
+    logf = sys.stderr if log is None else log
+
+    def say(msg: str) -> None:
+        logf.write(msg + "\n")
+        logf.flush()
+
+    t_start = time.perf_counter()
+    repeats = cfg.resolved_repeats()
+    densities = cfg.resolved_densities()
+    step = float(np.float32(cfg.step))
+    dense_step = float(np.float32(cfg.dense_step))
+    shapes = QUICK_SHAPES if cfg.quick else FULL_SHAPES
+    with_zstd = bl.zstd_available()
+    cores = usable_cores()
+
+    say(f"fedcodec bench codec: generating data (seed {cfg.seed})")
+    sets = make_datasets(
+        densities,
+        shapes=shapes,
+        sparse_step=step,
+        dense_step=dense_step,
+        include_dense=cfg.dense,
+        seed=cfg.seed,
+    )
+    records: list[dict[str, Any]] = []
+    all_levels: list[tuple[str, list[I32Array], float]] = []
+    for i, ds in enumerate(sets, 1):
+        t0 = time.perf_counter()
+        say(f"[{i}/{len(sets)}] {ds.name}: {ds.nonzeros:,} nonzeros of {ds.numel:,}")
+        rec, levels = _bench_dataset(ds, cfg, repeats, with_zstd, say)
+        records.append(rec)
+        all_levels.append((ds.name, levels, ds.step))
+        say(f"    {rec['fedcodec']['bytes']:,} B, {time.perf_counter() - t0:.1f} s")
+
+    nn: dict[str, Any] = {"status": "not installed"}
+    if cfg.nncodec_python:
+        say(f"NNCodec: coding the same levels with {cfg.nncodec_python}")
+        try:
+            runs, meta = run_nncodec(cfg.nncodec_python, all_levels, repeats=repeats)
+        except (RuntimeError, OSError, ValueError) as e:
+            lines = str(e).strip().splitlines() or [repr(e)]
+            nn = {"status": "failed", "error": lines[-1], "detail": str(e)}
+            say(f"NNCodec failed: {e}")
+        else:
+            nn = {"status": "measured", "meta": meta}
+            for rec in records:
+                run: NNCodecRun | None = runs.get(rec["name"])
+                if run is not None:
+                    rec["nncodec"] = asdict(run)
+    else:
+        nn["error"] = None
+
+    targets = _targets(records, cores)
+    check_lines: list[str] = []
+    ok_checks = True
+    n_dec = sum(r["checks"]["decodes_verified"] for r in records)
+    check_lines.append(
+        f"every decode equals its input: yes ({n_dec} decodes of levels, floats "
+        f"and accumulators checked element by element)"
+    )
+    for key, text in (
+        ("deterministic_bytes", "identical bytes in every run and thread count"),
+        (
+            "float_encode_equals_levels_bytes",
+            "fc.encode(step, lam=0) gives the same bytes as fc.encode_levels",
+        ),
+        ("rdoq_recon_equals_decode", "RDOQ encoder reconstruction equals the decoder's output"),
+    ):
+        bad = [r["name"] for r in records if not r["checks"][key]]
+        ok_checks &= not bad
+        check_lines.append(f"{text}: " + ("yes" if not bad else "NO for " + ", ".join(bad)))
+    if nn["status"] == "measured":
+        bad = [
+            r["name"]
+            for r in records
+            if "nncodec" in r
+            and r["nncodec"]["nncodec_bytes"] is not None
+            and not (r["nncodec"]["decoded_equal"] and r["nncodec"]["deterministic"])
+        ]
+        ok_checks &= not bad
+        check_lines.append(
+            "NNCodec decoded exactly level * step, same size every run: "
+            + ("yes" if not bad else "NO for " + ", ".join(bad))
+        )
+    misses = [t for t in targets if t.status == "MISS"]
+    elapsed = time.perf_counter() - t_start
+    passed = sum(t.status == "PASS" for t in targets)
+    summary = (
+        f"{passed} PASS, {len(misses)} MISS, {sum(t.status == 'n/a' for t in targets)} n/a; "
+        f"checks {'ok' if ok_checks else 'FAILED'}; {elapsed:.1f} s"
+    )
+
+    from fedcodec import codec as fc
+
+    machine = machine_info()
+    machine["fedcodec_library"] = fc.library_version()
+    result: dict[str, Any] = {
+        "schema": "fedcodec-bench-codec/1",
+        "machine": machine,
+        "config": {
+            "quick": cfg.quick,
+            "repeats": repeats,
+            "step": step,
+            "dense_step": dense_step,
+            "densities": list(densities),
+            "dense": cfg.dense,
+            "rdoq_lambda": cfg.rdoq_lambda,
+            "threads": cfg.threads,
+            "seed": cfg.seed,
+            "shapes": [list(s) for s in shapes],
+            "numel": int(sum(r * c for r, c in shapes)),
+        },
+        "zstd_available": with_zstd,
+        "datasets": records,
+        "nncodec": nn,
+        "nncodec_published": [asdict(p) for p in PUBLISHED],
+        "targets": [asdict(t) for t in targets],
+        "check_lines": check_lines,
+        "checks_ok": ok_checks,
+        "all_targets_pass": not misses,
+        "summary": summary,
+        "elapsed_s": elapsed,
+    }
+    result["targets"] = [asdict(t) for t in targets]
+    _print_report({**result, "targets": targets}, out)
+    out.flush()
+    if cfg.json_path:
+        Path(cfg.json_path).write_text(
+            json.dumps(result, indent=1, default=_json_default) + "\n", encoding="utf-8"
+        )
+        say(f"wrote {cfg.json_path}")
+    return result, ok_checks and not misses
+
+
+def _json_default(o: object) -> Any:
+    if isinstance(o, np.integer):
+        return int(o)
+    if isinstance(o, np.floating):
+        return float(o)
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    raise TypeError(f"not JSON serializable: {type(o).__name__}")
