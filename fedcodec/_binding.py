@@ -57,6 +57,8 @@ _UINT64_MAX = 2**64 - 1
 _WINDOW_SETS = 8  # fc_encode_options.window_set is 0..7 (fedcodec.h)
 
 _F32 = np.dtype(np.float32)
+_F32_NORMAL_MIN = float(np.finfo(np.float32).tiny)
+_F32_MAX = float(np.finfo(np.float32).max)
 _I32 = np.dtype(np.int32)
 
 # What each result means, in words for an exception message.
@@ -284,6 +286,13 @@ def _fill_tensor(c_tensor: Any, tensor: EncodeTensor, keep: list[Any]) -> None:
     c_tensor.importance = _pointer("float[]", tensor.importance, keep)
     c_tensor.recon = _pointer("float[]", tensor.recon, keep)
     c_tensor.step = check_float(tensor.step, f"{label}: step")
+    with np.errstate(over="ignore"):
+        step32 = float(np.float32(tensor.step))
+    if tensor.step and not _F32_NORMAL_MIN <= step32 <= _F32_MAX:
+        invalid(
+            f"{label}: step {tensor.step:g} is not a normal float32 number "
+            f"(steps are stored as float32: {_F32_NORMAL_MIN:g} .. {_F32_MAX:g})"
+        )
     c_tensor.sigma_min = check_float(tensor.sigma_min, f"{label}: sigma_min")
 
 
@@ -325,13 +334,17 @@ def _explain_tensor_error(code: int, tensor: EncodeTensor, step: float) -> str:
                 f"the largest level {MAX_LEVEL}; use a larger step"
             )
     importance = tensor.importance
-    if (
-        code == FC_ERR_INVALID_ARGUMENT
-        and importance is not None
-        and importance.size
-        and float(importance.min()) < 0.0
-    ):
-        return f"{tensor.label}: importance must be >= 0"
+    if code == FC_ERR_INVALID_ARGUMENT and importance is not None and importance.size:
+        if float(importance.min()) < 0.0:
+            return f"{tensor.label}: importance must be >= 0"
+        if float(importance.sum(dtype=np.float64)) <= 0.0:
+            return f"{tensor.label}: importance is 0 everywhere; some weight must count"
+    if code == FC_ERR_INVALID_ARGUMENT and tensor.values is not None and tensor.step == 0.0:
+        peak = float(np.abs(tensor.values).max()) if tensor.values.size else 0.0
+        return (
+            f"{tensor.label}: the step derived from the values (max |value| {peak:g}) "
+            "is not a normal float32 number; pass step= explicitly"
+        )
     return f"{tensor.label}: {_MEANING.get(code, 'unknown error')}"
 
 
