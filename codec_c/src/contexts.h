@@ -15,7 +15,7 @@
 
 #include "rangecoder.h"
 
-#define FC_SIG_CTX 6          /* left class (0, -, +) x above significant */
+#define FC_SIG_CTX 24         /* left class x above significant x distance class */
 #define FC_SIGN_CTX 9         /* left sign x above sign */
 #define FC_GTX_CLASSES 4      /* min(|left| + |above|, 3) */
 #define FC_REM_CLASSES 4      /* magnitude class of the neighbourhood */
@@ -33,7 +33,7 @@ typedef struct fc_ctxset {
     fc_ctx gtx[FC_MAX_GTX][FC_GTX_CLASSES];         /* |level| > j + 1 */
     fc_ctx rem_prefix[FC_REM_CLASSES][FC_REM_PREFIX_POS];
     fc_ctx rem_suffix[FC_REM_PREFIX_POS];           /* first suffix bin by prefix length */
-    fc_ctx gap_prefix[FC_GAP_PREFIX_POS];
+    fc_ctx gap_prefix[3][FC_GAP_PREFIX_POS];       /* by the previous gap's prefix length */
     fc_ctx gap_suffix[FC_GAP_PREFIX_POS][2];        /* two leading suffix bins by prefix length */
 } fc_ctxset;
 
@@ -54,32 +54,26 @@ static inline unsigned fc_abs32(int32_t v)
     return v < 0 ? (unsigned)(-(int64_t)v) : (unsigned)v;
 }
 
-static inline unsigned fc_sig_ctx(int32_t left, int32_t above)
+/* Coded magnitude of a level: |v| - m0 + 1 for v != 0 (m0 is the slice's
+ * smallest nonzero magnitude, see binarize.h), 0 for v == 0. */
+static inline unsigned fc_cm(int32_t v, unsigned m0)
 {
-    return fc_sign_class(left) * 2u + (above != 0);
+    return v ? fc_abs32(v) - m0 + 1u : 0u;
 }
 
-static inline unsigned fc_sign_ctx(int32_t left, int32_t above)
+/* Distance class of the last nonzero in the row: 0 within 4 columns, 1
+ * within 32, 2 farther, 3 none yet. */
+static inline unsigned fc_dist_class(uint64_t dist)
 {
-    return fc_sign_class(left) * 3u + fc_sign_class(above);
+    if (dist <= 4) return 0;
+    if (dist <= 32) return 1;
+    if (dist == UINT64_MAX) return 3;
+    return 2;
 }
 
-static inline unsigned fc_gtx_class(int32_t left, int32_t above)
+static inline unsigned fc_sig_ctx(int32_t left, int32_t above, unsigned dist_class)
 {
-    unsigned t = fc_abs32(left) + fc_abs32(above);
-    return t > 3u ? 3u : t;
-}
-
-static inline unsigned fc_rem_class(int32_t left, int32_t above, unsigned lastmag)
-{
-    unsigned m = fc_abs32(left), a = fc_abs32(above), e;
-    if (a > m) m = a;
-    if (lastmag > m) m = lastmag;
-    e = fc_ilog2_32(m + 1u); /* 0: m=0, 1: m=1..2, 2: 3..6, 3: 7..14, ... */
-    if (e <= 1) return 0;
-    if (e <= 3) return 1;
-    if (e == 4) return 2;
-    return 3;
+    return (fc_sign_class(left) * 2u + (above != 0)) * 4u + dist_class;
 }
 
 /* Everything a level's binarization needs about its neighbourhood. */
@@ -89,13 +83,25 @@ typedef struct fc_nbr {
     unsigned rem_class;
 } fc_nbr;
 
-static inline fc_nbr fc_neighbourhood(int32_t left, int32_t above, unsigned lastmag)
+/* `rowmag` is a running average of the coded magnitudes of the row's
+ * nonzero levels so far (0: none). */
+static inline fc_nbr fc_neighbourhood(int32_t left, int32_t above, unsigned m0, unsigned rowmag)
 {
     fc_nbr n;
-    n.sign_ctx = fc_sign_ctx(left, above);
-    n.gtx_class = fc_gtx_class(left, above);
-    n.rem_class = fc_rem_class(left, above, lastmag);
+    unsigned l = fc_cm(left, m0), a = fc_cm(above, m0), t = l + a, m, e;
+    n.sign_ctx = fc_sign_class(left) * 3u + fc_sign_class(above);
+    if (t == 0) t = rowmag;
+    n.gtx_class = t > 3u ? 3u : t;
+    m = l > a ? l : a;
+    if (rowmag > m) m = rowmag;
+    e = fc_ilog2_32(m + 1u); /* 0: m = 0, 1: 1..2, 2: 3..6, 3+: 7.. */
+    n.rem_class = e > 3u ? 3u : e;
     return n;
+}
+
+static inline unsigned fc_rowmag_update(unsigned rowmag, unsigned cm)
+{
+    return rowmag ? (rowmag + cm + 1u) >> 1 : cm;
 }
 
 #endif /* FC_CONTEXTS_H */

@@ -56,13 +56,27 @@ uint64_t fc_count_significant(const float *values, uint64_t n, double inv_step)
     return cnt;
 }
 
+uint64_t fc_rounding_stats(const float *values, uint64_t n, double inv_step, unsigned *min_level)
+{
+    uint64_t cnt = 0, i;
+    int32_t lo = FC_MAX_LEVEL;
+    for (i = 0; i < n; i++) {
+        int32_t a = (int32_t)(fabs((double)values[i]) * inv_step + 0.5);
+        if (a) {
+            cnt++;
+            if (a < lo) lo = a;
+        }
+    }
+    *min_level = cnt ? (unsigned)lo : 1u;
+    return cnt;
+}
+
 static uint64_t quantize_row_rounding(const fc_quantizer *q, const float *x, uint64_t cols,
                                       int32_t *cur)
 {
     uint64_t nz = 0, c;
     for (c = 0; c < cols; c++) {
-        double t = fabs((double)x[c]) * q->inv_step;
-        int32_t a = (int32_t)(t + 0.5);
+        int32_t a = (int32_t)(fabs((double)x[c]) * q->inv_step + 0.5);
         cur[c] = x[c] < 0.0f ? -a : a;
         nz += a != 0;
     }
@@ -73,20 +87,22 @@ uint64_t fc_quantize_row(fc_quantizer *q, const float *x, const float *importanc
                          uint64_t cols, const int32_t *prev, int32_t *cur)
 {
     fc_ctxset *m = &q->model;
-    uint64_t nz = 0, c;
-    unsigned lastmag = 0;
+    const unsigned m0 = q->m0;
+    uint64_t nz = 0, c, last_nz = UINT64_MAX;
+    unsigned rowmag = 0;
     if (q->lambda <= 0.0) return quantize_row_rounding(q, x, cols, cur);
     for (c = 0; c < cols; c++) {
         int32_t left = c ? cur[c - 1] : 0;
         int32_t above = prev ? prev[c] : 0;
-        fc_ctx *sig = &m->sig[fc_sig_ctx(left, above)];
+        uint64_t dist = last_nz == UINT64_MAX ? UINT64_MAX : c - last_nz;
+        fc_ctx *sig = &m->sig[fc_sig_ctx(left, above, fc_dist_class(dist))];
         double t = fabs((double)x[c]) * q->inv_step;
         unsigned best = 0;
         if (t > 0.0) {
             double eta = importance ? (double)importance[c] * q->eta_scale : 1.0;
             unsigned fl = (unsigned)t, ce = fl + ((double)fl < t);
             unsigned neg = x[c] < 0.0f;
-            fc_nbr nb = fc_neighbourhood(left, above, lastmag);
+            fc_nbr nb = fc_neighbourhood(left, above, m0, rowmag);
             double best_j = eta * t * t + q->lambda * (double)fc_ctx_cost(sig, 0);
             double sig1 = (double)fc_ctx_cost(sig, 1);
             unsigned cand[2], i;
@@ -96,19 +112,21 @@ uint64_t fc_quantize_row(fc_quantizer *q, const float *x, const float *importanc
             for (i = 0; i < 2; i++) {
                 unsigned k = cand[i];
                 double d, j;
-                if (k == 0 || (i == 1 && k == fl)) continue;
+                if (k < m0 || (i == 1 && k == fl)) continue;
                 d = t - (double)k;
-                j = eta * d * d + q->lambda * (sig1 + (double)fc_cost_level(m, k, neg, nb, q->N));
+                j = eta * d * d +
+                    q->lambda * (sig1 + (double)fc_cost_level(m, k - m0 + 1u, neg, nb, q->N));
                 if (j < best_j) {
                     best_j = j;
                     best = k;
                 }
             }
             if (best) {
-                int32_t v = neg ? -(int32_t)best : (int32_t)best;
-                fc_update_level(m, v, nb, q->N);
-                cur[c] = v;
-                lastmag = best;
+                unsigned cm = best - m0 + 1u;
+                fc_update_level(m, neg, cm, nb, q->N);
+                cur[c] = neg ? -(int32_t)best : (int32_t)best;
+                rowmag = fc_rowmag_update(rowmag, cm);
+                last_nz = c;
                 nz++;
             }
         }

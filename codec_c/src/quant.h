@@ -10,7 +10,8 @@
  * Levels: with lambda = 0 plain rounding, |level| = floor(|w|/step + 1/2).
  * With lambda > 0 the weighted rate-distortion choice
  *     k* = argmin_k  eta_i (|w_i|/step - k)^2 + lambda * R(k)
- * over k in {0, floor(|w|/step), ceil(|w|/step)}, where R(k) are the bits of
+ * over k in {0, floor(|w|/step), ceil(|w|/step)} (nonzero k below the
+ * slice's smallest rounded magnitude m0 are left out, binarize.h), where R(k) are the bits of
  * k under the live contexts of a rate model (the dense-mode contexts), which
  * is updated with every decision exactly as a coder would be.  Distortion is
  * in units of step^2, so lambda is dimensionless; eta is the caller's
@@ -40,12 +41,17 @@ double fc_derive_step(const fc_tensor_scan *scan, double sigma_min, uint32_t S);
  * plain rounding). */
 uint64_t fc_count_significant(const float *values, uint64_t n, double inv_step);
 
+/* Count and smallest magnitude of the nonzero levels under plain rounding
+ * (*min_level = 1 when there are none). */
+uint64_t fc_rounding_stats(const float *values, uint64_t n, double inv_step, unsigned *min_level);
+
 /* Quantizer state of one slice. */
 typedef struct fc_quantizer {
     double inv_step;
     double lambda;
     double eta_scale;      /* 1 / mean importance */
     unsigned N;
+    unsigned m0;           /* smallest nonzero magnitude allowed */
     fc_ctxset model;       /* the rate model (used when lambda > 0) */
 } fc_quantizer;
 

@@ -40,42 +40,69 @@ typedef struct dec_state {
     fc_ctxset s;
     unsigned N;
     unsigned k;
+    unsigned m0;
+    unsigned cm_max;       /* largest coded magnitude that keeps |v| <= FC_MAX_LEVEL */
     unsigned prev_row_flag;
+    /* per row */
+    unsigned rowmag;
+    uint64_t last_nz;      /* column of the row's last nonzero, or UINT64_MAX */
     /* runs mode */
-    uint64_t pos;          /* slice position of the next element to place */
+    unsigned gap_class;
+    uint64_t pos;          /* slice position after the last nonzero */
     uint64_t next_nz;      /* slice position of the next nonzero, or n */
     uint64_t n;
     int bad;
 } dec_state;
 
-/* Decode one row chunk [c0, c1) into cur[0 .. c1-c0).  `prev` is the whole
- * previous row (or NULL), `left` the level before c0 in this row. */
-static void dec_chunk_dense(dec_state *st, int32_t *cur, const int32_t *prev, uint64_t c0,
-                            uint64_t c1, int32_t left, unsigned *lastmag)
+/* Decode the level of a significant element; 0 when malformed. */
+static inline int32_t dec_nonzero(dec_state *st, int32_t left, int32_t above)
+{
+    unsigned neg, cm = fc_dec_level(&st->d, &st->s, fc_neighbourhood(left, above, st->m0, st->rowmag),
+                                     st->N, st->cm_max, &neg);
+    int32_t a;
+    if (!cm) {
+        st->bad = 1;
+        return 0;
+    }
+    st->rowmag = fc_rowmag_update(st->rowmag, cm);
+    a = (int32_t)(cm + st->m0 - 1u);
+    return neg ? -a : a;
+}
+
+/* Significance-coded columns [g0, g1) of a chunk that starts at c0. */
+static int32_t dec_sig_range(dec_state *st, fc_ctx *sigset, int32_t *cur, const int32_t *prev,
+                             uint64_t c0, uint64_t g0, uint64_t g1, int32_t left)
 {
     uint64_t c;
-    for (c = c0; c < c1; c++) {
+    for (c = g0; c < g1; c++) {
         int32_t above = prev ? prev[c] : 0;
+        uint64_t dist = st->last_nz == UINT64_MAX ? UINT64_MAX : c - st->last_nz;
         int32_t v = 0;
-        if (fc_rc_decode(&st->d, &st->s.sig[fc_sig_ctx(left, above)])) {
-            v = fc_dec_level(&st->d, &st->s, fc_neighbourhood(left, above, *lastmag), st->N);
-            if (!v) {
-                st->bad = 1;
-                return;
-            }
-            *lastmag = fc_abs32(v);
+        if (fc_rc_decode(&st->d, &sigset[fc_sig_ctx(left, above, fc_dist_class(dist))])) {
+            v = dec_nonzero(st, left, above);
+            if (!v) return 0;
+            st->last_nz = c;
         }
         cur[c - c0] = v;
         left = v;
     }
+    return left;
+}
+
+/* Decode one row chunk [c0, c1) into cur[0 .. c1-c0).  `prev` is the whole
+ * previous row (or NULL), `left` the level before c0 in this row. */
+static void dec_chunk_dense(dec_state *st, int32_t *cur, const int32_t *prev, uint64_t c0,
+                            uint64_t c1, int32_t left)
+{
+    dec_sig_range(st, st->s.sig, cur, prev, c0, c0, c1, left);
 }
 
 static void dec_chunk_grouped(dec_state *st, int32_t *cur, const int32_t *prev, uint64_t c0,
-                              uint64_t c1, int32_t left, unsigned *lastmag, unsigned *left_group,
+                              uint64_t c1, int32_t left, unsigned *left_group,
                               const uint8_t *gprev, uint8_t *gcur)
 {
-    uint64_t c, g;
-    for (g = c0 / FC_GROUP; g * FC_GROUP < c1; g++) {
+    uint64_t g;
+    for (g = c0 / FC_GROUP; g * FC_GROUP < c1 && !st->bad; g++) {
         uint64_t g0 = g * FC_GROUP, g1 = g0 + FC_GROUP < c1 ? g0 + FC_GROUP : c1;
         unsigned above_group = gprev ? gprev[g] : 0;
         unsigned any = fc_rc_decode(&st->d, &st->s.group[*left_group * 2 + above_group]);
@@ -86,51 +113,36 @@ static void dec_chunk_grouped(dec_state *st, int32_t *cur, const int32_t *prev, 
             left = 0;
             continue;
         }
-        for (c = g0; c < g1; c++) {
-            int32_t above = prev ? prev[c] : 0;
-            int32_t v = 0;
-            if (fc_rc_decode(&st->d, &st->s.gsig[fc_sig_ctx(left, above)])) {
-                v = fc_dec_level(&st->d, &st->s, fc_neighbourhood(left, above, *lastmag), st->N);
-                if (!v) {
-                    st->bad = 1;
-                    return;
-                }
-                *lastmag = fc_abs32(v);
-            }
-            cur[c - c0] = v;
-            left = v;
-        }
+        left = dec_sig_range(st, st->s.gsig, cur, prev, c0, g0, g1, left);
     }
 }
 
 static void next_gap(dec_state *st)
 {
     uint64_t g;
-    if (fc_dec_gap(&st->d, &st->s, st->k, &g) || g > st->n - st->pos) {
+    int ep = fc_dec_gap(&st->d, &st->s, st->k, st->gap_class, &g);
+    if (ep < 0 || g > st->n - st->pos) {
         st->bad = 1;
         st->next_nz = st->n;
         return;
     }
+    st->gap_class = fc_gap_class((unsigned)ep);
     st->next_nz = st->pos + g;
 }
 
 /* Runs mode: the chunk starts at slice position `base`. */
 static void dec_chunk_runs(dec_state *st, int32_t *cur, const int32_t *prev, uint64_t base,
-                           uint64_t c0, uint64_t c1, int32_t left, unsigned *lastmag)
+                           uint64_t c0, uint64_t c1, int32_t left)
 {
     uint64_t end = base + (c1 - c0);
     memset(cur, 0, sizeof(int32_t) * (size_t)(c1 - c0));
     while (st->next_nz < end) {
         uint64_t i = st->next_nz - base, c = c0 + i;
-        int32_t l = i ? cur[i - 1] : (st->next_nz == base ? left : 0);
+        int32_t l = i ? cur[i - 1] : left;
         int32_t above = prev ? prev[c] : 0;
-        int32_t v = fc_dec_level(&st->d, &st->s, fc_neighbourhood(l, above, *lastmag), st->N);
-        if (!v) {
-            st->bad = 1;
-            return;
-        }
+        int32_t v = dec_nonzero(st, l, above);
+        if (!v) return;
         cur[i] = v;
-        *lastmag = fc_abs32(v);
         st->pos = st->next_nz + 1;
         next_gap(st);
         if (st->bad) return;
@@ -166,6 +178,16 @@ void fc_slice_decode(fc_slice_dec_job *job)
     fc_ctxset_init(&st->s, job->window_set);
     st->N = job->max_gtx;
     st->k = job->k;
+    st->gap_class = 0;
+    {
+        uint32_t m0m1;
+        if (fc_dec_eg0_bypass(&st->d, &m0m1) || m0m1 >= (uint32_t)FC_MAX_LEVEL) {
+            job->result = FC_ERR_CORRUPT;
+            goto out;
+        }
+        st->m0 = m0m1 + 1u;
+        st->cm_max = (unsigned)FC_MAX_LEVEL - m0m1;
+    }
     st->prev_row_flag = 0;
     st->n = rows * cols;
     st->pos = 0;
@@ -175,9 +197,11 @@ void fc_slice_decode(fc_slice_dec_job *job)
     for (r = 0; r < rows && !st->bad; r++) {
         const int32_t *above_row = (r > 0 && use_above) ? prev : NULL;
         const uint64_t off = r * cols;
-        unsigned lastmag = 0, left_group = 0, flag = 1;
+        unsigned left_group = 0, flag = 1;
         int32_t left = 0;
         uint64_t c0;
+        st->rowmag = 0;
+        st->last_nz = UINT64_MAX;
         if (job->mode != FC_MODE_RUNS) {
             flag = fc_rc_decode(&st->d, &st->s.row[st->prev_row_flag]);
             st->prev_row_flag = flag;
@@ -191,14 +215,14 @@ void fc_slice_decode(fc_slice_dec_job *job)
             uint64_t c1 = c0 + width < cols ? c0 + width : cols;
             switch (job->mode) {
             case FC_MODE_DENSE:
-                dec_chunk_dense(st, cur, above_row, c0, c1, left, &lastmag);
+                dec_chunk_dense(st, cur, above_row, c0, c1, left);
                 break;
             case FC_MODE_GROUPED:
-                dec_chunk_grouped(st, cur, above_row, c0, c1, left, &lastmag, &left_group,
+                dec_chunk_grouped(st, cur, above_row, c0, c1, left, &left_group,
                                   r > 0 ? gprev : NULL, gcur);
                 break;
             default:
-                dec_chunk_runs(st, cur, above_row, off + c0, c0, c1, left, &lastmag);
+                dec_chunk_runs(st, cur, above_row, off + c0, c0, c1, left);
                 break;
             }
             if (st->bad) break;

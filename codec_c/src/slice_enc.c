@@ -25,36 +25,59 @@ unsigned fc_choose_gap_order(uint64_t significant, uint64_t n)
 
 typedef struct row_state {
     unsigned prev_row_flag;
+    unsigned m0;
+    unsigned N;
     uint64_t run;          /* runs mode: zeros since the last nonzero */
+    unsigned gap_class;    /* runs mode: class of the previous gap */
 } row_state;
 
-static void enc_row_dense(fc_rc_enc *e, fc_ctxset *s, const int32_t *cur, const int32_t *prev,
-                          uint64_t cols, uint64_t nz, unsigned N, row_state *st)
+/* Code the level cur[c] (nonzero) and update the row's magnitude memory. */
+static inline void enc_nonzero(fc_rc_enc *e, fc_ctxset *s, const row_state *st, const int32_t *cur,
+                               const int32_t *prev, uint64_t c, unsigned *rowmag)
 {
-    unsigned lastmag = 0;
+    int32_t v = cur[c];
+    int32_t left = c ? cur[c - 1] : 0;
+    int32_t above = prev ? prev[c] : 0;
+    unsigned cm = fc_cm(v, st->m0);
+    fc_enc_level(e, s, v < 0, cm, fc_neighbourhood(left, above, st->m0, *rowmag), st->N);
+    *rowmag = fc_rowmag_update(*rowmag, cm);
+}
+
+static void enc_sig_range(fc_rc_enc *e, fc_ctxset *s, fc_ctx *sigset, const row_state *st,
+                          const int32_t *cur, const int32_t *prev, uint64_t c0, uint64_t c1,
+                          uint64_t *last_nz, unsigned *rowmag)
+{
     uint64_t c;
-    unsigned flag = nz != 0;
-    fc_rc_encode(e, &s->row[st->prev_row_flag], flag);
-    st->prev_row_flag = flag;
-    if (!flag) return;
-    for (c = 0; c < cols; c++) {
+    for (c = c0; c < c1; c++) {
         int32_t left = c ? cur[c - 1] : 0;
         int32_t above = prev ? prev[c] : 0;
+        uint64_t dist = *last_nz == UINT64_MAX ? UINT64_MAX : c - *last_nz;
         int32_t v = cur[c];
-        fc_rc_encode(e, &s->sig[fc_sig_ctx(left, above)], v != 0);
+        fc_rc_encode(e, &sigset[fc_sig_ctx(left, above, fc_dist_class(dist))], v != 0);
         if (v) {
-            fc_enc_level(e, s, v, fc_neighbourhood(left, above, lastmag), N);
-            lastmag = fc_abs32(v);
+            enc_nonzero(e, s, st, cur, prev, c, rowmag);
+            *last_nz = c;
         }
     }
 }
 
-static void enc_row_grouped(fc_rc_enc *e, fc_ctxset *s, const int32_t *cur, const int32_t *prev,
-                            uint64_t cols, uint64_t nz, unsigned N, row_state *st,
-                            const uint8_t *gprev, uint8_t *gcur)
+static void enc_row_dense(fc_rc_enc *e, fc_ctxset *s, const int32_t *cur, const int32_t *prev,
+                          uint64_t cols, uint64_t nz, row_state *st)
 {
-    unsigned lastmag = 0, left_group = 0;
-    uint64_t g, ngroups = (cols + FC_GROUP - 1) / FC_GROUP;
+    unsigned rowmag = 0;
+    uint64_t last_nz = UINT64_MAX;
+    unsigned flag = nz != 0;
+    fc_rc_encode(e, &s->row[st->prev_row_flag], flag);
+    st->prev_row_flag = flag;
+    if (flag) enc_sig_range(e, s, s->sig, st, cur, prev, 0, cols, &last_nz, &rowmag);
+}
+
+static void enc_row_grouped(fc_rc_enc *e, fc_ctxset *s, const int32_t *cur, const int32_t *prev,
+                            uint64_t cols, uint64_t nz, row_state *st, const uint8_t *gprev,
+                            uint8_t *gcur)
+{
+    unsigned rowmag = 0, left_group = 0;
+    uint64_t g, ngroups = (cols + FC_GROUP - 1) / FC_GROUP, last_nz = UINT64_MAX;
     unsigned flag = nz != 0;
     fc_rc_encode(e, &s->row[st->prev_row_flag], flag);
     st->prev_row_flag = flag;
@@ -69,39 +92,23 @@ static void enc_row_grouped(fc_rc_enc *e, fc_ctxset *s, const int32_t *cur, cons
         fc_rc_encode(e, &s->group[left_group * 2 + above_group], any);
         left_group = any;
         if (gcur) gcur[g] = (uint8_t)any;
-        if (!any) continue;
-        for (c = c0; c < c1; c++) {
-            int32_t left = c ? cur[c - 1] : 0;
-            int32_t above = prev ? prev[c] : 0;
-            int32_t v = cur[c];
-            fc_rc_encode(e, &s->gsig[fc_sig_ctx(left, above)], v != 0);
-            if (v) {
-                fc_enc_level(e, s, v, fc_neighbourhood(left, above, lastmag), N);
-                lastmag = fc_abs32(v);
-            }
-        }
+        if (any) enc_sig_range(e, s, s->gsig, st, cur, prev, c0, c1, &last_nz, &rowmag);
     }
 }
 
 static void enc_row_runs(fc_rc_enc *e, fc_ctxset *s, const int32_t *cur, const int32_t *prev,
-                         uint64_t cols, unsigned N, unsigned k, row_state *st)
+                         uint64_t cols, unsigned k, row_state *st)
 {
-    unsigned lastmag = 0;
+    unsigned rowmag = 0;
     uint64_t c;
     for (c = 0; c < cols; c++) {
-        int32_t v = cur[c];
-        if (!v) {
+        if (!cur[c]) {
             st->run++;
             continue;
         }
-        fc_enc_gap(e, s, st->run, k);
+        st->gap_class = fc_gap_class(fc_enc_gap(e, s, st->run, k, st->gap_class));
         st->run = 0;
-        {
-            int32_t left = c ? cur[c - 1] : 0;
-            int32_t above = prev ? prev[c] : 0;
-            fc_enc_level(e, s, v, fc_neighbourhood(left, above, lastmag), N);
-        }
-        lastmag = fc_abs32(v);
+        enc_nonzero(e, s, st, cur, prev, c, &rowmag);
     }
 }
 
@@ -126,11 +133,19 @@ void fc_slice_encode(fc_slice_enc_job *job)
     /* Mode from the density under plain rounding (RD quantization only
      * lowers it). */
     if (job->values) {
-        significant = fc_count_significant(job->values, n, inv_step);
+        significant = fc_rounding_stats(job->values, n, inv_step, &st.m0);
     } else {
         uint64_t i;
+        unsigned lo = (unsigned)FC_MAX_LEVEL;
         significant = 0;
-        for (i = 0; i < n; i++) significant += job->levels[i] != 0;
+        for (i = 0; i < n; i++) {
+            unsigned a = fc_abs32(job->levels[i]);
+            if (a) {
+                significant++;
+                if (a < lo) lo = a;
+            }
+        }
+        st.m0 = significant ? lo : 1u;
     }
     job->mode = job->mode_request >= 0 ? (unsigned)job->mode_request : fc_choose_mode(significant, n);
     job->k = job->mode == FC_MODE_RUNS ? fc_choose_gap_order(significant, n) : 0;
@@ -155,11 +170,15 @@ void fc_slice_encode(fc_slice_enc_job *job)
         q->lambda = job->lambda;
         q->eta_scale = job->eta_scale;
         q->N = job->max_gtx;
+        q->m0 = st.m0;
         fc_ctxset_init(&q->model, job->window_set);
     }
     fc_rc_enc_init(&e, &job->out);
+    fc_enc_eg0_bypass(&e, st.m0 - 1u);
     st.prev_row_flag = 0;
     st.run = 0;
+    st.gap_class = 0;
+    st.N = job->max_gtx;
 
     for (r = 0; r < rows; r++) {
         const int32_t *above_row = (r > 0 && use_above) ? prev : NULL;
@@ -189,14 +208,13 @@ void fc_slice_encode(fc_slice_enc_job *job)
         job->nonzeros += nz;
         switch (job->mode) {
         case FC_MODE_DENSE:
-            enc_row_dense(&e, s, cur, above_row, cols, nz, job->max_gtx, &st);
+            enc_row_dense(&e, s, cur, above_row, cols, nz, &st);
             break;
         case FC_MODE_GROUPED:
-            enc_row_grouped(&e, s, cur, above_row, cols, nz, job->max_gtx, &st,
-                            r > 0 ? gprev : NULL, gcur);
+            enc_row_grouped(&e, s, cur, above_row, cols, nz, &st, r > 0 ? gprev : NULL, gcur);
             break;
         default:
-            enc_row_runs(&e, s, cur, above_row, cols, job->max_gtx, job->k, &st);
+            enc_row_runs(&e, s, cur, above_row, cols, job->k, &st);
             break;
         }
         tmp = prev;
@@ -206,7 +224,7 @@ void fc_slice_encode(fc_slice_enc_job *job)
         gprev = gcur;
         gcur = gtmp;
     }
-    if (job->mode == FC_MODE_RUNS) fc_enc_gap(&e, s, st.run, job->k);
+    if (job->mode == FC_MODE_RUNS) fc_enc_gap(&e, s, st.run, job->k, st.gap_class);
     fc_rc_finish(&e);
     if (job->out.failed) job->result = FC_ERR_NOMEM;
 out:
