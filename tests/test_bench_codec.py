@@ -1,0 +1,240 @@
+"""The codec benchmark end to end: ``fedcodec bench codec --quick`` through ``cli.main``."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+import fedcodec.codec as fc
+from fedcodec.bench.nncodec_ref import run_nncodec
+from fedcodec.cli import main
+
+TIMED_OPS = {
+    "enc_levels_1t",
+    "enc_levels_all",
+    "dec_levels_1t",
+    "dec_levels_all",
+    "acc_1t",
+    "acc_all",
+    "enc_float_1t",
+    "enc_float_all",
+    "dec_float_all",
+    "enc_rdoq_all",
+}
+
+
+@pytest.fixture(scope="module")
+def quick_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[int, str, dict[str, Any]]:
+    path = tmp_path_factory.mktemp("bench") / "quick.json"
+    out = tmp_path_factory.mktemp("bench") / "quick.txt"
+    with out.open("w", encoding="utf-8") as fh:
+        old = sys.stdout
+        sys.stdout = fh
+        try:
+            rc = main(["bench", "codec", "--quick", "--json", str(path)])
+        finally:
+            sys.stdout = old
+    return rc, out.read_text(encoding="utf-8"), json.loads(path.read_text(encoding="utf-8"))
+
+
+def test_quick_exit_code_and_report(quick_run: tuple[int, str, dict[str, Any]]) -> None:
+    rc, text, _ = quick_run
+    assert rc == 0  # a benchmark: MISS does not fail without --check
+    for heading in ("## Sizes", "## Speed", "## Quantizer", "## NNCodec", "## Targets"):
+        assert heading in text
+    assert "NNCodec: not installed (see docs)" in text
+    assert "NOT measured here" in text
+    assert "every decode equals its input: yes" in text
+    for name in ("sparse-1%", "sparse-0.1%", "dense"):
+        assert f"| {name} " in text
+    assert text.count("PASS") + text.count("MISS") >= 1
+
+
+def test_quick_json_structure(quick_run: tuple[int, str, dict[str, Any]]) -> None:
+    _, _, res = quick_run
+    assert res["schema"] == "fedcodec-bench-codec/1"
+    m = res["machine"]
+    for key in ("cpu_model", "usable_cores", "python", "numpy", "date_utc", "git_commit"):
+        assert key in m
+    assert m["fedcodec_library"] == fc.library_version()
+    assert res["config"]["quick"] is True
+    assert res["config"]["repeats"] == 1
+    assert res["config"]["numel"] == 499_712
+    names = [d["name"] for d in res["datasets"]]
+    assert names == ["sparse-1%", "sparse-0.1%", "dense"]
+    for d in res["datasets"]:
+        f = d["fedcodec"]
+        assert f["bytes"] > f["all_zero_bytes"] > 0
+        assert f["bits_per_weight"] == pytest.approx(8 * f["bytes"] / d["numel"])
+        assert set(d["speed"]) == TIMED_OPS
+        for op in d["speed"].values():
+            assert len(op["runs_s"]) == 1
+            assert op["median_mws"] > 0
+        b = d["baselines"]
+        assert b["iid_bytes"] <= b["order0_bytes"] + 1e-6
+        assert b["lzma9_bytes"] > 0
+        assert d["relative"]["vs_order0"] == pytest.approx(f["bytes"] / b["order0_bytes"] - 1)
+        ck = d["checks"]
+        assert ck["decodes_verified"] == 10  # (2 level decodes, 2 accumulates, 1 float) x 2 passes
+        assert ck["deterministic_bytes"] is True
+        assert ck["rdoq_recon_equals_decode"] is True
+        assert d["rdoq"]["bytes"] > 0
+    sparse = res["datasets"][0]
+    assert sparse["level_nonzeros"] == round(0.01 * 499_712)
+    assert [t["status"] for t in res["targets"]].count("n/a") >= 1  # 0.01 % is not in --quick
+    assert {t["status"] for t in res["targets"]} <= {"PASS", "MISS", "n/a"}
+    assert len(res["targets"]) == 8
+    assert res["nncodec"]["status"] == "not installed"
+    assert res["elapsed_s"] < 60
+
+
+def test_check_flag_follows_the_targets(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = tmp_path / "r.json"
+    argv = ["bench", "codec", "--quick", "--no-dense", "--densities", "1", "--check"]
+    rc = main([*argv, "--json", str(path)])
+    res = json.loads(path.read_text(encoding="utf-8"))
+    assert [d["name"] for d in res["datasets"]] == ["sparse-1%"]
+    ok = res["all_targets_pass"] and res["checks_ok"]
+    assert rc == (0 if ok else 1)
+    capsys.readouterr()
+
+
+def test_decode_check_is_real(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    real = fc.decode_levels
+
+    def corrupt(data: bytes, **kw: Any) -> list[tuple[np.ndarray, float]]:
+        out = real(data, **kw)
+        lv, step = out[-1]
+        bad = lv.copy()
+        bad.flat[bad.size // 2] += 1  # one level off
+        return [*out[:-1], (bad, step)]
+
+    monkeypatch.setattr(fc, "decode_levels", corrupt)
+    rc = main(["bench", "codec", "--quick", "--no-dense", "--densities", "1"])
+    err = capsys.readouterr().err
+    assert rc == 3
+    assert "CORRECTNESS FAILURE" in err
+    assert "different levels" in err
+
+
+def test_accumulate_check_is_real(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    real = fc.decode_accumulate
+
+    def off(data: bytes, accs: Any, weight: float = 1.0, **kw: Any) -> None:
+        real(data, accs, weight * 1.001, **kw)
+
+    monkeypatch.setattr(fc, "decode_accumulate", off)
+    rc = main(["bench", "codec", "--quick", "--no-dense", "--densities", "1"])
+    assert rc == 3
+    assert "decode_accumulate" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [["--help"], ["bench", "--help"], ["bench", "codec", "--help"]],
+)
+def test_help_everywhere(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as e:
+        main(argv)
+    assert e.value.code == 0
+    assert "usage: fedcodec" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        [],
+        ["bench"],
+        ["bench", "codec", "--densities", "0"],
+        ["bench", "codec", "--densities", "abc"],
+        ["bench", "codec", "--repeats", "0"],
+        ["bench", "codec", "--step", "-1"],
+        ["bench", "codec", "--threads", "-1"],
+    ],
+)
+def test_bad_arguments(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as e:
+        main(argv)
+    assert e.value.code == 2
+    capsys.readouterr()
+
+
+def test_python_dash_m_entry_point() -> None:
+    r = subprocess.run(
+        [sys.executable, "-m", "fedcodec.bench", "codec", "--help"],
+        capture_output=True,
+        text=True,
+        check=False,
+        cwd=Path(__file__).parent,
+    )
+    assert r.returncode == 0, r.stderr
+    assert "--nncodec-python" in r.stdout
+
+
+def test_nncodec_bad_interpreter_is_reported(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "r.json"
+    argv = ["bench", "codec", "--quick", "--no-dense", "--densities", "1", "--json", str(path)]
+    rc = main([*argv, "--nncodec-python", str(tmp_path / "no-such-python")])
+    assert rc == 0
+    res = json.loads(path.read_text(encoding="utf-8"))
+    assert res["nncodec"]["status"] == "failed"
+    assert "NNCodec: failed" in capsys.readouterr().out
+
+
+_FAKE_NNCODEC = """
+import io
+import numpy as np
+
+def compress(tensors, **kw):
+    assert kw["use_dq"] is False and kw["lambda_scale"] == 0.0
+    step = 6 * 2.0 ** -14 if kw["qp"] == -46 else None
+    buf = io.BytesIO()
+    lv = {k: np.round(v / np.float32(step)).astype(np.int32) for k, v in tensors.items()}
+    np.savez(buf, **lv)
+    return buf.getvalue()
+
+def decompress(bs):
+    z = np.load(io.BytesIO(bytes(bs)))
+    return {k: z[k].astype(np.float32) * np.float32(6 * 2.0 ** -14) for k in z.files}
+"""
+
+
+def test_nncodec_worker_plumbing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # A stand-in "nncodec" (and an empty "torch") on PYTHONPATH, run through the real worker.
+    (tmp_path / "torch").mkdir()
+    (tmp_path / "torch" / "__init__.py").write_text("", encoding="utf-8")
+    (tmp_path / "nncodec").mkdir()
+    (tmp_path / "nncodec" / "__init__.py").write_text("", encoding="utf-8")
+    (tmp_path / "nncodec" / "nnc.py").write_text(textwrap.dedent(_FAKE_NNCODEC), encoding="utf-8")
+    monkeypatch.setenv("PYTHONPATH", str(tmp_path))
+    rng = np.random.default_rng(0)
+    levels = [rng.integers(-5, 6, size=(8, 16)).astype(np.int32), np.zeros(7, dtype=np.int32)]
+    runs, meta = run_nncodec(
+        sys.executable,
+        [("a", levels, 3.662109375e-4), ("off-grid", levels, 3.7e-4)],
+        repeats=2,
+    )
+    a = runs["a"]
+    assert a.error is None
+    assert (a.qp, a.qp_density) == (-46, 2)
+    assert a.nncodec_bytes is not None
+    assert a.nncodec_bytes > 0
+    assert len(a.enc_s) == len(a.dec_s) == 2
+    assert a.decoded_equal
+    assert a.deterministic
+    assert runs["off-grid"].nncodec_bytes is None
+    assert "grid" in (runs["off-grid"].error or "")
+    assert "import_s" in meta
