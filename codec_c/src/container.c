@@ -42,23 +42,25 @@ void fc_parsed_free(fc_parsed *p)
         if (rc_ != FC_OK) return rc_; \
     } while (0)
 
-static int parse_tensor(fc_reader *r, const fc_decode_options *o, int64_t *last_index,
+static int parse_tensor(fc_reader *r, const fc_decode_options *o, const fc_tensor_desc *prev,
                         uint64_t *total, fc_tensor_desc *td, fc_parsed *out, size_t *slice_cap)
 {
     uint64_t v, s, rows_seen = 0, nsl;
     size_t first;
     uint32_t i;
-    uint8_t byte;
+    uint8_t byte, flags;
 
     memset(td, 0, sizeof(*td));
-    CHECK(fc_get_varint(r, &v));
-    if (v > FC_MAX_INDEX || (int64_t)v <= *last_index) return FC_ERR_CORRUPT;
-    *last_index = (int64_t)v;
+    CHECK(fc_get_u8(r, &flags));
+    td->ndim = flags & 0x0Fu;
+    if (((flags >> 4) & 3u) != FC_DTYPE_F32 || td->ndim > FC_MAX_DIMS) return FC_ERR_CORRUPT;
+    if (flags & FC_HDR_INDEX_IMPLICIT) {
+        v = prev ? (uint64_t)prev->index + 1u : 0u;
+    } else {
+        CHECK(fc_get_varint(r, &v));
+    }
+    if (v > FC_MAX_INDEX || (prev && v <= prev->index)) return FC_ERR_CORRUPT;
     td->index = (uint32_t)v;
-
-    CHECK(fc_get_u8(r, &byte));
-    td->ndim = byte & 0x0Fu;
-    if ((byte >> 4) != FC_DTYPE_F32 || td->ndim > FC_MAX_DIMS) return FC_ERR_CORRUPT;
     for (i = 0; i < td->ndim; i++) {
         CHECK(fc_get_varint(r, &td->shape[i]));
         if (td->shape[i] > o->max_tensor_elems && td->shape[i] > 1) return FC_ERR_LIMIT;
@@ -68,10 +70,15 @@ static int parse_tensor(fc_reader *r, const fc_decode_options *o, int64_t *last_
     *total += td->numel;
     if (*total > o->max_total_elems) return FC_ERR_LIMIT;
 
-    if (r->end - r->p < 4) return FC_ERR_TRUNCATED;
-    td->step = fc_bits_f32(fc_load_le32(r->p));
-    r->p += 4;
-    if (!isnormal(td->step) || !(td->step > 0.0f)) return FC_ERR_CORRUPT;
+    if (flags & FC_HDR_STEP_REPEAT) {
+        if (!prev) return FC_ERR_CORRUPT;
+        td->step = prev->step;
+    } else {
+        if (r->end - r->p < 4) return FC_ERR_TRUNCATED;
+        td->step = fc_bits_f32(fc_load_le32(r->p));
+        r->p += 4;
+        if (!isnormal(td->step) || !(td->step > 0.0f)) return FC_ERR_CORRUPT;
+    }
 
     CHECK(fc_get_u8(r, &byte));
     td->max_gtx = byte & 0x0Fu;
@@ -80,8 +87,8 @@ static int parse_tensor(fc_reader *r, const fc_decode_options *o, int64_t *last_
 
     CHECK(fc_get_varint(r, &nsl));
     if (nsl > td->rows || (td->numel == 0 && nsl != 0)) return FC_ERR_CORRUPT;
-    /* Each slice entry takes at least 3 bytes: bounds the allocation. */
-    if (nsl > (uint64_t)(r->end - r->p) / 3u) return FC_ERR_TRUNCATED;
+    /* Each slice entry takes at least 2 bytes: bounds the allocation. */
+    if (nsl > (uint64_t)(r->end - r->p) / 2u) return FC_ERR_TRUNCATED;
     td->nslices = (size_t)nsl;
     first = out->nslices;
     if (out->nslices + td->nslices > *slice_cap) {
@@ -96,13 +103,17 @@ static int parse_tensor(fc_reader *r, const fc_decode_options *o, int64_t *last_
     for (s = 0; s < nsl; s++) {
         fc_slice_desc *sd = &out->slices[first + s];
         uint64_t sz;
-        CHECK(fc_get_varint(r, &sd->rows));
+        if (s + 1 < nsl) {
+            CHECK(fc_get_varint(r, &sd->rows));
+            if (sd->rows == 0 || sd->rows >= td->rows - rows_seen) return FC_ERR_CORRUPT;
+        } else {
+            sd->rows = td->rows - rows_seen; /* the last slice takes the rest */
+        }
         CHECK(fc_get_u8(r, &byte));
         CHECK(fc_get_varint(r, &sz));
         sd->mode = byte & 3u;
         sd->k = (byte >> 2) & 31u;
-        if (sd->rows == 0 || sd->rows > td->rows - rows_seen || sd->mode > FC_MODE_RUNS ||
-            (byte & 0x80u) || (sd->mode != FC_MODE_RUNS && sd->k != 0))
+        if (sd->mode > FC_MODE_RUNS || (byte & 0x80u) || (sd->mode != FC_MODE_RUNS && sd->k != 0))
             return FC_ERR_CORRUPT;
         rows_seen += sd->rows;
         if (sz > (uint64_t)(r->end - r->p)) return FC_ERR_TRUNCATED;
@@ -110,7 +121,6 @@ static int parse_tensor(fc_reader *r, const fc_decode_options *o, int64_t *last_
         sd->payload = NULL;
         out->nslices++;
     }
-    if (nsl != 0 && rows_seen != td->rows) return FC_ERR_CORRUPT;
     for (s = 0; s < nsl; s++) {
         fc_slice_desc *sd = &out->slices[first + s];
         if ((size_t)(r->end - r->p) < sd->size) return FC_ERR_TRUNCATED;
@@ -126,7 +136,6 @@ int fc_parse(const uint8_t *src, size_t size, const fc_decode_options *o, fc_par
 {
     fc_reader r;
     uint64_t count, t, total = 0;
-    int64_t last_index = -1;
     size_t slice_cap = 0, i;
     int rc;
 
@@ -145,12 +154,13 @@ int fc_parse(const uint8_t *src, size_t size, const fc_decode_options *o, fc_par
     rc = fc_get_varint(&r, &count);
     if (rc != FC_OK) return rc;
     if (count > o->max_tensors) return FC_ERR_LIMIT;
-    /* Each tensor takes at least 8 bytes: bounds the allocation. */
-    if (count > (uint64_t)(r.end - r.p) / 8u) return FC_ERR_TRUNCATED;
+    /* Each tensor takes at least 3 bytes: bounds the allocation. */
+    if (count > (uint64_t)(r.end - r.p) / 3u) return FC_ERR_TRUNCATED;
     out->tensors = (fc_tensor_desc *)calloc(count ? (size_t)count : 1, sizeof(fc_tensor_desc));
     if (!out->tensors) return FC_ERR_NOMEM;
     for (t = 0; t < count; t++) {
-        rc = parse_tensor(&r, o, &last_index, &total, &out->tensors[t], out, &slice_cap);
+        rc = parse_tensor(&r, o, t ? &out->tensors[t - 1] : NULL, &total, &out->tensors[t], out,
+                          &slice_cap);
         if (rc != FC_OK) {
             fc_parsed_free(out);
             return rc;
@@ -177,20 +187,25 @@ void fc_write_container_header(fc_buf *b, size_t count)
     fc_put_varint(b, count);
 }
 
-void fc_write_tensor_header(fc_buf *b, const fc_tensor_desc *t)
+void fc_write_tensor_header(fc_buf *b, const fc_tensor_desc *t, const fc_tensor_desc *prev)
 {
     uint8_t le[4];
     uint32_t i;
     size_t s;
-    fc_put_varint(b, t->index);
-    fc_buf_put(b, (uint8_t)((FC_DTYPE_F32 << 4) | t->ndim));
+    int index_implicit = prev ? t->index == prev->index + 1u : t->index == 0;
+    int step_repeat = prev && fc_f32_bits(prev->step) == fc_f32_bits(t->step);
+    fc_buf_put(b, (uint8_t)((FC_DTYPE_F32 << 4) | t->ndim | (index_implicit ? FC_HDR_INDEX_IMPLICIT : 0) |
+                            (step_repeat ? FC_HDR_STEP_REPEAT : 0)));
+    if (!index_implicit) fc_put_varint(b, t->index);
     for (i = 0; i < t->ndim; i++) fc_put_varint(b, t->shape[i]);
-    fc_store_le32(le, fc_f32_bits(t->step));
-    fc_buf_write(b, le, 4);
+    if (!step_repeat) {
+        fc_store_le32(le, fc_f32_bits(t->step));
+        fc_buf_write(b, le, 4);
+    }
     fc_buf_put(b, (uint8_t)(t->max_gtx | (t->window_set << 4)));
     fc_put_varint(b, t->nslices);
     for (s = 0; s < t->nslices; s++) {
-        fc_put_varint(b, t->slices[s].rows);
+        if (s + 1 < t->nslices) fc_put_varint(b, t->slices[s].rows);
         fc_buf_put(b, (uint8_t)(t->slices[s].mode | (t->slices[s].k << 2)));
         fc_put_varint(b, t->slices[s].size);
     }

@@ -13,6 +13,9 @@
 #define FC_MAGIC3 'C'
 #define FC_DTYPE_F32 1u
 #define FC_MAX_INDEX 0xFFFFFFFFu
+/* Tensor header flag bits in the dtype/ndim byte. */
+#define FC_HDR_INDEX_IMPLICIT 0x40u /* index = previous index + 1 (0 first) */
+#define FC_HDR_STEP_REPEAT 0x80u    /* step = previous tensor's step */
 
 typedef struct fc_slice_desc {
     uint64_t rows;
@@ -50,6 +53,7 @@ void fc_parsed_free(fc_parsed *p);
 
 /* Header writing. */
 void fc_write_container_header(fc_buf *b, size_t count);
-void fc_write_tensor_header(fc_buf *b, const fc_tensor_desc *t);
+/* `prev` is the previous tensor of the container, or NULL for the first. */
+void fc_write_tensor_header(fc_buf *b, const fc_tensor_desc *t, const fc_tensor_desc *prev);
 
 #endif

@@ -270,7 +270,7 @@ enum fc_result fc_encode(const fc_tensor *tensors, size_t count, const fc_encode
             d->nslices = 0; /* an all-zero tensor has no slices */
             payload = 0;
         }
-        fc_write_tensor_header(&head, d);
+        fc_write_tensor_header(&head, d, i ? &et[i - 1].desc : NULL);
         if (stats) {
             fc_tensor_stats *st = &stats[i];
             st->step = (double)d->step;
@@ -311,7 +311,7 @@ enum fc_result fc_encode(const fc_tensor *tensors, size_t count, const fc_encode
         pos = tmp.size;
         for (i = 0; i < count; i++) {
             tmp.size = 0;
-            fc_write_tensor_header(&tmp, &et[i].desc);
+            fc_write_tensor_header(&tmp, &et[i].desc, i ? &et[i - 1].desc : NULL);
             if (tmp.failed) {
                 fc_buf_free(&tmp);
                 rc = FC_ERR_NOMEM;
