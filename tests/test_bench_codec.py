@@ -238,3 +238,16 @@ def test_nncodec_worker_plumbing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
     assert runs["off-grid"].nncodec_bytes is None
     assert "grid" in (runs["off-grid"].error or "")
     assert "import_s" in meta
+
+
+def test_one_thread_makes_parallel_targets_not_applicable(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "r.json"
+    argv = ["bench", "codec", "--quick", "--no-dense", "--densities", "1", "--threads", "1"]
+    assert main([*argv, "--json", str(path)]) == 0
+    res = json.loads(path.read_text(encoding="utf-8"))
+    parallel = [t for t in res["targets"] if "all cores" in t["name"]]
+    assert len(parallel) == 2
+    assert all(t["status"] == "n/a" for t in parallel)
+    capsys.readouterr()

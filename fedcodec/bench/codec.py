@@ -234,6 +234,14 @@ def _rel(a: float | None, b: float | None) -> float | None:
     return a / b - 1.0
 
 
+def _spread(runs: Sequence[float]) -> float | None:
+    """(max - min) / median of repeated timings, or None with fewer than 2 runs."""
+    if len(runs) < 2:
+        return None
+    med = statistics.median(runs)
+    return (max(runs) - min(runs)) / med if med > 0 else None
+
+
 def _mws(numel: int, seconds: float | None) -> float | None:
     if seconds is None or seconds <= 0:
         return None
@@ -418,6 +426,7 @@ def _bench_dataset(
         op: {
             "median_s": timings.median(op),
             "median_mws": _mws(numel, timings.median(op)),
+            "spread": _spread(runs),
             "runs_s": runs,
         }
         for op, runs in timings.runs.items()
@@ -470,6 +479,7 @@ def _bench_dataset(
 
 
 def _targets(records: Sequence[dict[str, Any]], cores: int) -> list[TargetResult]:
+    """Build the targets table; ``cores`` is how many cores the "all cores" runs could use."""
     by_density: dict[float | None, dict[str, Any]] = {r["density"]: r for r in records}
 
     def find(d: float | None) -> dict[str, Any] | None:
@@ -752,6 +762,23 @@ def _print_report(res: dict[str, Any], out: TextIO) -> None:
         + "\n\n"
     )
 
+    spreads = sorted(
+        (v["spread"], r["name"], op)
+        for r in recs
+        for op, v in r["speed"].items()
+        if v.get("spread") is not None
+    )
+    if spreads:
+        typical = statistics.median(x[0] for x in spreads)
+        worst = spreads[-1]
+        w(
+            f"Timing spread (max - min) / median over the {cfg['repeats']} runs: typically "
+            f"{100 * typical:.0f} %, worst {100 * worst[0]:.0f} % ({worst[2]}, {worst[1]}). "
+            "Large spreads mean other work shared the machine: rerun with more --repeats.\n\n"
+        )
+    else:
+        w("One timed run per measurement: speeds are indicative only.\n\n")
+
     w(f"## Quantizer: fc.encode at the same step, lam=0 vs RDOQ lam={cfg['rdoq_lambda']:g}\n\n")
     rows = []
     for r in recs:
@@ -936,7 +963,11 @@ def run_codec_bench(
     else:
         nn["error"] = None
 
-    targets = _targets(records, cores)
+    # "All cores" can only beat one thread with 2+ usable cores and more than one thread asked.
+    parallel_cores = (
+        1 if cfg.threads == 1 else (cores if cfg.threads == 0 else min(cores, cfg.threads))
+    )
+    targets = _targets(records, parallel_cores)
     check_lines: list[str] = []
     ok_checks = True
     n_dec = sum(r["checks"]["decodes_verified"] for r in records)
