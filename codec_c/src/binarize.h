@@ -45,7 +45,7 @@ static inline void fc_enc_eg0_bypass(fc_rc_enc *e, uint32_t v)
     fc_rc_bypass(e, x, ep);
 }
 
-static inline void fc_enc_level(fc_rc_enc *e, fc_ctxset *s, unsigned neg, unsigned cm, fc_nbr nb,
+FC_HOT void fc_enc_level(fc_rc_enc *e, fc_ctxset *s, unsigned neg, unsigned cm, fc_nbr nb,
                                 unsigned N)
 {
     unsigned j, x, ep;
@@ -101,7 +101,7 @@ static inline int fc_dec_eg0_bypass(fc_rc_dec *d, uint32_t *v)
 
 /* Decodes sign and coded magnitude; returns cm >= 1, or 0 when the stream
  * is malformed (cm would exceed `cm_max`). */
-static inline unsigned fc_dec_level(fc_rc_dec *d, fc_ctxset *s, fc_nbr nb, unsigned N,
+FC_HOT unsigned fc_dec_level(fc_rc_dec *d, fc_ctxset *s, fc_nbr nb, unsigned N,
                                     unsigned cm_max, unsigned *neg)
 {
     unsigned cm = 1, j, ep;

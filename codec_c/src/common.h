@@ -18,9 +18,11 @@
 #include "fedcodec.h"
 
 #if defined(__GNUC__) || defined(__clang__)
+#define FC_HOT static inline __attribute__((always_inline))
 #define FC_LIKELY(x) __builtin_expect(!!(x), 1)
 #define FC_UNLIKELY(x) __builtin_expect(!!(x), 0)
 #else
+#define FC_HOT static inline
 #define FC_LIKELY(x) (x)
 #define FC_UNLIKELY(x) (x)
 #endif

@@ -57,7 +57,7 @@ static inline void fc_ctx_init(fc_ctx *c, unsigned window_set)
     c->shift_slow = fc_window_sets[window_set & 7][1];
 }
 
-static inline uint32_t fc_ctx_p1(const fc_ctx *c)
+FC_HOT uint32_t fc_ctx_p1(const fc_ctx *c)
 {
     uint32_t p = (c->fast + c->slow) >> 16;
     if (p < FC_PROB_MIN) p = FC_PROB_MIN;
@@ -65,7 +65,7 @@ static inline uint32_t fc_ctx_p1(const fc_ctx *c)
     return p;
 }
 
-static inline void fc_ctx_update(fc_ctx *c, unsigned bin)
+FC_HOT void fc_ctx_update(fc_ctx *c, unsigned bin)
 {
     unsigned sf = c->shift_fast, ss = c->shift_slow;
     if (FC_UNLIKELY(c->count < FC_WARMUP_COUNT)) {
@@ -120,7 +120,7 @@ static inline void fc_rc_enc_init(fc_rc_enc *e, fc_buf *out)
     e->start = out->size;
 }
 
-static inline void fc_rc_shift_low(fc_rc_enc *e)
+FC_HOT void fc_rc_shift_low(fc_rc_enc *e)
 {
     if ((uint32_t)e->low < 0xFF000000u || (e->low >> 32) != 0) {
         uint8_t carry = (uint8_t)(e->low >> 32);
@@ -134,7 +134,7 @@ static inline void fc_rc_shift_low(fc_rc_enc *e)
     e->low = (e->low & 0x00FFFFFFu) << 8;
 }
 
-static inline void fc_rc_encode(fc_rc_enc *e, fc_ctx *c, unsigned bin)
+FC_HOT void fc_rc_encode(fc_rc_enc *e, fc_ctx *c, unsigned bin)
 {
     uint32_t bound = (e->range >> 16) * fc_ctx_p1(c);
     if (bin) {
@@ -192,7 +192,7 @@ typedef struct fc_rc_dec {
     uint64_t consumed; /* bytes read, counting the implicit zeros past end */
 } fc_rc_dec;
 
-static inline uint8_t fc_rc_next_byte(fc_rc_dec *d)
+FC_HOT uint8_t fc_rc_next_byte(fc_rc_dec *d)
 {
     d->consumed++;
     return d->p < d->end ? *d->p++ : 0;
@@ -209,7 +209,7 @@ static inline void fc_rc_dec_init(fc_rc_dec *d, const uint8_t *src, size_t size)
     for (i = 0; i < 4; i++) d->code = (d->code << 8) | fc_rc_next_byte(d);
 }
 
-static inline unsigned fc_rc_decode(fc_rc_dec *d, fc_ctx *c)
+FC_HOT unsigned fc_rc_decode(fc_rc_dec *d, fc_ctx *c)
 {
     uint32_t bound = (d->range >> 16) * fc_ctx_p1(c);
     unsigned bin;
