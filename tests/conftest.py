@@ -8,7 +8,7 @@ imports fedcodec.  An editable install keeps working: it is found through its
 import hook, not through ``sys.path``.
 
 Hypothesis profiles, chosen with ``HYPOTHESIS_PROFILE``:
-  ci         (default) a few dozen examples per property, no deadline
+  ci         (default) a few dozen derandomized examples per property
   expensive  thousands of examples, for a long fuzzing run
 """
 
@@ -29,6 +29,10 @@ settings.register_profile(
     "ci",
     max_examples=40,
     deadline=None,
+    # The same examples on every run: a CI result is reproducible, and a
+    # failure found by a random (expensive) run becomes a pinned test.
+    derandomize=True,
+    database=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
 )
 settings.register_profile(
