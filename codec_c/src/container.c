@@ -113,7 +113,9 @@ static int parse_tensor(fc_reader *r, const fc_decode_options *o, const fc_tenso
         CHECK(fc_get_varint(r, &sz));
         sd->mode = byte & 3u;
         sd->k = (byte >> 2) & 31u;
-        if (sd->mode > FC_MODE_RUNS || (byte & 0x80u) || (sd->mode != FC_MODE_RUNS && sd->k != 0))
+        if (sd->mode > FC_MODE_RUNS || (byte & 0x80u) ||
+            (sd->mode != FC_MODE_RUNS && (sd->k & ~1u)) ||
+            ((sd->k & 1u) && sd->mode != FC_MODE_RUNS && td->cols > FC_ROW_CTX_MAX))
             return FC_ERR_CORRUPT;
         rows_seen += sd->rows;
         if (sz > (uint64_t)(r->end - r->p)) return FC_ERR_TRUNCATED;

@@ -15,7 +15,7 @@
 
 #include "rangecoder.h"
 
-#define FC_SIG_CTX 24         /* left class x above significant x distance class */
+#define FC_SIG_CTX 192        /* left class x above significant x column activity x prediction/distance */
 #define FC_SIGN_CTX 9         /* left sign x above sign */
 #define FC_GTX_CLASSES 4      /* min(|left| + |above|, 3) */
 #define FC_REM_CLASSES 4      /* magnitude class of the neighbourhood */
@@ -26,6 +26,7 @@
 
 typedef struct fc_ctxset {
     fc_ctx row[2];                                  /* row non-empty | previous row's flag */
+    fc_ctx ref;                                     /* reference row is the previous row */
     fc_ctx group[4];                                /* group non-empty | left, above group */
     fc_ctx sig[FC_SIG_CTX];                         /* dense-mode significance */
     fc_ctx gsig[FC_SIG_CTX];                        /* significance inside a non-empty group */
@@ -61,19 +62,108 @@ static inline unsigned fc_cm(int32_t v, unsigned m0)
     return v ? fc_abs32(v) - m0 + 1u : 0u;
 }
 
-/* Distance class of the last nonzero in the row: 0 within 4 columns, 1
- * within 32, 2 farther, 3 none yet. */
-static inline unsigned fc_dist_class(uint64_t dist)
+/* Column state of a slice, kept for rows up to FC_ROW_CTX_MAX wide (NULL
+ * arrays otherwise): an activity value per column (a decaying count of its
+ * recent nonzeros, dense and grouped modes only) and the sign of the
+ * column's last nonzero level.  Updates happen only at the column itself,
+ * so a row's quantizer and coder see the same values. */
+typedef struct fc_colstate {
+    uint8_t *act;
+    int8_t *sgn;
+    uint16_t *mag;     /* coded magnitude of the column's last nonzero (0: none) */
+} fc_colstate;
+
+#define FC_ACT_INIT 40u
+
+/* Row state: reset at every row start. */
+typedef struct fc_rowstate {
+    unsigned rowmag;   /* running average of the row's coded magnitudes (0: none) */
+    uint64_t last_nz;  /* column of the row's last nonzero, UINT64_MAX: none */
+    int rowflip;       /* sign of the last nonzero times its column's previous sign */
+    uint32_t sum_cm;   /* over the row's nonzeros whose column had a magnitude: */
+    uint32_t sum_col;  /*   their coded magnitudes, and the columns' ones */
+} fc_rowstate;
+
+static inline void fc_row_begin(fc_rowstate *r)
 {
+    r->rowmag = 0;
+    r->last_nz = UINT64_MAX;
+    r->rowflip = 0;
+    r->sum_cm = 0;
+    r->sum_col = 0;
+}
+
+/* Rank-1 magnitude prediction for column c: colmag[c] * sum_cm / sum_col,
+ * as a class: 0 none, 1 below 1/2, 2 below 3/2, 3 below 7/2, 4 above. */
+static inline unsigned fc_pred_class(const fc_colstate *cs, const fc_rowstate *r, uint64_t c)
+{
+    uint64_t num, den;
+    if (!cs->mag || !r->sum_col || !cs->mag[c]) return 0;
+    num = 2u * (uint64_t)cs->mag[c] * r->sum_cm; /* 2 * prediction * sum_col */
+    den = r->sum_col;
+    if (num < den) return 1;
+    if (num < 3u * den) return 2;
+    if (num < 7u * den) return 3;
+    return 4;
+}
+
+/* Distance class of the row's last nonzero: 0 within 4 columns, 1 within
+ * 32, 2 farther, 3 none yet. */
+static inline unsigned fc_dist_class(const fc_rowstate *r, uint64_t c)
+{
+    uint64_t dist;
+    if (r->last_nz == UINT64_MAX) return 3;
+    dist = c - r->last_nz;
     if (dist <= 4) return 0;
     if (dist <= 32) return 1;
-    if (dist == UINT64_MAX) return 3;
     return 2;
 }
 
-static inline unsigned fc_sig_ctx(int32_t left, int32_t above, unsigned dist_class)
+/* Activity classes: 0 no nonzero for several rows, 1 below ~12 %, 2 below
+ * ~50 %, 3 above. */
+static inline unsigned fc_act_class(const fc_colstate *cs, uint64_t c)
 {
-    return (fc_sign_class(left) * 2u + (above != 0)) * 4u + dist_class;
+    unsigned a = cs->act ? cs->act[c] : FC_ACT_INIT;
+    if (a == 0) return 0;
+    if (a < 32) return 1;
+    if (a < 128) return 2;
+    return 3;
+}
+
+static inline void fc_col_activity(fc_colstate *cs, uint64_t c, unsigned nonzero)
+{
+    if (cs->act) {
+        unsigned a = ((cs->act[c] * 3u) >> 2) + (nonzero ? 64u : 0u);
+        cs->act[c] = (uint8_t)(a > 255u ? 255u : a);
+    }
+}
+
+/* Significance: left class x column activity x (prediction class when the
+ * rank-1 model has one, else distance class). */
+static inline unsigned fc_sig_ctx(const fc_colstate *cs, const fc_rowstate *r, int32_t left,
+                                  int32_t above, uint64_t c)
+{
+    unsigned p = fc_pred_class(cs, r, c);
+    unsigned z = p ? 3u + p : fc_dist_class(r, c);
+    return ((fc_sign_class(left) * 2u + (above != 0)) * 4u + fc_act_class(cs, c)) * 8u + z;
+}
+
+/* Reference rows (dense and grouped modes, rows up to FC_ROW_CTX_MAX wide):
+ * the "above" row of row r may be any of the previous W rows of the slice,
+ * chosen by the encoder and signalled per non-empty row.  W keeps the
+ * decoder's row window at about 2^22 elements. */
+#define FC_REF_MAX_WINDOW 128u
+static inline unsigned fc_ref_window(uint64_t cols)
+{
+    uint64_t w = cols ? ((uint64_t)1 << 22) / cols : FC_REF_MAX_WINDOW;
+    if (w > FC_REF_MAX_WINDOW) w = FC_REF_MAX_WINDOW;
+    return w < 1 ? 1u : (unsigned)w;
+}
+
+/* Bits of the bypass part of a reference distance d in 2 .. m. */
+static inline unsigned fc_ref_bits(unsigned m)
+{
+    return m <= 2 ? 0u : fc_ilog2_32(m - 2u) + 1u;
 }
 
 /* Everything a level's binarization needs about its neighbourhood. */
@@ -83,25 +173,58 @@ typedef struct fc_nbr {
     unsigned rem_class;
 } fc_nbr;
 
-/* `rowmag` is a running average of the coded magnitudes of the row's
- * nonzero levels so far (0: none). */
-static inline fc_nbr fc_neighbourhood(int32_t left, int32_t above, unsigned m0, unsigned rowmag)
+/* Sign context: the sign predicted by a rank-1 model (the row's flip times
+ * the column's last sign; none when unknown) and the left neighbour's sign.
+ * Magnitude classes: cm(left) + cm(above), or the row's running magnitude
+ * when both are zero. */
+static inline fc_nbr fc_neighbourhood(const fc_colstate *cs, const fc_rowstate *r, int32_t left,
+                                      int32_t above, uint64_t c, unsigned m0)
 {
     fc_nbr n;
-    unsigned l = fc_cm(left, m0), a = fc_cm(above, m0), t = l + a, m, e;
-    n.sign_ctx = fc_sign_class(left) * 3u + fc_sign_class(above);
-    if (t == 0) t = rowmag;
+    unsigned l = fc_cm(left, m0), a = fc_cm(above, m0), t = l + a, m, e, pred = 0;
+    if (cs->sgn && r->rowflip) {
+        int p = r->rowflip * cs->sgn[c];
+        pred = p > 0 ? 1u : (p < 0 ? 2u : 0u);
+    }
+    n.sign_ctx = pred * 3u + fc_sign_class(left);
+    {
+        unsigned pc = fc_pred_class(cs, r, c);
+        if (pc) {
+            /* The rank-1 prediction, when there is one, sets the classes. */
+            n.gtx_class = pc - 1u;
+            n.rem_class = pc == 4 ? (cs->mag[c] * (uint64_t)r->sum_cm >= 16u * (uint64_t)r->sum_col ? 3u : 2u)
+                                  : (pc >= 3 ? 1u : 0u);
+            return n;
+        }
+    }
+    if (t == 0) t = r->rowmag;
     n.gtx_class = t > 3u ? 3u : t;
     m = l > a ? l : a;
-    if (rowmag > m) m = rowmag;
+    if (r->rowmag > m) m = r->rowmag;
     e = fc_ilog2_32(m + 1u); /* 0: m = 0, 1: 1..2, 2: 3..6, 3+: 7.. */
     n.rem_class = e > 3u ? 3u : e;
     return n;
 }
 
-static inline unsigned fc_rowmag_update(unsigned rowmag, unsigned cm)
+/* After a nonzero level v (coded magnitude cm) at column c.  The quantizer's
+ * rate model passes write_cols = 0: the coder owns the column state. */
+static inline void fc_on_nonzero(fc_colstate *cs, fc_rowstate *r, int32_t v, uint64_t c, unsigned cm,
+                                 int write_cols)
 {
-    return rowmag ? (rowmag + cm + 1u) >> 1 : cm;
+    int s = v < 0 ? -1 : 1;
+    if (cs->sgn) {
+        if (cs->sgn[c]) r->rowflip = s * cs->sgn[c];
+        if (write_cols) cs->sgn[c] = (int8_t)s;
+    }
+    if (cs->mag) {
+        if (cs->mag[c] && r->sum_col < (1u << 30)) {
+            r->sum_cm += cm > 65535u ? 65535u : cm;
+            r->sum_col += cs->mag[c];
+        }
+        if (write_cols) cs->mag[c] = (uint16_t)(cm > 65535u ? 65535u : cm);
+    }
+    r->rowmag = r->rowmag ? (r->rowmag + cm + 1u) >> 1 : cm;
+    r->last_nz = c;
 }
 
 #endif /* FC_CONTEXTS_H */

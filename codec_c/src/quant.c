@@ -83,26 +83,30 @@ static uint64_t quantize_row_rounding(const fc_quantizer *q, const float *x, uin
     return nz;
 }
 
-uint64_t fc_quantize_row(fc_quantizer *q, const float *x, const float *importance,
-                         uint64_t cols, const int32_t *prev, int32_t *cur)
+uint64_t fc_quantize_row(fc_quantizer *q, const fc_colstate *colstate, const float *x,
+                         const float *importance, uint64_t cols, const int32_t *prev, int32_t *cur)
 {
     fc_ctxset *m = &q->model;
     const unsigned m0 = q->m0;
-    uint64_t nz = 0, c, last_nz = UINT64_MAX;
-    unsigned rowmag = 0;
+    fc_colstate cs = *colstate; /* read only: fc_on_nonzero(..., 0) below */
+    fc_rowstate row;
+    uint64_t nz = 0, c;
     if (q->lambda <= 0.0) return quantize_row_rounding(q, x, cols, cur);
+    fc_row_begin(&row);
     for (c = 0; c < cols; c++) {
         int32_t left = c ? cur[c - 1] : 0;
         int32_t above = prev ? prev[c] : 0;
-        uint64_t dist = last_nz == UINT64_MAX ? UINT64_MAX : c - last_nz;
-        fc_ctx *sig = &m->sig[fc_sig_ctx(left, above, fc_dist_class(dist))];
+        fc_ctx *sig = &m->sig[fc_sig_ctx(&cs, &row, left, above, c)];
         double t = fabs((double)x[c]) * q->inv_step;
         unsigned best = 0;
         if (t > 0.0) {
             double eta = importance ? (double)importance[c] * q->eta_scale : 1.0;
-            unsigned fl = (unsigned)t, ce = fl + ((double)fl < t);
+            unsigned fl = (unsigned)t;
+            /* The ceiling only when it is the nearest level: the quantizer
+             * never moves a weight farther from zero than rounding does. */
+            unsigned ce = (t - (double)fl >= 0.5) ? fl + 1u : fl;
             unsigned neg = x[c] < 0.0f;
-            fc_nbr nb = fc_neighbourhood(left, above, m0, rowmag);
+            fc_nbr nb = fc_neighbourhood(&cs, &row, left, above, c, m0);
             double best_j = eta * t * t + q->lambda * (double)fc_ctx_cost(sig, 0);
             double sig1 = (double)fc_ctx_cost(sig, 1);
             unsigned cand[2], i;
@@ -123,10 +127,10 @@ uint64_t fc_quantize_row(fc_quantizer *q, const float *x, const float *importanc
             }
             if (best) {
                 unsigned cm = best - m0 + 1u;
+                int32_t v = neg ? -(int32_t)best : (int32_t)best;
                 fc_update_level(m, neg, cm, nb, q->N);
-                cur[c] = neg ? -(int32_t)best : (int32_t)best;
-                rowmag = fc_rowmag_update(rowmag, cm);
-                last_nz = c;
+                cur[c] = v;
+                fc_on_nonzero(&cs, &row, v, c, cm, 0);
                 nz++;
             }
         }

@@ -56,9 +56,10 @@ typedef struct fc_quantizer {
 } fc_quantizer;
 
 /* Quantize one row of `cols` values into `cur`.  `prev` is the previous
- * row's levels (NULL when "above" is not used), `importance` may be NULL.
+ * row's levels (NULL when "above" is not used), `colstate` the coder's
+ * column state before this row (read only), `importance` may be NULL.
  * Returns the number of nonzero levels. */
-uint64_t fc_quantize_row(fc_quantizer *q, const float *x, const float *importance,
-                         uint64_t cols, const int32_t *prev, int32_t *cur);
+uint64_t fc_quantize_row(fc_quantizer *q, const fc_colstate *colstate, const float *x,
+                         const float *importance, uint64_t cols, const int32_t *prev, int32_t *cur);
 
 #endif /* FC_QUANT_H */

@@ -10,6 +10,9 @@
  *   grouped  per row: row flag; if set, per 16-element group a group flag
  *            (context: left group x above group); in a set group per
  *            element a sig flag (own contexts) and the level
+ *            (dense and grouped: when the slice flag FC_SLICE_REFROWS is set,
+ *            each non-empty row names its reference row, which then plays
+ *            the part of "above", see contexts.h)
  *   runs     no row flags; the gaps between nonzero levels in raster order
  *            (Exp-Golomb of order k), each followed by its level; a final gap
  *            that reaches exactly the end of the slice terminates it
@@ -18,6 +21,9 @@
 #define FC_SLICE_H
 
 #include "common.h"
+
+/* Slice flag (in the `k` field of dense and grouped slices). */
+#define FC_SLICE_REFROWS 1u
 
 typedef struct fc_slice_enc_job {
     /* input */
@@ -35,7 +41,7 @@ typedef struct fc_slice_enc_job {
     /* output */
     fc_buf out;
     unsigned mode;
-    unsigned k;               /* runs mode: Exp-Golomb order */
+    unsigned k;               /* runs mode: Exp-Golomb order; else slice flags */
     uint64_t nonzeros;
     double sq_error;
     int result;               /* enum fc_result */

@@ -43,9 +43,8 @@ typedef struct dec_state {
     unsigned m0;
     unsigned cm_max;       /* largest coded magnitude that keeps |v| <= FC_MAX_LEVEL */
     unsigned prev_row_flag;
-    /* per row */
-    unsigned rowmag;
-    uint64_t last_nz;      /* column of the row's last nonzero, or UINT64_MAX */
+    fc_colstate cols;
+    fc_rowstate row;
     /* runs mode */
     unsigned gap_class;
     uint64_t pos;          /* slice position after the last nonzero */
@@ -54,19 +53,21 @@ typedef struct dec_state {
     int bad;
 } dec_state;
 
-/* Decode the level of a significant element; 0 when malformed. */
-static inline int32_t dec_nonzero(dec_state *st, int32_t left, int32_t above)
+/* Decode the level of a significant element at column c; 0 when malformed. */
+static inline int32_t dec_nonzero(dec_state *st, int32_t left, int32_t above, uint64_t c)
 {
-    unsigned neg, cm = fc_dec_level(&st->d, &st->s, fc_neighbourhood(left, above, st->m0, st->rowmag),
-                                     st->N, st->cm_max, &neg);
-    int32_t a;
+    unsigned neg, cm = fc_dec_level(&st->d, &st->s,
+                                    fc_neighbourhood(&st->cols, &st->row, left, above, c, st->m0),
+                                    st->N, st->cm_max, &neg);
+    int32_t a, v;
     if (!cm) {
         st->bad = 1;
         return 0;
     }
-    st->rowmag = fc_rowmag_update(st->rowmag, cm);
     a = (int32_t)(cm + st->m0 - 1u);
-    return neg ? -a : a;
+    v = neg ? -a : a;
+    fc_on_nonzero(&st->cols, &st->row, v, c, cm, 1);
+    return v;
 }
 
 /* Significance-coded columns [g0, g1) of a chunk that starts at c0. */
@@ -75,18 +76,24 @@ static int32_t dec_sig_range(dec_state *st, fc_ctx *sigset, int32_t *cur, const 
 {
     uint64_t c;
     for (c = g0; c < g1; c++) {
-        int32_t above = prev ? prev[c] : 0;
-        uint64_t dist = st->last_nz == UINT64_MAX ? UINT64_MAX : c - st->last_nz;
         int32_t v = 0;
-        if (fc_rc_decode(&st->d, &sigset[fc_sig_ctx(left, above, fc_dist_class(dist))])) {
-            v = dec_nonzero(st, left, above);
+        int32_t above = prev ? prev[c] : 0;
+        if (fc_rc_decode(&st->d, &sigset[fc_sig_ctx(&st->cols, &st->row, left, above, c)])) {
+            v = dec_nonzero(st, left, above, c);
             if (!v) return 0;
-            st->last_nz = c;
         }
+        fc_col_activity(&st->cols, c, v != 0);
         cur[c - c0] = v;
         left = v;
     }
     return left;
+}
+
+static void decay_activity(dec_state *st, uint64_t c0, uint64_t c1)
+{
+    uint64_t c;
+    if (st->cols.act)
+        for (c = c0; c < c1; c++) fc_col_activity(&st->cols, c, 0);
 }
 
 /* Decode one row chunk [c0, c1) into cur[0 .. c1-c0).  `prev` is the whole
@@ -97,19 +104,27 @@ static void dec_chunk_dense(dec_state *st, int32_t *cur, const int32_t *prev, ui
     dec_sig_range(st, st->s.sig, cur, prev, c0, c0, c1, left);
 }
 
+static unsigned any_nonzero(const int32_t *v, uint64_t c0, uint64_t c1)
+{
+    uint64_t c;
+    if (!v) return 0;
+    for (c = c0; c < c1; c++)
+        if (v[c]) return 1;
+    return 0;
+}
+
 static void dec_chunk_grouped(dec_state *st, int32_t *cur, const int32_t *prev, uint64_t c0,
-                              uint64_t c1, int32_t left, unsigned *left_group,
-                              const uint8_t *gprev, uint8_t *gcur)
+                              uint64_t c1, int32_t left, unsigned *left_group)
 {
     uint64_t g;
     for (g = c0 / FC_GROUP; g * FC_GROUP < c1 && !st->bad; g++) {
         uint64_t g0 = g * FC_GROUP, g1 = g0 + FC_GROUP < c1 ? g0 + FC_GROUP : c1;
-        unsigned above_group = gprev ? gprev[g] : 0;
+        unsigned above_group = any_nonzero(prev, g0, g1);
         unsigned any = fc_rc_decode(&st->d, &st->s.group[*left_group * 2 + above_group]);
         *left_group = any;
-        if (gcur) gcur[g] = (uint8_t)any;
         if (!any) {
             memset(cur + (g0 - c0), 0, sizeof(int32_t) * (size_t)(g1 - g0));
+            decay_activity(st, g0, g1);
             left = 0;
             continue;
         }
@@ -139,8 +154,7 @@ static void dec_chunk_runs(dec_state *st, int32_t *cur, const int32_t *prev, uin
     while (st->next_nz < end) {
         uint64_t i = st->next_nz - base, c = c0 + i;
         int32_t l = i ? cur[i - 1] : left;
-        int32_t above = prev ? prev[c] : 0;
-        int32_t v = dec_nonzero(st, l, above);
+        int32_t v = dec_nonzero(st, l, prev ? prev[c] : 0, c);
         if (!v) return;
         cur[i] = v;
         st->pos = st->next_nz + 1;
@@ -154,31 +168,36 @@ void fc_slice_decode(fc_slice_dec_job *job)
     const uint64_t rows = job->rows, cols = job->cols;
     const int use_above = cols <= FC_ROW_CTX_MAX;
     const uint64_t width = use_above ? cols : FC_ROW_CTX_MAX;
-    const uint64_t ngroups = (width + FC_GROUP - 1) / FC_GROUP;
-    int32_t *buf = NULL, *prev, *cur;
-    uint8_t *gbuf = NULL, *gprev = NULL, *gcur = NULL;
+    const int refrows = job->mode != FC_MODE_RUNS && (job->k & FC_SLICE_REFROWS);
+    const unsigned window = refrows ? fc_ref_window(cols) : 1u, slots = window + 1u;
+    int32_t *ring = NULL;
     dec_state *st = NULL;
     uint64_t r;
 
     job->result = FC_OK;
-    buf = (int32_t *)malloc(sizeof(int32_t) * (size_t)width * 2);
-    st = (dec_state *)malloc(sizeof(*st));
-    if (job->mode == FC_MODE_GROUPED && use_above) gbuf = (uint8_t *)calloc((size_t)ngroups * 2, 1);
-    if (!buf || !st || (job->mode == FC_MODE_GROUPED && use_above && !gbuf)) {
+    if (refrows && !use_above) {
+        job->result = FC_ERR_CORRUPT;
+        return;
+    }
+    ring = (int32_t *)calloc((size_t)width * slots, sizeof(int32_t));
+    st = (dec_state *)calloc(1, sizeof(*st));
+    if (st && use_above) {
+        st->cols.sgn = (int8_t *)calloc((size_t)cols, 1);
+        st->cols.mag = (uint16_t *)calloc((size_t)cols, sizeof(uint16_t));
+        if (job->mode != FC_MODE_RUNS) {
+            st->cols.act = (uint8_t *)malloc((size_t)cols);
+            if (st->cols.act) memset(st->cols.act, FC_ACT_INIT, (size_t)cols);
+        }
+    }
+    if (!ring || !st ||
+        (use_above && (!st->cols.sgn || !st->cols.mag || (job->mode != FC_MODE_RUNS && !st->cols.act)))) {
         job->result = FC_ERR_NOMEM;
         goto out;
-    }
-    prev = buf;
-    cur = buf + width;
-    if (gbuf) {
-        gprev = gbuf;
-        gcur = gbuf + ngroups;
     }
     fc_rc_dec_init(&st->d, job->src, job->size);
     fc_ctxset_init(&st->s, job->window_set);
     st->N = job->max_gtx;
-    st->k = job->k;
-    st->gap_class = 0;
+    st->k = job->mode == FC_MODE_RUNS ? job->k : 0;
     {
         uint32_t m0m1;
         if (fc_dec_eg0_bypass(&st->d, &m0m1) || m0m1 >= (uint32_t)FC_MAX_LEVEL) {
@@ -188,38 +207,47 @@ void fc_slice_decode(fc_slice_dec_job *job)
         st->m0 = m0m1 + 1u;
         st->cm_max = (unsigned)FC_MAX_LEVEL - m0m1;
     }
-    st->prev_row_flag = 0;
     st->n = rows * cols;
-    st->pos = 0;
-    st->bad = 0;
     if (job->mode == FC_MODE_RUNS) next_gap(st);
 
     for (r = 0; r < rows && !st->bad; r++) {
-        const int32_t *above_row = (r > 0 && use_above) ? prev : NULL;
+        int32_t *cur = ring + (size_t)(use_above ? r % slots : 0) * width;
+        const int32_t *above_row = (r > 0 && use_above) ? ring + (size_t)((r - 1) % slots) * width : NULL;
         const uint64_t off = r * cols;
         unsigned left_group = 0, flag = 1;
         int32_t left = 0;
         uint64_t c0;
-        st->rowmag = 0;
-        st->last_nz = UINT64_MAX;
+        fc_row_begin(&st->row);
         if (job->mode != FC_MODE_RUNS) {
             flag = fc_rc_decode(&st->d, &st->s.row[st->prev_row_flag]);
             st->prev_row_flag = flag;
             if (!flag) {
                 emit_zeros(&job->sink, off, cols);
+                decay_activity(st, 0, cols);
                 if (use_above) memset(cur, 0, sizeof(int32_t) * (size_t)cols);
-                if (gcur) memset(gcur, 0, (size_t)ngroups);
+                continue;
+            }
+            if (refrows && r > 0) {
+                unsigned m = r < window ? (unsigned)r : window, d = 1;
+                if (m >= 2 && !fc_rc_decode(&st->d, &st->s.ref)) {
+                    uint64_t x = fc_rc_bypass_dec(&st->d, fc_ref_bits(m));
+                    if (x > m - 2u) {
+                        st->bad = 1;
+                        break;
+                    }
+                    d = (unsigned)x + 2u;
+                }
+                above_row = ring + (size_t)((r - d) % slots) * width;
             }
         }
-        for (c0 = 0; flag && c0 < cols && !st->bad; c0 += width) {
+        for (c0 = 0; c0 < cols && !st->bad; c0 += width) {
             uint64_t c1 = c0 + width < cols ? c0 + width : cols;
             switch (job->mode) {
             case FC_MODE_DENSE:
                 dec_chunk_dense(st, cur, above_row, c0, c1, left);
                 break;
             case FC_MODE_GROUPED:
-                dec_chunk_grouped(st, cur, above_row, c0, c1, left, &left_group,
-                                  r > 0 ? gprev : NULL, gcur);
+                dec_chunk_grouped(st, cur, above_row, c0, c1, left, &left_group);
                 break;
             default:
                 dec_chunk_runs(st, cur, above_row, off + c0, c0, c1, left);
@@ -229,19 +257,15 @@ void fc_slice_decode(fc_slice_dec_job *job)
             emit(&job->sink, job->step, off + c0, cur, c1 - c0);
             left = cur[c1 - c0 - 1];
         }
-        {
-            int32_t *tmp = prev;
-            uint8_t *gtmp = gprev;
-            prev = cur;
-            cur = tmp;
-            gprev = gcur;
-            gcur = gtmp;
-        }
     }
     if (!st->bad && job->mode == FC_MODE_RUNS && st->next_nz != st->n) st->bad = 1;
     if (st->bad || !fc_rc_dec_ok(&st->d, job->size)) job->result = FC_ERR_CORRUPT;
 out:
-    free(buf);
-    free(gbuf);
+    free(ring);
+    if (st) {
+        free(st->cols.act);
+        free(st->cols.sgn);
+        free(st->cols.mag);
+    }
     free(st);
 }

@@ -26,83 +26,85 @@ unsigned fc_choose_gap_order(uint64_t significant, uint64_t n)
     return k > 31 ? 31 : k;
 }
 
-typedef struct row_state {
+typedef struct slice_state {
     unsigned prev_row_flag;
     unsigned m0;
     unsigned N;
     uint64_t run;          /* runs mode: zeros since the last nonzero */
     unsigned gap_class;    /* runs mode: class of the previous gap */
-} row_state;
+    fc_colstate cols;
+    fc_rowstate row;
+} slice_state;
 
-/* Code the level cur[c] (nonzero) and update the row's magnitude memory. */
-static inline void enc_nonzero(fc_rc_enc *e, fc_ctxset *s, const row_state *st, const int32_t *cur,
-                               const int32_t *prev, uint64_t c, unsigned *rowmag)
+/* Code the level cur[c] (nonzero) and update row and column state. */
+static inline void enc_nonzero(fc_rc_enc *e, fc_ctxset *s, slice_state *st, const int32_t *cur,
+                               const int32_t *above_row, uint64_t c)
 {
     int32_t v = cur[c];
     int32_t left = c ? cur[c - 1] : 0;
-    int32_t above = prev ? prev[c] : 0;
+    int32_t above = above_row ? above_row[c] : 0;
     unsigned cm = fc_cm(v, st->m0);
-    fc_enc_level(e, s, v < 0, cm, fc_neighbourhood(left, above, st->m0, *rowmag), st->N);
-    *rowmag = fc_rowmag_update(*rowmag, cm);
+    fc_enc_level(e, s, v < 0, cm, fc_neighbourhood(&st->cols, &st->row, left, above, c, st->m0), st->N);
+    fc_on_nonzero(&st->cols, &st->row, v, c, cm, 1);
 }
 
-static void enc_sig_range(fc_rc_enc *e, fc_ctxset *s, fc_ctx *sigset, const row_state *st,
-                          const int32_t *cur, const int32_t *prev, uint64_t c0, uint64_t c1,
-                          uint64_t *last_nz, unsigned *rowmag)
+static void enc_sig_range(fc_rc_enc *e, fc_ctxset *s, fc_ctx *sigset, slice_state *st,
+                          const int32_t *cur, const int32_t *above_row, uint64_t c0, uint64_t c1)
 {
     uint64_t c;
     for (c = c0; c < c1; c++) {
         int32_t left = c ? cur[c - 1] : 0;
-        int32_t above = prev ? prev[c] : 0;
-        uint64_t dist = *last_nz == UINT64_MAX ? UINT64_MAX : c - *last_nz;
+        int32_t above = above_row ? above_row[c] : 0;
         int32_t v = cur[c];
-        fc_rc_encode(e, &sigset[fc_sig_ctx(left, above, fc_dist_class(dist))], v != 0);
-        if (v) {
-            enc_nonzero(e, s, st, cur, prev, c, rowmag);
-            *last_nz = c;
-        }
+        fc_rc_encode(e, &sigset[fc_sig_ctx(&st->cols, &st->row, left, above, c)], v != 0);
+        if (v) enc_nonzero(e, s, st, cur, above_row, c);
+        fc_col_activity(&st->cols, c, v != 0);
     }
 }
 
-static void enc_row_dense(fc_rc_enc *e, fc_ctxset *s, const int32_t *cur, const int32_t *prev,
-                          uint64_t cols, uint64_t nz, row_state *st)
+static void decay_activity(slice_state *st, uint64_t c0, uint64_t c1)
 {
-    unsigned rowmag = 0;
-    uint64_t last_nz = UINT64_MAX;
-    unsigned flag = nz != 0;
-    fc_rc_encode(e, &s->row[st->prev_row_flag], flag);
-    st->prev_row_flag = flag;
-    if (flag) enc_sig_range(e, s, s->sig, st, cur, prev, 0, cols, &last_nz, &rowmag);
+    uint64_t c;
+    if (st->cols.act)
+        for (c = c0; c < c1; c++) fc_col_activity(&st->cols, c, 0);
 }
 
-static void enc_row_grouped(fc_rc_enc *e, fc_ctxset *s, const int32_t *cur, const int32_t *prev,
-                            uint64_t cols, uint64_t nz, row_state *st, const uint8_t *gprev,
-                            uint8_t *gcur)
+static unsigned any_nonzero(const int32_t *v, uint64_t c0, uint64_t c1)
 {
-    unsigned rowmag = 0, left_group = 0;
-    uint64_t g, ngroups = (cols + FC_GROUP - 1) / FC_GROUP, last_nz = UINT64_MAX;
-    unsigned flag = nz != 0;
-    fc_rc_encode(e, &s->row[st->prev_row_flag], flag);
-    st->prev_row_flag = flag;
-    if (!flag) {
-        if (gcur) memset(gcur, 0, (size_t)ngroups);
-        return;
-    }
+    uint64_t c;
+    if (!v) return 0;
+    for (c = c0; c < c1; c++)
+        if (v[c]) return 1;
+    return 0;
+}
+
+static void enc_row_dense(fc_rc_enc *e, fc_ctxset *s, const int32_t *cur, const int32_t *above_row,
+                          uint64_t cols, slice_state *st)
+{
+    enc_sig_range(e, s, s->sig, st, cur, above_row, 0, cols);
+}
+
+static void enc_row_grouped(fc_rc_enc *e, fc_ctxset *s, const int32_t *cur, const int32_t *above_row,
+                            uint64_t cols, slice_state *st)
+{
+    unsigned left_group = 0;
+    uint64_t g, ngroups = (cols + FC_GROUP - 1) / FC_GROUP;
     for (g = 0; g < ngroups; g++) {
-        uint64_t c0 = g * FC_GROUP, c1 = c0 + FC_GROUP < cols ? c0 + FC_GROUP : cols, c;
-        unsigned any = 0, above_group = gprev ? gprev[g] : 0;
-        for (c = c0; c < c1; c++) any |= cur[c] != 0;
+        uint64_t c0 = g * FC_GROUP, c1 = c0 + FC_GROUP < cols ? c0 + FC_GROUP : cols;
+        unsigned any = any_nonzero(cur, c0, c1);
+        unsigned above_group = any_nonzero(above_row, c0, c1);
         fc_rc_encode(e, &s->group[left_group * 2 + above_group], any);
         left_group = any;
-        if (gcur) gcur[g] = (uint8_t)any;
-        if (any) enc_sig_range(e, s, s->gsig, st, cur, prev, c0, c1, &last_nz, &rowmag);
+        if (any)
+            enc_sig_range(e, s, s->gsig, st, cur, above_row, c0, c1);
+        else
+            decay_activity(st, c0, c1);
     }
 }
 
-static void enc_row_runs(fc_rc_enc *e, fc_ctxset *s, const int32_t *cur, const int32_t *prev,
-                         uint64_t cols, unsigned k, row_state *st)
+static void enc_row_runs(fc_rc_enc *e, fc_ctxset *s, const int32_t *cur, const int32_t *above_row,
+                         uint64_t cols, unsigned k, slice_state *st)
 {
-    unsigned rowmag = 0;
     uint64_t c;
     for (c = 0; c < cols; c++) {
         if (!cur[c]) {
@@ -111,7 +113,84 @@ static void enc_row_runs(fc_rc_enc *e, fc_ctxset *s, const int32_t *cur, const i
         }
         st->gap_class = fc_gap_class(fc_enc_gap(e, s, st->run, k, st->gap_class));
         st->run = 0;
-        enc_nonzero(e, s, st, cur, prev, c, &rowmag);
+        enc_nonzero(e, s, st, cur, above_row, c);
+    }
+}
+
+/* Significance bitmap of a row, for choosing reference rows. */
+static void sig_bits(const int32_t *row, uint64_t cols, uint64_t *bits)
+{
+    uint64_t c, words = (cols + 63) / 64;
+    memset(bits, 0, sizeof(uint64_t) * (size_t)words);
+    for (c = 0; c < cols; c++) bits[c >> 6] |= (uint64_t)(row[c] != 0) << (c & 63);
+}
+
+static unsigned popcount64(uint64_t x)
+{
+#if defined(__GNUC__) || defined(__clang__)
+    return (unsigned)__builtin_popcountll(x);
+#else
+    unsigned n = 0;
+    for (; x; x &= x - 1) n++;
+    return n;
+#endif
+}
+
+/* The previous row (distance 1 .. m) whose significance differs least from
+ * row r's; ties go to the nearest. */
+static unsigned choose_ref(const uint64_t *bitring, unsigned slots, uint64_t words, uint64_t r,
+                           unsigned m)
+{
+    const uint64_t *cur = bitring + (size_t)(r % slots) * words;
+    unsigned best_d = 1, d;
+    uint64_t best = UINT64_MAX;
+    for (d = 1; d <= m; d++) {
+        const uint64_t *ref = bitring + (size_t)((r - d) % slots) * words;
+        uint64_t dist = 0, w;
+        for (w = 0; w < words && dist < best; w++) dist += popcount64(cur[w] ^ ref[w]);
+        if (dist < best) {
+            best = dist;
+            best_d = d;
+        }
+    }
+    return best_d;
+}
+
+/* Elements a mode trial codes (from the start of the slice). */
+#define TRIAL_ELEMS 65536u
+
+/* Mode for a slice when the caller left it to the encoder.  Above 20 %
+ * nonzeros: dense.  Below, structured updates (whole zero columns, low-rank
+ * rows) are much smaller in dense mode with its column and reference-row
+ * contexts, while unstructured sparse ones are smaller in runs mode: code
+ * the first rows both ways and keep the smaller. */
+static unsigned choose_mode_by_trial(const fc_slice_enc_job *job, uint64_t significant)
+{
+    const uint64_t n = job->rows * job->cols;
+    fc_slice_enc_job trial;
+    uint64_t dense_size, rows;
+    if (significant * 5u > n) return FC_MODE_DENSE;
+    if (job->cols > FC_ROW_CTX_MAX || job->cols < 16 || job->rows < 2 || significant == 0)
+        return fc_choose_mode(significant, n);
+    rows = (TRIAL_ELEMS + job->cols - 1) / job->cols;
+    if (rows < 32) rows = 32;
+    if (rows > job->rows) rows = job->rows;
+    trial = *job;
+    memset(&trial.out, 0, sizeof(trial.out));
+    trial.rows = rows;
+    trial.recon = NULL;
+    trial.mode_request = FC_MODE_DENSE;
+    fc_slice_encode(&trial);
+    dense_size = trial.out.size;
+    if (trial.result != FC_OK) dense_size = UINT64_MAX;
+    fc_buf_free(&trial.out);
+    trial.mode_request = FC_MODE_RUNS;
+    fc_slice_encode(&trial);
+    if (trial.result != FC_OK) trial.out.size = SIZE_MAX;
+    {
+        unsigned mode = trial.out.size < dense_size ? FC_MODE_RUNS : FC_MODE_DENSE;
+        fc_buf_free(&trial.out);
+        return mode;
     }
 }
 
@@ -119,19 +198,21 @@ void fc_slice_encode(fc_slice_enc_job *job)
 {
     const uint64_t rows = job->rows, cols = job->cols, n = rows * cols;
     const int use_above = cols <= FC_ROW_CTX_MAX;
-    const uint64_t ngroups = (cols + FC_GROUP - 1) / FC_GROUP;
-    int32_t *buf = NULL, *prev, *cur;
-    uint8_t *gbuf = NULL, *gprev = NULL, *gcur = NULL;
+    const uint64_t words = (cols + 63) / 64;
+    unsigned window = 1, slots;
+    int32_t *ring = NULL;
+    uint64_t *bitring = NULL;
     fc_quantizer *q = NULL;
     fc_ctxset *s = NULL;
     fc_rc_enc e;
-    row_state st;
+    slice_state st;
     uint64_t r, significant;
     double inv_step = 1.0 / (double)job->step;
 
     job->result = FC_OK;
     job->nonzeros = 0;
     job->sq_error = 0.0;
+    memset(&st, 0, sizeof(st));
 
     /* Mode from the density under plain rounding (RD quantization only
      * lowers it). */
@@ -150,22 +231,31 @@ void fc_slice_encode(fc_slice_enc_job *job)
         }
         st.m0 = significant ? lo : 1u;
     }
-    job->mode = job->mode_request >= 0 ? (unsigned)job->mode_request : fc_choose_mode(significant, n);
+    job->mode = job->mode_request >= 0 ? (unsigned)job->mode_request
+                                        : choose_mode_by_trial(job, significant);
     job->k = job->mode == FC_MODE_RUNS ? fc_choose_gap_order(significant, n) : 0;
+    if (job->mode != FC_MODE_RUNS && use_above && cols >= 16 && rows > 1) {
+        job->k = FC_SLICE_REFROWS;
+        window = fc_ref_window(cols);
+    }
+    slots = window + 1;
 
-    buf = (int32_t *)malloc(sizeof(int32_t) * (size_t)cols * 2);
+    ring = (int32_t *)calloc((size_t)cols * slots, sizeof(int32_t));
+    if (window > 1) bitring = (uint64_t *)calloc((size_t)words * slots, sizeof(uint64_t));
+    if (use_above) {
+        st.cols.sgn = (int8_t *)calloc((size_t)cols, 1);
+        st.cols.mag = (uint16_t *)calloc((size_t)cols, sizeof(uint16_t));
+        if (job->mode != FC_MODE_RUNS) {
+            st.cols.act = (uint8_t *)malloc((size_t)cols);
+            if (st.cols.act) memset(st.cols.act, FC_ACT_INIT, (size_t)cols);
+        }
+    }
     s = (fc_ctxset *)malloc(sizeof(*s));
     if (job->values) q = (fc_quantizer *)malloc(sizeof(*q));
-    if (job->mode == FC_MODE_GROUPED && use_above) gbuf = (uint8_t *)calloc((size_t)ngroups * 2, 1);
-    if (!buf || !s || (job->values && !q) || (job->mode == FC_MODE_GROUPED && use_above && !gbuf)) {
+    if (!ring || (window > 1 && !bitring) || !s || (job->values && !q) ||
+        (use_above && (!st.cols.sgn || !st.cols.mag || (job->mode != FC_MODE_RUNS && !st.cols.act)))) {
         job->result = FC_ERR_NOMEM;
         goto out;
-    }
-    prev = buf;
-    cur = buf + cols;
-    if (gbuf) {
-        gprev = gbuf;
-        gcur = gbuf + ngroups;
     }
     fc_ctxset_init(s, job->window_set);
     if (q) {
@@ -178,29 +268,24 @@ void fc_slice_encode(fc_slice_enc_job *job)
     }
     fc_rc_enc_init(&e, &job->out);
     fc_enc_eg0_bypass(&e, st.m0 - 1u);
-    st.prev_row_flag = 0;
-    st.run = 0;
-    st.gap_class = 0;
     st.N = job->max_gtx;
 
     for (r = 0; r < rows; r++) {
-        const int32_t *above_row = (r > 0 && use_above) ? prev : NULL;
+        int32_t *cur = ring + (size_t)(r % slots) * cols;
+        const int32_t *prev_row = (r > 0 && use_above) ? ring + (size_t)((r - 1) % slots) * cols : NULL;
+        const int32_t *above_row = prev_row;
         uint64_t nz, off = r * cols, c;
-        int32_t *tmp;
-        uint8_t *gtmp;
         if (job->values) {
-            nz = fc_quantize_row(q, job->values + off, job->importance ? job->importance + off : NULL,
-                                 cols, above_row, cur);
-            {
-                double se = 0.0;
-                for (c = 0; c < cols; c++) {
-                    float rec = (float)cur[c] * job->step;
-                    double d = (double)job->values[off + c] - (double)rec;
-                    se += d * d;
-                    if (job->recon) job->recon[off + c] = rec;
-                }
-                job->sq_error += se;
+            double se = 0.0;
+            nz = fc_quantize_row(q, &st.cols, job->values + off,
+                                 job->importance ? job->importance + off : NULL, cols, prev_row, cur);
+            for (c = 0; c < cols; c++) {
+                float rec = (float)cur[c] * job->step;
+                double d = (double)job->values[off + c] - (double)rec;
+                se += d * d;
+                if (job->recon) job->recon[off + c] = rec;
             }
+            job->sq_error += se;
         } else {
             nz = 0;
             memcpy(cur, job->levels + off, sizeof(int32_t) * (size_t)cols);
@@ -209,30 +294,42 @@ void fc_slice_encode(fc_slice_enc_job *job)
                 for (c = 0; c < cols; c++) job->recon[off + c] = (float)cur[c] * job->step;
         }
         job->nonzeros += nz;
-        switch (job->mode) {
-        case FC_MODE_DENSE:
-            enc_row_dense(&e, s, cur, above_row, cols, nz, &st);
-            break;
-        case FC_MODE_GROUPED:
-            enc_row_grouped(&e, s, cur, above_row, cols, nz, &st, r > 0 ? gprev : NULL, gcur);
-            break;
-        default:
+        fc_row_begin(&st.row);
+        if (job->mode == FC_MODE_RUNS) {
             enc_row_runs(&e, s, cur, above_row, cols, job->k, &st);
-            break;
+            continue;
         }
-        tmp = prev;
-        prev = cur;
-        cur = tmp;
-        gtmp = gprev;
-        gprev = gcur;
-        gcur = gtmp;
+        /* Dense and grouped: row flag, reference row, then the row. */
+        fc_rc_encode(&e, &s->row[st.prev_row_flag], nz != 0);
+        st.prev_row_flag = nz != 0;
+        if (bitring) sig_bits(cur, cols, bitring + (size_t)(r % slots) * words);
+        if (!nz) {
+            decay_activity(&st, 0, cols);
+            continue;
+        }
+        if (bitring && r > 0) {
+            unsigned m = r < window ? (unsigned)r : window;
+            unsigned d = choose_ref(bitring, slots, words, r, m);
+            if (m >= 2) {
+                fc_rc_encode(&e, &s->ref, d == 1);
+                if (d > 1) fc_rc_bypass(&e, d - 2u, fc_ref_bits(m));
+            }
+            above_row = ring + (size_t)((r - d) % slots) * cols;
+        }
+        if (job->mode == FC_MODE_DENSE)
+            enc_row_dense(&e, s, cur, above_row, cols, &st);
+        else
+            enc_row_grouped(&e, s, cur, above_row, cols, &st);
     }
     if (job->mode == FC_MODE_RUNS) fc_enc_gap(&e, s, st.run, job->k, st.gap_class);
     fc_rc_finish(&e);
     if (job->out.failed) job->result = FC_ERR_NOMEM;
 out:
-    free(buf);
-    free(gbuf);
+    free(ring);
+    free(bitring);
+    free(st.cols.act);
+    free(st.cols.sgn);
+    free(st.cols.mag);
     free(q);
     free(s);
 }
