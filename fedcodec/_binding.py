@@ -125,7 +125,7 @@ def check_uint(value: object, name: str, low: int, high: int) -> int:
 
 def check_real(value: object, name: str) -> float:
     """``value`` as a finite float, else InvalidParameterError."""
-    if isinstance(value, bool | np.bool_):
+    if isinstance(value, bool | np.bool_ | str | bytes):
         invalid(f"{name} must be a number, got {value!r}")
     try:
         number = float(value)  # type: ignore[arg-type]

@@ -77,7 +77,8 @@ def test_integer_levels_are_lossless(tensors, step, mode, max_gtx):
 def test_lam0_error_is_at_most_half_a_step(tensor, S, mode):
     result = fedcodec.encode([tensor], lam=0.0, S=S, mode=mode)
     (decoded,) = fedcodec.decode(result.data)
-    assert decoded.shape == tensor.shape and decoded.dtype == np.float32
+    assert decoded.shape == tensor.shape
+    assert decoded.dtype == np.float32
     assert_within_half_step(tensor, decoded, result.stats[0].step)
 
 
@@ -151,7 +152,9 @@ def test_every_mode_round_trips(mode, density, shape):
         assert not np.any(decoded["w"])
     if mode != "auto" and stats.slices > 0:
         assert stats.modes == (mode,)
-    assert stats.name == "w" and stats.shape == x.shape and stats.numel == x.size
+    assert stats.name == "w"
+    assert stats.shape == x.shape
+    assert stats.numel == x.size
     levels, step = fedcodec.decode_levels(result.data)[0]
     assert step == stats.step
     np.testing.assert_array_equal(
@@ -187,13 +190,15 @@ def test_mapping_order_is_container_order_and_names_come_back():
     for name, original in tensors.items():
         np.testing.assert_array_equal(as_dict[name], original)  # exact multiples of 0.5
     as_list = fedcodec.decode(result.data)
-    assert isinstance(as_list, list) and len(as_list) == 3
+    assert isinstance(as_list, list)
+    assert len(as_list) == 3
     assert fedcodec.decode(result.data, names=["a", "b", "c"])["c"].shape == ()
 
 
 def test_empty_container_round_trips():
     result = fedcodec.encode([])
-    assert result.stats == [] and len(result) > 0
+    assert result.stats == []
+    assert len(result) > 0
     assert fedcodec.decode(result.data) == []
     assert fedcodec.inspect(result.data) == []
 
@@ -201,8 +206,10 @@ def test_empty_container_round_trips():
 def test_scalar_inputs_work():
     result = fedcodec.encode([np.float32(0.75), np.array(-3.0, dtype=np.float32)], step=0.25)
     a, b = fedcodec.decode(result.data)
-    assert a.shape == () and b.shape == ()
-    assert float(a) == 0.75 and float(b) == -3.0
+    assert a.shape == ()
+    assert b.shape == ()
+    assert float(a) == 0.75
+    assert float(b) == -3.0
 
 
 def test_inspect_describes_the_container():
@@ -225,24 +232,28 @@ def test_encode_levels_accepts_other_integer_dtypes_that_fit():
     result = fedcodec.encode_levels({"a": arrays[0], "b": arrays[1], "c": arrays[2]}, step=2.0)
     decoded = fedcodec.decode_levels(result.data, names=["a", "b", "c"])
     for original, (levels, step) in zip(arrays, decoded.values(), strict=True):
-        assert levels.dtype == np.int32 and step == 2.0
+        assert levels.dtype == np.int32
+        assert step == 2.0
         np.testing.assert_array_equal(levels, original)
 
 
 def test_per_tensor_steps_from_sequence_and_mapping():
     x = np.linspace(-1, 1, 101, dtype=np.float32)
     by_seq = fedcodec.encode([x, x, x], step=[0.5, None, 0.125], S=64)
-    assert by_seq.stats[0].step == 0.5 and by_seq.stats[2].step == 0.125
+    assert by_seq.stats[0].step == 0.5
+    assert by_seq.stats[2].step == 0.125
     derived = fedcodec.encode([x], S=64).stats[0].step
     assert by_seq.stats[1].step == derived
     by_map = fedcodec.encode({"a": x, "b": x}, step={"b": 0.25}, S=64)
-    assert by_map.stats[0].step == derived and by_map.stats[1].step == 0.25
+    assert by_map.stats[0].step == derived
+    assert by_map.stats[1].step == 0.25
 
 
 def test_larger_S_gives_a_finer_step():
     x = np.random.default_rng(2).standard_normal(1000).astype(np.float32)
     steps = [fedcodec.encode([x], S=S).stats[0].step for S in (0, 16, 128, 1024)]
-    assert steps == sorted(steps, reverse=True) and len(set(steps)) == 4
+    assert steps == sorted(steps, reverse=True)
+    assert len(set(steps)) == 4
 
 
 def test_sigma_sets_sigma_min_and_importance_steers_the_error():
@@ -272,11 +283,14 @@ def test_stats_properties():
     assert s.nonzeros == 5 == result.total_nonzeros
     assert s.density == 0.05
     assert s.bits_per_weight == 8 * s.bytes / 100
-    assert s.mse == 0.0 and s.sq_error == 0.0
+    assert s.mse == 0.0
+    assert s.sq_error == 0.0
     assert len(result) == len(result.data)
     assert sum(st.bytes for st in result.stats) < len(result)
     empty = fedcodec.encode([np.zeros((0, 3), dtype=np.float32)]).stats[0]
-    assert empty.density == 0.0 and empty.mse == 0.0 and math.isnan(empty.bits_per_weight)
+    assert empty.density == 0.0
+    assert empty.mse == 0.0
+    assert math.isnan(empty.bits_per_weight)
 
 
 @pytest.mark.xfail(
