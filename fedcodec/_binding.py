@@ -340,9 +340,9 @@ def _explain_tensor_error(code: int, tensor: EncodeTensor, step: float) -> str:
         if float(importance.sum(dtype=np.float64)) <= 0.0:
             return f"{tensor.label}: importance is 0 everywhere; some weight must count"
     if code == FC_ERR_INVALID_ARGUMENT and tensor.values is not None and tensor.step == 0.0:
-        peak = float(np.abs(tensor.values).max()) if tensor.values.size else 0.0
+        peak_abs = float(np.abs(tensor.values).max()) if tensor.values.size else 0.0
         return (
-            f"{tensor.label}: the step derived from the values (max |value| {peak:g}) "
+            f"{tensor.label}: the step derived from the values (max |value| {peak_abs:g}) "
             "is not a normal float32 number; pass step= explicitly"
         )
     return f"{tensor.label}: {_MEANING.get(code, 'unknown error')}"
