@@ -5,26 +5,27 @@
 
 void fc_scan_tensor(const float *values, const float *importance, uint64_t n, fc_tensor_scan *out)
 {
-    double amax = 0.0, ssq = 0.0, isum = 0.0;
+    float amax = 0.0f;
+    double ssq = 0.0, isum = 0.0;
     uint64_t nz = 0, i;
     int bad = 0;
     for (i = 0; i < n; i++) {
-        double a = fabs((double)values[i]);
-        if (!(a <= 3.4028234663852886e38)) bad = 1; /* NaN or Inf */
-        if (a > amax) amax = a;
-        if (a != 0.0) {
+        float a = fabsf(values[i]);
+        bad |= !(a <= 3.40282347e38f); /* NaN or Inf */
+        amax = a > amax ? a : amax;
+        if (a != 0.0f) {
             nz++;
-            ssq += a * a;
+            ssq += (double)a * (double)a;
         }
     }
     if (importance) {
         for (i = 0; i < n; i++) {
-            double e = (double)importance[i];
-            if (!(e >= 0.0 && e <= 3.4028234663852886e38)) bad = 1;
-            isum += e;
+            float e = importance[i];
+            bad |= !(e >= 0.0f && e <= 3.40282347e38f);
+            isum += (double)e;
         }
     }
-    out->abs_max = amax;
+    out->abs_max = (double)amax;
     out->sum_sq_nz = ssq;
     out->nonzero = nz;
     out->importance_sum = isum;
@@ -56,18 +57,33 @@ uint64_t fc_count_significant(const float *values, uint64_t n, double inv_step)
     return cnt;
 }
 
+static inline int32_t round_level(float x, double inv_step)
+{
+    return (int32_t)(fabs((double)x) * inv_step + 0.5);
+}
+
 uint64_t fc_rounding_stats(const float *values, uint64_t n, double inv_step, unsigned *min_level)
 {
+    /* Float compares keep the loop cheap; the threshold sits a little below
+     * step/2, so every value that rounds to a nonzero level is counted, and
+     * the smallest counted magnitude gives a lower bound of the smallest
+     * nonzero level (rounding is monotone in |w|). */
+    const float half = (float)(0.5 / inv_step) * 0.99999f;
+    float lo = 3.40282347e38f;
     uint64_t cnt = 0, i;
-    int32_t lo = FC_MAX_LEVEL;
     for (i = 0; i < n; i++) {
-        int32_t a = (int32_t)(fabs((double)values[i]) * inv_step + 0.5);
-        if (a) {
+        float a = fabsf(values[i]);
+        if (a >= half) {
             cnt++;
-            if (a < lo) lo = a;
+            lo = a < lo ? a : lo;
         }
     }
-    *min_level = cnt ? (unsigned)lo : 1u;
+    if (cnt) {
+        int32_t m = round_level(lo, inv_step);
+        *min_level = m > 0 ? (unsigned)m : 1u;
+    } else {
+        *min_level = 1u;
+    }
     return cnt;
 }
 
@@ -76,7 +92,7 @@ static uint64_t quantize_row_rounding(const fc_quantizer *q, const float *x, uin
 {
     uint64_t nz = 0, c;
     for (c = 0; c < cols; c++) {
-        int32_t a = (int32_t)(fabs((double)x[c]) * q->inv_step + 0.5);
+        int32_t a = x[c] == 0.0f ? 0 : round_level(x[c], q->inv_step);
         cur[c] = x[c] < 0.0f ? -a : a;
         nz += a != 0;
     }

@@ -279,11 +279,22 @@ void fc_slice_encode(fc_slice_enc_job *job)
             double se = 0.0;
             nz = fc_quantize_row(q, &st.cols, job->values + off,
                                  job->importance ? job->importance + off : NULL, cols, prev_row, cur);
-            for (c = 0; c < cols; c++) {
-                float rec = (float)cur[c] * job->step;
-                double d = (double)job->values[off + c] - (double)rec;
-                se += d * d;
-                if (job->recon) job->recon[off + c] = rec;
+            const float *x = job->values + off;
+            if (job->recon) {
+                float *out = job->recon + off;
+                for (c = 0; c < cols; c++) {
+                    float rec = (float)cur[c] * job->step;
+                    double d = (double)x[c] - (double)rec;
+                    se += d * d;
+                    out[c] = rec;
+                }
+            } else {
+                for (c = 0; c < cols; c++) {
+                    if (cur[c] | (x[c] != 0.0f)) {
+                        double d = (double)x[c] - (double)((float)cur[c] * job->step);
+                        se += d * d;
+                    }
+                }
             }
             job->sq_error += se;
         } else {
