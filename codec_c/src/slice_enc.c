@@ -7,11 +7,10 @@
 
 unsigned fc_choose_mode(uint64_t significant, uint64_t n)
 {
-    /* Measured on synthetic top-k updates (bench codec): the runs mode is
-     * smaller than the dense and grouped modes up to ~5 % nonzeros and
-     * decodes fastest; dense wins above.  Grouped is never chosen
-     * automatically but stays selectable. */
-    if (significant * 100u > n * 6u) return FC_MODE_DENSE;
+    /* Measured on synthetic unstructured updates (bench codec): the runs
+     * mode is the smallest up to ~20 % nonzeros and decodes fastest; dense
+     * above.  Grouped is never chosen automatically but stays selectable. */
+    if (significant * 5u > n) return FC_MODE_DENSE;
     return FC_MODE_RUNS;
 }
 
@@ -159,11 +158,38 @@ static unsigned choose_ref(const uint64_t *bitring, unsigned slots, uint64_t wor
 /* Elements a mode trial codes (from the start of the slice). */
 #define TRIAL_ELEMS 65536u
 
+/* Are the nonzeros of the first `rows` rows concentrated in some columns?
+ * With m nonzeros spread at random over c columns about c*exp(-m/c) columns
+ * stay empty; many more empty columns mean column structure, which the
+ * dense mode's contexts exploit. */
+static int has_column_structure(const fc_slice_enc_job *job, uint64_t rows, double inv_step)
+{
+    const uint64_t cols = job->cols;
+    const float half = (float)(0.5 / inv_step) * 0.99999f;
+    uint8_t *seen = (uint8_t *)calloc((size_t)cols, 1);
+    uint64_t r, c, total = 0, empty = 0;
+    double lambda;
+    if (!seen) return 0;
+    for (r = 0; r < rows; r++) {
+        for (c = 0; c < cols; c++) {
+            uint64_t i = r * cols + c;
+            int nz = job->values ? fabsf(job->values[i]) >= half : job->levels[i] != 0;
+            seen[c] |= (uint8_t)nz;
+            total += (uint64_t)nz;
+        }
+    }
+    for (c = 0; c < cols; c++) empty += !seen[c];
+    free(seen);
+    lambda = (double)total / (double)cols;
+    return (double)empty > 1.5 * (double)cols * exp(-lambda) + 0.02 * (double)cols;
+}
+
 /* Mode for a slice when the caller left it to the encoder.  Above 20 %
  * nonzeros: dense.  Below, structured updates (whole zero columns, low-rank
  * rows) are much smaller in dense mode with its column and reference-row
- * contexts, while unstructured sparse ones are smaller in runs mode: code
- * the first rows both ways and keep the smaller. */
+ * contexts, while unstructured sparse ones are smaller in runs mode: when
+ * the first rows show column structure, code them both ways and keep the
+ * smaller. */
 static unsigned choose_mode_by_trial(const fc_slice_enc_job *job, uint64_t significant)
 {
     const uint64_t n = job->rows * job->cols;
@@ -175,6 +201,7 @@ static unsigned choose_mode_by_trial(const fc_slice_enc_job *job, uint64_t signi
     rows = (TRIAL_ELEMS + job->cols - 1) / job->cols;
     if (rows < 32) rows = 32;
     if (rows > job->rows) rows = job->rows;
+    if (!has_column_structure(job, rows, 1.0 / (double)job->step)) return fc_choose_mode(significant, n);
     trial = *job;
     memset(&trial.out, 0, sizeof(trial.out));
     trial.rows = rows;
