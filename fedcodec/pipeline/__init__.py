@@ -1,0 +1,96 @@
+"""The federated update pipeline over the codec (shared by the server, the edge SDK and the
+Flower plugin).
+
+* :mod:`~fedcodec.pipeline.model` — :class:`ModelSpec`, :class:`ModelVersion` (id + SHA-256
+  digest), :class:`ModelHistory`.
+* :mod:`~fedcodec.pipeline.params` — :class:`RoundParams` (λ, S or Δ, byte budget,
+  sparsification, per-client overrides) and schedules.
+* :mod:`~fedcodec.pipeline.ratecontrol` — fixed parameters or a byte budget met within ±5 %.
+* :mod:`~fedcodec.pipeline.client` — :class:`UpdateEncoder`: differential updates with error
+  feedback, residual state saved without pickle.
+* :mod:`~fedcodec.pipeline.server` — :class:`Aggregator`: validated decode-and-accumulate
+  FedAvg in O(model) memory.
+* :mod:`~fedcodec.pipeline.downlink` — :class:`DownlinkEncoder` (server) and
+  :class:`ModelReceiver` (client): coded model changes, keyframes, digest checks.
+
+A round, in-process::
+
+    server: params = schedule(r, last)            # RoundParams, JSON to clients
+            package = downlink.package_for(cid)   # keyframe or deltas
+    client: base = receiver.apply(package)        # digest-checked
+            local = train(base)
+            update = encoder.encode(local, base, params, round_number=r, num_examples=n)
+    server: aggregator.accept_update(update)      # validated, then accumulated
+            new = aggregator.finalize(); downlink.publish(new)
+"""
+
+from fedcodec.pipeline.client import EncodedUpdate, UpdateEncoder
+from fedcodec.pipeline.downlink import DownlinkEncoder, DownlinkPackage, ModelReceiver, Release
+from fedcodec.pipeline.errors import (
+    BaseDigestMismatchError,
+    BudgetTooSmallError,
+    DigestMismatchError,
+    DuplicateUpdateError,
+    EmptyRoundError,
+    ModelMismatchError,
+    PipelineError,
+    RoundClosedError,
+    StaleBaseVersionError,
+    StateFormatError,
+    UnknownBaseVersionError,
+    UpdateRejectedError,
+)
+from fedcodec.pipeline.model import ModelHistory, ModelSpec, ModelVersion, model_digest
+from fedcodec.pipeline.params import (
+    HIGH_RATE_LAMBDA,
+    ConstantSchedule,
+    CosineSchedule,
+    RoundParams,
+    Schedule,
+    Sparsification,
+    StepSchedule,
+    as_schedule,
+)
+from fedcodec.pipeline.ratecontrol import encode_with_params, min_container_bytes
+from fedcodec.pipeline.server import Aggregator
+from fedcodec.pipeline.stats import ClientRoundStats, EncodeStats, RoundStats, TensorEncodeStats
+
+__all__ = [
+    "HIGH_RATE_LAMBDA",
+    "Aggregator",
+    "BaseDigestMismatchError",
+    "BudgetTooSmallError",
+    "ClientRoundStats",
+    "ConstantSchedule",
+    "CosineSchedule",
+    "DigestMismatchError",
+    "DownlinkEncoder",
+    "DownlinkPackage",
+    "DuplicateUpdateError",
+    "EmptyRoundError",
+    "EncodeStats",
+    "EncodedUpdate",
+    "ModelHistory",
+    "ModelMismatchError",
+    "ModelReceiver",
+    "ModelSpec",
+    "ModelVersion",
+    "PipelineError",
+    "Release",
+    "RoundClosedError",
+    "RoundParams",
+    "RoundStats",
+    "Schedule",
+    "Sparsification",
+    "StaleBaseVersionError",
+    "StateFormatError",
+    "StepSchedule",
+    "TensorEncodeStats",
+    "UnknownBaseVersionError",
+    "UpdateEncoder",
+    "UpdateRejectedError",
+    "as_schedule",
+    "encode_with_params",
+    "min_container_bytes",
+    "model_digest",
+]

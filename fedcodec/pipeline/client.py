@@ -1,0 +1,396 @@
+"""Client side: differential updates with error feedback.
+
+:class:`UpdateEncoder` turns locally trained weights into an
+:class:`EncodedUpdate` against the base version the client started from::
+
+    target   = (local − base) + residual      # float32
+    target'  = sparsify(target)               # optional
+    decoded  = codec reconstruction of target' (rate control, λ, Δ)
+    residual = target − decoded               # float32, kept for next round
+
+so whatever is not sent this round (quantization error, sparsified values)
+is sent later: over rounds, the sum of decoded updates equals the sum of true
+deltas minus the current residual.  The residual state saves to ``.npz``
+without pickle (:meth:`UpdateEncoder.save_state`) and survives a restart.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from fedcodec.pipeline._state import load_npz_state, save_npz_state
+from fedcodec.pipeline.errors import ModelMismatchError, StateFormatError
+from fedcodec.pipeline.model import F32Array, ModelSpec, ModelVersion, Tensors
+from fedcodec.pipeline.params import RoundParams
+from fedcodec.pipeline.ratecontrol import encode_with_params
+from fedcodec.pipeline.sparsify import sparsify
+from fedcodec.pipeline.stats import EncodeStats, TensorEncodeStats, snr_db
+
+__all__ = ["EncodedUpdate", "UpdateEncoder", "encode_tensors"]
+
+_STATE_FORMAT = "fedcodec-update-encoder/1"
+
+
+@dataclass(frozen=True)
+class EncodedUpdate:
+    """An update ready to send.
+
+    Attributes
+    ----------
+    data : bytes
+        The codec container (tensors in model order).
+    client_id : str
+        Sender.
+    round_number : int
+        Round it belongs to.
+    base_version : int
+        Global version the delta was computed against.
+    base_digest : str
+        Digest of the base model the client held.
+    num_examples : int
+        FedAvg weight (local examples).
+    stats : EncodeStats
+        What the encoder did.
+    """
+
+    data: bytes
+    client_id: str
+    round_number: int
+    base_version: int
+    base_digest: str
+    num_examples: int
+    stats: EncodeStats
+
+    def __len__(self) -> int:
+        return len(self.data)
+
+
+def encode_tensors(
+    spec: ModelSpec,
+    target: Tensors,
+    params: RoundParams,
+    *,
+    importance: Mapping[str, npt.ArrayLike] | None = None,
+    threads: int = 0,
+    step_grid: list[float] | None = None,
+    warm_start: float | None = None,
+) -> tuple[bytes, list[F32Array], EncodeStats, float | None]:
+    """Sparsify and encode ``target`` as ``params`` say (shared by uplink and downlink).
+
+    Returns
+    -------
+    data : bytes
+        The container.
+    recon : list of ndarray
+        The decoder's reconstruction per tensor (bit-exact).
+    stats : EncodeStats
+        Statistics (distortion against the un-sparsified ``target``).
+    warm : float or None
+        A warm start for the next budget search (see
+        :func:`~fedcodec.pipeline.ratecontrol.encode_with_params`).
+    """
+    start = time.perf_counter()
+    tensors = [target[name] for name in spec.names]
+    eta: list[F32Array | None] | None = None
+    if importance is not None:
+        unknown = set(importance) - set(spec.names)
+        if unknown:
+            raise ModelMismatchError(f"importance names unknown tensors {sorted(unknown)!r}")
+        eta = []
+        for name, shape in spec:
+            if name not in importance:
+                eta.append(None)
+                continue
+            values = np.ascontiguousarray(importance[name], dtype=np.float32)
+            if values.shape != shape:
+                raise ModelMismatchError(
+                    f"importance[{name!r}] has shape {values.shape}, the model has {shape}"
+                )
+            eta.append(values)
+    coded_input = tensors
+    zeroed = 0
+    if params.sparsification is not None and params.sparsification.active:
+        coded_input, zeroed = sparsify(tensors, params.sparsification, eta)
+    coded = encode_with_params(
+        coded_input,
+        params,
+        importance=eta,
+        threads=threads,
+        step_grid=step_grid,
+        warm_start=warm_start,
+    )
+    per_tensor: list[TensorEncodeStats] = []
+    total_sig = total_err = 0.0
+    numel = nonzeros = 0
+    for name, t, rec, cs in zip(spec.names, tensors, coded.recon, coded.result.stats, strict=True):
+        t64 = t.astype(np.float64).ravel()
+        err = t64 - rec.astype(np.float64).ravel()
+        sig_sq = float(np.dot(t64, t64))
+        err_sq = float(np.dot(err, err))
+        total_sig += sig_sq
+        total_err += err_sq
+        numel += t.size
+        nonzeros += cs.nonzeros
+        per_tensor.append(
+            TensorEncodeStats(
+                name=name,
+                step=cs.step,
+                bytes=cs.bytes,
+                density=cs.density,
+                mse=err_sq / t.size if t.size else 0.0,
+                snr_db=snr_db(sig_sq, err_sq),
+            )
+        )
+    stats = EncodeStats(
+        bytes=len(coded.result.data),
+        lam=coded.lam,
+        S=coded.S,
+        step_rule=params.step_rule,
+        budget_bytes=params.budget_bytes if params.step is None else None,
+        passes=coded.passes,
+        density=nonzeros / numel if numel else 0.0,
+        mse=total_err / numel if numel else 0.0,
+        snr_db=snr_db(total_sig, total_err),
+        sparsified=zeroed / numel if numel else 0.0,
+        seconds=time.perf_counter() - start,
+        tensors=tuple(per_tensor),
+    )
+    warm: float | None = None
+    if params.budget_bytes is not None and params.step is None and not coded.all_zero_fallback:
+        if params.step_rule == "model":
+            rms = math.sqrt(total_sig / numel) if numel and total_sig > 0 else 0.0
+            warm = coded.steps[0] / rms if rms > 0 and coded.steps else None
+        else:
+            warm = float(coded.S) if coded.S is not None else None
+    return coded.result.data, coded.recon, stats, warm
+
+
+class UpdateEncoder:
+    """Encodes a client's differential updates with error feedback.
+
+    Parameters
+    ----------
+    spec : ModelSpec
+        The model's names and shapes.
+    client_id : str
+        This client's id (written into every update).
+    threads : int, optional
+        Codec threads (0 = all CPUs).
+    error_feedback : bool, optional
+        Keep the residual (default True).  Without it every round codes
+        ``local − base`` alone.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from fedcodec.pipeline import ModelVersion, RoundParams, UpdateEncoder
+    >>> base = ModelVersion.create(0, {"w": np.zeros((4, 8), np.float32)})
+    >>> enc = UpdateEncoder(base.spec, "client-1")
+    >>> local = {"w": np.full((4, 8), 0.01, np.float32)}
+    >>> update = enc.encode(local, base, RoundParams(S=16), round_number=0, num_examples=10)
+    >>> update.base_version, update.num_examples
+    (0, 10)
+    """
+
+    def __init__(
+        self,
+        spec: ModelSpec,
+        client_id: str,
+        *,
+        threads: int = 0,
+        error_feedback: bool = True,
+    ) -> None:
+        self.spec = spec
+        self.client_id = client_id
+        self.threads = threads
+        self.error_feedback = error_feedback
+        self._residual: Tensors = spec.zeros()
+        self._warm_start: float | None = None
+        self.rounds_encoded = 0
+        self.last_round: int | None = None
+
+    @property
+    def residual(self) -> Tensors:
+        """The error-feedback residual (read-only views)."""
+        out: Tensors = {}
+        for name, array in self._residual.items():
+            view = array.view()
+            view.flags.writeable = False
+            out[name] = view
+        return out
+
+    def residual_norm(self) -> float:
+        """L2 norm of the residual over all tensors."""
+        return math.sqrt(
+            sum(
+                float(np.dot(r.ravel().astype(np.float64), r.ravel()))
+                for r in self._residual.values()
+            )
+        )
+
+    def reset(self) -> None:
+        """Forget the residual and the rate-control warm start."""
+        self._residual = self.spec.zeros()
+        self._warm_start = None
+
+    def encode(
+        self,
+        local: Mapping[str, npt.ArrayLike],
+        base: ModelVersion,
+        params: RoundParams,
+        *,
+        round_number: int,
+        num_examples: int,
+        importance: Mapping[str, npt.ArrayLike] | None = None,
+    ) -> EncodedUpdate:
+        """Encode ``local − base`` (plus the residual) and update the residual.
+
+        Parameters
+        ----------
+        local : mapping of str to array_like
+            Locally trained weights (float32; every tensor of the model).
+        base : ModelVersion
+            The model the client started from (its version and digest go into
+            the update).
+        params : RoundParams
+            The round's parameters; ``params.for_client(client_id)`` is applied
+            here, so the server may send the full round parameters.
+        round_number : int
+            The round.
+        num_examples : int
+            Local examples (FedAvg weight), >= 1.
+        importance : mapping of str to array_like, optional
+            Per-weight importance η >= 0 by tensor name (e.g. accumulated
+            squared gradients); missing names mean η = 1.
+
+        Returns
+        -------
+        EncodedUpdate
+
+        Raises
+        ------
+        ModelMismatchError
+            ``local``, ``base`` or ``importance`` do not match the model.
+        BudgetTooSmallError
+            The budget is below the smallest possible container; the residual
+            is unchanged.
+        """
+        if base.spec != self.spec:
+            raise ModelMismatchError("the base model's names or shapes differ from the encoder's")
+        if isinstance(num_examples, bool) or not isinstance(num_examples, int) or num_examples < 1:
+            raise ValueError(f"num_examples must be an int >= 1, got {num_examples!r}")
+        checked = self.spec.check(local, "local weights")
+        params = params.for_client(self.client_id)
+        target: Tensors = {}
+        for name in self.spec.names:
+            delta = np.subtract(checked[name], base.tensors[name], dtype=np.float32)
+            target[name] = delta + self._residual[name] if self.error_feedback else delta
+        data, recon, stats, warm = encode_tensors(
+            self.spec,
+            target,
+            params,
+            importance=importance,
+            threads=self.threads,
+            warm_start=self._warm_start,
+        )
+        if self.error_feedback:
+            self._residual = {
+                name: np.subtract(target[name], r, dtype=np.float32)
+                for name, r in zip(self.spec.names, recon, strict=True)
+            }
+        if warm is not None:
+            self._warm_start = warm
+        self.rounds_encoded += 1
+        self.last_round = round_number
+        return EncodedUpdate(
+            data=data,
+            client_id=self.client_id,
+            round_number=round_number,
+            base_version=base.version,
+            base_digest=base.digest,
+            num_examples=num_examples,
+            stats=stats,
+        )
+
+    # -- state --------------------------------------------------------------
+
+    def state(self) -> tuple[dict[str, F32Array], dict[str, Any]]:
+        """The state as (residual arrays by tensor name, JSON-able metadata).
+
+        The in-memory form of :meth:`save_state`, e.g. for Flower's
+        ``context.state``.
+        """
+        meta: dict[str, Any] = {
+            "format": _STATE_FORMAT,
+            "client_id": self.client_id,
+            "spec": self.spec.to_json(),
+            "error_feedback": self.error_feedback,
+            "warm_start": self._warm_start,
+            "rounds_encoded": self.rounds_encoded,
+            "last_round": self.last_round,
+        }
+        return {name: self._residual[name].copy() for name in self.spec.names}, meta
+
+    def load_state(self, arrays: Mapping[str, np.ndarray], meta: Mapping[str, Any]) -> None:
+        """Restore what :meth:`state` returned.
+
+        Raises
+        ------
+        StateFormatError
+            Another format, another model, or another client id.
+        """
+        if meta.get("format") != _STATE_FORMAT:
+            raise StateFormatError(f"unknown update-encoder state format {meta.get('format')!r}")
+        try:
+            spec = ModelSpec.from_json(meta["spec"])
+        except (KeyError, ModelMismatchError) as exc:
+            raise StateFormatError(f"state has no valid model spec: {exc}") from exc
+        if spec != self.spec:
+            raise StateFormatError("the saved state belongs to a model with other names or shapes")
+        if meta.get("client_id") != self.client_id:
+            raise StateFormatError(
+                f"the saved state belongs to client {meta.get('client_id')!r}, "
+                f"not {self.client_id!r}"
+            )
+        try:
+            residual = self.spec.check(arrays, "saved residual")
+        except ModelMismatchError as exc:
+            raise StateFormatError(str(exc)) from exc
+        if any(np.asarray(arrays[n]).dtype != np.float32 for n in self.spec.names):
+            raise StateFormatError("the saved residual must be float32")
+        warm = meta.get("warm_start")
+        self._residual = {name: residual[name].copy() for name in self.spec.names}
+        self._warm_start = float(warm) if isinstance(warm, int | float) else None
+        self.rounds_encoded = int(meta.get("rounds_encoded", 0))
+        last = meta.get("last_round")
+        self.last_round = int(last) if isinstance(last, int) else None
+        self.error_feedback = bool(meta.get("error_feedback", True))
+
+    def save_state(self, path: str | os.PathLike[str]) -> None:
+        """Write the state to an ``.npz`` file (atomically, no pickle)."""
+        arrays, meta = self.state()
+        save_npz_state(path, arrays, meta)
+
+    @classmethod
+    def restore(
+        cls, path: str | os.PathLike[str], spec: ModelSpec, client_id: str, *, threads: int = 0
+    ) -> UpdateEncoder:
+        """An encoder with the state saved at ``path``.
+
+        Raises
+        ------
+        StateFormatError
+            Unreadable file, or the state of another model or client.
+        """
+        encoder = cls(spec, client_id, threads=threads)
+        arrays, meta = load_npz_state(path)
+        encoder.load_state(arrays, meta)
+        return encoder

@@ -1,0 +1,331 @@
+"""Round parameters (λ, S or Δ, byte budget, sparsification) and their schedules.
+
+The server decides per round — and optionally per client — how updates are
+coded: :class:`RoundParams`.  A *schedule* produces them from the round
+number and the previous round's statistics: :class:`ConstantSchedule`,
+:class:`StepSchedule`, :class:`CosineSchedule`, or any callable
+``(round_number, last_stats) -> RoundParams`` (:class:`Schedule`).
+
+Every parameter object converts to and from a JSON-able dict
+(:meth:`RoundParams.to_json`), the form in which it travels to clients.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Literal, Protocol, cast, runtime_checkable
+
+if TYPE_CHECKING:
+    from fedcodec.pipeline.stats import RoundStats
+
+__all__ = [
+    "HIGH_RATE_LAMBDA",
+    "ConstantSchedule",
+    "CosineSchedule",
+    "RoundParams",
+    "Schedule",
+    "Sparsification",
+    "StepRule",
+    "StepSchedule",
+    "as_schedule",
+]
+
+#: ln(2)/6: the λ (in step² per bit) that is rate-distortion optimal at high rate.
+HIGH_RATE_LAMBDA = 0.1155
+
+#: How S maps to quantization steps: "model" gives every tensor the same step
+#: (from the S rule over all weights), so one λ is one slope in squared error per
+#: bit for the whole model; "tensor" applies the codec's rule to each tensor.
+StepRule = Literal["model", "tensor"]
+_STEP_RULES = ("model", "tensor")
+
+_SCHEDULABLE = ("lam", "S", "step", "budget_bytes")
+
+
+def _check_fraction(value: float | None, what: str) -> None:
+    if value is not None and not (0.0 < value <= 1.0):
+        raise ValueError(f"{what} must be in (0, 1], got {value!r}")
+
+
+@dataclass(frozen=True)
+class Sparsification:
+    """Sparsification applied before quantization (all given ones combine).
+
+    The values it zeroes are not lost: error feedback keeps them in the
+    residual for later rounds.
+
+    Attributes
+    ----------
+    topk : float, optional
+        Keep this fraction (0, 1] of the weights with the largest magnitude
+        (importance-weighted when an importance is given), over the whole
+        model.
+    threshold : float, optional
+        Zero weights with ``|w| < threshold``.
+    rows : float, optional
+        Structured: keep this fraction (0, 1] of the rows (slices along axis
+        0: output units, conv filters) with the largest mean square, over the
+        whole model; 1-d tensors count each element as a row.
+    """
+
+    topk: float | None = None
+    threshold: float | None = None
+    rows: float | None = None
+
+    def __post_init__(self) -> None:
+        _check_fraction(self.topk, "topk")
+        _check_fraction(self.rows, "rows")
+        if self.threshold is not None and not (
+            math.isfinite(self.threshold) and self.threshold >= 0
+        ):
+            raise ValueError(f"threshold must be finite and >= 0, got {self.threshold!r}")
+
+    @property
+    def active(self) -> bool:
+        """Whether anything is zeroed at all."""
+        return (
+            (self.topk is not None and self.topk < 1.0)
+            or (self.rows is not None and self.rows < 1.0)
+            or bool(self.threshold)
+        )
+
+    def to_json(self) -> dict[str, float]:
+        """The set fields as a dict."""
+        return {k: v for k, v in dataclasses.asdict(self).items() if v is not None}
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> Sparsification:
+        """Inverse of :meth:`to_json`."""
+        unknown = set(data) - {"topk", "threshold", "rows"}
+        if unknown:
+            raise ValueError(f"unknown sparsification keys {sorted(unknown)!r}")
+        return cls(**{k: float(v) for k, v in data.items()})
+
+
+@dataclass(frozen=True)
+class RoundParams:
+    """How updates of one round are coded.
+
+    Attributes
+    ----------
+    lam : float
+        λ >= 0 of the RD quantizer, in units of step² per bit.
+    S : int
+        Step resolution S >= 0 (larger: finer step) when no ``step`` and no
+        budget is given.
+    step : float, optional
+        A quantization step Δ > 0 for every tensor (overrides S).
+    budget_bytes : int, optional
+        Target container size: rate control picks the step (and λ if needed)
+        so the update lands within ``tolerance`` of it, or under it.
+    tolerance : float
+        Relative budget tolerance (default ±5 %).
+    step_rule : {"model", "tensor"}
+        One step for the whole model (equal slope) or the codec's per-tensor
+        rule.
+    sparsification : Sparsification, optional
+        Applied before quantization.
+    per_client : mapping of str to mapping
+        Field overrides per client id, e.g. ``{"phone-7": {"budget_bytes":
+        2000}}``; see :meth:`for_client`.
+    """
+
+    lam: float = HIGH_RATE_LAMBDA
+    S: int = 64
+    step: float | None = None
+    budget_bytes: int | None = None
+    tolerance: float = 0.05
+    step_rule: StepRule = "model"
+    sparsification: Sparsification | None = None
+    per_client: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if not (math.isfinite(self.lam) and self.lam >= 0):
+            raise ValueError(f"lam must be finite and >= 0, got {self.lam!r}")
+        if isinstance(self.S, bool) or not isinstance(self.S, int) or self.S < 0:
+            raise ValueError(f"S must be an int >= 0, got {self.S!r}")
+        if self.step is not None and not (math.isfinite(self.step) and self.step > 0):
+            raise ValueError(f"step must be finite and > 0, got {self.step!r}")
+        if self.budget_bytes is not None and (
+            isinstance(self.budget_bytes, bool)
+            or not isinstance(self.budget_bytes, int)
+            or self.budget_bytes < 1
+        ):
+            raise ValueError(f"budget_bytes must be an int >= 1, got {self.budget_bytes!r}")
+        if not (0.0 < self.tolerance < 1.0):
+            raise ValueError(f"tolerance must be in (0, 1), got {self.tolerance!r}")
+        if self.step_rule not in _STEP_RULES:
+            raise ValueError(f"step_rule must be one of {_STEP_RULES}, got {self.step_rule!r}")
+        for client, overrides in self.per_client.items():
+            bad = set(overrides) - (_FIELD_NAMES - {"per_client"})
+            if bad:
+                raise ValueError(f"per_client[{client!r}] has unknown fields {sorted(bad)!r}")
+
+    def replace(self, **changes: Any) -> RoundParams:
+        """A copy with some fields changed (validated)."""
+        return dataclasses.replace(self, **changes)
+
+    def for_client(self, client_id: str) -> RoundParams:
+        """The parameters of one client: its overrides applied, ``per_client`` dropped."""
+        overrides = dict(self.per_client.get(client_id, {}))
+        if "sparsification" in overrides and isinstance(overrides["sparsification"], Mapping):
+            overrides["sparsification"] = Sparsification.from_json(overrides["sparsification"])
+        return dataclasses.replace(self, per_client={}, **overrides)
+
+    def to_json(self) -> dict[str, Any]:
+        """A JSON-able dict (the form sent to clients)."""
+        out: dict[str, Any] = {
+            "lam": self.lam,
+            "S": self.S,
+            "tolerance": self.tolerance,
+            "step_rule": self.step_rule,
+        }
+        if self.step is not None:
+            out["step"] = self.step
+        if self.budget_bytes is not None:
+            out["budget_bytes"] = self.budget_bytes
+        if self.sparsification is not None:
+            out["sparsification"] = self.sparsification.to_json()
+        if self.per_client:
+            out["per_client"] = {
+                cid: {
+                    k: (v.to_json() if isinstance(v, Sparsification) else v)
+                    for k, v in overrides.items()
+                }
+                for cid, overrides in self.per_client.items()
+            }
+        return out
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> RoundParams:
+        """Inverse of :meth:`to_json` (unknown keys are an error)."""
+        unknown = set(data) - _FIELD_NAMES
+        if unknown:
+            raise ValueError(f"unknown round parameter keys {sorted(unknown)!r}")
+        kwargs = dict(data)
+        if "sparsification" in kwargs and kwargs["sparsification"] is not None:
+            kwargs["sparsification"] = Sparsification.from_json(kwargs["sparsification"])
+        if "per_client" in kwargs:
+            kwargs["per_client"] = {str(k): dict(v) for k, v in kwargs["per_client"].items()}
+        return cls(**kwargs)
+
+
+_FIELD_NAMES = frozenset(f.name for f in dataclasses.fields(RoundParams))
+
+
+@runtime_checkable
+class Schedule(Protocol):
+    """Anything that gives the parameters of a round.
+
+    ``round_number`` counts from 0; ``last`` is the statistics of the
+    previous round (None in round 0).  A plain function with this signature
+    is a schedule.
+    """
+
+    def __call__(self, round_number: int, last: RoundStats | None) -> RoundParams: ...
+
+
+def _check_field(name: str) -> None:
+    if name not in _SCHEDULABLE:
+        raise ValueError(f"can schedule one of {_SCHEDULABLE}, not {name!r}")
+
+
+def _with_value(base: RoundParams, name: str, value: float) -> RoundParams:
+    if name in ("S", "budget_bytes"):
+        return base.replace(**{name: max(0 if name == "S" else 1, round(value))})
+    return base.replace(**{name: value})
+
+
+@dataclass(frozen=True)
+class ConstantSchedule:
+    """The same parameters every round."""
+
+    params: RoundParams
+
+    def __call__(self, round_number: int, last: RoundStats | None) -> RoundParams:
+        """The parameters (the same every round)."""
+        return self.params
+
+
+@dataclass(frozen=True)
+class StepSchedule:
+    """Multiply one parameter by ``gamma`` every ``every`` rounds.
+
+    Attributes
+    ----------
+    base : RoundParams
+        Parameters of round 0.
+    name : {"lam", "S", "step", "budget_bytes"}
+        The parameter to change (it must be set in ``base``).
+    gamma : float
+        Factor per step (> 0).
+    every : int
+        Rounds per step (>= 1).
+    """
+
+    base: RoundParams
+    name: str
+    gamma: float
+    every: int
+
+    def __post_init__(self) -> None:
+        _check_field(self.name)
+        if getattr(self.base, self.name) is None:
+            raise ValueError(f"StepSchedule: base.{self.name} is not set")
+        if not (self.gamma > 0 and math.isfinite(self.gamma)) or self.every < 1:
+            raise ValueError("StepSchedule needs gamma > 0 and every >= 1")
+
+    def __call__(self, round_number: int, last: RoundStats | None) -> RoundParams:
+        """The parameters of ``round_number``."""
+        start = float(getattr(self.base, self.name))
+        return _with_value(self.base, self.name, start * self.gamma ** (round_number // self.every))
+
+
+@dataclass(frozen=True)
+class CosineSchedule:
+    """Move one parameter from ``start`` to ``end`` along a half cosine.
+
+    ``value(r) = end + (start - end) * (1 + cos(pi * min(r, rounds) / rounds)) / 2``.
+
+    Attributes
+    ----------
+    base : RoundParams
+        The other parameters.
+    name : {"lam", "S", "step", "budget_bytes"}
+        The parameter to change.
+    start, end : float
+        Values in round 0 and from round ``rounds`` on.
+    rounds : int
+        Length of the ramp (>= 1).
+    """
+
+    base: RoundParams
+    name: str
+    start: float
+    end: float
+    rounds: int
+
+    def __post_init__(self) -> None:
+        _check_field(self.name)
+        if self.rounds < 1:
+            raise ValueError("CosineSchedule needs rounds >= 1")
+
+    def __call__(self, round_number: int, last: RoundStats | None) -> RoundParams:
+        """The parameters of ``round_number``."""
+        t = min(max(round_number, 0), self.rounds) / self.rounds
+        value = self.end + (self.start - self.end) * (1.0 + math.cos(math.pi * t)) / 2.0
+        return _with_value(self.base, self.name, value)
+
+
+def as_schedule(
+    spec: RoundParams | Schedule | Callable[[int, RoundStats | None], RoundParams],
+) -> Schedule:
+    """A schedule from parameters (constant) or a schedule/callable (as is)."""
+    if isinstance(spec, RoundParams):
+        return ConstantSchedule(spec)
+    if callable(spec):
+        return cast(Schedule, spec)
+    raise TypeError(f"not a schedule: {type(spec).__name__}")

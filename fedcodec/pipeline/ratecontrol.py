@@ -1,0 +1,467 @@
+"""Choosing λ, S and Δ: fixed parameters, or a byte budget met by search.
+
+:func:`encode_with_params` encodes float32 tensors as a
+:class:`~fedcodec.pipeline.params.RoundParams` says, always through
+:func:`fedcodec.codec.encode` with ``return_recon=True`` (the exact decoder
+reconstruction, for error feedback).
+
+Steps.  With the ``"model"`` step rule every tensor gets the same step
+``Δ = 2·|w|max / (2·|w|max/σ + S)`` (the codec's rule, with ``|w|max`` and
+``σ`` — the RMS of the nonzero values — taken over the whole model).  Since
+λ is measured in step² per bit, one λ and one Δ give every tensor the same
+slope ``λ·Δ²`` of squared error per bit: bits go where they buy the most
+distortion reduction.  The ``"tensor"`` rule uses the codec's per-tensor rule
+(same λ, per-tensor Δ).
+
+Budgets.  Container size falls as Δ grows (at fixed λ) and as λ grows (at
+fixed Δ).  With the model rule the search runs on ``log Δ`` at the round's λ;
+Δ can grow until every level is zero, so every budget above the all-zero
+container is reachable.  With the tensor rule it runs on integer S
+(log-spaced) and, when even S = 0 is too large, on ``log λ`` at S = 0.  Each
+pass is a real encode; the next point comes from a secant on
+``log bytes`` (safeguarded by bisection once the budget is bracketed).  The
+search stops at the first size within ``±tolerance`` of the budget; after
+``max_passes`` it returns the largest size under the budget, and if no pass
+came in under it, the all-zero update (the error-feedback residual then keeps
+everything for the next round).
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from fedcodec import codec
+from fedcodec.pipeline.errors import BudgetTooSmallError
+from fedcodec.pipeline.model import F32Array
+from fedcodec.pipeline.params import RoundParams
+
+__all__ = [
+    "DEFAULT_MAX_PASSES",
+    "CodedTensors",
+    "encode_with_params",
+    "min_container_bytes",
+    "model_rule_step",
+    "tensor_rule_steps",
+]
+
+#: Encoder passes a budget search may use (the all-zero fallback may add one).
+DEFAULT_MAX_PASSES = 8
+# Levels must stay within ±(2**30 - 1); keep a factor 2 of headroom.
+_MAX_LEVEL = float(2**29)
+_MAX_S = 2**20
+_LAM_CEILING = 1.0e4
+
+
+@dataclass(frozen=True)
+class CodedTensors:
+    """An encode chosen by :func:`encode_with_params`.
+
+    Attributes
+    ----------
+    result : fedcodec.codec.EncodeResult
+        Container, codec statistics and ``recon`` (always present).
+    lam : float
+        λ used.
+    S : int or None
+        S used, None when steps were explicit.
+    passes : int
+        Encoder passes.
+    all_zero_fallback : bool
+        True when no pass met the budget and the all-zero update was sent.
+    seconds : float
+        Wall time.
+    """
+
+    result: codec.EncodeResult
+    lam: float
+    S: int | None
+    passes: int
+    all_zero_fallback: bool
+    seconds: float
+
+    @property
+    def recon(self) -> list[F32Array]:
+        """The decoder's reconstruction, per tensor."""
+        assert self.result.recon is not None
+        return self.result.recon
+
+    @property
+    def steps(self) -> list[float]:
+        """Δ per tensor."""
+        return [s.step for s in self.result.stats]
+
+
+def _max_abs(tensors: Sequence[F32Array]) -> float:
+    return max((float(np.max(np.abs(t))) for t in tensors if t.size), default=0.0)
+
+
+def _rms_nonzero(tensors: Sequence[F32Array]) -> float:
+    total = 0.0
+    count = 0
+    for t in tensors:
+        nz = t[t != 0]
+        total += float(np.dot(nz.astype(np.float64), nz.astype(np.float64)))
+        count += nz.size
+    return math.sqrt(total / count) if count else 0.0
+
+
+def model_rule_step(tensors: Sequence[F32Array], S: int) -> float:
+    """The codec's step rule applied to all tensors together.
+
+    ``Δ = 2·|w|max / (2·|w|max/σ + S)`` with ``σ`` the RMS of the nonzero
+    values of all tensors.  1.0 for an all-zero model.
+    """
+    wmax = _max_abs(tensors)
+    sigma = _rms_nonzero(tensors)
+    if wmax == 0.0 or sigma == 0.0:
+        return 1.0
+    return 2.0 * wmax / (2.0 * wmax / sigma + S)
+
+
+def tensor_rule_steps(tensors: Sequence[F32Array], S: int) -> list[float]:
+    """The codec's per-tensor step rule (σ = RMS of the tensor's nonzero values)."""
+    return [model_rule_step([t], S) for t in tensors]
+
+
+@functools.lru_cache(maxsize=64)
+def _floor_bytes(shapes: tuple[tuple[int, ...], ...]) -> int:
+    zeros = [np.zeros(s, dtype=np.float32) for s in shapes]
+    return len(codec.encode(zeros, step=1.0, threads=1))
+
+
+def min_container_bytes(shapes: Sequence[tuple[int, ...]]) -> int:
+    """Size of the smallest container of these shapes (every level zero)."""
+    return _floor_bytes(tuple(tuple(s) for s in shapes))
+
+
+def _snap(steps: Sequence[float], grid: Sequence[float] | None) -> list[float]:
+    """Steps rounded to integer multiples (>= 1) of a per-tensor grid."""
+    if grid is None:
+        return list(steps)
+    return [max(1.0, round(s / g)) * g for s, g in zip(steps, grid, strict=True)]
+
+
+class _Encoder:
+    """Runs encodes with fixed tensors and options, counting passes."""
+
+    def __init__(
+        self,
+        tensors: Sequence[F32Array],
+        importance: Sequence[F32Array | None] | None,
+        threads: int,
+        grid: Sequence[float] | None,
+    ) -> None:
+        self.tensors = list(tensors)
+        self.importance = None if importance is None else list(importance)
+        self.threads = threads
+        self.grid = None if grid is None else list(grid)
+        self.passes = 0
+
+    def run(
+        self, lam: float, *, S: int = 0, steps: Sequence[float] | None = None
+    ) -> codec.EncodeResult:
+        self.passes += 1
+        return codec.encode(
+            self.tensors,
+            lam=lam,
+            S=S,
+            step=None if steps is None else _snap(steps, self.grid),
+            importance=self.importance,
+            threads=self.threads,
+            return_recon=True,
+        )
+
+    def all_zero(self, lam: float) -> codec.EncodeResult:
+        wmax = _max_abs(self.tensors)
+        huge = 4.0 * wmax if wmax > 0 else 1.0
+        return self.run(lam, steps=[huge] * len(self.tensors))
+
+
+@dataclass(frozen=True)
+class _Outcome:
+    """A search's best result: within tolerance (``hit``), else the largest
+    under the budget, else None (every pass was over it); ``x`` is its point."""
+
+    result: codec.EncodeResult | None
+    x: float | None
+    hit: bool
+    seen: list[float]
+
+
+@dataclass
+class _Search:
+    """Secant / bisection search for a container size, on one real variable.
+
+    ``bytes_of(x)`` must be roughly monotone: increasing in ``x`` when
+    ``increasing`` is true.  ``snap`` maps ``x`` to the nearest admissible
+    value (e.g. an integer S).
+    """
+
+    evaluate: Callable[[float], codec.EncodeResult]
+    lo: float
+    hi: float
+    increasing: bool
+    slope0: float
+    snap: Callable[[float], float]
+    budget: int
+    tolerance: float
+
+    def run(self, x0: float, passes: int) -> _Outcome:
+        """Search from ``x0`` with at most ``passes`` encodes.
+
+        Before the budget is bracketed: secant steps on (x, log bytes) from
+        the last two points (the default slope at first), at most a factor 16
+        at a time.  Once bracketed: the Illinois variant of regula falsi
+        between the bracket ends (an end kept twice has its residual halved),
+        with bisection when the secant lands too near an end.
+        """
+        target = math.log(self.budget)
+        low_ok = self.budget * (1.0 - self.tolerance)
+        high_ok = self.budget * (1.0 + self.tolerance)
+        sign = 1.0 if self.increasing else -1.0
+        seen: list[float] = []
+        best_under: codec.EncodeResult | None = None
+        best_x: float | None = None
+        # Bracket ends as [x, log bytes - target]: over the budget, under it.
+        over: list[float] | None = None
+        under: list[float] | None = None
+        last_side = 0
+        history: list[tuple[float, float]] = []
+        x = self.snap(min(max(x0, self.lo), self.hi))
+        for _ in range(passes):
+            if x in seen:
+                break
+            result = self.evaluate(x)
+            size = len(result)
+            seen.append(x)
+            if low_ok <= size <= high_ok:
+                return _Outcome(result, x, True, seen)
+            if size <= self.budget and (best_under is None or size > len(best_under)):
+                best_under, best_x = result, x
+            f = math.log(size) - target
+            side = 1 if f > 0 else -1
+            if side > 0:
+                over = [x, f]
+                if last_side > 0 and under is not None:
+                    under[1] *= 0.5
+            else:
+                under = [x, f]
+                if last_side < 0 and over is not None:
+                    over[1] *= 0.5
+            last_side = side
+            history.append((x, f))
+            if over is not None and under is not None:
+                (xa, fa), (xb, fb) = over, under
+                lo, hi = min(xa, xb), max(xa, xb)
+                proposal = xa - fa * (xb - xa) / (fb - fa)
+                margin = 0.01 * (hi - lo)
+                if not (lo + margin < proposal < hi - margin):
+                    proposal = 0.5 * (lo + hi)
+            else:
+                slope = self.slope0
+                if len(history) >= 2:
+                    (x1, f1), (x2, f2) = history[-2], history[-1]
+                    if x2 != x1 and (f2 - f1) / (x2 - x1) * sign > 1e-3:
+                        slope = (f2 - f1) / (x2 - x1)
+                move = -f / slope
+                limit = math.log(16.0)
+                proposal = x + max(-limit, min(limit, move))
+            proposal = min(max(proposal, self.lo), self.hi)
+            snapped = self.snap(proposal)
+            if snapped == x:
+                # An integer grid can stall: move one unit toward the budget.
+                toward = -sign * side
+                snapped = self.snap(x + toward * (abs(proposal - x) + 1e-6))
+                if snapped == x:
+                    break
+            x = snapped
+        return _Outcome(best_under, best_x, False, seen)
+
+
+def encode_with_params(
+    tensors: Sequence[F32Array],
+    params: RoundParams,
+    *,
+    importance: Sequence[F32Array | None] | None = None,
+    threads: int = 0,
+    step_grid: Sequence[float] | None = None,
+    warm_start: float | None = None,
+    max_passes: int = DEFAULT_MAX_PASSES,
+) -> CodedTensors:
+    """Encode tensors with fixed parameters or to a byte budget.
+
+    Parameters
+    ----------
+    tensors : sequence of ndarray
+        float32, C-contiguous, finite.
+    params : RoundParams
+        ``step`` (explicit Δ) beats ``budget_bytes`` beats ``S``; ``lam``,
+        ``step_rule`` and ``tolerance`` apply throughout.  Sparsification is
+        not applied here.
+    importance : sequence of ndarray or None, optional
+        Per-weight importance η (passed to the codec).
+    threads : int, optional
+        Codec threads (0 = all CPUs).
+    step_grid : sequence of float, optional
+        Per-tensor grid: every step becomes an integer multiple (>= 1) of it
+        (used by the downlink to keep reconstructions on a fixed grid).
+    warm_start : float, optional
+        Starting point of a budget search: the step divided by the RMS of the
+        tensors (model rule) or S (tensor rule) that met a similar budget
+        before.
+    max_passes : int, optional
+        Cap on search passes.
+
+    Returns
+    -------
+    CodedTensors
+
+    Raises
+    ------
+    BudgetTooSmallError
+        ``budget_bytes`` is below the all-zero container of these shapes.
+    """
+    start = time.perf_counter()
+    enc = _Encoder(tensors, importance, threads, step_grid)
+    lam = params.lam
+
+    def done(result: codec.EncodeResult, S: int | None, fallback: bool = False) -> CodedTensors:
+        return CodedTensors(result, lam, S, enc.passes, fallback, time.perf_counter() - start)
+
+    if params.step is not None:
+        return done(enc.run(lam, steps=[params.step] * len(tensors)), None)
+    if params.budget_bytes is None:
+        if params.step_rule == "model":
+            return done(
+                enc.run(lam, steps=[model_rule_step(tensors, params.S)] * len(tensors)), params.S
+            )
+        if step_grid is not None:
+            return done(enc.run(lam, steps=tensor_rule_steps(tensors, params.S)), params.S)
+        return done(enc.run(lam, S=params.S), params.S)
+
+    budget = params.budget_bytes
+    floor = min_container_bytes([t.shape for t in tensors])
+    if budget < floor:
+        raise BudgetTooSmallError(
+            f"a budget of {budget} bytes is below the smallest container of this model "
+            f"({floor} bytes, every level zero)",
+            budget_bytes=budget,
+            min_bytes=floor,
+        )
+    wmax = _max_abs(tensors)
+    if wmax == 0.0:
+        return done(enc.all_zero(lam), None)
+    if params.step_rule == "model":
+        result, S_used = _search_model_rule(enc, tensors, params, lam, warm_start, max_passes)
+    else:
+        result, S_used, lam = _search_tensor_rule(enc, tensors, params, warm_start, max_passes)
+    if result is None:
+        return done(enc.all_zero(lam), None, fallback=True)
+    return done(result, S_used)
+
+
+def _search_model_rule(
+    enc: _Encoder,
+    tensors: Sequence[F32Array],
+    params: RoundParams,
+    lam: float,
+    warm_start: float | None,
+    max_passes: int,
+) -> tuple[codec.EncodeResult | None, None]:
+    assert params.budget_bytes is not None
+    wmax = _max_abs(tensors)
+    numel = sum(t.size for t in tensors)
+    rms = math.sqrt(
+        sum(
+            float(np.dot(t.ravel().astype(np.float64), t.ravel().astype(np.float64)))
+            for t in tensors
+        )
+        / max(numel, 1)
+    )
+    rms = rms if rms > 0 else wmax
+    if warm_start is not None and warm_start > 0:
+        step0 = warm_start * rms
+    else:
+        # High-rate estimate for a Laplacian source: b ≈ log2(2e·σ/√2) − log2 Δ.
+        bits_per_weight = 8.0 * params.budget_bytes / max(numel, 1)
+        step0 = rms * 3.84 * 2.0 ** (-min(bits_per_weight, 20.0))
+    search = _Search(
+        evaluate=lambda x: enc.run(lam, steps=[math.exp(x)] * len(tensors)),
+        lo=math.log(wmax / _MAX_LEVEL),
+        hi=math.log(4.0 * wmax),
+        increasing=False,
+        slope0=-1.0,
+        snap=lambda x: x,
+        budget=params.budget_bytes,
+        tolerance=params.tolerance,
+    )
+    return search.run(math.log(step0), max_passes).result, None
+
+
+def _search_tensor_rule(
+    enc: _Encoder,
+    tensors: Sequence[F32Array],
+    params: RoundParams,
+    warm_start: float | None,
+    max_passes: int,
+) -> tuple[codec.EncodeResult | None, int | None, float]:
+    assert params.budget_bytes is not None
+    lam = params.lam
+
+    def s_of(x: float) -> int:
+        return max(0, min(_MAX_S, round(math.exp(x) - 1.0)))
+
+    def run_s(x: float) -> codec.EncodeResult:
+        S = s_of(x)
+        if enc.grid is not None:
+            return enc.run(lam, steps=tensor_rule_steps(tensors, S))
+        return enc.run(lam, S=S)
+
+    s_search = _Search(
+        evaluate=run_s,
+        lo=0.0,
+        hi=math.log(_MAX_S + 1.0),
+        increasing=True,
+        slope0=0.5,
+        snap=lambda x: math.log(s_of(x) + 1.0),
+        budget=params.budget_bytes,
+        tolerance=params.tolerance,
+    )
+    S0 = round(warm_start) if warm_start is not None else params.S
+    by_s = s_search.run(math.log(S0 + 1.0), max_passes)
+    if by_s.result is not None and by_s.x is not None:
+        return by_s.result, s_of(by_s.x), lam
+    # Every pass was over the budget.
+    if enc.passes >= max_passes:
+        return None, None, lam
+    if 0.0 not in by_s.seen:
+        at_zero = run_s(0.0)
+        if len(at_zero) <= params.budget_bytes * (1.0 + params.tolerance):
+            return at_zero, 0, lam
+
+    # Even S = 0 is too large: raise λ at S = 0.
+    def run_lam(x: float) -> codec.EncodeResult:
+        if enc.grid is not None:
+            return enc.run(math.exp(x), steps=tensor_rule_steps(tensors, 0))
+        return enc.run(math.exp(x), S=0)
+
+    lam_search = _Search(
+        evaluate=run_lam,
+        lo=math.log(max(lam, 1e-3)),
+        hi=math.log(_LAM_CEILING),
+        increasing=False,
+        slope0=-1.0,
+        snap=lambda x: x,
+        budget=params.budget_bytes,
+        tolerance=params.tolerance,
+    )
+    by_lam = lam_search.run(math.log(max(2.0 * lam, 0.25)), max_passes - enc.passes)
+    if by_lam.result is None or by_lam.x is None:
+        return None, None, lam
+    return by_lam.result, 0, math.exp(by_lam.x)
