@@ -35,6 +35,18 @@ from fedcodec.errors import (
     error_class_for,
 )
 
+# cffi compares a struct's cdef layout with the compiler's on first use; use
+# them all now, so a cdef that drifted from fedcodec.h fails at import.
+for _struct in (
+    "fc_tensor",
+    "fc_tensor_stats",
+    "fc_encode_options",
+    "fc_decode_options",
+    "fc_tensor_info",
+    "fc_decode_target",
+):
+    ffi.sizeof(_struct)
+
 # Constants are read from the compiled library, never restated.
 MAX_DIMS: int = int(lib.FC_MAX_DIMS)
 MAX_GTX: int = int(lib.FC_MAX_GTX)

@@ -1,10 +1,16 @@
 """cffi builder of ``fedcodec._fedcodec_cffi`` (API mode, out of line).
 
 The cdef below is written by hand and mirrors ``codec_c/include/fedcodec.h``
-declaration by declaration.  Because the extension is compiled in API mode,
-the C compiler checks it against the real header: a field, type or enum value
-that drifts is a build error (the compiler sees the mismatch) or an import
-error (cffi compares struct layouts), never silent memory corruption.
+declaration by declaration.  Because the extension is compiled in API mode
+against the real header, drift is caught, never silent memory corruption:
+
+* a function prototype that drifts is a build error (the generated wrapper
+  calls the real function; ``-Werror`` turns the type warnings into errors);
+* a struct field that drifts fails ``import fedcodec`` (cffi compares each
+  struct's layout with the compiler's, and ``_binding`` touches every struct);
+* enum and macro values are taken from the compiler, not from the cdef; the
+  Python-side copies of the result numbers (``errors.py``) are checked
+  against ``fc_result_name()`` by the tests.
 
 setuptools runs this file through ``cffi_modules`` (see ``setup.py``) with the
 project root as the working directory.  To build the module by hand for a
