@@ -1,4 +1,5 @@
 /* quant.c - step derivation and the rate-distortion optimizing quantizer. */
+#include <float.h>
 #include <math.h>
 
 #include "quant.h"
@@ -42,6 +43,9 @@ double fc_derive_step(const fc_tensor_scan *scan, double sigma_min, uint32_t S)
         step = 2.0 * scan->abs_max / (2.0 * scan->abs_max / sigma_min + (double)S);
     else
         step = sigma_min;
+    /* Tensors of tiny values (below ~1e-36) would get a subnormal step: the
+     * smallest normal float32 still represents them to within half of it. */
+    if (step > 0.0 && step < (double)FLT_MIN) step = (double)FLT_MIN;
     f = (float)step;
     if (!(f > 0.0f) || !isfinite(f) || !isnormal(f)) return -1.0;
     return (double)f;
