@@ -293,11 +293,6 @@ def test_stats_properties():
     assert math.isnan(empty.bits_per_weight)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="C bug (reported): a tensor whose values are all tiny (|w| <~ 1e-36) gets a "
-    "derived step below FLT_MIN and fc_encode returns FC_ERR_INVALID_ARGUMENT",
-)
 def test_tensor_of_tiny_values_encodes():
     # Finite float32 input must encode; at worst everything quantizes to 0.
     x = np.array([1e-40, -2e-40, 1e-38], dtype=np.float32)
