@@ -126,13 +126,11 @@ static void sig_bits(const int32_t *row, uint64_t cols, uint64_t *bits)
 
 static unsigned popcount64(uint64_t x)
 {
-#if defined(__GNUC__) || defined(__clang__)
-    return (unsigned)__builtin_popcountll(x);
-#else
-    unsigned n = 0;
-    for (; x; x &= x - 1) n++;
-    return n;
-#endif
+    /* SWAR popcount: portable and fast without -mpopcnt. */
+    x = x - ((x >> 1) & 0x5555555555555555ull);
+    x = (x & 0x3333333333333333ull) + ((x >> 2) & 0x3333333333333333ull);
+    x = (x + (x >> 4)) & 0x0F0F0F0F0F0F0F0Full;
+    return (unsigned)((x * 0x0101010101010101ull) >> 56);
 }
 
 /* The previous row (distance 1 .. m) whose significance differs least from
