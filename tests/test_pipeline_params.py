@@ -1,0 +1,103 @@
+"""Round parameters, per-client overrides, schedules, model versions."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from fedcodec.pipeline import (
+    ConstantSchedule,
+    CosineSchedule,
+    ModelHistory,
+    ModelMismatchError,
+    ModelSpec,
+    ModelVersion,
+    RoundParams,
+    RoundStats,
+    Sparsification,
+    StepSchedule,
+    as_schedule,
+    model_digest,
+)
+
+
+def test_params_json_round_trip_with_per_client_overrides() -> None:
+    params = RoundParams(
+        lam=0.2,
+        S=48,
+        budget_bytes=5000,
+        sparsification=Sparsification(topk=0.1, threshold=1e-4),
+        per_client={"slow": {"budget_bytes": 1000, "sparsification": {"rows": 0.5}}},
+    )
+    wire = json.loads(json.dumps(params.to_json()))
+    again = RoundParams.from_json(wire)
+    assert again == params
+    slow = again.for_client("slow")
+    assert slow.budget_bytes == 1000 and slow.sparsification == Sparsification(rows=0.5)
+    assert slow.per_client == {} and slow.lam == 0.2
+    assert again.for_client("other").budget_bytes == 5000
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        {"lam": -1.0},
+        {"S": -3},
+        {"step": 0.0},
+        {"budget_bytes": 0},
+        {"tolerance": 0.0},
+        {"step_rule": "layer"},
+        {"per_client": {"x": {"nope": 1}}},
+    ],
+)
+def test_invalid_params_are_rejected(bad: dict[str, object]) -> None:
+    with pytest.raises(ValueError):  # noqa: PT011
+        RoundParams(**bad)  # type: ignore[arg-type]
+
+
+def test_schedules() -> None:
+    base = RoundParams(lam=0.1, S=64, budget_bytes=8000)
+    assert ConstantSchedule(base)(9, None) is base
+    step = StepSchedule(base, "budget_bytes", gamma=0.5, every=10)
+    assert [step(r, None).budget_bytes for r in (0, 9, 10, 25)] == [8000, 8000, 4000, 2000]
+    cos = CosineSchedule(base, "lam", start=0.05, end=0.5, rounds=10)
+    lams = [cos(r, None).lam for r in range(12)]
+    assert lams[0] == pytest.approx(0.05) and lams[10] == pytest.approx(0.5) == lams[11]
+    assert all(a <= b for a, b in zip(lams, lams[1:], strict=False))
+
+    def adaptive(round_number: int, last: RoundStats | None) -> RoundParams:
+        if last is None:
+            return base
+        return base.replace(budget_bytes=max(500, last.bytes_up // 10))
+
+    sched = as_schedule(adaptive)
+    assert sched(0, None) is base
+    last = RoundStats(3, 2, 3, (), 0, bytes_up=20000, bytes_down=0, update_rms=0.0)
+    assert sched(4, last).budget_bytes == 2000
+    assert as_schedule(base)(5, None) is base
+    with pytest.raises(ValueError, match="schedule"):
+        StepSchedule(base, "tolerance", gamma=2.0, every=1)
+
+
+def test_model_versions_digest_and_history() -> None:
+    tensors = {"a": np.ones((2, 3), np.float32), "b": np.zeros(4, np.float32)}
+    v0 = ModelVersion.create(0, tensors)
+    assert v0.digest == model_digest(v0.spec, dict(v0.tensors))
+    assert not v0.tensors["a"].flags.writeable
+    flipped = dict(tensors) | {"b": np.array([0, 0, 0, -0.0], np.float32)}
+    assert ModelVersion.create(0, flipped).digest != v0.digest  # every bit counts
+    reordered = ModelVersion.create(0, {"b": tensors["b"], "a": tensors["a"]})
+    assert reordered.digest != v0.digest  # order is part of the model
+    assert v0.spec.numel == 10 and v0.spec.float32_bytes == 40
+    assert ModelSpec.from_json(json.loads(json.dumps(v0.spec.to_json()))) == v0.spec
+    history = ModelHistory(keep=2)
+    for v in range(4):
+        history.add(ModelVersion.create(v, tensors))
+    assert history.versions() == [2, 3] and history.latest.version == 3
+    assert history.was_issued(0) and 0 not in history and not history.was_issued(4)
+    with pytest.raises(ValueError, match="newer"):
+        history.add(ModelVersion.create(3, tensors))
+    with pytest.raises(ModelMismatchError):
+        history.add(ModelVersion.create(5, {"a": np.ones((3, 2), np.float32)}))

@@ -1,0 +1,116 @@
+"""Rate control: byte budgets met within ±5 % (or under), in few passes."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from fedcodec.pipeline import (
+    HIGH_RATE_LAMBDA,
+    BudgetTooSmallError,
+    RoundParams,
+    encode_with_params,
+    min_container_bytes,
+)
+from fedcodec.pipeline.ratecontrol import DEFAULT_MAX_PASSES, model_rule_step
+
+
+def _mlp_update(seed: int, scale: float = 1e-3) -> list[np.ndarray]:
+    """Laplacian deltas with log-normal row scales, shaped like a 784-128-10 MLP."""
+    rng = np.random.default_rng(seed)
+    rows = np.exp(rng.normal(0, 0.5, (128, 1)))
+    return [
+        (rng.laplace(size=(128, 784)) * scale * rows).astype(np.float32),
+        (rng.laplace(size=128) * scale).astype(np.float32),
+        (rng.laplace(size=(10, 128)) * 5 * scale).astype(np.float32),
+        (rng.laplace(size=10) * 10 * scale).astype(np.float32),
+    ]
+
+
+def _conv_like(seed: int) -> list[np.ndarray]:
+    """Different shapes and a sparse, heavy-tailed tensor."""
+    rng = np.random.default_rng(seed)
+    sparse = rng.standard_t(2, size=(64, 3, 3, 32)).astype(np.float32) * 1e-3
+    sparse[rng.random(sparse.shape) < 0.7] = 0.0
+    return [sparse, (rng.standard_normal((256, 300)) * 2e-4).astype(np.float32)]
+
+
+@pytest.mark.parametrize("make", [_mlp_update, _conv_like])
+@pytest.mark.parametrize("lam", [0.0, HIGH_RATE_LAMBDA, 1.0])
+@pytest.mark.parametrize("fraction", [0.002, 0.01, 0.05, 0.2])
+def test_budget_within_five_percent(make, lam: float, fraction: float) -> None:  # type: ignore[no-untyped-def]
+    tensors = make(0)
+    raw = sum(t.nbytes for t in tensors)
+    budget = max(int(raw * fraction), 80)
+    coded = encode_with_params(tensors, RoundParams(lam=lam, budget_bytes=budget), threads=1)
+    size = len(coded.result)
+    assert abs(size - budget) <= 0.05 * budget or size <= budget, (size, budget, coded.passes)
+    assert abs(size - budget) <= 0.05 * budget, (size, budget, coded.passes)
+    assert coded.passes <= DEFAULT_MAX_PASSES
+    assert not coded.all_zero_fallback
+    assert len({s.step for s in coded.result.stats}) == 1  # one Δ: equal slope
+
+
+def test_warm_start_needs_fewer_passes() -> None:
+    warm_passes = cold_passes = 0
+    for seed, budget in [(1, 1000), (2, 3000), (3, 10000), (4, 3000)]:
+        params = RoundParams(budget_bytes=budget)
+        first = encode_with_params(_mlp_update(seed), params, threads=1)
+        values = np.concatenate([t.ravel() for t in _mlp_update(seed)])
+        warm = first.steps[0] / float(np.sqrt(np.mean(values.astype(np.float64) ** 2)))
+        again = encode_with_params(_mlp_update(seed + 10), params, threads=1, warm_start=warm)
+        cold = encode_with_params(_mlp_update(seed + 10), params, threads=1)
+        assert abs(len(again.result) - budget) <= 0.05 * budget
+        warm_passes += again.passes
+        cold_passes += cold.passes
+    assert warm_passes <= 0.75 * cold_passes
+
+
+@pytest.mark.parametrize("budget", [120, 1000, 8000, 40000])
+def test_tensor_rule_meets_or_stays_under_the_budget(budget: int) -> None:
+    coded = encode_with_params(
+        _mlp_update(3), RoundParams(budget_bytes=budget, step_rule="tensor"), threads=1
+    )
+    size = len(coded.result)
+    assert size <= budget * 1.05
+    assert coded.passes <= DEFAULT_MAX_PASSES + 1
+    if budget >= 1000:
+        assert size >= budget * 0.95
+
+
+def test_budget_below_the_smallest_container_is_an_error() -> None:
+    tensors = _mlp_update(0)
+    floor = min_container_bytes([t.shape for t in tensors])
+    with pytest.raises(BudgetTooSmallError, match="smallest container") as info:
+        encode_with_params(tensors, RoundParams(budget_bytes=floor - 1), threads=1)
+    assert info.value.min_bytes == floor
+    # exactly the floor still works: the all-zero update
+    coded = encode_with_params(tensors, RoundParams(budget_bytes=floor), threads=1)
+    assert len(coded.result) <= floor * 1.05
+    assert coded.result.total_nonzeros == 0
+
+
+def test_all_zero_input_under_a_budget() -> None:
+    tensors = [np.zeros((10, 10), np.float32)]
+    coded = encode_with_params(tensors, RoundParams(budget_bytes=500), threads=1)
+    assert coded.result.total_nonzeros == 0 and coded.passes == 1
+
+
+def test_fixed_parameters_one_pass_and_step_override() -> None:
+    tensors = _mlp_update(0)
+    by_s = encode_with_params(tensors, RoundParams(S=32), threads=1)
+    assert by_s.passes == 1 and by_s.S == 32
+    assert by_s.steps[0] == pytest.approx(model_rule_step(tensors, 32), rel=1e-6)
+    by_step = encode_with_params(tensors, RoundParams(step=1e-3, budget_bytes=10), threads=1)
+    assert by_step.S is None and all(s == pytest.approx(1e-3) for s in by_step.steps)
+    per_tensor = encode_with_params(tensors, RoundParams(S=32, step_rule="tensor"), threads=1)
+    assert len(set(per_tensor.steps)) == len(tensors)
+
+
+def test_bytes_fall_as_the_budget_falls() -> None:
+    tensors = _mlp_update(5)
+    sizes = [
+        len(encode_with_params(tensors, RoundParams(budget_bytes=b), threads=1).result)
+        for b in (20000, 5000, 1000)
+    ]
+    assert sizes[0] > sizes[1] > sizes[2]
