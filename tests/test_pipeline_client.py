@@ -78,12 +78,17 @@ def test_update_carries_version_digest_and_statistics() -> None:
     assert (update.base_version, update.base_digest) == (7, base.digest)
     s = update.stats
     assert s.bytes == len(update.data)
-    assert s.lam == pytest.approx(0.2) and s.S == 32 and s.passes == 1
+    assert s.lam == pytest.approx(0.2)
+    assert s.S == 32
+    assert s.passes == 1
     assert [t.name for t in s.tensors] == list(SHAPES)
     assert sum(t.bytes for t in s.tensors) < s.bytes  # plus the container header
     steps = {t.step for t in s.tensors}
     assert len(steps) == 1  # model step rule: one Δ for all tensors
-    assert 0.0 < s.density <= 1.0 and s.mse > 0.0 and np.isfinite(s.snr_db) and s.seconds > 0
+    assert 0.0 < s.density <= 1.0
+    assert s.mse > 0.0
+    assert np.isfinite(s.snr_db)
+    assert s.seconds > 0
     assert s.to_json()["tensors"][0]["name"] == "w1"
 
 
@@ -100,7 +105,8 @@ def test_state_round_trip_continues_identically(tmp_path: Path) -> None:
     b = UpdateEncoder.restore(path, base.spec, "c1", threads=1)
     for k in SHAPES:
         assert np.array_equal(a.residual[k], b.residual[k])
-    assert b.rounds_encoded == 3 and b.last_round == 2
+    assert b.rounds_encoded == 3
+    assert b.last_round == 2
     local = {k: base.tensors[k] + d for k, d in _laplace_delta(rng).items()}
     ua = a.encode(local, base, params, round_number=3, num_examples=3)
     ub = b.encode(local, base, params, round_number=3, num_examples=3)
@@ -183,7 +189,8 @@ def test_budget_too_small_is_a_clear_error_and_keeps_the_residual() -> None:
     before = {k: v.copy() for k, v in enc.residual.items()}
     with pytest.raises(BudgetTooSmallError) as info:
         enc.encode(local, base, RoundParams(budget_bytes=5), round_number=1, num_examples=1)
-    assert info.value.min_bytes > 5 and isinstance(info.value, ValueError)
+    assert info.value.min_bytes > 5
+    assert isinstance(info.value, ValueError)
     assert all(np.array_equal(before[k], enc.residual[k]) for k in SHAPES)
 
 

@@ -49,7 +49,8 @@ def test_first_contact_gets_a_near_lossless_keyframe_then_deltas() -> None:
     down = _stream(versions)
     rx = ModelReceiver(versions[0].spec, threads=1)
     first = down.package_for("c0")
-    assert first.is_keyframe and first.deltas == ()
+    assert first.is_keyframe
+    assert first.deltas == ()
     model = rx.apply(first)
     for k in SHAPES:  # grid of 2**-12 of the tensor's max: error <= half a grid step
         err = np.max(np.abs(model.tensors[k] - versions[0].tensors[k]))
@@ -59,7 +60,8 @@ def test_first_contact_gets_a_near_lossless_keyframe_then_deltas() -> None:
     for v in versions[1:]:
         release = down.publish(v)
         package = down.package_for("c0", have_version=rx.version, have_digest=rx.digest)
-        assert not package.is_keyframe and package.deltas == (release.delta,)
+        assert not package.is_keyframe
+        assert package.deltas == (release.delta,)
         rx.apply(package)  # verifies the digest
         assert rx.digest == release.digest == down.digest_of(v.version)
         sizes.append(len(package))
@@ -93,7 +95,8 @@ def test_late_joiner_and_lagging_client_hold_the_same_model_bit_for_bit() -> Non
     regular.apply(down.package_for("regular", have_version=4))
     # 2 behind: two deltas, no keyframe
     package = down.package_for("lagging", have_version=4)
-    assert not package.is_keyframe and len(package.deltas) == 2
+    assert not package.is_keyframe
+    assert len(package.deltas) == 2
     lagging.apply(package)
     late = ModelReceiver(versions[0].spec)
     late.apply(down.package_for("late"))
@@ -126,7 +129,8 @@ def test_digest_mismatch_is_detected_and_a_keyframe_repairs_it() -> None:
     pkg = down.package_for("c0", have_version=0, have_digest="0" * 64)
     assert pkg.is_keyframe
     rx.apply(pkg)
-    assert rx.version == 1 and rx.digest == down.digest_of(1)
+    assert rx.version == 1
+    assert rx.digest == down.digest_of(1)
     # deltas that start from a version the client does not hold
     down.publish(versions[2])
     stale = DownlinkPackage(2, down.digest_of(2) or "", None, 0, ())
@@ -141,7 +145,8 @@ def test_unknown_version_gets_a_keyframe() -> None:
     down = _stream(versions)
     down.publish(versions[1])
     assert down.package_for("c0", have_version=57).is_keyframe
-    assert down.keyframes_sent == 1 and down.bytes_sent > 0
+    assert down.keyframes_sent == 1
+    assert down.bytes_sent > 0
 
 
 def test_stream_stays_on_its_grid_and_matches_the_digest() -> None:
@@ -166,7 +171,8 @@ def test_receiver_state_round_trip(tmp_path: Path) -> None:
     path = tmp_path / "rx.npz"
     rx.save_state(path)
     again = ModelReceiver.restore(path, versions[0].spec)
-    assert again.version == rx.version and again.digest == rx.digest
+    assert again.version == rx.version
+    assert again.digest == rx.digest
     down.publish(versions[1])
     again.apply(down.package_for("c0", have_version=again.version, have_digest=again.digest))
     assert again.version == 1

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 
 import numpy as np
@@ -35,8 +36,10 @@ def test_params_json_round_trip_with_per_client_overrides() -> None:
     again = RoundParams.from_json(wire)
     assert again == params
     slow = again.for_client("slow")
-    assert slow.budget_bytes == 1000 and slow.sparsification == Sparsification(rows=0.5)
-    assert slow.per_client == {} and slow.lam == 0.2
+    assert slow.budget_bytes == 1000
+    assert slow.sparsification == Sparsification(rows=0.5)
+    assert slow.per_client == {}
+    assert slow.lam == 0.2
     assert again.for_client("other").budget_bytes == 5000
 
 
@@ -64,8 +67,9 @@ def test_schedules() -> None:
     assert [step(r, None).budget_bytes for r in (0, 9, 10, 25)] == [8000, 8000, 4000, 2000]
     cos = CosineSchedule(base, "lam", start=0.05, end=0.5, rounds=10)
     lams = [cos(r, None).lam for r in range(12)]
-    assert lams[0] == pytest.approx(0.05) and lams[10] == pytest.approx(0.5) == lams[11]
-    assert all(a <= b for a, b in zip(lams, lams[1:], strict=False))
+    assert lams[0] == pytest.approx(0.05)
+    assert lams[10] == pytest.approx(0.5) == lams[11]
+    assert all(a <= b for a, b in itertools.pairwise(lams))
 
     def adaptive(round_number: int, last: RoundStats | None) -> RoundParams:
         if last is None:
@@ -90,13 +94,17 @@ def test_model_versions_digest_and_history() -> None:
     assert ModelVersion.create(0, flipped).digest != v0.digest  # every bit counts
     reordered = ModelVersion.create(0, {"b": tensors["b"], "a": tensors["a"]})
     assert reordered.digest != v0.digest  # order is part of the model
-    assert v0.spec.numel == 10 and v0.spec.float32_bytes == 40
+    assert v0.spec.numel == 10
+    assert v0.spec.float32_bytes == 40
     assert ModelSpec.from_json(json.loads(json.dumps(v0.spec.to_json()))) == v0.spec
     history = ModelHistory(keep=2)
     for v in range(4):
         history.add(ModelVersion.create(v, tensors))
-    assert history.versions() == [2, 3] and history.latest.version == 3
-    assert history.was_issued(0) and 0 not in history and not history.was_issued(4)
+    assert history.versions() == [2, 3]
+    assert history.latest.version == 3
+    assert history.was_issued(0)
+    assert 0 not in history
+    assert not history.was_issued(4)
     with pytest.raises(ValueError, match="newer"):
         history.add(ModelVersion.create(3, tensors))
     with pytest.raises(ModelMismatchError):

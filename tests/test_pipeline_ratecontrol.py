@@ -93,16 +93,19 @@ def test_budget_below_the_smallest_container_is_an_error() -> None:
 def test_all_zero_input_under_a_budget() -> None:
     tensors = [np.zeros((10, 10), np.float32)]
     coded = encode_with_params(tensors, RoundParams(budget_bytes=500), threads=1)
-    assert coded.result.total_nonzeros == 0 and coded.passes == 1
+    assert coded.result.total_nonzeros == 0
+    assert coded.passes == 1
 
 
 def test_fixed_parameters_one_pass_and_step_override() -> None:
     tensors = _mlp_update(0)
     by_s = encode_with_params(tensors, RoundParams(S=32), threads=1)
-    assert by_s.passes == 1 and by_s.S == 32
+    assert by_s.passes == 1
+    assert by_s.S == 32
     assert by_s.steps[0] == pytest.approx(model_rule_step(tensors, 32), rel=1e-6)
     by_step = encode_with_params(tensors, RoundParams(step=1e-3, budget_bytes=10), threads=1)
-    assert by_step.S is None and all(s == pytest.approx(1e-3) for s in by_step.steps)
+    assert by_step.S is None
+    assert all(s == pytest.approx(1e-3) for s in by_step.steps)
     per_tensor = encode_with_params(tensors, RoundParams(S=32, step_rule="tensor"), threads=1)
     assert len(set(per_tensor.steps)) == len(tensors)
 

@@ -63,12 +63,15 @@ def test_aggregation_equals_dense_numpy_fedavg() -> None:
         )
         expected = (base.tensors[name].astype(np.float64) + dense / total).astype(np.float32)
         np.testing.assert_allclose(new.tensors[name], expected, rtol=1e-6, atol=1e-8)
-    assert new.version == 1 and agg.total_examples == total
+    assert new.version == 1
+    assert agg.total_examples == total
     assert agg.bytes_up == sum(len(u) for u in updates)
     mean = agg.mean_update()
     assert mean["w"].dtype == np.float32
     stats = agg.round_stats()
-    assert stats.num_examples == total and len(stats.updates) == 6 and stats.update_rms > 0
+    assert stats.num_examples == total
+    assert len(stats.updates) == 6
+    assert stats.update_rms > 0
 
 
 def test_memory_is_one_accumulator_per_tensor() -> None:
@@ -103,15 +106,15 @@ def test_rejected_updates_never_change_the_aggregate() -> None:
         [np.full(s, 2**29, np.int32) for s in SHAPES.values()], step=1e38
     ).data
     bad_calls = [
-        (UnknownBaseVersionError, dict(data=good[1].data, client_id="c1", base_version=99)),
-        (StaleBaseVersionError, dict(data=good[1].data, client_id="c1", base_version=0)),
-        (ModelMismatchError, dict(data=wrong_shape.data, client_id="c1", base_version=1)),
-        (CorruptStreamError, dict(data=bytes(corrupt), client_id="c1", base_version=1)),
-        (CorruptStreamError, dict(data=good[1].data[:-9], client_id="c1", base_version=1)),
-        (UpdateRejectedError, dict(data=huge_step, client_id="c1", base_version=1)),
+        (UnknownBaseVersionError, {"data": good[1].data, "client_id": "c1", "base_version": 99}),
+        (StaleBaseVersionError, {"data": good[1].data, "client_id": "c1", "base_version": 0}),
+        (ModelMismatchError, {"data": wrong_shape.data, "client_id": "c1", "base_version": 1}),
+        (CorruptStreamError, {"data": bytes(corrupt), "client_id": "c1", "base_version": 1}),
+        (CorruptStreamError, {"data": good[1].data[:-9], "client_id": "c1", "base_version": 1}),
+        (UpdateRejectedError, {"data": huge_step, "client_id": "c1", "base_version": 1}),
         (
             BaseDigestMismatchError,
-            dict(data=good[1].data, client_id="c1", base_version=1, base_digest="0" * 64),
+            {"data": good[1].data, "client_id": "c1", "base_version": 1, "base_digest": "0" * 64},
         ),
     ]
     agg.accept_update(good[0])
