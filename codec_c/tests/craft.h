@@ -102,26 +102,32 @@ static inline void cr_container(cr_buf *b, uint64_t count)
 }
 
 typedef struct cr_slice {
-    uint64_t rows;
+    uint64_t rows; /* not written for the last slice (it takes the rest) */
     unsigned mode, k;
     uint64_t size;
 } cr_slice;
 
-/* One tensor header: index, dtype/ndim, shape, step, params (N | window
- * set << 4), slice count and table.  Payloads are appended by the caller. */
-static inline void cr_tensor(cr_buf *b, uint64_t index, unsigned ndim, const uint64_t *shape,
-                             float step, unsigned N, unsigned window_set, size_t nslices,
-                             const cr_slice *sl)
+/* Bits of the tensor header's first byte besides ndim (bits 0-3) and the
+ * dtype (bits 4-5, 1 = float32). */
+#define CR_INDEX_IMPLICIT 0x40u /* index = previous + 1 (0 for the first) */
+#define CR_STEP_REPEAT 0x80u    /* step = previous tensor's step */
+
+/* One tensor header: flags/dtype/ndim byte, index (unless implicit), shape,
+ * step (unless repeated), params (N | window set << 4), slice count and
+ * table.  Payloads are appended by the caller. */
+static inline void cr_tensor(cr_buf *b, unsigned flags, uint64_t index, unsigned ndim,
+                             const uint64_t *shape, float step, unsigned N, unsigned window_set,
+                             size_t nslices, const cr_slice *sl)
 {
     size_t i;
-    cr_varint(b, index);
-    cr_u8(b, (1u << 4) | ndim);
+    cr_u8(b, flags | (1u << 4) | ndim);
+    if (!(flags & CR_INDEX_IMPLICIT)) cr_varint(b, index);
     for (i = 0; i < ndim; i++) cr_varint(b, shape[i]);
-    cr_f32(b, step);
+    if (!(flags & CR_STEP_REPEAT)) cr_f32(b, step);
     cr_u8(b, N | (window_set << 4));
     cr_varint(b, nslices);
     for (i = 0; i < nslices; i++) {
-        cr_varint(b, sl[i].rows);
+        if (i + 1 < nslices) cr_varint(b, sl[i].rows);
         cr_u8(b, sl[i].mode | (sl[i].k << 2));
         cr_varint(b, sl[i].size);
     }
@@ -149,10 +155,13 @@ static inline void cr_reseal(uint8_t *p, size_t size)
 #define CR_MAX_TENSORS 64
 #define CR_MAX_SLICES 256
 
+#define CR_NONE ((size_t)-1)
+
 typedef struct cr_tensor_pos {
-    size_t start;        /* index varint */
-    size_t dtype;        /* dtype/ndim byte */
-    size_t step;         /* float32 step */
+    size_t start;        /* the flags/dtype/ndim byte */
+    size_t index;        /* index varint, CR_NONE when implicit */
+    size_t shape;        /* first shape varint */
+    size_t step;         /* float32 step, CR_NONE when repeated */
     size_t params;       /* N | window set byte */
     size_t nslices_pos;  /* slice count varint */
     size_t nslices;
@@ -163,8 +172,9 @@ typedef struct cr_layout {
     size_t count;
     cr_tensor_pos t[CR_MAX_TENSORS];
     size_t nslices;
-    size_t slice_entry[CR_MAX_SLICES];   /* rows varint of the table row */
+    size_t slice_rows[CR_MAX_SLICES];    /* rows varint, CR_NONE for a last slice */
     size_t slice_modebyte[CR_MAX_SLICES];
+    size_t slice_sizepos[CR_MAX_SLICES]; /* size varint */
     size_t slice_payload[CR_MAX_SLICES]; /* first payload byte */
     size_t slice_size[CR_MAX_SLICES];
     size_t crc;                          /* offset of the CRC */
@@ -194,26 +204,38 @@ static inline int cr_walk(const uint8_t *p, size_t size, cr_layout *L)
     L->count = (size_t)count;
     for (i = 0; i < count; i++) {
         cr_tensor_pos *t = &L->t[i];
-        unsigned ndim, d;
+        unsigned ndim, d, flags;
         size_t first = L->nslices;
         t->start = pos;
-        if (!cr_get_varint(p, size, &pos, &v)) return 0;
-        t->dtype = pos;
         if (pos >= size) return 0;
-        ndim = p[pos++] & 0x0F;
+        flags = p[pos++];
+        ndim = flags & 0x0F;
+        t->index = CR_NONE;
+        if (!(flags & CR_INDEX_IMPLICIT)) {
+            t->index = pos;
+            if (!cr_get_varint(p, size, &pos, &v)) return 0;
+        }
+        t->shape = pos;
         for (d = 0; d < ndim; d++)
             if (!cr_get_varint(p, size, &pos, &v)) return 0;
-        t->step = pos;
-        pos += 4;
+        t->step = CR_NONE;
+        if (!(flags & CR_STEP_REPEAT)) {
+            t->step = pos;
+            pos += 4;
+        }
         t->params = pos++;
         t->nslices_pos = pos;
         if (!cr_get_varint(p, size, &pos, &v) || L->nslices + v > CR_MAX_SLICES) return 0;
         t->nslices = (size_t)v;
         t->first_slice = first;
         for (s = 0; s < t->nslices; s++) {
-            L->slice_entry[first + s] = pos;
-            if (!cr_get_varint(p, size, &pos, &v)) return 0;
+            L->slice_rows[first + s] = CR_NONE;
+            if (s + 1 < t->nslices) {
+                L->slice_rows[first + s] = pos;
+                if (!cr_get_varint(p, size, &pos, &v)) return 0;
+            }
             L->slice_modebyte[first + s] = pos++;
+            L->slice_sizepos[first + s] = pos;
             if (!cr_get_varint(p, size, &pos, &v)) return 0;
             L->slice_size[first + s] = (size_t)v;
         }
