@@ -11,6 +11,8 @@
  * fc_quantize_row, so the test does not depend on the context modelling
  * that is still being tuned.
  */
+#include <float.h>
+
 #include "test_util.h"
 
 #include "quant.h"
@@ -73,9 +75,10 @@ static void test_step_formula(void)
     fc_scan_tensor(x + 2, NULL, 3, &sc);
     TU_CHECK(fc_derive_step(&sc, 0.0, 128) == 1.0);
     TU_CHECK(fc_derive_step(&sc, 0.25, 128) == 0.25);
-    /* No float32 step: negative result. */
+    /* Too large for float32: no step (negative result); too small: the
+     * smallest normal float32 (a subnormal step is never written). */
     TU_CHECK(fc_derive_step(&sc, 1e300, 0) < 0.0);
-    TU_CHECK(fc_derive_step(&sc, 1e-300, 0) < 0.0);
+    TU_CHECK(fc_derive_step(&sc, 1e-300, 0) == (double)FLT_MIN);
 
     /* Non-finite inputs and invalid importance are flagged by the scan. */
     {
@@ -118,6 +121,18 @@ static void test_step_formula(void)
         code_values(v, NULL, 64, 64, 0.0, 0.0, 200, 0.0, lv, NULL, &st);
         want = (double)(float)(2.0 * amax / (2.0 * amax / sqrt(ssq / (double)nz) + 200.0));
         TU_CHECK(st.step == want);
+        /* Tiny values (below ~1e-36) still encode: the derived step is
+         * clamped to FLT_MIN, which resolves them to within half of it. */
+        {
+            float tiny[64];
+            int32_t tl[64];
+            float trec[64];
+            for (i = 0; i < 64; i++) tiny[i] = (float)((double)(i % 9) * 1e-38 - 4e-38);
+            code_values(tiny, NULL, 8, 8, 0.0, 0.0, 128, 0.0, tl, trec, &st);
+            TU_CHECK(st.step == (double)FLT_MIN);
+            for (i = 0; i < 64; i++)
+                TU_CHECK(fabs((double)tiny[i] - (double)trec[i]) <= 0.5 * (double)FLT_MIN);
+        }
         /* A given step is used as is (rounded to float32). */
         code_values(v, NULL, 64, 64, 0.1, 0.0, 64, 0.0, lv, NULL, &st);
         TU_CHECK(st.step == (double)0.1f);
