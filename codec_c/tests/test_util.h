@@ -18,6 +18,8 @@
  * + - * / and frexp/ldexp (no libm transcendental), so the inputs of the
  * golden and size tests are the same bits on every platform.
  *
+ * Include this header first: it sets the feature-test macro for mmap.
+ *
  * A test fails at the first failed check (exit status 1): the first failure
  * is the informative one, and later checks often depend on earlier ones.
  */
