@@ -17,10 +17,11 @@ MAX_LEVEL = 2**30 - 1
 MODES = ["auto", "dense", "grouped", "runs"]
 
 shapes = hnp.array_shapes(min_dims=0, max_dims=4, min_side=0, max_side=9)
-# Finite float32 values; magnitudes below 1e-6 become 0 (see
-# test_tensor_of_tiny_values_encodes for why tiny magnitudes are kept apart).
-values = st.floats(-1000.0, 1000.0, width=32, allow_subnormal=False).map(
-    lambda v: v if abs(v) >= 1e-6 else 0.0
+TINY = float(np.float32(1e-30))
+# Finite float32 values, including tiny and subnormal magnitudes.
+values = st.one_of(
+    st.floats(-1000.0, 1000.0, width=32),
+    st.floats(-TINY, TINY, width=32),
 )
 sparse_values = st.one_of(st.just(0.0), st.just(0.0), st.just(0.0), values)
 float_tensors = st.one_of(
@@ -101,8 +102,15 @@ def test_lam0_error_bound_holds_for_a_given_step(tensor, step, mode):
     mode=st.sampled_from(MODES),
     max_gtx=st.integers(1, 8),
     window_set=st.integers(0, 7),
+    importance_seed=st.none() | st.integers(0, 2**32 - 1),
 )
-def test_recon_equals_decode_bit_exactly(tensors, lam, S, mode, max_gtx, window_set):
+def test_recon_equals_decode_bit_exactly(
+    tensors, lam, S, mode, max_gtx, window_set, importance_seed
+):
+    importance = None
+    if importance_seed is not None:
+        rng = np.random.default_rng(importance_seed)
+        importance = [rng.exponential(size=t.shape).astype(np.float32) + 0.01 for t in tensors]
     result = fedcodec.encode(
         tensors,
         lam=lam,
@@ -110,6 +118,7 @@ def test_recon_equals_decode_bit_exactly(tensors, lam, S, mode, max_gtx, window_
         mode=mode,
         max_gtx=max_gtx,
         window_set=window_set,
+        importance=importance,
         return_recon=True,
     )
     assert result.recon is not None
