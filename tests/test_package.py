@@ -3,6 +3,7 @@ numbers agree with the C library, typing marker and version."""
 
 from __future__ import annotations
 
+import doctest
 import importlib
 import importlib.metadata
 import re
@@ -98,3 +99,9 @@ def test_public_api_is_reexported():
     for name in fedcodec.__all__:
         assert hasattr(fedcodec, name), name
     assert fedcodec.encode is fedcodec.codec.encode
+
+
+def test_documentation_examples_run():
+    results = doctest.testmod(fedcodec.codec)
+    assert results.failed == 0
+    assert results.attempted >= 3  # the module example really ran
