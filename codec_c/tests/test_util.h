@@ -63,7 +63,7 @@ static inline void tu_fail(const char *file, int line, const char *what, const c
     do {                                                        \
         tu_checks++;                                            \
         if (!(cond)) {                                          \
-            char tu_msg_[512];                                  \
+            char tu_msg_[4096];                                 \
             snprintf(tu_msg_, sizeof tu_msg_, __VA_ARGS__);     \
             tu_fail(__FILE__, __LINE__, #cond, tu_msg_);        \
         }                                                       \

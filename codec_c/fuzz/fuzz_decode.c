@@ -1,0 +1,134 @@
+/*
+ * fuzz_decode.c - the decoder's fuzz target (libFuzzer entry point; also
+ * driven by replay.c without libFuzzer).
+ *
+ * For any input: fc_inspect with small limits; if the header is accepted,
+ * fc_decode into exactly-sized heap targets (levels, values and an
+ * accumulator: f32 and f64 alternate by tensor).  The properties, checked
+ * with abort() so the fuzzer reports them like a crash:
+ *   - inspect and decode agree on a rejected header;
+ *   - on success: value = (float)level * step bit for bit, the accumulator
+ *     equals its start + weight * value, every level is within
+ *     FC_MAX_LEVEL, and re-encoding the levels gives a container that
+ *     decodes to the same levels;
+ *   - on failure: every accumulator is unchanged.
+ * Memory errors are the sanitizers' job (build with ASan + UBSan).
+ */
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "fedcodec.h"
+
+#define MAX_T 16
+
+int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
+
+static void check(int ok)
+{
+    if (!ok) abort();
+}
+
+/* Re-encode decoded levels and decode them again. */
+static void reencode(const fc_tensor_info *info, int32_t *const *levels, size_t count)
+{
+    fc_tensor t[MAX_T];
+    fc_decode_target tg[MAX_T];
+    int32_t *again[MAX_T];
+    fc_encode_options o;
+    size_t i, cap, size;
+    uint8_t *buf;
+    memset(t, 0, sizeof t);
+    memset(tg, 0, sizeof tg);
+    for (i = 0; i < count; i++) {
+        t[i].index = info[i].index;
+        t[i].ndim = info[i].ndim;
+        memcpy(t[i].shape, info[i].shape, sizeof(t[i].shape));
+        t[i].levels = levels[i];
+        t[i].step = info[i].step;
+        again[i] = (int32_t *)malloc(sizeof(int32_t) * (info[i].numel ? info[i].numel : 1));
+        check(again[i] != NULL);
+        tg[i].levels = again[i];
+    }
+    fc_encode_options_init(&o);
+    o.threads = 1;
+    o.max_gtx = info[0].max_gtx;
+    cap = fc_encode_bound(t, count);
+    check(cap > 0);
+    buf = (uint8_t *)malloc(cap);
+    check(buf != NULL);
+    check(fc_encode(t, count, &o, buf, cap, &size, NULL, NULL) == FC_OK);
+    check(fc_decode(buf, size, NULL, tg, count) == FC_OK);
+    for (i = 0; i < count; i++) {
+        check(memcmp(again[i], levels[i], sizeof(int32_t) * info[i].numel) == 0);
+        free(again[i]);
+    }
+    free(buf);
+}
+
+int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
+{
+    fc_decode_options o;
+    fc_tensor_info info[MAX_T];
+    fc_decode_target tg[MAX_T];
+    int32_t *levels[MAX_T];
+    size_t count = 0, i;
+    int rc;
+
+    fc_decode_options_init(&o);
+    o.threads = 1 + (size & 1); /* both the inline and the threaded path */
+    o.max_tensors = MAX_T;
+    o.max_tensor_elems = 1u << 16;
+    o.max_total_elems = 1u << 18;
+    rc = fc_inspect(data, size, &o, info, MAX_T, &count);
+    if (rc != FC_OK) {
+        check((int)fc_decode(data, size, &o, NULL, 0) == rc);
+        return 0;
+    }
+    check(count <= MAX_T);
+    memset(tg, 0, sizeof tg);
+    for (i = 0; i < count; i++) {
+        uint64_t n = info[i].numel, k;
+        check(n <= o.max_tensor_elems);
+        levels[i] = (int32_t *)malloc(sizeof(int32_t) * (n ? n : 1));
+        tg[i].levels = levels[i];
+        tg[i].values = (float *)malloc(sizeof(float) * (n ? n : 1));
+        tg[i].acc_dtype = (i & 1) ? FC_ACC_F32 : FC_ACC_F64;
+        tg[i].acc = malloc((i & 1 ? sizeof(float) : sizeof(double)) * (n ? n : 1));
+        tg[i].weight = 0.75;
+        check(levels[i] && tg[i].values && tg[i].acc);
+        for (k = 0; k < n; k++) {
+            if (i & 1) ((float *)tg[i].acc)[k] = (float)k;
+            else ((double *)tg[i].acc)[k] = (double)k;
+        }
+    }
+    rc = fc_decode(data, size, &o, tg, count);
+    check(rc == FC_OK || rc == FC_ERR_CORRUPT);
+    for (i = 0; i < count; i++) {
+        uint64_t n = info[i].numel, k;
+        float step = (float)info[i].step;
+        for (k = 0; k < n; k++) {
+            if (rc == FC_OK) {
+                int32_t l = levels[i][k];
+                float v = (float)l * step;
+                check(l >= -FC_MAX_LEVEL && l <= FC_MAX_LEVEL);
+                check(memcmp(&v, &tg[i].values[k], 4) == 0);
+                if (i & 1)
+                    check(((float *)tg[i].acc)[k] ==
+                          (l ? (float)((double)k + 0.75 * (double)v) : (float)k));
+                else
+                    check(((double *)tg[i].acc)[k] == (l ? (double)k + 0.75 * (double)v : (double)k));
+            } else {
+                if (i & 1) check(((float *)tg[i].acc)[k] == (float)k);
+                else check(((double *)tg[i].acc)[k] == (double)k);
+            }
+        }
+    }
+    if (rc == FC_OK && count > 0) reencode(info, levels, count);
+    for (i = 0; i < count; i++) {
+        free(levels[i]);
+        free(tg[i].values);
+        free(tg[i].acc);
+    }
+    return 0;
+}
