@@ -73,7 +73,7 @@ _MODE_BITS: tuple[tuple[int, str], ...] = (
     (_binding.MODE_RUNS, "runs"),
 )
 
-_DEFAULT_MAX_ELEMS = 1 << 32
+_DEFAULT_MAX_ELEMS = 1 << 28
 _DEFAULT_MAX_TENSORS = 1 << 20
 
 Float32Array = npt.NDArray[np.float32]

@@ -173,8 +173,11 @@ typedef struct fc_decode_options {
     size_t struct_size;        /* sizeof(fc_decode_options) */
     uint32_t threads;          /* worker threads; 0 = all online CPUs */
     uint32_t max_tensors;      /* default 1 << 20 */
-    uint64_t max_tensor_elems; /* default 1 << 32 */
-    uint64_t max_total_elems;  /* default 1 << 32 */
+    uint64_t max_tensor_elems; /* default 1 << 28 (1 GiB of float32) */
+    uint64_t max_total_elems;  /* default 1 << 28; a container can declare
+                                  all-zero tensors in a few bytes, so callers
+                                  that allocate from the header should set
+                                  this to the model size they expect */
 } fc_decode_options;
 
 void fc_decode_options_init(fc_decode_options *opts);

@@ -33,8 +33,8 @@ void fc_decode_options_init(fc_decode_options *o)
     o->struct_size = sizeof(*o);
     o->threads = 0;
     o->max_tensors = 1u << 20;
-    o->max_tensor_elems = (uint64_t)1 << 32;
-    o->max_total_elems = (uint64_t)1 << 32;
+    o->max_tensor_elems = (uint64_t)1 << 28;
+    o->max_total_elems = (uint64_t)1 << 28;
 }
 
 /* Copy a caller's options struct that may be older (smaller) than ours. */
