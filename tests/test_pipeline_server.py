@@ -168,3 +168,21 @@ def test_server_learning_rate_scales_the_mean() -> None:
         d1 = one.finalize().tensors[k].astype(np.float64) - base.tensors[k]
         d2 = half.finalize().tensors[k].astype(np.float64) - base.tensors[k]
         np.testing.assert_allclose(d2, 0.5 * d1, atol=1e-7)
+
+
+def test_concurrent_accepts_equal_sequential_aggregation() -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    base = _global()
+    ups = _updates(base, 8)
+    sequential = Aggregator(base, round_number=0, threads=1)
+    for u in ups:
+        sequential.accept_update(u)
+    parallel = Aggregator(base, round_number=0, threads=1)
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        list(pool.map(parallel.accept_update, ups))
+    assert parallel.num_updates == 8
+    for k in SHAPES:
+        np.testing.assert_allclose(
+            parallel.finalize().tensors[k], sequential.finalize().tensors[k], rtol=1e-6, atol=1e-9
+        )

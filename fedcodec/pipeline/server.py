@@ -12,12 +12,16 @@ Every check runs before the accumulator is touched, and the codec checks the
 whole container before it writes anything, so a rejected update (unknown or
 stale base version, wrong digest, duplicate, wrong tensor set or shapes,
 corrupt bytes) never changes the aggregate.
+
+Thread safety: :meth:`Aggregator.accept` and :meth:`Aggregator.finalize` may be
+called from several threads; updates are accumulated one at a time.
 """
 
 from __future__ import annotations
 
 import hashlib
 import math
+import threading
 import time
 from collections.abc import Collection
 from dataclasses import dataclass
@@ -105,6 +109,8 @@ class Aggregator:
         self._total_examples = 0
         self.rejected = 0
         self._result: ModelVersion | None = None
+        # The codec releases the GIL while it accumulates: one update at a time.
+        self._lock = threading.Lock()
 
     # -- intake -------------------------------------------------------------
 
@@ -186,21 +192,22 @@ class Aggregator:
         In every case the aggregate is unchanged.
         """
         start = time.perf_counter()
-        try:
-            steps = self._check(data, client_id, base_version, num_examples, base_digest)
-            codec.decode_accumulate(data, self._acc, float(num_examples), threads=self.threads)
-        except Exception:
-            self.rejected += 1
-            raise
-        stats = ClientRoundStats(
-            client_id=client_id,
-            bytes=len(data),
-            num_examples=num_examples,
-            steps=steps,
-            decode_seconds=time.perf_counter() - start,
-        )
-        self._accepted[client_id] = _Accepted(stats, hashlib.sha256(data).digest())
-        self._total_examples += num_examples
+        with self._lock:
+            try:
+                steps = self._check(data, client_id, base_version, num_examples, base_digest)
+                codec.decode_accumulate(data, self._acc, float(num_examples), threads=self.threads)
+            except Exception:
+                self.rejected += 1
+                raise
+            stats = ClientRoundStats(
+                client_id=client_id,
+                bytes=len(data),
+                num_examples=num_examples,
+                steps=steps,
+                decode_seconds=time.perf_counter() - start,
+            )
+            self._accepted[client_id] = _Accepted(stats, hashlib.sha256(data).digest())
+            self._total_examples += num_examples
         return stats
 
     def _check(
@@ -303,6 +310,10 @@ class Aggregator:
         EmptyRoundError
             No update was accepted (the round stays open).
         """
+        with self._lock:
+            return self._finalize(version)
+
+    def _finalize(self, version: int | None) -> ModelVersion:
         if self._result is not None:
             return self._result
         if not self._accepted:
