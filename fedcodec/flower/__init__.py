@@ -1,0 +1,70 @@
+"""Flower plugin: fedcodec-coded model traffic on Flower's Message API.
+
+Two halves, paired like Flower's ``DifferentialPrivacyClientSideFixedClipping``
+and ``fixedclipping_mod``:
+
+* :class:`CompressionStrategy` (ServerApp) wraps any strategy: it sends each
+  node the coded change of the global model since the version the node holds
+  (a keyframe otherwise) together with the round's λ/S or byte budget, and
+  decodes the coded updates into plain arrays before the inner strategy
+  aggregates them;
+* :func:`fedcodec_mod` / :func:`make_fedcodec_mod` (ClientApp) rebuilds the
+  model for the app and codes the app's reply as
+  ``Array(dtype, shape, stype="fedcodec/v1", data=container)`` per key, with
+  error feedback, keeping its state in ``context.state``.
+
+Only this package imports ``flwr`` (install ``fedcodec[flower]``).
+
+Examples
+--------
+ServerApp::
+
+    from flwr.serverapp.strategy import FedAvg
+    from fedcodec.flower import CompressionStrategy
+    from fedcodec.pipeline import RoundParams
+
+    strategy = CompressionStrategy(FedAvg(), schedule=RoundParams(lam=0.5, S=0))
+    result = strategy.start(grid=grid, initial_arrays=arrays, num_rounds=5)
+
+ClientApp::
+
+    from flwr.clientapp import ClientApp
+    from flwr.clientapp.mod import fixedclipping_mod, message_size_mod
+    from fedcodec.flower import fedcodec_mod
+
+    app = ClientApp(mods=[message_size_mod, fedcodec_mod])          # sizes as sent
+    # with client-side DP clipping: clip the plain update, then code it
+    app = ClientApp(mods=[fedcodec_mod, fixedclipping_mod])
+"""
+
+from fedcodec.flower.constants import (
+    KEY_BASE_DIGEST,
+    KEY_BASE_VERSION,
+    KEY_BUDGET_BYTES,
+    KEY_DOWNLINK,
+    KEY_FORMAT,
+    KEY_LAMBDA,
+    KEY_S,
+    KEY_STEP,
+    REPLY_RECORD,
+    STYPE,
+)
+from fedcodec.flower.mod import fedcodec_mod, make_fedcodec_mod
+from fedcodec.flower.strategy import CompressionStrategy, Traffic
+
+__all__ = [
+    "KEY_BASE_DIGEST",
+    "KEY_BASE_VERSION",
+    "KEY_BUDGET_BYTES",
+    "KEY_DOWNLINK",
+    "KEY_FORMAT",
+    "KEY_LAMBDA",
+    "KEY_S",
+    "KEY_STEP",
+    "REPLY_RECORD",
+    "STYPE",
+    "CompressionStrategy",
+    "Traffic",
+    "fedcodec_mod",
+    "make_fedcodec_mod",
+]

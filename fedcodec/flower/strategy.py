@@ -1,0 +1,654 @@
+"""The server side: a ``Strategy`` wrapper that codes the model traffic of any strategy.
+
+:class:`CompressionStrategy` wraps an inner Message-API strategy (FedAvg,
+FedAdam, FedProx, Krum, a DP wrapper, ...) the way Flower's
+``DifferentialPrivacyClientSideFixedClipping`` does: it changes what goes out
+in ``configure_*`` and what comes back in ``aggregate_*``, and delegates
+everything else, so the inner strategy only ever sees plain float32 arrays.
+
+Downlink.  Every distinct global model the wrapper sees becomes a version of a
+:class:`~fedcodec.pipeline.DownlinkEncoder` stream.  Each node gets the coded
+change from the version it confirmed holding (the mod reports it in every
+reply), several changes when it lags, nothing when it is up to date, and a
+keyframe when it is new, failed, or fell out of the kept history.
+
+Uplink.  ``configure_train`` adds the round's λ/S or byte budget (from a
+schedule, per node with ``RoundParams.per_client``) as namespaced config keys;
+``aggregate_train`` checks each coded reply against the version it was
+computed from (version and digest), decodes it, adds it to the exact global
+model of that version, and hands the inner strategy a plain ``ArrayRecord``
+under the original keys.  A reply that fails the checks is left out (and
+counted as rejected); error replies go to the inner strategy unchanged.
+
+Bytes are counted as Flower counts them (``ArrayRecord.count_bytes()``):
+coded, and what the plain float32 record would have been.  They are added to
+the round's metrics (``fedcodec.*`` keys) and summed in :attr:`CompressionStrategy.totals`.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+
+import numpy as np
+from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
+from flwr.serverapp import Grid
+from flwr.serverapp.strategy import Strategy
+
+from fedcodec.errors import FedCodecError
+from fedcodec.flower._config import config_int, params_to_config
+from fedcodec.flower._logging import logger as _log
+from fedcodec.flower._records import (
+    array_parts,
+    coded_array,
+    decode_part,
+    is_coded,
+    plain_record,
+    record_spec,
+    record_tensors,
+    split_container,
+)
+from fedcodec.flower.constants import (
+    DOWNLINK_DELTA,
+    DOWNLINK_KEYFRAME,
+    DOWNLINK_NONE,
+    DOWNLINK_RAW,
+    FORMAT,
+    KEY_BASE_DIGEST,
+    KEY_BASE_VERSION,
+    KEY_DOWNLINK,
+    KEY_FORMAT,
+    KEY_FROM_VERSION,
+    KEY_HELD_DIGEST,
+    KEY_HELD_VERSION,
+    KEY_ROUND,
+    METRIC_BUDGET_BYTES,
+    METRIC_BYTES_DOWN,
+    METRIC_BYTES_UP,
+    METRIC_KEYFRAMES,
+    METRIC_LAMBDA,
+    METRIC_RATIO_DOWN,
+    METRIC_RATIO_UP,
+    METRIC_RAW_BYTES_DOWN,
+    METRIC_RAW_BYTES_UP,
+    METRIC_REJECTED,
+    METRIC_S,
+    REPLY_RECORD,
+    STYPE,
+)
+from fedcodec.pipeline import (
+    BaseDigestMismatchError,
+    ClientRoundStats,
+    ConstantSchedule,
+    DownlinkEncoder,
+    DownlinkPackage,
+    ModelMismatchError,
+    ModelSpec,
+    ModelVersion,
+    PipelineError,
+    RoundParams,
+    RoundStats,
+    Schedule,
+    StaleBaseVersionError,
+    as_schedule,
+    model_digest,
+)
+from fedcodec.pipeline.downlink import DEFAULT_KEYFRAME_BITS
+
+__all__ = ["CompressionStrategy", "Traffic"]
+
+_NUM_EXAMPLES = "num-examples"
+
+
+@dataclass
+class Traffic:
+    """Bytes of one round (or of the whole run), as ``ArrayRecord.count_bytes()`` counts them.
+
+    Attributes
+    ----------
+    bytes_up, raw_bytes_up : int
+        Coded update records received, and what they hold as plain float32.
+    bytes_down, raw_bytes_down : int
+        Model records sent (train and evaluate messages), coded and plain.
+    updates : int
+        Coded updates accepted.
+    rejected : int
+        Coded updates left out (wrong base version or digest, damaged).
+    keyframes : int
+        Keyframes sent.
+    messages_down : int
+        Messages whose model the wrapper coded.
+    """
+
+    bytes_up: int = 0
+    raw_bytes_up: int = 0
+    bytes_down: int = 0
+    raw_bytes_down: int = 0
+    updates: int = 0
+    rejected: int = 0
+    keyframes: int = 0
+    messages_down: int = 0
+
+    @property
+    def ratio_up(self) -> float:
+        """Plain over coded uplink bytes (0.0 before any update)."""
+        return self.raw_bytes_up / self.bytes_up if self.bytes_up else 0.0
+
+    @property
+    def ratio_down(self) -> float:
+        """Plain over coded downlink bytes (0.0 before any message)."""
+        return self.raw_bytes_down / self.bytes_down if self.bytes_down else 0.0
+
+    @property
+    def ratio(self) -> float:
+        """Plain over coded bytes, both directions."""
+        coded = self.bytes_up + self.bytes_down
+        return (self.raw_bytes_up + self.raw_bytes_down) / coded if coded else 0.0
+
+    def add(self, other: Traffic) -> None:
+        """Add another record's counts to this one."""
+        for name in self.__dataclass_fields__:
+            setattr(self, name, getattr(self, name) + getattr(other, name))
+
+
+@dataclass
+class _Base:
+    """The model a round's messages were built from."""
+
+    model: ModelVersion  # the exact global model
+    digest_sent: str  # what clients rebuild (stream digest, or the exact one when raw)
+
+
+@dataclass
+class _Phase:
+    """Per configure/aggregate pair: the base and the traffic so far."""
+
+    base: _Base
+    params: RoundParams | None
+    traffic: Traffic = field(default_factory=Traffic)
+    updates: list[ClientRoundStats] = field(default_factory=list)
+
+
+class CompressionStrategy(Strategy):
+    """Wrap a strategy so that models travel coded by fedcodec both ways.
+
+    Use :func:`~fedcodec.flower.fedcodec_mod` (or
+    :func:`~fedcodec.flower.make_fedcodec_mod`) in the ClientApp.
+
+    Parameters
+    ----------
+    strategy : Strategy
+        The inner strategy; it sees plain float32 arrays only.
+    schedule : RoundParams, Schedule or callable, optional
+        The uplink coding per round: ``schedule(round_index, last_stats)``
+        with ``round_index = server_round - 1`` and the previous round's
+        :class:`~fedcodec.pipeline.RoundStats`, or fixed parameters.
+        Default: ``RoundParams()`` (λ = 0.1155, S = 64).
+    downlink : RoundParams, Schedule or callable, optional
+        How changes of the global model are coded (default: the uplink
+        schedule; ``per_client`` does not apply: one stream serves all nodes).
+    compress_downlink : bool, optional
+        Code the downlink (default True); False sends raw float32 models and
+        codes the uplink only.
+    keep : int, optional
+        Versions a node may lag and still get deltas instead of a keyframe.
+    keyframe_bits : int, optional
+        Grid resolution of the downlink stream (see :mod:`fedcodec.pipeline.downlink`).
+    threads : int, optional
+        Codec threads (default 1; 0 uses all CPUs).
+
+    Examples
+    --------
+    >>> from flwr.serverapp.strategy import FedAvg
+    >>> from fedcodec.flower import CompressionStrategy
+    >>> from fedcodec.pipeline import RoundParams, StepSchedule
+    >>> strategy = CompressionStrategy(
+    ...     FedAvg(fraction_evaluate=0.5),
+    ...     schedule=StepSchedule(RoundParams(lam=0.5, S=8), "S", gamma=2.0, every=5),
+    ... )
+
+    With central DP (client-side clipping), wrap the DP wrapper, so that
+    replies are decoded before it sees them::
+
+        CompressionStrategy(DifferentialPrivacyClientSideFixedClipping(FedAvg(), ...))
+        ClientApp(mods=[fedcodec_mod, fixedclipping_mod])
+    """
+
+    def __init__(
+        self,
+        strategy: Strategy,
+        *,
+        schedule: RoundParams
+        | Schedule
+        | Callable[[int, RoundStats | None], RoundParams]
+        | None = None,
+        downlink: RoundParams
+        | Schedule
+        | Callable[[int, RoundStats | None], RoundParams]
+        | None = None,
+        compress_downlink: bool = True,
+        keep: int = 8,
+        keyframe_bits: int = DEFAULT_KEYFRAME_BITS,
+        threads: int = 1,
+    ) -> None:
+        super().__init__()
+        if not isinstance(strategy, Strategy):
+            raise TypeError(f"strategy must be a flwr Strategy, got {type(strategy).__name__}")
+        if keep < 1:
+            raise ValueError(f"keep must be >= 1, got {keep}")
+        if not 2 <= keyframe_bits <= 20:
+            raise ValueError(f"keyframe_bits must be in 2..20, got {keyframe_bits}")
+        if threads < 0:
+            raise ValueError(f"threads must be >= 0, got {threads}")
+        self.strategy = strategy
+        self.schedule = as_schedule(schedule if schedule is not None else RoundParams())
+        self.downlink_schedule = as_schedule(downlink) if downlink is not None else self.schedule
+        self.compress_downlink = compress_downlink
+        self.keep = keep
+        self.keyframe_bits = keyframe_bits
+        self.threads = threads
+        #: Traffic per server round (train and evaluate messages of that round).
+        self.history: dict[int, Traffic] = {}
+        self._spec: ModelSpec | None = None
+        self._downlink: DownlinkEncoder | None = None
+        self._base: _Base | None = None
+        self._held: dict[int, tuple[int, str]] = {}  # node -> confirmed (version, digest)
+        self._phases: dict[tuple[str, int], _Phase] = {}
+        self._last_stats: RoundStats | None = None
+        self._splits: OrderedDict[bytes, list[bytes]] = OrderedDict()
+
+    def __repr__(self) -> str:
+        """Name the wrapper and the inner strategy."""
+        return f"CompressionStrategy({self.strategy!r})"
+
+    # -- reporting ----------------------------------------------------------
+
+    @property
+    def totals(self) -> Traffic:
+        """Traffic of all rounds so far."""
+        out = Traffic()
+        for traffic in self.history.values():
+            out.add(traffic)
+        return out
+
+    @property
+    def model_version(self) -> int | None:
+        """The version number of the latest global model (None before round 1)."""
+        return None if self._base is None else self._base.model.version
+
+    def summary(self) -> None:
+        """Log the settings and the traffic so far, then the inner strategy's summary."""
+        totals = self.totals
+        _log.info("\t├──> fedcodec compression:")
+        _log.info("\t│\t├── Uplink: %s", _describe(self.schedule))
+        if self.compress_downlink:
+            _log.info(
+                "\t│\t├── Downlink: coded deltas %s, keep %d versions, keyframe grid %d bits",
+                _describe(self.downlink_schedule),
+                self.keep,
+                self.keyframe_bits,
+            )
+        else:
+            _log.info("\t│\t├── Downlink: raw float32")
+        _log.info(
+            "\t│\t├── Bytes up: %d coded, %d as float32 (%.1fx), %d updates, %d rejected",
+            totals.bytes_up,
+            totals.raw_bytes_up,
+            totals.ratio_up,
+            totals.updates,
+            totals.rejected,
+        )
+        _log.info(
+            "\t│\t└── Bytes down: %d coded, %d as float32 (%.1fx), %d keyframes",
+            totals.bytes_down,
+            totals.raw_bytes_down,
+            totals.ratio_down,
+            totals.keyframes,
+        )
+        self.strategy.summary()
+
+    # -- train --------------------------------------------------------------
+
+    def configure_train(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
+        """Add the round's coding parameters, then code each node's model."""
+        params = self.schedule(server_round - 1, self._last_stats)
+        base = self._publish(arrays, server_round)
+        round_config = ConfigRecord(dict(config))
+        round_config.update(params_to_config(params))
+        round_config[KEY_ROUND] = server_round
+        messages = list(self.strategy.configure_train(server_round, arrays, round_config, grid))
+        phase = _Phase(base, params)
+        self._phases[("train", server_round)] = phase
+        return [self._prepare(msg, phase, server_round) for msg in messages]
+
+    def aggregate_train(
+        self, server_round: int, replies: Iterable[Message]
+    ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        """Decode the coded replies into plain arrays, then let the inner strategy aggregate."""
+        phase = self._phases.pop(("train", server_round), None)
+        kept: list[Message] = []
+        for msg in replies:
+            decoded = self._take_reply(msg, phase, decode=True)
+            if decoded is not None:
+                kept.append(decoded)
+        arrays, metrics = self.strategy.aggregate_train(server_round, kept)
+        if phase is None:
+            return arrays, metrics
+        self._record(server_round, phase.traffic)
+        metrics = self._with_metrics(metrics, phase.traffic, phase.params, up=True)
+        self._last_stats = self._round_stats(server_round, phase, arrays)
+        return arrays, metrics
+
+    # -- evaluate -----------------------------------------------------------
+
+    def configure_evaluate(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
+        """Code each node's model (the change from the version it holds)."""
+        messages = list(self.strategy.configure_evaluate(server_round, arrays, config, grid))
+        if not messages:
+            return messages
+        base = self._publish(arrays, server_round)
+        phase = _Phase(base, None)
+        self._phases[("evaluate", server_round)] = phase
+        return [self._prepare(msg, phase, server_round) for msg in messages]
+
+    def aggregate_evaluate(
+        self, server_round: int, replies: Iterable[Message]
+    ) -> MetricRecord | None:
+        """Note the version each node holds, then let the inner strategy aggregate."""
+        phase = self._phases.pop(("evaluate", server_round), None)
+        kept: list[Message] = []
+        for msg in replies:
+            out = self._take_reply(msg, phase, decode=False)
+            if out is not None:
+                kept.append(out)
+        metrics = self.strategy.aggregate_evaluate(server_round, kept)
+        if phase is None:
+            return metrics
+        self._record(server_round, phase.traffic)
+        return self._with_metrics(metrics, phase.traffic, None, up=False)
+
+    # -- downlink -----------------------------------------------------------
+
+    def _publish(self, arrays: ArrayRecord, server_round: int) -> _Base:
+        """Make ``arrays`` the latest version (a no-op when unchanged)."""
+        if self._spec is None:
+            self._spec = record_spec(arrays)
+            if self.compress_downlink:
+                self._downlink = DownlinkEncoder(
+                    self._spec,
+                    keep=self.keep,
+                    keyframe_bits=self.keyframe_bits,
+                    threads=self.threads,
+                )
+        spec = self._spec
+        tensors = record_tensors(arrays, spec, "global model")
+        if self._base is not None and model_digest(spec, tensors) == self._base.model.digest:
+            return self._base
+        version = 0 if self._base is None else self._base.model.version + 1
+        model = ModelVersion.create(version, tensors, spec)
+        digest_sent = model.digest
+        if self._downlink is not None:
+            params = self.downlink_schedule(server_round - 1, self._last_stats)
+            params = params.replace(per_client={}) if params.per_client else params
+            digest_sent = self._downlink.publish(model, params).digest
+        self._base = _Base(model, digest_sent)
+        return self._base
+
+    def _prepare(self, msg: Message, phase: _Phase, server_round: int) -> Message:
+        """Give ``msg`` its own content: the coded model and the fedcodec config keys."""
+        content = msg.content
+        records = content.array_records
+        configs = content.config_records
+        spec = phase.base.model.spec
+        if len(records) != 1 or len(configs) != 1:
+            _log.warning(
+                "fedcodec: round %d: a message with %d ArrayRecords and %d ConfigRecords is "
+                "sent uncoded (the wrapper needs exactly one of each)",
+                server_round,
+                len(records),
+                len(configs),
+            )
+            return msg
+        record_key, record = next(iter(records.items()))
+        config_key, config = next(iter(configs.items()))
+        if record_spec(record) != spec:
+            _log.warning(
+                "fedcodec: round %d: a message's arrays are not the global model; sent uncoded",
+                server_round,
+            )
+            return msg
+        node = msg.metadata.dst_node_id
+        new_config = ConfigRecord(dict(config))
+        new_config[KEY_FORMAT] = FORMAT
+        new_config[KEY_BASE_VERSION] = phase.base.model.version
+        new_config[KEY_BASE_DIGEST] = phase.base.digest_sent
+        if phase.params is not None:
+            new_config.update(params_to_config(phase.params.for_client(str(node))))
+        if self._downlink is None:
+            coded = record
+            new_config[KEY_DOWNLINK] = DOWNLINK_RAW
+        else:
+            held = self._held.get(node)
+            package = self._downlink.package_for(
+                str(node),
+                have_version=None if held is None else held[0],
+                have_digest=None if held is None else held[1],
+                keyframe=held is None,
+            )
+            coded = self._package_record(package, spec)
+            new_config[KEY_DOWNLINK] = _kind(package)
+            if package.from_version is not None and package.deltas:
+                new_config[KEY_FROM_VERSION] = package.from_version
+            phase.traffic.keyframes += package.is_keyframe
+        msg.content = RecordDict(
+            {
+                key: coded if key == record_key else new_config if key == config_key else value
+                for key, value in content.items()
+            }
+        )
+        phase.traffic.bytes_down += coded.count_bytes()
+        phase.traffic.raw_bytes_down += record.count_bytes()
+        phase.traffic.messages_down += 1
+        return msg
+
+    def _package_record(self, package: DownlinkPackage, spec: ModelSpec) -> ArrayRecord:
+        containers = [package.keyframe] if package.keyframe is not None else list(package.deltas)
+        if not containers:
+            return ArrayRecord()
+        splits = [self._split(c) for c in containers]
+        return ArrayRecord(
+            {
+                name: coded_array(shape, [parts[i] for parts in splits])
+                for i, (name, shape) in enumerate(spec)
+            }
+        )
+
+    def _split(self, container: bytes) -> list[bytes]:
+        """Per-tensor containers of a whole-model one (cached: one delta serves many nodes)."""
+        parts = self._splits.get(container)
+        if parts is None:
+            parts = split_container(container, threads=self.threads)
+            self._splits[container] = parts
+            while len(self._splits) > self.keep + 2:
+                self._splits.popitem(last=False)
+        else:
+            self._splits.move_to_end(container)
+        return parts
+
+    # -- replies ------------------------------------------------------------
+
+    def _take_reply(self, msg: Message, phase: _Phase | None, *, decode: bool) -> Message | None:
+        """The reply as the inner strategy should see it, or None to leave it out."""
+        if msg.has_error():
+            self._held.pop(msg.metadata.src_node_id, None)
+            return msg
+        reply = msg.content.get(REPLY_RECORD)
+        if not isinstance(reply, ConfigRecord):
+            return msg  # not from the mod: the inner strategy deals with it
+        node = msg.metadata.src_node_id
+        try:
+            held = (config_int(reply, KEY_HELD_VERSION), str(reply[KEY_HELD_DIGEST]))
+        except (KeyError, TypeError, ValueError):
+            held = None
+        if held is None:
+            self._held.pop(node, None)
+        else:
+            self._held[node] = held
+        content = {k: v for k, v in msg.content.items() if k != REPLY_RECORD}
+        if decode and phase is not None:
+            start = time.perf_counter()
+            try:
+                content, coded_bytes, plain_bytes, steps = self._decode_update(content, phase, held)
+            except (FedCodecError, ValueError) as exc:
+                _log.warning("fedcodec: update of node %d left out: %s", node, exc)
+                phase.traffic.rejected += 1
+                self._held.pop(node, None)
+                return None
+            if coded_bytes:
+                phase.traffic.bytes_up += coded_bytes
+                phase.traffic.raw_bytes_up += plain_bytes
+                phase.traffic.updates += 1
+                phase.updates.append(
+                    ClientRoundStats(
+                        client_id=str(node),
+                        bytes=coded_bytes,
+                        num_examples=_num_examples(content),
+                        steps=steps,
+                        decode_seconds=time.perf_counter() - start,
+                    )
+                )
+        msg.content = RecordDict(content)
+        return msg
+
+    def _decode_update(
+        self,
+        content: dict[str, ArrayRecord | ConfigRecord | MetricRecord],
+        phase: _Phase,
+        held: tuple[int, str] | None,
+    ) -> tuple[dict[str, ArrayRecord | ConfigRecord | MetricRecord], int, int, tuple[float, ...]]:
+        """Replace a coded update by ``global + decoded`` (plain float32 arrays)."""
+        records = {k: v for k, v in content.items() if isinstance(v, ArrayRecord)}
+        coded = {k: v for k, v in records.items() if any(is_coded(a) for a in v.values())}
+        if not coded:
+            return content, 0, 0, ()
+        if len(records) != 1:
+            raise ModelMismatchError(f"a coded reply must hold one ArrayRecord, not {len(records)}")
+        base = phase.base
+        if held is None or held[0] != base.model.version:
+            raise StaleBaseVersionError(
+                f"the update is against version {None if held is None else held[0]}, this round "
+                f"sent version {base.model.version}"
+            )
+        if held[1] != base.digest_sent:
+            raise BaseDigestMismatchError(
+                f"the update's base digest {held[1][:16]}… is not that of version "
+                f"{base.model.version}"
+            )
+        key, record = next(iter(coded.items()))
+        spec = base.model.spec
+        if record_spec(record) != spec:
+            raise ModelMismatchError("the update's keys or shapes differ from the model's")
+        full = {}
+        steps = []
+        for name, array in record.items():
+            if array.stype != STYPE:
+                raise ModelMismatchError(f"update[{name!r}] has stype {array.stype!r}")
+            (part,) = array_parts(array)
+            change, step = decode_part(
+                part, tuple(array.shape), what=f"update[{name!r}]", threads=self.threads
+            )
+            full[name] = np.add(base.model.tensors[name], change, dtype=np.float32)
+            steps.append(step)
+        plain = plain_record(spec, full)
+        content = {k: (plain if k == key else v) for k, v in content.items()}
+        return content, record.count_bytes(), plain.count_bytes(), tuple(steps)
+
+    # -- bookkeeping ----------------------------------------------------------
+
+    def _record(self, server_round: int, traffic: Traffic) -> None:
+        self.history.setdefault(server_round, Traffic()).add(traffic)
+
+    def _with_metrics(
+        self,
+        metrics: MetricRecord | None,
+        traffic: Traffic,
+        params: RoundParams | None,
+        *,
+        up: bool,
+    ) -> MetricRecord:
+        out = MetricRecord() if metrics is None else metrics
+        # A ratio is reported only when something coded was sent: a node that
+        # is up to date receives no model bytes at all.
+        if up:
+            out[METRIC_BYTES_UP] = traffic.bytes_up
+            out[METRIC_RAW_BYTES_UP] = traffic.raw_bytes_up
+            if traffic.bytes_up:
+                out[METRIC_RATIO_UP] = traffic.ratio_up
+            out[METRIC_REJECTED] = traffic.rejected
+        out[METRIC_BYTES_DOWN] = traffic.bytes_down
+        out[METRIC_RAW_BYTES_DOWN] = traffic.raw_bytes_down
+        if traffic.bytes_down:
+            out[METRIC_RATIO_DOWN] = traffic.ratio_down
+        out[METRIC_KEYFRAMES] = traffic.keyframes
+        if params is not None:
+            out[METRIC_LAMBDA] = float(params.lam)
+            out[METRIC_S] = int(params.S)
+            if params.budget_bytes is not None:
+                out[METRIC_BUDGET_BYTES] = int(params.budget_bytes)
+        return out
+
+    def _round_stats(
+        self, server_round: int, phase: _Phase, arrays: ArrayRecord | None
+    ) -> RoundStats:
+        base = phase.base.model
+        rms = 0.0
+        if arrays is not None:
+            try:
+                new = record_tensors(arrays, base.spec, "aggregated model")
+            except PipelineError:
+                new = None
+            if new is not None:
+                sq = sum(
+                    float(np.sum(np.square(new[n].astype(np.float64) - base.tensors[n])))
+                    for n in base.spec.names
+                )
+                rms = math.sqrt(sq / max(base.spec.numel, 1))
+        return RoundStats(
+            round_number=server_round - 1,
+            base_version=base.version,
+            new_version=base.version + 1,
+            updates=tuple(phase.updates),
+            rejected=phase.traffic.rejected,
+            bytes_up=phase.traffic.bytes_up,
+            bytes_down=phase.traffic.bytes_down,
+            update_rms=rms,
+        )
+
+
+def _describe(schedule: Schedule) -> str:
+    if isinstance(schedule, ConstantSchedule):
+        return json.dumps(schedule.params.to_json(), ensure_ascii=False)
+    return repr(schedule)
+
+
+def _kind(package: DownlinkPackage) -> str:
+    if package.keyframe is not None:
+        return DOWNLINK_KEYFRAME
+    return DOWNLINK_DELTA if package.deltas else DOWNLINK_NONE
+
+
+def _num_examples(content: dict[str, ArrayRecord | ConfigRecord | MetricRecord]) -> int:
+    for value in content.values():
+        if isinstance(value, MetricRecord):
+            n = value.get(_NUM_EXAMPLES)
+            if isinstance(n, int | float) and not isinstance(n, bool) and n >= 1:
+                return int(n)
+    return 1
