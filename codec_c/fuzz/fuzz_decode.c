@@ -2,7 +2,11 @@
  * fuzz_decode.c - the decoder's fuzz target (libFuzzer entry point; also
  * driven by replay.c without libFuzzer).
  *
- * For any input: fc_inspect with small limits; if the header is accepted,
+ * Every input is tried twice: as it is, and with its last 4 bytes replaced
+ * by the CRC-32 of the rest, so mutations get past the checksum and reach
+ * the header parser and the payload decoders.
+ *
+ * For each: fc_inspect with small limits; if the header is accepted,
  * fc_decode into exactly-sized heap targets (levels, values and an
  * accumulator: f32 and f64 alternate by tensor).  The properties, checked
  * with abort() so the fuzzer reports them like a crash:
@@ -66,7 +70,7 @@ static void reencode(const fc_tensor_info *info, int32_t *const *levels, size_t 
     free(buf);
 }
 
-int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
+static void one(const uint8_t *data, size_t size)
 {
     fc_decode_options o;
     fc_tensor_info info[MAX_T];
@@ -83,7 +87,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     rc = fc_inspect(data, size, &o, info, MAX_T, &count);
     if (rc != FC_OK) {
         check((int)fc_decode(data, size, &o, NULL, 0) == rc);
-        return 0;
+        return;
     }
     check(count <= MAX_T);
     memset(tg, 0, sizeof tg);
@@ -130,5 +134,36 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         free(tg[i].values);
         free(tg[i].acc);
     }
+}
+
+/* zlib's crc32 of p[0..n), bitwise (independent of the library's). */
+static uint32_t crc32_of(const uint8_t *p, size_t n)
+{
+    uint32_t c = 0xFFFFFFFFu;
+    size_t i;
+    int k;
+    for (i = 0; i < n; i++) {
+        c ^= p[i];
+        for (k = 0; k < 8; k++) c = (c >> 1) ^ (0xEDB88320u & (0u - (c & 1u)));
+    }
+    return ~c;
+}
+
+int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
+{
+    uint8_t *fixed;
+    uint32_t c;
+    one(data, size);
+    if (size < 11) return 0;
+    fixed = (uint8_t *)malloc(size); /* exactly `size`: over-reads trap */
+    check(fixed != NULL);
+    memcpy(fixed, data, size);
+    c = crc32_of(fixed, size - 4);
+    fixed[size - 4] = (uint8_t)c;
+    fixed[size - 3] = (uint8_t)(c >> 8);
+    fixed[size - 2] = (uint8_t)(c >> 16);
+    fixed[size - 1] = (uint8_t)(c >> 24);
+    one(fixed, size);
+    free(fixed);
     return 0;
 }
