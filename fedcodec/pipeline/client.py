@@ -155,6 +155,7 @@ def encode_tensors(
         S=coded.S,
         step_rule=params.step_rule,
         budget_bytes=params.budget_bytes if params.step is None else None,
+        tolerance=params.tolerance,
         passes=coded.passes,
         density=nonzeros / numel if numel else 0.0,
         mse=total_err / numel if numel else 0.0,

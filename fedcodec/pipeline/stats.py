@@ -66,6 +66,8 @@ class EncodeStats:
         "model" or "tensor".
     budget_bytes : int or None
         The budget, when rate control ran.
+    tolerance : float
+        The relative budget tolerance.
     passes : int
         Encoder passes (1 without a budget).
     density : float
@@ -87,6 +89,7 @@ class EncodeStats:
     S: int | None
     step_rule: str
     budget_bytes: int | None
+    tolerance: float
     passes: int
     density: float
     mse: float
@@ -105,7 +108,7 @@ class EncodeStats:
         """Whether the size is within the tolerance of (or under) the budget."""
         if self.budget_bytes is None:
             return None
-        return self.bytes <= self.budget_bytes * 1.05
+        return self.bytes <= self.budget_bytes * (1.0 + self.tolerance)
 
     def to_json(self) -> dict[str, Any]:
         """A JSON-able dict (non-finite floats become strings)."""
