@@ -1,0 +1,298 @@
+"""The aggregation server as a library: :func:`create_server` and :func:`serve`.
+
+::
+
+    server = create_server(load_config("server.toml"))   # ports are bound here
+    await server.start()                                 # database opened, round restored
+    ...
+    await server.stop(grace=10)                          # health NOT_SERVING, calls drain
+
+The gRPC health service (``grpc.health.v1.Health``) is always served on the main port;
+``health_listen`` adds a plaintext port with only the health service, for probes that
+cannot speak TLS.  ``metrics_listen`` serves Prometheus metrics over HTTP.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from collections.abc import Mapping
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Protocol, cast
+
+import grpc
+import numpy as np
+import numpy.typing as npt
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+
+from fedcodec.logs import setup_logging
+from fedcodec.server.auth import TokenRegistry
+from fedcodec.server.config import ConfigError, ServerConfig
+from fedcodec.server.metrics import Metrics
+from fedcodec.server.rounds import RoundCoordinator
+from fedcodec.server.servicer import AggregationServicer
+from fedcodec.v1 import aggregation_service_pb2_grpc as pb_grpc
+
+__all__ = ["SERVICE_NAME", "FedcodecServer", "create_server", "load_initial_model", "serve"]
+
+log = logging.getLogger("fedcodec.server")
+
+#: The full name of the aggregation service (also its name in the health service).
+SERVICE_NAME = "fedcodec.v1.AggregationService"
+
+_BUILTIN_MNIST = "builtin:mnist-mlp"
+
+
+def load_initial_model(source: str) -> dict[str, npt.NDArray[np.float32]] | None:
+    """Version 0 from the ``initial_model`` setting.
+
+    Parameters
+    ----------
+    source : str
+        "" (none), ``builtin:mnist-mlp`` (the demo's 784-128-10 MLP, seeded), or a path to
+        an ``.npz`` of named float32 arrays (read without pickle; file order is model order).
+
+    Returns
+    -------
+    dict of str to ndarray or None
+    """
+    if not source:
+        return None
+    if source == _BUILTIN_MNIST:
+        from fedcodec.bench.fl import init_mlp
+
+        return init_mlp(np.random.default_rng(0), 784, 128, 10)
+    if source.startswith("builtin:"):
+        raise ConfigError(f"unknown built-in model {source!r} (known: {_BUILTIN_MNIST})")
+    try:
+        with np.load(Path(source), allow_pickle=False) as data:
+            return {name: np.asarray(data[name], dtype=np.float32) for name in data.files}
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"cannot read the initial model {source!r}: {exc}") from exc
+
+
+class _AsyncHealth(Protocol):
+    async def set(self, service: str, status: Any) -> None: ...
+    async def enter_graceful_shutdown(self) -> None: ...
+
+
+def _read(path: str, what: str) -> bytes:
+    try:
+        return Path(path).read_bytes()
+    except OSError as exc:
+        raise ConfigError(f"cannot read {what} {path!r}: {exc}") from exc
+
+
+def _server_options(config: ServerConfig) -> list[tuple[str, int]]:
+    limits = config.limits
+    return [
+        # Uploads and downloads move in chunks of <= max_chunk_bytes (1 MiB), so a message
+        # is one chunk plus framing.  The limit is set explicitly (not gRPC's 4 MiB
+        # default, nor raised towards 2 GiB for whole models): a peer cannot make the
+        # server buffer more than this per message, however large the model.
+        ("grpc.max_receive_message_length", limits.max_message_bytes),
+        ("grpc.max_send_message_length", limits.max_message_bytes),
+        # Edge clients sit behind NATs and mobile networks: ping idle connections every
+        # 60 s so dead ones are noticed, and let clients ping no more often than every 20 s.
+        ("grpc.keepalive_time_ms", 60_000),
+        ("grpc.keepalive_timeout_ms", 20_000),
+        ("grpc.http2.min_ping_interval_without_data_ms", 20_000),
+        ("grpc.keepalive_permit_without_calls", 1),
+    ]
+
+
+def _credentials(config: ServerConfig) -> grpc.ServerCredentials | None:
+    sec = config.security
+    if sec.insecure:
+        return None
+    key = _read(sec.tls_key, "the TLS key")
+    cert = _read(sec.tls_cert, "the TLS certificate")
+    client_ca = _read(sec.tls_client_ca, "the client CA") if sec.tls_client_ca else None
+    return grpc.ssl_server_credentials(
+        [(key, cert)], root_certificates=client_ca, require_client_auth=client_ca is not None
+    )
+
+
+class FedcodecServer:
+    """An aggregation server: gRPC service, health, metrics, round logic, database.
+
+    Made by :func:`create_server`; use ``await start()`` and ``await stop()`` (or
+    ``async with``).
+
+    Attributes
+    ----------
+    port : int
+        The bound gRPC port.
+    health_port : int or None
+        The plaintext health-only port.
+    metrics_port : int or None
+        The Prometheus port (after :meth:`start`).
+    coordinator : RoundCoordinator
+        The round logic (e.g. for listeners in an embedding program).
+    """
+
+    def __init__(
+        self,
+        config: ServerConfig,
+        tokens: TokenRegistry,
+        initial_model: Mapping[str, npt.ArrayLike] | None,
+    ) -> None:
+        self.config = config
+        self.metrics = Metrics()
+        self.coordinator = RoundCoordinator(
+            config, initial_model=initial_model, metrics=self.metrics
+        )
+        # grpc-stubs does not describe grpc_health's asyncio servicer.
+        self.health: _AsyncHealth = health.aio.HealthServicer()  # type: ignore[attr-defined]
+        self._server = grpc.aio.server(
+            options=_server_options(config),
+            maximum_concurrent_rpcs=config.limits.max_concurrent_rpcs,
+        )
+        pb_grpc.add_AggregationServiceServicer_to_server(
+            AggregationServicer(self.coordinator, tokens, self.metrics), self._server
+        )
+        health_pb2_grpc.add_HealthServicer_to_server(cast(Any, self.health), self._server)
+        credentials = _credentials(config)
+        if credentials is None:
+            self.port = self._server.add_insecure_port(config.listen)
+        else:
+            self.port = self._server.add_secure_port(config.listen, credentials)
+        if self.port == 0:
+            raise ConfigError(f"cannot listen on {config.listen!r}")
+        self._health_server: grpc.aio.Server | None = None
+        self.health_port: int | None = None
+        if config.health_listen:
+            self._health_server = grpc.aio.server()
+            health_pb2_grpc.add_HealthServicer_to_server(
+                cast(Any, self.health), self._health_server
+            )
+            self.health_port = self._health_server.add_insecure_port(config.health_listen)
+            if self.health_port == 0:
+                raise ConfigError(f"cannot listen on {config.health_listen!r}")
+        self.metrics_port: int | None = None
+        self._started = False
+
+    async def _set_health(self, status: int) -> None:
+        for service in ("", SERVICE_NAME):
+            await self.health.set(service, status)
+
+    async def start(self) -> None:
+        """Open the state, start serving, report SERVING."""
+        await self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
+        if self._health_server is not None:
+            await self._health_server.start()
+        await self.coordinator.start()
+        await self._server.start()
+        if self.config.metrics_listen:
+            self.metrics_port = self.metrics.serve(self.config.metrics_listen)
+        self._started = True
+        await self._set_health(health_pb2.HealthCheckResponse.SERVING)
+        log.info(
+            "server started",
+            extra={
+                "event": "server_started",
+                "port": self.port,
+                "tls": not self.config.security.insecure,
+                "mutual_tls": bool(self.config.security.tls_client_ca),
+                "health_port": self.health_port,
+                "metrics_port": self.metrics_port,
+                "round_id": self.coordinator.open_round_id,
+            },
+        )
+
+    async def stop(self, grace: float | None = None) -> None:
+        """Report NOT_SERVING, let running calls finish (``grace`` seconds), close the state."""
+        grace = self.config.limits.shutdown_grace_s if grace is None else grace
+        await self.health.enter_graceful_shutdown()
+        await self._server.stop(grace)
+        if self._started:
+            await self.coordinator.stop()
+        if self._health_server is not None:
+            await self._health_server.stop(0)
+        self.metrics.close()
+        self._started = False
+        log.info("server stopped", extra={"event": "server_stopped"})
+
+    async def wait_for_termination(self) -> None:
+        """Return when the gRPC server has stopped."""
+        await self._server.wait_for_termination()
+
+    async def __aenter__(self) -> FedcodecServer:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.stop()
+
+
+def create_server(
+    config: ServerConfig,
+    *,
+    tokens: TokenRegistry | Mapping[str, str] | None = None,
+    initial_model: Mapping[str, npt.ArrayLike] | None = None,
+) -> FedcodecServer:
+    """Build an aggregation server and bind its ports (call from a coroutine).
+
+    Parameters
+    ----------
+    config : ServerConfig
+        The configuration (:func:`~fedcodec.server.config.load_config`).
+    tokens : TokenRegistry or mapping, optional
+        Client tokens; default: ``security.tokens_file``.
+    initial_model : mapping of str to array_like, optional
+        Version 0 for a new database; default: ``initial_model`` of the configuration.
+
+    Returns
+    -------
+    FedcodecServer
+        Not started yet; ``server.port`` is the bound port.
+
+    Raises
+    ------
+    ConfigError
+        Missing tokens, unreadable TLS files or model, a port that cannot be bound.
+    """
+    if tokens is None:
+        if not config.security.tokens_file:
+            raise ConfigError("no client tokens: set security.tokens_file")
+        try:
+            registry = TokenRegistry.from_file(config.security.tokens_file)
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from exc
+    elif isinstance(tokens, TokenRegistry):
+        registry = tokens
+    else:
+        registry = TokenRegistry(tokens)
+    if initial_model is None:
+        initial_model = load_initial_model(config.initial_model)
+    return FedcodecServer(config, registry, initial_model)
+
+
+async def _serve(config: ServerConfig) -> None:
+    server = create_server(config)
+    await server.start()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    await stop.wait()
+    log.info("shutting down", extra={"event": "shutdown_requested"})
+    await server.stop()
+
+
+def serve(config: ServerConfig) -> int:
+    """Run a server until SIGTERM or SIGINT (``fedcodec serve``); return the exit status."""
+    setup_logging(config.log_level, config.log_format)
+    try:
+        asyncio.run(_serve(config))
+    except ConfigError as exc:
+        log.error(str(exc), extra={"event": "config_error"})
+        return 2
+    return 0

@@ -1,0 +1,568 @@
+"""Server configuration: one path from defaults, a file, the environment and flags.
+
+:func:`load_config` is the only way a :class:`ServerConfig` is built from outside values.
+Sources, later ones winning:
+
+1. the defaults below;
+2. a TOML (``.toml``) or JSON (``.json``) file;
+3. environment variables ``FEDCODEC_<KEY>``, with the dotted key upper-cased and dots as
+   underscores: ``FEDCODEC_ROUNDS_MIN_CLIENTS=3``, ``FEDCODEC_SECURITY_INSECURE=true``,
+   ``FEDCODEC_PARAMS_BUDGET_BYTES=20000``;
+4. overrides from the command line (``fedcodec serve --set rounds.target_clients=20``, and
+   the flags that name keys directly).
+
+Every key is known in advance (:data:`KEYS`): an unknown key in any source is an error, so a
+typo does not silently leave a default in place.  An example file::
+
+    listen = "[::]:50051"
+    state_path = "/var/lib/fedcodec/state.sqlite"
+    initial_model = "/etc/fedcodec/initial-model.npz"   # or "builtin:mnist-mlp"
+    metrics_listen = "0.0.0.0:9464"
+
+    [security]
+    tls_cert = "/etc/fedcodec/tls/tls.crt"
+    tls_key = "/etc/fedcodec/tls/tls.key"
+    tokens_file = "/etc/fedcodec/tokens/tokens.json"
+
+    [rounds]
+    max_rounds = 100
+    min_clients = 5
+    target_clients = 20
+    deadline_s = 300
+
+    [params]                  # how clients code their updates (fedcodec.pipeline.RoundParams)
+    budget_bytes = 20000
+
+    [schedule]                # optional: vary one parameter over rounds
+    kind = "cosine"
+    name = "budget_bytes"
+    start = 40000
+    end = 10000
+    rounds = 50
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from fedcodec.pipeline import (
+    ConstantSchedule,
+    CosineSchedule,
+    RoundParams,
+    Schedule,
+    Sparsification,
+    StepSchedule,
+)
+
+__all__ = [
+    "ENV_PREFIX",
+    "KEYS",
+    "ConfigError",
+    "DownlinkConfig",
+    "LimitsConfig",
+    "RoundsConfig",
+    "ScheduleConfig",
+    "SecurityConfig",
+    "ServerConfig",
+    "load_config",
+]
+
+ENV_PREFIX = "FEDCODEC_"
+MIB = 1 << 20
+
+
+class ConfigError(ValueError):
+    """A configuration value is unknown, of the wrong type, or out of range."""
+
+
+@dataclass(frozen=True)
+class SecurityConfig:
+    """Transport security and client authentication.
+
+    Attributes
+    ----------
+    insecure : bool
+        Serve plaintext gRPC.  Only when asked for explicitly (loopback demos, tests);
+        otherwise ``tls_cert`` and ``tls_key`` are required.
+    tls_cert, tls_key : str
+        PEM files of the server certificate (chain) and its private key.
+    tls_client_ca : str
+        PEM file of a CA: when set, clients must present a certificate it signed (mutual
+        TLS) in addition to their token.
+    tokens_file : str
+        JSON file mapping client ids to their bearer tokens (or ``"sha256:<hex>"`` of a
+        token).  Every client call carries its token.
+    """
+
+    insecure: bool = False
+    tls_cert: str = ""
+    tls_key: str = ""
+    tls_client_ca: str = ""
+    tokens_file: str = ""
+
+
+@dataclass(frozen=True)
+class RoundsConfig:
+    """How rounds run.
+
+    Attributes
+    ----------
+    max_rounds : int
+        Rounds to run (0: no limit); afterwards clients are told the federation finished.
+    min_clients : int
+        Updates a round needs at its deadline to be aggregated; with fewer, the deadline is
+        extended and selection reopens (accepted updates are kept).
+    target_clients : int
+        Clients selected per round; the round closes as soon as this many have reported.
+    deadline_s : float
+        Seconds from a round's opening (or extension) to its deadline.
+    selection_probability : float
+        Chance that a checking-in client is selected while the round has room (client
+        sampling: the first clients to ask are not always the ones chosen).
+    retry_after_s : float
+        What clients that were not selected are told to wait.
+    seed : int
+        Seed of the sampling.
+    server_lr : float
+        Server learning rate on the FedAvg mean (1: plain FedAvg).
+    """
+
+    max_rounds: int = 0
+    min_clients: int = 1
+    target_clients: int = 10
+    deadline_s: float = 600.0
+    selection_probability: float = 1.0
+    retry_after_s: float = 2.0
+    seed: int = 0
+    server_lr: float = 1.0
+
+
+@dataclass(frozen=True)
+class ScheduleConfig:
+    """Per-round variation of one uplink parameter (``fedcodec.pipeline`` schedules).
+
+    Attributes
+    ----------
+    kind : {"constant", "step", "cosine"}
+        Constant: ``[params]`` every round.  Step: multiply ``name`` by ``gamma`` every
+        ``every`` rounds.  Cosine: move ``name`` from ``start`` to ``end`` over ``rounds``.
+    name : {"lam", "S", "step", "budget_bytes"}
+        The parameter that varies.
+    gamma : float
+        Step factor.
+    every : int
+        Rounds per step.
+    start, end : float
+        Cosine end points.
+    rounds : int
+        Cosine length.
+    """
+
+    kind: str = "constant"
+    name: str = "lam"
+    gamma: float = 1.0
+    every: int = 1
+    start: float = 0.0
+    end: float = 0.0
+    rounds: int = 1
+
+
+@dataclass(frozen=True)
+class DownlinkConfig:
+    """The coded downlink (``fedcodec.pipeline.DownlinkEncoder``).
+
+    Attributes
+    ----------
+    keep_versions : int
+        Versions a client may lag behind and still get coded deltas (else a keyframe).
+    keyframe_bits : int
+        Resolution of the downlink grid (keyframes are near-lossless at this many bits).
+    params : RoundParams
+        How each new version is coded (``[downlink.params]``).
+    """
+
+    keep_versions: int = 8
+    keyframe_bits: int = 12
+    params: RoundParams = field(default_factory=RoundParams)
+
+
+@dataclass(frozen=True)
+class LimitsConfig:
+    """Sizes, concurrency and timing.
+
+    Attributes
+    ----------
+    max_update_bytes : int
+        Largest coded update accepted (0: twice the float32 model plus 1 MiB, more than
+        any sensible update).  Larger uploads fail with RESOURCE_EXHAUSTED as soon as the
+        header declares, or the stream exceeds, the limit.
+    max_chunk_bytes : int
+        Largest upload chunk accepted, and the download chunk size (<= 1 MiB).
+    max_message_bytes : int
+        gRPC message limit both ways: one chunk plus its framing, never a whole model.
+    max_concurrent_rpcs : int
+        Calls served at once; more wait in gRPC's queue.
+    max_parallel_decodes : int
+        Uploads validated (decoded) at once: bounds memory to O(model).
+    codec_threads : int
+        Codec threads per decode/encode (0: all CPUs).
+    keep_model_blobs : int
+        Newest exact global versions whose weights stay in the database (older ones keep
+        their digests only).
+    shutdown_grace_s : float
+        Seconds running calls get to finish on shutdown.
+    """
+
+    max_update_bytes: int = 0
+    max_chunk_bytes: int = MIB
+    max_message_bytes: int = 4 * MIB
+    max_concurrent_rpcs: int = 1024
+    max_parallel_decodes: int = 2
+    codec_threads: int = 0
+    keep_model_blobs: int = 4
+    shutdown_grace_s: float = 10.0
+
+    def update_limit(self, float32_bytes: int) -> int:
+        """The effective ``max_update_bytes`` for a model of ``float32_bytes``."""
+        return self.max_update_bytes or 2 * float32_bytes + MIB
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    """Everything ``fedcodec serve`` needs.
+
+    Attributes
+    ----------
+    listen : str
+        gRPC address (``host:port``; port 0 lets the OS choose).
+    health_listen : str
+        Optional plaintext address serving only the gRPC health service, for probes that
+        cannot speak TLS (Kubernetes gRPC probes); empty: off.  The health service is
+        always on at ``listen`` too.
+    metrics_listen : str
+        Prometheus endpoint (``host:port``, HTTP ``/metrics``); empty: off.
+    state_path : str
+        SQLite database of the durable state (created on first start).
+    initial_model : str
+        Version 0 on first start: an ``.npz`` of named float32 arrays (no pickle), or
+        ``builtin:mnist-mlp``.  Ignored once the database holds a model.
+    log_level : str
+        debug, info, warning or error.
+    log_format : {"json", "text"}
+        One JSON object per line, or plain text.
+    """
+
+    listen: str = "[::]:50051"
+    health_listen: str = ""
+    metrics_listen: str = "127.0.0.1:9464"
+    state_path: str = "fedcodec-state.sqlite"
+    initial_model: str = ""
+    log_level: str = "info"
+    log_format: str = "json"
+    security: SecurityConfig = field(default_factory=SecurityConfig)
+    rounds: RoundsConfig = field(default_factory=RoundsConfig)
+    params: RoundParams = field(default_factory=RoundParams)
+    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+    downlink: DownlinkConfig = field(default_factory=DownlinkConfig)
+    limits: LimitsConfig = field(default_factory=LimitsConfig)
+
+    def __post_init__(self) -> None:
+        _validate(self)
+
+    def build_schedule(self) -> Schedule:
+        """The uplink schedule: ``[params]`` varied as ``[schedule]`` says."""
+        s = self.schedule
+        if s.kind == "constant":
+            return ConstantSchedule(self.params)
+        if s.kind == "step":
+            return StepSchedule(self.params, s.name, s.gamma, s.every)
+        return CosineSchedule(self.params, s.name, s.start, s.end, s.rounds)
+
+    def to_json(self) -> dict[str, Any]:
+        """All settings as a JSON-able dict (dotted keys), e.g. for ``--print-config``."""
+        return {key: _get(self, key) for key in KEYS}
+
+
+# ---------------------------------------------------------------------------
+# The key table: every accepted dotted key and its type.
+# ---------------------------------------------------------------------------
+
+_PARAM_KEYS: dict[str, type] = {
+    "lam": float,
+    "S": int,
+    "step": float,
+    "budget_bytes": int,
+    "tolerance": float,
+    "step_rule": str,
+    "sparsification.topk": float,
+    "sparsification.threshold": float,
+    "sparsification.rows": float,
+}
+_OPTIONAL_PARAMS = {"step", "budget_bytes"} | {k for k in _PARAM_KEYS if "." in k}
+
+
+def _section_keys(prefix: str, cls: type) -> dict[str, type]:
+    out: dict[str, type] = {}
+    for f in dataclasses.fields(cls):
+        if f.name == "params":
+            continue
+        kind = {"int": int, "float": float, "str": str, "bool": bool}.get(str(f.type))
+        if kind is not None:
+            out[prefix + f.name] = kind
+    return out
+
+
+#: Every configuration key (dotted) and its type.
+KEYS: dict[str, type] = {
+    **_section_keys("", ServerConfig),
+    **_section_keys("security.", SecurityConfig),
+    **_section_keys("rounds.", RoundsConfig),
+    **{f"params.{k}": t for k, t in _PARAM_KEYS.items()},
+    **_section_keys("schedule.", ScheduleConfig),
+    **_section_keys("downlink.", DownlinkConfig),
+    **{f"downlink.params.{k}": t for k, t in _PARAM_KEYS.items()},
+    **_section_keys("limits.", LimitsConfig),
+}
+_ENV_NAMES = {ENV_PREFIX + key.upper().replace(".", "_"): key for key in KEYS}
+
+
+def _get(config: ServerConfig, key: str) -> Any:
+    parts = key.split(".")
+    obj: Any = config
+    for part in parts:
+        if isinstance(obj, RoundParams) and part == "sparsification":
+            obj = obj.sparsification or Sparsification()
+            continue
+        obj = getattr(obj, part)
+    return obj
+
+
+def _coerce(key: str, value: Any, source: str) -> Any:
+    kind = KEYS[key]
+    if isinstance(value, str) and kind is not str:
+        text = value.strip()
+        if kind is bool:
+            lowered = text.lower()
+            if lowered in {"1", "true", "yes", "on"}:
+                return True
+            if lowered in {"0", "false", "no", "off"}:
+                return False
+            raise ConfigError(f"{source}: {key} must be true or false, got {value!r}")
+        try:
+            return kind(text) if kind is float else int(text, 0)
+        except ValueError:
+            raise ConfigError(f"{source}: {key} must be {kind.__name__}, got {value!r}") from None
+    if kind is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{source}: {key} must be true or false, got {value!r}")
+        return value
+    if kind is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{source}: {key} must be an integer, got {value!r}")
+        return value
+    if kind is float:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ConfigError(f"{source}: {key} must be a number, got {value!r}")
+        return float(value)
+    if not isinstance(value, str):
+        raise ConfigError(f"{source}: {key} must be a string, got {value!r}")
+    return value
+
+
+def _flatten(data: Mapping[str, Any], prefix: str, source: str) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for name, value in data.items():
+        key = f"{prefix}{name}"
+        if isinstance(value, Mapping):
+            out.update(_flatten(value, key + ".", source))
+        elif key in KEYS:
+            out[key] = _coerce(key, value, source)
+        else:
+            raise ConfigError(f"{source}: unknown setting {key!r}")
+    return out
+
+
+def _read_file(path: Path) -> dict[str, Any]:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"cannot read the config file {str(path)!r}: {exc}") from exc
+    try:
+        if path.suffix == ".json":
+            data = json.loads(text)
+        elif path.suffix == ".toml":
+            data = tomllib.loads(text)
+        else:
+            raise ConfigError(f"{str(path)!r}: a config file is .toml or .json")
+    except (json.JSONDecodeError, tomllib.TOMLDecodeError) as exc:
+        raise ConfigError(f"{str(path)!r} is not valid {path.suffix[1:].upper()}: {exc}") from exc
+    if not isinstance(data, dict):
+        raise ConfigError(f"{str(path)!r} must hold an object of settings")
+    return data
+
+
+def _params(values: Mapping[str, Any], prefix: str, base: RoundParams) -> RoundParams:
+    data = base.to_json()
+    sparse = dict(data.pop("sparsification", {}))
+    for key in _PARAM_KEYS:
+        full = prefix + key
+        if full not in values:
+            continue
+        value = values[full]
+        if key.startswith("sparsification."):
+            sparse[key.split(".", 1)[1]] = value
+        else:
+            data[key] = value
+    for key in _OPTIONAL_PARAMS:
+        # 0 (or an empty value) switches an optional parameter off.
+        if key in data and not data[key]:
+            del data[key]
+    sparse = {k: v for k, v in sparse.items() if v}
+    if sparse:
+        data["sparsification"] = sparse
+    try:
+        return RoundParams.from_json(data)
+    except (ValueError, TypeError) as exc:
+        raise ConfigError(f"[{prefix.rstrip('.')}]: {exc}") from exc
+
+
+def _section(cls: type[Any], values: Mapping[str, Any], prefix: str, **extra: Any) -> Any:
+    kwargs = {
+        f.name: values[prefix + f.name]
+        for f in dataclasses.fields(cls)
+        if prefix + f.name in values
+    }
+    return cls(**kwargs, **extra)
+
+
+def load_config(
+    path: str | os.PathLike[str] | None = None,
+    *,
+    env: Mapping[str, str] | None = None,
+    overrides: Mapping[str, Any] | None = None,
+) -> ServerConfig:
+    """Build the configuration from a file, the environment and overrides.
+
+    Parameters
+    ----------
+    path : path-like, optional
+        A ``.toml`` or ``.json`` file.
+    env : mapping, optional
+        Environment variables (default ``os.environ``).  ``FEDCODEC_*`` names of
+        configuration keys are read; an unknown name with a section prefix
+        (``FEDCODEC_ROUNDS_...``) is an error, other ``FEDCODEC_*`` names are not ours.
+    overrides : mapping, optional
+        Dotted keys to values (strings are converted like environment values).
+
+    Returns
+    -------
+    ServerConfig
+
+    Raises
+    ------
+    ConfigError
+        An unreadable file, an unknown key, a wrong type or an invalid combination.
+    """
+    values: dict[str, Any] = {}
+    if path is not None:
+        values.update(_flatten(_read_file(Path(path)), "", str(path)))
+    environ = os.environ if env is None else env
+    for name, raw in environ.items():
+        key = _ENV_NAMES.get(name)
+        if key is not None:
+            values[key] = _coerce(key, raw, name)
+        elif name.startswith(_SECTION_ENV_PREFIXES):
+            # A section's prefix with an unknown key: a typo, not another tool's variable.
+            raise ConfigError(f"unknown environment setting {name}")
+    for key, value in (overrides or {}).items():
+        if key not in KEYS:
+            raise ConfigError(f"unknown setting {key!r}")
+        values[key] = _coerce(key, value, "command line")
+    try:
+        return ServerConfig(
+            **{f: values[f] for f in _section_keys("", ServerConfig) if f in values},
+            security=_section(SecurityConfig, values, "security."),
+            rounds=_section(RoundsConfig, values, "rounds."),
+            params=_params(values, "params.", RoundParams()),
+            schedule=_section(ScheduleConfig, values, "schedule."),
+            downlink=_section(
+                DownlinkConfig,
+                values,
+                "downlink.",
+                params=_params(values, "downlink.params.", RoundParams()),
+            ),
+            limits=_section(LimitsConfig, values, "limits."),
+        )
+    except (TypeError, ValueError) as exc:
+        if isinstance(exc, ConfigError):
+            raise
+        raise ConfigError(str(exc)) from exc
+
+
+_SECTION_ENV_PREFIXES = tuple(
+    f"{ENV_PREFIX}{section.upper()}_"
+    for section in ("security", "rounds", "params", "schedule", "downlink", "limits")
+)
+
+
+def _validate(c: ServerConfig) -> None:
+    problems: list[str] = []
+    sec, rounds, lim = c.security, c.rounds, c.limits
+    if not sec.insecure and not (sec.tls_cert and sec.tls_key):
+        problems.append(
+            "TLS needs security.tls_cert and security.tls_key "
+            "(or security.insecure = true, for loopback tests only)"
+        )
+    if sec.tls_client_ca and sec.insecure:
+        problems.append("security.tls_client_ca needs TLS (security.insecure is true)")
+    if rounds.max_rounds < 0:
+        problems.append("rounds.max_rounds must be >= 0")
+    if rounds.min_clients < 1:
+        problems.append("rounds.min_clients must be >= 1")
+    if rounds.target_clients < rounds.min_clients:
+        problems.append("rounds.target_clients must be >= rounds.min_clients")
+    if not (math.isfinite(rounds.deadline_s) and rounds.deadline_s > 0):
+        problems.append("rounds.deadline_s must be > 0")
+    if not 0.0 < rounds.selection_probability <= 1.0:
+        problems.append("rounds.selection_probability must be in (0, 1]")
+    if not (math.isfinite(rounds.retry_after_s) and rounds.retry_after_s >= 0):
+        problems.append("rounds.retry_after_s must be >= 0")
+    if not (math.isfinite(rounds.server_lr) and rounds.server_lr > 0):
+        problems.append("rounds.server_lr must be > 0")
+    if c.schedule.kind not in {"constant", "step", "cosine"}:
+        problems.append("schedule.kind must be constant, step or cosine")
+    if c.log_format not in {"json", "text"}:
+        problems.append("log_format must be json or text")
+    if c.log_level.lower() not in {"debug", "info", "warning", "error"}:
+        problems.append("log_level must be debug, info, warning or error")
+    if not 1 <= c.downlink.keep_versions <= 1000:
+        problems.append("downlink.keep_versions must be in 1..1000")
+    if not 2 <= c.downlink.keyframe_bits <= 20:
+        problems.append("downlink.keyframe_bits must be in 2..20")
+    if lim.max_update_bytes < 0:
+        problems.append("limits.max_update_bytes must be >= 0")
+    if not 1024 <= lim.max_chunk_bytes <= MIB:
+        problems.append("limits.max_chunk_bytes must be in 1 KiB..1 MiB")
+    if lim.max_message_bytes < lim.max_chunk_bytes + 64 * 1024:
+        problems.append("limits.max_message_bytes must exceed max_chunk_bytes by >= 64 KiB")
+    if lim.max_concurrent_rpcs < 1 or lim.max_parallel_decodes < 1:
+        problems.append("limits.max_concurrent_rpcs and max_parallel_decodes must be >= 1")
+    if lim.codec_threads < 0 or lim.keep_model_blobs < 1:
+        problems.append("limits.codec_threads must be >= 0 and keep_model_blobs >= 1")
+    if not (math.isfinite(lim.shutdown_grace_s) and lim.shutdown_grace_s >= 0):
+        problems.append("limits.shutdown_grace_s must be >= 0")
+    if problems:
+        raise ConfigError("; ".join(problems))
+    if c.schedule.kind != "constant":
+        try:
+            c.build_schedule()
+        except (TypeError, ValueError) as exc:
+            raise ConfigError(f"[schedule]: {exc}") from exc

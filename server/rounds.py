@@ -1,0 +1,976 @@
+"""The federation's round logic: selection, deadlines, durable intake, aggregation.
+
+No gRPC here: :class:`RoundCoordinator` takes and returns plain values, and raises the
+refusals of :mod:`fedcodec.server.errors`; the servicer translates.
+
+A round, seen from the coordinator::
+
+    open      round r (base version r-1, coding parameters from the schedule, deadline)
+    check-in  a client asks; while fewer than `target_clients` are selected or reported it
+              is selected (with probability `selection_probability`) and gets the config
+    upload    prechecked (round, selection, base, size) before the payload is read; then
+              validated by a full decode (O(model) scratch, `max_parallel_decodes` at once),
+              then stored in one SQLite transaction — only then acknowledged
+    close     when `target_clients` have reported, or at the deadline with at least
+              `min_clients` (with fewer, the deadline moves on and selection reopens, so
+              dropouts are replaced and accepted updates are kept)
+    aggregate the stored updates are decoded and accumulated one at a time in client-id
+              order (FedAvg by example count), the new version is coded for the downlink,
+              and everything is committed in one transaction, with the next round
+
+Because the aggregate is rebuilt from the stored updates in a canonical order, a server
+killed at any moment and restarted produces bit for bit the model an uninterrupted run
+would have, and memory stays O(model) however many clients report.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import contextlib
+import enum
+import functools
+import hashlib
+import logging
+import random
+import sqlite3
+import threading
+import time
+import zlib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+import numpy.typing as npt
+
+from fedcodec.errors import FedCodecError
+from fedcodec.pipeline import (
+    Aggregator,
+    BaseDigestMismatchError,
+    ClientRoundStats,
+    DownlinkPackage,
+    ModelSpec,
+    ModelVersion,
+    RoundParams,
+    RoundStats,
+    Schedule,
+    StaleBaseVersionError,
+    UnknownBaseVersionError,
+)
+from fedcodec.server.config import ServerConfig
+from fedcodec.server.downlink import PersistentDownlink
+from fedcodec.server.errors import (
+    BaseVersionError,
+    ConflictingUpdateError,
+    InvalidUpdateError,
+    NotSelectedError,
+    RoundNotOpenError,
+    ShuttingDownError,
+    UpdateTooLargeError,
+)
+from fedcodec.server.metrics import Metrics
+from fedcodec.server.store import RoundRecord, Store, StoreError, UpdateRecord
+
+__all__ = [
+    "Assignment",
+    "CheckIn",
+    "RoundCoordinator",
+    "RoundInfo",
+    "RoundSummary",
+    "UploadHeader",
+    "UploadReceipt",
+]
+
+log = logging.getLogger("fedcodec.server")
+
+_T = TypeVar("_T")
+
+
+class Assignment(enum.Enum):
+    """What a checking-in client is told."""
+
+    SELECTED = "selected"
+    NOT_SELECTED = "not_selected"
+    ALREADY_REPORTED = "already_reported"
+    FINISHED = "finished"
+
+
+@dataclass(frozen=True)
+class RoundInfo:
+    """What a selected client needs to take part in a round.
+
+    Attributes
+    ----------
+    round_id : int
+        The round (from 1).
+    base_version : int
+        The version the update is computed against.
+    base_digest : str
+        Digest of that version as the downlink delivers it.
+    params : RoundParams
+        Coding parameters, resolved for this client.
+    deadline : float
+        Unix time after which the round may have closed.
+    spec : ModelSpec
+        The model's tensors.
+    max_update_bytes, max_chunk_bytes : int
+        Upload limits.
+    """
+
+    round_id: int
+    base_version: int
+    base_digest: str
+    params: RoundParams
+    deadline: float
+    spec: ModelSpec
+    max_update_bytes: int
+    max_chunk_bytes: int
+
+
+@dataclass(frozen=True)
+class CheckIn:
+    """The answer to a check-in.
+
+    Attributes
+    ----------
+    assignment : Assignment
+        Selected, not selected, already reported, or finished.
+    round : RoundInfo or None
+        Set when selected.
+    retry_after : float
+        Seconds to wait before checking in again (when not selected).
+    open_round_id : int
+        The open round (0: none).
+    latest_version : int
+        The newest global version.
+    """
+
+    assignment: Assignment
+    round: RoundInfo | None
+    retry_after: float
+    open_round_id: int
+    latest_version: int
+
+
+@dataclass(frozen=True)
+class UploadHeader:
+    """What a client says about its update before sending it.
+
+    Attributes
+    ----------
+    round_id, base_version : int
+        The round and the base version of the delta.
+    base_digest : str
+        Digest of the base model the client held ("" if unknown).
+    idempotency_key : str
+        The same for every resend of this update.
+    total_bytes, crc32 : int
+        Size and CRC-32 (zlib) of the payload.
+    num_examples : int
+        FedAvg weight.
+    """
+
+    round_id: int
+    base_version: int
+    base_digest: str
+    idempotency_key: str
+    total_bytes: int
+    crc32: int
+    num_examples: int
+
+
+@dataclass(frozen=True)
+class UploadReceipt:
+    """An accepted upload.
+
+    Attributes
+    ----------
+    already_accepted : bool
+        True for a resend of an update that was stored before.
+    round_id : int
+        Its round.
+    bytes_received : int
+        Payload size.
+    accepted_in_round : int
+        Updates stored in the round so far.
+    """
+
+    already_accepted: bool
+    round_id: int
+    bytes_received: int
+    accepted_in_round: int
+
+
+@dataclass(frozen=True)
+class RoundSummary:
+    """A round that was aggregated (given to listeners).
+
+    Attributes
+    ----------
+    round_id : int
+        The round.
+    stats : RoundStats
+        Accepted updates, bytes up, bytes down (downloads served while it was open).
+    new_version : int
+        The version it produced.
+    stream_digest : str
+        Digest of that version as clients receive it.
+    seconds : float
+        From opening to the end of aggregation.
+    finalize_seconds : float
+        Aggregation and downlink coding.
+    reason : str
+        Why it closed ("target reached" or "deadline").
+    finished : bool
+        True when this was the last round.
+    """
+
+    round_id: int
+    stats: RoundStats
+    new_version: int
+    stream_digest: str
+    seconds: float
+    finalize_seconds: float
+    reason: str
+    finished: bool
+
+
+@dataclass
+class _Round:
+    record: RoundRecord
+    selected: dict[str, int]
+    # client -> (idempotency key, size, crc32) of its accepted update
+    reported: dict[str, tuple[str, int, int]]
+    closing: bool = False
+    bytes_down: int = 0
+    locks: dict[str, asyncio.Lock] = field(default_factory=dict)
+
+    @property
+    def round_id(self) -> int:
+        return self.record.round_id
+
+
+def _receipt_matches(stored: tuple[str, int, int], h: UploadHeader) -> bool:
+    return stored == (h.idempotency_key, h.total_bytes, h.crc32)
+
+
+class RoundCoordinator:
+    """Runs the rounds of one federation over a durable store.
+
+    Parameters
+    ----------
+    config : ServerConfig
+        Rounds, coding parameters, limits, the database path.
+    initial_model : mapping of str to array_like, optional
+        Version 0, needed only when the database is new.
+    metrics : Metrics, optional
+        Where to count.
+    clock : callable, optional
+        Wall clock (Unix seconds) for deadlines.
+
+    Notes
+    -----
+    Call the coroutines from one event loop.  The database is used from one worker
+    thread; decoding runs in worker threads so the loop stays responsive.
+    """
+
+    def __init__(
+        self,
+        config: ServerConfig,
+        *,
+        initial_model: Mapping[str, npt.ArrayLike] | None = None,
+        metrics: Metrics | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.config = config
+        self.metrics = metrics or Metrics()
+        self._initial_model = initial_model
+        self._clock = clock
+        self._schedule: Schedule = config.build_schedule()
+        self._rng = random.Random(config.rounds.seed)
+        self._db_executor = concurrent.futures.ThreadPoolExecutor(
+            max_workers=1, thread_name_prefix="fedcodec-db"
+        )
+        self._store: Store | None = None
+        self._downlink: PersistentDownlink | None = None
+        self._downlink_lock = threading.Lock()
+        self._base: ModelVersion | None = None
+        self._base_digests: frozenset[str] = frozenset()
+        self._stream_digest = ""
+        self._round: _Round | None = None
+        self._finished = False
+        self._finished_event = asyncio.Event()
+        self._changed = asyncio.Event()
+        self._decode_slots = asyncio.Semaphore(config.limits.max_parallel_decodes)
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._deadline_task: asyncio.Task[None] | None = None
+        self._listeners: list[Callable[[RoundSummary], None]] = []
+        self._running = False
+        self._stopping = False
+
+    # -- lifecycle ----------------------------------------------------------
+
+    async def _in_db(self, fn: Callable[..., _T], *args: Any) -> _T:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._db_executor, functools.partial(fn, *args))
+
+    @property
+    def store(self) -> Store:
+        """The database (use only through :meth:`_in_db`)."""
+        if self._store is None:
+            raise RuntimeError("the coordinator is not started")
+        return self._store
+
+    @property
+    def spec(self) -> ModelSpec:
+        """The model's tensors."""
+        return self._need_base().spec
+
+    @property
+    def max_update_bytes(self) -> int:
+        """Largest accepted update."""
+        return self.config.limits.update_limit(self.spec.float32_bytes)
+
+    @property
+    def max_chunk_bytes(self) -> int:
+        """Largest upload chunk, and the download chunk size."""
+        return self.config.limits.max_chunk_bytes
+
+    @property
+    def finished(self) -> bool:
+        """Whether every round has run."""
+        return self._finished
+
+    @property
+    def open_round_id(self) -> int:
+        """The open round (0: none)."""
+        return 0 if self._round is None else self._round.round_id
+
+    def add_listener(self, callback: Callable[[RoundSummary], None]) -> None:
+        """Call ``callback(summary)`` (on the event loop) after each aggregated round."""
+        self._listeners.append(callback)
+
+    def _need_base(self) -> ModelVersion:
+        if self._base is None:
+            raise RuntimeError("the coordinator is not started")
+        return self._base
+
+    def _need_downlink(self) -> PersistentDownlink:
+        if self._downlink is None:
+            raise RuntimeError("the coordinator is not started")
+        return self._downlink
+
+    def _new_downlink(self, spec: ModelSpec) -> PersistentDownlink:
+        d = self.config.downlink
+        return PersistentDownlink(
+            spec,
+            params=d.params,
+            keep=d.keep_versions,
+            keyframe_bits=d.keyframe_bits,
+            threads=self.config.limits.codec_threads,
+        )
+
+    def _open_record(
+        self, round_id: int, base_version: int, last: RoundStats | None
+    ) -> RoundRecord:
+        now = self._clock()
+        return RoundRecord(
+            round_id=round_id,
+            base_version=base_version,
+            params=self._schedule(round_id - 1, last),
+            state="open",
+            opened_at=now,
+            deadline=now + self.config.rounds.deadline_s,
+            window=0,
+        )
+
+    def _more_rounds(self, last_round_id: int) -> bool:
+        limit = self.config.rounds.max_rounds
+        return limit == 0 or last_round_id < limit
+
+    def _load(self) -> tuple[ModelVersion, PersistentDownlink, RoundRecord | None, bool]:
+        """Open or create the federation (runs in the database thread)."""
+        store = Store(self.config.state_path)
+        self._store = store
+        d, threads = self.config.downlink, self.config.limits.codec_threads
+        if store.spec is None:
+            if self._initial_model is None:
+                raise StoreError(
+                    f"{self.config.state_path!r} is a new database: an initial model is "
+                    "needed (initial_model in the configuration)"
+                )
+            model = ModelVersion.create(0, self._initial_model)
+            downlink = self._new_downlink(model.spec)
+            downlink.publish(model)
+            first = self._open_record(1, 0, None) if self._more_rounds(0) else None
+            store.initialize(model, downlink.snapshot(), first, now=self._clock())
+            log.info(
+                "federation created",
+                extra={
+                    "event": "federation_created",
+                    "state_path": self.config.state_path,
+                    "tensors": len(model.spec),
+                    "weights": model.spec.numel,
+                    "digest": model.digest,
+                },
+            )
+            return model, downlink, first, first is None
+        model = store.model()
+        downlink = PersistentDownlink.restore(
+            store.spec,
+            store.downlink(),
+            params=d.params,
+            keep=d.keep_versions,
+            keyframe_bits=d.keyframe_bits,
+            threads=threads,
+        )
+        if downlink.latest_version != model.version:
+            raise StoreError(
+                f"the stored downlink is at version {downlink.latest_version}, "
+                f"the newest model is {model.version}"
+            )
+        record = store.open_round()
+        if record is None and self._more_rounds(store.last_round_id()):
+            record = self._open_record(store.last_round_id() + 1, model.version, store.last_stats())
+            store.add_round(record)
+        log.info(
+            "federation resumed",
+            extra={
+                "event": "federation_resumed",
+                "state_path": self.config.state_path,
+                "version": model.version,
+                "round_id": 0 if record is None else record.round_id,
+            },
+        )
+        return model, downlink, record, record is None
+
+    async def start(self) -> None:
+        """Open (or create) the database, restore the open round, start the deadline clock."""
+        model, downlink, record, finished = await self._in_db(self._load)
+        self._base, self._downlink = model, downlink
+        self._set_base_digests(model, downlink.stream_digest())
+        if record is not None:
+            self._round = await self._restore_round(record)
+        self._finished = finished
+        if finished:
+            self._finished_event.set()
+        self._running = True
+        self._refresh_gauges()
+        self._deadline_task = asyncio.create_task(self._deadline_loop(), name="fedcodec-deadlines")
+
+    async def _restore_round(self, record: RoundRecord) -> _Round:
+        selected = await self._in_db(self.store.selections, record.round_id)
+        reported: dict[str, tuple[str, int, int]] = {}
+        for client_id in await self._in_db(self.store.reported, record.round_id):
+            reported[client_id] = ("", -1, -1)  # resends are recognised through the database
+        return _Round(record=record, selected=selected, reported=reported)
+
+    async def stop(self) -> None:
+        """Stop taking work, let a running aggregation commit, close the database."""
+        self._stopping = True
+        if self._deadline_task is not None:
+            self._deadline_task.cancel()
+            await asyncio.gather(self._deadline_task, return_exceptions=True)
+        if self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self._store is not None:
+            await self._in_db(self._store.close)
+            self._store = None
+        self._db_executor.shutdown(wait=True)
+        self._running = False
+
+    async def wait_finished(self) -> None:
+        """Return when the last round has been aggregated."""
+        await self._finished_event.wait()
+
+    def _check_running(self) -> None:
+        if self._stopping or not self._running:
+            raise ShuttingDownError("the server is shutting down")
+
+    def _set_base_digests(self, model: ModelVersion, stream_digest: str) -> None:
+        self._stream_digest = stream_digest
+        self._base_digests = frozenset({model.digest, stream_digest})
+
+    def _refresh_gauges(self) -> None:
+        m = self.metrics
+        m.round.set(self.open_round_id)
+        m.model_version.set(self._need_base().version)
+        rnd = self._round
+        m.clients.labels("selected").set(0 if rnd is None else len(rnd.selected))
+        m.clients.labels("reported").set(0 if rnd is None else len(rnd.reported))
+
+    def _spawn(self, coro: Any) -> None:
+        task: asyncio.Task[None] = asyncio.create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    # -- models -------------------------------------------------------------
+
+    def global_model(self) -> ModelVersion:
+        """The newest exact global model."""
+        return self._need_base()
+
+    def stream_model(self) -> ModelVersion:
+        """The newest model as clients reconstruct it from the downlink."""
+        with self._downlink_lock:
+            return self._need_downlink().stream_model()
+
+    async def package_for(
+        self,
+        client_id: str,
+        *,
+        have_version: int | None,
+        have_digest: str | None,
+        force_keyframe: bool = False,
+    ) -> DownlinkPackage:
+        """What ``client_id`` needs to reach the newest version (deltas or a keyframe)."""
+        self._check_running()
+
+        def job() -> DownlinkPackage:
+            with self._downlink_lock:
+                return self._need_downlink().package_for(
+                    client_id,
+                    have_version=have_version,
+                    have_digest=have_digest or None,
+                    # A client without a model gets a keyframe, whatever the stream recorded.
+                    keyframe=force_keyframe or have_version is None,
+                )
+
+        package = await asyncio.to_thread(job)
+        size = len(package)
+        self.metrics.bytes_down.inc(size)
+        if package.is_keyframe:
+            self.metrics.keyframes.inc()
+        if self._round is not None:
+            self._round.bytes_down += size
+        return package
+
+    # -- check-in -----------------------------------------------------------
+
+    def _has_room(self, rnd: _Round) -> bool:
+        window = rnd.record.window
+        pending = sum(1 for c, w in rnd.selected.items() if w == window and c not in rnd.reported)
+        return len(rnd.reported) + pending < self.config.rounds.target_clients
+
+    def _round_info(self, rnd: _Round, client_id: str) -> RoundInfo:
+        return RoundInfo(
+            round_id=rnd.round_id,
+            base_version=rnd.record.base_version,
+            base_digest=self._stream_digest,
+            params=rnd.record.params.for_client(client_id),
+            deadline=rnd.record.deadline,
+            spec=self.spec,
+            max_update_bytes=self.max_update_bytes,
+            max_chunk_bytes=self.max_chunk_bytes,
+        )
+
+    async def check_in(self, client_id: str) -> CheckIn:
+        """Select ``client_id`` for the open round if there is room, else say when to return."""
+        self._check_running()
+        latest = self._need_base().version
+        rnd = self._round
+        retry = self.config.rounds.retry_after_s
+        if rnd is None:
+            kind = Assignment.FINISHED if self._finished else Assignment.NOT_SELECTED
+            return CheckIn(kind, None, retry, 0, latest)
+        if rnd.closing:
+            return CheckIn(Assignment.NOT_SELECTED, None, retry, rnd.round_id, latest)
+        if client_id in rnd.reported:
+            return CheckIn(Assignment.ALREADY_REPORTED, None, retry, rnd.round_id, latest)
+        if client_id not in rnd.selected:
+            if (
+                not self._has_room(rnd)
+                or self._rng.random() >= self.config.rounds.selection_probability
+            ):
+                return CheckIn(Assignment.NOT_SELECTED, None, retry, rnd.round_id, latest)
+            # Reserved before the write: concurrent check-ins see the room taken.
+            rnd.selected[client_id] = rnd.record.window
+            try:
+                await self._in_db(
+                    self.store.add_selection,
+                    rnd.round_id,
+                    client_id,
+                    rnd.record.window,
+                    self._clock(),
+                )
+            except BaseException:
+                rnd.selected.pop(client_id, None)
+                raise
+            self._refresh_gauges()
+            self.metrics.clients.labels("registered").set(
+                await self._in_db(self.store.registered_clients)
+            )
+            log.info(
+                "client selected",
+                extra={
+                    "event": "client_selected",
+                    "round_id": rnd.round_id,
+                    "client_id": client_id,
+                },
+            )
+        return CheckIn(
+            Assignment.SELECTED, self._round_info(rnd, client_id), retry, rnd.round_id, latest
+        )
+
+    # -- uploads ------------------------------------------------------------
+
+    def _check_round(self, client_id: str, h: UploadHeader) -> _Round:
+        rnd = self._round
+        if rnd is None:
+            raise RoundNotOpenError(f"round {h.round_id} is not open: no round is")
+        if h.round_id != rnd.round_id:
+            state = "closed" if h.round_id < rnd.round_id else "not open yet"
+            raise RoundNotOpenError(f"round {h.round_id} is {state} (round {rnd.round_id} is open)")
+        if rnd.closing:
+            raise RoundNotOpenError(f"round {h.round_id} is closing; it takes no more updates")
+        if client_id not in rnd.selected:
+            raise NotSelectedError(f"{client_id!r} was not selected for round {rnd.round_id}")
+        if client_id in rnd.reported:
+            raise ConflictingUpdateError(
+                f"{client_id!r} already delivered an update in round {rnd.round_id} "
+                "(with another idempotency key)"
+            )
+        if h.base_version != rnd.record.base_version:
+            issued = h.base_version < rnd.record.base_version
+            raise BaseVersionError(
+                f"round {rnd.round_id} aggregates updates against version "
+                f"{rnd.record.base_version}; version {h.base_version} is "
+                + ("stale" if issued else "unknown")
+            )
+        if h.num_examples < 1:
+            raise InvalidUpdateError(f"num_examples must be >= 1, got {h.num_examples}")
+        return rnd
+
+    async def precheck(self, client_id: str, h: UploadHeader) -> UploadReceipt | None:
+        """Check an upload's header before its payload is read.
+
+        Returns
+        -------
+        UploadReceipt or None
+            A receipt when this is a resend of a stored update (no need to read the
+            payload), else None: go on and :meth:`submit`.
+
+        Raises
+        ------
+        ServerError
+            The upload would be refused.
+        """
+        self._check_running()
+        if h.total_bytes > self.max_update_bytes:
+            raise UpdateTooLargeError(
+                f"the update has {h.total_bytes} bytes, the limit is {self.max_update_bytes}"
+            )
+        if h.total_bytes < 1:
+            raise InvalidUpdateError("an update has at least one byte")
+        if not h.idempotency_key or len(h.idempotency_key) > 128:
+            raise InvalidUpdateError("an upload needs an idempotency key of 1..128 characters")
+        prior = await self._in_db(self.store.update_by_key, client_id, h.idempotency_key)
+        if prior is not None:
+            if (prior.size, prior.crc32) != (h.total_bytes, h.crc32):
+                raise ConflictingUpdateError(
+                    f"idempotency key {h.idempotency_key!r} was used for another update"
+                )
+            self.metrics.updates_accepted.labels("already_accepted").inc()
+            rnd = self._round
+            count = (
+                len(rnd.reported)
+                if rnd is not None and rnd.round_id == prior.round_id
+                else len(await self._in_db(self.store.reported, prior.round_id))
+            )
+            return UploadReceipt(True, prior.round_id, prior.size, count)
+        self._check_round(client_id, h)
+        return None
+
+    def _client_lock(self, client_id: str) -> asyncio.Lock:
+        rnd = self._round
+        if rnd is None:
+            return asyncio.Lock()
+        lock = rnd.locks.get(client_id)
+        if lock is None:
+            lock = rnd.locks[client_id] = asyncio.Lock()
+        return lock
+
+    def _validate(
+        self, base: ModelVersion, round_id: int, client_id: str, h: UploadHeader, payload: bytes
+    ) -> ClientRoundStats:
+        aggregator = Aggregator(
+            base,
+            round_number=round_id,
+            base_digests=self._base_digests,
+            threads=self.config.limits.codec_threads,
+        )
+        return aggregator.accept(
+            payload,
+            client_id=client_id,
+            base_version=h.base_version,
+            num_examples=h.num_examples,
+            base_digest=h.base_digest or None,
+        )
+
+    async def submit(self, client_id: str, h: UploadHeader, payload: bytes) -> UploadReceipt:
+        """Validate and durably store an update; return once it is committed.
+
+        Raises
+        ------
+        ServerError
+            The update was refused; nothing was stored.
+        """
+        # One upload per client at a time: a resend racing its original waits for it.
+        async with self._client_lock(client_id):
+            receipt = await self.precheck(client_id, h)
+            if receipt is not None:
+                return receipt
+            if len(payload) != h.total_bytes or zlib.crc32(payload) != h.crc32:
+                raise InvalidUpdateError("the payload does not match its declared size and CRC")
+            rnd = self._check_round(client_id, h)
+            base = self._need_base()
+            async with self._decode_slots:
+                try:
+                    stats = await asyncio.to_thread(
+                        self._validate, base, rnd.round_id, client_id, h, payload
+                    )
+                except (UnknownBaseVersionError, StaleBaseVersionError) as exc:
+                    raise BaseVersionError(str(exc)) from exc
+                except BaseDigestMismatchError as exc:
+                    raise BaseVersionError(
+                        f"base digest {h.base_digest[:16]}… is not a digest of version "
+                        f"{h.base_version}"
+                    ) from exc
+                except (FedCodecError, ValueError) as exc:
+                    raise InvalidUpdateError(f"update of {client_id!r} refused: {exc}") from exc
+            self.metrics.decode_seconds.observe(stats.decode_seconds)
+            if self._round is not rnd:
+                raise RoundNotOpenError(f"round {rnd.round_id} closed while the update was checked")
+            self._check_round(client_id, h)
+            rnd.reported[client_id] = (h.idempotency_key, h.total_bytes, h.crc32)
+            record = UpdateRecord(
+                round_id=rnd.round_id,
+                client_id=client_id,
+                idempotency_key=h.idempotency_key,
+                base_version=h.base_version,
+                base_digest=h.base_digest,
+                num_examples=h.num_examples,
+                size=len(payload),
+                crc32=h.crc32,
+                sha256=hashlib.sha256(payload).digest(),
+                received_at=self._clock(),
+            )
+            try:
+                await self._in_db(self.store.insert_update, record, payload)
+            except sqlite3.IntegrityError as exc:
+                rnd.reported.pop(client_id, None)
+                raise ConflictingUpdateError(
+                    f"{client_id!r} already delivered an update in round {rnd.round_id}"
+                ) from exc
+            except BaseException:
+                rnd.reported.pop(client_id, None)
+                raise
+        self.metrics.updates_accepted.labels("accepted").inc()
+        self._refresh_gauges()
+        log.info(
+            "update accepted",
+            extra={
+                "event": "update_accepted",
+                "round_id": rnd.round_id,
+                "client_id": client_id,
+                "bytes": len(payload),
+                "num_examples": h.num_examples,
+                "decode_ms": round(1000 * stats.decode_seconds, 3),
+                "accepted_in_round": len(rnd.reported),
+            },
+        )
+        if len(rnd.reported) >= self.config.rounds.target_clients and not rnd.closing:
+            self._spawn(self._close(rnd, "target reached"))
+        return UploadReceipt(False, rnd.round_id, len(payload), len(rnd.reported))
+
+    # -- closing rounds -------------------------------------------------------
+
+    async def _deadline_loop(self) -> None:
+        while not self._stopping:
+            rnd = self._round
+            timeout: float | None = None
+            if rnd is not None and not rnd.closing:
+                timeout = rnd.record.deadline - self._clock()
+                if timeout <= 0:
+                    try:
+                        await self._on_deadline(rnd)
+                    except Exception:
+                        log.exception(
+                            "deadline handling failed; retrying",
+                            extra={"event": "deadline_failed", "round_id": rnd.round_id},
+                        )
+                        await asyncio.sleep(1.0)
+                    continue
+            self._changed.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._changed.wait(), timeout=timeout)
+
+    async def _on_deadline(self, rnd: _Round) -> None:
+        if len(rnd.reported) >= self.config.rounds.min_clients:
+            await self._close(rnd, "deadline")
+            return
+        # Too few updates: keep them, give the round more time, and let new clients replace
+        # the selected ones that did not report (dropouts, stragglers).
+        now = self._clock()
+        window = rnd.record.window + 1
+        deadline = now + self.config.rounds.deadline_s
+        await self._in_db(self.store.extend_round, rnd.round_id, deadline, window)
+        rnd.record = RoundRecord(
+            round_id=rnd.record.round_id,
+            base_version=rnd.record.base_version,
+            params=rnd.record.params,
+            state="open",
+            opened_at=rnd.record.opened_at,
+            deadline=deadline,
+            window=window,
+        )
+        log.warning(
+            "round extended",
+            extra={
+                "event": "round_extended",
+                "round_id": rnd.round_id,
+                "reported": len(rnd.reported),
+                "min_clients": self.config.rounds.min_clients,
+                "deadline": deadline,
+            },
+        )
+
+    async def _close(self, rnd: _Round, reason: str) -> None:
+        if rnd.closing or self._round is not rnd:
+            return
+        rnd.closing = True
+        started = time.perf_counter()
+        try:
+            model, stats, next_record = await self._in_db(self._aggregate, rnd)
+        except Exception:
+            log.exception(
+                "aggregation failed; the round stays open",
+                extra={"event": "aggregation_failed", "round_id": rnd.round_id},
+            )
+            rnd.closing = False
+            self._changed.set()
+            return
+        finalize_seconds = time.perf_counter() - started
+        self._base = model
+        self._set_base_digests(model, self._need_downlink().stream_digest())
+        self._round = None if next_record is None else _Round(next_record, {}, {})
+        self._finished = next_record is None
+        summary = RoundSummary(
+            round_id=rnd.round_id,
+            stats=stats,
+            new_version=model.version,
+            stream_digest=self._stream_digest,
+            seconds=self._clock() - rnd.record.opened_at,
+            finalize_seconds=finalize_seconds,
+            reason=reason,
+            finished=self._finished,
+        )
+        m = self.metrics
+        m.rounds.inc()
+        m.round_seconds.observe(summary.seconds)
+        m.finalize_seconds.observe(finalize_seconds)
+        self._refresh_gauges()
+        log.info(
+            "round aggregated",
+            extra={
+                "event": "round_aggregated",
+                "round_id": rnd.round_id,
+                "reason": reason,
+                "updates": len(stats.updates),
+                "examples": stats.num_examples,
+                "bytes_up": stats.bytes_up,
+                "bytes_down": stats.bytes_down,
+                "version": model.version,
+                "finalize_ms": round(1000 * finalize_seconds, 1),
+                "next_round_id": 0 if next_record is None else next_record.round_id,
+            },
+        )
+        for listener in self._listeners:
+            try:
+                listener(summary)
+            except Exception:
+                log.exception("a round listener failed", extra={"event": "listener_failed"})
+        if self._finished:
+            self._finished_event.set()
+        self._changed.set()
+
+    def _aggregate(self, rnd: _Round) -> tuple[ModelVersion, RoundStats, RoundRecord | None]:
+        """Aggregate the stored updates and commit the round (runs in the database thread)."""
+        store = self.store
+        base = self._need_base()
+        aggregator = Aggregator(
+            base,
+            round_number=rnd.round_id,
+            base_digests=self._base_digests,
+            server_lr=self.config.rounds.server_lr,
+            threads=self.config.limits.codec_threads,
+        )
+        for record, payload in store.iter_updates(rnd.round_id):
+            try:
+                aggregator.accept(
+                    payload,
+                    client_id=record.client_id,
+                    base_version=record.base_version,
+                    num_examples=record.num_examples,
+                    base_digest=record.base_digest or None,
+                )
+            except (FedCodecError, ValueError):
+                # Validated when it arrived; a failure now is a bug or a damaged database.
+                log.exception(
+                    "a stored update no longer decodes; left out",
+                    extra={
+                        "event": "stored_update_skipped",
+                        "round_id": rnd.round_id,
+                        "client_id": record.client_id,
+                    },
+                )
+        model = aggregator.finalize(base.version + 1)
+        stats = aggregator.round_stats(bytes_down=rnd.bytes_down)
+        now = self._clock()
+        next_record = (
+            self._open_record(rnd.round_id + 1, model.version, stats)
+            if self._more_rounds(rnd.round_id)
+            else None
+        )
+        downlink = self._need_downlink()
+        with self._downlink_lock:
+            before = downlink.snapshot()
+            try:
+                downlink.publish(model)
+                downlink.keyframe()  # coded once now, not by the first client that needs it
+                store.finish_round(
+                    rnd.round_id,
+                    model,
+                    downlink.snapshot(),
+                    stats,
+                    next_record,
+                    keep_model_blobs=self.config.limits.keep_model_blobs,
+                    now=now,
+                )
+            except BaseException:
+                # Nothing was committed: go back to the stored stream.
+                d = self.config.downlink
+                self._downlink = PersistentDownlink.restore(
+                    base.spec,
+                    before,
+                    params=d.params,
+                    keep=d.keep_versions,
+                    keyframe_bits=d.keyframe_bits,
+                    threads=self.config.limits.codec_threads,
+                )
+                raise
+        return model, stats, next_record
+
+    async def close_round_now(self, reason: str = "operator") -> bool:
+        """Aggregate the open round now if it has ``min_clients`` updates (admin, tests).
+
+        Returns
+        -------
+        bool
+            Whether a round was aggregated.
+        """
+        rnd = self._round
+        if rnd is None or len(rnd.reported) < self.config.rounds.min_clients:
+            return False
+        await self._close(rnd, reason)
+        return self._round is not rnd

@@ -1,0 +1,330 @@
+"""The gRPC face of the round logic: proto ↔ domain, errors → status codes, nothing else.
+
+Authentication happens here (the token is transport metadata); everything the federation
+decides is in :class:`~fedcodec.server.rounds.RoundCoordinator`.
+"""
+
+from __future__ import annotations
+
+import tempfile
+import zlib
+from collections.abc import AsyncIterator
+from typing import Any, NoReturn
+
+import grpc
+from google.protobuf.duration_pb2 import Duration
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from fedcodec.pipeline import ModelSpec, RoundParams
+from fedcodec.server.auth import TokenRegistry
+from fedcodec.server.errors import (
+    BaseVersionError,
+    ConflictingUpdateError,
+    InvalidUpdateError,
+    NotSelectedError,
+    RoundNotOpenError,
+    ServerError,
+    ShuttingDownError,
+    UpdateTooLargeError,
+)
+from fedcodec.server.metrics import Metrics
+from fedcodec.server.rounds import (
+    Assignment,
+    RoundCoordinator,
+    RoundInfo,
+    UploadHeader,
+    UploadReceipt,
+)
+from fedcodec.v1 import aggregation_service_pb2 as pb
+from fedcodec.v1 import aggregation_service_pb2_grpc as pb_grpc
+from fedcodec.v1 import round_pb2
+
+__all__ = ["STATUS_OF", "AggregationServicer", "coding_params_to_proto", "model_spec_to_proto"]
+
+#: The status code of each refusal (the table in aggregation_service.proto).
+STATUS_OF: dict[type[ServerError], grpc.StatusCode] = {
+    InvalidUpdateError: grpc.StatusCode.INVALID_ARGUMENT,
+    UpdateTooLargeError: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    RoundNotOpenError: grpc.StatusCode.FAILED_PRECONDITION,
+    BaseVersionError: grpc.StatusCode.FAILED_PRECONDITION,
+    NotSelectedError: grpc.StatusCode.FAILED_PRECONDITION,
+    ConflictingUpdateError: grpc.StatusCode.ALREADY_EXISTS,
+    ShuttingDownError: grpc.StatusCode.UNAVAILABLE,
+}
+
+_ASSIGNMENTS = {
+    Assignment.SELECTED: pb.ASSIGNMENT_SELECTED,
+    Assignment.NOT_SELECTED: pb.ASSIGNMENT_NOT_SELECTED,
+    Assignment.ALREADY_REPORTED: pb.ASSIGNMENT_ALREADY_REPORTED,
+    Assignment.FINISHED: pb.ASSIGNMENT_FINISHED,
+}
+_STEP_RULES = {"model": round_pb2.STEP_RULE_MODEL, "tensor": round_pb2.STEP_RULE_TENSOR}
+# Uploads up to this size stay in memory while they arrive; larger ones go to a temporary
+# file, so many concurrent uploads do not hold many update-sized buffers.
+_SPOOL_IN_MEMORY = 1 << 20
+
+_Context = grpc.aio.ServicerContext[Any, Any]
+
+
+def coding_params_to_proto(params: RoundParams) -> round_pb2.CodingParams:
+    """:class:`~fedcodec.pipeline.RoundParams` (resolved for one client) as a message."""
+    msg = round_pb2.CodingParams(
+        lam=params.lam,
+        s=params.S,
+        tolerance=params.tolerance,
+        step_rule=_STEP_RULES[params.step_rule],
+    )
+    if params.step is not None:
+        msg.step = params.step
+    if params.budget_bytes is not None:
+        msg.budget_bytes = params.budget_bytes
+    sparse = params.sparsification
+    if sparse is not None:
+        msg.sparsification.SetInParent()
+        if sparse.topk is not None:
+            msg.sparsification.topk = sparse.topk
+        if sparse.threshold is not None:
+            msg.sparsification.threshold = sparse.threshold
+        if sparse.rows is not None:
+            msg.sparsification.rows = sparse.rows
+    return msg
+
+
+def model_spec_to_proto(spec: ModelSpec) -> round_pb2.ModelSpec:
+    """A :class:`~fedcodec.pipeline.ModelSpec` as a message."""
+    return round_pb2.ModelSpec(
+        tensors=[round_pb2.TensorSpec(name=n, shape=list(s)) for n, s in spec]
+    )
+
+
+def _round_config(info: RoundInfo) -> round_pb2.RoundConfig:
+    deadline = Timestamp()
+    deadline.FromNanoseconds(int(info.deadline * 1e9))
+    return round_pb2.RoundConfig(
+        round_id=info.round_id,
+        base_version=info.base_version,
+        base_digest=info.base_digest,
+        params=coding_params_to_proto(info.params),
+        deadline=deadline,
+        model_spec=model_spec_to_proto(info.spec),
+        max_update_bytes=info.max_update_bytes,
+        max_chunk_bytes=info.max_chunk_bytes,
+    )
+
+
+def _upload_response(receipt: UploadReceipt) -> pb.UploadUpdateResponse:
+    return pb.UploadUpdateResponse(
+        status=(
+            pb.UPLOAD_STATUS_ALREADY_ACCEPTED
+            if receipt.already_accepted
+            else pb.UPLOAD_STATUS_ACCEPTED
+        ),
+        round_id=receipt.round_id,
+        bytes_received=receipt.bytes_received,
+        accepted_in_round=receipt.accepted_in_round,
+    )
+
+
+class AggregationServicer(pb_grpc.AggregationServiceServicer):
+    """``fedcodec.v1.AggregationService`` over a :class:`RoundCoordinator`.
+
+    Parameters
+    ----------
+    coordinator : RoundCoordinator
+        The round logic.
+    tokens : TokenRegistry
+        Bearer tokens of the clients.
+    metrics : Metrics
+        Refusals are counted here (by status code).
+    """
+
+    def __init__(
+        self, coordinator: RoundCoordinator, tokens: TokenRegistry, metrics: Metrics
+    ) -> None:
+        self._coordinator = coordinator
+        self._tokens = tokens
+        self._metrics = metrics
+
+    async def _client(self, context: _Context, claimed: str, *, upload: bool) -> str:
+        authorization = None
+        for key, value in context.invocation_metadata() or ():
+            if key == "authorization":
+                authorization = (
+                    value if isinstance(value, str) else value.decode("utf-8", "replace")
+                )
+        client = self._tokens.client_for(authorization)
+        if client is None:
+            await self._abort(
+                context,
+                grpc.StatusCode.UNAUTHENTICATED,
+                "missing or unknown token (send 'authorization: Bearer <token>')",
+                upload=upload,
+            )
+        if claimed and claimed != client:
+            await self._abort(
+                context,
+                grpc.StatusCode.PERMISSION_DENIED,
+                f"this token belongs to another client than {claimed!r}",
+                upload=upload,
+            )
+        return client
+
+    async def _abort(
+        self,
+        context: _Context,
+        code: grpc.StatusCode,
+        message: str,
+        *,
+        upload: bool,
+    ) -> NoReturn:
+        if upload:
+            self._metrics.updates_rejected.labels(code.name).inc()
+        await context.abort(code, message)
+
+    async def _refuse(self, context: _Context, exc: ServerError, *, upload: bool) -> NoReturn:
+        await self._abort(context, STATUS_OF[type(exc)], exc.message, upload=upload)
+
+    async def GetRoundConfig(
+        self, request: pb.GetRoundConfigRequest, context: _Context
+    ) -> pb.GetRoundConfigResponse:
+        """Check in (see the proto)."""
+        client = await self._client(context, request.client_id, upload=False)
+        try:
+            answer = await self._coordinator.check_in(client)
+        except ServerError as exc:
+            await self._refuse(context, exc, upload=False)
+        response = pb.GetRoundConfigResponse(
+            assignment=_ASSIGNMENTS[answer.assignment],
+            round_id=answer.open_round_id,
+            latest_version=answer.latest_version,
+            retry_after=Duration(
+                seconds=int(answer.retry_after), nanos=int(answer.retry_after % 1 * 1e9)
+            ),
+        )
+        if answer.round is not None:
+            response.config.CopyFrom(_round_config(answer.round))
+        return response
+
+    async def DownloadModel(
+        self, request: pb.DownloadModelRequest, context: _Context
+    ) -> AsyncIterator[pb.DownloadModelResponse]:
+        """Stream the package that brings the client to the newest version."""
+        client = await self._client(context, "", upload=False)
+        try:
+            package = await self._coordinator.package_for(
+                client,
+                have_version=request.have_version if request.HasField("have_version") else None,
+                have_digest=request.have_digest,
+                force_keyframe=request.force_keyframe,
+            )
+        except ServerError as exc:
+            await self._refuse(context, exc, upload=False)
+        parts = [package.keyframe] if package.keyframe is not None else list(package.deltas)
+        crc = 0
+        for part in parts:
+            crc = zlib.crc32(part, crc)
+        header = pb.ModelPackageHeader(
+            version=package.version,
+            digest=package.digest,
+            kind=(
+                pb.PACKAGE_KIND_KEYFRAME
+                if package.keyframe is not None
+                else pb.PACKAGE_KIND_DELTAS
+                if package.deltas
+                else pb.PACKAGE_KIND_UP_TO_DATE
+            ),
+            part_sizes=[len(p) for p in parts],
+            total_bytes=sum(len(p) for p in parts),
+            crc32=crc,
+        )
+        if package.from_version is not None:
+            header.from_version = package.from_version
+        yield pb.DownloadModelResponse(header=header)
+        step = self._coordinator.max_chunk_bytes
+        for part in parts:
+            view = memoryview(part)
+            for offset in range(0, len(part), step):
+                yield pb.DownloadModelResponse(chunk=bytes(view[offset : offset + step]))
+
+    async def UploadUpdate(
+        self,
+        request_iterator: AsyncIterator[pb.UploadUpdateRequest],
+        context: _Context,
+    ) -> pb.UploadUpdateResponse:
+        """Receive, check and store one update (nothing is kept unless it all arrives)."""
+        client = await self._client(context, "", upload=True)
+        messages = request_iterator.__aiter__()
+        try:
+            first = await messages.__anext__()
+        except StopAsyncIteration:
+            first = pb.UploadUpdateRequest()
+        if first.WhichOneof("payload") != "header":
+            await self._abort(
+                context,
+                grpc.StatusCode.INVALID_ARGUMENT,
+                "an upload starts with its header",
+                upload=True,
+            )
+        h = first.header
+        if h.client_id and h.client_id != client:
+            await self._abort(
+                context,
+                grpc.StatusCode.PERMISSION_DENIED,
+                f"this token belongs to another client than {h.client_id!r}",
+                upload=True,
+            )
+        header = UploadHeader(
+            round_id=h.round_id,
+            base_version=h.base_version,
+            base_digest=h.base_digest,
+            idempotency_key=h.idempotency_key,
+            total_bytes=h.total_bytes,
+            crc32=h.crc32,
+            num_examples=h.num_examples,
+        )
+        try:
+            receipt = await self._coordinator.precheck(client, header)
+            if receipt is None:
+                payload = await self._receive(messages, header)
+                receipt = await self._coordinator.submit(client, header, payload)
+        except ServerError as exc:
+            await self._refuse(context, exc, upload=True)
+        return _upload_response(receipt)
+
+    async def _receive(
+        self, messages: AsyncIterator[pb.UploadUpdateRequest], header: UploadHeader
+    ) -> bytes:
+        limit = self._coordinator.max_update_bytes
+        chunk_limit = self._coordinator.max_chunk_bytes
+        received = 0
+        crc = 0
+        # A dropped connection cancels this coroutine: the spool goes away, nothing is kept.
+        with tempfile.SpooledTemporaryFile(max_size=_SPOOL_IN_MEMORY) as spool:
+            async for message in messages:
+                if message.WhichOneof("payload") != "chunk":
+                    raise InvalidUpdateError("only chunks may follow an upload's header")
+                chunk = message.chunk
+                self._metrics.bytes_up.inc(len(chunk))
+                if len(chunk) > chunk_limit:
+                    raise UpdateTooLargeError(
+                        f"a chunk of {len(chunk)} bytes; chunks are at most {chunk_limit}"
+                    )
+                received += len(chunk)
+                if received > limit:
+                    raise UpdateTooLargeError(
+                        f"the upload exceeds the limit of {limit} bytes; refused"
+                    )
+                if received > header.total_bytes:
+                    raise InvalidUpdateError(
+                        f"more than the declared {header.total_bytes} bytes arrived"
+                    )
+                crc = zlib.crc32(chunk, crc)
+                spool.write(chunk)
+            if received != header.total_bytes:
+                raise InvalidUpdateError(
+                    f"{received} bytes arrived, the header declared {header.total_bytes}"
+                )
+            if crc != header.crc32:
+                raise InvalidUpdateError("the payload's CRC-32 differs from the header's")
+            spool.seek(0)
+            return spool.read()

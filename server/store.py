@@ -1,0 +1,672 @@
+"""Durable server state in one SQLite database (no gRPC here).
+
+What is stored, and why a ``kill -9`` at any moment loses nothing that was acknowledged:
+
+* ``models`` — every global version (digest of the exact model, digest of what the downlink
+  delivers), with the exact weights of the newest ``keep_model_blobs`` versions;
+* ``downlink`` / ``releases`` — the downlink stream (its grid, the model clients
+  reconstruct, the coded deltas of the last versions), so a restarted server goes on
+  sending deltas, bit for bit the same;
+* ``rounds`` — the open round (base version, coding parameters, deadline) and the history;
+* ``selections`` — who was selected for the open round;
+* ``updates`` — every accepted update: the bytes (while its round is open), their SHA-256,
+  the client's idempotency key; written in one transaction *before* the client is told;
+* ``clients`` — the client registry (first/last seen, updates accepted).
+
+The aggregate itself is not stored: :meth:`Store.iter_updates` gives the open round's
+updates one at a time in client-id order, and the round logic decodes and accumulates
+them at the round's end, so the new model is the same however often the server restarted
+(and memory stays O(model)).  A round ends in one transaction (:meth:`Store.finish_round`):
+new model, new downlink state, the round's history, the next round, payloads dropped.
+
+The database runs in WAL mode with ``synchronous=FULL``: a committed transaction survives
+a crash of the process or the machine.  A :class:`Store` is not thread-safe; the server
+uses it from one thread.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import sqlite3
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from fedcodec.pipeline import ClientRoundStats, ModelSpec, ModelVersion, RoundParams, RoundStats
+
+__all__ = [
+    "SCHEMA_VERSION",
+    "DownlinkSnapshot",
+    "ReleaseRecord",
+    "RoundRecord",
+    "Store",
+    "StoreError",
+    "UpdateRecord",
+]
+
+SCHEMA_VERSION = 1
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (
+    key TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS models (
+    version INTEGER PRIMARY KEY,
+    digest TEXT NOT NULL,           -- model_digest of the exact global model
+    stream_digest TEXT NOT NULL,    -- model_digest of what the downlink delivers
+    round_id INTEGER,               -- the round that made it (NULL for version 0)
+    created_at REAL NOT NULL,
+    weights BLOB                    -- float32 LE in spec order; NULL once pruned
+);
+CREATE TABLE IF NOT EXISTS rounds (
+    round_id INTEGER PRIMARY KEY,
+    base_version INTEGER NOT NULL,
+    params TEXT NOT NULL,           -- RoundParams JSON
+    state TEXT NOT NULL CHECK (state IN ('open', 'finalized')),
+    opened_at REAL NOT NULL,
+    deadline REAL NOT NULL,
+    window INTEGER NOT NULL,        -- selection window, +1 per deadline extension
+    closed_at REAL,
+    new_version INTEGER,
+    stats TEXT                      -- RoundStats JSON
+);
+CREATE TABLE IF NOT EXISTS selections (
+    round_id INTEGER NOT NULL,
+    client_id TEXT NOT NULL,
+    window INTEGER NOT NULL,
+    selected_at REAL NOT NULL,
+    PRIMARY KEY (round_id, client_id)
+);
+CREATE TABLE IF NOT EXISTS updates (
+    round_id INTEGER NOT NULL,
+    client_id TEXT NOT NULL,
+    idempotency_key TEXT NOT NULL,
+    base_version INTEGER NOT NULL,
+    base_digest TEXT NOT NULL,
+    num_examples INTEGER NOT NULL,
+    size INTEGER NOT NULL,
+    crc32 INTEGER NOT NULL,
+    sha256 BLOB NOT NULL,
+    received_at REAL NOT NULL,
+    payload BLOB,                   -- NULL once the round is finalized
+    PRIMARY KEY (round_id, client_id)
+);
+CREATE UNIQUE INDEX IF NOT EXISTS updates_by_key ON updates (client_id, idempotency_key);
+CREATE TABLE IF NOT EXISTS clients (
+    client_id TEXT PRIMARY KEY,
+    first_seen REAL NOT NULL,
+    last_seen REAL NOT NULL,
+    updates_accepted INTEGER NOT NULL DEFAULT 0,
+    last_round INTEGER
+);
+CREATE TABLE IF NOT EXISTS downlink (
+    id INTEGER PRIMARY KEY CHECK (id = 1),
+    latest INTEGER NOT NULL,
+    grid TEXT NOT NULL,             -- JSON list of per-tensor grid steps
+    warm REAL,
+    stream BLOB NOT NULL            -- float32 LE in spec order
+);
+CREATE TABLE IF NOT EXISTS releases (
+    version INTEGER PRIMARY KEY,
+    digest TEXT NOT NULL,
+    residual_rms REAL NOT NULL,
+    delta BLOB                      -- NULL at a stream start (keyframe)
+);
+"""
+
+
+class StoreError(RuntimeError):
+    """The database is of another schema or model, or its contents are inconsistent."""
+
+
+@dataclass(frozen=True)
+class RoundRecord:
+    """One round as stored.
+
+    Attributes
+    ----------
+    round_id : int
+        Counting from 1.
+    base_version : int
+        The version its updates are computed against.
+    params : RoundParams
+        Uplink coding parameters of the round.
+    state : {"open", "finalized"}
+        Whether it still takes updates.
+    opened_at, deadline : float
+        Unix times.
+    window : int
+        Selection window (+1 per deadline extension).
+    """
+
+    round_id: int
+    base_version: int
+    params: RoundParams
+    state: str
+    opened_at: float
+    deadline: float
+    window: int = 0
+
+
+@dataclass(frozen=True)
+class UpdateRecord:
+    """An accepted update's metadata (the payload travels separately)."""
+
+    round_id: int
+    client_id: str
+    idempotency_key: str
+    base_version: int
+    base_digest: str
+    num_examples: int
+    size: int
+    crc32: int
+    sha256: bytes
+    received_at: float
+
+
+@dataclass(frozen=True)
+class ReleaseRecord:
+    """One version of the downlink stream (``fedcodec.pipeline.Release`` without stats)."""
+
+    version: int
+    digest: str
+    residual_rms: float
+    delta: bytes | None
+
+
+@dataclass(frozen=True)
+class DownlinkSnapshot:
+    """Everything needed to continue a downlink stream after a restart.
+
+    Attributes
+    ----------
+    latest : int
+        The newest published version.
+    grid : list of float
+        Per-tensor grid steps.
+    warm : float or None
+        Rate-control warm start.
+    stream : dict of str to ndarray
+        The model every up-to-date client holds.
+    releases : list of ReleaseRecord
+        The kept versions, oldest first.
+    """
+
+    latest: int
+    grid: list[float]
+    warm: float | None
+    stream: dict[str, np.ndarray]
+    releases: list[ReleaseRecord]
+
+
+def _weights_blob(spec: ModelSpec, tensors: dict[str, np.ndarray]) -> bytes:
+    return b"".join(np.ascontiguousarray(tensors[n], dtype="<f4").tobytes() for n in spec.names)
+
+
+def _weights(spec: ModelSpec, blob: bytes) -> dict[str, np.ndarray]:
+    if len(blob) != spec.float32_bytes:
+        raise StoreError(f"stored weights have {len(blob)} bytes, the model {spec.float32_bytes}")
+    out: dict[str, np.ndarray] = {}
+    offset = 0
+    for name, shape in spec:
+        count = math.prod(shape)
+        out[name] = (
+            np.frombuffer(blob, dtype="<f4", count=count, offset=offset)
+            .astype(np.float32)
+            .reshape(shape)
+        )
+        offset += 4 * count
+    return out
+
+
+def round_stats_from_json(data: dict[str, Any]) -> RoundStats:
+    """Inverse of :meth:`fedcodec.pipeline.RoundStats.to_json`."""
+    updates = tuple(
+        ClientRoundStats(
+            client_id=str(u["client_id"]),
+            bytes=int(u["bytes"]),
+            num_examples=int(u["num_examples"]),
+            steps=tuple(float(s) for s in u["steps"]),
+            decode_seconds=float(u["decode_seconds"]),
+        )
+        for u in data.get("updates", [])
+    )
+    return RoundStats(
+        round_number=int(data["round_number"]),
+        base_version=int(data["base_version"]),
+        new_version=int(data["new_version"]),
+        updates=updates,
+        rejected=int(data["rejected"]),
+        bytes_up=int(data["bytes_up"]),
+        bytes_down=int(data["bytes_down"]),
+        update_rms=float(data["update_rms"]),
+    )
+
+
+class Store:
+    """The server's SQLite database.
+
+    Parameters
+    ----------
+    path : path-like
+        Database file (created with its schema if missing).  ``":memory:"`` gives a
+        throwaway database (tests).
+    """
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = os.fspath(path)
+        # Autocommit mode: transactions are explicit (BEGIN IMMEDIATE ... COMMIT).
+        self._conn = sqlite3.connect(self.path, isolation_level=None)
+        self._conn.execute("PRAGMA journal_mode=WAL")
+        # FULL: fsync the WAL at every commit, so an acknowledged update survives a crash.
+        self._conn.execute("PRAGMA synchronous=FULL")
+        self._conn.execute("PRAGMA busy_timeout=10000")
+        self._create_schema()
+        self._spec: ModelSpec | None = None
+        raw = self._meta("spec")
+        if raw is not None:
+            self._spec = ModelSpec.from_json(json.loads(raw))
+
+    def _create_schema(self) -> None:
+        self._conn.executescript("BEGIN IMMEDIATE;" + _SCHEMA + "COMMIT;")
+        version = self._meta("schema_version")
+        if version is None:
+            with self._transaction():
+                self._set_meta("schema_version", str(SCHEMA_VERSION))
+        elif int(version) != SCHEMA_VERSION:
+            raise StoreError(
+                f"{self.path!r} has schema version {version}, this server reads {SCHEMA_VERSION}"
+            )
+
+    @contextmanager
+    def _transaction(self) -> Iterator[sqlite3.Connection]:
+        self._conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield self._conn
+        except BaseException:
+            self._conn.execute("ROLLBACK")
+            raise
+        self._conn.execute("COMMIT")
+
+    def close(self) -> None:
+        """Checkpoint the WAL and close."""
+        try:
+            self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        finally:
+            self._conn.close()
+
+    def _meta(self, key: str) -> str | None:
+        row = self._conn.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        return None if row is None else str(row[0])
+
+    def _set_meta(self, key: str, value: str) -> None:
+        self._conn.execute(
+            "INSERT INTO meta (key, value) VALUES (?, ?) "
+            "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+            (key, value),
+        )
+
+    # -- the federation -----------------------------------------------------
+
+    @property
+    def spec(self) -> ModelSpec | None:
+        """The model's names and shapes (None before :meth:`initialize`)."""
+        return self._spec
+
+    def _need_spec(self) -> ModelSpec:
+        if self._spec is None:
+            raise StoreError(f"{self.path!r} holds no federation yet")
+        return self._spec
+
+    def initialize(
+        self,
+        model: ModelVersion,
+        downlink: DownlinkSnapshot,
+        first_round: RoundRecord | None,
+        *,
+        now: float | None = None,
+    ) -> None:
+        """Record version 0, the downlink's start and the first round (one transaction)."""
+        if self._spec is not None:
+            raise StoreError(f"{self.path!r} already holds a federation")
+        now = time.time() if now is None else now
+        stream_digest = downlink.releases[-1].digest
+        with self._transaction() as db:
+            self._set_meta("spec", json.dumps(model.spec.to_json()))
+            self._set_meta("created_at", repr(now))
+            db.execute(
+                "INSERT INTO models (version, digest, stream_digest, round_id, created_at, "
+                "weights) VALUES (?, ?, ?, NULL, ?, ?)",
+                (
+                    model.version,
+                    model.digest,
+                    stream_digest,
+                    now,
+                    _weights_blob(model.spec, dict(model.tensors)),
+                ),
+            )
+            self._write_downlink(model.spec, downlink)
+            if first_round is not None:
+                self._insert_round(first_round)
+        self._spec = model.spec
+
+    def latest_version(self) -> int:
+        """The newest global version."""
+        row = self._conn.execute("SELECT MAX(version) FROM models").fetchone()
+        if row is None or row[0] is None:
+            raise StoreError(f"{self.path!r} holds no model")
+        return int(row[0])
+
+    def model(self, version: int | None = None) -> ModelVersion:
+        """The exact global model of ``version`` (default: the newest).
+
+        Raises
+        ------
+        StoreError
+            Unknown version, or its weights were pruned.
+        """
+        spec = self._need_spec()
+        version = self.latest_version() if version is None else version
+        row = self._conn.execute(
+            "SELECT digest, weights FROM models WHERE version = ?", (version,)
+        ).fetchone()
+        if row is None or row[1] is None:
+            raise StoreError(f"the weights of version {version} are not stored")
+        model = ModelVersion.create(version, _weights(spec, row[1]), spec)
+        if model.digest != row[0]:
+            raise StoreError(f"the stored weights of version {version} do not match its digest")
+        return model
+
+    def digests(self, version: int) -> tuple[str, str] | None:
+        """(exact digest, downlink digest) of a version, or None."""
+        row = self._conn.execute(
+            "SELECT digest, stream_digest FROM models WHERE version = ?", (version,)
+        ).fetchone()
+        return None if row is None else (str(row[0]), str(row[1]))
+
+    def downlink(self) -> DownlinkSnapshot:
+        """The stored downlink stream."""
+        spec = self._need_spec()
+        row = self._conn.execute("SELECT latest, grid, warm, stream FROM downlink").fetchone()
+        if row is None:
+            raise StoreError(f"{self.path!r} holds no downlink state")
+        releases = [
+            ReleaseRecord(int(v), str(d), float(r), None if delta is None else bytes(delta))
+            for v, d, r, delta in self._conn.execute(
+                "SELECT version, digest, residual_rms, delta FROM releases ORDER BY version"
+            )
+        ]
+        return DownlinkSnapshot(
+            latest=int(row[0]),
+            grid=[float(g) for g in json.loads(row[1])],
+            warm=None if row[2] is None else float(row[2]),
+            stream=_weights(spec, row[3]),
+            releases=releases,
+        )
+
+    def _write_downlink(self, spec: ModelSpec, snap: DownlinkSnapshot) -> None:
+        self._conn.execute(
+            "INSERT INTO downlink (id, latest, grid, warm, stream) VALUES (1, ?, ?, ?, ?) "
+            "ON CONFLICT (id) DO UPDATE SET latest = excluded.latest, grid = excluded.grid, "
+            "warm = excluded.warm, stream = excluded.stream",
+            (snap.latest, json.dumps(snap.grid), snap.warm, _weights_blob(spec, snap.stream)),
+        )
+        self._conn.execute("DELETE FROM releases")
+        self._conn.executemany(
+            "INSERT INTO releases (version, digest, residual_rms, delta) VALUES (?, ?, ?, ?)",
+            [(r.version, r.digest, r.residual_rms, r.delta) for r in snap.releases],
+        )
+
+    # -- rounds -------------------------------------------------------------
+
+    def _insert_round(self, r: RoundRecord) -> None:
+        self._conn.execute(
+            "INSERT INTO rounds (round_id, base_version, params, state, opened_at, deadline, "
+            "window) VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (
+                r.round_id,
+                r.base_version,
+                json.dumps(r.params.to_json()),
+                r.state,
+                r.opened_at,
+                r.deadline,
+                r.window,
+            ),
+        )
+
+    def _round(self, row: tuple[Any, ...]) -> RoundRecord:
+        return RoundRecord(
+            round_id=int(row[0]),
+            base_version=int(row[1]),
+            params=RoundParams.from_json(json.loads(row[2])),
+            state=str(row[3]),
+            opened_at=float(row[4]),
+            deadline=float(row[5]),
+            window=int(row[6]),
+        )
+
+    def add_round(self, record: RoundRecord) -> None:
+        """Open a round (when none is open, e.g. after ``max_rounds`` was raised)."""
+        with self._transaction():
+            self._insert_round(record)
+
+    def open_round(self) -> RoundRecord | None:
+        """The open round, if any."""
+        row = self._conn.execute(
+            "SELECT round_id, base_version, params, state, opened_at, deadline, window "
+            "FROM rounds WHERE state = 'open' ORDER BY round_id DESC LIMIT 1"
+        ).fetchone()
+        return None if row is None else self._round(row)
+
+    def last_round_id(self) -> int:
+        """The highest round id ever opened (0: none)."""
+        row = self._conn.execute("SELECT MAX(round_id) FROM rounds").fetchone()
+        return 0 if row is None or row[0] is None else int(row[0])
+
+    def last_stats(self) -> RoundStats | None:
+        """Statistics of the newest finalized round."""
+        row = self._conn.execute(
+            "SELECT stats FROM rounds WHERE state = 'finalized' ORDER BY round_id DESC LIMIT 1"
+        ).fetchone()
+        return None if row is None or row[0] is None else round_stats_from_json(json.loads(row[0]))
+
+    def round_history(self) -> list[dict[str, Any]]:
+        """Every finalized round: id, versions, times and its stats JSON."""
+        out = []
+        for rid, base, new, opened, closed, stats in self._conn.execute(
+            "SELECT round_id, base_version, new_version, opened_at, closed_at, stats "
+            "FROM rounds WHERE state = 'finalized' ORDER BY round_id"
+        ):
+            out.append(
+                {
+                    "round_id": int(rid),
+                    "base_version": int(base),
+                    "new_version": int(new),
+                    "opened_at": float(opened),
+                    "closed_at": float(closed),
+                    "stats": json.loads(stats) if stats else None,
+                }
+            )
+        return out
+
+    def extend_round(self, round_id: int, deadline: float, window: int) -> None:
+        """Move an open round's deadline and start a new selection window."""
+        with self._transaction() as db:
+            db.execute(
+                "UPDATE rounds SET deadline = ?, window = ? WHERE round_id = ? AND state = 'open'",
+                (deadline, window, round_id),
+            )
+
+    def add_selection(self, round_id: int, client_id: str, window: int, now: float) -> None:
+        """Record that ``client_id`` was selected (and register the client)."""
+        with self._transaction() as db:
+            db.execute(
+                "INSERT INTO selections (round_id, client_id, window, selected_at) "
+                "VALUES (?, ?, ?, ?) ON CONFLICT (round_id, client_id) DO NOTHING",
+                (round_id, client_id, window, now),
+            )
+            self._touch_client(client_id, now)
+
+    def selections(self, round_id: int) -> dict[str, int]:
+        """Selected clients of a round and their selection windows."""
+        return {
+            str(c): int(w)
+            for c, w in self._conn.execute(
+                "SELECT client_id, window FROM selections WHERE round_id = ?", (round_id,)
+            )
+        }
+
+    def _touch_client(self, client_id: str, now: float) -> None:
+        self._conn.execute(
+            "INSERT INTO clients (client_id, first_seen, last_seen) VALUES (?, ?, ?) "
+            "ON CONFLICT (client_id) DO UPDATE SET last_seen = excluded.last_seen",
+            (client_id, now, now),
+        )
+
+    def registered_clients(self) -> int:
+        """Clients ever selected."""
+        row = self._conn.execute("SELECT COUNT(*) FROM clients").fetchone()
+        return int(row[0])
+
+    # -- updates ------------------------------------------------------------
+
+    def _update(self, row: tuple[Any, ...]) -> UpdateRecord:
+        return UpdateRecord(
+            round_id=int(row[0]),
+            client_id=str(row[1]),
+            idempotency_key=str(row[2]),
+            base_version=int(row[3]),
+            base_digest=str(row[4]),
+            num_examples=int(row[5]),
+            size=int(row[6]),
+            crc32=int(row[7]),
+            sha256=bytes(row[8]),
+            received_at=float(row[9]),
+        )
+
+    _UPDATE_COLUMNS = (
+        "round_id, client_id, idempotency_key, base_version, base_digest, num_examples, size, "
+        "crc32, sha256, received_at"
+    )
+
+    def update_by_key(self, client_id: str, key: str) -> UpdateRecord | None:
+        """The update a client sent with idempotency key ``key``, in any round."""
+        row = self._conn.execute(
+            f"SELECT {self._UPDATE_COLUMNS} FROM updates "
+            "WHERE client_id = ? AND idempotency_key = ?",
+            (client_id, key),
+        ).fetchone()
+        return None if row is None else self._update(row)
+
+    def reported(self, round_id: int) -> list[str]:
+        """Clients with an accepted update in a round, in client-id order."""
+        return [
+            str(c)
+            for (c,) in self._conn.execute(
+                "SELECT client_id FROM updates WHERE round_id = ? ORDER BY client_id",
+                (round_id,),
+            )
+        ]
+
+    def insert_update(self, record: UpdateRecord, payload: bytes) -> None:
+        """Store an accepted update (one transaction, durable when this returns).
+
+        Raises
+        ------
+        sqlite3.IntegrityError
+            The client already has an update in the round, or reused the key.
+        """
+        with self._transaction() as db:
+            db.execute(
+                f"INSERT INTO updates ({self._UPDATE_COLUMNS}, payload) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    record.round_id,
+                    record.client_id,
+                    record.idempotency_key,
+                    record.base_version,
+                    record.base_digest,
+                    record.num_examples,
+                    record.size,
+                    record.crc32,
+                    record.sha256,
+                    record.received_at,
+                    payload,
+                ),
+            )
+            self._touch_client(record.client_id, record.received_at)
+            db.execute(
+                "UPDATE clients SET updates_accepted = updates_accepted + 1, last_round = ? "
+                "WHERE client_id = ?",
+                (record.round_id, record.client_id),
+            )
+
+    def iter_updates(self, round_id: int) -> Iterator[tuple[UpdateRecord, bytes]]:
+        """The round's stored updates in client-id order, one payload in memory at a time."""
+        for client_id in self.reported(round_id):
+            row = self._conn.execute(
+                f"SELECT {self._UPDATE_COLUMNS}, payload FROM updates "
+                "WHERE round_id = ? AND client_id = ?",
+                (round_id, client_id),
+            ).fetchone()
+            if row is None or row[10] is None:
+                raise StoreError(f"round {round_id}: the payload of {client_id!r} is missing")
+            yield self._update(row[:10]), bytes(row[10])
+
+    # -- the end of a round ---------------------------------------------------
+
+    def finish_round(
+        self,
+        round_id: int,
+        model: ModelVersion,
+        downlink: DownlinkSnapshot,
+        stats: RoundStats,
+        next_round: RoundRecord | None,
+        *,
+        keep_model_blobs: int,
+        now: float,
+    ) -> None:
+        """Close a round in one transaction.
+
+        Records the new model and the downlink state, marks the round finalized with its
+        statistics, drops its update payloads (their metadata stays, for idempotent
+        resends), prunes old weights and opens ``next_round``.
+        """
+        spec = self._need_spec()
+        stream_digest = downlink.releases[-1].digest
+        with self._transaction() as db:
+            db.execute(
+                "INSERT INTO models (version, digest, stream_digest, round_id, created_at, "
+                "weights) VALUES (?, ?, ?, ?, ?, ?)",
+                (
+                    model.version,
+                    model.digest,
+                    stream_digest,
+                    round_id,
+                    now,
+                    _weights_blob(spec, dict(model.tensors)),
+                ),
+            )
+            db.execute(
+                "UPDATE models SET weights = NULL WHERE version <= ?",
+                (model.version - keep_model_blobs,),
+            )
+            self._write_downlink(spec, downlink)
+            cur = db.execute(
+                "UPDATE rounds SET state = 'finalized', closed_at = ?, new_version = ?, "
+                "stats = ? WHERE round_id = ? AND state = 'open'",
+                (now, model.version, json.dumps(stats.to_json()), round_id),
+            )
+            if cur.rowcount != 1:
+                raise StoreError(f"round {round_id} is not open")
+            db.execute("UPDATE updates SET payload = NULL WHERE round_id = ?", (round_id,))
+            db.execute("DELETE FROM selections WHERE round_id = ?", (round_id,))
+            if next_round is not None:
+                self._insert_round(next_round)
