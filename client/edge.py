@@ -1,0 +1,597 @@
+"""The edge client: take part in rounds of a fedcodec aggregation server.
+
+::
+
+    from fedcodec.client import EdgeClient, TrainResult
+
+    def train(weights, info):                  # dict of float32 arrays, RoundInfo
+        new = my_sgd(weights, epochs=1)
+        return TrainResult(new, num_examples=len(my_data))
+
+    with EdgeClient("fl.example.org:443", client_id="phone-17", token=token,
+                    state_dir="~/.fedcodec") as client:
+        client.run(train)                      # until the federation finishes
+
+One round (:meth:`EdgeClient.run_round`): check in; if selected, bring the local model to
+the round's base version (coded deltas, or a keyframe; every result is checked against the
+server's digest); train through the callback; encode ``local - base`` plus the
+error-feedback residual with the round's λ/S or byte budget; upload in chunks with an
+idempotency key, retrying transient failures.  With a ``state_dir`` the model, the residual
+and any unacknowledged update survive a restart (:mod:`fedcodec.client.state`).
+"""
+
+from __future__ import annotations
+
+import enum
+import logging
+import threading
+import time
+import uuid
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from fedcodec.client.errors import ServerUnavailableError, UpdateRefusedError
+from fedcodec.client.state import PendingUpload, load_pending, save_pending
+from fedcodec.client.transport import Connection, RetryPolicy
+from fedcodec.errors import CorruptStreamError
+from fedcodec.pipeline import (
+    DigestMismatchError,
+    ModelMismatchError,
+    ModelReceiver,
+    ModelSpec,
+    ModelVersion,
+    RoundParams,
+    Sparsification,
+    StateFormatError,
+    UpdateEncoder,
+)
+from fedcodec.v1 import aggregation_service_pb2 as pb
+from fedcodec.v1 import round_pb2
+
+__all__ = ["EdgeClient", "Outcome", "RoundInfo", "RoundResult", "TrainFn", "TrainResult"]
+
+log = logging.getLogger("fedcodec.client")
+
+
+@dataclass(frozen=True)
+class RoundInfo:
+    """The round the client was selected for (what the training callback is told).
+
+    Attributes
+    ----------
+    round_id : int
+        The round (from 1).
+    base_version : int
+        The global version the client trains from.
+    base_digest : str
+        Its digest.
+    params : RoundParams
+        How the update is coded (λ, S or step, byte budget).
+    deadline : float
+        Unix time after which the round may be closed.
+    spec : ModelSpec
+        The model's tensors.
+    max_update_bytes : int
+        The server's size limit for an update.
+    """
+
+    round_id: int
+    base_version: int
+    base_digest: str
+    params: RoundParams
+    deadline: float
+    spec: ModelSpec
+    max_update_bytes: int
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    """What the training callback returns.
+
+    Attributes
+    ----------
+    weights : mapping of str to array_like
+        The locally trained model (every tensor, float32 or convertible).
+    num_examples : int
+        Local training examples (the FedAvg weight), >= 1.
+    metrics : mapping of str to float
+        Anything to log (loss, accuracy).
+    """
+
+    weights: Mapping[str, npt.ArrayLike]
+    num_examples: int
+    metrics: Mapping[str, float] = field(default_factory=dict)
+
+
+#: The training callback: global weights (writeable float32 copies) and the round.
+TrainFn = Callable[[dict[str, npt.NDArray[np.float32]], RoundInfo], TrainResult]
+
+
+class Outcome(enum.Enum):
+    """How a call of :meth:`EdgeClient.run_round` ended."""
+
+    #: The update was accepted (or found already accepted after a resend).
+    PARTICIPATED = "participated"
+    #: Not selected this time: check in again after ``retry_after``.
+    NOT_SELECTED = "not_selected"
+    #: This client already reported in the open round.
+    ALREADY_REPORTED = "already_reported"
+    #: The server refused the update for good (e.g. the round closed); it was dropped.
+    REFUSED = "refused"
+    #: The round moved on while the model was downloaded; check in again.
+    STALE = "stale"
+    #: The federation has finished.
+    FINISHED = "finished"
+
+
+@dataclass(frozen=True)
+class RoundResult:
+    """One call of :meth:`EdgeClient.run_round`.
+
+    Attributes
+    ----------
+    outcome : Outcome
+        What happened.
+    round_id : int
+        The round concerned (0 if none).
+    retry_after : float
+        Seconds the server asked to wait before the next check-in.
+    bytes_up, bytes_down : int
+        Payload bytes sent and received.
+    keyframe : bool
+        Whether the model came as a keyframe.
+    train_metrics : mapping
+        From the training callback.
+    detail : str
+        The server's reason when refused.
+    """
+
+    outcome: Outcome
+    round_id: int = 0
+    retry_after: float = 0.0
+    bytes_up: int = 0
+    bytes_down: int = 0
+    keyframe: bool = False
+    train_metrics: Mapping[str, float] = field(default_factory=dict)
+    detail: str = ""
+
+
+_STEP_RULES = {round_pb2.STEP_RULE_MODEL: "model", round_pb2.STEP_RULE_TENSOR: "tensor"}
+
+
+def _params(msg: round_pb2.CodingParams) -> RoundParams:
+    sparsification = None
+    if msg.HasField("sparsification"):
+        s = msg.sparsification
+        sparsification = Sparsification(
+            topk=s.topk if s.HasField("topk") else None,
+            threshold=s.threshold if s.HasField("threshold") else None,
+            rows=s.rows if s.HasField("rows") else None,
+        )
+    return RoundParams(
+        lam=msg.lam,
+        S=msg.s,
+        step=msg.step if msg.HasField("step") else None,
+        budget_bytes=msg.budget_bytes if msg.HasField("budget_bytes") else None,
+        tolerance=msg.tolerance,
+        step_rule=_STEP_RULES.get(msg.step_rule, "model"),  # type: ignore[arg-type]
+        sparsification=sparsification,
+    )
+
+
+def round_info_from_proto(config: round_pb2.RoundConfig) -> RoundInfo:
+    """A :class:`RoundInfo` from a ``RoundConfig`` message."""
+    spec = ModelSpec(
+        tuple(t.name for t in config.model_spec.tensors),
+        tuple(tuple(int(d) for d in t.shape) for t in config.model_spec.tensors),
+    )
+    return RoundInfo(
+        round_id=config.round_id,
+        base_version=config.base_version,
+        base_digest=config.base_digest,
+        params=_params(config.params),
+        deadline=config.deadline.ToNanoseconds() / 1e9,
+        spec=spec,
+        max_update_bytes=config.max_update_bytes,
+    )
+
+
+class EdgeClient:
+    """A participant of a fedcodec federation.
+
+    Parameters
+    ----------
+    target : str
+        ``host:port`` of the aggregation server.
+    client_id : str
+        This client's id (the one its token belongs to).
+    token : str
+        Its bearer token.
+    state_dir : path-like, optional
+        Where the model, the residual and unacknowledged updates are kept between runs
+        (default: memory only).
+    tls_ca, insecure, server_name, client_cert, client_key
+        Transport security (:class:`~fedcodec.client.transport.Connection`); plaintext only
+        with ``insecure=True``.
+    retry : RetryPolicy, optional
+        Retries of transient failures.
+    codec_threads : int, optional
+        Threads of the encoder (0: all CPUs).
+    """
+
+    def __init__(
+        self,
+        target: str,
+        *,
+        client_id: str,
+        token: str,
+        state_dir: str | Path | None = None,
+        tls_ca: str | None = None,
+        insecure: bool = False,
+        server_name: str | None = None,
+        client_cert: str | None = None,
+        client_key: str | None = None,
+        retry: RetryPolicy | None = None,
+        codec_threads: int = 1,
+    ) -> None:
+        if not client_id:
+            raise ValueError("client_id must be set")
+        self.client_id = client_id
+        self.codec_threads = codec_threads
+        self.connection = Connection(
+            target,
+            token,
+            client_id=client_id,
+            tls_ca=tls_ca,
+            insecure=insecure,
+            server_name=server_name,
+            client_cert=client_cert,
+            client_key=client_key,
+            retry=retry,
+        )
+        self.state_dir = None if state_dir is None else Path(state_dir).expanduser()
+        if self.state_dir is not None:
+            self.state_dir.mkdir(parents=True, exist_ok=True)
+        self._spec: ModelSpec | None = None
+        self._encoder: UpdateEncoder | None = None
+        self._receiver: ModelReceiver | None = None
+        self._pending: PendingUpload | None = None
+        # The encoder state as of the last acknowledged update (restored when the server
+        # refuses an update for good).
+        self._acknowledged: tuple[dict[str, np.ndarray], dict[str, Any]] | None = None
+
+    # -- lifecycle ----------------------------------------------------------
+
+    def close(self) -> None:
+        """Close the connection."""
+        self.connection.close()
+
+    def __enter__(self) -> EdgeClient:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def _path(self, name: str) -> Path | None:
+        return None if self.state_dir is None else self.state_dir / name
+
+    @property
+    def model(self) -> ModelVersion | None:
+        """The global model held (None before the first download)."""
+        if self._receiver is None or self._receiver.version is None:
+            return None
+        return self._receiver.model
+
+    @property
+    def encoder(self) -> UpdateEncoder | None:
+        """The error-feedback encoder (after the first round)."""
+        return self._encoder
+
+    def _setup(self, spec: ModelSpec) -> None:
+        """Create (or restore) the encoder and the model receiver for ``spec``."""
+        if self._spec == spec:
+            return
+        encoder_path, model_path = self._path("encoder.npz"), self._path("model.npz")
+        encoder = UpdateEncoder(spec, self.client_id, threads=self.codec_threads)
+        receiver = ModelReceiver(spec, threads=self.codec_threads)
+        if encoder_path is not None and encoder_path.exists():
+            try:
+                encoder = UpdateEncoder.restore(
+                    encoder_path, spec, self.client_id, threads=self.codec_threads
+                )
+            except StateFormatError as exc:
+                log.warning(
+                    "saved residual not usable; starting afresh",
+                    extra={"event": "state_discarded", "file": "encoder.npz", "reason": str(exc)},
+                )
+        if model_path is not None and model_path.exists():
+            try:
+                receiver = ModelReceiver.restore(model_path, spec, threads=self.codec_threads)
+            except StateFormatError as exc:
+                log.warning(
+                    "saved model not usable; a keyframe will be fetched",
+                    extra={"event": "state_discarded", "file": "model.npz", "reason": str(exc)},
+                )
+        pending_path = self._path("pending.npz")
+        pending = None
+        if pending_path is not None:
+            try:
+                pending = load_pending(pending_path)
+            except StateFormatError as exc:
+                log.warning(
+                    "unreadable pending upload dropped",
+                    extra={"event": "state_discarded", "file": "pending.npz", "reason": str(exc)},
+                )
+                pending_path.unlink(missing_ok=True)
+        if pending is not None and set(pending.residual) != set(spec.names):
+            pending = None
+        self._spec, self._encoder, self._receiver, self._pending = spec, encoder, receiver, pending
+        self._acknowledged = encoder.state()
+
+    # -- one round ----------------------------------------------------------
+
+    def run_round(self, train: TrainFn) -> RoundResult:
+        """Check in and, if selected, train, encode and upload once.
+
+        Returns
+        -------
+        RoundResult
+
+        Raises
+        ------
+        AuthenticationError
+            The server does not accept this client's token.
+        ServerUnavailableError
+            The server could not be reached within the retries (an encoded update stays
+            pending and is resent by the next call).
+        """
+        answer = self.connection.check_in()
+        retry_after = answer.retry_after.ToNanoseconds() / 1e9
+        if answer.assignment == pb.ASSIGNMENT_FINISHED:
+            return RoundResult(Outcome.FINISHED, answer.round_id, retry_after)
+        if answer.assignment == pb.ASSIGNMENT_ALREADY_REPORTED:
+            if self._pending is not None and self._pending.round_id == answer.round_id:
+                # The server has it (our acknowledgement was lost): resend to confirm.
+                return self._deliver(self._pending, retry_after)
+            return RoundResult(Outcome.ALREADY_REPORTED, answer.round_id, retry_after)
+        if answer.assignment != pb.ASSIGNMENT_SELECTED or not answer.HasField("config"):
+            return RoundResult(Outcome.NOT_SELECTED, answer.round_id, retry_after)
+        info = round_info_from_proto(answer.config)
+        self._setup(info.spec)
+        if self._pending is not None:
+            # An update from an earlier run that was never acknowledged.
+            result = self._deliver(self._pending, retry_after)
+            if result.round_id == info.round_id and result.outcome is Outcome.PARTICIPATED:
+                return result
+        base, bytes_down, keyframe = self._sync_model(info)
+        if base is None:
+            return RoundResult(Outcome.STALE, info.round_id, 0.0, 0, bytes_down, keyframe)
+        start = time.perf_counter()
+        trained = train(base.copy_tensors(), info)
+        train_seconds = time.perf_counter() - start
+        encoder = self._encoder
+        assert encoder is not None
+        update = encoder.encode(
+            trained.weights,
+            base,
+            info.params,
+            round_number=info.round_id,
+            num_examples=trained.num_examples,
+        )
+        residual, meta = encoder.state()
+        pending = PendingUpload(
+            idempotency_key=uuid.uuid4().hex,
+            round_id=info.round_id,
+            base_version=base.version,
+            base_digest=base.digest,
+            num_examples=trained.num_examples,
+            payload=update.data,
+            residual=residual,
+            encoder_meta=meta,
+        )
+        self._set_pending(pending)
+        log.info(
+            "update encoded",
+            extra={
+                "event": "update_encoded",
+                "client_id": self.client_id,
+                "round_id": info.round_id,
+                "bytes": len(update.data),
+                "passes": update.stats.passes,
+                "density": round(update.stats.density, 6),
+                "train_s": round(train_seconds, 3),
+                "encode_s": round(update.stats.seconds, 3),
+            },
+        )
+        result = self._deliver(pending, retry_after)
+        return RoundResult(
+            result.outcome,
+            result.round_id,
+            result.retry_after,
+            result.bytes_up,
+            bytes_down,
+            keyframe,
+            dict(trained.metrics),
+            result.detail,
+        )
+
+    def _set_pending(self, pending: PendingUpload | None) -> None:
+        self._pending = pending
+        path = self._path("pending.npz")
+        if path is None:
+            return
+        if pending is None:
+            path.unlink(missing_ok=True)
+        else:
+            save_pending(path, pending)
+
+    def _commit_encoder(self, arrays: Mapping[str, np.ndarray], meta: Mapping[str, Any]) -> None:
+        encoder = self._encoder
+        assert encoder is not None
+        encoder.load_state(arrays, meta)
+        self._acknowledged = encoder.state()
+        path = self._path("encoder.npz")
+        if path is not None:
+            encoder.save_state(path)
+
+    def _deliver(self, pending: PendingUpload, retry_after: float) -> RoundResult:
+        """Upload (or resend) ``pending``; adopt or drop its residual by the answer."""
+        try:
+            response = self.connection.upload(
+                round_id=pending.round_id,
+                base_version=pending.base_version,
+                base_digest=pending.base_digest,
+                idempotency_key=pending.idempotency_key,
+                num_examples=pending.num_examples,
+                payload=pending.payload,
+            )
+        except UpdateRefusedError as exc:
+            # Refused for good: drop the update; the residual goes back to the last
+            # acknowledged one (on disk, or the pre-encode state in memory).
+            self._restore_acknowledged_residual()
+            self._set_pending(None)
+            log.warning(
+                "update refused",
+                extra={
+                    "event": "update_refused",
+                    "client_id": self.client_id,
+                    "round_id": pending.round_id,
+                    "status": exc.status,
+                    "detail": exc.detail,
+                },
+            )
+            return RoundResult(
+                Outcome.REFUSED, pending.round_id, retry_after, detail=f"{exc.status}: {exc.detail}"
+            )
+        except ServerUnavailableError:
+            # Keep it pending: the next run_round resends the same bytes and key.
+            raise
+        self._commit_encoder(pending.residual, pending.encoder_meta)
+        self._set_pending(None)
+        already = response.status == pb.UPLOAD_STATUS_ALREADY_ACCEPTED
+        log.info(
+            "update delivered",
+            extra={
+                "event": "update_delivered",
+                "client_id": self.client_id,
+                "round_id": response.round_id,
+                "already_accepted": already,
+                "bytes": len(pending.payload),
+            },
+        )
+        return RoundResult(
+            Outcome.PARTICIPATED, response.round_id, retry_after, bytes_up=len(pending.payload)
+        )
+
+    def _restore_acknowledged_residual(self) -> None:
+        encoder = self._encoder
+        assert encoder is not None
+        assert self._acknowledged is not None
+        encoder.load_state(*self._acknowledged)
+
+    def _sync_model(self, info: RoundInfo) -> tuple[ModelVersion | None, int, bool]:
+        """Bring the local model to the round's base: (model or None if stale, bytes, keyframe)."""
+        receiver = self._receiver
+        assert receiver is not None
+        if receiver.version == info.base_version and receiver.digest == info.base_digest:
+            return receiver.model, 0, False
+        bytes_down = 0
+        keyframe = False
+        for force in (False, True):
+            package = self.connection.download(
+                None if force else receiver.version,
+                None if force else receiver.digest,
+                force_keyframe=force,
+            )
+            bytes_down += len(package)
+            keyframe = keyframe or package.is_keyframe
+            try:
+                receiver.apply(package)
+            except (DigestMismatchError, ModelMismatchError, CorruptStreamError) as exc:
+                log.warning(
+                    "downloaded model did not check out; asking for a keyframe",
+                    extra={
+                        "event": "model_rejected",
+                        "client_id": self.client_id,
+                        "reason": str(exc),
+                    },
+                )
+                continue
+            if receiver.version != info.base_version or receiver.digest == info.base_digest:
+                break
+        path = self._path("model.npz")
+        if path is not None:
+            receiver.save_state(path)
+        if receiver.version != info.base_version or receiver.digest != info.base_digest:
+            return None, bytes_down, keyframe
+        return receiver.model, bytes_down, keyframe
+
+    # -- many rounds --------------------------------------------------------
+
+    def run(
+        self,
+        train: TrainFn,
+        *,
+        max_rounds: int | None = None,
+        stop: threading.Event | None = None,
+        on_round: Callable[[RoundResult], None] | None = None,
+    ) -> list[RoundResult]:
+        """Take part in rounds until the federation finishes.
+
+        Parameters
+        ----------
+        train : callable
+            The training callback.
+        max_rounds : int, optional
+            Stop after taking part this many times.
+        stop : threading.Event, optional
+            Set it to stop (checked between rounds and while waiting).
+        on_round : callable, optional
+            Called with every :class:`RoundResult`.
+
+        Returns
+        -------
+        list of RoundResult
+            The rounds this client took part in (and the final outcome).
+        """
+        stop = stop or threading.Event()
+        results: list[RoundResult] = []
+        participated = 0
+        while not stop.is_set():
+            try:
+                result = self.run_round(train)
+            except ServerUnavailableError as exc:
+                log.warning(
+                    "server unavailable; waiting",
+                    extra={
+                        "event": "server_unavailable",
+                        "client_id": self.client_id,
+                        "detail": str(exc),
+                    },
+                )
+                stop.wait(self.connection.retry.max_backoff_s)
+                continue
+            if on_round is not None:
+                on_round(result)
+            if result.outcome in (Outcome.PARTICIPATED, Outcome.REFUSED, Outcome.FINISHED):
+                results.append(result)
+            if result.outcome is Outcome.FINISHED:
+                break
+            if result.outcome is Outcome.PARTICIPATED:
+                participated += 1
+                if max_rounds is not None and participated >= max_rounds:
+                    break
+            if result.outcome is not Outcome.STALE:
+                stop.wait(result.retry_after)
+        return results

@@ -1,0 +1,69 @@
+"""Why an edge client's call failed (the codec's convention: ours and a builtin).
+
+=================================  =========================================================
+exception                          when
+=================================  =========================================================
+:class:`AuthenticationError`       the server does not know the token (UNAUTHENTICATED), or
+                                   the token is another client's (PERMISSION_DENIED)
+:class:`UpdateRefusedError`        the server refused the update for good: its round closed,
+                                   a stale base, corrupt or too large (``status`` names the
+                                   gRPC code); resending the same bytes cannot help
+:class:`ServerUnavailableError`    the server could not be reached within the retries
+:class:`ProtocolError`             the server's answer is malformed (size or CRC mismatch)
+=================================  =========================================================
+"""
+
+from __future__ import annotations
+
+from fedcodec.errors import FC_ERR_CORRUPT, FC_ERR_INVALID_ARGUMENT, FedCodecError
+
+__all__ = [
+    "AuthenticationError",
+    "ClientError",
+    "ProtocolError",
+    "ServerUnavailableError",
+    "UpdateRefusedError",
+]
+
+_RESULT_NAMES = {
+    FC_ERR_INVALID_ARGUMENT: "FC_ERR_INVALID_ARGUMENT",
+    FC_ERR_CORRUPT: "FC_ERR_CORRUPT",
+}
+
+
+class ClientError(FedCodecError):
+    """Root of the edge client's errors.
+
+    Attributes
+    ----------
+    status : str
+        The gRPC status name that caused it ("" when none did).
+    detail : str
+        The server's message.
+    """
+
+    code_number: int = FC_ERR_INVALID_ARGUMENT
+
+    def __init__(self, message: str, *, status: str = "", detail: str = "") -> None:
+        code = type(self).code_number
+        super().__init__(message, code=code, result_name=_RESULT_NAMES[code])
+        self.status = status
+        self.detail = detail
+
+
+class AuthenticationError(ClientError, PermissionError):
+    """The server did not accept the client's credentials."""
+
+
+class UpdateRefusedError(ClientError, RuntimeError):
+    """The server refused the request for good (not worth resending)."""
+
+
+class ServerUnavailableError(ClientError, ConnectionError):
+    """No answer from the server within the retry policy."""
+
+
+class ProtocolError(ClientError, ValueError):
+    """The server's answer does not add up."""
+
+    code_number = FC_ERR_CORRUPT
