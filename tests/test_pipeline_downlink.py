@@ -202,3 +202,34 @@ def test_a_chain_larger_than_the_keyframe_is_replaced_by_it() -> None:
     assert package.is_keyframe
     rx.apply(package)
     assert rx.digest == down.digest_of(5)
+
+
+def test_downlink_state_round_trip_continues_the_same_stream(tmp_path: Path) -> None:
+    versions = _versions(6)
+    a = _stream(versions, keep=3)
+    rx = ModelReceiver(versions[0].spec)
+    rx.apply(a.package_for("c0"))
+    for v in versions[1:4]:
+        a.publish(v)
+    path = tmp_path / "downlink.npz"
+    a.save_state(path)
+    b = DownlinkEncoder(versions[0].spec, params=RoundParams(budget_bytes=900), keep=3, threads=1)
+    b.load_state_file(path)
+    assert b.latest_version == 3
+    assert b.client_versions == a.client_versions
+    assert b.stream_model().digest == a.stream_model().digest
+    # same packages for a lagging client, same bytes for the next version
+    assert b.package_for("c0", have_version=0).deltas == a.package_for("c0", have_version=0).deltas
+    assert b.publish(versions[4]).delta == a.publish(versions[4]).delta
+    assert b.keyframe() == a.keyframe()
+    rx.apply(b.package_for("c0", have_version=rx.version))
+    assert rx.digest == a.digest_of(4)
+    # a state of nothing published, and a state of another model
+    empty = DownlinkEncoder(versions[0].spec)
+    empty.load_state(*DownlinkEncoder(versions[0].spec).state())
+    assert empty.latest_version is None
+    other = DownlinkEncoder(ModelVersion.create(0, {"x": np.zeros(3, np.float32)}).spec)
+    with pytest.raises(StateFormatError, match="another model"):
+        other.load_state_file(path)
+    with pytest.raises(StateFormatError, match="keyframe_bits"):
+        DownlinkEncoder(versions[0].spec, keyframe_bits=6).load_state_file(path)

@@ -59,6 +59,7 @@ DEFAULT_KEYFRAME_BITS = 10
 # Grid levels stay below 2**24, where float32 holds integers exactly.
 _GRID_LIMIT = float(2**24)
 _RECEIVER_FORMAT = "fedcodec-model-receiver/1"
+_DOWNLINK_FORMAT = "fedcodec-downlink/1"
 
 
 @dataclass(frozen=True)
@@ -174,6 +175,10 @@ class DownlinkEncoder:
         self.keep = keep
         self.keyframe_bits = keyframe_bits
         self.threads = threads
+        self._reset()
+
+    def _reset(self) -> None:
+        """Forget the stream (as constructed, nothing published)."""
         self._grid: list[float] | None = None
         self._stream: Tensors | None = None  # R_latest
         self._latest: int | None = None
@@ -308,6 +313,125 @@ class DownlinkEncoder:
             data = codec.encode_levels(levels, self._grid, threads=self.threads).data
             self._keyframe_cache = (self._latest, data)
         return self._keyframe_cache[1]
+
+    # -- state ---------------------------------------------------------------
+
+    def state(self) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+        """The stream's state as (plain arrays, JSON-able metadata).
+
+        Holds the grid, the stream model, the kept releases (their deltas, not
+        their statistics), the rate-control warm start, the versions sent to
+        each client and the byte counters.  A :meth:`load_state` of it serves
+        the same packages and codes the next version into the same bytes as
+        an encoder that never stopped.
+        """
+        arrays: dict[str, np.ndarray] = {}
+        if self._stream is not None:
+            for i, name in enumerate(self.spec.names):
+                arrays[f"stream/{i}"] = self._stream[name].copy()
+        releases = []
+        for release in self._releases.values():
+            if release.delta is not None:
+                arrays[f"delta/{release.version}"] = np.frombuffer(release.delta, dtype=np.uint8)
+            releases.append(
+                {
+                    "version": release.version,
+                    "digest": release.digest,
+                    "residual_rms": release.residual_rms,
+                    "has_delta": release.delta is not None,
+                }
+            )
+        meta: dict[str, Any] = {
+            "format": _DOWNLINK_FORMAT,
+            "spec": self.spec.to_json(),
+            "keyframe_bits": self.keyframe_bits,
+            "keep": self.keep,
+            "grid": self._grid,
+            "latest": self._latest,
+            "warm": self._warm,
+            "releases": releases,
+            "client_versions": dict(self.client_versions),
+            "bytes_sent": self.bytes_sent,
+            "keyframes_sent": self.keyframes_sent,
+            "keyframe_bytes_sent": self.keyframe_bytes_sent,
+        }
+        return arrays, meta
+
+    def load_state(self, arrays: Mapping[str, np.ndarray], meta: Mapping[str, Any]) -> None:
+        """Continue the stream saved by :meth:`state` (this encoder's λ/S parameters,
+        ``keep`` and threads stay as constructed).
+
+        Raises
+        ------
+        StateFormatError
+            Another format, another model or grid resolution, or missing arrays.
+        """
+        if meta.get("format") != _DOWNLINK_FORMAT:
+            raise StateFormatError(f"unknown downlink state format {meta.get('format')!r}")
+        try:
+            if ModelSpec.from_json(meta["spec"]) != self.spec:
+                raise StateFormatError("the saved downlink belongs to another model")
+            if int(meta["keyframe_bits"]) != self.keyframe_bits:
+                raise StateFormatError(
+                    f"the saved stream uses keyframe_bits={meta['keyframe_bits']}, "
+                    f"this encoder {self.keyframe_bits}"
+                )
+            latest = meta["latest"]
+            if latest is None:
+                self._reset()
+                return
+            grid = [float(g) for g in meta["grid"]]
+            if len(grid) != len(self.spec):
+                raise StateFormatError("the saved grid does not match the model")
+            stream = {
+                name: np.ascontiguousarray(arrays[f"stream/{i}"], dtype=np.float32).copy()
+                for i, name in enumerate(self.spec.names)
+            }
+            self.spec.check(stream, "saved stream model")
+            releases: OrderedDict[int, Release] = OrderedDict()
+            for record in meta["releases"]:
+                version = int(record["version"])
+                delta = (
+                    np.asarray(arrays[f"delta/{version}"], dtype=np.uint8).tobytes()
+                    if record["has_delta"]
+                    else None
+                )
+                releases[version] = Release(
+                    version=version,
+                    digest=str(record["digest"]),
+                    delta=delta,
+                    stats=None,
+                    residual_rms=float(record["residual_rms"]),
+                )
+        except (KeyError, TypeError, ValueError) as exc:
+            if isinstance(exc, StateFormatError):
+                raise
+            raise StateFormatError(f"incomplete downlink state: {exc!r}") from exc
+        if model_digest(self.spec, stream) != releases[int(latest)].digest:
+            raise StateFormatError("the saved stream model does not match its digest")
+        self._grid = grid
+        self._stream = stream
+        self._latest = int(latest)
+        self._releases = releases
+        while len(self._releases) > self.keep + 1:
+            self._releases.popitem(last=False)
+        warm = meta.get("warm")
+        self._warm = float(warm) if isinstance(warm, int | float) else None
+        self._keyframe_cache = None
+        self.client_versions = {str(k): int(v) for k, v in meta["client_versions"].items()}
+        self.bytes_sent = int(meta.get("bytes_sent", 0))
+        self.keyframes_sent = int(meta.get("keyframes_sent", 0))
+        self.keyframe_bytes_sent = int(meta.get("keyframe_bytes_sent", 0))
+
+    def save_state(self, path: str | os.PathLike[str]) -> None:
+        """Write :meth:`state` to an ``.npz`` file (atomically, no pickle)."""
+        arrays, meta = self.state()
+        save_npz_state(path, arrays, meta)
+
+    def load_state_file(self, path: str | os.PathLike[str]) -> None:
+        """:meth:`load_state` from a file written by :meth:`save_state`."""
+        arrays, meta = load_npz_state(path)
+        self.load_state(arrays, meta)
 
     # -- serving ------------------------------------------------------------
 
