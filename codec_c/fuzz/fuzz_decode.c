@@ -11,10 +11,11 @@
  * accumulator: f32 and f64 alternate by tensor).  The properties, checked
  * with abort() so the fuzzer reports them like a crash:
  *   - inspect and decode agree on a rejected header;
- *   - on success: value = (float)level * step bit for bit, the accumulator
- *     equals its start + weight * value, every level is within
- *     FC_MAX_LEVEL, and re-encoding the levels gives a container that
- *     decodes to the same levels;
+ *   - on success: value = (float)level * step bit for bit (dithered
+ *     tensors: minus fc_dither(), FC_QUANT_DITHER), the accumulator equals
+ *     its start + weight * value (for value != 0; dithered tensors: every
+ *     element), every level is within FC_MAX_LEVEL, and re-encoding the
+ *     levels gives a container that decodes to the same levels;
  *   - on failure: every accumulator is unchanged.
  * Memory errors are the sanitizers' job (build with ASan + UBSan).
  */
@@ -110,18 +111,25 @@ static void one(const uint8_t *data, size_t size)
     check(rc == FC_OK || rc == FC_ERR_CORRUPT);
     for (i = 0; i < count; i++) {
         uint64_t n = info[i].numel, k;
-        float step = (float)info[i].step;
+        float step = (float)info[i].step, u = 0.0f;
+        int dither = info[i].quantizer == FC_QUANT_DITHER;
+        check(info[i].quantizer <= FC_QUANT_DITHER);
         for (k = 0; k < n; k++) {
             if (rc == FC_OK) {
                 int32_t l = levels[i][k];
                 float v = (float)l * step;
+                if (dither) {
+                    check(fc_dither(info[i].dither_seed, info[i].index, k, 1, step, &u) == FC_OK);
+                    v = v - u;
+                }
                 check(l >= -FC_MAX_LEVEL && l <= FC_MAX_LEVEL);
                 check(memcmp(&v, &tg[i].values[k], 4) == 0);
                 if (i & 1)
                     check(((float *)tg[i].acc)[k] ==
-                          (l ? (float)((double)k + 0.75 * (double)v) : (float)k));
+                          (l || dither ? (float)((double)k + 0.75 * (double)v) : (float)k));
                 else
-                    check(((double *)tg[i].acc)[k] == (l ? (double)k + 0.75 * (double)v : (double)k));
+                    check(((double *)tg[i].acc)[k] ==
+                          (l || dither ? (double)k + 0.75 * (double)v : (double)k));
             } else {
                 if (i & 1) check(((float *)tg[i].acc)[k] == (float)k);
                 else check(((double *)tg[i].acc)[k] == (double)k);

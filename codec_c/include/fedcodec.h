@@ -29,7 +29,9 @@
  *   For the same tensors and options the encoder produces the same bytes on
  *   every run, platform and thread count (the slicing of a tensor never
  *   depends on the thread count).  The decoder's reconstruction of a level
- *   k is the float32 product (float)k * step, so an encoder-side
+ *   k is the float32 product (float)k * step (with the trellis quantizer k is
+ *   the reconstruction index, with the dithered quantizer the dither is
+ *   subtracted in float32, see enum fc_quantizer), so an encoder-side
  *   reconstruction (fc_tensor.recon) equals what any decoder produces.
  *
  * What not to rely on
@@ -48,7 +50,7 @@ extern "C" {
 #endif
 
 #define FC_VERSION_MAJOR 0
-#define FC_VERSION_MINOR 1
+#define FC_VERSION_MINOR 2
 #define FC_VERSION_PATCH 0
 
 /* Container format version written by this library (FORMAT.md). */
@@ -100,6 +102,40 @@ enum fc_mode {
     FC_MODE_RUNS = 2     /* Exp-Golomb coded gaps between nonzeros */
 };
 
+/* How float values become integer levels (fc_encode_options.quantizer).
+ * The kind is stored per tensor; tensors given as integer `levels` are always
+ * coded as FC_QUANT_UNIFORM.
+ *
+ * FC_QUANT_UNIFORM  level k, reconstruction (float)k * step.  lambda = 0:
+ *                   rounding; lambda > 0: RD quantization (RDOQ).
+ * FC_QUANT_TRELLIS  dependent (trellis-coded) quantization, VVC's 4 states:
+ *                   two scalar quantizers Q0 = {2j * step} and
+ *                   Q1 = {(2j - sgn j) * step}, chosen per weight by a state
+ *                   machine driven by the parity of each coded level; the
+ *                   encoder picks the levels by a Viterbi search minimizing
+ *                   eta * distortion + lambda' * rate (always rate-aware:
+ *                   lambda = 0 selects ln(2)/6).  The "max compression"
+ *                   mode: slower to encode, decodes at about plain speed.
+ *                   Decoded `levels` are reconstruction indices q (the value
+ *                   is (float)q * step, as for uniform tensors).
+ * FC_QUANT_TRELLIS8 the same with NNR's 8-state machine.
+ * FC_QUANT_DITHER   subtractive dithered quantization: level
+ *                   k = round((w + u) / step), reconstruction
+ *                   (float)k * step - u, where u = fc_dither() is a
+ *                   pseudo-random value, uniform in (-step/2, step/2), drawn
+ *                   from a 64-bit seed (fc_encode_options.dither_seed,
+ *                   stored in the container), the tensor index and the
+ *                   element index.  The error is uniform and independent of
+ *                   the input: an unbiased quantizer.  Levels are rounded
+ *                   (lambda must be 0).  Every element reconstructs to a
+ *                   nonzero value (a zero level to -u). */
+enum fc_quantizer {
+    FC_QUANT_UNIFORM = 0,
+    FC_QUANT_TRELLIS = 1,
+    FC_QUANT_TRELLIS8 = 2,
+    FC_QUANT_DITHER = 3
+};
+
 /* One tensor to encode.  Exactly one of `values` and `levels` is non-NULL. */
 typedef struct fc_tensor {
     uint32_t index;                /* id written to the container; strictly
@@ -116,8 +152,9 @@ typedef struct fc_tensor {
                                       levels); 0: derive it from S (below) */
     double sigma_min;              /* > 0: the sigma_min of the step formula;
                                       0: the RMS of the nonzero values */
-    float *recon;                  /* optional out: level * step per weight,
-                                      exactly what a decoder reconstructs */
+    float *recon;                  /* optional out: level * step per weight
+                                      (see enum fc_quantizer), exactly what
+                                      a decoder reconstructs */
 } fc_tensor;
 
 /* Per-tensor results of an encode. */
@@ -145,6 +182,13 @@ typedef struct fc_encode_options {
     int32_t mode;           /* enum fc_mode; default FC_MODE_AUTO */
     uint32_t window_set;    /* probability-estimator window set 0..7
                                (default 0 = shifts 4 and 7) */
+    /* since 0.2 */
+    int32_t quantizer;      /* enum fc_quantizer for float tensors
+                               (default FC_QUANT_UNIFORM) */
+    uint64_t dither_seed;   /* FC_QUANT_DITHER: the seed of the dither
+                               (written to the container); derive it from
+                               round and client ids, never reuse one for two
+                               different updates that are summed */
 } fc_encode_options;
 
 /* Fill `opts` with the defaults (and struct_size). */
@@ -191,6 +235,9 @@ typedef struct fc_tensor_info {
     double step;
     uint32_t slices;
     uint32_t max_gtx;
+    /* since 0.2 (the struct grew: code built against 0.1 must be rebuilt) */
+    uint32_t quantizer;    /* enum fc_quantizer */
+    uint64_t dither_seed;  /* the container's seed (FC_QUANT_DITHER), else 0 */
 } fc_tensor_info;
 
 /* Parse and check a container without decoding payloads: magic, version,
@@ -202,15 +249,28 @@ enum fc_result fc_inspect(const uint8_t *src, size_t src_size,
                           fc_tensor_info *infos, size_t capacity,
                           size_t *count);
 
+/* The dither of FC_QUANT_DITHER: out[i] receives the u that the decoder
+ * subtracts from element first + i (row-major element index) of the tensor
+ * with index `tensor_index` in a container with seed `seed` and a tensor
+ * step `step` (a normal float32 > 0).  u is an exact float32 in
+ * (-step/2, step/2); see FORMAT.md for the definition. */
+enum fc_result fc_dither(uint64_t seed, uint32_t tensor_index, uint64_t first, size_t count,
+                         double step, float *out);
+
 /* Accumulator element types for fc_decode_target.acc. */
 enum fc_acc_dtype { FC_ACC_NONE = 0, FC_ACC_F32 = 1, FC_ACC_F64 = 2 };
 
 /* Where one tensor's decoded data goes.  Any combination of the pointers may
  * be set (each holds numel elements); all NULL skips the tensor's payload. */
 typedef struct fc_decode_target {
-    int32_t *levels;       /* out: the integer levels */
-    float *values;         /* out: level * step, float32 */
-    void *acc;             /* in/out: acc[i] += weight * (level * step) */
+    int32_t *levels;       /* out: the integer levels (trellis tensors: the
+                              reconstruction indices; dithered tensors: the
+                              levels k of w + u) */
+    float *values;         /* out: level * step, float32 (dithered tensors:
+                              level * step - u) */
+    void *acc;             /* in/out: acc[i] += weight * value[i] (for every
+                              element whose value is nonzero: dithered
+                              tensors add every element) */
     int32_t acc_dtype;     /* enum fc_acc_dtype of acc */
     double weight;         /* accumulation weight */
 } fc_decode_target;

@@ -168,6 +168,50 @@ static inline float fc_bits_f32(uint32_t u)
     return f;
 }
 
+/* ------------------------------------------------------------------ */
+/* Dither (FC_QUANT_DITHER, FORMAT.md §8.3)                             */
+/* ------------------------------------------------------------------ */
+
+#define FC_GOLDEN_GAMMA 0x9E3779B97F4A7C15ull
+
+/* splitmix64's finalizer: a bijective 64-bit mix. */
+static inline uint64_t fc_mix64(uint64_t z)
+{
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+    return z ^ (z >> 31);
+}
+
+/* The dither key of the tensor with index `index` in a container with
+ * dither seed `seed`. */
+static inline uint64_t fc_dither_key(uint64_t seed, uint32_t index)
+{
+    return fc_mix64(seed + FC_GOLDEN_GAMMA * ((uint64_t)index + 1u));
+}
+
+/* Dither of element i in units of the step: (2m + 1 - 2^24) / 2^25 with m
+ * the top 24 bits of a counter-based hash, an odd multiple of 2^-25 in
+ * (-1/2, 1/2).  Every step is exact in float32 (|2m + 1 - 2^24| < 2^24). */
+static inline float fc_dither_unit(uint64_t key, uint64_t i)
+{
+    uint64_t h = fc_mix64(key + FC_GOLDEN_GAMMA * (i + 1u));
+    int32_t m = (int32_t)(h >> 40);
+    return (float)(2 * m + 1 - (1 << 24)) * (1.0f / 33554432.0f);
+}
+
+/* The dither u of element i: the float32 product unit * step. */
+static inline float fc_dither_value(uint64_t key, uint64_t i, float step)
+{
+    return fc_dither_unit(key, i) * step;
+}
+
+/* The float32 reconstruction of a dithered level k: (float)k * step - u. */
+static inline float fc_dither_recon(int32_t k, float step, float u)
+{
+    float r = (float)k * step;
+    return r - u;
+}
+
 /* CRC-32 (IEEE 802.3, reflected, as zlib's crc32()). */
 uint32_t fc_crc32(uint32_t crc, const uint8_t *data, size_t size);
 

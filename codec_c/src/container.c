@@ -83,10 +83,21 @@ static int parse_tensor(fc_reader *r, const fc_decode_options *o, const fc_tenso
     CHECK(fc_get_u8(r, &byte));
     td->max_gtx = byte & 0x0Fu;
     td->window_set = (byte >> 4) & 7u;
-    if (td->max_gtx < 1 || td->max_gtx > FC_MAX_GTX || (byte & 0x80u)) return FC_ERR_CORRUPT;
+    if (td->max_gtx < 1 || td->max_gtx > FC_MAX_GTX) return FC_ERR_CORRUPT;
+    td->quant = FC_QUANT_UNIFORM;
+    if (byte & FC_PARAMS_EXT) {
+        uint8_t ext;
+        CHECK(fc_get_u8(r, &ext));
+        if (ext & ~3u) return FC_ERR_CORRUPT;
+        td->quant = ext;
+        if (td->quant == FC_QUANT_DITHER && !out->has_seed) return FC_ERR_CORRUPT;
+    }
 
     CHECK(fc_get_varint(r, &nsl));
     if (nsl > td->rows || (td->numel == 0 && nsl != 0)) return FC_ERR_CORRUPT;
+    /* Every element of a dithered tensor reconstructs to a nonzero value:
+     * there is no all-zero shortcut. */
+    if (td->quant == FC_QUANT_DITHER && td->numel > 0 && nsl == 0) return FC_ERR_CORRUPT;
     /* Each slice entry takes at least 2 bytes: bounds the allocation. */
     if (nsl > (uint64_t)(r->end - r->p) / 2u) return FC_ERR_TRUNCATED;
     td->nslices = (size_t)nsl;
@@ -149,10 +160,16 @@ int fc_parse(const uint8_t *src, size_t size, const fc_decode_options *o, fc_par
     if (size < 11) return FC_ERR_TRUNCATED;
     if (src[4] != FC_FORMAT_VERSION) return FC_ERR_VERSION;
     if (fc_crc32(0, src, size - 4) != fc_load_le32(src + size - 4)) return FC_ERR_CHECKSUM;
-    if (src[5] != 0) return FC_ERR_CORRUPT;
+    if (src[5] & ~FC_CFLAG_DITHER_SEED) return FC_ERR_CORRUPT;
 
     r.p = src + 6;
     r.end = src + size - 4;
+    if (src[5] & FC_CFLAG_DITHER_SEED) {
+        if (r.end - r.p < 8) return FC_ERR_TRUNCATED;
+        out->has_seed = 1;
+        out->dither_seed = (uint64_t)fc_load_le32(r.p) | ((uint64_t)fc_load_le32(r.p + 4) << 32);
+        r.p += 8;
+    }
     rc = fc_get_varint(&r, &count);
     if (rc != FC_OK) return rc;
     if (count > o->max_tensors) return FC_ERR_LIMIT;
@@ -178,14 +195,20 @@ int fc_parse(const uint8_t *src, size_t size, const fc_decode_options *o, fc_par
     return FC_OK;
 }
 
-void fc_write_container_header(fc_buf *b, size_t count)
+void fc_write_container_header(fc_buf *b, size_t count, int has_seed, uint64_t seed)
 {
     fc_buf_put(b, FC_MAGIC0);
     fc_buf_put(b, FC_MAGIC1);
     fc_buf_put(b, FC_MAGIC2);
     fc_buf_put(b, FC_MAGIC3);
     fc_buf_put(b, FC_FORMAT_VERSION);
-    fc_buf_put(b, 0);
+    fc_buf_put(b, has_seed ? FC_CFLAG_DITHER_SEED : 0);
+    if (has_seed) {
+        uint8_t le[8];
+        fc_store_le32(le, (uint32_t)seed);
+        fc_store_le32(le + 4, (uint32_t)(seed >> 32));
+        fc_buf_write(b, le, 8);
+    }
     fc_put_varint(b, count);
 }
 
@@ -204,7 +227,8 @@ void fc_write_tensor_header(fc_buf *b, const fc_tensor_desc *t, const fc_tensor_
         fc_store_le32(le, fc_f32_bits(t->step));
         fc_buf_write(b, le, 4);
     }
-    fc_buf_put(b, (uint8_t)(t->max_gtx | (t->window_set << 4)));
+    fc_buf_put(b, (uint8_t)(t->max_gtx | (t->window_set << 4) | (t->quant ? FC_PARAMS_EXT : 0)));
+    if (t->quant) fc_buf_put(b, (uint8_t)t->quant);
     fc_put_varint(b, t->nslices);
     for (s = 0; s < t->nslices; s++) {
         if (s + 1 < t->nslices) fc_put_varint(b, t->slices[s].rows);

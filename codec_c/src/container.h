@@ -16,6 +16,10 @@
 /* Tensor header flag bits in the dtype/ndim byte. */
 #define FC_HDR_INDEX_IMPLICIT 0x40u /* index = previous index + 1 (0 first) */
 #define FC_HDR_STEP_REPEAT 0x80u    /* step = previous tensor's step */
+/* Container flag bits (byte 5). */
+#define FC_CFLAG_DITHER_SEED 0x01u  /* a u64 dither seed follows the flags */
+/* Tensor params byte: bit 7 = a quantizer byte follows. */
+#define FC_PARAMS_EXT 0x80u
 
 typedef struct fc_slice_desc {
     uint64_t rows;
@@ -33,11 +37,14 @@ typedef struct fc_tensor_desc {
     float step;
     unsigned max_gtx;
     unsigned window_set;
+    unsigned quant;        /* enum fc_quantizer */
     size_t nslices;
     fc_slice_desc *slices; /* points into fc_parsed.slices */
 } fc_tensor_desc;
 
 typedef struct fc_parsed {
+    int has_seed;
+    uint64_t dither_seed;
     size_t count;
     fc_tensor_desc *tensors;
     size_t nslices;
@@ -52,7 +59,7 @@ int fc_parse(const uint8_t *src, size_t size, const fc_decode_options *opts, fc_
 void fc_parsed_free(fc_parsed *p);
 
 /* Header writing. */
-void fc_write_container_header(fc_buf *b, size_t count);
+void fc_write_container_header(fc_buf *b, size_t count, int has_seed, uint64_t seed);
 /* `prev` is the previous tensor of the container, or NULL for the first. */
 void fc_write_tensor_header(fc_buf *b, const fc_tensor_desc *t, const fc_tensor_desc *prev);
 

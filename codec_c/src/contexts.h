@@ -36,6 +36,8 @@ typedef struct fc_ctxset {
     fc_ctx rem_suffix[FC_REM_PREFIX_POS];           /* first suffix bin by prefix length */
     fc_ctx gap_prefix[3][FC_GAP_PREFIX_POS];       /* by the previous gap's prefix length */
     fc_ctx gap_suffix[FC_GAP_PREFIX_POS][2];        /* two leading suffix bins by prefix length */
+    fc_ctx dqsig[FC_SIG_CTX];                       /* dependent quantization, state in Q1: sig */
+    fc_ctx dqgsig[FC_SIG_CTX];                      /*   and gsig (Q0 states use sig and gsig) */
 } fc_ctxset;
 
 static inline void fc_ctxset_init(fc_ctxset *s, unsigned window_set)
@@ -43,6 +45,47 @@ static inline void fc_ctxset_init(fc_ctxset *s, unsigned window_set)
     fc_ctx *c = (fc_ctx *)s;
     size_t i, n = sizeof(*s) / sizeof(fc_ctx);
     for (i = 0; i < n; i++) fc_ctx_init(&c[i], window_set);
+}
+
+/* ------------------------------------------------------------------ */
+/* Dependent quantization (FORMAT.md §8.2)                              */
+/* ------------------------------------------------------------------ */
+
+#define FC_DQ_MAX_STATES 8
+/* Largest |level| of a trellis tensor: |reconstruction index| <= 2^30 - 2. */
+#define FC_MAX_DQ_LEVEL ((int32_t)((1u << 29) - 1))
+
+/* A state machine: the next state by the parity of the coded level, and the
+ * quantizer (0: Q0, even multiples of the step; 1: Q1, odd multiples and 0)
+ * each state selects.  Every state starts a slice in state 0. */
+typedef struct fc_dq_machine {
+    unsigned nstates;
+    uint8_t next[FC_DQ_MAX_STATES][2];
+    uint8_t q[FC_DQ_MAX_STATES];
+} fc_dq_machine;
+
+/* By enum fc_quantizer: [0] unused (uniform tensors have no state machine),
+ * [1] VVC's 4 states (quantizer = state >> 1), [2] NNR's 8 states
+ * (quantizer = state & 1). */
+static const fc_dq_machine fc_dq_machines[3] = {
+    {1, {{0, 0}}, {0}},
+    {4, {{0, 2}, {2, 0}, {1, 3}, {3, 1}}, {0, 0, 1, 1}},
+    {8, {{0, 2}, {7, 5}, {1, 3}, {6, 4}, {2, 0}, {5, 7}, {3, 1}, {4, 6}}, {0, 1, 0, 1, 0, 1, 0, 1}},
+};
+
+/* Reconstruction index of level k in a state with quantizer qsel. */
+static inline int32_t fc_dq_index(int32_t k, unsigned qsel)
+{
+    return k > 0 ? 2 * k - (int32_t)qsel : (k < 0 ? 2 * k + (int32_t)qsel : 0);
+}
+
+/* The state after n zero levels (parity 0): the parity-0 transitions of
+ * both machines have periods dividing 4. */
+static inline unsigned fc_dq_skip_zeros(const fc_dq_machine *m, unsigned s, uint64_t n)
+{
+    unsigned j;
+    for (j = 0; j < (unsigned)(n & 3u); j++) s = m->next[s][0];
+    return s;
 }
 
 static inline unsigned fc_sign_class(int32_t v)

@@ -25,6 +25,8 @@ void fc_encode_options_init(fc_encode_options *o)
     o->slice_elems = DEFAULT_SLICE_ELEMS;
     o->mode = FC_MODE_AUTO;
     o->window_set = 0;
+    o->quantizer = FC_QUANT_UNIFORM;
+    o->dither_seed = 0;
 }
 
 void fc_decode_options_init(fc_decode_options *o)
@@ -91,6 +93,9 @@ static enum fc_result check_encode_args(const fc_tensor *tensors, size_t count,
     if (o->window_set > 7) return FC_ERR_INVALID_ARGUMENT;
     if (o->mode < FC_MODE_AUTO || o->mode > FC_MODE_RUNS) return FC_ERR_INVALID_ARGUMENT;
     if (o->slice_elems == 0) return FC_ERR_INVALID_ARGUMENT;
+    if (o->quantizer < FC_QUANT_UNIFORM || o->quantizer > FC_QUANT_DITHER) return FC_ERR_INVALID_ARGUMENT;
+    /* The dither's error is independent of the input only under rounding. */
+    if (o->quantizer == FC_QUANT_DITHER && o->lambda != 0.0) return FC_ERR_INVALID_ARGUMENT;
     if (!tensors && count) return FC_ERR_INVALID_ARGUMENT;
     for (i = 0; i < count; i++) {
         const fc_tensor *t = &tensors[i];
@@ -125,6 +130,8 @@ static enum fc_result plan_tensor(const fc_tensor *t, const fc_encode_options *o
     numel = d->numel;
     d->max_gtx = o->max_gtx;
     d->window_set = o->window_set;
+    /* Integer levels are coded as they are. */
+    d->quant = t->values ? (unsigned)o->quantizer : FC_QUANT_UNIFORM;
     et->eta_scale = 1.0;
     *significant = 0;
     if (t->values && numel) {
@@ -138,7 +145,8 @@ static enum fc_result plan_tensor(const fc_tensor *t, const fc_encode_options *o
         if (step <= 0.0) step = fc_derive_step(&scan, t->sigma_min, o->S);
         if (!(step > 0.0)) return FC_ERR_INVALID_ARGUMENT;
         step = (double)(float)step;
-        if (scan.abs_max / step >= (double)FC_MAX_LEVEL) return FC_ERR_LEVEL_OVERFLOW;
+        if (scan.abs_max / step + (d->quant == FC_QUANT_DITHER ? 1.0 : 0.0) >= (double)FC_MAX_LEVEL)
+            return FC_ERR_LEVEL_OVERFLOW;
         *significant = fc_count_significant(t->values, numel, 1.0 / step);
     } else if (t->levels && numel) {
         uint64_t i;
@@ -180,6 +188,7 @@ enum fc_result fc_encode(const fc_tensor *tensors, size_t count, const fc_encode
     fc_slice_enc_job *jobs = NULL;
     fc_slice_desc *sdesc = NULL;
     size_t i, j, njobs = 0, bad = SIZE_MAX, total;
+    int has_seed = 0;
     enum fc_result rc;
     fc_buf head = {0};
 
@@ -233,6 +242,9 @@ enum fc_result fc_encode(const fc_tensor *tensors, size_t count, const fc_encode
             jb->eta_scale = et[i].eta_scale;
             jb->max_gtx = o.max_gtx;
             jb->window_set = o.window_set;
+            jb->quant = d->quant;
+            jb->dither_key = fc_dither_key(o.dither_seed, d->index);
+            jb->elem_off = off;
             jb->mode_request = o.mode;
             r0 += rows;
         }
@@ -249,7 +261,8 @@ enum fc_result fc_encode(const fc_tensor *tensors, size_t count, const fc_encode
     }
 
     /* Assemble: container header, then per tensor its header and payloads. */
-    fc_write_container_header(&head, count);
+    for (i = 0; i < count; i++) has_seed |= et[i].desc.quant == FC_QUANT_DITHER;
+    fc_write_container_header(&head, count, has_seed, o.dither_seed);
     total = head.size;
     for (i = 0; i < count; i++) {
         fc_tensor_desc *d = &et[i].desc;
@@ -266,7 +279,7 @@ enum fc_result fc_encode(const fc_tensor *tensors, size_t count, const fc_encode
             payload += jb->out.size;
         }
         d->slices = sdesc + et[i].first_job;
-        if (nz == 0) {
+        if (nz == 0 && d->quant != FC_QUANT_DITHER) {
             d->nslices = 0; /* an all-zero tensor has no slices */
             payload = 0;
         }
@@ -306,7 +319,7 @@ enum fc_result fc_encode(const fc_tensor *tensors, size_t count, const fc_encode
         /* Re-walk headers: write tensor header bytes then payloads. */
         fc_buf tmp = {0};
         size_t pos = 0;
-        fc_write_container_header(&tmp, count);
+        fc_write_container_header(&tmp, count, has_seed, o.dither_seed);
         memcpy(dst, tmp.data, tmp.size);
         pos = tmp.size;
         for (i = 0; i < count; i++) {
@@ -384,6 +397,8 @@ enum fc_result fc_inspect(const uint8_t *src, size_t src_size, const fc_decode_o
         inf->step = (double)d->step;
         inf->slices = (uint32_t)d->nslices;
         inf->max_gtx = d->max_gtx;
+        inf->quantizer = d->quant;
+        inf->dither_seed = d->quant == FC_QUANT_DITHER ? p.dither_seed : 0;
     }
     fc_parsed_free(&p);
     return FC_OK;
@@ -452,6 +467,9 @@ enum fc_result fc_decode(const uint8_t *src, size_t src_size, const fc_decode_op
                 jb->step = d->step;
                 jb->max_gtx = d->max_gtx;
                 jb->window_set = d->window_set;
+                jb->quant = d->quant;
+                jb->dither_key = fc_dither_key(p.dither_seed, d->index);
+                jb->elem_off = off;
                 jb->mode = sd->mode;
                 jb->k = sd->k;
                 if (pass == 1) {
@@ -480,4 +498,16 @@ out:
     free(jobs);
     fc_parsed_free(&p);
     return (enum fc_result)rc;
+}
+
+enum fc_result fc_dither(uint64_t seed, uint32_t tensor_index, uint64_t first, size_t count,
+                         double step, float *out)
+{
+    uint64_t key = fc_dither_key(seed, tensor_index);
+    float f = (float)step;
+    size_t i;
+    if ((!out && count) || !(step > 0.0) || !isnormal(f) || first > UINT64_MAX - count)
+        return FC_ERR_INVALID_ARGUMENT;
+    for (i = 0; i < count; i++) out[i] = fc_dither_value(key, first + i, f);
+    return FC_OK;
 }

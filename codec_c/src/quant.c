@@ -91,7 +91,7 @@ uint64_t fc_rounding_stats(const float *values, uint64_t n, double inv_step, uns
     return cnt;
 }
 
-static uint64_t quantize_row_rounding(const fc_quantizer *q, const float *x, uint64_t cols,
+static uint64_t quantize_row_rounding(const fc_rdoq *q, const float *x, uint64_t cols,
                                       int32_t *cur)
 {
     uint64_t nz = 0, c;
@@ -103,7 +103,7 @@ static uint64_t quantize_row_rounding(const fc_quantizer *q, const float *x, uin
     return nz;
 }
 
-uint64_t fc_quantize_row(fc_quantizer *q, const fc_colstate *colstate, const float *x,
+uint64_t fc_quantize_row(fc_rdoq *q, const fc_colstate *colstate, const float *x,
                          const float *importance, uint64_t cols, const int32_t *prev, int32_t *cur)
 {
     fc_ctxset *m = &q->model;
@@ -156,6 +156,34 @@ uint64_t fc_quantize_row(fc_quantizer *q, const fc_colstate *colstate, const flo
         }
         fc_ctx_update(sig, best != 0);
         if (!best) cur[c] = 0;
+    }
+    return nz;
+}
+
+uint64_t fc_dither_stats(const float *values, uint64_t n, double inv_step, float step, uint64_t key,
+                         uint64_t first, unsigned *min_level)
+{
+    uint64_t cnt = 0, i;
+    unsigned lo = (unsigned)FC_MAX_LEVEL;
+    for (i = 0; i < n; i++) {
+        int32_t k = fc_dither_level(values[i], fc_dither_value(key, first + i, step), inv_step);
+        if (k) {
+            unsigned a = fc_abs32(k);
+            cnt++;
+            lo = a < lo ? a : lo;
+        }
+    }
+    *min_level = cnt ? lo : 1u;
+    return cnt;
+}
+
+uint64_t fc_quantize_row_dither(const float *x, uint64_t cols, double inv_step, float step,
+                                uint64_t key, uint64_t first, int32_t *cur)
+{
+    uint64_t nz = 0, c;
+    for (c = 0; c < cols; c++) {
+        cur[c] = fc_dither_level(x[c], fc_dither_value(key, first + c, step), inv_step);
+        nz += cur[c] != 0;
     }
     return nz;
 }

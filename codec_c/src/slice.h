@@ -16,6 +16,12 @@
  *   runs     no row flags; the gaps between nonzero levels in raster order
  *            (Exp-Golomb of order k), each followed by its level; a final gap
  *            that reaches exactly the end of the slice terminates it
+ *
+ * Trellis (dependent) quantization: a state machine (contexts.h) runs over
+ * the slice's levels in raster order from state 0; in dense and grouped
+ * mode a state whose quantizer is Q1 selects the dqsig / dqgsig contexts
+ * instead of sig / gsig.  Everything else is coded as for uniform slices;
+ * the state only matters for the reconstruction.
  */
 #ifndef FC_SLICE_H
 #define FC_SLICE_H
@@ -37,6 +43,9 @@ typedef struct fc_slice_enc_job {
     double eta_scale;
     unsigned max_gtx;
     unsigned window_set;
+    unsigned quant;           /* enum fc_quantizer (levels: uniform) */
+    uint64_t dither_key;      /* FC_QUANT_DITHER: fc_dither_key() */
+    uint64_t elem_off;        /* element index of the slice start in the tensor */
     int mode_request;         /* enum fc_mode */
     /* output */
     fc_buf out;
@@ -65,6 +74,9 @@ typedef struct fc_slice_dec_job {
     float step;
     unsigned max_gtx;
     unsigned window_set;
+    unsigned quant;           /* enum fc_quantizer */
+    uint64_t dither_key;      /* FC_QUANT_DITHER: fc_dither_key() */
+    uint64_t elem_off;        /* element index of the slice start in the tensor */
     unsigned mode;
     unsigned k;
     fc_sink sink;             /* pointers already offset to the slice start */

@@ -8,15 +8,83 @@
 #include "binarize.h"
 #include "slice.h"
 
-static void emit_zeros(const fc_sink *k, uint64_t off, uint64_t n)
+/* Trellis tensors: the levels of a chunk as reconstruction indices, with
+ * the state machine run from *state (updated). */
+static const int32_t *dequantize(const fc_dq_machine *dq, unsigned *state, const int32_t *lv,
+                                 uint64_t n, int32_t *out)
 {
+    unsigned s = *state;
+    uint64_t i;
+    for (i = 0; i < n; i++) {
+        int32_t v = lv[i];
+        out[i] = fc_dq_index(v, dq->q[s]);
+        s = dq->next[s][(unsigned)v & 1u];
+    }
+    *state = s;
+    return out;
+}
+
+/* Dithered tensors: every element reconstructs to level * step - u (lv NULL:
+ * all levels 0), and accumulators take every element. */
+static void emit_dither(const fc_sink *k, float step, uint64_t key, uint64_t first, uint64_t off,
+                        const int32_t *lv, uint64_t n)
+{
+    uint64_t i;
+    if (k->levels) {
+        if (lv) memcpy(k->levels + off, lv, sizeof(int32_t) * (size_t)n);
+        else memset(k->levels + off, 0, sizeof(int32_t) * (size_t)n);
+    }
+    if (!k->values && !k->acc) return;
+    for (i = 0; i < n; i++) {
+        float v = fc_dither_recon(lv ? lv[i] : 0, step, fc_dither_value(key, first + off + i, step));
+        if (k->values) k->values[off + i] = v;
+        if (k->acc) {
+            if (k->acc_dtype == FC_ACC_F64) {
+                ((double *)k->acc)[off + i] += k->weight * (double)v;
+            } else {
+                float *a = (float *)k->acc + off + i;
+                *a = (float)((double)*a + k->weight * (double)v);
+            }
+        }
+    }
+}
+
+/* Where decoded levels go, and how they are reconstructed. */
+typedef struct dec_out {
+    const fc_sink *sink;
+    float step;
+    unsigned quant;
+    const fc_dq_machine *dq;  /* trellis tensors, else NULL */
+    unsigned state;           /* state machine at the next emitted element */
+    int32_t *scratch;         /* trellis tensors: a chunk of indices */
+    uint64_t key, first;      /* dithered tensors */
+    int active;               /* any output at all */
+} dec_out;
+
+static void emit_zeros(dec_out *o, uint64_t off, uint64_t n)
+{
+    const fc_sink *k = o->sink;
+    if (!o->active) return;
+    if (o->quant == FC_QUANT_DITHER) {
+        emit_dither(k, o->step, o->key, o->first, off, NULL, n);
+        return;
+    }
+    if (o->dq) o->state = fc_dq_skip_zeros(o->dq, o->state, n);
     if (k->levels) memset(k->levels + off, 0, sizeof(int32_t) * (size_t)n);
     if (k->values) memset(k->values + off, 0, sizeof(float) * (size_t)n);
 }
 
-static void emit(const fc_sink *k, float step, uint64_t off, const int32_t *lv, uint64_t n)
+static void emit(dec_out *o, uint64_t off, const int32_t *lv, uint64_t n)
 {
+    const fc_sink *k = o->sink;
+    const float step = o->step;
     uint64_t i;
+    if (!o->active) return;
+    if (o->quant == FC_QUANT_DITHER) {
+        emit_dither(k, step, o->key, o->first, off, lv, n);
+        return;
+    }
+    if (o->dq) lv = dequantize(o->dq, &o->state, lv, n, o->scratch);
     if (k->levels) memcpy(k->levels + off, lv, sizeof(int32_t) * (size_t)n);
     if (k->values) {
         float *v = k->values + off;
@@ -51,6 +119,10 @@ typedef struct dec_state {
     uint64_t next_nz;      /* slice position of the next nonzero, or n */
     uint64_t n;
     int bad;
+    /* trellis tensors: the state machine (NULL otherwise) and its state at
+     * the next element to decode */
+    const fc_dq_machine *dq;
+    unsigned dq_state;
 } dec_state;
 
 /* Decode the level of a significant element at column c; 0 when malformed. */
@@ -70,18 +142,22 @@ static inline int32_t dec_nonzero(dec_state *st, int32_t left, int32_t above, ui
     return v;
 }
 
-/* Significance-coded columns [g0, g1) of a chunk that starts at c0. */
-static int32_t dec_sig_range(dec_state *st, fc_ctx *sigset, int32_t *cur, const int32_t *prev,
-                             uint64_t c0, uint64_t g0, uint64_t g1, int32_t left)
+/* Significance-coded columns [g0, g1) of a chunk that starts at c0
+ * (`dqset`: the contexts of states in Q1, trellis slices). */
+static int32_t dec_sig_range(dec_state *st, fc_ctx *sigset, fc_ctx *dqset, int32_t *cur,
+                             const int32_t *prev, uint64_t c0, uint64_t g0, uint64_t g1, int32_t left)
 {
+    const fc_dq_machine *dq = st->dq;
     uint64_t c;
     for (c = g0; c < g1; c++) {
         int32_t v = 0;
         int32_t above = prev ? prev[c] : 0;
-        if (fc_rc_decode(&st->d, &sigset[fc_sig_ctx(&st->cols, &st->row, left, above, c)])) {
+        fc_ctx *set = (dq && dq->q[st->dq_state]) ? dqset : sigset;
+        if (fc_rc_decode(&st->d, &set[fc_sig_ctx(&st->cols, &st->row, left, above, c)])) {
             v = dec_nonzero(st, left, above, c);
             if (!v) return 0;
         }
+        if (dq) st->dq_state = dq->next[st->dq_state][(unsigned)v & 1u];
         fc_col_activity(&st->cols, c, v != 0);
         cur[c - c0] = v;
         left = v;
@@ -101,7 +177,7 @@ static void decay_activity(dec_state *st, uint64_t c0, uint64_t c1)
 static void dec_chunk_dense(dec_state *st, int32_t *cur, const int32_t *prev, uint64_t c0,
                             uint64_t c1, int32_t left)
 {
-    dec_sig_range(st, st->s.sig, cur, prev, c0, c0, c1, left);
+    dec_sig_range(st, st->s.sig, st->s.dqsig, cur, prev, c0, c0, c1, left);
 }
 
 static unsigned any_nonzero(const int32_t *v, uint64_t c0, uint64_t c1)
@@ -125,10 +201,11 @@ static void dec_chunk_grouped(dec_state *st, int32_t *cur, const int32_t *prev, 
         if (!any) {
             memset(cur + (g0 - c0), 0, sizeof(int32_t) * (size_t)(g1 - g0));
             decay_activity(st, g0, g1);
+            if (st->dq) st->dq_state = fc_dq_skip_zeros(st->dq, st->dq_state, g1 - g0);
             left = 0;
             continue;
         }
-        left = dec_sig_range(st, st->s.gsig, cur, prev, c0, g0, g1, left);
+        left = dec_sig_range(st, st->s.gsig, st->s.dqgsig, cur, prev, c0, g0, g1, left);
     }
 }
 
@@ -170,8 +247,13 @@ void fc_slice_decode(fc_slice_dec_job *job)
     const uint64_t width = use_above ? cols : FC_ROW_CTX_MAX;
     const int refrows = job->mode != FC_MODE_RUNS && (job->k & FC_SLICE_REFROWS);
     const unsigned window = refrows ? fc_ref_window(cols) : 1u, slots = window + 1u;
+    const fc_dq_machine *dq = (job->quant == FC_QUANT_TRELLIS || job->quant == FC_QUANT_TRELLIS8)
+                                  ? &fc_dq_machines[job->quant]
+                                  : NULL;
+    const int32_t max_level = dq ? FC_MAX_DQ_LEVEL : FC_MAX_LEVEL;
     int32_t *ring = NULL;
     dec_state *st = NULL;
+    dec_out o;
     uint64_t r;
 
     job->result = FC_OK;
@@ -179,7 +261,16 @@ void fc_slice_decode(fc_slice_dec_job *job)
         job->result = FC_ERR_CORRUPT;
         return;
     }
+    memset(&o, 0, sizeof(o));
+    o.sink = &job->sink;
+    o.step = job->step;
+    o.quant = job->quant;
+    o.dq = dq;
+    o.key = job->dither_key;
+    o.first = job->elem_off;
+    o.active = job->sink.levels || job->sink.values || job->sink.acc;
     ring = (int32_t *)calloc((size_t)width * slots, sizeof(int32_t));
+    if (dq && o.active) o.scratch = (int32_t *)malloc(sizeof(int32_t) * (size_t)width);
     st = (dec_state *)calloc(1, sizeof(*st));
     if (st && use_above) {
         st->cols.sgn = (int8_t *)calloc((size_t)cols, 1);
@@ -189,7 +280,7 @@ void fc_slice_decode(fc_slice_dec_job *job)
             if (st->cols.act) memset(st->cols.act, FC_ACT_INIT, (size_t)cols);
         }
     }
-    if (!ring || !st ||
+    if (!ring || !st || (dq && o.active && !o.scratch) ||
         (use_above && (!st->cols.sgn || !st->cols.mag || (job->mode != FC_MODE_RUNS && !st->cols.act)))) {
         job->result = FC_ERR_NOMEM;
         goto out;
@@ -200,13 +291,14 @@ void fc_slice_decode(fc_slice_dec_job *job)
     st->k = job->mode == FC_MODE_RUNS ? job->k : 0;
     {
         uint32_t m0m1;
-        if (fc_dec_eg0_bypass(&st->d, &m0m1) || m0m1 >= (uint32_t)FC_MAX_LEVEL) {
+        if (fc_dec_eg0_bypass(&st->d, &m0m1) || m0m1 >= (uint32_t)max_level) {
             job->result = FC_ERR_CORRUPT;
             goto out;
         }
         st->m0 = m0m1 + 1u;
-        st->cm_max = (unsigned)FC_MAX_LEVEL - m0m1;
+        st->cm_max = (unsigned)max_level - m0m1;
     }
+    st->dq = dq;
     st->n = rows * cols;
     if (job->mode == FC_MODE_RUNS) next_gap(st);
 
@@ -222,8 +314,9 @@ void fc_slice_decode(fc_slice_dec_job *job)
             flag = fc_rc_decode(&st->d, &st->s.row[st->prev_row_flag]);
             st->prev_row_flag = flag;
             if (!flag) {
-                emit_zeros(&job->sink, off, cols);
+                emit_zeros(&o, off, cols);
                 decay_activity(st, 0, cols);
+                if (dq) st->dq_state = fc_dq_skip_zeros(dq, st->dq_state, cols);
                 if (use_above) memset(cur, 0, sizeof(int32_t) * (size_t)cols);
                 continue;
             }
@@ -254,7 +347,7 @@ void fc_slice_decode(fc_slice_dec_job *job)
                 break;
             }
             if (st->bad) break;
-            emit(&job->sink, job->step, off + c0, cur, c1 - c0);
+            emit(&o, off + c0, cur, c1 - c0);
             left = cur[c1 - c0 - 1];
         }
     }
@@ -262,6 +355,7 @@ void fc_slice_decode(fc_slice_dec_job *job)
     if (st->bad || !fc_rc_dec_ok(&st->d, job->size)) job->result = FC_ERR_CORRUPT;
 out:
     free(ring);
+    free(o.scratch);
     if (st) {
         free(st->cols.act);
         free(st->cols.sgn);

@@ -33,6 +33,8 @@ typedef struct slice_state {
     unsigned gap_class;    /* runs mode: class of the previous gap */
     fc_colstate cols;
     fc_rowstate row;
+    const fc_dq_machine *dq; /* trellis slices, else NULL */
+    unsigned dq_state;       /* the coder's state machine */
 } slice_state;
 
 /* Code the level cur[c] (nonzero) and update row and column state. */
@@ -47,16 +49,20 @@ static inline void enc_nonzero(fc_rc_enc *e, fc_ctxset *s, slice_state *st, cons
     fc_on_nonzero(&st->cols, &st->row, v, c, cm, 1);
 }
 
-static void enc_sig_range(fc_rc_enc *e, fc_ctxset *s, fc_ctx *sigset, slice_state *st,
-                          const int32_t *cur, const int32_t *above_row, uint64_t c0, uint64_t c1)
+static void enc_sig_range(fc_rc_enc *e, fc_ctxset *s, fc_ctx *sigset, fc_ctx *dqset,
+                          slice_state *st, const int32_t *cur, const int32_t *above_row, uint64_t c0,
+                          uint64_t c1)
 {
+    const fc_dq_machine *dq = st->dq;
     uint64_t c;
     for (c = c0; c < c1; c++) {
         int32_t left = c ? cur[c - 1] : 0;
         int32_t above = above_row ? above_row[c] : 0;
         int32_t v = cur[c];
-        fc_rc_encode(e, &sigset[fc_sig_ctx(&st->cols, &st->row, left, above, c)], v != 0);
+        fc_ctx *set = (dq && dq->q[st->dq_state]) ? dqset : sigset;
+        fc_rc_encode(e, &set[fc_sig_ctx(&st->cols, &st->row, left, above, c)], v != 0);
         if (v) enc_nonzero(e, s, st, cur, above_row, c);
+        if (dq) st->dq_state = dq->next[st->dq_state][(unsigned)v & 1u];
         fc_col_activity(&st->cols, c, v != 0);
     }
 }
@@ -80,7 +86,7 @@ static unsigned any_nonzero(const int32_t *v, uint64_t c0, uint64_t c1)
 static void enc_row_dense(fc_rc_enc *e, fc_ctxset *s, const int32_t *cur, const int32_t *above_row,
                           uint64_t cols, slice_state *st)
 {
-    enc_sig_range(e, s, s->sig, st, cur, above_row, 0, cols);
+    enc_sig_range(e, s, s->sig, s->dqsig, st, cur, above_row, 0, cols);
 }
 
 static void enc_row_grouped(fc_rc_enc *e, fc_ctxset *s, const int32_t *cur, const int32_t *above_row,
@@ -94,10 +100,12 @@ static void enc_row_grouped(fc_rc_enc *e, fc_ctxset *s, const int32_t *cur, cons
         unsigned above_group = any_nonzero(above_row, c0, c1);
         fc_rc_encode(e, &s->group[left_group * 2 + above_group], any);
         left_group = any;
-        if (any)
-            enc_sig_range(e, s, s->gsig, st, cur, above_row, c0, c1);
-        else
+        if (any) {
+            enc_sig_range(e, s, s->gsig, s->dqgsig, st, cur, above_row, c0, c1);
+        } else {
             decay_activity(st, c0, c1);
+            if (st->dq) st->dq_state = fc_dq_skip_zeros(st->dq, st->dq_state, c1 - c0);
+        }
     }
 }
 
@@ -227,22 +235,34 @@ void fc_slice_encode(fc_slice_enc_job *job)
     unsigned window = 1, slots;
     int32_t *ring = NULL;
     uint64_t *bitring = NULL;
-    fc_quantizer *q = NULL;
+    fc_rdoq *q = NULL;
+    fc_trellis *tr = NULL;
     fc_ctxset *s = NULL;
     fc_rc_enc e;
     slice_state st;
     uint64_t r, significant;
     double inv_step = 1.0 / (double)job->step;
+    const unsigned quant = job->values ? job->quant : FC_QUANT_UNIFORM;
+    const int trellis = quant == FC_QUANT_TRELLIS || quant == FC_QUANT_TRELLIS8;
+    unsigned rstate = 0; /* state machine of the reconstruction (trellis) */
 
     job->result = FC_OK;
     job->nonzeros = 0;
     job->sq_error = 0.0;
     memset(&st, 0, sizeof(st));
+    if (trellis) st.dq = &fc_dq_machines[quant];
 
     /* Mode from the density under plain rounding (RD quantization only
      * lowers it). */
-    if (job->values) {
+    if (quant == FC_QUANT_DITHER) {
+        significant = fc_dither_stats(job->values, n, inv_step, job->step, job->dither_key,
+                                      job->elem_off, &st.m0);
+    } else if (job->values) {
         significant = fc_rounding_stats(job->values, n, inv_step, &st.m0);
+        /* Trellis levels are about half the rounded magnitudes: the
+         * smallest candidate level of a value that rounds to m is at least
+         * (m - 1) / 2. */
+        if (trellis) st.m0 = st.m0 > 2u ? (st.m0 - 1u) / 2u : 1u;
     } else {
         uint64_t i;
         unsigned lo = (unsigned)FC_MAX_LEVEL;
@@ -276,8 +296,12 @@ void fc_slice_encode(fc_slice_enc_job *job)
         }
     }
     s = (fc_ctxset *)malloc(sizeof(*s));
-    if (job->values) q = (fc_quantizer *)malloc(sizeof(*q));
-    if (!ring || (window > 1 && !bitring) || !s || (job->values && !q) ||
+    if (job->values && quant == FC_QUANT_UNIFORM) q = (fc_rdoq *)malloc(sizeof(*q));
+    if (trellis)
+        tr = fc_trellis_new(quant, job->lambda, job->eta_scale, inv_step, job->max_gtx, st.m0,
+                            job->window_set);
+    if (!ring || (window > 1 && !bitring) || !s || (job->values && quant == FC_QUANT_UNIFORM && !q) ||
+        (trellis && !tr) ||
         (use_above && (!st.cols.sgn || !st.cols.mag || (job->mode != FC_MODE_RUNS && !st.cols.act)))) {
         job->result = FC_ERR_NOMEM;
         goto out;
@@ -300,7 +324,33 @@ void fc_slice_encode(fc_slice_enc_job *job)
         const int32_t *prev_row = (r > 0 && use_above) ? ring + (size_t)((r - 1) % slots) * cols : NULL;
         const int32_t *above_row = prev_row;
         uint64_t nz, off = r * cols, c;
-        if (job->values) {
+        if (job->values && quant != FC_QUANT_UNIFORM) {
+            const float *x = job->values + off;
+            const float step = job->step;
+            double se = 0.0;
+            if (trellis) {
+                nz = fc_trellis_row(tr, &st.cols, x, job->importance ? job->importance + off : NULL,
+                                    cols, prev_row, cur);
+            } else {
+                nz = fc_quantize_row_dither(x, cols, inv_step, step, job->dither_key,
+                                            job->elem_off + off, cur);
+            }
+            for (c = 0; c < cols; c++) {
+                float rec;
+                double d;
+                if (trellis) {
+                    rec = (float)fc_dq_index(cur[c], st.dq->q[rstate]) * step;
+                    rstate = st.dq->next[rstate][(unsigned)cur[c] & 1u];
+                } else {
+                    rec = fc_dither_recon(cur[c], step,
+                                          fc_dither_value(job->dither_key, job->elem_off + off + c, step));
+                }
+                d = (double)x[c] - (double)rec;
+                se += d * d;
+                if (job->recon) job->recon[off + c] = rec;
+            }
+            job->sq_error += se;
+        } else if (job->values) {
             double se = 0.0;
             nz = fc_quantize_row(q, &st.cols, job->values + off,
                                  job->importance ? job->importance + off : NULL, cols, prev_row, cur);
@@ -341,6 +391,7 @@ void fc_slice_encode(fc_slice_enc_job *job)
         if (bitring) sig_bits(cur, cols, bitring + (size_t)(r % slots) * words);
         if (!nz) {
             decay_activity(&st, 0, cols);
+            if (st.dq) st.dq_state = fc_dq_skip_zeros(st.dq, st.dq_state, cols);
             continue;
         }
         if (bitring && r > 0) {
@@ -367,5 +418,6 @@ out:
     free(st.cols.sgn);
     free(st.cols.mag);
     free(q);
+    fc_trellis_free(tr);
     free(s);
 }

@@ -163,12 +163,14 @@ typedef struct cr_tensor_pos {
     size_t shape;        /* first shape varint */
     size_t step;         /* float32 step, CR_NONE when repeated */
     size_t params;       /* N | window set byte */
+    size_t quant;        /* quantizer byte, CR_NONE when absent */
     size_t nslices_pos;  /* slice count varint */
     size_t nslices;
     size_t first_slice;  /* into cr_layout.slice_* */
 } cr_tensor_pos;
 
 typedef struct cr_layout {
+    size_t seed;                         /* dither seed, CR_NONE when absent */
     size_t count;
     cr_tensor_pos t[CR_MAX_TENSORS];
     size_t nslices;
@@ -200,6 +202,11 @@ static inline int cr_walk(const uint8_t *p, size_t size, cr_layout *L)
     uint64_t count, v;
     memset(L, 0, sizeof(*L));
     if (size < 11 || memcmp(p, "FCDC", 4) != 0) return 0;
+    L->seed = CR_NONE;
+    if (p[5] & 1u) { /* container flag: a u64 dither seed follows */
+        L->seed = pos;
+        pos += 8;
+    }
     if (!cr_get_varint(p, size, &pos, &count) || count > CR_MAX_TENSORS) return 0;
     L->count = (size_t)count;
     for (i = 0; i < count; i++) {
@@ -224,6 +231,8 @@ static inline int cr_walk(const uint8_t *p, size_t size, cr_layout *L)
             pos += 4;
         }
         t->params = pos++;
+        t->quant = CR_NONE;
+        if (pos <= size && (p[t->params] & 0x80u)) t->quant = pos++;
         t->nslices_pos = pos;
         if (!cr_get_varint(p, size, &pos, &v) || L->nslices + v > CR_MAX_SLICES) return 0;
         t->nslices = (size_t)v;

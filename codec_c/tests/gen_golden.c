@@ -65,6 +65,8 @@ static int full_decode(const uint8_t *c, size_t size, gl_tensor *out, size_t cap
             memcpy(out[i].shape, info[i].shape, sizeof(info[i].shape));
             out[i].numel = info[i].numel;
             memcpy(&out[i].step_bits, &step, 4);
+            out[i].quantizer = info[i].quantizer;
+            out[i].dither_seed = info[i].dither_seed;
             out[i].levels = lv[i];
         } else {
             free(lv[i]);
@@ -123,9 +125,7 @@ static uint8_t *add_ok(int which, size_t *out_size)
     for (i = 0; i < count; i++) {
         const fc_tensor *t = &s.t[i];
         for (k = 0; k < dec[i].numel; k++) {
-            float step, v;
-            memcpy(&step, &dec[i].step_bits, 4);
-            v = (float)dec[i].levels[k] * step;
+            float v = gl_value(&dec[i], k, dec[i].levels[k]);
             if (t->levels && dec[i].levels[k] != t->levels[k]) die("levels differ from the input", s.name);
             if (memcmp(&v, &recon[i][k], 4) != 0) die("decode differs from recon", s.name);
         }
@@ -205,7 +205,7 @@ static void make_bad(const uint8_t *dense, size_t dsize, const uint8_t *multi, s
     m[L.slice_payload[0] + 1] ^= 0x10;
     add_bad("crc", m, dsize, FC_ERR_CHECKSUM);
     free(m);
-    bad_edit("flags", dense, dsize, 5, 0x01, FC_ERR_CORRUPT);
+    bad_edit("flags", dense, dsize, 5, 0x02, FC_ERR_CORRUPT);
     /* payload corruption behind a valid CRC */
     {
         uint8_t buf[8192];
@@ -297,6 +297,35 @@ static void make_seeds(void)
             if (tu_encode(&t, 1, &o, &c, &size, NULL) != FC_OK) die("encode failed", "seed");
             snprintf(name, sizeof name, "seed_mode%d_%dx%d.fcd", mode, (int)shapes[si][0],
                      (int)shapes[si][1]);
+            put_file(corpus_dir, name, c, size);
+            free(c);
+            n++;
+        }
+    }
+    /* Float seeds of the trellis and dithered quantizers in every mode. */
+    for (mode = FC_MODE_DENSE; mode <= FC_MODE_RUNS; mode++) {
+        int quant;
+        for (quant = FC_QUANT_TRELLIS; quant <= FC_QUANT_DITHER; quant++) {
+            float v[144];
+            uint64_t shape[2] = {9, 16};
+            fc_tensor t = tu_tensor(0, 2, shape);
+            fc_encode_options o;
+            tu_rng r = tu_seed(950 + (uint64_t)n);
+            uint8_t *c;
+            size_t size;
+            char name[64];
+            tu_fill_laplace(&r, v, 144, 1.0);
+            if (mode == FC_MODE_RUNS) tu_topk(v, 144, 20);
+            t.values = v;
+            t.step = 0.5;
+            fc_encode_options_init(&o);
+            o.mode = mode;
+            o.threads = 1;
+            o.quantizer = quant;
+            o.lambda = quant == FC_QUANT_DITHER ? 0.0 : 0.1155;
+            o.dither_seed = 1000 + (uint64_t)n;
+            if (tu_encode(&t, 1, &o, &c, &size, NULL) != FC_OK) die("encode failed", "seed");
+            snprintf(name, sizeof name, "seed_quant%d_mode%d_9x16.fcd", quant, mode);
             put_file(corpus_dir, name, c, size);
             free(c);
             n++;

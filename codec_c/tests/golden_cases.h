@@ -204,6 +204,48 @@ static inline int gc_build(int which, gc_set *s)
         gc_levels(s, t, 17, 900, 2);
         t->step = 0.002;
         return 1;
+    case 11: /* trellis (4 states): a dense tensor and a top-2 % one (runs) */
+        s->name = "trellis";
+        s->o.quantizer = FC_QUANT_TRELLIS;
+        s->o.lambda = 0.1155;
+        s->o.S = 64;
+        t = gc_add(s, 0, 2, 40, 64, 0, 0);
+        gc_laplace(s, t, 18, 0.01);
+        t = gc_add(s, 1, 2, 32, 100, 0, 0);
+        tu_topk(gc_laplace(s, t, 19, 0.01), 32 * 100, 64);
+        return 1;
+    case 12: /* trellis (8 states), grouped mode, importance, two slices */
+        s->name = "trellis8";
+        s->o.quantizer = FC_QUANT_TRELLIS8;
+        s->o.mode = FC_MODE_GROUPED;
+        s->o.lambda = 0.2;
+        s->o.S = 32;
+        s->o.slice_elems = 1500;
+        t = gc_add(s, 0, 2, 36, 80, 0, 0);
+        tu_topk(gc_laplace(s, t, 20, 0.01), 36 * 80, 900);
+        {
+            tu_rng r = tu_seed(21);
+            uint64_t i, n = 36 * 80;
+            float *imp = (float *)gc_alloc(s, sizeof(float) * n);
+            for (i = 0; i < n; i++) imp[i] = (float)(0.25 + 2.0 * tu_unit(&r));
+            t->importance = imp;
+        }
+        return 1;
+    case 13: /* dithered floats, an all-zero dithered tensor (it keeps its
+              * slice) and integer levels (uniform) in one container */
+        s->name = "dither";
+        s->o.quantizer = FC_QUANT_DITHER;
+        s->o.dither_seed = 0xF00DCAFE12345678ull;
+        s->o.S = 16;
+        t = gc_add(s, 0, 2, 24, 50, 0, 0);
+        gc_laplace(s, t, 22, 0.01);
+        t = gc_add(s, 1, 1, 30, 0, 0, 0);
+        t->values = (const float *)gc_alloc(s, sizeof(float) * 30); /* all 0.0f */
+        t->step = 0.125;
+        t = gc_add(s, 3, 1, 40, 0, 0, 0);
+        gc_levels(s, t, 23, 300, 2);
+        t->step = 0.5;
+        return 1;
     default:
         return 0;
     }
@@ -219,6 +261,8 @@ typedef struct gl_tensor {
     uint64_t shape[FC_MAX_DIMS];
     uint64_t numel;
     uint32_t step_bits;
+    uint32_t quantizer;   /* enum fc_quantizer (version 2; 0 in version 1) */
+    uint64_t dither_seed; /* FC_QUANT_DITHER only */
     int32_t *levels; /* numel entries (malloc'ed) */
 } gl_tensor;
 
@@ -231,7 +275,7 @@ static inline void gl_write(cr_buf *b, const gl_tensor *t, size_t count)
 {
     size_t i, k;
     cr_bytes(b, "FCLV", 4);
-    cr_u8(b, 1);
+    cr_u8(b, 2);
     cr_varint(b, count);
     for (i = 0; i < count; i++) {
         uint64_t nnz = 0, last = 0;
@@ -239,6 +283,11 @@ static inline void gl_write(cr_buf *b, const gl_tensor *t, size_t count)
         cr_varint(b, t[i].ndim);
         for (k = 0; k < t[i].ndim; k++) cr_varint(b, t[i].shape[k]);
         cr_le32(b, t[i].step_bits);
+        cr_u8(b, t[i].quantizer);
+        if (t[i].quantizer == FC_QUANT_DITHER) {
+            cr_le32(b, (uint32_t)t[i].dither_seed);
+            cr_le32(b, (uint32_t)(t[i].dither_seed >> 32));
+        }
         for (k = 0; k < t[i].numel; k++) nnz += t[i].levels[k] != 0;
         cr_varint(b, nnz);
         for (k = 0; k < t[i].numel; k++) {
@@ -257,8 +306,10 @@ static inline long gl_read(const uint8_t *p, size_t size, gl_tensor **out)
     size_t pos = 5, i;
     uint64_t count, v;
     gl_tensor *t;
+    unsigned version;
     *out = NULL;
-    if (size < 5 || memcmp(p, "FCLV", 4) != 0 || p[4] != 1) return -1;
+    if (size < 5 || memcmp(p, "FCLV", 4) != 0 || p[4] < 1 || p[4] > 2) return -1;
+    version = p[4];
     if (!cr_get_varint(p, size, &pos, &count) || count > 1000) return -1;
     t = (gl_tensor *)calloc(count ? (size_t)count : 1, sizeof(gl_tensor));
     if (!t) return -1;
@@ -279,6 +330,16 @@ static inline long gl_read(const uint8_t *p, size_t size, gl_tensor **out)
         t[i].step_bits = (uint32_t)p[pos] | ((uint32_t)p[pos + 1] << 8) |
                          ((uint32_t)p[pos + 2] << 16) | ((uint32_t)p[pos + 3] << 24);
         pos += 4;
+        if (version >= 2) {
+            if (pos >= size || p[pos] > 3) goto bad;
+            t[i].quantizer = p[pos++];
+            if (t[i].quantizer == FC_QUANT_DITHER) {
+                unsigned b8;
+                if (pos + 8 > size) goto bad;
+                for (b8 = 0; b8 < 8; b8++) t[i].dither_seed |= (uint64_t)p[pos + b8] << (8 * b8);
+                pos += 8;
+            }
+        }
         t[i].levels = (int32_t *)calloc(t[i].numel ? (size_t)t[i].numel : 1, sizeof(int32_t));
         if (!t[i].levels || !cr_get_varint(p, size, &pos, &nnz)) goto bad;
         for (k = 0; k < nnz; k++) {
@@ -304,6 +365,21 @@ static inline void gl_free(gl_tensor *t, size_t count)
     if (!t) return;
     for (i = 0; i < count; i++) free(t[i].levels);
     free(t);
+}
+
+/* The value a decoder must produce for level `level` of element k of a
+ * tensor (FORMAT.md §8). */
+static inline float gl_value(const gl_tensor *t, uint64_t k, int32_t level)
+{
+    float step, v;
+    memcpy(&step, &t->step_bits, 4);
+    v = (float)level * step;
+    if (t->quantizer == FC_QUANT_DITHER) {
+        float u;
+        if (fc_dither(t->dither_seed, t->index, k, 1, step, &u) != FC_OK) abort();
+        v = v - u;
+    }
+    return v;
 }
 
 #endif /* FC_GOLDEN_CASES_H */

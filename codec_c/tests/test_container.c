@@ -785,7 +785,7 @@ static void test_crafted_headers(void)
     expect_edit(c, size, 0, 'X', FC_ERR_VERSION, "magic");
     expect_edit(c, size, 4, 2, FC_ERR_VERSION, "format version 2");
     expect_edit(c, size, 4, 0, FC_ERR_VERSION, "format version 0");
-    expect_edit(c, size, 5, 1, FC_ERR_CORRUPT, "container flags");
+    expect_edit(c, size, 5, 2, FC_ERR_CORRUPT, "container flags (reserved bit 1)");
     expect_edit(c, size, 6, 3, FC_ERR_TRUNCATED, "tensor count 3");
     expect_edit(c, size, 6, 1, FC_ERR_CORRUPT, "tensor count 1 (bytes left over)");
     expect_edit(c, size, 6, 0x7F, FC_ERR_TRUNCATED, "tensor count 127");
@@ -816,8 +816,13 @@ static void test_crafted_headers(void)
     expect_edit(c, size, L.t[0].params, (uint8_t)(c[L.t[0].params] & 0xF0), FC_ERR_CORRUPT, "N=0");
     expect_edit(c, size, L.t[0].params, (uint8_t)((c[L.t[0].params] & 0xF0) | 9), FC_ERR_CORRUPT,
                 "N=9");
-    expect_edit(c, size, L.t[0].params, (uint8_t)(c[L.t[0].params] | 0x80), FC_ERR_CORRUPT,
-                "params bit 7");
+    {
+        /* bit 7: a quantizer byte follows; its reserved bits must be 0 */
+        uint8_t ext[2];
+        ext[0] = (uint8_t)(c[L.t[0].params] | 0x80);
+        ext[1] = 0x04;
+        expect_splice(c, size, L.t[0].params, 1, ext, 2, FC_ERR_CORRUPT, "quantizer byte 0x04");
+    }
     /* slice table */
     {
         size_t s0 = L.t[0].first_slice;

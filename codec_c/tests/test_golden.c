@@ -104,12 +104,13 @@ static void check_ok(const char *file)
             tu_checks++;
             if (info[i].index != want[i].index || info[i].ndim != want[i].ndim ||
                 memcmp(info[i].shape, want[i].shape, sizeof(uint64_t) * info[i].ndim) != 0 ||
-                info[i].numel != want[i].numel || bits != want[i].step_bits) {
-                fail(file, "%s: index, shape or step differ from %s", what, lfile);
+                info[i].numel != want[i].numel || bits != want[i].step_bits ||
+                info[i].quantizer != want[i].quantizer || info[i].dither_seed != want[i].dither_seed) {
+                fail(file, "%s: index, shape, step or quantizer differ from %s", what, lfile);
                 continue;
             }
             for (k = 0; k < info[i].numel; k++) {
-                float v = (float)tg[i].levels[k] * step;
+                float v = gl_value(&want[i], k, tg[i].levels[k]);
                 if (tg[i].levels[k] != want[i].levels[k] || memcmp(&v, &tg[i].values[k], 4) != 0)
                     break;
             }

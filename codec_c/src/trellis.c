@@ -1,0 +1,409 @@
+/*
+ * trellis.c - the rate-aware trellis (dependent) quantizer, encoder side.
+ *
+ * Reconstruction (contexts.h, FORMAT.md §8.2): a state machine with 4
+ * (VVC) or 8 (NNR) states runs over a slice's levels in raster order; the
+ * state selects quantizer Q0 (level k -> index 2k) or Q1 (k -> 2k - sgn k)
+ * and the parity of each level drives the transition.
+ *
+ * Search: a Viterbi pass per segment (a row, or 256..4096 elements of a
+ * longer row) minimizing
+ *     J = sum_i eta_i (|w_i|/step - |q_i|)^2 + lambda' * R_i
+ * where R_i are the bits of level k_i under a *frozen* copy of one adaptive
+ * rate model (the dense-mode contexts plus the Q1 significance set).  Per
+ * state the search keeps its accumulated cost, its last level (the `left`
+ * context) and its row state (contexts.h); the column state and the row
+ * above are the coder's, read only, as for RDOQ.  Candidates per weight and
+ * predecessor state: 0 and the two levels of the state's quantizer nearest
+ * to |w| (one of each parity); nonzero levels below the slice's m0 and any
+ * nonzero level for an input that is exactly 0 are never considered.
+ * Decisions take 2 bits per state and element (1 byte per element with 4
+ * states, 2 with 8), for one segment at a time; the traceback recomputes
+ * the levels from them.
+ *
+ * After a segment the rate model is updated with the chosen levels (as the
+ * coder will be) and the search continues from the best end state (a
+ * greedy choice at segment ends only).  The frozen copy is refreshed from
+ * the model after 256, 512, 1024, 2048 and then every 4096 committed
+ * elements: the rates follow the trellis's own level statistics, which
+ * differ from those of uniform levels (magnitudes about half as large), so
+ * no separate first pass is needed.
+ */
+#include <math.h>
+
+#include "quant.h"
+
+#define TR_SEG_MAX 4096u
+#define TR_SEG_MIN 256u
+#define TR_CMTAB 24u
+#define TR_INF 1e300
+
+struct fc_trellis {
+    const fc_dq_machine *m;
+    unsigned ns;
+    uint8_t pred[FC_DQ_MAX_STATES][2]; /* predecessor of a state by parity */
+    double lambda;                     /* lambda' in step^2 per bit */
+    double eta_scale, inv_step;
+    unsigned N, m0;
+    unsigned state;                    /* state before the next element */
+    uint64_t committed, since_refresh;
+    fc_ctxset model;                   /* live: updated with committed levels */
+    fc_ctxset snap;                    /* frozen: the rates of the search */
+    float sigc[2][FC_SIG_CTX][2];      /* from snap: sig (Q0) / dqsig (Q1) */
+    float signc[FC_SIGN_CTX][2];
+    float magc[FC_GTX_CLASSES][FC_REM_CLASSES][TR_CMTAB + 1];
+    uint8_t dec[TR_SEG_MAX * 2];       /* decisions of one segment */
+};
+
+fc_trellis *fc_trellis_new(unsigned quant, double lambda, double eta_scale, double inv_step,
+                           unsigned N, unsigned m0, unsigned window_set)
+{
+    fc_trellis *tr;
+    unsigned s, p;
+    if (quant != FC_QUANT_TRELLIS && quant != FC_QUANT_TRELLIS8) return NULL;
+    tr = (fc_trellis *)calloc(1, sizeof(*tr));
+    if (!tr) return NULL;
+    tr->m = &fc_dq_machines[quant];
+    tr->ns = tr->m->nstates;
+    for (s = 0; s < tr->ns; s++)
+        for (p = 0; p < 2; p++) tr->pred[tr->m->next[s][p]][p] = (uint8_t)s;
+    tr->lambda = FC_DQ_LAMBDA_SCALE * (lambda > 0.0 ? lambda : FC_DQ_DEFAULT_LAMBDA);
+    tr->eta_scale = eta_scale;
+    tr->inv_step = inv_step;
+    tr->N = N;
+    tr->m0 = m0 ? m0 : 1u;
+    fc_ctxset_init(&tr->model, window_set);
+    fc_trellis_refresh(tr);
+    return tr;
+}
+
+void fc_trellis_free(fc_trellis *tr)
+{
+    free(tr);
+}
+
+unsigned fc_trellis_state(const fc_trellis *tr)
+{
+    return tr->state;
+}
+
+void fc_trellis_refresh(fc_trellis *tr)
+{
+    const fc_ctxset *s;
+    unsigned i, b, g, r, cm;
+    tr->snap = tr->model;
+    tr->since_refresh = 0;
+    s = &tr->snap;
+    for (i = 0; i < FC_SIG_CTX; i++) {
+        for (b = 0; b < 2; b++) {
+            tr->sigc[0][i][b] = fc_ctx_cost(&s->sig[i], b);
+            tr->sigc[1][i][b] = fc_ctx_cost(&s->dqsig[i], b);
+        }
+    }
+    for (i = 0; i < FC_SIGN_CTX; i++)
+        for (b = 0; b < 2; b++) tr->signc[i][b] = fc_ctx_cost(&s->sign[i], b);
+    for (g = 0; g < FC_GTX_CLASSES; g++) {
+        for (r = 0; r < FC_REM_CLASSES; r++) {
+            fc_nbr nb;
+            nb.sign_ctx = 0;
+            nb.gtx_class = g;
+            nb.rem_class = r;
+            tr->magc[g][r][0] = 0.0f;
+            for (cm = 1; cm <= TR_CMTAB; cm++)
+                tr->magc[g][r][cm] = fc_cost_level(s, cm, 0, nb, tr->N) - tr->signc[0][0];
+        }
+    }
+}
+
+/* Bits of a nonzero coded magnitude cm with sign neg under the frozen rates. */
+static inline float level_bits(const fc_trellis *tr, fc_nbr nb, unsigned cm, unsigned neg)
+{
+    if (cm <= TR_CMTAB) return tr->signc[nb.sign_ctx][neg] + tr->magc[nb.gtx_class][nb.rem_class][cm];
+    return fc_cost_level(&tr->snap, cm, neg, nb, tr->N);
+}
+
+/* One element: |w|/step, eta, sign, and per quantizer and parity the
+ * nonzero candidate magnitude (0: none) with its distortion. */
+typedef struct tr_elem {
+    double t, eta;
+    unsigned neg;
+    unsigned k[2][2];
+    double d[2][2];
+} tr_elem;
+
+static inline void tr_candidates(const fc_trellis *tr, float x, const float *importance, uint64_t c,
+                                 tr_elem *e)
+{
+    double t = fabs((double)x) * tr->inv_step;
+    unsigned qz, j;
+    e->t = t;
+    e->neg = x < 0.0f;
+    e->eta = importance ? (double)importance[c] * tr->eta_scale : 1.0;
+    e->k[0][0] = e->k[0][1] = e->k[1][0] = e->k[1][1] = 0;
+    e->d[0][0] = e->d[0][1] = e->d[1][0] = e->d[1][1] = 0.0;
+    if (!(t > 0.0)) return; /* an exact zero stays zero */
+    for (qz = 0; qz < 2; qz++) {
+        /* The two nonzero levels of quantizer qz nearest to t (Q0: index
+         * 2k, Q1: index 2k - 1): consecutive k, so one of each parity. */
+        double lo = qz ? floor((t + 1.0) * 0.5) : floor(t * 0.5);
+        for (j = 0; j < 2; j++) {
+            double kd = lo + (double)j, q, d;
+            unsigned k;
+            if (kd < (double)tr->m0 || kd < 1.0 || kd > (double)FC_MAX_DQ_LEVEL) continue;
+            k = (unsigned)kd;
+            q = 2.0 * kd - (double)qz;
+            d = t - q;
+            e->k[qz][k & 1u] = k;
+            e->d[qz][k & 1u] = d * d;
+        }
+    }
+}
+
+/* A path's state at one element: accumulated cost, last level, row state. */
+typedef struct tr_node {
+    double J;
+    int32_t left;
+    fc_rowstate row;
+} tr_node;
+
+/* Incremental costs at element c from a node in a state with quantizer qz:
+ * inc[0] the zero level, inc[1] the parity-0 nonzero candidate, inc[2] the
+ * parity-1 one (TR_INF when absent). */
+static inline void tr_incs(const fc_trellis *tr, const fc_colstate *cs, const tr_node *n,
+                           int32_t above, uint64_t c, const tr_elem *e, unsigned qz, double inc[3])
+{
+    unsigned sig = fc_sig_ctx(cs, &n->row, n->left, above, c), p;
+    inc[0] = e->eta * e->t * e->t + tr->lambda * (double)tr->sigc[qz][sig][0];
+    inc[1] = inc[2] = TR_INF;
+    if (e->k[qz][0] | e->k[qz][1]) {
+        fc_nbr nb = fc_neighbourhood(cs, &n->row, n->left, above, c, tr->m0);
+        for (p = 0; p < 2; p++) {
+            unsigned k = e->k[qz][p];
+            if (!k) continue;
+            inc[1 + p] = e->eta * e->d[qz][p] +
+                         tr->lambda * ((double)tr->sigc[qz][sig][1] +
+                                       (double)level_bits(tr, nb, k - tr->m0 + 1u, e->neg));
+        }
+    }
+}
+
+/* The node after choosing level v (signed) at column c from node `from`. */
+static inline void tr_advance(const fc_trellis *tr, fc_colstate *cs, const tr_node *from,
+                              double J, int32_t v, uint64_t c, tr_node *to)
+{
+    to->J = J;
+    to->row = from->row;
+    to->left = v;
+    if (v) fc_on_nonzero(cs, &to->row, v, c, fc_cm(v, tr->m0), 0);
+}
+
+static inline void put_decision(uint8_t *dec, unsigned ns, uint64_t i, unsigned s, unsigned d)
+{
+    size_t at = (size_t)i * (ns >> 2) + (s >> 2);
+    dec[at] = (uint8_t)((dec[at] & ~(3u << (2u * (s & 3u)))) | (d << (2u * (s & 3u))));
+}
+
+static inline unsigned get_decision(const uint8_t *dec, unsigned ns, uint64_t i, unsigned s)
+{
+    return (dec[(size_t)i * (ns >> 2) + (s >> 2)] >> (2u * (s & 3u))) & 3u;
+}
+
+double fc_trellis_viterbi(fc_trellis *tr, const fc_colstate *cs, const float *x, const float *imp,
+                          uint64_t c0, uint64_t c1, const int32_t *prev, int32_t *cur,
+                          unsigned start, const fc_rowstate *row, int32_t left, unsigned *end)
+{
+    fc_colstate csw = *cs; /* read only: fc_on_nonzero(..., 0) */
+    const unsigned ns = tr->ns;
+    const fc_dq_machine *m = tr->m;
+    tr_node nodes[2][FC_DQ_MAX_STATES];
+    tr_node *A = nodes[0], *B = nodes[1];
+    unsigned s, best;
+    uint64_t c;
+    for (s = 0; s < ns; s++) A[s].J = TR_INF;
+    A[start].J = 0.0;
+    A[start].left = left;
+    A[start].row = *row;
+    for (c = c0; c < c1; c++) {
+        tr_elem e;
+        double P0[FC_DQ_MAX_STATES], P1[FC_DQ_MAX_STATES];
+        unsigned D0[FC_DQ_MAX_STATES];
+        int32_t above = prev ? prev[c] : 0;
+        tr_node *tmp;
+        tr_candidates(tr, x[c], imp, c, &e);
+        for (s = 0; s < ns; s++) {
+            double inc[3];
+            P0[s] = P1[s] = TR_INF;
+            D0[s] = 0;
+            if (A[s].J >= TR_INF) continue;
+            tr_incs(tr, cs, &A[s], above, c, &e, m->q[s], inc);
+            P0[s] = A[s].J + inc[0];
+            if (inc[1] < TR_INF && A[s].J + inc[1] < P0[s]) {
+                P0[s] = A[s].J + inc[1];
+                D0[s] = 1;
+            }
+            if (inc[2] < TR_INF) P1[s] = A[s].J + inc[2];
+        }
+        for (s = 0; s < ns; s++) {
+            unsigned a = tr->pred[s][0], b = tr->pred[s][1], d;
+            if (P0[a] >= TR_INF && P1[b] >= TR_INF) {
+                B[s].J = TR_INF;
+                d = 3;
+            } else if (P0[a] <= P1[b]) {
+                d = D0[a];
+                tr_advance(tr, &csw, &A[a], P0[a],
+                           d ? (e.neg ? -(int32_t)e.k[m->q[a]][0] : (int32_t)e.k[m->q[a]][0]) : 0, c,
+                           &B[s]);
+            } else {
+                int32_t k = (int32_t)e.k[m->q[b]][1];
+                d = 2;
+                tr_advance(tr, &csw, &A[b], P1[b], e.neg ? -k : k, c, &B[s]);
+            }
+            put_decision(tr->dec, ns, c - c0, s, d);
+        }
+        tmp = A;
+        A = B;
+        B = tmp;
+    }
+    best = 0;
+    for (s = 1; s < ns; s++)
+        if (A[s].J < A[best].J) best = s;
+    *end = best;
+    /* Traceback. */
+    s = best;
+    for (c = c1; c-- > c0;) {
+        unsigned d = get_decision(tr->dec, ns, c - c0, s), p = d == 2 ? 1u : 0u, k = 0;
+        tr_elem e;
+        s = tr->pred[s][p];
+        if (d) {
+            tr_candidates(tr, x[c], imp, c, &e);
+            k = e.k[m->q[s]][p];
+        }
+        cur[c] = (x[c] < 0.0f) ? -(int32_t)k : (int32_t)k;
+    }
+    return A[best].J;
+}
+
+double fc_trellis_greedy(fc_trellis *tr, const fc_colstate *cs, const float *x, const float *imp,
+                         uint64_t c0, uint64_t c1, const int32_t *prev, int32_t *cur,
+                         unsigned start, const fc_rowstate *row, int32_t left, unsigned *end)
+{
+    fc_colstate csw = *cs; /* read only: fc_on_nonzero(..., 0) */
+    const fc_dq_machine *m = tr->m;
+    tr_node n, next;
+    unsigned s = start;
+    uint64_t c;
+    n.J = 0.0;
+    n.left = left;
+    n.row = *row;
+    for (c = c0; c < c1; c++) {
+        tr_elem e;
+        double inc[3];
+        unsigned qz = m->q[s], pick = 0, k = 0;
+        tr_candidates(tr, x[c], imp, c, &e);
+        tr_incs(tr, cs, &n, prev ? prev[c] : 0, c, &e, qz, inc);
+        if (inc[1] < inc[pick]) pick = 1;
+        if (inc[2] < inc[pick]) pick = 2;
+        if (pick) k = e.k[qz][pick - 1];
+        cur[c] = e.neg ? -(int32_t)k : (int32_t)k;
+        tr_advance(tr, &csw, &n, n.J + inc[pick], cur[c], c, &next);
+        n = next;
+        s = m->next[s][k & 1u];
+    }
+    *end = s;
+    return n.J;
+}
+
+double fc_trellis_cost(const fc_trellis *tr, const fc_colstate *cs, const float *x, const float *imp,
+                       uint64_t c0, uint64_t c1, const int32_t *prev, const int32_t *levels,
+                       unsigned start, const fc_rowstate *row, int32_t left)
+{
+    fc_colstate csw = *cs; /* read only: fc_on_nonzero(..., 0) */
+    const fc_dq_machine *m = tr->m;
+    tr_node n, next;
+    unsigned s = start;
+    uint64_t c;
+    n.J = 0.0;
+    n.left = left;
+    n.row = *row;
+    for (c = c0; c < c1; c++) {
+        tr_elem e;
+        int32_t v = levels[c], above = prev ? prev[c] : 0;
+        unsigned qz = m->q[s], k = fc_abs32(v);
+        double inc;
+        tr_candidates(tr, x[c], imp, c, &e);
+        if (k == 0) {
+            double i3[3];
+            tr_incs(tr, cs, &n, above, c, &e, qz, i3);
+            inc = i3[0];
+        } else if (k == e.k[qz][k & 1u] && (v < 0) == (int)e.neg) {
+            double i3[3];
+            tr_incs(tr, cs, &n, above, c, &e, qz, i3);
+            inc = i3[1 + (k & 1u)];
+        } else {
+            /* Not a candidate: the same formula, evaluated directly. */
+            unsigned sig = fc_sig_ctx(cs, &n.row, n.left, above, c);
+            fc_nbr nb = fc_neighbourhood(cs, &n.row, n.left, above, c, tr->m0);
+            double q = 2.0 * (double)k - (double)qz, d = e.t - ((v < 0) == (int)e.neg ? q : -q);
+            if (k < tr->m0) return TR_INF;
+            inc = e.eta * d * d + tr->lambda * ((double)tr->sigc[qz][sig][1] +
+                                                (double)level_bits(tr, nb, k - tr->m0 + 1u, v < 0));
+        }
+        tr_advance(tr, &csw, &n, n.J + inc, v, c, &next);
+        n = next;
+        s = m->next[s][k & 1u];
+    }
+    return n.J;
+}
+
+/* Update the live model with committed levels [c0, c1) of the row, exactly
+ * in coding order; advances the state machine, the row state and left. */
+static void commit(fc_trellis *tr, fc_colstate *cs, const int32_t *prev, const int32_t *cur,
+                   uint64_t c0, uint64_t c1, fc_rowstate *row, int32_t *left)
+{
+    const fc_dq_machine *m = tr->m;
+    fc_ctxset *model = &tr->model;
+    unsigned s = tr->state;
+    int32_t l = *left;
+    uint64_t c;
+    for (c = c0; c < c1; c++) {
+        int32_t v = cur[c], above = prev ? prev[c] : 0;
+        fc_ctx *set = m->q[s] ? model->dqsig : model->sig;
+        fc_ctx *sig = &set[fc_sig_ctx(cs, row, l, above, c)];
+        if (v) {
+            unsigned cm = fc_cm(v, tr->m0);
+            fc_update_level(model, v < 0, cm, fc_neighbourhood(cs, row, l, above, c, tr->m0), tr->N);
+            fc_on_nonzero(cs, row, v, c, cm, 0);
+        }
+        fc_ctx_update(sig, v != 0);
+        s = m->next[s][(unsigned)v & 1u];
+        l = v;
+    }
+    tr->state = s;
+    *left = l;
+    tr->committed += c1 - c0;
+    tr->since_refresh += c1 - c0;
+}
+
+uint64_t fc_trellis_row(fc_trellis *tr, const fc_colstate *colstate, const float *x,
+                        const float *importance, uint64_t cols, const int32_t *prev, int32_t *cur)
+{
+    fc_colstate cs = *colstate; /* read only: fc_on_nonzero(..., 0) */
+    fc_rowstate row;
+    int32_t left = 0;
+    uint64_t pos = 0, nz = 0, c;
+    fc_row_begin(&row);
+    while (pos < cols) {
+        uint64_t len = cols - pos, want;
+        unsigned end;
+        want = tr->committed < TR_SEG_MIN ? TR_SEG_MIN : tr->committed;
+        if (want > TR_SEG_MAX) want = TR_SEG_MAX;
+        if (len > TR_SEG_MAX) len = want;
+        if (tr->since_refresh >= want) fc_trellis_refresh(tr);
+        fc_trellis_viterbi(tr, &cs, x, importance, pos, pos + len, prev, cur, tr->state, &row, left,
+                           &end);
+        commit(tr, &cs, prev, cur, pos, pos + len, &row, &left);
+        pos += len;
+    }
+    for (c = 0; c < cols; c++) nz += cur[c] != 0;
+    return nz;
+}
