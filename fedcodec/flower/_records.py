@@ -149,12 +149,15 @@ def record_spec(record: ArrayRecord) -> ModelSpec:
 
 
 def record_tensors(record: ArrayRecord, spec: ModelSpec, what: str) -> Tensors:
-    """The float32 arrays of a plain (numpy) ``ArrayRecord`` that matches ``spec``.
+    """The arrays of a plain (numpy) ``ArrayRecord`` that matches ``spec``, as float32.
+
+    Floating-point arrays of other widths are converted (FedAdam and friends
+    return float64 models; the codec and the digests work on float32).
 
     Raises
     ------
     ModelMismatchError
-        Other keys or shapes, a coded array, or a dtype other than float32.
+        Other keys or shapes, a coded array, or a non-floating dtype.
     """
     if list(record.keys()) != list(spec.names):
         raise ModelMismatchError(
@@ -164,9 +167,10 @@ def record_tensors(record: ArrayRecord, spec: ModelSpec, what: str) -> Tensors:
     for name, array in record.items():
         if is_coded(array):
             raise ModelMismatchError(f"{what}[{name!r}] is already coded")
-        if array.dtype != _FLOAT32:
+        if np.dtype(array.dtype).kind != "f":
             raise ModelMismatchError(
-                f"{what}[{name!r}] has dtype {array.dtype}; fedcodec codes float32 models"
+                f"{what}[{name!r}] has dtype {array.dtype}; fedcodec codes floating-point "
+                "models (float32 on the wire)"
             )
         out[name] = array.numpy()
     return spec.check(out, what)

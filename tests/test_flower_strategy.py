@@ -1,0 +1,483 @@
+"""The strategy wrapper with real Flower ``Message``/``Context`` objects, in process (no Ray).
+
+A small in-process ``Grid`` hands each message to a ClientApp running
+``fedcodec_mod``, so whole federations of a few rounds run inside the test.
+"""
+
+from __future__ import annotations
+
+import logging
+import subprocess
+import sys
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytest.importorskip(
+    "flwr", reason="the Flower plugin tests need flwr (pip install 'fedcodec[flower]')"
+)
+
+from flwr.app import (
+    Array,
+    ArrayRecord,
+    ConfigRecord,
+    Context,
+    Error,
+    Message,
+    MessageType,
+    MetricRecord,
+    RecordDict,
+)
+from flwr.clientapp import ClientApp
+from flwr.clientapp.mod import fixedclipping_mod
+from flwr.serverapp import Grid
+from flwr.serverapp.strategy import (
+    DifferentialPrivacyClientSideFixedClipping,
+    FedAdam,
+    FedAvg,
+    FedProx,
+    Krum,
+    Strategy,
+)
+
+from fedcodec.flower import CompressionStrategy, fedcodec_mod
+from fedcodec.flower import constants as c
+from fedcodec.flower._records import array_parts
+from fedcodec.pipeline import RoundParams, StepSchedule
+
+SHAPES = {"w": (24, 50), "b": (24,)}
+PARAMS = RoundParams(lam=0.5, S=0)
+
+
+@pytest.fixture(autouse=True)
+def _task_identity(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Strategies create instruction messages, which need a run id (a ServerApp sets it)."""
+    from flwr.supercore.task_identity import TaskIdentity
+
+    monkeypatch.setattr(TaskIdentity, "_run_id", 1)
+    monkeypatch.setattr(TaskIdentity, "_node_id", 0)
+    monkeypatch.setattr(TaskIdentity, "_task_id", 1)
+
+
+def _client_app(*mods: object, change: float = 2e-3) -> ClientApp:
+    """Each node adds a seeded change (node, round) to every weight; evaluate returns a metric."""
+    app = ClientApp(mods=list(mods) if mods else [fedcodec_mod])  # type: ignore[arg-type]
+
+    @app.train()
+    def train(msg: Message, context: Context) -> Message:
+        record = msg.content["arrays"]
+        config = msg.content["config"]
+        assert isinstance(record, ArrayRecord)
+        assert isinstance(config, ConfigRecord)
+        rng = np.random.default_rng([context.node_id, int(config["server-round"])])  # type: ignore[arg-type]
+        local = {
+            k: a.numpy() + (rng.laplace(size=a.shape) * change).astype(np.float32)
+            for k, a in record.items()
+        }
+        content = RecordDict(
+            {
+                "arrays": ArrayRecord({k: Array(v) for k, v in local.items()}),
+                "metrics": MetricRecord({"num-examples": 10 * context.node_id}),
+            }
+        )
+        return Message(content, reply_to=msg)
+
+    @app.evaluate()
+    def evaluate(msg: Message, context: Context) -> Message:
+        record = msg.content["arrays"]
+        assert isinstance(record, ArrayRecord)
+        norm = float(sum(np.sum(a.numpy() ** 2) for a in record.values()))
+        metrics = MetricRecord({"num-examples": 1, "norm": norm})
+        return Message(RecordDict({"metrics": metrics}), reply_to=msg)
+
+    return app
+
+
+@dataclass(frozen=True)
+class _Sent:
+    """What a message carried when it left the server (the mod rewrites it in place)."""
+
+    node: int
+    message_type: str
+    config: dict[str, object]
+    arrays: dict[str, tuple[str, bytes]]  # key -> (stype, data)
+
+
+def _snapshot(msg: Message) -> _Sent:
+    config = msg.content.config_records
+    arrays = msg.content.array_records
+    return _Sent(
+        node=msg.metadata.dst_node_id,
+        message_type=msg.metadata.message_type,
+        config=dict(next(iter(config.values()))) if config else {},
+        arrays={k: (a.stype, bytes(a.data)) for r in arrays.values() for k, a in r.items()},
+    )
+
+
+class _LoopGrid(Grid):
+    """Delivers messages to a ClientApp in this process, one Context per node."""
+
+    def __init__(self, app: ClientApp, nodes: int, *, drop: set[int] | None = None) -> None:
+        self.app = app
+        self.contexts = {
+            n: Context(run_id=1, node_id=n, node_config={}, state=RecordDict(), run_config={})
+            for n in range(1, nodes + 1)
+        }
+        self.drop = drop or set()
+        self.sent: list[_Sent] = []
+
+    def set_run(self, run: object) -> None:  # type: ignore[override]
+        """Not used in process."""
+
+    @property
+    def run(self) -> object:  # type: ignore[override]
+        """Not used in process."""
+        raise NotImplementedError
+
+    def create_message(  # type: ignore[override]
+        self, content: RecordDict, message_type: str, dst_node_id: int, group_id: str, ttl=None
+    ) -> Message:
+        """Create an instruction message."""
+        return Message(content, dst_node_id, message_type, group_id=group_id)
+
+    def get_node_ids(self) -> Iterable[int]:
+        """All nodes."""
+        return list(self.contexts)
+
+    def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:
+        """Not used in process."""
+        raise NotImplementedError
+
+    def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Message]:
+        """Not used in process."""
+        raise NotImplementedError
+
+    def send_and_receive(
+        self, messages: Iterable[Message], timeout: float | None = None
+    ) -> Iterable[Message]:
+        """Run the ClientApp for every message (dropped nodes send an error reply)."""
+        replies = []
+        for msg in messages:
+            self.sent.append(_snapshot(msg))
+            node = msg.metadata.dst_node_id
+            if node in self.drop:
+                replies.append(Message(Error(code=5, reason="node unavailable"), reply_to=msg))
+            else:
+                replies.append(self.app(msg, self.contexts[node]))
+        return replies
+
+
+def _initial() -> ArrayRecord:
+    rng = np.random.default_rng(0)
+    return ArrayRecord(
+        {k: Array((rng.standard_normal(s) * 0.1).astype(np.float32)) for k, s in SHAPES.items()}
+    )
+
+
+def _numpy(record: ArrayRecord) -> dict[str, np.ndarray]:
+    return {k: a.numpy() for k, a in record.items()}
+
+
+def test_configure_train_adds_round_parameters_without_touching_the_callers_config() -> None:
+    """λ/S of the schedule's round go into each message's config; the input config is copied."""
+    # Prepare
+    schedule = StepSchedule(RoundParams(lam=0.5, S=4), "S", gamma=2.0, every=1)
+    strategy = CompressionStrategy(FedAvg(), schedule=schedule)
+    grid = _LoopGrid(_client_app(), 2)
+    config = ConfigRecord({"lr": 0.1})
+    # Execute
+    messages = list(strategy.configure_train(2, _initial(), config, grid))
+    # Assert
+    assert dict(config) == {"lr": 0.1}
+    assert len(messages) == 2
+    assert messages[0].content is not messages[1].content
+    for msg in messages:
+        sent = msg.content["config"]
+        assert isinstance(sent, ConfigRecord)
+        assert (sent[c.KEY_LAMBDA], sent[c.KEY_S], sent["lr"]) == (0.5, 8, 0.1)
+        assert sent[c.KEY_DOWNLINK] == c.DOWNLINK_KEYFRAME
+        arrays = msg.content["arrays"]
+        assert isinstance(arrays, ArrayRecord)
+        assert {a.stype for a in arrays.values()} == {c.STYPE}
+
+
+def test_per_client_overrides_reach_only_their_node() -> None:
+    """RoundParams.per_client is applied per destination node id."""
+    # Prepare
+    params = RoundParams(lam=0.5, S=0, per_client={"2": {"budget_bytes": 900}})
+    strategy = CompressionStrategy(FedAvg(), schedule=params)
+    grid = _LoopGrid(_client_app(), 2)
+    # Execute
+    messages = list(strategy.configure_train(1, _initial(), ConfigRecord(), grid))
+    # Assert
+    budgets = {
+        m.metadata.dst_node_id: m.content["config"].get(c.KEY_BUDGET_BYTES)  # type: ignore[union-attr]
+        for m in messages
+    }
+    assert budgets == {1: None, 2: 900}
+
+
+def test_aggregate_train_hands_the_inner_strategy_global_plus_decoded_updates() -> None:
+    """FedAvg aggregates plain arrays: the result is the weighted mean of global + decoded."""
+    # Prepare
+    strategy = CompressionStrategy(FedAvg(), schedule=PARAMS, compress_downlink=False)
+    grid = _LoopGrid(_client_app(), 3)
+    initial = _initial()
+    messages = list(strategy.configure_train(1, initial, ConfigRecord(), grid))
+    replies = list(grid.send_and_receive(messages))
+    from fedcodec import codec
+
+    expected = {k: np.zeros(s, np.float64) for k, s in SHAPES.items()}
+    total = 0
+    for reply in replies:
+        n = reply.content["metrics"]["num-examples"]  # type: ignore[index]
+        total += n  # type: ignore[operator]
+        for k, a in reply.content["arrays"].items():  # type: ignore[union-attr]
+            decoded = codec.decode(array_parts(a)[0])[0]
+            expected[k] += n * (initial[k].numpy() + decoded).astype(np.float64)  # type: ignore[operator]
+    # Execute
+    arrays, metrics = strategy.aggregate_train(1, replies)
+    # Assert
+    assert arrays is not None
+    assert metrics is not None
+    for k, v in _numpy(arrays).items():
+        np.testing.assert_allclose(v, expected[k] / total, rtol=0, atol=1e-6)
+    assert metrics[c.METRIC_BYTES_UP] < metrics[c.METRIC_RAW_BYTES_UP] / 10  # type: ignore[operator]
+    assert metrics[c.METRIC_REJECTED] == 0
+    assert c.REPLY_RECORD not in replies[0].content
+
+
+@pytest.mark.parametrize(
+    "inner",
+    [
+        FedAvg(),
+        FedProx(proximal_mu=0.1),
+        FedAdam(eta=0.01),
+        Krum(num_malicious_nodes=0),
+    ],
+    ids=["FedAvg", "FedProx", "FedAdam", "Krum"],
+)
+def test_inner_strategies_run_unchanged(inner: Strategy) -> None:
+    """FedAvg, FedProx, FedAdam and Krum train through the wrapper for three rounds."""
+    # Prepare
+    strategy = CompressionStrategy(inner, schedule=PARAMS)
+    grid = _LoopGrid(_client_app(), 4)
+    # Execute
+    result = strategy.start(grid=grid, initial_arrays=_initial(), num_rounds=3)
+    # Assert
+    final = _numpy(result.arrays)
+    assert all(np.isfinite(v).all() for v in final.values())
+    assert any(not np.array_equal(final[k], _initial()[k].numpy()) for k in SHAPES), (
+        "the model did not move"
+    )
+    totals = strategy.totals
+    assert totals.updates == 12
+    assert totals.rejected == 0
+    assert totals.ratio_up > 10
+    assert totals.ratio_down > 2
+    assert set(result.train_metrics_clientapp) == {1, 2, 3}
+
+
+def test_nodes_up_to_date_after_evaluate_receive_no_model_bytes() -> None:
+    """Round 2's train messages carry nothing: evaluate already brought every node up to date."""
+    # Prepare
+    strategy = CompressionStrategy(FedAvg(), schedule=PARAMS)
+    grid = _LoopGrid(_client_app(), 2)
+    # Execute
+    strategy.start(grid=grid, initial_arrays=_initial(), num_rounds=2)
+    # Assert
+    kinds = [(m.message_type, m.config[c.KEY_DOWNLINK]) for m in grid.sent]
+    assert kinds == [
+        (MessageType.TRAIN, c.DOWNLINK_KEYFRAME),
+        (MessageType.TRAIN, c.DOWNLINK_KEYFRAME),
+        (MessageType.EVALUATE, c.DOWNLINK_DELTA),
+        (MessageType.EVALUATE, c.DOWNLINK_DELTA),
+        (MessageType.TRAIN, c.DOWNLINK_NONE),
+        (MessageType.TRAIN, c.DOWNLINK_NONE),
+        (MessageType.EVALUATE, c.DOWNLINK_DELTA),
+        (MessageType.EVALUATE, c.DOWNLINK_DELTA),
+    ]
+    assert strategy.history[2].keyframes == 0
+
+
+def test_a_node_that_missed_rounds_gets_several_deltas() -> None:
+    """Partial participation: a node that holds version 0 at version 3 gets three deltas."""
+    # Prepare
+    strategy = CompressionStrategy(
+        FedAvg(fraction_evaluate=0.0, min_train_nodes=1, min_available_nodes=1), schedule=PARAMS
+    )
+    grid = _LoopGrid(_client_app(), 2)
+    initial = _initial()
+    # Execute: round 1 both nodes, rounds 2-3 only node 1, round 4 both again
+    arrays = initial
+    for server_round, nodes in ((1, (1, 2)), (2, (1,)), (3, (1,)), (4, (1, 2))):
+        grid.drop = {n for n in grid.contexts if n not in nodes}
+        messages = [
+            m
+            for m in strategy.configure_train(server_round, arrays, ConfigRecord(), grid)
+            if m.metadata.dst_node_id in nodes
+        ]
+        replies = grid.send_and_receive(messages)
+        out, _ = strategy.aggregate_train(server_round, replies)
+        assert out is not None
+        arrays = out
+    # Assert
+    last = [m for m in grid.sent if m.node == 2][-1]
+    assert (last.config[c.KEY_DOWNLINK], last.config[c.KEY_FROM_VERSION]) == (c.DOWNLINK_DELTA, 0)
+    assert last.config[c.KEY_BASE_VERSION] == 3
+    assert {stype for stype, _ in last.arrays.values()} == {c.STYPE_SEQUENCE}
+    parts = {
+        len(array_parts(Array(dtype="float32", shape=SHAPES[k], stype=stype, data=data)))
+        for k, (stype, data) in last.arrays.items()
+    }
+    assert parts == {3}
+    assert strategy.totals.rejected == 0
+    assert strategy.totals.updates == 6
+
+
+def test_a_failed_node_gets_a_keyframe_next_time() -> None:
+    """An error reply goes to the inner strategy; the node's version is forgotten."""
+    # Prepare
+    strategy = CompressionStrategy(FedAvg(fraction_evaluate=0.0), schedule=PARAMS)
+    grid = _LoopGrid(_client_app(), 3)
+    messages = list(strategy.configure_train(1, _initial(), ConfigRecord(), grid))
+    grid.drop = {3}
+    arrays, _ = strategy.aggregate_train(1, grid.send_and_receive(messages))
+    assert arrays is not None
+    grid.drop = set()
+    # Execute
+    second = list(strategy.configure_train(2, arrays, ConfigRecord(), grid))
+    # Assert
+    kinds = {m.metadata.dst_node_id: m.content["config"][c.KEY_DOWNLINK] for m in second}  # type: ignore[index]
+    assert kinds == {1: c.DOWNLINK_DELTA, 2: c.DOWNLINK_DELTA, 3: c.DOWNLINK_KEYFRAME}
+
+
+def test_an_update_against_another_version_is_left_out() -> None:
+    """A reply that claims another base version is rejected and not aggregated."""
+    # Prepare
+    strategy = CompressionStrategy(FedAvg(fraction_evaluate=0.0), schedule=PARAMS)
+    grid = _LoopGrid(_client_app(), 3)
+    messages = list(strategy.configure_train(1, _initial(), ConfigRecord(), grid))
+    replies = list(grid.send_and_receive(messages))
+    replies[0].content[c.REPLY_RECORD][c.KEY_HELD_VERSION] = 5  # type: ignore[index]
+    # Execute
+    arrays, metrics = strategy.aggregate_train(1, replies)
+    # Assert
+    assert arrays is not None
+    assert metrics is not None
+    assert metrics[c.METRIC_REJECTED] == 1
+    assert strategy.totals.updates == 2
+
+
+def test_a_damaged_update_is_left_out() -> None:
+    """Flipped bytes in a coded array: rejected, the other updates are aggregated."""
+    # Prepare
+    strategy = CompressionStrategy(FedAvg(fraction_evaluate=0.0), schedule=PARAMS)
+    grid = _LoopGrid(_client_app(), 3)
+    messages = list(strategy.configure_train(1, _initial(), ConfigRecord(), grid))
+    replies = list(grid.send_and_receive(messages))
+    record = replies[1].content["arrays"]
+    assert isinstance(record, ArrayRecord)
+    good = record["w"]
+    data = bytearray(good.data)
+    data[len(data) // 2] ^= 0xFF
+    record["w"] = Array(
+        dtype=good.dtype, shape=tuple(good.shape), stype=good.stype, data=bytes(data)
+    )
+    # Execute
+    _, metrics = strategy.aggregate_train(1, replies)
+    # Assert
+    assert metrics is not None
+    assert metrics[c.METRIC_REJECTED] == 1
+
+
+def test_raw_downlink_still_codes_the_uplink() -> None:
+    """compress_downlink=False sends float32 models and still receives coded updates."""
+    # Prepare
+    strategy = CompressionStrategy(FedAvg(), schedule=PARAMS, compress_downlink=False)
+    grid = _LoopGrid(_client_app(), 2)
+    # Execute
+    strategy.start(grid=grid, initial_arrays=_initial(), num_rounds=2)
+    # Assert
+    assert {m.config[c.KEY_DOWNLINK] for m in grid.sent} == {c.DOWNLINK_RAW}
+    totals = strategy.totals
+    assert totals.bytes_down == totals.raw_bytes_down
+    assert totals.ratio_up > 10
+
+
+def test_composes_with_client_side_dp_fixed_clipping() -> None:
+    """CompressionStrategy(DP client-side clipping(FedAvg)) with fedcodec_mod, fixedclipping_mod.
+
+    Without noise the aggregated change is an average of clipped, coded updates: its norm stays
+    near the clipping norm even though every node moves much farther.
+    """
+    # Prepare
+    clip = 0.01
+    dp = DifferentialPrivacyClientSideFixedClipping(
+        FedAvg(fraction_evaluate=0.0),
+        noise_multiplier=0.0,
+        clipping_norm=clip,
+        num_sampled_clients=3,
+    )
+    strategy = CompressionStrategy(dp, schedule=RoundParams(lam=0.1155, S=32))
+    app = _client_app(fedcodec_mod, fixedclipping_mod, change=0.05)
+    grid = _LoopGrid(app, 3)
+    initial = _initial()
+    # Execute
+    result = strategy.start(grid=grid, initial_arrays=initial, num_rounds=1)
+    # Assert
+    change = np.sqrt(
+        sum(
+            float(np.sum((a.numpy().astype(np.float64) - initial[k].numpy()) ** 2))
+            for k, a in result.arrays.items()
+        )
+    )
+    assert 0 < change <= 1.2 * clip
+    assert strategy.totals.updates == 3
+
+
+def test_summary_logs_settings_and_traffic_then_the_inner_summary(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """summary() reports the bytes so far and delegates."""
+    # Prepare
+    strategy = CompressionStrategy(FedAvg(), schedule=PARAMS)
+    strategy.start(grid=_LoopGrid(_client_app(), 2), initial_arrays=_initial(), num_rounds=1)
+    logger = logging.getLogger("flwr.fedcodec")
+    logger.addHandler(caplog.handler)
+    # Execute
+    try:
+        with caplog.at_level(logging.INFO, logger="flwr.fedcodec"):
+            strategy.summary()
+    finally:
+        logger.removeHandler(caplog.handler)
+    # Assert
+    text = caplog.text
+    totals = strategy.totals
+    assert f"Bytes up: {totals.bytes_up} coded, {totals.raw_bytes_up} as float32" in text
+    assert "Bytes down:" in text
+
+
+def test_constructor_validates_its_arguments() -> None:
+    """Bad arguments raise ValueError / TypeError."""
+    with pytest.raises(TypeError, match="Strategy"):
+        CompressionStrategy(object())  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="keep"):
+        CompressionStrategy(FedAvg(), keep=0)
+    with pytest.raises(ValueError, match="keyframe_bits"):
+        CompressionStrategy(FedAvg(), keyframe_bits=1)
+
+
+def test_importing_fedcodec_does_not_import_flwr(tmp_path: Path) -> None:
+    """Only fedcodec.flower imports flwr (run outside the source tree: the installed package)."""
+    code = (
+        "import sys, fedcodec, fedcodec.pipeline, fedcodec.codec; "
+        "print(sorted(m for m in sys.modules if m == 'flwr' or m.startswith('flwr.')))"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, check=True
+    )
+    assert done.stdout.strip() == "[]"
