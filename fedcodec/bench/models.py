@@ -1,0 +1,240 @@
+"""Small numpy models for ``fedcodec bench fl``: an MLP and a character model.
+
+Plain numpy, hand-written backward passes, minibatch SGD on softmax cross-entropy. Weight
+matrices have output units as rows (``w: (out, in)``), so an update's rows are output units.
+No torch is needed.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+import numpy as np
+import numpy.typing as npt
+
+__all__ = ["MLP", "CharMLP", "Model", "Params", "softmax_xent_grad"]
+
+F32 = npt.NDArray[np.float32]
+I64 = npt.NDArray[np.int64]
+Params = dict[str, F32]
+
+
+class Model(Protocol):
+    """What the FL harness needs from a model."""
+
+    def init(self, rng: np.random.Generator) -> Params:
+        """Fresh float32 parameters (ordered dict: the model's tensor order)."""
+        ...
+
+    def train(
+        self,
+        params: Params,
+        x: npt.NDArray[np.generic],
+        y: I64,
+        *,
+        epochs: int,
+        batch: int,
+        lr: float,
+        rng: np.random.Generator,
+        max_steps: int | None = None,
+    ) -> Params:
+        """Local SGD from ``params``; returns new parameters (inputs untouched)."""
+        ...
+
+    def accuracy(self, params: Params, x: npt.NDArray[np.generic], y: I64) -> float:
+        """Top-1 accuracy in percent."""
+        ...
+
+    def describe(self) -> str:
+        """One line for reports."""
+        ...
+
+
+def softmax_xent_grad(logits: npt.NDArray[np.floating], y: I64) -> npt.NDArray[np.floating]:
+    """Gradient of the mean softmax cross-entropy with respect to the logits."""
+    z = logits - logits.max(axis=1, keepdims=True)
+    prob = np.exp(z)
+    prob /= prob.sum(axis=1, keepdims=True)
+    prob[np.arange(len(y)), y] -= 1.0
+    out: npt.NDArray[np.floating] = prob / np.float32(len(y))
+    return out
+
+
+def _batches(
+    n: int, epochs: int, batch: int, rng: np.random.Generator, max_steps: int | None
+) -> list[I64]:
+    out: list[I64] = []
+    for _ in range(epochs):
+        order = rng.permutation(n)
+        for s in range(0, n, batch):
+            out.append(order[s : s + batch])
+            if max_steps is not None and len(out) >= max_steps:
+                return out
+    return out
+
+
+@dataclass(frozen=True)
+class MLP:
+    """Fully connected ReLU network; ``sizes = (inputs, hidden..., classes)``.
+
+    Parameters are ``w1, b1, w2, b2, ...`` (He initialization, zero biases).
+    """
+
+    sizes: tuple[int, ...]
+
+    @property
+    def layers(self) -> int:
+        return len(self.sizes) - 1
+
+    def describe(self) -> str:
+        n = sum(o * i + o for i, o in zip(self.sizes[:-1], self.sizes[1:], strict=True))
+        return f"MLP {'-'.join(map(str, self.sizes))} ({n:,} weights)"
+
+    def init(self, rng: np.random.Generator) -> Params:
+        p: Params = {}
+        for i, (fan_in, fan_out) in enumerate(zip(self.sizes[:-1], self.sizes[1:], strict=True)):
+            gain = 2.0 if i < self.layers - 1 else 1.0
+            w = rng.standard_normal((fan_out, fan_in)) * math.sqrt(gain / fan_in)
+            p[f"w{i + 1}"] = w.astype(np.float32)
+            p[f"b{i + 1}"] = np.zeros(fan_out, np.float32)
+        return p
+
+    def _forward(self, p: Params, x: F32) -> tuple[list[F32], F32]:
+        acts = [x]
+        h = x
+        for i in range(1, self.layers + 1):
+            z = h @ p[f"w{i}"].T + p[f"b{i}"]
+            h = np.maximum(z, 0.0) if i < self.layers else z
+            acts.append(h)
+        return acts, h
+
+    def logits(self, p: Params, x: npt.NDArray[np.generic]) -> F32:
+        return self._forward(p, np.asarray(x, dtype=np.float32))[1]
+
+    def train(
+        self,
+        params: Params,
+        x: npt.NDArray[np.generic],
+        y: I64,
+        *,
+        epochs: int,
+        batch: int,
+        lr: float,
+        rng: np.random.Generator,
+        max_steps: int | None = None,
+    ) -> Params:
+        p = {k: v.copy() for k, v in params.items()}
+        xf = np.asarray(x, dtype=np.float32)
+        step = np.float32(lr)
+        for idx in _batches(len(y), epochs, batch, rng, max_steps):
+            acts, out = self._forward(p, xf[idx])
+            g = softmax_xent_grad(out, y[idx]).astype(np.float32)
+            for i in range(self.layers, 0, -1):
+                h = acts[i - 1]
+                gw = g.T @ h
+                gb = g.sum(axis=0)
+                if i > 1:
+                    g = (g @ p[f"w{i}"]) * (h > 0)
+                p[f"w{i}"] -= step * gw
+                p[f"b{i}"] -= step * gb
+        return p
+
+    def accuracy(self, params: Params, x: npt.NDArray[np.generic], y: I64) -> float:
+        return 100.0 * float(np.mean(np.argmax(self.logits(params, x), axis=1) == y))
+
+
+@dataclass(frozen=True)
+class CharMLP:
+    """Next-character model: embed each of ``context`` characters, concatenate, one ReLU
+    hidden layer, softmax over the vocabulary.
+
+    Parameters: ``emb (vocab, embed)``, ``w1 (hidden, context*embed)``, ``b1``,
+    ``w2 (vocab, hidden)``, ``b2``.
+    """
+
+    vocab: int
+    context: int
+    embed: int = 8
+    hidden: int = 256
+
+    def describe(self) -> str:
+        n = (
+            self.vocab * self.embed
+            + self.hidden * (self.context * self.embed + 1)
+            + self.vocab * (self.hidden + 1)
+        )
+        return (
+            f"char model: {self.context} chars x embedding {self.embed} -> {self.hidden} ReLU -> "
+            f"{self.vocab} classes ({n:,} weights)"
+        )
+
+    def init(self, rng: np.random.Generator) -> Params:
+        fan_in = self.context * self.embed
+        return {
+            "emb": (rng.standard_normal((self.vocab, self.embed)) * 0.5).astype(np.float32),
+            "w1": (rng.standard_normal((self.hidden, fan_in)) * math.sqrt(2.0 / fan_in)).astype(
+                np.float32
+            ),
+            "b1": np.zeros(self.hidden, np.float32),
+            "w2": (
+                rng.standard_normal((self.vocab, self.hidden)) * math.sqrt(1.0 / self.hidden)
+            ).astype(np.float32),
+            "b2": np.zeros(self.vocab, np.float32),
+        }
+
+    def _forward(self, p: Params, x: I64) -> tuple[F32, F32, F32, F32]:
+        e = p["emb"][x].reshape(len(x), -1)
+        z = e @ p["w1"].T + p["b1"]
+        h = np.maximum(z, 0.0)
+        return e, z, h, h @ p["w2"].T + p["b2"]
+
+    def train(
+        self,
+        params: Params,
+        x: npt.NDArray[np.generic],
+        y: I64,
+        *,
+        epochs: int,
+        batch: int,
+        lr: float,
+        rng: np.random.Generator,
+        max_steps: int | None = None,
+    ) -> Params:
+        p = {k: v.copy() for k, v in params.items()}
+        xi = np.asarray(x, dtype=np.int64)
+        step = np.float32(lr)
+        for idx in _batches(len(y), epochs, batch, rng, max_steps):
+            xb = xi[idx]
+            e, z, h, out = self._forward(p, xb)
+            g = softmax_xent_grad(out, y[idx]).astype(np.float32)
+            gw2 = g.T @ h
+            gb2 = g.sum(axis=0)
+            gz = (g @ p["w2"]) * (z > 0)
+            gw1 = gz.T @ e
+            gb1 = gz.sum(axis=0)
+            ge = (gz @ p["w1"]).reshape(len(idx), self.context, self.embed)
+            gemb = np.zeros_like(p["emb"])
+            np.add.at(gemb, xb, ge)
+            p["w2"] -= step * gw2
+            p["b2"] -= step * gb2
+            p["w1"] -= step * gw1
+            p["b1"] -= step * gb1
+            p["emb"] -= step * gemb
+        return p
+
+    def accuracy(self, params: Params, x: npt.NDArray[np.generic], y: I64) -> float:
+        xi = np.asarray(x, dtype=np.int64)
+        correct = 0
+        for s in range(0, len(y), 4096):
+            out = self._forward(params, xi[s : s + 4096])[3]
+            correct += int(np.sum(np.argmax(out, axis=1) == y[s : s + 4096]))
+        return 100.0 * correct / max(len(y), 1)
+
+
+def numel(params: Params | Sequence[F32]) -> int:
+    """Number of weights."""
+    values = params.values() if isinstance(params, dict) else params
+    return int(sum(v.size for v in values))
