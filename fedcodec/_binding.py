@@ -59,6 +59,12 @@ MODE_GROUPED: int = int(lib.FC_MODE_GROUPED)
 MODE_RUNS: int = int(lib.FC_MODE_RUNS)
 MODES: tuple[int, ...] = (MODE_AUTO, MODE_DENSE, MODE_GROUPED, MODE_RUNS)
 
+QUANT_UNIFORM: int = int(lib.FC_QUANT_UNIFORM)
+QUANT_TRELLIS: int = int(lib.FC_QUANT_TRELLIS)
+QUANT_TRELLIS8: int = int(lib.FC_QUANT_TRELLIS8)
+QUANT_DITHER: int = int(lib.FC_QUANT_DITHER)
+QUANTIZERS: tuple[int, ...] = (QUANT_UNIFORM, QUANT_TRELLIS, QUANT_TRELLIS8, QUANT_DITHER)
+
 _ACC_DTYPE: dict[np.dtype[Any], int] = {
     np.dtype(np.float32): int(lib.FC_ACC_F32),
     np.dtype(np.float64): int(lib.FC_ACC_F64),
@@ -250,6 +256,8 @@ class EncodeOptions:
     slice_elems: int = 262144
     mode: int = MODE_AUTO
     window_set: int = 0
+    quantizer: int = QUANT_UNIFORM
+    dither_seed: int = 0
 
 
 @dataclass(frozen=True)
@@ -320,6 +328,15 @@ def _encode_options(options: EncodeOptions) -> Any:
         invalid(f"mode must be one of {MODES}, got {options.mode!r}")
     c_opts.mode = options.mode
     c_opts.window_set = check_uint(options.window_set, "window_set", 0, _WINDOW_SETS - 1)
+    if options.quantizer not in QUANTIZERS:
+        invalid(f"quantizer must be one of {QUANTIZERS}, got {options.quantizer!r}")
+    if options.quantizer == QUANT_DITHER and options.lam != 0.0:
+        invalid(
+            f"the dithered quantizer rounds (its error is independent of the input only "
+            f"then): lam must be 0, got {options.lam}"
+        )
+    c_opts.quantizer = options.quantizer
+    c_opts.dither_seed = check_uint(options.dither_seed, "dither_seed", 0, _UINT64_MAX)
     return c_opts
 
 
@@ -408,6 +425,22 @@ def encode(
     return dst[:size].tobytes(), stats
 
 
+def dither(
+    seed: int, tensor_index: int, first: int, count: int, step: float
+) -> np.ndarray[Any, np.dtype[np.float32]]:
+    """``fc_dither``: the dither u of ``count`` elements from element ``first``."""
+    seed = check_uint(seed, "seed", 0, _UINT64_MAX)
+    tensor_index = check_uint(tensor_index, "tensor_index", 0, _UINT32_MAX)
+    first = check_uint(first, "first", 0, _UINT64_MAX)
+    count = check_uint(count, "count", 0, _UINT64_MAX - first)
+    step = check_float(step, "step", positive=True)
+    out = np.empty(count, dtype=np.float32)
+    c_out = ffi.from_buffer("float[]", out, require_writable=True) if count else ffi.NULL
+    code = lib.fc_dither(seed, tensor_index, first, count, step, c_out)
+    _check_result(code, "dither")
+    return out
+
+
 # ---------------------------------------------------------------------------
 # Decoding
 # ---------------------------------------------------------------------------
@@ -433,6 +466,8 @@ class TensorInfoRaw:
     step: float
     slices: int
     max_gtx: int
+    quantizer: int = QUANT_UNIFORM
+    dither_seed: int = 0
 
 
 @dataclass
@@ -486,6 +521,8 @@ def inspect(data: object, options: DecodeOptions) -> list[TensorInfoRaw]:
             step=float(info.step),
             slices=int(info.slices),
             max_gtx=int(info.max_gtx),
+            quantizer=int(info.quantizer),
+            dither_seed=int(info.dither_seed),
         )
         for info in (infos[i] for i in range(int(count[0])))
     ]

@@ -64,6 +64,13 @@ enum fc_mode {
     FC_MODE_RUNS = 2
 };
 
+enum fc_quantizer {
+    FC_QUANT_UNIFORM = 0,
+    FC_QUANT_TRELLIS = 1,
+    FC_QUANT_TRELLIS8 = 2,
+    FC_QUANT_DITHER = 3
+};
+
 typedef struct fc_tensor {
     uint32_t index;
     uint32_t ndim;
@@ -94,6 +101,8 @@ typedef struct fc_encode_options {
     uint32_t slice_elems;
     int32_t mode;
     uint32_t window_set;
+    int32_t quantizer;
+    uint64_t dither_seed;
 } fc_encode_options;
 
 void fc_encode_options_init(fc_encode_options *opts);
@@ -125,12 +134,17 @@ typedef struct fc_tensor_info {
     double step;
     uint32_t slices;
     uint32_t max_gtx;
+    uint32_t quantizer;
+    uint64_t dither_seed;
 } fc_tensor_info;
 
 enum fc_result fc_inspect(const uint8_t *src, size_t src_size,
                           const fc_decode_options *opts,
                           fc_tensor_info *infos, size_t capacity,
                           size_t *count);
+
+enum fc_result fc_dither(uint64_t seed, uint32_t tensor_index, uint64_t first, size_t count,
+                         double step, float *out);
 
 enum fc_acc_dtype { FC_ACC_NONE = 0, FC_ACC_F32 = 1, FC_ACC_F64 = 2 };
 

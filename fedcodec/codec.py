@@ -17,8 +17,24 @@ output array, while a call that reads or writes it is running.
 
 Determinism: the same tensors and options give the same bytes on every run,
 platform and thread count, and the reconstruction of a level ``k`` is the
-float32 product ``float32(k) * step``, so the ``recon`` returned by
-:func:`encode` equals what :func:`decode` returns, bit for bit.
+float32 product ``float32(k) * step`` (minus the dither for
+``quantizer="dither"``), so the ``recon`` returned by :func:`encode` equals
+what :func:`decode` returns, bit for bit.
+
+Quantizers (``encode(..., quantizer=...)``):
+
+* ``"uniform"`` (default): rounding (``lam=0``) or DeepCABAC's RD quantization
+  (``lam > 0``).
+* ``"trellis"`` / ``"trellis8"``: rate-aware trellis-coded (dependent)
+  quantization with 4 (VVC) or 8 (NNR) states — the "max compression" mode:
+  fewer bytes at the same SNR on dense updates, slower to encode, decodes at
+  about the same speed.  Always rate-aware (``lam=0`` selects ``ln(2)/6``).
+* ``"dither"``: subtractive dithered quantization — ``k = round((w + u) /
+  step)``, reconstruction ``k * step - u`` with ``u`` uniform in
+  ``(-step/2, step/2)`` drawn from ``dither_seed`` (stored in the container),
+  the tensor index and the element index: an unbiased quantizer whose error is
+  independent of the update.  Needs a ``dither_seed`` (see
+  :func:`dither_seed`); every element decodes to a nonzero value.
 
 Examples
 --------
@@ -47,11 +63,14 @@ from fedcodec.errors import FC_ERR_MISMATCH
 __all__ = [
     "EncodeResult",
     "Mode",
+    "Quantizer",
     "TensorInfo",
     "TensorStats",
     "decode",
     "decode_accumulate",
     "decode_levels",
+    "dither_seed",
+    "dither_values",
     "encode",
     "encode_levels",
     "inspect",
@@ -59,6 +78,7 @@ __all__ = [
 ]
 
 Mode = Literal["auto", "dense", "grouped", "runs"]
+Quantizer = Literal["uniform", "trellis", "trellis8", "dither"]
 
 _MODE_NUMBERS: dict[str, int] = {
     "auto": _binding.MODE_AUTO,
@@ -66,6 +86,13 @@ _MODE_NUMBERS: dict[str, int] = {
     "grouped": _binding.MODE_GROUPED,
     "runs": _binding.MODE_RUNS,
 }
+_QUANT_NUMBERS: dict[str, int] = {
+    "uniform": _binding.QUANT_UNIFORM,
+    "trellis": _binding.QUANT_TRELLIS,
+    "trellis8": _binding.QUANT_TRELLIS8,
+    "dither": _binding.QUANT_DITHER,
+}
+_QUANT_NAMES: dict[int, str] = {number: name for name, number in _QUANT_NUMBERS.items()}
 # Bit m of fc_tensor_stats.modes is set when some slice used mode m.
 _MODE_BITS: tuple[tuple[int, str], ...] = (
     (_binding.MODE_DENSE, "dense"),
@@ -189,6 +216,10 @@ class TensorInfo:
         Number of independently coded slices.
     max_gtx : int
         The number of ``|level| > j`` flags of its binarization.
+    quantizer : {"uniform", "trellis", "trellis8", "dither"}
+        How its levels reconstruct (see the module documentation).
+    dither_seed : int or None
+        The container's dither seed for a dithered tensor, else None.
     """
 
     index: int
@@ -197,6 +228,8 @@ class TensorInfo:
     step: float
     slices: int
     max_gtx: int
+    quantizer: str = "uniform"
+    dither_seed: int | None = None
 
 
 # ---------------------------------------------------------------------------
@@ -325,6 +358,28 @@ def _weighting(
     return eta, sigma_min
 
 
+def _quantizer_number(quantizer: object, dither_seed: object, lam: float) -> tuple[int, int]:
+    if not isinstance(quantizer, str) or quantizer not in _QUANT_NUMBERS:
+        _binding.invalid(f"quantizer must be one of {sorted(_QUANT_NUMBERS)}, got {quantizer!r}")
+    number = _QUANT_NUMBERS[quantizer]
+    if number != _binding.QUANT_DITHER:
+        if dither_seed is not None:
+            _binding.invalid(f'dither_seed applies to quantizer="dither" only, not {quantizer!r}')
+        return number, 0
+    if dither_seed is None:
+        _binding.invalid(
+            'quantizer="dither" needs a dither_seed: one per update that is never reused '
+            "for another update summed with it; derive it with "
+            "fedcodec.dither_seed(round_id, client_id)"
+        )
+    if lam != 0.0:
+        _binding.invalid(
+            'quantizer="dither" rounds (its error is independent of the update only then): '
+            f"lam must be 0, got {lam}"
+        )
+    return number, _binding.check_uint(dither_seed, "dither_seed", 0, 2**64 - 1)
+
+
 def _mode_number(mode: object) -> int:
     if not isinstance(mode, str) or mode not in _MODE_NUMBERS:
         _binding.invalid(f"mode must be one of {sorted(_MODE_NUMBERS)}, got {mode!r}")
@@ -373,6 +428,8 @@ def encode(
     window_set: int = 0,
     slice_elems: int = 262144,
     return_recon: bool = False,
+    quantizer: Quantizer = "uniform",
+    dither_seed: int | None = None,
 ) -> EncodeResult:
     """Quantize and entropy-code float32 tensors into one container.
 
@@ -424,6 +481,18 @@ def encode(
         parallelism).
     return_recon : bool, optional
         Also return the reconstruction a decoder will produce.
+    quantizer : {"uniform", "trellis", "trellis8", "dither"}, optional
+        How values become levels (module documentation): ``"uniform"``
+        rounding / RD quantization, ``"trellis"`` (4 states) or
+        ``"trellis8"`` (8 states) rate-aware dependent quantization (the
+        "max compression" mode; ``lam`` is its λ, 0 selects ``ln(2)/6``), or
+        ``"dither"`` subtractive dithered rounding (``lam`` must be 0).
+    dither_seed : int, optional
+        Required with ``quantizer="dither"`` and refused otherwise: a 64-bit
+        seed, stored in the container, from which the dither of every element
+        is derived.  Use a different seed for every update that is summed
+        with others (e.g. :func:`dither_seed` of round and client id); with
+        the same seed two clients' errors would be correlated.
 
     Returns
     -------
@@ -442,14 +511,18 @@ def encode(
     sigma_mins = _per_tensor(sigma_min, "sigma_min", names, count)
     importances = _per_tensor(importance, "importance", names, count, arrays=True)
     sigmas = _per_tensor(sigma, "sigma", names, count, arrays=True)
+    lam = _binding.check_float(lam, "lam")
+    quantizer_number, seed = _quantizer_number(quantizer, dither_seed, lam)
     options = _binding.EncodeOptions(
-        lam=_binding.check_float(lam, "lam"),
+        lam=lam,
         S=S,
         max_gtx=max_gtx,
         threads=threads,
         slice_elems=slice_elems,
         mode=_mode_number(mode),
         window_set=window_set,
+        quantizer=quantizer_number,
+        dither_seed=seed,
     )
     specs: list[_binding.EncodeTensor] = []
     shapes: list[tuple[int, ...]] = []
@@ -656,6 +729,8 @@ def inspect(
             step=info.step,
             slices=info.slices,
             max_gtx=info.max_gtx,
+            quantizer=_QUANT_NAMES.get(info.quantizer, str(info.quantizer)),
+            dither_seed=info.dither_seed if info.quantizer == _binding.QUANT_DITHER else None,
         )
         for info in _binding.inspect(data, options)
     ]
@@ -781,7 +856,11 @@ def decode_levels(
     -------
     list or dict of (ndarray, float)
         Per tensor: int32 levels with the stored shape, and the step (a
-        float32 value); the reconstruction is ``float32(level) * step``.
+        float32 value); the reconstruction is ``float32(level) * step``.  For
+        a trellis tensor the levels are reconstruction indices (the same
+        rule holds); for a dithered tensor the reconstruction is
+        ``float32(level) * step - dither_values(...)`` (see :func:`inspect`
+        for the seed).
 
     Raises
     ------
@@ -863,6 +942,70 @@ def decode_accumulate(
             )
         targets.append(_binding.DecodeTarget(label=label, numel=info.numel, acc=acc, weight=weight))
     _binding.decode(data, options, targets)
+
+
+_GOLDEN = 0x9E3779B97F4A7C15
+_MASK64 = (1 << 64) - 1
+
+
+def _mix64(z: int) -> int:
+    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & _MASK64
+    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & _MASK64
+    return z ^ (z >> 31)
+
+
+def dither_seed(round_id: int, client_id: int, salt: int = 0) -> int:
+    """A 64-bit dither seed for one client's update in one round.
+
+    Distinct ``(round_id, client_id, salt)`` give unrelated seeds (a
+    splitmix64 hash of the three), so the dithers of updates that are summed
+    are independent.  ``salt`` separates several encodes of the same client
+    and round (e.g. uplink and downlink).
+
+    Parameters
+    ----------
+    round_id, client_id, salt : int
+        Integers in ``[0, 2**64)``.
+
+    Returns
+    -------
+    int
+        The seed for ``encode(..., quantizer="dither", dither_seed=...)``.
+    """
+    z = 0
+    for name, value in (("round_id", round_id), ("client_id", client_id), ("salt", salt)):
+        z = _mix64((z + _binding.check_uint(value, name, 0, _MASK64) + _GOLDEN) & _MASK64)
+    return z
+
+
+def dither_values(seed: int, tensor_index: int, shape: Sequence[int], step: float) -> Float32Array:
+    """The dither ``u`` of every element of a dithered tensor.
+
+    A decoder reconstructs element ``i`` of a dithered tensor as
+    ``float32(level[i]) * step - u[i]``; ``u`` is uniform in
+    ``(-step/2, step/2)`` and depends only on the container's seed, the
+    tensor's index (its position in the container) and the element's index
+    (FORMAT.md §8.3).
+
+    Parameters
+    ----------
+    seed : int
+        The container's dither seed (:attr:`TensorInfo.dither_seed`).
+    tensor_index : int
+        The tensor's index in the container.
+    shape : sequence of int
+        The tensor's shape.
+    step : float
+        Its step (:attr:`TensorInfo.step`).
+
+    Returns
+    -------
+    ndarray
+        float32 array of ``shape``.
+    """
+    dims = tuple(_binding.check_uint(n, "shape", 0, 2**63) for n in shape)
+    values = _binding.dither(seed, tensor_index, 0, math.prod(dims), step)
+    return values.reshape(dims)
 
 
 def library_version() -> str:
