@@ -110,6 +110,13 @@ class CodecBenchConfig:
         Where to write the JSON report.
     check : bool
         Make :func:`run_codec_bench`'s caller fail on a missed target or failed check.
+    real : bool
+        Add the real-update data sets (:mod:`fedcodec.bench.realdata`: a numpy MLP's client
+        update on MNIST-5k, dense and top-k 10 % / 1 %).
+    rd : bool
+        Measure rate-distortion curves (bits per weight against SNR) over a sweep of steps.
+    rd_points : int or None
+        Steps per curve (powers of two around each set's step); None: 7, or 4 with ``quick``.
     """
 
     quick: bool = False
@@ -124,6 +131,21 @@ class CodecBenchConfig:
     nncodec_python: str | None = None
     json_path: str | None = None
     check: bool = False
+    real: bool = True
+    rd: bool = True
+    rd_points: int | None = None
+
+    def resolved_rd_exponents(self) -> tuple[int, ...]:
+        """Step multipliers ``2**j`` of the rate-distortion sweep, defaults applied.
+
+        Returns
+        -------
+        tuple of int
+            The exponents ``j`` (the data set's own step is ``j = 0``).
+        """
+        n = self.rd_points if self.rd_points is not None else (4 if self.quick else 7)
+        lo = -(n // 3)
+        return tuple(range(lo, lo + max(1, n)))
 
     def resolved_repeats(self) -> int:
         """Return the number of timed runs per measurement, defaults applied.
@@ -478,6 +500,117 @@ def _bench_dataset(
     return rec, levels
 
 
+def _rd_curves(
+    sets: Sequence[Dataset],
+    exponents: Sequence[int],
+    rdoq_lambda: float,
+    with_zstd: bool,
+    log: Callable[[str], None],
+) -> tuple[dict[str, list[dict[str, Any]]], list[tuple[str, list[I32Array], float]]]:
+    """Bits per weight against SNR for every set over steps ``step * 2**j``.
+
+    At each step the float tensors are quantized by plain rounding and the *same* levels are
+    coded by fedcodec (``encode_levels``), zstd-19, lzma-9 and measured against the order-0
+    entropy; fedcodec's RD quantizer (``fc.encode`` at that step with ``rdoq_lambda``) gives a
+    second fedcodec point with its own levels. Steps are powers of two times the set's step,
+    so they stay on NNCodec's qp grid.
+
+    Returns
+    -------
+    curves, nncodec_sets
+        Per set name its points; and ``(name@j, levels, step)`` for NNCodec.
+    """
+    from fedcodec import codec as fc
+
+    curves: dict[str, list[dict[str, Any]]] = {}
+    nn_sets: list[tuple[str, list[I32Array], float]] = []
+    for ds in sets:
+        t0 = time.perf_counter()
+        sig_sq = float(sum(float(np.square(t, dtype=np.float64).sum()) for t in ds.tensors))
+        points: list[dict[str, Any]] = []
+        for j in exponents:
+            step = float(np.float32(ds.step * 2.0**j))
+            levels = quantize(ds.tensors, step)
+            s32 = np.float32(step)
+            err = float(
+                sum(
+                    float(np.square(t.astype(np.float64) - lv.astype(np.float32) * s32).sum())
+                    for t, lv in zip(ds.tensors, levels, strict=True)
+                )
+            )
+            fed_bytes = len(fc.encode_levels(levels, step, threads=1).data)
+            base = bl.measure_baselines(levels, with_zstd=with_zstd)
+            rdq = fc.encode(ds.tensors, step=step, lam=rdoq_lambda, threads=1, return_recon=True)
+            rerr = float(
+                sum(
+                    float(np.square(t.astype(np.float64) - np.asarray(r, np.float64)).sum())
+                    for t, r in zip(ds.tensors, rdq.recon or [], strict=True)
+                )
+            )
+            n = ds.numel
+            points.append(
+                {
+                    "exponent": j,
+                    "step": step,
+                    "nonzeros": int(sum(np.count_nonzero(lv) for lv in levels)),
+                    "snr_db": _snr_db(sig_sq, err),
+                    "fedcodec_bytes": fed_bytes,
+                    "zstd19_bytes": base.zstd19_bytes,
+                    "lzma9_bytes": base.lzma9_bytes,
+                    "order0_bytes": base.order0_bytes,
+                    "fedcodec_bpw": 8.0 * fed_bytes / n,
+                    "zstd19_bpw": None
+                    if base.zstd19_bytes is None
+                    else 8.0 * base.zstd19_bytes / n,
+                    "lzma9_bpw": 8.0 * base.lzma9_bytes / n,
+                    "order0_bpw": 8.0 * base.order0_bytes / n,
+                    "rdoq_lambda": rdoq_lambda,
+                    "rdoq_bytes": len(rdq.data),
+                    "rdoq_bpw": 8.0 * len(rdq.data) / n,
+                    "rdoq_snr_db": _snr_db(sig_sq, rerr),
+                    "nncodec_bytes": None,
+                    "nncodec_bpw": None,
+                }
+            )
+            nn_sets.append((f"{ds.name}@{j}", levels, step))
+        curves[ds.name] = points
+        log(f"    RD {ds.name}: {len(points)} steps, {time.perf_counter() - t0:.1f} s")
+    return curves, nn_sets
+
+
+def _real_targets(records: Sequence[dict[str, Any]]) -> list[TargetResult]:
+    """Targets on the real-update sets: fedcodec <= NNCodec and < lzma-9 on the same levels."""
+    out: list[TargetResult] = []
+    for r in records:
+        if not r.get("real"):
+            continue
+        n = r.get("nncodec")
+        nb = None if n is None else n.get("nncodec_bytes")
+        v = _rel(r["fedcodec"]["bytes"], nb)
+        out.append(
+            TargetResult(
+                "bytes vs NNCodec (same levels)",
+                r["name"],
+                None if v is None else 100.0 * v,
+                "<= 0 %",
+                "%",
+                "n/a" if v is None else ("PASS" if v <= 0.0 else "MISS"),
+            )
+        )
+        v = r["relative"]["vs_lzma9"]
+        out.append(
+            TargetResult(
+                "bytes vs lzma-9 (same levels)",
+                r["name"],
+                None if v is None else 100.0 * v,
+                "< 0 %",
+                "%",
+                "n/a" if v is None else ("PASS" if v < 0.0 else "MISS"),
+            )
+        )
+    return out
+
+
 def _targets(records: Sequence[dict[str, Any]], cores: int) -> list[TargetResult]:
     """Build the targets table; ``cores`` is how many cores the "all cores" runs could use."""
     by_density: dict[float | None, dict[str, Any]] = {r["density"]: r for r in records}
@@ -606,6 +739,64 @@ def _print_published(recs: Sequence[dict[str, Any]], out: TextIO) -> None:
     )
 
 
+def _density_cell(r: dict[str, Any]) -> str:
+    if r.get("real"):
+        return f"{100.0 * r['level_nonzeros'] / r['numel']:.3g} % (real)"
+    return "100 %" if r["density"] is None else f"{100 * r['density']:g} %"
+
+
+def _fmt_bpw(x: float | None) -> str:
+    return "n/a" if x is None else f"{x:.4f}"
+
+
+def _print_rd(res: dict[str, Any], out: TextIO) -> None:
+    curves: dict[str, list[dict[str, Any]]] = res.get("rd_curves") or {}
+    if not curves:
+        return
+    w = out.write
+    w("## Rate-distortion: bits per weight against SNR\n\n")
+    w(
+        "Steps are the set's step times 2^j. At each step the same plain-rounding levels are "
+        "coded by every coder (so they share one SNR); 'fedcodec RDOQ' is fc.encode at that "
+        f"step with lam={res['config']['rdoq_lambda']:g} (its own levels, its own SNR). "
+        "bits/w counts zeros.\n\n"
+    )
+    for name, points in curves.items():
+        rows = []
+        for p in points:
+            rows.append(
+                [
+                    f"{p['exponent']:+d}",
+                    f"{p['step']:.4g}",
+                    _fmt_db(p["snr_db"]),
+                    _fmt_bpw(p["fedcodec_bpw"]),
+                    _fmt_bpw(p["zstd19_bpw"]),
+                    _fmt_bpw(p["lzma9_bpw"]),
+                    _fmt_bpw(p["order0_bpw"]),
+                    _fmt_bpw(p["nncodec_bpw"]),
+                    f"{_fmt_bpw(p['rdoq_bpw'])} @ {_fmt_db(p['rdoq_snr_db'])} dB",
+                ]
+            )
+        w(f"### {name}\n\n")
+        w(
+            table(
+                [
+                    "j",
+                    "step",
+                    "SNR dB",
+                    "fedcodec",
+                    "zstd-19",
+                    "lzma-9",
+                    "order-0",
+                    "NNCodec",
+                    "fedcodec RDOQ",
+                ],
+                rows,
+            )
+            + "\n\n"
+        )
+
+
 def _print_report(res: dict[str, Any], out: TextIO) -> None:
     recs: list[dict[str, Any]] = res["datasets"]
     cfg = res["config"]
@@ -617,6 +808,12 @@ def _print_report(res: dict[str, Any], out: TextIO) -> None:
         f"data: {cfg['numel']:,} weights in {len(cfg['shapes'])} tensors ({shapes}); Laplacian "
         f"(scale 1e-3) x log-normal row scales (sigma 0.5), global top-k; seed {cfg['seed']}\n"
     )
+    if cfg.get("real"):
+        w(
+            "real updates: one non-IID client's update of the MNIST-5k MLP (784-128-10, "
+            "101,770 weights) after local SGD, dense and global top-10 % / top-1 % "
+            "(fedcodec.bench.realdata)\n"
+        )
     w(
         f"steps: sparse {cfg['step']:.10g}, dense {cfg['dense_step']:.10g}; levels = "
         f"round-half-away(w / step)\n"
@@ -646,7 +843,7 @@ def _print_report(res: dict[str, Any], out: TextIO) -> None:
         rows.append(
             [
                 r["name"],
-                "100 %" if r["density"] is None else f"{100 * r['density']:g} %",
+                _density_cell(r),
                 fmt_int(r["level_nonzeros"]),
                 fmt_int(f["bytes"]),
                 f"{f['bits_per_weight']:.4f}",
@@ -875,6 +1072,7 @@ def _print_report(res: dict[str, Any], out: TextIO) -> None:
         else:
             w(f"NNCodec: {nn['status']}: {nn.get('error')}\n\n")
         _print_published(recs, out)
+    _print_rd(res, out)
     w("## Targets\n\n")
     rows = [[t.name, t.dataset, _fmt_measured(t), t.goal, t.status] for t in res["targets"]]
     w(table(["target", "data", "measured", "goal", "result"], rows, left=2) + "\n\n")
@@ -935,12 +1133,21 @@ def run_codec_bench(
         include_dense=cfg.dense,
         seed=cfg.seed,
     )
+    real_names: set[str] = set()
+    if cfg.real:
+        from fedcodec.bench.realdata import real_update_datasets
+
+        say("real updates: training the MNIST-5k MLP client update")
+        real_sets = real_update_datasets(cfg.seed)
+        real_names = {ds.name for ds in real_sets}
+        sets = [*sets, *real_sets]
     records: list[dict[str, Any]] = []
     all_levels: list[tuple[str, list[I32Array], float]] = []
     for i, ds in enumerate(sets, 1):
         t0 = time.perf_counter()
         say(f"[{i}/{len(sets)}] {ds.name}: {ds.nonzeros:,} nonzeros of {ds.numel:,}")
         rec, levels = _bench_dataset(ds, cfg, repeats, with_zstd, say)
+        rec["real"] = ds.name in real_names
         records.append(rec)
         all_levels.append((ds.name, levels, ds.step))
         say(f"    {rec['fedcodec']['bytes']:,} B, {time.perf_counter() - t0:.1f} s")
@@ -963,11 +1170,35 @@ def run_codec_bench(
     else:
         nn["error"] = None
 
+    rd_curves: dict[str, list[dict[str, Any]]] = {}
+    if cfg.rd:
+        say("rate-distortion curves")
+        # --quick keeps the smoke run short: curves of the (small) real-update sets only.
+        curve_sets = [ds for ds in sets if ds.name in real_names] if cfg.quick else sets
+        rd_curves, rd_sets = _rd_curves(
+            curve_sets or sets, cfg.resolved_rd_exponents(), cfg.rdoq_lambda, with_zstd, say
+        )
+        if nn["status"] == "measured" and cfg.nncodec_python:
+            say("NNCodec: rate-distortion points")
+            try:
+                rd_runs, _ = run_nncodec(cfg.nncodec_python, rd_sets, repeats=1)
+            except (RuntimeError, OSError, ValueError) as e:
+                say(f"NNCodec failed on the RD points: {e}")
+            else:
+                for name, points in rd_curves.items():
+                    for pt in points:
+                        got = rd_runs.get(f"{name}@{pt['exponent']}")
+                        if got is not None and got.nncodec_bytes is not None:
+                            n = next(r["numel"] for r in records if r["name"] == name)
+                            pt["nncodec_bytes"] = got.nncodec_bytes
+                            pt["nncodec_bpw"] = 8.0 * got.nncodec_bytes / n
+
     # "All cores" can only beat one thread with 2+ usable cores and more than one thread asked.
     parallel_cores = (
         1 if cfg.threads == 1 else (cores if cfg.threads == 0 else min(cores, cfg.threads))
     )
-    targets = _targets(records, parallel_cores)
+    targets = _targets([r for r in records if not r.get("real")], parallel_cores)
+    targets += _real_targets(records)
     check_lines: list[str] = []
     ok_checks = True
     n_dec = sum(r["checks"]["decodes_verified"] for r in records)
@@ -1026,10 +1257,13 @@ def run_codec_bench(
             "seed": cfg.seed,
             "shapes": [list(s) for s in shapes],
             "numel": int(sum(r * c for r, c in shapes)),
+            "real": cfg.real,
+            "rd_exponents": list(cfg.resolved_rd_exponents()) if cfg.rd else [],
         },
         "zstd_available": with_zstd,
         "datasets": records,
         "nncodec": nn,
+        "rd_curves": rd_curves,
         "nncodec_published": [asdict(p) for p in PUBLISHED],
         "targets": [asdict(t) for t in targets],
         "check_lines": check_lines,
