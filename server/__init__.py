@@ -22,13 +22,20 @@ Installed as ``fedcodec.server`` from the repository's ``server/`` folder; it us
 only through :mod:`fedcodec.pipeline`.
 """
 
-from fedcodec.server.app import FedcodecServer, create_server, load_initial_model, serve
+from fedcodec.server.app import (
+    BackgroundServer,
+    FedcodecServer,
+    create_server,
+    load_initial_model,
+    serve,
+)
 from fedcodec.server.auth import TokenRegistry, generate_token, token_digest
 from fedcodec.server.config import ConfigError, ServerConfig, load_config
 from fedcodec.server.errors import ServerError
 from fedcodec.server.rounds import RoundCoordinator, RoundSummary
 
 __all__ = [
+    "BackgroundServer",
     "ConfigError",
     "FedcodecServer",
     "RoundCoordinator",

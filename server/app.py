@@ -17,10 +17,11 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
-from collections.abc import Mapping
+import threading
+from collections.abc import Callable, Coroutine, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Protocol, cast
+from typing import Any, Protocol, TypeVar, cast
 
 import grpc
 import numpy as np
@@ -31,11 +32,18 @@ from fedcodec.logs import setup_logging
 from fedcodec.server.auth import TokenRegistry
 from fedcodec.server.config import ConfigError, ServerConfig
 from fedcodec.server.metrics import Metrics
-from fedcodec.server.rounds import RoundCoordinator
+from fedcodec.server.rounds import RoundCoordinator, RoundSummary
 from fedcodec.server.servicer import AggregationServicer
 from fedcodec.v1 import aggregation_service_pb2_grpc as pb_grpc
 
-__all__ = ["SERVICE_NAME", "FedcodecServer", "create_server", "load_initial_model", "serve"]
+__all__ = [
+    "SERVICE_NAME",
+    "BackgroundServer",
+    "FedcodecServer",
+    "create_server",
+    "load_initial_model",
+    "serve",
+]
 
 log = logging.getLogger("fedcodec.server")
 
@@ -43,6 +51,7 @@ log = logging.getLogger("fedcodec.server")
 SERVICE_NAME = "fedcodec.v1.AggregationService"
 
 _BUILTIN_MNIST = "builtin:mnist-mlp"
+_T = TypeVar("_T")
 
 
 def load_initial_model(source: str) -> dict[str, npt.NDArray[np.float32]] | None:
@@ -273,6 +282,111 @@ def create_server(
     if initial_model is None:
         initial_model = load_initial_model(config.initial_model)
     return FedcodecServer(config, registry, initial_model)
+
+
+class BackgroundServer:
+    """An aggregation server on its own event loop in a background thread.
+
+    For synchronous programs that embed a server: the demo, tests, notebooks::
+
+        with BackgroundServer(config, tokens=tokens, initial_model=model) as server:
+            client = EdgeClient(f"127.0.0.1:{server.port}", ...)
+
+    Parameters are those of :func:`create_server`.
+    """
+
+    def __init__(
+        self,
+        config: ServerConfig,
+        *,
+        tokens: TokenRegistry | Mapping[str, str] | None = None,
+        initial_model: Mapping[str, npt.ArrayLike] | None = None,
+        listeners: Sequence[Callable[[RoundSummary], None]] = (),
+    ) -> None:
+        self.config = config
+        self._tokens = tokens
+        self._initial_model = initial_model
+        self._listeners = list(listeners)
+        self._ready = threading.Event()
+        self._error: BaseException | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._stop: asyncio.Event | None = None
+        self._grace = 1.0
+        self._server: FedcodecServer | None = None
+        self._thread = threading.Thread(target=self._run, name="fedcodec-server", daemon=True)
+
+    @property
+    def server(self) -> FedcodecServer:
+        """The running server."""
+        if self._server is None:
+            raise RuntimeError("the server is not running")
+        return self._server
+
+    @property
+    def port(self) -> int:
+        """The bound gRPC port."""
+        return self.server.port
+
+    @property
+    def coordinator(self) -> RoundCoordinator:
+        """The round logic (call its coroutines through :meth:`call`)."""
+        return self.server.coordinator
+
+    def start(self, timeout: float = 60.0) -> BackgroundServer:
+        """Start and wait until the server is serving (startup errors are raised here)."""
+        self._thread.start()
+        if not self._ready.wait(timeout):
+            raise TimeoutError("the server did not start in time")
+        if self._error is not None:
+            raise self._error
+        return self
+
+    def _run(self) -> None:
+        try:
+            asyncio.run(self._main())
+        except BaseException as exc:
+            self._error = exc
+        finally:
+            self._ready.set()
+
+    async def _main(self) -> None:
+        server = create_server(self.config, tokens=self._tokens, initial_model=self._initial_model)
+        for listener in self._listeners:
+            server.coordinator.add_listener(listener)
+        await server.start()
+        self._server = server
+        self._loop, self._stop = asyncio.get_running_loop(), asyncio.Event()
+        self._ready.set()
+        try:
+            await self._stop.wait()
+        finally:
+            await server.stop(self._grace)
+
+    def call(self, fn: Callable[[], Coroutine[Any, Any, _T]], timeout: float = 60.0) -> _T:
+        """Run ``fn()`` (a coroutine function) on the server's loop and return its result."""
+        if self._loop is None:
+            raise RuntimeError("the server is not running")
+        return asyncio.run_coroutine_threadsafe(fn(), self._loop).result(timeout)
+
+    def stop(self, grace: float = 1.0) -> None:
+        """Stop the server (running calls get ``grace`` seconds) and join its thread."""
+        self._grace = grace
+        if self._loop is not None and self._stop is not None:
+            self._loop.call_soon_threadsafe(self._stop.set)
+        if self._thread.is_alive():
+            self._thread.join(timeout=grace + 60)
+        self._server = None
+
+    def __enter__(self) -> BackgroundServer:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
 
 
 async def _serve(config: ServerConfig) -> None:

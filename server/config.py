@@ -61,6 +61,7 @@ from fedcodec.pipeline import (
     Sparsification,
     StepSchedule,
 )
+from fedcodec.pipeline.downlink import DEFAULT_KEYFRAME_BITS
 
 __all__ = [
     "ENV_PREFIX",
@@ -190,7 +191,7 @@ class DownlinkConfig:
     """
 
     keep_versions: int = 8
-    keyframe_bits: int = 12
+    keyframe_bits: int = DEFAULT_KEYFRAME_BITS
     params: RoundParams = field(default_factory=RoundParams)
 
 

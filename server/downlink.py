@@ -20,6 +20,7 @@ from collections import OrderedDict
 import numpy as np
 
 from fedcodec.pipeline import DownlinkEncoder, ModelSpec, Release, RoundParams
+from fedcodec.pipeline.downlink import DEFAULT_KEYFRAME_BITS
 from fedcodec.server.store import DownlinkSnapshot, ReleaseRecord
 
 __all__ = ["PersistentDownlink"]
@@ -57,7 +58,7 @@ class PersistentDownlink(DownlinkEncoder):
         *,
         params: RoundParams | None = None,
         keep: int = 8,
-        keyframe_bits: int = 12,
+        keyframe_bits: int = DEFAULT_KEYFRAME_BITS,
         threads: int = 0,
     ) -> PersistentDownlink:
         """A stream continuing from ``snapshot`` (parameters as for the constructor)."""

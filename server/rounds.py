@@ -244,6 +244,8 @@ class _Round:
     closing: bool = False
     bytes_down: int = 0
     locks: dict[str, asyncio.Lock] = field(default_factory=dict)
+    # group commits of accepted updates not yet durable
+    pending: set[asyncio.Future[None]] = field(default_factory=set)
 
     @property
     def round_id(self) -> int:
@@ -305,6 +307,9 @@ class RoundCoordinator:
         self._tasks: set[asyncio.Task[None]] = set()
         self._deadline_task: asyncio.Task[None] | None = None
         self._listeners: list[Callable[[RoundSummary], None]] = []
+        self._commit_queue: list[tuple[UpdateRecord, bytes, asyncio.Future[None]]] = []
+        self._committer: asyncio.Task[None] | None = None
+        self._registered = 0
         self._running = False
         self._stopping = False
 
@@ -454,6 +459,7 @@ class RoundCoordinator:
         self._finished = finished
         if finished:
             self._finished_event.set()
+        self._registered = await self._in_db(self.store.registered_clients)
         self._running = True
         self._refresh_gauges()
         self._deadline_task = asyncio.create_task(self._deadline_loop(), name="fedcodec-deadlines")
@@ -498,6 +504,7 @@ class RoundCoordinator:
         rnd = self._round
         m.clients.labels("selected").set(0 if rnd is None else len(rnd.selected))
         m.clients.labels("reported").set(0 if rnd is None else len(rnd.reported))
+        m.clients.labels("registered").set(self._registered)
 
     def _spawn(self, coro: Any) -> None:
         task: asyncio.Task[None] = asyncio.create_task(coro)
@@ -545,6 +552,15 @@ class RoundCoordinator:
             self._round.bytes_down += size
         return package
 
+    async def stored_updates(self, round_id: int | None = None) -> list[str]:
+        """Clients whose update for ``round_id`` (default: the open round) is stored."""
+        rid = self.open_round_id if round_id is None else round_id
+        return await self._in_db(self.store.reported, rid)
+
+    async def history(self) -> list[dict[str, Any]]:
+        """Every aggregated round (ids, versions, times, statistics)."""
+        return await self._in_db(self.store.round_history)
+
     # -- check-in -----------------------------------------------------------
 
     def _has_room(self, rnd: _Round) -> bool:
@@ -586,7 +602,7 @@ class RoundCoordinator:
             # Reserved before the write: concurrent check-ins see the room taken.
             rnd.selected[client_id] = rnd.record.window
             try:
-                await self._in_db(
+                new_client = await self._in_db(
                     self.store.add_selection,
                     rnd.round_id,
                     client_id,
@@ -596,10 +612,8 @@ class RoundCoordinator:
             except BaseException:
                 rnd.selected.pop(client_id, None)
                 raise
+            self._registered += new_client
             self._refresh_gauges()
-            self.metrics.clients.labels("registered").set(
-                await self._in_db(self.store.registered_clients)
-            )
             log.info(
                 "client selected",
                 extra={
@@ -755,16 +769,25 @@ class RoundCoordinator:
                 sha256=hashlib.sha256(payload).digest(),
                 received_at=self._clock(),
             )
+            commit = self._commit(record, payload)
+            rnd.pending.add(commit)
+
+            def settle(done: asyncio.Future[None], client: str = client_id) -> None:
+                rnd.pending.discard(done)
+                if done.cancelled() or done.exception() is not None:
+                    rnd.reported.pop(client, None)
+
+            commit.add_done_callback(settle)
             try:
-                await self._in_db(self.store.insert_update, record, payload)
+                # Shielded: a client that disconnects now does not stop the commit; its
+                # resend (same idempotency key) then finds the update stored.
+                await asyncio.shield(commit)
             except sqlite3.IntegrityError as exc:
-                rnd.reported.pop(client_id, None)
                 raise ConflictingUpdateError(
                     f"{client_id!r} already delivered an update in round {rnd.round_id}"
                 ) from exc
-            except BaseException:
-                rnd.reported.pop(client_id, None)
-                raise
+            except StoreError as exc:
+                raise RoundNotOpenError(f"round {rnd.round_id} is not open") from exc
         self.metrics.updates_accepted.labels("accepted").inc()
         self._refresh_gauges()
         log.info(
@@ -782,6 +805,36 @@ class RoundCoordinator:
         if len(rnd.reported) >= self.config.rounds.target_clients and not rnd.closing:
             self._spawn(self._close(rnd, "target reached"))
         return UploadReceipt(False, rnd.round_id, len(payload), len(rnd.reported))
+
+    def _commit(self, record: UpdateRecord, payload: bytes) -> asyncio.Future[None]:
+        """Queue an update for the next group commit; the future resolves once it is durable."""
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._commit_queue.append((record, payload, future))
+        if self._committer is None or self._committer.done():
+            self._committer = asyncio.create_task(self._commit_batches())
+        return future
+
+    async def _commit_batches(self) -> None:
+        # Whatever queued up while the previous transaction ran goes into the next one:
+        # one fsync for many uploads when they arrive together.
+        while self._commit_queue:
+            batch, self._commit_queue = self._commit_queue, []
+            try:
+                results = await self._in_db(
+                    self.store.insert_updates, [(record, payload) for record, payload, _ in batch]
+                )
+            except Exception as exc:
+                for *_, future in batch:
+                    if not future.done():
+                        future.set_exception(exc)
+                continue
+            for (*_, future), error in zip(batch, results, strict=True):
+                if future.done():
+                    continue
+                if error is None:
+                    future.set_result(None)
+                else:
+                    future.set_exception(error)
 
     # -- closing rounds -------------------------------------------------------
 
@@ -839,6 +892,10 @@ class RoundCoordinator:
         if rnd.closing or self._round is not rnd:
             return
         rnd.closing = True
+        # Updates reserved before the round started closing are part of it: wait until
+        # their commits are durable (or failed) before the database is read.
+        if rnd.pending:
+            await asyncio.gather(*rnd.pending, return_exceptions=True)
         started = time.perf_counter()
         try:
             model, stats, next_record = await self._in_db(self._aggregate, rnd)

@@ -10,7 +10,8 @@ What is stored, and why a ``kill -9`` at any moment loses nothing that was ackno
 * ``rounds`` — the open round (base version, coding parameters, deadline) and the history;
 * ``selections`` — who was selected for the open round;
 * ``updates`` — every accepted update: the bytes (while its round is open), their SHA-256,
-  the client's idempotency key; written in one transaction *before* the client is told;
+  the client's idempotency key; committed (fsync) *before* the client is told; updates that
+  arrive together share one transaction (group commit);
 * ``clients`` — the client registry (first/last seen, updates accepted).
 
 The aggregate itself is not stored: :meth:`Store.iter_updates` gives the open round's
@@ -504,15 +505,35 @@ class Store:
                 (deadline, window, round_id),
             )
 
-    def add_selection(self, round_id: int, client_id: str, window: int, now: float) -> None:
-        """Record that ``client_id`` was selected (and register the client)."""
-        with self._transaction() as db:
-            db.execute(
-                "INSERT INTO selections (round_id, client_id, window, selected_at) "
-                "VALUES (?, ?, ?, ?) ON CONFLICT (round_id, client_id) DO NOTHING",
-                (round_id, client_id, window, now),
-            )
-            self._touch_client(client_id, now)
+    def add_selection(self, round_id: int, client_id: str, window: int, now: float) -> bool:
+        """Record that ``client_id`` was selected (and register the client).
+
+        Committed without an fsync (``synchronous=NORMAL`` for this transaction): the WAL
+        reaches the disk with the next update's commit.  A crash can forget a selection made
+        since; that client's upload is then refused and it joins a later round.  No
+        acknowledged update depends on it.
+
+        Returns
+        -------
+        bool
+            True when the client was not registered before.
+        """
+        self._conn.execute("PRAGMA synchronous=NORMAL")
+        try:
+            with self._transaction() as db:
+                new = (
+                    db.execute("SELECT 1 FROM clients WHERE client_id = ?", (client_id,)).fetchone()
+                    is None
+                )
+                db.execute(
+                    "INSERT INTO selections (round_id, client_id, window, selected_at) "
+                    "VALUES (?, ?, ?, ?) ON CONFLICT (round_id, client_id) DO NOTHING",
+                    (round_id, client_id, window, now),
+                )
+                self._touch_client(client_id, now)
+        finally:
+            self._conn.execute("PRAGMA synchronous=FULL")
+        return new
 
     def selections(self, round_id: int) -> dict[str, int]:
         """Selected clients of a round and their selection windows."""
@@ -575,38 +596,77 @@ class Store:
             )
         ]
 
+    def insert_updates(self, items: list[tuple[UpdateRecord, bytes]]) -> list[Exception | None]:
+        """Store accepted updates in one transaction (one fsync for all: a group commit).
+
+        Each update is inserted under its own savepoint, so one that cannot be stored (its
+        round is no longer open, or the client already has an update in it or reused the
+        key) does not affect the others.
+
+        Returns
+        -------
+        list of (Exception or None)
+            Per item: None when stored (durable when this returns), else
+            :class:`sqlite3.IntegrityError` (a duplicate) or :class:`StoreError` (the
+            round is not open).
+        """
+        results: list[Exception | None] = []
+        with self._transaction() as db:
+            for record, payload in items:
+                db.execute("SAVEPOINT one_update")
+                try:
+                    state = db.execute(
+                        "SELECT state FROM rounds WHERE round_id = ?", (record.round_id,)
+                    ).fetchone()
+                    if state is None or state[0] != "open":
+                        raise StoreError(f"round {record.round_id} is not open")
+                    self._insert_update(record, payload)
+                except (sqlite3.IntegrityError, StoreError) as exc:
+                    db.execute("ROLLBACK TO one_update")
+                    results.append(exc)
+                else:
+                    results.append(None)
+                db.execute("RELEASE one_update")
+        return results
+
     def insert_update(self, record: UpdateRecord, payload: bytes) -> None:
-        """Store an accepted update (one transaction, durable when this returns).
+        """Store one accepted update (durable when this returns).
 
         Raises
         ------
         sqlite3.IntegrityError
             The client already has an update in the round, or reused the key.
+        StoreError
+            The round is not open.
         """
-        with self._transaction() as db:
-            db.execute(
-                f"INSERT INTO updates ({self._UPDATE_COLUMNS}, payload) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (
-                    record.round_id,
-                    record.client_id,
-                    record.idempotency_key,
-                    record.base_version,
-                    record.base_digest,
-                    record.num_examples,
-                    record.size,
-                    record.crc32,
-                    record.sha256,
-                    record.received_at,
-                    payload,
-                ),
-            )
-            self._touch_client(record.client_id, record.received_at)
-            db.execute(
-                "UPDATE clients SET updates_accepted = updates_accepted + 1, last_round = ? "
-                "WHERE client_id = ?",
-                (record.round_id, record.client_id),
-            )
+        error = self.insert_updates([(record, payload)])[0]
+        if error is not None:
+            raise error
+
+    def _insert_update(self, record: UpdateRecord, payload: bytes) -> None:
+        self._conn.execute(
+            f"INSERT INTO updates ({self._UPDATE_COLUMNS}, payload) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                record.round_id,
+                record.client_id,
+                record.idempotency_key,
+                record.base_version,
+                record.base_digest,
+                record.num_examples,
+                record.size,
+                record.crc32,
+                record.sha256,
+                record.received_at,
+                payload,
+            ),
+        )
+        self._touch_client(record.client_id, record.received_at)
+        self._conn.execute(
+            "UPDATE clients SET updates_accepted = updates_accepted + 1, last_round = ? "
+            "WHERE client_id = ?",
+            (record.round_id, record.client_id),
+        )
 
     def iter_updates(self, round_id: int) -> Iterator[tuple[UpdateRecord, bytes]]:
         """The round's stored updates in client-id order, one payload in memory at a time."""
