@@ -110,11 +110,12 @@ class CodecBenchConfig:
         Where to write the JSON report.
     check : bool
         Make :func:`run_codec_bench`'s caller fail on a missed target or failed check.
-    real : bool
+    real : bool or None
         Add the real-update data sets (:mod:`fedcodec.bench.realdata`: a numpy MLP's client
-        update on MNIST-5k, dense and top-k 10 % / 1 %).
-    rd : bool
-        Measure rate-distortion curves (bits per weight against SNR) over a sweep of steps.
+        update on MNIST-5k, dense and top-k 10 % / 1 %); None: yes unless ``quick``.
+    rd : bool or None
+        Measure rate-distortion curves (bits per weight against SNR) over a sweep of steps;
+        None: yes unless ``quick``.
     rd_points : int or None
         Steps per curve (powers of two around each set's step); None: 7, or 4 with ``quick``.
     """
@@ -131,9 +132,17 @@ class CodecBenchConfig:
     nncodec_python: str | None = None
     json_path: str | None = None
     check: bool = False
-    real: bool = True
-    rd: bool = True
+    real: bool | None = None
+    rd: bool | None = None
     rd_points: int | None = None
+
+    def resolved_real(self) -> bool:
+        """Whether the real-update sets are measured (default: yes, except with ``quick``)."""
+        return (not self.quick) if self.real is None else self.real
+
+    def resolved_rd(self) -> bool:
+        """Whether RD curves are measured (default: yes, except with ``quick``)."""
+        return (not self.quick) if self.rd is None else self.rd
 
     def resolved_rd_exponents(self) -> tuple[int, ...]:
         """Step multipliers ``2**j`` of the rate-distortion sweep, defaults applied.
@@ -1134,7 +1143,7 @@ def run_codec_bench(
         seed=cfg.seed,
     )
     real_names: set[str] = set()
-    if cfg.real:
+    if cfg.resolved_real():
         from fedcodec.bench.realdata import real_update_datasets
 
         say("real updates: training the MNIST-5k MLP client update")
@@ -1171,7 +1180,7 @@ def run_codec_bench(
         nn["error"] = None
 
     rd_curves: dict[str, list[dict[str, Any]]] = {}
-    if cfg.rd:
+    if cfg.resolved_rd():
         say("rate-distortion curves")
         # --quick keeps the smoke run short: curves of the (small) real-update sets only.
         curve_sets = [ds for ds in sets if ds.name in real_names] if cfg.quick else sets
@@ -1257,8 +1266,8 @@ def run_codec_bench(
             "seed": cfg.seed,
             "shapes": [list(s) for s in shapes],
             "numel": int(sum(r * c for r, c in shapes)),
-            "real": cfg.real,
-            "rd_exponents": list(cfg.resolved_rd_exponents()) if cfg.rd else [],
+            "real": cfg.resolved_real(),
+            "rd_exponents": list(cfg.resolved_rd_exponents()) if cfg.resolved_rd() else [],
         },
         "zstd_available": with_zstd,
         "datasets": records,

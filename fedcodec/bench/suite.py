@@ -207,6 +207,8 @@ def run_codec_suite(cfg: SuiteConfig, json_path: Path) -> dict[str, Any]:
         repeats=None if cfg.quick else 3,
         nncodec_python=cfg.nncodec_python,
         json_path=str(json_path),
+        real=True,
+        rd=True,
     )
     result, _ = run_codec_bench(ccfg, out=text)
     res: dict[str, Any] = json.loads(json_path.read_text(encoding="utf-8"))
