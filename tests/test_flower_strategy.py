@@ -481,3 +481,15 @@ def test_importing_fedcodec_does_not_import_flwr(tmp_path: Path) -> None:
         [sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, check=True
     )
     assert done.stdout.strip() == "[]"
+
+
+def test_documentation_examples_run() -> None:
+    """The Examples sections of the wrapper and the mod run as written."""
+    import doctest
+
+    from fedcodec.flower import mod, strategy
+
+    for module in (strategy, mod):
+        failed, attempted = doctest.testmod(module, raise_on_error=False)
+        assert attempted > 0
+        assert failed == 0
