@@ -339,6 +339,7 @@ def run_load_bench(cfg: LoadBenchConfig) -> int:
                 stderr=log_file,
                 stdout=subprocess.DEVNULL,
                 env=env,
+                cwd=root,  # `-m` puts the working folder first on sys.path
             )
         try:
             started = wait_started(proc, log_path, timeout=120)

@@ -589,10 +589,10 @@ class RoundCoordinator:
         if rnd is None:
             kind = Assignment.FINISHED if self._finished else Assignment.NOT_SELECTED
             return CheckIn(kind, None, retry, 0, latest)
-        if rnd.closing:
-            return CheckIn(Assignment.NOT_SELECTED, None, retry, rnd.round_id, latest)
         if client_id in rnd.reported:
             return CheckIn(Assignment.ALREADY_REPORTED, None, retry, rnd.round_id, latest)
+        if rnd.closing:
+            return CheckIn(Assignment.NOT_SELECTED, None, retry, rnd.round_id, latest)
         if client_id not in rnd.selected:
             if (
                 not self._has_room(rnd)
