@@ -265,6 +265,7 @@ class EdgeClient:
         # The encoder state as of the last acknowledged update (restored when the server
         # refuses an update for good).
         self._acknowledged: tuple[dict[str, np.ndarray], dict[str, Any]] | None = None
+        self._resume_pending()
 
     # -- lifecycle ----------------------------------------------------------
 
@@ -282,6 +283,23 @@ class EdgeClient:
         tb: TracebackType | None,
     ) -> None:
         self.close()
+
+    def _resume_pending(self) -> None:
+        """Load the state at once when an unacknowledged update waits on disk.
+
+        Its round may be reported already (our acknowledgement was lost), and then the
+        server does not select this client again: the resend must not wait for a selection.
+        """
+        path = self._path("pending.npz")
+        if path is None or not path.exists():
+            return
+        try:
+            pending = load_pending(path)
+            spec = None if pending is None else ModelSpec.from_json(pending.encoder_meta["spec"])
+        except (StateFormatError, ModelMismatchError, KeyError, TypeError):
+            return  # _setup drops an unreadable file when the first round names the model
+        if spec is not None:
+            self._setup(spec)
 
     def _path(self, name: str) -> Path | None:
         return None if self.state_dir is None else self.state_dir / name

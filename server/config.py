@@ -348,6 +348,8 @@ def _get(config: ServerConfig, key: str) -> Any:
 
 def _coerce(key: str, value: Any, source: str) -> Any:
     kind = KEYS[key]
+    if value is None and key.split("params.", 1)[-1] in _OPTIONAL_PARAMS:
+        return None  # an optional coding parameter left unset (as --print-config shows it)
     if isinstance(value, str) and kind is not str:
         text = value.strip()
         if kind is bool:

@@ -1,0 +1,253 @@
+"""The edge client SDK against a real server on loopback: rounds, error feedback, state that
+survives restarts, resends after lost acknowledgements, refusals, retries."""
+
+from __future__ import annotations
+
+import random
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from fedcodec.client import (
+    Connection,
+    EdgeClient,
+    Outcome,
+    RetryPolicy,
+    RoundInfo,
+    ServerUnavailableError,
+    TrainResult,
+)
+from fedcodec.client.state import load_pending
+from fedcodec.client.transport import iter_upload_requests
+from fedcodec.server import BackgroundServer, load_config
+from fedcodec.v1 import aggregation_service_pb2 as pb
+
+_RNG = np.random.default_rng(5)
+MODEL = {
+    "w": (_RNG.standard_normal((16, 24)) * 0.1).astype(np.float32),
+    "b": np.zeros(16, np.float32),
+}
+TOKENS = {f"c{i}": f"edge-client-token-{i}-0123456789" for i in range(4)}
+FAST = RetryPolicy(attempts=3, initial_backoff_s=0.05, max_backoff_s=0.2, call_timeout_s=30)
+
+
+def make_server(tmp_path: Path, **overrides: Any) -> BackgroundServer:
+    values: dict[str, Any] = {
+        "listen": "127.0.0.1:0",
+        "metrics_listen": "",
+        "state_path": str(tmp_path / "state.sqlite"),
+        "security.insecure": True,
+        "rounds.min_clients": 2,
+        "rounds.target_clients": 2,
+        "rounds.max_rounds": 3,
+        "rounds.deadline_s": 60.0,
+        "rounds.retry_after_s": 0.02,
+        "params.lam": 0.1155,
+        "params.S": 16,
+        "limits.codec_threads": 1,
+    }
+    values.update(overrides)
+    return BackgroundServer(
+        load_config(env={}, overrides=values), tokens=TOKENS, initial_model=MODEL
+    )
+
+
+@pytest.fixture
+def server(tmp_path: Path) -> Iterator[BackgroundServer]:
+    with make_server(tmp_path) as srv:
+        yield srv
+
+
+def trainer(client: int) -> Any:
+    def train(weights: dict[str, np.ndarray], info: RoundInfo) -> TrainResult:
+        rng = np.random.default_rng([client, info.round_id])
+        new = {
+            k: v + (0.05 * rng.standard_normal(v.shape)).astype(np.float32)
+            for k, v in weights.items()
+        }
+        return TrainResult(new, num_examples=10 + client, metrics={"loss": 1.0})
+
+    return train
+
+
+def edge(server: BackgroundServer, client: str, state_dir: Path | None = None) -> EdgeClient:
+    return EdgeClient(
+        f"127.0.0.1:{server.port}",
+        client_id=client,
+        token=TOKENS[client],
+        insecure=True,
+        state_dir=state_dir,
+        retry=FAST,
+    )
+
+
+def run_clients(server: BackgroundServer, clients: list[EdgeClient]) -> list[list[Any]]:
+    results: list[list[Any]] = [[] for _ in clients]
+
+    def work(i: int) -> None:
+        results[i] = clients[i].run(trainer(i))
+
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(len(clients))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    return results
+
+
+def test_clients_run_every_round_and_hold_the_servers_model(server: BackgroundServer) -> None:
+    clients = [edge(server, "c0"), edge(server, "c1")]
+    results = run_clients(server, clients)
+    for history in results:
+        outcomes = [r.outcome for r in history]
+        assert outcomes == [Outcome.PARTICIPATED] * 3 + [Outcome.FINISHED]
+        assert history[0].keyframe
+        assert not any(r.keyframe for r in history[1:3])
+        assert all(r.bytes_up > 0 for r in history[:3])
+    assert server.coordinator.finished
+    # A finished client that syncs once more holds exactly the server's downlink model.
+    conn = clients[0].connection
+    model = clients[0].model
+    assert model is not None
+    package = conn.download(model.version, model.digest)
+    assert package.digest == server.coordinator.stream_model().digest
+    encoder = clients[0].encoder
+    assert encoder is not None
+    assert encoder.residual_norm() > 0  # error feedback keeps what was not sent
+
+
+def test_state_dir_keeps_model_and_residual_across_client_restarts(
+    server: BackgroundServer, tmp_path: Path
+) -> None:
+    first = [edge(server, "c0", tmp_path / "c0"), edge(server, "c1", tmp_path / "c1")]
+    run_first = [
+        threading.Thread(target=c.run, args=(trainer(i),), kwargs={"max_rounds": 1})
+        for i, c in enumerate(first)
+    ]
+    for t in run_first:
+        t.start()
+    for t in run_first:
+        t.join(timeout=120)
+    encoder = first[0].encoder
+    assert encoder is not None
+    residual = {k: v.copy() for k, v in encoder.residual.items()}
+    for c in first:
+        c.close()
+    again = [edge(server, "c0", tmp_path / "c0"), edge(server, "c1", tmp_path / "c1")]
+    results = run_clients(server, again)
+    assert not results[0][0].keyframe  # the saved model: coded deltas only
+    assert results[0][0].round_id == 2
+    restored = again[0].encoder
+    assert restored is not None
+    assert restored.rounds_encoded == 3  # one before the restart, two after
+    assert any(not np.array_equal(residual[k], restored.residual[k]) for k in residual)
+
+
+def test_a_lost_acknowledgement_is_resent_after_a_restart_and_counted_once(
+    server: BackgroundServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    state = tmp_path / "c0"
+    client = edge(server, "c0", state)
+    real_upload = Connection.upload
+
+    def upload_then_lose_the_answer(self: Connection, **kwargs: Any) -> Any:
+        real_upload(self, **kwargs)  # the server stores it ...
+        raise ServerUnavailableError(
+            "connection dropped", status="UNAVAILABLE"
+        )  # ... we never hear
+
+    monkeypatch.setattr(Connection, "upload", upload_then_lose_the_answer)
+    with pytest.raises(ServerUnavailableError):
+        client.run_round(trainer(0))
+    monkeypatch.undo()
+    pending = load_pending(state / "pending.npz")
+    assert pending is not None
+    assert not (state / "encoder.npz").exists()  # not acknowledged: residual not advanced
+    client.close()
+
+    restarted = edge(server, "c0", state)
+    result = restarted.run_round(trainer(0))
+    assert result.outcome is Outcome.PARTICIPATED
+    assert result.round_id == pending.round_id
+    assert not (state / "pending.npz").exists()
+    assert (state / "encoder.npz").exists()
+    encoder = restarted.encoder
+    assert encoder is not None
+    for name, array in pending.residual.items():
+        np.testing.assert_array_equal(encoder.residual[name], array)
+    stored = server.call(lambda: server.coordinator.stored_updates(pending.round_id))
+    assert stored == ["c0"]
+
+
+def test_an_update_refused_for_good_is_dropped_and_the_residual_restored(
+    tmp_path: Path,
+) -> None:
+    # The round closes (deadline, min_clients = 1) while c0 trains: its upload is refused.
+    with make_server(
+        tmp_path, **{"rounds.min_clients": 1, "rounds.deadline_s": 0.5, "rounds.max_rounds": 0}
+    ) as srv:
+        client = edge(srv, "c0", tmp_path / "c0")
+        other = edge(srv, "c1")
+        gate = threading.Event()
+
+        def slow_train(weights: dict[str, np.ndarray], info: RoundInfo) -> TrainResult:
+            if info.round_id == 1:
+                other.run_round(trainer(1))  # c1 reports; the deadline then closes round 1
+                deadline = time.monotonic() + 30
+                while srv.coordinator.open_round_id == 1 and time.monotonic() < deadline:
+                    time.sleep(0.02)
+                gate.set()
+            return trainer(0)(weights, info)
+
+        result = client.run_round(slow_train)
+        assert gate.is_set()
+        assert result.outcome is Outcome.REFUSED
+        assert "FAILED_PRECONDITION" in result.detail
+        encoder = client.encoder
+        assert encoder is not None
+        assert encoder.residual_norm() == 0.0  # back to before the refused update
+        assert not (tmp_path / "c0" / "pending.npz").exists()
+
+
+def test_the_client_retries_until_the_server_comes_up(tmp_path: Path) -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    conn = Connection(
+        f"127.0.0.1:{port}",
+        TOKENS["c0"],
+        client_id="c0",
+        insecure=True,
+        retry=RetryPolicy(attempts=40, initial_backoff_s=0.1, max_backoff_s=0.3),
+    )
+    answers: list[Any] = []
+    thread = threading.Thread(target=lambda: answers.append(conn.check_in()))
+    thread.start()
+    time.sleep(1.0)  # the first attempts fail: nobody listens yet
+    with make_server(tmp_path, listen=f"127.0.0.1:{port}"):
+        thread.join(timeout=60)
+    assert answers
+    assert answers[0].assignment == pb.ASSIGNMENT_SELECTED
+
+
+def test_retry_delays_grow_are_capped_and_jittered() -> None:
+    policy = RetryPolicy(attempts=6, initial_backoff_s=1.0, max_backoff_s=4.0, jitter=0.25)
+    delays = list(policy.delays(random.Random(1)))
+    assert len(delays) == 5
+    bases = [1.0, 2.0, 4.0, 4.0, 4.0]
+    for delay, base in zip(delays, bases, strict=True):
+        assert 0.75 * base <= delay <= 1.25 * base
+
+
+def test_uploads_go_as_a_header_then_chunks_of_at_most_the_chunk_size() -> None:
+    header = pb.UploadHeader(total_bytes=10)
+    messages = list(iter_upload_requests(header, bytes(range(10)), chunk_bytes=4))
+    assert messages[0].WhichOneof("payload") == "header"
+    assert [len(m.chunk) for m in messages[1:]] == [4, 4, 2]
+    assert b"".join(m.chunk for m in messages[1:]) == bytes(range(10))

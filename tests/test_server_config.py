@@ -1,0 +1,109 @@
+"""Server configuration: one path from a file, the environment and flags."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from fedcodec.pipeline import CosineSchedule, RoundParams
+from fedcodec.server import ConfigError, load_config
+from fedcodec.server.auth import TokenRegistry, token_digest
+
+INSECURE = {"security.insecure": True}
+
+
+def test_a_toml_file_then_the_environment_then_flags_win_in_that_order(tmp_path: Path) -> None:
+    path = tmp_path / "server.toml"
+    path.write_text(
+        'listen = "0.0.0.0:6000"\n[rounds]\nmin_clients = 3\ntarget_clients = 9\n'
+        "[params]\nbudget_bytes = 5000\n[params.sparsification]\ntopk = 0.1\n"
+        "[security]\ninsecure = true\n"
+    )
+    env = {"FEDCODEC_ROUNDS_TARGET_CLIENTS": "12", "FEDCODEC_LISTEN": "127.0.0.1:7000"}
+    config = load_config(path, env=env, overrides={"listen": "127.0.0.1:8000"})
+    assert config.listen == "127.0.0.1:8000"
+    assert config.rounds.min_clients == 3
+    assert config.rounds.target_clients == 12
+    assert config.params.budget_bytes == 5000
+    assert config.params.sparsification is not None
+    assert config.params.sparsification.topk == 0.1
+
+
+def test_json_files_work_the_same(tmp_path: Path) -> None:
+    path = tmp_path / "server.json"
+    path.write_text(json.dumps({"security": {"insecure": True}, "rounds": {"max_rounds": 5}}))
+    assert load_config(path, env={}).rounds.max_rounds == 5
+
+
+@pytest.mark.parametrize(
+    ("source", "message"),
+    [
+        ({"overrides": {"rounds.min_clientz": 3}}, "unknown setting"),
+        ({"env": {"FEDCODEC_ROUNDS_MIN_CLIENTZ": "3"}}, "unknown environment setting"),
+        ({"env": {"FEDCODEC_ROUNDS_MIN_CLIENTS": "three"}}, "must be int"),
+        ({"overrides": {"rounds.min_clients": 5, "rounds.target_clients": 2}}, "target_clients"),
+        ({"overrides": {"limits.max_chunk_bytes": 4 << 20}}, "max_chunk_bytes"),
+        ({"overrides": {"params.lam": -1}}, "lam"),
+        ({"overrides": {"schedule.kind": "cosine", "schedule.name": "nope"}}, "schedule"),
+    ],
+)
+def test_unknown_keys_wrong_types_and_bad_combinations_are_errors(
+    source: dict[str, dict[str, object]], message: str
+) -> None:
+    overrides = {**INSECURE, **source.get("overrides", {})}
+    with pytest.raises(ConfigError, match=message):
+        load_config(env=source.get("env", {}), overrides=overrides)
+
+
+def test_other_programs_fedcodec_variables_are_left_alone() -> None:
+    config = load_config(env={"FEDCODEC_TOKEN": "x", "FEDCODEC_WERROR": "1"}, overrides=INSECURE)
+    assert config.security.insecure
+
+
+def test_a_schedule_section_varies_one_parameter_over_rounds() -> None:
+    config = load_config(
+        env={},
+        overrides={
+            **INSECURE,
+            "params.budget_bytes": 4000,
+            "schedule.kind": "cosine",
+            "schedule.name": "budget_bytes",
+            "schedule.start": 8000,
+            "schedule.end": 2000,
+            "schedule.rounds": 10,
+        },
+    )
+    schedule = config.build_schedule()
+    assert isinstance(schedule, CosineSchedule)
+    assert schedule(0, None).budget_bytes == 8000
+    assert schedule(10, None).budget_bytes == 2000
+
+
+def test_zero_switches_an_optional_coding_parameter_off() -> None:
+    config = load_config(env={"FEDCODEC_PARAMS_BUDGET_BYTES": "0"}, overrides=INSECURE)
+    assert config.params == RoundParams()
+
+
+def test_every_key_round_trips_through_print_config() -> None:
+    config = load_config(env={}, overrides={**INSECURE, "params.step": 0.01})
+    again = load_config(env={}, overrides=config.to_json())
+    assert again == config
+
+
+def test_tokens_are_kept_as_digests_and_map_to_their_client(tmp_path: Path) -> None:
+    path = tmp_path / "tokens.json"
+    path.write_text(
+        json.dumps({"a": "a-token-0123456789abcdef", "b": token_digest("b-token-0123456789abc")})
+    )
+    registry = TokenRegistry.from_file(path)
+    assert registry.client_for("Bearer a-token-0123456789abcdef") == "a"
+    assert registry.client_for("bearer b-token-0123456789abc") == "b"
+    assert registry.client_for("Bearer nope-0123456789abcdef") is None
+    assert registry.client_for("a-token-0123456789abcdef") is None
+    assert registry.client_for(None) is None
+    with pytest.raises(ValueError, match="share a token"):
+        TokenRegistry({"a": "same-token-0123456789", "b": "same-token-0123456789"})
+    with pytest.raises(ValueError, match="shorter"):
+        TokenRegistry({"a": "short"})
