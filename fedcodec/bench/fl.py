@@ -267,31 +267,27 @@ def fedcodec_method(
 
 
 def fedcodec_methods(numel: int, quick: bool = False) -> list[Method]:
-    """The fedcodec settings of the sweep: a fixed (λ, S) and two byte budgets on both links.
+    """The fedcodec settings of the sweep (the same on both links, error feedback on both).
 
-    Budgets are fractions of the float32 model size per message (up and down), met by the
-    pipeline's rate control after top-k sparsification; error feedback on both links.
+    * ``λ=0.1155 S=16``: dense, high-rate RD quantization (near-lossless end);
+    * ``top-1% λ=0.5 S=16``: top-1 % sparsification, then RD quantization, one encode pass;
+    * ``budget 1/500``: a byte budget of the float32 size / 500 per message, met by the
+      pipeline's rate control (λ = 0.5).
     """
     raw = 4 * numel
-    b300 = fedcodec_method(
-        f"fedcodec budget 1/300 ({raw // 300:,} B) top-1%",
-        lam=0.5,
-        budget=raw // 300,
-        topk=0.01,
-        down_budget=raw // 300,
-        down_topk=0.01,
-    )
-    b500 = fedcodec_method(
-        f"fedcodec budget 1/500 ({raw // 500:,} B) top-2%",
+    budget = fedcodec_method(
+        f"fedcodec budget 1/500 ({raw // 500:,} B)",
         lam=0.5,
         budget=raw // 500,
-        topk=0.02,
         down_budget=raw // 500,
-        down_topk=0.02,
     )
     if quick:
-        return [b500]
-    return [fedcodec_method("fedcodec λ=1 S=0", lam=1.0, S=0), b300, b500]
+        return [budget]
+    return [
+        fedcodec_method("fedcodec λ=0.1155 S=16", lam=0.1155, S=16),
+        fedcodec_method("fedcodec top-1% λ=0.5 S=16", lam=0.5, S=16, topk=0.01, down_topk=0.01),
+        budget,
+    ]
 
 
 def default_methods(numel: int, quick: bool) -> list[Method]:

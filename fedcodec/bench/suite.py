@@ -66,36 +66,34 @@ def sweep_methods(numel: int) -> list[fl.Method]:
     """fedcodec settings explored around the defaults: λ, S, top-k, budgets, grid bits."""
     raw = 4 * numel
     F = fl.fedcodec_method
-    return [
-        F("sweep λ=0.1155 S=16 (dense)", lam=0.1155, S=16),
+    out = [
+        F("sweep λ=1 S=0 (dense)", lam=1.0, S=0),
         F("sweep λ=4 S=0 (dense)", lam=4.0, S=0),
+        F("sweep top-0.5% λ=0.5 S=16", lam=0.5, S=16, topk=0.005, down_topk=0.005),
+        F("sweep top-2% λ=0.5 S=16", lam=0.5, S=16, topk=0.02, down_topk=0.02),
+    ]
+    for div in (300, 1000):
+        out.append(F(f"sweep budget 1/{div}", lam=0.5, budget=raw // div, down_budget=raw // div))
+    out.append(
         F(
-            "sweep budget 1/500 top-1% λ=0.1155",
-            lam=0.1155,
-            budget=raw // 500,
-            topk=0.01,
-            down_budget=raw // 500,
-            down_topk=0.01,
-        ),
-        F("sweep budget 1/500 (no top-k)", lam=0.5, budget=raw // 500, down_budget=raw // 500),
-        F(
-            "sweep budget 1/1000 top-1%",
-            lam=0.5,
-            budget=raw // 1000,
-            topk=0.01,
-            down_budget=raw // 1000,
-            down_topk=0.01,
-        ),
-        F(
-            "sweep budget 1/500 top-2% grid 8 bits",
+            "sweep budget 1/500 top-2%",
             lam=0.5,
             budget=raw // 500,
             topk=0.02,
             down_budget=raw // 500,
             down_topk=0.02,
+        )
+    )
+    out.append(
+        F(
+            "sweep budget 1/500 grid 8 bits",
+            lam=0.5,
+            budget=raw // 500,
+            down_budget=raw // 500,
             keyframe_bits=8,
-        ),
-    ]
+        )
+    )
+    return out
 
 
 @dataclass
@@ -161,7 +159,7 @@ def run_fl_suite(cfg: SuiteConfig) -> dict[str, Any]:
         methods = fl.default_methods(feds[sc.key].numel, quick=False)
         if cfg.quick:
             methods = [m for m in methods if m.kind == "fp32" or m.name.startswith("STC")]
-            methods += fl.fedcodec_methods(feds[sc.key].numel)[-1:]
+            methods += fl.fedcodec_methods(feds[sc.key].numel, quick=True)
         jobs += [fl.Job(sc, s, m) for s in seeds for m in methods]
     sweep: list[fl.Job] = []
     if not cfg.quick:
@@ -414,6 +412,58 @@ _METHODS_NOTE = (
 )
 
 
+def _headline_table(fl_res: dict[str, Any]) -> str:
+    rows = []
+    for rep in fl_res["scenarios"]:
+        s = rep["summary"]
+        fp32 = next(m for m in s["methods"] if m["kind"] == "fp32")
+        cells = [rep["label"], f"{fp32['final_accuracy']:.2f}"]
+        for key in ("best_fedcodec", "best_baseline"):
+            b = s[key]
+            cells += (
+                ["none within 1 point", ""]
+                if b is None
+                else [f"{b['name']}: {_ratio(b['ratio'])}", f"{b['delta_accuracy']:+.2f}"]
+            )
+        rows.append(cells)
+    return table(
+        [
+            "scenario",
+            "fp32 acc %",
+            "best fedcodec",
+            "Δacc",
+            "best baseline",
+            "Δacc",
+        ],
+        rows,
+    )
+
+
+def _codec_headline(codec_res: dict[str, Any]) -> str:
+    parts = []
+    for r in codec_res.get("datasets", []):
+        if not r.get("real"):
+            continue
+        n = r.get("nncodec") or {}
+        nb = n.get("nncodec_bytes")
+        rel = r["relative"]
+        text = (
+            f"{r['name']}: fedcodec {fmt_int(r['fedcodec']['bytes'])} B "
+            f"({r['fedcodec']['bits_per_weight']:.3f} bits/weight), {fmt_pct(rel['vs_lzma9'])} "
+            f"vs lzma-9, {fmt_pct(rel['vs_order0'])} vs the order-0 entropy"
+        )
+        if nb is not None:
+            text += f", {fmt_pct(r['fedcodec']['bytes'] / nb - 1)} vs NNCodec ({fmt_int(nb)} B)"
+        parts.append(text)
+    if not parts:
+        return ""
+    return (
+        "The coder on the same integer levels of a real client update (MNIST-5k MLP): "
+        + "; ".join(parts)
+        + "."
+    )
+
+
 def _fl_section(rep: dict[str, Any], images: dict[str, str], seeds: int) -> str:
     sc = rep["scenario"]
     lo, hi = rep["examples_per_client"]
@@ -612,6 +662,15 @@ def render_markdown(
             _targets_fl(fl_res) + _targets_codec(codec_res),
             left=3,
         ),
+        "",
+        "## Headline",
+        "",
+        "Best ratio (total bytes of float32 FedAvg / total bytes of the method, up + down) among "
+        "the settings whose median final accuracy is within 1 point of fp32, per scenario:",
+        "",
+        _headline_table(fl_res),
+        "",
+        _codec_headline(codec_res),
         "",
         "## Federated learning: accuracy against bytes",
         "",
