@@ -191,7 +191,8 @@ int fc_parse(const uint8_t *src, size_t size, const fc_decode_options *o, fc_par
         return FC_ERR_CORRUPT;
     }
     for (i = 0; i < out->count; i++)
-        out->tensors[i].slices = out->slices + (size_t)(uintptr_t)out->tensors[i].slices;
+        out->tensors[i].slices =
+            out->slices ? out->slices + (size_t)(uintptr_t)out->tensors[i].slices : NULL;
     return FC_OK;
 }
 
