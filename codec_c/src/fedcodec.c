@@ -167,8 +167,9 @@ static enum fc_result plan_tensor(const fc_tensor *t, const fc_encode_options *o
      * nonzero).  Depends on the data only, never on the thread count. */
     nsl = (numel + o->slice_elems - 1) / o->slice_elems;
     {
-        double dens = *significant ? (double)*significant / (double)numel : 1.0 / (double)numel;
-        double est_bytes = (double)*significant * (log2(1.0 / dens) + 6.0) / 8.0;
+        /* Integer log2, so the slicing is the same with every libm. */
+        uint64_t inv_dens = *significant ? numel / *significant : numel;
+        double est_bytes = (double)*significant * ((double)fc_ilog2_64(inv_dens ? inv_dens : 1) + 6.0) / 8.0;
         uint64_t by_bytes = (uint64_t)(est_bytes / MIN_SLICE_BYTES) + 1u;
         if (by_bytes < nsl) nsl = by_bytes;
     }
@@ -199,7 +200,6 @@ enum fc_result fc_encode(const fc_tensor *tensors, size_t count, const fc_encode
     if (!dst && dst_capacity) return FC_ERR_INVALID_ARGUMENT;
     rc = check_encode_args(tensors, count, &o, &bad);
     if (rc != FC_OK) goto fail;
-    fc_cost_table_init();
 
     et = (enc_tensor *)calloc(count ? count : 1, sizeof(*et));
     if (!et) {

@@ -86,8 +86,7 @@ FC_HOT void fc_ctx_update(fc_ctx *c, unsigned bin)
 /* Cost table for rate estimation: fc_cost[p1 >> 4] is -log2(p1 / 65536) in
  * bits, i.e. the cost of a 1; the cost of a 0 is fc_cost[(65536-p1) >> 4]. */
 #define FC_COST_SIZE 4096
-extern float fc_cost[FC_COST_SIZE + 1];
-void fc_cost_table_init(void);
+extern const float fc_cost[FC_COST_SIZE + 1];
 
 static inline float fc_ctx_cost(const fc_ctx *c, unsigned bin)
 {

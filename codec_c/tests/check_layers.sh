@@ -17,7 +17,7 @@ layer() {
     case "$1" in
     fedcodec.h) echo 0 ;;
     common.h | pool.h | pool.c) echo 1 ;;
-    rangecoder.h | tables.c) echo 2 ;;
+    rangecoder.h | tables.c | cost_table.h) echo 2 ;;
     contexts.h) echo 3 ;;
     binarize.h) echo 4 ;;
     quant.h | quant.c | trellis.c | slice.h) echo 5 ;;

@@ -298,7 +298,6 @@ static void test_gaps(void)
 static void test_rate_model(void)
 {
     unsigned N;
-    fc_cost_table_init();
     for (N = 1; N <= FC_MAX_GTX; N += 3) {
         const size_t n = 30000;
         fc_ctxset *sc = (fc_ctxset *)malloc(sizeof(fc_ctxset));

@@ -234,7 +234,6 @@ static void test_sparse_cost(void)
 static void test_cost_table(void)
 {
     uint32_t p;
-    fc_cost_table_init();
     for (p = FC_PROB_MIN; p <= FC_PROB_MAX; p++) {
         uint32_t q = 65536u - p;
         double exact1 = -log2(p / 65536.0), exact0 = -log2(q / 65536.0);

@@ -346,7 +346,6 @@ static void test_cost_table_bits(void)
 {
     uint32_t h = 2166136261u;
     unsigned i;
-    fc_cost_table_init();
     for (i = 0; i <= FC_COST_SIZE; i++) {
         uint32_t u;
         memcpy(&u, &fc_cost[i], 4);
