@@ -303,6 +303,63 @@ def test_byte_budget_reaches_the_clients_and_is_met() -> None:
         assert 0.95 * budget <= per_update <= 1.05 * budget + 16 * len(SHAPES)
 
 
+def test_integer_buffers_travel_as_they_are_in_key_order() -> None:
+    """A model with an int64 buffer between float tensors (BatchNorm's counter, say).
+
+    Floating-point arrays are coded; the buffer travels as is; every message keeps the
+    model's key order, so ``to_numpy_ndarrays()`` order is unchanged for the app.
+    """
+    # Prepare
+    order = ["w", "count", "b"]
+    seen: list[tuple[list[str], str]] = []
+    app = ClientApp(mods=[fedcodec_mod])
+
+    @app.train()
+    def train(msg: Message, context: Context) -> Message:
+        record = msg.content["arrays"]
+        assert isinstance(record, ArrayRecord)
+        seen.append((list(record.keys()), record["count"].dtype))
+        rng = np.random.default_rng(context.node_id)
+        local = {
+            k: (a.numpy() + 1 if k == "count" else a.numpy() + rng.normal(0, 1e-3, a.shape))
+            for k, a in record.items()
+        }
+        content = RecordDict(
+            {
+                "arrays": ArrayRecord({k: Array(np.asarray(v)) for k, v in local.items()}),
+                "metrics": MetricRecord({"num-examples": 5}),
+            }
+        )
+        return Message(content, reply_to=msg)
+
+    initial = _initial()
+    mixed = ArrayRecord(
+        {
+            "w": initial["w"],
+            "count": Array(np.array([7, 7], dtype=np.int64)),
+            "b": initial["b"],
+        }
+    )
+    strategy = CompressionStrategy(FedAvg(fraction_evaluate=0.0), schedule=PARAMS)
+    grid = _LoopGrid(app, 2)
+    # Execute
+    result = strategy.start(grid=grid, initial_arrays=mixed, num_rounds=2)
+    # Assert
+    assert seen[0] == (order, "int64")
+    assert all(keys == order for keys, _ in seen)
+    assert list(result.arrays.keys()) == order
+    np.testing.assert_array_equal(result.arrays["count"].numpy(), [9, 9])
+    first = grid.sent[0]
+    assert first.config[c.KEY_KEYS] == order
+    assert first.config[c.KEY_UNCODED_KEYS] == ["count"]
+    assert {k: stype for k, (stype, _) in first.arrays.items()} == {
+        "w": c.STYPE,
+        "count": "numpy.ndarray",
+        "b": c.STYPE,
+    }
+    assert strategy.totals.updates == 4
+
+
 def test_nodes_up_to_date_after_evaluate_receive_no_model_bytes() -> None:
     """Round 2's train messages carry nothing: evaluate already brought every node up to date."""
     # Prepare

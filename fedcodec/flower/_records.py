@@ -14,7 +14,7 @@ the cost is one lossless entropy-coding pass and a container header per tensor.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 
 import numpy as np
 from flwr.app import Array, ArrayRecord
@@ -30,11 +30,14 @@ __all__ = [
     "array_parts",
     "coded_array",
     "decode_part",
+    "floating_keys",
     "is_coded",
+    "merge_records",
     "plain_record",
     "record_spec",
     "record_tensors",
     "split_container",
+    "split_record",
 ]
 
 _LENGTH_BYTES = 4
@@ -179,3 +182,37 @@ def record_tensors(record: ArrayRecord, spec: ModelSpec, what: str) -> Tensors:
 def plain_record(spec: ModelSpec, tensors: Mapping[str, F32Array]) -> ArrayRecord:
     """An ``ArrayRecord`` of numpy arrays in model order."""
     return ArrayRecord({name: Array(np.asarray(tensors[name])) for name in spec.names})
+
+
+def floating_keys(record: ArrayRecord) -> list[str]:
+    """Keys of the floating-point arrays: what fedcodec codes (integer buffers travel as is)."""
+    return [k for k, a in record.items() if is_coded(a) or np.dtype(a.dtype).kind == "f"]
+
+
+def split_record(record: ArrayRecord, keys: Collection[str]) -> tuple[ArrayRecord, ArrayRecord]:
+    """(the arrays under ``keys``, the others), each in record order."""
+    inside = ArrayRecord({k: a for k, a in record.items() if k in keys})
+    outside = ArrayRecord({k: a for k, a in record.items() if k not in keys})
+    return inside, outside
+
+
+def merge_records(order: Sequence[str], *parts: ArrayRecord) -> ArrayRecord:
+    """One record of the keys of ``order`` found in ``parts`` (the first part that has a key wins).
+
+    Raises
+    ------
+    ModelMismatchError
+        A key of a part that ``order`` does not name.
+    """
+    known = set(order)
+    for part in parts:
+        stray = [k for k in part if k not in known]
+        if stray:
+            raise ModelMismatchError(f"arrays {stray!r} are not in the key order {list(order)!r}")
+    out: dict[str, Array] = {}
+    for key in order:
+        for part in parts:
+            if key in part:
+                out[key] = part[key]
+                break
+    return ArrayRecord(out)

@@ -40,6 +40,7 @@ __all__ = [
     "KEY_FROM_VERSION",
     "KEY_HELD_DIGEST",
     "KEY_HELD_VERSION",
+    "KEY_KEYS",
     "KEY_LAMBDA",
     "KEY_ROUND",
     "KEY_S",
@@ -47,6 +48,7 @@ __all__ = [
     "KEY_STEP",
     "KEY_STEP_RULE",
     "KEY_TOLERANCE",
+    "KEY_UNCODED_KEYS",
     "KEY_UP_ENCODE_SECONDS",
     "KEY_UP_LAMBDA",
     "KEY_UP_PASSES",
@@ -109,6 +111,13 @@ KEY_FROM_VERSION: Final = "fedcodec.from_version"
 KEY_BASE_VERSION: Final = "fedcodec.base_version"
 #: SHA-256 digest of that model (:func:`fedcodec.pipeline.model_digest`).
 KEY_BASE_DIGEST: Final = "fedcodec.base_digest"
+
+#: The ArrayRecord's key order (list of str), sent only when some arrays are not coded.
+KEY_KEYS: Final = "fedcodec.keys"
+#: Keys of arrays that travel as they are (integer buffers such as BatchNorm's
+#: ``num_batches_tracked``: the coded model is the floating-point arrays of the first
+#: global model); sent only when there are such arrays.
+KEY_UNCODED_KEYS: Final = "fedcodec.uncoded_keys"
 
 DOWNLINK_KEYFRAME: Final = "keyframe"
 DOWNLINK_DELTA: Final = "delta"

@@ -17,6 +17,9 @@ For every message the wrapper prepared (its ``ConfigRecord`` carries
    with the version and digest it holds (the server sends the next model as a
    delta from it) and the encoder's statistics.
 
+Arrays the server marks as uncoded (:data:`~fedcodec.flower.constants.KEY_UNCODED_KEYS`,
+integer buffers) pass through both ways, and records keep the server's key order.
+The incoming message's ``ArrayRecord`` is replaced by the decoded one in place.
 The held model and the residual live in ``context.state``.  Messages without
 the wrapper's keys pass through untouched, so one ClientApp serves runs with
 and without the plugin.  A failed precondition (several ``ArrayRecord``\\ s, a
@@ -57,10 +60,12 @@ from fedcodec.flower._records import (
     coded_array,
     decode_part,
     is_coded,
+    merge_records,
     plain_record,
     record_spec,
     record_tensors,
     split_container,
+    split_record,
 )
 from fedcodec.flower.constants import (
     DOWNLINK_DELTA,
@@ -75,7 +80,9 @@ from fedcodec.flower.constants import (
     KEY_FROM_VERSION,
     KEY_HELD_DIGEST,
     KEY_HELD_VERSION,
+    KEY_KEYS,
     KEY_ROUND,
+    KEY_UNCODED_KEYS,
     KEY_UP_ENCODE_SECONDS,
     KEY_UP_LAMBDA,
     KEY_UP_PASSES,
@@ -166,7 +173,10 @@ def _handle(
 
     state = ClientState.load(context.state, threads=threads, error_feedback=error_feedback)
     try:
-        base = _receive(state, record, config, threads=threads)
+        uncoded, model_part = split_record(record, _str_list(config, KEY_UNCODED_KEYS))
+        base = _receive(state, model_part, config, threads=threads)
+        order = _str_list(config, KEY_KEYS) or [*base.spec.names, *uncoded.keys()]
+        decoded = merge_records(order, plain_record(base.spec, base.tensors), uncoded)
     except (FedCodecError, ValueError, KeyError, TypeError) as exc:
         state.model = None  # the server sends a keyframe next time
         state.save(context.state)
@@ -174,7 +184,7 @@ def _handle(
     state.model = base
     state.save(context.state)
 
-    msg.content[record_key] = plain_record(base.spec, base.tensors)
+    msg.content[record_key] = decoded
     out = call_next(msg, context)
     if out.has_error():
         return out
@@ -270,7 +280,8 @@ def _encode_reply(
     if len(records) != 1:
         raise ValueError(f"the reply must hold exactly one ArrayRecord, found {len(records)}")
     key, record = next(iter(records.items()))
-    local = record_tensors(record, base.spec, "reply arrays")
+    model_part, uncoded = split_record(record, base.spec.names)
+    local = record_tensors(model_part, base.spec, "reply arrays")
     params = params_from_config(config)
     encoder = state.encoder_for(
         base.spec, client_id, threads=threads, error_feedback=error_feedback
@@ -283,18 +294,27 @@ def _encode_reply(
         num_examples=_num_examples(out),
     )
     parts = split_container(update.data, threads=threads)
-    out.content[key] = ArrayRecord(
+    coded = ArrayRecord(
         {
             name: coded_array(shape, [part])
             for (name, shape), part in zip(base.spec, parts, strict=True)
         }
     )
+    out.content[key] = merge_records(list(record.keys()), coded, uncoded)
     return {
         KEY_UP_LAMBDA: float(update.stats.lam),
         KEY_UP_PASSES: int(update.stats.passes),
         KEY_UP_STEP: [float(t.step) for t in update.stats.tensors],
         KEY_UP_ENCODE_SECONDS: float(update.stats.seconds),
     }
+
+
+def _str_list(config: Mapping[str, Any], key: str) -> list[str]:
+    """A list-of-str config value ([] when absent)."""
+    value = config.get(key, [])
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise ValueError(f"{key} must be a list of str, got {value!r}")
+    return list(value)
 
 
 def _num_examples(out: Message) -> int:

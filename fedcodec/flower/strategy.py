@@ -20,6 +20,10 @@ model of that version, and hands the inner strategy a plain ``ArrayRecord``
 under the original keys.  A reply that fails the checks is left out (and
 counted as rejected); error replies go to the inner strategy unchanged.
 
+What is coded is the floating-point arrays of the first global model (sent as
+float32); other arrays, e.g. integer buffers such as BatchNorm's
+``num_batches_tracked``, travel as they are, and every record keeps its key order.
+
 Bytes are counted as Flower counts them (``ArrayRecord.count_bytes()``):
 coded, and what the plain float32 record would have been.  They are added to
 the round's metrics (``fedcodec.*`` keys) and summed in :attr:`CompressionStrategy.totals`.
@@ -46,11 +50,14 @@ from fedcodec.flower._records import (
     array_parts,
     coded_array,
     decode_part,
+    floating_keys,
     is_coded,
+    merge_records,
     plain_record,
     record_spec,
     record_tensors,
     split_container,
+    split_record,
 )
 from fedcodec.flower.constants import (
     DOWNLINK_DELTA,
@@ -65,7 +72,9 @@ from fedcodec.flower.constants import (
     KEY_FROM_VERSION,
     KEY_HELD_DIGEST,
     KEY_HELD_VERSION,
+    KEY_KEYS,
     KEY_ROUND,
+    KEY_UNCODED_KEYS,
     METRIC_BUDGET_BYTES,
     METRIC_BYTES_DOWN,
     METRIC_BYTES_UP,
@@ -380,9 +389,16 @@ class CompressionStrategy(Strategy):
     # -- downlink -----------------------------------------------------------
 
     def _publish(self, arrays: ArrayRecord, server_round: int) -> _Base:
-        """Make ``arrays`` the latest version (a no-op when unchanged)."""
+        """Make ``arrays`` the latest version (a no-op when unchanged).
+
+        The coded model is the floating-point arrays of the first global model;
+        any other array (an integer buffer) travels as it is, in every round.
+        """
         if self._spec is None:
-            self._spec = record_spec(arrays)
+            model_part, _ = split_record(arrays, floating_keys(arrays))
+            if not len(model_part):
+                raise ModelMismatchError("the global model has no floating-point arrays to code")
+            self._spec = record_spec(model_part)
             if self.compress_downlink:
                 self._downlink = DownlinkEncoder(
                     self._spec,
@@ -391,7 +407,8 @@ class CompressionStrategy(Strategy):
                     threads=self.threads,
                 )
         spec = self._spec
-        tensors = record_tensors(arrays, spec, "global model")
+        model_part, _ = split_record(arrays, spec.names)
+        tensors = record_tensors(model_part, spec, "global model")
         if self._base is not None and model_digest(spec, tensors) == self._base.model.digest:
             return self._base
         version = 0 if self._base is None else self._base.model.version + 1
@@ -421,7 +438,8 @@ class CompressionStrategy(Strategy):
             return msg
         record_key, record = next(iter(records.items()))
         config_key, config = next(iter(configs.items()))
-        if record_spec(record) != spec:
+        model_part, uncoded = split_record(record, spec.names)
+        if record_spec(model_part) != spec:
             _log.warning(
                 "fedcodec: round %d: a message's arrays are not the global model; sent uncoded",
                 server_round,
@@ -434,8 +452,11 @@ class CompressionStrategy(Strategy):
         new_config[KEY_BASE_DIGEST] = phase.base.digest_sent
         if phase.params is not None:
             new_config.update(params_to_config(phase.params.for_client(str(node))))
+        if len(uncoded):
+            new_config[KEY_KEYS] = list(record.keys())
+            new_config[KEY_UNCODED_KEYS] = list(uncoded.keys())
         if self._downlink is None:
-            coded = record
+            coded = model_part
             new_config[KEY_DOWNLINK] = DOWNLINK_RAW
         else:
             held = self._held.get(node)
@@ -450,13 +471,14 @@ class CompressionStrategy(Strategy):
             if package.from_version is not None and package.deltas:
                 new_config[KEY_FROM_VERSION] = package.from_version
             phase.traffic.keyframes += package.is_keyframe
+        wire = merge_records(list(record.keys()), coded, uncoded)
         msg.content = RecordDict(
             {
-                key: coded if key == record_key else new_config if key == config_key else value
+                key: wire if key == record_key else new_config if key == config_key else value
                 for key, value in content.items()
             }
         )
-        phase.traffic.bytes_down += coded.count_bytes()
+        phase.traffic.bytes_down += wire.count_bytes()
         phase.traffic.raw_bytes_down += record.count_bytes()
         phase.traffic.messages_down += 1
         return msg
@@ -556,11 +578,12 @@ class CompressionStrategy(Strategy):
             )
         key, record = next(iter(coded.items()))
         spec = base.model.spec
-        if record_spec(record) != spec:
+        model_part, uncoded = split_record(record, spec.names)
+        if record_spec(model_part) != spec:
             raise ModelMismatchError("the update's keys or shapes differ from the model's")
         full = {}
         steps = []
-        for name, array in record.items():
+        for name, array in model_part.items():
             if array.stype != STYPE:
                 raise ModelMismatchError(f"update[{name!r}] has stype {array.stype!r}")
             (part,) = array_parts(array)
@@ -569,7 +592,7 @@ class CompressionStrategy(Strategy):
             )
             full[name] = np.add(base.model.tensors[name], change, dtype=np.float32)
             steps.append(step)
-        plain = plain_record(spec, full)
+        plain = merge_records(list(record.keys()), plain_record(spec, full), uncoded)
         content = {k: (plain if k == key else v) for k, v in content.items()}
         return content, record.count_bytes(), plain.count_bytes(), tuple(steps)
 
@@ -614,7 +637,8 @@ class CompressionStrategy(Strategy):
         rms = 0.0
         if arrays is not None:
             try:
-                new = record_tensors(arrays, base.spec, "aggregated model")
+                model_part, _ = split_record(arrays, base.spec.names)
+                new = record_tensors(model_part, base.spec, "aggregated model")
             except PipelineError:
                 new = None
             if new is not None:
