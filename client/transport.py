@@ -17,7 +17,7 @@ import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TypeVar
+from typing import TypeVar, cast
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -113,8 +113,11 @@ def _read(path: str | None, what: str) -> bytes | None:
 
 
 def _status_error(exc: grpc.RpcError, what: str) -> Exception:
-    code = exc.code() if isinstance(exc, grpc.Call) else grpc.StatusCode.UNKNOWN
-    detail = (exc.details() if isinstance(exc, grpc.Call) else str(exc)) or ""
+    # The errors of calls are also grpc.Call objects (the stubs do not say so).
+    code_of, details_of = getattr(exc, "code", None), getattr(exc, "details", None)
+    code = cast(grpc.StatusCode, code_of()) if callable(code_of) else grpc.StatusCode.UNKNOWN
+    raw = details_of() if callable(details_of) else str(exc)
+    detail = str(raw) if raw else ""
     message = f"{what}: {code.name}: {detail}"
     if code in _AUTH:
         return AuthenticationError(message, status=code.name, detail=detail)
