@@ -185,3 +185,13 @@ def test_decode_accepts_any_contiguous_byte_buffer():
         np.testing.assert_array_equal(fedcodec.decode(buffer)[0], GOOD)
     with raises_invalid("contiguous"):
         fedcodec.decode(memoryview(data + data)[::2])
+
+
+def test_levels_whose_reconstruction_overflows_float32_are_refused():
+    # 2**29 * 1e38 is not a float32: the encoder refuses what a decoder would
+    # have to turn into infinity (and the decoder refuses such containers).
+    levels = np.full((4, 4), 2**29, dtype=np.int32)
+    with pytest.raises(errors.InvalidParameterError):
+        fedcodec.encode_levels([levels], step=1e38)
+    ok = fedcodec.encode_levels([levels], step=1e20)
+    assert np.isfinite(fedcodec.decode(ok.data)[0]).all()

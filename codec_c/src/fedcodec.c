@@ -150,9 +150,12 @@ static enum fc_result plan_tensor(const fc_tensor *t, const fc_encode_options *o
         *significant = fc_count_significant(t->values, numel, 1.0 / step);
     } else if (t->levels && numel) {
         uint64_t i;
+        /* Levels whose reconstruction would overflow float32 are refused,
+         * as the decoder would refuse them. */
+        int32_t lim = fc_max_finite_level((float)step, FC_MAX_LEVEL, 0);
         for (i = 0; i < numel; i++) {
             int32_t v = t->levels[i];
-            if (v > FC_MAX_LEVEL || v < -FC_MAX_LEVEL) return FC_ERR_LEVEL_OVERFLOW;
+            if (v > lim || v < -lim) return FC_ERR_LEVEL_OVERFLOW;
             *significant += v != 0;
         }
     }

@@ -85,6 +85,14 @@ typedef struct fc_slice_dec_job {
 
 void fc_slice_decode(fc_slice_dec_job *job);
 
+/* min(limit, largest level k with |k * step| (|2k * step| for dependent
+ * quantization) a finite float32). */
+static inline int32_t fc_max_finite_level(float step, int32_t limit, int dq)
+{
+    double lim = 3.4028234663852886e38 / (double)step / (dq ? 2.0 : 1.0);
+    return lim < (double)limit ? (int32_t)lim : limit;
+}
+
 /* Mode choice from the share of significant elements. */
 unsigned fc_choose_mode(uint64_t significant, uint64_t n);
 /* Exp-Golomb order for gaps at this density. */

@@ -250,7 +250,9 @@ void fc_slice_decode(fc_slice_dec_job *job)
     const fc_dq_machine *dq = (job->quant == FC_QUANT_TRELLIS || job->quant == FC_QUANT_TRELLIS8)
                                   ? &fc_dq_machines[job->quant]
                                   : NULL;
-    const int32_t max_level = dq ? FC_MAX_DQ_LEVEL : FC_MAX_LEVEL;
+    /* Largest level whose reconstruction stays a finite float32: a
+     * container whose levels would decode to infinity is corrupt. */
+    const int32_t max_level = fc_max_finite_level(job->step, dq ? FC_MAX_DQ_LEVEL : FC_MAX_LEVEL, dq != NULL);
     int32_t *ring = NULL;
     dec_state *st = NULL;
     dec_out o;
