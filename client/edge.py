@@ -38,7 +38,7 @@ import numpy.typing as npt
 
 from fedcodec.client.errors import ServerUnavailableError, UpdateRefusedError
 from fedcodec.client.state import PendingUpload, load_pending, save_pending
-from fedcodec.client.transport import Connection, RetryPolicy
+from fedcodec.client.transport import MAX_CHUNK_BYTES, Connection, RetryPolicy
 from fedcodec.errors import CorruptStreamError
 from fedcodec.pipeline import (
     DigestMismatchError,
@@ -79,6 +79,8 @@ class RoundInfo:
         The model's tensors.
     max_update_bytes : int
         The server's size limit for an update.
+    max_chunk_bytes : int
+        The largest upload chunk the server takes.
     """
 
     round_id: int
@@ -88,6 +90,7 @@ class RoundInfo:
     deadline: float
     spec: ModelSpec
     max_update_bytes: int
+    max_chunk_bytes: int = MAX_CHUNK_BYTES
 
 
 @dataclass(frozen=True)
@@ -199,6 +202,7 @@ def round_info_from_proto(config: round_pb2.RoundConfig) -> RoundInfo:
         deadline=config.deadline.ToNanoseconds() / 1e9,
         spec=spec,
         max_update_bytes=config.max_update_bytes,
+        max_chunk_bytes=min(config.max_chunk_bytes or MAX_CHUNK_BYTES, MAX_CHUNK_BYTES),
     )
 
 
@@ -262,6 +266,7 @@ class EdgeClient:
         self._encoder: UpdateEncoder | None = None
         self._receiver: ModelReceiver | None = None
         self._pending: PendingUpload | None = None
+        self._chunk_bytes = MAX_CHUNK_BYTES  # the server's limit, from its round config
         # The encoder state as of the last acknowledged update (restored when the server
         # refuses an update for good).
         self._acknowledged: tuple[dict[str, np.ndarray], dict[str, Any]] | None = None
@@ -386,6 +391,7 @@ class EdgeClient:
         if answer.assignment != pb.ASSIGNMENT_SELECTED or not answer.HasField("config"):
             return RoundResult(Outcome.NOT_SELECTED, answer.round_id, retry_after)
         info = round_info_from_proto(answer.config)
+        self._chunk_bytes = info.max_chunk_bytes
         self._setup(info.spec)
         if self._pending is not None:
             # An update from an earlier run that was never acknowledged.
@@ -473,6 +479,7 @@ class EdgeClient:
                 idempotency_key=pending.idempotency_key,
                 num_examples=pending.num_examples,
                 payload=pending.payload,
+                chunk_bytes=self._chunk_bytes,
             )
         except UpdateRefusedError as exc:
             # Refused for good: drop the update; the residual goes back to the last

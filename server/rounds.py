@@ -48,6 +48,7 @@ from fedcodec.pipeline import (
     Aggregator,
     BaseDigestMismatchError,
     ClientRoundStats,
+    DownlinkEncoder,
     DownlinkPackage,
     ModelSpec,
     ModelVersion,
@@ -58,7 +59,6 @@ from fedcodec.pipeline import (
     UnknownBaseVersionError,
 )
 from fedcodec.server.config import ServerConfig
-from fedcodec.server.downlink import PersistentDownlink
 from fedcodec.server.errors import (
     BaseVersionError,
     ConflictingUpdateError,
@@ -256,6 +256,15 @@ def _receipt_matches(stored: tuple[str, int, int], h: UploadHeader) -> bool:
     return stored == (h.idempotency_key, h.total_bytes, h.crc32)
 
 
+def _stream_digest(downlink: DownlinkEncoder) -> str:
+    """Digest of the newest version as clients reconstruct it."""
+    latest = downlink.latest_version
+    digest = None if latest is None else downlink.digest_of(latest)
+    if digest is None:
+        raise StoreError("the downlink has published nothing")
+    return digest
+
+
 class RoundCoordinator:
     """Runs the rounds of one federation over a durable store.
 
@@ -294,7 +303,7 @@ class RoundCoordinator:
             max_workers=1, thread_name_prefix="fedcodec-db"
         )
         self._store: Store | None = None
-        self._downlink: PersistentDownlink | None = None
+        self._downlink: DownlinkEncoder | None = None
         self._downlink_lock = threading.Lock()
         self._base: ModelVersion | None = None
         self._base_digests: frozenset[str] = frozenset()
@@ -360,14 +369,14 @@ class RoundCoordinator:
             raise RuntimeError("the coordinator is not started")
         return self._base
 
-    def _need_downlink(self) -> PersistentDownlink:
+    def _need_downlink(self) -> DownlinkEncoder:
         if self._downlink is None:
             raise RuntimeError("the coordinator is not started")
         return self._downlink
 
-    def _new_downlink(self, spec: ModelSpec) -> PersistentDownlink:
+    def _new_downlink(self, spec: ModelSpec) -> DownlinkEncoder:
         d = self.config.downlink
-        return PersistentDownlink(
+        return DownlinkEncoder(
             spec,
             params=d.params,
             keep=d.keep_versions,
@@ -393,11 +402,10 @@ class RoundCoordinator:
         limit = self.config.rounds.max_rounds
         return limit == 0 or last_round_id < limit
 
-    def _load(self) -> tuple[ModelVersion, PersistentDownlink, RoundRecord | None, bool]:
+    def _load(self) -> tuple[ModelVersion, DownlinkEncoder, RoundRecord | None, bool]:
         """Open or create the federation (runs in the database thread)."""
         store = Store(self.config.state_path)
         self._store = store
-        d, threads = self.config.downlink, self.config.limits.codec_threads
         if store.spec is None:
             if self._initial_model is None:
                 raise StoreError(
@@ -408,7 +416,9 @@ class RoundCoordinator:
             downlink = self._new_downlink(model.spec)
             downlink.publish(model)
             first = self._open_record(1, 0, None) if self._more_rounds(0) else None
-            store.initialize(model, downlink.snapshot(), first, now=self._clock())
+            store.initialize(
+                model, downlink.state(), _stream_digest(downlink), first, now=self._clock()
+            )
             log.info(
                 "federation created",
                 extra={
@@ -421,14 +431,8 @@ class RoundCoordinator:
             )
             return model, downlink, first, first is None
         model = store.model()
-        downlink = PersistentDownlink.restore(
-            store.spec,
-            store.downlink(),
-            params=d.params,
-            keep=d.keep_versions,
-            keyframe_bits=d.keyframe_bits,
-            threads=threads,
-        )
+        downlink = self._new_downlink(store.spec)
+        downlink.load_state(*store.downlink())
         if downlink.latest_version != model.version:
             raise StoreError(
                 f"the stored downlink is at version {downlink.latest_version}, "
@@ -453,7 +457,7 @@ class RoundCoordinator:
         """Open (or create) the database, restore the open round, start the deadline clock."""
         model, downlink, record, finished = await self._in_db(self._load)
         self._base, self._downlink = model, downlink
-        self._set_base_digests(model, downlink.stream_digest())
+        self._set_base_digests(model, _stream_digest(downlink))
         if record is not None:
             self._round = await self._restore_round(record)
         self._finished = finished
@@ -909,7 +913,7 @@ class RoundCoordinator:
             return
         finalize_seconds = time.perf_counter() - started
         self._base = model
-        self._set_base_digests(model, self._need_downlink().stream_digest())
+        self._set_base_digests(model, _stream_digest(self._need_downlink()))
         self._round = None if next_record is None else _Round(next_record, {}, {})
         self._finished = next_record is None
         summary = RoundSummary(
@@ -991,30 +995,23 @@ class RoundCoordinator:
         )
         downlink = self._need_downlink()
         with self._downlink_lock:
-            before = downlink.snapshot()
+            before = downlink.state()
             try:
                 downlink.publish(model)
                 downlink.keyframe()  # coded once now, not by the first client that needs it
                 store.finish_round(
                     rnd.round_id,
                     model,
-                    downlink.snapshot(),
+                    downlink.state(),
+                    _stream_digest(downlink),
                     stats,
                     next_record,
                     keep_model_blobs=self.config.limits.keep_model_blobs,
                     now=now,
                 )
             except BaseException:
-                # Nothing was committed: go back to the stored stream.
-                d = self.config.downlink
-                self._downlink = PersistentDownlink.restore(
-                    base.spec,
-                    before,
-                    params=d.params,
-                    keep=d.keep_versions,
-                    keyframe_bits=d.keyframe_bits,
-                    threads=self.config.limits.codec_threads,
-                )
+                # Nothing was committed: go back to the stream as it was.
+                downlink.load_state(*before)
                 raise
         return model, stats, next_record
 

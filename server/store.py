@@ -4,9 +4,9 @@ What is stored, and why a ``kill -9`` at any moment loses nothing that was ackno
 
 * ``models`` — every global version (digest of the exact model, digest of what the downlink
   delivers), with the exact weights of the newest ``keep_model_blobs`` versions;
-* ``downlink`` / ``releases`` — the downlink stream (its grid, the model clients
-  reconstruct, the coded deltas of the last versions), so a restarted server goes on
-  sending deltas, bit for bit the same;
+* ``downlink`` — the downlink stream (``DownlinkEncoder.state()``: its grid, the model
+  clients reconstruct, the coded deltas of the last versions), so a restarted server goes
+  on sending deltas, bit for bit the same;
 * ``rounds`` — the open round (base version, coding parameters, deadline) and the history;
 * ``selections`` — who was selected for the open round;
 * ``updates`` — every accepted update: the bytes (while its round is open), their SHA-256,
@@ -27,12 +27,13 @@ uses it from one thread.
 
 from __future__ import annotations
 
+import io
 import json
 import math
 import os
 import sqlite3
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,15 +45,16 @@ from fedcodec.pipeline import ClientRoundStats, ModelSpec, ModelVersion, RoundPa
 
 __all__ = [
     "SCHEMA_VERSION",
-    "DownlinkSnapshot",
-    "ReleaseRecord",
+    "DownlinkState",
     "RoundRecord",
     "Store",
     "StoreError",
     "UpdateRecord",
 ]
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+# numpy's stubs read **kwargs as its keyword options; the arrays are plain names here.
+_savez: Callable[..., None] = np.savez
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (
@@ -110,16 +112,8 @@ CREATE TABLE IF NOT EXISTS clients (
 );
 CREATE TABLE IF NOT EXISTS downlink (
     id INTEGER PRIMARY KEY CHECK (id = 1),
-    latest INTEGER NOT NULL,
-    grid TEXT NOT NULL,             -- JSON list of per-tensor grid steps
-    warm REAL,
-    stream BLOB NOT NULL            -- float32 LE in spec order
-);
-CREATE TABLE IF NOT EXISTS releases (
-    version INTEGER PRIMARY KEY,
-    digest TEXT NOT NULL,
-    residual_rms REAL NOT NULL,
-    delta BLOB                      -- NULL at a stream start (keyframe)
+    meta TEXT NOT NULL,             -- DownlinkEncoder.state() metadata (JSON)
+    arrays BLOB NOT NULL            -- DownlinkEncoder.state() arrays (.npz, no pickle)
 );
 """
 
@@ -173,39 +167,19 @@ class UpdateRecord:
     received_at: float
 
 
-@dataclass(frozen=True)
-class ReleaseRecord:
-    """One version of the downlink stream (``fedcodec.pipeline.Release`` without stats)."""
-
-    version: int
-    digest: str
-    residual_rms: float
-    delta: bytes | None
+#: ``DownlinkEncoder.state()``: (arrays, JSON-able metadata).
+DownlinkState = tuple[dict[str, np.ndarray], dict[str, Any]]
 
 
-@dataclass(frozen=True)
-class DownlinkSnapshot:
-    """Everything needed to continue a downlink stream after a restart.
+def _state_blob(arrays: dict[str, np.ndarray]) -> bytes:
+    buffer = io.BytesIO()
+    _savez(buffer, **{f"a{i}": a for i, a in enumerate(arrays.values())})
+    return buffer.getvalue()
 
-    Attributes
-    ----------
-    latest : int
-        The newest published version.
-    grid : list of float
-        Per-tensor grid steps.
-    warm : float or None
-        Rate-control warm start.
-    stream : dict of str to ndarray
-        The model every up-to-date client holds.
-    releases : list of ReleaseRecord
-        The kept versions, oldest first.
-    """
 
-    latest: int
-    grid: list[float]
-    warm: float | None
-    stream: dict[str, np.ndarray]
-    releases: list[ReleaseRecord]
+def _state_arrays(blob: bytes, names: list[str]) -> dict[str, np.ndarray]:
+    with np.load(io.BytesIO(blob), allow_pickle=False) as data:
+        return {name: data[f"a{i}"] for i, name in enumerate(names)}
 
 
 def _weights_blob(spec: ModelSpec, tensors: dict[str, np.ndarray]) -> bytes:
@@ -332,7 +306,8 @@ class Store:
     def initialize(
         self,
         model: ModelVersion,
-        downlink: DownlinkSnapshot,
+        downlink: DownlinkState,
+        stream_digest: str,
         first_round: RoundRecord | None,
         *,
         now: float | None = None,
@@ -341,7 +316,6 @@ class Store:
         if self._spec is not None:
             raise StoreError(f"{self.path!r} already holds a federation")
         now = time.time() if now is None else now
-        stream_digest = downlink.releases[-1].digest
         with self._transaction() as db:
             self._set_meta("spec", json.dumps(model.spec.to_json()))
             self._set_meta("created_at", repr(now))
@@ -356,7 +330,7 @@ class Store:
                     _weights_blob(model.spec, dict(model.tensors)),
                 ),
             )
-            self._write_downlink(model.spec, downlink)
+            self._write_downlink(downlink)
             if first_round is not None:
                 self._insert_round(first_round)
         self._spec = model.spec
@@ -395,37 +369,23 @@ class Store:
         ).fetchone()
         return None if row is None else (str(row[0]), str(row[1]))
 
-    def downlink(self) -> DownlinkSnapshot:
-        """The stored downlink stream."""
-        spec = self._need_spec()
-        row = self._conn.execute("SELECT latest, grid, warm, stream FROM downlink").fetchone()
+    def downlink(self) -> DownlinkState:
+        """The stored downlink stream (for ``DownlinkEncoder.load_state``)."""
+        self._need_spec()
+        row = self._conn.execute("SELECT meta, arrays FROM downlink").fetchone()
         if row is None:
             raise StoreError(f"{self.path!r} holds no downlink state")
-        releases = [
-            ReleaseRecord(int(v), str(d), float(r), None if delta is None else bytes(delta))
-            for v, d, r, delta in self._conn.execute(
-                "SELECT version, digest, residual_rms, delta FROM releases ORDER BY version"
-            )
-        ]
-        return DownlinkSnapshot(
-            latest=int(row[0]),
-            grid=[float(g) for g in json.loads(row[1])],
-            warm=None if row[2] is None else float(row[2]),
-            stream=_weights(spec, row[3]),
-            releases=releases,
-        )
+        meta = json.loads(row[0])
+        names = meta.pop("_array_names")
+        return _state_arrays(row[1], names), meta
 
-    def _write_downlink(self, spec: ModelSpec, snap: DownlinkSnapshot) -> None:
+    def _write_downlink(self, state: DownlinkState) -> None:
+        arrays, meta = state
+        document = json.dumps({**meta, "_array_names": list(arrays)})
         self._conn.execute(
-            "INSERT INTO downlink (id, latest, grid, warm, stream) VALUES (1, ?, ?, ?, ?) "
-            "ON CONFLICT (id) DO UPDATE SET latest = excluded.latest, grid = excluded.grid, "
-            "warm = excluded.warm, stream = excluded.stream",
-            (snap.latest, json.dumps(snap.grid), snap.warm, _weights_blob(spec, snap.stream)),
-        )
-        self._conn.execute("DELETE FROM releases")
-        self._conn.executemany(
-            "INSERT INTO releases (version, digest, residual_rms, delta) VALUES (?, ?, ?, ?)",
-            [(r.version, r.digest, r.residual_rms, r.delta) for r in snap.releases],
+            "INSERT INTO downlink (id, meta, arrays) VALUES (1, ?, ?) "
+            "ON CONFLICT (id) DO UPDATE SET meta = excluded.meta, arrays = excluded.arrays",
+            (document, _state_blob(arrays)),
         )
 
     # -- rounds -------------------------------------------------------------
@@ -689,7 +649,8 @@ class Store:
         self,
         round_id: int,
         model: ModelVersion,
-        downlink: DownlinkSnapshot,
+        downlink: DownlinkState,
+        stream_digest: str,
         stats: RoundStats,
         next_round: RoundRecord | None,
         *,
@@ -703,7 +664,6 @@ class Store:
         resends), prunes old weights and opens ``next_round``.
         """
         spec = self._need_spec()
-        stream_digest = downlink.releases[-1].digest
         with self._transaction() as db:
             db.execute(
                 "INSERT INTO models (version, digest, stream_digest, round_id, created_at, "
@@ -721,7 +681,7 @@ class Store:
                 "UPDATE models SET weights = NULL WHERE version <= ?",
                 (model.version - keep_model_blobs,),
             )
-            self._write_downlink(spec, downlink)
+            self._write_downlink(downlink)
             cur = db.execute(
                 "UPDATE rounds SET state = 'finalized', closed_at = ?, new_version = ?, "
                 "stats = ? WHERE round_id = ? AND state = 'open'",

@@ -191,26 +191,31 @@ def test_download_is_a_keyframe_first_then_coded_deltas(server: BackgroundServer
     assert receiver.apply(second).digest == server.coordinator.stream_model().digest
 
 
-def test_a_model_larger_than_a_grpc_message_moves_in_chunks(tmp_path: Path) -> None:
-    big = {"w": (np.random.default_rng(1).standard_normal((1500, 1024)) * 0.1).astype(np.float32)}
-    config = make_config(tmp_path, **{"limits.max_message_bytes": 2 << 20})
-    with BackgroundServer(config, tokens=TOKENS, initial_model=big) as srv:
+def test_models_and_updates_larger_than_a_grpc_message_move_in_chunks(tmp_path: Path) -> None:
+    # A 256 KiB message limit stands in for "hundreds of MB": nothing is ever sent whole.
+    limits = {"limits.max_chunk_bytes": 256 << 10, "limits.max_message_bytes": 320 << 10}
+    big = {"w": (np.random.default_rng(1).standard_normal((600, 512)) * 0.1).astype(np.float32)}
+    with BackgroundServer(make_config(tmp_path, **limits), tokens=TOKENS, initial_model=big) as srv:
         conn = connect(srv, "c0")
         cfg = check_in(conn)
+        assert cfg.max_chunk_bytes == 256 << 10
         package = conn.download(None, None)
         assert package.keyframe is not None
-        assert len(package.keyframe) > 2 << 20  # more than one message could carry
+        assert len(package.keyframe) > 320 << 10  # more than one message could carry
         base = ModelReceiver(round_info_from_proto(cfg).spec, threads=1).apply(package)
-        # A fine-step update: several MiB, sent as 1 MiB chunks.
         noise = np.random.default_rng(2).standard_normal(base.tensors["w"].shape)
         local = {"w": base.tensors["w"] + (0.05 * noise).astype(np.float32)}
         data = (
             UpdateEncoder(base.spec, "c0", threads=1)
-            .encode(local, base, RoundParams(lam=0.0, S=65536), round_number=1, num_examples=1)
+            .encode(local, base, RoundParams(lam=0.0, S=4096), round_number=1, num_examples=1)
             .data
         )
-        assert len(data) > 2 << 20
-        assert upload(conn, cfg, data).bytes_received == len(data)
+        assert len(data) > 320 << 10
+        with pytest.raises(UpdateRefusedError) as info:
+            upload(conn, cfg, data)  # 1 MiB chunks: above this server's chunk limit
+        assert info.value.status == "RESOURCE_EXHAUSTED"
+        reply = upload(conn, cfg, data, chunk_bytes=cfg.max_chunk_bytes)
+        assert reply.bytes_received == len(data)
 
 
 def test_metrics_endpoint_counts_bytes_and_rejections(tmp_path: Path) -> None:

@@ -12,11 +12,11 @@ from typing import Any
 import numpy as np
 import pytest
 
-from fedcodec.pipeline import Aggregator, ModelVersion, RoundParams, UpdateEncoder
+from fedcodec.pipeline import Aggregator, DownlinkEncoder, ModelVersion, RoundParams, UpdateEncoder
 from fedcodec.server import load_config
-from fedcodec.server.downlink import PersistentDownlink
 from fedcodec.server.errors import NotSelectedError, RoundNotOpenError
 from fedcodec.server.rounds import Assignment, RoundCoordinator, UploadHeader
+from fedcodec.server.store import Store
 
 _RNG = np.random.default_rng(11)
 MODEL = {
@@ -160,17 +160,26 @@ def _versions(n: int) -> list[ModelVersion]:
     return out
 
 
-def test_a_restored_downlink_serves_and_codes_exactly_what_the_original_would() -> None:
+def test_the_stored_downlink_serves_and_codes_exactly_what_the_original_would(
+    tmp_path: Path,
+) -> None:
     versions = _versions(5)
     spec = versions[0].spec
     params = RoundParams(budget_bytes=400)
-    original = PersistentDownlink(spec, params=params, keep=3, threads=1)
+    original = DownlinkEncoder(spec, params=params, keep=3, threads=1)
     for model in versions[:3]:
         original.publish(model)
-    restored = PersistentDownlink.restore(
-        spec, original.snapshot(), params=params, keep=3, threads=1
-    )
-    assert restored.stream_digest() == original.stream_digest()
+    store = Store(tmp_path / "state.sqlite")
+    latest = original.latest_version
+    assert latest is not None
+    digest = original.digest_of(latest)
+    assert digest is not None
+    store.initialize(versions[2], original.state(), digest, None)
+    store.close()
+    store = Store(tmp_path / "state.sqlite")
+    restored = DownlinkEncoder(spec, params=params, keep=3, threads=1)
+    restored.load_state(*store.downlink())
+    store.close()
     assert restored.keyframe() == original.keyframe()
     for have in (0, 1, 2, None):
         a = original.package_for("x", have_version=have, have_digest=None, keyframe=have is None)
