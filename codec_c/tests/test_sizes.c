@@ -8,7 +8,9 @@
  *
  * Inputs are deterministic synthetic updates (platform-independent
  * generators): a dense Laplacian update and top-10 % / 1 % / 0.1 % sparse
- * ones, coded in every mode, with plain rounding and with RD quantization.
+ * ones, coded in every mode, with plain rounding and with RD quantization,
+ * and in automatic mode with the trellis (4 and 8 states) and dithered
+ * quantizers.
  * Shrinking sizes print a note: update the table so the gain is kept.
  */
 #include "test_util.h"
@@ -16,7 +18,7 @@
 #define ROWS 256
 #define COLS 512
 #define N_ELEMS (ROWS * COLS)
-#define MAX_ROWS 64
+#define MAX_ROWS 96
 #define TOLERANCE 0.005
 
 typedef struct row {
@@ -76,6 +78,27 @@ static size_t measure(row *out)
                 n++;
             }
         }
+        /* The trellis and dithered quantizers (automatic modes). */
+        for (mi = 0; mi < 3; mi++) {
+            static const char *qname[3] = {"trellis", "trellis8", "dither"};
+            fc_tensor t = tu_tensor(0, 2, shape);
+            fc_encode_options o;
+            uint8_t *c;
+            size_t size;
+            fc_encode_options_init(&o);
+            o.quantizer = (int32_t)mi + FC_QUANT_TRELLIS;
+            o.lambda = o.quantizer == FC_QUANT_DITHER ? 0.0 : 0.1155;
+            o.dither_seed = 2024;
+            o.S = 64;
+            o.threads = 2;
+            t.values = v;
+            TU_CHECK_RC(tu_encode(&t, 1, &o, &c, &size, NULL), FC_OK);
+            free(c);
+            TU_CHECK(n < MAX_ROWS);
+            snprintf(out[n].name, sizeof out[n].name, "%s/auto/%s", inputs[ii].name, qname[mi]);
+            out[n].bytes = (long)size;
+            n++;
+        }
     }
     free(v);
     return n;
@@ -104,8 +127,9 @@ static int save(const char *path, const row *rows, size_t n)
     if (!f) return 0;
     fprintf(f, "# Compressed sizes in bytes of deterministic synthetic updates (%dx%d float32,\n",
             ROWS, COLS);
-    fprintf(f, "# S = 64; round: lambda 0, rdoq: lambda 0.1155).  test_sizes fails when a size\n");
-    fprintf(f, "# grows by more than 0.5 %%; after an intended change run `make sizes-update`.\n");
+    fprintf(f, "# S = 64; round: lambda 0, rdoq and trellis: lambda 0.1155, dither: seed 2024).\n");
+    fprintf(f, "# test_sizes fails when a size grows by more than 0.5 %%; after an intended\n");
+    fprintf(f, "# change run `make sizes-update`.\n");
     fprintf(f, "# input/mode/quantizer\tbytes\n");
     for (i = 0; i < n; i++) fprintf(f, "%s\t%ld\n", rows[i].name, rows[i].bytes);
     return fclose(f) == 0;
