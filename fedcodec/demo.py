@@ -10,7 +10,8 @@ aggregates them (FedAvg) and codes the new version for the downlink.  All of it 
 gRPC, through the same code as ``fedcodec serve`` and ``fedcodec client``.
 
 Printed per round: test accuracy of the model the clients hold, bytes up and down (real
-payload sizes), and the ratio to the same messages as raw float32.  At the end the same
+payload sizes), and the ratio to the same messages as raw float32 (that round's, and over
+the run so far).  At the end the same
 rounds are replayed with plain float32 FedAvg (same clients, same local training seeds) for
 the accuracy it would have reached, and ``accuracy_vs_bytes.png`` and ``rounds.json`` are
 written to the output folder.
@@ -210,17 +211,19 @@ def _fmt_bytes(n: float) -> str:
     return f"{n:,.1f} GB"  # pragma: no cover
 
 
-def _row(r: DemoRound) -> str:
-    fp32 = "" if r.fp32_accuracy is None else f"{r.fp32_accuracy:7.2f}"
+def _row(r: DemoRound, up_to: list[DemoRound]) -> str:
+    sent = sum(x.bytes_up + x.bytes_down for x in up_to)
+    cumulative = sum(x.float32_bytes for x in up_to) / sent if sent else math.inf
     return (
-        f"{r.round_id:>5}  {len(r.clients):>7}  {r.accuracy:6.2f}  {fp32:>7}  "
-        f"{_fmt_bytes(r.bytes_up):>10}  {_fmt_bytes(r.bytes_down):>10}  {r.ratio:7.0f}×"
+        f"{r.round_id:>5}  {len(r.clients):>7}  {r.accuracy:6.2f}  "
+        f"{_fmt_bytes(r.bytes_up):>10}  {_fmt_bytes(r.bytes_down):>10}  {r.ratio:6.0f}×  "
+        f"{cumulative:9.0f}×"
     )
 
 
 _HEADER = (
-    "round  clients   acc %  fp32 %    bytes up  bytes down    ratio\n"
-    "-----  -------  ------  ------  ----------  ----------  -------"
+    "round  clients   acc %    bytes up  bytes down   ratio  run ratio\n"
+    "-----  -------  ------  ----------  ----------  ------  ---------"
 )
 
 
@@ -411,7 +414,7 @@ def run_demo(cfg: DemoConfig, out: TextIO | None = None) -> list[DemoRound]:
                 seconds=summary.seconds,
             )
             rounds.append(row)
-            write(_row(row))
+            write(_row(row, rounds))
             if bar is not None:
                 bar.update(1)
             if summary.finished:
@@ -442,11 +445,20 @@ def _report(
     down = sum(r.bytes_down for r in rounds)
     raw = sum(r.float32_bytes for r in rounds)
     updates = sum(len(r.clients) for r in rounds)
-    if cfg.baseline:
-        print("\nfloat32 FedAvg over the same rounds (same clients, same local seeds):", file=out)
-        print(_HEADER, file=out)
-        for r in rounds:
-            print(_row(r), file=out)
+    if cfg.baseline and rounds:
+        marks = sorted(
+            {r.round_id for r in rounds if r.round_id % 5 == 0} | {1, rounds[-1].round_id}
+        )
+        pairs = "  ".join(
+            f"r{r.round_id} {r.accuracy:.1f}/{r.fp32_accuracy:.1f}"
+            for r in rounds
+            if r.round_id in marks and r.fp32_accuracy is not None
+        )
+        print(
+            "\naccuracy % fedcodec/float32 FedAvg over the same rounds (same clients and "
+            f"local seeds, raw weights both ways):\n{pairs}",
+            file=out,
+        )
     last = rounds[-1] if rounds else None
     print(
         f"\n{len(rounds)} rounds, {updates} client updates in {seconds:.1f} s: "
