@@ -145,7 +145,10 @@ static enum fc_result plan_tensor(const fc_tensor *t, const fc_encode_options *o
         if (step <= 0.0) step = fc_derive_step(&scan, t->sigma_min, o->S);
         if (!(step > 0.0)) return FC_ERR_INVALID_ARGUMENT;
         step = (double)(float)step;
-        if (scan.abs_max / step + (d->quant == FC_QUANT_DITHER ? 1.0 : 0.0) >= (double)FC_MAX_LEVEL)
+        /* Headroom: a dithered level may be one above |w|/step, a trellis
+         * candidate's reconstruction index two (and |index| <= 2^30 - 2). */
+        if (scan.abs_max / step + (d->quant == FC_QUANT_DITHER ? 1.0 : d->quant ? 4.0 : 0.0) >=
+            (double)FC_MAX_LEVEL)
             return FC_ERR_LEVEL_OVERFLOW;
         *significant = fc_count_significant(t->values, numel, 1.0 / step);
     } else if (t->levels && numel) {

@@ -504,6 +504,26 @@ static void test_options(void)
     }
     free(c);
     free(c0);
+    /* extreme magnitudes: |w| / step = 2^30 - 64 (the largest float below
+     * FC_MAX_LEVEL) round-trips through the trellis (indices near 2^30),
+     * 2^30 overflows */
+    {
+        float big[2] = {1073741760.0f, -1.0f}, rb[2];
+        uint64_t shape1[1] = {2};
+        fc_tensor tb = tu_tensor(0, 1, shape1);
+        tb.values = big;
+        tb.recon = rb;
+        tb.step = 1.0;
+        o.quantizer = FC_QUANT_TRELLIS;
+        o.lambda = 0.0;
+        TU_CHECK_RC(tu_encode(&tb, 1, &o, &c, &size, NULL), FC_OK);
+        TU_CHECKF(fabs((double)rb[0] - (double)big[0]) <= 2.0, "recon %.1f", rb[0]);
+        TU_CHECK_EQ(decode_rc(c, size), FC_OK);
+        free(c);
+        roundtrip(big, 1, 2, &o);
+        big[0] = 1073741824.0f;
+        TU_CHECK_RC(tu_encode(&tb, 1, &o, &c, &size, NULL), FC_ERR_LEVEL_OVERFLOW);
+    }
     /* trellis with lambda 0 is rate-aware (the default lambda) */
     o.quantizer = FC_QUANT_TRELLIS;
     o.lambda = 0.0;
