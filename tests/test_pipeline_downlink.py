@@ -36,10 +36,17 @@ def _versions(count: int, seed: int = 0) -> list[ModelVersion]:
 
 
 def _stream(
-    versions: list[ModelVersion], keep: int = 3, params: RoundParams | None = None
+    versions: list[ModelVersion],
+    keep: int = 3,
+    params: RoundParams | None = None,
+    cumulative: bool = True,
 ) -> DownlinkEncoder:
     down = DownlinkEncoder(
-        versions[0].spec, params=params or RoundParams(budget_bytes=900), keep=keep, threads=1
+        versions[0].spec,
+        params=params or RoundParams(budget_bytes=900),
+        keep=keep,
+        threads=1,
+        cumulative=cumulative,
     )
     down.publish(versions[0])
     return down
@@ -80,7 +87,7 @@ def test_first_contact_gets_a_near_lossless_keyframe_then_deltas() -> None:
 
 def test_late_joiner_and_lagging_client_hold_the_same_model_bit_for_bit() -> None:
     versions = _versions(9)
-    down = _stream(versions, keep=3)
+    down = _stream(versions, keep=3, cumulative=False)
     regular = ModelReceiver(versions[0].spec)
     lagging = ModelReceiver(versions[0].spec)
     regular.apply(down.package_for("regular"))
@@ -189,7 +196,7 @@ def test_receiver_state_round_trip(tmp_path: Path) -> None:
 def test_a_chain_larger_than_the_keyframe_is_replaced_by_it() -> None:
     versions = _versions(6)
     # fine steps: each delta costs a sizeable part of a keyframe
-    down = _stream(versions, keep=8, params=RoundParams(lam=0.0, S=2000))
+    down = _stream(versions, keep=8, params=RoundParams(lam=0.0, S=2000), cumulative=False)
     rx = ModelReceiver(versions[0].spec)
     rx.apply(down.package_for("c0"))
     chain = 0

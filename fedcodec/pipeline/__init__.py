@@ -11,7 +11,8 @@ Flower plugin).
 * :mod:`~fedcodec.pipeline.server` — :class:`Aggregator`: validated decode-and-accumulate
   FedAvg in O(model) memory.
 * :mod:`~fedcodec.pipeline.downlink` — :class:`DownlinkEncoder` (server) and
-  :class:`ModelReceiver` (client): coded model changes, keyframes, digest checks.
+  :class:`ModelReceiver` (client): coded model changes, cumulative deltas,
+  keyframes, a shared initial model that never travels, digest checks.
 
 A round, in-process::
 
@@ -32,6 +33,7 @@ from fedcodec.pipeline.errors import (
     DigestMismatchError,
     DuplicateUpdateError,
     EmptyRoundError,
+    InitialModelError,
     ModelMismatchError,
     PipelineError,
     RoundClosedError,
@@ -70,6 +72,7 @@ __all__ = [
     "EmptyRoundError",
     "EncodeStats",
     "EncodedUpdate",
+    "InitialModelError",
     "ModelHistory",
     "ModelMismatchError",
     "ModelReceiver",

@@ -25,6 +25,9 @@ exception                              raised when
 :class:`DigestMismatchError`           a downlinked model does not hash to the
                                        digest the server sent (ask for a
                                        keyframe)
+:class:`InitialModelError`             a package is relative to a shared initial
+                                       model this client does not hold (ask for
+                                       it: ``send_initial=True``)
 :class:`StateFormatError`              a saved state file is unreadable or of
                                        another model
 =====================================  ==========================================
@@ -49,6 +52,7 @@ __all__ = [
     "DigestMismatchError",
     "DuplicateUpdateError",
     "EmptyRoundError",
+    "InitialModelError",
     "ModelMismatchError",
     "PipelineError",
     "RoundClosedError",
@@ -147,6 +151,18 @@ class DigestMismatchError(PipelineError, ValueError):
     """A reconstructed model does not hash to the expected digest."""
 
     code_number = FC_ERR_MISMATCH
+
+
+class InitialModelError(DigestMismatchError):
+    """A downlink package is relative to a shared initial model this client lacks.
+
+    The package names the initial model by digest; the client holds no
+    initial model, or another one.  A keyframe does not help (it is relative
+    to the same initial model): ask for the initial model itself
+    (``DownlinkEncoder.package_for(..., send_initial=True)``) or obtain it
+    as the deployment does (e.g. from the shared seed) and call
+    ``ModelReceiver.assume``.
+    """
 
 
 class StateFormatError(PipelineError, ValueError):
