@@ -255,3 +255,76 @@ def test_importance_moves_accuracy_to_important_weights() -> None:
         w = fedcodec.decode(up.data)[0]
         errors.append(float(np.mean((w[:8] - delta[:8]) ** 2)))
     assert errors[1] < 0.7 * errors[0]
+
+
+def _two_tensor_update(
+    importance_scale: str, importance: dict[str, np.ndarray] | None, params: RoundParams
+) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray], int]:
+    """Decoded update and delta of a model whose tensor "a" is 10x as important as "b"."""
+    rng = np.random.default_rng(7)
+    zeros = {"a": np.zeros((48, 64), np.float32), "b": np.zeros((48, 64), np.float32)}
+    base = ModelVersion.create(0, zeros)
+    delta = {k: (rng.laplace(size=v.shape) * 1e-2).astype(np.float32) for k, v in zeros.items()}
+    enc = UpdateEncoder(base.spec, "c0", threads=1)
+    up = enc.encode(
+        delta,
+        base,
+        params,
+        round_number=0,
+        num_examples=1,
+        importance=importance,
+        importance_scale=importance_scale,  # type: ignore[arg-type]
+    )
+    decoded = fedcodec.decode(up.data, names=["a", "b"])
+    # error feedback saw exactly what a decoder reconstructs
+    for k in zeros:
+        assert np.array_equal(np.subtract(delta[k], decoded[k]), enc.residual[k])
+    return decoded, delta, len(up)
+
+
+def test_global_importance_scale_keeps_the_importance_of_whole_tensors() -> None:
+    eta = {"a": np.full((48, 64), 10.0, np.float32), "b": np.ones((48, 64), np.float32)}
+    params = RoundParams(lam=2.0, S=16)
+
+    def mse(dec: dict[str, np.ndarray], delta: dict[str, np.ndarray], k: str) -> float:
+        return float(np.mean((dec[k] - delta[k]) ** 2))
+
+    plain, delta, _ = _two_tensor_update("tensor", None, params)
+    per_tensor, _, _ = _two_tensor_update("tensor", eta, params)
+    global_, _, _ = _two_tensor_update("global", eta, params)
+    # per tensor, a constant importance normalizes away: the same levels as no importance
+    for k in ("a", "b"):
+        assert np.array_equal(per_tensor[k], plain[k])
+    # globally, "a" (10x) is coded more finely and "b" more coarsely than with equal weight
+    assert mse(global_, delta, "a") < 0.8 * mse(plain, delta, "a")
+    assert mse(global_, delta, "b") > 1.2 * mse(plain, delta, "b")
+
+
+def test_global_importance_scale_is_the_per_tensor_rule_when_the_means_agree() -> None:
+    rng = np.random.default_rng(3)
+    eta = {k: rng.uniform(0.5, 1.5, (48, 64)).astype(np.float32) for k in ("a", "b")}
+    eta["b"] *= np.float32(eta["a"].mean() / eta["b"].mean())
+    params = RoundParams(lam=1.0, S=16)
+    a, _, _ = _two_tensor_update("tensor", eta, params)
+    b, _, _ = _two_tensor_update("global", eta, params)
+    for k in ("a", "b"):
+        assert np.array_equal(a[k], b[k])
+
+
+def test_global_importance_scale_meets_a_budget() -> None:
+    eta = {"a": np.full((48, 64), 10.0, np.float32)}  # "b" has no importance: eta = 1
+    params = RoundParams(lam=0.5, budget_bytes=900)
+    _, _, size = _two_tensor_update("global", eta, params)
+    assert abs(size - 900) <= 0.05 * 900
+    with pytest.raises(ValueError, match="importance_scale"):
+        _two_tensor_update("model", eta, params)
+
+
+def test_importance_lam_scales_are_the_global_over_the_tensor_means() -> None:
+    from fedcodec.pipeline.ratecontrol import importance_lam_scales
+
+    eta = [np.full((10, 10), 4.0, np.float32), None, np.zeros((0,), np.float32)]
+    scales = importance_lam_scales(eta, [(10, 10), (300,), (0,)])
+    assert scales == pytest.approx([1.75 / 4.0, 1.75, 1.0])
+    with pytest.raises(ValueError, match="sums to zero"):
+        importance_lam_scales([np.zeros(4, np.float32)], [(4,)])

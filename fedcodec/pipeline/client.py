@@ -21,7 +21,7 @@ import os
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import numpy.typing as npt
@@ -30,13 +30,18 @@ from fedcodec.pipeline._state import load_npz_state, save_npz_state
 from fedcodec.pipeline.errors import ModelMismatchError, StateFormatError
 from fedcodec.pipeline.model import F32Array, ModelSpec, ModelVersion, Tensors
 from fedcodec.pipeline.params import RoundParams
-from fedcodec.pipeline.ratecontrol import encode_with_params
+from fedcodec.pipeline.ratecontrol import encode_with_params, importance_lam_scales
 from fedcodec.pipeline.sparsify import sparsify
 from fedcodec.pipeline.stats import EncodeStats, TensorEncodeStats, snr_db
 
-__all__ = ["EncodedUpdate", "UpdateEncoder", "encode_tensors"]
+__all__ = ["EncodedUpdate", "ImportanceScale", "UpdateEncoder", "encode_tensors"]
 
 _STATE_FORMAT = "fedcodec-update-encoder/1"
+
+#: How per-weight importance is normalized: ``"tensor"`` — to mean 1 in each tensor (the
+#: codec's own rule); ``"global"`` — by one factor over the whole model.
+ImportanceScale = Literal["tensor", "global"]
+_IMPORTANCE_SCALES = ("tensor", "global")
 
 
 @dataclass(frozen=True)
@@ -82,8 +87,11 @@ def encode_tensors(
     threads: int = 0,
     step_grid: list[float] | None = None,
     warm_start: float | None = None,
+    importance_scale: ImportanceScale = "tensor",
 ) -> tuple[bytes, list[F32Array], EncodeStats, float | None]:
     """Sparsify and encode ``target`` as ``params`` say (shared by uplink and downlink).
+
+    ``importance_scale`` is as for :meth:`UpdateEncoder.encode`.
 
     Returns
     -------
@@ -115,6 +123,15 @@ def encode_tensors(
                     f"importance[{name!r}] has shape {values.shape}, the model has {shape}"
                 )
             eta.append(values)
+    if importance_scale not in _IMPORTANCE_SCALES:
+        raise ValueError(
+            f"importance_scale must be one of {_IMPORTANCE_SCALES}, got {importance_scale!r}"
+        )
+    lam_scales = (
+        importance_lam_scales(eta, spec.shapes)
+        if eta is not None and importance_scale == "global"
+        else None
+    )
     coded_input = tensors
     zeroed = 0
     if params.sparsification is not None and params.sparsification.active:
@@ -126,6 +143,7 @@ def encode_tensors(
         threads=threads,
         step_grid=step_grid,
         warm_start=warm_start,
+        lam_scales=lam_scales,
     )
     per_tensor: list[TensorEncodeStats] = []
     total_sig = total_err = 0.0
@@ -251,6 +269,7 @@ class UpdateEncoder:
         round_number: int,
         num_examples: int,
         importance: Mapping[str, npt.ArrayLike] | None = None,
+        importance_scale: ImportanceScale = "tensor",
     ) -> EncodedUpdate:
         """Encode ``local − base`` (plus the residual) and update the residual.
 
@@ -271,6 +290,15 @@ class UpdateEncoder:
         importance : mapping of str to array_like, optional
             Per-weight importance η >= 0 by tensor name (e.g. accumulated
             squared gradients); missing names mean η = 1.
+        importance_scale : {"tensor", "global"}, optional
+            ``"tensor"`` (default): the codec normalizes η to mean 1 in each
+            tensor, so a tensor that matters more as a whole gets no more
+            bits.  ``"global"``: η is normalized by one factor over the whole
+            model (the relative importance of tensors is kept, one λ is one
+            slope for the whole model).  Implemented exactly, by quantizing
+            each tensor at ``λ · M/m_t`` (``M``: model mean of η, ``m_t``:
+            the tensor's) — one codec call per tensor and encode pass, then
+            one lossless coding of the levels.
 
         Returns
         -------
@@ -301,6 +329,7 @@ class UpdateEncoder:
             importance=importance,
             threads=self.threads,
             warm_start=self._warm_start,
+            importance_scale=importance_scale,
         )
         if self.error_feedback:
             self._residual = {

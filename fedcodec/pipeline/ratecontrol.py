@@ -28,6 +28,7 @@ everything for the next round).
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
 import time
@@ -45,6 +46,7 @@ __all__ = [
     "DEFAULT_MAX_PASSES",
     "CodedTensors",
     "encode_with_params",
+    "importance_lam_scales",
     "min_container_bytes",
     "model_rule_step",
     "tensor_rule_steps",
@@ -124,6 +126,51 @@ def model_rule_step(tensors: Sequence[F32Array], S: int) -> float:
     return 2.0 * wmax / (2.0 * wmax / sigma + S)
 
 
+def importance_lam_scales(
+    importance: Sequence[F32Array | None], shapes: Sequence[tuple[int, ...]]
+) -> list[float]:
+    """Per-tensor λ factors that turn the codec's per-tensor η normalization into a global one.
+
+    The codec divides each tensor's importance by its mean ``m_t`` before it
+    minimizes ``η/m_t · (w − q)² + λ · R``.  Quantizing tensor ``t`` at
+    ``λ · M/m_t``, with ``M`` the mean importance over the whole model, makes
+    that cost ``M/m_t`` times ``η/M · (w − q)² + λ · R``: the same minimizer
+    as one global normalization, so the relative importance of tensors
+    survives and one λ is one slope for the whole model.
+
+    Parameters
+    ----------
+    importance : sequence of ndarray or None
+        η per tensor (None: η = 1).
+    shapes : sequence of tuple of int
+        The tensors' shapes (for the η = 1 tensors).
+
+    Returns
+    -------
+    list of float
+        ``M / m_t`` per tensor (1.0 for an empty tensor).
+
+    Raises
+    ------
+    ValueError
+        A non-empty tensor's importance sums to zero (the codec refuses it).
+    """
+    sums: list[float] = []
+    counts: list[int] = []
+    for eta, shape in zip(importance, shapes, strict=True):
+        count = math.prod(shape)
+        total = float(count) if eta is None else float(np.sum(eta, dtype=np.float64))
+        if count and not total > 0.0:
+            raise ValueError("an importance tensor sums to zero; the codec needs a positive sum")
+        sums.append(total)
+        counts.append(count)
+    numel = sum(counts)
+    if numel == 0:
+        return [1.0] * len(sums)
+    model_mean = sum(sums) / numel
+    return [model_mean / (t / n) if n else 1.0 for t, n in zip(sums, counts, strict=True)]
+
+
 def tensor_rule_steps(tensors: Sequence[F32Array], S: int) -> list[float]:
     """The codec's per-tensor step rule (σ = RMS of the tensor's nonzero values)."""
     return [model_rule_step([t], S) for t in tensors]
@@ -148,7 +195,14 @@ def _snap(steps: Sequence[float], grid: Sequence[float] | None) -> list[float]:
 
 
 class _Encoder:
-    """Runs encodes with fixed tensors and options, counting passes."""
+    """Runs encodes with fixed tensors and options, counting passes.
+
+    With ``lam_scales`` tensor ``i`` is quantized at ``λ · lam_scales[i]``:
+    the codec takes one λ per call, so each tensor is quantized by its own
+    call (a tensor's levels do not depend on the other tensors of a call)
+    and the levels are then coded into one container by
+    :func:`fedcodec.codec.encode_levels`.
+    """
 
     def __init__(
         self,
@@ -156,26 +210,59 @@ class _Encoder:
         importance: Sequence[F32Array | None] | None,
         threads: int,
         grid: Sequence[float] | None,
+        lam_scales: Sequence[float] | None = None,
     ) -> None:
         self.tensors = list(tensors)
         self.importance = None if importance is None else list(importance)
         self.threads = threads
         self.grid = None if grid is None else list(grid)
+        self.lam_scales = None if lam_scales is None else list(lam_scales)
         self.passes = 0
 
     def run(
         self, lam: float, *, S: int = 0, steps: Sequence[float] | None = None
     ) -> codec.EncodeResult:
         self.passes += 1
-        return codec.encode(
-            self.tensors,
-            lam=lam,
-            S=S,
-            step=None if steps is None else _snap(steps, self.grid),
-            importance=self.importance,
-            threads=self.threads,
-            return_recon=True,
-        )
+        snapped = None if steps is None else _snap(steps, self.grid)
+        if self.lam_scales is None:
+            return codec.encode(
+                self.tensors,
+                lam=lam,
+                S=S,
+                step=snapped,
+                importance=self.importance,
+                threads=self.threads,
+                return_recon=True,
+            )
+        return self._run_per_tensor(lam, S, snapped)
+
+    def _run_per_tensor(
+        self, lam: float, S: int, steps: Sequence[float] | None
+    ) -> codec.EncodeResult:
+        assert self.lam_scales is not None
+        parts: list[codec.EncodeResult] = []
+        levels: list[np.ndarray] = []
+        for i, tensor in enumerate(self.tensors):
+            part = codec.encode(
+                [tensor],
+                lam=lam * self.lam_scales[i],
+                S=S,
+                step=None if steps is None else [steps[i]],
+                importance=None if self.importance is None else [self.importance[i]],
+                threads=self.threads,
+                return_recon=True,
+            )
+            decoded = codec.decode_levels(part.data, threads=self.threads)
+            assert isinstance(decoded, list)
+            parts.append(part)
+            levels.append(decoded[0][0])
+        joined = codec.encode_levels(levels, [p.stats[0].step for p in parts], threads=self.threads)
+        stats = [
+            dataclasses.replace(s, sq_error=p.stats[0].sq_error)
+            for s, p in zip(joined.stats, parts, strict=True)
+        ]
+        recon = [p.recon[0] for p in parts if p.recon is not None]
+        return codec.EncodeResult(joined.data, stats, recon)
 
     def all_zero(self, lam: float) -> codec.EncodeResult:
         wmax = _max_abs(self.tensors)
@@ -293,6 +380,7 @@ def encode_with_params(
     step_grid: Sequence[float] | None = None,
     warm_start: float | None = None,
     max_passes: int = DEFAULT_MAX_PASSES,
+    lam_scales: Sequence[float] | None = None,
 ) -> CodedTensors:
     """Encode tensors with fixed parameters or to a byte budget.
 
@@ -317,6 +405,10 @@ def encode_with_params(
         before.
     max_passes : int, optional
         Cap on search passes.
+    lam_scales : sequence of float, optional
+        Per-tensor factors > 0 on λ (tensor ``i`` is quantized at
+        ``λ · lam_scales[i]``; each tensor then takes its own codec call,
+        see :func:`importance_lam_scales`).
 
     Returns
     -------
@@ -328,7 +420,12 @@ def encode_with_params(
         ``budget_bytes`` is below the all-zero container of these shapes.
     """
     start = time.perf_counter()
-    enc = _Encoder(tensors, importance, threads, step_grid)
+    if lam_scales is not None:
+        if len(lam_scales) != len(tensors):
+            raise ValueError(f"{len(lam_scales)} lam_scales for {len(tensors)} tensors")
+        if not all(math.isfinite(x) and x > 0 for x in lam_scales):
+            raise ValueError(f"lam_scales must be finite and > 0, got {list(lam_scales)!r}")
+    enc = _Encoder(tensors, importance, threads, step_grid, lam_scales)
     lam = params.lam
 
     def done(result: codec.EncodeResult, S: int | None, fallback: bool = False) -> CodedTensors:
