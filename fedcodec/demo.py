@@ -174,6 +174,7 @@ def mnist_trainer(
     """
     if not 0 <= shard < shards:
         raise ValueError(f"shard must be in 0..{shards - 1}, got {shard}")
+    _limit_blas_threads()  # tiny matrices: BLAS threads would only fight over the cores
     d = data or _data(shards, alpha, seed)
     idx = d.parts[shard]
     x, y = d.x_train[idx], d.y_train[idx]

@@ -69,6 +69,24 @@ async def wait_until(predicate: Any, timeout: float = 30.0) -> None:
         await asyncio.sleep(0.02)
 
 
+def test_the_round_logic_and_the_state_have_no_grpc_imports() -> None:
+    """Layering: only the servicer and the app speak gRPC."""
+    import ast
+    import importlib
+
+    for name in ("rounds", "store", "config", "errors", "auth", "metrics"):
+        module = importlib.import_module(f"fedcodec.server.{name}")
+        tree = ast.parse(Path(str(module.__file__)).read_text())
+        imported = {
+            alias.name
+            for node in ast.walk(tree)
+            if isinstance(node, ast.Import)
+            for alias in node.names
+        } | {node.module or "" for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)}
+        assert not {m for m in imported if m.split(".")[0] in {"grpc", "grpc_health"}}, name
+        assert not {m for m in imported if m.startswith("fedcodec.v1")}, name
+
+
 def test_a_deadline_with_too_few_updates_extends_the_round_and_keeps_them(
     tmp_path: Path,
 ) -> None:
