@@ -89,6 +89,12 @@ def test_publish_known_to_all_equals_the_constructor_argument() -> None:
     assert [r.digest for r in _publish(a, v0, 3)] == [r.digest for r in _publish(b, v0, 3)]
     with pytest.raises(ValueError, match="first published version"):
         b.publish(ModelVersion.create(9, v0.tensors), known_to_all=True)
+    # a caller that publishes version 0 itself after DownlinkEncoder(initial=v0)
+    c = DownlinkEncoder(v0.spec, params=COARSE, threads=1, initial=v0)
+    assert c.publish(v0).digest == v0.digest
+    assert c.latest_version == 0
+    with pytest.raises(ValueError, match="not newer"):
+        c.publish(ModelVersion.create(0, _initial(seed=3).tensors))
 
 
 def test_clients_joining_late_hold_the_server_stream_bit_for_bit_over_many_rounds() -> None:
@@ -406,3 +412,44 @@ def test_assume_starts_over_from_the_initial_model() -> None:
     with pytest.raises(ValueError, match="initial model"):
         rx.assume(other)
     assert model_digest(spec, dict(rx.model.tensors)) == rx.digest
+
+
+def test_power_of_two_steps_make_cumulative_deltas_cheaper_and_stay_exact() -> None:
+    v0 = _initial()
+    spec = v0.spec
+    params = RoundParams(lam=0.5, S=16, sparsification=Sparsification(topk=0.05))
+    sizes = {}
+    for snap in ("grid", "pow2"):
+        down = DownlinkEncoder(spec, params=params, keep=12, threads=1, initial=v0, step_snap=snap)
+        releases = _publish(down, v0, 10, seed=11)
+        grid = down.grid or []
+        for release in releases:
+            assert release.stats is not None
+            for stat, g in zip(release.stats.tensors, grid, strict=True):
+                ratio = stat.step / g
+                assert ratio == round(ratio) >= 1
+                if snap == "pow2":
+                    assert ratio == 2.0 ** round(np.log2(ratio))
+        rx = ModelReceiver(spec, threads=1, initial=v0)
+        package = down.package_for("c")
+        rx.apply(package)
+        assert rx.digest == down.digest_of(10)
+        sizes[snap] = len(down.cumulative_delta(0) or b"")
+    assert sizes["pow2"] < 0.8 * sizes["grid"]
+    with pytest.raises(ValueError, match="step_snap"):
+        DownlinkEncoder(spec, step_snap="pow3")  # type: ignore[arg-type]
+
+
+def test_a_budget_on_a_power_of_two_ladder_lands_under_it_or_within_tolerance() -> None:
+    v0 = _initial()
+    down = DownlinkEncoder(
+        v0.spec,
+        params=RoundParams(lam=0.5, budget_bytes=500),
+        threads=1,
+        initial=v0,
+        step_snap="pow2",
+    )
+    for release in _publish(down, v0, 6, seed=2):
+        assert release.stats is not None
+        assert release.stats.bytes <= 500 * 1.05
+        assert release.stats.bytes > 500 / 3  # one octave of step is far less than 3x bytes

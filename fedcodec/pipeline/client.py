@@ -30,7 +30,7 @@ from fedcodec.pipeline._state import load_npz_state, save_npz_state
 from fedcodec.pipeline.errors import ModelMismatchError, StateFormatError
 from fedcodec.pipeline.model import F32Array, ModelSpec, ModelVersion, Tensors
 from fedcodec.pipeline.params import RoundParams
-from fedcodec.pipeline.ratecontrol import encode_with_params, importance_lam_scales
+from fedcodec.pipeline.ratecontrol import StepSnap, encode_with_params, importance_lam_scales
 from fedcodec.pipeline.sparsify import sparsify
 from fedcodec.pipeline.stats import EncodeStats, TensorEncodeStats, snr_db
 
@@ -88,10 +88,13 @@ def encode_tensors(
     step_grid: list[float] | None = None,
     warm_start: float | None = None,
     importance_scale: ImportanceScale = "tensor",
+    step_snap: StepSnap = "grid",
 ) -> tuple[bytes, list[F32Array], EncodeStats, float | None]:
     """Sparsify and encode ``target`` as ``params`` say (shared by uplink and downlink).
 
-    ``importance_scale`` is as for :meth:`UpdateEncoder.encode`.
+    ``importance_scale`` is as for :meth:`UpdateEncoder.encode`; ``step_grid``,
+    ``warm_start`` and ``step_snap`` as for
+    :func:`~fedcodec.pipeline.ratecontrol.encode_with_params`.
 
     Returns
     -------
@@ -144,6 +147,7 @@ def encode_tensors(
         step_grid=step_grid,
         warm_start=warm_start,
         lam_scales=lam_scales,
+        step_snap=step_snap,
     )
     per_tensor: list[TensorEncodeStats] = []
     total_sig = total_err = 0.0

@@ -68,6 +68,7 @@ from fedcodec.pipeline.errors import (
 )
 from fedcodec.pipeline.model import F32Array, ModelSpec, ModelVersion, Tensors, model_digest
 from fedcodec.pipeline.params import RoundParams
+from fedcodec.pipeline.ratecontrol import StepSnap
 from fedcodec.pipeline.stats import EncodeStats
 
 __all__ = [
@@ -283,6 +284,13 @@ class DownlinkEncoder:
     cache_bytes : int, optional
         Memory budget of the coded cumulative deltas kept for reuse (least
         recently used first out).
+    step_snap : {"grid", "pow2"}, optional
+        How the steps of version deltas snap to the grid: to any integer
+        multiple (default), or to a power-of-two multiple — steps of
+        different versions then divide each other, so the accumulated
+        change has small levels at a coarse step and cumulative deltas and
+        keyframes cost less (a byte budget is then met in factors of 2 of
+        the step).
     """
 
     def __init__(
@@ -296,6 +304,7 @@ class DownlinkEncoder:
         initial: ModelVersion | None = None,
         cumulative: bool = True,
         cache_bytes: int = DEFAULT_CUMULATIVE_CACHE_BYTES,
+        step_snap: StepSnap = "grid",
     ) -> None:
         if keep < 1:
             raise ValueError(f"keep must be >= 1, got {keep}")
@@ -308,8 +317,11 @@ class DownlinkEncoder:
         self.keep = keep
         self.keyframe_bits = keyframe_bits
         self.threads = threads
+        if step_snap not in ("grid", "pow2"):
+            raise ValueError(f"step_snap must be 'grid' or 'pow2', got {step_snap!r}")
         self.cumulative = cumulative
         self.cache_bytes = cache_bytes
+        self.step_snap: StepSnap = step_snap
         self._reset()
         if initial is not None:
             self.publish(initial, known_to_all=True)
@@ -400,9 +412,19 @@ class DownlinkEncoder:
         Returns
         -------
         Release
+            Publishing the initial model of a shared-initial stream again,
+            while it is the latest version, returns its release.
         """
         if model.spec != self.spec:
             raise ModelMismatchError("published model does not match the downlink's model")
+        origin = self._origin
+        if (
+            origin is not None
+            and model.version == origin.version == self._latest
+            and model.digest == origin.digest
+        ):
+            # The initial model again (e.g. a caller that publishes version 0 itself).
+            return self._releases[origin.version]
         if self._latest is not None and model.version <= self._latest:
             raise ValueError(f"version {model.version} is not newer than {self._latest}")
         if known_to_all:
@@ -422,6 +444,7 @@ class DownlinkEncoder:
             threads=self.threads,
             step_grid=self._grid,
             warm_start=self._warm,
+            step_snap=self.step_snap,
         )
         if warm is not None:
             self._warm = warm

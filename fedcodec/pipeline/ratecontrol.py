@@ -34,6 +34,7 @@ import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
 
@@ -45,6 +46,7 @@ from fedcodec.pipeline.params import RoundParams
 __all__ = [
     "DEFAULT_MAX_PASSES",
     "CodedTensors",
+    "StepSnap",
     "encode_with_params",
     "importance_lam_scales",
     "min_container_bytes",
@@ -187,10 +189,23 @@ def min_container_bytes(shapes: Sequence[tuple[int, ...]]) -> int:
     return _floor_bytes(tuple(tuple(s) for s in shapes))
 
 
-def _snap(steps: Sequence[float], grid: Sequence[float] | None) -> list[float]:
-    """Steps rounded to integer multiples (>= 1) of a per-tensor grid."""
+#: How steps are snapped to a ``step_grid``: ``"grid"`` — the nearest integer multiple (>= 1)
+#: of the grid; ``"pow2"`` — the nearest power-of-two multiple (in log scale), so that steps
+#: of different encodes divide each other.
+StepSnap = Literal["grid", "pow2"]
+_STEP_SNAPS = ("grid", "pow2")
+
+
+def _snap(
+    steps: Sequence[float], grid: Sequence[float] | None, how: StepSnap = "grid"
+) -> list[float]:
+    """Steps rounded to multiples of a per-tensor grid (see :data:`StepSnap`)."""
     if grid is None:
         return list(steps)
+    if how == "pow2":
+        return [
+            g * 2.0 ** max(0, round(math.log2(s / g))) for s, g in zip(steps, grid, strict=True)
+        ]
     return [max(1.0, round(s / g)) * g for s, g in zip(steps, grid, strict=True)]
 
 
@@ -211,11 +226,13 @@ class _Encoder:
         threads: int,
         grid: Sequence[float] | None,
         lam_scales: Sequence[float] | None = None,
+        step_snap: StepSnap = "grid",
     ) -> None:
         self.tensors = list(tensors)
         self.importance = None if importance is None else list(importance)
         self.threads = threads
         self.grid = None if grid is None else list(grid)
+        self.step_snap = step_snap
         self.lam_scales = None if lam_scales is None else list(lam_scales)
         self.passes = 0
 
@@ -223,7 +240,7 @@ class _Encoder:
         self, lam: float, *, S: int = 0, steps: Sequence[float] | None = None
     ) -> codec.EncodeResult:
         self.passes += 1
-        snapped = None if steps is None else _snap(steps, self.grid)
+        snapped = None if steps is None else _snap(steps, self.grid, self.step_snap)
         if self.lam_scales is None:
             return codec.encode(
                 self.tensors,
@@ -298,6 +315,7 @@ class _Search:
     snap: Callable[[float], float]
     budget: int
     tolerance: float
+    unit: float = 0.0
 
     def run(self, x0: float, passes: int) -> _Outcome:
         """Search from ``x0`` with at most ``passes`` encodes.
@@ -364,7 +382,7 @@ class _Search:
             if snapped == x:
                 # An integer grid can stall: move one unit toward the budget.
                 toward = -sign * side
-                snapped = self.snap(x + toward * (abs(proposal - x) + 1e-6))
+                snapped = self.snap(x + toward * max(abs(proposal - x) + 1e-6, self.unit))
                 if snapped == x:
                     break
             x = snapped
@@ -381,6 +399,7 @@ def encode_with_params(
     warm_start: float | None = None,
     max_passes: int = DEFAULT_MAX_PASSES,
     lam_scales: Sequence[float] | None = None,
+    step_snap: StepSnap = "grid",
 ) -> CodedTensors:
     """Encode tensors with fixed parameters or to a byte budget.
 
@@ -409,6 +428,9 @@ def encode_with_params(
         Per-tensor factors > 0 on λ (tensor ``i`` is quantized at
         ``λ · lam_scales[i]``; each tensor then takes its own codec call,
         see :func:`importance_lam_scales`).
+    step_snap : {"grid", "pow2"}, optional
+        How steps snap to ``step_grid`` (see :data:`StepSnap`); with
+        ``"pow2"`` a budget search moves in factors of 2.
 
     Returns
     -------
@@ -425,7 +447,9 @@ def encode_with_params(
             raise ValueError(f"{len(lam_scales)} lam_scales for {len(tensors)} tensors")
         if not all(math.isfinite(x) and x > 0 for x in lam_scales):
             raise ValueError(f"lam_scales must be finite and > 0, got {list(lam_scales)!r}")
-    enc = _Encoder(tensors, importance, threads, step_grid, lam_scales)
+    if step_snap not in _STEP_SNAPS:
+        raise ValueError(f"step_snap must be one of {_STEP_SNAPS}, got {step_snap!r}")
+    enc = _Encoder(tensors, importance, threads, step_grid, lam_scales, step_snap)
     lam = params.lam
 
     def done(result: codec.EncodeResult, S: int | None, fallback: bool = False) -> CodedTensors:
@@ -488,15 +512,19 @@ def _search_model_rule(
         # High-rate estimate for a Laplacian source: b ≈ log2(2e·σ/√2) − log2 Δ.
         bits_per_weight = 8.0 * params.budget_bytes / max(numel, 1)
         step0 = rms * 3.84 * 2.0 ** (-min(bits_per_weight, 20.0))
+    ladder = enc.grid is not None and enc.step_snap == "pow2"
+    ln2 = math.log(2.0)
     search = _Search(
         evaluate=lambda x: enc.run(lam, steps=[math.exp(x)] * len(tensors)),
         lo=math.log(wmax / _MAX_LEVEL),
         hi=math.log(4.0 * wmax),
         increasing=False,
         slope0=-1.0,
-        snap=lambda x: x,
+        # On a power-of-two ladder the step moves in whole octaves (the grids are powers of 2).
+        snap=(lambda x: ln2 * round(x / ln2)) if ladder else (lambda x: x),
         budget=params.budget_bytes,
         tolerance=params.tolerance,
+        unit=ln2 if ladder else 0.0,
     )
     return search.run(math.log(step0), max_passes).result, None
 
