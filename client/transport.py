@@ -3,7 +3,8 @@
 :class:`Connection` makes the three calls of ``fedcodec.v1.AggregationService`` and the
 gRPC health check.  Every call carries ``authorization: Bearer <token>``; transient
 failures (UNAVAILABLE, DEADLINE_EXCEEDED, ABORTED, INTERNAL, UNKNOWN: a restarting server,
-a dropped connection) are retried with exponential backoff and jitter.  An upload is safe
+a dropped connection; and RESOURCE_EXHAUSTED from a server at its concurrent-call limit)
+are retried with exponential backoff and jitter.  An upload is safe
 to retry: it carries an idempotency key, and the server answers a resend of a stored
 update with ``UPLOAD_STATUS_ALREADY_ACCEPTED`` instead of counting it twice.
 """
@@ -38,6 +39,9 @@ log = logging.getLogger("fedcodec.client")
 
 #: Upload chunk size: well below the server's 4 MiB message limit.
 MAX_CHUNK_BYTES = 1 << 20
+#: gRPC's detail when a server is at its concurrent-call limit: the one RESOURCE_EXHAUSTED
+#: worth retrying (a too-large update or message is final).
+BUSY_MARK = "Concurrent RPC limit"
 
 _T = TypeVar("_T")
 
@@ -119,6 +123,8 @@ def _status_error(exc: grpc.RpcError, what: str) -> Exception:
     raw = details_of() if callable(details_of) else str(exc)
     detail = str(raw) if raw else ""
     message = f"{what}: {code.name}: {detail}"
+    if code == grpc.StatusCode.RESOURCE_EXHAUSTED and BUSY_MARK in detail:
+        return ServerUnavailableError(message, status=code.name, detail=detail)
     if code in _AUTH:
         return AuthenticationError(message, status=code.name, detail=detail)
     if code in _RETRYABLE:

@@ -676,7 +676,8 @@ class RoundCoordinator:
         self._check_running()
         if h.total_bytes > self.max_update_bytes:
             raise UpdateTooLargeError(
-                f"the update has {h.total_bytes} bytes, the limit is {self.max_update_bytes}"
+                f"the update has {h.total_bytes} bytes, above the size limit of "
+                f"{self.max_update_bytes}"
             )
         if h.total_bytes < 1:
             raise InvalidUpdateError("an update has at least one byte")

@@ -307,13 +307,12 @@ class AggregationServicer(pb_grpc.AggregationServiceServicer):
                 self._metrics.bytes_up.inc(len(chunk))
                 if len(chunk) > chunk_limit:
                     raise UpdateTooLargeError(
-                        f"a chunk of {len(chunk)} bytes; chunks are at most {chunk_limit}"
+                        f"a chunk of {len(chunk)} bytes, above the size limit of {chunk_limit} "
+                        "per chunk"
                     )
                 received += len(chunk)
                 if received > limit:
-                    raise UpdateTooLargeError(
-                        f"the upload exceeds the limit of {limit} bytes; refused"
-                    )
+                    raise UpdateTooLargeError(f"the upload exceeds the size limit of {limit} bytes")
                 if received > header.total_bytes:
                     raise InvalidUpdateError(
                         f"more than the declared {header.total_bytes} bytes arrived"

@@ -3,6 +3,7 @@ survives restarts, resends after lost acknowledgements, refusals, retries."""
 
 from __future__ import annotations
 
+import contextlib
 import random
 import socket
 import threading
@@ -11,6 +12,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import grpc
 import numpy as np
 import pytest
 
@@ -251,3 +253,51 @@ def test_uploads_go_as_a_header_then_chunks_of_at_most_the_chunk_size() -> None:
     assert messages[0].WhichOneof("payload") == "header"
     assert [len(m.chunk) for m in messages[1:]] == [4, 4, 2]
     assert b"".join(m.chunk for m in messages[1:]) == bytes(range(10))
+
+
+def test_a_server_at_its_call_limit_is_retried_not_taken_as_a_refusal(tmp_path: Path) -> None:
+    overrides = {"limits.max_concurrent_rpcs": 1, "rounds.target_clients": 3}
+    with make_server(tmp_path, **overrides) as srv:
+        release = threading.Event()
+
+        def hold(client: str) -> None:
+            """Take the only call slot with an upload that waits for its payload."""
+            conn = Connection(
+                f"127.0.0.1:{srv.port}", TOKENS[client], client_id=client, insecure=True
+            )
+            config = conn.check_in().config
+            time.sleep(0.3)
+            header = pb.UploadHeader(
+                round_id=config.round_id,
+                base_version=config.base_version,
+                idempotency_key="k",
+                total_bytes=10,
+                num_examples=1,
+            )
+
+            def stalled() -> Iterator[pb.UploadUpdateRequest]:
+                yield pb.UploadUpdateRequest(header=header)
+                release.wait(30)
+
+            with contextlib.suppress(grpc.RpcError):  # one of the two holders is turned away
+                conn._stub.UploadUpdate(
+                    stalled(), metadata=(("authorization", f"Bearer {TOKENS[client]}"),), timeout=30
+                )
+
+        holders = [threading.Thread(target=hold, args=(c,)) for c in ("c1", "c2")]
+        for t in holders:
+            t.start()
+        time.sleep(1.0)
+        conn = Connection(
+            f"127.0.0.1:{srv.port}",
+            TOKENS["c0"],
+            client_id="c0",
+            insecure=True,
+            retry=RetryPolicy(attempts=40, initial_backoff_s=0.1, max_backoff_s=0.2),
+        )
+        threading.Timer(1.0, release.set).start()
+        started = time.monotonic()
+        assert conn.check_in().assignment == pb.ASSIGNMENT_SELECTED
+        assert time.monotonic() - started > 0.7  # it waited for the slot instead of giving up
+        for t in holders:
+            t.join(timeout=30)
