@@ -84,7 +84,9 @@ def generate(out_root: Path) -> list[Path]:
         f"--mypy_grpc_out={out_root}",
         *protos,
     ]
-    subprocess.run(cmd, check=True, cwd=PROTO_ROOT)
+    done = subprocess.run(cmd, cwd=PROTO_ROOT, capture_output=True, text=True)
+    if done.returncode != 0:  # the plugins' chatter is shown only when something failed
+        sys.exit(f"gen_proto: protoc failed:\n{done.stdout}{done.stderr}")
     (out_dir / "__init__.py").write_text(_INIT)
     return sorted(p for p in out_dir.iterdir() if p.is_file())
 
