@@ -78,6 +78,9 @@ __all__ = [
 
 ENV_PREFIX = "FEDCODEC_"
 MIB = 1 << 20
+#: Largest update the SQLite state can hold in one row (SQLite's default blob limit is
+#: 10**9 bytes; a little is kept for the row's other fields).
+MAX_STORED_BYTES = 999_000_000
 
 
 class ConfigError(ValueError):
@@ -203,8 +206,9 @@ class LimitsConfig:
     ----------
     max_update_bytes : int
         Largest coded update accepted (0: twice the float32 model plus 1 MiB, more than
-        any sensible update).  Larger uploads fail with RESOURCE_EXHAUSTED as soon as the
-        header declares, or the stream exceeds, the limit.
+        any sensible update; at most 999,000,000, what one SQLite row holds).  Larger
+        uploads fail with RESOURCE_EXHAUSTED as soon as the header declares, or the stream
+        exceeds, the limit.
     max_chunk_bytes : int
         Largest upload chunk accepted, and the download chunk size (<= 1 MiB).
     max_message_bytes : int
@@ -233,7 +237,7 @@ class LimitsConfig:
 
     def update_limit(self, float32_bytes: int) -> int:
         """The effective ``max_update_bytes`` for a model of ``float32_bytes``."""
-        return self.max_update_bytes or 2 * float32_bytes + MIB
+        return self.max_update_bytes or min(2 * float32_bytes + MIB, MAX_STORED_BYTES)
 
 
 @dataclass(frozen=True)
@@ -550,8 +554,8 @@ def _validate(c: ServerConfig) -> None:
         problems.append("downlink.keep_versions must be in 1..1000")
     if not 2 <= c.downlink.keyframe_bits <= 20:
         problems.append("downlink.keyframe_bits must be in 2..20")
-    if lim.max_update_bytes < 0:
-        problems.append("limits.max_update_bytes must be >= 0")
+    if not 0 <= lim.max_update_bytes <= MAX_STORED_BYTES:
+        problems.append(f"limits.max_update_bytes must be in 0..{MAX_STORED_BYTES}")
     if not 1024 <= lim.max_chunk_bytes <= MIB:
         problems.append("limits.max_chunk_bytes must be in 1 KiB..1 MiB")
     if lim.max_message_bytes < lim.max_chunk_bytes + 64 * 1024:

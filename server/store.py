@@ -182,7 +182,16 @@ def _state_arrays(blob: bytes, names: list[str]) -> dict[str, np.ndarray]:
         return {name: data[f"a{i}"] for i, name in enumerate(names)}
 
 
+#: SQLite's default limit on one blob (SQLITE_MAX_LENGTH).
+_MAX_BLOB = 1_000_000_000
+
+
 def _weights_blob(spec: ModelSpec, tensors: dict[str, np.ndarray]) -> bytes:
+    if spec.float32_bytes >= _MAX_BLOB:
+        raise StoreError(
+            f"the model has {spec.float32_bytes:,} bytes of float32 weights; the SQLite state "
+            f"holds models below {_MAX_BLOB:,} bytes"
+        )
     return b"".join(np.ascontiguousarray(tensors[n], dtype="<f4").tobytes() for n in spec.names)
 
 

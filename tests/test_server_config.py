@@ -45,6 +45,7 @@ def test_json_files_work_the_same(tmp_path: Path) -> None:
         ({"env": {"FEDCODEC_ROUNDS_MIN_CLIENTS": "three"}}, "must be int"),
         ({"overrides": {"rounds.min_clients": 5, "rounds.target_clients": 2}}, "target_clients"),
         ({"overrides": {"limits.max_chunk_bytes": 4 << 20}}, "max_chunk_bytes"),
+        ({"overrides": {"limits.max_update_bytes": 2 << 30}}, "max_update_bytes"),
         ({"overrides": {"params.lam": -1}}, "lam"),
         ({"overrides": {"schedule.kind": "cosine", "schedule.name": "nope"}}, "schedule"),
     ],
