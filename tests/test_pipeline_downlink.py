@@ -39,7 +39,7 @@ def _stream(
     versions: list[ModelVersion],
     keep: int = 3,
     params: RoundParams | None = None,
-    cumulative: bool = True,
+    cumulative: bool | None = None,
 ) -> DownlinkEncoder:
     down = DownlinkEncoder(
         versions[0].spec,

@@ -201,7 +201,12 @@ def test_cumulative_deltas_in_a_keyframe_stream_and_without_a_cache() -> None:
     v0 = _initial()
     spec = v0.spec
     down = DownlinkEncoder(
-        spec, params=RoundParams(lam=0.5, step=4e-3), keep=10, threads=1, cache_bytes=0
+        spec,
+        params=RoundParams(lam=0.5, step=4e-3),
+        keep=10,
+        threads=1,
+        cumulative=True,
+        cache_bytes=0,
     )
     down.publish(v0)
     rx = ModelReceiver(spec, threads=1)
@@ -215,12 +220,10 @@ def test_cumulative_deltas_in_a_keyframe_stream_and_without_a_cache() -> None:
     again = down.package_for("b", have_version=0)
     assert again.deltas == package.deltas
     assert again.deltas[0] is not package.deltas[0]  # coded anew: nothing was cached
-    off = DownlinkEncoder(
-        spec, params=RoundParams(lam=0.5, step=4e-3), keep=10, threads=1, cumulative=False
-    )
+    off = DownlinkEncoder(spec, params=RoundParams(lam=0.5, step=4e-3), keep=10, threads=1)
     off.publish(v0)
     _publish(off, v0, 5)
-    assert len(off.package_for("a", have_version=0).deltas) == 5
+    assert len(off.package_for("a", have_version=0).deltas) == 5  # a keyframe stream: off
 
 
 def test_digest_mismatch_gets_a_keyframe_relative_to_the_initial_model() -> None:

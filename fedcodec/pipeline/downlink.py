@@ -37,7 +37,8 @@ cumulative delta ``(v, w)`` is coded once for all clients that hold ``v``.
 ``v`` (in a shared-initial stream: any client the server has not served yet
 is assumed to hold the initial version) the smallest of: the chain of
 deltas since ``v`` (while ``v`` is among the last ``keep`` versions), the
-cumulative delta ``v → latest``, and a keyframe.  A client with an unknown
+cumulative delta ``v → latest`` (by default only in a shared-initial
+stream), and a keyframe.  A client with an unknown
 version or a digest mismatch gets the keyframe.
 
 If the accumulated change grows beyond the grid's headroom, the stream
@@ -280,7 +281,9 @@ class DownlinkEncoder:
     cumulative : bool, optional
         Offer a client that lags by two or more versions one coded delta
         ``latest − held`` when that is smaller than the chain of deltas and
-        than the keyframe (default True).
+        than the keyframe.  Default (None): on in a shared-initial stream,
+        off in a keyframe stream (where packages stay as they were: chains
+        or keyframes).
     cache_bytes : int, optional
         Memory budget of the coded cumulative deltas kept for reuse (least
         recently used first out).
@@ -302,7 +305,7 @@ class DownlinkEncoder:
         keyframe_bits: int = DEFAULT_KEYFRAME_BITS,
         threads: int = 0,
         initial: ModelVersion | None = None,
-        cumulative: bool = True,
+        cumulative: bool | None = None,
         cache_bytes: int = DEFAULT_CUMULATIVE_CACHE_BYTES,
         step_snap: StepSnap = "grid",
     ) -> None:
@@ -839,7 +842,7 @@ class DownlinkEncoder:
         if chain is not None:
             best = chain
         is_cumulative = False
-        if self.cumulative:
+        if self.cumulative or (self.cumulative is None and self._origin is not None):
             data = self.cumulative_delta(have)
             if data is not None and (best is None or len(data) < sum(len(d) for d in best)):
                 best, is_cumulative = (data,), True
