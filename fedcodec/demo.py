@@ -299,6 +299,8 @@ def run_demo(cfg: DemoConfig, out: TextIO | None = None) -> list[DemoRound]:
     _limit_blas_threads()
     out_dir = Path(cfg.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    # Run outputs, not sources: keep them out of git when the demo runs in a checkout.
+    (out_dir / ".gitignore").write_text("*\n")
     for stale in ("state.sqlite", "state.sqlite-wal", "state.sqlite-shm"):
         (out_dir / stale).unlink(missing_ok=True)
     shutil.rmtree(out_dir / "clients", ignore_errors=True)
