@@ -36,7 +36,7 @@ MODEL = {
     "b": np.zeros(16, np.float32),
 }
 TOKENS = {f"c{i}": f"edge-client-token-{i}-0123456789" for i in range(4)}
-FAST = RetryPolicy(attempts=3, initial_backoff_s=0.05, max_backoff_s=0.2, call_timeout_s=30)
+FAST = RetryPolicy(attempts=40, initial_backoff_s=0.05, max_backoff_s=0.2, call_timeout_s=30)
 
 
 def make_server(tmp_path: Path, **overrides: Any) -> BackgroundServer:
@@ -263,7 +263,7 @@ def test_a_server_at_its_call_limit_is_retried_not_taken_as_a_refusal(tmp_path: 
         def hold(client: str) -> None:
             """Take the only call slot with an upload that waits for its payload."""
             conn = Connection(
-                f"127.0.0.1:{srv.port}", TOKENS[client], client_id=client, insecure=True
+                f"127.0.0.1:{srv.port}", TOKENS[client], client_id=client, insecure=True, retry=FAST
             )
             config = conn.check_in().config
             time.sleep(0.3)
