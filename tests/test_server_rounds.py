@@ -211,3 +211,34 @@ def test_the_stored_downlink_serves_and_codes_exactly_what_the_original_would(
     for model in versions[3:]:
         ra, rb = original.publish(model), restored.publish(model)
         assert (ra.delta, ra.digest) == (rb.delta, rb.digest)
+
+
+def test_each_round_gets_its_coding_parameters_from_the_schedule(tmp_path: Path) -> None:
+    async def scenario() -> list[float]:
+        coord = coordinator(
+            tmp_path,
+            **{
+                "rounds.min_clients": 1,
+                "rounds.target_clients": 1,
+                "params.lam": 0.1,
+                "schedule.kind": "step",
+                "schedule.name": "lam",
+                "schedule.gamma": 2.0,
+                "schedule.every": 1,
+            },
+        )
+        await coord.start()
+        lams = []
+        try:
+            for round_id in (1, 2, 3):
+                answer = await coord.check_in("c0")
+                assert answer.round is not None
+                assert answer.round.round_id == round_id
+                lams.append(answer.round.params.lam)
+                await coord.submit("c0", *update_for(coord, "c0", round_id))
+                await wait_until(lambda rid=round_id: coord.open_round_id == rid + 1)
+        finally:
+            await coord.stop()
+        return lams
+
+    assert asyncio.run(scenario()) == pytest.approx([0.1, 0.2, 0.4])
