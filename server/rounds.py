@@ -246,6 +246,8 @@ class _Round:
     locks: dict[str, asyncio.Lock] = field(default_factory=dict)
     # group commits of accepted updates not yet durable
     pending: set[asyncio.Future[None]] = field(default_factory=set)
+    # clients whose update is durable (a resend may be acknowledged from memory)
+    committed: set[str] = field(default_factory=set)
 
     @property
     def round_id(self) -> int:
@@ -473,7 +475,7 @@ class RoundCoordinator:
         reported: dict[str, tuple[str, int, int]] = {}
         for client_id in await self._in_db(self.store.reported, record.round_id):
             reported[client_id] = ("", -1, -1)  # resends are recognised through the database
-        return _Round(record=record, selected=selected, reported=reported)
+        return _Round(record=record, selected=selected, reported=reported, committed=set(reported))
 
     async def stop(self) -> None:
         """Stop taking work, let a running aggregation commit, close the database."""
@@ -683,6 +685,19 @@ class RoundCoordinator:
             raise InvalidUpdateError("an update has at least one byte")
         if not h.idempotency_key or len(h.idempotency_key) > 128:
             raise InvalidUpdateError("an upload needs an idempotency key of 1..128 characters")
+        rnd = self._round
+        if rnd is not None and h.round_id == rnd.round_id:
+            stored = rnd.reported.get(client_id)
+            if stored is None:
+                # A first upload to the open round: memory knows every update stored in it
+                # (rebuilt from the database at start), so no lookup is needed.
+                self._check_round(client_id, h)
+                return None
+            if _receipt_matches(stored, h):
+                if client_id not in rnd.committed:
+                    return None  # its original is still committing: submit waits for it
+                self.metrics.updates_accepted.labels("already_accepted").inc()
+                return UploadReceipt(True, rnd.round_id, h.total_bytes, len(rnd.reported))
         prior = await self._in_db(self.store.update_by_key, client_id, h.idempotency_key)
         if prior is not None:
             if (prior.size, prior.crc32) != (h.total_bytes, h.crc32):
@@ -781,6 +796,8 @@ class RoundCoordinator:
                 rnd.pending.discard(done)
                 if done.cancelled() or done.exception() is not None:
                     rnd.reported.pop(client, None)
+                else:
+                    rnd.committed.add(client)
 
             commit.add_done_callback(settle)
             try:
