@@ -270,7 +270,8 @@ def fedcodec_methods(numel: int, quick: bool = False) -> list[Method]:
     """The fedcodec settings of the sweep (the same on both links, error feedback on both).
 
     * ``λ=0.1155 S=16``: dense, high-rate RD quantization (near-lossless end);
-    * ``top-1% λ=0.5 S=16``: top-1 % sparsification, then RD quantization, one encode pass;
+    * ``top-2% / top-1% λ=0.5 S=16``: top-k sparsification, then RD quantization, one encode
+      pass;
     * ``budget 1/500``: a byte budget of the float32 size / 500 per message, met by the
       pipeline's rate control (λ = 0.5).
     """
@@ -285,6 +286,7 @@ def fedcodec_methods(numel: int, quick: bool = False) -> list[Method]:
         return [budget]
     return [
         fedcodec_method("fedcodec λ=0.1155 S=16", lam=0.1155, S=16),
+        fedcodec_method("fedcodec top-2% λ=0.5 S=16", lam=0.5, S=16, topk=0.02, down_topk=0.02),
         fedcodec_method("fedcodec top-1% λ=0.5 S=16", lam=0.5, S=16, topk=0.01, down_topk=0.01),
         budget,
     ]
