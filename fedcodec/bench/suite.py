@@ -712,7 +712,9 @@ def render_markdown(
         "clients hold); *Δacc* vs fp32 in points; *ratio* = fp32 total bytes / method total "
         "bytes (up + down); *bytes to 95 %* = cumulative bytes when the 5-round trailing mean "
         "accuracy first reaches 95 % of fp32's final accuracy; *enc/dec ms/round* = time spent "
-        "coding per round, all clients and the server together (noisy).",
+        "coding per round, all clients and the server together (noisy). Per-round bytes up "
+        "and down, accuracy and coding times of every run are in `bench/fl.json`; the codec "
+        "numbers in `bench/codec.json`.",
         "",
     ]
     for rep in fl_res["scenarios"]:
