@@ -11,14 +11,17 @@
  * accumulator: f32 and f64 alternate by tensor).  The properties, checked
  * with abort() so the fuzzer reports them like a crash:
  *   - inspect and decode agree on a rejected header;
- *   - on success: value = (float)level * step bit for bit (dithered
- *     tensors: minus fc_dither(), FC_QUANT_DITHER), the accumulator equals
+ *   - on success: every value is finite (a container whose values would
+ *     overflow float32 is corrupt), value = (float)level * step bit for bit
+ *     (dithered tensors: minus fc_dither(), FC_QUANT_DITHER; trellis
+ *     tensors: the levels are reconstruction indices), the accumulator equals
  *     its start + weight * value (for value != 0; dithered tensors: every
  *     element), every level is within FC_MAX_LEVEL, and re-encoding the
  *     levels gives a container that decodes to the same levels;
  *   - on failure: every accumulator is unchanged.
  * Memory errors are the sanitizers' job (build with ASan + UBSan).
  */
+#include <math.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -123,6 +126,7 @@ static void one(const uint8_t *data, size_t size)
                     v = v - u;
                 }
                 check(l >= -FC_MAX_LEVEL && l <= FC_MAX_LEVEL);
+                check(isfinite(tg[i].values[k]));
                 check(memcmp(&v, &tg[i].values[k], 4) == 0);
                 if (i & 1)
                     check(((float *)tg[i].acc)[k] ==

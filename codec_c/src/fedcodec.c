@@ -150,12 +150,22 @@ static enum fc_result plan_tensor(const fc_tensor *t, const fc_encode_options *o
         if (scan.abs_max / step + (d->quant == FC_QUANT_DITHER ? 1.0 : d->quant ? 4.0 : 0.0) >=
             (double)FC_MAX_LEVEL)
             return FC_ERR_LEVEL_OVERFLOW;
+        {
+            /* ... and so are levels whose reconstruction would not be a
+             * finite float32 (a huge step): the decoder refuses them. */
+            const int dq = d->quant == FC_QUANT_TRELLIS || d->quant == FC_QUANT_TRELLIS8;
+            double top = scan.abs_max / step + (dq ? 4.0 : 1.0);
+            if (dq) top = top / 2.0 + 1.0;
+            if (top > (double)fc_max_finite_level((float)step, dq ? FC_MAX_DQ_LEVEL : FC_MAX_LEVEL,
+                                                  d->quant))
+                return FC_ERR_LEVEL_OVERFLOW;
+        }
         *significant = fc_count_significant(t->values, numel, 1.0 / step);
     } else if (t->levels && numel) {
         uint64_t i;
         /* Levels whose reconstruction would overflow float32 are refused,
          * as the decoder would refuse them. */
-        int32_t lim = fc_max_finite_level((float)step, FC_MAX_LEVEL, 0);
+        int32_t lim = fc_max_finite_level((float)step, FC_MAX_LEVEL, FC_QUANT_UNIFORM);
         for (i = 0; i < numel; i++) {
             int32_t v = t->levels[i];
             if (v > lim || v < -lim) return FC_ERR_LEVEL_OVERFLOW;

@@ -85,12 +85,36 @@ typedef struct fc_slice_dec_job {
 
 void fc_slice_decode(fc_slice_dec_job *job);
 
-/* min(limit, largest level k with |k * step| (|2k * step| for dependent
- * quantization) a finite float32). */
-static inline int32_t fc_max_finite_level(float step, int32_t limit, int dq)
+/* Whether every reconstruction of a level of magnitude <= k is a finite
+ * float32 (enum fc_quantizer `quant`): |(float)q * step| with q = k, or
+ * q = 2k for trellis tensors (the largest reconstruction index of level k),
+ * plus step/2 for dithered tensors (|u| <= step/2).  float32 rounding is
+ * monotone, so checking the largest magnitude covers every smaller one. */
+static inline int fc_level_finite(int64_t k, float step, unsigned quant)
 {
-    double lim = 3.4028234663852886e38 / (double)step / (dq ? 2.0 : 1.0);
-    return lim < (double)limit ? (int32_t)lim : limit;
+    const int dq = quant == FC_QUANT_TRELLIS || quant == FC_QUANT_TRELLIS8;
+    float r = (float)(dq ? 2 * k : k) * step;
+    if (quant == FC_QUANT_DITHER) r = r + step * 0.5f;
+    return r <= 3.4028234663852886e38f;
+}
+
+/* min(limit, the largest level k for which fc_level_finite() holds), 0 when
+ * only level 0 is finite: a container whose levels would reconstruct to an
+ * infinity is corrupt, and the encoder refuses to write one.  The estimate
+ * in double is within about a hundred integers of the exact bound (float32
+ * rounding of k and of the product); the loops, run once per slice, make
+ * it exact. */
+static inline int32_t fc_max_finite_level(float step, int32_t limit, unsigned quant)
+{
+    const int dq = quant == FC_QUANT_TRELLIS || quant == FC_QUANT_TRELLIS8;
+    double lim = 3.4028234663852886e38 / (double)step;
+    int64_t k;
+    if (quant == FC_QUANT_DITHER) lim -= 0.5;
+    if (dq) lim /= 2.0;
+    k = lim < (double)limit ? (lim > 0.0 ? (int64_t)lim : 0) : (int64_t)limit;
+    while (k > 0 && !fc_level_finite(k, step, quant)) k--;
+    while (k < limit && fc_level_finite(k + 1, step, quant)) k++;
+    return (int32_t)k;
 }
 
 /* Mode choice from the share of significant elements. */

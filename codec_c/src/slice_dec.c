@@ -252,7 +252,8 @@ void fc_slice_decode(fc_slice_dec_job *job)
                                   : NULL;
     /* Largest level whose reconstruction stays a finite float32: a
      * container whose levels would decode to infinity is corrupt. */
-    const int32_t max_level = fc_max_finite_level(job->step, dq ? FC_MAX_DQ_LEVEL : FC_MAX_LEVEL, dq != NULL);
+    const int32_t max_level =
+        fc_max_finite_level(job->step, dq ? FC_MAX_DQ_LEVEL : FC_MAX_LEVEL, job->quant);
     int32_t *ring = NULL;
     dec_state *st = NULL;
     dec_out o;

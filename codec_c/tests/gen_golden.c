@@ -271,6 +271,59 @@ static void make_bad(const uint8_t *dense, size_t dsize, const uint8_t *multi, s
     bad_edit("index_order", multi, msize, L.t[3].index, 2, FC_ERR_CORRUPT);
 }
 
+/* A container of one 1-D tensor (values or levels, `quant`) encoded with
+ * step 1, its step then replaced by `step` (CRC recomputed): a CRC-valid
+ * container whose reconstruction would not be a finite float32. */
+static void bad_overflow(const char *name, const float *values, const int32_t *levels, size_t n,
+                         int quant, float step)
+{
+    uint64_t shape[1];
+    fc_tensor t;
+    fc_encode_options o;
+    cr_layout L;
+    uint8_t *c;
+    size_t size;
+    shape[0] = n;
+    t = tu_tensor(0, 1, shape);
+    t.values = values;
+    t.levels = levels;
+    t.step = 1.0;
+    fc_encode_options_init(&o);
+    o.threads = 1;
+    o.quantizer = quant;
+    o.lambda = quant == FC_QUANT_TRELLIS ? 0.1155 : 0.0;
+    o.dither_seed = 77;
+    if (tu_encode(&t, 1, &o, &c, &size, NULL) != FC_OK) die("encode failed", name);
+    if (!cr_walk(c, size, &L) || L.t[0].step == CR_NONE) die("cannot walk", name);
+    memcpy(c + L.t[0].step, &step, 4); /* little-endian hosts, as craft.h */
+    cr_reseal(c, size);
+    add_bad(name, c, size, FC_ERR_CORRUPT);
+    free(c);
+}
+
+/* Containers whose values would overflow float32 are corrupt, for every
+ * quantizer (the decoder bounds the level per slice, exactly). */
+static void make_bad_overflow(void)
+{
+    /* uniform: 78084108 * step is below FLT_MAX in real arithmetic, but
+     * float32(78084108) rounds up and the float32 product is infinite */
+    const int32_t big[4] = {78084108, -78084108, 0, 1};
+    const int32_t large[4] = {1000, -1000, 0, 1};
+    float v[16];
+    int i;
+    bad_overflow("overflow_uniform_rounding", NULL, big, 4, FC_QUANT_UNIFORM,
+                 ldexpf(0x1.b808f2p0f, 101));
+    /* uniform: a huge step times a large level */
+    bad_overflow("overflow_uniform_level", NULL, large, 4, FC_QUANT_UNIFORM, 1e36f);
+    for (i = 0; i < 16; i++) v[i] = (float)(i % 3) - 1.0f;
+    /* dithered: level +-1 at step FLT_MAX reconstructs beyond FLT_MAX
+     * once the dither is subtracted */
+    bad_overflow("overflow_dither", v, NULL, 16, FC_QUANT_DITHER, 3.4028234663852886e38f);
+    for (i = 0; i < 16; i++) v[i] = (float)(i * 37 % 19) - 9.0f;
+    /* trellis: reconstruction indices up to about 9 at step FLT_MAX / 4 */
+    bad_overflow("overflow_trellis", v, NULL, 16, FC_QUANT_TRELLIS, 3.4028234663852886e38f / 4.0f);
+}
+
 /* Small valid seeds of every mode for the fuzzer. */
 static void make_seeds(void)
 {
@@ -362,6 +415,7 @@ int main(int argc, char **argv)
     }
     if (!dense || !multi) die("missing cases", "params/multi");
     make_bad(dense, dsize, multi, msize);
+    make_bad_overflow();
     make_seeds();
     free(dense);
     free(multi);

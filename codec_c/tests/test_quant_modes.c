@@ -22,6 +22,7 @@
 
 #include "craft.h"
 #include "quant.h"
+#include "slice.h"
 
 #define ROWS 48
 #define COLS 96
@@ -535,8 +536,77 @@ static void test_options(void)
     free(c0);
 }
 
+/* fc_max_finite_level() is exact: the bound's reconstruction is finite and
+ * the next level's is not, for steps over the whole float32 range and every
+ * quantizer; the encoder refuses input whose levels would pass it. */
+static void test_finite_bound(void)
+{
+    static const unsigned quants[4] = {FC_QUANT_UNIFORM, FC_QUANT_TRELLIS, FC_QUANT_TRELLIS8,
+                                       FC_QUANT_DITHER};
+    tu_rng r = tu_seed(4242);
+    int i, q;
+    for (i = 0; i < 20000; i++) {
+        /* exponents 2^0 .. 2^127 (smaller steps hit the level limit), any mantissa */
+        uint32_t bits = ((uint32_t)(127 + tu_below(&r, 128)) << 23) | (uint32_t)tu_below(&r, 1u << 23);
+        float step;
+        memcpy(&step, &bits, 4);
+        if (i < 4) step = 3.4028234663852886e38f / (float)(1 << i);
+        for (q = 0; q < 4; q++) {
+            const int dq = quants[q] == FC_QUANT_TRELLIS || quants[q] == FC_QUANT_TRELLIS8;
+            const int32_t limit = dq ? FC_MAX_DQ_LEVEL : FC_MAX_LEVEL;
+            int32_t k = fc_max_finite_level(step, limit, quants[q]);
+            float rec, u = step * 0.5f;
+            TU_CHECKF(k >= 0 && k <= limit, "step %a quant %u: %d", (double)step, quants[q], k);
+            TU_CHECK(fc_level_finite(k, step, quants[q]));
+            TU_CHECKF(k == limit || !fc_level_finite((int64_t)k + 1, step, quants[q]),
+                      "step %a quant %u: %d is not the largest", (double)step, quants[q], k);
+            /* the reconstructions the decoder computes (worst-case dither) */
+            rec = (float)(dq ? 2 * k : k) * step;
+            TU_CHECK(isfinite(rec) && isfinite(-rec));
+            if (quants[q] == FC_QUANT_DITHER) {
+                TU_CHECK(isfinite(fc_dither_recon(k, step, -u)) && isfinite(fc_dither_recon(-k, step, u)));
+            }
+        }
+    }
+    /* the rounding case of bad_overflow_uniform_rounding.fcd */
+    TU_CHECK(fc_max_finite_level(ldexpf(0x1.b808f2p0f, 101), FC_MAX_LEVEL, FC_QUANT_UNIFORM) < 78084108);
+    /* the dither at step FLT_MAX: only level 0 is finite */
+    TU_CHECK_EQ(fc_max_finite_level(3.4028234663852886e38f, FC_MAX_LEVEL, FC_QUANT_DITHER), 0);
+    TU_CHECK_EQ(fc_max_finite_level(3.4028234663852886e38f, FC_MAX_LEVEL, FC_QUANT_UNIFORM), 1);
+    /* the encoder refuses what the decoder would refuse */
+    {
+        float v[4] = {1.0f, -1.0f, 0.0f, 0.5f}, big[2] = {3.0e38f, -3.0e38f};
+        uint64_t shape[1] = {4};
+        fc_tensor t = tu_tensor(0, 1, shape);
+        fc_encode_options o;
+        uint8_t *c;
+        size_t size;
+        fc_encode_options_init(&o);
+        o.threads = 1;
+        o.quantizer = FC_QUANT_DITHER;
+        o.dither_seed = 5;
+        t.values = v;
+        t.step = 3.4028234663852886e38;
+        TU_CHECK_RC(tu_encode(&t, 1, &o, &c, &size, NULL), FC_ERR_LEVEL_OVERFLOW);
+        o.quantizer = FC_QUANT_TRELLIS;
+        t.step = 2.0e38;
+        TU_CHECK_RC(tu_encode(&t, 1, &o, &c, &size, NULL), FC_ERR_LEVEL_OVERFLOW);
+        o.quantizer = FC_QUANT_UNIFORM;
+        shape[0] = 2;
+        t = tu_tensor(0, 1, shape);
+        t.values = big;
+        t.step = 2.0e38;
+        TU_CHECK_RC(tu_encode(&t, 1, &o, &c, &size, NULL), FC_ERR_LEVEL_OVERFLOW);
+        t.step = 1.0e37;
+        TU_CHECK_RC(tu_encode(&t, 1, &o, &c, &size, NULL), FC_OK);
+        TU_CHECK_EQ(decode_rc(c, size), FC_OK);
+        free(c);
+    }
+}
+
 int main(void)
 {
+    test_finite_bound();
     test_dither_values();
     test_dither_unbiased();
     test_dither_zero_tensor();
