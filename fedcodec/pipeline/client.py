@@ -29,12 +29,19 @@ import numpy.typing as npt
 from fedcodec.pipeline._state import load_npz_state, save_npz_state
 from fedcodec.pipeline.errors import ModelMismatchError, StateFormatError
 from fedcodec.pipeline.model import F32Array, ModelSpec, ModelVersion, Tensors
-from fedcodec.pipeline.params import RoundParams
+from fedcodec.pipeline.params import RoundParams, Sensitivity
 from fedcodec.pipeline.ratecontrol import StepSnap, encode_with_params, importance_lam_scales
 from fedcodec.pipeline.sparsify import sparsify
 from fedcodec.pipeline.stats import EncodeStats, TensorEncodeStats, snr_db
 
-__all__ = ["EncodedUpdate", "ImportanceScale", "UpdateEncoder", "encode_tensors"]
+__all__ = [
+    "EncodedUpdate",
+    "ImportanceScale",
+    "SensitivityPlan",
+    "UpdateEncoder",
+    "encode_tensors",
+    "sensitivity_plan",
+]
 
 _STATE_FORMAT = "fedcodec-update-encoder/1"
 
@@ -78,6 +85,113 @@ class EncodedUpdate:
         return len(self.data)
 
 
+@dataclass(frozen=True)
+class SensitivityPlan:
+    """What :class:`~fedcodec.pipeline.params.Sensitivity` decided for each tensor.
+
+    Attributes
+    ----------
+    kinds : tuple of str
+        ``"weight"``, ``"bias"``, ``"norm"`` or ``"stat"`` per tensor.
+    step_factors : tuple of float
+        Factor on the model step (1.0 for statistics, which use ``fixed_steps``).
+    fixed_steps : tuple of float or None
+        The step of each statistic (None for the other tensors).
+    exempt : tuple of bool
+        Tensors that sparsification leaves alone.
+    ranking : list of ndarray or None
+        Importance used to rank values for sparsification (per weight, on one
+        scale for the whole model), None per tensor for η = 1.
+    """
+
+    kinds: tuple[str, ...]
+    step_factors: tuple[float, ...]
+    fixed_steps: tuple[float | None, ...]
+    exempt: tuple[bool, ...]
+    ranking: list[F32Array | None]
+
+
+def _rms(array: np.ndarray) -> float:
+    if not array.size:
+        return 0.0
+    flat = array.astype(np.float64).ravel()
+    return math.sqrt(float(np.dot(flat, flat)) / flat.size)
+
+
+def sensitivity_plan(
+    spec: ModelSpec,
+    target: Tensors,
+    sensitivity: Sensitivity,
+    importance: list[F32Array | None] | None,
+    reference: Mapping[str, np.ndarray] | None,
+) -> SensitivityPlan:
+    """Per-tensor steps and sparsification rules (see :class:`Sensitivity`).
+
+    Parameters
+    ----------
+    spec : ModelSpec
+        The model.
+    target : dict of str to ndarray
+        What is about to be coded (the deltas, residual included).
+    sensitivity : Sensitivity
+        The policy.
+    importance : list of ndarray or None
+        Per-weight η per tensor (None where not given), or None.
+    reference : mapping of str to ndarray, optional
+        The weights the deltas apply to (the base model): the magnitude
+        fallback and the scale of statistics.
+
+    Returns
+    -------
+    SensitivityPlan
+    """
+    kinds = [sensitivity.kind(name, shape) for name, shape in spec]
+    given = [
+        float(np.mean(e, dtype=np.float64))
+        for e, k in zip(importance or [None] * len(spec), kinds, strict=True)
+        if e is not None and e.size and k != "stat"
+    ]
+    neutral = sum(given) / len(given) if given else 1.0
+    means: list[float] = []
+    for i, (name, _shape) in enumerate(spec):
+        eta = None if importance is None else importance[i]
+        if eta is not None and eta.size:
+            means.append(max(float(np.mean(eta, dtype=np.float64)), 1e-30))
+        elif sensitivity.fallback == "magnitude" and reference is not None:
+            means.append(1.0 / max(_rms(np.asarray(reference[name])) ** 2, 1e-30))
+        else:
+            means.append(neutral)
+    sizes = [math.prod(shape) for shape in spec.shapes]
+    learned = [i for i, k in enumerate(kinds) if k != "stat"]
+    numel = sum(sizes[i] for i in learned)
+    model_mean = sum(sizes[i] * means[i] for i in learned) / numel if numel else 1.0
+    factors: list[float] = []
+    fixed: list[float | None] = []
+    ranking: list[F32Array | None] = []
+    for i, (name, shape) in enumerate(spec):
+        if kinds[i] == "stat":
+            scale = _rms(np.asarray(reference[name])) if reference is not None else 0.0
+            scale = scale or _rms(target[name]) or 1.0
+            factors.append(1.0)
+            fixed.append(scale * 2.0**-sensitivity.stat_bits)
+            ranking.append(None)
+            continue
+        factor = math.sqrt(model_mean / means[i])
+        factors.append(min(1.0, max(1.0 / sensitivity.max_refine, factor)))
+        fixed.append(None)
+        eta = None if importance is None else importance[i]
+        ranking.append(
+            eta / np.float32(model_mean)
+            if eta is not None
+            else np.full(shape, means[i] / model_mean, dtype=np.float32)
+        )
+    exempt = tuple(
+        k == "stat" or (not sensitivity.sparsify_vectors and len(shape) < 2)
+        for k, shape in zip(kinds, spec.shapes, strict=True)
+    )
+    return SensitivityPlan(tuple(kinds), tuple(factors), tuple(fixed), exempt, ranking)
+
+
 def encode_tensors(
     spec: ModelSpec,
     target: Tensors,
@@ -89,12 +203,17 @@ def encode_tensors(
     warm_start: float | None = None,
     importance_scale: ImportanceScale = "tensor",
     step_snap: StepSnap = "grid",
+    reference: Mapping[str, np.ndarray] | None = None,
 ) -> tuple[bytes, list[F32Array], EncodeStats, float | None]:
     """Sparsify and encode ``target`` as ``params`` say (shared by uplink and downlink).
 
     ``importance_scale`` is as for :meth:`UpdateEncoder.encode`; ``step_grid``,
     ``warm_start`` and ``step_snap`` as for
-    :func:`~fedcodec.pipeline.ratecontrol.encode_with_params`.
+    :func:`~fedcodec.pipeline.ratecontrol.encode_with_params`.  With
+    ``params.sensitivity`` the per-tensor steps and sparsification follow
+    :func:`sensitivity_plan` (``reference``: the weights the deltas apply
+    to) and ``importance_scale`` is not used: the importance-derived steps
+    already keep the relative importance of tensors.
 
     Returns
     -------
@@ -130,15 +249,25 @@ def encode_tensors(
         raise ValueError(
             f"importance_scale must be one of {_IMPORTANCE_SCALES}, got {importance_scale!r}"
         )
+    plan = (
+        None
+        if params.sensitivity is None
+        else sensitivity_plan(spec, target, params.sensitivity, eta, reference)
+    )
     lam_scales = (
         importance_lam_scales(eta, spec.shapes)
-        if eta is not None and importance_scale == "global"
+        if eta is not None and importance_scale == "global" and plan is None
         else None
     )
     coded_input = tensors
     zeroed = 0
     if params.sparsification is not None and params.sparsification.active:
-        coded_input, zeroed = sparsify(tensors, params.sparsification, eta)
+        if plan is None:
+            coded_input, zeroed = sparsify(tensors, params.sparsification, eta)
+        else:
+            coded_input, zeroed = sparsify(
+                tensors, params.sparsification, plan.ranking, exempt=plan.exempt
+            )
     coded = encode_with_params(
         coded_input,
         params,
@@ -148,6 +277,8 @@ def encode_tensors(
         warm_start=warm_start,
         lam_scales=lam_scales,
         step_snap=step_snap,
+        step_factors=None if plan is None else plan.step_factors,
+        fixed_steps=None if plan is None else plan.fixed_steps,
     )
     per_tensor: list[TensorEncodeStats] = []
     total_sig = total_err = 0.0
@@ -188,7 +319,17 @@ def encode_tensors(
     )
     warm: float | None = None
     if params.budget_bytes is not None and params.step is None and not coded.all_zero_fallback:
-        if params.step_rule == "model":
+        if params.step_rule == "model" and plan is not None:
+            free = [i for i, f in enumerate(plan.fixed_steps) if f is None]
+            sig = sum(_rms(tensors[i]) ** 2 * tensors[i].size for i in free)
+            count = sum(tensors[i].size for i in free)
+            rms = math.sqrt(sig / count) if count and sig > 0 else 0.0
+            warm = (
+                coded.steps[free[0]] / plan.step_factors[free[0]] / rms
+                if rms > 0 and free
+                else None
+            )
+        elif params.step_rule == "model":
             rms = math.sqrt(total_sig / numel) if numel and total_sig > 0 else 0.0
             warm = coded.steps[0] / rms if rms > 0 and coded.steps else None
         else:
@@ -334,6 +475,7 @@ class UpdateEncoder:
             threads=self.threads,
             warm_start=self._warm_start,
             importance_scale=importance_scale,
+            reference=base.tensors,
         )
         if self.error_feedback:
             self._residual = {

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal, Protocol, cast, runtime_checkable
@@ -27,9 +28,12 @@ __all__ = [
     "CosineSchedule",
     "RoundParams",
     "Schedule",
+    "Sensitivity",
     "Sparsification",
     "StepRule",
     "StepSchedule",
+    "TensorKind",
+    "TopkAllocation",
     "as_schedule",
 ]
 
@@ -43,6 +47,15 @@ StepRule = Literal["model", "tensor"]
 _STEP_RULES = ("model", "tensor")
 
 _SCHEDULABLE = ("lam", "S", "step", "budget_bytes")
+
+
+#: How a top-k budget is spread over tensors: ``"model"`` — one global ranking of the
+#: (importance-weighted) squared values; ``"rd"`` — equal slope in distortion per *bit*: a
+#: value's score is divided by the estimated cost of a nonzero in its tensor (position
+#: entropy at the tensor's density plus sign and magnitude), so sparse tensors do not
+#: starve and dense ones do not hog the budget.
+TopkAllocation = Literal["model", "rd"]
+_TOPK_ALLOCATIONS = ("model", "rd")
 
 
 def _check_fraction(value: float | None, what: str) -> None:
@@ -69,15 +82,22 @@ class Sparsification:
         Structured: keep this fraction (0, 1] of the rows (slices along axis
         0: output units, conv filters) with the largest mean square, over the
         whole model; 1-d tensors count each element as a row.
+    allocation : {"model", "rd"}
+        How ``topk`` is spread over tensors (see :data:`TopkAllocation`).
     """
 
     topk: float | None = None
     threshold: float | None = None
     rows: float | None = None
+    allocation: TopkAllocation = "model"
 
     def __post_init__(self) -> None:
         _check_fraction(self.topk, "topk")
         _check_fraction(self.rows, "rows")
+        if self.allocation not in _TOPK_ALLOCATIONS:
+            raise ValueError(
+                f"allocation must be one of {_TOPK_ALLOCATIONS}, got {self.allocation!r}"
+            )
         if self.threshold is not None and not (
             math.isfinite(self.threshold) and self.threshold >= 0
         ):
@@ -92,17 +112,147 @@ class Sparsification:
             or bool(self.threshold)
         )
 
-    def to_json(self) -> dict[str, float]:
-        """The set fields as a dict."""
-        return {k: v for k, v in dataclasses.asdict(self).items() if v is not None}
+    def to_json(self) -> dict[str, float | str]:
+        """The set fields as a dict (``allocation`` only when not the default)."""
+        out: dict[str, float | str] = {
+            k: v for k, v in dataclasses.asdict(self).items() if v is not None and k != "allocation"
+        }
+        if self.allocation != "model":
+            out["allocation"] = self.allocation
+        return out
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> Sparsification:
         """Inverse of :meth:`to_json`."""
-        unknown = set(data) - {"topk", "threshold", "rows"}
+        unknown = set(data) - {"topk", "threshold", "rows", "allocation"}
         if unknown:
             raise ValueError(f"unknown sparsification keys {sorted(unknown)!r}")
-        return cls(**{k: float(v) for k, v in data.items()})
+        kwargs: dict[str, Any] = {k: float(v) for k, v in data.items() if k != "allocation"}
+        if "allocation" in data:
+            kwargs["allocation"] = str(data["allocation"])
+        return cls(**kwargs)
+
+
+#: What :meth:`Sensitivity.kind` calls a tensor.
+TensorKind = Literal["weight", "bias", "norm", "stat"]
+
+#: Default name patterns (regular expressions, searched in the tensor name) of
+#: normalization *statistics*: buffers a layer estimates from data, not trained weights.
+DEFAULT_STAT_PATTERNS = (
+    r"running_mean$",
+    r"running_var$",
+    r"running_std$",
+    r"moving_mean$",
+    r"moving_variance$",
+)
+
+#: Where a tensor's importance comes from when the client supplies none:
+#: ``"magnitude"`` — per tensor ``1 / mean(w²)`` of the base weights (a relative step:
+#: tensors with small weights, e.g. biases, get finer steps); ``"none"`` — η = 1.
+ImportanceFallback = Literal["magnitude", "none"]
+_FALLBACKS = ("magnitude", "none")
+
+
+@dataclass(frozen=True)
+class Sensitivity:
+    """Per-tensor handling of a whole model, decided by measurement.
+
+    Every tensor gets a *kind* from its name and shape: ``"stat"`` (a
+    normalization statistic such as BatchNorm's ``running_mean`` /
+    ``running_var``: a name matching ``stat_patterns``), ``"weight"`` (two or
+    more dimensions), ``"norm"`` (a 1-d ``…weight``: a normalization scale) or
+    ``"bias"`` (any other 1-d or scalar tensor).
+
+    * Statistics are not gradients: they are coded at their own fine step,
+      ``2**-stat_bits`` times the RMS of the statistic itself (the base
+      model's values), independent of the round's λ/S or budget, and they
+      are never sparsified.
+    * Every other tensor ``t`` is quantized at ``Δ_t = Δ · sqrt(M / m_t)``,
+      clipped to ``[Δ / max_refine, Δ]``, where ``Δ`` is the model step
+      (from S, ``step`` or the budget search), ``m_t`` the tensor's mean
+      importance and ``M`` the model's (element-weighted).  With the codec's
+      λ in step² per bit this is equal slope in *importance-weighted* squared
+      error per bit: bits go where the loss is sensitive.  Importance is the
+      client's per-weight η (e.g. a diagonal Fisher: squared gradients summed
+      over the local epoch) or, without one, ``fallback``.
+    * With ``sparsify_vectors=False`` (default) 1-d tensors (biases,
+      normalization weights) are never sparsified: they are small and
+      sensitive, their fine step already makes them cheap.
+
+    Attributes
+    ----------
+    stat_bits : int
+        Relative precision of statistics, 0 … 24 bits.
+    max_refine : float
+        Largest refinement ``Δ / Δ_t`` (>= 1; 1 gives every tensor the
+        model step, i.e. no importance-derived steps).
+    fallback : {"magnitude", "none"}
+        Importance when the client supplies none (see
+        :data:`ImportanceFallback`).
+    sparsify_vectors : bool
+        Whether sparsification may zero values of 1-d tensors.
+    stat_patterns : tuple of str
+        Regular expressions (``re.search`` on the name) for statistics.
+    """
+
+    stat_bits: int = 10
+    max_refine: float = 16.0
+    fallback: ImportanceFallback = "magnitude"
+    sparsify_vectors: bool = False
+    stat_patterns: tuple[str, ...] = DEFAULT_STAT_PATTERNS
+
+    def __post_init__(self) -> None:
+        if (
+            isinstance(self.stat_bits, bool)
+            or not isinstance(self.stat_bits, int)
+            or not (0 <= self.stat_bits <= 24)
+        ):
+            raise ValueError(f"stat_bits must be an int in [0, 24], got {self.stat_bits!r}")
+        if not (math.isfinite(self.max_refine) and self.max_refine >= 1.0):
+            raise ValueError(f"max_refine must be finite and >= 1, got {self.max_refine!r}")
+        if self.fallback not in _FALLBACKS:
+            raise ValueError(f"fallback must be one of {_FALLBACKS}, got {self.fallback!r}")
+        object.__setattr__(self, "stat_patterns", tuple(str(p) for p in self.stat_patterns))
+        for pattern in self.stat_patterns:
+            try:
+                re.compile(pattern)
+            except re.error as exc:
+                raise ValueError(f"bad stat pattern {pattern!r}: {exc}") from exc
+
+    def kind(self, name: str, shape: tuple[int, ...]) -> TensorKind:
+        """The kind of tensor ``name`` with ``shape`` (see the class docs)."""
+        if any(re.search(p, name) for p in self.stat_patterns):
+            return "stat"
+        if len(shape) >= 2:
+            return "weight"
+        if name.endswith("weight"):
+            return "norm"
+        return "bias"
+
+    def to_json(self) -> dict[str, Any]:
+        """A JSON-able dict."""
+        out: dict[str, Any] = {
+            "stat_bits": self.stat_bits,
+            "max_refine": self.max_refine,
+            "fallback": self.fallback,
+            "sparsify_vectors": self.sparsify_vectors,
+        }
+        if self.stat_patterns != DEFAULT_STAT_PATTERNS:
+            out["stat_patterns"] = list(self.stat_patterns)
+        return out
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> Sensitivity:
+        """Inverse of :meth:`to_json`."""
+        unknown = set(data) - {f.name for f in dataclasses.fields(cls)}
+        if unknown:
+            raise ValueError(f"unknown sensitivity keys {sorted(unknown)!r}")
+        kwargs = dict(data)
+        if "stat_patterns" in kwargs:
+            kwargs["stat_patterns"] = tuple(kwargs["stat_patterns"])
+        if "max_refine" in kwargs:
+            kwargs["max_refine"] = float(kwargs["max_refine"])
+        return cls(**kwargs)
 
 
 @dataclass(frozen=True)
@@ -128,6 +278,10 @@ class RoundParams:
         rule.
     sparsification : Sparsification, optional
         Applied before quantization.
+    sensitivity : Sensitivity, optional
+        Per-tensor handling by kind and measured importance (statistics at
+        their own fine step, importance-derived per-tensor steps); None codes
+        every tensor alike.
     per_client : mapping of str to mapping
         Field overrides per client id, e.g. ``{"phone-7": {"budget_bytes":
         2000}}``; see :meth:`for_client`.
@@ -140,6 +294,7 @@ class RoundParams:
     tolerance: float = 0.05
     step_rule: StepRule = "model"
     sparsification: Sparsification | None = None
+    sensitivity: Sensitivity | None = None
     per_client: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -173,6 +328,8 @@ class RoundParams:
         overrides = dict(self.per_client.get(client_id, {}))
         if "sparsification" in overrides and isinstance(overrides["sparsification"], Mapping):
             overrides["sparsification"] = Sparsification.from_json(overrides["sparsification"])
+        if "sensitivity" in overrides and isinstance(overrides["sensitivity"], Mapping):
+            overrides["sensitivity"] = Sensitivity.from_json(overrides["sensitivity"])
         return dataclasses.replace(self, per_client={}, **overrides)
 
     def to_json(self) -> dict[str, Any]:
@@ -189,10 +346,12 @@ class RoundParams:
             out["budget_bytes"] = self.budget_bytes
         if self.sparsification is not None:
             out["sparsification"] = self.sparsification.to_json()
+        if self.sensitivity is not None:
+            out["sensitivity"] = self.sensitivity.to_json()
         if self.per_client:
             out["per_client"] = {
                 cid: {
-                    k: (v.to_json() if isinstance(v, Sparsification) else v)
+                    k: (v.to_json() if isinstance(v, Sparsification | Sensitivity) else v)
                     for k, v in overrides.items()
                 }
                 for cid, overrides in self.per_client.items()
@@ -208,6 +367,8 @@ class RoundParams:
         kwargs = dict(data)
         if "sparsification" in kwargs and kwargs["sparsification"] is not None:
             kwargs["sparsification"] = Sparsification.from_json(kwargs["sparsification"])
+        if "sensitivity" in kwargs and kwargs["sensitivity"] is not None:
+            kwargs["sensitivity"] = Sensitivity.from_json(kwargs["sensitivity"])
         if "per_client" in kwargs:
             kwargs["per_client"] = {str(k): dict(v) for k, v in kwargs["per_client"].items()}
         return cls(**kwargs)

@@ -227,8 +227,12 @@ class _Encoder:
         grid: Sequence[float] | None,
         lam_scales: Sequence[float] | None = None,
         step_snap: StepSnap = "grid",
+        step_factors: Sequence[float] | None = None,
+        fixed_steps: Sequence[float | None] | None = None,
     ) -> None:
         self.tensors = list(tensors)
+        self.step_factors = None if step_factors is None else list(step_factors)
+        self.fixed_steps = None if fixed_steps is None else list(fixed_steps)
         self.importance = None if importance is None else list(importance)
         self.threads = threads
         self.grid = None if grid is None else list(grid)
@@ -240,6 +244,8 @@ class _Encoder:
         self, lam: float, *, S: int = 0, steps: Sequence[float] | None = None
     ) -> codec.EncodeResult:
         self.passes += 1
+        if self.step_factors is not None or self.fixed_steps is not None:
+            steps = self._planned(tensor_rule_steps(self.tensors, S) if steps is None else steps)
         snapped = None if steps is None else _snap(steps, self.grid, self.step_snap)
         if self.lam_scales is None:
             return codec.encode(
@@ -280,6 +286,15 @@ class _Encoder:
         ]
         recon = [p.recon[0] for p in parts if p.recon is not None]
         return codec.EncodeResult(joined.data, stats, recon)
+
+    def _planned(self, steps: Sequence[float]) -> list[float]:
+        """``steps`` with the per-tensor factors and fixed steps applied."""
+        out = list(steps)
+        if self.step_factors is not None:
+            out = [s * f for s, f in zip(out, self.step_factors, strict=True)]
+        if self.fixed_steps is not None:
+            out = [s if f is None else f for s, f in zip(out, self.fixed_steps, strict=True)]
+        return out
 
     def all_zero(self, lam: float) -> codec.EncodeResult:
         wmax = _max_abs(self.tensors)
@@ -400,6 +415,8 @@ def encode_with_params(
     max_passes: int = DEFAULT_MAX_PASSES,
     lam_scales: Sequence[float] | None = None,
     step_snap: StepSnap = "grid",
+    step_factors: Sequence[float] | None = None,
+    fixed_steps: Sequence[float | None] | None = None,
 ) -> CodedTensors:
     """Encode tensors with fixed parameters or to a byte budget.
 
@@ -431,6 +448,15 @@ def encode_with_params(
     step_snap : {"grid", "pow2"}, optional
         How steps snap to ``step_grid`` (see :data:`StepSnap`); with
         ``"pow2"`` a budget search moves in factors of 2.
+    step_factors : sequence of float, optional
+        Per-tensor factors > 0 on the step: tensor ``i`` is quantized at
+        ``Δ · step_factors[i]`` where ``Δ`` is the step the rule, ``step``
+        or the budget search picks (see
+        :class:`~fedcodec.pipeline.params.Sensitivity`).
+    fixed_steps : sequence of float or None, optional
+        Per tensor: a step > 0 that no rule or search changes (None: the
+        tensor follows the round's step).  Fixed tensors are left out of the
+        model step rule's statistics.
 
     Returns
     -------
@@ -449,8 +475,28 @@ def encode_with_params(
             raise ValueError(f"lam_scales must be finite and > 0, got {list(lam_scales)!r}")
     if step_snap not in _STEP_SNAPS:
         raise ValueError(f"step_snap must be one of {_STEP_SNAPS}, got {step_snap!r}")
-    enc = _Encoder(tensors, importance, threads, step_grid, lam_scales, step_snap)
+    if step_factors is not None and (
+        len(step_factors) != len(tensors)
+        or not all(math.isfinite(x) and x > 0 for x in step_factors)
+    ):
+        raise ValueError(f"need one finite step factor > 0 per tensor, got {step_factors!r}")
+    if fixed_steps is not None and (
+        len(fixed_steps) != len(tensors)
+        or not all(x is None or (math.isfinite(x) and x > 0) for x in fixed_steps)
+    ):
+        raise ValueError(
+            f"need one finite fixed step > 0 (or None) per tensor, got {fixed_steps!r}"
+        )
+    enc = _Encoder(
+        tensors, importance, threads, step_grid, lam_scales, step_snap, step_factors, fixed_steps
+    )
     lam = params.lam
+    # The tensors that follow the round's step (fixed ones do not shape it).
+    free = (
+        list(tensors)
+        if fixed_steps is None
+        else [t for t, f in zip(tensors, fixed_steps, strict=True) if f is None]
+    )
 
     def done(result: codec.EncodeResult, S: int | None, fallback: bool = False) -> CodedTensors:
         return CodedTensors(result, lam, S, enc.passes, fallback, time.perf_counter() - start)
@@ -460,7 +506,7 @@ def encode_with_params(
     if params.budget_bytes is None:
         if params.step_rule == "model":
             return done(
-                enc.run(lam, steps=[model_rule_step(tensors, params.S)] * len(tensors)), params.S
+                enc.run(lam, steps=[model_rule_step(free, params.S)] * len(tensors)), params.S
             )
         if step_grid is not None:
             return done(enc.run(lam, steps=tensor_rule_steps(tensors, params.S)), params.S)
@@ -475,11 +521,11 @@ def encode_with_params(
             budget_bytes=budget,
             min_bytes=floor,
         )
-    wmax = _max_abs(tensors)
+    wmax = _max_abs(free)
     if wmax == 0.0:
         return done(enc.all_zero(lam), None)
     if params.step_rule == "model":
-        result, S_used = _search_model_rule(enc, tensors, params, lam, warm_start, max_passes)
+        result, S_used = _search_model_rule(enc, free, params, lam, warm_start, max_passes)
     else:
         result, S_used, lam = _search_tensor_rule(enc, tensors, params, warm_start, max_passes)
     if result is None:
@@ -515,8 +561,9 @@ def _search_model_rule(
     ladder = enc.grid is not None and enc.step_snap == "pow2"
     ln2 = math.log(2.0)
     search = _Search(
-        evaluate=lambda x: enc.run(lam, steps=[math.exp(x)] * len(tensors)),
-        lo=math.log(wmax / _MAX_LEVEL),
+        evaluate=lambda x: enc.run(lam, steps=[math.exp(x)] * len(enc.tensors)),
+        # Refined tensors (step factors < 1) must keep their levels in range too.
+        lo=math.log(wmax / _MAX_LEVEL / min(enc.step_factors or [1.0])),
         hi=math.log(4.0 * wmax),
         increasing=False,
         slope0=-1.0,

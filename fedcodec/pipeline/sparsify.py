@@ -1,8 +1,11 @@
 """Sparsification before quantization: top-k, magnitude threshold, whole rows.
 
 All three rank over the whole model (not per tensor), so a fraction is a
-fraction of the model's weights or rows.  The values they zero stay in the
-error-feedback residual.
+fraction of the model's weights or rows.  Top-k ranks either by the
+(importance-weighted) squared value alone (``allocation="model"``) or by that
+value per estimated bit of its tensor (``allocation="rd"``: equal slope, see
+:func:`_rd_topk`).  Tensors marked ``exempt`` are never zeroed and do not count
+toward the fraction.  The values they zero stay in the error-feedback residual.
 """
 
 from __future__ import annotations
@@ -37,10 +40,60 @@ def _keep_largest(scores: np.ndarray, count: int) -> np.ndarray:
     return mask
 
 
+def _binary_entropy(p: np.ndarray) -> np.ndarray:
+    q = np.clip(p, 1e-12, 1.0 - 1e-12)
+    return np.asarray(-(q * np.log2(q) + (1.0 - q) * np.log2(1.0 - q)))
+
+
+#: Bits a nonzero costs besides its position (sign and a small magnitude), for
+#: :func:`_rd_topk`'s cost model.
+_NONZERO_BITS = 3.0
+
+
+def _rd_topk(scores: list[np.ndarray], count: int, iterations: int = 4) -> list[np.ndarray]:
+    """Keep ``count`` values at equal slope in distortion per estimated bit.
+
+    A value kept in tensor ``t`` costs about ``b_t = h(d_t)/d_t + c`` bits,
+    where ``d_t`` is the tensor's density after sparsification (its position
+    entropy spread over its nonzeros) and ``c`` covers sign and magnitude.
+    Zeroing it costs its score (``η·w²``) in distortion, so values are ranked
+    by ``score / b_t``; the densities and the ranking are refined together a
+    few times (starting from the global ranking).
+    """
+    sizes = np.array([s.size for s in scores], dtype=np.float64)
+    flat = np.concatenate([s.ravel() for s in scores]) if scores else np.zeros(0)
+    keep = _keep_largest(flat, count)
+    for _ in range(iterations):
+        kept = np.array(
+            [
+                int(np.count_nonzero(part))
+                for part in np.split(keep, np.cumsum(sizes)[:-1].astype(int))
+            ]
+        )
+        density = np.where(sizes > 0, np.maximum(kept, 1) / np.maximum(sizes, 1), 1.0)
+        bits = _binary_entropy(density) / density + _NONZERO_BITS
+        ranked = (
+            np.concatenate([s.ravel() / b for s, b in zip(scores, bits, strict=True)])
+            if scores
+            else np.zeros(0)
+        )
+        new_keep = _keep_largest(ranked, count)
+        if np.array_equal(new_keep, keep):
+            break
+        keep = new_keep
+    out: list[np.ndarray] = []
+    start = 0
+    for s in scores:
+        out.append(keep[start : start + s.size].reshape(s.shape))
+        start += s.size
+    return out
+
+
 def sparsify(
     tensors: Sequence[F32Array],
     how: Sparsification,
     importance: Sequence[F32Array | None] | None = None,
+    exempt: Sequence[bool] | None = None,
 ) -> tuple[list[F32Array], int]:
     """Zero weights as ``how`` says.
 
@@ -54,6 +107,9 @@ def sparsify(
     importance : sequence of ndarray or None, optional
         Per-weight importance η >= 0; top-k then ranks by ``η·w²``, rows by
         the mean of ``η·w²``.
+    exempt : sequence of bool, optional
+        Per tensor: True leaves it untouched (it is not counted in the
+        fractions either).
 
     Returns
     -------
@@ -66,7 +122,9 @@ def sparsify(
         None if importance is None or importance[i] is None else importance[i]
         for i in range(len(tensors))
     ]
+    free = [not (exempt is not None and exempt[i]) for i in range(len(tensors))]
     masks: list[np.ndarray] = [np.ones(t.shape, dtype=bool) for t in tensors]
+    active = [i for i in range(len(tensors)) if free[i]]
 
     def scores(i: int) -> np.ndarray:
         sq = np.square(tensors[i], dtype=np.float64)
@@ -75,35 +133,38 @@ def sparsify(
 
     if how.rows is not None and how.rows < 1.0:
         row_scores = [
-            _rows(scores(i)).mean(axis=1) if tensors[i].size else np.zeros(0)
-            for i in range(len(tensors))
+            _rows(scores(i)).mean(axis=1) if tensors[i].size else np.zeros(0) for i in active
         ]
         flat = np.concatenate(row_scores) if row_scores else np.zeros(0)
         keep = _keep_largest(flat, math.ceil(how.rows * flat.size))
         start = 0
-        for i, rs in enumerate(row_scores):
+        for i, rs in zip(active, row_scores, strict=True):
             kept_rows = keep[start : start + rs.size]
             start += rs.size
             masks[i] &= np.broadcast_to(kept_rows[:, None], _rows(tensors[i]).shape).reshape(
                 tensors[i].shape
             )
     if how.topk is not None and how.topk < 1.0:
-        flat_scores = (
-            np.concatenate(
-                [np.where(masks[i], scores(i), -1.0).ravel() for i in range(len(tensors))]
+        total = sum(tensors[i].size for i in active)
+        count = math.ceil(how.topk * total)
+        masked = [np.where(masks[i], scores(i), -1.0) for i in active]
+        if how.allocation == "rd":
+            kept = _rd_topk(
+                [np.maximum(m, 0.0) * masks[i] for m, i in zip(masked, active, strict=True)], count
             )
-            if tensors
-            else np.zeros(0)
-        )
-        total = sum(t.size for t in tensors)
-        keep = _keep_largest(flat_scores, math.ceil(how.topk * total))
-        start = 0
-        for i, t in enumerate(tensors):
-            masks[i] &= keep[start : start + t.size].reshape(t.shape)
-            start += t.size
+            for i, k in zip(active, kept, strict=True):
+                masks[i] &= k
+        else:
+            flat_scores = np.concatenate([m.ravel() for m in masked]) if masked else np.zeros(0)
+            keep = _keep_largest(flat_scores, count)
+            start = 0
+            for i in active:
+                size = tensors[i].size
+                masks[i] &= keep[start : start + size].reshape(tensors[i].shape)
+                start += size
     if how.threshold:
-        for i, t in enumerate(tensors):
-            masks[i] &= np.abs(t) >= how.threshold
+        for i in active:
+            masks[i] &= np.abs(tensors[i]) >= how.threshold
     out: list[F32Array] = []
     zeroed = 0
     for t, mask in zip(tensors, masks, strict=True):
