@@ -125,7 +125,9 @@ def test_magnitude_fallback_gives_small_weights_finer_steps() -> None:
     """Without importance, biases (small weights) get finer steps than large weights."""
     rng = np.random.default_rng(3)
     base = ModelVersion.create(0, _cnn_like(rng))
-    plan = sensitivity_plan(base.spec, _deltas(rng, base.tensors), Sensitivity(), None, base.tensors)
+    plan = sensitivity_plan(
+        base.spec, _deltas(rng, base.tensors), Sensitivity(), None, base.tensors
+    )
     factors = dict(zip(base.spec.names, plan.step_factors, strict=True))
     assert factors["conv.bias"] < factors["fc.weight"]
     assert factors["fc.bias"] < 1.0
