@@ -33,6 +33,16 @@ typo does not silently leave a default in place.  An example file::
     [params]                  # how clients code their updates (fedcodec.pipeline.RoundParams)
     budget_bytes = 20000
 
+    [robust]                  # fedcodec.pipeline.RobustPolicy (defaults shown)
+    max_num_examples = 1000000000   # larger counts are refused (INVALID_ARGUMENT)
+    max_share = 0.25                # no client holds more of a round (1: plain FedAvg)
+    norm_bound = 0.0                # absolute L2 bound of a decoded update (0: none)
+    norm_bound_rel = 10.0           # x the round's median norm (0: none)
+    norm_action = "clip"            # or "reject"
+    max_abs_value = 1e6             # larger decoded values are refused
+    aggregator = "mean"             # or "trimmed_mean", "median" (memory k x model)
+    trim_fraction = 0.1
+
     [schedule]                # optional: vary one parameter over rounds
     kind = "cosine"
     name = "budget_bytes"
@@ -56,6 +66,7 @@ from typing import Any
 from fedcodec.pipeline import (
     ConstantSchedule,
     CosineSchedule,
+    RobustPolicy,
     RoundParams,
     Schedule,
     Sparsification,
@@ -278,6 +289,7 @@ class ServerConfig:
     schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
     downlink: DownlinkConfig = field(default_factory=DownlinkConfig)
     limits: LimitsConfig = field(default_factory=LimitsConfig)
+    robust: RobustPolicy = field(default_factory=RobustPolicy)
 
     def __post_init__(self) -> None:
         _validate(self)
@@ -335,6 +347,7 @@ KEYS: dict[str, type] = {
     **_section_keys("downlink.", DownlinkConfig),
     **{f"downlink.params.{k}": t for k, t in _PARAM_KEYS.items()},
     **_section_keys("limits.", LimitsConfig),
+    **_section_keys("robust.", RobustPolicy),
 }
 _ENV_NAMES = {ENV_PREFIX + key.upper().replace(".", "_"): key for key in KEYS}
 
@@ -507,6 +520,7 @@ def load_config(
                 params=_params(values, "downlink.params.", RoundParams()),
             ),
             limits=_section(LimitsConfig, values, "limits."),
+            robust=_section(RobustPolicy, values, "robust."),
         )
     except (TypeError, ValueError) as exc:
         if isinstance(exc, ConfigError):
@@ -516,7 +530,7 @@ def load_config(
 
 _SECTION_ENV_PREFIXES = tuple(
     f"{ENV_PREFIX}{section.upper()}_"
-    for section in ("security", "rounds", "params", "schedule", "downlink", "limits")
+    for section in ("security", "rounds", "params", "schedule", "downlink", "limits", "robust")
 )
 
 

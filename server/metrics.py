@@ -20,6 +20,10 @@ metric                                 meaning
 ``fedcodec_decode_seconds``            validation (decode) time of one upload
 ``fedcodec_finalize_seconds``          time to aggregate a round and code the new version
 ``fedcodec_keyframes_total``           downloads served as keyframes
+``fedcodec_robust_actions_total``      robust-aggregation actions by ``action``: refused
+                                       at intake (``refused_examples``, ``refused_values``,
+                                       ``refused_norm``), and at aggregation ``clipped``,
+                                       ``rejected_norm``, ``share_capped``
 =====================================  =====================================================
 """
 
@@ -82,6 +86,12 @@ class Metrics:
             registry=r,
         )
         self.keyframes = Counter("fedcodec_keyframes", "Downloads served as keyframes", registry=r)
+        self.robust_actions = Counter(
+            "fedcodec_robust_actions",
+            "Robust-aggregation refusals, clips and share caps",
+            ["action"],
+            registry=r,
+        )
         self._http: tuple[WSGIServer, threading.Thread] | None = None
 
     def serve(self, address: str) -> int:

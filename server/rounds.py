@@ -58,6 +58,7 @@ from fedcodec.pipeline import (
     StaleBaseVersionError,
     UnknownBaseVersionError,
 )
+from fedcodec.pipeline.robust import RobustRejectionError
 from fedcodec.server.config import ServerConfig
 from fedcodec.server.errors import (
     BaseVersionError,
@@ -657,8 +658,11 @@ class RoundCoordinator:
                 f"{rnd.record.base_version}; version {h.base_version} is "
                 + ("stale" if issued else "unknown")
             )
-        if h.num_examples < 1:
-            raise InvalidUpdateError(f"num_examples must be >= 1, got {h.num_examples}")
+        if not 1 <= h.num_examples <= self.config.robust.max_num_examples:
+            raise InvalidUpdateError(
+                f"num_examples must be in 1..{self.config.robust.max_num_examples}, "
+                f"got {h.num_examples}"
+            )
         return rnd
 
     async def precheck(self, client_id: str, h: UploadHeader) -> UploadReceipt | None:
@@ -732,6 +736,8 @@ class RoundCoordinator:
             round_number=round_id,
             base_digests=self._base_digests,
             threads=self.config.limits.codec_threads,
+            policy=self.config.robust,
+            keep_payloads=False,
         )
         return aggregator.accept(
             payload,
@@ -765,6 +771,19 @@ class RoundCoordinator:
                     )
                 except (UnknownBaseVersionError, StaleBaseVersionError) as exc:
                     raise BaseVersionError(str(exc)) from exc
+                except RobustRejectionError as exc:
+                    self.metrics.robust_actions.labels(exc.action).inc()
+                    log.warning(
+                        "update refused by the robust-aggregation policy",
+                        extra={
+                            "event": "update_refused_robust",
+                            "round_id": rnd.round_id,
+                            "client_id": client_id,
+                            "action": exc.action,
+                            "reason": str(exc),
+                        },
+                    )
+                    raise InvalidUpdateError(f"update of {client_id!r} refused: {exc}") from exc
                 except BaseDigestMismatchError as exc:
                     raise BaseVersionError(
                         f"base digest {h.base_digest[:16]}… is not a digest of version "
@@ -983,7 +1002,11 @@ class RoundCoordinator:
             base_digests=self._base_digests,
             server_lr=self.config.rounds.server_lr,
             threads=self.config.limits.codec_threads,
+            policy=self.config.robust,
+            keep_payloads=False,
         )
+        # Pass 1 screens every stored update (norms for the round-level rules); pass 2
+        # (in finalize) reads them again and combines them: memory stays O(model).
         for record, payload in store.iter_updates(rnd.round_id):
             try:
                 aggregator.accept(
@@ -1003,7 +1026,13 @@ class RoundCoordinator:
                         "client_id": record.client_id,
                     },
                 )
-        model = aggregator.finalize(base.version + 1)
+        model = aggregator.finalize(
+            base.version + 1,
+            payloads=(
+                (record.client_id, payload) for record, payload in store.iter_updates(rnd.round_id)
+            ),
+        )
+        self._report_plan(rnd.round_id, aggregator)
         stats = aggregator.round_stats(bytes_down=rnd.bytes_down)
         now = self._clock()
         next_record = (
@@ -1032,6 +1061,49 @@ class RoundCoordinator:
                 downlink.load_state(*before)
                 raise
         return model, stats, next_record
+
+    def _report_plan(self, round_id: int, aggregator: Aggregator) -> None:
+        """Count and log what the robust-aggregation rules did in a round."""
+        plan = aggregator.plan
+        if plan is None:
+            return
+        actions = self.metrics.robust_actions
+        for client_id, reason in sorted(plan.rejected.items()):
+            actions.labels("rejected_norm").inc()
+            log.warning(
+                "update left out of the aggregate",
+                extra={
+                    "event": "update_rejected_robust",
+                    "round_id": round_id,
+                    "client_id": client_id,
+                    "reason": reason,
+                },
+            )
+        for client_id in plan.clipped:
+            actions.labels("clipped").inc()
+            log.warning(
+                "update clipped to the norm bound",
+                extra={
+                    "event": "update_clipped",
+                    "round_id": round_id,
+                    "client_id": client_id,
+                    "scale": plan.scales[client_id],
+                    "bound": plan.bound,
+                    "median_norm": plan.median_norm,
+                },
+            )
+        for client_id in plan.capped:
+            actions.labels("share_capped").inc()
+            log.warning(
+                "update's weight capped",
+                extra={
+                    "event": "update_share_capped",
+                    "round_id": round_id,
+                    "client_id": client_id,
+                    "share": plan.shares[client_id],
+                    "max_share": aggregator.policy.max_share,
+                },
+            )
 
     async def close_round_now(self, reason: str = "operator") -> bool:
         """Aggregate the open round now if it has ``min_clients`` updates (admin, tests).

@@ -46,7 +46,7 @@ from flwr.serverapp.strategy import (
 from fedcodec.flower import CompressionStrategy, fedcodec_mod
 from fedcodec.flower import constants as c
 from fedcodec.flower._records import array_parts
-from fedcodec.pipeline import RoundParams, StepSchedule
+from fedcodec.pipeline import RobustPolicy, RoundParams, StepSchedule
 
 SHAPES = {"w": (24, 50), "b": (24,)}
 PARAMS = RoundParams(lam=0.5, S=0)
@@ -222,8 +222,10 @@ def test_per_client_overrides_reach_only_their_node() -> None:
 
 def test_aggregate_train_hands_the_inner_strategy_global_plus_decoded_updates() -> None:
     """FedAvg aggregates plain arrays: the result is the weighted mean of global + decoded."""
-    # Prepare
-    strategy = CompressionStrategy(FedAvg(), schedule=PARAMS, compress_downlink=False)
+    # Prepare (plain FedAvg weights: the default policy caps shares at 1/4, uniform for 3)
+    strategy = CompressionStrategy(
+        FedAvg(), schedule=PARAMS, compress_downlink=False, robust=RobustPolicy.fedavg()
+    )
     grid = _LoopGrid(_client_app(), 3)
     initial = _initial()
     messages = list(strategy.configure_train(1, initial, ConfigRecord(), grid))
@@ -572,3 +574,60 @@ def test_documentation_examples_run() -> None:
         failed, attempted = doctest.testmod(module, raise_on_error=False)
         assert attempted > 0
         assert failed == 0
+
+
+def _hostile_app(hostile: int, examples: int, scale: float) -> ClientApp:
+    """Honest nodes add a small change; node ``hostile`` a huge one and claims ``examples``."""
+    app = ClientApp(mods=[fedcodec_mod])
+
+    @app.train()
+    def train(msg: Message, context: Context) -> Message:
+        record = msg.content["arrays"]
+        assert isinstance(record, ArrayRecord)
+        rng = np.random.default_rng(context.node_id)
+        bad = context.node_id == hostile
+        local = {
+            k: a.numpy()
+            + (rng.laplace(size=a.shape) * 2e-3 * (scale if bad else 1.0)).astype(np.float32)
+            for k, a in record.items()
+        }
+        n = examples if bad else 10
+        content = RecordDict(
+            {
+                "arrays": ArrayRecord({k: Array(v) for k, v in local.items()}),
+                "metrics": MetricRecord({"num-examples": n}),
+            }
+        )
+        return Message(content, reply_to=msg)
+
+    return app
+
+
+def test_robust_policy_bounds_a_hostile_node() -> None:
+    """One node with a 300x change and 10**9 examples cannot take over the FedAvg round."""
+    initial = _initial()
+    results = {}
+    for name, policy in (("plain", RobustPolicy.fedavg()), ("robust", RobustPolicy())):
+        strategy = CompressionStrategy(
+            FedAvg(), schedule=RoundParams(lam=0.0, S=64), compress_downlink=False, robust=policy
+        )
+        grid = _LoopGrid(_hostile_app(hostile=6, examples=10**9, scale=300.0), 8)
+        messages = list(strategy.configure_train(1, initial, ConfigRecord(), grid))
+        arrays, metrics = strategy.aggregate_train(1, list(grid.send_and_receive(messages)))
+        assert arrays is not None
+        assert metrics is not None
+        change = _numpy(arrays)["w"] - initial["w"].numpy()
+        results[name] = float(np.sqrt(np.mean(change.astype(np.float64) ** 2)))
+    # Plain FedAvg: the hostile node's change is the round's (RMS ~ 300 x 2e-3 x sqrt(2)).
+    assert results["plain"] > 0.5
+    # Robust: a quarter of the round at most, clipped to 10x the median norm.
+    assert results["robust"] < 0.05
+    # 2**62 examples are refused outright.
+    strategy = CompressionStrategy(FedAvg(), schedule=PARAMS, compress_downlink=False)
+    grid = _LoopGrid(_hostile_app(hostile=2, examples=2**62, scale=1.0), 4)
+    messages = list(strategy.configure_train(1, initial, ConfigRecord(), grid))
+    _, metrics = strategy.aggregate_train(1, list(grid.send_and_receive(messages)))
+    assert metrics is not None
+    assert metrics[c.METRIC_REJECTED] == 1
+    with pytest.raises(ValueError, match="FedTrimmedAvg"):
+        CompressionStrategy(FedAvg(), robust=RobustPolicy(aggregator="median"))

@@ -15,6 +15,7 @@ from fedcodec.pipeline import (
     ModelHistory,
     ModelMismatchError,
     ModelVersion,
+    RobustPolicy,
     RoundClosedError,
     RoundParams,
     StaleBaseVersionError,
@@ -51,7 +52,8 @@ def _updates(base: ModelVersion, count: int, seed: int = 1) -> list[EncodedUpdat
 def test_aggregation_equals_dense_numpy_fedavg() -> None:
     base = _global()
     updates = _updates(base, 6)
-    agg = Aggregator(base, round_number=0, threads=1)
+    # Plain FedAvg (the default policy caps a client's share at 1/4; the largest here is 0.3).
+    agg = Aggregator(base, round_number=0, threads=1, policy=RobustPolicy.fedavg())
     for u in updates:
         agg.accept_update(u)
     new = agg.finalize()

@@ -99,6 +99,7 @@ from fedcodec.pipeline import (
     ModelSpec,
     ModelVersion,
     PipelineError,
+    RobustPolicy,
     RoundParams,
     RoundStats,
     Schedule,
@@ -107,6 +108,7 @@ from fedcodec.pipeline import (
     model_digest,
 )
 from fedcodec.pipeline.downlink import DEFAULT_KEYFRAME_BITS
+from fedcodec.pipeline.robust import RobustRejectionError, UpdateSummary, plan_round, screen_update
 
 __all__ = ["CompressionStrategy", "Traffic"]
 
@@ -180,6 +182,8 @@ class _Phase:
     params: RoundParams | None
     traffic: Traffic = field(default_factory=Traffic)
     updates: list[ClientRoundStats] = field(default_factory=list)
+    # id(reply message) -> (node, decoded change per tensor), for the robust rules
+    changes: dict[int, tuple[int, dict[str, np.ndarray]]] = field(default_factory=dict)
 
 
 class CompressionStrategy(Strategy):
@@ -211,6 +215,17 @@ class CompressionStrategy(Strategy):
         Grid resolution of the downlink stream (see :mod:`fedcodec.pipeline.downlink`).
     threads : int, optional
         Codec threads (default 1; 0 uses all CPUs).
+    robust : RobustPolicy, optional
+        Bounds on what one coded reply may do (default ``RobustPolicy()``; see
+        :mod:`fedcodec.pipeline.robust`), applied to the decoded updates before the
+        inner strategy sees them: a reply with too many examples, non-finite or too
+        large values, or (``norm_action="reject"``) a norm beyond a bound is left out;
+        with ``"clip"`` its change is scaled to the bound; when a reply would hold more
+        than ``max_share`` of the round, the ``num-examples`` metrics are rewritten to
+        the capped shares (the inner strategy weights by them).  Coordinate-wise
+        aggregation is the inner strategy's job (Flower's ``FedTrimmedAvg``,
+        ``FedMedian``): ``aggregator`` must be ``"mean"`` here.
+        ``RobustPolicy.fedavg()`` keeps only the value checks.
 
     Examples
     --------
@@ -245,8 +260,16 @@ class CompressionStrategy(Strategy):
         keep: int = 8,
         keyframe_bits: int = DEFAULT_KEYFRAME_BITS,
         threads: int = 1,
+        robust: RobustPolicy | None = None,
     ) -> None:
         super().__init__()
+        robust = RobustPolicy() if robust is None else robust
+        if robust.aggregator != "mean":
+            raise ValueError(
+                "robust.aggregator must be 'mean' in the Flower wrapper: use Flower's "
+                "FedTrimmedAvg or FedMedian as the inner strategy for coordinate-wise rules"
+            )
+        self.robust = robust
         if not isinstance(strategy, Strategy):
             raise TypeError(f"strategy must be a flwr Strategy, got {type(strategy).__name__}")
         if keep < 1:
@@ -348,6 +371,8 @@ class CompressionStrategy(Strategy):
             decoded = self._take_reply(msg, phase, decode=True)
             if decoded is not None:
                 kept.append(decoded)
+        if phase is not None:
+            kept = self._apply_robust(kept, phase, server_round)
         arrays, metrics = self.strategy.aggregate_train(server_round, kept)
         if phase is None:
             return arrays, metrics
@@ -530,13 +555,16 @@ class CompressionStrategy(Strategy):
         if decode and phase is not None:
             start = time.perf_counter()
             try:
-                content, coded_bytes, plain_bytes, steps = self._decode_update(content, phase, held)
+                content, coded_bytes, plain_bytes, steps, change = self._decode_update(
+                    content, phase, held
+                )
             except (FedCodecError, ValueError) as exc:
                 _log.warning("fedcodec: update of node %d left out: %s", node, exc)
                 phase.traffic.rejected += 1
                 self._held.pop(node, None)
                 return None
             if coded_bytes:
+                phase.changes[id(msg)] = (node, change)
                 phase.traffic.bytes_up += coded_bytes
                 phase.traffic.raw_bytes_up += plain_bytes
                 phase.traffic.updates += 1
@@ -557,12 +585,18 @@ class CompressionStrategy(Strategy):
         content: dict[str, ArrayRecord | ConfigRecord | MetricRecord],
         phase: _Phase,
         held: tuple[int, str] | None,
-    ) -> tuple[dict[str, ArrayRecord | ConfigRecord | MetricRecord], int, int, tuple[float, ...]]:
+    ) -> tuple[
+        dict[str, ArrayRecord | ConfigRecord | MetricRecord],
+        int,
+        int,
+        tuple[float, ...],
+        dict[str, np.ndarray],
+    ]:
         """Replace a coded update by ``global + decoded`` (plain float32 arrays)."""
         records = {k: v for k, v in content.items() if isinstance(v, ArrayRecord)}
         coded = {k: v for k, v in records.items() if any(is_coded(a) for a in v.values())}
         if not coded:
-            return content, 0, 0, ()
+            return content, 0, 0, (), {}
         if len(records) != 1:
             raise ModelMismatchError(f"a coded reply must hold one ArrayRecord, not {len(records)}")
         base = phase.base
@@ -582,6 +616,7 @@ class CompressionStrategy(Strategy):
         if record_spec(model_part) != spec:
             raise ModelMismatchError("the update's keys or shapes differ from the model's")
         full = {}
+        changes = {}
         steps = []
         for name, array in model_part.items():
             if array.stype != STYPE:
@@ -591,10 +626,102 @@ class CompressionStrategy(Strategy):
                 part, tuple(array.shape), what=f"update[{name!r}]", threads=self.threads
             )
             full[name] = np.add(base.model.tensors[name], change, dtype=np.float32)
+            changes[name] = change
             steps.append(step)
         plain = merge_records(list(record.keys()), plain_record(spec, full), uncoded)
         content = {k: (plain if k == key else v) for k, v in content.items()}
-        return content, record.count_bytes(), plain.count_bytes(), tuple(steps)
+        return content, record.count_bytes(), plain.count_bytes(), tuple(steps), changes
+
+    def _apply_robust(self, kept: list[Message], phase: _Phase, server_round: int) -> list[Message]:
+        """Leave out, clip and re-weight the decoded replies as :attr:`robust` says."""
+        policy = self.robust
+        screened: list[tuple[Message, int, dict[str, np.ndarray], int]] = []
+        out: list[Message] = []
+        summaries = []
+        for msg in kept:
+            entry = phase.changes.pop(id(msg), None)
+            if entry is None:
+                out.append(msg)  # an error reply or one not from the mod
+                continue
+            node, change = entry
+            content = dict(msg.content.items())
+            n = _num_examples(content)
+            try:
+                norm = screen_update(change, policy, client_id=str(node), num_examples=n)
+            except RobustRejectionError as exc:
+                _log.warning(
+                    "fedcodec: round %d: update of node %d left out: %s", server_round, node, exc
+                )
+                self._drop(phase, node)
+                continue
+            screened.append((msg, node, change, n))
+            summaries.append(UpdateSummary(str(node), n, norm))
+        plan = plan_round(summaries, policy)
+        base = phase.base.model
+        for msg, node, change, _ in screened:
+            client = str(node)
+            if client in plan.rejected:
+                _log.warning(
+                    "fedcodec: round %d: update of node %d left out: %s",
+                    server_round,
+                    node,
+                    plan.rejected[client],
+                )
+                self._drop(phase, node)
+                continue
+            scale = plan.scales[client]
+            content = dict(msg.content.items())
+            if scale < 1.0:
+                _log.warning(
+                    "fedcodec: round %d: update of node %d clipped to the norm bound %.4g "
+                    "(scale %.3g)",
+                    server_round,
+                    node,
+                    plan.bound,
+                    scale,
+                )
+                content = self._scaled(content, base, change, scale)
+            if plan.capped:
+                # The inner strategy weights by num-examples: give it the capped shares.
+                content = _with_num_examples(content, max(1, round(plan.shares[client] * 2**40)))
+            msg.content = RecordDict(content)
+            out.append(msg)
+        for capped in plan.capped:
+            _log.warning(
+                "fedcodec: round %d: weight of node %s capped to a share of %.3g",
+                server_round,
+                capped,
+                plan.shares[capped],
+            )
+        return out
+
+    def _drop(self, phase: _Phase, node: int) -> None:
+        phase.traffic.rejected += 1
+        phase.traffic.updates -= 1
+        phase.updates = [u for u in phase.updates if u.client_id != str(node)]
+        self._held.pop(node, None)
+
+    def _scaled(
+        self,
+        content: dict[str, ArrayRecord | ConfigRecord | MetricRecord],
+        base: ModelVersion,
+        change: dict[str, np.ndarray],
+        scale: float,
+    ) -> dict[str, ArrayRecord | ConfigRecord | MetricRecord]:
+        spec = base.spec
+        out: dict[str, ArrayRecord | ConfigRecord | MetricRecord] = {}
+        for key, value in content.items():
+            if isinstance(value, ArrayRecord):
+                _, uncoded = split_record(value, spec.names)
+                full = {
+                    name: np.add(
+                        base.tensors[name], change[name] * np.float32(scale), dtype=np.float32
+                    )
+                    for name in spec.names
+                }
+                value = merge_records(list(value.keys()), plain_record(spec, full), uncoded)
+            out[key] = value
+        return out
 
     # -- bookkeeping ----------------------------------------------------------
 
@@ -669,6 +796,17 @@ def _kind(package: DownlinkPackage) -> str:
     if package.keyframe is not None:
         return DOWNLINK_KEYFRAME
     return DOWNLINK_DELTA if package.deltas else DOWNLINK_NONE
+
+
+def _with_num_examples(
+    content: dict[str, ArrayRecord | ConfigRecord | MetricRecord], n: int
+) -> dict[str, ArrayRecord | ConfigRecord | MetricRecord]:
+    out: dict[str, ArrayRecord | ConfigRecord | MetricRecord] = {}
+    for key, value in content.items():
+        if isinstance(value, MetricRecord) and _NUM_EXAMPLES in value:
+            value = MetricRecord({**dict(value.items()), _NUM_EXAMPLES: n})
+        out[key] = value
+    return out
 
 
 def _num_examples(content: dict[str, ArrayRecord | ConfigRecord | MetricRecord]) -> int:

@@ -8,8 +8,11 @@ Flower plugin).
 * :mod:`~fedcodec.pipeline.ratecontrol` — fixed parameters or a byte budget met within ±5 %.
 * :mod:`~fedcodec.pipeline.client` — :class:`UpdateEncoder`: differential updates with error
   feedback, residual state saved without pickle.
-* :mod:`~fedcodec.pipeline.server` — :class:`Aggregator`: validated decode-and-accumulate
+* :mod:`~fedcodec.pipeline.server` — :class:`Aggregator`: validated, screened, robust
   FedAvg in O(model) memory.
+* :mod:`~fedcodec.pipeline.robust` — :class:`RobustPolicy`: example-count and share caps,
+  norm bounds (absolute / relative to the round's median, clip or reject), value checks,
+  coordinate-wise trimmed mean / median.
 * :mod:`~fedcodec.pipeline.downlink` — :class:`DownlinkEncoder` (server) and
   :class:`ModelReceiver` (client): coded model changes, cumulative deltas,
   keyframes, a shared initial model that never travels, digest checks.
@@ -55,6 +58,7 @@ from fedcodec.pipeline.params import (
     as_schedule,
 )
 from fedcodec.pipeline.ratecontrol import encode_with_params, min_container_bytes
+from fedcodec.pipeline.robust import RobustPolicy, RoundPlan
 from fedcodec.pipeline.server import Aggregator
 from fedcodec.pipeline.stats import ClientRoundStats, EncodeStats, RoundStats, TensorEncodeStats
 
@@ -81,8 +85,10 @@ __all__ = [
     "ModelVersion",
     "PipelineError",
     "Release",
+    "RobustPolicy",
     "RoundClosedError",
     "RoundParams",
+    "RoundPlan",
     "RoundStats",
     "Schedule",
     "Sensitivity",

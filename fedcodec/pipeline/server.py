@@ -1,17 +1,26 @@
-"""Server side: validate, decode-and-accumulate, and finalize a round (FedAvg).
+"""Server side: validate, screen, weight and combine a round's updates (robust FedAvg).
 
-One :class:`Aggregator` per round.  It keeps a single float64 accumulator per
-tensor (memory O(model), however many clients), adds ``num_examples ·
-decoded`` for every accepted update through
-:func:`fedcodec.codec.decode_accumulate`, and turns the weighted mean into
-the next global version::
+One :class:`Aggregator` per round.  Every update is checked (base version and
+digest, duplicate, tensor set and shapes, step), decoded and screened against
+the round's :class:`~fedcodec.pipeline.robust.RobustPolicy` (example count,
+finite and bounded values, norm); the round-level rules (share cap, norm bound
+relative to the round's median, coordinate-wise aggregators) are applied when
+the round is finalized::
 
-    new = float32(base + server_lr · Σ nᵢ·decodedᵢ / Σ nᵢ)
+    new = float32(base + server_lr · Σ pᵢ·sᵢ·decodedᵢ)
 
-Every check runs before the accumulator is touched, and the codec checks the
-whole container before it writes anything, so a rejected update (unknown or
-stale base version, wrong digest, duplicate, wrong tensor set or shapes,
-corrupt bytes) never changes the aggregate.
+with ``pᵢ`` the capped share of ``nᵢ / Σ n`` and ``sᵢ <= 1`` the norm clip
+(plain FedAvg: ``pᵢ = nᵢ / Σ n``, ``sᵢ = 1``).  Memory: one float64
+accumulator per tensor, plus the accepted *coded* updates when the policy has
+round-level rules (or none, when the caller hands them back to
+:meth:`Aggregator.finalize`, as the server does from its database); the
+coordinate-wise aggregators hold all decoded updates (see
+:mod:`fedcodec.pipeline.robust`).  Updates are combined in client-id order, so
+the result does not depend on arrival order.
+
+A rejected update (unknown or stale base version, wrong digest, duplicate,
+wrong tensor set or shapes, corrupt bytes, values out of range) never changes
+the aggregate.
 
 Thread safety: :meth:`Aggregator.accept` and :meth:`Aggregator.finalize` may be
 called from several threads; updates are accumulated one at a time.
@@ -23,7 +32,7 @@ import hashlib
 import math
 import threading
 import time
-from collections.abc import Collection
+from collections.abc import Collection, Iterable
 from dataclasses import dataclass
 
 import numpy as np
@@ -42,9 +51,17 @@ from fedcodec.pipeline.errors import (
     UpdateRejectedError,
 )
 from fedcodec.pipeline.model import ModelHistory, ModelVersion, Tensors
+from fedcodec.pipeline.robust import (
+    RobustPolicy,
+    RoundPlan,
+    UpdateSummary,
+    combine_coordinatewise,
+    plan_round,
+    screen_update,
+)
 from fedcodec.pipeline.stats import ClientRoundStats, RoundStats
 
-__all__ = ["DEFAULT_MAX_STEP", "Aggregator"]
+__all__ = ["DEFAULT_MAX_STEP", "Aggregator", "RobustPolicy"]
 
 #: Largest accepted quantization step: with levels up to 2**30 the decoded
 #: values stay finite in float32 (a container may legally carry any finite step).
@@ -57,6 +74,8 @@ F64Array = npt.NDArray[np.float64]
 class _Accepted:
     stats: ClientRoundStats
     payload_sha256: bytes
+    norm: float
+    data: bytes | None  # kept for the round-level rules (keep_payloads)
 
 
 class Aggregator:
@@ -81,6 +100,18 @@ class Aggregator:
         Codec threads (0 = all CPUs).
     max_step : float, optional
         Largest quantization step accepted in a container.
+    policy : RobustPolicy, optional
+        Robust-aggregation rules (default: ``RobustPolicy()``, safe defaults;
+        ``RobustPolicy.fedavg()`` for plain FedAvg).
+    keep_payloads : bool, optional
+        Keep accepted coded updates until :meth:`finalize` (default True).  With
+        False and a policy with round-level rules, :meth:`finalize` needs the
+        updates again (``payloads``): memory stays O(model).
+
+    Attributes
+    ----------
+    plan : RoundPlan or None
+        Shares, clips and rejections of the round (after :meth:`finalize`).
     """
 
     def __init__(
@@ -93,6 +124,8 @@ class Aggregator:
         server_lr: float = 1.0,
         threads: int = 0,
         max_step: float = DEFAULT_MAX_STEP,
+        policy: RobustPolicy | None = None,
+        keep_payloads: bool = True,
     ) -> None:
         if not (math.isfinite(server_lr) and server_lr > 0):
             raise ValueError(f"server_lr must be finite and > 0, got {server_lr!r}")
@@ -104,9 +137,14 @@ class Aggregator:
         self.server_lr = server_lr
         self.threads = threads
         self.max_step = max_step
+        self.policy = RobustPolicy() if policy is None else policy
+        self.keep_payloads = keep_payloads
+        self.plan: RoundPlan | None = None
         self._acc: list[F64Array] = [np.zeros(s, dtype=np.float64) for s in self.spec.shapes]
         self._accepted: dict[str, _Accepted] = {}
         self._total_examples = 0
+        # Plain (not round-level) policy: Σ n·s accumulated as updates arrive.
+        self._streamed_weight = 0.0
         self.rejected = 0
         self._result: ModelVersion | None = None
         # The codec releases the GIL while it accumulates: one update at a time.
@@ -195,10 +233,20 @@ class Aggregator:
         with self._lock:
             try:
                 steps = self._check(data, client_id, base_version, num_examples, base_digest)
-                codec.decode_accumulate(data, self._acc, float(num_examples), threads=self.threads)
+                decoded = codec.decode(data, threads=self.threads)
+                norm = screen_update(
+                    decoded, self.policy, client_id=client_id, num_examples=num_examples
+                )
             except Exception:
                 self.rejected += 1
                 raise
+            if not self.policy.round_level:
+                bound = self.policy.norm_bound
+                scale = bound / norm if 0.0 < bound < norm else 1.0
+                weight = float(num_examples) * scale
+                for acc, values in zip(self._acc, decoded, strict=True):
+                    acc += weight * values.astype(np.float64)
+                self._streamed_weight += float(num_examples)
             stats = ClientRoundStats(
                 client_id=client_id,
                 bytes=len(data),
@@ -206,7 +254,10 @@ class Aggregator:
                 steps=steps,
                 decode_seconds=time.perf_counter() - start,
             )
-            self._accepted[client_id] = _Accepted(stats, hashlib.sha256(data).digest())
+            keep = self.policy.round_level and self.keep_payloads
+            self._accepted[client_id] = _Accepted(
+                stats, hashlib.sha256(data).digest(), norm, bytes(data) if keep else None
+            )
             self._total_examples += num_examples
         return stats
 
@@ -275,62 +326,140 @@ class Aggregator:
 
     # -- result -------------------------------------------------------------
 
-    def mean_update(self) -> Tensors:
-        """The FedAvg mean of the accepted updates (float32), without finalizing.
+    def mean_update(self, payloads: Iterable[tuple[str, bytes]] | None = None) -> Tensors:
+        """The (robust) mean of the accepted updates (float32), without finalizing.
+
+        Parameters
+        ----------
+        payloads : iterable of (client_id, bytes), optional
+            The accepted updates again, when they were not kept (``keep_payloads``).
 
         Raises
         ------
         EmptyRoundError
             No update was accepted.
         """
-        if not self._accepted:
-            raise EmptyRoundError(f"round {self.round_number}: no update was accepted")
-        total = float(self._total_examples)
-        return {
-            name: (acc / total).astype(np.float32)
-            for name, acc in zip(self.spec.names, self._acc, strict=True)
-        }
+        with self._lock:
+            mean = self._mean(payloads)
+        return {name: m.astype(np.float32) for name, m in zip(self.spec.names, mean, strict=True)}
 
-    def finalize(self, version: int | None = None) -> ModelVersion:
+    def finalize(
+        self, version: int | None = None, payloads: Iterable[tuple[str, bytes]] | None = None
+    ) -> ModelVersion:
         """Close the round and build the new global version.
 
         Parameters
         ----------
         version : int, optional
             Id of the new version (default ``base.version + 1``).
+        payloads : iterable of (client_id, bytes), optional
+            The accepted updates again (any order; others are ignored), needed when a
+            policy with round-level rules runs with ``keep_payloads=False``.  Each must
+            be the bytes that were accepted (checked by SHA-256).
 
         Returns
         -------
         ModelVersion
-            ``float32(base + server_lr · weighted mean)``; the same object on
-            repeated calls.
+            ``float32(base + server_lr · robust mean)``; the same object on repeated
+            calls.
 
         Raises
         ------
         EmptyRoundError
             No update was accepted (the round stays open).
+        UpdateRejectedError
+            ``payloads`` misses an accepted update or holds other bytes.
         """
         with self._lock:
-            return self._finalize(version)
-
-    def _finalize(self, version: int | None) -> ModelVersion:
-        if self._result is not None:
+            if self._result is not None:
+                return self._result
+            mean = self._mean(payloads)
+            new: Tensors = {}
+            for name, m in zip(self.spec.names, mean, strict=True):
+                base64 = self.base.tensors[name].astype(np.float64)
+                new[name] = (base64 + self.server_lr * m).astype(np.float32)
+            self._result = ModelVersion.create(
+                self.base.version + 1 if version is None else version, new, self.spec
+            )
             return self._result
+
+    def _mean(self, payloads: Iterable[tuple[str, bytes]] | None) -> list[F64Array]:
         if not self._accepted:
             raise EmptyRoundError(f"round {self.round_number}: no update was accepted")
-        total = float(self._total_examples)
-        new: Tensors = {}
-        for name, acc in zip(self.spec.names, self._acc, strict=True):
-            base64 = self.base.tensors[name].astype(np.float64)
-            new[name] = (base64 + (self.server_lr / total) * acc).astype(np.float32)
-        self._result = ModelVersion.create(
-            self.base.version + 1 if version is None else version, new, self.spec
+        if not self.policy.round_level:
+            total = self._streamed_weight
+            self.plan = RoundPlan(
+                shares={c: a.stats.num_examples / total for c, a in self._accepted.items()},
+                scales={
+                    c: (self.policy.norm_bound / a.norm)
+                    if 0.0 < self.policy.norm_bound < a.norm
+                    else 1.0
+                    for c, a in self._accepted.items()
+                },
+                bound=self.policy.norm_bound or math.inf,
+            )
+            return [acc / total for acc in self._acc]
+        plan = plan_round(
+            [
+                UpdateSummary(c, a.stats.num_examples, a.norm)
+                for c, a in sorted(self._accepted.items())
+            ],
+            self.policy,
         )
-        return self._result
+        self.plan = plan
+        ordered = sorted(self._updates_again(payloads, set(plan.shares)).items())
+        if self.policy.aggregator == "mean":
+            mean = [np.zeros_like(acc) for acc in self._acc]
+            for client_id, data in ordered:
+                weight = plan.weight(client_id)
+                decoded = codec.decode(data, threads=self.threads)
+                for m, values in zip(mean, decoded, strict=True):
+                    m += weight * values.astype(np.float64)
+            return mean
+        # Coordinate-wise: every decoded update at once (k x model float32).
+        stacks = [np.empty((len(ordered), *shape), np.float32) for shape in self.spec.shapes]
+        for row, (client_id, data) in enumerate(ordered):
+            scale = np.float32(plan.scales[client_id])
+            for stack, values in zip(stacks, codec.decode(data, threads=self.threads), strict=True):
+                stack[row] = values * scale
+        return [
+            combine_coordinatewise(stack, self.policy.aggregator, self.policy.trim_fraction)
+            for stack in stacks
+        ]
+
+    def _updates_again(
+        self, payloads: Iterable[tuple[str, bytes]] | None, wanted: set[str]
+    ) -> dict[str, bytes]:
+        found: dict[str, bytes] = {}
+        if payloads is None:
+            for client_id in wanted:
+                data = self._accepted[client_id].data
+                if data is None:
+                    raise UpdateRejectedError(
+                        "the accepted updates were not kept (keep_payloads=False): pass "
+                        "them to finalize(payloads=...)"
+                    )
+                found[client_id] = data
+            return found
+        for client_id, data in payloads:
+            if client_id not in wanted:
+                continue
+            if hashlib.sha256(data).digest() != self._accepted[client_id].payload_sha256:
+                raise UpdateRejectedError(
+                    f"the update of {client_id!r} handed to finalize is not the accepted one"
+                )
+            found[client_id] = bytes(data)
+        missing = wanted - found.keys()
+        if missing:
+            raise UpdateRejectedError(
+                f"finalize: the accepted updates of {sorted(missing)!r} were not handed back"
+            )
+        return found
 
     def round_stats(self, bytes_down: int = 0) -> RoundStats:
         """Statistics of the finalized round (for logs and schedules)."""
         result = self.finalize()
+        left_out = set() if self.plan is None else set(self.plan.rejected)
         sq = 0.0
         for name in self.spec.names:
             d = result.tensors[name].astype(np.float64) - self.base.tensors[name]
@@ -339,8 +468,8 @@ class Aggregator:
             round_number=self.round_number,
             base_version=self.base.version,
             new_version=result.version,
-            updates=tuple(a.stats for a in self._accepted.values()),
-            rejected=self.rejected,
+            updates=tuple(a.stats for c, a in self._accepted.items() if c not in left_out),
+            rejected=self.rejected + len(left_out),
             bytes_up=self.bytes_up,
             bytes_down=bytes_down,
             update_rms=math.sqrt(sq / max(self.spec.numel, 1)),
