@@ -69,6 +69,7 @@ from fedcodec.pipeline import (
     ModelHistory,
     ModelReceiver,
     ModelVersion,
+    RobustPolicy,
     RoundParams,
     Sparsification,
     UpdateEncoder,
@@ -719,6 +720,9 @@ def _run_fedcodec(fed: Federation, method: Method, threads: int) -> MethodResult
             history=history,
             base_digests={global_model.digest, release.digest},
             threads=threads,
+            # The baselines weight by example count exactly; so does fedcodec here (the
+            # robust defaults would cap a large client's share and change the comparison).
+            policy=RobustPolicy.fedavg(),
         )
         for c in chosen:
             rx = receivers[c]
