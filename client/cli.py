@@ -45,13 +45,13 @@ def load_trainer(spec: str, shard: tuple[int, int]) -> TrainFn:
     Parameters
     ----------
     spec : str
-        ``builtin:mnist`` (the demo's MLP on MNIST-5k shard ``shard``), or
+        ``builtin:mnist`` (the toy MLP of :mod:`fedcodec.toy` on MNIST-5k shard ``shard``), or
         ``MODULE:FUNCTION`` (a callable ``(weights, round_info) -> TrainResult``).
     shard : (int, int)
         Shard index and count for ``builtin:mnist``.
     """
     if spec == "builtin:mnist":
-        from fedcodec.demo import mnist_trainer
+        from fedcodec.toy import mnist_trainer
 
         return mnist_trainer(shard[0], shard[1])
     module, sep, attr = spec.partition(":")

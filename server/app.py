@@ -60,8 +60,9 @@ def load_initial_model(source: str) -> dict[str, npt.NDArray[np.float32]] | None
     Parameters
     ----------
     source : str
-        "" (none), ``builtin:mnist-mlp`` (the demo's 784-128-10 MLP, seeded), or a path to
-        an ``.npz`` of named float32 arrays (read without pickle; file order is model order).
+        "" (none), ``builtin:mnist-mlp`` (the 784-128-10 MLP of :mod:`fedcodec.toy`, seeded),
+        or a path to an ``.npz`` of named float32 arrays (read without pickle; file order is
+        model order).
 
     Returns
     -------
@@ -70,7 +71,7 @@ def load_initial_model(source: str) -> dict[str, npt.NDArray[np.float32]] | None
     if not source:
         return None
     if source == _BUILTIN_MNIST:
-        from fedcodec.bench.fl import init_mlp
+        from fedcodec.toy import init_mlp
 
         return init_mlp(np.random.default_rng(0), 784, 128, 10)
     if source.startswith("builtin:"):

@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 
 import fedcodec.codec as fc
-from fedcodec.bench.nncodec_ref import run_nncodec
 from fedcodec.cli import main
+from fedcodec_bench.nncodec_ref import run_nncodec
 
 TIMED_OPS = {
     "enc_levels_1t",
@@ -172,7 +172,7 @@ def test_bad_arguments(argv: list[str], capsys: pytest.CaptureFixture[str]) -> N
 
 def test_python_dash_m_entry_point() -> None:
     r = subprocess.run(
-        [sys.executable, "-m", "fedcodec.bench", "codec", "--help"],
+        [sys.executable, "-m", "fedcodec_bench", "codec", "--help"],
         capture_output=True,
         text=True,
         check=False,

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from fedcodec.bench.codec import CodecBenchConfig, run_codec_bench
+from fedcodec_bench.codec import CodecBenchConfig, run_codec_bench
 
 
 def test_real_sets_and_rd_curves(tmp_path: Path) -> None:

@@ -7,8 +7,8 @@ import math
 import numpy as np
 import pytest
 
-from fedcodec.bench import bitcodes as bc
-from fedcodec.bench import compressors as cp
+from fedcodec_bench import bitcodes as bc
+from fedcodec_bench import compressors as cp
 
 
 def _bits_of(data: bytes, nbits: int) -> str:

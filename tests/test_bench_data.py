@@ -10,9 +10,9 @@ import numpy as np
 import numpy.typing as npt
 import pytest
 
-from fedcodec.bench import _nncodec_worker as worker
-from fedcodec.bench import baselines as bl
-from fedcodec.bench.data import (
+from fedcodec_bench import _nncodec_worker as worker
+from fedcodec_bench import baselines as bl
+from fedcodec_bench.data import (
     FULL_SHAPES,
     QUICK_SHAPES,
     dense_update,

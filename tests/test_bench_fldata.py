@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from fedcodec.bench import fldata, models, realdata
+from fedcodec_bench import fldata, models, realdata
 
 
 def test_iid_partition_is_a_seeded_equal_split() -> None:

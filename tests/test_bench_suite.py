@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from fedcodec.bench import fl, suite
-from fedcodec.bench.fl import MethodResult
+from fedcodec_bench import fl, suite
+from fedcodec_bench.fl import MethodResult
 
 
 def _run(name: str, kind: str, seed: int, acc: list[float], up: list[int]) -> MethodResult:

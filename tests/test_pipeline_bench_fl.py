@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from fedcodec.bench import fl
+from fedcodec_bench import fl
 
 
 def test_dirichlet_partition_covers_every_example_once() -> None:

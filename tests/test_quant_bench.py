@@ -6,8 +6,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from fedcodec.bench import quant
-from fedcodec.cli import build_parser
+from fedcodec_bench import quant
+from fedcodec_bench.cli import build_parser
 
 
 def _curve(scale: float, shift_db: float = 0.0) -> list[dict[str, float]]:
@@ -58,7 +58,7 @@ def test_dither_stats_show_rounding_bias() -> None:
 
 
 def test_cli_has_bench_quant() -> None:
-    args = build_parser().parse_args(["bench", "quant", "--quick", "--no-fl"])
+    args = build_parser().parse_args(["quant", "--quick", "--no-fl"])
     assert args.quick
     assert args.no_fl
     assert callable(args.func)

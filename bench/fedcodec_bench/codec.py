@@ -1,15 +1,15 @@
 """The codec benchmark: fedcodec's entropy coder against generic coders on the same levels.
 
-``fedcodec bench codec`` (or ``python -m fedcodec.bench codec``) builds seeded synthetic model
-updates (:mod:`fedcodec.bench.data`), quantizes them by plain rounding at a fixed step, and
+``fedcodec bench codec`` (or ``python -m fedcodec_bench codec``) builds seeded synthetic model
+updates (:mod:`fedcodec_bench.data`), quantizes them by plain rounding at a fixed step, and
 codes exactly those integer levels with
 
 * fedcodec (``fc.encode_levels``, lossless) — sizes, and encode / decode / decode-accumulate
   speed on one thread and on all cores;
 * zstd-19, lzma-9, and the order-0 entropy and i.i.d. ideal rate of the levels
-  (:mod:`fedcodec.bench.baselines`);
+  (:mod:`fedcodec_bench.baselines`);
 * NNCodec, when ``--nncodec-python`` names an interpreter that has it
-  (:mod:`fedcodec.bench.nncodec_ref`); otherwise its published figures are shown as reference.
+  (:mod:`fedcodec_bench.nncodec_ref`); otherwise its published figures are shown as reference.
 
 It also runs ``fc.encode`` on the float tensors at the same step with λ = 0 (which must give the
 same bytes) and with one RDOQ λ (size and SNR), checks every decode against the input, and
@@ -35,8 +35,8 @@ from typing import Any, TextIO, TypeVar
 import numpy as np
 import numpy.typing as npt
 
-from fedcodec.bench import baselines as bl
-from fedcodec.bench.data import (
+from fedcodec_bench import baselines as bl
+from fedcodec_bench.data import (
     FULL_SHAPES,
     QUICK_SHAPES,
     Dataset,
@@ -44,9 +44,9 @@ from fedcodec.bench.data import (
     make_datasets,
     quantize,
 )
-from fedcodec.bench.machine import machine_info, usable_cores
-from fedcodec.bench.nncodec_ref import PUBLISHED, PUBLISHED_NUMEL, NNCodecRun, run_nncodec
-from fedcodec.bench.report import fmt_int, fmt_pct, fmt_rate, table
+from fedcodec_bench.machine import machine_info, usable_cores
+from fedcodec_bench.nncodec_ref import PUBLISHED, PUBLISHED_NUMEL, NNCodecRun, run_nncodec
+from fedcodec_bench.report import fmt_int, fmt_pct, fmt_rate, table
 
 __all__ = [
     "DENSE_STEP",
@@ -111,7 +111,7 @@ class CodecBenchConfig:
     check : bool
         Make :func:`run_codec_bench`'s caller fail on a missed target or failed check.
     real : bool or None
-        Add the real-update data sets (:mod:`fedcodec.bench.realdata`: a numpy MLP's client
+        Add the real-update data sets (:mod:`fedcodec_bench.realdata`: a numpy MLP's client
         update on MNIST-5k, dense and top-k 10 % / 1 %); None: yes unless ``quick``.
     rd : bool or None
         Measure rate-distortion curves (bits per weight against SNR) over a sweep of steps;
@@ -821,7 +821,7 @@ def _print_report(res: dict[str, Any], out: TextIO) -> None:
         w(
             "real updates: one non-IID client's update of the MNIST-5k MLP (784-128-10, "
             "101,770 weights) after local SGD, dense and global top-10 % / top-1 % "
-            "(fedcodec.bench.realdata)\n"
+            "(fedcodec_bench.realdata)\n"
         )
     w(
         f"steps: sparse {cfg['step']:.10g}, dense {cfg['dense_step']:.10g}; levels = "
@@ -1144,7 +1144,7 @@ def run_codec_bench(
     )
     real_names: set[str] = set()
     if cfg.resolved_real():
-        from fedcodec.bench.realdata import real_update_datasets
+        from fedcodec_bench.realdata import real_update_datasets
 
         say("real updates: training the MNIST-5k MLP client update")
         real_sets = real_update_datasets(cfg.seed)

@@ -34,7 +34,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from fedcodec.bench.bitcodes import (
+from fedcodec_bench.bitcodes import (
     BitReader,
     BitWriter,
     best_rice_parameter,

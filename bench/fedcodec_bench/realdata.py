@@ -1,6 +1,6 @@
 """Real model updates for the codec benchmark: a numpy MLP's client update on MNIST-5k.
 
-Synthetic i.i.d. updates (:mod:`fedcodec.bench.data`) favour no coder in particular; real
+Synthetic i.i.d. updates (:mod:`fedcodec_bench.data`) favour no coder in particular; real
 updates do not look like them. A client update of a small MLP after a few local SGD steps on a
 non-IID client is close to low rank (``Δw1 ≈ Σ_t g_t x_tᵀ`` over few minibatches) and has
 exactly zero columns (MNIST's border pixels are zero in every image, so their input weights
@@ -25,9 +25,9 @@ from functools import lru_cache
 
 import numpy as np
 
-from fedcodec.bench.data import Dataset, global_topk
-from fedcodec.bench.fldata import dirichlet_partition, load_mnist
-from fedcodec.bench.models import MLP
+from fedcodec_bench.data import Dataset, global_topk
+from fedcodec_bench.fldata import dirichlet_partition, load_mnist
+from fedcodec_bench.models import MLP
 
 __all__ = ["REAL_DENSITIES", "mnist_update", "real_update_datasets"]
 

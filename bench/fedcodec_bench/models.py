@@ -1,4 +1,5 @@
-"""Small numpy models for ``fedcodec bench fl``: an MLP and a character model.
+"""Small numpy models for ``fedcodec bench fl``: the MLP of :mod:`fedcodec.toy` and a character
+model.
 
 Plain numpy, hand-written backward passes, minibatch SGD on softmax cross-entropy. Weight
 matrices have output units as rows (``w: (out, in)``), so an update's rows are output units.
@@ -15,11 +16,12 @@ from typing import Protocol
 import numpy as np
 import numpy.typing as npt
 
+from fedcodec.toy import MLP, Params, minibatches, softmax_xent_grad
+
 __all__ = ["MLP", "CharMLP", "Model", "Params", "softmax_xent_grad"]
 
 F32 = npt.NDArray[np.float32]
 I64 = npt.NDArray[np.int64]
-Params = dict[str, F32]
 
 
 class Model(Protocol):
@@ -51,99 +53,6 @@ class Model(Protocol):
     def describe(self) -> str:
         """One line for reports."""
         ...
-
-
-def softmax_xent_grad(logits: npt.NDArray[np.floating], y: I64) -> npt.NDArray[np.floating]:
-    """Gradient of the mean softmax cross-entropy with respect to the logits."""
-    z = logits - logits.max(axis=1, keepdims=True)
-    prob = np.exp(z)
-    prob /= prob.sum(axis=1, keepdims=True)
-    prob[np.arange(len(y)), y] -= 1.0
-    out: npt.NDArray[np.floating] = prob / np.float32(len(y))
-    return out
-
-
-def _batches(
-    n: int, epochs: int, batch: int, rng: np.random.Generator, max_steps: int | None
-) -> list[I64]:
-    out: list[I64] = []
-    for _ in range(epochs):
-        order = rng.permutation(n)
-        for s in range(0, n, batch):
-            out.append(order[s : s + batch])
-            if max_steps is not None and len(out) >= max_steps:
-                return out
-    return out
-
-
-@dataclass(frozen=True)
-class MLP:
-    """Fully connected ReLU network; ``sizes = (inputs, hidden..., classes)``.
-
-    Parameters are ``w1, b1, w2, b2, ...`` (He initialization, zero biases).
-    """
-
-    sizes: tuple[int, ...]
-
-    @property
-    def layers(self) -> int:
-        return len(self.sizes) - 1
-
-    def describe(self) -> str:
-        n = sum(o * i + o for i, o in zip(self.sizes[:-1], self.sizes[1:], strict=True))
-        return f"MLP {'-'.join(map(str, self.sizes))} ({n:,} weights)"
-
-    def init(self, rng: np.random.Generator) -> Params:
-        p: Params = {}
-        for i, (fan_in, fan_out) in enumerate(zip(self.sizes[:-1], self.sizes[1:], strict=True)):
-            gain = 2.0 if i < self.layers - 1 else 1.0
-            w = rng.standard_normal((fan_out, fan_in)) * math.sqrt(gain / fan_in)
-            p[f"w{i + 1}"] = w.astype(np.float32)
-            p[f"b{i + 1}"] = np.zeros(fan_out, np.float32)
-        return p
-
-    def _forward(self, p: Params, x: F32) -> tuple[list[F32], F32]:
-        acts = [x]
-        h = x
-        for i in range(1, self.layers + 1):
-            z = h @ p[f"w{i}"].T + p[f"b{i}"]
-            h = np.maximum(z, 0.0) if i < self.layers else z
-            acts.append(h)
-        return acts, h
-
-    def logits(self, p: Params, x: npt.NDArray[np.generic]) -> F32:
-        return self._forward(p, np.asarray(x, dtype=np.float32))[1]
-
-    def train(
-        self,
-        params: Params,
-        x: npt.NDArray[np.generic],
-        y: I64,
-        *,
-        epochs: int,
-        batch: int,
-        lr: float,
-        rng: np.random.Generator,
-        max_steps: int | None = None,
-    ) -> Params:
-        p = {k: v.copy() for k, v in params.items()}
-        xf = np.asarray(x, dtype=np.float32)
-        step = np.float32(lr)
-        for idx in _batches(len(y), epochs, batch, rng, max_steps):
-            acts, out = self._forward(p, xf[idx])
-            g = softmax_xent_grad(out, y[idx]).astype(np.float32)
-            for i in range(self.layers, 0, -1):
-                h = acts[i - 1]
-                gw = g.T @ h
-                gb = g.sum(axis=0)
-                if i > 1:
-                    g = (g @ p[f"w{i}"]) * (h > 0)
-                p[f"w{i}"] -= step * gw
-                p[f"b{i}"] -= step * gb
-        return p
-
-    def accuracy(self, params: Params, x: npt.NDArray[np.generic], y: I64) -> float:
-        return 100.0 * float(np.mean(np.argmax(self.logits(params, x), axis=1) == y))
 
 
 @dataclass(frozen=True)
@@ -206,7 +115,7 @@ class CharMLP:
         p = {k: v.copy() for k, v in params.items()}
         xi = np.asarray(x, dtype=np.int64)
         step = np.float32(lr)
-        for idx in _batches(len(y), epochs, batch, rng, max_steps):
+        for idx in minibatches(len(y), epochs, batch, rng, max_steps):
             xb = xi[idx]
             e, z, h, out = self._forward(p, xb)
             g = softmax_xent_grad(out, y[idx]).astype(np.float32)

@@ -216,7 +216,7 @@ def main(argv: list[str]) -> int:
     int
         Exit status.
     """
-    # The script's own folder (fedcodec/bench) is sys.path[0]; keep it from shadowing packages.
+    # The script's own folder (fedcodec_bench) is sys.path[0]; keep it from shadowing packages.
     here = os.path.dirname(os.path.abspath(__file__))
     sys.path[:] = [p for p in sys.path if os.path.abspath(p or os.curdir) != here]
     if len(argv) != 2:
