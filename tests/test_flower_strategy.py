@@ -6,6 +6,7 @@ A small in-process ``Grid`` hands each message to a ClientApp running
 
 from __future__ import annotations
 
+import json
 import logging
 import subprocess
 import sys
@@ -46,7 +47,7 @@ from flwr.serverapp.strategy import (
 from fedcodec.flower import CompressionStrategy, fedcodec_mod
 from fedcodec.flower import constants as c
 from fedcodec.flower._records import array_parts
-from fedcodec.pipeline import RobustPolicy, RoundParams, StepSchedule
+from fedcodec.pipeline import RobustPolicy, RoundParams, Sensitivity, Sparsification, StepSchedule
 
 SHAPES = {"w": (24, 50), "b": (24,)}
 PARAMS = RoundParams(lam=0.5, S=0)
@@ -631,3 +632,55 @@ def test_robust_policy_bounds_a_hostile_node() -> None:
     assert metrics[c.METRIC_REJECTED] == 1
     with pytest.raises(ValueError, match="FedTrimmedAvg"):
         CompressionStrategy(FedAvg(), robust=RobustPolicy(aggregator="median"))
+
+
+def test_sensitivity_and_the_apps_importance_reach_the_encoder() -> None:
+    """Sensitivity travels in the config; the app's importance steers the steps, never travels."""
+    # Prepare
+    app = ClientApp(mods=[fedcodec_mod])
+    seen_importance: list[bool] = []
+
+    @app.train()
+    def train(msg: Message, context: Context) -> Message:
+        record = msg.content["arrays"]
+        assert isinstance(record, ArrayRecord)
+        rng = np.random.default_rng(context.node_id)
+        local = {
+            k: a.numpy() + (rng.laplace(size=a.shape) * 2e-3).astype(np.float32)
+            for k, a in record.items()
+        }
+        importance = {k: np.ones(a.shape, np.float32) for k, a in record.items()}
+        importance["b"] *= 64.0  # the bias is far more sensitive
+        content = RecordDict(
+            {
+                "arrays": ArrayRecord({k: Array(v) for k, v in local.items()}),
+                "metrics": MetricRecord({"num-examples": 10}),
+                c.IMPORTANCE_RECORD: ArrayRecord({k: Array(v) for k, v in importance.items()}),
+            }
+        )
+        seen_importance.append(True)
+        return Message(content, reply_to=msg)
+
+    params = RoundParams(
+        lam=0.5,
+        S=4,
+        sparsification=Sparsification(topk=0.2, allocation="rd"),
+        sensitivity=Sensitivity(max_refine=16.0, fallback="none"),
+    )
+    strategy = CompressionStrategy(FedAvg(), schedule=params)
+    grid = _LoopGrid(app, 2)
+    # Execute
+    messages = list(strategy.configure_train(1, _initial(), ConfigRecord(), grid))
+    replies = list(grid.send_and_receive(messages))
+    # Assert
+    sent = grid.sent[0].config
+    assert Sensitivity.from_json(json.loads(str(sent[c.KEY_SENSITIVITY]))) == params.sensitivity
+    assert seen_importance == [True, True]
+    for reply in replies:
+        assert c.IMPORTANCE_RECORD not in reply.content
+        steps = reply.content[c.REPLY_RECORD][c.KEY_UP_STEP]  # type: ignore[index]
+        assert steps[1] < steps[0] / 4  # type: ignore[index,operator]
+    arrays, metrics = strategy.aggregate_train(1, replies)
+    assert arrays is not None
+    assert metrics is not None
+    assert metrics[c.METRIC_REJECTED] == 0

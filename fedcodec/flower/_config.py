@@ -10,12 +10,13 @@ from fedcodec.flower.constants import (
     KEY_BUDGET_BYTES,
     KEY_LAMBDA,
     KEY_S,
+    KEY_SENSITIVITY,
     KEY_SPARSIFICATION,
     KEY_STEP,
     KEY_STEP_RULE,
     KEY_TOLERANCE,
 )
-from fedcodec.pipeline import RoundParams, Sparsification
+from fedcodec.pipeline import RoundParams, Sensitivity, Sparsification
 
 __all__ = ["config_int", "has_params", "params_from_config", "params_to_config"]
 
@@ -34,6 +35,8 @@ def params_to_config(params: RoundParams) -> dict[str, int | float | str]:
         out[KEY_BUDGET_BYTES] = int(params.budget_bytes)
     if params.sparsification is not None:
         out[KEY_SPARSIFICATION] = json.dumps(params.sparsification.to_json(), sort_keys=True)
+    if params.sensitivity is not None:
+        out[KEY_SENSITIVITY] = json.dumps(params.sensitivity.to_json(), sort_keys=True)
     return out
 
 
@@ -67,6 +70,8 @@ def params_from_config(config: Mapping[str, Any]) -> RoundParams:
         kwargs["sparsification"] = Sparsification.from_json(
             json.loads(str(config[KEY_SPARSIFICATION]))
         )
+    if KEY_SENSITIVITY in config:
+        kwargs["sensitivity"] = Sensitivity.from_json(json.loads(str(config[KEY_SENSITIVITY])))
     return RoundParams(**kwargs)
 
 

@@ -10,6 +10,7 @@ Train and evaluate messages (server to client) carry, in their single
 * the round's coding parameters (train only; their presence asks the client
   mod to code the reply): :data:`KEY_LAMBDA`, :data:`KEY_S`, and when set
   :data:`KEY_STEP`, :data:`KEY_BUDGET_BYTES`, :data:`KEY_SPARSIFICATION`,
+  :data:`KEY_SENSITIVITY`,
   plus :data:`KEY_TOLERANCE`, :data:`KEY_STEP_RULE`, :data:`KEY_ROUND`;
 * how the model travels (:data:`KEY_DOWNLINK`: a keyframe, coded deltas from
   :data:`KEY_FROM_VERSION`, nothing because the client is up to date, or raw
@@ -32,6 +33,7 @@ __all__ = [
     "DOWNLINK_NONE",
     "DOWNLINK_RAW",
     "FORMAT",
+    "IMPORTANCE_RECORD",
     "KEY_BASE_DIGEST",
     "KEY_BASE_VERSION",
     "KEY_BUDGET_BYTES",
@@ -44,6 +46,7 @@ __all__ = [
     "KEY_LAMBDA",
     "KEY_ROUND",
     "KEY_S",
+    "KEY_SENSITIVITY",
     "KEY_SPARSIFICATION",
     "KEY_STEP",
     "KEY_STEP_RULE",
@@ -101,6 +104,9 @@ KEY_TOLERANCE: Final = "fedcodec.tolerance"
 KEY_STEP_RULE: Final = "fedcodec.step_rule"
 #: Sparsification before quantization, as JSON (str).
 KEY_SPARSIFICATION: Final = "fedcodec.sparsification"
+#: Sensitivity-aware per-tensor coding, as JSON (str;
+#: :class:`fedcodec.pipeline.Sensitivity`).
+KEY_SENSITIVITY: Final = "fedcodec.sensitivity"
 #: The server round the parameters belong to (int).
 KEY_ROUND: Final = "fedcodec.round"
 #: How the model arrives: one of the ``DOWNLINK_*`` values.
@@ -123,6 +129,12 @@ DOWNLINK_KEYFRAME: Final = "keyframe"
 DOWNLINK_DELTA: Final = "delta"
 DOWNLINK_NONE: Final = "none"
 DOWNLINK_RAW: Final = "raw"
+
+# -- reply ArrayRecord the app may add (consumed by the mod, never sent) -----
+#: Name of an optional ``ArrayRecord`` in the app's train reply: per-weight importance η
+#: (e.g. the diagonal Fisher from :class:`fedcodec.torch.FisherAccumulator`) under the
+#: model's keys.  The mod codes the update with it and removes it from the reply.
+IMPORTANCE_RECORD: Final = "fedcodec.importance"
 
 # -- reply ConfigRecord (client -> server) -----------------------------------
 #: Name of the ConfigRecord the mod adds to a reply.

@@ -17,6 +17,11 @@ For every message the wrapper prepared (its ``ConfigRecord`` carries
    with the version and digest it holds (the server sends the next model as a
    delta from it) and the encoder's statistics.
 
+If the app's reply holds an ``ArrayRecord`` named
+:data:`~fedcodec.flower.constants.IMPORTANCE_RECORD` (per-weight importance η, e.g.
+``fedcodec.torch.FisherAccumulator.to_record()``), the update is coded with it
+(:class:`fedcodec.pipeline.Sensitivity` on the server turns it into per-tensor
+steps) and the record is removed: it never travels.
 Arrays the server marks as uncoded (:data:`~fedcodec.flower.constants.KEY_UNCODED_KEYS`,
 integer buffers) pass through both ways, and records keep the server's key order.
 The incoming message's ``ArrayRecord`` is replaced by the decoded one in place.
@@ -73,6 +78,7 @@ from fedcodec.flower.constants import (
     DOWNLINK_NONE,
     DOWNLINK_RAW,
     FORMAT,
+    IMPORTANCE_RECORD,
     KEY_BASE_DIGEST,
     KEY_BASE_VERSION,
     KEY_DOWNLINK,
@@ -90,7 +96,7 @@ from fedcodec.flower.constants import (
     MOD_FAILED_PRECONDITION,
     REPLY_RECORD,
 )
-from fedcodec.pipeline import DigestMismatchError, ModelVersion
+from fedcodec.pipeline import DigestMismatchError, ModelSpec, ModelVersion
 from fedcodec.pipeline.model import Tensors
 
 __all__ = ["fedcodec_mod", "make_fedcodec_mod"]
@@ -276,6 +282,7 @@ def _encode_reply(
     threads: int,
 ) -> dict[str, int | float | list[float]]:
     """Replace the reply's ArrayRecord by the coded update; return the reply statistics."""
+    importance = _take_importance(out, base.spec)
     records = out.content.array_records
     if len(records) != 1:
         raise ValueError(f"the reply must hold exactly one ArrayRecord, found {len(records)}")
@@ -292,6 +299,7 @@ def _encode_reply(
         params,
         round_number=int(config.get(KEY_ROUND, 0)),
         num_examples=_num_examples(out),
+        importance=importance,
     )
     parts = split_container(update.data, threads=threads)
     coded = ArrayRecord(
@@ -307,6 +315,26 @@ def _encode_reply(
         KEY_UP_STEP: [float(t.step) for t in update.stats.tensors],
         KEY_UP_ENCODE_SECONDS: float(update.stats.seconds),
     }
+
+
+def _take_importance(out: Message, spec: ModelSpec) -> Tensors | None:
+    """Remove the app's importance record from the reply (it never travels); its arrays."""
+    if IMPORTANCE_RECORD not in out.content:
+        return None
+    record = out.content[IMPORTANCE_RECORD]
+    del out.content[IMPORTANCE_RECORD]
+    if not isinstance(record, ArrayRecord):
+        raise ValueError(f"the reply's {IMPORTANCE_RECORD!r} must be an ArrayRecord")
+    unknown = set(record.keys()) - set(spec.names)
+    if unknown:
+        raise ValueError(f"{IMPORTANCE_RECORD!r} names arrays the model lacks: {sorted(unknown)}")
+    out_arrays: Tensors = {}
+    for name, array in record.items():
+        values = np.asarray(array.numpy(), dtype=np.float32)
+        if not np.all(np.isfinite(values)) or np.any(values < 0):
+            raise ValueError(f"{IMPORTANCE_RECORD}[{name!r}] must be finite and >= 0")
+        out_arrays[name] = values
+    return out_arrays
 
 
 def _str_list(config: Mapping[str, Any], key: str) -> list[str]:
