@@ -2,9 +2,11 @@
 
 :class:`Connection` makes the three calls of ``fedcodec.v1.AggregationService`` and the
 gRPC health check.  Every call carries ``authorization: Bearer <token>``; transient
-failures (UNAVAILABLE, DEADLINE_EXCEEDED, ABORTED, INTERNAL, UNKNOWN: a restarting server,
-a dropped connection; and RESOURCE_EXHAUSTED from a server at its concurrent-call limit)
-are retried with exponential backoff and jitter.  An upload is safe
+failures (UNAVAILABLE, DEADLINE_EXCEEDED, ABORTED, INTERNAL, UNKNOWN, CANCELLED: a
+restarting or overloaded server, a dropped connection; and RESOURCE_EXHAUSTED from a server
+at its concurrent-call limit, from its admission control, or with a full disk — every
+refusal whose message carries :data:`RETRY_MARK`) are retried with exponential backoff and
+jitter.  An upload is safe
 to retry: it carries an idempotency key, and the server answers a resend of a stored
 update with ``UPLOAD_STATUS_ALREADY_ACCEPTED`` instead of counting it twice.
 """
@@ -33,7 +35,7 @@ from fedcodec.pipeline import DownlinkPackage
 from fedcodec.v1 import aggregation_service_pb2 as pb
 from fedcodec.v1 import aggregation_service_pb2_grpc as pb_grpc
 
-__all__ = ["MAX_CHUNK_BYTES", "Connection", "RetryPolicy", "iter_upload_requests"]
+__all__ = ["MAX_CHUNK_BYTES", "RETRY_MARK", "Connection", "RetryPolicy", "iter_upload_requests"]
 
 log = logging.getLogger("fedcodec.client")
 
@@ -42,6 +44,9 @@ MAX_CHUNK_BYTES = 1 << 20
 #: gRPC's detail when a server is at its concurrent-call limit: the one RESOURCE_EXHAUSTED
 #: worth retrying (a too-large update or message is final).
 BUSY_MARK = "Concurrent RPC limit"
+#: In the message of every server refusal that a resend can cure (the server's
+#: ``fedcodec.server.errors.RETRY_MARK``): busy, storage full.
+RETRY_MARK = "retry later"
 
 _T = TypeVar("_T")
 
@@ -52,6 +57,8 @@ _RETRYABLE = frozenset(
         grpc.StatusCode.ABORTED,
         grpc.StatusCode.INTERNAL,
         grpc.StatusCode.UNKNOWN,
+        # A server that cancels a call (overload, shutdown) did not refuse the update.
+        grpc.StatusCode.CANCELLED,
     }
 )
 _AUTH = frozenset({grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED})
@@ -123,7 +130,7 @@ def _status_error(exc: grpc.RpcError, what: str) -> Exception:
     raw = details_of() if callable(details_of) else str(exc)
     detail = str(raw) if raw else ""
     message = f"{what}: {code.name}: {detail}"
-    if code == grpc.StatusCode.RESOURCE_EXHAUSTED and BUSY_MARK in detail:
+    if code == grpc.StatusCode.RESOURCE_EXHAUSTED and (BUSY_MARK in detail or RETRY_MARK in detail):
         return ServerUnavailableError(message, status=code.name, detail=detail)
     if code in _AUTH:
         return AuthenticationError(message, status=code.name, detail=detail)

@@ -89,6 +89,8 @@ def _run_serve(args: argparse.Namespace) -> int:
             overrides[key] = value
     if args.insecure:
         overrides["security.insecure"] = True
+    if args.new_federation:
+        overrides["new_federation"] = True
     path = args.config or os.environ.get("FEDCODEC_CONFIG") or None
     try:
         config = load_config(path, overrides=overrides)
@@ -144,6 +146,12 @@ def _add_serve(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         "--insecure",
         action="store_true",
         help="plaintext gRPC without TLS (loopback tests only; tokens are still required)",
+    )
+    serve.add_argument(
+        "--new-federation",
+        action="store_true",
+        help="if the state database is unusable (empty, truncated, corrupt), move it aside "
+        "and start a new federation (otherwise the server refuses to start)",
     )
     serve.add_argument("--tokens-file", metavar="JSON", default=None, help="client tokens")
     serve.add_argument("--tls-cert", metavar="PEM", default=None, help="server certificate")

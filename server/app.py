@@ -15,6 +15,7 @@ cannot speak TLS.  ``metrics_listen`` serves Prometheus metrics over HTTP.
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import logging
 import signal
 import threading
@@ -33,14 +34,15 @@ from fedcodec.server.auth import TokenRegistry
 from fedcodec.server.config import ConfigError, ServerConfig
 from fedcodec.server.metrics import Metrics
 from fedcodec.server.rounds import RoundCoordinator, RoundSummary
-from fedcodec.server.servicer import AggregationServicer
-from fedcodec.v1 import aggregation_service_pb2_grpc as pb_grpc
+from fedcodec.server.servicer import AggregationServicer, add_to_server
+from fedcodec.server.store import StoreError
 
 __all__ = [
     "SERVICE_NAME",
     "BackgroundServer",
     "FedcodecServer",
     "create_server",
+    "is_loopback",
     "load_initial_model",
     "serve",
 ]
@@ -113,6 +115,17 @@ def _server_options(config: ServerConfig) -> list[tuple[str, int]]:
     ]
 
 
+def is_loopback(address: str) -> bool:
+    """Whether a ``host:port`` address listens on loopback only."""
+    host = address.rpartition(":")[0].strip("[]").lower()
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
 def _credentials(config: ServerConfig) -> grpc.ServerCredentials | None:
     sec = config.security
     if sec.insecure:
@@ -160,9 +173,7 @@ class FedcodecServer:
             options=_server_options(config),
             maximum_concurrent_rpcs=config.limits.max_concurrent_rpcs,
         )
-        pb_grpc.add_AggregationServiceServicer_to_server(
-            AggregationServicer(self.coordinator, tokens, self.metrics), self._server
-        )
+        add_to_server(AggregationServicer(self.coordinator, tokens, self.metrics), self._server)
         health_pb2_grpc.add_HealthServicer_to_server(cast(Any, self.health), self._server)
         credentials = _credentials(config)
         if credentials is None:
@@ -171,6 +182,12 @@ class FedcodecServer:
             self.port = self._server.add_secure_port(config.listen, credentials)
         if self.port == 0:
             raise ConfigError(f"cannot listen on {config.listen!r}")
+        if credentials is None and not is_loopback(config.listen):
+            log.warning(
+                "plaintext gRPC (security.insecure) on a non-loopback address: client tokens "
+                "and updates travel unencrypted; use TLS outside loopback tests",
+                extra={"event": "insecure_non_loopback", "listen": config.listen},
+            )
         self._health_server: grpc.aio.Server | None = None
         self.health_port: int | None = None
         if config.health_listen:
@@ -391,12 +408,13 @@ class BackgroundServer:
 
 
 async def _serve(config: ServerConfig) -> None:
-    server = create_server(config)
-    await server.start()
+    # Handlers first: a SIGTERM right after "server started" stops cleanly, too.
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
+    server = create_server(config)
+    await server.start()
     await stop.wait()
     log.info("shutting down", extra={"event": "shutdown_requested"})
     await server.stop()
@@ -409,5 +427,11 @@ def serve(config: ServerConfig) -> int:
         asyncio.run(_serve(config))
     except ConfigError as exc:
         log.error(str(exc), extra={"event": "config_error"})
+        return 2
+    except StoreError as exc:
+        log.error(str(exc), extra={"event": "state_error"})
+        return 2
+    except OSError as exc:
+        log.error(f"cannot start: {exc}", extra={"event": "startup_failed"})
         return 2
     return 0

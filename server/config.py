@@ -274,6 +274,10 @@ class ServerConfig:
         debug, info, warning or error.
     log_format : {"json", "text"}
         One JSON object per line, or plain text.
+    new_federation : bool
+        When ``state_path`` is unusable (empty, truncated, corrupt, not a fedcodec
+        database), move it aside and start a new federation.  Without it the server
+        refuses to start (a valid database is always resumed).
     """
 
     listen: str = "[::]:50051"
@@ -283,6 +287,7 @@ class ServerConfig:
     initial_model: str = ""
     log_level: str = "info"
     log_format: str = "json"
+    new_federation: bool = False
     security: SecurityConfig = field(default_factory=SecurityConfig)
     rounds: RoundsConfig = field(default_factory=RoundsConfig)
     params: RoundParams = field(default_factory=RoundParams)

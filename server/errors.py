@@ -21,7 +21,18 @@ exception                          gRPC status             raised when
 :class:`ConflictingUpdateError`    ALREADY_EXISTS          a second, different update of a
                                                            client in one round
 :class:`ShuttingDownError`         UNAVAILABLE             the server is stopping
+:class:`StorageFullError`          RESOURCE_EXHAUSTED      the disk (or the database's size
+                                                           limit) is full: nothing stored
+:class:`StorageUnavailableError`   UNAVAILABLE             the database failed otherwise
+:class:`BusyError`                 RESOURCE_EXHAUSTED      admission control: too many
+                                                           streams (of this client, or in
+                                                           all); retry with backoff
+:class:`StreamTimeoutError`        DEADLINE_EXCEEDED       an upload stream idle or too
+                                                           slow; resend
 =================================  ======================  ===============================
+
+Every refusal that a resend can cure carries :data:`RETRY_MARK` in its message (the edge
+SDK retries those with the same idempotency key).
 """
 
 from __future__ import annotations
@@ -35,15 +46,23 @@ from fedcodec.errors import (
 )
 
 __all__ = [
+    "RETRY_MARK",
     "BaseVersionError",
+    "BusyError",
     "ConflictingUpdateError",
     "InvalidUpdateError",
     "NotSelectedError",
     "RoundNotOpenError",
     "ServerError",
     "ShuttingDownError",
+    "StorageFullError",
+    "StorageUnavailableError",
+    "StreamTimeoutError",
     "UpdateTooLargeError",
 ]
+
+#: In the message of every refusal worth resending (the edge SDK looks for it).
+RETRY_MARK = "retry later"
 
 _RESULT_NAMES = {
     FC_ERR_INVALID_ARGUMENT: "FC_ERR_INVALID_ARGUMENT",
@@ -96,3 +115,23 @@ class ConflictingUpdateError(ServerError, ValueError):
 
 class ShuttingDownError(ServerError, RuntimeError):
     """The server is stopping and takes no new work."""
+
+
+class StorageFullError(ServerError, RuntimeError):
+    """The server's disk (or the database's size limit) is full; nothing was stored."""
+
+    code_number = FC_ERR_LIMIT
+
+
+class StorageUnavailableError(ServerError, RuntimeError):
+    """The server's database failed (I/O error, locked); nothing was stored."""
+
+
+class BusyError(ServerError, RuntimeError):
+    """Admission control: too many concurrent streams (of this client or in all)."""
+
+    code_number = FC_ERR_LIMIT
+
+
+class StreamTimeoutError(ServerError, RuntimeError):
+    """An upload stream was idle, or slower than the minimum rate, for too long."""

@@ -29,6 +29,7 @@ import asyncio
 import concurrent.futures
 import contextlib
 import enum
+import errno
 import functools
 import hashlib
 import logging
@@ -61,12 +62,16 @@ from fedcodec.pipeline import (
 from fedcodec.pipeline.robust import RobustRejectionError
 from fedcodec.server.config import ServerConfig
 from fedcodec.server.errors import (
+    RETRY_MARK,
     BaseVersionError,
     ConflictingUpdateError,
     InvalidUpdateError,
     NotSelectedError,
     RoundNotOpenError,
+    ServerError,
     ShuttingDownError,
+    StorageFullError,
+    StorageUnavailableError,
     UpdateTooLargeError,
 )
 from fedcodec.server.metrics import Metrics
@@ -259,6 +264,25 @@ def _receipt_matches(stored: tuple[str, int, int], h: UploadHeader) -> bool:
     return stored == (h.idempotency_key, h.total_bytes, h.crc32)
 
 
+def _storage_refusal(exc: sqlite3.Error | OSError) -> ServerError:
+    """A database failure as a refusal a client understands (logged for the operator)."""
+    full = getattr(exc, "sqlite_errorcode", None) == sqlite3.SQLITE_FULL or (
+        isinstance(exc, OSError) and exc.errno == errno.ENOSPC
+    )
+    log.error(
+        "the state database failed",
+        extra={"event": "storage_full" if full else "storage_failed", "error": str(exc)},
+    )
+    if full:
+        return StorageFullError(
+            f"the server's storage is full: nothing was stored; {RETRY_MARK} "
+            "(the operator must free disk space)"
+        )
+    return StorageUnavailableError(
+        f"the server's database failed ({exc}): nothing was stored; {RETRY_MARK}"
+    )
+
+
 def _stream_digest(downlink: DownlinkEncoder) -> str:
     """Digest of the newest version as clients reconstruct it."""
     latest = downlink.latest_version
@@ -329,7 +353,12 @@ class RoundCoordinator:
 
     async def _in_db(self, fn: Callable[..., _T], *args: Any) -> _T:
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._db_executor, functools.partial(fn, *args))
+        try:
+            return await loop.run_in_executor(self._db_executor, functools.partial(fn, *args))
+        except sqlite3.IntegrityError:
+            raise
+        except (sqlite3.Error, OSError) as exc:
+            raise _storage_refusal(exc) from exc
 
     @property
     def store(self) -> Store:
@@ -407,8 +436,17 @@ class RoundCoordinator:
 
     def _load(self) -> tuple[ModelVersion, DownlinkEncoder, RoundRecord | None, bool]:
         """Open or create the federation (runs in the database thread)."""
-        store = Store(self.config.state_path)
+        store = Store(self.config.state_path, replace_unusable=self.config.new_federation)
         self._store = store
+        if store.moved_aside is not None:
+            log.warning(
+                "the unusable state database was moved aside; a new federation starts",
+                extra={
+                    "event": "state_moved_aside",
+                    "state_path": self.config.state_path,
+                    "moved_to": store.moved_aside,
+                },
+            )
         if store.spec is None:
             if self._initial_model is None:
                 raise StoreError(
@@ -470,6 +508,15 @@ class RoundCoordinator:
         self._running = True
         self._refresh_gauges()
         self._deadline_task = asyncio.create_task(self._deadline_loop(), name="fedcodec-deadlines")
+        rnd = self._round
+        if rnd is not None and len(rnd.reported) >= self.config.rounds.target_clients:
+            # Full before the restart (e.g. killed while aggregating): aggregate now, not at
+            # the deadline.
+            log.info(
+                "the restored round is full; aggregating",
+                extra={"event": "restored_round_full", "round_id": rnd.round_id},
+            )
+            self._spawn(self._close(rnd, "target reached"))
 
     async def _restore_round(self, record: RoundRecord) -> _Round:
         selected = await self._in_db(self.store.selections, record.round_id)
@@ -829,6 +876,8 @@ class RoundCoordinator:
                 ) from exc
             except StoreError as exc:
                 raise RoundNotOpenError(f"round {rnd.round_id} is not open") from exc
+            except OverflowError as exc:
+                raise InvalidUpdateError(f"a header field is out of range: {exc}") from exc
         self.metrics.updates_accepted.labels("accepted").inc()
         self._refresh_gauges()
         log.info(

@@ -6,25 +6,33 @@ decides is in :class:`~fedcodec.server.rounds.RoundCoordinator`.
 
 from __future__ import annotations
 
+import logging
 import tempfile
 import zlib
-from collections.abc import AsyncIterator
-from typing import Any, NoReturn
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any, NoReturn, TypeVar
 
 import grpc
 from google.protobuf.duration_pb2 import Duration
+from google.protobuf.message import DecodeError
+from google.protobuf.message import Message as ProtoMessage
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from fedcodec.pipeline import ModelSpec, RoundParams
 from fedcodec.server.auth import TokenRegistry
 from fedcodec.server.errors import (
+    RETRY_MARK,
     BaseVersionError,
+    BusyError,
     ConflictingUpdateError,
     InvalidUpdateError,
     NotSelectedError,
     RoundNotOpenError,
     ServerError,
     ShuttingDownError,
+    StorageFullError,
+    StorageUnavailableError,
+    StreamTimeoutError,
     UpdateTooLargeError,
 )
 from fedcodec.server.metrics import Metrics
@@ -39,7 +47,18 @@ from fedcodec.v1 import aggregation_service_pb2 as pb
 from fedcodec.v1 import aggregation_service_pb2_grpc as pb_grpc
 from fedcodec.v1 import round_pb2
 
-__all__ = ["STATUS_OF", "AggregationServicer", "coding_params_to_proto", "model_spec_to_proto"]
+__all__ = [
+    "STATUS_OF",
+    "AggregationServicer",
+    "add_to_server",
+    "coding_params_to_proto",
+    "model_spec_to_proto",
+]
+
+log = logging.getLogger("fedcodec.server")
+
+_M = TypeVar("_M", bound=ProtoMessage)
+_T = TypeVar("_T")
 
 #: The status code of each refusal (the table in aggregation_service.proto).
 STATUS_OF: dict[type[ServerError], grpc.StatusCode] = {
@@ -50,6 +69,10 @@ STATUS_OF: dict[type[ServerError], grpc.StatusCode] = {
     NotSelectedError: grpc.StatusCode.FAILED_PRECONDITION,
     ConflictingUpdateError: grpc.StatusCode.ALREADY_EXISTS,
     ShuttingDownError: grpc.StatusCode.UNAVAILABLE,
+    StorageFullError: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    StorageUnavailableError: grpc.StatusCode.UNAVAILABLE,
+    BusyError: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    StreamTimeoutError: grpc.StatusCode.DEADLINE_EXCEEDED,
 }
 
 _ASSIGNMENTS = {
@@ -327,3 +350,106 @@ class AggregationServicer(pb_grpc.AggregationServiceServicer):
                 raise InvalidUpdateError("the payload's CRC-32 differs from the header's")
             spool.seek(0)
             return spool.read()
+
+
+# -- registration: requests are parsed here, so that a malformed message is INVALID_ARGUMENT ----
+
+
+def _parse(kind: type[_M], raw: bytes) -> _M:
+    try:
+        return kind.FromString(raw)
+    except (DecodeError, RuntimeWarning) as exc:
+        raise InvalidUpdateError(f"malformed {kind.__name__} message: {exc}") from exc
+
+
+async def _guarded(
+    servicer: AggregationServicer,
+    context: _Context,
+    call: Callable[[], Awaitable[_T]],
+    *,
+    upload: bool,
+) -> _T:
+    """Run one call; every failure leaves as a clear status, never UNKNOWN."""
+    try:
+        return await call()
+    except ServerError as exc:
+        await servicer._refuse(context, exc, upload=upload)
+    except grpc.aio.AbortError:
+        raise
+    except Exception:
+        log.exception("internal error in a call", extra={"event": "internal_error"})
+        await servicer._abort(
+            context,
+            grpc.StatusCode.INTERNAL,
+            f"internal server error: the request was not applied; {RETRY_MARK}",
+            upload=upload,
+        )
+
+
+def add_to_server(servicer: AggregationServicer, server: grpc.aio.Server) -> None:
+    """Register ``fedcodec.v1.AggregationService`` with requests parsed by the servicer.
+
+    gRPC's generated registration parses requests before the servicer runs and answers a
+    malformed message with a status the proto does not promise; here every parse error is
+    INVALID_ARGUMENT and any unexpected failure INTERNAL with a plain message.
+    """
+
+    async def get_round_config(raw: bytes, context: _Context) -> pb.GetRoundConfigResponse:
+        async def call() -> pb.GetRoundConfigResponse:
+            request = _parse(pb.GetRoundConfigRequest, raw)
+            return await servicer.GetRoundConfig(request, context)
+
+        return await _guarded(servicer, context, call, upload=False)
+
+    async def download_model(
+        raw: bytes, context: _Context
+    ) -> AsyncIterator[pb.DownloadModelResponse]:
+        async def first() -> tuple[
+            AsyncIterator[pb.DownloadModelResponse], pb.DownloadModelResponse | None
+        ]:
+            request = _parse(pb.DownloadModelRequest, raw)
+            stream = servicer.DownloadModel(request, context).__aiter__()
+            try:
+                return stream, await stream.__anext__()
+            except StopAsyncIteration:
+                return stream, None
+
+        stream, head = await _guarded(servicer, context, first, upload=False)
+        if head is None:
+            return
+        yield head
+        async for message in stream:
+            yield message
+
+    async def upload_update(
+        raw_messages: AsyncIterator[bytes], context: _Context
+    ) -> pb.UploadUpdateResponse:
+        async def parsed() -> AsyncIterator[pb.UploadUpdateRequest]:
+            async for raw in raw_messages:
+                yield _parse(pb.UploadUpdateRequest, raw)
+
+        async def call() -> pb.UploadUpdateResponse:
+            return await servicer.UploadUpdate(parsed(), context)
+
+        return await _guarded(servicer, context, call, upload=True)
+
+    handlers = {
+        "GetRoundConfig": grpc.unary_unary_rpc_method_handler(
+            get_round_config,
+            request_deserializer=None,
+            response_serializer=pb.GetRoundConfigResponse.SerializeToString,
+        ),
+        "DownloadModel": grpc.unary_stream_rpc_method_handler(
+            download_model,
+            request_deserializer=None,
+            response_serializer=pb.DownloadModelResponse.SerializeToString,
+        ),
+        "UploadUpdate": grpc.stream_unary_rpc_method_handler(
+            upload_update,
+            request_deserializer=None,
+            response_serializer=pb.UploadUpdateResponse.SerializeToString,
+        ),
+    }
+    server.add_generic_rpc_handlers(
+        (grpc.method_handlers_generic_handler("fedcodec.v1.AggregationService", handlers),)
+    )

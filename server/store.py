@@ -34,7 +34,7 @@ import os
 import sqlite3
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -120,6 +120,77 @@ CREATE TABLE IF NOT EXISTS downlink (
 
 class StoreError(RuntimeError):
     """The database is of another schema or model, or its contents are inconsistent."""
+
+
+_SQLITE_MAGIC = b"SQLite format 3\x00"
+
+
+def _reason(exc: BaseException) -> str:
+    text = str(exc)
+    return text if text else type(exc).__name__
+
+
+def _check_location(path: str, replace_unusable: bool) -> str | None:
+    """Refuse a missing or read-only directory and an empty or foreign file, in one line.
+
+    With ``replace_unusable`` an empty, truncated or non-SQLite file (and its WAL) is moved
+    aside to ``<path>.unusable-<unix time>`` so that a new federation can start.
+    """
+    file = Path(path)
+    parent = file.parent
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise StoreError(
+            f"cannot create the directory of the state database {path!r}: "
+            f"{exc.strerror or exc} ({str(parent)!r})"
+        ) from exc
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise StoreError(
+            f"the directory of the state database {path!r} is not writable "
+            "(the database and its write-ahead log live there)"
+        )
+    if not file.exists():
+        return None
+    if not file.is_file():
+        raise StoreError(f"the state database {path!r} is not a regular file")
+    if not os.access(file, os.R_OK | os.W_OK):
+        raise StoreError(f"the state database {path!r} is not readable and writable")
+    try:
+        with file.open("rb") as fh:
+            head = fh.read(len(_SQLITE_MAGIC))
+    except OSError as exc:
+        raise StoreError(f"cannot read the state database {path!r}: {exc}") from exc
+    problem = ""
+    if not head:
+        problem = "it is empty (0 bytes)"
+    elif head != _SQLITE_MAGIC:
+        problem = "it is not an SQLite database (truncated or overwritten?)"
+    if not problem:
+        return None
+    if not replace_unusable:
+        raise StoreError(
+            f"refusing to start: the state database {path!r} is unusable: {problem}; "
+            "restore it from a backup, or start a new federation with --new-federation "
+            "(the file is then moved aside)"
+        )
+    return move_aside(path)
+
+
+def move_aside(path: str) -> str:
+    """Rename an unusable state database (and its WAL/SHM files) out of the way.
+
+    Returns
+    -------
+    str
+        The new name of the database file.
+    """
+    stamp = int(time.time())
+    target = f"{path}.unusable-{stamp}"
+    for suffix in ("", "-wal", "-shm"):
+        if os.path.exists(path + suffix):
+            os.replace(path + suffix, target + suffix)
+    return target
 
 
 @dataclass(frozen=True)
@@ -245,21 +316,64 @@ class Store:
         throwaway database (tests).
     """
 
-    def __init__(self, path: str | os.PathLike[str]) -> None:
+    def __init__(self, path: str | os.PathLike[str], *, replace_unusable: bool = False) -> None:
         self.path = os.fspath(path)
         if self.path != ":memory:":
-            Path(self.path).parent.mkdir(parents=True, exist_ok=True)
-        # Autocommit mode: transactions are explicit (BEGIN IMMEDIATE ... COMMIT).
-        self._conn = sqlite3.connect(self.path, isolation_level=None)
-        self._conn.execute("PRAGMA journal_mode=WAL")
-        # FULL: fsync the WAL at every commit, so an acknowledged update survives a crash.
-        self._conn.execute("PRAGMA synchronous=FULL")
-        self._conn.execute("PRAGMA busy_timeout=10000")
-        self._create_schema()
-        self._spec: ModelSpec | None = None
-        raw = self._meta("spec")
-        if raw is not None:
-            self._spec = ModelSpec.from_json(json.loads(raw))
+            self.moved_aside = _check_location(self.path, replace_unusable)
+        try:
+            self._open()
+        except StoreError:
+            if not (replace_unusable and os.path.exists(self.path)):
+                raise
+            self.moved_aside = move_aside(self.path)
+            self._open()
+
+    #: Where an unusable database was moved (``replace_unusable``), else None.
+    moved_aside: str | None = None
+
+    def _open(self) -> None:
+        existing = self.path != ":memory:" and os.path.exists(self.path)
+        existing = existing and os.path.getsize(self.path) > 0
+        try:
+            # Autocommit mode: transactions are explicit (BEGIN IMMEDIATE ... COMMIT).
+            self._conn = sqlite3.connect(self.path, isolation_level=None)
+        except sqlite3.Error as exc:
+            raise StoreError(f"cannot open the state database {self.path!r}: {exc}") from exc
+        try:
+            self._conn.execute("PRAGMA journal_mode=WAL")
+            # FULL: fsync the WAL at every commit, so an acknowledged update survives a crash.
+            self._conn.execute("PRAGMA synchronous=FULL")
+            self._conn.execute("PRAGMA busy_timeout=10000")
+            if existing:
+                self._check_integrity()
+            self._create_schema()
+            self._spec: ModelSpec | None = None
+            raw = self._meta("spec")
+            if raw is not None:
+                self._spec = ModelSpec.from_json(json.loads(raw))
+        except (sqlite3.Error, ValueError, KeyError, TypeError) as exc:
+            self._conn.close()
+            raise StoreError(
+                f"the state database {self.path!r} is unusable ({_reason(exc)}); "
+                "restore it from a backup, or start a new federation with --new-federation "
+                "(the file is then moved aside)"
+            ) from exc
+        except StoreError:
+            self._conn.close()
+            raise
+
+    def _check_integrity(self) -> None:
+        rows = self._conn.execute("PRAGMA quick_check").fetchall()
+        if rows != [("ok",)]:
+            raise sqlite3.DatabaseError(f"integrity check: {rows[0][0]}")
+        tables = {
+            r[0] for r in self._conn.execute("SELECT name FROM sqlite_master WHERE type='table'")
+        }
+        if "meta" not in tables or self._meta("schema_version") is None:
+            raise StoreError(
+                f"{self.path!r} is an SQLite database but not a fedcodec state database; "
+                "refusing to add a federation to it"
+            )
 
     def _create_schema(self) -> None:
         self._conn.executescript("BEGIN IMMEDIATE;" + _SCHEMA + "COMMIT;")
@@ -277,10 +391,13 @@ class Store:
         self._conn.execute("BEGIN IMMEDIATE")
         try:
             yield self._conn
+            self._conn.execute("COMMIT")
         except BaseException:
-            self._conn.execute("ROLLBACK")
+            # SQLite may have rolled back itself (a full disk): keep the original error.
+            if self._conn.in_transaction:
+                with suppress(sqlite3.Error):
+                    self._conn.execute("ROLLBACK")
             raise
-        self._conn.execute("COMMIT")
 
     def close(self) -> None:
         """Checkpoint the WAL and close."""
@@ -579,8 +696,8 @@ class Store:
         -------
         list of (Exception or None)
             Per item: None when stored (durable when this returns), else
-            :class:`sqlite3.IntegrityError` (a duplicate) or :class:`StoreError` (the
-            round is not open).
+            :class:`sqlite3.IntegrityError` (a duplicate), :class:`StoreError` (the
+            round is not open) or :class:`OverflowError` (a field beyond 64 bits).
         """
         results: list[Exception | None] = []
         with self._transaction() as db:
@@ -593,7 +710,8 @@ class Store:
                     if state is None or state[0] != "open":
                         raise StoreError(f"round {record.round_id} is not open")
                     self._insert_update(record, payload)
-                except (sqlite3.IntegrityError, StoreError) as exc:
+                except (sqlite3.IntegrityError, StoreError, OverflowError) as exc:
+                    # OverflowError: an integer beyond SQLite's 64 bits; only this update fails.
                     db.execute("ROLLBACK TO one_update")
                     results.append(exc)
                 else:
