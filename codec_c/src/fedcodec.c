@@ -154,8 +154,12 @@ static enum fc_result plan_tensor(const fc_tensor *t, const fc_encode_options *o
             /* ... and so are levels whose reconstruction would not be a
              * finite float32 (a huge step): the decoder refuses them. */
             const int dq = d->quant == FC_QUANT_TRELLIS || d->quant == FC_QUANT_TRELLIS8;
-            double top = scan.abs_max / step + (dq ? 4.0 : 1.0);
-            if (dq) top = top / 2.0 + 1.0;
+            /* the largest |level| (trellis: reconstruction index) the
+             * quantizer can pick: rounding, the dither, the trellis' two
+             * candidates above */
+            double top = floor(scan.abs_max / step * (1.0 + 1e-9) +
+                               (dq ? 4.0 : d->quant == FC_QUANT_DITHER ? 1.0 : 0.5));
+            if (dq) top = floor((top + 1.0) / 2.0);
             if (top > (double)fc_max_finite_level((float)step, dq ? FC_MAX_DQ_LEVEL : FC_MAX_LEVEL,
                                                   d->quant))
                 return FC_ERR_LEVEL_OVERFLOW;
