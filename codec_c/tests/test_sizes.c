@@ -8,7 +8,8 @@
  *
  * Inputs are deterministic synthetic updates (platform-independent
  * generators): a dense Laplacian update and top-10 % / 1 % / 0.1 % sparse
- * ones, coded in every mode, with plain rounding and with RD quantization,
+ * ones, and rows in which every value has the same magnitude (random
+ * signs), coded in every mode, with plain rounding and with RD quantization,
  * and in automatic mode with the trellis (4 and 8 states) and dithered
  * quantizers.
  * Shrinking sizes print a note: update the table so the gain is kept.
@@ -29,11 +30,13 @@ typedef struct row {
 static const struct {
     const char *name;
     size_t keep; /* top-k; 0 = dense */
+    int const_rows; /* rows of equal magnitudes (tu_fill_const_rows) */
 } inputs[] = {
-    {"dense", 0},
-    {"top10", N_ELEMS / 10},
-    {"top1", N_ELEMS / 100},
-    {"top0.1", N_ELEMS / 1000},
+    {"dense", 0, 0},
+    {"top10", N_ELEMS / 10, 0},
+    {"top1", N_ELEMS / 100, 0},
+    {"top0.1", N_ELEMS / 1000, 0},
+    {"constrows", 0, 1},
 };
 
 static const struct {
@@ -55,7 +58,10 @@ static size_t measure(row *out)
     for (ii = 0; ii < sizeof inputs / sizeof inputs[0]; ii++) {
         tu_rng r = tu_seed(2024);
         uint64_t shape[2] = {ROWS, COLS};
-        tu_fill_laplace(&r, v, N_ELEMS, 0.01);
+        if (inputs[ii].const_rows)
+            tu_fill_const_rows(&r, v, ROWS, COLS, 0.01);
+        else
+            tu_fill_laplace(&r, v, N_ELEMS, 0.01);
         if (inputs[ii].keep) tu_topk(v, N_ELEMS, inputs[ii].keep);
         for (mi = 0; mi < sizeof modes / sizeof modes[0]; mi++) {
             for (lam = 0; lam < 2; lam++) {
@@ -127,7 +133,8 @@ static int save(const char *path, const row *rows, size_t n)
     if (!f) return 0;
     fprintf(f, "# Compressed sizes in bytes of deterministic synthetic updates (%dx%d float32,\n",
             ROWS, COLS);
-    fprintf(f, "# S = 64; round: lambda 0, rdoq and trellis: lambda 0.1155, dither: seed 2024).\n");
+    fprintf(f, "# S = 64; round: lambda 0, rdoq and trellis: lambda 0.1155, dither: seed 2024;\n");
+    fprintf(f, "# constrows: every row one magnitude, random signs).\n");
     fprintf(f, "# test_sizes fails when a size grows by more than 0.5 %%; after an intended\n");
     fprintf(f, "# change run `make sizes-update`.\n");
     fprintf(f, "# input/mode/quantizer\tbytes\n");

@@ -241,6 +241,19 @@ static inline void tu_fill_laplace(tu_rng *r, float *x, size_t n, double b)
     for (i = 0; i < n; i++) x[i] = (float)tu_laplace(r, b);
 }
 
+/* Rows in which every value has the same magnitude (random signs): the row
+ * magnitude is b * (1/4 + |Laplace(0, 1)|), e.g. an embedding table's rows
+ * of rarely seen tokens under AdamW (the update is about lr * sign). */
+static inline void tu_fill_const_rows(tu_rng *r, float *x, size_t rows, size_t cols, double b)
+{
+    size_t i, j;
+    for (i = 0; i < rows; i++) {
+        double l = tu_laplace(r, 1.0);
+        float m = (float)(b * (0.25 + (l < 0 ? -l : l)));
+        for (j = 0; j < cols; j++) x[i * cols + j] = tu_below(r, 2) ? m : -m;
+    }
+}
+
 /* Keep the (at most) `keep` largest magnitudes of x and zero the rest: a
  * top-k sparsified update. */
 static inline void tu_topk(float *x, size_t n, size_t keep)
