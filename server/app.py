@@ -171,7 +171,9 @@ class FedcodecServer:
         self.health: _AsyncHealth = health.aio.HealthServicer()  # type: ignore[attr-defined]
         self._server = grpc.aio.server(
             options=_server_options(config),
-            maximum_concurrent_rpcs=config.limits.max_concurrent_rpcs,
+            # 0: no gRPC-level cap (it would refuse health checks too); streams are bounded
+            # by the admission limits (server/admission.py).
+            maximum_concurrent_rpcs=config.limits.max_concurrent_rpcs or None,
         )
         add_to_server(AggregationServicer(self.coordinator, tokens, self.metrics), self._server)
         health_pb2_grpc.add_HealthServicer_to_server(cast(Any, self.health), self._server)

@@ -225,7 +225,29 @@ class LimitsConfig:
     max_message_bytes : int
         gRPC message limit both ways: one chunk plus its framing, never a whole model.
     max_concurrent_rpcs : int
-        Calls served at once; more wait in gRPC's queue.
+        gRPC's own cap on calls at once (0: none).  Calls over it are refused at once
+        with RESOURCE_EXHAUSTED "Concurrent RPC limit exceeded" (not queued; the edge SDK
+        retries them) — the health service included, so the default leaves it off and
+        bounds streams with the admission limits below instead.
+    max_upload_streams : int
+        Uploads receiving at once; at most one per client (a client's second upload is
+        refused with RESOURCE_EXHAUSTED "… retry later" while its first runs).
+    max_waiting_uploads : int
+        Uploads that may wait (first come, first served) for one of the
+        ``max_upload_streams`` slots; more are refused at once.
+    admission_wait_s : float
+        Longest wait for an upload slot before the upload is refused (retryable).
+    max_large_payloads : int
+        Received payloads larger than one chunk held in memory at once (they are
+        spooled to a temporary file while they arrive).
+    max_download_streams, downloads_per_client : int
+        Downloads at once, in all and per client (more: refused, retryable).
+    stream_idle_timeout_s : float
+        Longest silence within an upload (before its header, between chunks) or a
+        download (the client not reading); then the stream ends with DEADLINE_EXCEEDED.
+    min_stream_bytes_per_s : int
+        Slowest accepted transfer: a stream may last ``stream_idle_timeout_s +
+        bytes / min_stream_bytes_per_s`` seconds in all (slow-drip streams end then).
     max_parallel_decodes : int
         Uploads validated (decoded) at once: bounds memory to O(model).
     codec_threads : int
@@ -240,7 +262,15 @@ class LimitsConfig:
     max_update_bytes: int = 0
     max_chunk_bytes: int = MIB
     max_message_bytes: int = 4 * MIB
-    max_concurrent_rpcs: int = 1024
+    max_concurrent_rpcs: int = 0
+    max_upload_streams: int = 256
+    max_waiting_uploads: int = 1024
+    admission_wait_s: float = 5.0
+    max_large_payloads: int = 4
+    max_download_streams: int = 256
+    downloads_per_client: int = 2
+    stream_idle_timeout_s: float = 30.0
+    min_stream_bytes_per_s: int = 16384
     max_parallel_decodes: int = 2
     codec_threads: int = 0
     keep_model_blobs: int = 4
@@ -579,8 +609,24 @@ def _validate(c: ServerConfig) -> None:
         problems.append("limits.max_chunk_bytes must be in 1 KiB..1 MiB")
     if lim.max_message_bytes < lim.max_chunk_bytes + 64 * 1024:
         problems.append("limits.max_message_bytes must exceed max_chunk_bytes by >= 64 KiB")
-    if lim.max_concurrent_rpcs < 1 or lim.max_parallel_decodes < 1:
-        problems.append("limits.max_concurrent_rpcs and max_parallel_decodes must be >= 1")
+    if lim.max_concurrent_rpcs < 0 or lim.max_parallel_decodes < 1:
+        problems.append("limits.max_concurrent_rpcs must be >= 0, max_parallel_decodes >= 1")
+    if (
+        min(lim.max_upload_streams, lim.max_large_payloads, lim.max_download_streams) < 1
+        or min(lim.downloads_per_client, lim.min_stream_bytes_per_s) < 1
+        or lim.max_waiting_uploads < 0
+    ):
+        problems.append(
+            "limits.max_upload_streams, max_large_payloads, max_download_streams, "
+            "downloads_per_client, min_stream_bytes_per_s must be >= 1, max_waiting_uploads >= 0"
+        )
+    if not (
+        math.isfinite(lim.admission_wait_s)
+        and lim.admission_wait_s >= 0
+        and math.isfinite(lim.stream_idle_timeout_s)
+        and lim.stream_idle_timeout_s > 0
+    ):
+        problems.append("limits.admission_wait_s must be >= 0 and stream_idle_timeout_s > 0")
     if lim.codec_threads < 0 or lim.keep_model_blobs < 1:
         problems.append("limits.codec_threads must be >= 0 and keep_model_blobs >= 1")
     if not (math.isfinite(lim.shutdown_grace_s) and lim.shutdown_grace_s >= 0):

@@ -6,11 +6,12 @@ decides is in :class:`~fedcodec.server.rounds.RoundCoordinator`.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import tempfile
 import zlib
-from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any, NoReturn, TypeVar
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
+from typing import IO, Any, NoReturn, TypeVar, cast
 
 import grpc
 from google.protobuf.duration_pb2 import Duration
@@ -19,6 +20,7 @@ from google.protobuf.message import Message as ProtoMessage
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from fedcodec.pipeline import ModelSpec, RoundParams
+from fedcodec.server.admission import Admission, AdmissionLimits
 from fedcodec.server.auth import TokenRegistry
 from fedcodec.server.errors import (
     RETRY_MARK,
@@ -167,6 +169,19 @@ class AggregationServicer(pb_grpc.AggregationServiceServicer):
         self._coordinator = coordinator
         self._tokens = tokens
         self._metrics = metrics
+        lim = coordinator.config.limits
+        self.admission = Admission(
+            AdmissionLimits(
+                max_uploads=lim.max_upload_streams,
+                max_waiting_uploads=lim.max_waiting_uploads,
+                wait_s=lim.admission_wait_s,
+                large_payloads=lim.max_large_payloads,
+                max_downloads=lim.max_download_streams,
+                downloads_per_client=lim.downloads_per_client,
+            )
+        )
+        self.idle_timeout_s = lim.stream_idle_timeout_s
+        self.min_bytes_per_s = lim.min_stream_bytes_per_s
 
     async def _client(self, context: _Context, claimed: str, *, upload: bool) -> str:
         authorization = None
@@ -234,14 +249,21 @@ class AggregationServicer(pb_grpc.AggregationServiceServicer):
         """Stream the package that brings the client to the newest version."""
         client = await self._client(context, "", upload=False)
         try:
-            package = await self._coordinator.package_for(
-                client,
-                have_version=request.have_version if request.HasField("have_version") else None,
-                have_digest=request.have_digest,
-                force_keyframe=request.force_keyframe,
-            )
+            async with self.admission.download(client):
+                async for message in self._download(client, request):
+                    yield message
         except ServerError as exc:
             await self._refuse(context, exc, upload=False)
+
+    async def _download(
+        self, client: str, request: pb.DownloadModelRequest
+    ) -> AsyncIterator[pb.DownloadModelResponse]:
+        package = await self._coordinator.package_for(
+            client,
+            have_version=request.have_version if request.HasField("have_version") else None,
+            have_digest=request.have_digest,
+            force_keyframe=request.force_keyframe,
+        )
         parts = [package.keyframe] if package.keyframe is not None else list(package.deltas)
         crc = 0
         for part in parts:
@@ -276,9 +298,42 @@ class AggregationServicer(pb_grpc.AggregationServiceServicer):
     ) -> pb.UploadUpdateResponse:
         """Receive, check and store one update (nothing is kept unless it all arrives)."""
         client = await self._client(context, "", upload=True)
+        async with self.admission.upload(client):
+            return await self._upload(client, request_iterator, context)
+
+    async def _next(
+        self, messages: AsyncIterator[pb.UploadUpdateRequest], deadline: float
+    ) -> pb.UploadUpdateRequest:
+        """The next message of an upload, within the idle timeout and the stream's deadline."""
+        loop = asyncio.get_running_loop()
+        timeout = min(self.idle_timeout_s, deadline - loop.time())
+        if timeout <= 0:
+            raise StreamTimeoutError(
+                f"the upload is slower than {self.min_bytes_per_s} bytes/s; resend it "
+                f"({RETRY_MARK})"
+            )
+        try:
+            return await asyncio.wait_for(messages.__anext__(), timeout)
+        except TimeoutError:
+            idle = timeout >= self.idle_timeout_s
+            raise StreamTimeoutError(
+                f"the upload stream was idle for {self.idle_timeout_s:g} s; resend it "
+                f"({RETRY_MARK})"
+                if idle
+                else f"the upload is slower than {self.min_bytes_per_s} bytes/s; resend it "
+                f"({RETRY_MARK})"
+            ) from None
+
+    async def _upload(
+        self,
+        client: str,
+        request_iterator: AsyncIterator[pb.UploadUpdateRequest],
+        context: _Context,
+    ) -> pb.UploadUpdateResponse:
+        loop = asyncio.get_running_loop()
         messages = request_iterator.__aiter__()
         try:
-            first = await messages.__anext__()
+            first = await self._next(messages, loop.time() + self.idle_timeout_s)
         except StopAsyncIteration:
             first = pb.UploadUpdateRequest()
         if first.WhichOneof("payload") != "header":
@@ -308,48 +363,64 @@ class AggregationServicer(pb_grpc.AggregationServiceServicer):
         try:
             receipt = await self._coordinator.precheck(client, header)
             if receipt is None:
-                payload = await self._receive(messages, header)
-                receipt = await self._coordinator.submit(client, header, payload)
+                deadline = (
+                    loop.time() + self.idle_timeout_s + header.total_bytes / self.min_bytes_per_s
+                )
+                with tempfile.SpooledTemporaryFile(max_size=_SPOOL_IN_MEMORY) as spool:
+                    await self._receive(messages, header, spool, deadline)
+                    spool.seek(0)
+                    if header.total_bytes <= _SPOOL_IN_MEMORY:
+                        receipt = await self._coordinator.submit(client, header, spool.read())
+                    else:
+                        # A large payload comes into memory only with one of a few slots.
+                        async with self.admission.large_payload():
+                            payload = spool.read()
+                            receipt = await self._coordinator.submit(client, header, payload)
         except ServerError as exc:
             await self._refuse(context, exc, upload=True)
         return _upload_response(receipt)
 
     async def _receive(
-        self, messages: AsyncIterator[pb.UploadUpdateRequest], header: UploadHeader
-    ) -> bytes:
+        self,
+        messages: AsyncIterator[pb.UploadUpdateRequest],
+        header: UploadHeader,
+        spool: IO[bytes],
+        deadline: float,
+    ) -> None:
         limit = self._coordinator.max_update_bytes
         chunk_limit = self._coordinator.max_chunk_bytes
         received = 0
         crc = 0
         # A dropped connection cancels this coroutine: the spool goes away, nothing is kept.
-        with tempfile.SpooledTemporaryFile(max_size=_SPOOL_IN_MEMORY) as spool:
-            async for message in messages:
-                if message.WhichOneof("payload") != "chunk":
-                    raise InvalidUpdateError("only chunks may follow an upload's header")
-                chunk = message.chunk
-                self._metrics.bytes_up.inc(len(chunk))
-                if len(chunk) > chunk_limit:
-                    raise UpdateTooLargeError(
-                        f"a chunk of {len(chunk)} bytes, above the size limit of {chunk_limit} "
-                        "per chunk"
-                    )
-                received += len(chunk)
-                if received > limit:
-                    raise UpdateTooLargeError(f"the upload exceeds the size limit of {limit} bytes")
-                if received > header.total_bytes:
-                    raise InvalidUpdateError(
-                        f"more than the declared {header.total_bytes} bytes arrived"
-                    )
-                crc = zlib.crc32(chunk, crc)
-                spool.write(chunk)
-            if received != header.total_bytes:
-                raise InvalidUpdateError(
-                    f"{received} bytes arrived, the header declared {header.total_bytes}"
+        while True:
+            try:
+                message = await self._next(messages, deadline)
+            except StopAsyncIteration:
+                break
+            if message.WhichOneof("payload") != "chunk":
+                raise InvalidUpdateError("only chunks may follow an upload's header")
+            chunk = message.chunk
+            self._metrics.bytes_up.inc(len(chunk))
+            if len(chunk) > chunk_limit:
+                raise UpdateTooLargeError(
+                    f"a chunk of {len(chunk)} bytes, above the size limit of {chunk_limit} "
+                    "per chunk"
                 )
-            if crc != header.crc32:
-                raise InvalidUpdateError("the payload's CRC-32 differs from the header's")
-            spool.seek(0)
-            return spool.read()
+            received += len(chunk)
+            if received > limit:
+                raise UpdateTooLargeError(f"the upload exceeds the size limit of {limit} bytes")
+            if received > header.total_bytes:
+                raise InvalidUpdateError(
+                    f"more than the declared {header.total_bytes} bytes arrived"
+                )
+            crc = zlib.crc32(chunk, crc)
+            spool.write(chunk)
+        if received != header.total_bytes:
+            raise InvalidUpdateError(
+                f"{received} bytes arrived, the header declared {header.total_bytes}"
+            )
+        if crc != header.crc32:
+            raise InvalidUpdateError("the payload's CRC-32 differs from the header's")
 
 
 # -- registration: requests are parsed here, so that a malformed message is INVALID_ARGUMENT ----
@@ -401,25 +472,33 @@ def add_to_server(servicer: AggregationServicer, server: grpc.aio.Server) -> Non
 
         return await _guarded(servicer, context, call, upload=False)
 
-    async def download_model(
-        raw: bytes, context: _Context
-    ) -> AsyncIterator[pb.DownloadModelResponse]:
-        async def first() -> tuple[
-            AsyncIterator[pb.DownloadModelResponse], pb.DownloadModelResponse | None
-        ]:
-            request = _parse(pb.DownloadModelRequest, raw)
-            stream = servicer.DownloadModel(request, context).__aiter__()
-            try:
-                return stream, await stream.__anext__()
-            except StopAsyncIteration:
-                return stream, None
+    async def download_model(raw: bytes, context: _Context) -> None:
+        loop = asyncio.get_running_loop()
 
-        stream, head = await _guarded(servicer, context, first, upload=False)
-        if head is None:
-            return
-        yield head
-        async for message in stream:
-            yield message
+        async def call() -> None:
+            request = _parse(pb.DownloadModelRequest, raw)
+            stream = cast(
+                AsyncGenerator[pb.DownloadModelResponse, None],
+                servicer.DownloadModel(request, context),
+            )
+            deadline = loop.time() + servicer.idle_timeout_s
+            try:
+                async for message in stream:
+                    if message.HasField("header"):
+                        deadline += message.header.total_bytes / servicer.min_bytes_per_s
+                    timeout = min(servicer.idle_timeout_s, deadline - loop.time())
+                    try:
+                        await asyncio.wait_for(context.write(message), max(timeout, 0.001))
+                    except TimeoutError:
+                        raise StreamTimeoutError(
+                            "the download was not read in time (idle "
+                            f"{servicer.idle_timeout_s:g} s, or slower than "
+                            f"{servicer.min_bytes_per_s} bytes/s); {RETRY_MARK}"
+                        ) from None
+            finally:
+                await stream.aclose()
+
+        await _guarded(servicer, context, call, upload=False)
 
     async def upload_update(
         raw_messages: AsyncIterator[bytes], context: _Context
@@ -439,7 +518,7 @@ def add_to_server(servicer: AggregationServicer, server: grpc.aio.Server) -> Non
             request_deserializer=None,
             response_serializer=pb.GetRoundConfigResponse.SerializeToString,
         ),
-        "DownloadModel": grpc.unary_stream_rpc_method_handler(
+        "DownloadModel": grpc.unary_stream_rpc_method_handler(  # handler writes: context.write
             download_model,
             request_deserializer=None,
             response_serializer=pb.DownloadModelResponse.SerializeToString,
