@@ -206,7 +206,8 @@ def test_garbage_uploads_from_one_client_do_not_grow_memory(tmp_path: Path) -> N
         port = 0
         deadline = time.monotonic() + 60
         while not port:
-            assert time.monotonic() < deadline and proc.poll() is None, log.read_text()
+            assert time.monotonic() < deadline, log.read_text()
+            assert proc.poll() is None, log.read_text()
             for line in log.read_text().splitlines():
                 if '"server_started"' in line:
                     port = int(json.loads(line)["port"])
