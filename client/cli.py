@@ -13,6 +13,7 @@ from fedcodec.client.edge import EdgeClient, Outcome, RoundResult, TrainFn
 from fedcodec.client.errors import AuthenticationError, ServerUnavailableError
 from fedcodec.client.transport import Connection
 from fedcodec.logs import setup_logging
+from fedcodec.models import BUILTIN_MNIST_MLP, load_model
 
 __all__ = ["load_trainer", "read_token", "run_client"]
 
@@ -104,6 +105,10 @@ def run_client(args: argparse.Namespace) -> int:
     try:
         token = read_token(args.token_file)
         trainer = load_trainer(args.train, args.shard)
+        source = getattr(args, "initial_model", None)
+        if source is None and args.train == "builtin:mnist":
+            source = BUILTIN_MNIST_MLP
+        initial = load_model(source or "")
     except (ValueError, ImportError) as exc:
         print(f"fedcodec client: {exc}", file=sys.stderr)
         return 2
@@ -118,6 +123,8 @@ def run_client(args: argparse.Namespace) -> int:
             server_name=args.server_name,
             client_cert=args.client_cert,
             client_key=args.client_key,
+            initial_model=initial,
+            request_initial=bool(getattr(args, "request_initial", False)),
         ) as client:
             results = client.run(trainer, max_rounds=args.rounds, on_round=_report)
     except AuthenticationError as exc:

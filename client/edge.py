@@ -41,18 +41,20 @@ from fedcodec.client.state import PendingUpload, load_pending, save_pending
 from fedcodec.client.transport import MAX_CHUNK_BYTES, Connection, RetryPolicy
 from fedcodec.errors import CorruptStreamError
 from fedcodec.pipeline import (
+    ClientEngine,
     DigestMismatchError,
+    InitialRef,
     ModelMismatchError,
     ModelReceiver,
     ModelSpec,
     ModelVersion,
     RoundParams,
-    Sparsification,
     StateFormatError,
     UpdateEncoder,
 )
 from fedcodec.v1 import aggregation_service_pb2 as pb
 from fedcodec.v1 import round_pb2
+from fedcodec.wire import initial_from_proto, params_from_proto, spec_from_proto
 
 __all__ = ["EdgeClient", "Outcome", "RoundInfo", "RoundResult", "TrainFn", "TrainResult"]
 
@@ -81,6 +83,8 @@ class RoundInfo:
         The server's size limit for an update.
     max_chunk_bytes : int
         The largest upload chunk the server takes.
+    initial : InitialRef or None
+        The shared initial model the federation starts from (None: a keyframe stream).
     """
 
     round_id: int
@@ -91,6 +95,7 @@ class RoundInfo:
     spec: ModelSpec
     max_update_bytes: int
     max_chunk_bytes: int = MAX_CHUNK_BYTES
+    initial: InitialRef | None = None
 
 
 @dataclass(frozen=True)
@@ -165,44 +170,20 @@ class RoundResult:
     detail: str = ""
 
 
-_STEP_RULES = {round_pb2.STEP_RULE_MODEL: "model", round_pb2.STEP_RULE_TENSOR: "tensor"}
-
-
-def _params(msg: round_pb2.CodingParams) -> RoundParams:
-    sparsification = None
-    if msg.HasField("sparsification"):
-        s = msg.sparsification
-        sparsification = Sparsification(
-            topk=s.topk if s.HasField("topk") else None,
-            threshold=s.threshold if s.HasField("threshold") else None,
-            rows=s.rows if s.HasField("rows") else None,
-        )
-    return RoundParams(
-        lam=msg.lam,
-        S=msg.s,
-        step=msg.step if msg.HasField("step") else None,
-        budget_bytes=msg.budget_bytes if msg.HasField("budget_bytes") else None,
-        tolerance=msg.tolerance,
-        step_rule=_STEP_RULES.get(msg.step_rule, "model"),  # type: ignore[arg-type]
-        sparsification=sparsification,
-    )
-
-
 def round_info_from_proto(config: round_pb2.RoundConfig) -> RoundInfo:
     """A :class:`RoundInfo` from a ``RoundConfig`` message."""
-    spec = ModelSpec(
-        tuple(t.name for t in config.model_spec.tensors),
-        tuple(tuple(int(d) for d in t.shape) for t in config.model_spec.tensors),
-    )
     return RoundInfo(
         round_id=config.round_id,
         base_version=config.base_version,
         base_digest=config.base_digest,
-        params=_params(config.params),
+        params=params_from_proto(config.params),
         deadline=config.deadline.ToNanoseconds() / 1e9,
-        spec=spec,
+        spec=spec_from_proto(config.model_spec),
         max_update_bytes=config.max_update_bytes,
         max_chunk_bytes=min(config.max_chunk_bytes or MAX_CHUNK_BYTES, MAX_CHUNK_BYTES),
+        initial=(
+            initial_from_proto(config.initial_model) if config.HasField("initial_model") else None
+        ),
     )
 
 
@@ -227,6 +208,14 @@ class EdgeClient:
         Retries of transient failures.
     codec_threads : int, optional
         Threads of the encoder (0: all CPUs).
+    initial_model : mapping of str to array_like, optional
+        The federation's shared initial model, built as the deployment says (from its
+        seed, or read from the file shipped with the app).  A federation that starts
+        from a shared initial model refuses a client without it, unless
+        ``request_initial`` is set and the server allows sending it.
+    request_initial : bool, optional
+        Ask the server for the initial model when this client does not hold it (4 bytes
+        per weight, once).
     """
 
     def __init__(
@@ -243,11 +232,17 @@ class EdgeClient:
         client_key: str | None = None,
         retry: RetryPolicy | None = None,
         codec_threads: int = 1,
+        initial_model: Mapping[str, npt.ArrayLike] | None = None,
+        request_initial: bool = False,
     ) -> None:
         if not client_id:
             raise ValueError("client_id must be set")
         self.client_id = client_id
         self.codec_threads = codec_threads
+        self.initial_model = (
+            None if initial_model is None else ModelVersion.create(0, initial_model)
+        )
+        self.request_initial = request_initial
         self.connection = Connection(
             target,
             token,
@@ -263,8 +258,7 @@ class EdgeClient:
         if self.state_dir is not None:
             self.state_dir.mkdir(parents=True, exist_ok=True)
         self._spec: ModelSpec | None = None
-        self._encoder: UpdateEncoder | None = None
-        self._receiver: ModelReceiver | None = None
+        self._engine: ClientEngine | None = None
         self._pending: PendingUpload | None = None
         self._chunk_bytes = MAX_CHUNK_BYTES  # the server's limit, from its round config
         # The encoder state as of the last acknowledged update (restored when the server
@@ -312,22 +306,43 @@ class EdgeClient:
     @property
     def model(self) -> ModelVersion | None:
         """The global model held (None before the first download)."""
-        if self._receiver is None or self._receiver.version is None:
+        if self._engine is None or self._engine.receiver.version is None:
             return None
-        return self._receiver.model
+        return self._engine.model
 
     @property
     def encoder(self) -> UpdateEncoder | None:
         """The error-feedback encoder (after the first round)."""
-        return self._encoder
+        return None if self._engine is None else self._engine.encoder
+
+    @property
+    def _encoder(self) -> UpdateEncoder | None:
+        return None if self._engine is None else self._engine.encoder
+
+    @property
+    def _receiver(self) -> ModelReceiver | None:
+        return None if self._engine is None else self._engine.receiver
+
+    def _initial_for(self, spec: ModelSpec) -> ModelVersion | None:
+        initial = self.initial_model
+        if initial is None:
+            return None
+        if initial.spec != spec:
+            raise ModelMismatchError(
+                "initial_model: the initial model given to this client has other tensors "
+                "than the federation's model"
+            )
+        return initial
 
     def _setup(self, spec: ModelSpec) -> None:
         """Create (or restore) the encoder and the model receiver for ``spec``."""
         if self._spec == spec:
             return
         encoder_path, model_path = self._path("encoder.npz"), self._path("model.npz")
-        encoder = UpdateEncoder(spec, self.client_id, threads=self.codec_threads)
-        receiver = ModelReceiver(spec, threads=self.codec_threads)
+        engine = ClientEngine(
+            spec, self.client_id, initial=self._initial_for(spec), threads=self.codec_threads
+        )
+        encoder, receiver = engine.encoder, engine.receiver
         if encoder_path is not None and encoder_path.exists():
             try:
                 encoder = UpdateEncoder.restore(
@@ -359,7 +374,10 @@ class EdgeClient:
                 pending_path.unlink(missing_ok=True)
         if pending is not None and set(pending.residual) != set(spec.names):
             pending = None
-        self._spec, self._encoder, self._receiver, self._pending = spec, encoder, receiver, pending
+        if receiver.initial is None and self.initial_model is not None:
+            receiver.assume(self._initial_for(spec) or self.initial_model)
+        engine.encoder, engine.receiver = encoder, receiver
+        self._spec, self._engine, self._pending = spec, engine, pending
         self._acknowledged = encoder.state()
 
     # -- one round ----------------------------------------------------------
@@ -526,11 +544,27 @@ class EdgeClient:
         encoder.load_state(*self._acknowledged)
 
     def _sync_model(self, info: RoundInfo) -> tuple[ModelVersion | None, int, bool]:
-        """Bring the local model to the round's base: (model or None if stale, bytes, keyframe)."""
-        receiver = self._receiver
-        assert receiver is not None
-        if receiver.version == info.base_version and receiver.digest == info.base_digest:
+        """Bring the local model to the round's base: (model or None if stale, bytes, keyframe).
+
+        Raises
+        ------
+        InitialModelError
+            The federation starts from a shared initial model this client does not hold
+            and may not ask for (``request_initial``).
+        """
+        engine = self._engine
+        assert engine is not None
+        receiver = engine.receiver
+        if engine.holds(info.base_version, info.base_digest):
+            path = self._path("model.npz")
+            if path is not None and not path.exists():
+                receiver.save_state(path)  # e.g. the shared initial model, never downloaded
             return receiver.model, 0, False
+        want_initial = False
+        if info.initial is not None and engine.initial_digest != info.initial.digest:
+            if not self.request_initial:
+                engine.check_initial(info.initial)  # raises, naming the model it lacks
+            want_initial = True
         bytes_down = 0
         keyframe = False
         for force in (False, True):
@@ -538,6 +572,8 @@ class EdgeClient:
                 None if force else receiver.version,
                 None if force else receiver.digest,
                 force_keyframe=force,
+                initial_digest=engine.initial_digest,
+                want_initial=want_initial,
             )
             bytes_down += len(package)
             keyframe = keyframe or package.is_keyframe

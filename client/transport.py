@@ -34,6 +34,7 @@ from fedcodec.client.errors import (
 from fedcodec.pipeline import DownlinkPackage
 from fedcodec.v1 import aggregation_service_pb2 as pb
 from fedcodec.v1 import aggregation_service_pb2_grpc as pb_grpc
+from fedcodec.wire import WireError, package_from_wire
 
 __all__ = ["MAX_CHUNK_BYTES", "RETRY_MARK", "Connection", "RetryPolicy", "iter_upload_requests"]
 
@@ -252,11 +253,20 @@ class Connection:
         )
 
     def download(
-        self, have_version: int | None, have_digest: str | None, *, force_keyframe: bool = False
+        self,
+        have_version: int | None,
+        have_digest: str | None,
+        *,
+        force_keyframe: bool = False,
+        initial_digest: str | None = None,
+        want_initial: bool = False,
     ) -> DownlinkPackage:
         """``DownloadModel``: the package to reach the newest version, reassembled and checked."""
         request = pb.DownloadModelRequest(
-            have_digest=have_digest or "", force_keyframe=force_keyframe
+            have_digest=have_digest or "",
+            force_keyframe=force_keyframe,
+            initial_digest=initial_digest or "",
+            want_initial=want_initial,
         )
         if have_version is not None:
             request.have_version = have_version
@@ -289,16 +299,10 @@ class Connection:
             for size in header.part_sizes:
                 parts.append(bytes(buffer[offset : offset + size]))
                 offset += size
-            keyframe = header.kind == pb.PACKAGE_KIND_KEYFRAME
-            if keyframe and len(parts) != 1:
-                raise ProtocolError("a keyframe download has exactly one part")
-            return DownlinkPackage(
-                version=header.version,
-                digest=header.digest,
-                keyframe=parts[0] if keyframe else None,
-                from_version=header.from_version if header.HasField("from_version") else None,
-                deltas=() if keyframe else tuple(parts),
-            )
+            try:
+                return package_from_wire(header, parts)
+            except WireError as exc:
+                raise ProtocolError(f"the download's header does not fit its parts: {exc}") from exc
 
         return self._call("DownloadModel", attempt)
 

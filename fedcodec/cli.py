@@ -239,6 +239,18 @@ def _add_client(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
         "--shard", type=_shard, default=(0, 1), metavar="I/N", help="builtin:mnist data shard"
     )
     client.add_argument(
+        "--initial-model",
+        default=None,
+        metavar="SOURCE",
+        help="the federation's shared initial model, as the server reads it: an .npz or "
+        "builtin:mnist-mlp (default with --train builtin:mnist: builtin:mnist-mlp)",
+    )
+    client.add_argument(
+        "--request-initial",
+        action="store_true",
+        help="ask the server for the initial model when this client does not hold it",
+    )
+    client.add_argument(
         "--rounds", type=_positive_int, default=None, help="stop after taking part N times"
     )
     client.add_argument("--health", action="store_true", help="check the server's health, exit")

@@ -50,7 +50,7 @@ True
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, TypeVar, overload
 
@@ -75,6 +75,7 @@ __all__ = [
     "encode_levels",
     "inspect",
     "library_version",
+    "verify",
 ]
 
 Mode = Literal["auto", "dense", "grouped", "runs"]
@@ -942,6 +943,69 @@ def decode_accumulate(
             )
         targets.append(_binding.DecodeTarget(label=label, numel=info.numel, acc=acc, weight=weight))
     _binding.decode(data, options, targets)
+
+
+def verify(
+    data: bytes | bytearray | memoryview,
+    *,
+    visit: Callable[[int, npt.NDArray[np.float32]], None] | None = None,
+    threads: int = 0,
+    max_tensors: int = _DEFAULT_MAX_TENSORS,
+    max_tensor_elems: int = _DEFAULT_MAX_ELEMS,
+    max_total_elems: int = _DEFAULT_MAX_ELEMS,
+) -> list[TensorInfo]:
+    """Check a container in full — headers, checksum *and* every payload — without
+    keeping the decoded data.
+
+    The payloads are decoded one tensor at a time into one reused float32
+    buffer as large as the largest tensor, so the memory is bounded by that
+    tensor, not by the model (a server validating uploads needs no
+    model-sized scratch per update).
+
+    Parameters
+    ----------
+    data : bytes-like
+        The container.
+    visit : callable, optional
+        Called as ``visit(index, values)`` with each tensor's decoded values
+        (flat float32, valid only during the call), e.g. to check their range.
+    threads, max_tensors, max_tensor_elems, max_total_elems
+        As for :func:`decode`.
+
+    Returns
+    -------
+    list of TensorInfo
+        As :func:`inspect`.
+
+    Raises
+    ------
+    CorruptStreamError, InvalidParameterError
+        As for :func:`decode`.
+    """
+    infos = inspect(
+        data,
+        max_tensors=max_tensors,
+        max_tensor_elems=max_tensor_elems,
+        max_total_elems=max_total_elems,
+    )
+    options = _decode_options(threads, max_tensors, max_tensor_elems, max_total_elems)
+    scratch = np.empty(max((info.numel for info in infos), default=0), dtype=np.float32)
+    for position, info in enumerate(infos):
+        if info.numel == 0:
+            continue
+        values = scratch[: info.numel]
+        targets = [
+            _binding.DecodeTarget(
+                label=_label(i, None),
+                numel=other.numel,
+                values=values if i == position else None,
+            )
+            for i, other in enumerate(infos)
+        ]
+        _binding.decode(data, options, targets)
+        if visit is not None:
+            visit(position, values)
+    return infos
 
 
 _GOLDEN = 0x9E3779B97F4A7C15

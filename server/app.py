@@ -30,6 +30,7 @@ import numpy.typing as npt
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from fedcodec.logs import setup_logging
+from fedcodec.models import ModelSourceError, load_model
 from fedcodec.server.auth import TokenRegistry
 from fedcodec.server.config import ConfigError, ServerConfig
 from fedcodec.server.metrics import Metrics
@@ -52,7 +53,6 @@ log = logging.getLogger("fedcodec.server")
 #: The full name of the aggregation service (also its name in the health service).
 SERVICE_NAME = "fedcodec.v1.AggregationService"
 
-_BUILTIN_MNIST = "builtin:mnist-mlp"
 _T = TypeVar("_T")
 
 
@@ -70,19 +70,10 @@ def load_initial_model(source: str) -> dict[str, npt.NDArray[np.float32]] | None
     -------
     dict of str to ndarray or None
     """
-    if not source:
-        return None
-    if source == _BUILTIN_MNIST:
-        from fedcodec.toy import init_mlp
-
-        return init_mlp(np.random.default_rng(0), 784, 128, 10)
-    if source.startswith("builtin:"):
-        raise ConfigError(f"unknown built-in model {source!r} (known: {_BUILTIN_MNIST})")
     try:
-        with np.load(Path(source), allow_pickle=False) as data:
-            return {name: np.asarray(data[name], dtype=np.float32) for name in data.files}
-    except (OSError, ValueError) as exc:
-        raise ConfigError(f"cannot read the initial model {source!r}: {exc}") from exc
+        return load_model(source)
+    except ModelSourceError as exc:
+        raise ConfigError(str(exc)) from exc
 
 
 class _AsyncHealth(Protocol):

@@ -200,12 +200,25 @@ class DownlinkConfig:
         Versions a client may lag behind and still get coded deltas (else a keyframe).
     keyframe_bits : int
         Resolution of the downlink grid (keyframes are near-lossless at this many bits).
+    shared_initial : bool
+        Every client holds the initial model (built from the same seed or shipped with the
+        app), so it never travels and a client's first download is a delta (default);
+        false: a keyframe stream, where a client's first download is a keyframe.
+    send_initial : bool
+        Send the initial model (4 bytes per weight) once to a client that lacks it and asks;
+        false (default): such a client is refused with FAILED_PRECONDITION.
+    step_snap : str
+        ``pow2`` (default): version steps snap to power-of-two multiples of the grid, so
+        catch-up deltas stay small; ``grid``: any multiple.
     params : RoundParams
         How each new version is coded (``[downlink.params]``).
     """
 
     keep_versions: int = 8
     keyframe_bits: int = DEFAULT_KEYFRAME_BITS
+    shared_initial: bool = True
+    send_initial: bool = False
+    step_snap: str = "pow2"
     params: RoundParams = field(default_factory=RoundParams)
 
 
@@ -603,6 +616,8 @@ def _validate(c: ServerConfig) -> None:
         problems.append("downlink.keep_versions must be in 1..1000")
     if not 2 <= c.downlink.keyframe_bits <= 20:
         problems.append("downlink.keyframe_bits must be in 2..20")
+    if c.downlink.step_snap not in ("grid", "pow2"):
+        problems.append("downlink.step_snap must be grid or pow2")
     if not 0 <= lim.max_update_bytes <= MAX_STORED_BYTES:
         problems.append(f"limits.max_update_bytes must be in 0..{MAX_STORED_BYTES}")
     if not 1024 <= lim.max_chunk_bytes <= MIB:

@@ -16,6 +16,8 @@ exception                          gRPC status             raised when
                                                            unknown
 :class:`BaseVersionError`          FAILED_PRECONDITION     an unknown or stale base version,
                                                            or a wrong base digest
+:class:`InitialModelMismatchError` FAILED_PRECONDITION    the client does not hold the
+                                                           federation's shared initial model
 :class:`NotSelectedError`          FAILED_PRECONDITION     the client was not selected for
                                                            the round
 :class:`ConflictingUpdateError`    ALREADY_EXISTS          a second, different update of a
@@ -50,6 +52,7 @@ __all__ = [
     "BaseVersionError",
     "BusyError",
     "ConflictingUpdateError",
+    "InitialModelMismatchError",
     "InvalidUpdateError",
     "NotSelectedError",
     "RoundNotOpenError",
@@ -101,6 +104,12 @@ class RoundNotOpenError(ServerError, RuntimeError):
 
 class BaseVersionError(ServerError, ValueError):
     """The update's base version is unknown or not the round's, or its digest differs."""
+
+    code_number = FC_ERR_MISMATCH
+
+
+class InitialModelMismatchError(ServerError, ValueError):
+    """The client holds another shared initial model than the federation's, or none."""
 
     code_number = FC_ERR_MISMATCH
 

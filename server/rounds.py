@@ -38,7 +38,7 @@ import sqlite3
 import threading
 import time
 import zlib
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -49,14 +49,17 @@ from fedcodec.pipeline import (
     Aggregator,
     BaseDigestMismatchError,
     ClientRoundStats,
-    DownlinkEncoder,
     DownlinkPackage,
+    InitialModelError,
+    InitialRef,
     ModelSpec,
     ModelVersion,
+    RoundEngine,
     RoundParams,
     RoundStats,
     Schedule,
     StaleBaseVersionError,
+    Submission,
     UnknownBaseVersionError,
 )
 from fedcodec.pipeline.robust import RobustRejectionError
@@ -65,6 +68,7 @@ from fedcodec.server.errors import (
     RETRY_MARK,
     BaseVersionError,
     ConflictingUpdateError,
+    InitialModelMismatchError,
     InvalidUpdateError,
     NotSelectedError,
     RoundNotOpenError,
@@ -121,6 +125,8 @@ class RoundInfo:
         The model's tensors.
     max_update_bytes, max_chunk_bytes : int
         Upload limits.
+    initial : InitialRef or None
+        The shared initial model every package is relative to (None: a keyframe stream).
     """
 
     round_id: int
@@ -131,6 +137,7 @@ class RoundInfo:
     spec: ModelSpec
     max_update_bytes: int
     max_chunk_bytes: int
+    initial: InitialRef | None = None
 
 
 @dataclass(frozen=True)
@@ -283,15 +290,6 @@ def _storage_refusal(exc: sqlite3.Error | OSError) -> ServerError:
     )
 
 
-def _stream_digest(downlink: DownlinkEncoder) -> str:
-    """Digest of the newest version as clients reconstruct it."""
-    latest = downlink.latest_version
-    digest = None if latest is None else downlink.digest_of(latest)
-    if digest is None:
-        raise StoreError("the downlink has published nothing")
-    return digest
-
-
 class RoundCoordinator:
     """Runs the rounds of one federation over a durable store.
 
@@ -330,10 +328,9 @@ class RoundCoordinator:
             max_workers=1, thread_name_prefix="fedcodec-db"
         )
         self._store: Store | None = None
-        self._downlink: DownlinkEncoder | None = None
+        self._engine: RoundEngine | None = None
         self._downlink_lock = threading.Lock()
         self._base: ModelVersion | None = None
-        self._base_digests: frozenset[str] = frozenset()
         self._stream_digest = ""
         self._round: _Round | None = None
         self._finished = False
@@ -401,19 +398,29 @@ class RoundCoordinator:
             raise RuntimeError("the coordinator is not started")
         return self._base
 
-    def _need_downlink(self) -> DownlinkEncoder:
-        if self._downlink is None:
+    def _need_engine(self) -> RoundEngine:
+        if self._engine is None:
             raise RuntimeError("the coordinator is not started")
-        return self._downlink
+        return self._engine
 
-    def _new_downlink(self, spec: ModelSpec) -> DownlinkEncoder:
+    def _new_engine(
+        self, model: ModelVersion, downlink_state: tuple[Any, Any] | None = None
+    ) -> RoundEngine:
         d = self.config.downlink
-        return DownlinkEncoder(
-            spec,
-            params=d.params,
+        return RoundEngine(
+            model,
+            initial_id=self.config.initial_model,
+            shared_initial=d.shared_initial,
+            send_initial=d.send_initial,
+            schedule=self._schedule,
+            downlink=d.params,
             keep=d.keep_versions,
             keyframe_bits=d.keyframe_bits,
+            step_snap="pow2" if d.step_snap == "pow2" else "grid",
+            server_lr=self.config.rounds.server_lr,
             threads=self.config.limits.codec_threads,
+            policy=self.config.robust,
+            downlink_state=downlink_state,
         )
 
     def _open_record(
@@ -434,7 +441,7 @@ class RoundCoordinator:
         limit = self.config.rounds.max_rounds
         return limit == 0 or last_round_id < limit
 
-    def _load(self) -> tuple[ModelVersion, DownlinkEncoder, RoundRecord | None, bool]:
+    def _load(self) -> tuple[ModelVersion, RoundEngine, RoundRecord | None, bool]:
         """Open or create the federation (runs in the database thread)."""
         store = Store(self.config.state_path, replace_unusable=self.config.new_federation)
         self._store = store
@@ -454,12 +461,9 @@ class RoundCoordinator:
                     "needed (initial_model in the configuration)"
                 )
             model = ModelVersion.create(0, self._initial_model)
-            downlink = self._new_downlink(model.spec)
-            downlink.publish(model)
+            engine = self._new_engine(model)
             first = self._open_record(1, 0, None) if self._more_rounds(0) else None
-            store.initialize(
-                model, downlink.state(), _stream_digest(downlink), first, now=self._clock()
-            )
+            store.initialize(model, engine.state(), engine.stream_digest, first, now=self._clock())
             log.info(
                 "federation created",
                 extra={
@@ -470,15 +474,12 @@ class RoundCoordinator:
                     "digest": model.digest,
                 },
             )
-            return model, downlink, first, first is None
+            return model, engine, first, first is None
         model = store.model()
-        downlink = self._new_downlink(store.spec)
-        downlink.load_state(*store.downlink())
-        if downlink.latest_version != model.version:
-            raise StoreError(
-                f"the stored downlink is at version {downlink.latest_version}, "
-                f"the newest model is {model.version}"
-            )
+        try:
+            engine = self._new_engine(model, store.downlink())
+        except ValueError as exc:
+            raise StoreError(f"the stored downlink does not fit the newest model: {exc}") from exc
         record = store.open_round()
         if record is None and self._more_rounds(store.last_round_id()):
             record = self._open_record(store.last_round_id() + 1, model.version, store.last_stats())
@@ -492,13 +493,13 @@ class RoundCoordinator:
                 "round_id": 0 if record is None else record.round_id,
             },
         )
-        return model, downlink, record, record is None
+        return model, engine, record, record is None
 
     async def start(self) -> None:
         """Open (or create) the database, restore the open round, start the deadline clock."""
-        model, downlink, record, finished = await self._in_db(self._load)
-        self._base, self._downlink = model, downlink
-        self._set_base_digests(model, _stream_digest(downlink))
+        model, engine, record, finished = await self._in_db(self._load)
+        self._base, self._engine = model, engine
+        self._stream_digest = engine.stream_digest
         if record is not None:
             self._round = await self._restore_round(record)
         self._finished = finished
@@ -547,10 +548,6 @@ class RoundCoordinator:
         if self._stopping or not self._running:
             raise ShuttingDownError("the server is shutting down")
 
-    def _set_base_digests(self, model: ModelVersion, stream_digest: str) -> None:
-        self._stream_digest = stream_digest
-        self._base_digests = frozenset({model.digest, stream_digest})
-
     def _refresh_gauges(self) -> None:
         m = self.metrics
         m.round.set(self.open_round_id)
@@ -571,10 +568,15 @@ class RoundCoordinator:
         """The newest exact global model."""
         return self._need_base()
 
+    @property
+    def initial(self) -> InitialRef | None:
+        """The shared initial model of the federation (None: a keyframe stream)."""
+        return self._need_engine().initial
+
     def stream_model(self) -> ModelVersion:
         """The newest model as clients reconstruct it from the downlink."""
         with self._downlink_lock:
-            return self._need_downlink().stream_model()
+            return self._need_engine().stream_model()
 
     async def package_for(
         self,
@@ -583,21 +585,34 @@ class RoundCoordinator:
         have_version: int | None,
         have_digest: str | None,
         force_keyframe: bool = False,
+        initial_digest: str | None = None,
+        want_initial: bool = False,
     ) -> DownlinkPackage:
-        """What ``client_id`` needs to reach the newest version (deltas or a keyframe)."""
+        """What ``client_id`` needs to reach the newest version (the engine's rule).
+
+        Raises
+        ------
+        InitialModelMismatchError
+            The federation starts from a shared initial model the client does not hold
+            (and may not, or did not ask to, receive).
+        """
         self._check_running()
 
         def job() -> DownlinkPackage:
             with self._downlink_lock:
-                return self._need_downlink().package_for(
+                return self._need_engine().package_for(
                     client_id,
                     have_version=have_version,
                     have_digest=have_digest or None,
-                    # A client without a model gets a keyframe, whatever the stream recorded.
-                    keyframe=force_keyframe or have_version is None,
+                    initial_digest=initial_digest or None,
+                    force_keyframe=force_keyframe,
+                    want_initial=want_initial,
                 )
 
-        package = await asyncio.to_thread(job)
+        try:
+            package = await asyncio.to_thread(job)
+        except InitialModelError as exc:
+            raise InitialModelMismatchError(str(exc)) from exc
         size = len(package)
         self.metrics.bytes_down.inc(size)
         if package.is_keyframe:
@@ -632,6 +647,7 @@ class RoundCoordinator:
             spec=self.spec,
             max_update_bytes=self.max_update_bytes,
             max_chunk_bytes=self.max_chunk_bytes,
+            initial=self._need_engine().initial,
         )
 
     async def check_in(self, client_id: str) -> CheckIn:
@@ -775,18 +791,10 @@ class RoundCoordinator:
             lock = rnd.locks[client_id] = asyncio.Lock()
         return lock
 
-    def _validate(
-        self, base: ModelVersion, round_id: int, client_id: str, h: UploadHeader, payload: bytes
-    ) -> ClientRoundStats:
-        aggregator = Aggregator(
-            base,
-            round_number=round_id,
-            base_digests=self._base_digests,
-            threads=self.config.limits.codec_threads,
-            policy=self.config.robust,
-            keep_payloads=False,
-        )
-        return aggregator.accept(
+    def _validate(self, client_id: str, h: UploadHeader, payload: bytes) -> ClientRoundStats:
+        # The engine's checks (robust per-update rules included), with no model-sized
+        # accumulator; duplicates and the round are the coordinator's own bookkeeping.
+        return self._need_engine().validate_update(
             payload,
             client_id=client_id,
             base_version=h.base_version,
@@ -810,12 +818,9 @@ class RoundCoordinator:
             if len(payload) != h.total_bytes or zlib.crc32(payload) != h.crc32:
                 raise InvalidUpdateError("the payload does not match its declared size and CRC")
             rnd = self._check_round(client_id, h)
-            base = self._need_base()
             async with self._decode_slots:
                 try:
-                    stats = await asyncio.to_thread(
-                        self._validate, base, rnd.round_id, client_id, h, payload
-                    )
+                    stats = await asyncio.to_thread(self._validate, client_id, h, payload)
                 except (UnknownBaseVersionError, StaleBaseVersionError) as exc:
                     raise BaseVersionError(str(exc)) from exc
                 except RobustRejectionError as exc:
@@ -999,7 +1004,7 @@ class RoundCoordinator:
             return
         finalize_seconds = time.perf_counter() - started
         self._base = model
-        self._set_base_digests(model, _stream_digest(self._need_downlink()))
+        self._stream_digest = self._need_engine().stream_digest
         self._round = None if next_record is None else _Round(next_record, {}, {})
         self._finished = next_record is None
         summary = RoundSummary(
@@ -1044,72 +1049,67 @@ class RoundCoordinator:
     def _aggregate(self, rnd: _Round) -> tuple[ModelVersion, RoundStats, RoundRecord | None]:
         """Aggregate the stored updates and commit the round (runs in the database thread)."""
         store = self.store
-        base = self._need_base()
-        aggregator = Aggregator(
-            base,
-            round_number=rnd.round_id,
-            base_digests=self._base_digests,
-            server_lr=self.config.rounds.server_lr,
-            threads=self.config.limits.codec_threads,
-            policy=self.config.robust,
-            keep_payloads=False,
-        )
-        # Pass 1 screens every stored update (norms for the round-level rules); pass 2
-        # (in finalize) reads them again and combines them: memory stays O(model).
-        for record, payload in store.iter_updates(rnd.round_id):
-            try:
-                aggregator.accept(
+        engine = self._need_engine()
+
+        def skipped(sub: Submission, exc: Exception) -> None:
+            if not isinstance(exc, FedCodecError | ValueError):
+                raise exc
+            # Validated when it arrived; a failure now is a bug or a damaged database.
+            log.error(
+                "a stored update no longer decodes; left out",
+                exc_info=exc,
+                extra={
+                    "event": "stored_update_skipped",
+                    "round_id": rnd.round_id,
+                    "client_id": sub.client_id,
+                },
+            )
+
+        def stored() -> Iterator[Submission]:
+            for record, payload in store.iter_updates(rnd.round_id):
+                yield Submission(
                     payload,
-                    client_id=record.client_id,
-                    base_version=record.base_version,
-                    num_examples=record.num_examples,
-                    base_digest=record.base_digest or None,
+                    record.client_id,
+                    record.base_version,
+                    record.num_examples,
+                    record.base_digest or None,
                 )
-            except (FedCodecError, ValueError):
-                # Validated when it arrived; a failure now is a bug or a damaged database.
-                log.exception(
-                    "a stored update no longer decodes; left out",
-                    extra={
-                        "event": "stored_update_skipped",
-                        "round_id": rnd.round_id,
-                        "client_id": record.client_id,
-                    },
-                )
-        model = aggregator.finalize(
-            base.version + 1,
-            payloads=(
-                (record.client_id, payload) for record, payload in store.iter_updates(rnd.round_id)
-            ),
-        )
-        self._report_plan(rnd.round_id, aggregator)
-        stats = aggregator.round_stats(bytes_down=rnd.bytes_down)
+
+        # Pass 1 screens every stored update (norms for the round-level rules); pass 2
+        # (in publish) reads them again and combines them: memory stays O(model).
+        aggregator = engine.aggregate(stored(), on_reject=skipped, keep_payloads=False)
         now = self._clock()
-        next_record = (
-            self._open_record(rnd.round_id + 1, model.version, stats)
-            if self._more_rounds(rnd.round_id)
-            else None
-        )
-        downlink = self._need_downlink()
         with self._downlink_lock:
-            before = downlink.state()
+            before = engine.checkpoint()
             try:
-                downlink.publish(model)
-                downlink.keyframe()  # coded once now, not by the first client that needs it
+                outcome = engine.publish(
+                    aggregator,
+                    round_index=rnd.round_id - 1,
+                    bytes_down=rnd.bytes_down,
+                    payloads=((sub.client_id, sub.data) for sub in stored()),
+                )
+                engine.downlink.keyframe()  # coded once now, not by the first client needing it
+                next_record = (
+                    self._open_record(rnd.round_id + 1, outcome.model.version, outcome.stats)
+                    if self._more_rounds(rnd.round_id)
+                    else None
+                )
                 store.finish_round(
                     rnd.round_id,
-                    model,
-                    downlink.state(),
-                    _stream_digest(downlink),
-                    stats,
+                    outcome.model,
+                    engine.state(),
+                    engine.stream_digest,
+                    outcome.stats,
                     next_record,
                     keep_model_blobs=self.config.limits.keep_model_blobs,
                     now=now,
                 )
             except BaseException:
-                # Nothing was committed: go back to the stream as it was.
-                downlink.load_state(*before)
+                # Nothing was committed: go back to the engine as it was.
+                engine.restore(before)
                 raise
-        return model, stats, next_record
+        self._report_plan(rnd.round_id, aggregator)
+        return outcome.model, outcome.stats, next_record
 
     def _report_plan(self, round_id: int, aggregator: Aggregator) -> None:
         """Count and log what the robust-aggregation rules did in a round."""

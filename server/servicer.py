@@ -19,7 +19,6 @@ from google.protobuf.message import DecodeError
 from google.protobuf.message import Message as ProtoMessage
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from fedcodec.pipeline import ModelSpec, RoundParams
 from fedcodec.server.admission import Admission, AdmissionLimits
 from fedcodec.server.auth import TokenRegistry
 from fedcodec.server.errors import (
@@ -27,6 +26,7 @@ from fedcodec.server.errors import (
     BaseVersionError,
     BusyError,
     ConflictingUpdateError,
+    InitialModelMismatchError,
     InvalidUpdateError,
     NotSelectedError,
     RoundNotOpenError,
@@ -48,6 +48,7 @@ from fedcodec.server.rounds import (
 from fedcodec.v1 import aggregation_service_pb2 as pb
 from fedcodec.v1 import aggregation_service_pb2_grpc as pb_grpc
 from fedcodec.v1 import round_pb2
+from fedcodec.wire import initial_to_proto, package_to_wire, params_to_proto, spec_to_proto
 
 __all__ = [
     "STATUS_OF",
@@ -68,6 +69,7 @@ STATUS_OF: dict[type[ServerError], grpc.StatusCode] = {
     UpdateTooLargeError: grpc.StatusCode.RESOURCE_EXHAUSTED,
     RoundNotOpenError: grpc.StatusCode.FAILED_PRECONDITION,
     BaseVersionError: grpc.StatusCode.FAILED_PRECONDITION,
+    InitialModelMismatchError: grpc.StatusCode.FAILED_PRECONDITION,
     NotSelectedError: grpc.StatusCode.FAILED_PRECONDITION,
     ConflictingUpdateError: grpc.StatusCode.ALREADY_EXISTS,
     ShuttingDownError: grpc.StatusCode.UNAVAILABLE,
@@ -83,7 +85,6 @@ _ASSIGNMENTS = {
     Assignment.ALREADY_REPORTED: pb.ASSIGNMENT_ALREADY_REPORTED,
     Assignment.FINISHED: pb.ASSIGNMENT_FINISHED,
 }
-_STEP_RULES = {"model": round_pb2.STEP_RULE_MODEL, "tensor": round_pb2.STEP_RULE_TENSOR}
 # Uploads up to this size stay in memory while they arrive; larger ones go to a temporary
 # file, so many concurrent uploads do not hold many update-sized buffers.
 _SPOOL_IN_MEMORY = 1 << 20
@@ -91,35 +92,9 @@ _SPOOL_IN_MEMORY = 1 << 20
 _Context = grpc.aio.ServicerContext[Any, Any]
 
 
-def coding_params_to_proto(params: RoundParams) -> round_pb2.CodingParams:
-    """:class:`~fedcodec.pipeline.RoundParams` (resolved for one client) as a message."""
-    msg = round_pb2.CodingParams(
-        lam=params.lam,
-        s=params.S,
-        tolerance=params.tolerance,
-        step_rule=_STEP_RULES[params.step_rule],
-    )
-    if params.step is not None:
-        msg.step = params.step
-    if params.budget_bytes is not None:
-        msg.budget_bytes = params.budget_bytes
-    sparse = params.sparsification
-    if sparse is not None:
-        msg.sparsification.SetInParent()
-        if sparse.topk is not None:
-            msg.sparsification.topk = sparse.topk
-        if sparse.threshold is not None:
-            msg.sparsification.threshold = sparse.threshold
-        if sparse.rows is not None:
-            msg.sparsification.rows = sparse.rows
-    return msg
-
-
-def model_spec_to_proto(spec: ModelSpec) -> round_pb2.ModelSpec:
-    """A :class:`~fedcodec.pipeline.ModelSpec` as a message."""
-    return round_pb2.ModelSpec(
-        tensors=[round_pb2.TensorSpec(name=n, shape=list(s)) for n, s in spec]
-    )
+#: Kept under their old names: the conversions live in :mod:`fedcodec.wire`.
+coding_params_to_proto = params_to_proto
+model_spec_to_proto = spec_to_proto
 
 
 def _round_config(info: RoundInfo) -> round_pb2.RoundConfig:
@@ -134,6 +109,7 @@ def _round_config(info: RoundInfo) -> round_pb2.RoundConfig:
         model_spec=model_spec_to_proto(info.spec),
         max_update_bytes=info.max_update_bytes,
         max_chunk_bytes=info.max_chunk_bytes,
+        initial_model=None if info.initial is None else initial_to_proto(info.initial),
     )
 
 
@@ -263,27 +239,14 @@ class AggregationServicer(pb_grpc.AggregationServiceServicer):
             have_version=request.have_version if request.HasField("have_version") else None,
             have_digest=request.have_digest,
             force_keyframe=request.force_keyframe,
+            initial_digest=request.initial_digest or None,
+            want_initial=request.want_initial,
         )
-        parts = [package.keyframe] if package.keyframe is not None else list(package.deltas)
+        header, parts = package_to_wire(package, self._coordinator.initial)
         crc = 0
         for part in parts:
             crc = zlib.crc32(part, crc)
-        header = pb.ModelPackageHeader(
-            version=package.version,
-            digest=package.digest,
-            kind=(
-                pb.PACKAGE_KIND_KEYFRAME
-                if package.keyframe is not None
-                else pb.PACKAGE_KIND_DELTAS
-                if package.deltas
-                else pb.PACKAGE_KIND_UP_TO_DATE
-            ),
-            part_sizes=[len(p) for p in parts],
-            total_bytes=sum(len(p) for p in parts),
-            crc32=crc,
-        )
-        if package.from_version is not None:
-            header.from_version = package.from_version
+        header.crc32 = crc
         yield pb.DownloadModelResponse(header=header)
         step = self._coordinator.max_chunk_bytes
         for part in parts:

@@ -27,6 +27,7 @@ from fedcodec.client import (
 )
 from fedcodec.client.state import load_pending
 from fedcodec.client.transport import iter_upload_requests
+from fedcodec.pipeline import ModelVersion
 from fedcodec.server import BackgroundServer, load_config
 from fedcodec.v1 import aggregation_service_pb2 as pb
 
@@ -37,6 +38,9 @@ MODEL = {
 }
 TOKENS = {f"c{i}": f"edge-client-token-{i}-0123456789" for i in range(4)}
 FAST = RetryPolicy(attempts=40, initial_backoff_s=0.05, max_backoff_s=0.2, call_timeout_s=30)
+
+
+MODEL_V0 = ModelVersion.create(0, MODEL)
 
 
 def make_server(tmp_path: Path, **overrides: Any) -> BackgroundServer:
@@ -86,6 +90,7 @@ def edge(server: BackgroundServer, client: str, state_dir: Path | None = None) -
         insecure=True,
         state_dir=state_dir,
         retry=FAST,
+        initial_model=MODEL,  # the shared initial model: built, not downloaded
     )
 
 
@@ -109,15 +114,18 @@ def test_clients_run_every_round_and_hold_the_servers_model(server: BackgroundSe
     for history in results:
         outcomes = [r.outcome for r in history]
         assert outcomes == [Outcome.PARTICIPATED] * 3 + [Outcome.FINISHED]
-        assert history[0].keyframe
-        assert not any(r.keyframe for r in history[1:3])
+        # The shared initial model is built, never downloaded: round 1 costs no bytes down,
+        # and nothing is ever a keyframe.
+        assert history[0].bytes_down == 0
+        assert not any(r.keyframe for r in history[:3])
+        assert all(r.bytes_down > 0 for r in history[1:3])
         assert all(r.bytes_up > 0 for r in history[:3])
     assert server.coordinator.finished
     # A finished client that syncs once more holds exactly the server's downlink model.
     conn = clients[0].connection
     model = clients[0].model
     assert model is not None
-    package = conn.download(model.version, model.digest)
+    package = conn.download(model.version, model.digest, initial_digest=MODEL_V0.digest)
     assert package.digest == server.coordinator.stream_model().digest
     encoder = clients[0].encoder
     assert encoder is not None

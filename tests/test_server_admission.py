@@ -47,6 +47,7 @@ def make_config(tmp_path: Path, **overrides: Any) -> ServerConfig:
         "limits.max_waiting_uploads": 2,
         "limits.admission_wait_s": 0.5,
         "limits.stream_idle_timeout_s": 1.5,
+        "downlink.shared_initial": False,  # raw connections here download a keyframe first
     }
     values.update(overrides)
     return load_config(env={}, overrides=values)

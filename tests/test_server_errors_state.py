@@ -44,6 +44,7 @@ def make_config(tmp_path: Path, **overrides: Any) -> ServerConfig:
         "rounds.deadline_s": 300.0,
         "rounds.retry_after_s": 0.05,
         "limits.codec_threads": 1,
+        "downlink.shared_initial": False,  # raw connections here download a keyframe first
     }
     values.update(overrides)
     return load_config(env={}, overrides=values)

@@ -54,6 +54,9 @@ def make_config(tmp_path: Path, **overrides: Any) -> ServerConfig:
         "rounds.deadline_s": 60.0,
         "rounds.retry_after_s": 0.05,
         "limits.codec_threads": 1,
+        # These tests exercise the transport on a keyframe stream (a client's first
+        # download is a keyframe); the shared-initial default: test_server_initial.py.
+        "downlink.shared_initial": False,
     }
     values.update(overrides)
     return load_config(env={}, overrides=values)

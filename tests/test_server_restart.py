@@ -97,6 +97,7 @@ def _federation(root: Path) -> None:
         "rounds": {"max_rounds": 2, "min_clients": 4, "target_clients": 4, "deadline_s": 300},
         "params": {"lam": 0.1155, "S": 32},
         "limits": {"codec_threads": 1},
+        "downlink": {"shared_initial": False},
     }
     (root / "server.json").write_text(json.dumps(config))
 

@@ -99,6 +99,7 @@ def _config(tmp_path: Path, pki: Path, **extra: Any) -> Any:
         "security.tls_cert": str(pki / "server.crt"),
         "security.tls_key": str(pki / "server.key"),
         "limits.codec_threads": 1,
+        "downlink.shared_initial": False,
     }
     values.update(extra)
     return load_config(env={}, overrides=values)

@@ -1,6 +1,9 @@
 """The federated update pipeline over the codec (shared by the server, the edge SDK and the
 Flower plugin).
 
+* :mod:`~fedcodec.pipeline.engine` — :class:`RoundEngine` (server) and
+  :class:`ClientEngine` (client): THE round logic every front end drives —
+  what a client downloads, update validation, aggregation, publishing.
 * :mod:`~fedcodec.pipeline.model` — :class:`ModelSpec`, :class:`ModelVersion` (id + SHA-256
   digest), :class:`ModelHistory`.
 * :mod:`~fedcodec.pipeline.params` — :class:`RoundParams` (λ, S or Δ, byte budget,
@@ -30,6 +33,13 @@ A round, in-process::
 
 from fedcodec.pipeline.client import EncodedUpdate, UpdateEncoder
 from fedcodec.pipeline.downlink import DownlinkEncoder, DownlinkPackage, ModelReceiver, Release
+from fedcodec.pipeline.engine import (
+    ClientEngine,
+    InitialRef,
+    RoundEngine,
+    RoundOutcome,
+    Submission,
+)
 from fedcodec.pipeline.errors import (
     BaseDigestMismatchError,
     BudgetTooSmallError,
@@ -67,6 +77,7 @@ __all__ = [
     "Aggregator",
     "BaseDigestMismatchError",
     "BudgetTooSmallError",
+    "ClientEngine",
     "ClientRoundStats",
     "ConstantSchedule",
     "CosineSchedule",
@@ -78,6 +89,7 @@ __all__ = [
     "EncodeStats",
     "EncodedUpdate",
     "InitialModelError",
+    "InitialRef",
     "ModelHistory",
     "ModelMismatchError",
     "ModelReceiver",
@@ -87,6 +99,8 @@ __all__ = [
     "Release",
     "RobustPolicy",
     "RoundClosedError",
+    "RoundEngine",
+    "RoundOutcome",
     "RoundParams",
     "RoundPlan",
     "RoundStats",
@@ -96,6 +110,7 @@ __all__ = [
     "StaleBaseVersionError",
     "StateFormatError",
     "StepSchedule",
+    "Submission",
     "TensorEncodeStats",
     "UnknownBaseVersionError",
     "UpdateEncoder",

@@ -13,6 +13,7 @@ Every parameter object converts to and from a JSON-able dict
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import re
 from collections.abc import Callable, Mapping
@@ -357,6 +358,28 @@ class RoundParams:
                 for cid, overrides in self.per_client.items()
             }
         return out
+
+    def to_json_text(self) -> str:
+        """:meth:`to_json` as compact JSON text (keys sorted): the one serialization the
+        proto (``CodingParams.params_json``), the Flower ConfigRecord and files carry."""
+        return json.dumps(self.to_json(), sort_keys=True, separators=(",", ":"))
+
+    @classmethod
+    def from_json_text(cls, text: str) -> RoundParams:
+        """Inverse of :meth:`to_json_text`.
+
+        Raises
+        ------
+        ValueError
+            Not a JSON object, an unknown key, or a value out of range (named).
+        """
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"round parameters are not valid JSON: {exc}") from exc
+        if not isinstance(data, dict):
+            raise ValueError("round parameters must be a JSON object")
+        return cls.from_json(data)
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> RoundParams:

@@ -39,15 +39,13 @@ import numpy as np
 import numpy.typing as npt
 
 from fedcodec import codec
+from fedcodec.pipeline.checks import check_base, check_sender, check_tensors
 from fedcodec.pipeline.client import EncodedUpdate
 from fedcodec.pipeline.errors import (
-    BaseDigestMismatchError,
     DuplicateUpdateError,
     EmptyRoundError,
-    ModelMismatchError,
     RoundClosedError,
     StaleBaseVersionError,
-    UnknownBaseVersionError,
     UpdateRejectedError,
 )
 from fedcodec.pipeline.model import ModelHistory, ModelVersion, Tensors
@@ -273,14 +271,7 @@ class Aggregator:
             raise RoundClosedError(
                 f"round {self.round_number} is finalized; update of {client_id!r} refused"
             )
-        if not isinstance(client_id, str) or not client_id:
-            raise UpdateRejectedError(f"client_id must be a non-empty str, got {client_id!r}")
-        if isinstance(num_examples, bool) or not isinstance(num_examples, int) or num_examples < 1:
-            raise UpdateRejectedError(
-                f"num_examples must be an int >= 1, got {num_examples!r} (client {client_id!r})"
-            )
-        if not isinstance(data, bytes | bytearray | memoryview):
-            raise UpdateRejectedError(f"update data must be bytes, got {type(data).__name__}")
+        check_sender(client_id, num_examples, data)
         previous = self._accepted.get(client_id)
         if previous is not None:
             same = previous.payload_sha256 == hashlib.sha256(data).digest()
@@ -289,40 +280,18 @@ class Aggregator:
                 + (" (identical payload: a retry)" if same else ""),
                 same_payload=same,
             )
-        if base_version != self.base.version:
-            if self.history is not None and self.history.was_issued(base_version):
-                raise StaleBaseVersionError(
-                    f"update of {client_id!r} is against version {base_version}, "
-                    f"round {self.round_number} aggregates against version {self.base.version}"
-                )
-            raise UnknownBaseVersionError(
-                f"update of {client_id!r} names base version {base_version}, which this "
-                f"server never issued (round {self.round_number} is against version "
-                f"{self.base.version})"
-            )
-        if base_digest is not None and base_digest not in self.base_digests:
-            raise BaseDigestMismatchError(
-                f"update of {client_id!r}: base digest {base_digest[:16]}… is not a digest of "
-                f"version {self.base.version}"
-            )
-        infos = codec.inspect(data)
-        if len(infos) != len(self.spec):
-            raise ModelMismatchError(
-                f"update of {client_id!r} holds {len(infos)} tensors, the model has "
-                f"{len(self.spec)}"
-            )
-        for info, (name, shape) in zip(infos, self.spec, strict=True):
-            if info.shape != shape:
-                raise ModelMismatchError(
-                    f"update of {client_id!r}: tensor {info.index} ({name!r}) has shape "
-                    f"{info.shape}, the model has {shape}"
-                )
-            if not (math.isfinite(info.step) and 0.0 < info.step <= self.max_step):
-                raise UpdateRejectedError(
-                    f"update of {client_id!r}: tensor {name!r} has step {info.step!r}, "
-                    f"beyond the accepted maximum {self.max_step:.3g}"
-                )
-        return tuple(info.step for info in infos)
+        check_base(
+            client_id=client_id,
+            round_number=self.round_number,
+            base_version=base_version,
+            expected_version=self.base.version,
+            base_digest=base_digest,
+            base_digests=self.base_digests,
+            was_issued=None if self.history is None else self.history.was_issued,
+        )
+        return check_tensors(
+            codec.inspect(data), self.spec, client_id=client_id, max_step=self.max_step
+        )
 
     # -- result -------------------------------------------------------------
 

@@ -180,22 +180,33 @@ class DownloadModelRequest(_message.Message):
     HAVE_VERSION_FIELD_NUMBER: _builtins.int
     HAVE_DIGEST_FIELD_NUMBER: _builtins.int
     FORCE_KEYFRAME_FIELD_NUMBER: _builtins.int
+    INITIAL_DIGEST_FIELD_NUMBER: _builtins.int
+    WANT_INITIAL_FIELD_NUMBER: _builtins.int
     have_version: _builtins.int
     """The version the client holds; absent for a client without a model (keyframe)."""
     have_digest: _builtins.str
     """The digest the client computed for have_version; a mismatch gets a keyframe."""
     force_keyframe: _builtins.bool
     """Ask for a keyframe (e.g. after a digest check failed)."""
+    initial_digest: _builtins.str
+    """Digest of the shared initial model the client holds ("" for none).  In a federation
+    with a shared initial model a client that holds another one, or none, is refused with
+    FAILED_PRECONDITION, unless it sets want_initial and the server allows sending it.
+    """
+    want_initial: _builtins.bool
+    """The client lacks the initial model and asks for it (4 bytes per weight, once)."""
     def __init__(
         self,
         *,
         have_version: _builtins.int | None = ...,
         have_digest: _builtins.str = ...,
         force_keyframe: _builtins.bool = ...,
+        initial_digest: _builtins.str = ...,
+        want_initial: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_have_version", b"_have_version", "have_version", b"have_version"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_have_version", b"_have_version", "force_keyframe", b"force_keyframe", "have_digest", b"have_digest", "have_version", b"have_version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_have_version", b"_have_version", "force_keyframe", b"force_keyframe", "have_digest", b"have_digest", "have_version", b"have_version", "initial_digest", b"initial_digest", "want_initial", b"want_initial"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__have_version: _TypeAlias = _typing.Literal["have_version"]  # noqa: Y015
     _WhichOneofArgType__have_version: _TypeAlias = _typing.Literal["_have_version", b"_have_version"]  # noqa: Y015
@@ -216,6 +227,8 @@ class ModelPackageHeader(_message.Message):
     PART_SIZES_FIELD_NUMBER: _builtins.int
     TOTAL_BYTES_FIELD_NUMBER: _builtins.int
     CRC32_FIELD_NUMBER: _builtins.int
+    INITIAL_MODEL_FIELD_NUMBER: _builtins.int
+    INITIAL_ATTACHED_FIELD_NUMBER: _builtins.int
     version: _builtins.int
     """The version the client holds after applying the package."""
     digest: _builtins.str
@@ -227,11 +240,19 @@ class ModelPackageHeader(_message.Message):
     """Sum of part_sizes."""
     crc32: _builtins.int
     """CRC-32 (zlib) of the concatenated payload."""
+    initial_attached: _builtins.bool
+    """The first part is the initial model itself (float32 little-endian, tensors in model
+    order), sent because the client asked for it.
+    """
     @_builtins.property
     def part_sizes(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
         """Sizes of the codec containers that follow, concatenated, in chunks (one keyframe, or
         one delta per version).
         """
+
+    @_builtins.property
+    def initial_model(self) -> _round_pb2.InitialModel:
+        """Set when the package is relative to a shared initial model (the client adds it)."""
 
     def __init__(
         self,
@@ -243,10 +264,12 @@ class ModelPackageHeader(_message.Message):
         part_sizes: _abc.Iterable[_builtins.int] | None = ...,
         total_bytes: _builtins.int = ...,
         crc32: _builtins.int = ...,
+        initial_model: _round_pb2.InitialModel | None = ...,
+        initial_attached: _builtins.bool = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_from_version", b"_from_version", "from_version", b"from_version"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_from_version", b"_from_version", "from_version", b"from_version", "initial_model", b"initial_model"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_from_version", b"_from_version", "crc32", b"crc32", "digest", b"digest", "from_version", b"from_version", "kind", b"kind", "part_sizes", b"part_sizes", "total_bytes", b"total_bytes", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_from_version", b"_from_version", "crc32", b"crc32", "digest", b"digest", "from_version", b"from_version", "initial_attached", b"initial_attached", "initial_model", b"initial_model", "kind", b"kind", "part_sizes", b"part_sizes", "total_bytes", b"total_bytes", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__from_version: _TypeAlias = _typing.Literal["from_version"]  # noqa: Y015
     _WhichOneofArgType__from_version: _TypeAlias = _typing.Literal["_from_version", b"_from_version"]  # noqa: Y015

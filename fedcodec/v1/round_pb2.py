@@ -25,23 +25,27 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17\x66\x65\x64\x63odec/v1/round.proto\x12\x0b\x66\x65\x64\x63odec.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"n\n\x0eSparsification\x12\x11\n\x04topk\x18\x01 \x01(\x01H\x00\x88\x01\x01\x12\x16\n\tthreshold\x18\x02 \x01(\x01H\x01\x88\x01\x01\x12\x11\n\x04rows\x18\x03 \x01(\x01H\x02\x88\x01\x01\x42\x07\n\x05_topkB\x0c\n\n_thresholdB\x07\n\x05_rows\"\xe0\x01\n\x0c\x43odingParams\x12\x0b\n\x03lam\x18\x01 \x01(\x01\x12\t\n\x01s\x18\x02 \x01(\r\x12\x11\n\x04step\x18\x03 \x01(\x01H\x00\x88\x01\x01\x12\x19\n\x0c\x62udget_bytes\x18\x04 \x01(\x04H\x01\x88\x01\x01\x12\x11\n\ttolerance\x18\x05 \x01(\x01\x12(\n\tstep_rule\x18\x06 \x01(\x0e\x32\x15.fedcodec.v1.StepRule\x12\x33\n\x0esparsification\x18\x07 \x01(\x0b\x32\x1b.fedcodec.v1.SparsificationB\x07\n\x05_stepB\x0f\n\r_budget_bytes\")\n\nTensorSpec\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05shape\x18\x02 \x03(\x04\"5\n\tModelSpec\x12(\n\x07tensors\x18\x01 \x03(\x0b\x32\x17.fedcodec.v1.TensorSpec\"\x82\x02\n\x0bRoundConfig\x12\x10\n\x08round_id\x18\x01 \x01(\x04\x12\x14\n\x0c\x62\x61se_version\x18\x02 \x01(\x04\x12\x13\n\x0b\x62\x61se_digest\x18\x03 \x01(\t\x12)\n\x06params\x18\x04 \x01(\x0b\x32\x19.fedcodec.v1.CodingParams\x12,\n\x08\x64\x65\x61\x64line\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12*\n\nmodel_spec\x18\x06 \x01(\x0b\x32\x16.fedcodec.v1.ModelSpec\x12\x18\n\x10max_update_bytes\x18\x07 \x01(\x04\x12\x17\n\x0fmax_chunk_bytes\x18\x08 \x01(\r*P\n\x08StepRule\x12\x19\n\x15STEP_RULE_UNSPECIFIED\x10\x00\x12\x13\n\x0fSTEP_RULE_MODEL\x10\x01\x12\x14\n\x10STEP_RULE_TENSOR\x10\x02\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17\x66\x65\x64\x63odec/v1/round.proto\x12\x0b\x66\x65\x64\x63odec.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"n\n\x0eSparsification\x12\x11\n\x04topk\x18\x01 \x01(\x01H\x00\x88\x01\x01\x12\x16\n\tthreshold\x18\x02 \x01(\x01H\x01\x88\x01\x01\x12\x11\n\x04rows\x18\x03 \x01(\x01H\x02\x88\x01\x01\x42\x07\n\x05_topkB\x0c\n\n_thresholdB\x07\n\x05_rows\"\xb5\x02\n\x0c\x43odingParams\x12\x0b\n\x03lam\x18\x01 \x01(\x01\x12\t\n\x01s\x18\x02 \x01(\r\x12\x11\n\x04step\x18\x03 \x01(\x01H\x00\x88\x01\x01\x12\x19\n\x0c\x62udget_bytes\x18\x04 \x01(\x04H\x01\x88\x01\x01\x12\x11\n\ttolerance\x18\x05 \x01(\x01\x12(\n\tstep_rule\x18\x06 \x01(\x0e\x32\x15.fedcodec.v1.StepRule\x12\x33\n\x0esparsification\x18\x07 \x01(\x0b\x32\x1b.fedcodec.v1.Sparsification\x12)\n\tquantizer\x18\x08 \x01(\x0e\x32\x16.fedcodec.v1.Quantizer\x12\x13\n\x0b\x64ither_salt\x18\t \x01(\x04\x12\x13\n\x0bparams_json\x18\n \x01(\tB\x07\n\x05_stepB\x0f\n\r_budget_bytes\"A\n\x0cInitialModel\x12\x10\n\x08model_id\x18\x01 \x01(\t\x12\x0f\n\x07version\x18\x02 \x01(\x04\x12\x0e\n\x06\x64igest\x18\x03 \x01(\t\")\n\nTensorSpec\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05shape\x18\x02 \x03(\x04\"5\n\tModelSpec\x12(\n\x07tensors\x18\x01 \x03(\x0b\x32\x17.fedcodec.v1.TensorSpec\"\xb4\x02\n\x0bRoundConfig\x12\x10\n\x08round_id\x18\x01 \x01(\x04\x12\x14\n\x0c\x62\x61se_version\x18\x02 \x01(\x04\x12\x13\n\x0b\x62\x61se_digest\x18\x03 \x01(\t\x12)\n\x06params\x18\x04 \x01(\x0b\x32\x19.fedcodec.v1.CodingParams\x12,\n\x08\x64\x65\x61\x64line\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12*\n\nmodel_spec\x18\x06 \x01(\x0b\x32\x16.fedcodec.v1.ModelSpec\x12\x18\n\x10max_update_bytes\x18\x07 \x01(\x04\x12\x17\n\x0fmax_chunk_bytes\x18\x08 \x01(\r\x12\x30\n\rinitial_model\x18\t \x01(\x0b\x32\x19.fedcodec.v1.InitialModel*P\n\x08StepRule\x12\x19\n\x15STEP_RULE_UNSPECIFIED\x10\x00\x12\x13\n\x0fSTEP_RULE_MODEL\x10\x01\x12\x14\n\x10STEP_RULE_TENSOR\x10\x02*\x82\x01\n\tQuantizer\x12\x19\n\x15QUANTIZER_UNSPECIFIED\x10\x00\x12\x15\n\x11QUANTIZER_UNIFORM\x10\x01\x12\x15\n\x11QUANTIZER_TRELLIS\x10\x02\x12\x16\n\x12QUANTIZER_TRELLIS8\x10\x03\x12\x14\n\x10QUANTIZER_DITHER\x10\x04\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'fedcodec.v1.round_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_STEPRULE']._serialized_start=771
-  _globals['_STEPRULE']._serialized_end=851
+  _globals['_STEPRULE']._serialized_start=973
+  _globals['_STEPRULE']._serialized_end=1053
+  _globals['_QUANTIZER']._serialized_start=1056
+  _globals['_QUANTIZER']._serialized_end=1186
   _globals['_SPARSIFICATION']._serialized_start=73
   _globals['_SPARSIFICATION']._serialized_end=183
   _globals['_CODINGPARAMS']._serialized_start=186
-  _globals['_CODINGPARAMS']._serialized_end=410
-  _globals['_TENSORSPEC']._serialized_start=412
-  _globals['_TENSORSPEC']._serialized_end=453
-  _globals['_MODELSPEC']._serialized_start=455
-  _globals['_MODELSPEC']._serialized_end=508
-  _globals['_ROUNDCONFIG']._serialized_start=511
-  _globals['_ROUNDCONFIG']._serialized_end=769
+  _globals['_CODINGPARAMS']._serialized_end=495
+  _globals['_INITIALMODEL']._serialized_start=497
+  _globals['_INITIALMODEL']._serialized_end=562
+  _globals['_TENSORSPEC']._serialized_start=564
+  _globals['_TENSORSPEC']._serialized_end=605
+  _globals['_MODELSPEC']._serialized_start=607
+  _globals['_MODELSPEC']._serialized_end=660
+  _globals['_ROUNDCONFIG']._serialized_start=663
+  _globals['_ROUNDCONFIG']._serialized_end=971
 # @@protoc_insertion_point(module_scope)

@@ -46,6 +46,40 @@ STEP_RULE_TENSOR: StepRule.ValueType  # 2
 """The codec's per-tensor rule."""
 Global___StepRule: _TypeAlias = StepRule  # noqa: Y015
 
+class _Quantizer:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _QuantizerEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Quantizer.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    QUANTIZER_UNSPECIFIED: _Quantizer.ValueType  # 0
+    """The default: uniform (RD-optimizing) quantization."""
+    QUANTIZER_UNIFORM: _Quantizer.ValueType  # 1
+    QUANTIZER_TRELLIS: _Quantizer.ValueType  # 2
+    """Rate-aware trellis-coded (dependent) quantization, 4 states."""
+    QUANTIZER_TRELLIS8: _Quantizer.ValueType  # 3
+    """The same with 8 states."""
+    QUANTIZER_DITHER: _Quantizer.ValueType  # 4
+    """Subtractive dithered quantization (needs lam = 0); the dither seed of an update is
+    fedcodec.codec.dither_seed(round, client, dither_salt) (fedcodec.pipeline.params).
+    """
+
+class Quantizer(_Quantizer, metaclass=_QuantizerEnumTypeWrapper):
+    """How levels are chosen (fedcodec.codec encode(quantizer=...))."""
+
+QUANTIZER_UNSPECIFIED: Quantizer.ValueType  # 0
+"""The default: uniform (RD-optimizing) quantization."""
+QUANTIZER_UNIFORM: Quantizer.ValueType  # 1
+QUANTIZER_TRELLIS: Quantizer.ValueType  # 2
+"""Rate-aware trellis-coded (dependent) quantization, 4 states."""
+QUANTIZER_TRELLIS8: Quantizer.ValueType  # 3
+"""The same with 8 states."""
+QUANTIZER_DITHER: Quantizer.ValueType  # 4
+"""Subtractive dithered quantization (needs lam = 0); the dither seed of an update is
+fedcodec.codec.dither_seed(round, client, dither_salt) (fedcodec.pipeline.params).
+"""
+Global___Quantizer: _TypeAlias = Quantizer  # noqa: Y015
+
 @_typing.final
 class Sparsification(_message.Message):
     """Sparsification applied before quantization (all set fields combine)."""
@@ -102,6 +136,9 @@ class CodingParams(_message.Message):
     TOLERANCE_FIELD_NUMBER: _builtins.int
     STEP_RULE_FIELD_NUMBER: _builtins.int
     SPARSIFICATION_FIELD_NUMBER: _builtins.int
+    QUANTIZER_FIELD_NUMBER: _builtins.int
+    DITHER_SALT_FIELD_NUMBER: _builtins.int
+    PARAMS_JSON_FIELD_NUMBER: _builtins.int
     lam: _builtins.float
     """λ >= 0 of the rate-distortion quantizer, in step² per bit."""
     s: _builtins.int
@@ -113,6 +150,14 @@ class CodingParams(_message.Message):
     tolerance: _builtins.float
     """Relative budget tolerance, in (0, 1)."""
     step_rule: Global___StepRule.ValueType
+    quantizer: Global___Quantizer.ValueType
+    dither_salt: _builtins.int
+    """Salt of the dither seed rule (QUANTIZER_DITHER only)."""
+    params_json: _builtins.str
+    """The complete parameters as JSON (fedcodec.pipeline.RoundParams.to_json: the one
+    serialization, also used by the Flower ConfigRecord).  When set it is authoritative;
+    the typed fields above mirror its core for clients that do not read JSON.
+    """
     @_builtins.property
     def sparsification(self) -> Global___Sparsification:
         """Absent: no sparsification."""
@@ -127,10 +172,13 @@ class CodingParams(_message.Message):
         tolerance: _builtins.float = ...,
         step_rule: Global___StepRule.ValueType = ...,
         sparsification: Global___Sparsification | None = ...,
+        quantizer: Global___Quantizer.ValueType = ...,
+        dither_salt: _builtins.int = ...,
+        params_json: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_budget_bytes", b"_budget_bytes", "_step", b"_step", "budget_bytes", b"budget_bytes", "sparsification", b"sparsification", "step", b"step"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_budget_bytes", b"_budget_bytes", "_step", b"_step", "budget_bytes", b"budget_bytes", "lam", b"lam", "s", b"s", "sparsification", b"sparsification", "step", b"step", "step_rule", b"step_rule", "tolerance", b"tolerance"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_budget_bytes", b"_budget_bytes", "_step", b"_step", "budget_bytes", b"budget_bytes", "dither_salt", b"dither_salt", "lam", b"lam", "params_json", b"params_json", "quantizer", b"quantizer", "s", b"s", "sparsification", b"sparsification", "step", b"step", "step_rule", b"step_rule", "tolerance", b"tolerance"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__budget_bytes: _TypeAlias = _typing.Literal["budget_bytes"]  # noqa: Y015
     _WhichOneofArgType__budget_bytes: _TypeAlias = _typing.Literal["_budget_bytes", b"_budget_bytes"]  # noqa: Y015
@@ -142,6 +190,37 @@ class CodingParams(_message.Message):
     def WhichOneof(self, oneof_group: _WhichOneofArgType__step) -> _WhichOneofReturnType__step | None: ...
 
 Global___CodingParams: _TypeAlias = CodingParams  # noqa: Y015
+
+@_typing.final
+class InitialModel(_message.Message):
+    """The shared initial model (version 0): built by every participant from a seed or a file
+    shipped with the app; it never travels unless the server allows and the client asks.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    MODEL_ID_FIELD_NUMBER: _builtins.int
+    VERSION_FIELD_NUMBER: _builtins.int
+    DIGEST_FIELD_NUMBER: _builtins.int
+    model_id: _builtins.str
+    """The deployment's name for it (informative; the digest decides)."""
+    version: _builtins.int
+    digest: _builtins.str
+    """fedcodec.pipeline.model_digest of its weights."""
+    def __init__(
+        self,
+        *,
+        model_id: _builtins.str = ...,
+        version: _builtins.int = ...,
+        digest: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["digest", b"digest", "model_id", b"model_id", "version", b"version"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___InitialModel: _TypeAlias = InitialModel  # noqa: Y015
 
 @_typing.final
 class TensorSpec(_message.Message):
@@ -204,6 +283,7 @@ class RoundConfig(_message.Message):
     MODEL_SPEC_FIELD_NUMBER: _builtins.int
     MAX_UPDATE_BYTES_FIELD_NUMBER: _builtins.int
     MAX_CHUNK_BYTES_FIELD_NUMBER: _builtins.int
+    INITIAL_MODEL_FIELD_NUMBER: _builtins.int
     round_id: _builtins.int
     """Round id, counting from 1; round r turns global version r-1 into version r."""
     base_version: _builtins.int
@@ -224,6 +304,10 @@ class RoundConfig(_message.Message):
 
     @_builtins.property
     def model_spec(self) -> Global___ModelSpec: ...
+    @_builtins.property
+    def initial_model(self) -> Global___InitialModel:
+        """The shared initial model every package is relative to (absent: a keyframe stream)."""
+
     def __init__(
         self,
         *,
@@ -235,10 +319,11 @@ class RoundConfig(_message.Message):
         model_spec: Global___ModelSpec | None = ...,
         max_update_bytes: _builtins.int = ...,
         max_chunk_bytes: _builtins.int = ...,
+        initial_model: Global___InitialModel | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["deadline", b"deadline", "model_spec", b"model_spec", "params", b"params"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["deadline", b"deadline", "initial_model", b"initial_model", "model_spec", b"model_spec", "params", b"params"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["base_digest", b"base_digest", "base_version", b"base_version", "deadline", b"deadline", "max_chunk_bytes", b"max_chunk_bytes", "max_update_bytes", b"max_update_bytes", "model_spec", b"model_spec", "params", b"params", "round_id", b"round_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["base_digest", b"base_digest", "base_version", b"base_version", "deadline", b"deadline", "initial_model", b"initial_model", "max_chunk_bytes", b"max_chunk_bytes", "max_update_bytes", b"max_update_bytes", "model_spec", b"model_spec", "params", b"params", "round_id", b"round_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

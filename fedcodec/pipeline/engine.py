@@ -1,0 +1,695 @@
+"""The round engine: the one implementation of a federated round, transport-neutral.
+
+Every front end — the gRPC server (:mod:`fedcodec.server`), the edge SDK
+(:mod:`fedcodec.client`), the Flower strategy and mod (:mod:`fedcodec.flower`),
+the demo and the benchmarks — drives these two classes and adds only
+transport, client selection, deadlines and persistence:
+
+* :class:`RoundEngine` (server): the exact global model, the downlink stream
+  (:class:`~fedcodec.pipeline.downlink.DownlinkEncoder`, with its server-side
+  error feedback), the coding schedules, and
+
+  - :meth:`RoundEngine.package_for` — *the* rule of what a client downloads:
+    nothing (up to date), the chain of deltas, one cumulative delta, or a
+    keyframe, whichever is smallest for the version it holds; in a
+    shared-initial stream (the default) a client never served before holds
+    the initial model, so its first download is a delta, never the model;
+  - :meth:`RoundEngine.validate_update` — every check an upload must pass
+    (base version and digest, sender, example count, duplicate, tensor count
+    and shapes, step limits, the full container decoded once) *without* a
+    model-sized accumulator: memory is one int32 buffer of the largest
+    tensor, whatever the model;
+  - :meth:`RoundEngine.aggregator` / :meth:`RoundEngine.aggregate` —
+    decode-and-accumulate (FedAvg by example count, and whatever robust
+    rules the :class:`~fedcodec.pipeline.server.Aggregator` is configured
+    with);
+  - :meth:`RoundEngine.publish` — the next global version onto the downlink.
+
+* :class:`ClientEngine` (client): the model it holds
+  (:class:`~fedcodec.pipeline.downlink.ModelReceiver`, digest-checked) and
+  its uplink encoder with error feedback
+  (:class:`~fedcodec.pipeline.client.UpdateEncoder`).
+
+The shared initial model.  Version 0 is built by every participant from the
+same seed (or read from a file shipped with the app) and never travels.  The
+engine names it by an id and its digest (:class:`InitialRef`); transports
+carry both, a client checks it holds that model, and a client that lacks it
+gets :class:`~fedcodec.pipeline.errors.InitialModelError` — or, when the
+operator allows it (``send_initial=True``), the initial model once.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+from collections.abc import Callable, Collection, Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from fedcodec import codec
+from fedcodec.pipeline.checks import check_base, check_sender, check_tensors
+from fedcodec.pipeline.client import EncodedUpdate, UpdateEncoder
+from fedcodec.pipeline.downlink import (
+    DEFAULT_CUMULATIVE_CACHE_BYTES,
+    DEFAULT_KEYFRAME_BITS,
+    DownlinkEncoder,
+    DownlinkPackage,
+    ModelReceiver,
+    Release,
+)
+from fedcodec.pipeline.errors import (
+    DuplicateUpdateError,
+    InitialModelError,
+    ModelMismatchError,
+)
+from fedcodec.pipeline.model import ModelSpec, ModelVersion
+from fedcodec.pipeline.params import RoundParams, Schedule, as_schedule
+from fedcodec.pipeline.ratecontrol import StepSnap
+from fedcodec.pipeline.robust import RobustPolicy, RobustRejectionError, screen_update
+from fedcodec.pipeline.server import DEFAULT_MAX_STEP, Aggregator
+from fedcodec.pipeline.stats import ClientRoundStats, RoundStats
+
+__all__ = [
+    "ClientEngine",
+    "InitialRef",
+    "RoundEngine",
+    "RoundOutcome",
+    "Submission",
+]
+
+ScheduleLike = RoundParams | Schedule | Callable[[int, RoundStats | None], RoundParams]
+
+
+@dataclass(frozen=True)
+class InitialRef:
+    """How participants name the shared initial model.
+
+    Attributes
+    ----------
+    model_id : str
+        What the deployment calls it (e.g. ``"mnist-mlp/seed=0"`` or a file
+        name); informative, the digest decides.
+    version : int
+        Its version (0).
+    digest : str
+        :func:`~fedcodec.pipeline.model.model_digest` of its weights.
+    """
+
+    model_id: str
+    version: int
+    digest: str
+
+    @classmethod
+    def of(cls, model: ModelVersion, model_id: str = "") -> InitialRef:
+        """The reference of ``model``."""
+        return cls(model_id, model.version, model.digest)
+
+
+@dataclass(frozen=True)
+class Submission:
+    """An update as a transport received it.
+
+    Attributes
+    ----------
+    data : bytes
+        The codec container.
+    client_id : str
+        Sender.
+    base_version : int
+        Version the delta was computed against.
+    num_examples : int
+        FedAvg weight.
+    base_digest : str or None
+        Digest of the base model the client held (None: not checked).
+    """
+
+    data: bytes
+    client_id: str
+    base_version: int
+    num_examples: int
+    base_digest: str | None = None
+
+    @classmethod
+    def of(cls, update: EncodedUpdate) -> Submission:
+        """The submission of an :class:`~fedcodec.pipeline.client.EncodedUpdate`."""
+        return cls(
+            update.data,
+            update.client_id,
+            update.base_version,
+            update.num_examples,
+            update.base_digest,
+        )
+
+
+@dataclass(frozen=True)
+class RoundOutcome:
+    """A published round.
+
+    Attributes
+    ----------
+    model : ModelVersion
+        The new exact global model.
+    release : Release
+        Its downlink release (``release.digest``: what clients rebuild).
+    stats : RoundStats
+        Accepted updates, bytes, RMS of the change.
+    """
+
+    model: ModelVersion
+    release: Release
+    stats: RoundStats
+
+
+class RoundEngine:
+    """The server side of the round engine (see the module docs).
+
+    Parameters
+    ----------
+    initial : ModelVersion
+        Version 0 (or, with ``downlink_state``, the latest exact global
+        model).
+    initial_id : str, optional
+        The deployment's name of the initial model (carried next to its
+        digest).
+    shared_initial : bool, optional
+        Every participant holds ``initial`` bit for bit (built from a shared
+        seed or shipped with the app): it never travels and a client's first
+        download is a delta.  False: a keyframe stream (the first download is
+        a near-lossless keyframe).
+    send_initial : bool, optional
+        Attach the initial model (4 bytes per weight) once for a client that
+        asks because it lacks it; default False: such a client gets
+        :class:`~fedcodec.pipeline.errors.InitialModelError`.
+    schedule : RoundParams, Schedule or callable, optional
+        Uplink coding per round index (``schedule(base_version, last_stats)``).
+    downlink : RoundParams, Schedule or callable, optional
+        Downlink coding per round index (default: the uplink schedule,
+        ``per_client`` dropped).
+    keep, keyframe_bits, step_snap, cumulative, cache_bytes
+        The downlink stream's settings (:class:`DownlinkEncoder`).
+    server_lr : float, optional
+        Server learning rate on the mean update.
+    threads : int, optional
+        Codec threads.
+    max_step : float, optional
+        Largest quantization step accepted in an update.
+    policy : RobustPolicy, optional
+        Robust-aggregation rules (example-count cap, value and norm bounds,
+        trimmed mean...): checked per update by :meth:`validate_update` and
+        applied by every round's :class:`~fedcodec.pipeline.server.Aggregator`.
+    aggregator_options : mapping, optional
+        Further keyword arguments of every round's Aggregator.
+    downlink_state : tuple of (arrays, meta), optional
+        Resume a saved stream (:meth:`state`); ``initial`` is then the
+        latest exact global model and nothing is published.
+    """
+
+    def __init__(
+        self,
+        initial: ModelVersion,
+        *,
+        initial_id: str = "",
+        shared_initial: bool = True,
+        send_initial: bool = False,
+        schedule: ScheduleLike | None = None,
+        downlink: ScheduleLike | None = None,
+        keep: int = 8,
+        keyframe_bits: int = DEFAULT_KEYFRAME_BITS,
+        step_snap: StepSnap = "grid",
+        cumulative: bool | None = None,
+        cache_bytes: int = DEFAULT_CUMULATIVE_CACHE_BYTES,
+        server_lr: float = 1.0,
+        threads: int = 0,
+        max_step: float = DEFAULT_MAX_STEP,
+        policy: RobustPolicy | None = None,
+        aggregator_options: Mapping[str, Any] | None = None,
+        downlink_state: tuple[Mapping[str, Any], Mapping[str, Any]] | None = None,
+    ) -> None:
+        self.spec: ModelSpec = initial.spec
+        self.initial_id = initial_id
+        self.send_initial = send_initial
+        self.schedule: Schedule = as_schedule(schedule if schedule is not None else RoundParams())
+        self.downlink_schedule: Schedule = (
+            as_schedule(downlink) if downlink is not None else self.schedule
+        )
+        self.server_lr = server_lr
+        self.threads = threads
+        self.max_step = max_step
+        self.policy = RobustPolicy() if policy is None else policy
+        self.aggregator_options = dict(aggregator_options or {})
+        self.last_stats: RoundStats | None = None
+        self.downlink = DownlinkEncoder(
+            self.spec,
+            params=self._downlink_params(0),
+            keep=keep,
+            keyframe_bits=keyframe_bits,
+            threads=threads,
+            cumulative=cumulative,
+            cache_bytes=cache_bytes,
+            step_snap=step_snap,
+        )
+        self._global = initial
+        self._digests: tuple[str, frozenset[str]] = ("", frozenset())
+        if downlink_state is not None:
+            self.downlink.load_state(*downlink_state)
+            if self.downlink.latest_version != initial.version:
+                raise ValueError(
+                    f"the saved downlink is at version {self.downlink.latest_version}, "
+                    f"the model is version {initial.version}"
+                )
+        else:
+            self.downlink.publish(initial, known_to_all=shared_initial)
+        self._refresh_digests()
+
+    def _refresh_digests(self) -> None:
+        # One attribute, swapped whole: readers in other threads see old or new, never half.
+        digest = self.downlink.digest_of(self._global.version)
+        assert digest is not None
+        self._digests = (digest, frozenset({self._global.digest, digest}))
+
+    @classmethod
+    def resume(
+        cls,
+        model: ModelVersion,
+        downlink_state: tuple[Mapping[str, Any], Mapping[str, Any]],
+        **options: Any,
+    ) -> RoundEngine:
+        """An engine that continues a saved federation (``model``: its latest exact global)."""
+        return cls(model, downlink_state=downlink_state, **options)
+
+    # -- state ---------------------------------------------------------------
+
+    @property
+    def global_model(self) -> ModelVersion:
+        """The latest exact global model."""
+        return self._global
+
+    @property
+    def version(self) -> int:
+        """The latest global version."""
+        return self._global.version
+
+    @property
+    def stream_digest(self) -> str:
+        """Digest of the latest version as clients rebuild it from the downlink."""
+        return self._digests[0]
+
+    @property
+    def base_digests(self) -> frozenset[str]:
+        """Digests an update's base may carry: the exact model's and the stream's."""
+        return self._digests[1]
+
+    @property
+    def initial(self) -> InitialRef | None:
+        """The shared initial model's reference (None in a keyframe stream)."""
+        origin = self.downlink.initial
+        return None if origin is None else InitialRef.of(origin, self.initial_id)
+
+    def stream_model(self) -> ModelVersion:
+        """The latest version as clients rebuild it."""
+        return self.downlink.stream_model()
+
+    def state(self) -> tuple[dict[str, Any], dict[str, Any]]:
+        """The downlink stream's state (with the global model, all that a restart needs)."""
+        return self.downlink.state()
+
+    def checkpoint(self) -> tuple[Any, ...]:
+        """Everything :meth:`publish` changes, for :meth:`restore` (e.g. when persisting
+        the published round fails)."""
+        return (self.downlink.state(), self._global, self.last_stats)
+
+    def restore(self, checkpoint: tuple[Any, ...]) -> None:
+        """Go back to a :meth:`checkpoint`."""
+        downlink_state, model, last = checkpoint
+        self.downlink.load_state(*downlink_state)
+        self._global, self.last_stats = model, last
+        self._refresh_digests()
+
+    # -- parameters ------------------------------------------------------------
+
+    def round_params(self, round_index: int | None = None) -> RoundParams:
+        """The uplink parameters of a round (default: the next one), ``per_client`` kept."""
+        index = self._global.version if round_index is None else round_index
+        return self.schedule(index, self.last_stats)
+
+    def _downlink_params(self, round_index: int) -> RoundParams:
+        params = self.downlink_schedule(round_index, self.last_stats)
+        return params.replace(per_client={}) if params.per_client else params
+
+    # -- downlink ------------------------------------------------------------
+
+    def package_for(
+        self,
+        client_id: str,
+        *,
+        have_version: int | None = None,
+        have_digest: str | None = None,
+        initial_digest: str | None = None,
+        force_keyframe: bool = False,
+        want_initial: bool = False,
+    ) -> DownlinkPackage:
+        """What ``client_id`` downloads to reach the latest version — the one rule.
+
+        Parameters
+        ----------
+        client_id : str
+            The client.
+        have_version, have_digest : optional
+            The version the client holds and the digest it computed (None: it
+            holds no stream version — in a shared-initial stream it then
+            holds the initial model).
+        initial_digest : str, optional
+            The digest of the initial model the client holds (shared-initial
+            stream); None: it holds none.
+        force_keyframe : bool, optional
+            The client failed to apply a package: send the keyframe.
+        want_initial : bool, optional
+            The client lacks the initial model and asks for it.
+
+        Returns
+        -------
+        DownlinkPackage
+            Nothing when up to date; else the smallest of the chain of
+            deltas, a cumulative delta and the keyframe.
+
+        Raises
+        ------
+        InitialModelError
+            Shared-initial stream: the client holds no initial model, or
+            another one (field ``initial_digest``), and the initial model may
+            not be sent (``send_initial=False``) or was not asked for.
+        """
+        ref = self.initial
+        if ref is not None and initial_digest != ref.digest:
+            if want_initial and self.send_initial:
+                return self.downlink.package_for(client_id, send_initial=True)
+            held = "none" if initial_digest is None else f"{initial_digest[:16]}…"
+            how = (
+                "ask for it (want_initial)"
+                if self.send_initial
+                else "build it as the deployment does (the server does not send it)"
+            )
+            raise InitialModelError(
+                f"initial_digest: this federation starts from the shared initial model "
+                f"{ref.model_id or '(unnamed)'!r} {ref.digest[:16]}…; client {client_id!r} "
+                f"holds {held}: {how}"
+            )
+        if ref is None and have_version is None:
+            force_keyframe = True
+        return self.downlink.package_for(
+            client_id,
+            have_version=ref.version if ref is not None and have_version is None else have_version,
+            have_digest=None if have_version is None else have_digest,
+            keyframe=force_keyframe,
+        )
+
+    # -- uplink ----------------------------------------------------------------
+
+    def validate_update(
+        self,
+        data: bytes,
+        *,
+        client_id: str,
+        base_version: int,
+        num_examples: int,
+        base_digest: str | None = None,
+        accepted: Collection[str] = (),
+    ) -> ClientRoundStats:
+        """Every check an update of the open round must pass, without accumulating it.
+
+        The container is decoded once, tensor by tensor, into one int32
+        buffer the size of the largest tensor (no model-sized accumulator).
+
+        Parameters
+        ----------
+        data : bytes
+            The codec container.
+        client_id : str
+            Sender.
+        base_version : int
+            The version it names (must be the latest).
+        num_examples : int
+            FedAvg weight, >= 1.
+        base_digest : str, optional
+            Digest of the base the client held.
+        accepted : collection of str, optional
+            Clients already accepted in this round (duplicates are refused).
+
+        Returns
+        -------
+        ClientRoundStats
+
+        Raises
+        ------
+        UpdateRejectedError, ModelMismatchError, CorruptStreamError
+            As :meth:`Aggregator.accept`; nothing is changed.
+        """
+        start = time.perf_counter()
+        version, digests = self._global.version, self._digests[1]
+        check_sender(client_id, num_examples, data)
+        if client_id in accepted:
+            raise DuplicateUpdateError(
+                f"client {client_id!r} already submitted in round {version + 1}",
+                same_payload=False,
+            )
+        check_base(
+            client_id=client_id,
+            round_number=version + 1,
+            base_version=base_version,
+            expected_version=version,
+            base_digest=base_digest,
+            base_digests=digests,
+            was_issued=lambda v: 0 <= v < version,
+        )
+        # The robust per-update rules, on one decoded tensor at a time: values
+        # (example count, finite, bounded) per tensor, the norm over all of them.
+        policy = self.policy
+        values_only = dataclasses.replace(policy, norm_bound=0.0)
+        sq = [0.0]
+
+        def screen(_: int, values: npt.NDArray[np.float32]) -> None:
+            norm = screen_update(
+                [values], values_only, client_id=client_id, num_examples=num_examples
+            )
+            sq[0] += norm * norm
+
+        screen_update([], values_only, client_id=client_id, num_examples=num_examples)
+        infos = codec.inspect(data)
+        steps = check_tensors(infos, self.spec, client_id=client_id, max_step=self.max_step)
+        codec.verify(data, visit=screen, threads=self.threads)
+        norm = math.sqrt(sq[0])
+        if policy.norm_bound > 0.0 and norm > policy.norm_bound and policy.norm_action == "reject":
+            raise RobustRejectionError(
+                f"update of {client_id!r} has L2 norm {norm:.4g}, above the bound "
+                f"{policy.norm_bound:.4g}",
+                action="refused_norm",
+            )
+        return ClientRoundStats(
+            client_id=client_id,
+            bytes=len(data),
+            num_examples=num_examples,
+            steps=steps,
+            decode_seconds=time.perf_counter() - start,
+        )
+
+    def aggregator(self, *, keep_payloads: bool = True) -> Aggregator:
+        """A fresh decode-and-accumulate aggregator of the open round.
+
+        ``keep_payloads=False``: a policy with round-level rules then needs the
+        updates again in :meth:`publish` (``payloads``), memory stays O(model).
+        """
+        return Aggregator(
+            self._global,
+            round_number=self.version + 1,
+            base_digests=self.base_digests,
+            server_lr=self.server_lr,
+            threads=self.threads,
+            max_step=self.max_step,
+            policy=self.policy,
+            keep_payloads=keep_payloads,
+            **self.aggregator_options,
+        )
+
+    def aggregate(
+        self,
+        submissions: Iterable[Submission],
+        *,
+        on_reject: Callable[[Submission, Exception], None] | None = None,
+        keep_payloads: bool = True,
+    ) -> Aggregator:
+        """Accumulate submissions in the order given (refused ones are reported or raised)."""
+        aggregator = self.aggregator(keep_payloads=keep_payloads)
+        for sub in submissions:
+            try:
+                aggregator.accept(
+                    sub.data,
+                    client_id=sub.client_id,
+                    base_version=sub.base_version,
+                    num_examples=sub.num_examples,
+                    base_digest=sub.base_digest,
+                )
+            except Exception as exc:
+                if on_reject is None:
+                    raise
+                on_reject(sub, exc)
+        return aggregator
+
+    # -- publishing ------------------------------------------------------------
+
+    def publish(
+        self,
+        result: Aggregator | ModelVersion,
+        *,
+        round_index: int | None = None,
+        bytes_down: int = 0,
+        payloads: Iterable[tuple[str, bytes]] | None = None,
+    ) -> RoundOutcome:
+        """Finalize a round (or take a model aggregated elsewhere) and publish it.
+
+        Parameters
+        ----------
+        result : Aggregator or ModelVersion
+            The round's aggregator, or the next global model (e.g. from a
+            Flower strategy); its version must be ``version + 1``.
+        round_index : int, optional
+            Index for the downlink schedule (default: the base version).
+        bytes_down : int, optional
+            Downlink bytes of the round (for the statistics).
+        payloads : iterable of (client_id, bytes), optional
+            The accepted updates again, for an aggregator built with
+            ``keep_payloads=False`` under round-level robust rules.
+
+        Raises
+        ------
+        EmptyRoundError
+            An aggregator without updates (nothing changes).
+        """
+        index = self._global.version if round_index is None else round_index
+        if isinstance(result, Aggregator):
+            model = result.finalize(self._global.version + 1, payloads=payloads)
+            stats = result.round_stats(bytes_down=bytes_down)
+        else:
+            model = result
+            if model.spec != self.spec:
+                raise ModelMismatchError("the published model does not match the engine's")
+            stats = RoundStats(
+                round_number=index,
+                base_version=self._global.version,
+                new_version=model.version,
+                updates=(),
+                rejected=0,
+                bytes_up=0,
+                bytes_down=bytes_down,
+                update_rms=0.0,
+            )
+        release = self.downlink.publish(model, self._downlink_params(index))
+        self._global = model
+        self.last_stats = stats
+        self._refresh_digests()
+        return RoundOutcome(model, release, stats)
+
+
+class ClientEngine:
+    """The client side of the round engine: the held model and the uplink encoder.
+
+    Parameters
+    ----------
+    spec : ModelSpec
+        The model.
+    client_id : str
+        This client.
+    initial : ModelVersion, optional
+        The shared initial model, built as the deployment says (seed, file).
+    threads : int, optional
+        Codec threads.
+    error_feedback : bool, optional
+        Keep the uplink residual.
+    """
+
+    def __init__(
+        self,
+        spec: ModelSpec,
+        client_id: str,
+        *,
+        initial: ModelVersion | None = None,
+        threads: int = 0,
+        error_feedback: bool = True,
+    ) -> None:
+        self.spec = spec
+        self.client_id = client_id
+        self.receiver = ModelReceiver(spec, threads=threads, initial=initial)
+        self.encoder = UpdateEncoder(
+            spec, client_id, threads=threads, error_feedback=error_feedback
+        )
+
+    @property
+    def initial_digest(self) -> str | None:
+        """Digest of the initial model held (None: none)."""
+        held = self.receiver.initial
+        return None if held is None else held.digest
+
+    @property
+    def model(self) -> ModelVersion:
+        """The model held."""
+        return self.receiver.model
+
+    def request(self) -> dict[str, Any]:
+        """What to tell the server when asking for the latest version
+        (``have_version``, ``have_digest``, ``initial_digest``: keyword
+        arguments of :meth:`RoundEngine.package_for`)."""
+        return {
+            "have_version": self.receiver.version,
+            "have_digest": self.receiver.digest,
+            "initial_digest": self.initial_digest,
+        }
+
+    def check_initial(self, ref: InitialRef | None) -> None:
+        """Check that this client holds the federation's initial model.
+
+        Raises
+        ------
+        InitialModelError
+            The federation names another initial model (field ``initial_digest``)
+            than the one held, or this client holds none.
+        """
+        if ref is None:
+            return
+        held = self.initial_digest
+        if held != ref.digest:
+            raise InitialModelError(
+                f"initial_digest: the federation starts from {ref.model_id or 'a model'!r} "
+                f"{ref.digest[:16]}…, this client holds "
+                f"{'no initial model' if held is None else held[:16] + '…'}"
+            )
+
+    def holds(self, version: int, digest: str) -> bool:
+        """Whether the held model is ``version`` with ``digest``."""
+        return self.receiver.version == version and self.receiver.digest == digest
+
+    def receive(self, package: DownlinkPackage) -> ModelVersion:
+        """Apply a package (digest-checked); see :meth:`ModelReceiver.apply`."""
+        return self.receiver.apply(package)
+
+    def encode(
+        self,
+        local: Mapping[str, npt.ArrayLike],
+        params: RoundParams,
+        *,
+        round_number: int,
+        num_examples: int,
+        base: ModelVersion | None = None,
+        **options: Any,
+    ) -> EncodedUpdate:
+        """Code ``local − base`` with error feedback (``base``: the held model)."""
+        return self.encoder.encode(
+            local,
+            self.receiver.model if base is None else base,
+            params,
+            round_number=round_number,
+            num_examples=num_examples,
+            **options,
+        )
