@@ -8,6 +8,7 @@ import tracemalloc
 import numpy as np
 import pytest
 
+from fedcodec.codec import inspect as codec_inspect
 from fedcodec.errors import CorruptStreamError
 from fedcodec.pipeline import (
     BaseDigestMismatchError,
@@ -226,3 +227,41 @@ def test_a_stale_client_pays_at_most_one_keyframe() -> None:
     package = engine.package_for("stale", **stale.request())
     assert stale.receive(package).digest == engine.stream_digest
     assert len(package) <= len(engine.downlink.keyframe())
+
+
+@pytest.mark.parametrize(
+    "params",
+    [
+        RoundParams(S=16, quantizer="trellis"),
+        RoundParams(S=16, quantizer="trellis8"),
+        RoundParams(lam=0.0, S=16, quantizer="dither", dither_salt=7),
+        RoundParams(budget_bytes=700, quantizer="trellis"),
+    ],
+)
+def test_every_quantizer_runs_through_the_engine(params: RoundParams) -> None:
+    v0 = model()
+    engine = RoundEngine(v0, schedule=params, threads=1)
+    aggregator = engine.aggregator()
+    for i in range(3):
+        member = ClientEngine(v0.spec, f"c{i}", initial=v0, threads=1)
+        update = member.encode(
+            local(v0, i), engine.round_params(), round_number=1, num_examples=4 + i
+        )
+        infos = codec_inspect(update.data)
+        assert {info.quantizer for info in infos} == {params.quantizer}
+        engine.validate_update(update.data, client_id=f"c{i}", base_version=0, num_examples=4 + i)
+        aggregator.accept_update(update)
+    outcome = engine.publish(aggregator)
+    assert outcome.model.version == 1
+    if params.quantizer == "dither":
+        seeds = {info.dither_seed for info in infos}
+        assert None not in seeds
+
+
+def test_quantizer_parameters_are_checked_naming_the_field() -> None:
+    with pytest.raises(ValueError, match="quantizer must be one of"):
+        RoundParams(quantizer="lloyd")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="lam must be 0"):
+        RoundParams(quantizer="dither")
+    with pytest.raises(ValueError, match="downlink cannot use"):
+        RoundEngine(model(), downlink=RoundParams(lam=0.0, quantizer="dither"), threads=1)

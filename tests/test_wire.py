@@ -47,3 +47,12 @@ def test_a_parameter_out_of_range_is_an_error_naming_the_field() -> None:
     typed = round_pb2.CodingParams(lam=0.1, s=4, tolerance=0.05, quantizer=99)  # type: ignore[arg-type]
     with pytest.raises(WireError, match=r"params\.quantizer"):
         params_from_proto(typed)
+
+
+@pytest.mark.parametrize("quantizer", ["uniform", "trellis", "trellis8", "dither"])
+def test_every_quantizer_is_selectable_on_the_wire(quantizer: str) -> None:
+    params = RoundParams(lam=0.0, S=8, quantizer=quantizer, dither_salt=3)  # type: ignore[arg-type]
+    msg = params_to_proto(params)
+    assert params_from_proto(msg) == params
+    msg.params_json = ""
+    assert params_from_proto(msg).quantizer == quantizer

@@ -16,6 +16,7 @@ without pickle (:meth:`UpdateEncoder.save_state`) and survives a restart.
 
 from __future__ import annotations
 
+import hashlib
 import math
 import os
 import time
@@ -26,6 +27,7 @@ from typing import Any, Literal
 import numpy as np
 import numpy.typing as npt
 
+from fedcodec import codec
 from fedcodec.pipeline._state import load_npz_state, save_npz_state
 from fedcodec.pipeline.errors import ModelMismatchError, StateFormatError
 from fedcodec.pipeline.model import F32Array, ModelSpec, ModelVersion, Tensors
@@ -204,6 +206,7 @@ def encode_tensors(
     importance_scale: ImportanceScale = "tensor",
     step_snap: StepSnap = "grid",
     reference: Mapping[str, np.ndarray] | None = None,
+    dither_seed: int | None = None,
 ) -> tuple[bytes, list[F32Array], EncodeStats, float | None]:
     """Sparsify and encode ``target`` as ``params`` say (shared by uplink and downlink).
 
@@ -279,6 +282,7 @@ def encode_tensors(
         step_snap=step_snap,
         step_factors=None if plan is None else plan.step_factors,
         fixed_steps=None if plan is None else plan.fixed_steps,
+        dither_seed=dither_seed,
     )
     per_tensor: list[TensorEncodeStats] = []
     total_sig = total_err = 0.0
@@ -335,6 +339,15 @@ def encode_tensors(
         else:
             warm = float(coded.S) if coded.S is not None else None
     return coded.result.data, coded.recon, stats, warm
+
+
+def update_dither_seed(params: RoundParams, round_number: int, client_id: str) -> int | None:
+    """The dither seed rule of an update (None unless ``params.quantizer == "dither"``):
+    ``codec.dither_seed(round_number, first 8 bytes of SHA-256(client_id), dither_salt)``."""
+    if params.quantizer != "dither":
+        return None
+    client = int.from_bytes(hashlib.sha256(client_id.encode("utf-8")).digest()[:8], "little")
+    return codec.dither_seed(max(round_number, 0), client, params.dither_salt)
 
 
 class UpdateEncoder:
@@ -476,6 +489,7 @@ class UpdateEncoder:
             warm_start=self._warm_start,
             importance_scale=importance_scale,
             reference=base.tensors,
+            dither_seed=update_dither_seed(params, round_number, self.client_id),
         )
         if self.error_feedback:
             self._residual = {

@@ -440,10 +440,14 @@ class DownlinkEncoder:
             name: np.subtract(model.tensors[name], self._stream[name], dtype=np.float32)
             for name in self.spec.names
         }
+        coding = params or self.params
+        if coding.quantizer == "dither":
+            # A dithered reconstruction is off the stream's grid: the stream would not be exact.
+            raise ValueError('quantizer: the downlink cannot use "dither" (use uniform or trellis)')
         data, recon, stats, warm = encode_tensors(
             self.spec,
             target,
-            params or self.params,
+            coding,
             threads=self.threads,
             step_grid=self._grid,
             warm_start=self._warm,

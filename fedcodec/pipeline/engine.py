@@ -236,12 +236,15 @@ class RoundEngine:
         self.downlink_schedule: Schedule = (
             as_schedule(downlink) if downlink is not None else self.schedule
         )
+        self._downlink_from_uplink = downlink is None
         self.server_lr = server_lr
         self.threads = threads
         self.max_step = max_step
         self.policy = RobustPolicy() if policy is None else policy
         self.aggregator_options = dict(aggregator_options or {})
         self.last_stats: RoundStats | None = None
+        if self._downlink_params(0).quantizer == "dither":
+            raise ValueError('quantizer: the downlink cannot use "dither" (use uniform or trellis)')
         self.downlink = DownlinkEncoder(
             self.spec,
             params=self._downlink_params(0),
@@ -338,7 +341,12 @@ class RoundEngine:
 
     def _downlink_params(self, round_index: int) -> RoundParams:
         params = self.downlink_schedule(round_index, self.last_stats)
-        return params.replace(per_client={}) if params.per_client else params
+        if params.per_client:
+            params = params.replace(per_client={})
+        if params.quantizer == "dither" and self._downlink_from_uplink:
+            # A dithered reconstruction is off the stream's grid: the downlink rounds.
+            params = params.replace(quantizer="uniform", dither_salt=0)
+        return params
 
     # -- downlink ------------------------------------------------------------
 

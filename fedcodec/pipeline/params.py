@@ -45,6 +45,9 @@ HIGH_RATE_LAMBDA = 0.1155
 #: (from the S rule over all weights), so one λ is one slope in squared error per
 #: bit for the whole model; "tensor" applies the codec's rule to each tensor.
 StepRule = Literal["model", "tensor"]
+#: How levels are chosen (:func:`fedcodec.codec.encode`'s ``quantizer``).
+Quantizer = Literal["uniform", "trellis", "trellis8", "dither"]
+_QUANTIZERS = ("uniform", "trellis", "trellis8", "dither")
 _STEP_RULES = ("model", "tensor")
 
 _SCHEDULABLE = ("lam", "S", "step", "budget_bytes")
@@ -283,6 +286,15 @@ class RoundParams:
         Per-tensor handling by kind and measured importance (statistics at
         their own fine step, importance-derived per-tensor steps); None codes
         every tensor alike.
+    quantizer : {"uniform", "trellis", "trellis8", "dither"}
+        How levels are chosen (:func:`fedcodec.codec.encode`): RD-optimizing
+        uniform quantization (default), rate-aware trellis-coded quantization
+        with 4 or 8 states, or subtractive dithered quantization (``lam`` must
+        be 0; the dither seed of an update is
+        ``fedcodec.codec.dither_seed(round, client, dither_salt)``, ``client``
+        the first 8 bytes of SHA-256 of the client id).
+    dither_salt : int
+        Salt of the dither seed rule (``quantizer="dither"`` only).
     per_client : mapping of str to mapping
         Field overrides per client id, e.g. ``{"phone-7": {"budget_bytes":
         2000}}``; see :meth:`for_client`.
@@ -296,6 +308,8 @@ class RoundParams:
     step_rule: StepRule = "model"
     sparsification: Sparsification | None = None
     sensitivity: Sensitivity | None = None
+    quantizer: Quantizer = "uniform"
+    dither_salt: int = 0
     per_client: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -315,6 +329,16 @@ class RoundParams:
             raise ValueError(f"tolerance must be in (0, 1), got {self.tolerance!r}")
         if self.step_rule not in _STEP_RULES:
             raise ValueError(f"step_rule must be one of {_STEP_RULES}, got {self.step_rule!r}")
+        if self.quantizer not in _QUANTIZERS:
+            raise ValueError(f"quantizer must be one of {_QUANTIZERS}, got {self.quantizer!r}")
+        if self.quantizer == "dither" and self.lam != 0:
+            raise ValueError(f'lam must be 0 with quantizer="dither", got {self.lam!r}')
+        if (
+            isinstance(self.dither_salt, bool)
+            or not isinstance(self.dither_salt, int)
+            or not 0 <= self.dither_salt < 2**64
+        ):
+            raise ValueError(f"dither_salt must be an int in [0, 2**64), got {self.dither_salt!r}")
         for client, overrides in self.per_client.items():
             bad = set(overrides) - (_FIELD_NAMES - {"per_client"})
             if bad:
@@ -349,6 +373,10 @@ class RoundParams:
             out["sparsification"] = self.sparsification.to_json()
         if self.sensitivity is not None:
             out["sensitivity"] = self.sensitivity.to_json()
+        if self.quantizer != "uniform":
+            out["quantizer"] = self.quantizer
+        if self.dither_salt:
+            out["dither_salt"] = self.dither_salt
         if self.per_client:
             out["per_client"] = {
                 cid: {

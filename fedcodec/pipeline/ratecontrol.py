@@ -41,7 +41,7 @@ import numpy as np
 from fedcodec import codec
 from fedcodec.pipeline.errors import BudgetTooSmallError
 from fedcodec.pipeline.model import F32Array
-from fedcodec.pipeline.params import RoundParams
+from fedcodec.pipeline.params import Quantizer, RoundParams
 
 __all__ = [
     "DEFAULT_MAX_PASSES",
@@ -229,8 +229,17 @@ class _Encoder:
         step_snap: StepSnap = "grid",
         step_factors: Sequence[float] | None = None,
         fixed_steps: Sequence[float | None] | None = None,
+        quantizer: Quantizer = "uniform",
+        dither_seed: int | None = None,
     ) -> None:
         self.tensors = list(tensors)
+        self.quantizer: Quantizer = quantizer
+        self.dither_seed = dither_seed if quantizer == "dither" else None
+        if quantizer != "uniform" and lam_scales is not None:
+            raise ValueError(
+                f'quantizer="{quantizer}" codes all tensors in one call: it does not combine '
+                'with importance_scale="global"'
+            )
         self.step_factors = None if step_factors is None else list(step_factors)
         self.fixed_steps = None if fixed_steps is None else list(fixed_steps)
         self.importance = None if importance is None else list(importance)
@@ -256,6 +265,8 @@ class _Encoder:
                 importance=self.importance,
                 threads=self.threads,
                 return_recon=True,
+                quantizer=self.quantizer,
+                dither_seed=self.dither_seed,
             )
         return self._run_per_tensor(lam, S, snapped)
 
@@ -417,8 +428,12 @@ def encode_with_params(
     step_snap: StepSnap = "grid",
     step_factors: Sequence[float] | None = None,
     fixed_steps: Sequence[float | None] | None = None,
+    dither_seed: int | None = None,
 ) -> CodedTensors:
     """Encode tensors with fixed parameters or to a byte budget.
+
+    ``params.quantizer`` chooses the quantizer; ``dither_seed`` is the seed of a
+    dithered encode (``quantizer="dither"``: required).
 
     Parameters
     ----------
@@ -487,8 +502,19 @@ def encode_with_params(
         raise ValueError(
             f"need one finite fixed step > 0 (or None) per tensor, got {fixed_steps!r}"
         )
+    if params.quantizer == "dither" and dither_seed is None:
+        raise ValueError('quantizer="dither" needs a dither_seed (one per update)')
     enc = _Encoder(
-        tensors, importance, threads, step_grid, lam_scales, step_snap, step_factors, fixed_steps
+        tensors,
+        importance,
+        threads,
+        step_grid,
+        lam_scales,
+        step_snap,
+        step_factors,
+        fixed_steps,
+        params.quantizer,
+        dither_seed,
     )
     lam = params.lam
     # The tensors that follow the round's step (fixed ones do not shape it).
