@@ -393,6 +393,10 @@ def _run_bench_load(args: argparse.Namespace) -> int:
         density=args.density,
         per_round=args.per_round,
         json_path=args.json,
+        mode=args.mode,
+        slow_streams=args.slow_streams,
+        garbage_uploads=args.garbage_uploads,
+        repeat=args.repeat,
     )
     return run_load_bench(cfg)
 
@@ -428,6 +432,26 @@ def _add_bench_load(bsub: argparse._SubParsersAction[argparse.ArgumentParser]) -
     )
     load.add_argument(
         "--per-round", type=_positive_int, default=None, help="updates per round (default 250)"
+    )
+    load.add_argument(
+        "--mode",
+        choices=["steady", "burst", "hostile"],
+        default="steady",
+        help="steady: clients come and go; burst: all clients (default 2,000) upload at once, "
+        "0 lost updates required; hostile: the burst quiet and with one hostile client "
+        "(slow streams, garbage uploads): honest p99 within 2x, RSS within the bound",
+    )
+    load.add_argument(
+        "--slow-streams", type=_positive_int, default=100, help="hostile: idle/dripping streams"
+    )
+    load.add_argument(
+        "--garbage-uploads", type=_positive_int, default=100, help="hostile: garbage uploads"
+    )
+    load.add_argument(
+        "--repeat",
+        type=_positive_int,
+        default=1,
+        help="burst/hostile: runs of each kind, alternating; medians are compared",
     )
     load.add_argument("--json", metavar="PATH", default=None, help="write the numbers as JSON")
     load.set_defaults(func=_run_bench_load)

@@ -378,13 +378,12 @@ class Aggregator:
         self.plan = plan
         ordered = sorted(self._updates_again(payloads, set(plan.shares)).items())
         if self.policy.aggregator == "mean":
-            mean = [np.zeros_like(acc) for acc in self._acc]
+            mean = self._acc  # round-level policies accumulate only here
+            for m in mean:
+                m.fill(0.0)  # mean_update() may have run before finalize()
             for client_id, data in ordered:
-                weight = plan.weight(client_id)
-                decoded = codec.decode(data, threads=self.threads)
-                for m, values in zip(mean, decoded, strict=True):
-                    m += weight * values.astype(np.float64)
-            return mean
+                codec.decode_accumulate(data, mean, plan.weight(client_id), threads=self.threads)
+            return [m.copy() for m in mean]
         # Coordinate-wise: every decoded update at once (k x model float32).
         stacks = [np.empty((len(ordered), *shape), np.float32) for shape in self.spec.shapes]
         for row, (client_id, data) in enumerate(ordered):
@@ -432,7 +431,7 @@ class Aggregator:
         sq = 0.0
         for name in self.spec.names:
             d = result.tensors[name].astype(np.float64) - self.base.tensors[name]
-            sq += float(np.dot(d.ravel(), d.ravel()))
+            sq += float(np.square(d).sum())  # no BLAS: its threads crawl on a shared machine
         return RoundStats(
             round_number=self.round_number,
             base_version=self.base.version,
