@@ -20,6 +20,7 @@ from fedcodec.codec import (
     encode_levels,
     inspect,
     library_version,
+    reference_digest,
 )
 from fedcodec.errors import (
     CorruptStreamError,
@@ -48,4 +49,5 @@ __all__ = [
     "encode_levels",
     "inspect",
     "library_version",
+    "reference_digest",
 ]

@@ -243,6 +243,7 @@ class EncodeTensor:
     step: float = 0.0
     sigma_min: float = 0.0
     recon: np.ndarray[Any, np.dtype[np.float32]] | None = None
+    reference: np.ndarray[Any, np.dtype[np.float32]] | None = None
 
 
 @dataclass(frozen=True)
@@ -297,6 +298,8 @@ def _fill_tensor(c_tensor: Any, tensor: EncodeTensor, keep: list[Any]) -> None:
         _check_array(tensor.importance, label, "importance", [_F32], numel)
     if tensor.recon is not None:
         _check_array(tensor.recon, label, "recon", [_F32], numel, writeable=True)
+    if tensor.reference is not None:
+        _check_array(tensor.reference, label, "reference", [_F32], numel)
     c_tensor.index = check_uint(tensor.index, f"{label}: index", 0, _UINT32_MAX)
     c_tensor.ndim = len(tensor.shape)
     for axis, size in enumerate(tensor.shape):
@@ -305,6 +308,7 @@ def _fill_tensor(c_tensor: Any, tensor: EncodeTensor, keep: list[Any]) -> None:
     c_tensor.levels = _pointer("int32_t[]", tensor.levels, keep)
     c_tensor.importance = _pointer("float[]", tensor.importance, keep)
     c_tensor.recon = _pointer("float[]", tensor.recon, keep)
+    c_tensor.reference = _pointer("float[]", tensor.reference, keep)
     c_tensor.step = check_float(tensor.step, f"{label}: step")
     with np.errstate(over="ignore"):
         step32 = float(np.float32(tensor.step))
@@ -343,7 +347,11 @@ def _encode_options(options: EncodeOptions) -> Any:
 def _explain_tensor_error(code: int, tensor: EncodeTensor, step: float) -> str:
     """Words for an fc_encode error blamed on ``tensor`` (error path only)."""
     if code == FC_ERR_NONFINITE:
-        for role, array in (("values", tensor.values), ("importance", tensor.importance)):
+        for role, array in (
+            ("values", tensor.values),
+            ("importance", tensor.importance),
+            ("reference", tensor.reference),
+        ):
             if array is not None:
                 bad = np.flatnonzero(~np.isfinite(array.reshape(-1)))
                 if bad.size:
@@ -425,6 +433,16 @@ def encode(
     return dst[:size].tobytes(), stats
 
 
+def reference_digest(reference: np.ndarray[Any, np.dtype[np.float32]], step: float) -> int:
+    """``fc_reference_digest``: the digest a container records for ``reference``."""
+    _check_array(reference, "reference", "reference", [_F32], None)
+    digest = ffi.new("uint32_t *")
+    c_ref = ffi.from_buffer("float[]", reference) if reference.size else ffi.NULL
+    code = lib.fc_reference_digest(c_ref, reference.size, check_float(step, "step"), digest)
+    _check_result(code, "reference digest")
+    return int(digest[0])
+
+
 def dither(
     seed: int, tensor_index: int, first: int, count: int, step: float
 ) -> np.ndarray[Any, np.dtype[np.float32]]:
@@ -468,6 +486,8 @@ class TensorInfoRaw:
     max_gtx: int
     quantizer: int = QUANT_UNIFORM
     dither_seed: int = 0
+    reference: bool = False
+    reference_digest: int = 0
 
 
 @dataclass
@@ -482,6 +502,7 @@ class DecodeTarget:
     values: np.ndarray[Any, np.dtype[np.float32]] | None = None
     acc: npt.NDArray[np.float32] | npt.NDArray[np.float64] | None = None
     weight: float = 1.0
+    reference: np.ndarray[Any, np.dtype[np.float32]] | None = None
 
 
 def _decode_options(options: DecodeOptions) -> Any:
@@ -523,6 +544,8 @@ def inspect(data: object, options: DecodeOptions) -> list[TensorInfoRaw]:
             max_gtx=int(info.max_gtx),
             quantizer=int(info.quantizer),
             dither_seed=int(info.dither_seed),
+            reference=bool(info.reference),
+            reference_digest=int(info.reference_digest),
         )
         for info in (infos[i] for i in range(int(count[0])))
     ]
@@ -558,6 +581,9 @@ def decode(data: object, options: DecodeOptions, targets: Sequence[DecodeTarget]
             c_target.acc = _pointer("char[]", acc, keep)
             c_target.acc_dtype = _ACC_DTYPE[acc.dtype]
         c_target.weight = check_real(target.weight, "weight")
+        if target.reference is not None:
+            _check_array(target.reference, target.label, "reference", [_F32], target.numel)
+        c_target.reference = _pointer("float[]", target.reference, keep)
     c_src = ffi.from_buffer("uint8_t[]", view)
     code = lib.fc_decode(c_src, len(view), c_opts, c_targets, count)
     del keep

@@ -81,6 +81,7 @@ typedef struct fc_tensor {
     double step;
     double sigma_min;
     float *recon;
+    const float *reference;
 } fc_tensor;
 
 typedef struct fc_tensor_stats {
@@ -136,6 +137,8 @@ typedef struct fc_tensor_info {
     uint32_t max_gtx;
     uint32_t quantizer;
     uint64_t dither_seed;
+    uint32_t reference;
+    uint32_t reference_digest;
 } fc_tensor_info;
 
 enum fc_result fc_inspect(const uint8_t *src, size_t src_size,
@@ -143,6 +146,8 @@ enum fc_result fc_inspect(const uint8_t *src, size_t src_size,
                           fc_tensor_info *infos, size_t capacity,
                           size_t *count);
 
+enum fc_result fc_reference_digest(const float *reference, uint64_t numel, double step,
+                                   uint32_t *digest);
 enum fc_result fc_dither(uint64_t seed, uint32_t tensor_index, uint64_t first, size_t count,
                          double step, float *out);
 
@@ -154,6 +159,7 @@ typedef struct fc_decode_target {
     void *acc;
     int32_t acc_dtype;
     double weight;
+    const float *reference;
 } fc_decode_target;
 
 enum fc_result fc_decode(const uint8_t *src, size_t src_size,

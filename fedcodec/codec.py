@@ -75,6 +75,7 @@ __all__ = [
     "encode_levels",
     "inspect",
     "library_version",
+    "reference_digest",
     "verify",
 ]
 
@@ -221,6 +222,11 @@ class TensorInfo:
         How its levels reconstruct (see the module documentation).
     dither_seed : int or None
         The container's dither seed for a dithered tensor, else None.
+    reference_digest : int or None
+        For a tensor coded with a reference tensor (temporal side
+        information), the digest of that reference (see
+        :func:`reference_digest`); decoding it needs the same reference.
+        None otherwise.
     """
 
     index: int
@@ -231,6 +237,7 @@ class TensorInfo:
     max_gtx: int
     quantizer: str = "uniform"
     dither_seed: int | None = None
+    reference_digest: int | None = None
 
 
 # ---------------------------------------------------------------------------
@@ -359,6 +366,82 @@ def _weighting(
     return eta, sigma_min
 
 
+def _reference_array(value: object, label: str, shape: tuple[int, ...]) -> Float32Array | None:
+    """A reference tensor as float32 C order with the tensor's shape (None: none)."""
+    if value is None:
+        return None
+    given = np.asarray(value)
+    if given.dtype.kind not in "fiu":
+        _binding.invalid(f"{label}: reference must be real numbers, got dtype {given.dtype}")
+    if given.shape != shape:
+        _binding.invalid(
+            f"{label}: reference has shape {given.shape}, the tensor has shape {shape}",
+            FC_ERR_MISMATCH,
+        )
+    ref = np.ascontiguousarray(given, dtype=np.float32)
+    if ref.size and not np.isfinite(ref).all():
+        _binding.invalid(f"{label}: reference must be finite")
+    return ref
+
+
+def _decode_references(
+    reference: object,
+    names: list[str] | None,
+    infos: list[_binding.TensorInfoRaw],
+) -> list[Float32Array | None]:
+    """Per container tensor the reference to decode it with, checked against the
+    container: present where it was coded with one, with the same shape and digest."""
+    refs = _per_tensor(reference, "reference", names, len(infos), arrays=True)
+    out: list[Float32Array | None] = []
+    for position, (info, given) in enumerate(zip(infos, refs, strict=True)):
+        label = _label(position, names[position] if names else None)
+        if not info.reference:
+            out.append(None)
+            continue
+        if given is None:
+            _binding.invalid(
+                f"{label} was coded with a reference tensor (temporal side information, "
+                f"digest {info.reference_digest:#010x}): pass the same reference= to decode it",
+                FC_ERR_MISMATCH,
+            )
+        ref = _reference_array(given, label, info.shape)
+        assert ref is not None
+        digest = _binding.reference_digest(ref, info.step)
+        if digest != info.reference_digest:
+            _binding.invalid(
+                f"{label}: the reference differs from the one it was coded with (digest "
+                f"{digest:#010x}, the container records {info.reference_digest:#010x}); "
+                "decoding with it would give wrong values",
+                FC_ERR_MISMATCH,
+            )
+        out.append(ref)
+    return out
+
+
+def reference_digest(reference: npt.ArrayLike, step: float) -> int:
+    """The digest a container records for a tensor coded with ``reference``.
+
+    Two references with the same digest decode a tensor alike: it is the
+    CRC-32 of the reference's per-element classes at the tensor's step
+    (``codec_c/FORMAT.md`` §7.5), compared with
+    :attr:`TensorInfo.reference_digest`.
+
+    Parameters
+    ----------
+    reference : array_like
+        The reference tensor (converted to float32).
+    step : float
+        The tensor's step (:attr:`TensorInfo.step`).
+
+    Returns
+    -------
+    int
+        A 32-bit digest.
+    """
+    ref = np.ascontiguousarray(np.asarray(reference), dtype=np.float32)
+    return _binding.reference_digest(ref, _binding.check_float(step, "step", positive=True))
+
+
 def _quantizer_number(quantizer: object, dither_seed: object, lam: float) -> tuple[int, int]:
     if not isinstance(quantizer, str) or quantizer not in _QUANT_NUMBERS:
         _binding.invalid(f"quantizer must be one of {sorted(_QUANT_NUMBERS)}, got {quantizer!r}")
@@ -431,6 +514,7 @@ def encode(
     return_recon: bool = False,
     quantizer: Quantizer = "uniform",
     dither_seed: int | None = None,
+    reference: Sequence[npt.ArrayLike | None] | Mapping[str, npt.ArrayLike] | None = None,
 ) -> EncodeResult:
     """Quantize and entropy-code float32 tensors into one container.
 
@@ -494,6 +578,15 @@ def encode(
         is derived.  Use a different seed for every update that is summed
         with others (e.g. :func:`dither_seed` of round and client id); with
         the same seed two clients' errors would be correlated.
+    reference : sequence or mapping of array_like, optional
+        Temporal side information: per tensor a reference tensor of the same
+        shape that the decoder also holds (e.g. the previous round's decoded
+        update of the same client, or the previous global change); the
+        co-located reference value conditions the significance, sign and
+        magnitude contexts, so a correlated reference saves bytes.  None
+        entries (or names missing from a mapping) code without one.  The
+        container records a digest of each reference; decoding needs the
+        same references (converted to float32).
 
     Returns
     -------
@@ -512,6 +605,7 @@ def encode(
     sigma_mins = _per_tensor(sigma_min, "sigma_min", names, count)
     importances = _per_tensor(importance, "importance", names, count, arrays=True)
     sigmas = _per_tensor(sigma, "sigma", names, count, arrays=True)
+    references = _per_tensor(reference, "reference", names, count, arrays=True)
     lam = _binding.check_float(lam, "lam")
     quantizer_number, seed = _quantizer_number(quantizer, dither_seed, lam)
     options = _binding.EncodeOptions(
@@ -554,6 +648,7 @@ def encode(
                 step=_optional_positive(steps[position], f"{label}: step"),
                 sigma_min=tensor_sigma_min,
                 recon=out,
+                reference=_reference_array(references[position], label, shape),
             )
         )
         shapes.append(shape)
@@ -593,6 +688,7 @@ def encode_levels(
     mode: Mode = "auto",
     window_set: int = 0,
     slice_elems: int = 262144,
+    reference: Sequence[npt.ArrayLike | None] | Mapping[str, npt.ArrayLike] | None = None,
 ) -> EncodeResult:
     """Code integer quantization levels losslessly.
 
@@ -609,7 +705,7 @@ def encode_levels(
     step : float, sequence or mapping
         The step > 0 of each tensor (stored as float32), one for all or one
         per tensor.
-    max_gtx, threads, mode, window_set, slice_elems
+    max_gtx, threads, mode, window_set, slice_elems, reference
         As for :func:`encode`.
 
     Returns
@@ -626,6 +722,7 @@ def encode_levels(
     names, items = _split_collection(levels, "levels")
     count = len(items)
     steps = _per_tensor(step, "step", names, count)
+    references = _per_tensor(reference, "reference", names, count, arrays=True)
     options = _binding.EncodeOptions(
         lam=0.0,
         max_gtx=max_gtx,
@@ -650,6 +747,7 @@ def encode_levels(
                 shape=shape,
                 levels=array,
                 step=_binding.check_float(steps[position], f"{label}: step", positive=True),
+                reference=_reference_array(references[position], label, shape),
             )
         )
         shapes.append(shape)
@@ -732,6 +830,7 @@ def inspect(
             max_gtx=info.max_gtx,
             quantizer=_QUANT_NAMES.get(info.quantizer, str(info.quantizer)),
             dither_seed=info.dither_seed if info.quantizer == _binding.QUANT_DITHER else None,
+            reference_digest=info.reference_digest if info.reference else None,
         )
         for info in _binding.inspect(data, options)
     ]
@@ -743,6 +842,7 @@ def decode(
     *,
     names: None = None,
     threads: int = 0,
+    reference: Sequence[npt.ArrayLike | None] | Mapping[str, npt.ArrayLike] | None = None,
     max_tensors: int = _DEFAULT_MAX_TENSORS,
     max_tensor_elems: int = _DEFAULT_MAX_ELEMS,
     max_total_elems: int = _DEFAULT_MAX_ELEMS,
@@ -755,6 +855,7 @@ def decode(
     *,
     names: Sequence[str],
     threads: int = 0,
+    reference: Sequence[npt.ArrayLike | None] | Mapping[str, npt.ArrayLike] | None = None,
     max_tensors: int = _DEFAULT_MAX_TENSORS,
     max_tensor_elems: int = _DEFAULT_MAX_ELEMS,
     max_total_elems: int = _DEFAULT_MAX_ELEMS,
@@ -766,6 +867,7 @@ def decode(
     *,
     names: Sequence[str] | None = None,
     threads: int = 0,
+    reference: Sequence[npt.ArrayLike | None] | Mapping[str, npt.ArrayLike] | None = None,
     max_tensors: int = _DEFAULT_MAX_TENSORS,
     max_tensor_elems: int = _DEFAULT_MAX_ELEMS,
     max_total_elems: int = _DEFAULT_MAX_ELEMS,
@@ -781,6 +883,11 @@ def decode(
         instead of a list.
     threads : int, optional
         Worker threads; 0 uses all online CPUs.
+    reference : sequence or mapping of array_like, optional
+        The reference tensors the container's tensors were coded with
+        (``encode(..., reference=...)``), per tensor in container order or
+        by name (a mapping needs ``names``); needed exactly for the tensors
+        coded with one, ignored for the others.
     max_tensors, max_tensor_elems, max_total_elems : int, optional
         Decoder limits (hostile input cannot make the decoder allocate more
         than ``4 * max_total_elems`` bytes of output).
@@ -796,15 +903,19 @@ def decode(
         The container is truncated, malformed, fails its checksum, has an
         unknown magic or version, or exceeds a limit.
     InvalidParameterError
-        ``names`` does not match the container, or a parameter is out of
-        range.
+        ``names`` does not match the container, a parameter is out of
+        range, or a tensor coded with a reference tensor gets none, one of
+        another shape, or one that differs from the encoder's (by digest).
     """
     options = _decode_options(threads, max_tensors, max_tensor_elems, max_total_elems)
     infos = _binding.inspect(data, options)
     checked_names = _check_names(names, len(infos))
+    refs = _decode_references(reference, checked_names, infos)
     outputs = [np.empty(info.shape, dtype=np.float32) for info in infos]
     targets = [
-        _binding.DecodeTarget(label=_label(i, None), numel=info.numel, values=out)
+        _binding.DecodeTarget(
+            label=_label(i, None), numel=info.numel, values=out, reference=refs[i]
+        )
         for i, (info, out) in enumerate(zip(infos, outputs, strict=True))
     ]
     _binding.decode(data, options, targets)
@@ -817,6 +928,7 @@ def decode_levels(
     *,
     names: None = None,
     threads: int = 0,
+    reference: Sequence[npt.ArrayLike | None] | Mapping[str, npt.ArrayLike] | None = None,
     max_tensors: int = _DEFAULT_MAX_TENSORS,
     max_tensor_elems: int = _DEFAULT_MAX_ELEMS,
     max_total_elems: int = _DEFAULT_MAX_ELEMS,
@@ -829,6 +941,7 @@ def decode_levels(
     *,
     names: Sequence[str],
     threads: int = 0,
+    reference: Sequence[npt.ArrayLike | None] | Mapping[str, npt.ArrayLike] | None = None,
     max_tensors: int = _DEFAULT_MAX_TENSORS,
     max_tensor_elems: int = _DEFAULT_MAX_ELEMS,
     max_total_elems: int = _DEFAULT_MAX_ELEMS,
@@ -840,6 +953,7 @@ def decode_levels(
     *,
     names: Sequence[str] | None = None,
     threads: int = 0,
+    reference: Sequence[npt.ArrayLike | None] | Mapping[str, npt.ArrayLike] | None = None,
     max_tensors: int = _DEFAULT_MAX_TENSORS,
     max_tensor_elems: int = _DEFAULT_MAX_ELEMS,
     max_total_elems: int = _DEFAULT_MAX_ELEMS,
@@ -850,7 +964,7 @@ def decode_levels(
     ----------
     data : bytes-like
         The container.
-    names, threads, max_tensors, max_tensor_elems, max_total_elems
+    names, threads, reference, max_tensors, max_tensor_elems, max_total_elems
         As for :func:`decode`.
 
     Returns
@@ -871,9 +985,12 @@ def decode_levels(
     options = _decode_options(threads, max_tensors, max_tensor_elems, max_total_elems)
     infos = _binding.inspect(data, options)
     checked_names = _check_names(names, len(infos))
+    refs = _decode_references(reference, checked_names, infos)
     outputs = [np.empty(info.shape, dtype=np.int32) for info in infos]
     targets = [
-        _binding.DecodeTarget(label=_label(i, None), numel=info.numel, levels=out)
+        _binding.DecodeTarget(
+            label=_label(i, None), numel=info.numel, levels=out, reference=refs[i]
+        )
         for i, (info, out) in enumerate(zip(infos, outputs, strict=True))
     ]
     _binding.decode(data, options, targets)
@@ -888,6 +1005,7 @@ def decode_accumulate(
     weight: float = 1.0,
     *,
     threads: int = 0,
+    reference: Sequence[npt.ArrayLike | None] | Mapping[str, npt.ArrayLike] | None = None,
     max_tensors: int = _DEFAULT_MAX_TENSORS,
     max_tensor_elems: int = _DEFAULT_MAX_ELEMS,
     max_total_elems: int = _DEFAULT_MAX_ELEMS,
@@ -911,6 +1029,8 @@ def decode_accumulate(
         Finite accumulation weight (e.g. a client's share of the examples).
     threads, max_tensors, max_tensor_elems, max_total_elems
         As for :func:`decode`.
+    reference : sequence or mapping of array_like, optional
+        As for :func:`decode` (a mapping by the accumulators' names).
 
     Raises
     ------
@@ -929,6 +1049,7 @@ def decode_accumulate(
             f"got {len(accs)} accumulators, the container holds {len(infos)} tensors",
             FC_ERR_MISMATCH,
         )
+    refs = _decode_references(reference, names, infos)
     targets: list[_binding.DecodeTarget] = []
     for position, (acc, info) in enumerate(zip(accs, infos, strict=True)):
         label = _label(position, names[position] if names else None)
@@ -941,7 +1062,11 @@ def decode_accumulate(
                 f"{label}: accumulator has shape {acc.shape}, the container stores {info.shape}",
                 FC_ERR_MISMATCH,
             )
-        targets.append(_binding.DecodeTarget(label=label, numel=info.numel, acc=acc, weight=weight))
+        targets.append(
+            _binding.DecodeTarget(
+                label=label, numel=info.numel, acc=acc, weight=weight, reference=refs[position]
+            )
+        )
     _binding.decode(data, options, targets)
 
 
@@ -950,6 +1075,7 @@ def verify(
     *,
     visit: Callable[[int, npt.NDArray[np.float32]], None] | None = None,
     threads: int = 0,
+    reference: Sequence[npt.ArrayLike | None] | None = None,
     max_tensors: int = _DEFAULT_MAX_TENSORS,
     max_tensor_elems: int = _DEFAULT_MAX_ELEMS,
     max_total_elems: int = _DEFAULT_MAX_ELEMS,
@@ -971,6 +1097,8 @@ def verify(
         (flat float32, valid only during the call), e.g. to check their range.
     threads, max_tensors, max_tensor_elems, max_total_elems
         As for :func:`decode`.
+    reference : sequence of array_like, optional
+        As for :func:`decode` (one entry per tensor, container order).
 
     Returns
     -------
@@ -989,6 +1117,7 @@ def verify(
         max_total_elems=max_total_elems,
     )
     options = _decode_options(threads, max_tensors, max_tensor_elems, max_total_elems)
+    refs = _decode_references(reference, None, _binding.inspect(data, options))
     scratch = np.empty(max((info.numel for info in infos), default=0), dtype=np.float32)
     for position, info in enumerate(infos):
         if info.numel == 0:
@@ -999,6 +1128,7 @@ def verify(
                 label=_label(i, None),
                 numel=other.numel,
                 values=values if i == position else None,
+                reference=refs[i] if i == position else None,
             )
             for i, other in enumerate(infos)
         ]

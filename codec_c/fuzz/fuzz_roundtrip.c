@@ -16,7 +16,8 @@
  *   step      exponent byte, mantissa byte (0 0: derive the step from S for
  *             values; levels always use the given step)
  *   scale     values: 2^(b - 140)
- *   per tensor: ndim = b % 4, then each dim b % 11, then its elements
+ *   per tensor: ndim = b % 4 (bit 7: with a reference tensor, derived
+ *             from the elements), then each dim b % 11, then its elements
  *             (levels: a class byte, and 4 bytes for a large level;
  *             values: 2 bytes, or 4 raw bytes; importance: 1 byte each)
  *
@@ -31,7 +32,8 @@
  *     decode), are finite, and equal float32(level) * step (minus the
  *     dither);
  *   - the container fits fc_encode_bound(), inspect reports the shapes,
- *     steps and quantizers encoded, the stats count the nonzero levels, an
+ *     steps, quantizers and references (their digests) encoded, a tensor
+ *     coded with a reference does not decode without it, the stats count the nonzero levels, an
  *     f64 accumulator receives weight * value, and encoding again with
  *     another thread count gives the same bytes.
  */
@@ -77,11 +79,12 @@ static uint32_t rd32(reader *r)
 typedef struct tensor_in {
     fc_tensor t;
     int32_t *levels;
-    float *values, *importance, *recon;
+    float *values, *importance, *recon, *ref;
     int32_t *dec_levels;
     float *dec_values;
     double *acc;
     uint64_t numel;
+    int with_ref;
 } tensor_in;
 
 static void *xcalloc(size_t n, size_t size)
@@ -159,7 +162,11 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         uint32_t d;
         memset(&t->t, 0, sizeof(t->t));
         t->t.index = (uint32_t)(i * 2 + (flags & 1u));
-        t->t.ndim = rd8(&r) % 4u;
+        {
+            uint8_t b = rd8(&r);
+            t->t.ndim = b % 4u;
+            t->with_ref = (b & 0x80u) != 0;
+        }
         t->numel = 1;
         for (d = 0; d < t->t.ndim; d++) {
             t->t.shape[d] = rd8(&r) % (MAX_DIM + 1u);
@@ -198,6 +205,15 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
                 if (!isfinite((float)l * (float)step)) overflow[i] = 1;
             }
             t->t.levels = t->levels;
+        }
+        if (t->with_ref) {
+            /* correlated with the input: a scaled copy, finite */
+            t->ref = (float *)xcalloc(n, sizeof(float));
+            for (k = 0; k < t->numel; k++) {
+                double v = values_mode ? (double)t->values[k] : (double)t->levels[k] * step;
+                t->ref[k] = isfinite(v) && fabs(v) < 1e30 ? (float)(0.75 * v) : 1.0f;
+            }
+            t->t.reference = t->ref;
         }
         tensors[i] = t->t;
     }
@@ -247,6 +263,13 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         check(memcmp(info[i].shape, t->t.shape, sizeof(uint64_t) * t->t.ndim) == 0);
         check(info[i].step == stats[i].step);
         check(info[i].quantizer == (values_mode ? quant : FC_QUANT_UNIFORM));
+        check(info[i].reference == (t->with_ref && t->numel > 0));
+        if (info[i].reference) {
+            uint32_t digest;
+            check(fc_reference_digest(t->ref, t->numel, info[i].step, &digest) == FC_OK);
+            check(digest == info[i].reference_digest);
+            tg[i].reference = t->ref;
+        }
         t->dec_levels = (int32_t *)xcalloc((size_t)t->numel, sizeof(int32_t));
         t->dec_values = (float *)xcalloc((size_t)t->numel, sizeof(float));
         t->acc = (double *)xcalloc((size_t)t->numel, sizeof(double));
@@ -255,6 +278,14 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         tg[i].acc = t->acc;
         tg[i].acc_dtype = FC_ACC_F64;
         tg[i].weight = -0.5;
+    }
+    for (i = 0; i < count; i++) {
+        /* without its reference a tensor coded with one is refused */
+        if (info[i].reference) {
+            tg[i].reference = NULL;
+            check(fc_decode(buf, csize, NULL, tg, count) == FC_ERR_MISMATCH);
+            tg[i].reference = in[i].ref;
+        }
     }
     check(fc_decode(buf, csize, NULL, tg, count) == FC_OK);
     for (i = 0; i < count; i++) {
@@ -287,6 +318,7 @@ out:
         free(in[i].values);
         free(in[i].importance);
         free(in[i].recon);
+        free(in[i].ref);
         free(in[i].dec_levels);
         free(in[i].dec_values);
         free(in[i].acc);

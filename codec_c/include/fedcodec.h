@@ -50,7 +50,7 @@ extern "C" {
 #endif
 
 #define FC_VERSION_MAJOR 0
-#define FC_VERSION_MINOR 2
+#define FC_VERSION_MINOR 3
 #define FC_VERSION_PATCH 0
 
 /* Container format version written by this library (FORMAT.md). */
@@ -155,6 +155,15 @@ typedef struct fc_tensor {
     float *recon;                  /* optional out: level * step per weight
                                       (see enum fc_quantizer), exactly what
                                       a decoder reconstructs */
+    /* since 0.3 (the struct grew: zero-initialize it) */
+    const float *reference;        /* optional temporal side information:
+                                      numel float32 values the decoder also
+                                      holds (e.g. the previous round's decoded
+                                      update), same layout as the tensor; the
+                                      co-located value conditions the
+                                      contexts.  The container records a
+                                      digest (fc_reference_digest); a decoder
+                                      must pass the same reference. */
 } fc_tensor;
 
 /* Per-tensor results of an encode. */
@@ -238,6 +247,9 @@ typedef struct fc_tensor_info {
     /* since 0.2 (the struct grew: code built against 0.1 must be rebuilt) */
     uint32_t quantizer;    /* enum fc_quantizer */
     uint64_t dither_seed;  /* the container's seed (FC_QUANT_DITHER), else 0 */
+    /* since 0.3 */
+    uint32_t reference;        /* 1: coded with a reference tensor */
+    uint32_t reference_digest; /* its fc_reference_digest() (0 without) */
 } fc_tensor_info;
 
 /* Parse and check a container without decoding payloads: magic, version,
@@ -257,6 +269,13 @@ enum fc_result fc_inspect(const uint8_t *src, size_t src_size,
 enum fc_result fc_dither(uint64_t seed, uint32_t tensor_index, uint64_t first, size_t count,
                          double step, float *out);
 
+/* The digest a container records for a tensor coded with `reference`
+ * (numel float32 values) at step `step` (the tensor's float32 step): the
+ * CRC-32 of the reference's class bytes (FORMAT.md §7.5), so two references
+ * with the same digest decode alike.  Non-finite values are allowed. */
+enum fc_result fc_reference_digest(const float *reference, uint64_t numel, double step,
+                                   uint32_t *digest);
+
 /* Accumulator element types for fc_decode_target.acc. */
 enum fc_acc_dtype { FC_ACC_NONE = 0, FC_ACC_F32 = 1, FC_ACC_F64 = 2 };
 
@@ -273,6 +292,11 @@ typedef struct fc_decode_target {
                               tensors add every element) */
     int32_t acc_dtype;     /* enum fc_acc_dtype of acc */
     double weight;         /* accumulation weight */
+    /* since 0.3 (the struct grew: zero-initialize it) */
+    const float *reference; /* the reference tensor (numel float32) a tensor
+                               was coded with (fc_tensor_info.reference);
+                               a missing or different one (by digest) gives
+                               FC_ERR_MISMATCH; ignored for other tensors */
 } fc_decode_target;
 
 /* Decode a container into `targets`, one per tensor in container order

@@ -85,12 +85,20 @@ static int parse_tensor(fc_reader *r, const fc_decode_options *o, const fc_tenso
     td->window_set = (byte >> 4) & 7u;
     if (td->max_gtx < 1 || td->max_gtx > FC_MAX_GTX) return FC_ERR_CORRUPT;
     td->quant = FC_QUANT_UNIFORM;
+    td->has_ref = 0;
+    td->ref_digest = 0;
     if (byte & FC_PARAMS_EXT) {
         uint8_t ext;
         CHECK(fc_get_u8(r, &ext));
-        if (ext & ~3u) return FC_ERR_CORRUPT;
-        td->quant = ext;
+        if (ext & ~(FC_QBYTE_KIND | FC_QBYTE_REFERENCE)) return FC_ERR_CORRUPT;
+        td->quant = ext & FC_QBYTE_KIND;
         if (td->quant == FC_QUANT_DITHER && !out->has_seed) return FC_ERR_CORRUPT;
+        if (ext & FC_QBYTE_REFERENCE) {
+            if (r->end - r->p < 4) return FC_ERR_TRUNCATED;
+            td->has_ref = 1;
+            td->ref_digest = fc_load_le32(r->p);
+            r->p += 4;
+        }
     }
 
     CHECK(fc_get_varint(r, &nsl));
@@ -228,8 +236,13 @@ void fc_write_tensor_header(fc_buf *b, const fc_tensor_desc *t, const fc_tensor_
         fc_store_le32(le, fc_f32_bits(t->step));
         fc_buf_write(b, le, 4);
     }
-    fc_buf_put(b, (uint8_t)(t->max_gtx | (t->window_set << 4) | (t->quant ? FC_PARAMS_EXT : 0)));
-    if (t->quant) fc_buf_put(b, (uint8_t)t->quant);
+    fc_buf_put(b, (uint8_t)(t->max_gtx | (t->window_set << 4) |
+                            (t->quant || t->has_ref ? FC_PARAMS_EXT : 0)));
+    if (t->quant || t->has_ref) fc_buf_put(b, (uint8_t)(t->quant | (t->has_ref ? FC_QBYTE_REFERENCE : 0)));
+    if (t->has_ref) {
+        fc_store_le32(le, t->ref_digest);
+        fc_buf_write(b, le, 4);
+    }
     fc_put_varint(b, t->nslices);
     for (s = 0; s < t->nslices; s++) {
         if (s + 1 < t->nslices) fc_put_varint(b, t->slices[s].rows);

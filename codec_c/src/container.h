@@ -20,6 +20,10 @@
 #define FC_CFLAG_DITHER_SEED 0x01u  /* a u64 dither seed follows the flags */
 /* Tensor params byte: bit 7 = a quantizer byte follows. */
 #define FC_PARAMS_EXT 0x80u
+/* Quantizer byte: bits 0-1 the kind; bit 3 = coded with a reference tensor,
+ * whose digest (u32) follows the quantizer byte. */
+#define FC_QBYTE_KIND 0x03u
+#define FC_QBYTE_REFERENCE 0x08u
 
 typedef struct fc_slice_desc {
     uint64_t rows;
@@ -38,6 +42,8 @@ typedef struct fc_tensor_desc {
     unsigned max_gtx;
     unsigned window_set;
     unsigned quant;        /* enum fc_quantizer */
+    int has_ref;           /* coded with a reference tensor */
+    uint32_t ref_digest;   /* fc_reference_digest() of that reference */
     size_t nslices;
     fc_slice_desc *slices; /* points into fc_parsed.slices */
 } fc_tensor_desc;

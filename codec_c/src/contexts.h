@@ -13,11 +13,22 @@
 #ifndef FC_CONTEXTS_H
 #define FC_CONTEXTS_H
 
+#include <math.h>
+
 #include "rangecoder.h"
 
 #define FC_SIG_CTX 192        /* left class x above significant x column activity x prediction/distance */
-#define FC_SIGN_CTX 9         /* left sign x above sign */
+#define FC_SIGN_CTX 9         /* sign prediction x left sign */
 #define FC_GTX_CLASSES 4      /* min(|left| + |above|, 3) */
+/* Temporal reference (FORMAT.md §7.5): the co-located value of a reference
+ * tensor, as a class byte (fc_ref_class), multiplies these context sets; a
+ * tensor without reference uses class 0 only, i.e. exactly the sets above. */
+#define FC_REF_SIG 3          /* significance: reference level 0, 1, >= 2 */
+#define FC_REF_SIGN 3         /* sign: reference zero, negative, positive */
+#define FC_REF_MAG 4          /* magnitude: reference level 0, 1, 2..3, >= 4 */
+#define FC_SIG_CTX_ALL (FC_SIG_CTX * FC_REF_SIG)
+#define FC_SIGN_CTX_ALL (FC_SIGN_CTX * FC_REF_SIGN)
+#define FC_GTX_CLASSES_ALL (FC_GTX_CLASSES * FC_REF_MAG)
 #define FC_REM_CLASSES 4      /* magnitude class of the neighbourhood */
 #define FC_REM_PREFIX_POS 12  /* Exp-Golomb prefix positions with own context */
 #define FC_GAP_PREFIX_POS 16
@@ -28,16 +39,16 @@ typedef struct fc_ctxset {
     fc_ctx row[2];                                  /* row non-empty | previous row's flag */
     fc_ctx ref;                                     /* reference row is the previous row */
     fc_ctx group[4];                                /* group non-empty | left, above group */
-    fc_ctx sig[FC_SIG_CTX];                         /* dense-mode significance */
-    fc_ctx gsig[FC_SIG_CTX];                        /* significance inside a non-empty group */
-    fc_ctx sign[FC_SIGN_CTX];
-    fc_ctx gtx[FC_MAX_GTX][FC_GTX_CLASSES];         /* |level| > j + 1 */
+    fc_ctx sig[FC_SIG_CTX_ALL];                     /* dense-mode significance */
+    fc_ctx gsig[FC_SIG_CTX_ALL];                    /* significance inside a non-empty group */
+    fc_ctx sign[FC_SIGN_CTX_ALL];
+    fc_ctx gtx[FC_MAX_GTX][FC_GTX_CLASSES_ALL];     /* |level| > j + 1 */
     fc_ctx rem_prefix[FC_REM_CLASSES][FC_REM_PREFIX_POS];
     fc_ctx rem_suffix[FC_REM_PREFIX_POS];           /* first suffix bin by prefix length */
     fc_ctx gap_prefix[3][FC_GAP_PREFIX_POS];       /* by the previous gap's prefix length */
     fc_ctx gap_suffix[FC_GAP_PREFIX_POS][2];        /* two leading suffix bins by prefix length */
-    fc_ctx dqsig[FC_SIG_CTX];                       /* dependent quantization, state in Q1: sig */
-    fc_ctx dqgsig[FC_SIG_CTX];                      /*   and gsig (Q0 states use sig and gsig) */
+    fc_ctx dqsig[FC_SIG_CTX_ALL];                   /* dependent quantization, state in Q1: sig */
+    fc_ctx dqgsig[FC_SIG_CTX_ALL];                  /*   and gsig (Q0 states use sig and gsig) */
 } fc_ctxset;
 
 static inline void fc_ctxset_init(fc_ctxset *s, unsigned window_set)
@@ -181,14 +192,42 @@ static inline void fc_col_activity(fc_colstate *cs, uint64_t c, unsigned nonzero
     }
 }
 
-/* Significance: left class x column activity x (prediction class when the
- * rank-1 model has one, else distance class). */
+/* The class byte of a reference value ref for a tensor with step 1/inv_step
+ * (FORMAT.md §7.5): bits 0-1 the magnitude class of a = |ref| * inv_step
+ * (0: a < 1/2, 1: a < 3/2, 2: a < 7/2, 3: otherwise, NaN included), bits 2-3
+ * the sign class (0 with magnitude class 0, else 1 negative, 2 positive).
+ * Encoder and decoder compute it alike from the float32 reference and step. */
+static inline uint8_t fc_ref_class(float ref, double inv_step)
+{
+    double a = fabs((double)ref) * inv_step;
+    unsigned m = a < 0.5 ? 0u : a < 1.5 ? 1u : a < 3.5 ? 2u : 3u;
+    unsigned s = m == 0 ? 0u : (ref < 0.0f ? 1u : 2u);
+    return (uint8_t)(m | (s << 2));
+}
+
+/* A row of a reference tensor: its float32 values (NULL: no reference) and
+ * the inverse step of the tensor being coded. */
+typedef struct fc_ref {
+    const float *row;
+    double inv_step;
+} fc_ref;
+
+/* The reference class byte of column c (0 without reference). */
+static inline unsigned fc_ref_at(const fc_ref *ref, uint64_t c)
+{
+    return ref && ref->row ? fc_ref_class(ref->row[c], ref->inv_step) : 0u;
+}
+
+/* Significance: reference class x left class x column activity x
+ * (prediction class when the rank-1 model has one, else distance class). */
 static inline unsigned fc_sig_ctx(const fc_colstate *cs, const fc_rowstate *r, int32_t left,
-                                  int32_t above, uint64_t c)
+                                  int32_t above, uint64_t c, unsigned ref)
 {
     unsigned p = fc_pred_class(cs, r, c);
     unsigned z = p ? 3u + p : fc_dist_class(r, c);
-    return ((fc_sign_class(left) * 2u + (above != 0)) * 4u + fc_act_class(cs, c)) * 8u + z;
+    unsigned rm = ref & 3u;
+    return (rm > 2u ? 2u : rm) * FC_SIG_CTX +
+           ((fc_sign_class(left) * 2u + (above != 0)) * 4u + fc_act_class(cs, c)) * 8u + z;
 }
 
 /* Reference rows (dense and grouped modes, rows up to FC_ROW_CTX_MAX wide):
@@ -221,27 +260,28 @@ typedef struct fc_nbr {
  * Magnitude classes: cm(left) + cm(above), or the row's running magnitude
  * when both are zero. */
 static inline fc_nbr fc_neighbourhood(const fc_colstate *cs, const fc_rowstate *r, int32_t left,
-                                      int32_t above, uint64_t c, unsigned m0)
+                                      int32_t above, uint64_t c, unsigned m0, unsigned ref)
 {
     fc_nbr n;
     unsigned l = fc_cm(left, m0), a = fc_cm(above, m0), t = l + a, m, e, pred = 0;
+    const unsigned rg = (ref & 3u) * FC_GTX_CLASSES; /* reference magnitude class */
     if (cs->sgn && r->rowflip) {
         int p = r->rowflip * cs->sgn[c];
         pred = p > 0 ? 1u : (p < 0 ? 2u : 0u);
     }
-    n.sign_ctx = pred * 3u + fc_sign_class(left);
+    n.sign_ctx = ((ref >> 2) & 3u) * FC_SIGN_CTX + pred * 3u + fc_sign_class(left);
     {
         unsigned pc = fc_pred_class(cs, r, c);
         if (pc) {
             /* The rank-1 prediction, when there is one, sets the classes. */
-            n.gtx_class = pc - 1u;
+            n.gtx_class = rg + pc - 1u;
             n.rem_class = pc == 4 ? (cs->mag[c] * (uint64_t)r->sum_cm >= 16u * (uint64_t)r->sum_col ? 3u : 2u)
                                   : (pc >= 3 ? 1u : 0u);
             return n;
         }
     }
     if (t == 0) t = r->rowmag;
-    n.gtx_class = t > 3u ? 3u : t;
+    n.gtx_class = rg + (t > 3u ? 3u : t);
     m = l > a ? l : a;
     if (r->rowmag > m) m = r->rowmag;
     e = fc_ilog2_32(m + 1u); /* 0: m = 0, 1: 1..2, 2: 3..6, 3+: 7.. */

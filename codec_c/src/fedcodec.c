@@ -110,6 +110,11 @@ static enum fc_result check_encode_args(const fc_tensor *tensors, size_t count,
         if (t->step > 0.0 && !isnormal((float)t->step)) return FC_ERR_INVALID_ARGUMENT;
         if (t->levels && !(t->step > 0.0)) return FC_ERR_INVALID_ARGUMENT;
         if (!(t->sigma_min >= 0.0) || !isfinite(t->sigma_min)) return FC_ERR_INVALID_ARGUMENT;
+        if (t->reference) {
+            uint64_t k;
+            for (k = 0; k < numel; k++)
+                if (!isfinite(t->reference[k])) return FC_ERR_NONFINITE;
+        }
     }
     *bad = SIZE_MAX;
     return FC_OK;
@@ -178,6 +183,10 @@ static enum fc_result plan_tensor(const fc_tensor *t, const fc_encode_options *o
     }
     if (!(step > 0.0)) step = 1.0;
     d->step = (float)step;
+    if (t->reference && numel) {
+        d->has_ref = 1;
+        fc_reference_digest(t->reference, numel, (double)d->step, &d->ref_digest);
+    }
     if (numel == 0) {
         d->nslices = 0;
         return FC_OK;
@@ -265,6 +274,7 @@ enum fc_result fc_encode(const fc_tensor *tensors, size_t count, const fc_encode
             jb->quant = d->quant;
             jb->dither_key = fc_dither_key(o.dither_seed, d->index);
             jb->elem_off = off;
+            jb->ref = d->has_ref ? t->reference + off : NULL;
             jb->mode_request = o.mode;
             r0 += rows;
         }
@@ -419,6 +429,8 @@ enum fc_result fc_inspect(const uint8_t *src, size_t src_size, const fc_decode_o
         inf->max_gtx = d->max_gtx;
         inf->quantizer = d->quant;
         inf->dither_seed = d->quant == FC_QUANT_DITHER ? p.dither_seed : 0;
+        inf->reference = (uint32_t)d->has_ref;
+        inf->reference_digest = d->ref_digest;
     }
     fc_parsed_free(&p);
     return FC_OK;
@@ -452,6 +464,22 @@ enum fc_result fc_decode(const uint8_t *src, size_t src_size, const fc_decode_op
         fc_parsed_free(&p);
         return FC_ERR_MISMATCH;
     }
+    /* A tensor coded with a reference decodes only with the same one. */
+    for (i = 0; i < count; i++) {
+        const fc_tensor_desc *d = &p.tensors[i];
+        const fc_decode_target *tg = &targets[i];
+        uint32_t digest;
+        if (!d->has_ref || !(tg->levels || tg->values || tg->acc || tg->reference)) continue;
+        if (!tg->reference) {
+            fc_parsed_free(&p);
+            return FC_ERR_MISMATCH;
+        }
+        fc_reference_digest(tg->reference, d->numel, (double)d->step, &digest);
+        if (digest != d->ref_digest) {
+            fc_parsed_free(&p);
+            return FC_ERR_MISMATCH;
+        }
+    }
     /* Tensors without slices are all zero: written here, no job needed. */
     for (i = 0; i < count; i++) {
         const fc_tensor_desc *d = &p.tensors[i];
@@ -475,6 +503,9 @@ enum fc_result fc_decode(const uint8_t *src, size_t src_size, const fc_decode_op
             uint64_t r0 = 0;
             int wanted = tg->levels || tg->values || tg->acc;
             if (!wanted && pass == 1) continue;
+            /* Pass 0 cannot check a payload whose reference it lacks (that
+             * tensor is not written either). */
+            if (d->has_ref && !tg->reference) continue;
             for (j = 0; j < d->nslices; j++) {
                 fc_slice_dec_job *jb = &jobs[n++];
                 const fc_slice_desc *sd = &d->slices[j];
@@ -490,6 +521,7 @@ enum fc_result fc_decode(const uint8_t *src, size_t src_size, const fc_decode_op
                 jb->quant = d->quant;
                 jb->dither_key = fc_dither_key(p.dither_seed, d->index);
                 jb->elem_off = off;
+                jb->ref = d->has_ref ? tg->reference + off : NULL;
                 jb->mode = sd->mode;
                 jb->k = sd->k;
                 if (pass == 1) {
@@ -529,5 +561,25 @@ enum fc_result fc_dither(uint64_t seed, uint32_t tensor_index, uint64_t first, s
     if ((!out && count) || !(step > 0.0) || !isnormal(f) || first > UINT64_MAX - count)
         return FC_ERR_INVALID_ARGUMENT;
     for (i = 0; i < count; i++) out[i] = fc_dither_value(key, first + i, f);
+    return FC_OK;
+}
+
+enum fc_result fc_reference_digest(const float *reference, uint64_t numel, double step,
+                                   uint32_t *digest)
+{
+    uint8_t buf[4096];
+    uint32_t crc = 0;
+    uint64_t i = 0;
+    double inv;
+    if (!digest || (!reference && numel) || !(step > 0.0) || !isnormal((float)step))
+        return FC_ERR_INVALID_ARGUMENT;
+    inv = 1.0 / (double)(float)step;
+    while (i < numel) {
+        size_t n = numel - i < sizeof buf ? (size_t)(numel - i) : sizeof buf, k;
+        for (k = 0; k < n; k++) buf[k] = fc_ref_class(reference[i + k], inv);
+        crc = fc_crc32(crc, buf, n);
+        i += n;
+    }
+    *digest = crc;
     return FC_OK;
 }

@@ -104,7 +104,8 @@ static uint64_t quantize_row_rounding(const fc_rdoq *q, const float *x, uint64_t
 }
 
 uint64_t fc_quantize_row(fc_rdoq *q, const fc_colstate *colstate, const float *x,
-                         const float *importance, uint64_t cols, const int32_t *prev, int32_t *cur)
+                         const float *importance, uint64_t cols, const int32_t *prev,
+                         const fc_ref *ref, int32_t *cur)
 {
     fc_ctxset *m = &q->model;
     const unsigned m0 = q->m0;
@@ -116,7 +117,7 @@ uint64_t fc_quantize_row(fc_rdoq *q, const fc_colstate *colstate, const float *x
     for (c = 0; c < cols; c++) {
         int32_t left = c ? cur[c - 1] : 0;
         int32_t above = prev ? prev[c] : 0;
-        fc_ctx *sig = &m->sig[fc_sig_ctx(&cs, &row, left, above, c)];
+        fc_ctx *sig = &m->sig[fc_sig_ctx(&cs, &row, left, above, c, fc_ref_at(ref, c))];
         double t = fabs((double)x[c]) * q->inv_step;
         unsigned best = 0;
         if (t > 0.0) {
@@ -126,7 +127,7 @@ uint64_t fc_quantize_row(fc_rdoq *q, const fc_colstate *colstate, const float *x
              * never moves a weight farther from zero than rounding does. */
             unsigned ce = (t - (double)fl >= 0.5) ? fl + 1u : fl;
             unsigned neg = x[c] < 0.0f;
-            fc_nbr nb = fc_neighbourhood(&cs, &row, left, above, c, m0);
+            fc_nbr nb = fc_neighbourhood(&cs, &row, left, above, c, m0, fc_ref_at(ref, c));
             double best_j = eta * t * t + q->lambda * (double)fc_ctx_cost(sig, 0);
             double sig1 = (double)fc_ctx_cost(sig, 1);
             unsigned cand[2], i;

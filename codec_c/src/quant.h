@@ -59,10 +59,12 @@ typedef struct fc_rdoq {
 
 /* Quantize one row of `cols` values into `cur`.  `prev` is the previous
  * row's levels (NULL when "above" is not used), `colstate` the coder's
- * column state before this row (read only), `importance` may be NULL.
+ * column state before this row (read only), `importance` may be NULL,
+ * `ref` the row of the reference tensor (contexts.h) or NULL.
  * Returns the number of nonzero levels. */
 uint64_t fc_quantize_row(fc_rdoq *q, const fc_colstate *colstate, const float *x,
-                         const float *importance, uint64_t cols, const int32_t *prev, int32_t *cur);
+                         const float *importance, uint64_t cols, const int32_t *prev,
+                         const fc_ref *ref, int32_t *cur);
 
 /* ------------------------------------------------------------------ */
 /* Dithered quantization (FC_QUANT_DITHER)                              */
@@ -112,7 +114,8 @@ void fc_trellis_free(fc_trellis *tr);
 /* Quantize one row (levels into cur); the state machine continues from the
  * previous row of the slice.  Arguments as for fc_quantize_row. */
 uint64_t fc_trellis_row(fc_trellis *tr, const fc_colstate *colstate, const float *x,
-                        const float *importance, uint64_t cols, const int32_t *prev, int32_t *cur);
+                        const float *importance, uint64_t cols, const int32_t *prev,
+                        const fc_ref *ref, int32_t *cur);
 
 /* State machine state before the next row. */
 unsigned fc_trellis_state(const fc_trellis *tr);

@@ -46,6 +46,7 @@ typedef struct fc_slice_enc_job {
     unsigned quant;           /* enum fc_quantizer (levels: uniform) */
     uint64_t dither_key;      /* FC_QUANT_DITHER: fc_dither_key() */
     uint64_t elem_off;        /* element index of the slice start in the tensor */
+    const float *ref;         /* rows x cols reference values, or NULL */
     int mode_request;         /* enum fc_mode */
     /* output */
     fc_buf out;
@@ -77,6 +78,7 @@ typedef struct fc_slice_dec_job {
     unsigned quant;           /* enum fc_quantizer */
     uint64_t dither_key;      /* FC_QUANT_DITHER: fc_dither_key() */
     uint64_t elem_off;        /* element index of the slice start in the tensor */
+    const float *ref;         /* rows x cols reference values, or NULL */
     unsigned mode;
     unsigned k;
     fc_sink sink;             /* pointers already offset to the slice start */

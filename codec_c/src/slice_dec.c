@@ -123,13 +123,15 @@ typedef struct dec_state {
      * the next element to decode */
     const fc_dq_machine *dq;
     unsigned dq_state;
+    fc_ref ref;             /* the reference's current row (ref.row NULL: none) */
 } dec_state;
 
 /* Decode the level of a significant element at column c; 0 when malformed. */
 static inline int32_t dec_nonzero(dec_state *st, int32_t left, int32_t above, uint64_t c)
 {
     unsigned neg, cm = fc_dec_level(&st->d, &st->s,
-                                    fc_neighbourhood(&st->cols, &st->row, left, above, c, st->m0),
+                                    fc_neighbourhood(&st->cols, &st->row, left, above, c, st->m0,
+                                                     fc_ref_at(&st->ref, c)),
                                     st->N, st->cm_max, &neg);
     int32_t a, v;
     if (!cm) {
@@ -153,7 +155,8 @@ static int32_t dec_sig_range(dec_state *st, fc_ctx *sigset, fc_ctx *dqset, int32
         int32_t v = 0;
         int32_t above = prev ? prev[c] : 0;
         fc_ctx *set = (dq && dq->q[st->dq_state]) ? dqset : sigset;
-        if (fc_rc_decode(&st->d, &set[fc_sig_ctx(&st->cols, &st->row, left, above, c)])) {
+        if (fc_rc_decode(&st->d,
+                         &set[fc_sig_ctx(&st->cols, &st->row, left, above, c, fc_ref_at(&st->ref, c))])) {
             v = dec_nonzero(st, left, above, c);
             if (!v) return 0;
         }
@@ -302,6 +305,7 @@ void fc_slice_decode(fc_slice_dec_job *job)
         st->cm_max = (unsigned)max_level - m0m1;
     }
     st->dq = dq;
+    st->ref.inv_step = 1.0 / (double)job->step;
     st->n = rows * cols;
     if (job->mode == FC_MODE_RUNS) next_gap(st);
 
@@ -312,6 +316,7 @@ void fc_slice_decode(fc_slice_dec_job *job)
         unsigned left_group = 0, flag = 1;
         int32_t left = 0;
         uint64_t c0;
+        st->ref.row = job->ref ? job->ref + off : NULL;
         fc_row_begin(&st->row);
         if (job->mode != FC_MODE_RUNS) {
             flag = fc_rc_decode(&st->d, &st->s.row[st->prev_row_flag]);

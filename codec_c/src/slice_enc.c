@@ -35,6 +35,7 @@ typedef struct slice_state {
     fc_rowstate row;
     const fc_dq_machine *dq; /* trellis slices, else NULL */
     unsigned dq_state;       /* the coder's state machine */
+    fc_ref ref;              /* the reference's current row (ref.row NULL: none) */
 } slice_state;
 
 /* Code the level cur[c] (nonzero) and update row and column state. */
@@ -45,7 +46,9 @@ static inline void enc_nonzero(fc_rc_enc *e, fc_ctxset *s, slice_state *st, cons
     int32_t left = c ? cur[c - 1] : 0;
     int32_t above = above_row ? above_row[c] : 0;
     unsigned cm = fc_cm(v, st->m0);
-    fc_enc_level(e, s, v < 0, cm, fc_neighbourhood(&st->cols, &st->row, left, above, c, st->m0), st->N);
+    fc_enc_level(e, s, v < 0, cm,
+                 fc_neighbourhood(&st->cols, &st->row, left, above, c, st->m0, fc_ref_at(&st->ref, c)),
+                 st->N);
     fc_on_nonzero(&st->cols, &st->row, v, c, cm, 1);
 }
 
@@ -60,7 +63,8 @@ static void enc_sig_range(fc_rc_enc *e, fc_ctxset *s, fc_ctx *sigset, fc_ctx *dq
         int32_t above = above_row ? above_row[c] : 0;
         int32_t v = cur[c];
         fc_ctx *set = (dq && dq->q[st->dq_state]) ? dqset : sigset;
-        fc_rc_encode(e, &set[fc_sig_ctx(&st->cols, &st->row, left, above, c)], v != 0);
+        fc_rc_encode(e, &set[fc_sig_ctx(&st->cols, &st->row, left, above, c, fc_ref_at(&st->ref, c))],
+                     v != 0);
         if (v) enc_nonzero(e, s, st, cur, above_row, c);
         if (dq) st->dq_state = dq->next[st->dq_state][(unsigned)v & 1u];
         fc_col_activity(&st->cols, c, v != 0);
@@ -207,7 +211,10 @@ static unsigned choose_mode_by_trial(const fc_slice_enc_job *job, uint64_t signi
     rows = (TRIAL_ELEMS + job->cols - 1) / job->cols;
     if (rows < 32) rows = 32;
     if (rows > job->rows) rows = job->rows;
-    if (!has_column_structure(job, rows, 1.0 / (double)job->step)) return fc_choose_mode(significant, n);
+    /* With a reference the dense mode's significance contexts see it (the
+     * runs mode's gaps do not): always try both. */
+    if (!job->ref && !has_column_structure(job, rows, 1.0 / (double)job->step))
+        return fc_choose_mode(significant, n);
     trial = *job;
     memset(&trial.out, 0, sizeof(trial.out));
     trial.rows = rows;
@@ -324,13 +331,15 @@ void fc_slice_encode(fc_slice_enc_job *job)
         const int32_t *prev_row = (r > 0 && use_above) ? ring + (size_t)((r - 1) % slots) * cols : NULL;
         const int32_t *above_row = prev_row;
         uint64_t nz, off = r * cols, c;
+        st.ref.row = job->ref ? job->ref + off : NULL;
+        st.ref.inv_step = inv_step;
         if (job->values && quant != FC_QUANT_UNIFORM) {
             const float *x = job->values + off;
             const float step = job->step;
             double se = 0.0;
             if (trellis) {
                 nz = fc_trellis_row(tr, &st.cols, x, job->importance ? job->importance + off : NULL,
-                                    cols, prev_row, cur);
+                                    cols, prev_row, &st.ref, cur);
             } else {
                 nz = fc_quantize_row_dither(x, cols, inv_step, step, job->dither_key,
                                             job->elem_off + off, cur);
@@ -353,7 +362,8 @@ void fc_slice_encode(fc_slice_enc_job *job)
         } else if (job->values) {
             double se = 0.0;
             nz = fc_quantize_row(q, &st.cols, job->values + off,
-                                 job->importance ? job->importance + off : NULL, cols, prev_row, cur);
+                                 job->importance ? job->importance + off : NULL, cols, prev_row,
+                                 &st.ref, cur);
             const float *x = job->values + off;
             if (job->recon) {
                 float *out = job->recon + off;

@@ -36,7 +36,7 @@ const char *fc_result_name(int result)
 
 const char *fc_version_string(void)
 {
-    return "0.2.0";
+    return "0.3.0";
 }
 
 int fc_buf_grow(fc_buf *b, size_t extra)

@@ -43,9 +43,9 @@
 /* Rates of the search: a frozen copy of a rate model and its cost tables. */
 typedef struct tr_rates {
     fc_ctxset snap;
-    float sigc[2][FC_SIG_CTX][2];      /* sig (Q0) / dqsig (Q1) */
-    float signc[FC_SIGN_CTX][2];
-    float magc[FC_GTX_CLASSES][FC_REM_CLASSES][TR_CMTAB + 1];
+    float sigc[2][FC_SIG_CTX_ALL][2];  /* sig (Q0) / dqsig (Q1) */
+    float signc[FC_SIGN_CTX_ALL][2];
+    float magc[FC_GTX_CLASSES_ALL][FC_REM_CLASSES][TR_CMTAB + 1];
 } tr_rates;
 
 struct fc_trellis {
@@ -56,6 +56,7 @@ struct fc_trellis {
     double eta_scale, inv_step;
     unsigned N, m0;
     unsigned state;                    /* state before the next element */
+    const fc_ref *ref;                 /* reference of the row being searched, or NULL */
     uint64_t committed, since_refresh;
     fc_ctxset model;                   /* live: updated with committed levels */
     tr_rates rates;                    /* frozen from model: the rates of the search */
@@ -103,15 +104,15 @@ static void rates_from(tr_rates *rt, const fc_ctxset *model, unsigned N)
     unsigned i, b, g, r, cm;
     rt->snap = *model;
     s = &rt->snap;
-    for (i = 0; i < FC_SIG_CTX; i++) {
+    for (i = 0; i < FC_SIG_CTX_ALL; i++) {
         for (b = 0; b < 2; b++) {
             rt->sigc[0][i][b] = fc_ctx_cost(&s->sig[i], b);
             rt->sigc[1][i][b] = fc_ctx_cost(&s->dqsig[i], b);
         }
     }
-    for (i = 0; i < FC_SIGN_CTX; i++)
+    for (i = 0; i < FC_SIGN_CTX_ALL; i++)
         for (b = 0; b < 2; b++) rt->signc[i][b] = fc_ctx_cost(&s->sign[i], b);
-    for (g = 0; g < FC_GTX_CLASSES; g++) {
+    for (g = 0; g < FC_GTX_CLASSES_ALL; g++) {
         for (r = 0; r < FC_REM_CLASSES; r++) {
             fc_nbr nb;
             nb.sign_ctx = 0;
@@ -189,11 +190,11 @@ static inline void tr_incs(const fc_trellis *tr, const tr_rates *rt, double lamb
                            const fc_colstate *cs, const tr_node *n, int32_t above, uint64_t c,
                            const tr_elem *e, unsigned qz, double inc[3])
 {
-    unsigned sig = fc_sig_ctx(cs, &n->row, n->left, above, c), p;
+    unsigned sig = fc_sig_ctx(cs, &n->row, n->left, above, c, fc_ref_at(tr->ref, c)), p;
     inc[0] = e->eta * e->t * e->t + lambda * (double)rt->sigc[qz][sig][0];
     inc[1] = inc[2] = TR_INF;
     if (e->k[qz][0] | e->k[qz][1]) {
-        fc_nbr nb = fc_neighbourhood(cs, &n->row, n->left, above, c, tr->m0);
+        fc_nbr nb = fc_neighbourhood(cs, &n->row, n->left, above, c, tr->m0, fc_ref_at(tr->ref, c));
         for (p = 0; p < 2; p++) {
             unsigned k = e->k[qz][p];
             if (!k) continue;
@@ -431,8 +432,8 @@ double fc_trellis_cost(const fc_trellis *tr, const fc_colstate *cs, const float 
             inc = i3[1 + (k & 1u)];
         } else {
             /* Not a candidate: the same formula, evaluated directly. */
-            unsigned sig = fc_sig_ctx(cs, &n.row, n.left, above, c);
-            fc_nbr nb = fc_neighbourhood(cs, &n.row, n.left, above, c, tr->m0);
+            unsigned sig = fc_sig_ctx(cs, &n.row, n.left, above, c, fc_ref_at(tr->ref, c));
+            fc_nbr nb = fc_neighbourhood(cs, &n.row, n.left, above, c, tr->m0, fc_ref_at(tr->ref, c));
             double q = 2.0 * (double)k - (double)qz, d = e.t - ((v < 0) == (int)e.neg ? q : -q);
             if (k < tr->m0) return TR_INF;
             inc = e.eta * d * d +
@@ -483,14 +484,14 @@ static double replay(const fc_trellis *tr, const fc_colstate *colstate, const fl
     for (c = c0; c < c1; c++) {
         int32_t v = lv[c - c0], above = prev ? prev[c] : 0;
         fc_ctx *set = m->q[s] ? model->dqsig : model->sig;
-        fc_ctx *sig = &set[fc_sig_ctx(&cs, r, l, above, c)];
+        fc_ctx *sig = &set[fc_sig_ctx(&cs, r, l, above, c, fc_ref_at(tr->ref, c))];
         double t = fabs((double)x[c]) * tr->inv_step;
         double d = t - (double)fc_abs32(fc_dq_index(v, m->q[s]));
         J += (imp ? (double)imp[c] * tr->eta_scale : 1.0) * d * d;
         bits += (double)fc_ctx_cost(sig, v != 0);
         if (v) {
             unsigned cm = fc_cm(v, tr->m0);
-            fc_nbr nb = fc_neighbourhood(&cs, r, l, above, c, tr->m0);
+            fc_nbr nb = fc_neighbourhood(&cs, r, l, above, c, tr->m0, fc_ref_at(tr->ref, c));
             bits += (double)fc_cost_level(model, cm, v < 0, nb, tr->N);
             fc_update_level(model, v < 0, cm, nb, tr->N);
             fc_on_nonzero(&cs, r, v, c, cm, 0);
@@ -557,13 +558,15 @@ static void segment(fc_trellis *tr, const fc_colstate *cs, const float *x, const
 }
 
 uint64_t fc_trellis_row(fc_trellis *tr, const fc_colstate *colstate, const float *x,
-                        const float *importance, uint64_t cols, const int32_t *prev, int32_t *cur)
+                        const float *importance, uint64_t cols, const int32_t *prev,
+                        const fc_ref *ref, int32_t *cur)
 {
     fc_colstate cs = *colstate; /* read only: fc_on_nonzero(..., 0) */
     fc_rowstate row;
     int32_t left = 0;
     uint64_t pos = 0, nz = 0, c;
     fc_row_begin(&row);
+    tr->ref = ref;
     while (pos < cols) {
         uint64_t len = cols - pos, want;
         want = tr->committed < TR_SEG_MIN ? TR_SEG_MIN : tr->committed;
@@ -575,6 +578,7 @@ uint64_t fc_trellis_row(fc_trellis *tr, const fc_colstate *colstate, const float
         tr->since_refresh += len;
         pos += len;
     }
+    tr->ref = NULL;
     for (c = 0; c < cols; c++) nz += cur[c] != 0;
     return nz;
 }

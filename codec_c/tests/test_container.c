@@ -1187,6 +1187,118 @@ static void test_accumulate(void)
     free(acc64_0);
 }
 
+/* Temporal side information: tensors coded with a reference tensor
+ * (FORMAT.md §7.5) round-trip only with the same reference (by digest),
+ * a correlated reference saves bytes, tensors without one are unchanged. */
+static void test_reference(void)
+{
+    const uint64_t rows = 48, cols = 96, n = rows * cols;
+    float *x = (float *)malloc(sizeof(float) * n), *ref = (float *)malloc(sizeof(float) * n);
+    float *other = (float *)malloc(sizeof(float) * n), *same = (float *)malloc(sizeof(float) * n);
+    float *recon = (float *)malloc(sizeof(float) * n), *vals = (float *)malloc(sizeof(float) * n);
+    int32_t *lv = (int32_t *)malloc(sizeof(int32_t) * n), *dec = (int32_t *)malloc(sizeof(int32_t) * n);
+    uint64_t shape[2] = {rows, cols}, k;
+    unsigned quant;
+    int mode;
+    tu_rng r = tu_seed(31);
+    TU_CHECK(x && ref && other && same && recon && vals && lv && dec);
+    /* the previous round: sparse-ish Laplacian; this round correlated with it */
+    for (k = 0; k < n; k++) {
+        double prev = tu_laplace(&r, 1.0);
+        ref[k] = (float)(fabs(prev) < 0.7 ? 0.0 : prev);
+        x[k] = (float)(0.9 * ref[k] + 0.3 * tu_laplace(&r, 1.0));
+        other[k] = -ref[k];
+        /* the same classes (FORMAT.md §7.5) at step 0.5: a nudge well inside a class */
+        same[k] = ref[k] * 1.0001f;
+    }
+    for (quant = FC_QUANT_UNIFORM; quant <= FC_QUANT_DITHER; quant++) {
+        for (mode = FC_MODE_AUTO; mode <= FC_MODE_RUNS; mode++) {
+            fc_tensor t[2];
+            fc_encode_options o;
+            fc_tensor_info info[2];
+            fc_decode_target tg[2];
+            size_t size, size0, cnt;
+            uint8_t *c, *c0;
+            uint32_t digest;
+            fc_encode_options_init(&o);
+            o.quantizer = (int32_t)quant;
+            o.mode = mode;
+            o.lambda = quant == FC_QUANT_DITHER ? 0.0 : 0.1155;
+            o.dither_seed = 7;
+            memset(t, 0, sizeof t);
+            t[0] = tu_tensor(0, 2, shape);
+            t[0].values = x;
+            t[0].step = 0.5;
+            t[0].recon = recon;
+            t[1] = t[0]; /* the same data without reference */
+            t[1].index = 1;
+            t[1].recon = NULL;
+            TU_CHECK_RC(tu_encode(&t[1], 1, &o, &c0, &size0, NULL), FC_OK);
+            t[0].reference = ref;
+            TU_CHECK_RC(tu_encode(t, 2, &o, &c, &size, NULL), FC_OK);
+            /* inspect: the reference bit and its digest, tensor 1 without */
+            TU_CHECK_RC(fc_inspect(c, size, NULL, info, 2, &cnt), FC_OK);
+            TU_CHECK_EQ(cnt, 2);
+            TU_CHECK_RC(fc_reference_digest(ref, n, info[0].step, &digest), FC_OK);
+            TU_CHECK_EQ(info[0].reference, 1);
+            TU_CHECK_EQ(info[0].reference_digest, digest);
+            TU_CHECK_EQ(info[1].reference, 0);
+            TU_CHECK_EQ(info[1].reference_digest, 0);
+            /* a correlated reference saves bytes (tensor 1 alone costs size0 - 11) */
+            TU_CHECKF(size - (size0 - 11) < size0 - 11 - 11, "quant %u mode %d: %zu B with, "
+                      "%zu B without", quant, mode, size - (size0 - 11) - 11, size0 - 11);
+            memset(tg, 0, sizeof tg);
+            tg[0].levels = dec;
+            tg[0].values = vals;
+            tg[1].levels = lv;
+            /* missing, different: refused before anything is written */
+            TU_CHECK_RC(fc_decode(c, size, NULL, tg, 2), FC_ERR_MISMATCH);
+            tg[0].reference = other;
+            TU_CHECK_RC(fc_decode(c, size, NULL, tg, 2), FC_ERR_MISMATCH);
+            /* the same classes decode alike; values equal the encoder's recon */
+            tg[0].reference = same;
+            TU_CHECK_RC(fc_decode(c, size, NULL, tg, 2), FC_OK);
+            for (k = 0; k < n; k++) TU_CHECK(memcmp(&recon[k], &vals[k], 4) == 0);
+            tg[0].reference = ref;
+            TU_CHECK_RC(fc_decode(c, size, NULL, tg, 2), FC_OK);
+            for (k = 0; k < n; k++) TU_CHECK(memcmp(&recon[k], &vals[k], 4) == 0);
+            /* tensor 1: as without reference (a reference is ignored there) */
+            tg[1].reference = ref;
+            {
+                fc_decode_target t1 = {0};
+                TU_CHECK_RC(fc_decode(c, size, NULL, tg, 2), FC_OK);
+                t1.levels = dec;
+                TU_CHECK_RC(fc_decode(c0, size0, NULL, &t1, 1), FC_OK);
+                TU_CHECK(memcmp(dec, lv, sizeof(int32_t) * n) == 0);
+            }
+            /* a skipped tensor needs no reference */
+            tg[0].levels = NULL;
+            tg[0].values = NULL;
+            tg[0].reference = NULL;
+            TU_CHECK_RC(fc_decode(c, size, NULL, tg, 2), FC_OK);
+            /* every truncation of the digest field and after it is caught */
+            {
+                size_t len;
+                for (len = 0; len < size; len++) {
+                    int rc = decode_hostile(c, len);
+                    TU_CHECK(rc == FC_ERR_TRUNCATED || rc == FC_ERR_CHECKSUM || rc == FC_ERR_VERSION ||
+                             rc == FC_ERR_MISMATCH);
+                }
+            }
+            free(c);
+            free(c0);
+        }
+    }
+    free(x);
+    free(ref);
+    free(other);
+    free(same);
+    free(recon);
+    free(vals);
+    free(lv);
+    free(dec);
+}
+
 int main(void)
 {
     test_names();
@@ -1205,5 +1317,6 @@ int main(void)
     test_crafted_payloads();
     test_limits();
     test_accumulate();
+    test_reference();
     return tu_finish("test_container");
 }

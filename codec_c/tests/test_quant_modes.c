@@ -237,7 +237,8 @@ static void rd_property(unsigned quant, size_t keep, int with_importance, uint64
     TU_CHECK(tr != NULL);
     /* train the rate model on the first rows */
     for (r = 0; r + 1 < rows; r++) {
-        fc_trellis_row(tr, &cs, x + r * cols, imp ? imp + r * cols : NULL, cols, r ? prev : NULL, a);
+        fc_trellis_row(tr, &cs, x + r * cols, imp ? imp + r * cols : NULL, cols, r ? prev : NULL, NULL,
+                       a);
         memcpy(prev, a, sizeof(int32_t) * cols);
     }
     fc_trellis_refresh(tr);
