@@ -261,3 +261,39 @@ def test_garbage_uploads_from_one_client_do_not_grow_memory(tmp_path: Path) -> N
     finally:
         proc.terminate()
         proc.wait(timeout=60)
+
+
+@pytest.mark.slow
+def test_a_download_that_is_not_read_is_cut(tmp_path: Path) -> None:
+    """A client that opens DownloadModel and stops reading held the stream (and its buffers)
+    forever; now it ends after the idle timeout, and the slot is free again."""
+    big = {"w": np.random.default_rng(2).standard_normal((2048, 4096)).astype(np.float32)}
+    config = make_config(
+        tmp_path,
+        **{"limits.stream_idle_timeout_s": 1.0, "limits.downloads_per_client": 1},
+    )
+    with BackgroundServer(config, tokens=TOKENS, initial_model=big) as server:
+        channel = grpc.insecure_channel(
+            f"127.0.0.1:{server.port}", options=[("grpc.max_receive_message_length", 4 << 20)]
+        )
+        stub = pb_grpc.AggregationServiceStub(channel)
+        stalled = stub.DownloadModel(pb.DownloadModelRequest(), metadata=auth("c00"), timeout=60)
+        first = next(stalled)  # the header; then the client stops reading
+        assert first.header.total_bytes > 8 << 20  # more than the flow-control windows
+        time.sleep(0.3)
+        # Its second download is refused while the first is open (one per client here).
+        with pytest.raises(grpc.RpcError) as busy:
+            list(stub.DownloadModel(pb.DownloadModelRequest(), metadata=auth("c00"), timeout=10))
+        assert busy.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        time.sleep(3.0)
+        with pytest.raises(grpc.RpcError) as cut:
+            for _ in stalled:
+                pass
+        assert cut.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+        assert "not read in time" in cut.value.details()
+        # The slot is free: a reader that keeps up gets the whole model.
+        parts = list(
+            stub.DownloadModel(pb.DownloadModelRequest(), metadata=auth("c00"), timeout=60)
+        )
+        assert sum(len(p.chunk) for p in parts[1:]) == parts[0].header.total_bytes
+        channel.close()
