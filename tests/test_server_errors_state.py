@@ -19,7 +19,7 @@ import pytest
 from fedcodec.client import Connection, RetryPolicy
 from fedcodec.client.edge import round_info_from_proto
 from fedcodec.client.errors import ServerUnavailableError
-from fedcodec.pipeline import ModelReceiver, UpdateEncoder
+from fedcodec.pipeline import ModelReceiver, ModelVersion, UpdateEncoder
 from fedcodec.server import BackgroundServer, ServerConfig, load_config
 from fedcodec.server.app import is_loopback
 from fedcodec.v1 import aggregation_service_pb2 as pb
@@ -277,3 +277,85 @@ def test_unusable_state_files_are_refused_in_one_line(tmp_path: Path) -> None:
     (tmp_path / "dir.sqlite").mkdir()
     message = _one_error_line(_serve(tmp_path, state=str(tmp_path / "dir.sqlite")))
     assert "not a regular file" in message
+
+
+@pytest.mark.slow
+def test_sigkill_while_aggregating_then_restart_aggregates_at_once(tmp_path: Path) -> None:
+    """``kill -9`` right after the last update of a full round was acknowledged, while the
+    server aggregates (a 4 M-weight model: decoding and coding the keyframe take a while).
+    The restarted server used to wait for the deadline (300 s here); now it aggregates at
+    start."""
+    from fedcodec.server.store import Store
+
+    rng = np.random.default_rng(5)
+    big = {"w": (rng.standard_normal((2048, 2048)) * 0.1).astype(np.float32)}
+    (tmp_path / "tokens.json").write_text(json.dumps(TOKENS))
+    np.savez(tmp_path / "init.npz", **big)
+    state = tmp_path / "state.sqlite"
+    args = [
+        sys.executable, "-m", "fedcodec.cli", "serve", "--insecure",
+        "--listen", "127.0.0.1:0", "--metrics-listen", "",
+        "--state", str(state), "--tokens-file", str(tmp_path / "tokens.json"),
+        "--initial-model", str(tmp_path / "init.npz"),
+        "--set", "rounds.target_clients=3", "--set", "rounds.min_clients=3",
+        "--set", "rounds.deadline_s=300", "--set", "limits.codec_threads=1",
+    ]  # fmt: skip
+
+    def start(name: str) -> tuple[subprocess.Popen[bytes], int, Path]:
+        log = tmp_path / f"{name}.log"
+        with log.open("wb") as err:
+            proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=err, cwd=tmp_path)
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            for line in log.read_text().splitlines():
+                if '"server_started"' in line:
+                    return proc, int(json.loads(line)["port"]), log
+            assert proc.poll() is None, log.read_text()
+            time.sleep(0.05)
+        raise AssertionError("the server did not start")
+
+    proc, port, _ = start("first")
+    try:
+        conns = [
+            Connection(f"127.0.0.1:{port}", TOKENS[c], client_id=c, insecure=True)
+            for c in ("c0", "c1", "c2")
+        ]
+        # Every client holds the shared initial model (it never travels): code against it.
+        base = ModelVersion.create(0, big)
+        work = []
+        for i, conn in enumerate(conns):
+            config = conn.check_in().config
+            info = round_info_from_proto(config)
+            noise = np.random.default_rng(i).standard_normal(big["w"].shape) * 0.01
+            local = {"w": big["w"] + noise.astype(np.float32)}
+            data = (
+                UpdateEncoder(info.spec, conn.client_id, threads=1)
+                .encode(local, base, info.params, round_number=info.round_id, num_examples=10)
+                .data
+            )
+            work.append((conn, config, data))
+        for conn, config, data in work:
+            assert send(conn, config, data).status == pb.UPLOAD_STATUS_ACCEPTED
+        proc.kill()  # SIGKILL right after the round became full: aggregation is running
+        proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    store = Store(state)
+    try:
+        assert store.open_round() is not None  # killed before the aggregation committed
+        assert store.open_round().round_id == 1  # type: ignore[union-attr]
+        assert len(store.reported(1)) == 3
+    finally:
+        store.close()
+    proc, port, log = start("second")
+    try:
+        deadline = time.monotonic() + 60
+        while '"round_aggregated"' not in log.read_text():
+            assert time.monotonic() < deadline, "the full round was not aggregated at start"
+            time.sleep(0.1)
+        assert '"restored_round_full"' in log.read_text()
+    finally:
+        proc.terminate()
+        proc.wait(timeout=60)
