@@ -219,6 +219,9 @@ def _as_bytes_view(data: object) -> memoryview:
     return view.cast("B") if view.format != "B" or view.ndim != 1 else view
 
 
+as_bytes_view = _as_bytes_view
+
+
 # ---------------------------------------------------------------------------
 # Encoding
 # ---------------------------------------------------------------------------
@@ -472,6 +475,9 @@ class DecodeOptions:
     max_tensors: int = 1 << 20
     max_tensor_elems: int = 1 << 32
     max_total_elems: int = 1 << 32
+    # ``expected``: a container of other shapes fails with FC_ERR_MISMATCH
+    # while its header is parsed (None: no check).
+    expected_shapes: tuple[tuple[int, ...], ...] | None = None
 
 
 @dataclass(frozen=True)
@@ -505,7 +511,9 @@ class DecodeTarget:
     reference: np.ndarray[Any, np.dtype[np.float32]] | None = None
 
 
-def _decode_options(options: DecodeOptions) -> Any:
+def _decode_options(options: DecodeOptions) -> tuple[Any, Any]:
+    """The ``fc_decode_options`` and the array its ``expected`` points to
+    (keep both alive for the call)."""
     c_opts = ffi.new("fc_decode_options *")
     lib.fc_decode_options_init(c_opts)
     c_opts.threads = check_uint(options.threads, "threads", 0, _UINT32_MAX)
@@ -514,7 +522,23 @@ def _decode_options(options: DecodeOptions) -> Any:
         options.max_tensor_elems, "max_tensor_elems", 0, _UINT64_MAX
     )
     c_opts.max_total_elems = check_uint(options.max_total_elems, "max_total_elems", 0, _UINT64_MAX)
-    return c_opts
+    expected = None
+    if options.expected_shapes is not None:
+        shapes = options.expected_shapes
+        expected = ffi.new("fc_shape[]", max(len(shapes), 1))
+        for position, shape in enumerate(shapes):
+            if len(shape) > MAX_DIMS:
+                invalid(
+                    f"expected shape {position} has {len(shape)} dimensions, at most {MAX_DIMS}"
+                )
+            expected[position].ndim = len(shape)
+            for axis, size in enumerate(shape):
+                expected[position].shape[axis] = check_uint(
+                    size, f"expected shape {position}", 0, _UINT64_MAX
+                )
+        c_opts.expected = expected
+        c_opts.expected_count = len(shapes)
+    return c_opts, expected
 
 
 _INSPECT_FIRST_CAPACITY = 64
@@ -523,17 +547,21 @@ _INSPECT_FIRST_CAPACITY = 64
 def inspect(data: object, options: DecodeOptions) -> list[TensorInfoRaw]:
     """``fc_inspect``: check a container and describe its tensors."""
     view = _as_bytes_view(data)
-    c_opts = _decode_options(options)
-    c_src = ffi.from_buffer("uint8_t[]", view)
+    c_opts, _expected = _decode_options(options)
     count = ffi.new("size_t *")
     capacity = _INSPECT_FIRST_CAPACITY
-    while True:
-        infos = ffi.new("fc_tensor_info[]", capacity)
-        code = lib.fc_inspect(c_src, len(view), c_opts, infos, capacity, count)
-        _check_result(code, "container rejected")
-        if int(count[0]) <= capacity:
-            break
-        capacity = int(count[0])  # rare: more tensors than the first guess
+    # The buffer export is released before anything is raised: a traceback
+    # (which keeps this frame) that ends up in a reference cycle must not
+    # hold a memoryview with an export, or the garbage collector crashes
+    # CPython when it clears the cycle.
+    with ffi.from_buffer("uint8_t[]", view) as c_src:
+        while True:
+            infos = ffi.new("fc_tensor_info[]", capacity)
+            code = lib.fc_inspect(c_src, len(view), c_opts, infos, capacity, count)
+            if code != FC_OK or int(count[0]) <= capacity:
+                break
+            capacity = int(count[0])  # rare: more tensors than the first guess
+    _check_result(code, "container rejected")
     return [
         TensorInfoRaw(
             index=int(info.index),
@@ -554,8 +582,8 @@ def inspect(data: object, options: DecodeOptions) -> list[TensorInfoRaw]:
 def decode(data: object, options: DecodeOptions, targets: Sequence[DecodeTarget]) -> None:
     """``fc_decode``: decode a container into ``targets`` (container order)."""
     view = _as_bytes_view(data)
-    c_opts = _decode_options(options)
-    keep: list[Any] = []
+    c_opts, expected = _decode_options(options)
+    keep: list[Any] = [expected]
     count = len(targets)
     c_targets = ffi.new("fc_decode_target[]", max(count, 1))
     for position, target in enumerate(targets):
@@ -584,7 +612,10 @@ def decode(data: object, options: DecodeOptions, targets: Sequence[DecodeTarget]
         if target.reference is not None:
             _check_array(target.reference, target.label, "reference", [_F32], target.numel)
         c_target.reference = _pointer("float[]", target.reference, keep)
-    c_src = ffi.from_buffer("uint8_t[]", view)
-    code = lib.fc_decode(c_src, len(view), c_opts, c_targets, count)
+    with ffi.from_buffer("uint8_t[]", view) as c_src:  # released before raising (inspect)
+        code = lib.fc_decode(c_src, len(view), c_opts, c_targets, count)
+    for cdata in keep:
+        if cdata is not None:
+            ffi.release(cdata)
     del keep
     _check_result(code, "container rejected")

@@ -117,12 +117,19 @@ enum fc_result fc_encode(const fc_tensor *tensors, size_t count,
 
 /* ---- decoding ---- */
 
+typedef struct fc_shape {
+    uint32_t ndim;
+    uint64_t shape[8];              /* FC_MAX_DIMS */
+} fc_shape;
+
 typedef struct fc_decode_options {
     size_t struct_size;
     uint32_t threads;
     uint32_t max_tensors;
     uint64_t max_tensor_elems;
     uint64_t max_total_elems;
+    const fc_shape *expected;
+    size_t expected_count;
 } fc_decode_options;
 
 void fc_decode_options_init(fc_decode_options *opts);

@@ -58,7 +58,7 @@ import numpy as np
 import numpy.typing as npt
 
 from fedcodec import _binding
-from fedcodec.errors import FC_ERR_MISMATCH
+from fedcodec.errors import FC_ERR_LIMIT, FC_ERR_MISMATCH, FedCodecError
 
 __all__ = [
     "EncodeResult",
@@ -104,6 +104,14 @@ _MODE_BITS: tuple[tuple[int, str], ...] = (
 
 _DEFAULT_MAX_ELEMS = 1 << 28
 _DEFAULT_MAX_TENSORS = 1 << 20
+# decode() / decode_levels() without a caller's limit or expected shapes: at
+# most this many elements per container byte (4 * 65536 bytes of output per
+# input byte; an all-zero ResNet-50 update is ~19,000 elements per byte), at
+# least _AUTO_MIN_ELEMS, at most _DEFAULT_MAX_ELEMS.
+_AUTO_ELEMS_PER_BYTE = 1 << 16
+_AUTO_MIN_ELEMS = 1 << 20
+
+Shapes = Sequence[Sequence[int]]
 
 Float32Array = npt.NDArray[np.float32]
 Int32Array = npt.NDArray[np.int32]
@@ -761,14 +769,104 @@ def encode_levels(
 
 
 def _decode_options(
-    threads: int, max_tensors: int, max_tensor_elems: int, max_total_elems: int
+    threads: int,
+    max_tensors: int,
+    max_tensor_elems: int,
+    max_total_elems: int,
+    expected: tuple[tuple[int, ...], ...] | None = None,
 ) -> _binding.DecodeOptions:
     return _binding.DecodeOptions(
         threads=threads,
         max_tensors=max_tensors,
         max_tensor_elems=max_tensor_elems,
         max_total_elems=max_total_elems,
+        expected_shapes=expected,
     )
+
+
+def _expected_shapes(expected_shapes: object) -> tuple[tuple[int, ...], ...] | None:
+    """``expected_shapes`` as a tuple of int tuples (None stays None)."""
+    if expected_shapes is None:
+        return None
+    if isinstance(expected_shapes, str | bytes) or not isinstance(expected_shapes, Sequence):
+        _binding.invalid(
+            f"expected_shapes must be a sequence of shapes, got {type(expected_shapes).__name__}"
+        )
+    shapes = []
+    for position, shape in enumerate(expected_shapes):
+        if isinstance(shape, str | bytes) or not isinstance(shape, Sequence):
+            _binding.invalid(
+                f"expected_shapes[{position}] must be a sequence of int, got {type(shape).__name__}"
+            )
+        shapes.append(
+            tuple(
+                _binding.check_uint(size, f"expected_shapes[{position}]", 0, (1 << 64) - 1)
+                for size in shape
+            )
+        )
+    return tuple(shapes)
+
+
+def _element_limit(
+    data: object, expected: tuple[tuple[int, ...], ...] | None, max_total_elems: int | None
+) -> int:
+    """The element limit of a decode that allocates its outputs: the caller's,
+    else what ``expected`` holds, else in proportion to the container's size."""
+    if max_total_elems is not None:
+        return max_total_elems
+    if expected is not None:
+        return sum(math.prod(shape) for shape in expected)
+    size = len(_binding.as_bytes_view(data))
+    return min(_DEFAULT_MAX_ELEMS, max(_AUTO_MIN_ELEMS, _AUTO_ELEMS_PER_BYTE * size))
+
+
+def _inspect_for_decode(
+    data: bytes | bytearray | memoryview,
+    options: _binding.DecodeOptions,
+    explicit_limit: bool,
+) -> list[_binding.TensorInfoRaw]:
+    """``_binding.inspect`` whose refusals say which limit or expected shape
+    the container exceeds."""
+    try:
+        return _binding.inspect(data, options)
+    except FedCodecError as error:
+        expected = options.expected_shapes
+        if error.code == FC_ERR_MISMATCH and expected is not None:
+            _binding.invalid(_mismatch(data, expected), FC_ERR_MISMATCH)
+        if error.code == FC_ERR_LIMIT and expected is None and not explicit_limit:
+            _binding.invalid(
+                f"container rejected: its {len(_binding.as_bytes_view(data))} bytes declare "
+                f"more than {options.max_total_elems} elements, the default limit for a "
+                "container of this size; pass expected_shapes= or max_total_elems= to "
+                "decode larger (all-zero) tensors",
+                FC_ERR_LIMIT,
+            )
+        raise
+
+
+def _mismatch(data: bytes | bytearray | memoryview, expected: tuple[tuple[int, ...], ...]) -> str:
+    """Why a container does not match ``expected`` (a header parse bounded
+    by the expected sizes: nothing is allocated from the container)."""
+    total = sum(math.prod(shape) for shape in expected)
+    head = f"container rejected: it does not match expected_shapes ({len(expected)} tensors"
+    try:
+        infos = _binding.inspect(
+            data,
+            _binding.DecodeOptions(
+                threads=1,
+                max_tensors=len(expected),
+                max_tensor_elems=max((math.prod(shape) for shape in expected), default=0),
+                max_total_elems=total,
+            ),
+        )
+    except FedCodecError:
+        return f"{head}, {total} elements): it declares more tensors or elements"
+    if len(infos) != len(expected):
+        return f"{head}): it holds {len(infos)}"
+    for position, (info, shape) in enumerate(zip(infos, expected, strict=True)):
+        if info.shape != shape:
+            return f"{head}): tensor {position} has shape {info.shape}, expected {shape}"
+    return f"{head})"  # pragma: no cover - the C parser and this walk agree
 
 
 def _check_names(names: Sequence[str] | None, count: int) -> list[str] | None:
@@ -797,6 +895,7 @@ def inspect(
     max_tensors: int = _DEFAULT_MAX_TENSORS,
     max_tensor_elems: int = _DEFAULT_MAX_ELEMS,
     max_total_elems: int = _DEFAULT_MAX_ELEMS,
+    expected_shapes: Shapes | None = None,
 ) -> list[TensorInfo]:
     """Check a container (magic, version, CRC32, every header field, limits)
     without decoding payloads, and describe its tensors.
@@ -807,6 +906,10 @@ def inspect(
         The container.
     max_tensors, max_tensor_elems, max_total_elems : int, optional
         Decoder limits; a container beyond them is rejected.
+    expected_shapes : sequence of shapes, optional
+        The shapes the container must hold, one per tensor (e.g. a model's
+        ``spec.shapes``): another tensor count or shape is refused as soon as
+        the header field that differs is read.
 
     Returns
     -------
@@ -818,8 +921,12 @@ def inspect(
     CorruptStreamError
         The container is truncated, malformed, fails its checksum, has an
         unknown magic or version, or exceeds a limit.
+    InvalidParameterError
+        The container does not hold ``expected_shapes`` (code
+        ``FC_ERR_MISMATCH``).
     """
-    options = _decode_options(0, max_tensors, max_tensor_elems, max_total_elems)
+    expected = _expected_shapes(expected_shapes)
+    options = _decode_options(0, max_tensors, max_tensor_elems, max_total_elems, expected)
     return [
         TensorInfo(
             index=info.index,
@@ -832,7 +939,7 @@ def inspect(
             dither_seed=info.dither_seed if info.quantizer == _binding.QUANT_DITHER else None,
             reference_digest=info.reference_digest if info.reference else None,
         )
-        for info in _binding.inspect(data, options)
+        for info in _inspect_for_decode(data, options, explicit_limit=True)
     ]
 
 
@@ -845,7 +952,8 @@ def decode(
     reference: Sequence[npt.ArrayLike | None] | Mapping[str, npt.ArrayLike] | None = None,
     max_tensors: int = _DEFAULT_MAX_TENSORS,
     max_tensor_elems: int = _DEFAULT_MAX_ELEMS,
-    max_total_elems: int = _DEFAULT_MAX_ELEMS,
+    max_total_elems: int | None = None,
+    expected_shapes: Shapes | None = None,
 ) -> list[Float32Array]: ...
 
 
@@ -858,7 +966,8 @@ def decode(
     reference: Sequence[npt.ArrayLike | None] | Mapping[str, npt.ArrayLike] | None = None,
     max_tensors: int = _DEFAULT_MAX_TENSORS,
     max_tensor_elems: int = _DEFAULT_MAX_ELEMS,
-    max_total_elems: int = _DEFAULT_MAX_ELEMS,
+    max_total_elems: int | None = None,
+    expected_shapes: Shapes | None = None,
 ) -> dict[str, Float32Array]: ...
 
 
@@ -870,7 +979,8 @@ def decode(
     reference: Sequence[npt.ArrayLike | None] | Mapping[str, npt.ArrayLike] | None = None,
     max_tensors: int = _DEFAULT_MAX_TENSORS,
     max_tensor_elems: int = _DEFAULT_MAX_ELEMS,
-    max_total_elems: int = _DEFAULT_MAX_ELEMS,
+    max_total_elems: int | None = None,
+    expected_shapes: Shapes | None = None,
 ) -> list[Float32Array] | dict[str, Float32Array]:
     """Decode a container into float32 arrays with the stored shapes.
 
@@ -888,9 +998,19 @@ def decode(
         (``encode(..., reference=...)``), per tensor in container order or
         by name (a mapping needs ``names``); needed exactly for the tensors
         coded with one, ignored for the others.
-    max_tensors, max_tensor_elems, max_total_elems : int, optional
-        Decoder limits (hostile input cannot make the decoder allocate more
-        than ``4 * max_total_elems`` bytes of output).
+    max_tensors, max_tensor_elems : int, optional
+        Decoder limits.
+    max_total_elems : int, optional
+        The most elements the container may declare: hostile input cannot
+        make the decoder allocate more than ``4 * max_total_elems`` bytes of
+        output.  By default the elements of ``expected_shapes``, else
+        ``65536 * len(data)`` clamped to ``[2**20, 2**28]`` (a container can
+        declare all-zero tensors in a few bytes: a 22-byte container cannot
+        make this call allocate 1 GiB).
+    expected_shapes : sequence of shapes, optional
+        The shapes the container must hold, one per tensor (e.g. a model's
+        ``spec.shapes``): another tensor count or shape is refused while the
+        header is parsed, before anything is allocated.
 
     Returns
     -------
@@ -903,12 +1023,14 @@ def decode(
         The container is truncated, malformed, fails its checksum, has an
         unknown magic or version, or exceeds a limit.
     InvalidParameterError
-        ``names`` does not match the container, a parameter is out of
-        range, or a tensor coded with a reference tensor gets none, one of
-        another shape, or one that differs from the encoder's (by digest).
+        ``names`` or ``expected_shapes`` (code ``FC_ERR_MISMATCH``) does not
+        match the container, a parameter is out of range, or a tensor coded
+        with a reference tensor gets none, one of another shape, or one that
+        differs from the encoder's (by digest).
     """
-    options = _decode_options(threads, max_tensors, max_tensor_elems, max_total_elems)
-    infos = _binding.inspect(data, options)
+    infos, options = _inspect_outputs(
+        data, threads, max_tensors, max_tensor_elems, max_total_elems, expected_shapes
+    )
     checked_names = _check_names(names, len(infos))
     refs = _decode_references(reference, checked_names, infos)
     outputs = [np.empty(info.shape, dtype=np.float32) for info in infos]
@@ -922,6 +1044,25 @@ def decode(
     return _named(outputs, checked_names)
 
 
+def _inspect_outputs(
+    data: bytes | bytearray | memoryview,
+    threads: int,
+    max_tensors: int,
+    max_tensor_elems: int,
+    max_total_elems: int | None,
+    expected_shapes: Shapes | None,
+) -> tuple[list[_binding.TensorInfoRaw], _binding.DecodeOptions]:
+    """Inspect before allocating outputs; the options of the decode call then
+    expect exactly the inspected shapes, so the decoder never writes past the
+    outputs even if the buffer changed in between."""
+    expected = _expected_shapes(expected_shapes)
+    limit = _element_limit(data, expected, max_total_elems)
+    options = _decode_options(threads, max_tensors, max_tensor_elems, limit, expected)
+    infos = _inspect_for_decode(data, options, explicit_limit=max_total_elems is not None)
+    inspected = tuple(info.shape for info in infos)
+    return infos, _decode_options(threads, max_tensors, max_tensor_elems, limit, inspected)
+
+
 @overload
 def decode_levels(
     data: bytes | bytearray | memoryview,
@@ -931,7 +1072,8 @@ def decode_levels(
     reference: Sequence[npt.ArrayLike | None] | Mapping[str, npt.ArrayLike] | None = None,
     max_tensors: int = _DEFAULT_MAX_TENSORS,
     max_tensor_elems: int = _DEFAULT_MAX_ELEMS,
-    max_total_elems: int = _DEFAULT_MAX_ELEMS,
+    max_total_elems: int | None = None,
+    expected_shapes: Shapes | None = None,
 ) -> list[tuple[Int32Array, float]]: ...
 
 
@@ -944,7 +1086,8 @@ def decode_levels(
     reference: Sequence[npt.ArrayLike | None] | Mapping[str, npt.ArrayLike] | None = None,
     max_tensors: int = _DEFAULT_MAX_TENSORS,
     max_tensor_elems: int = _DEFAULT_MAX_ELEMS,
-    max_total_elems: int = _DEFAULT_MAX_ELEMS,
+    max_total_elems: int | None = None,
+    expected_shapes: Shapes | None = None,
 ) -> dict[str, tuple[Int32Array, float]]: ...
 
 
@@ -956,7 +1099,8 @@ def decode_levels(
     reference: Sequence[npt.ArrayLike | None] | Mapping[str, npt.ArrayLike] | None = None,
     max_tensors: int = _DEFAULT_MAX_TENSORS,
     max_tensor_elems: int = _DEFAULT_MAX_ELEMS,
-    max_total_elems: int = _DEFAULT_MAX_ELEMS,
+    max_total_elems: int | None = None,
+    expected_shapes: Shapes | None = None,
 ) -> list[tuple[Int32Array, float]] | dict[str, tuple[Int32Array, float]]:
     """Decode a container into its integer levels and steps.
 
@@ -964,7 +1108,7 @@ def decode_levels(
     ----------
     data : bytes-like
         The container.
-    names, threads, reference, max_tensors, max_tensor_elems, max_total_elems
+    names, threads, reference, max_tensors, max_tensor_elems, max_total_elems, expected_shapes
         As for :func:`decode`.
 
     Returns
@@ -982,8 +1126,9 @@ def decode_levels(
     CorruptStreamError, InvalidParameterError
         As for :func:`decode`.
     """
-    options = _decode_options(threads, max_tensors, max_tensor_elems, max_total_elems)
-    infos = _binding.inspect(data, options)
+    infos, options = _inspect_outputs(
+        data, threads, max_tensors, max_tensor_elems, max_total_elems, expected_shapes
+    )
     checked_names = _check_names(names, len(infos))
     refs = _decode_references(reference, checked_names, infos)
     outputs = [np.empty(info.shape, dtype=np.int32) for info in infos]
@@ -1067,6 +1212,8 @@ def decode_accumulate(
                 label=label, numel=info.numel, acc=acc, weight=weight, reference=refs[position]
             )
         )
+    inspected = tuple(info.shape for info in infos)
+    options = _decode_options(threads, max_tensors, max_tensor_elems, max_total_elems, inspected)
     _binding.decode(data, options, targets)
 
 

@@ -12,6 +12,10 @@ allows (issue #12, defects 7 and 9).
 from __future__ import annotations
 
 import struct
+import subprocess
+import sys
+import time
+import tracemalloc
 import zlib
 from pathlib import Path
 
@@ -136,3 +140,150 @@ def test_golden_overflow_files_are_corrupt():
         data = path.read_bytes()
         shapes = [info.shape for info in fedcodec.inspect(data)]
         assert not decodes_finite_or_corrupt(data, shapes[0])
+
+
+# ---------------------------------------------------------------------------
+# Defect 9: tiny containers that claim huge all-zero tensors
+# ---------------------------------------------------------------------------
+
+
+def varint(value: int) -> bytes:
+    out = bytearray()
+    while True:
+        byte = value & 0x7F
+        value >>= 7
+        if not value:
+            out.append(byte)
+            return bytes(out)
+        out.append(byte | 0x80)
+
+
+def claiming(shape: tuple[int, int]) -> bytes:
+    """A CRC-valid container (about 22 bytes) of one all-zero tensor that
+    declares ``shape``: a real encoding of a 130 x 131 zero tensor with its
+    shape varints replaced."""
+    stream = fedcodec.encode([np.zeros((130, 131), np.float32)]).data
+    old = varint(130) + varint(131)
+    assert stream.count(old) == 1, "shape varints not found: has the format changed?"
+    body = stream[:-4].replace(old, varint(shape[0]) + varint(shape[1]))
+    return body + struct.pack("<I", zlib.crc32(body))
+
+
+GIGA = claiming((1 << 15, 1 << 15))  # 2**30 zeros: 4 GiB of float32
+
+
+def peak_bytes(call) -> tuple[BaseException | None, int, float]:
+    """(the exception ``call`` raised, peak traced bytes, seconds)."""
+    tracemalloc.start()
+    start = time.perf_counter()
+    error: BaseException | None = None
+    try:
+        call()
+    except Exception as caught:  # returned to the test
+        error = caught
+    seconds = time.perf_counter() - start
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    return error, peak, seconds
+
+
+def test_the_crafted_container_is_tiny_and_valid():
+    assert len(GIGA) <= 26
+    (info,) = fedcodec.inspect(GIGA, max_total_elems=1 << 30, max_tensor_elems=1 << 30)
+    assert info.numel == 1 << 30
+
+
+def test_expected_shapes_refuse_a_larger_container_before_allocating():
+    error, peak, _ = peak_bytes(lambda: fedcodec.decode(GIGA, expected_shapes=[(100, 100)]))
+    assert isinstance(error, fedcodec.InvalidParameterError)
+    assert error.code == fedcodec.errors.FC_ERR_MISMATCH
+    assert "expected_shapes" in str(error)
+    assert peak < 1 << 20, peak
+    for call in (fedcodec.decode_levels, fedcodec.inspect):
+        with pytest.raises(fedcodec.InvalidParameterError, match="expected_shapes"):
+            call(GIGA, expected_shapes=[(100, 100)])
+
+
+def test_expected_shapes_name_the_tensor_that_differs():
+    data = fedcodec.encode([np.ones((3, 4), np.float32), np.ones(5, np.float32)]).data
+    decoded = fedcodec.decode(data, expected_shapes=[(3, 4), (5,)])
+    assert [d.shape for d in decoded] == [(3, 4), (5,)]
+    with pytest.raises(fedcodec.InvalidParameterError, match=r"tensor 1 has shape \(5,\)"):
+        fedcodec.decode(data, expected_shapes=[(3, 4), (6,)])
+    with pytest.raises(fedcodec.InvalidParameterError, match="it holds 2"):
+        fedcodec.decode(data, expected_shapes=[(3, 4), (5,), (1,)])
+    with pytest.raises(fedcodec.InvalidParameterError, match="expected_shapes"):
+        fedcodec.decode(data, expected_shapes="(3, 4)")  # type: ignore[arg-type]
+
+
+def test_plain_decode_limits_elements_in_proportion_to_the_input():
+    # Today's default (2**28 elements) let 22 bytes allocate and fill 1 GiB.
+    error, peak, seconds = peak_bytes(lambda: fedcodec.decode(GIGA))
+    assert isinstance(error, fedcodec.CorruptStreamError)
+    assert error.code == fedcodec.errors.FC_ERR_LIMIT
+    assert "max_total_elems" in str(error)
+    assert peak < 1 << 20, peak
+    assert seconds < 1.0, seconds
+    # 2**21 zeros in ~22 bytes: beyond the default for the size, decoded
+    # when the caller allows it
+    two_m = claiming((1 << 11, 1 << 10))
+    with pytest.raises(fedcodec.CorruptStreamError, match="default limit"):
+        fedcodec.decode(two_m)
+    (zeros,) = fedcodec.decode(two_m, max_total_elems=1 << 21)
+    assert zeros.shape == (2048, 1024)
+    assert not zeros.any()
+    (zeros,) = fedcodec.decode(two_m, expected_shapes=[(2048, 1024)])
+    assert not zeros.any()
+    # an all-zero 1 M-element update still decodes with the defaults
+    (ok,) = fedcodec.decode(fedcodec.encode([np.zeros((1000, 1000), np.float32)]).data)
+    assert ok.shape == (1000, 1000)
+
+
+def test_model_receiver_refuses_a_22_byte_container_claiming_1g_elements():
+    from fedcodec.pipeline import ModelMismatchError, ModelReceiver, ModelSpec
+    from fedcodec.pipeline.downlink import DownlinkPackage
+
+    receiver = ModelReceiver(ModelSpec(("w", "b"), ((64, 32), (32,))), threads=1)
+    package = DownlinkPackage(version=1, digest="0" * 64, keyframe=GIGA, from_version=None)
+    error, peak, seconds = peak_bytes(lambda: receiver.apply(package))
+    assert isinstance(error, ModelMismatchError), error
+    assert peak < 1 << 20, peak
+    assert seconds < 1.0, seconds
+    assert receiver.version is None
+
+
+# ---------------------------------------------------------------------------
+# A rejected container never crashes the interpreter later
+# ---------------------------------------------------------------------------
+
+CYCLE = """
+import gc, sys
+import numpy as np
+import fedcodec
+
+def refuse(call):
+    try:
+        call()
+    except fedcodec.FedCodecError as caught:
+        error = caught  # error -> traceback -> this frame -> error: a cycle
+        return error.code
+    return 0
+
+garbage = bytearray(b"FCDC\\x01\\x00garbage!!!!")
+codes = [refuse(lambda: fedcodec.inspect(garbage)), refuse(lambda: fedcodec.decode(garbage))]
+acc = [np.zeros(3)]
+codes.append(refuse(lambda: fedcodec.decode_accumulate(memoryview(garbage), acc)))
+gc.collect()
+print(codes)
+"""
+
+
+def test_an_exception_kept_in_a_reference_cycle_does_not_crash_the_gc(tmp_path):
+    # The binding raised while its frame held a memoryview with a cffi buffer
+    # export; when the exception's traceback ended up in a cycle, the garbage
+    # collector cleared the memoryview first and CPython segfaulted.
+    run = subprocess.run(  # the installed package: not from the source tree
+        [sys.executable, "-c", CYCLE], capture_output=True, text=True, timeout=60, cwd=tmp_path
+    )
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert run.stdout.strip() == "[7, 7, 7]"

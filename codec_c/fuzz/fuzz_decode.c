@@ -10,7 +10,9 @@
  * fc_decode into exactly-sized heap targets (levels, values and an
  * accumulator: f32 and f64 alternate by tensor).  The properties, checked
  * with abort() so the fuzzer reports them like a crash:
- *   - inspect and decode agree on a rejected header;
+ *   - inspect and decode agree on a rejected header; expecting the
+ *     inspected shapes passes, expecting another count or size is
+ *     FC_ERR_MISMATCH;
  *   - on success: every value is finite (a container whose values would
  *     overflow float32 is corrupt), value = (float)level * step bit for bit
  *     (dithered tensors: minus fc_dither(), FC_QUANT_DITHER; trellis
@@ -86,18 +88,41 @@ static void one(const uint8_t *data, size_t size)
     fc_decode_options_init(&o);
     o.threads = 1 + (size & 1); /* both the inline and the threaded path */
     o.max_tensors = MAX_T;
-    /* Limits in proportion to the input (the golden files stay within
-     * them): a few mutated bytes cannot make every run fill 2^18 elements,
-     * which kept campaigns at about a thousand runs per second. */
-    o.max_total_elems = (uint64_t)1024 + 256 * (uint64_t)size;
-    if (o.max_total_elems > (1u << 18)) o.max_total_elems = 1u << 18;
-    o.max_tensor_elems = o.max_total_elems < (1u << 16) ? o.max_total_elems : 1u << 16;
+    /* Limits in proportion to the input: a few mutated bytes cannot make
+     * every run decode 2^18 elements of garbage payload, which kept
+     * campaigns at a few hundred runs per second (the golden files within
+     * them decode in full; test_golden decodes every one). */
+    o.max_total_elems = (uint64_t)1024 + 64 * (uint64_t)size;
+    if (o.max_total_elems > (1u << 16)) o.max_total_elems = 1u << 16;
+    o.max_tensor_elems = o.max_total_elems;
     rc = fc_inspect(data, size, &o, info, MAX_T, &count);
     if (rc != FC_OK) {
         check((int)fc_decode(data, size, &o, NULL, 0) == rc);
         return;
     }
     check(count <= MAX_T);
+    /* expected shapes: the inspected ones pass, one size more is refused */
+    {
+        fc_shape want[MAX_T];
+        fc_decode_options e = o;
+        size_t n = 0;
+        memset(want, 0, sizeof want);
+        for (i = 0; i < count; i++) {
+            want[i].ndim = info[i].ndim;
+            memcpy(want[i].shape, info[i].shape, sizeof(want[i].shape));
+        }
+        e.expected = want;
+        e.expected_count = count;
+        check(fc_inspect(data, size, &e, NULL, 0, &n) == FC_OK && n == count);
+        if (count > 0) {
+            fc_shape *w = &want[size % count];
+            if (w->ndim > 0) w->shape[w->ndim - 1]++;
+            else w->ndim = 1;
+            check(fc_inspect(data, size, &e, NULL, 0, &n) == FC_ERR_MISMATCH);
+        }
+        e.expected_count = count + 1;
+        check(fc_inspect(data, size, &e, NULL, 0, &n) == FC_ERR_MISMATCH);
+    }
     memset(tg, 0, sizeof tg);
     for (i = 0; i < count; i++) {
         uint64_t n = info[i].numel, k;

@@ -222,6 +222,12 @@ enum fc_result fc_encode(const fc_tensor *tensors, size_t count,
 /* Decoding                                                                  */
 /* ------------------------------------------------------------------------ */
 
+/* The shape of one tensor (fc_decode_options.expected). */
+typedef struct fc_shape {
+    uint32_t ndim;                 /* 0 .. FC_MAX_DIMS */
+    uint64_t shape[FC_MAX_DIMS];   /* the first ndim sizes */
+} fc_shape;
+
 typedef struct fc_decode_options {
     size_t struct_size;        /* sizeof(fc_decode_options) */
     uint32_t threads;          /* worker threads; 0 = all online CPUs */
@@ -230,7 +236,20 @@ typedef struct fc_decode_options {
     uint64_t max_total_elems;  /* default 1 << 28; a container can declare
                                   all-zero tensors in a few bytes, so callers
                                   that allocate from the header should set
-                                  this to the model size they expect */
+                                  this to the model size they expect (or set
+                                  `expected`) */
+    /* added in 0.2 after the first release (an older, smaller struct_size
+     * leaves it NULL) */
+    const fc_shape *expected;  /* NULL (default), or the shapes the caller
+                                  expects, one per tensor: a container with
+                                  another tensor count, or a tensor of
+                                  another ndim or size, is refused with
+                                  FC_ERR_MISMATCH as soon as the header
+                                  field that differs is read (before
+                                  anything is allocated from the header).
+                                  fc_decode then never writes more than
+                                  these shapes hold. */
+    size_t expected_count;     /* entries of `expected` */
 } fc_decode_options;
 
 void fc_decode_options_init(fc_decode_options *opts);

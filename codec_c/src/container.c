@@ -42,8 +42,9 @@ void fc_parsed_free(fc_parsed *p)
         if (rc_ != FC_OK) return rc_; \
     } while (0)
 
-static int parse_tensor(fc_reader *r, const fc_decode_options *o, const fc_tensor_desc *prev,
-                        uint64_t *total, fc_tensor_desc *td, fc_parsed *out, size_t *slice_cap)
+static int parse_tensor(fc_reader *r, const fc_decode_options *o, const fc_shape *want,
+                        const fc_tensor_desc *prev, uint64_t *total, fc_tensor_desc *td,
+                        fc_parsed *out, size_t *slice_cap)
 {
     uint64_t v, s, rows_seen = 0, nsl;
     size_t first;
@@ -54,6 +55,7 @@ static int parse_tensor(fc_reader *r, const fc_decode_options *o, const fc_tenso
     CHECK(fc_get_u8(r, &flags));
     td->ndim = flags & 0x0Fu;
     if (((flags >> 4) & 3u) != FC_DTYPE_F32 || td->ndim > FC_MAX_DIMS) return FC_ERR_CORRUPT;
+    if (want && td->ndim != want->ndim) return FC_ERR_MISMATCH;
     if (flags & FC_HDR_INDEX_IMPLICIT) {
         v = prev ? (uint64_t)prev->index + 1u : 0u;
     } else {
@@ -63,6 +65,7 @@ static int parse_tensor(fc_reader *r, const fc_decode_options *o, const fc_tenso
     td->index = (uint32_t)v;
     for (i = 0; i < td->ndim; i++) {
         CHECK(fc_get_varint(r, &td->shape[i]));
+        if (want && td->shape[i] != want->shape[i]) return FC_ERR_MISMATCH;
         if (td->shape[i] > o->max_tensor_elems && td->shape[i] > 1) return FC_ERR_LIMIT;
     }
     if (!fc_layout(td->ndim, td->shape, &td->numel, &td->rows, &td->cols)) return FC_ERR_LIMIT;
@@ -180,13 +183,15 @@ int fc_parse(const uint8_t *src, size_t size, const fc_decode_options *o, fc_par
     }
     rc = fc_get_varint(&r, &count);
     if (rc != FC_OK) return rc;
+    if (o->expected && count != o->expected_count) return FC_ERR_MISMATCH;
     if (count > o->max_tensors) return FC_ERR_LIMIT;
     /* Each tensor takes at least 3 bytes: bounds the allocation. */
     if (count > (uint64_t)(r.end - r.p) / 3u) return FC_ERR_TRUNCATED;
     out->tensors = (fc_tensor_desc *)calloc(count ? (size_t)count : 1, sizeof(fc_tensor_desc));
     if (!out->tensors) return FC_ERR_NOMEM;
     for (t = 0; t < count; t++) {
-        rc = parse_tensor(&r, o, t ? &out->tensors[t - 1] : NULL, &total, &out->tensors[t], out,
+        rc = parse_tensor(&r, o, o->expected ? &o->expected[t] : NULL,
+                          t ? &out->tensors[t - 1] : NULL, &total, &out->tensors[t], out,
                           &slice_cap);
         if (rc != FC_OK) {
             fc_parsed_free(out);

@@ -399,8 +399,13 @@ done:
 
 static int get_decode_options(const fc_decode_options *opts, fc_decode_options *o)
 {
+    size_t i;
     fc_decode_options_init(o);
-    return copy_options(o, sizeof(*o), opts);
+    if (!copy_options(o, sizeof(*o), opts)) return 0;
+    if (!o->expected) return o->expected_count == 0;
+    for (i = 0; i < o->expected_count; i++)
+        if (o->expected[i].ndim > FC_MAX_DIMS) return 0;
+    return 1;
 }
 
 enum fc_result fc_inspect(const uint8_t *src, size_t src_size, const fc_decode_options *opts,

@@ -1082,6 +1082,91 @@ static void test_limits(void)
     free(c);
 }
 
+/* fc_decode_options.expected: the container must hold exactly these shapes;
+ * a container that claims more is refused while its header is parsed,
+ * before the decoder (or a caller sizing buffers from fc_inspect) allocates
+ * anything from it. */
+static void test_expected_shapes(void)
+{
+    uint64_t s60[1] = {60}, s100[2] = {10, 10};
+    int32_t lv[100], out[2][100];
+    fc_tensor t[2];
+    fc_shape want[3];
+    fc_decode_options d;
+    fc_decode_target tg[2];
+    uint8_t *c;
+    size_t size, cnt, i;
+    cr_buf b = {0};
+    for (i = 0; i < 100; i++) lv[i] = (int32_t)(i % 5) - 2;
+    t[0] = tu_tensor(0, 1, s60);
+    t[1] = tu_tensor(1, 2, s100);
+    for (i = 0; i < 2; i++) {
+        t[i].levels = lv;
+        t[i].step = 0.5;
+    }
+    TU_CHECK_RC(tu_encode(t, 2, NULL, &c, &size, NULL), FC_OK);
+    memset(want, 0, sizeof want);
+    want[0].ndim = 1;
+    want[0].shape[0] = 60;
+    want[1].ndim = 2;
+    want[1].shape[0] = 10;
+    want[1].shape[1] = 10;
+    memset(tg, 0, sizeof tg);
+    tg[0].levels = out[0];
+    tg[1].levels = out[1];
+    fc_decode_options_init(&d);
+    TU_CHECK(d.expected == NULL && d.expected_count == 0);
+    d.expected = want;
+    d.expected_count = 2;
+    TU_CHECK_RC(fc_inspect(c, size, &d, NULL, 0, &cnt), FC_OK);
+    TU_CHECK_RC(fc_decode(c, size, &d, tg, 2), FC_OK);
+    TU_CHECK(memcmp(out[1], lv, sizeof(int32_t) * 100) == 0);
+    /* another count, ndim or size */
+    d.expected_count = 1;
+    TU_CHECK_RC(fc_inspect(c, size, &d, NULL, 0, &cnt), FC_ERR_MISMATCH);
+    TU_CHECK_RC(fc_decode(c, size, &d, tg, 2), FC_ERR_MISMATCH);
+    d.expected_count = 3;
+    TU_CHECK_RC(fc_inspect(c, size, &d, NULL, 0, &cnt), FC_ERR_MISMATCH);
+    d.expected_count = 2;
+    want[1].shape[1] = 9;
+    TU_CHECK_RC(fc_inspect(c, size, &d, NULL, 0, &cnt), FC_ERR_MISMATCH);
+    TU_CHECK_RC(fc_decode(c, size, &d, tg, 2), FC_ERR_MISMATCH);
+    want[1].shape[1] = 10;
+    want[0].ndim = 2;
+    want[0].shape[1] = 1;
+    TU_CHECK_RC(fc_inspect(c, size, &d, NULL, 0, &cnt), FC_ERR_MISMATCH);
+    want[0].ndim = 1;
+    /* a bad description is an argument error */
+    want[0].ndim = FC_MAX_DIMS + 1;
+    TU_CHECK_RC(fc_inspect(c, size, &d, NULL, 0, &cnt), FC_ERR_INVALID_ARGUMENT);
+    want[0].ndim = 1;
+    d.expected = NULL;
+    TU_CHECK_RC(fc_inspect(c, size, &d, NULL, 0, &cnt), FC_ERR_INVALID_ARGUMENT);
+    /* an older caller's struct (without the field) gets no check */
+    fc_decode_options_init(&d);
+    d.struct_size = offsetof(fc_decode_options, expected);
+    TU_CHECK_RC(fc_inspect(c, size, &d, NULL, 0, &cnt), FC_OK);
+    free(c);
+    /* 22 bytes claiming 2^30 zeros: refused as a mismatch before the limit */
+    {
+        uint64_t huge[2] = {(uint64_t)1 << 15, (uint64_t)1 << 15};
+        cr_slice sl = {0, 0, 0, 0};
+        cr_container(&b, 1);
+        cr_tensor(&b, CR_INDEX_IMPLICIT, 0, 2, huge, 1.0f, 4, 0, 0, &sl);
+        cr_seal(&b);
+        fc_decode_options_init(&d);
+        d.max_total_elems = (uint64_t)1 << 31;
+        d.max_tensor_elems = (uint64_t)1 << 31;
+        TU_CHECK_RC(fc_inspect(b.d, b.n, &d, NULL, 0, &cnt), FC_OK);
+        TU_CHECK_EQ(cnt, 1);
+        d.expected = want + 1;
+        d.expected_count = 1;
+        TU_CHECK_RC(fc_inspect(b.d, b.n, &d, NULL, 0, &cnt), FC_ERR_MISMATCH);
+        TU_CHECK_RC(fc_decode(b.d, b.n, &d, tg, 1), FC_ERR_MISMATCH);
+        cr_free(&b);
+    }
+}
+
 /* ------------------------------------------------------------ accumulate */
 
 static void test_accumulate(void)
@@ -1316,6 +1401,7 @@ int main(void)
     test_crafted_limits();
     test_crafted_payloads();
     test_limits();
+    test_expected_shapes();
     test_accumulate();
     test_reference();
     return tu_finish("test_container");

@@ -49,10 +49,15 @@ def _corrupt(message: str) -> CorruptStreamError:
 
 
 def split_container(data: bytes, *, threads: int = 1) -> list[bytes]:
-    """One single-tensor container per tensor of ``data``, levels and steps unchanged."""
+    """One single-tensor container per tensor of ``data``, levels and steps unchanged.
+
+    ``data`` is this process's own encoder output (a model update or downlink
+    delta, possibly all zero in a few bytes): decoded up to the decoder's hard
+    element limit, not the size-proportional default meant for received data.
+    """
     return [
         codec.encode_levels([levels], step=[step], threads=threads).data
-        for levels, step in codec.decode_levels(data, threads=threads)
+        for levels, step in codec.decode_levels(data, threads=threads, max_total_elems=1 << 28)
     ]
 
 

@@ -59,6 +59,7 @@ from typing import Any
 import numpy as np
 
 from fedcodec import codec
+from fedcodec.errors import FC_ERR_MISMATCH, InvalidParameterError
 from fedcodec.pipeline._state import load_npz_state, save_npz_state
 from fedcodec.pipeline.client import encode_tensors
 from fedcodec.pipeline.errors import (
@@ -484,7 +485,12 @@ class DownlinkEncoder:
             for n, g in zip(self.spec.names, self._grid, strict=True)
         }
         data = _lossless(self.spec, rounded, self._grid, self.threads)
-        decoded = codec.decode(data, names=list(self.spec.names), threads=self.threads)
+        decoded = codec.decode(
+            data,
+            names=list(self.spec.names),
+            threads=self.threads,
+            expected_shapes=self.spec.shapes,
+        )
         self._stream = {name: decoded[name] for name in self.spec.names}
         self._origin = None
         self._change = None
@@ -585,7 +591,12 @@ class DownlinkEncoder:
                 return None
             total = self.spec.zeros()
             for delta in chain:
-                decoded = codec.decode(delta, names=list(self.spec.names), threads=self.threads)
+                decoded = codec.decode(
+                    delta,
+                    names=list(self.spec.names),
+                    threads=self.threads,
+                    expected_shapes=self.spec.shapes,
+                )
                 total = _plus(self.spec, total, decoded)
             if not all(
                 _on_grid(total[n], g) for n, g in zip(self.spec.names, self._grid, strict=True)
@@ -920,11 +931,17 @@ class ModelReceiver:
         return self._model
 
     def _decode(self, data: bytes) -> Tensors:
-        decoded = codec.decode(data, threads=self.threads)
-        if len(decoded) != len(self.spec) or any(
-            d.shape != s for d, s in zip(decoded, self.spec.shapes, strict=False)
-        ):
-            raise ModelMismatchError("a downlink container does not match the model's tensors")
+        # The container is checked against the model's shapes while its header
+        # is parsed: one that claims other (or more) tensors is refused before
+        # anything is allocated from it.
+        try:
+            decoded = codec.decode(data, threads=self.threads, expected_shapes=self.spec.shapes)
+        except InvalidParameterError as error:
+            if error.code != FC_ERR_MISMATCH:
+                raise
+            raise ModelMismatchError(
+                f"a downlink container does not match the model's tensors ({error})"
+            ) from None
         return dict(zip(self.spec.names, decoded, strict=True))
 
     def _initial_for(self, package: DownlinkPackage) -> ModelVersion:

@@ -286,7 +286,9 @@ class _Encoder:
                 threads=self.threads,
                 return_recon=True,
             )
-            decoded = codec.decode_levels(part.data, threads=self.threads)
+            decoded = codec.decode_levels(
+                part.data, threads=self.threads, expected_shapes=[tensor.shape]
+            )
             assert isinstance(decoded, list)
             parts.append(part)
             levels.append(decoded[0][0])

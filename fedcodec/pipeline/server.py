@@ -231,7 +231,7 @@ class Aggregator:
         with self._lock:
             try:
                 steps = self._check(data, client_id, base_version, num_examples, base_digest)
-                decoded = codec.decode(data, threads=self.threads)
+                decoded = codec.decode(data, threads=self.threads, expected_shapes=self.spec.shapes)
                 norm = screen_update(
                     decoded, self.policy, client_id=client_id, num_examples=num_examples
                 )
@@ -388,7 +388,8 @@ class Aggregator:
         stacks = [np.empty((len(ordered), *shape), np.float32) for shape in self.spec.shapes]
         for row, (client_id, data) in enumerate(ordered):
             scale = np.float32(plan.scales[client_id])
-            for stack, values in zip(stacks, codec.decode(data, threads=self.threads), strict=True):
+            decoded = codec.decode(data, threads=self.threads, expected_shapes=self.spec.shapes)
+            for stack, values in zip(stacks, decoded, strict=True):
                 stack[row] = values * scale
         return [
             combine_coordinatewise(stack, self.policy.aggregator, self.policy.trim_fraction)
