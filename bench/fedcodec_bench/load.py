@@ -218,6 +218,37 @@ def wait_started(proc: subprocess.Popen[bytes], log_path: Path, timeout: float) 
     raise RuntimeError("the server did not start in time")
 
 
+def _upload_messages(
+    client_id: str, config: round_pb2.RoundConfig, payload: bytes, num_examples: int
+) -> Callable[[], Any]:
+    """The messages of one upload (one idempotency key for all its resends)."""
+    header = pb.UploadHeader(
+        client_id=client_id,
+        round_id=config.round_id,
+        base_version=config.base_version,
+        base_digest=config.base_digest,
+        idempotency_key=uuid.uuid4().hex,
+        total_bytes=len(payload),
+        crc32=zlib.crc32(payload),
+        num_examples=num_examples,
+    )
+
+    async def requests() -> Any:
+        yield pb.UploadUpdateRequest(header=header)
+        for offset in range(0, len(payload), _CHUNK):
+            yield pb.UploadUpdateRequest(chunk=payload[offset : offset + _CHUNK])
+
+    return requests
+
+
+def _channels(port: int, count: int) -> list[grpc.aio.Channel]:
+    options = [
+        ("grpc.max_send_message_length", 4 << 20),
+        ("grpc.max_receive_message_length", 4 << 20),
+    ]
+    return [grpc.aio.insecure_channel(f"127.0.0.1:{port}", options=options) for _ in range(count)]
+
+
 async def _client(
     index: int,
     stub: Any,
@@ -241,22 +272,7 @@ async def _client(
                 stats.not_selected += 1
                 await asyncio.sleep(answer.retry_after.ToNanoseconds() / 1e9)
                 continue
-            config = answer.config
-            header = pb.UploadHeader(
-                client_id=client_id,
-                round_id=config.round_id,
-                base_version=config.base_version,
-                base_digest=config.base_digest,
-                idempotency_key=uuid.uuid4().hex,
-                total_bytes=len(payload),
-                crc32=zlib.crc32(payload),
-                num_examples=1 + index % 7,
-            )
-
-            async def requests(h: pb.UploadHeader = header) -> Any:
-                yield pb.UploadUpdateRequest(header=h)
-                for offset in range(0, len(payload), _CHUNK):
-                    yield pb.UploadUpdateRequest(chunk=payload[offset : offset + _CHUNK])
+            requests = _upload_messages(client_id, answer.config, payload, 1 + index % 7)
 
             t0 = time.perf_counter()
             stats.first = min(stats.first, t0)
@@ -326,13 +342,7 @@ async def _upload_retrying(
 async def _drive(
     port: int, tokens: list[str], payloads: list[bytes], concurrency: int, channels: int
 ) -> _Stats:
-    options = [
-        ("grpc.max_send_message_length", 4 << 20),
-        ("grpc.max_receive_message_length", 4 << 20),
-    ]
-    chans = [
-        grpc.aio.insecure_channel(f"127.0.0.1:{port}", options=options) for _ in range(channels)
-    ]
+    chans = _channels(port, channels)
     stubs = [pb_grpc.AggregationServiceStub(c) for c in chans]
     stats = _Stats()
     gate = asyncio.Semaphore(concurrency)
@@ -668,13 +678,7 @@ async def _burst_drive(
     cfg: LoadBenchConfig,
     hostile: bool,
 ) -> tuple[_Stats, int, dict[str, str], dict[str, int]]:
-    options = [
-        ("grpc.max_send_message_length", 4 << 20),
-        ("grpc.max_receive_message_length", 4 << 20),
-    ]
-    chans = [
-        grpc.aio.insecure_channel(f"127.0.0.1:{port}", options=options) for _ in range(channels)
-    ]
+    chans = _channels(port, channels)
     stubs = [pb_grpc.AggregationServiceStub(c) for c in chans]
     honest = [c for c in tokens if c != _HOSTILE]
     stats = _Stats()
@@ -700,22 +704,7 @@ async def _burst_drive(
         async def upload(i: int, client_id: str, config: round_pb2.RoundConfig) -> None:
             nonlocal acked
             payload = payloads[i % len(payloads)]
-            header = pb.UploadHeader(
-                client_id=client_id,
-                round_id=config.round_id,
-                base_version=config.base_version,
-                base_digest=config.base_digest,
-                idempotency_key=uuid.uuid4().hex,
-                total_bytes=len(payload),
-                crc32=zlib.crc32(payload),
-                num_examples=1 + i % 7,
-            )
-
-            async def requests() -> Any:
-                yield pb.UploadUpdateRequest(header=header)
-                for offset in range(0, len(payload), _CHUNK):
-                    yield pb.UploadUpdateRequest(chunk=payload[offset : offset + _CHUNK])
-
+            requests = _upload_messages(client_id, config, payload, 1 + i % 7)
             metadata = (("authorization", f"Bearer {tokens[client_id]}"),)
             await go.wait()
             t0 = time.perf_counter()
