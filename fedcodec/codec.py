@@ -1226,6 +1226,7 @@ def verify(
     max_tensors: int = _DEFAULT_MAX_TENSORS,
     max_tensor_elems: int = _DEFAULT_MAX_ELEMS,
     max_total_elems: int = _DEFAULT_MAX_ELEMS,
+    expected_shapes: Shapes | None = None,
 ) -> list[TensorInfo]:
     """Check a container in full — headers, checksum *and* every payload — without
     keeping the decoded data.
@@ -1242,8 +1243,10 @@ def verify(
     visit : callable, optional
         Called as ``visit(index, values)`` with each tensor's decoded values
         (flat float32, valid only during the call), e.g. to check their range.
-    threads, max_tensors, max_tensor_elems, max_total_elems
-        As for :func:`decode`.
+    threads, max_tensors, max_tensor_elems, max_total_elems, expected_shapes
+        As for :func:`decode` (the scratch buffer is as large as the largest
+        tensor the container declares: pass ``expected_shapes`` for
+        untrusted input).
     reference : sequence of array_like, optional
         As for :func:`decode` (one entry per tensor, container order).
 
@@ -1262,8 +1265,10 @@ def verify(
         max_tensors=max_tensors,
         max_tensor_elems=max_tensor_elems,
         max_total_elems=max_total_elems,
+        expected_shapes=expected_shapes,
     )
-    options = _decode_options(threads, max_tensors, max_tensor_elems, max_total_elems)
+    inspected = tuple(info.shape for info in infos)
+    options = _decode_options(threads, max_tensors, max_tensor_elems, max_total_elems, inspected)
     refs = _decode_references(reference, None, _binding.inspect(data, options))
     scratch = np.empty(max((info.numel for info in infos), default=0), dtype=np.float32)
     for position, info in enumerate(infos):

@@ -287,3 +287,12 @@ def test_an_exception_kept_in_a_reference_cycle_does_not_crash_the_gc(tmp_path):
     )
     assert run.returncode == 0, run.stderr[-2000:]
     assert run.stdout.strip() == "[7, 7, 7]"
+
+
+def test_verify_checks_expected_shapes_before_its_scratch_buffer():
+    error, peak, _ = peak_bytes(lambda: fedcodec.codec.verify(GIGA, expected_shapes=[(64, 32)]))
+    assert isinstance(error, fedcodec.InvalidParameterError)
+    assert error.code == fedcodec.errors.FC_ERR_MISMATCH
+    assert peak < 1 << 20, peak
+    data = fedcodec.encode([np.ones((64, 32), np.float32)]).data
+    assert [i.shape for i in fedcodec.codec.verify(data, expected_shapes=[(64, 32)])] == [(64, 32)]

@@ -488,7 +488,7 @@ class RoundEngine:
         screen_update([], values_only, client_id=client_id, num_examples=num_examples)
         infos = codec.inspect(data)
         steps = check_tensors(infos, self.spec, client_id=client_id, max_step=self.max_step)
-        codec.verify(data, visit=screen, threads=self.threads)
+        codec.verify(data, visit=screen, threads=self.threads, expected_shapes=self.spec.shapes)
         norm = math.sqrt(sq[0])
         if policy.norm_bound > 0.0 and norm > policy.norm_bound and policy.norm_action == "reject":
             raise RobustRejectionError(
