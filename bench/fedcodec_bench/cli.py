@@ -327,6 +327,7 @@ def _run_bench_cnn(args: argparse.Namespace) -> int:
     cfg = CNNBenchConfig(
         quick=args.quick,
         seeds=args.seeds,
+        first_seed=args.first_seed,
         scenarios=tuple(args.scenarios),
         methods=tuple(args.methods) if args.methods else None,
         rounds=args.rounds,
@@ -354,10 +355,11 @@ def _add_bench_cnn(bsub: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "--quick", action="store_true", help="4 clients, 3 rounds, 3 methods (CI smoke run)"
     )
     cnn.add_argument("--seeds", type=_positive_int, default=3, help="seeds (default 3)")
+    cnn.add_argument("--first-seed", type=_nonneg_int, default=0, help="first seed (default 0)")
     cnn.add_argument(
         "--scenarios",
         nargs="+",
-        choices=("full", "partial", "fedadam", "fedprox"),
+        choices=("full", "partial", "fedadam", "fedadam-tau2", "fedprox"),
         default=["full", "partial"],
         help="scenarios (default: full partial)",
     )

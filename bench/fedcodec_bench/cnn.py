@@ -116,6 +116,13 @@ def cnn_methods(quick: bool = False) -> list[CnnMethod]:
         CnnMethod("STC 1%", "baseline", lambda: cp.STC(0.01)),
         CnnMethod("QSGD s=4", "baseline", lambda: cp.QSGD(levels=4)),
         CnnMethod("fedcodec sens dense S=4 λ=2", "fedcodec", params=dense, down_params=down),
+        CnnMethod("fedcodec sens dense S=16", "fedcodec", params=down, down_params=down),
+        CnnMethod(
+            "fedcodec plain dense S=16",
+            "fedcodec",
+            params=RoundParams(lam=0.5, S=16),
+            down_params=RoundParams(lam=0.5, S=16),
+        ),
         CnnMethod("fedcodec sens rd-2% S=16", "fedcodec", params=fc, down_params=down),
         CnnMethod(
             "fedcodec sens+fisher rd-2%", "fedcodec", params=fc, down_params=down, fisher=True
@@ -600,6 +607,8 @@ def _inner(server: str, per_round: int, clients: int) -> Strategy:
         return st.FedProx(proximal_mu=0.01, **kw)
     if server == "fedadam":
         return st.FedAdam(eta=0.01, eta_l=0.05, tau=1e-3, **kw)
+    if server == "fedadam-tau2":
+        return st.FedAdam(eta=0.01, eta_l=0.05, tau=1e-2, **kw)
     if server == "fedyogi":
         return st.FedYogi(eta=0.01, eta_l=0.05, tau=1e-3, **kw)
     if server == "fedavgm":
@@ -687,6 +696,9 @@ SCENARIOS = {
     "full": Scenario("full: 10 of 10 clients", 10, 10, 15),
     "partial": Scenario("partial: 6 of 30 clients (20 %)", 30, 6, 30),
     "fedadam": Scenario("FedAdam, full: 10 of 10", 10, 10, 15, server="fedadam"),
+    "fedadam-tau2": Scenario(
+        "FedAdam (tau=1e-2), full: 10 of 10", 10, 10, 15, server="fedadam-tau2"
+    ),
     "fedprox": Scenario("FedProx, partial: 6 of 30", 30, 6, 30, server="fedprox"),
 }
 
@@ -697,6 +709,7 @@ class CNNBenchConfig:
 
     quick: bool = False
     seeds: int = 3
+    first_seed: int = 0
     scenarios: tuple[str, ...] = ("full", "partial")
     methods: tuple[str, ...] | None = None
     rounds: int | None = None
@@ -790,7 +803,7 @@ def run_cnn_bench(cfg: CNNBenchConfig, out: TextIO | None = None) -> dict[str, A
             )
         elif cfg.rounds is not None:
             sc = Scenario(sc.name, sc.clients, sc.per_round, cfg.rounds, sc.server)
-        for seed in range(cfg.seeds):
+        for seed in range(cfg.first_seed, cfg.first_seed + cfg.seeds):
             for method in methods:
                 r = run_one(sc, method, seed, train, limit)
                 runs.append(r)
