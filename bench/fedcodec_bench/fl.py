@@ -231,6 +231,8 @@ def fedcodec_methods(numel: int, quick: bool = False) -> list[Method]:
     * ``λ=0.1155 S=16``: dense, high-rate RD quantization (near-lossless end);
     * ``top-2% / top-1% λ=0.5 S=16``: top-k sparsification, then RD quantization, one encode
       pass;
+    * ``top-3% up / 0.5% down``: denser updates, sparser version deltas — with partial
+      participation the downlink (catch-up) dominates the traffic, the uplink the accuracy;
     * ``budget 1/500``: a byte budget of the float32 size / 500 per message, met by the
       pipeline's rate control (λ = 0.5).
     """
@@ -247,6 +249,13 @@ def fedcodec_methods(numel: int, quick: bool = False) -> list[Method]:
         fedcodec_method("fedcodec λ=0.1155 S=16", lam=0.1155, S=16),
         fedcodec_method("fedcodec top-2% λ=0.5 S=16", lam=0.5, S=16, topk=0.02, down_topk=0.02),
         fedcodec_method("fedcodec top-1% λ=0.5 S=16", lam=0.5, S=16, topk=0.01, down_topk=0.01),
+        fedcodec_method(
+            "fedcodec top-3% up / 0.5% down λ=0.5 S=16",
+            lam=0.5,
+            S=16,
+            topk=0.03,
+            down_topk=0.005,
+        ),
         budget,
     ]
 

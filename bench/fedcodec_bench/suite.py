@@ -293,22 +293,32 @@ def _status(ok: bool | None) -> str:
     return "n/a" if ok is None else ("PASS" if ok else "MISS")
 
 
+def _ratio_goals(sc: dict[str, Any]) -> tuple[int, ...]:
+    """Traffic-ratio targets of an MNIST scenario: full participation stays at or above
+    335× (measured before the round engine); partial participation 150× (issue #11), with
+    300× the goal beyond it."""
+    return (335,) if sc["per_round"] >= sc["clients"] else (150, 300)
+
+
 def _targets_fl(fl_res: dict[str, Any]) -> list[list[str]]:
     rows = []
     for rep in fl_res["scenarios"]:
         s = rep["summary"]
-        if rep["scenario"]["task"] == "mnist":
+        sc = rep["scenario"]
+        if sc["task"] == "mnist":
             b = s["best_fedcodec"]
-            rows.append(
-                [
-                    "≥ 300× total traffic vs fp32 at ≤ 1 point loss",
-                    rep["label"],
-                    "no fedcodec setting within 1 point"
-                    if b is None
-                    else f"{_ratio(b['ratio'])} ({b['name']}, {b['delta_accuracy']:+.2f} points)",
-                    _status(None if b is None else b["ratio"] >= 300),
-                ]
-            )
+            for goal in _ratio_goals(sc):
+                rows.append(
+                    [
+                        f"≥ {goal}× total traffic vs fp32 at ≤ 1 point loss",
+                        rep["label"],
+                        "no fedcodec setting within 1 point"
+                        if b is None
+                        else f"{_ratio(b['ratio'])} ({b['name']}, "
+                        f"{b['delta_accuracy']:+.2f} points)",
+                        _status(None if b is None else b["ratio"] >= goal),
+                    ]
+                )
         doms = s["dominance"]
         if doms:
             worse = [
