@@ -251,3 +251,23 @@ def test_one_thread_makes_parallel_targets_not_applicable(
     assert len(parallel) == 2
     assert all(t["status"] == "n/a" for t in parallel)
     capsys.readouterr()
+
+
+def test_temporal_reference_gain_on_real_rounds() -> None:
+    """The temporal section: real consecutive-round updates coded with the same levels without
+    and with a reference; every decode checked; the client's previous update helps."""
+    from fedcodec_bench.codec import temporal_targets
+    from fedcodec_bench.temporal import run_temporal, temporal_lines
+
+    results = run_temporal(quick=True)
+    assert len(results) == 1
+    r = results[0]
+    assert r["updates"] == 8  # 4 clients x rounds 1..2
+    assert r["decodes_verified"] == 3 * r["updates"]
+    assert r["bytes"]["client_prev"] < r["bytes"]["none"]
+    assert r["gain"]["client_prev"] == pytest.approx(
+        r["bytes"]["client_prev"] / r["bytes"]["none"] - 1
+    )
+    assert "## Temporal side information" in temporal_lines(results)
+    (target,) = temporal_targets(results, quick=True)
+    assert target.status == "n/a"  # not judged on the small federation

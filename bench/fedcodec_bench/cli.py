@@ -86,6 +86,7 @@ def _run_bench_codec(args: argparse.Namespace) -> int:
         real=args.real,
         rd=args.rd,
         rd_points=args.rd_points,
+        temporal=args.temporal,
     )
     try:
         _, ok = run_codec_bench(cfg)
@@ -197,6 +198,13 @@ def _add_bench(bsub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
         default=None,
         metavar="N",
         help="steps per rate-distortion curve (default 7; 4 with --quick: real-update sets only)",
+    )
+    codec.add_argument(
+        "--temporal",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="the temporal-reference gain on real consecutive-round updates (with --quick: "
+        "one small federation); default: on, off with --quick",
     )
     codec.set_defaults(func=_run_bench_codec)
     _add_bench_fl(bsub)

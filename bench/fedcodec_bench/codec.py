@@ -47,6 +47,7 @@ from fedcodec_bench.data import (
 from fedcodec_bench.machine import machine_info, usable_cores
 from fedcodec_bench.nncodec_ref import PUBLISHED, PUBLISHED_NUMEL, NNCodecRun, run_nncodec
 from fedcodec_bench.report import fmt_int, fmt_pct, fmt_rate, table
+from fedcodec_bench.temporal import run_temporal, temporal_lines
 
 __all__ = [
     "DENSE_STEP",
@@ -118,6 +119,10 @@ class CodecBenchConfig:
         None: yes unless ``quick``.
     rd_points : int or None
         Steps per curve (powers of two around each set's step); None: 7, or 4 with ``quick``.
+    temporal : bool or None
+        Measure the temporal-reference gain on real consecutive-round updates
+        (:mod:`fedcodec_bench.temporal`; a small federation with ``quick``); None: yes unless
+        ``quick``.
     """
 
     quick: bool = False
@@ -135,10 +140,15 @@ class CodecBenchConfig:
     real: bool | None = None
     rd: bool | None = None
     rd_points: int | None = None
+    temporal: bool | None = None
 
     def resolved_real(self) -> bool:
         """Whether the real-update sets are measured (default: yes, except with ``quick``)."""
         return (not self.quick) if self.real is None else self.real
+
+    def resolved_temporal(self) -> bool:
+        """Whether the temporal-reference gain is measured (default: yes, except with ``quick``)."""
+        return (not self.quick) if self.temporal is None else self.temporal
 
     def resolved_rd(self) -> bool:
         """Whether RD curves are measured (default: yes, except with ``quick``)."""
@@ -620,6 +630,25 @@ def _real_targets(records: Sequence[dict[str, Any]]) -> list[TargetResult]:
     return out
 
 
+def temporal_targets(temporal: Sequence[dict[str, Any]], quick: bool) -> list[TargetResult]:
+    """Issue #14: >= 10 % fewer bytes with the client's previous update as the reference (same
+    levels), on each real consecutive-round set (not judged on the small ``quick`` one)."""
+    out = []
+    for t in temporal:
+        v = t["gain"]["client_prev"]
+        out.append(
+            TargetResult(
+                "temporal reference: client's previous update (same levels)",
+                t["name"],
+                None if v is None else 100.0 * v,
+                "<= -10 %",
+                "%",
+                "n/a" if v is None or quick else ("PASS" if v <= -0.10 else "MISS"),
+            )
+        )
+    return out
+
+
 def _targets(records: Sequence[dict[str, Any]], cores: int) -> list[TargetResult]:
     """Build the targets table; ``cores`` is how many cores the "all cores" runs could use."""
     by_density: dict[float | None, dict[str, Any]] = {r["density"]: r for r in records}
@@ -1082,6 +1111,7 @@ def _print_report(res: dict[str, Any], out: TextIO) -> None:
             w(f"NNCodec: {nn['status']}: {nn.get('error')}\n\n")
         _print_published(recs, out)
     _print_rd(res, out)
+    w(temporal_lines(res.get("temporal", [])))
     w("## Targets\n\n")
     rows = [[t.name, t.dataset, _fmt_measured(t), t.goal, t.status] for t in res["targets"]]
     w(table(["target", "data", "measured", "goal", "result"], rows, left=2) + "\n\n")
@@ -1202,15 +1232,22 @@ def run_codec_bench(
                             pt["nncodec_bytes"] = got.nncodec_bytes
                             pt["nncodec_bpw"] = 8.0 * got.nncodec_bytes / n
 
+    temporal: list[dict[str, Any]] = []
+    if cfg.resolved_temporal():
+        say("temporal side information: consecutive-round updates with and without a reference")
+        temporal = run_temporal(cfg.quick, cfg.seed)
+
     # "All cores" can only beat one thread with 2+ usable cores and more than one thread asked.
     parallel_cores = (
         1 if cfg.threads == 1 else (cores if cfg.threads == 0 else min(cores, cfg.threads))
     )
     targets = _targets([r for r in records if not r.get("real")], parallel_cores)
     targets += _real_targets(records)
+    targets += temporal_targets(temporal, cfg.quick)
     check_lines: list[str] = []
     ok_checks = True
     n_dec = sum(r["checks"]["decodes_verified"] for r in records)
+    n_dec += sum(t["decodes_verified"] for t in temporal)
     check_lines.append(
         f"every decode equals its input: yes ({n_dec} decodes of levels, floats "
         f"and accumulators checked element by element)"
@@ -1273,6 +1310,7 @@ def run_codec_bench(
         "datasets": records,
         "nncodec": nn,
         "rd_curves": rd_curves,
+        "temporal": temporal,
         "nncodec_published": [asdict(p) for p in PUBLISHED],
         "targets": [asdict(t) for t in targets],
         "check_lines": check_lines,

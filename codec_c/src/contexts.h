@@ -23,12 +23,14 @@
 /* Temporal reference (FORMAT.md §7.5): the co-located value of a reference
  * tensor, as a class byte (fc_ref_class), multiplies these context sets; a
  * tensor without reference uses class 0 only, i.e. exactly the sets above. */
-#define FC_REF_SIG 3          /* significance: reference level 0, 1, >= 2 */
+#define FC_REF_SIG 4          /* significance: reference magnitude class 0, 1, 2, >= 3 */
 #define FC_REF_SIGN 3         /* sign: reference zero, negative, positive */
-#define FC_REF_MAG 4          /* magnitude: reference level 0, 1, 2..3, >= 4 */
+#define FC_REF_MAG 6          /* greater-than flags: reference magnitude class 0..4, >= 5 */
+#define FC_REF_REM 4          /* remainder: reference magnitude class <= 3, 4, 5, >= 6 */
 #define FC_SIG_CTX_ALL (FC_SIG_CTX * FC_REF_SIG)
 #define FC_SIGN_CTX_ALL (FC_SIGN_CTX * FC_REF_SIGN)
 #define FC_GTX_CLASSES_ALL (FC_GTX_CLASSES * FC_REF_MAG)
+#define FC_REM_CLASSES_ALL (FC_REM_CLASSES * FC_REF_REM)
 #define FC_REM_CLASSES 4      /* magnitude class of the neighbourhood */
 #define FC_REM_PREFIX_POS 12  /* Exp-Golomb prefix positions with own context */
 #define FC_GAP_PREFIX_POS 16
@@ -43,7 +45,7 @@ typedef struct fc_ctxset {
     fc_ctx gsig[FC_SIG_CTX_ALL];                    /* significance inside a non-empty group */
     fc_ctx sign[FC_SIGN_CTX_ALL];
     fc_ctx gtx[FC_MAX_GTX][FC_GTX_CLASSES_ALL];     /* |level| > j + 1 */
-    fc_ctx rem_prefix[FC_REM_CLASSES][FC_REM_PREFIX_POS];
+    fc_ctx rem_prefix[FC_REM_CLASSES_ALL][FC_REM_PREFIX_POS];
     fc_ctx rem_suffix[FC_REM_PREFIX_POS];           /* first suffix bin by prefix length */
     fc_ctx gap_prefix[3][FC_GAP_PREFIX_POS];       /* by the previous gap's prefix length */
     fc_ctx gap_suffix[FC_GAP_PREFIX_POS][2];        /* two leading suffix bins by prefix length */
@@ -193,16 +195,25 @@ static inline void fc_col_activity(fc_colstate *cs, uint64_t c, unsigned nonzero
 }
 
 /* The class byte of a reference value ref for a tensor with step 1/inv_step
- * (FORMAT.md §7.5): bits 0-1 the magnitude class of a = |ref| * inv_step
- * (0: a < 1/2, 1: a < 3/2, 2: a < 7/2, 3: otherwise, NaN included), bits 2-3
- * the sign class (0 with magnitude class 0, else 1 negative, 2 positive).
- * Encoder and decoder compute it alike from the float32 reference and step. */
+ * (FORMAT.md §7.5): bits 0-2 the magnitude class m of a = |ref| * inv_step,
+ * the number of thresholds 1/2, 3/2, 7/2, 15/2, 31/2, 63/2, 127/2 that a
+ * reaches (7 also for NaN), bits 3-4 the sign class (0 when m = 0, else 1
+ * negative, 2 positive).  Encoder and decoder compute it alike from the
+ * float32 reference and step. */
 static inline uint8_t fc_ref_class(float ref, double inv_step)
 {
     double a = fabs((double)ref) * inv_step;
-    unsigned m = a < 0.5 ? 0u : a < 1.5 ? 1u : a < 3.5 ? 2u : 3u;
-    unsigned s = m == 0 ? 0u : (ref < 0.0f ? 1u : 2u);
-    return (uint8_t)(m | (s << 2));
+    unsigned m = 0, s;
+    if (!(a < 0.5)) {
+        double t = 1.5;
+        m = 1;
+        while (m < 7u && !(a < t)) {
+            t = 2.0 * t + 0.5;
+            m++;
+        }
+    }
+    s = m == 0 ? 0u : (ref < 0.0f ? 1u : 2u);
+    return (uint8_t)(m | (s << 3));
 }
 
 /* A row of a reference tensor: its float32 values (NULL: no reference) and
@@ -225,8 +236,8 @@ static inline unsigned fc_sig_ctx(const fc_colstate *cs, const fc_rowstate *r, i
 {
     unsigned p = fc_pred_class(cs, r, c);
     unsigned z = p ? 3u + p : fc_dist_class(r, c);
-    unsigned rm = ref & 3u;
-    return (rm > 2u ? 2u : rm) * FC_SIG_CTX +
+    unsigned rm = ref & 7u;
+    return (rm > 3u ? 3u : rm) * FC_SIG_CTX +
            ((fc_sign_class(left) * 2u + (above != 0)) * 4u + fc_act_class(cs, c)) * 8u + z;
 }
 
@@ -264,19 +275,21 @@ static inline fc_nbr fc_neighbourhood(const fc_colstate *cs, const fc_rowstate *
 {
     fc_nbr n;
     unsigned l = fc_cm(left, m0), a = fc_cm(above, m0), t = l + a, m, e, pred = 0;
-    const unsigned rg = (ref & 3u) * FC_GTX_CLASSES; /* reference magnitude class */
+    const unsigned rm = ref & 7u; /* reference magnitude class */
+    const unsigned rg = (rm > 5u ? 5u : rm) * FC_GTX_CLASSES;
+    const unsigned rr = (rm <= 3u ? 0u : rm - 3u > 3u ? 3u : rm - 3u) * FC_REM_CLASSES;
     if (cs->sgn && r->rowflip) {
         int p = r->rowflip * cs->sgn[c];
         pred = p > 0 ? 1u : (p < 0 ? 2u : 0u);
     }
-    n.sign_ctx = ((ref >> 2) & 3u) * FC_SIGN_CTX + pred * 3u + fc_sign_class(left);
+    n.sign_ctx = ((ref >> 3) & 3u) * FC_SIGN_CTX + pred * 3u + fc_sign_class(left);
     {
         unsigned pc = fc_pred_class(cs, r, c);
         if (pc) {
             /* The rank-1 prediction, when there is one, sets the classes. */
             n.gtx_class = rg + pc - 1u;
-            n.rem_class = pc == 4 ? (cs->mag[c] * (uint64_t)r->sum_cm >= 16u * (uint64_t)r->sum_col ? 3u : 2u)
-                                  : (pc >= 3 ? 1u : 0u);
+            n.rem_class = rr + (pc == 4 ? (cs->mag[c] * (uint64_t)r->sum_cm >= 16u * (uint64_t)r->sum_col ? 3u : 2u)
+                                        : (pc >= 3 ? 1u : 0u));
             return n;
         }
     }
@@ -285,7 +298,7 @@ static inline fc_nbr fc_neighbourhood(const fc_colstate *cs, const fc_rowstate *
     m = l > a ? l : a;
     if (r->rowmag > m) m = r->rowmag;
     e = fc_ilog2_32(m + 1u); /* 0: m = 0, 1: 1..2, 2: 3..6, 3+: 7.. */
-    n.rem_class = e > 3u ? 3u : e;
+    n.rem_class = rr + (e > 3u ? 3u : e);
     return n;
 }
 

@@ -45,7 +45,7 @@ typedef struct tr_rates {
     fc_ctxset snap;
     float sigc[2][FC_SIG_CTX_ALL][2];  /* sig (Q0) / dqsig (Q1) */
     float signc[FC_SIGN_CTX_ALL][2];
-    float magc[FC_GTX_CLASSES_ALL][FC_REM_CLASSES][TR_CMTAB + 1];
+    float magc[FC_GTX_CLASSES_ALL][FC_REM_CLASSES_ALL][TR_CMTAB + 1];
 } tr_rates;
 
 struct fc_trellis {
@@ -57,6 +57,7 @@ struct fc_trellis {
     unsigned N, m0;
     unsigned state;                    /* state before the next element */
     const fc_ref *ref;                 /* reference of the row being searched, or NULL */
+    int ref_seen;                      /* the tensor has a reference: full rate tables */
     uint64_t committed, since_refresh;
     fc_ctxset model;                   /* live: updated with committed levels */
     tr_rates rates;                    /* frozen from model: the rates of the search */
@@ -98,7 +99,9 @@ unsigned fc_trellis_state(const fc_trellis *tr)
     return tr->state;
 }
 
-static void rates_from(tr_rates *rt, const fc_ctxset *model, unsigned N)
+/* The rates of `model`; the magnitude table covers the reference classes
+ * only when `all` (a tensor coded with a reference). */
+static void rates_from(tr_rates *rt, const fc_ctxset *model, unsigned N, int all)
 {
     const fc_ctxset *s;
     unsigned i, b, g, r, cm;
@@ -112,8 +115,8 @@ static void rates_from(tr_rates *rt, const fc_ctxset *model, unsigned N)
     }
     for (i = 0; i < FC_SIGN_CTX_ALL; i++)
         for (b = 0; b < 2; b++) rt->signc[i][b] = fc_ctx_cost(&s->sign[i], b);
-    for (g = 0; g < FC_GTX_CLASSES_ALL; g++) {
-        for (r = 0; r < FC_REM_CLASSES; r++) {
+    for (g = 0; g < (all ? FC_GTX_CLASSES_ALL : FC_GTX_CLASSES); g++) {
+        for (r = 0; r < (all ? FC_REM_CLASSES_ALL : FC_REM_CLASSES); r++) {
             fc_nbr nb;
             nb.sign_ctx = 0;
             nb.gtx_class = g;
@@ -127,7 +130,7 @@ static void rates_from(tr_rates *rt, const fc_ctxset *model, unsigned N)
 
 void fc_trellis_refresh(fc_trellis *tr)
 {
-    rates_from(&tr->rates, &tr->model, tr->N);
+    rates_from(&tr->rates, &tr->model, tr->N, tr->ref_seen);
     tr->since_refresh = 0;
 }
 
@@ -539,7 +542,7 @@ static void segment(fc_trellis *tr, const fc_colstate *cs, const float *x, const
     if (!same_levels(near, seg, len)) {
         j_near = replay(tr, cs, x, imp, prev, near, c0, c1, row, *left, &b);
         if (j_near < j_search) {
-            rates_from(&tr->alt_rates, b.model, tr->N);
+            rates_from(&tr->alt_rates, b.model, tr->N, tr->ref_seen);
             viterbi(tr, &tr->alt_rates, tr->lambda, cs, x, imp, c0, c1, prev, second, tr->state,
                     row, *left, &end);
             j_second = replay(tr, cs, x, imp, prev, second, c0, c1, row, *left, &a);
@@ -567,6 +570,10 @@ uint64_t fc_trellis_row(fc_trellis *tr, const fc_colstate *colstate, const float
     uint64_t pos = 0, nz = 0, c;
     fc_row_begin(&row);
     tr->ref = ref;
+    if (ref && ref->row && !tr->ref_seen) {
+        tr->ref_seen = 1;
+        fc_trellis_refresh(tr);
+    }
     while (pos < cols) {
         uint64_t len = cols - pos, want;
         want = tr->committed < TR_SEG_MIN ? TR_SEG_MIN : tr->committed;
