@@ -69,7 +69,7 @@ from fedcodec.pipeline.params import (
 )
 from fedcodec.pipeline.ratecontrol import encode_with_params, min_container_bytes
 from fedcodec.pipeline.robust import RobustPolicy, RoundPlan
-from fedcodec.pipeline.server import Aggregator
+from fedcodec.pipeline.server import Aggregator, ClientReferences
 from fedcodec.pipeline.stats import ClientRoundStats, EncodeStats, RoundStats, TensorEncodeStats
 
 __all__ = [
@@ -78,6 +78,7 @@ __all__ = [
     "BaseDigestMismatchError",
     "BudgetTooSmallError",
     "ClientEngine",
+    "ClientReferences",
     "ClientRoundStats",
     "ConstantSchedule",
     "CosineSchedule",

@@ -73,6 +73,11 @@ class EncodedUpdate:
         FedAvg weight (local examples).
     stats : EncodeStats
         What the encoder did.
+    uses_reference : bool
+        Coded with the client's previous update as temporal reference
+        (:class:`UpdateEncoder` with ``temporal_reference=True``): the server
+        decodes it only with the same previous update
+        (:class:`~fedcodec.pipeline.server.ClientReferences`).
     """
 
     data: bytes
@@ -82,6 +87,7 @@ class EncodedUpdate:
     base_digest: str
     num_examples: int
     stats: EncodeStats
+    uses_reference: bool = False
 
     def __len__(self) -> int:
         return len(self.data)
@@ -207,6 +213,7 @@ def encode_tensors(
     step_snap: StepSnap = "grid",
     reference: Mapping[str, np.ndarray] | None = None,
     dither_seed: int | None = None,
+    temporal_reference: Mapping[str, np.ndarray] | None = None,
 ) -> tuple[bytes, list[F32Array], EncodeStats, float | None]:
     """Sparsify and encode ``target`` as ``params`` say (shared by uplink and downlink).
 
@@ -216,7 +223,10 @@ def encode_tensors(
     ``params.sensitivity`` the per-tensor steps and sparsification follow
     :func:`sensitivity_plan` (``reference``: the weights the deltas apply
     to) and ``importance_scale`` is not used: the importance-derived steps
-    already keep the relative importance of tensors.
+    already keep the relative importance of tensors.  ``temporal_reference``
+    (by tensor name, missing names: none) is temporal side information for the
+    codec (``codec.encode(..., reference=...)``): a tensor the decoder also
+    holds, e.g. the same client's previous decoded update.
 
     Returns
     -------
@@ -283,6 +293,9 @@ def encode_tensors(
         step_factors=None if plan is None else plan.step_factors,
         fixed_steps=None if plan is None else plan.fixed_steps,
         dither_seed=dither_seed,
+        temporal_reference=None
+        if temporal_reference is None
+        else [temporal_reference.get(name) for name in spec.names],
     )
     per_tensor: list[TensorEncodeStats] = []
     total_sig = total_err = 0.0
@@ -364,6 +377,15 @@ class UpdateEncoder:
     error_feedback : bool, optional
         Keep the residual (default True).  Without it every round codes
         ``local − base`` alone.
+    temporal_reference : bool, optional
+        Code each update with this client's previous decoded update as
+        temporal side information (default False).  Measured on real
+        consecutive-round MLP updates: 16 % fewer bytes for the same levels
+        (``docs/codec.md``).  The server must keep per-client references
+        (:class:`~fedcodec.pipeline.server.ClientReferences`); when it refuses
+        an update for its reference (it holds another one, or none), call
+        :meth:`drop_reference` and encode again.  The reference is not part
+        of the saved state: after a restart the first update goes without.
 
     Examples
     --------
@@ -384,11 +406,14 @@ class UpdateEncoder:
         *,
         threads: int = 0,
         error_feedback: bool = True,
+        temporal_reference: bool = False,
     ) -> None:
         self.spec = spec
         self.client_id = client_id
         self.threads = threads
         self.error_feedback = error_feedback
+        self.temporal_reference = temporal_reference
+        self._reference: Tensors | None = None
         self._residual: Tensors = spec.zeros()
         self._warm_start: float | None = None
         self.rounds_encoded = 0
@@ -414,9 +439,20 @@ class UpdateEncoder:
         )
 
     def reset(self) -> None:
-        """Forget the residual and the rate-control warm start."""
+        """Forget the residual, the rate-control warm start and the temporal reference."""
         self._residual = self.spec.zeros()
         self._warm_start = None
+        self._reference = None
+
+    @property
+    def has_reference(self) -> bool:
+        """Whether the next update will be coded with a temporal reference."""
+        return self.temporal_reference and self._reference is not None
+
+    def drop_reference(self) -> None:
+        """Code the next update without temporal reference (e.g. after the
+        server refused one for its reference)."""
+        self._reference = None
 
     def encode(
         self,
@@ -490,7 +526,12 @@ class UpdateEncoder:
             importance_scale=importance_scale,
             reference=base.tensors,
             dither_seed=update_dither_seed(params, round_number, self.client_id),
+            temporal_reference=self._reference if self.temporal_reference else None,
         )
+        uses_reference = self.has_reference
+        if self.temporal_reference:
+            # what the server decodes from this update: the next update's reference
+            self._reference = dict(zip(self.spec.names, recon, strict=True))
         if self.error_feedback:
             self._residual = {
                 name: np.subtract(target[name], r, dtype=np.float32)
@@ -508,6 +549,7 @@ class UpdateEncoder:
             base_digest=base.digest,
             num_examples=num_examples,
             stats=stats,
+            uses_reference=uses_reference,
         )
 
     # -- state --------------------------------------------------------------

@@ -231,8 +231,10 @@ class _Encoder:
         fixed_steps: Sequence[float | None] | None = None,
         quantizer: Quantizer = "uniform",
         dither_seed: int | None = None,
+        temporal_reference: Sequence[F32Array | None] | None = None,
     ) -> None:
         self.tensors = list(tensors)
+        self.reference = None if temporal_reference is None else list(temporal_reference)
         self.quantizer: Quantizer = quantizer
         self.dither_seed = dither_seed if quantizer == "dither" else None
         if quantizer != "uniform" and lam_scales is not None:
@@ -267,6 +269,7 @@ class _Encoder:
                 return_recon=True,
                 quantizer=self.quantizer,
                 dither_seed=self.dither_seed,
+                reference=self.reference,
             )
         return self._run_per_tensor(lam, S, snapped)
 
@@ -285,14 +288,23 @@ class _Encoder:
                 importance=None if self.importance is None else [self.importance[i]],
                 threads=self.threads,
                 return_recon=True,
+                reference=None if self.reference is None else [self.reference[i]],
             )
             decoded = codec.decode_levels(
-                part.data, threads=self.threads, expected_shapes=[tensor.shape]
+                part.data,
+                threads=self.threads,
+                expected_shapes=[tensor.shape],
+                reference=None if self.reference is None else [self.reference[i]],
             )
             assert isinstance(decoded, list)
             parts.append(part)
             levels.append(decoded[0][0])
-        joined = codec.encode_levels(levels, [p.stats[0].step for p in parts], threads=self.threads)
+        joined = codec.encode_levels(
+            levels,
+            [p.stats[0].step for p in parts],
+            threads=self.threads,
+            reference=self.reference,
+        )
         stats = [
             dataclasses.replace(s, sq_error=p.stats[0].sq_error)
             for s, p in zip(joined.stats, parts, strict=True)
@@ -431,11 +443,13 @@ def encode_with_params(
     step_factors: Sequence[float] | None = None,
     fixed_steps: Sequence[float | None] | None = None,
     dither_seed: int | None = None,
+    temporal_reference: Sequence[F32Array | None] | None = None,
 ) -> CodedTensors:
     """Encode tensors with fixed parameters or to a byte budget.
 
     ``params.quantizer`` chooses the quantizer; ``dither_seed`` is the seed of a
-    dithered encode (``quantizer="dither"``: required).
+    dithered encode (``quantizer="dither"``: required); ``temporal_reference``
+    (one tensor or None per tensor) is passed to the codec as ``reference``.
 
     Parameters
     ----------
@@ -517,6 +531,7 @@ def encode_with_params(
         fixed_steps,
         params.quantizer,
         dither_seed,
+        temporal_reference,
     )
     lam = params.lam
     # The tensors that follow the round's step (fixed ones do not shape it).

@@ -22,6 +22,14 @@ A rejected update (unknown or stale base version, wrong digest, duplicate,
 wrong tensor set or shapes, corrupt bytes, values out of range) never changes
 the aggregate.
 
+Temporal references (opt-in): with a :class:`ClientReferences` store the
+aggregator decodes updates that clients coded with their previous decoded
+update as temporal side information (``UpdateEncoder(temporal_reference=True)``)
+and, when the round is finalized, keeps each accepted client's decoded update
+as that client's next reference.  Memory: one float32 model per client in the
+store (``ClientReferences.memory_bytes``), plus one per accepted update of the
+open round.
+
 Thread safety: :meth:`Aggregator.accept` and :meth:`Aggregator.finalize` may be
 called from several threads; updates are accumulated one at a time.
 """
@@ -39,6 +47,7 @@ import numpy as np
 import numpy.typing as npt
 
 from fedcodec import codec
+from fedcodec.errors import InvalidParameterError
 from fedcodec.pipeline.checks import check_base, check_sender, check_tensors
 from fedcodec.pipeline.client import EncodedUpdate
 from fedcodec.pipeline.errors import (
@@ -59,13 +68,68 @@ from fedcodec.pipeline.robust import (
 )
 from fedcodec.pipeline.stats import ClientRoundStats, RoundStats
 
-__all__ = ["DEFAULT_MAX_STEP", "Aggregator", "RobustPolicy"]
+__all__ = ["DEFAULT_MAX_STEP", "Aggregator", "ClientReferences", "RobustPolicy"]
 
 #: Largest accepted quantization step: with levels up to 2**30 the decoded
 #: values stay finite in float32 (a container may legally carry any finite step).
 DEFAULT_MAX_STEP = float(np.finfo(np.float32).max) / 2.0**31
 
 F64Array = npt.NDArray[np.float64]
+
+
+class ClientReferences:
+    """Per-client temporal references kept by the server across rounds.
+
+    Each entry is the decoded update last accepted from a client (float32, in
+    model order): the reference a client with
+    ``UpdateEncoder(temporal_reference=True)`` codes its next update against.
+    Memory: ``numel * 4`` bytes per client held (:attr:`memory_bytes`); with
+    ``max_clients`` the least recently stored client is forgotten first (its
+    next reference-coded update is then refused, and the client resends
+    without reference).
+
+    Parameters
+    ----------
+    max_clients : int, optional
+        Most clients held at once (None: no limit).
+    """
+
+    def __init__(self, max_clients: int | None = None) -> None:
+        if max_clients is not None and max_clients < 1:
+            raise ValueError(f"max_clients must be >= 1 or None, got {max_clients!r}")
+        self.max_clients = max_clients
+        self._refs: dict[str, list[npt.NDArray[np.float32]]] = {}
+        self._lock = threading.Lock()
+
+    def __len__(self) -> int:
+        return len(self._refs)
+
+    def __contains__(self, client_id: object) -> bool:
+        return client_id in self._refs
+
+    @property
+    def memory_bytes(self) -> int:
+        """Bytes of the references held."""
+        with self._lock:
+            return sum(a.nbytes for ref in self._refs.values() for a in ref)
+
+    def get(self, client_id: str) -> list[npt.NDArray[np.float32]] | None:
+        """The client's reference (model order), or None."""
+        with self._lock:
+            return self._refs.get(client_id)
+
+    def put(self, client_id: str, decoded: list[npt.NDArray[np.float32]]) -> None:
+        """Store the client's latest decoded update as its reference."""
+        with self._lock:
+            self._refs.pop(client_id, None)
+            self._refs[client_id] = [np.ascontiguousarray(a, dtype=np.float32) for a in decoded]
+            while self.max_clients is not None and len(self._refs) > self.max_clients:
+                del self._refs[next(iter(self._refs))]
+
+    def discard(self, client_id: str) -> None:
+        """Forget a client's reference."""
+        with self._lock:
+            self._refs.pop(client_id, None)
 
 
 @dataclass(frozen=True)
@@ -105,6 +169,11 @@ class Aggregator:
         Keep accepted coded updates until :meth:`finalize` (default True).  With
         False and a policy with round-level rules, :meth:`finalize` needs the
         updates again (``payloads``): memory stays O(model).
+    references : ClientReferences, optional
+        Per-client temporal references (default None: an update coded with a
+        temporal reference is refused).  Updates are decoded with the client's
+        stored reference; :meth:`finalize` stores each accepted update as the
+        client's next one.
 
     Attributes
     ----------
@@ -124,6 +193,7 @@ class Aggregator:
         max_step: float = DEFAULT_MAX_STEP,
         policy: RobustPolicy | None = None,
         keep_payloads: bool = True,
+        references: ClientReferences | None = None,
     ) -> None:
         if not (math.isfinite(server_lr) and server_lr > 0):
             raise ValueError(f"server_lr must be finite and > 0, got {server_lr!r}")
@@ -137,6 +207,11 @@ class Aggregator:
         self.max_step = max_step
         self.policy = RobustPolicy() if policy is None else policy
         self.keep_payloads = keep_payloads
+        self.references = references
+        # per accepted client: the reference its update was decoded with, and
+        # its decoded update (the next reference, stored at finalize)
+        self._used_refs: dict[str, list[npt.NDArray[np.float32]] | None] = {}
+        self._new_refs: dict[str, list[npt.NDArray[np.float32]]] = {}
         self.plan: RoundPlan | None = None
         self._acc: list[F64Array] = [np.zeros(s, dtype=np.float64) for s in self.spec.shapes]
         self._accepted: dict[str, _Accepted] = {}
@@ -231,7 +306,19 @@ class Aggregator:
         with self._lock:
             try:
                 steps = self._check(data, client_id, base_version, num_examples, base_digest)
-                decoded = codec.decode(data, threads=self.threads, expected_shapes=self.spec.shapes)
+                ref = self._reference_for(data, client_id)
+                try:
+                    decoded = codec.decode(
+                        data, threads=self.threads, expected_shapes=self.spec.shapes, reference=ref
+                    )
+                except InvalidParameterError as exc:
+                    if ref is None:
+                        raise
+                    raise UpdateRejectedError(
+                        f"the update of {client_id!r} was coded with another temporal reference "
+                        "than the server's (the client's last accepted update): drop the "
+                        f"reference and resend ({exc})"
+                    ) from exc
                 norm = screen_update(
                     decoded, self.policy, client_id=client_id, num_examples=num_examples
                 )
@@ -257,7 +344,27 @@ class Aggregator:
                 stats, hashlib.sha256(data).digest(), norm, bytes(data) if keep else None
             )
             self._total_examples += num_examples
+            if self.references is not None:
+                self._used_refs[client_id] = ref
+                self._new_refs[client_id] = decoded
         return stats
+
+    def _reference_for(self, data: bytes, client_id: str) -> list[npt.NDArray[np.float32]] | None:
+        """The temporal reference an update needs (None: coded without one)."""
+        if all(info.reference_digest is None for info in codec.inspect(data)):
+            return None
+        if self.references is None:
+            raise UpdateRejectedError(
+                f"the update of {client_id!r} was coded with a temporal reference; this server "
+                "keeps no per-client references: encode without (temporal_reference=False)"
+            )
+        ref = self.references.get(client_id)
+        if ref is None:
+            raise UpdateRejectedError(
+                f"the update of {client_id!r} was coded with a temporal reference, but the "
+                "server holds none for this client: drop the reference and resend"
+            )
+        return ref
 
     def _check(
         self,
@@ -350,6 +457,11 @@ class Aggregator:
             self._result = ModelVersion.create(
                 self.base.version + 1 if version is None else version, new, self.spec
             )
+            if self.references is not None:
+                for client_id, decoded in self._new_refs.items():
+                    self.references.put(client_id, decoded)
+                self._new_refs.clear()
+                self._used_refs.clear()
             return self._result
 
     def _mean(self, payloads: Iterable[tuple[str, bytes]] | None) -> list[F64Array]:
@@ -382,13 +494,24 @@ class Aggregator:
             for m in mean:
                 m.fill(0.0)  # mean_update() may have run before finalize()
             for client_id, data in ordered:
-                codec.decode_accumulate(data, mean, plan.weight(client_id), threads=self.threads)
+                codec.decode_accumulate(
+                    data,
+                    mean,
+                    plan.weight(client_id),
+                    threads=self.threads,
+                    reference=self._used_refs.get(client_id),
+                )
             return [m.copy() for m in mean]
         # Coordinate-wise: every decoded update at once (k x model float32).
         stacks = [np.empty((len(ordered), *shape), np.float32) for shape in self.spec.shapes]
         for row, (client_id, data) in enumerate(ordered):
             scale = np.float32(plan.scales[client_id])
-            decoded = codec.decode(data, threads=self.threads, expected_shapes=self.spec.shapes)
+            decoded = codec.decode(
+                data,
+                threads=self.threads,
+                expected_shapes=self.spec.shapes,
+                reference=self._used_refs.get(client_id),
+            )
             for stack, values in zip(stacks, decoded, strict=True):
                 stack[row] = values * scale
         return [

@@ -1,0 +1,132 @@
+"""Temporal references in the round engine's uplink: UpdateEncoder(temporal_reference=True)
+codes each update against the client's previous decoded update; the server's
+ClientReferences keeps that update per client."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from fedcodec.pipeline import (
+    Aggregator,
+    ClientReferences,
+    ModelVersion,
+    RobustPolicy,
+    RoundParams,
+    UpdateEncoder,
+)
+from fedcodec.pipeline.errors import UpdateRejectedError
+
+SHAPES = {"w": (48, 64), "b": (64,)}
+
+
+def _local(base: ModelVersion, client: int, rnd: int) -> dict[str, np.ndarray]:
+    """A client's trained weights: a per-client direction that persists over rounds, plus noise."""
+    direction = np.random.default_rng(client)
+    noise = np.random.default_rng([client, rnd])
+    out = {}
+    for name, shape in SHAPES.items():
+        d = direction.laplace(0, 1e-3, size=shape) * (np.abs(direction.normal(size=shape)) > 0.5)
+        out[name] = (base.tensors[name] + d + noise.laplace(0, 2e-4, size=shape)).astype(np.float32)
+    return out
+
+
+def _run(temporal: bool, rounds: int = 4, params: RoundParams | None = None) -> tuple[int, dict]:
+    params = params or RoundParams(lam=0.0, step=1e-4)
+    base = ModelVersion.create(0, {n: np.zeros(s, np.float32) for n, s in SHAPES.items()})
+    encoders = [
+        UpdateEncoder(base.spec, f"c{i}", threads=1, temporal_reference=temporal) for i in range(3)
+    ]
+    store = ClientReferences() if temporal else None
+    total = 0
+    for rnd in range(rounds):
+        agg = Aggregator(
+            base, round_number=rnd, threads=1, policy=RobustPolicy.fedavg(), references=store
+        )
+        for i, enc in enumerate(encoders):
+            update = enc.encode(
+                _local(base, i, rnd), base, params, round_number=rnd, num_examples=10 + i
+            )
+            assert update.uses_reference == (temporal and rnd > 0)
+            agg.accept_update(update)
+            total += len(update)
+        base = agg.finalize()
+    if store is not None:
+        numel = sum(int(np.prod(s)) for s in SHAPES.values())
+        assert len(store) == 3
+        assert store.memory_bytes == 3 * 4 * numel
+    return total, dict(base.tensors)
+
+
+def test_same_model_fewer_bytes() -> None:
+    """With rounding (lam = 0) the levels do not depend on the contexts: the aggregated
+    model is bit-identical with and without references, and the references save bytes."""
+    plain_bytes, plain = _run(False)
+    ref_bytes, with_ref = _run(True)
+    for name in SHAPES:
+        assert np.array_equal(plain[name], with_ref[name])
+    assert ref_bytes < plain_bytes
+
+
+@pytest.mark.parametrize("robust", [False, True])
+def test_rd_quantizer_and_round_level_rules(robust: bool) -> None:
+    """RD quantization and a round-level policy (updates decoded again at finalize)."""
+    params = RoundParams(S=32)
+    base = ModelVersion.create(0, {n: np.zeros(s, np.float32) for n, s in SHAPES.items()})
+    enc = UpdateEncoder(base.spec, "c0", threads=1, temporal_reference=True)
+    store = ClientReferences()
+    policy = RobustPolicy() if robust else RobustPolicy.fedavg()
+    for rnd in range(3):
+        agg = Aggregator(base, round_number=rnd, threads=1, policy=policy, references=store)
+        local = _local(base, 0, rnd)
+        before = {n: r.copy() for n, r in enc.residual.items()}
+        update = enc.encode(local, base, params, round_number=rnd, num_examples=5)
+        assert update.uses_reference == (rnd > 0)
+        agg.accept_update(update)
+        new = agg.finalize()
+        if not robust:
+            # one client, plain FedAvg: the server applied exactly the client's reconstruction
+            for n in SHAPES:
+                recon = (local[n] - base.tensors[n] + before[n]) - enc.residual[n]
+                assert np.allclose(new.tensors[n] - base.tensors[n], recon, atol=1e-7)
+        base = new
+    assert "c0" in store
+
+
+def test_refused_without_the_servers_reference_then_resent() -> None:
+    params = RoundParams(lam=0.0, step=1e-4)
+    base = ModelVersion.create(0, {n: np.zeros(s, np.float32) for n, s in SHAPES.items()})
+    enc = UpdateEncoder(base.spec, "c0", threads=1, temporal_reference=True)
+    store = ClientReferences()
+    agg = Aggregator(base, round_number=0, threads=1, references=store)
+    agg.accept_update(enc.encode(_local(base, 0, 0), base, params, round_number=0, num_examples=5))
+    base = agg.finalize()
+    # round 1 is lost on the way: the client's reference moves on, the server's does not
+    enc.encode(_local(base, 0, 1), base, params, round_number=1, num_examples=5)
+    agg = Aggregator(base, round_number=2, threads=1, references=store)
+    update = enc.encode(_local(base, 0, 2), base, params, round_number=2, num_examples=5)
+    with pytest.raises(UpdateRejectedError, match="another temporal reference"):
+        agg.accept_update(update)
+    # a server without references, and a store that forgot the client
+    with pytest.raises(UpdateRejectedError, match="keeps no per-client references"):
+        Aggregator(base, round_number=2, threads=1).accept_update(update)
+    store.discard("c0")
+    with pytest.raises(UpdateRejectedError, match="holds none"):
+        agg.accept_update(update)
+    enc.drop_reference()
+    enc.reset()
+    again = enc.encode(_local(base, 0, 2), base, params, round_number=2, num_examples=5)
+    assert not again.uses_reference
+    agg.accept_update(again)
+    agg.finalize()
+    assert "c0" in store
+
+
+def test_store_limit() -> None:
+    store = ClientReferences(max_clients=2)
+    for c in ("a", "b", "c"):
+        store.put(c, [np.zeros(3, np.float32)])
+    assert "a" not in store
+    assert len(store) == 2
+    with pytest.raises(ValueError, match="max_clients"):
+        ClientReferences(max_clients=0)
