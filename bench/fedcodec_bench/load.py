@@ -54,6 +54,7 @@ from typing import Any
 
 import grpc
 import numpy as np
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from fedcodec import codec
 from fedcodec.server.auth import generate_token
@@ -135,6 +136,8 @@ class _Stats:
     already: int = 0
     refused: dict[str, int] = field(default_factory=dict)
     retried: dict[str, int] = field(default_factory=dict)
+    health_s: list[float] = field(default_factory=list)
+    health_failures: int = 0
     not_selected: int = 0
     bytes_up: int = 0
     first: float = math.inf
@@ -732,8 +735,28 @@ async def _burst_drive(
         if attacker is not None:
             attack = attacker.start()
             await asyncio.sleep(1.0)  # the hostile streams are open before the burst
+        probing = asyncio.Event()
+
+        async def probe_health() -> None:
+            # Its own connection, like a load balancer's probe: never starved by the burst.
+            async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+                health = health_pb2_grpc.HealthStub(channel)
+                while not probing.is_set():
+                    t0 = time.perf_counter()
+                    try:
+                        reply = await health.Check(health_pb2.HealthCheckRequest(), timeout=5)
+                        ok = reply.status == health_pb2.HealthCheckResponse.SERVING
+                    except grpc.aio.AioRpcError:
+                        ok = False
+                    stats.health_s.append(time.perf_counter() - t0)
+                    stats.health_failures += not ok
+                    await asyncio.sleep(0.2)
+
+        prober = asyncio.create_task(probe_health())
         go.set()
         await asyncio.gather(*tasks)
+        probing.set()
+        await prober
         outcomes: dict[str, int] = {}
         if attacker is not None:
             attacker.stop.set()
@@ -820,6 +843,10 @@ def _burst_summary(run: _BurstRun, expected: int) -> dict[str, Any]:
         "server_rss_idle_bytes": run.rss_idle,
         "server_peak_rss_bytes": run.peak,
         "hostile_outcomes": run.hostile,
+        "health_checks": len(s.health_s),
+        "health_failures": s.health_failures,
+        "health_latency_p99_ms": 1000 * _pct(s.health_s, 0.99),
+        "health_latency_max_ms": 1000 * max(s.health_s, default=math.nan),
     }
 
 
@@ -865,6 +892,7 @@ def run_burst_bench(cfg: LoadBenchConfig) -> int:
             summary = _burst_summary(run, expected)
             result[name].append(summary)
             ok = ok and summary["lost"] == 0 and not run.failed and run.acked == expected
+            ok = ok and summary["health_failures"] == 0
             print(
                 f"\n[{name}] acknowledged {run.acked:,}, aggregated {run.aggregated:,} of "
                 f"{expected:,} (lost {summary['lost']}); {summary['retries']:,} retried "
@@ -872,6 +900,10 @@ def run_burst_bench(cfg: LoadBenchConfig) -> int:
                 f"  upload latency p50 {summary['upload_latency_p50_ms']:,.0f} ms, "
                 f"p99 {summary['upload_latency_p99_ms']:,.0f} ms (check-in p99 "
                 f"{summary['checkin_latency_p99_ms']:,.0f} ms)\n"
+                f"  health checks during the burst: {summary['health_checks']}, "
+                f"{summary['health_failures']} failed, p99 "
+                f"{summary['health_latency_p99_ms']:,.0f} ms, max "
+                f"{summary['health_latency_max_ms']:,.0f} ms\n"
                 f"  server peak RSS {run.peak / 1e6:,.0f} MB (idle {run.rss_idle / 1e6:,.0f} MB)"
                 + (f"\n  hostile client: {run.hostile}" if run.hostile else ""),
                 flush=True,
