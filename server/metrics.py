@@ -20,6 +20,8 @@ metric                                 meaning
 ``fedcodec_decode_seconds``            validation (decode) time of one upload
 ``fedcodec_finalize_seconds``          time to aggregate a round and code the new version
 ``fedcodec_keyframes_total``           downloads served as keyframes
+``fedcodec_streams``                   open streams by ``kind``: uploading, waiting (for an
+                                       upload slot), downloading
 ``fedcodec_robust_actions_total``      robust-aggregation actions by ``action``: refused
                                        at intake (``refused_examples``, ``refused_values``,
                                        ``refused_norm``), and at aggregation ``clipped``,
@@ -86,6 +88,7 @@ class Metrics:
             registry=r,
         )
         self.keyframes = Counter("fedcodec_keyframes", "Downloads served as keyframes", registry=r)
+        self.streams = Gauge("fedcodec_streams", "Open streams by kind", ["kind"], registry=r)
         self.robust_actions = Counter(
             "fedcodec_robust_actions",
             "Robust-aggregation refusals, clips and share caps",

@@ -156,6 +156,10 @@ class AggregationServicer(pb_grpc.AggregationServiceServicer):
                 downloads_per_client=lim.downloads_per_client,
             )
         )
+        admission = self.admission
+        metrics.streams.labels("uploading").set_function(lambda: admission.uploads)
+        metrics.streams.labels("waiting").set_function(lambda: admission.waiting)
+        metrics.streams.labels("downloading").set_function(lambda: admission.downloads)
         self.idle_timeout_s = lim.stream_idle_timeout_s
         self.min_bytes_per_s = lim.min_stream_bytes_per_s
 

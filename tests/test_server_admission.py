@@ -140,6 +140,10 @@ def test_idle_streams_cannot_lock_out_clients_or_health(tmp_path: Path) -> None:
         for _ in range(5):
             reply = health.Check(health_pb2.HealthCheckRequest(), timeout=2)
             assert reply.status == health_pb2.HealthCheckResponse.SERVING
+        registry = server.server.metrics.registry
+        open_uploads = registry.get_sample_value("fedcodec_streams", {"kind": "uploading"})
+        assert open_uploads is not None
+        assert 1 <= open_uploads <= 4  # the slots, however many streams were opened
         # An honest client gets through (the SDK retries the busy answers).
         started = time.monotonic()
         assert honest_upload(server, "c20").status == pb.UPLOAD_STATUS_ACCEPTED
