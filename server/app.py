@@ -103,6 +103,10 @@ def _server_options(config: ServerConfig) -> list[tuple[str, int]]:
         ("grpc.keepalive_timeout_ms", 20_000),
         ("grpc.http2.min_ping_interval_without_data_ms", 20_000),
         ("grpc.keepalive_permit_without_calls", 1),
+        # At most this many streams per HTTP/2 connection: a client multiplexing more
+        # waits for a free stream instead of overrunning the server (under a burst of
+        # thousands of calls gRPC otherwise cancels some before the servicer sees them).
+        ("grpc.max_concurrent_streams", 128),
     ]
 
 

@@ -20,6 +20,8 @@ metric                                 meaning
 ``fedcodec_decode_seconds``            validation (decode) time of one upload
 ``fedcodec_finalize_seconds``          time to aggregate a round and code the new version
 ``fedcodec_keyframes_total``           downloads served as keyframes
+``fedcodec_calls_cancelled_total``     calls that ended by cancellation (client gone, transport
+                                       dropped) by ``kind``: upload, other
 ``fedcodec_streams``                   open streams by ``kind``: uploading, waiting (for an
                                        upload slot), downloading
 ``fedcodec_robust_actions_total``      robust-aggregation actions by ``action``: refused
@@ -88,6 +90,9 @@ class Metrics:
             registry=r,
         )
         self.keyframes = Counter("fedcodec_keyframes", "Downloads served as keyframes", registry=r)
+        self.calls_cancelled = Counter(
+            "fedcodec_calls_cancelled", "Calls ended by cancellation", ["kind"], registry=r
+        )
         self.streams = Gauge("fedcodec_streams", "Open streams by kind", ["kind"], registry=r)
         self.robust_actions = Counter(
             "fedcodec_robust_actions",

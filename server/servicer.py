@@ -414,6 +414,11 @@ async def _guarded(
         await servicer._refuse(context, exc, upload=upload)
     except grpc.aio.AbortError:
         raise
+    except asyncio.CancelledError:
+        # The client went away or the transport dropped the call: nothing was applied.
+        servicer._metrics.calls_cancelled.labels("upload" if upload else "other").inc()
+        log.info("call cancelled", extra={"event": "call_cancelled", "upload": upload})
+        raise
     except Exception:
         log.exception("internal error in a call", extra={"event": "internal_error"})
         await servicer._abort(
