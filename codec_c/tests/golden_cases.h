@@ -246,6 +246,20 @@ static inline int gc_build(int which, gc_set *s)
         gc_levels(s, t, 23, 300, 2);
         t->step = 0.5;
         return 1;
+    case 14: /* trellis (8 states) on rows whose values all have one magnitude
+              * (random signs): the case of the constant-row fix (trellis.c) */
+        s->name = "trellis_constrows";
+        s->o.quantizer = FC_QUANT_TRELLIS8;
+        s->o.lambda = 0.1155;
+        t = gc_add(s, 0, 2, 40, 96, 0, 0);
+        {
+            tu_rng r = tu_seed(24);
+            float *v = (float *)gc_alloc(s, sizeof(float) * 40 * 96);
+            tu_fill_const_rows(&r, v, 40, 96, 4.0);
+            t->values = v;
+            t->step = 1.0;
+        }
+        return 1;
     default:
         return 0;
     }
