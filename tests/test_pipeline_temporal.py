@@ -104,6 +104,9 @@ def test_refused_without_the_servers_reference_then_resent() -> None:
     # round 1 is lost on the way: the client's reference moves on, the server's does not
     enc.encode(_local(base, 0, 1), base, params, round_number=1, num_examples=5)
     agg = Aggregator(base, round_number=2, threads=1, references=store)
+    held = enc.reference
+    assert held is not None
+    enc_ref_before = [held[n] for n in base.spec.names]
     update = enc.encode(_local(base, 0, 2), base, params, round_number=2, num_examples=5)
     with pytest.raises(UpdateRejectedError, match="another temporal reference"):
         agg.accept_update(update)
@@ -114,9 +117,16 @@ def test_refused_without_the_servers_reference_then_resent() -> None:
     with pytest.raises(UpdateRejectedError, match="holds none"):
         agg.accept_update(update)
     enc.drop_reference()
-    enc.reset()
     again = enc.encode(_local(base, 0, 2), base, params, round_number=2, num_examples=5)
     assert not again.uses_reference
+    # drop_reference() restored the state before the refused update: with rounding the
+    # resend carries the same levels as the refused one
+    from fedcodec import codec
+
+    refused = codec.decode_levels(update.data, reference=list(enc_ref_before))
+    resent = codec.decode_levels(again.data)
+    for (a, _), (b, _) in zip(refused, resent, strict=True):
+        assert np.array_equal(a, b)
     agg.accept_update(again)
     agg.finalize()
     assert "c0" in store
@@ -130,3 +140,66 @@ def test_store_limit() -> None:
     assert len(store) == 2
     with pytest.raises(ValueError, match="max_clients"):
         ClientReferences(max_clients=0)
+
+
+def test_round_engine_with_references() -> None:
+    """The round engine: ClientEngine(temporal_reference=True) on the client side,
+    RoundEngine(aggregator_options={"references": ...}) on the server; validate_update
+    checks the reference too."""
+    from fedcodec.pipeline import ClientEngine, RoundEngine, Submission
+
+    v0 = ModelVersion.create(0, {n: np.zeros(s, np.float32) for n, s in SHAPES.items()})
+    store = ClientReferences()
+    engine = RoundEngine(
+        v0, schedule=RoundParams(S=32), threads=1, aggregator_options={"references": store}
+    )
+    members = [
+        ClientEngine(v0.spec, f"c{i}", initial=v0, threads=1, temporal_reference=True)
+        for i in range(2)
+    ]
+    for r in range(1, 4):
+        aggregator = engine.aggregator()
+        for i, member in enumerate(members):
+            if not member.holds(engine.version, engine.stream_digest):
+                member.receive(engine.package_for(member.client_id, **member.request()))
+            update = member.encode(
+                _local(member.model, i, r),
+                engine.round_params(),
+                round_number=r,
+                num_examples=10,
+            )
+            assert update.uses_reference == (r > 1)
+            engine.validate_update(
+                update.data,
+                client_id=update.client_id,
+                base_version=update.base_version,
+                num_examples=update.num_examples,
+                base_digest=update.base_digest,
+            )
+            if r == 3 and i == 1:
+                # the server forgot this client: refused; the client resends without
+                store.discard(member.client_id)
+                with pytest.raises(UpdateRejectedError, match="holds none"):
+                    engine.validate_update(
+                        update.data,
+                        client_id=update.client_id,
+                        base_version=update.base_version,
+                        num_examples=update.num_examples,
+                    )
+                member.encoder.drop_reference()
+                update = member.encode(
+                    _local(member.model, i, r),
+                    engine.round_params(),
+                    round_number=r,
+                    num_examples=10,
+                )
+                assert not update.uses_reference
+            aggregator.accept(
+                Submission.of(update).data,
+                client_id=update.client_id,
+                base_version=update.base_version,
+                num_examples=update.num_examples,
+                base_digest=update.base_digest,
+            )
+        engine.publish(aggregator)
+    assert len(store) == 2

@@ -414,6 +414,8 @@ class UpdateEncoder:
         self.error_feedback = error_feedback
         self.temporal_reference = temporal_reference
         self._reference: Tensors | None = None
+        # the state before the last encode that used a reference (drop_reference)
+        self._undo: tuple[Tensors, float | None, int, int | None] | None = None
         self._residual: Tensors = spec.zeros()
         self._warm_start: float | None = None
         self.rounds_encoded = 0
@@ -445,13 +447,28 @@ class UpdateEncoder:
         self._reference = None
 
     @property
+    def reference(self) -> Tensors | None:
+        """The temporal reference of the next update (the last update's
+        reconstruction), or None."""
+        return dict(self._reference) if self.has_reference and self._reference else None
+
+    @property
     def has_reference(self) -> bool:
         """Whether the next update will be coded with a temporal reference."""
         return self.temporal_reference and self._reference is not None
 
     def drop_reference(self) -> None:
-        """Code the next update without temporal reference (e.g. after the
-        server refused one for its reference)."""
+        """Code the next update without temporal reference.
+
+        Call it when the server refused the last update for its reference (it
+        holds another previous update, or none): the encoder also goes back to
+        the state before that update (residual, warm start), so encoding the
+        same local weights again resends exactly what was refused, without
+        reference.
+        """
+        if self._undo is not None:
+            self._residual, self._warm_start, self.rounds_encoded, self.last_round = self._undo
+            self._undo = None
         self._reference = None
 
     def encode(
@@ -529,6 +546,11 @@ class UpdateEncoder:
             temporal_reference=self._reference if self.temporal_reference else None,
         )
         uses_reference = self.has_reference
+        self._undo = (
+            (self._residual, self._warm_start, self.rounds_encoded, self.last_round)
+            if uses_reference
+            else None
+        )
         if self.temporal_reference:
             # what the server decodes from this update: the next update's reference
             self._reference = dict(zip(self.spec.names, recon, strict=True))

@@ -51,6 +51,7 @@ import numpy as np
 import numpy.typing as npt
 
 from fedcodec import codec
+from fedcodec.errors import InvalidParameterError
 from fedcodec.pipeline.checks import check_base, check_sender, check_tensors
 from fedcodec.pipeline.client import EncodedUpdate, UpdateEncoder
 from fedcodec.pipeline.downlink import (
@@ -65,12 +66,13 @@ from fedcodec.pipeline.errors import (
     DuplicateUpdateError,
     InitialModelError,
     ModelMismatchError,
+    UpdateRejectedError,
 )
 from fedcodec.pipeline.model import ModelSpec, ModelVersion
 from fedcodec.pipeline.params import RoundParams, Schedule, as_schedule
 from fedcodec.pipeline.ratecontrol import StepSnap
 from fedcodec.pipeline.robust import RobustPolicy, RobustRejectionError, screen_update
-from fedcodec.pipeline.server import DEFAULT_MAX_STEP, Aggregator
+from fedcodec.pipeline.server import DEFAULT_MAX_STEP, Aggregator, temporal_reference_for
 from fedcodec.pipeline.stats import ClientRoundStats, RoundStats
 
 __all__ = [
@@ -488,7 +490,23 @@ class RoundEngine:
         screen_update([], values_only, client_id=client_id, num_examples=num_examples)
         infos = codec.inspect(data)
         steps = check_tensors(infos, self.spec, client_id=client_id, max_step=self.max_step)
-        codec.verify(data, visit=screen, threads=self.threads, expected_shapes=self.spec.shapes)
+        ref = temporal_reference_for(data, client_id, self.aggregator_options.get("references"))
+        try:
+            codec.verify(
+                data,
+                visit=screen,
+                threads=self.threads,
+                expected_shapes=self.spec.shapes,
+                reference=ref,
+            )
+        except InvalidParameterError as exc:
+            if ref is None:
+                raise
+            raise UpdateRejectedError(
+                f"the update of {client_id!r} was coded with another temporal reference than "
+                f"the server's (the client's last accepted update): drop the reference and "
+                f"resend ({exc})"
+            ) from exc
         norm = math.sqrt(sq[0])
         if policy.norm_bound > 0.0 and norm > policy.norm_bound and policy.norm_action == "reject":
             raise RobustRejectionError(
@@ -616,6 +634,10 @@ class ClientEngine:
         Codec threads.
     error_feedback : bool, optional
         Keep the uplink residual.
+    temporal_reference : bool, optional
+        Code each update against this client's previous decoded update
+        (:class:`UpdateEncoder`; the server needs
+        ``aggregator_options={"references": ClientReferences()}``).
     """
 
     def __init__(
@@ -626,12 +648,17 @@ class ClientEngine:
         initial: ModelVersion | None = None,
         threads: int = 0,
         error_feedback: bool = True,
+        temporal_reference: bool = False,
     ) -> None:
         self.spec = spec
         self.client_id = client_id
         self.receiver = ModelReceiver(spec, threads=threads, initial=initial)
         self.encoder = UpdateEncoder(
-            spec, client_id, threads=threads, error_feedback=error_feedback
+            spec,
+            client_id,
+            threads=threads,
+            error_feedback=error_feedback,
+            temporal_reference=temporal_reference,
         )
 
     @property

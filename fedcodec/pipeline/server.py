@@ -68,7 +68,13 @@ from fedcodec.pipeline.robust import (
 )
 from fedcodec.pipeline.stats import ClientRoundStats, RoundStats
 
-__all__ = ["DEFAULT_MAX_STEP", "Aggregator", "ClientReferences", "RobustPolicy"]
+__all__ = [
+    "DEFAULT_MAX_STEP",
+    "Aggregator",
+    "ClientReferences",
+    "RobustPolicy",
+    "temporal_reference_for",
+]
 
 #: Largest accepted quantization step: with levels up to 2**30 the decoded
 #: values stay finite in float32 (a container may legally carry any finite step).
@@ -130,6 +136,34 @@ class ClientReferences:
         """Forget a client's reference."""
         with self._lock:
             self._refs.pop(client_id, None)
+
+
+def temporal_reference_for(
+    data: bytes, client_id: str, references: ClientReferences | None
+) -> list[npt.NDArray[np.float32]] | None:
+    """The temporal reference an update needs from ``references`` (None: it was
+    coded without one).
+
+    Raises
+    ------
+    UpdateRejectedError
+        The update was coded with a reference, and ``references`` is None or
+        holds none for ``client_id``.
+    """
+    if all(info.reference_digest is None for info in codec.inspect(data)):
+        return None
+    if references is None:
+        raise UpdateRejectedError(
+            f"the update of {client_id!r} was coded with a temporal reference; this server "
+            "keeps no per-client references: encode without (temporal_reference=False)"
+        )
+    ref = references.get(client_id)
+    if ref is None:
+        raise UpdateRejectedError(
+            f"the update of {client_id!r} was coded with a temporal reference, but the "
+            "server holds none for this client: drop the reference and resend"
+        )
+    return ref
 
 
 @dataclass(frozen=True)
@@ -350,21 +384,7 @@ class Aggregator:
         return stats
 
     def _reference_for(self, data: bytes, client_id: str) -> list[npt.NDArray[np.float32]] | None:
-        """The temporal reference an update needs (None: coded without one)."""
-        if all(info.reference_digest is None for info in codec.inspect(data)):
-            return None
-        if self.references is None:
-            raise UpdateRejectedError(
-                f"the update of {client_id!r} was coded with a temporal reference; this server "
-                "keeps no per-client references: encode without (temporal_reference=False)"
-            )
-        ref = self.references.get(client_id)
-        if ref is None:
-            raise UpdateRejectedError(
-                f"the update of {client_id!r} was coded with a temporal reference, but the "
-                "server holds none for this client: drop the reference and resend"
-            )
-        return ref
+        return temporal_reference_for(data, client_id, self.references)
 
     def _check(
         self,
