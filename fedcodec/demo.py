@@ -261,6 +261,8 @@ def run_demo(cfg: DemoConfig, out: TextIO | None = None) -> list[DemoRound]:
         "rounds.seed": cfg.seed,
         "params.budget_bytes": budget,
         "downlink.params.budget_bytes": budget,
+        # Steps in octaves: catch-up deltas of clients that missed rounds stay small.
+        "downlink.step_snap": "pow2",
         # Plain FedAvg, like the float32 replay it is compared with (a deployment keeps
         # the default robust share cap and norm bound).
         "robust.max_share": 1.0,

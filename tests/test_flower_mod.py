@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 
 import numpy as np
@@ -26,7 +27,7 @@ from flwr.clientapp.mod import arrays_size_mod, fixedclipping_mod, message_size_
 from fedcodec import codec
 from fedcodec.flower import constants as c
 from fedcodec.flower import fedcodec_mod, make_fedcodec_mod
-from fedcodec.flower._records import array_parts, coded_array, split_container
+from fedcodec.flower._records import array_parts, coded_array
 from fedcodec.pipeline import DownlinkEncoder, ModelVersion, RoundParams
 
 SHAPES = {"w": (16, 40), "b": (16,)}
@@ -55,12 +56,9 @@ def _context(node_id: int = 7) -> Context:
 
 
 def _coded_record(model: ModelVersion, containers: list[bytes]) -> ArrayRecord:
-    splits = [split_container(data) for data in containers]
-    return ArrayRecord(
-        {
-            name: coded_array(shape, [parts[i] for parts in splits])
-            for i, (name, shape) in enumerate(model.spec)
-        }
+    """The package as the wrapper sends it: ONE Array, the containers' bytes as they are."""
+    return (
+        ArrayRecord({c.KEY_MODEL_ARRAY: coded_array(containers)}) if containers else ArrayRecord()
     )
 
 
@@ -81,13 +79,13 @@ def _message(
             c.KEY_BASE_VERSION: version,
             c.KEY_BASE_DIGEST: digest,
             c.KEY_ROUND: 1,
+            c.KEY_KEYS: list(SHAPES),
         }
     )
     if from_version is not None:
         config[c.KEY_FROM_VERSION] = from_version
     if params:
-        config[c.KEY_LAMBDA] = ROUND_PARAMS.lam
-        config[c.KEY_S] = ROUND_PARAMS.S
+        config[c.KEY_PARAMS] = ROUND_PARAMS.to_json_text()
     message_type = MessageType.TRAIN if train else MessageType.EVALUATE
     return Message(RecordDict({"arrays": record, "config": config}), 7, message_type)
 
@@ -133,11 +131,8 @@ def _app(change: float = 1e-3) -> tuple[Callable[[Message, Context], Message], l
 def _decoded_update(reply: Message) -> dict[str, np.ndarray]:
     record = reply.content["arrays"]
     assert isinstance(record, ArrayRecord)
-    out = {}
-    for name, array in record.items():
-        (part,) = array_parts(array)
-        out[name] = codec.decode(part)[0]
-    return out
+    (data,) = array_parts(record[c.KEY_UPDATE_ARRAY])
+    return codec.decode(data, names=list(SHAPES))
 
 
 def _publish_first(model: ModelVersion) -> DownlinkEncoder:
@@ -165,7 +160,7 @@ def test_message_without_fedcodec_keys_passes_through() -> None:
 
 
 def test_keyframe_gives_the_app_plain_arrays_and_codes_the_reply() -> None:
-    """A keyframe becomes float32 arrays for the app; the reply is fedcodec/v1 per key."""
+    """A keyframe becomes float32 arrays for the app; the reply is ONE fedcodec/v2 Array."""
     # Prepare
     model = _model()
     downlink = _publish_first(model)
@@ -184,9 +179,9 @@ def test_keyframe_gives_the_app_plain_arrays_and_codes_the_reply() -> None:
         np.testing.assert_array_equal(array.numpy(), stream.tensors[name])
     coded = reply.content["arrays"]
     assert isinstance(coded, ArrayRecord)
-    assert list(coded.keys()) == list(SHAPES)
-    for name, array in coded.items():
-        assert (array.stype, array.dtype, tuple(array.shape)) == (c.STYPE, "float32", SHAPES[name])
+    assert list(coded.keys()) == [c.KEY_UPDATE_ARRAY]
+    array = coded[c.KEY_UPDATE_ARRAY]
+    assert (array.stype, array.dtype, tuple(array.shape)) == (c.STYPE, "uint8", (len(array.data),))
     info = reply.content[c.REPLY_RECORD]
     assert isinstance(info, ConfigRecord)
     assert (info[c.KEY_HELD_VERSION], info[c.KEY_HELD_DIGEST]) == (0, stream.digest)
@@ -277,7 +272,7 @@ def test_coded_deltas_are_applied_to_the_held_model() -> None:
     # Assert
     assert not reply.has_error()
     assert len(package.deltas) == 2
-    assert all(a.stype == c.STYPE_SEQUENCE for a in record.values())
+    assert [a.stype for a in record.values()] == [c.STYPE_SEQUENCE]
     received = seen[-1].content["arrays"]
     assert isinstance(received, ArrayRecord)
     stream = downlink.stream_model()
@@ -311,7 +306,9 @@ def test_wrong_digest_returns_an_error_message_and_forgets_the_model() -> None:
     assert reply.error.code == c.MOD_FAILED_PRECONDITION
     assert "hashes to" in str(reply.error.reason)
     assert seen == []
-    assert c.STATE_MODEL not in context.state
+    saved = context.state[c.STATE_RECORD]
+    assert isinstance(saved, ConfigRecord)
+    assert json.loads(str(saved["receiver"]))["version"] is None  # the model is forgotten
 
 
 def test_deltas_from_a_version_the_node_does_not_hold_are_refused() -> None:
@@ -371,7 +368,7 @@ def test_two_array_records_are_a_failed_precondition() -> None:
     reply = fedcodec_mod(msg, _context(), app)
     # Assert
     assert reply.has_error()
-    assert "exactly one ArrayRecord" in str(reply.error.reason)
+    assert "one ArrayRecord" in str(reply.error.reason)
 
 
 def test_reply_with_other_keys_is_refused() -> None:
@@ -414,14 +411,15 @@ def test_budget_too_small_is_an_error_reply_and_keeps_the_residual() -> None:
     model = _model()
     downlink = _publish_first(model)
     msg = _keyframe_message(downlink, model)
-    msg.content["config"][c.KEY_BUDGET_BYTES] = 1  # type: ignore[index]
+    msg.content["config"][c.KEY_PARAMS] = RoundParams(budget_bytes=1).to_json_text()  # type: ignore[index]
     app, _ = _app()
     context = _context()
     # Execute
     reply = fedcodec_mod(msg, context, app)
     # Assert
     assert reply.has_error()
-    assert c.STATE_RESIDUAL not in context.state
+    residual = context.state.get(c.STATE_RESIDUAL)
+    assert residual is None or not any(np.any(a.numpy()) for a in residual.values())  # type: ignore[union-attr]
 
 
 def test_without_error_feedback_no_residual_is_kept() -> None:
@@ -460,7 +458,9 @@ def test_composes_with_fixedclipping_mod_clipping_the_plain_update() -> None:
     assert not reply.has_error()
     decoded = _decoded_update(reply)
     norm = float(np.sqrt(sum(float(np.sum(v.astype(np.float64) ** 2)) for v in decoded.values())))
-    steps = [codec.inspect(array_parts(a)[0])[0].step for a in reply.content["arrays"].values()]  # type: ignore[union-attr]
+    coded = reply.content["arrays"]
+    assert isinstance(coded, ArrayRecord)
+    steps = [info.step for info in codec.inspect(array_parts(coded[c.KEY_UPDATE_ARRAY])[0])]
     numel = sum(int(np.prod(s)) for s in SHAPES.values())
     assert norm <= clip + 0.5 * max(steps) * np.sqrt(numel)
 

@@ -9,9 +9,20 @@ and ``fixedclipping_mod``:
   decodes the coded updates into plain arrays before the inner strategy
   aggregates them;
 * :func:`fedcodec_mod` / :func:`make_fedcodec_mod` (ClientApp) rebuilds the
-  model for the app and codes the app's reply as
-  ``Array(dtype, shape, stype="fedcodec/v1", data=container)`` per key, with
-  error feedback, keeping its state in ``context.state``.
+  model for the app and codes the app's reply as ONE
+  ``Array(stype="fedcodec/v2", data=container)`` (the engine's bytes as they
+  are), with error feedback, keeping its state in ``context.state``.
+
+Both halves drive the round engine (:mod:`fedcodec.pipeline.engine`): the same
+download rule, update checks and error feedback as the gRPC server and the edge
+SDK.  By default the first global model is a shared initial model: give the mod
+the same arrays (``make_fedcodec_mod(initial_model=...)``) and it never travels.
+
+Reproducible comparisons: Flower's strategies sample nodes with Python's
+``random`` module (unseeded); call ``random.seed(...)`` in the ServerApp before
+``strategy.start`` (in simulation also fix the node ids / partitions), and the
+plugin's own choices (dither seeds, downlink packages) follow from the round,
+the node id and the parameters alone.
 
 Only this package imports ``flwr`` (install ``fedcodec[flower]``).
 
@@ -40,12 +51,9 @@ ClientApp::
 from fedcodec.flower.constants import (
     KEY_BASE_DIGEST,
     KEY_BASE_VERSION,
-    KEY_BUDGET_BYTES,
     KEY_DOWNLINK,
     KEY_FORMAT,
-    KEY_LAMBDA,
-    KEY_S,
-    KEY_STEP,
+    KEY_PARAMS,
     REPLY_RECORD,
     STYPE,
 )
@@ -55,12 +63,9 @@ from fedcodec.flower.strategy import CompressionStrategy, Traffic
 __all__ = [
     "KEY_BASE_DIGEST",
     "KEY_BASE_VERSION",
-    "KEY_BUDGET_BYTES",
     "KEY_DOWNLINK",
     "KEY_FORMAT",
-    "KEY_LAMBDA",
-    "KEY_S",
-    "KEY_STEP",
+    "KEY_PARAMS",
     "REPLY_RECORD",
     "STYPE",
     "CompressionStrategy",

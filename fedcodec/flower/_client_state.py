@@ -1,12 +1,13 @@
-"""What the client mod keeps in ``context.state`` between rounds.
+"""What the client mod keeps in ``context.state`` between rounds: its round engine.
 
-* :data:`~fedcodec.flower.constants.STATE_MODEL` — the model the client holds
-  (the downlink's reconstruction, float32, exact), so later rounds can apply
-  coded deltas to it;
+* :data:`~fedcodec.flower.constants.STATE_MODEL` — the
+  :class:`~fedcodec.pipeline.ModelReceiver`'s arrays (the model held, and in a
+  shared-initial stream the initial model and the accumulated change), so later
+  rounds can apply coded deltas;
 * :data:`~fedcodec.flower.constants.STATE_RESIDUAL` — the error-feedback
   residual of :class:`~fedcodec.pipeline.UpdateEncoder`;
-* :data:`~fedcodec.flower.constants.STATE_RECORD` — version, digest, model
-  spec and the encoder's metadata as JSON.
+* :data:`~fedcodec.flower.constants.STATE_RECORD` — the model spec and both
+  parts' metadata as JSON.
 
 ``context.state`` survives across rounds for a node in simulation and in
 deployment (where every message starts a fresh ClientApp process), so this is
@@ -18,46 +19,46 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 
-from flwr.app import ArrayRecord, ConfigRecord, RecordDict
+import numpy as np
+from flwr.app import Array, ArrayRecord, ConfigRecord, RecordDict
 
-from fedcodec.flower._config import config_int
 from fedcodec.flower._logging import logger as _log
-from fedcodec.flower._records import plain_record, record_tensors
 from fedcodec.flower.constants import STATE_MODEL, STATE_RECORD, STATE_RESIDUAL
 from fedcodec.pipeline import (
+    ClientEngine,
     ModelMismatchError,
     ModelSpec,
     ModelVersion,
     StateFormatError,
-    UpdateEncoder,
 )
 
 __all__ = ["ClientState"]
 
-
-_VERSION = "version"
-_DIGEST = "digest"
 _SPEC = "spec"
+_RECEIVER_META = "receiver"
 _ENCODER_META = "encoder"
+
+
+def _record(arrays: dict[str, np.ndarray]) -> ArrayRecord:
+    return ArrayRecord({k: Array(np.ascontiguousarray(v)) for k, v in arrays.items()})
 
 
 @dataclass
 class ClientState:
-    """The held model and the encoder's residual of one node.
+    """One node's client engine (None before the first coded message).
 
     Attributes
     ----------
-    model : ModelVersion or None
-        The model held (None before the first keyframe, or after a failure).
-    encoder : UpdateEncoder or None
-        The uplink encoder with its residual (None before the first update).
+    engine : ClientEngine or None
+        The held model (receiver) and the uplink encoder.
     """
 
-    model: ModelVersion | None = None
-    encoder: UpdateEncoder | None = None
+    engine: ClientEngine | None = None
 
     @classmethod
-    def load(cls, state: RecordDict, *, threads: int, error_feedback: bool) -> ClientState:
+    def load(
+        cls, state: RecordDict, client_id: str, *, threads: int, error_feedback: bool
+    ) -> ClientState:
         """Restore from ``context.state``; anything unreadable is dropped (with a log line)."""
         config = state.get(STATE_RECORD)
         if not isinstance(config, ConfigRecord):
@@ -67,66 +68,74 @@ class ClientState:
         except (KeyError, ValueError, ModelMismatchError) as exc:
             _log.warning("fedcodec: dropping unreadable client state (%s)", exc)
             return cls()
-        out = cls()
-        model_record = state.get(STATE_MODEL)
-        if isinstance(model_record, ArrayRecord) and _VERSION in config:
+        engine = ClientEngine(spec, client_id, threads=threads, error_feedback=error_feedback)
+        model = state.get(STATE_MODEL)
+        if isinstance(model, ArrayRecord) and _RECEIVER_META in config:
             try:
-                model = ModelVersion.create(
-                    config_int(config, _VERSION),
-                    record_tensors(model_record, spec, "saved model"),
-                    spec,
+                engine.receiver.load_state(
+                    {k: a.numpy() for k, a in model.items()},
+                    json.loads(str(config[_RECEIVER_META])),
                 )
-            except (ValueError, TypeError) as exc:
+            except (StateFormatError, ValueError) as exc:
                 _log.warning("fedcodec: dropping the saved model (%s)", exc)
-            else:
-                if model.digest == config.get(_DIGEST):
-                    out.model = model
-                else:
-                    _log.warning("fedcodec: the saved model does not match its digest; dropped")
         residual = state.get(STATE_RESIDUAL)
         if isinstance(residual, ArrayRecord) and _ENCODER_META in config:
             meta = json.loads(str(config[_ENCODER_META]))
-            encoder = UpdateEncoder(
-                spec, str(meta.get("client_id", "")), threads=threads, error_feedback=error_feedback
-            )
+            meta["client_id"] = client_id
             try:
-                encoder.load_state({k: a.numpy() for k, a in residual.items()}, meta)
+                engine.encoder.load_state({k: a.numpy() for k, a in residual.items()}, meta)
             except StateFormatError as exc:
                 _log.warning("fedcodec: dropping the saved residual (%s)", exc)
-            else:
-                encoder.error_feedback = error_feedback
-                out.encoder = encoder
-        return out
+            engine.encoder.error_feedback = error_feedback
+        return cls(engine)
 
-    def encoder_for(
-        self, spec: ModelSpec, client_id: str, *, threads: int, error_feedback: bool
-    ) -> UpdateEncoder:
-        """The encoder of this model and client (a fresh one when the model changed)."""
-        if self.encoder is None or self.encoder.spec != spec or self.encoder.client_id != client_id:
-            self.encoder = UpdateEncoder(
-                spec, client_id, threads=threads, error_feedback=error_feedback
+    def engine_for(
+        self,
+        spec: ModelSpec,
+        client_id: str,
+        *,
+        initial: ModelVersion | None,
+        threads: int,
+        error_feedback: bool,
+    ) -> ClientEngine:
+        """The engine of this model (a fresh one when the model changed); it holds
+        ``initial`` (the shared initial model the app gave the mod) if it holds none."""
+        engine = self.engine
+        if engine is None or engine.spec != spec:
+            engine = ClientEngine(
+                spec, client_id, initial=initial, threads=threads, error_feedback=error_feedback
             )
-        return self.encoder
+            self.engine = engine
+        elif initial is not None and engine.receiver.initial is None:
+            held = engine.receiver.version
+            if held is None:
+                engine.receiver.assume(initial)
+        return engine
+
+    def forget_model(self) -> None:
+        """Drop the held model (the server sends a keyframe next time); keep the initial."""
+        engine = self.engine
+        if engine is None:
+            return
+        initial = engine.receiver.initial
+        fresh = ClientEngine(
+            engine.spec, engine.client_id, initial=initial, threads=engine.receiver.threads
+        )
+        engine.receiver = fresh.receiver
 
     def save(self, state: RecordDict) -> None:
-        """Write into ``context.state`` (entries of a missing part are removed)."""
-        spec = (
-            self.model.spec
-            if self.model is not None
-            else (self.encoder.spec if self.encoder is not None else None)
-        )
+        """Write into ``context.state``."""
         for key in (STATE_MODEL, STATE_RESIDUAL, STATE_RECORD):
             if key in state:
                 del state[key]
-        if spec is None:
+        engine = self.engine
+        if engine is None:
             return
-        config = ConfigRecord({_SPEC: json.dumps(spec.to_json())})
-        if self.model is not None:
-            state[STATE_MODEL] = plain_record(spec, self.model.tensors)
-            config[_VERSION] = self.model.version
-            config[_DIGEST] = self.model.digest
-        if self.encoder is not None and self.encoder.spec == spec:
-            residual, meta = self.encoder.state()
-            state[STATE_RESIDUAL] = plain_record(spec, residual)
-            config[_ENCODER_META] = json.dumps(meta)
+        config = ConfigRecord({_SPEC: json.dumps(engine.spec.to_json())})
+        arrays, meta = engine.receiver.state()
+        state[STATE_MODEL] = _record(dict(arrays))
+        config[_RECEIVER_META] = json.dumps(meta)
+        residual, encoder_meta = engine.encoder.state()
+        state[STATE_RESIDUAL] = _record(dict(residual))
+        config[_ENCODER_META] = json.dumps(encoder_meta)
         state[STATE_RECORD] = config

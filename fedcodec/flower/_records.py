@@ -1,43 +1,36 @@
-"""Between the pipeline's whole-model containers and Flower's per-tensor ``Array``\\ s.
+"""Between the engine's containers and Flower's ``Array``\\ s.
 
-The pipeline codes a model into one container (one step rule and one byte
-budget over all tensors).  A Flower ``ArrayRecord`` keeps one ``Array`` per
-tensor key, and tools such as ``arrays_size_mod`` read each array's shape, so
-the plugin sends one single-tensor container per key.  :func:`split_container`
-re-packs the integer levels and steps of a whole-model container into
-single-tensor containers with :func:`fedcodec.codec.encode_levels`: the levels
-and steps are unchanged, so every reconstruction is bit-identical to the
-pipeline's (the error-feedback residual and the downlink digests stay exact);
-the cost is one lossless entropy-coding pass and a container header per tensor.
+A coded model, a chain of deltas or an update travels as ONE ``Array`` whose
+``data`` is the engine's container bytes as they are (several containers:
+length-prefixed, :data:`~fedcodec.flower.constants.STYPE_SEQUENCE`): nothing is
+decoded and coded again on the way, and Flower's per-``Array`` framing is paid
+once per message, not once per tensor.
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Collection, Mapping, Sequence
 
 import numpy as np
-from flwr.app import Array, ArrayRecord
+from flwr.app import Array, ArrayRecord, ConfigRecord, MetricRecord, RecordDict
+from flwr.common.serde import recorddict_to_proto
 
-from fedcodec import codec
 from fedcodec.errors import FC_ERR_CORRUPT, CorruptStreamError
 from fedcodec.flower.constants import STYPE, STYPE_SEQUENCE
-from fedcodec.pipeline import ModelMismatchError, ModelSpec, UpdateRejectedError
+from fedcodec.pipeline import ModelMismatchError, ModelSpec
 from fedcodec.pipeline.model import F32Array, Tensors
-from fedcodec.pipeline.server import DEFAULT_MAX_STEP
 
 __all__ = [
     "array_parts",
     "coded_array",
-    "decode_part",
     "floating_keys",
     "is_coded",
     "merge_records",
     "plain_record",
     "record_spec",
     "record_tensors",
-    "split_container",
     "split_record",
+    "wire_size",
 ]
 
 _LENGTH_BYTES = 4
@@ -48,17 +41,10 @@ def _corrupt(message: str) -> CorruptStreamError:
     return CorruptStreamError(message, code=FC_ERR_CORRUPT, result_name="FC_ERR_CORRUPT")
 
 
-def split_container(data: bytes, *, threads: int = 1) -> list[bytes]:
-    """One single-tensor container per tensor of ``data``, levels and steps unchanged.
-
-    ``data`` is this process's own encoder output (a model update or downlink
-    delta, possibly all zero in a few bytes): decoded up to the decoder's hard
-    element limit, not the size-proportional default meant for received data.
-    """
-    return [
-        codec.encode_levels([levels], step=[step], threads=threads).data
-        for levels, step in codec.decode_levels(data, threads=threads, max_total_elems=1 << 28)
-    ]
+def wire_size(content: RecordDict | Mapping[str, ArrayRecord | ConfigRecord | MetricRecord]) -> int:
+    """Bytes of a message's content as Flower serializes it (the protobuf RecordDict)."""
+    records = content if isinstance(content, RecordDict) else RecordDict(dict(content))
+    return int(recorddict_to_proto(records).ByteSize())
 
 
 def is_coded(array: Array) -> bool:
@@ -66,14 +52,17 @@ def is_coded(array: Array) -> bool:
     return array.stype in (STYPE, STYPE_SEQUENCE)
 
 
-def coded_array(shape: tuple[int, ...], parts: Sequence[bytes]) -> Array:
-    """A float32 ``Array`` of ``shape`` carried as one or more containers (applied in order)."""
+def coded_array(parts: Sequence[bytes]) -> Array:
+    """One ``Array`` carrying containers (applied in order) exactly as the engine made them."""
     if not parts:
         raise ValueError("coded_array needs at least one container")
     if len(parts) == 1:
-        return Array(dtype=_FLOAT32, shape=shape, stype=STYPE, data=parts[0])
-    framed = b"".join(len(p).to_bytes(_LENGTH_BYTES, "little") + p for p in parts)
-    return Array(dtype=_FLOAT32, shape=shape, stype=STYPE_SEQUENCE, data=framed)
+        data = bytes(parts[0])
+        stype = STYPE
+    else:
+        data = b"".join(len(p).to_bytes(_LENGTH_BYTES, "little") + p for p in parts)
+        stype = STYPE_SEQUENCE
+    return Array(dtype="uint8", shape=(len(data),), stype=stype, data=data)
 
 
 def array_parts(array: Array) -> list[bytes]:
@@ -103,50 +92,6 @@ def array_parts(array: Array) -> list[bytes]:
     if not parts:
         raise _corrupt("empty fedcodec sequence")
     return parts
-
-
-def decode_part(
-    data: bytes,
-    shape: tuple[int, ...],
-    *,
-    what: str,
-    threads: int = 1,
-    max_step: float = DEFAULT_MAX_STEP,
-) -> tuple[F32Array, float]:
-    """Decode a single-tensor container that must hold a tensor of ``shape``.
-
-    The decoder's limits are set to exactly that tensor, so a hostile
-    container cannot make it allocate more.
-
-    Returns
-    -------
-    values : ndarray
-        The decoded float32 tensor.
-    step : float
-        Its quantization step.
-
-    Raises
-    ------
-    CorruptStreamError
-        Damaged bytes, or more than one tensor.
-    ModelMismatchError
-        Another shape.
-    UpdateRejectedError
-        A step above ``max_step`` (decoded values could overflow float32).
-    """
-    numel = max(math.prod(shape), 1)
-    infos = codec.inspect(data, max_tensors=1, max_tensor_elems=numel, max_total_elems=numel)
-    if len(infos) != 1:
-        raise _corrupt(f"{what}: expected one tensor, the container holds {len(infos)}")
-    info = infos[0]
-    if info.shape != shape:
-        raise ModelMismatchError(f"{what}: container holds shape {info.shape}, expected {shape}")
-    if not (math.isfinite(info.step) and 0.0 < info.step <= max_step):
-        raise UpdateRejectedError(f"{what}: step {info.step!r} beyond the accepted maximum")
-    decoded = codec.decode(
-        data, threads=threads, max_tensors=1, max_tensor_elems=numel, max_total_elems=numel
-    )
-    return decoded[0], info.step
 
 
 def record_spec(record: ArrayRecord) -> ModelSpec:

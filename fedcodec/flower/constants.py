@@ -8,14 +8,21 @@ Train and evaluate messages (server to client) carry, in their single
 ``ConfigRecord``:
 
 * the round's coding parameters (train only; their presence asks the client
-  mod to code the reply): :data:`KEY_LAMBDA`, :data:`KEY_S`, and when set
-  :data:`KEY_STEP`, :data:`KEY_BUDGET_BYTES`, :data:`KEY_SPARSIFICATION`,
-  :data:`KEY_SENSITIVITY`,
-  plus :data:`KEY_TOLERANCE`, :data:`KEY_STEP_RULE`, :data:`KEY_ROUND`;
-* how the model travels (:data:`KEY_DOWNLINK`: a keyframe, coded deltas from
-  :data:`KEY_FROM_VERSION`, nothing because the client is up to date, or raw
-  float32 arrays) and what the client holds afterwards:
+  mod to code the reply): :data:`KEY_PARAMS`, the parameters as one JSON text
+  (:meth:`fedcodec.pipeline.RoundParams.to_json_text`, the serialization the
+  gRPC proto also carries), and :data:`KEY_ROUND`;
+* how the model travels (:data:`KEY_DOWNLINK`: coded deltas from
+  :data:`KEY_FROM_VERSION`, a keyframe, nothing because the client is up to
+  date, raw float32 arrays, or a refusal with :data:`KEY_ERROR`), the shared
+  initial model it is relative to (:data:`KEY_INITIAL_DIGEST`,
+  :data:`KEY_INITIAL_ID`), and what the client holds afterwards:
   :data:`KEY_BASE_VERSION` and :data:`KEY_BASE_DIGEST`.
+
+The coded model itself is ONE ``Array`` (:data:`KEY_MODEL_ARRAY`, stype
+:data:`STYPE`: the engine's container bytes as they are, or :data:`STYPE_SEQUENCE`
+for several), whatever the number of tensors; integer buffers travel as they are
+under their own keys; :data:`KEY_KEYS` gives the original key order.  A coded
+reply is one ``Array`` too (:data:`KEY_UPDATE_ARRAY`).
 
 Replies (client to server) carry one extra ``ConfigRecord`` named
 :data:`REPLY_RECORD` with the version and digest the client holds and its
@@ -32,26 +39,27 @@ __all__ = [
     "DOWNLINK_KEYFRAME",
     "DOWNLINK_NONE",
     "DOWNLINK_RAW",
+    "DOWNLINK_REFUSED",
     "FORMAT",
     "IMPORTANCE_RECORD",
+    "INITIAL_ARRAY",
     "KEY_BASE_DIGEST",
     "KEY_BASE_VERSION",
-    "KEY_BUDGET_BYTES",
     "KEY_DOWNLINK",
+    "KEY_ERROR",
     "KEY_FORMAT",
     "KEY_FROM_VERSION",
     "KEY_HELD_DIGEST",
+    "KEY_HELD_INITIAL",
     "KEY_HELD_VERSION",
+    "KEY_INITIAL_DIGEST",
+    "KEY_INITIAL_ID",
     "KEY_KEYS",
-    "KEY_LAMBDA",
+    "KEY_MODEL_ARRAY",
+    "KEY_PARAMS",
     "KEY_ROUND",
-    "KEY_S",
-    "KEY_SENSITIVITY",
-    "KEY_SPARSIFICATION",
-    "KEY_STEP",
-    "KEY_STEP_RULE",
-    "KEY_TOLERANCE",
     "KEY_UNCODED_KEYS",
+    "KEY_UPDATE_ARRAY",
     "KEY_UP_ENCODE_SECONDS",
     "KEY_UP_LAMBDA",
     "KEY_UP_PASSES",
@@ -76,37 +84,21 @@ __all__ = [
     "STYPE_SEQUENCE",
 ]
 
-#: ``Array.stype`` of a coded tensor: ``data`` is one fedcodec container that
-#: holds exactly this tensor (``dtype``/``shape`` describe the decoded array).
-STYPE: Final = "fedcodec/v1"
-#: ``Array.stype`` of several coded changes of one tensor, applied in order:
+#: ``Array.stype`` of a coded model or update: ``data`` is one fedcodec container
+#: (all coded tensors; ``shape`` is ``(len(data),)``, ``dtype`` ``"uint8"``).
+STYPE: Final = "fedcodec/v2"
+#: ``Array.stype`` of several containers applied in order (a chain of deltas):
 #: ``data`` is a sequence of (uint32 little-endian length, container) pairs.
-#: Only the downlink uses it, for a client that lags more than one version.
-STYPE_SEQUENCE: Final = "fedcodec/v1+seq"
+STYPE_SEQUENCE: Final = "fedcodec/v2+seq"
 
 #: Value of :data:`KEY_FORMAT`; a client mod refuses any other.
-FORMAT: Final = "fedcodec/v1"
+FORMAT: Final = "fedcodec/v2"
 
 # -- message ConfigRecord (server -> client) ---------------------------------
 #: Marks a message prepared by the wrapper (value: :data:`FORMAT`).
 KEY_FORMAT: Final = "fedcodec.format"
-#: λ of the RD quantizer (float, step² per bit).
-KEY_LAMBDA: Final = "fedcodec.lambda"
-#: Step resolution S (int).
-KEY_S: Final = "fedcodec.S"
-#: Explicit quantization step Δ (float; overrides S).
-KEY_STEP: Final = "fedcodec.step"
-#: Byte budget of the coded update (int; rate control meets it within the tolerance).
-KEY_BUDGET_BYTES: Final = "fedcodec.budget_bytes"
-#: Relative budget tolerance (float).
-KEY_TOLERANCE: Final = "fedcodec.tolerance"
-#: "model" (one step for the whole model) or "tensor".
-KEY_STEP_RULE: Final = "fedcodec.step_rule"
-#: Sparsification before quantization, as JSON (str).
-KEY_SPARSIFICATION: Final = "fedcodec.sparsification"
-#: Sensitivity-aware per-tensor coding, as JSON (str;
-#: :class:`fedcodec.pipeline.Sensitivity`).
-KEY_SENSITIVITY: Final = "fedcodec.sensitivity"
+#: The round's coding parameters for this node: RoundParams.to_json_text() (str).
+KEY_PARAMS: Final = "fedcodec.params"
 #: The server round the parameters belong to (int).
 KEY_ROUND: Final = "fedcodec.round"
 #: How the model arrives: one of the ``DOWNLINK_*`` values.
@@ -118,8 +110,21 @@ KEY_BASE_VERSION: Final = "fedcodec.base_version"
 #: SHA-256 digest of that model (:func:`fedcodec.pipeline.model_digest`).
 KEY_BASE_DIGEST: Final = "fedcodec.base_digest"
 
-#: The ArrayRecord's key order (list of str), sent only when some arrays are not coded.
+#: The original ArrayRecord's key order (list of str).
 KEY_KEYS: Final = "fedcodec.keys"
+#: Digest of the shared initial model the package is relative to (str; absent in a
+#: keyframe stream).
+KEY_INITIAL_DIGEST: Final = "fedcodec.initial_digest"
+#: The deployment's name of that initial model (str, informative).
+KEY_INITIAL_ID: Final = "fedcodec.initial_id"
+#: Why the server sends no model (str; with :data:`DOWNLINK_REFUSED`).
+KEY_ERROR: Final = "fedcodec.error"
+#: Key of the one coded ``Array`` in a message's ArrayRecord.
+KEY_MODEL_ARRAY: Final = "fedcodec.model"
+#: Key of the initial model (float32, model order) when the server sends it.
+INITIAL_ARRAY: Final = "fedcodec.initial"
+#: Key of the one coded ``Array`` in a reply's ArrayRecord.
+KEY_UPDATE_ARRAY: Final = "fedcodec.update"
 #: Keys of arrays that travel as they are (integer buffers such as BatchNorm's
 #: ``num_batches_tracked``: the coded model is the floating-point arrays of the first
 #: global model); sent only when there are such arrays.
@@ -129,6 +134,7 @@ DOWNLINK_KEYFRAME: Final = "keyframe"
 DOWNLINK_DELTA: Final = "delta"
 DOWNLINK_NONE: Final = "none"
 DOWNLINK_RAW: Final = "raw"
+DOWNLINK_REFUSED: Final = "refused"
 
 # -- reply ArrayRecord the app may add (consumed by the mod, never sent) -----
 #: Name of an optional ``ArrayRecord`` in the app's train reply: per-weight importance η
@@ -143,6 +149,8 @@ REPLY_RECORD: Final = "fedcodec"
 KEY_HELD_VERSION: Final = "fedcodec.held_version"
 #: Its digest (str).
 KEY_HELD_DIGEST: Final = "fedcodec.held_digest"
+#: Digest of the shared initial model the client holds ("" for none).
+KEY_HELD_INITIAL: Final = "fedcodec.held_initial"
 #: λ the encoder used (rate control may raise it).
 KEY_UP_LAMBDA: Final = "fedcodec.up.lambda"
 #: Encoder passes (rate control).
@@ -153,11 +161,11 @@ KEY_UP_STEP: Final = "fedcodec.up.steps"
 KEY_UP_ENCODE_SECONDS: Final = "fedcodec.up.encode_seconds"
 
 # -- context.state (client) ---------------------------------------------------
-#: ArrayRecord: the model the client holds (float32, exact).
-STATE_MODEL: Final = "fedcodec.model"
+#: ArrayRecord: the client's model receiver (held model, initial model, change).
+STATE_MODEL: Final = "fedcodec.receiver"
 #: ArrayRecord: the error-feedback residual.
 STATE_RESIDUAL: Final = "fedcodec.residual"
-#: ConfigRecord: version, digest, model spec and encoder metadata (JSON).
+#: ConfigRecord: the receiver's and the encoder's metadata (JSON).
 STATE_RECORD: Final = "fedcodec.state"
 
 # -- metrics the wrapper adds (per round) ------------------------------------

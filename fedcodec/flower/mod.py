@@ -4,18 +4,25 @@ Pair it with :class:`~fedcodec.flower.CompressionStrategy` in the ServerApp.
 For every message the wrapper prepared (its ``ConfigRecord`` carries
 :data:`~fedcodec.flower.constants.KEY_FORMAT`) the mod
 
-1. rebuilds the global model from the message — a keyframe, coded deltas
-   applied to the model it holds from an earlier round, nothing (it is up to
-   date), or raw arrays — checks its digest, and hands the app a message whose
-   ``ArrayRecord`` holds plain float32 arrays under the original keys;
+1. rebuilds the global model from the message with the round engine's client
+   side (:class:`fedcodec.pipeline.ClientEngine`: coded deltas or a keyframe
+   applied to what it holds, digest-checked; or raw arrays) and hands the app a
+   message whose ``ArrayRecord`` holds plain float32 arrays under the original keys;
 2. calls the app;
 3. for a train message, codes the reply's ``ArrayRecord`` as the difference to
-   that model with error feedback (:class:`fedcodec.pipeline.UpdateEncoder`,
-   with the round's λ/S or byte budget from the config): one
-   ``Array(dtype, shape, stype="fedcodec/v1", data=container)`` per key;
+   that model with error feedback, with the round's parameters from the config
+   (:data:`~fedcodec.flower.constants.KEY_PARAMS`): the engine's container goes
+   out as ONE ``Array(stype="fedcodec/v2", data=container)``, bytes unchanged;
 4. adds a ``ConfigRecord`` :data:`~fedcodec.flower.constants.REPLY_RECORD`
    with the version and digest it holds (the server sends the next model as a
-   delta from it) and the encoder's statistics.
+   delta from it), the initial model it holds, and the encoder's statistics.
+
+The shared initial model.  Give the mod the initial model the ServerApp starts
+from (``make_fedcodec_mod(initial_model=...)``: built from the same seed, or read
+from the file shipped with the app): it never travels, and a node's first
+download is a delta.  A mod without it answers a message relative to an initial
+model with an error ``Message`` naming ``initial_digest``; the strategy then sends
+that node the initial model once if it was built with ``send_initial=True``.
 
 If the app's reply holds an ``ArrayRecord`` named
 :data:`~fedcodec.flower.constants.IMPORTANCE_RECORD` (per-weight importance η, e.g.
@@ -49,13 +56,15 @@ Order with other mods (the first mod in ``mods=[...]`` is the outermost):
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 from flwr.app import ArrayRecord, ConfigRecord, Context, Error, Message
 from flwr.clientapp.typing import ClientAppCallable, Mod
 
+from fedcodec import codec
 from fedcodec.errors import FedCodecError
 from fedcodec.flower._client_state import ClientState
 from fedcodec.flower._config import config_int, has_params, params_from_config
@@ -63,51 +72,71 @@ from fedcodec.flower._logging import logger as _log
 from fedcodec.flower._records import (
     array_parts,
     coded_array,
-    decode_part,
     is_coded,
     merge_records,
     plain_record,
-    record_spec,
     record_tensors,
-    split_container,
     split_record,
+    wire_size,
 )
 from fedcodec.flower.constants import (
     DOWNLINK_DELTA,
     DOWNLINK_KEYFRAME,
     DOWNLINK_NONE,
     DOWNLINK_RAW,
+    DOWNLINK_REFUSED,
     FORMAT,
     IMPORTANCE_RECORD,
+    INITIAL_ARRAY,
     KEY_BASE_DIGEST,
     KEY_BASE_VERSION,
     KEY_DOWNLINK,
+    KEY_ERROR,
     KEY_FORMAT,
     KEY_FROM_VERSION,
     KEY_HELD_DIGEST,
     KEY_HELD_VERSION,
+    KEY_INITIAL_DIGEST,
     KEY_KEYS,
+    KEY_MODEL_ARRAY,
     KEY_ROUND,
     KEY_UNCODED_KEYS,
     KEY_UP_ENCODE_SECONDS,
     KEY_UP_LAMBDA,
     KEY_UP_PASSES,
     KEY_UP_STEP,
+    KEY_UPDATE_ARRAY,
     MOD_FAILED_PRECONDITION,
     REPLY_RECORD,
 )
-from fedcodec.pipeline import DigestMismatchError, ModelSpec, ModelVersion
+from fedcodec.pipeline import (
+    ClientEngine,
+    DownlinkPackage,
+    InitialModelError,
+    ModelMismatchError,
+    ModelSpec,
+    ModelVersion,
+)
 from fedcodec.pipeline.model import Tensors
 
-__all__ = ["fedcodec_mod", "make_fedcodec_mod"]
+__all__ = ["InitialModelSource", "fedcodec_mod", "make_fedcodec_mod"]
 
 
 _NAME = "fedcodec_mod"
 #: FedAvg's default weighting key; used only to fill the update's example count.
 _NUM_EXAMPLES = "num-examples"
 
+#: The shared initial model: arrays by name, or a function of the node's Context
+#: (e.g. reading the seed from ``context.run_config``).
+InitialModelSource = Mapping[str, npt.ArrayLike] | Callable[[Context], Mapping[str, npt.ArrayLike]]
 
-def make_fedcodec_mod(*, error_feedback: bool = True, threads: int = 1) -> Mod:
+
+def make_fedcodec_mod(
+    *,
+    error_feedback: bool = True,
+    threads: int = 1,
+    initial_model: InitialModelSource | None = None,
+) -> Mod:
     """Build a client mod (see the module docs).
 
     Parameters
@@ -118,6 +147,10 @@ def make_fedcodec_mod(*, error_feedback: bool = True, threads: int = 1) -> Mod:
     threads : int, optional
         Codec threads (default 1: simulations run several ClientApps on few
         cores; 0 uses all CPUs).
+    initial_model : mapping or callable, optional
+        The shared initial model the ServerApp starts from (the same arrays,
+        bit for bit: the same seed, or the file shipped with the app), or a
+        function of the ``Context`` that builds it.
 
     Returns
     -------
@@ -135,7 +168,14 @@ def make_fedcodec_mod(*, error_feedback: bool = True, threads: int = 1) -> Mod:
 
     def fedcodec_mod(msg: Message, context: Context, call_next: ClientAppCallable) -> Message:
         """Decode the incoming model, call the app, code the outgoing update."""
-        return _handle(msg, context, call_next, error_feedback=error_feedback, threads=threads)
+        return _handle(
+            msg,
+            context,
+            call_next,
+            error_feedback=error_feedback,
+            threads=threads,
+            initial_model=initial_model,
+        )
 
     return fedcodec_mod
 
@@ -145,6 +185,47 @@ def _error(msg: Message, reason: str) -> Message:
     return Message(Error(code=MOD_FAILED_PRECONDITION, reason=reason), reply_to=msg)
 
 
+def _initial(
+    source: InitialModelSource | None, context: Context, spec: ModelSpec
+) -> ModelVersion | None:
+    """The shared initial model in model order (None without one)."""
+    if source is None:
+        return None
+    arrays = source(context) if callable(source) else source
+    if set(arrays) != set(spec.names):
+        raise ModelMismatchError(
+            f"initial_model: its arrays {sorted(arrays)!r} are not the model's {list(spec.names)!r}"
+        )
+    return ModelVersion.create(0, {name: arrays[name] for name in spec.names}, spec)
+
+
+def _spec(
+    engine: ClientEngine | None,
+    names: list[str],
+    coded: list[bytes],
+    source: InitialModelSource | None,
+    context: Context,
+) -> ModelSpec:
+    """The model's names and shapes: from the engine, the initial model or a container."""
+    if engine is not None and list(engine.spec.names) == names:
+        return engine.spec
+    if source is not None:
+        arrays = source(context) if callable(source) else source
+        if set(arrays) == set(names):
+            return ModelSpec(tuple(names), tuple(tuple(np.shape(arrays[n])) for n in names))
+    if coded:
+        infos = codec.inspect(coded[0])
+        if len(infos) != len(names):
+            raise ModelMismatchError(
+                f"the container holds {len(infos)} tensors, the message names {len(names)}"
+            )
+        return ModelSpec(tuple(names), tuple(info.shape for info in infos))
+    raise InitialModelError(
+        f"{KEY_INITIAL_DIGEST}: the message is relative to a shared initial model this "
+        "node does not hold (give the mod initial_model=...)"
+    )
+
+
 def _handle(
     msg: Message,
     context: Context,
@@ -152,6 +233,7 @@ def _handle(
     *,
     error_feedback: bool,
     threads: int,
+    initial_model: InitialModelSource | None,
 ) -> Message:
     if not msg.has_content():
         return call_next(msg, context)
@@ -166,28 +248,52 @@ def _handle(
                 "config key; is CompressionStrategy wrapping the ServerApp's strategy?",
             )
         return call_next(msg, context)
-    if len(records) != 1 or len(configs) != 1:
+    if len(records) > 1 or len(configs) != 1:
         return _error(
             msg,
-            f"{_NAME} expects exactly one ArrayRecord and one ConfigRecord, found "
+            f"{_NAME} expects one ArrayRecord and one ConfigRecord, found "
             f"{len(records)} and {len(configs)}",
         )
     config = marked[0]
     if config[KEY_FORMAT] != FORMAT:
         return _error(msg, f"{_NAME}: unsupported format {config[KEY_FORMAT]!r}, not {FORMAT!r}")
-    record_key, record = next(iter(records.items()))
+    if config.get(KEY_DOWNLINK) == DOWNLINK_REFUSED:
+        reason = str(config.get(KEY_ERROR, ""))
+        return _error(msg, f"{_NAME}: the server sends no model: {reason}")
+    record_key, record = next(iter(records.items())) if records else ("arrays", ArrayRecord())
 
-    state = ClientState.load(context.state, threads=threads, error_feedback=error_feedback)
+    client_id = str(context.node_id)
+    state = ClientState.load(
+        context.state, client_id, threads=threads, error_feedback=error_feedback
+    )
     try:
-        uncoded, model_part = split_record(record, _str_list(config, KEY_UNCODED_KEYS))
-        base = _receive(state, model_part, config, threads=threads)
-        order = _str_list(config, KEY_KEYS) or [*base.spec.names, *uncoded.keys()]
-        decoded = merge_records(order, plain_record(base.spec, base.tensors), uncoded)
+        keys = _str_list(config, KEY_KEYS)
+        uncoded_keys = _str_list(config, KEY_UNCODED_KEYS)
+        names = [k for k in keys if k not in uncoded_keys]
+        uncoded, _ = split_record(record, uncoded_keys)
+        kind = config.get(KEY_DOWNLINK)
+        coded = array_parts(record[KEY_MODEL_ARRAY]) if KEY_MODEL_ARRAY in record else []
+        if kind == DOWNLINK_RAW:
+            model_part, _ = split_record(record, names)
+            spec = ModelSpec(
+                tuple(names), tuple(tuple(int(n) for n in model_part[k].shape) for k in names)
+            )
+        else:
+            spec = _spec(state.engine, names, coded, initial_model, context)
+        engine = state.engine_for(
+            spec,
+            client_id,
+            initial=_initial(initial_model, context, spec),
+            threads=threads,
+            error_feedback=error_feedback,
+        )
+        base = _receive(engine, record, names, coded, config)
+        decoded = merge_records(keys, plain_record(base.spec, base.tensors), uncoded)
     except (FedCodecError, ValueError, KeyError, TypeError) as exc:
-        state.model = None  # the server sends a keyframe next time
+        if not isinstance(exc, InitialModelError):
+            state.forget_model()  # the server sends a keyframe next time
         state.save(context.state)
         return _error(msg, f"{_NAME}: cannot rebuild the model: {exc}")
-    state.model = base
     state.save(context.state)
 
     msg.content[record_key] = decoded
@@ -198,17 +304,7 @@ def _handle(
     reply = ConfigRecord({KEY_HELD_VERSION: base.version, KEY_HELD_DIGEST: base.digest})
     if has_params(config):
         try:
-            reply.update(
-                _encode_reply(
-                    out,
-                    state,
-                    base,
-                    config,
-                    client_id=str(context.node_id),
-                    error_feedback=error_feedback,
-                    threads=threads,
-                )
-            )
+            reply.update(_encode_reply(out, engine, base, config, reply))
         except (FedCodecError, ValueError, KeyError, TypeError) as exc:
             return _error(msg, f"{_NAME}: cannot code the reply: {exc}")
         state.save(context.state)
@@ -217,71 +313,59 @@ def _handle(
 
 
 def _receive(
-    state: ClientState, record: ArrayRecord, config: Mapping[str, Any], *, threads: int
+    engine: ClientEngine,
+    record: ArrayRecord,
+    names: list[str],
+    coded: list[bytes],
+    config: Mapping[str, Any],
 ) -> ModelVersion:
-    """The model the message describes, digest-checked."""
+    """The model the message describes, digest-checked (the engine's receiver, once)."""
     kind = config.get(KEY_DOWNLINK)
     version = config_int(config, KEY_BASE_VERSION)
     digest = str(config[KEY_BASE_DIGEST])
-    held = state.model
     if kind == DOWNLINK_RAW:
-        spec = record_spec(record)
-        tensors = record_tensors(record, spec, "received model")
-    elif kind == DOWNLINK_KEYFRAME:
-        spec = record_spec(record)
-        tensors = {}
-        for name, array in record.items():
-            (part,) = array_parts(array)
-            tensors[name], _ = decode_part(
-                part, tuple(array.shape), what=f"keyframe[{name!r}]", threads=threads
-            )
-    elif kind in (DOWNLINK_DELTA, DOWNLINK_NONE):
-        start = config_int(config, KEY_FROM_VERSION) if kind == DOWNLINK_DELTA else version
-        if held is None or held.version != start:
-            raise DigestMismatchError(
-                f"the server sent {kind!r} from version {start}, this node holds "
-                f"{None if held is None else held.version}"
-            )
-        if kind == DOWNLINK_NONE:
-            if held.digest != digest:
-                raise DigestMismatchError(f"the held version {held.version} has another digest")
-            return held
-        spec = held.spec
-        if record_spec(record) != spec:
-            raise DigestMismatchError("the deltas' keys or shapes differ from the held model")
-        tensors = _apply_deltas(held, record, threads=threads)
-    else:
+        model_part, _ = split_record(record, names)
+        tensors = record_tensors(model_part, engine.spec, "received model")
+        model = ModelVersion.create(version, tensors, engine.spec)
+        if model.digest != digest:
+            raise ValueError(f"the raw model hashes to {model.digest[:16]}…, not {digest[:16]}…")
+        return model
+    if kind not in (DOWNLINK_KEYFRAME, DOWNLINK_DELTA, DOWNLINK_NONE):
         raise ValueError(f"unknown {KEY_DOWNLINK} {kind!r}")
-    model = ModelVersion.create(version, tensors, spec)
-    if model.digest != digest:
-        raise DigestMismatchError(
-            f"version {version} rebuilt here hashes to {model.digest[:16]}…, the server sent "
-            f"{digest[:16]}…"
-        )
-    return model
-
-
-def _apply_deltas(held: ModelVersion, record: ArrayRecord, *, threads: int) -> Tensors:
-    tensors = held.copy_tensors()
-    for name, array in record.items():
-        shape = tuple(array.shape)
-        for i, part in enumerate(array_parts(array)):
-            change, _ = decode_part(part, shape, what=f"delta {i}[{name!r}]", threads=threads)
-            tensors[name] = np.add(tensors[name], change, dtype=np.float32)
-    return tensors
+    initial_digest = config.get(KEY_INITIAL_DIGEST)
+    initial: bytes | None = None
+    if INITIAL_ARRAY in record:
+        initial = np.ascontiguousarray(record[INITIAL_ARRAY].numpy(), dtype="<f4").tobytes()
+    package = DownlinkPackage(
+        version=version,
+        digest=digest,
+        keyframe=coded[0] if kind == DOWNLINK_KEYFRAME else None,
+        from_version=(config_int(config, KEY_FROM_VERSION) if kind == DOWNLINK_DELTA else version)
+        if kind != DOWNLINK_KEYFRAME
+        else None,
+        deltas=tuple(coded) if kind == DOWNLINK_DELTA else (),
+        initial_version=0 if initial_digest else None,
+        initial_digest=str(initial_digest) if initial_digest else None,
+        initial=initial,
+    )
+    if package.relative_to_initial and initial is None:
+        engine.check_initial_digest(str(initial_digest))
+    return engine.receive(package)
 
 
 def _encode_reply(
     out: Message,
-    state: ClientState,
+    engine: ClientEngine,
     base: ModelVersion,
     config: Mapping[str, Any],
-    *,
-    client_id: str,
-    error_feedback: bool,
-    threads: int,
+    reply: ConfigRecord,
 ) -> dict[str, int | float | list[float]]:
-    """Replace the reply's ArrayRecord by the coded update; return the reply statistics."""
+    """Replace the reply's ArrayRecord by the coded update; return the reply statistics.
+
+    A byte budget holds for what the reply carries as Flower serializes it: the
+    container's budget is the round's minus the reply's own framing (the Array,
+    the integer buffers, this record, the app's metrics).
+    """
     importance = _take_importance(out, base.spec)
     records = out.content.array_records
     if len(records) != 1:
@@ -290,30 +374,43 @@ def _encode_reply(
     model_part, uncoded = split_record(record, base.spec.names)
     local = record_tensors(model_part, base.spec, "reply arrays")
     params = params_from_config(config)
-    encoder = state.encoder_for(
-        base.spec, client_id, threads=threads, error_feedback=error_feedback
-    )
-    update = encoder.encode(
+    if params.budget_bytes is not None and params.step is None:
+        probe = ArrayRecord({KEY_UPDATE_ARRAY: coded_array([b""])})
+        for name, array in uncoded.items():
+            probe[name] = array
+        stats = ConfigRecord(dict(reply))
+        stats.update(_stats(0.0, 0, [0.0] * len(base.spec), 0.0))
+        content = {k: v for k, v in out.content.items() if k != key}
+        overhead = wire_size({**content, key: probe, REPLY_RECORD: stats}) + 4
+        params = params.replace(budget_bytes=max(1, params.budget_bytes - overhead))
+    update = engine.encode(
         local,
-        base,
         params,
         round_number=int(config.get(KEY_ROUND, 0)),
         num_examples=_num_examples(out),
+        base=base,
         importance=importance,
     )
-    parts = split_container(update.data, threads=threads)
-    coded = ArrayRecord(
-        {
-            name: coded_array(shape, [part])
-            for (name, shape), part in zip(base.spec, parts, strict=True)
-        }
+    wire = ArrayRecord({KEY_UPDATE_ARRAY: coded_array([update.data])})
+    for name, array in uncoded.items():
+        wire[name] = array
+    out.content[key] = wire
+    return _stats(
+        update.stats.lam,
+        update.stats.passes,
+        [t.step for t in update.stats.tensors],
+        update.stats.seconds,
     )
-    out.content[key] = merge_records(list(record.keys()), coded, uncoded)
+
+
+def _stats(
+    lam: float, passes: int, steps: list[float], seconds: float
+) -> dict[str, int | float | list[float]]:
     return {
-        KEY_UP_LAMBDA: float(update.stats.lam),
-        KEY_UP_PASSES: int(update.stats.passes),
-        KEY_UP_STEP: [float(t.step) for t in update.stats.tensors],
-        KEY_UP_ENCODE_SECONDS: float(update.stats.seconds),
+        KEY_UP_LAMBDA: float(lam),
+        KEY_UP_PASSES: int(passes),
+        KEY_UP_STEP: [float(s) for s in steps],
+        KEY_UP_ENCODE_SECONDS: float(seconds),
     }
 
 
@@ -353,5 +450,5 @@ def _num_examples(out: Message) -> int:
     return 1
 
 
-#: The mod with default settings (error feedback on, one codec thread).
+#: The mod with default settings (error feedback on, one codec thread, no initial model).
 fedcodec_mod: Mod = make_fedcodec_mod()

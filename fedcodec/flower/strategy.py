@@ -34,47 +34,52 @@ from __future__ import annotations
 import json
 import math
 import time
-from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 import numpy as np
-from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
+from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 
+from fedcodec import codec
 from fedcodec.errors import FedCodecError
 from fedcodec.flower._config import config_int, params_to_config
 from fedcodec.flower._logging import logger as _log
 from fedcodec.flower._records import (
     array_parts,
     coded_array,
-    decode_part,
     floating_keys,
-    is_coded,
     merge_records,
     plain_record,
     record_spec,
     record_tensors,
-    split_container,
     split_record,
+    wire_size,
 )
 from fedcodec.flower.constants import (
     DOWNLINK_DELTA,
     DOWNLINK_KEYFRAME,
     DOWNLINK_NONE,
     DOWNLINK_RAW,
+    DOWNLINK_REFUSED,
     FORMAT,
+    INITIAL_ARRAY,
     KEY_BASE_DIGEST,
     KEY_BASE_VERSION,
     KEY_DOWNLINK,
+    KEY_ERROR,
     KEY_FORMAT,
     KEY_FROM_VERSION,
     KEY_HELD_DIGEST,
     KEY_HELD_VERSION,
+    KEY_INITIAL_DIGEST,
+    KEY_INITIAL_ID,
     KEY_KEYS,
+    KEY_MODEL_ARRAY,
     KEY_ROUND,
     KEY_UNCODED_KEYS,
+    KEY_UPDATE_ARRAY,
     METRIC_BUDGET_BYTES,
     METRIC_BYTES_DOWN,
     METRIC_BYTES_UP,
@@ -93,13 +98,14 @@ from fedcodec.pipeline import (
     BaseDigestMismatchError,
     ClientRoundStats,
     ConstantSchedule,
-    DownlinkEncoder,
     DownlinkPackage,
+    InitialModelError,
     ModelMismatchError,
     ModelSpec,
     ModelVersion,
     PipelineError,
     RobustPolicy,
+    RoundEngine,
     RoundParams,
     RoundStats,
     Schedule,
@@ -107,8 +113,11 @@ from fedcodec.pipeline import (
     as_schedule,
     model_digest,
 )
+from fedcodec.pipeline.checks import check_tensors
 from fedcodec.pipeline.downlink import DEFAULT_KEYFRAME_BITS
+from fedcodec.pipeline.ratecontrol import StepSnap
 from fedcodec.pipeline.robust import RobustRejectionError, UpdateSummary, plan_round, screen_update
+from fedcodec.pipeline.server import DEFAULT_MAX_STEP
 
 __all__ = ["CompressionStrategy", "Traffic"]
 
@@ -180,10 +189,13 @@ class _Phase:
 
     base: _Base
     params: RoundParams | None
+    keys: list[str] = field(default_factory=list)  # the global record's key order
     traffic: Traffic = field(default_factory=Traffic)
     updates: list[ClientRoundStats] = field(default_factory=list)
     # id(reply message) -> (node, decoded change per tensor), for the robust rules
     changes: dict[int, tuple[int, dict[str, np.ndarray]]] = field(default_factory=dict)
+    # node -> (container, num_examples, held version, held digest, plain reply record)
+    containers: dict[int, tuple[bytes, int, int, str, ArrayRecord]] = field(default_factory=dict)
 
 
 class CompressionStrategy(Strategy):
@@ -226,6 +238,24 @@ class CompressionStrategy(Strategy):
         aggregation is the inner strategy's job (Flower's ``FedTrimmedAvg``,
         ``FedMedian``): ``aggregator`` must be ``"mean"`` here.
         ``RobustPolicy.fedavg()`` keeps only the value checks.
+    aggregation : {"inner", "engine"}, optional
+        ``"inner"`` (default): the inner strategy aggregates the decoded replies.
+        ``"engine"``: the round engine's decode-and-accumulate FedAvg (with
+        ``robust``), exactly the gRPC server's arithmetic; the inner strategy
+        then only samples and configures.
+    shared_initial : bool, optional
+        The first global model is a shared initial model every node holds (the
+        mod's ``initial_model``): it never travels, a node's first download is a
+        delta (default True).  False: a keyframe stream.
+    send_initial : bool, optional
+        Send the initial model once (4 bytes per weight) to a node that reports
+        it lacks it; default False: such a node gets an error naming
+        ``initial_digest`` every round.
+    initial_id : str, optional
+        A name for the initial model, sent next to its digest.
+    step_snap : {"grid", "pow2"}, optional
+        How downlink steps snap to the stream grid (see
+        :class:`~fedcodec.pipeline.DownlinkEncoder`).
 
     Examples
     --------
@@ -261,8 +291,15 @@ class CompressionStrategy(Strategy):
         keyframe_bits: int = DEFAULT_KEYFRAME_BITS,
         threads: int = 1,
         robust: RobustPolicy | None = None,
+        aggregation: str = "inner",
+        shared_initial: bool = True,
+        send_initial: bool = False,
+        initial_id: str = "",
+        step_snap: str = "grid",
     ) -> None:
         super().__init__()
+        if step_snap not in ("grid", "pow2"):
+            raise ValueError(f"step_snap must be 'grid' or 'pow2', got {step_snap!r}")
         robust = RobustPolicy() if robust is None else robust
         if robust.aggregator != "mean":
             raise ValueError(
@@ -285,15 +322,24 @@ class CompressionStrategy(Strategy):
         self.keep = keep
         self.keyframe_bits = keyframe_bits
         self.threads = threads
-        #: Traffic per server round (train and evaluate messages of that round).
+        if aggregation not in ("inner", "engine"):
+            raise ValueError(f"aggregation must be 'inner' or 'engine', got {aggregation!r}")
+        self.aggregation = aggregation
+        self.shared_initial = shared_initial
+        self.send_initial = send_initial
+        self.initial_id = initial_id
+        self.step_snap: StepSnap = "pow2" if step_snap == "pow2" else "grid"
+        #: Traffic per server round (train and evaluate messages of that round), as
+        #: Flower serializes the messages' content.
         self.history: dict[int, Traffic] = {}
         self._spec: ModelSpec | None = None
-        self._downlink: DownlinkEncoder | None = None
+        self._engine: RoundEngine | None = None
         self._base: _Base | None = None
         self._held: dict[int, tuple[int, str]] = {}  # node -> confirmed (version, digest)
+        self._lacks_initial: set[int] = set()  # nodes that said they do not hold it
+        self._failed: set[int] = set()  # nodes whose last package did not check out
         self._phases: dict[tuple[str, int], _Phase] = {}
         self._last_stats: RoundStats | None = None
-        self._splits: OrderedDict[bytes, list[bytes]] = OrderedDict()
 
     def __repr__(self) -> str:
         """Name the wrapper and the inner strategy."""
@@ -315,16 +361,22 @@ class CompressionStrategy(Strategy):
         return None if self._base is None else self._base.model.version
 
     def summary(self) -> None:
-        """Log the settings and the traffic so far, then the inner strategy's summary."""
+        """Log the settings and the traffic so far, then the inner strategy's summary.
+
+        Byte counts are what Flower serializes for each message's content (the
+        protobuf ``RecordDict``: arrays, the fedcodec config and reply records, the
+        app's metrics), coded, and the same messages with plain float32 arrays.
+        """
         totals = self.totals
-        _log.info("\t├──> fedcodec compression:")
+        _log.info("\t├──> fedcodec compression (bytes as Flower serializes the messages):")
         _log.info("\t│\t├── Uplink: %s", _describe(self.schedule))
         if self.compress_downlink:
             _log.info(
-                "\t│\t├── Downlink: coded deltas %s, keep %d versions, keyframe grid %d bits",
+                "\t│\t├── Downlink: coded deltas %s, keep %d versions, keyframe grid %d bits, %s",
                 _describe(self.downlink_schedule),
                 self.keep,
                 self.keyframe_bits,
+                "shared initial model" if self.shared_initial else "keyframe stream",
             )
         else:
             _log.info("\t│\t├── Downlink: raw float32")
@@ -357,7 +409,7 @@ class CompressionStrategy(Strategy):
         round_config.update(params_to_config(params))
         round_config[KEY_ROUND] = server_round
         messages = list(self.strategy.configure_train(server_round, arrays, round_config, grid))
-        phase = _Phase(base, params)
+        phase = _Phase(base, params, keys=list(arrays.keys()))
         self._phases[("train", server_round)] = phase
         return [self._prepare(msg, phase, server_round) for msg in messages]
 
@@ -371,9 +423,12 @@ class CompressionStrategy(Strategy):
             decoded = self._take_reply(msg, phase, decode=True)
             if decoded is not None:
                 kept.append(decoded)
-        if phase is not None:
-            kept = self._apply_robust(kept, phase, server_round)
-        arrays, metrics = self.strategy.aggregate_train(server_round, kept)
+        if phase is not None and self.aggregation == "engine" and self._engine is not None:
+            arrays, metrics = self._engine_aggregate(phase)
+        else:
+            if phase is not None:
+                kept = self._apply_robust(kept, phase, server_round)
+            arrays, metrics = self.strategy.aggregate_train(server_round, kept)
         if phase is None:
             return arrays, metrics
         self._record(server_round, phase.traffic)
@@ -391,7 +446,7 @@ class CompressionStrategy(Strategy):
         if not messages:
             return messages
         base = self._publish(arrays, server_round)
-        phase = _Phase(base, None)
+        phase = _Phase(base, None, keys=list(arrays.keys()))
         self._phases[("evaluate", server_round)] = phase
         return [self._prepare(msg, phase, server_round) for msg in messages]
 
@@ -414,23 +469,17 @@ class CompressionStrategy(Strategy):
     # -- downlink -----------------------------------------------------------
 
     def _publish(self, arrays: ArrayRecord, server_round: int) -> _Base:
-        """Make ``arrays`` the latest version (a no-op when unchanged).
+        """Make ``arrays`` the latest version of the round engine (a no-op when unchanged).
 
         The coded model is the floating-point arrays of the first global model;
         any other array (an integer buffer) travels as it is, in every round.
+        The first global model is the shared initial model (``shared_initial``).
         """
         if self._spec is None:
             model_part, _ = split_record(arrays, floating_keys(arrays))
             if not len(model_part):
                 raise ModelMismatchError("the global model has no floating-point arrays to code")
             self._spec = record_spec(model_part)
-            if self.compress_downlink:
-                self._downlink = DownlinkEncoder(
-                    self._spec,
-                    keep=self.keep,
-                    keyframe_bits=self.keyframe_bits,
-                    threads=self.threads,
-                )
         spec = self._spec
         model_part, _ = split_record(arrays, spec.names)
         tensors = record_tensors(model_part, spec, "global model")
@@ -439,10 +488,25 @@ class CompressionStrategy(Strategy):
         version = 0 if self._base is None else self._base.model.version + 1
         model = ModelVersion.create(version, tensors, spec)
         digest_sent = model.digest
-        if self._downlink is not None:
-            params = self.downlink_schedule(server_round - 1, self._last_stats)
-            params = params.replace(per_client={}) if params.per_client else params
-            digest_sent = self._downlink.publish(model, params).digest
+        if self.compress_downlink:
+            if self._engine is None:
+                self._engine = RoundEngine(
+                    model,
+                    initial_id=self.initial_id,
+                    shared_initial=self.shared_initial,
+                    send_initial=self.send_initial,
+                    schedule=self.schedule,
+                    downlink=self.downlink_schedule,
+                    keep=self.keep,
+                    keyframe_bits=self.keyframe_bits,
+                    step_snap=self.step_snap,
+                    threads=self.threads,
+                    policy=self.robust,
+                )
+            else:
+                self._engine.last_stats = self._last_stats
+                self._engine.publish(model, round_index=server_round - 1)
+            digest_sent = self._engine.stream_digest
         self._base = _Base(model, digest_sent)
         return self._base
 
@@ -470,79 +534,89 @@ class CompressionStrategy(Strategy):
                 server_round,
             )
             return msg
+        raw_size = wire_size(content)
         node = msg.metadata.dst_node_id
         new_config = ConfigRecord(dict(config))
         new_config[KEY_FORMAT] = FORMAT
         new_config[KEY_BASE_VERSION] = phase.base.model.version
         new_config[KEY_BASE_DIGEST] = phase.base.digest_sent
+        new_config[KEY_KEYS] = list(record.keys())
+        if len(uncoded):
+            new_config[KEY_UNCODED_KEYS] = list(uncoded.keys())
         if phase.params is not None:
             new_config.update(params_to_config(phase.params.for_client(str(node))))
-        if len(uncoded):
-            new_config[KEY_KEYS] = list(record.keys())
-            new_config[KEY_UNCODED_KEYS] = list(uncoded.keys())
-        if self._downlink is None:
-            coded = model_part
+        engine = self._engine
+        if engine is None:
+            wire = record
             new_config[KEY_DOWNLINK] = DOWNLINK_RAW
         else:
-            held = self._held.get(node)
-            package = self._downlink.package_for(
-                str(node),
-                have_version=None if held is None else held[0],
-                have_digest=None if held is None else held[1],
-                keyframe=held is None,
-            )
-            coded = self._package_record(package, spec)
-            new_config[KEY_DOWNLINK] = _kind(package)
-            if package.from_version is not None and package.deltas:
-                new_config[KEY_FROM_VERSION] = package.from_version
-            phase.traffic.keyframes += package.is_keyframe
-        wire = merge_records(list(record.keys()), coded, uncoded)
+            wire = ArrayRecord()
+            try:
+                package = self._package_for(engine, node)
+            except InitialModelError as exc:
+                new_config[KEY_DOWNLINK] = DOWNLINK_REFUSED
+                new_config[KEY_ERROR] = str(exc)
+                package = None
+            if package is not None:
+                containers = (
+                    [package.keyframe] if package.keyframe is not None else list(package.deltas)
+                )
+                if containers:
+                    wire[KEY_MODEL_ARRAY] = coded_array(containers)
+                if package.initial is not None:
+                    flat = np.frombuffer(package.initial, dtype="<f4")
+                    wire[INITIAL_ARRAY] = Array(np.array(flat, dtype=np.float32))
+                new_config[KEY_DOWNLINK] = _kind(package)
+                if package.from_version is not None and package.deltas:
+                    new_config[KEY_FROM_VERSION] = package.from_version
+                if package.initial_digest is not None:
+                    new_config[KEY_INITIAL_DIGEST] = package.initial_digest
+                    new_config[KEY_INITIAL_ID] = self.initial_id
+                phase.traffic.keyframes += package.is_keyframe
+            for name, array in uncoded.items():
+                wire[name] = array
         msg.content = RecordDict(
             {
                 key: wire if key == record_key else new_config if key == config_key else value
                 for key, value in content.items()
             }
         )
-        phase.traffic.bytes_down += wire.count_bytes()
-        phase.traffic.raw_bytes_down += record.count_bytes()
+        phase.traffic.bytes_down += wire_size(msg.content)
+        phase.traffic.raw_bytes_down += raw_size
         phase.traffic.messages_down += 1
         return msg
 
-    def _package_record(self, package: DownlinkPackage, spec: ModelSpec) -> ArrayRecord:
-        containers = [package.keyframe] if package.keyframe is not None else list(package.deltas)
-        if not containers:
-            return ArrayRecord()
-        splits = [self._split(c) for c in containers]
-        return ArrayRecord(
-            {
-                name: coded_array(shape, [parts[i] for parts in splits])
-                for i, (name, shape) in enumerate(spec)
-            }
+    def _package_for(self, engine: RoundEngine, node: int) -> DownlinkPackage:
+        """The engine's package for ``node`` from what the node confirmed holding."""
+        held = self._held.get(node)
+        ref = engine.initial
+        lacks = node in self._lacks_initial
+        return engine.package_for(
+            str(node),
+            have_version=None if held is None else held[0],
+            have_digest=None if held is None else held[1],
+            initial_digest=None if ref is None or lacks else ref.digest,
+            force_keyframe=node in self._failed,
+            want_initial=lacks,
         )
-
-    def _split(self, container: bytes) -> list[bytes]:
-        """Per-tensor containers of a whole-model one (cached: one delta serves many nodes)."""
-        parts = self._splits.get(container)
-        if parts is None:
-            parts = split_container(container, threads=self.threads)
-            self._splits[container] = parts
-            while len(self._splits) > self.keep + 2:
-                self._splits.popitem(last=False)
-        else:
-            self._splits.move_to_end(container)
-        return parts
 
     # -- replies ------------------------------------------------------------
 
     def _take_reply(self, msg: Message, phase: _Phase | None, *, decode: bool) -> Message | None:
         """The reply as the inner strategy should see it, or None to leave it out."""
+        node = msg.metadata.src_node_id
         if msg.has_error():
-            self._held.pop(msg.metadata.src_node_id, None)
+            self._held.pop(node, None)
+            reason = msg.error.reason or ""
+            if KEY_INITIAL_DIGEST in reason or "initial_digest" in reason:
+                self._lacks_initial.add(node)
+            elif "fedcodec" in reason:
+                self._failed.add(node)
             return msg
         reply = msg.content.get(REPLY_RECORD)
         if not isinstance(reply, ConfigRecord):
             return msg  # not from the mod: the inner strategy deals with it
-        node = msg.metadata.src_node_id
+        self._failed.discard(node)
         try:
             held = (config_int(reply, KEY_HELD_VERSION), str(reply[KEY_HELD_DIGEST]))
         except (KeyError, TypeError, ValueError):
@@ -551,20 +625,32 @@ class CompressionStrategy(Strategy):
             self._held.pop(node, None)
         else:
             self._held[node] = held
+        self._lacks_initial.discard(node)  # it rebuilt the model: it holds the initial one
         content = {k: v for k, v in msg.content.items() if k != REPLY_RECORD}
+        msg_content = dict(content)
         if decode and phase is not None:
             start = time.perf_counter()
+            coded_bytes = wire_size(msg.content)
             try:
-                content, coded_bytes, plain_bytes, steps, change = self._decode_update(
-                    content, phase, held
+                content, plain_bytes, steps, change = self._decode_update(
+                    content, phase, held, node
                 )
             except (FedCodecError, ValueError) as exc:
                 _log.warning("fedcodec: update of node %d left out: %s", node, exc)
                 phase.traffic.rejected += 1
                 self._held.pop(node, None)
                 return None
-            if coded_bytes:
+            if steps:
                 phase.changes[id(msg)] = (node, change)
+                if held is not None:
+                    plain = next(v for v in content.values() if isinstance(v, ArrayRecord))
+                    phase.containers[node] = (
+                        data_of(msg_content),
+                        _num_examples(content),
+                        held[0],
+                        held[1],
+                        plain,
+                    )
                 phase.traffic.bytes_up += coded_bytes
                 phase.traffic.raw_bytes_up += plain_bytes
                 phase.traffic.updates += 1
@@ -585,18 +671,19 @@ class CompressionStrategy(Strategy):
         content: dict[str, ArrayRecord | ConfigRecord | MetricRecord],
         phase: _Phase,
         held: tuple[int, str] | None,
+        node: int,
     ) -> tuple[
         dict[str, ArrayRecord | ConfigRecord | MetricRecord],
-        int,
         int,
         tuple[float, ...],
         dict[str, np.ndarray],
     ]:
-        """Replace a coded update by ``global + decoded`` (plain float32 arrays)."""
+        """Replace a coded update by ``global + decoded`` (plain float32 arrays), after
+        the engine's checks (version, digest, shapes, steps, values)."""
         records = {k: v for k, v in content.items() if isinstance(v, ArrayRecord)}
-        coded = {k: v for k, v in records.items() if any(is_coded(a) for a in v.values())}
+        coded = {k: v for k, v in records.items() if KEY_UPDATE_ARRAY in v}
         if not coded:
-            return content, 0, 0, (), {}
+            return content, 0, (), {}
         if len(records) != 1:
             raise ModelMismatchError(f"a coded reply must hold one ArrayRecord, not {len(records)}")
         base = phase.base
@@ -605,32 +692,70 @@ class CompressionStrategy(Strategy):
                 f"the update is against version {None if held is None else held[0]}, this round "
                 f"sent version {base.model.version}"
             )
-        if held[1] != base.digest_sent:
+        if held[1] not in (base.digest_sent, base.model.digest):
             raise BaseDigestMismatchError(
                 f"the update's base digest {held[1][:16]}… is not that of version "
                 f"{base.model.version}"
             )
         key, record = next(iter(coded.items()))
+        array = record[KEY_UPDATE_ARRAY]
+        if array.stype != STYPE:
+            raise ModelMismatchError(f"the update has stype {array.stype!r}, not {STYPE!r}")
+        (data,) = array_parts(array)
         spec = base.model.spec
-        model_part, uncoded = split_record(record, spec.names)
-        if record_spec(model_part) != spec:
-            raise ModelMismatchError("the update's keys or shapes differ from the model's")
-        full = {}
-        changes = {}
-        steps = []
-        for name, array in model_part.items():
-            if array.stype != STYPE:
-                raise ModelMismatchError(f"update[{name!r}] has stype {array.stype!r}")
-            (part,) = array_parts(array)
-            change, step = decode_part(
-                part, tuple(array.shape), what=f"update[{name!r}]", threads=self.threads
+        num_examples = _num_examples(content)
+        if self._engine is not None:
+            stats = self._engine.validate_update(
+                data,
+                client_id=str(node),
+                base_version=held[0],
+                num_examples=num_examples,
+                base_digest=held[1],
             )
-            full[name] = np.add(base.model.tensors[name], change, dtype=np.float32)
-            changes[name] = change
-            steps.append(step)
-        plain = merge_records(list(record.keys()), plain_record(spec, full), uncoded)
+            steps = stats.steps
+        else:
+            infos = codec.inspect(data)
+            steps = check_tensors(infos, spec, client_id=str(node), max_step=DEFAULT_MAX_STEP)
+        decoded = codec.decode(data, names=list(spec.names), threads=self.threads)
+        changes = {name: decoded[name] for name in spec.names}
+        full = {
+            name: np.add(base.model.tensors[name], changes[name], dtype=np.float32)
+            for name in spec.names
+        }
+        _, uncoded = split_record(record, [KEY_UPDATE_ARRAY])
+        order = [k for k in phase.keys if k in spec.names or k in uncoded] or list(spec.names)
+        plain = merge_records(order, plain_record(spec, full), uncoded)
         content = {k: (plain if k == key else v) for k, v in content.items()}
-        return content, record.count_bytes(), plain.count_bytes(), tuple(steps), changes
+        return content, wire_size(content), tuple(steps), changes
+
+    def _engine_aggregate(self, phase: _Phase) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        """The round engine's decode-and-accumulate FedAvg (the gRPC server's arithmetic,
+        bit for bit), in client-id order; integer buffers from the first reply."""
+        engine = self._engine
+        assert engine is not None
+        if not phase.containers:
+            return None, None
+        aggregator = engine.aggregator()
+        order = sorted(phase.containers, key=str)
+        for node in order:
+            data, n, version, digest, _ = phase.containers[node]
+            try:
+                aggregator.accept(
+                    data,
+                    client_id=str(node),
+                    base_version=version,
+                    num_examples=n,
+                    base_digest=digest,
+                )
+            except (FedCodecError, ValueError) as exc:
+                _log.warning("fedcodec: update of node %d left out: %s", node, exc)
+                self._drop(phase, node)
+        model = aggregator.finalize(phase.base.model.version + 1)
+        spec = model.spec
+        _, uncoded = split_record(phase.containers[order[0]][4], spec.names)
+        arrays = merge_records(phase.keys, plain_record(spec, model.tensors), uncoded)
+        total = sum(phase.containers[node][1] for node in order)
+        return arrays, MetricRecord({_NUM_EXAMPLES: total})
 
     def _apply_robust(self, kept: list[Message], phase: _Phase, server_round: int) -> list[Message]:
         """Leave out, clip and re-weight the decoded replies as :attr:`robust` says."""
@@ -784,6 +909,15 @@ class CompressionStrategy(Strategy):
             bytes_down=phase.traffic.bytes_down,
             update_rms=rms,
         )
+
+
+def data_of(content: dict[str, ArrayRecord | ConfigRecord | MetricRecord]) -> bytes:
+    """The coded update's container in a reply's content."""
+    for value in content.values():
+        if isinstance(value, ArrayRecord) and KEY_UPDATE_ARRAY in value:
+            (data,) = array_parts(value[KEY_UPDATE_ARRAY])
+            return data
+    raise ModelMismatchError("the reply holds no coded update")
 
 
 def _describe(schedule: Schedule) -> str:

@@ -701,6 +701,10 @@ class ClientEngine:
                 f"{'no initial model' if held is None else held[:16] + '…'}"
             )
 
+    def check_initial_digest(self, digest: str) -> None:
+        """:meth:`check_initial` for a digest alone (raises InitialModelError)."""
+        self.check_initial(InitialRef("", 0, digest))
+
     def holds(self, version: int, digest: str) -> bool:
         """Whether the held model is ``version`` with ``digest``."""
         return self.receiver.version == version and self.receiver.digest == digest

@@ -10,8 +10,17 @@ from __future__ import annotations
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
-from fedcodec.flower import fedcodec_mod
+from fedcodec.flower import make_fedcodec_mod
 from fedcodec_app import task
+
+
+def _initial_model(context: Context) -> task.Params:
+    """The ServerApp's initial model, built from the same seed: it never travels."""
+    cfg = context.run_config
+    return task.initial_model(int(cfg["seed"]), int(cfg["hidden"]))
+
+
+fedcodec_mod = make_fedcodec_mod(initial_model=_initial_model)
 
 # With Flower's client-side DP clipping, clip the plain update before coding it:
 #     ClientApp(mods=[fedcodec_mod, fixedclipping_mod])
