@@ -624,7 +624,7 @@ def run_one(
     from flwr.app import ArrayRecord, ConfigRecord, MetricRecord
     from flwr.supercore.task_identity import TaskIdentity
 
-    from fedcodec.flower import CompressionStrategy, fedcodec_mod
+    from fedcodec.flower import CompressionStrategy, make_fedcodec_mod
     from fedcodec.pipeline import RobustPolicy
     from fedcodec.torch import to_record
 
@@ -655,7 +655,9 @@ def run_one(
             downlink=method.down_params,
             robust=RobustPolicy.fedavg(),
         )
-        app = _client_app(data, tr, method, [fedcodec_mod])
+        # Every node builds the same initial model (the seed): it never travels.
+        shared = {k: a.numpy() for k, a in initial.items()}
+        app = _client_app(data, tr, method, [make_fedcodec_mod(initial_model=shared)])
     grid = _make_grid(app, sc.clients)
     accuracy: list[float] = []
 

@@ -192,10 +192,9 @@ def _initial(
     if source is None:
         return None
     arrays = source(context) if callable(source) else source
-    if set(arrays) != set(spec.names):
-        raise ModelMismatchError(
-            f"initial_model: its arrays {sorted(arrays)!r} are not the model's {list(spec.names)!r}"
-        )
+    missing = set(spec.names) - set(arrays)
+    if missing:  # other arrays (integer buffers) travel as they are: not needed here
+        raise ModelMismatchError(f"initial_model: it lacks the model's arrays {sorted(missing)!r}")
     return ModelVersion.create(0, {name: arrays[name] for name in spec.names}, spec)
 
 
@@ -211,7 +210,7 @@ def _spec(
         return engine.spec
     if source is not None:
         arrays = source(context) if callable(source) else source
-        if set(arrays) == set(names):
+        if set(names) <= set(arrays):
             return ModelSpec(tuple(names), tuple(tuple(np.shape(arrays[n])) for n in names))
     if coded:
         infos = codec.inspect(coded[0])

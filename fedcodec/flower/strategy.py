@@ -716,7 +716,9 @@ class CompressionStrategy(Strategy):
         else:
             infos = codec.inspect(data)
             steps = check_tensors(infos, spec, client_id=str(node), max_step=DEFAULT_MAX_STEP)
-        decoded = codec.decode(data, names=list(spec.names), threads=self.threads)
+        decoded = codec.decode(
+            data, names=list(spec.names), threads=self.threads, expected_shapes=spec.shapes
+        )
         changes = {name: decoded[name] for name in spec.names}
         full = {
             name: np.add(base.model.tensors[name], changes[name], dtype=np.float32)
