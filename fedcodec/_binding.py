@@ -72,7 +72,8 @@ _ACC_DTYPE: dict[np.dtype[Any], int] = {
 
 _UINT32_MAX = 2**32 - 1
 _UINT64_MAX = 2**64 - 1
-_WINDOW_SETS = 8  # fc_encode_options.window_set is 0..7 (fedcodec.h)
+_WINDOW_SETS = 8  # fc_encode_options.window_set is 0..7 (fedcodec.h) ...
+WINDOW_AUTO: int = int(lib.FC_WINDOW_AUTO)  # ... or this: chosen per tensor
 
 _F32 = np.dtype(np.float32)
 _F32_NORMAL_MIN = float(np.finfo(np.float32).tiny)
@@ -334,7 +335,9 @@ def _encode_options(options: EncodeOptions) -> Any:
     if options.mode not in MODES:
         invalid(f"mode must be one of {MODES}, got {options.mode!r}")
     c_opts.mode = options.mode
-    c_opts.window_set = check_uint(options.window_set, "window_set", 0, _WINDOW_SETS - 1)
+    if options.window_set != WINDOW_AUTO:
+        check_uint(options.window_set, "window_set", 0, _WINDOW_SETS - 1)
+    c_opts.window_set = options.window_set
     if options.quantizer not in QUANTIZERS:
         invalid(f"quantizer must be one of {QUANTIZERS}, got {options.quantizer!r}")
     if options.quantizer == QUANT_DITHER and options.lam != 0.0:

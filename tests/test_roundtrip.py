@@ -108,7 +108,7 @@ def test_lam0_error_bound_holds_for_a_given_step(tensor, step, mode):
     S=st.integers(0, 512),
     mode=st.sampled_from(MODES),
     max_gtx=st.integers(1, 8),
-    window_set=st.integers(0, 7),
+    window_set=st.integers(0, 7) | st.just("auto"),
     importance_seed=st.none() | st.integers(0, 2**32 - 1),
 )
 def test_recon_equals_decode_bit_exactly(
@@ -316,3 +316,19 @@ def test_tensor_of_tiny_values_encodes():
     (decoded,) = fedcodec.decode(result.data)
     np.testing.assert_array_equal(bits(decoded), bits(result.recon[0]))
     assert_within_half_step(x, decoded, result.stats[0].step)
+
+
+def test_window_auto_is_one_fixed_set_and_never_larger_than_set_0():
+    rng = np.random.default_rng(5)
+    levels = [
+        np.round(rng.laplace(0.0, 1.5, (120, 256))).astype(np.int32),
+        np.where(rng.random((64, 300)) < 0.05, rng.integers(-9, 10, (64, 300)), 0).astype(np.int32),
+    ]
+    fixed = [fedcodec.encode_levels(levels, step=0.25, window_set=w).data for w in range(8)]
+    auto = fedcodec.encode_levels(levels, step=0.25).data
+    assert auto == fedcodec.encode_levels(levels, step=0.25, window_set="auto").data
+    assert len(auto) <= len(fixed[0])
+    # per tensor its own set: never above the best single set by more than a few bytes
+    assert len(auto) <= min(len(f) for f in fixed) + 4
+    for (got, _), want in zip(fedcodec.decode_levels(auto), levels, strict=True):
+        np.testing.assert_array_equal(got, want)

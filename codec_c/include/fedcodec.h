@@ -61,6 +61,8 @@ extern "C" {
 
 /* Largest number of `|level| > j` flags (the N of the binarization). */
 #define FC_MAX_GTX 8
+/* fc_encode_options.window_set: choose the window set per tensor. */
+#define FC_WINDOW_AUTO 8u
 
 /* Largest absolute quantization level (levels are int32). */
 #define FC_MAX_LEVEL ((int32_t)((1u << 30) - 1))
@@ -190,7 +192,9 @@ typedef struct fc_encode_options {
     uint32_t slice_elems;   /* target elements per slice (default 262144) */
     int32_t mode;           /* enum fc_mode; default FC_MODE_AUTO */
     uint32_t window_set;    /* probability-estimator window set 0..7
-                               (default 0 = shifts 4 and 7) */
+                               (default 0 = shifts 4 and 7), or
+                               FC_WINDOW_AUTO: per tensor the set that
+                               codes it smallest (encodes take longer) */
     /* since 0.2 */
     int32_t quantizer;      /* enum fc_quantizer for float tensors
                                (default FC_QUANT_UNIFORM) */

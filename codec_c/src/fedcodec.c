@@ -84,13 +84,48 @@ static void run_enc_job(void *ctx, size_t i)
     fc_slice_encode(&((fc_slice_enc_job *)ctx)[i]);
 }
 
+static void run_recode_job(void *ctx, size_t i)
+{
+    fc_slice_enc_job *jb = &((fc_slice_enc_job *)ctx)[i];
+    if (jb->window_auto && jb->trace.data) fc_slice_recode(jb, jb->window_set);
+    fc_buf_free(&jb->trace);
+}
+
+/* FC_WINDOW_AUTO: per tensor the window set whose estimators code its
+ * slices' bins in the fewest bits (all sets are costed on the bins the
+ * slices coded with set 0); slices are recoded from their trace when
+ * another set wins. */
+static void choose_window_sets(enc_tensor *et, size_t count, fc_slice_enc_job *jobs, size_t njobs,
+                               unsigned threads)
+{
+    size_t i, j;
+    unsigned w;
+    for (i = 0; i < count; i++) {
+        double bits[8] = {0};
+        unsigned best = 0;
+        if (!et[i].njobs) continue;
+        for (j = 0; j < et[i].njobs; j++)
+            for (w = 0; w < 8; w++) bits[w] += jobs[et[i].first_job + j].set_bits[w];
+        /* Switch only for a gain beyond the estimate's noise (~1 byte). */
+        for (w = 1; w < 8; w++)
+            if (bits[w] < bits[best] - 8.0) best = w;
+        et[i].desc.window_set = best;
+        for (j = 0; j < et[i].njobs; j++) {
+            fc_slice_enc_job *jb = &jobs[et[i].first_job + j];
+            if (best == jb->window_set) fc_buf_free(&jb->trace);
+            jb->window_set = best;
+        }
+    }
+    fc_parallel_for(njobs, threads, run_recode_job, jobs);
+}
+
 static enum fc_result check_encode_args(const fc_tensor *tensors, size_t count,
                                         const fc_encode_options *o, size_t *bad)
 {
     size_t i;
     if (!(o->lambda >= 0.0) || !isfinite(o->lambda)) return FC_ERR_INVALID_ARGUMENT;
     if (o->max_gtx < 1 || o->max_gtx > FC_MAX_GTX) return FC_ERR_INVALID_ARGUMENT;
-    if (o->window_set > 7) return FC_ERR_INVALID_ARGUMENT;
+    if (o->window_set > 7 && o->window_set != FC_WINDOW_AUTO) return FC_ERR_INVALID_ARGUMENT;
     if (o->mode < FC_MODE_AUTO || o->mode > FC_MODE_RUNS) return FC_ERR_INVALID_ARGUMENT;
     if (o->slice_elems == 0) return FC_ERR_INVALID_ARGUMENT;
     if (o->quantizer < FC_QUANT_UNIFORM || o->quantizer > FC_QUANT_DITHER) return FC_ERR_INVALID_ARGUMENT;
@@ -134,7 +169,7 @@ static enum fc_result plan_tensor(const fc_tensor *t, const fc_encode_options *o
     fc_layout(t->ndim, t->shape, &d->numel, &d->rows, &d->cols);
     numel = d->numel;
     d->max_gtx = o->max_gtx;
-    d->window_set = o->window_set;
+    d->window_set = o->window_set == FC_WINDOW_AUTO ? 0u : o->window_set;
     /* Integer levels are coded as they are. */
     d->quant = t->values ? (unsigned)o->quantizer : FC_QUANT_UNIFORM;
     et->eta_scale = 1.0;
@@ -218,7 +253,7 @@ enum fc_result fc_encode(const fc_tensor *tensors, size_t count, const fc_encode
     fc_slice_enc_job *jobs = NULL;
     fc_slice_desc *sdesc = NULL;
     size_t i, j, njobs = 0, bad = SIZE_MAX, total;
-    int has_seed = 0;
+    int has_seed = 0, pass;
     enum fc_result rc;
     fc_buf head = {0};
 
@@ -270,7 +305,8 @@ enum fc_result fc_encode(const fc_tensor *tensors, size_t count, const fc_encode
             jb->lambda = o.lambda;
             jb->eta_scale = et[i].eta_scale;
             jb->max_gtx = o.max_gtx;
-            jb->window_set = o.window_set;
+            jb->window_set = d->window_set;
+            jb->window_auto = o.window_set == FC_WINDOW_AUTO;
             jb->quant = d->quant;
             jb->dither_key = fc_dither_key(o.dither_seed, d->index);
             jb->elem_off = off;
@@ -281,13 +317,16 @@ enum fc_result fc_encode(const fc_tensor *tensors, size_t count, const fc_encode
         if (t->recon && d->numel && d->nslices == 0) memset(t->recon, 0, sizeof(float) * d->numel);
     }
     fc_parallel_for(njobs, o.threads, run_enc_job, jobs);
-    for (j = 0; j < njobs; j++) {
-        if (jobs[j].result != FC_OK) {
-            rc = (enum fc_result)jobs[j].result;
-            for (i = 0; i < count; i++)
-                if (j >= et[i].first_job && j < et[i].first_job + et[i].njobs) bad = i;
-            goto fail;
+    for (pass = 0; pass < 2; pass++) {
+        for (j = 0; j < njobs; j++) {
+            if (jobs[j].result != FC_OK) {
+                rc = (enum fc_result)jobs[j].result;
+                for (i = 0; i < count; i++)
+                    if (j >= et[i].first_job && j < et[i].first_job + et[i].njobs) bad = i;
+                goto fail;
+            }
         }
+        if (pass == 0 && o.window_set == FC_WINDOW_AUTO) choose_window_sets(et, count, jobs, njobs, o.threads);
     }
 
     /* Assemble: container header, then per tensor its header and payloads. */
@@ -385,7 +424,10 @@ fail:
     if (dst_size && rc != FC_ERR_BUFFER_TOO_SMALL) *dst_size = 0;
 done:
     if (jobs)
-        for (j = 0; j < njobs; j++) fc_buf_free(&jobs[j].out);
+        for (j = 0; j < njobs; j++) {
+            fc_buf_free(&jobs[j].out);
+            fc_buf_free(&jobs[j].trace);
+        }
     fc_buf_free(&head);
     free(jobs);
     free(sdesc);

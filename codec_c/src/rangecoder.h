@@ -106,7 +106,23 @@ typedef struct fc_rc_enc {
     uint64_t pending;  /* 0xFF bytes waiting for a possible carry */
     fc_buf *out;
     size_t start;      /* out->size when this codeword began */
+    /* Optional bin trace (NULL: none): every coded bin as a uint16, the
+     * context's position from trace_base << 1 | bin, or FC_TRACE_BYPASS << 1
+     * | bin for a bypass bin.  The encoder replays it to recode the same
+     * bins with another window set (fc_trace_cost / replay). */
+    fc_buf *trace;
+    const fc_ctx *trace_base;
 } fc_rc_enc;
+
+#define FC_TRACE_BYPASS 0x7FFFu
+
+static inline void fc_trace_put(fc_buf *t, unsigned entry)
+{
+    uint16_t x = (uint16_t)entry;
+    if (FC_UNLIKELY(t->cap - t->size < 2) && !fc_buf_grow(t, 2)) return;
+    memcpy(t->data + t->size, &x, 2);
+    t->size += 2;
+}
 
 static inline void fc_rc_enc_init(fc_rc_enc *e, fc_buf *out)
 {
@@ -117,6 +133,8 @@ static inline void fc_rc_enc_init(fc_rc_enc *e, fc_buf *out)
     e->pending = 0;
     e->out = out;
     e->start = out->size;
+    e->trace = NULL;
+    e->trace_base = NULL;
 }
 
 FC_HOT void fc_rc_shift_low(fc_rc_enc *e)
@@ -136,6 +154,7 @@ FC_HOT void fc_rc_shift_low(fc_rc_enc *e)
 FC_HOT void fc_rc_encode(fc_rc_enc *e, fc_ctx *c, unsigned bin)
 {
     uint32_t bound = (e->range >> 16) * fc_ctx_p1(c);
+    if (FC_UNLIKELY(e->trace != NULL)) fc_trace_put(e->trace, (unsigned)(c - e->trace_base) << 1 | bin);
     if (bin) {
         e->range = bound;
     } else {
@@ -154,6 +173,7 @@ static inline void fc_rc_bypass(fc_rc_enc *e, uint64_t v, unsigned nbits)
 {
     while (nbits--) {
         e->range >>= 1;
+        if (FC_UNLIKELY(e->trace != NULL)) fc_trace_put(e->trace, FC_TRACE_BYPASS << 1 | ((v >> nbits) & 1u));
         if ((v >> nbits) & 1u) e->low += e->range;
         if (e->range < (1u << 24)) {
             e->range <<= 8;

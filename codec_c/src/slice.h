@@ -48,6 +48,7 @@ typedef struct fc_slice_enc_job {
     uint64_t elem_off;        /* element index of the slice start in the tensor */
     const float *ref;         /* rows x cols reference values, or NULL */
     int mode_request;         /* enum fc_mode */
+    int window_auto;          /* record the bins and cost every window set */
     /* output */
     fc_buf out;
     unsigned mode;
@@ -55,9 +56,17 @@ typedef struct fc_slice_enc_job {
     uint64_t nonzeros;
     double sq_error;
     int result;               /* enum fc_result */
+    /* window_auto: the coded bins (see fc_rc_enc.trace) and their cost in
+     * bits under each window set (bypass bins not counted) */
+    fc_buf trace;
+    double set_bits[8];
 } fc_slice_enc_job;
 
 void fc_slice_encode(fc_slice_enc_job *job);
+
+/* Recode a window_auto job's traced bins with another window set into
+ * job->out (same levels, so the same decoded slice); frees the trace. */
+void fc_slice_recode(fc_slice_enc_job *job, unsigned window_set);
 
 /* Where decoded rows go (all NULL: decode only, to validate). */
 typedef struct fc_sink {

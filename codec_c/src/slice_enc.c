@@ -217,6 +217,8 @@ static unsigned choose_mode_by_trial(const fc_slice_enc_job *job, uint64_t signi
         return fc_choose_mode(significant, n);
     trial = *job;
     memset(&trial.out, 0, sizeof(trial.out));
+    memset(&trial.trace, 0, sizeof(trial.trace));
+    trial.window_auto = 0;
     trial.rows = rows;
     trial.recon = NULL;
     trial.mode_request = FC_MODE_DENSE;
@@ -232,6 +234,106 @@ static unsigned choose_mode_by_trial(const fc_slice_enc_job *job, uint64_t signi
         fc_buf_free(&trial.out);
         return mode;
     }
+}
+
+/* ------------------------------------------------------------------ */
+/* Window set choice: the cost of the traced bins under every set        */
+/* ------------------------------------------------------------------ */
+
+#define NSETS 8u
+#define NCTX (sizeof(fc_ctxset) / sizeof(fc_ctx))
+/* Every context position fits a trace entry. */
+typedef char fc_trace_fits[NCTX < FC_TRACE_BYPASS ? 1 : -1];
+
+/* The estimator of FORMAT.md §5.2 for all window sets at once, on the
+ * traced bins: job->set_bits[w] = the ideal code length of the context-coded
+ * bins under window set w (the real coder comes within a few bytes of it). */
+static void trace_cost(fc_slice_enc_job *job)
+{
+    typedef struct multi {
+        uint32_t fast[NSETS], slow[NSETS];
+        uint32_t count;
+    } multi;
+    const uint16_t *t = (const uint16_t *)(const void *)job->trace.data;
+    const size_t n = job->trace.size / 2;
+    multi *m = (multi *)malloc(sizeof(multi) * NCTX);
+    double bits[NSETS] = {0};
+    unsigned sf[NSETS], ss[NSETS], w;
+    size_t i;
+    for (w = 0; w < NSETS; w++) {
+        sf[w] = fc_window_sets[w][0];
+        ss[w] = fc_window_sets[w][1];
+    }
+    if (!m) {
+        job->result = FC_ERR_NOMEM;
+        return;
+    }
+    for (i = 0; i < NCTX; i++) {
+        for (w = 0; w < NSETS; w++) m[i].fast[w] = m[i].slow[w] = FC_HALF31;
+        m[i].count = 0;
+    }
+    for (i = 0; i < n; i++) {
+        uint16_t x;
+        unsigned idx, bin, cap = 32;
+        multi *c;
+        float acc[NSETS];
+        memcpy(&x, t + i, 2);
+        idx = x >> 1;
+        bin = x & 1u;
+        if (idx == FC_TRACE_BYPASS) continue;
+        c = &m[idx];
+        if (c->count < FC_WARMUP_COUNT) {
+            cap = 1u + fc_ilog2_32(c->count + 1u);
+            c->count++;
+        }
+        for (w = 0; w < NSETS; w++) {
+            uint32_t p = (c->fast[w] + c->slow[w]) >> 16;
+            unsigned a = sf[w] < cap ? sf[w] : cap, b = ss[w] < cap ? ss[w] : cap;
+            p = p < FC_PROB_MIN ? FC_PROB_MIN : (p > FC_PROB_MAX ? FC_PROB_MAX : p);
+            acc[w] = fc_cost[(bin ? p : 65536u - p) >> 4];
+            if (bin) {
+                c->fast[w] += (FC_ONE31 - c->fast[w]) >> a;
+                c->slow[w] += (FC_ONE31 - c->slow[w]) >> b;
+            } else {
+                c->fast[w] -= c->fast[w] >> a;
+                c->slow[w] -= c->slow[w] >> b;
+            }
+        }
+        for (w = 0; w < NSETS; w++) bits[w] += acc[w];
+    }
+    free(m);
+    for (w = 0; w < NSETS; w++) job->set_bits[w] = bits[w];
+}
+
+void fc_slice_recode(fc_slice_enc_job *job, unsigned window_set)
+{
+    const uint16_t *t = (const uint16_t *)(const void *)job->trace.data;
+    const size_t n = job->trace.size / 2;
+    fc_ctxset *s = (fc_ctxset *)malloc(sizeof(*s));
+    fc_ctx *base = (fc_ctx *)s;
+    fc_rc_enc e;
+    size_t i;
+    if (!s) {
+        job->result = FC_ERR_NOMEM;
+        fc_buf_free(&job->trace);
+        return;
+    }
+    fc_ctxset_init(s, window_set);
+    job->out.size = 0;
+    fc_rc_enc_init(&e, &job->out);
+    for (i = 0; i < n; i++) {
+        uint16_t x;
+        memcpy(&x, t + i, 2);
+        if ((x >> 1) == FC_TRACE_BYPASS)
+            fc_rc_bypass(&e, x & 1u, 1);
+        else
+            fc_rc_encode(&e, &base[x >> 1], x & 1u);
+    }
+    fc_rc_finish(&e);
+    if (job->out.failed) job->result = FC_ERR_NOMEM;
+    job->window_set = window_set;
+    free(s);
+    fc_buf_free(&job->trace);
 }
 
 void fc_slice_encode(fc_slice_enc_job *job)
@@ -323,6 +425,10 @@ void fc_slice_encode(fc_slice_enc_job *job)
         fc_ctxset_init(&q->model, job->window_set);
     }
     fc_rc_enc_init(&e, &job->out);
+    if (job->window_auto) {
+        e.trace = &job->trace;
+        e.trace_base = (const fc_ctx *)s;
+    }
     fc_enc_eg0_bypass(&e, st.m0 - 1u);
     st.N = job->max_gtx;
 
@@ -420,7 +526,8 @@ void fc_slice_encode(fc_slice_enc_job *job)
     }
     if (job->mode == FC_MODE_RUNS) fc_enc_gap(&e, s, st.run, job->k, st.gap_class);
     fc_rc_finish(&e);
-    if (job->out.failed) job->result = FC_ERR_NOMEM;
+    if (job->out.failed || job->trace.failed) job->result = FC_ERR_NOMEM;
+    if (job->window_auto && job->result == FC_OK) trace_cost(job);
 out:
     free(ring);
     free(bitring);

@@ -271,6 +271,85 @@ static void test_params(void)
     free(lv);
 }
 
+/* FC_WINDOW_AUTO: for integer levels the container is byte for byte the
+ * one of a fixed window set, and within 0.2 % + 4 bytes of the smallest;
+ * several slices, thread counts, modes and RD-quantized floats round trip. */
+static void test_window_auto(void)
+{
+    uint64_t shape[2] = {96, 300};
+    const uint64_t n = 96 * 300;
+    int32_t *lv = (int32_t *)malloc(sizeof(int32_t) * n);
+    float *x = (float *)malloc(sizeof(float) * n);
+    float *rec = (float *)malloc(sizeof(float) * n);
+    int kind, mode;
+    uint64_t i;
+    TU_CHECK(lv && x && rec);
+    for (kind = D_DENSE; kind < D_KINDS; kind++) {
+        for (mode = FC_MODE_AUTO; mode <= FC_MODE_RUNS; mode++) {
+            tu_rng r = tu_seed(900 + (unsigned)kind * 4 + (unsigned)mode);
+            fc_tensor t = tu_tensor(0, 2, shape);
+            fc_encode_options o;
+            uint8_t *fixed[8], *aut;
+            size_t fsize[8], asize, best = SIZE_MAX;
+            unsigned ws, same = 0;
+            gen_levels(lv, 96, 300, kind, &r);
+            t.levels = lv;
+            t.step = 0.5;
+            for (ws = 0; ws < 8; ws++) {
+                opts(&o, mode, 4, ws);
+                o.slice_elems = 9000;
+                fixed[ws] = roundtrip(&t, 1, &o, &fsize[ws]);
+                if (fsize[ws] < best) best = fsize[ws];
+            }
+            opts(&o, mode, 4, FC_WINDOW_AUTO);
+            o.slice_elems = 9000;
+            o.threads = (unsigned)kind % 3;
+            aut = roundtrip(&t, 1, &o, &asize);
+            for (ws = 0; ws < 8; ws++) same |= fsize[ws] == asize && memcmp(fixed[ws], aut, asize) == 0;
+            TU_CHECKF(same, "kind %d mode %d: auto is no fixed set's container", kind, mode);
+            TU_CHECKF((double)asize <= 1.002 * (double)best + 4.0, "kind %d mode %d: auto %zu, best %zu", kind,
+                      mode, asize, best);
+            for (ws = 0; ws < 8; ws++) free(fixed[ws]);
+            free(aut);
+        }
+    }
+    /* Floats: RD quantization and the trellis choose levels under set 0's
+     * rates; the recoded container still reconstructs to recon. */
+    {
+        tu_rng r = tu_seed(77);
+        int q;
+        for (i = 0; i < n; i++) x[i] = (float)(tu_below(&r, 2001) - 1000) * 1e-3f * (float)(1 + i / 3000);
+        for (q = FC_QUANT_UNIFORM; q <= FC_QUANT_TRELLIS8; q++) {
+            fc_tensor t = tu_tensor(0, 2, shape);
+            fc_encode_options o;
+            size_t size;
+            uint8_t *c;
+            t.values = x;
+            t.recon = rec;
+            opts(&o, FC_MODE_AUTO, 4, FC_WINDOW_AUTO);
+            o.lambda = 0.1155;
+            o.S = 16;
+            o.quantizer = q;
+            o.slice_elems = 9000;
+            c = roundtrip(&t, 1, &o, &size);
+            free(c);
+        }
+    }
+    {
+        fc_encode_options o;
+        fc_tensor t = tu_tensor(0, 2, shape);
+        uint8_t buf[64];
+        size_t size;
+        t.levels = lv;
+        t.step = 1.0;
+        opts(&o, FC_MODE_AUTO, 4, FC_WINDOW_AUTO + 1);
+        TU_CHECK_RC(fc_encode(&t, 1, &o, buf, sizeof(buf), &size, NULL, NULL), FC_ERR_INVALID_ARGUMENT);
+    }
+    free(lv);
+    free(x);
+    free(rec);
+}
+
 /* Several tensors in one container: sparse indices, mixed shapes, modes and
  * steps, all-zero tensors (no slices) among them, a tensor of many slices. */
 static void test_multi(void)
@@ -478,7 +557,7 @@ static void test_encode_errors(void)
     BASE(); o.lambda = INFINITY; EXPECT(FC_ERR_INVALID_ARGUMENT, SIZE_MAX);
     BASE(); o.max_gtx = 0; EXPECT(FC_ERR_INVALID_ARGUMENT, SIZE_MAX);
     BASE(); o.max_gtx = FC_MAX_GTX + 1; EXPECT(FC_ERR_INVALID_ARGUMENT, SIZE_MAX);
-    BASE(); o.window_set = 8; EXPECT(FC_ERR_INVALID_ARGUMENT, SIZE_MAX);
+    BASE(); o.window_set = 9; EXPECT(FC_ERR_INVALID_ARGUMENT, SIZE_MAX);
     BASE(); o.mode = 3; EXPECT(FC_ERR_INVALID_ARGUMENT, SIZE_MAX);
     BASE(); o.mode = -2; EXPECT(FC_ERR_INVALID_ARGUMENT, SIZE_MAX);
     BASE(); o.slice_elems = 0; EXPECT(FC_ERR_INVALID_ARGUMENT, SIZE_MAX);
@@ -1390,6 +1469,7 @@ int main(void)
     test_shapes();
     test_values();
     test_params();
+    test_window_auto();
     test_multi();
     test_bound_and_capacity();
     test_encode_errors();
