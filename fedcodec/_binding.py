@@ -74,6 +74,7 @@ _UINT32_MAX = 2**32 - 1
 _UINT64_MAX = 2**64 - 1
 _WINDOW_SETS = 8  # fc_encode_options.window_set is 0..7 (fedcodec.h) ...
 WINDOW_AUTO: int = int(lib.FC_WINDOW_AUTO)  # ... or this: chosen per tensor
+TRANSPOSE_AUTO: int = int(lib.FC_TRANSPOSE_AUTO)
 
 _F32 = np.dtype(np.float32)
 _F32_NORMAL_MIN = float(np.finfo(np.float32).tiny)
@@ -263,6 +264,7 @@ class EncodeOptions:
     window_set: int = 0
     quantizer: int = QUANT_UNIFORM
     dither_seed: int = 0
+    transpose: int = 0  # 0 as given, 1 transposed, TRANSPOSE_AUTO
 
 
 @dataclass(frozen=True)
@@ -347,6 +349,9 @@ def _encode_options(options: EncodeOptions) -> Any:
         )
     c_opts.quantizer = options.quantizer
     c_opts.dither_seed = check_uint(options.dither_seed, "dither_seed", 0, _UINT64_MAX)
+    if options.transpose not in (0, 1, TRANSPOSE_AUTO):
+        invalid(f"transpose must be 0, 1 or TRANSPOSE_AUTO, got {options.transpose!r}")
+    c_opts.transpose = options.transpose
     return c_opts
 
 

@@ -486,6 +486,14 @@ def _window_number(window_set: object) -> int:
     return window_set
 
 
+def _transpose_number(transpose: object) -> int:
+    if transpose == "auto":
+        return _binding.TRANSPOSE_AUTO
+    if not isinstance(transpose, bool):
+        _binding.invalid(f"transpose must be True, False or 'auto', got {transpose!r}")
+    return int(transpose)
+
+
 def _stats(
     raw: list[_binding.TensorStatsRaw],
     names: list[str] | None,
@@ -531,6 +539,7 @@ def encode(
     quantizer: Quantizer = "uniform",
     dither_seed: int | None = None,
     reference: Sequence[npt.ArrayLike | None] | Mapping[str, npt.ArrayLike] | None = None,
+    transpose: bool | Literal["auto"] = "auto",
 ) -> EncodeResult:
     """Quantize and entropy-code float32 tensors into one container.
 
@@ -580,6 +589,13 @@ def encode(
         (default): per tensor the set that codes it in the fewest bytes (the
         encoder costs all eight on the coded bins and recodes when another set
         wins; about 1.5x the encode time).
+    transpose : bool or "auto", optional
+        Code the 2-D view of tensors with two or more dimensions transposed
+        (never for the dithered quantizer).  "auto" (default) codes both
+        orientations of a view that has a larger share of empty columns than
+        of empty rows (an input layer whose features are zero for the client's
+        data) and keeps the smaller.  Tensors with a reference are never
+        transposed.  Decoders always return the original layout.
     slice_elems : int, optional
         Target elements per independently coded slice (the unit of
         parallelism).
@@ -637,6 +653,7 @@ def encode(
         window_set=_window_number(window_set),
         quantizer=quantizer_number,
         dither_seed=seed,
+        transpose=_transpose_number(transpose),
     )
     specs: list[_binding.EncodeTensor] = []
     shapes: list[tuple[int, ...]] = []
@@ -708,6 +725,7 @@ def encode_levels(
     window_set: int | Literal["auto"] = "auto",
     slice_elems: int = 262144,
     reference: Sequence[npt.ArrayLike | None] | Mapping[str, npt.ArrayLike] | None = None,
+    transpose: bool | Literal["auto"] = "auto",
 ) -> EncodeResult:
     """Code integer quantization levels losslessly.
 
@@ -724,7 +742,7 @@ def encode_levels(
     step : float, sequence or mapping
         The step > 0 of each tensor (stored as float32), one for all or one
         per tensor.
-    max_gtx, threads, mode, window_set, slice_elems, reference
+    max_gtx, threads, mode, window_set, slice_elems, reference, transpose
         As for :func:`encode`.
 
     Returns
@@ -749,6 +767,7 @@ def encode_levels(
         slice_elems=slice_elems,
         mode=_mode_number(mode),
         window_set=_window_number(window_set),
+        transpose=_transpose_number(transpose),
     )
     specs: list[_binding.EncodeTensor] = []
     shapes: list[tuple[int, ...]] = []

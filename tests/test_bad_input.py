@@ -85,6 +85,7 @@ def test_too_many_dimensions():
         ({"max_gtx": 9}, r"max_gtx must be in \[1, 8\], got 9"),
         ({"threads": -1}, "threads must be in"),
         ({"window_set": 8}, r"window_set must be 0..7 or .auto."),
+        ({"transpose": 2}, "transpose must be True, False or 'auto'"),
         ({"slice_elems": 0}, "slice_elems must be in"),
         ({"mode": "sparse"}, "mode must be one of"),
         ({"step": 0.0}, "step must be > 0"),

@@ -109,10 +109,11 @@ def test_lam0_error_bound_holds_for_a_given_step(tensor, step, mode):
     mode=st.sampled_from(MODES),
     max_gtx=st.integers(1, 8),
     window_set=st.integers(0, 7) | st.just("auto"),
+    transpose=st.sampled_from([False, True, "auto"]),
     importance_seed=st.none() | st.integers(0, 2**32 - 1),
 )
 def test_recon_equals_decode_bit_exactly(
-    tensors, lam, S, mode, max_gtx, window_set, importance_seed
+    tensors, lam, S, mode, max_gtx, window_set, transpose, importance_seed
 ):
     importance = None
     if importance_seed is not None:
@@ -125,6 +126,7 @@ def test_recon_equals_decode_bit_exactly(
         mode=mode,
         max_gtx=max_gtx,
         window_set=window_set,
+        transpose=transpose,
         importance=importance,
         return_recon=True,
     )
@@ -332,3 +334,21 @@ def test_window_auto_is_one_fixed_set_and_never_larger_than_set_0():
     assert len(auto) <= min(len(f) for f in fixed) + 4
     for (got, _), want in zip(fedcodec.decode_levels(auto), levels, strict=True):
         np.testing.assert_array_equal(got, want)
+
+
+def test_transposed_tensors_decode_to_the_original_layout():
+    rng = np.random.default_rng(9)
+    # an input layer: the client's data never touch 40 % of the inputs
+    w1 = np.round(rng.laplace(0.0, 2.0, (64, 200))).astype(np.int32)
+    w1[:, rng.random(200) < 0.4] = 0
+    cube = np.round(rng.laplace(0.0, 1.0, (6, 5, 7))).astype(np.int32)
+    plain = fedcodec.encode_levels([w1, cube], step=0.5, transpose=False).data
+    for transpose in (True, "auto"):
+        data = fedcodec.encode_levels([w1, cube], step=0.5, transpose=transpose).data
+        for (got, _), want in zip(fedcodec.decode_levels(data), [w1, cube], strict=True):
+            np.testing.assert_array_equal(got, want)
+        acc = [np.zeros(w1.shape, np.float64), np.zeros(cube.shape, np.float64)]
+        fedcodec.decode_accumulate(data, acc, weight=2.0)
+        np.testing.assert_array_equal(acc[0], 2.0 * w1 * 0.5)
+        np.testing.assert_array_equal(acc[1], 2.0 * cube * 0.5)
+        assert transpose != "auto" or len(data) <= len(plain)

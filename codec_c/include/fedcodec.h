@@ -202,7 +202,16 @@ typedef struct fc_encode_options {
                                (written to the container); derive it from
                                round and client ids, never reuse one for two
                                different updates that are summed */
+    /* since 0.3 */
+    int32_t transpose;      /* orientation of tensors with >= 2 dimensions
+                               (not dithered ones): 0 (default) as given,
+                               1 code the transposed 2-D view, FC_TRANSPOSE_AUTO
+                               code both when the view has more empty
+                               columns than empty rows and keep the smaller.
+                               Decoders always return the original layout. */
 } fc_encode_options;
+
+#define FC_TRANSPOSE_AUTO (-1)
 
 /* Fill `opts` with the defaults (and struct_size). */
 void fc_encode_options_init(fc_encode_options *opts);

@@ -93,9 +93,19 @@ static int parse_tensor(fc_reader *r, const fc_decode_options *o, const fc_shape
     if (byte & FC_PARAMS_EXT) {
         uint8_t ext;
         CHECK(fc_get_u8(r, &ext));
-        if (ext & ~(FC_QBYTE_KIND | FC_QBYTE_REFERENCE)) return FC_ERR_CORRUPT;
+        if (ext & ~(FC_QBYTE_KIND | FC_QBYTE_TRANSPOSED | FC_QBYTE_REFERENCE)) return FC_ERR_CORRUPT;
         td->quant = ext & FC_QBYTE_KIND;
         if (td->quant == FC_QUANT_DITHER && !out->has_seed) return FC_ERR_CORRUPT;
+        if (ext & FC_QBYTE_TRANSPOSED) {
+            uint64_t t = td->rows;
+            /* Only a matrix view of >= 2 dimensions, never dithered, never
+             * with a reference (which is in the original layout). */
+            if (td->ndim < 2 || td->quant == FC_QUANT_DITHER || (ext & FC_QBYTE_REFERENCE))
+                return FC_ERR_CORRUPT;
+            td->transposed = 1;
+            td->rows = td->cols;
+            td->cols = t;
+        }
         if (ext & FC_QBYTE_REFERENCE) {
             if (r->end - r->p < 4) return FC_ERR_TRUNCATED;
             td->has_ref = 1;
@@ -241,9 +251,12 @@ void fc_write_tensor_header(fc_buf *b, const fc_tensor_desc *t, const fc_tensor_
         fc_store_le32(le, fc_f32_bits(t->step));
         fc_buf_write(b, le, 4);
     }
-    fc_buf_put(b, (uint8_t)(t->max_gtx | (t->window_set << 4) |
-                            (t->quant || t->has_ref ? FC_PARAMS_EXT : 0)));
-    if (t->quant || t->has_ref) fc_buf_put(b, (uint8_t)(t->quant | (t->has_ref ? FC_QBYTE_REFERENCE : 0)));
+    {
+        unsigned ext = t->quant | (t->transposed ? FC_QBYTE_TRANSPOSED : 0u) |
+                       (t->has_ref ? FC_QBYTE_REFERENCE : 0u);
+        fc_buf_put(b, (uint8_t)(t->max_gtx | (t->window_set << 4) | (ext ? FC_PARAMS_EXT : 0)));
+        if (ext) fc_buf_put(b, (uint8_t)ext);
+    }
     if (t->has_ref) {
         fc_store_le32(le, t->ref_digest);
         fc_buf_write(b, le, 4);

@@ -20,9 +20,11 @@
 #define FC_CFLAG_DITHER_SEED 0x01u  /* a u64 dither seed follows the flags */
 /* Tensor params byte: bit 7 = a quantizer byte follows. */
 #define FC_PARAMS_EXT 0x80u
-/* Quantizer byte: bits 0-1 the kind; bit 3 = coded with a reference tensor,
- * whose digest (u32) follows the quantizer byte. */
+/* Quantizer byte: bits 0-1 the kind; bit 2 = the 2-D view is coded
+ * transposed; bit 3 = coded with a reference tensor, whose digest (u32)
+ * follows the quantizer byte. */
 #define FC_QBYTE_KIND 0x03u
+#define FC_QBYTE_TRANSPOSED 0x04u
 #define FC_QBYTE_REFERENCE 0x08u
 
 typedef struct fc_slice_desc {
@@ -37,7 +39,8 @@ typedef struct fc_tensor_desc {
     uint32_t index;
     uint32_t ndim;
     uint64_t shape[FC_MAX_DIMS];
-    uint64_t numel, rows, cols;
+    uint64_t numel, rows, cols; /* rows, cols: the coded view (swapped when transposed) */
+    int transposed;
     float step;
     unsigned max_gtx;
     unsigned window_set;

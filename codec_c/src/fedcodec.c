@@ -77,6 +77,12 @@ typedef struct enc_tensor {
     size_t first_job;
     size_t njobs;
     double eta_scale;
+    uint64_t significant;  /* nonzeros under rounding (slicing, orientation) */
+    size_t src;            /* position of the tensor in the caller's array */
+    int dropped;           /* the other orientation was smaller */
+    /* transposed candidates: the transposed copies of the inputs */
+    float *tvalues, *timportance, *trecon;
+    int32_t *tlevels;
 } enc_tensor;
 
 static void run_enc_job(void *ctx, size_t i)
@@ -155,12 +161,14 @@ static enum fc_result check_encode_args(const fc_tensor *tensors, size_t count,
     return FC_OK;
 }
 
+static void plan_slices(fc_tensor_desc *d, uint64_t significant, const fc_encode_options *o);
+
 /* Step, level range and slicing of tensor i. */
 static enum fc_result plan_tensor(const fc_tensor *t, const fc_encode_options *o, enc_tensor *et,
                                   uint64_t *significant)
 {
     fc_tensor_desc *d = &et->desc;
-    uint64_t numel, nsl, rows_per;
+    uint64_t numel;
     double step = t->step;
     memset(d, 0, sizeof(*d));
     d->index = t->index;
@@ -222,9 +230,19 @@ static enum fc_result plan_tensor(const fc_tensor *t, const fc_encode_options *o
         d->has_ref = 1;
         fc_reference_digest(t->reference, numel, (double)d->step, &d->ref_digest);
     }
+    et->significant = *significant;
+    plan_slices(d, *significant, o);
+    return FC_OK;
+}
+
+/* The slicing of the coded view d->rows x d->cols. */
+static void plan_slices(fc_tensor_desc *d, uint64_t significant, const fc_encode_options *o)
+{
+    const uint64_t numel = d->numel;
+    uint64_t nsl, rows_per;
     if (numel == 0) {
         d->nslices = 0;
-        return FC_OK;
+        return;
     }
     /* Slices: about slice_elems elements, but not so many that each carries
      * less than MIN_SLICE_BYTES (estimated at ~ log2(1/density) + 6 bits per
@@ -232,8 +250,8 @@ static enum fc_result plan_tensor(const fc_tensor *t, const fc_encode_options *o
     nsl = (numel + o->slice_elems - 1) / o->slice_elems;
     {
         /* Integer log2, so the slicing is the same with every libm. */
-        uint64_t inv_dens = *significant ? numel / *significant : numel;
-        double est_bytes = (double)*significant * ((double)fc_ilog2_64(inv_dens ? inv_dens : 1) + 6.0) / 8.0;
+        uint64_t inv_dens = significant ? numel / significant : numel;
+        double est_bytes = (double)significant * ((double)fc_ilog2_64(inv_dens ? inv_dens : 1) + 6.0) / 8.0;
         uint64_t by_bytes = (uint64_t)(est_bytes / MIN_SLICE_BYTES) + 1u;
         if (by_bytes < nsl) nsl = by_bytes;
     }
@@ -241,7 +259,121 @@ static enum fc_result plan_tensor(const fc_tensor *t, const fc_encode_options *o
     if (nsl < 1) nsl = 1;
     rows_per = (d->rows + nsl - 1) / nsl;
     d->nslices = (size_t)((d->rows + rows_per - 1) / rows_per);
+}
+
+/* ------------------------------------------------------------------ */
+/* Orientation                                                          */
+/* ------------------------------------------------------------------ */
+
+/* dst (cols x rows) = the transpose of src (rows x cols), in 32 x 32 blocks. */
+#define TRANSPOSE_FN(name, type)                                                            \
+    static void name(type *dst, const type *src, uint64_t rows, uint64_t cols)              \
+    {                                                                                       \
+        uint64_t r0, c0, r, c;                                                              \
+        for (r0 = 0; r0 < rows; r0 += 32)                                                   \
+            for (c0 = 0; c0 < cols; c0 += 32)                                               \
+                for (r = r0; r < rows && r < r0 + 32; r++)                                  \
+                    for (c = c0; c < cols && c < c0 + 32; c++) dst[c * rows + r] = src[r * cols + c]; \
+    }
+TRANSPOSE_FN(transpose_f32, float)
+TRANSPOSE_FN(transpose_i32, int32_t)
+
+/* 0: code as given, 1: only transposed, 2: try both (never for tensors
+ * with a reference, which is in the original layout).  Auto tries both when
+ * the view has a larger share of empty columns than of empty rows (input
+ * layers whose features are zero for the client's data): row flags code an
+ * empty row in one bin, which the transposed view turns those columns into. */
+static int orientation(const fc_tensor *t, const fc_tensor_desc *d, const fc_encode_options *o)
+{
+    uint64_t r, c, zero_rows = 0, zero_cols = 0;
+    uint8_t *colnz;
+    float half;
+    if (t->ndim < 2 || d->quant == FC_QUANT_DITHER || d->has_ref || d->rows < 2 || d->cols < 2) return 0;
+    if (o->transpose != FC_TRANSPOSE_AUTO) return o->transpose ? 1 : 0;
+    colnz = (uint8_t *)calloc((size_t)d->cols, 1);
+    if (!colnz) return 0;
+    half = d->step * 0.5f;
+    for (r = 0; r < d->rows; r++) {
+        unsigned any = 0;
+        for (c = 0; c < d->cols; c++) {
+            uint64_t i = r * d->cols + c;
+            unsigned nz = t->values ? fabsf(t->values[i]) >= half : t->levels[i] != 0;
+            colnz[c] |= (uint8_t)nz;
+            any |= nz;
+        }
+        zero_rows += !any;
+    }
+    for (c = 0; c < d->cols; c++) zero_cols += !colnz[c];
+    free(colnz);
+    /* zero_cols / cols > zero_rows / rows + 1/50 */
+    return (double)zero_cols * (double)d->rows * 50.0 >
+                   ((double)zero_rows * 50.0 + (double)d->rows) * (double)d->cols
+               ? 2
+               : 0;
+}
+
+/* Turn a planned candidate into the transposed one (copies of the inputs). */
+static enum fc_result make_transposed(enc_tensor *c, const fc_tensor *t, const fc_encode_options *o)
+{
+    fc_tensor_desc *d = &c->desc;
+    const uint64_t rows = d->rows, cols = d->cols;
+    const size_t n = (size_t)d->numel;
+    c->tvalues = c->timportance = c->trecon = NULL;
+    c->tlevels = NULL;
+    if (t->values && !(c->tvalues = (float *)malloc(sizeof(float) * n))) return FC_ERR_NOMEM;
+    if (t->levels && !(c->tlevels = (int32_t *)malloc(sizeof(int32_t) * n))) return FC_ERR_NOMEM;
+    if (t->importance && !(c->timportance = (float *)malloc(sizeof(float) * n))) return FC_ERR_NOMEM;
+    if (t->recon && !(c->trecon = (float *)malloc(sizeof(float) * n))) return FC_ERR_NOMEM;
+    if (t->values) transpose_f32(c->tvalues, t->values, rows, cols);
+    if (t->levels) transpose_i32(c->tlevels, t->levels, rows, cols);
+    if (t->importance) transpose_f32(c->timportance, t->importance, rows, cols);
+    d->transposed = 1;
+    d->rows = cols;
+    d->cols = rows;
+    plan_slices(d, c->significant, o);
     return FC_OK;
+}
+
+static void free_candidate(enc_tensor *c)
+{
+    free(c->tvalues);
+    free(c->timportance);
+    free(c->trecon);
+    free(c->tlevels);
+}
+
+static uint64_t candidate_bytes(const enc_tensor *c, const fc_slice_enc_job *jobs)
+{
+    uint64_t b = 0;
+    size_t j;
+    for (j = 0; j < c->njobs; j++) b += jobs[c->first_job + j].out.size;
+    return b;
+}
+
+/* Per tensor with two candidates keep the smaller (ties: as given), drop
+ * the other's payloads, and copy the chosen candidates, in tensor order,
+ * to et. */
+static void choose_orientation(enc_tensor *cand, size_t ncand, fc_slice_enc_job *jobs,
+                               const fc_tensor *tensors, enc_tensor *et)
+{
+    size_t k, j;
+    for (k = 0; k < ncand; k++) {
+        enc_tensor *c = &cand[k];
+        if (k + 1 < ncand && cand[k + 1].src == c->src) {
+            enc_tensor *tr = &cand[k + 1];
+            enc_tensor *lose = candidate_bytes(tr, jobs) < candidate_bytes(c, jobs) ? c : tr;
+            lose->dropped = 1;
+            for (j = 0; j < lose->njobs; j++) fc_buf_free(&jobs[lose->first_job + j].out);
+        }
+    }
+    for (k = 0; k < ncand; k++) {
+        enc_tensor *c = &cand[k];
+        const fc_tensor *t = &tensors[c->src];
+        if (c->dropped) continue;
+        if (c->desc.transposed && t->recon && c->trecon)
+            transpose_f32(t->recon, c->trecon, c->desc.rows, c->desc.cols);
+        et[c->src] = *c;
+    }
 }
 
 enum fc_result fc_encode(const fc_tensor *tensors, size_t count, const fc_encode_options *opts,
@@ -249,10 +381,10 @@ enum fc_result fc_encode(const fc_tensor *tensors, size_t count, const fc_encode
                          fc_tensor_stats *stats, size_t *bad_tensor)
 {
     fc_encode_options o;
-    enc_tensor *et = NULL;
+    enc_tensor *et = NULL, *cand = NULL;
     fc_slice_enc_job *jobs = NULL;
     fc_slice_desc *sdesc = NULL;
-    size_t i, j, njobs = 0, bad = SIZE_MAX, total;
+    size_t i, j, njobs = 0, ncand = 0, bad = SIZE_MAX, total;
     int has_seed = 0, pass;
     enum fc_result rc;
     fc_buf head = {0};
@@ -266,20 +398,40 @@ enum fc_result fc_encode(const fc_tensor *tensors, size_t count, const fc_encode
     if (rc != FC_OK) goto fail;
 
     et = (enc_tensor *)calloc(count ? count : 1, sizeof(*et));
-    if (!et) {
+    cand = (enc_tensor *)calloc(count ? 2 * count : 1, sizeof(*cand));
+    if (!et || !cand) {
         rc = FC_ERR_NOMEM;
         goto fail;
     }
+    /* Candidates: per tensor as given and/or transposed (orientation()). */
     for (i = 0; i < count; i++) {
         uint64_t significant;
-        rc = plan_tensor(&tensors[i], &o, &et[i], &significant);
+        enc_tensor *c = &cand[ncand];
+        int orient;
+        rc = plan_tensor(&tensors[i], &o, c, &significant);
         if (rc != FC_OK) {
             bad = i;
             goto fail;
         }
-        et[i].first_job = njobs;
-        et[i].njobs = et[i].desc.nslices;
-        njobs += et[i].njobs;
+        c->src = i;
+        orient = orientation(&tensors[i], &c->desc, &o);
+        if (orient == 2) {
+            cand[ncand + 1] = *c;
+            c = &cand[++ncand];
+        }
+        ncand++;
+        if (orient) {
+            rc = make_transposed(c, &tensors[i], &o);
+            if (rc != FC_OK) {
+                bad = i;
+                goto fail;
+            }
+        }
+    }
+    for (i = 0; i < ncand; i++) {
+        cand[i].first_job = njobs;
+        cand[i].njobs = cand[i].desc.nslices;
+        njobs += cand[i].njobs;
     }
     jobs = (fc_slice_enc_job *)calloc(njobs ? njobs : 1, sizeof(*jobs));
     sdesc = (fc_slice_desc *)calloc(njobs ? njobs : 1, sizeof(*sdesc));
@@ -287,23 +439,28 @@ enum fc_result fc_encode(const fc_tensor *tensors, size_t count, const fc_encode
         rc = FC_ERR_NOMEM;
         goto fail;
     }
-    for (i = 0; i < count; i++) {
-        const fc_tensor *t = &tensors[i];
-        fc_tensor_desc *d = &et[i].desc;
+    for (i = 0; i < ncand; i++) {
+        const enc_tensor *c = &cand[i];
+        const fc_tensor *t = &tensors[c->src];
+        const fc_tensor_desc *d = &c->desc;
+        const float *values = d->transposed ? c->tvalues : t->values;
+        const int32_t *levels = d->transposed ? c->tlevels : t->levels;
+        const float *importance = d->transposed ? c->timportance : t->importance;
+        float *recon = d->transposed ? c->trecon : t->recon;
         uint64_t rows_per = d->nslices ? (d->rows + d->nslices - 1) / d->nslices : 0, r0 = 0;
-        for (j = 0; j < et[i].njobs; j++) {
-            fc_slice_enc_job *jb = &jobs[et[i].first_job + j];
+        for (j = 0; j < c->njobs; j++) {
+            fc_slice_enc_job *jb = &jobs[c->first_job + j];
             uint64_t rows = d->rows - r0 < rows_per ? d->rows - r0 : rows_per;
             uint64_t off = r0 * d->cols;
-            jb->values = t->values ? t->values + off : NULL;
-            jb->levels = t->levels ? t->levels + off : NULL;
-            jb->importance = t->importance ? t->importance + off : NULL;
-            jb->recon = t->recon ? t->recon + off : NULL;
+            jb->values = values ? values + off : NULL;
+            jb->levels = levels ? levels + off : NULL;
+            jb->importance = importance ? importance + off : NULL;
+            jb->recon = recon ? recon + off : NULL;
             jb->rows = rows;
             jb->cols = d->cols;
             jb->step = d->step;
             jb->lambda = o.lambda;
-            jb->eta_scale = et[i].eta_scale;
+            jb->eta_scale = c->eta_scale;
             jb->max_gtx = o.max_gtx;
             jb->window_set = d->window_set;
             jb->window_auto = o.window_set == FC_WINDOW_AUTO;
@@ -314,20 +471,21 @@ enum fc_result fc_encode(const fc_tensor *tensors, size_t count, const fc_encode
             jb->mode_request = o.mode;
             r0 += rows;
         }
-        if (t->recon && d->numel && d->nslices == 0) memset(t->recon, 0, sizeof(float) * d->numel);
+        if (recon && d->numel && d->nslices == 0) memset(recon, 0, sizeof(float) * d->numel);
     }
     fc_parallel_for(njobs, o.threads, run_enc_job, jobs);
     for (pass = 0; pass < 2; pass++) {
         for (j = 0; j < njobs; j++) {
             if (jobs[j].result != FC_OK) {
                 rc = (enum fc_result)jobs[j].result;
-                for (i = 0; i < count; i++)
-                    if (j >= et[i].first_job && j < et[i].first_job + et[i].njobs) bad = i;
+                for (i = 0; i < ncand; i++)
+                    if (j >= cand[i].first_job && j < cand[i].first_job + cand[i].njobs) bad = cand[i].src;
                 goto fail;
             }
         }
-        if (pass == 0 && o.window_set == FC_WINDOW_AUTO) choose_window_sets(et, count, jobs, njobs, o.threads);
+        if (pass == 0 && o.window_set == FC_WINDOW_AUTO) choose_window_sets(cand, ncand, jobs, njobs, o.threads);
     }
+    choose_orientation(cand, ncand, jobs, tensors, et);
 
     /* Assemble: container header, then per tensor its header and payloads. */
     for (i = 0; i < count; i++) has_seed |= et[i].desc.quant == FC_QUANT_DITHER;
@@ -431,6 +589,9 @@ done:
     fc_buf_free(&head);
     free(jobs);
     free(sdesc);
+    if (cand)
+        for (i = 0; i < ncand; i++) free_candidate(&cand[i]);
+    free(cand);
     free(et);
     return rc;
 }
@@ -556,7 +717,7 @@ enum fc_result fc_decode(const uint8_t *src, size_t src_size, const fc_decode_op
             for (j = 0; j < d->nslices; j++) {
                 fc_slice_dec_job *jb = &jobs[n++];
                 const fc_slice_desc *sd = &d->slices[j];
-                uint64_t off = r0 * d->cols;
+                uint64_t off = d->transposed ? r0 : r0 * d->cols;
                 memset(jb, 0, sizeof(*jb));
                 jb->src = sd->payload;
                 jb->size = sd->size;
@@ -580,6 +741,7 @@ enum fc_result fc_decode(const uint8_t *src, size_t src_size, const fc_decode_op
                                            : (void *)((float *)tg->acc + off);
                     jb->sink.acc_dtype = tg->acc_dtype;
                     jb->sink.weight = tg->weight;
+                    jb->sink.tstride = d->transposed ? d->rows : 0;
                 }
                 r0 += sd->rows;
             }

@@ -75,6 +75,8 @@ typedef struct fc_sink {
     void *acc;
     int acc_dtype;
     double weight;
+    uint64_t tstride;  /* 0, or transposed: element (r, c) of the slice goes
+                          to c * tstride + r (tstride = the coded rows) */
 } fc_sink;
 
 typedef struct fc_slice_dec_job {

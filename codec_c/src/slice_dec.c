@@ -61,6 +61,30 @@ typedef struct dec_out {
     int active;               /* any output at all */
 } dec_out;
 
+/* Transposed tensors: row r, columns [c0, c0 + n) of the slice (lv NULL:
+ * zeros) scattered to the original layout. */
+static void emit_transposed(dec_out *o, uint64_t r, uint64_t c0, const int32_t *lv, uint64_t n)
+{
+    const fc_sink *k = o->sink;
+    const uint64_t ts = k->tstride;
+    const float step = o->step;
+    uint64_t i;
+    if (lv && o->dq) lv = dequantize(o->dq, &o->state, lv, n, o->scratch);
+    if (!lv && o->dq) o->state = fc_dq_skip_zeros(o->dq, o->state, n);
+    for (i = 0; i < n; i++) {
+        const uint64_t at = (c0 + i) * ts + r;
+        const int32_t v = lv ? lv[i] : 0;
+        if (k->levels) k->levels[at] = v;
+        if (k->values) k->values[at] = (float)v * step;
+        if (k->acc && v) {
+            if (k->acc_dtype == FC_ACC_F64)
+                ((double *)k->acc)[at] += k->weight * (double)((float)v * step);
+            else
+                ((float *)k->acc)[at] = (float)((double)((float *)k->acc)[at] + k->weight * (double)((float)v * step));
+        }
+    }
+}
+
 static void emit_zeros(dec_out *o, uint64_t off, uint64_t n)
 {
     const fc_sink *k = o->sink;
@@ -322,7 +346,11 @@ void fc_slice_decode(fc_slice_dec_job *job)
             flag = fc_rc_decode(&st->d, &st->s.row[st->prev_row_flag]);
             st->prev_row_flag = flag;
             if (!flag) {
-                emit_zeros(&o, off, cols);
+                if (job->sink.tstride) {
+                    if (o.active) emit_transposed(&o, r, 0, NULL, cols);
+                } else {
+                    emit_zeros(&o, off, cols);
+                }
                 decay_activity(st, 0, cols);
                 if (dq) st->dq_state = fc_dq_skip_zeros(dq, st->dq_state, cols);
                 if (use_above) memset(cur, 0, sizeof(int32_t) * (size_t)cols);
@@ -355,7 +383,11 @@ void fc_slice_decode(fc_slice_dec_job *job)
                 break;
             }
             if (st->bad) break;
-            emit(&o, off + c0, cur, c1 - c0);
+            if (job->sink.tstride) {
+                if (o.active) emit_transposed(&o, r, c0, cur, c1 - c0);
+            } else {
+                emit(&o, off + c0, cur, c1 - c0);
+            }
             left = cur[c1 - c0 - 1];
         }
     }

@@ -245,64 +245,108 @@ static unsigned choose_mode_by_trial(const fc_slice_enc_job *job, uint64_t signi
 /* Every context position fits a trace entry. */
 typedef char fc_trace_fits[NCTX < FC_TRACE_BYPASS ? 1 : -1];
 
-/* The estimator of FORMAT.md §5.2 for all window sets at once, on the
- * traced bins: job->set_bits[w] = the ideal code length of the context-coded
- * bins under window set w (the real coder comes within a few bytes of it). */
+/* The estimator of FORMAT.md §5.2 for all window sets at once on the traced
+ * bins, in floating point (an estimate: the recode is exact):
+ * job->set_bits[w] ~ the code length of the context-coded bins under window
+ * set w.  The products of the coding probabilities are taken in blocks and
+ * turned into bits once per block, so the inner loop is a few vector
+ * operations per bin. */
 static void trace_cost(fc_slice_enc_job *job)
 {
     typedef struct multi {
-        uint32_t fast[NSETS], slow[NSETS];
+        float fast[NSETS], slow[NSETS];
         uint32_t count;
     } multi;
     const uint16_t *t = (const uint16_t *)(const void *)job->trace.data;
     const size_t n = job->trace.size / 2;
     multi *m = (multi *)malloc(sizeof(multi) * NCTX);
-    double bits[NSETS] = {0};
-    unsigned sf[NSETS], ss[NSETS], w;
+    float prod[NSETS];    /* product of the coding probabilities of the block */
+    int64_t expo[NSETS];  /* plus the binary exponents taken out of it */
+    float ratef[12][NSETS], rates[12][NSETS]; /* by warm-up cap, window set */
+    const float pmin = (float)FC_PROB_MIN / 65536.0f, pspan = (float)(FC_PROB_MAX - FC_PROB_MIN) / 65536.0f;
+    unsigned w, inblock = 0;
     size_t i;
-    for (w = 0; w < NSETS; w++) {
-        sf[w] = fc_window_sets[w][0];
-        ss[w] = fc_window_sets[w][1];
-    }
     if (!m) {
         job->result = FC_ERR_NOMEM;
         return;
     }
+    for (w = 0; w < NSETS; w++) {
+        unsigned cap;
+        for (cap = 0; cap < 12; cap++) {
+            unsigned sf = fc_window_sets[w][0], ss = fc_window_sets[w][1];
+            ratef[cap][w] = 1.0f / (float)(1u << (sf < cap ? sf : cap));
+            rates[cap][w] = 1.0f / (float)(1u << (ss < cap ? ss : cap));
+        }
+        prod[w] = 1.0f;
+        expo[w] = 0;
+    }
     for (i = 0; i < NCTX; i++) {
-        for (w = 0; w < NSETS; w++) m[i].fast[w] = m[i].slow[w] = FC_HALF31;
+        for (w = 0; w < NSETS; w++) m[i].fast[w] = m[i].slow[w] = 0.5f;
         m[i].count = 0;
     }
     for (i = 0; i < n; i++) {
         uint16_t x;
-        unsigned idx, bin, cap = 32;
+        unsigned idx, cap = 11;
+        float target;
+        const float *rf, *rs;
         multi *c;
-        float acc[NSETS];
         memcpy(&x, t + i, 2);
         idx = x >> 1;
-        bin = x & 1u;
         if (idx == FC_TRACE_BYPASS) continue;
+        target = (float)(x & 1u);
         c = &m[idx];
         if (c->count < FC_WARMUP_COUNT) {
             cap = 1u + fc_ilog2_32(c->count + 1u);
             c->count++;
         }
-        for (w = 0; w < NSETS; w++) {
-            uint32_t p = (c->fast[w] + c->slow[w]) >> 16;
-            unsigned a = sf[w] < cap ? sf[w] : cap, b = ss[w] < cap ? ss[w] : cap;
-            p = p < FC_PROB_MIN ? FC_PROB_MIN : (p > FC_PROB_MAX ? FC_PROB_MAX : p);
-            acc[w] = fc_cost[(bin ? p : 65536u - p) >> 4];
-            if (bin) {
-                c->fast[w] += (FC_ONE31 - c->fast[w]) >> a;
-                c->slow[w] += (FC_ONE31 - c->slow[w]) >> b;
-            } else {
-                c->fast[w] -= c->fast[w] >> a;
-                c->slow[w] -= c->slow[w] >> b;
+        rf = ratef[cap];
+        rs = rates[cap];
+        /* branch-free lanes; the clamp of the coding probability is
+         * approximated by a linear map */
+#if defined(__GNUC__) || defined(__clang__)
+        {
+            typedef float v4 __attribute__((vector_size(16)));
+            unsigned h;
+            for (h = 0; h < NSETS; h += 4) {
+                v4 fa, sl, r1, r2, p, qq, pr;
+                memcpy(&pr, prod + h, 16);
+                memcpy(&fa, c->fast + h, 16);
+                memcpy(&sl, c->slow + h, 16);
+                memcpy(&r1, rf + h, 16);
+                memcpy(&r2, rs + h, 16);
+                p = pmin + (pspan * 0.5f) * (fa + sl);
+                qq = (1.0f - p) + target * (2.0f * p - 1.0f);
+                fa += (target - fa) * r1;
+                sl += (target - sl) * r2;
+                memcpy(c->fast + h, &fa, 16);
+                memcpy(c->slow + h, &sl, 16);
+                pr *= qq;
+                memcpy(prod + h, &pr, 16);
             }
         }
-        for (w = 0; w < NSETS; w++) bits[w] += acc[w];
+#else
+        for (w = 0; w < NSETS; w++) {
+            float p = pmin + pspan * 0.5f * (c->fast[w] + c->slow[w]);
+            prod[w] *= (1.0f - p) + target * (2.0f * p - 1.0f);
+            c->fast[w] += (target - c->fast[w]) * rf[w];
+            c->slow[w] += (target - c->slow[w]) * rs[w];
+        }
+#endif
+        /* each factor is >= 2^-12, so 8 of them keep a product in [1, 2)
+         * far above FLT_MIN: then move its exponent to expo */
+        if (++inblock == 8) {
+            for (w = 0; w < NSETS; w++) {
+                uint32_t u;
+                memcpy(&u, prod + w, 4);
+                expo[w] += (int64_t)((u >> 23) & 0xFFu) - 127;
+                u = (u & 0x807FFFFFu) | 0x3F800000u;
+                memcpy(prod + w, &u, 4);
+            }
+            inblock = 0;
+        }
     }
+    for (w = 0; w < NSETS; w++) job->set_bits[w] = -((double)expo[w] + log2((double)prod[w]));
     free(m);
-    for (w = 0; w < NSETS; w++) job->set_bits[w] = bits[w];
 }
 
 void fc_slice_recode(fc_slice_enc_job *job, unsigned window_set)

@@ -350,6 +350,114 @@ static void test_window_auto(void)
     free(rec);
 }
 
+/* Orientation: transposed tensors decode to the original layout (levels,
+ * values, accumulators, every mode, several slices, 3-d and 4-d shapes,
+ * trellis), auto picks the transposed view for an input layer with empty
+ * columns and never codes a tensor larger than as given. */
+static void test_transpose(void)
+{
+    static const uint64_t shapes[][5] = {{2, 37, 50}, {3, 20, 6, 7}, {2, 64, 300}, {4, 5, 3, 2, 2}};
+    size_t si;
+    for (si = 0; si < sizeof shapes / sizeof shapes[0]; si++) {
+        fc_tensor t = tu_tensor(0, (uint32_t)shapes[si][0], shapes[si] + 1);
+        uint64_t n = tu_numel(&t), rows, cols, i;
+        int32_t *lv = (int32_t *)malloc(sizeof(int32_t) * n);
+        float *x = (float *)malloc(sizeof(float) * n), *rec = (float *)malloc(sizeof(float) * n);
+        int kind, mode, q;
+        TU_CHECK(lv && x && rec);
+        layout(&t, &rows, &cols);
+        for (kind = D_DENSE; kind < D_KINDS; kind++) {
+            tu_rng r = tu_seed(1300 + si * 8 + (unsigned)kind);
+            gen_levels(lv, rows, cols, kind, &r);
+            for (mode = FC_MODE_AUTO; mode <= FC_MODE_RUNS; mode++) {
+                fc_encode_options o;
+                size_t size;
+                uint8_t *c;
+                opts(&o, mode, 4, kind == D_SPARSE ? FC_WINDOW_AUTO : 0);
+                o.transpose = 1;
+                o.slice_elems = 700;
+                t.values = NULL;
+                t.recon = NULL;
+                t.levels = lv;
+                t.step = 0.25;
+                c = roundtrip(&t, 1, &o, &size);
+                free(c);
+            }
+        }
+        for (i = 0; i < n; i++) x[i] = (float)((int)(i * 7919 % 201) - 100) * 0.01f * (float)(i % 5 != 0);
+        for (q = FC_QUANT_UNIFORM; q <= FC_QUANT_TRELLIS8; q++) {
+            fc_encode_options o;
+            size_t size;
+            uint8_t *c;
+            opts(&o, FC_MODE_AUTO, 4, 0);
+            o.transpose = 1;
+            o.lambda = 0.1;
+            o.quantizer = q;
+            o.slice_elems = 500;
+            t.levels = NULL;
+            t.values = x;
+            t.recon = rec;
+            t.step = 0.0;
+            c = roundtrip(&t, 1, &o, &size);
+            {
+                /* accumulators in the original layout */
+                float *acc = (float *)calloc((size_t)n, sizeof(float));
+                float *val = (float *)malloc(sizeof(float) * n);
+                fc_decode_target tg;
+                TU_CHECK(acc && val);
+                memset(&tg, 0, sizeof(tg));
+                tg.values = val;
+                tg.acc = acc;
+                tg.acc_dtype = FC_ACC_F32;
+                tg.weight = 1.0;
+                TU_CHECK_RC(fc_decode(c, size, NULL, &tg, 1), FC_OK);
+                for (i = 0; i < n; i++) TU_CHECK(acc[i] == val[i] && val[i] == rec[i]);
+                free(acc);
+                free(val);
+            }
+            free(c);
+        }
+        free(lv);
+        free(x);
+        free(rec);
+    }
+    {
+        /* an input layer: 40 % of its columns empty (auto tries both) */
+        uint64_t shape[2] = {128, 200}, n = 128 * 200, i;
+        int32_t *lv = (int32_t *)malloc(sizeof(int32_t) * n);
+        tu_rng r = tu_seed(4242);
+        fc_tensor t = tu_tensor(0, 2, shape);
+        fc_encode_options o;
+        size_t s_auto, s_plain, s_t;
+        uint8_t *c;
+        cr_layout L;
+        TU_CHECK(lv != NULL);
+        gen_levels(lv, 128, 200, D_DENSE, &r);
+        for (i = 0; i < n; i++)
+            if ((i % 200) % 5 < 2) lv[i] = 0;
+        t.levels = lv;
+        t.step = 1.0;
+        opts(&o, FC_MODE_AUTO, 4, 0);
+        free(roundtrip(&t, 1, &o, &s_plain));
+        o.transpose = 1;
+        free(roundtrip(&t, 1, &o, &s_t));
+        o.transpose = FC_TRANSPOSE_AUTO;
+        c = roundtrip(&t, 1, &o, &s_auto);
+        TU_CHECK(s_auto == (s_t < s_plain ? s_t : s_plain));
+        TU_CHECK(cr_walk(c, s_auto, &L));
+        /* the trial ran: the flag is there exactly when transposed won */
+        TU_CHECK((s_t < s_plain) == (L.t[0].quant != CR_NONE && c[L.t[0].quant] == 0x04));
+        free(c);
+        /* a 1-d tensor and a dense one without empty lines stay as given */
+        gen_levels(lv, 128, 200, D_DENSE, &r);
+        c = roundtrip(&t, 1, &o, &s_auto);
+        TU_CHECK(cr_walk(c, s_auto, &L));
+        TU_CHECK(L.t[0].quant == CR_NONE);
+        free(c);
+        free(lv);
+    }
+}
+
 /* Several tensors in one container: sparse indices, mixed shapes, modes and
  * steps, all-zero tensors (no slices) among them, a tensor of many slices. */
 static void test_multi(void)
@@ -899,8 +1007,12 @@ static void test_crafted_headers(void)
         /* bit 7: a quantizer byte follows; its reserved bits must be 0 */
         uint8_t ext[2];
         ext[0] = (uint8_t)(c[L.t[0].params] | 0x80);
+        ext[1] = 0x08;
+        expect_splice(c, size, L.t[0].params, 1, ext, 2, FC_ERR_CORRUPT, "quantizer byte 0x08");
+        /* TRANSPOSED: only for tensors of >= 2 dimensions */
+        ext[0] = (uint8_t)(c[L.t[1].params] | 0x80);
         ext[1] = 0x04;
-        expect_splice(c, size, L.t[0].params, 1, ext, 2, FC_ERR_CORRUPT, "quantizer byte 0x04");
+        expect_splice(c, size, L.t[1].params, 1, ext, 2, FC_ERR_CORRUPT, "transposed 1-d tensor");
     }
     /* slice table */
     {
@@ -1470,6 +1582,7 @@ int main(void)
     test_values();
     test_params();
     test_window_auto();
+    test_transpose();
     test_multi();
     test_bound_and_capacity();
     test_encode_errors();

@@ -475,10 +475,14 @@ static void test_format(void)
     TU_CHECK(L.t[0].quant != CR_NONE && c[L.t[0].quant] == 1 && (c[L.t[0].params] & 0x80));
     TU_CHECK(L.t[1].quant == CR_NONE);
     TU_CHECK_EQ(decode_rc(c, size), FC_OK);
-    /* reserved bits of the quantizer byte */
-    c[L.t[0].quant] = 0x05;
+    /* reserved bits of the quantizer byte (bit 2 is TRANSPOSED, allowed on
+     * this 2-d tensor) */
+    c[L.t[0].quant] = 0x09;
     cr_reseal(c, size);
     TU_CHECK_EQ(decode_rc(c, size), FC_ERR_CORRUPT);
+    c[L.t[0].quant] = 0x05;
+    cr_reseal(c, size);
+    TU_CHECK(decode_rc(c, size) != FC_ERR_CHECKSUM);
     /* kind 3 without a container seed */
     c[L.t[0].quant] = 0x03;
     cr_reseal(c, size);
