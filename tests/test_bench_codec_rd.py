@@ -50,5 +50,50 @@ def test_real_sets_and_rd_curves(tmp_path: Path) -> None:
     assert "## Rate-distortion" in text
     assert "real updates:" in text
     real_targets = [t for t in res["targets"] if t["dataset"].startswith("mnist-update")]
-    assert len(real_targets) == 6
+    # per set: bytes vs NNCodec, vs lzma-9, BD-rate; plus the dense decode speed
+    assert len(real_targets) == 10
     assert {t["status"] for t in real_targets if "NNCodec" in t["name"]} == {"n/a"}
+
+
+def test_bd_rate_is_the_mean_rate_ratio_at_equal_quality() -> None:
+    from fedcodec_bench.codec import bd_rate
+
+    ref = [(1000.0, 10.0), (2000.0, 16.0), (4000.0, 22.0), (8000.0, 28.0)]
+    assert bd_rate([(0.9 * r, d) for r, d in ref], ref) == pytest.approx(-0.1, abs=1e-9)
+    # the same rates at 3 dB more SNR: fewer bytes at equal quality
+    better = bd_rate([(r, d + 3.0) for r, d in ref], ref)
+    assert better is not None
+    assert -0.35 < better < -0.25
+    assert bd_rate([(1.0, 1.0), (2.0, 2.0)], [(1.0, 5.0), (2.0, 6.0)]) is None  # no overlap
+    assert bd_rate([(1.0, 1.0)], ref) is None
+
+
+def test_real_dir_npz_sets_are_measured(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import numpy as np
+
+    rng = np.random.default_rng(3)
+    emb = np.zeros((300, 32), np.float32)
+    emb[rng.random(300) < 0.1] = rng.standard_normal((1, 32)).astype(np.float32)
+    layer = rng.laplace(0.0, 1e-3, (48, 64)).astype(np.float32)
+    folder = tmp_path / "real"
+    folder.mkdir()
+    np.savez(folder / "toy-embed.npz", emb=emb)
+    np.savez(folder / "toy-layers.npz", w=layer, b=layer[0].copy())
+    monkeypatch.setenv("FEDCODEC_REAL_DIR", str(folder))
+    cfg = CodecBenchConfig(quick=True, densities=(0.01,), dense=False, real=False, rd=True)
+    out = io.StringIO()
+    res, _ = run_codec_bench(cfg, out=out, log=io.StringIO())
+    names = [d["name"] for d in res["datasets"]]
+    assert names == ["sparse-1%", "toy-embed", "toy-layers"]
+    assert [d["real"] for d in res["datasets"]] == [False, True, True]
+    assert res["config"]["real_dir"] == str(folder)
+    assert set(res["rd_curves"]) == {"toy-embed", "toy-layers"}
+    # without NNCodec the BD-rates and the NNCodec targets are n/a, not invented
+    assert all(v is None for b in res["bd_rates"].values() for v in b.values())
+    nn_targets = [t for t in res["targets"] if "NNCodec" in t["name"]]
+    assert nn_targets
+    assert all(t["status"] == "n/a" for t in nn_targets)
+    assert "toy-embed" in out.getvalue()
+    # the step: a power of two near a quarter of the RMS of the nonzero values
+    step = next(d["step"] for d in res["datasets"] if d["name"] == "toy-layers")
+    assert np.log2(step) == round(np.log2(step))

@@ -87,6 +87,7 @@ def _run_bench_codec(args: argparse.Namespace) -> int:
         rd=args.rd,
         rd_points=args.rd_points,
         temporal=args.temporal,
+        real_dir=args.real_dir,
     )
     try:
         _, ok = run_codec_bench(cfg)
@@ -163,6 +164,13 @@ def _add_bench(bsub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
         help="threads of the 'all cores' runs (default 0 = all online CPUs)",
     )
     codec.add_argument("--seed", type=int, default=0, help="seed of the synthetic data")
+    codec.add_argument(
+        "--real-dir",
+        metavar="DIR",
+        default=None,
+        help="a folder of .npz real update sets to add (one set per file, e.g. MiniLM AdamW/SGD "
+        "updates from scripts/transformer_updates.py); default: $FEDCODEC_REAL_DIR",
+    )
     codec.add_argument(
         "--nncodec-python",
         metavar="PATH",

@@ -24,6 +24,7 @@ from __future__ import annotations
 import gc
 import json
 import math
+import os
 import statistics
 import sys
 import time
@@ -123,6 +124,10 @@ class CodecBenchConfig:
         Measure the temporal-reference gain on real consecutive-round updates
         (:mod:`fedcodec_bench.temporal`; a small federation with ``quick``); None: yes unless
         ``quick``.
+    real_dir : str or None
+        A folder of ``.npz`` real update sets (:func:`fedcodec_bench.realdata.npz_update_datasets`,
+        e.g. MiniLM fine-tuned with AdamW and SGD by ``scripts/transformer_updates.py``); None:
+        the ``FEDCODEC_REAL_DIR`` environment variable, if set. Measured in every mode.
     """
 
     quick: bool = False
@@ -141,6 +146,13 @@ class CodecBenchConfig:
     rd: bool | None = None
     rd_points: int | None = None
     temporal: bool | None = None
+    real_dir: str | None = None
+
+    def resolved_real_dir(self) -> str | None:
+        """The folder of ``.npz`` real update sets, or None (``real_dir`` or the environment)."""
+        from fedcodec_bench.realdata import REAL_DIR_ENV
+
+        return self.real_dir or os.environ.get(REAL_DIR_ENV) or None
 
     def resolved_real(self) -> bool:
         """Whether the real-update sets are measured (default: yes, except with ``quick``)."""
@@ -273,6 +285,50 @@ def _rel(a: float | None, b: float | None) -> float | None:
     if a is None or b is None or b <= 0:
         return None
     return a / b - 1.0
+
+
+def bd_rate(
+    test: Sequence[tuple[float, float]], ref: Sequence[tuple[float, float]]
+) -> float | None:
+    """Bjøntegaard delta rate of ``test`` against ``ref``: the mean relative rate difference.
+
+    Each curve is a list of ``(bytes, snr_db)`` points. log(rate) is fitted as a polynomial of
+    the SNR (cubic with 4+ points, else of degree points - 1) and both fits are integrated over
+    the SNR range the curves share.
+
+    Returns
+    -------
+    float or None
+        ``exp(mean(log test - log ref)) - 1`` (−0.1 = 10 % fewer bytes at equal SNR); None when
+        the curves share no SNR range or have fewer than 2 usable points each.
+    """
+
+    def usable(c: Sequence[tuple[float, float]]) -> list[tuple[float, float]]:
+        return sorted({(d, r) for r, d in c if r > 0 and d is not None and math.isfinite(d)})
+
+    t, r = usable(test), usable(ref)
+    if len(t) < 2 or len(r) < 2:
+        return None
+    lo = max(t[0][0], r[0][0])
+    hi = min(t[-1][0], r[-1][0])
+    if not hi > lo:
+        return None
+
+    def integral(c: list[tuple[float, float]]) -> float:
+        d = np.array([p[0] for p in c])
+        lr = np.log(np.array([p[1] for p in c]))
+        poly = np.polyint(np.polyfit(d, lr, min(3, len(c) - 1)))
+        return float(np.polyval(poly, hi) - np.polyval(poly, lo))
+
+    return math.exp((integral(t) - integral(r)) / (hi - lo)) - 1.0
+
+
+def _bd_rates(points: Sequence[dict[str, Any]]) -> dict[str, float | None]:
+    """BD-rates vs NNCodec (on the same rounding levels) of one set's RD points."""
+    nn = [(p["nncodec_bytes"], p["snr_db"]) for p in points if p.get("nncodec_bytes")]
+    same = [(p["fedcodec_bytes"], p["snr_db"]) for p in points]
+    rdoq = [(p["rdoq_bytes"], p["rdoq_snr_db"]) for p in points]
+    return {"fedcodec": bd_rate(same, nn), "fedcodec_rdoq": bd_rate(rdoq, nn)}
 
 
 def _spread(runs: Sequence[float]) -> float | None:
@@ -597,23 +653,51 @@ def _rd_curves(
     return curves, nn_sets
 
 
-def _real_targets(records: Sequence[dict[str, Any]]) -> list[TargetResult]:
-    """Targets on the real-update sets: fedcodec <= NNCodec and < lzma-9 on the same levels."""
+#: Targets on the real sets (issue #14): bytes vs NNCodec on every set and in geometric mean,
+#: BD-rate vs NNCodec, dense decode speed vs NNCodec on one core (the dense MLP delta).
+REAL_BYTES_VS_NNCODEC = 0.95
+REAL_GEOMEAN_VS_NNCODEC = 0.85
+REAL_BD_RATE = -0.10
+DENSE_DECODE_VS_NNCODEC = 3.0
+DENSE_SPEED_SET = "mnist-update-dense"
+
+
+def _nncodec_speed_ratio(r: dict[str, Any], op: str, nn_key: str) -> float | None:
+    """fedcodec's 1-thread speed of ``op`` over NNCodec's (same levels), or None."""
+    n = r.get("nncodec")
+    fed = r["speed"].get(op, {}).get("median_mws")
+    if not n or not n.get(nn_key) or fed is None:
+        return None
+    nn = _mws(r["numel"], statistics.median(n[nn_key]))
+    return None if not nn else fed / nn
+
+
+def _real_targets(
+    records: Sequence[dict[str, Any]], bd: dict[str, dict[str, float | None]]
+) -> list[TargetResult]:
+    """Targets on the real-update sets (bytes, BD-rate and dense decode speed vs NNCodec)."""
     out: list[TargetResult] = []
+    ratios: list[float] = []
+
+    def status(v: float | None, ok: bool) -> str:
+        return "n/a" if v is None else ("PASS" if ok else "MISS")
+
     for r in records:
         if not r.get("real"):
             continue
         n = r.get("nncodec")
         nb = None if n is None else n.get("nncodec_bytes")
         v = _rel(r["fedcodec"]["bytes"], nb)
+        if v is not None:
+            ratios.append(1.0 + v)
         out.append(
             TargetResult(
                 "bytes vs NNCodec (same levels)",
                 r["name"],
                 None if v is None else 100.0 * v,
-                "<= 0 %",
+                f"<= {100 * (REAL_BYTES_VS_NNCODEC - 1):.0f} %",
                 "%",
-                "n/a" if v is None else ("PASS" if v <= 0.0 else "MISS"),
+                status(v, v is not None and v <= REAL_BYTES_VS_NNCODEC - 1.0),
             )
         )
         v = r["relative"]["vs_lzma9"]
@@ -624,7 +708,43 @@ def _real_targets(records: Sequence[dict[str, Any]]) -> list[TargetResult]:
                 None if v is None else 100.0 * v,
                 "< 0 %",
                 "%",
-                "n/a" if v is None else ("PASS" if v < 0.0 else "MISS"),
+                status(v, v is not None and v < 0.0),
+            )
+        )
+        b = bd.get(r["name"], {})
+        best = min((x for x in b.values() if x is not None), default=None)
+        out.append(
+            TargetResult(
+                "BD-rate vs NNCodec (best fedcodec quantizer)",
+                r["name"],
+                None if best is None else 100.0 * best,
+                f"<= {100 * REAL_BD_RATE:.0f} %",
+                "%",
+                status(best, best is not None and best <= REAL_BD_RATE),
+            )
+        )
+        if r["name"] == DENSE_SPEED_SET:
+            x = _nncodec_speed_ratio(r, "dec_levels_1t", "dec_s")
+            out.append(
+                TargetResult(
+                    "dense decode speed vs NNCodec (1 core)",
+                    r["name"],
+                    x,
+                    f">= {DENSE_DECODE_VS_NNCODEC:g}x",
+                    "x",
+                    status(x, x is not None and x >= DENSE_DECODE_VS_NNCODEC),
+                )
+            )
+    if ratios:
+        g = math.exp(sum(math.log(x) for x in ratios) / len(ratios))
+        out.append(
+            TargetResult(
+                "bytes vs NNCodec, geometric mean",
+                f"{len(ratios)} real sets",
+                100.0 * (g - 1.0),
+                f"<= {100 * (REAL_GEOMEAN_VS_NNCODEC - 1):.0f} %",
+                "%",
+                "PASS" if g <= REAL_GEOMEAN_VS_NNCODEC else "MISS",
             )
         )
     return out
@@ -816,6 +936,13 @@ def _print_rd(res: dict[str, Any], out: TextIO) -> None:
                 ]
             )
         w(f"### {name}\n\n")
+        bd = (res.get("bd_rates") or {}).get(name) or {}
+        if any(v is not None for v in bd.values()):
+            w(
+                "BD-rate vs NNCodec (same rounding levels): fedcodec "
+                f"{fmt_pct(bd.get('fedcodec'))}, "
+                f"fedcodec RDOQ {fmt_pct(bd.get('fedcodec_rdoq'))}\n\n"
+            )
         w(
             table(
                 [
@@ -851,6 +978,12 @@ def _print_report(res: dict[str, Any], out: TextIO) -> None:
             "real updates: one non-IID client's update of the MNIST-5k MLP (784-128-10, "
             "101,770 weights) after local SGD, dense and global top-10 % / top-1 % "
             "(fedcodec_bench.realdata)\n"
+        )
+    if cfg.get("real_dir"):
+        w(
+            f"real updates from {cfg['real_dir']}: one set per .npz file (e.g. MiniLM fine-tuned "
+            "with AdamW / SGD by scripts/transformer_updates.py), step = the power of two nearest "
+            "a quarter of the RMS of the nonzero values\n"
         )
     w(
         f"steps: sparse {cfg['step']:.10g}, dense {cfg['dense_step']:.10g}; levels = "
@@ -1068,11 +1201,13 @@ def _print_report(res: dict[str, Any], out: TextIO) -> None:
             if n is None:
                 continue
             if n["nncodec_bytes"] is None:
-                rows.append([r["name"], "n/a", "", "", "", "", "", n.get("error") or ""])
+                rows.append([r["name"], "n/a", *[""] * 8, n.get("error") or ""])
                 continue
             nb = n["nncodec_bytes"]
             enc = _mws(r["numel"], statistics.median(n["enc_s"]) if n["enc_s"] else None)
             dec = _mws(r["numel"], statistics.median(n["dec_s"]) if n["dec_s"] else None)
+            xe = _nncodec_speed_ratio(r, "enc_levels_1t", "enc_s")
+            xd = _nncodec_speed_ratio(r, "dec_levels_1t", "dec_s")
             rows.append(
                 [
                     r["name"],
@@ -1080,8 +1215,11 @@ def _print_report(res: dict[str, Any], out: TextIO) -> None:
                     f"{8.0 * nb / r['numel']:.4f}",
                     fmt_pct(_rel(nb, r["baselines"]["order0_bytes"])),
                     fmt_pct(_rel(r["fedcodec"]["bytes"], nb)),
+                    f"{r['fedcodec']['bytes'] / nb:.3f}x",
                     fmt_rate(enc),
                     fmt_rate(dec),
+                    "n/a" if xe is None else f"{xe:.2f}x",
+                    "n/a" if xd is None else f"{xd:.2f}x",
                     "ok" if n["decoded_equal"] and n["deterministic"] else "MISMATCH",
                 ]
             )
@@ -1093,8 +1231,11 @@ def _print_report(res: dict[str, Any], out: TextIO) -> None:
                     "bits/w",
                     "NNCodec vs order-0",
                     "fedcodec vs NNCodec",
+                    "fedcodec / NNCodec B",
                     "enc Mw/s",
                     "dec Mw/s",
+                    "fedcodec enc speed / NNCodec (1t)",
+                    "fedcodec dec speed / NNCodec (1t)",
                     "decode check",
                 ],
                 rows,
@@ -1180,6 +1321,14 @@ def run_codec_bench(
         real_sets = real_update_datasets(cfg.seed)
         real_names = {ds.name for ds in real_sets}
         sets = [*sets, *real_sets]
+    real_dir = cfg.resolved_real_dir()
+    if real_dir:
+        from fedcodec_bench.realdata import npz_update_datasets
+
+        npz_sets = npz_update_datasets(real_dir)
+        say(f"real updates from {real_dir}: {', '.join(ds.name for ds in npz_sets)}")
+        real_names |= {ds.name for ds in npz_sets}
+        sets = [*sets, *npz_sets]
     records: list[dict[str, Any]] = []
     all_levels: list[tuple[str, list[I32Array], float]] = []
     for i, ds in enumerate(sets, 1):
@@ -1241,8 +1390,9 @@ def run_codec_bench(
     parallel_cores = (
         1 if cfg.threads == 1 else (cores if cfg.threads == 0 else min(cores, cfg.threads))
     )
+    bd_rates = {name: _bd_rates(points) for name, points in rd_curves.items()}
     targets = _targets([r for r in records if not r.get("real")], parallel_cores)
-    targets += _real_targets(records)
+    targets += _real_targets(records, bd_rates)
     targets += temporal_targets(temporal, cfg.quick)
     check_lines: list[str] = []
     ok_checks = True
@@ -1304,6 +1454,7 @@ def run_codec_bench(
             "shapes": [list(s) for s in shapes],
             "numel": int(sum(r * c for r, c in shapes)),
             "real": cfg.resolved_real(),
+            "real_dir": real_dir,
             "rd_exponents": list(cfg.resolved_rd_exponents()) if cfg.resolved_rd() else [],
         },
         "zstd_available": with_zstd,
@@ -1311,6 +1462,7 @@ def run_codec_bench(
         "nncodec": nn,
         "rd_curves": rd_curves,
         "temporal": temporal,
+        "bd_rates": bd_rates,
         "nncodec_published": [asdict(p) for p in PUBLISHED],
         "targets": [asdict(t) for t in targets],
         "check_lines": check_lines,

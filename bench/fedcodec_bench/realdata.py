@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import math
 from functools import lru_cache
+from pathlib import Path
 
 import numpy as np
 
@@ -29,7 +30,16 @@ from fedcodec_bench.data import Dataset, global_topk
 from fedcodec_bench.fldata import dirichlet_partition, load_mnist
 from fedcodec_bench.models import MLP
 
-__all__ = ["REAL_DENSITIES", "mnist_update", "real_update_datasets"]
+__all__ = [
+    "REAL_DENSITIES",
+    "REAL_DIR_ENV",
+    "mnist_update",
+    "npz_update_datasets",
+    "real_update_datasets",
+]
+
+#: Environment variable naming a folder of ``.npz`` update sets (``--real-dir``).
+REAL_DIR_ENV = "FEDCODEC_REAL_DIR"
 
 #: Densities of the sparsified real sets (plus the dense one).
 REAL_DENSITIES: tuple[float, ...] = (0.10, 0.01)
@@ -78,4 +88,47 @@ def real_update_datasets(seed: int = 0) -> list[Dataset]:
         sets.append(
             Dataset(f"mnist-update-{100 * d:g}%", None, global_topk(tensors, d), list(names), step)
         )
+    return sets
+
+
+def npz_update_datasets(folder: str | Path) -> list[Dataset]:
+    """Real update sets saved as ``.npz`` files of named float32 tensors, one set per file.
+
+    ``scripts/transformer_updates.py`` makes such files (MiniLM fine-tuned with AdamW and SGD in
+    a side environment: attention/FFN matrices, and the word-embedding table with mostly zero
+    rows). Each set's step is the power of two nearest a quarter of the RMS of its nonzero
+    values (a power of two lies on NNCodec's qp grid), about 2 bits per nonzero weight.
+
+    Parameters
+    ----------
+    folder : str or Path
+        The folder; its ``*.npz`` files (not subfolders) are read in name order.
+
+    Returns
+    -------
+    list of Dataset
+        Named after the file stems; ``density`` None.
+
+    Raises
+    ------
+    ValueError
+        If the folder has no ``.npz`` file or a file holds a tensor that is not floating point.
+    """
+    files = sorted(Path(folder).glob("*.npz"))
+    if not files:
+        raise ValueError(f"{folder}: no .npz update sets in this folder")
+    sets = []
+    for path in files:
+        with np.load(path) as z:
+            names = list(z.files)
+            tensors = []
+            for k in names:
+                a = z[k]
+                if not np.issubdtype(a.dtype, np.floating):
+                    raise ValueError(f"{path}: tensor {k!r} is {a.dtype}, not floating point")
+                tensors.append(np.ascontiguousarray(a, dtype=np.float32))
+        nz = np.concatenate([t[t != 0].astype(np.float64) for t in tensors])
+        rms = math.sqrt(float(np.mean(nz * nz))) if nz.size else 1.0
+        step = float(2.0 ** round(math.log2(rms / 4.0)))
+        sets.append(Dataset(path.stem, None, tensors, names, step))
     return sets

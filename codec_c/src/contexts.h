@@ -51,6 +51,11 @@ typedef struct fc_ctxset {
     fc_ctx gap_suffix[FC_GAP_PREFIX_POS][2];        /* two leading suffix bins by prefix length */
     fc_ctx dqsig[FC_SIG_CTX_ALL];                   /* dependent quantization, state in Q1: sig */
     fc_ctx dqgsig[FC_SIG_CTX_ALL];                  /*   and gsig (Q0 states use sig and gsig) */
+    /* ROWKIND slices: the row kind, and inside a constant-magnitude row
+     * significance (left class x above significant) and sign (left class) */
+    fc_ctx rowkind[2];                              /* by the previous non-empty row's kind */
+    fc_ctx csig[6];
+    fc_ctx csign[3];
 } fc_ctxset;
 
 static inline void fc_ctxset_init(fc_ctxset *s, unsigned window_set)
@@ -239,6 +244,12 @@ static inline unsigned fc_sig_ctx(const fc_colstate *cs, const fc_rowstate *r, i
     unsigned rm = ref & 7u;
     return (rm > 3u ? 3u : rm) * FC_SIG_CTX +
            ((fc_sign_class(left) * 2u + (above != 0)) * 4u + fc_act_class(cs, c)) * 8u + z;
+}
+
+/* Constant-magnitude rows (ROWKIND slices): significance context. */
+static inline unsigned fc_csig_ctx(int32_t left, int32_t above)
+{
+    return fc_sign_class(left) * 2u + (above != 0);
 }
 
 /* Reference rows (dense and grouped modes, rows up to FC_ROW_CTX_MAX wide):

@@ -28,8 +28,9 @@
 
 #include "common.h"
 
-/* Slice flag (in the `k` field of dense and grouped slices). */
+/* Slice flags (in the `k` field of dense and grouped slices). */
 #define FC_SLICE_REFROWS 1u
+#define FC_SLICE_ROWKIND 2u /* dense slices: a row-kind flag per non-empty row */
 
 typedef struct fc_slice_enc_job {
     /* input */
@@ -49,6 +50,7 @@ typedef struct fc_slice_enc_job {
     const float *ref;         /* rows x cols reference values, or NULL */
     int mode_request;         /* enum fc_mode */
     int window_auto;          /* record the bins and cost every window set */
+    int rowkind_request;      /* ROWKIND: -1 when it pays (a trial), 0 never, 1 always */
     /* output */
     fc_buf out;
     unsigned mode;

@@ -192,6 +192,25 @@ static int32_t dec_sig_range(dec_state *st, fc_ctx *sigset, fc_ctx *dqset, int32
     return left;
 }
 
+/* A constant-magnitude row's columns [c0, c1): significance and sign only,
+ * every nonzero level has magnitude `a`; the column state is left alone
+ * (it models the other rows). */
+static int32_t dec_chunk_const(dec_state *st, int32_t *cur, const int32_t *prev, uint64_t c0,
+                               uint64_t c1, int32_t left, int32_t a)
+{
+    const fc_dq_machine *dq = st->dq;
+    uint64_t c;
+    for (c = c0; c < c1; c++) {
+        int32_t v = 0;
+        if (fc_rc_decode(&st->d, &st->s.csig[fc_csig_ctx(left, prev ? prev[c] : 0)]))
+            v = fc_rc_decode(&st->d, &st->s.csign[fc_sign_class(left)]) ? -a : a;
+        if (dq) st->dq_state = dq->next[st->dq_state][(unsigned)v & 1u];
+        cur[c - c0] = v;
+        left = v;
+    }
+    return left;
+}
+
 static void decay_activity(dec_state *st, uint64_t c0, uint64_t c1)
 {
     uint64_t c;
@@ -273,6 +292,8 @@ void fc_slice_decode(fc_slice_dec_job *job)
     const int use_above = cols <= FC_ROW_CTX_MAX;
     const uint64_t width = use_above ? cols : FC_ROW_CTX_MAX;
     const int refrows = job->mode != FC_MODE_RUNS && (job->k & FC_SLICE_REFROWS);
+    const int rowkind = job->mode == FC_MODE_DENSE && (job->k & FC_SLICE_ROWKIND);
+    unsigned prev_kind = 0;
     const unsigned window = refrows ? fc_ref_window(cols) : 1u, slots = window + 1u;
     const fc_dq_machine *dq = (job->quant == FC_QUANT_TRELLIS || job->quant == FC_QUANT_TRELLIS8)
                                   ? &fc_dq_machines[job->quant]
@@ -338,7 +359,7 @@ void fc_slice_decode(fc_slice_dec_job *job)
         const int32_t *above_row = (r > 0 && use_above) ? ring + (size_t)((r - 1) % slots) * width : NULL;
         const uint64_t off = r * cols;
         unsigned left_group = 0, flag = 1;
-        int32_t left = 0;
+        int32_t left = 0, const_mag = 0;
         uint64_t c0;
         st->ref.row = job->ref ? job->ref + off : NULL;
         fc_row_begin(&st->row);
@@ -351,7 +372,7 @@ void fc_slice_decode(fc_slice_dec_job *job)
                 } else {
                     emit_zeros(&o, off, cols);
                 }
-                decay_activity(st, 0, cols);
+                if (!rowkind) decay_activity(st, 0, cols); /* ROWKIND: empty rows leave it */
                 if (dq) st->dq_state = fc_dq_skip_zeros(dq, st->dq_state, cols);
                 if (use_above) memset(cur, 0, sizeof(int32_t) * (size_t)cols);
                 continue;
@@ -368,12 +389,26 @@ void fc_slice_decode(fc_slice_dec_job *job)
                 }
                 above_row = ring + (size_t)((r - d) % slots) * width;
             }
+            if (rowkind) {
+                prev_kind = fc_rc_decode(&st->d, &st->s.rowkind[prev_kind]);
+                if (prev_kind) {
+                    uint32_t cm1;
+                    if (fc_dec_eg0_bypass(&st->d, &cm1) || cm1 >= st->cm_max) {
+                        st->bad = 1;
+                        break;
+                    }
+                    const_mag = (int32_t)(cm1 + st->m0);
+                }
+            }
         }
         for (c0 = 0; c0 < cols && !st->bad; c0 += width) {
             uint64_t c1 = c0 + width < cols ? c0 + width : cols;
             switch (job->mode) {
             case FC_MODE_DENSE:
-                dec_chunk_dense(st, cur, above_row, c0, c1, left);
+                if (const_mag)
+                    dec_chunk_const(st, cur, above_row, c0, c1, left, const_mag);
+                else
+                    dec_chunk_dense(st, cur, above_row, c0, c1, left);
                 break;
             case FC_MODE_GROUPED:
                 dec_chunk_grouped(st, cur, above_row, c0, c1, left, &left_group);

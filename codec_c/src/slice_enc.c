@@ -36,6 +36,7 @@ typedef struct slice_state {
     const fc_dq_machine *dq; /* trellis slices, else NULL */
     unsigned dq_state;       /* the coder's state machine */
     fc_ref ref;              /* the reference's current row (ref.row NULL: none) */
+    unsigned prev_kind;      /* ROWKIND: the previous non-empty row's kind */
 } slice_state;
 
 /* Code the level cur[c] (nonzero) and update row and column state. */
@@ -93,6 +94,61 @@ static void enc_row_dense(fc_rc_enc *e, fc_ctxset *s, const int32_t *cur, const 
     enc_sig_range(e, s, s->sig, s->dqsig, st, cur, above_row, 0, cols);
 }
 
+/* A constant-magnitude row (ROWKIND): significance and sign only. */
+static void enc_row_const(fc_rc_enc *e, fc_ctxset *s, const int32_t *cur, const int32_t *above_row,
+                          uint64_t cols, slice_state *st)
+{
+    const fc_dq_machine *dq = st->dq;
+    uint64_t c;
+    int32_t left = 0;
+    for (c = 0; c < cols; c++) {
+        int32_t v = cur[c];
+        fc_rc_encode(e, &s->csig[fc_csig_ctx(left, above_row ? above_row[c] : 0)], v != 0);
+        if (v) fc_rc_encode(e, &s->csign[fc_sign_class(left)], v < 0);
+        if (dq) st->dq_state = dq->next[st->dq_state][(unsigned)v & 1u];
+        left = v;
+    }
+}
+
+/* The common magnitude of a row's nonzero levels, or 0 when they differ. */
+static unsigned row_const_mag(const int32_t *cur, uint64_t cols)
+{
+    unsigned m = 0;
+    uint64_t c;
+    for (c = 0; c < cols; c++) {
+        unsigned a = fc_abs32(cur[c]);
+        if (!a) continue;
+        if (m && a != m) return 0;
+        m = a;
+    }
+    return m;
+}
+
+/* ROWKIND pays when some rows have one magnitude throughout (rarely seen
+ * tokens of an embedding table under Adam move by +-lr in every column)
+ * among rows that do not: at least 4 such rows with 32+ nonzeros of a
+ * magnitude up to 16 (its code is bypass Exp-Golomb), and 2 % of
+ * the non-empty rows (levels under plain rounding). */
+static int rowkind_pays(const fc_slice_enc_job *job, double inv_step)
+{
+    uint64_t r, c, nonempty = 0, constant = 0;
+    for (r = 0; r < job->rows; r++) {
+        unsigned m = 0, same = 1, nz = 0;
+        for (c = 0; c < job->cols; c++) {
+            uint64_t i = r * job->cols + c;
+            unsigned a = job->values ? (unsigned)floor(fabs((double)job->values[i]) * inv_step + 0.5)
+                                     : fc_abs32(job->levels[i]);
+            if (!a) continue;
+            nz++;
+            if (m && a != m) same = 0;
+            m = a;
+        }
+        nonempty += nz != 0;
+        constant += same && nz >= 32 && m <= 16;
+    }
+    return constant >= 4 && constant * 50 >= nonempty;
+}
+
 static void enc_row_grouped(fc_rc_enc *e, fc_ctxset *s, const int32_t *cur, const int32_t *above_row,
                             uint64_t cols, slice_state *st)
 {
@@ -146,16 +202,23 @@ static unsigned popcount64(uint64_t x)
 }
 
 /* The previous row (distance 1 .. m) whose significance differs least from
- * row r's; ties go to the nearest. */
+ * row r's; ties go to the nearest.  With `kinds` (ROWKIND slices: the kind
+ * of every row in the ring) only rows of row r's kind are candidates, when
+ * there is one. */
 static unsigned choose_ref(const uint64_t *bitring, unsigned slots, uint64_t words, uint64_t r,
-                           unsigned m)
+                           unsigned m, const uint8_t *kinds)
 {
     const uint64_t *cur = bitring + (size_t)(r % slots) * words;
     unsigned best_d = 1, d;
     uint64_t best = UINT64_MAX;
+    if (kinds) {
+        for (d = 1; d <= m && kinds[(r - d) % slots] != kinds[r % slots]; d++) continue;
+        if (d > m) kinds = NULL;
+    }
     for (d = 1; d <= m; d++) {
         const uint64_t *ref = bitring + (size_t)((r - d) % slots) * words;
         uint64_t dist = 0, w;
+        if (kinds && kinds[(r - d) % slots] != kinds[r % slots]) continue;
         for (w = 0; w < words && dist < best; w++) dist += popcount64(cur[w] ^ ref[w]);
         if (dist < best) {
             best = dist;
@@ -194,8 +257,28 @@ static int has_column_structure(const fc_slice_enc_job *job, uint64_t rows, doub
     return (double)empty > 1.5 * (double)cols * exp(-lambda) + 0.02 * (double)cols;
 }
 
+/* Nonzeros (under plain rounding) per non-empty row above 20 % of the row:
+ * the rows that have nonzeros are dense (an embedding table, where only the
+ * tokens of the client's data move), and the dense mode's row flags code the
+ * empty rows in a fraction of a bit each. */
+static int nonempty_rows_dense(const fc_slice_enc_job *job, double inv_step, uint64_t significant)
+{
+    const float half = (float)(0.5 / inv_step) * 0.99999f;
+    uint64_t r, c, nonempty = 0;
+    for (r = 0; r < job->rows; r++) {
+        const uint64_t off = r * job->cols;
+        for (c = 0; c < job->cols; c++) {
+            if (job->values ? fabsf(job->values[off + c]) >= half : job->levels[off + c] != 0) {
+                nonempty++;
+                break;
+            }
+        }
+    }
+    return significant * 5u > nonempty * job->cols;
+}
+
 /* Mode for a slice when the caller left it to the encoder.  Above 20 %
- * nonzeros: dense.  Below, structured updates (whole zero columns, low-rank
+ * nonzeros, overall or in the non-empty rows: dense.  Below, structured updates (whole zero columns, low-rank
  * rows) are much smaller in dense mode with its column and reference-row
  * contexts, while unstructured sparse ones are smaller in runs mode: when
  * the first rows show column structure, code them both ways and keep the
@@ -206,6 +289,8 @@ static unsigned choose_mode_by_trial(const fc_slice_enc_job *job, uint64_t signi
     fc_slice_enc_job trial;
     uint64_t dense_size, rows;
     if (significant * 5u > n) return FC_MODE_DENSE;
+    if (significant && job->rows > 1 && nonempty_rows_dense(job, 1.0 / (double)job->step, significant))
+        return FC_MODE_DENSE;
     if (job->cols > FC_ROW_CTX_MAX || job->cols < 16 || job->rows < 2 || significant == 0)
         return fc_choose_mode(significant, n);
     rows = (TRIAL_ELEMS + job->cols - 1) / job->cols;
@@ -219,6 +304,7 @@ static unsigned choose_mode_by_trial(const fc_slice_enc_job *job, uint64_t signi
     memset(&trial.out, 0, sizeof(trial.out));
     memset(&trial.trace, 0, sizeof(trial.trace));
     trial.window_auto = 0;
+    trial.rowkind_request = 0;
     trial.rows = rows;
     trial.recon = NULL;
     trial.mode_request = FC_MODE_DENSE;
@@ -380,7 +466,37 @@ void fc_slice_recode(fc_slice_enc_job *job, unsigned window_set)
     fc_buf_free(&job->trace);
 }
 
+static void slice_encode_once(fc_slice_enc_job *job);
+
+/* A slice whose rows look like ROWKIND pays is coded both ways; the
+ * smaller is kept. */
 void fc_slice_encode(fc_slice_enc_job *job)
+{
+    fc_slice_enc_job trial;
+    const int mode_request = job->mode_request;
+    slice_encode_once(job);
+    if (job->result != FC_OK || !(job->k & FC_SLICE_ROWKIND) || job->rowkind_request >= 0) return;
+    trial = *job;
+    memset(&trial.out, 0, sizeof(trial.out));
+    memset(&trial.trace, 0, sizeof(trial.trace));
+    trial.recon = NULL;
+    trial.window_auto = 0;
+    trial.rowkind_request = 0;
+    trial.mode_request = (int)job->mode;
+    slice_encode_once(&trial);
+    if (trial.result == FC_OK && trial.out.size < job->out.size) {
+        fc_buf_free(&job->out);
+        fc_buf_free(&job->trace);
+        job->rowkind_request = 0;
+        job->mode_request = (int)job->mode;
+        slice_encode_once(job);
+        job->rowkind_request = -1;
+        job->mode_request = mode_request;
+    }
+    fc_buf_free(&trial.out);
+}
+
+static void slice_encode_once(fc_slice_enc_job *job)
 {
     const uint64_t rows = job->rows, cols = job->cols, n = rows * cols;
     const int use_above = cols <= FC_ROW_CTX_MAX;
@@ -388,6 +504,8 @@ void fc_slice_encode(fc_slice_enc_job *job)
     unsigned window = 1, slots;
     int32_t *ring = NULL;
     uint64_t *bitring = NULL;
+    uint8_t *kinds = NULL;  /* ROWKIND: per ring row 0 empty, 1 constant, 2 other */
+    unsigned row_mag = 0;
     fc_rdoq *q = NULL;
     fc_trellis *tr = NULL;
     fc_ctxset *s = NULL;
@@ -436,7 +554,14 @@ void fc_slice_encode(fc_slice_enc_job *job)
         job->k = FC_SLICE_REFROWS;
         window = fc_ref_window(cols);
     }
+    if (job->mode == FC_MODE_DENSE && quant != FC_QUANT_DITHER &&
+        (job->rowkind_request > 0 || (job->rowkind_request < 0 && rowkind_pays(job, inv_step))))
+        job->k |= FC_SLICE_ROWKIND;
     slots = window + 1;
+    if ((job->k & FC_SLICE_ROWKIND) && !(kinds = (uint8_t *)calloc(slots, 1))) {
+        job->result = FC_ERR_NOMEM;
+        return;
+    }
 
     ring = (int32_t *)calloc((size_t)cols * slots, sizeof(int32_t));
     if (window > 1) bitring = (uint64_t *)calloc((size_t)words * slots, sizeof(uint64_t));
@@ -549,19 +674,34 @@ void fc_slice_encode(fc_slice_enc_job *job)
         fc_rc_encode(&e, &s->row[st.prev_row_flag], nz != 0);
         st.prev_row_flag = nz != 0;
         if (bitring) sig_bits(cur, cols, bitring + (size_t)(r % slots) * words);
+        if (kinds) {
+            row_mag = nz ? row_const_mag(cur, cols) : 0;
+            kinds[r % slots] = (uint8_t)(!nz ? 0 : (row_mag ? 1 : 2));
+        }
         if (!nz) {
-            decay_activity(&st, 0, cols);
+            /* ROWKIND: empty rows are a kind of their own, the column
+             * activity follows the other rows */
+            if (!kinds) decay_activity(&st, 0, cols);
             if (st.dq) st.dq_state = fc_dq_skip_zeros(st.dq, st.dq_state, cols);
             continue;
         }
         if (bitring && r > 0) {
             unsigned m = r < window ? (unsigned)r : window;
-            unsigned d = choose_ref(bitring, slots, words, r, m);
+            unsigned d = choose_ref(bitring, slots, words, r, m, kinds);
             if (m >= 2) {
                 fc_rc_encode(&e, &s->ref, d == 1);
                 if (d > 1) fc_rc_bypass(&e, d - 2u, fc_ref_bits(m));
             }
             above_row = ring + (size_t)((r - d) % slots) * cols;
+        }
+        if (job->k & FC_SLICE_ROWKIND) {
+            fc_rc_encode(&e, &s->rowkind[st.prev_kind], row_mag != 0);
+            st.prev_kind = row_mag != 0;
+            if (row_mag) {
+                fc_enc_eg0_bypass(&e, row_mag - st.m0);
+                enc_row_const(&e, s, cur, above_row, cols, &st);
+                continue;
+            }
         }
         if (job->mode == FC_MODE_DENSE)
             enc_row_dense(&e, s, cur, above_row, cols, &st);
@@ -575,6 +715,7 @@ void fc_slice_encode(fc_slice_enc_job *job)
 out:
     free(ring);
     free(bitring);
+    free(kinds);
     free(st.cols.act);
     free(st.cols.sgn);
     free(st.cols.mag);

@@ -458,6 +458,71 @@ static void test_transpose(void)
     }
 }
 
+static void expect_edit(const uint8_t *c, size_t size, size_t at, uint8_t value, int want,
+                        const char *what);
+
+/* An embedding table: most rows empty, the others either of one magnitude
+ * throughout (ROWKIND rows) or broad.  The encoder picks the dense mode (the
+ * non-empty rows are dense) with ROWKIND; levels, floats (RDOQ, trellis) and
+ * several slices round trip; ROWKIND outside dense slices is corrupt. */
+static void test_rowkind(void)
+{
+    uint64_t shape[2] = {600, 96}, n = 600 * 96, i, r, c;
+    int32_t *lv = (int32_t *)calloc((size_t)n, sizeof(int32_t));
+    float *x = (float *)malloc(sizeof(float) * n), *rec = (float *)malloc(sizeof(float) * n);
+    tu_rng g = tu_seed(555);
+    fc_tensor t = tu_tensor(0, 2, shape);
+    fc_encode_options o;
+    size_t size, s;
+    uint8_t *cont;
+    cr_layout L;
+    int q;
+    TU_CHECK(lv && x && rec);
+    for (r = 0; r < 600; r++) {
+        unsigned kind = tu_below(&g, 10);
+        int32_t m = 1 + (int32_t)tu_below(&g, 5);
+        if (kind >= 2) continue; /* 80 % empty rows */
+        for (c = 0; c < 96; c++) {
+            int32_t a = kind == 0 ? m : 1 + (int32_t)tu_below(&g, 9);
+            if (tu_below(&g, 40) == 0) continue;
+            lv[r * 96 + c] = tu_below(&g, 2) ? -a : a;
+        }
+    }
+    t.levels = lv;
+    t.step = 0.5;
+    opts(&o, FC_MODE_AUTO, 4, 0);
+    cont = roundtrip(&t, 1, &o, &size);
+    TU_CHECK(cr_walk(cont, size, &L));
+    TU_CHECK_EQ(L.t[0].nslices, 1);
+    {
+        uint8_t mb = cont[L.slice_modebyte[L.t[0].first_slice]];
+        TU_CHECK_EQ(mb & 3u, FC_MODE_DENSE);
+        TU_CHECK(((mb >> 2) & 2u) != 0); /* ROWKIND */
+        /* the same slice as grouped: corrupt */
+        expect_edit(cont, size, L.slice_modebyte[L.t[0].first_slice], (uint8_t)((mb & ~3u) | FC_MODE_GROUPED),
+                    FC_ERR_CORRUPT, "ROWKIND in a grouped slice");
+    }
+    free(cont);
+    opts(&o, FC_MODE_AUTO, 4, FC_WINDOW_AUTO);
+    o.slice_elems = 9000;
+    free(roundtrip(&t, 1, &o, &s));
+    for (i = 0; i < n; i++) x[i] = (float)lv[i] * 0.5f + (float)((int)(i % 7) - 3) * 0.01f * (lv[i] != 0);
+    for (q = FC_QUANT_UNIFORM; q <= FC_QUANT_TRELLIS8; q++) {
+        t.levels = NULL;
+        t.values = x;
+        t.recon = rec;
+        t.step = 0.5;
+        opts(&o, FC_MODE_AUTO, 4, 0);
+        o.lambda = 0.05;
+        o.quantizer = q;
+        o.slice_elems = 20000;
+        free(roundtrip(&t, 1, &o, &s));
+    }
+    free(lv);
+    free(x);
+    free(rec);
+}
+
 /* Several tensors in one container: sparse indices, mixed shapes, modes and
  * steps, all-zero tensors (no slices) among them, a tensor of many slices. */
 static void test_multi(void)
@@ -1583,6 +1648,7 @@ int main(void)
     test_params();
     test_window_auto();
     test_transpose();
+    test_rowkind();
     test_multi();
     test_bound_and_capacity();
     test_encode_errors();
