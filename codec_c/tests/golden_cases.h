@@ -260,6 +260,39 @@ static inline int gc_build(int which, gc_set *s)
             t->step = 1.0;
         }
         return 1;
+    case 15: /* an embedding table: 85 % empty rows, the others of one
+              * magnitude throughout or broad (dense mode, ROWKIND) */
+        s->name = "rowkind";
+        t = gc_add(s, 0, 2, 160, 64, 0, 0);
+        {
+            tu_rng r = tu_seed(25);
+            int32_t *lv = (int32_t *)gc_alloc(s, sizeof(int32_t) * 160 * 64);
+            uint64_t i, j;
+            for (i = 0; i < 160; i++) {
+                unsigned kind = (unsigned)tu_below(&r, 20);
+                int32_t m = 1 + (int32_t)tu_below(&r, 4);
+                for (j = 0; j < 64; j++) {
+                    int32_t a = kind < 2 ? m : 1 + (int32_t)tu_below(&r, 7);
+                    lv[i * 64 + j] = kind >= 3 || tu_below(&r, 30) == 0 ? 0 : (tu_below(&r, 2) ? -a : a);
+                }
+            }
+            t->levels = lv;
+            t->step = 0.25;
+        }
+        return 1;
+    case 16: /* an input layer coded transposed (TRANSPOSED): 40 % of its
+              * columns empty */
+        s->name = "transposed";
+        s->o.transpose = 1;
+        t = gc_add(s, 0, 2, 24, 80, 0, 0);
+        {
+            int32_t *lv = gc_levels(s, t, 26, 700, 3);
+            uint64_t i;
+            for (i = 0; i < 24 * 80; i++)
+                if ((i % 80) % 5 < 2) lv[i] = 0;
+            t->step = 0.5;
+        }
+        return 1;
     default:
         return 0;
     }
