@@ -216,7 +216,7 @@ class DownlinkConfig:
         How each new version is coded (``[downlink.params]``).
     """
 
-    keep_versions: int = 8
+    keep_versions: int = 32
     keyframe_bits: int = DEFAULT_KEYFRAME_BITS
     shared_initial: bool = True
     send_initial: bool = False

@@ -26,6 +26,7 @@ SETTINGS: dict[str, dict[str, Any]] = {
     "chain only (no cumulative deltas)": {"step_snap": "grid", "cumulative": False},
     "cumulative deltas, grid steps": {"step_snap": "grid", "cumulative": True},
     "cumulative deltas, pow2 steps": {"step_snap": "pow2", "cumulative": True},
+    "cumulative deltas, pow2 steps, keep 32": {"step_snap": "pow2", "cumulative": True, "keep": 32},
 }
 
 
@@ -114,10 +115,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=40)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", default="")
+    parser.add_argument("--only", default="", help="run the settings whose name contains this")
     args = parser.parse_args(argv)
     limit_blas_threads(1)
     results = {}
     for name, setting in SETTINGS.items():
+        if args.only not in name:
+            continue
         start = time.perf_counter()
         results[name] = run(
             setting,

@@ -287,7 +287,7 @@ class CompressionStrategy(Strategy):
         | Callable[[int, RoundStats | None], RoundParams]
         | None = None,
         compress_downlink: bool = True,
-        keep: int = 8,
+        keep: int = 32,
         keyframe_bits: int = DEFAULT_KEYFRAME_BITS,
         threads: int = 1,
         robust: RobustPolicy | None = None,

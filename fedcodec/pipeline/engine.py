@@ -192,7 +192,9 @@ class RoundEngine:
         Downlink coding per round index (default: the uplink schedule,
         ``per_client`` dropped).
     keep, keyframe_bits, step_snap, cumulative, cache_bytes
-        The downlink stream's settings (:class:`DownlinkEncoder`).
+        The downlink stream's settings (:class:`DownlinkEncoder`); ``keep`` = 32
+        kept versions make catch-ups from up to 32 versions back cumulative deltas
+        (docs/catchup.md: 84x instead of 79x total traffic on the toy task).
     server_lr : float, optional
         Server learning rate on the mean update.
     threads : int, optional
@@ -219,7 +221,7 @@ class RoundEngine:
         send_initial: bool = False,
         schedule: ScheduleLike | None = None,
         downlink: ScheduleLike | None = None,
-        keep: int = 8,
+        keep: int = 32,
         keyframe_bits: int = DEFAULT_KEYFRAME_BITS,
         step_snap: StepSnap = "grid",
         cumulative: bool | None = None,
