@@ -58,7 +58,7 @@ import numpy as np
 import numpy.typing as npt
 
 from fedcodec import _binding
-from fedcodec.errors import FC_ERR_LIMIT, FC_ERR_MISMATCH, FedCodecError
+from fedcodec.errors import FC_ERR_LIMIT, FC_ERR_MISMATCH, FedCodecError, InvalidParameterError
 
 __all__ = [
     "EncodeResult",
@@ -414,16 +414,38 @@ def _decode_references(
             )
         ref = _reference_array(given, label, info.shape)
         assert ref is not None
-        digest = _binding.reference_digest(ref, info.step)
-        if digest != info.reference_digest:
-            _binding.invalid(
-                f"{label}: the reference differs from the one it was coded with (digest "
-                f"{digest:#010x}, the container records {info.reference_digest:#010x}); "
-                "decoding with it would give wrong values",
-                FC_ERR_MISMATCH,
-            )
         out.append(ref)
     return out
+
+
+def _decode_with_references(
+    data: bytes | bytearray | memoryview,
+    options: _binding.DecodeOptions,
+    targets: list[_binding.DecodeTarget],
+    infos: list[_binding.TensorInfoRaw],
+    names: list[str] | None,
+) -> None:
+    """``_binding.decode``; when the C library refuses a reference (its digest
+    differs from the container's), say which tensor (the digests are only
+    recomputed on that error path)."""
+    try:
+        _binding.decode(data, options, targets)
+    except InvalidParameterError as exc:
+        if exc.code != FC_ERR_MISMATCH:
+            raise
+        for position, (info, target) in enumerate(zip(infos, targets, strict=True)):
+            if not info.reference or target.reference is None:
+                continue
+            digest = _binding.reference_digest(target.reference, info.step)
+            if digest != info.reference_digest:
+                label = _label(position, names[position] if names else None)
+                _binding.invalid(
+                    f"{label}: the reference differs from the one it was coded with (digest "
+                    f"{digest:#010x}, the container records {info.reference_digest:#010x}); "
+                    "decoding with it would give wrong values",
+                    FC_ERR_MISMATCH,
+                )
+        raise
 
 
 def reference_digest(reference: npt.ArrayLike, step: float) -> int:
@@ -1070,7 +1092,7 @@ def decode(
         )
         for i, (info, out) in enumerate(zip(infos, outputs, strict=True))
     ]
-    _binding.decode(data, options, targets)
+    _decode_with_references(data, options, targets, infos, checked_names)
     return _named(outputs, checked_names)
 
 
@@ -1168,7 +1190,7 @@ def decode_levels(
         )
         for i, (info, out) in enumerate(zip(infos, outputs, strict=True))
     ]
-    _binding.decode(data, options, targets)
+    _decode_with_references(data, options, targets, infos, checked_names)
     pairs = [(out, info.step) for out, info in zip(outputs, infos, strict=True)]
     return _named(pairs, checked_names)
 
@@ -1244,7 +1266,7 @@ def decode_accumulate(
         )
     inspected = tuple(info.shape for info in infos)
     options = _decode_options(threads, max_tensors, max_tensor_elems, max_total_elems, inspected)
-    _binding.decode(data, options, targets)
+    _decode_with_references(data, options, targets, infos, names)
 
 
 def verify(
@@ -1299,7 +1321,8 @@ def verify(
     )
     inspected = tuple(info.shape for info in infos)
     options = _decode_options(threads, max_tensors, max_tensor_elems, max_total_elems, inspected)
-    refs = _decode_references(reference, None, _binding.inspect(data, options))
+    raw_infos = _binding.inspect(data, options)
+    refs = _decode_references(reference, None, raw_infos)
     scratch = np.empty(max((info.numel for info in infos), default=0), dtype=np.float32)
     for position, info in enumerate(infos):
         if info.numel == 0:
@@ -1314,7 +1337,7 @@ def verify(
             )
             for i, other in enumerate(infos)
         ]
-        _binding.decode(data, options, targets)
+        _decode_with_references(data, options, targets, raw_infos, None)
         if visit is not None:
             visit(position, values)
     return infos

@@ -208,30 +208,32 @@ static inline void fc_col_activity(fc_colstate *cs, uint64_t c, unsigned nonzero
 static inline uint8_t fc_ref_class(float ref, double inv_step)
 {
     double a = fabs((double)ref) * inv_step;
-    unsigned m = 0, s;
-    if (!(a < 0.5)) {
-        double t = 1.5;
-        m = 1;
-        while (m < 7u && !(a < t)) {
-            t = 2.0 * t + 0.5;
-            m++;
-        }
-    }
-    s = m == 0 ? 0u : (ref < 0.0f ? 1u : 2u);
+    /* !(a < t): NaN counts as above every threshold */
+    unsigned m = (unsigned)!(a < 0.5) + (unsigned)!(a < 1.5) + (unsigned)!(a < 3.5) +
+                 (unsigned)!(a < 7.5) + (unsigned)!(a < 15.5) + (unsigned)!(a < 31.5) +
+                 (unsigned)!(a < 63.5);
+    unsigned s = m == 0 ? 0u : (ref < 0.0f ? 1u : 2u);
     return (uint8_t)(m | (s << 3));
 }
 
-/* A row of a reference tensor: its float32 values (NULL: no reference) and
- * the inverse step of the tensor being coded. */
+/* The reference classes of a row (or of the columns [c0, ...) of a row):
+ * cls[c - c0] is the class byte of column c; cls NULL: no reference. */
 typedef struct fc_ref {
-    const float *row;
-    double inv_step;
+    const uint8_t *cls;
+    uint64_t c0;
 } fc_ref;
+
+/* The class bytes of n reference values. */
+static inline void fc_ref_classes(const float *ref, uint64_t n, double inv_step, uint8_t *out)
+{
+    uint64_t i;
+    for (i = 0; i < n; i++) out[i] = fc_ref_class(ref[i], inv_step);
+}
 
 /* The reference class byte of column c (0 without reference). */
 static inline unsigned fc_ref_at(const fc_ref *ref, uint64_t c)
 {
-    return ref && ref->row ? fc_ref_class(ref->row[c], ref->inv_step) : 0u;
+    return ref && ref->cls ? ref->cls[c - ref->c0] : 0u;
 }
 
 /* Significance: reference class x left class x column activity x

@@ -305,6 +305,8 @@ void fc_slice_decode(fc_slice_dec_job *job)
     int32_t *ring = NULL;
     dec_state *st = NULL;
     dec_out o;
+    uint8_t *refcls = NULL; /* the current chunk's reference classes */
+    const double inv_step = 1.0 / (double)job->step;
     uint64_t r;
 
     job->result = FC_OK;
@@ -322,6 +324,7 @@ void fc_slice_decode(fc_slice_dec_job *job)
     o.active = job->sink.levels || job->sink.values || job->sink.acc;
     ring = (int32_t *)calloc((size_t)width * slots, sizeof(int32_t));
     if (dq && o.active) o.scratch = (int32_t *)malloc(sizeof(int32_t) * (size_t)width);
+    if (job->ref) refcls = (uint8_t *)malloc((size_t)width);
     st = (dec_state *)calloc(1, sizeof(*st));
     if (st && use_above) {
         st->cols.sgn = (int8_t *)calloc((size_t)cols, 1);
@@ -331,7 +334,7 @@ void fc_slice_decode(fc_slice_dec_job *job)
             if (st->cols.act) memset(st->cols.act, FC_ACT_INIT, (size_t)cols);
         }
     }
-    if (!ring || !st || (dq && o.active && !o.scratch) ||
+    if (!ring || !st || (dq && o.active && !o.scratch) || (job->ref && !refcls) ||
         (use_above && (!st->cols.sgn || !st->cols.mag || (job->mode != FC_MODE_RUNS && !st->cols.act)))) {
         job->result = FC_ERR_NOMEM;
         goto out;
@@ -350,7 +353,6 @@ void fc_slice_decode(fc_slice_dec_job *job)
         st->cm_max = (unsigned)max_level - m0m1;
     }
     st->dq = dq;
-    st->ref.inv_step = 1.0 / (double)job->step;
     st->n = rows * cols;
     if (job->mode == FC_MODE_RUNS) next_gap(st);
 
@@ -361,7 +363,6 @@ void fc_slice_decode(fc_slice_dec_job *job)
         unsigned left_group = 0, flag = 1;
         int32_t left = 0, const_mag = 0;
         uint64_t c0;
-        st->ref.row = job->ref ? job->ref + off : NULL;
         fc_row_begin(&st->row);
         if (job->mode != FC_MODE_RUNS) {
             flag = fc_rc_decode(&st->d, &st->s.row[st->prev_row_flag]);
@@ -403,6 +404,11 @@ void fc_slice_decode(fc_slice_dec_job *job)
         }
         for (c0 = 0; c0 < cols && !st->bad; c0 += width) {
             uint64_t c1 = c0 + width < cols ? c0 + width : cols;
+            if (refcls) {
+                fc_ref_classes(job->ref + off + c0, c1 - c0, inv_step, refcls);
+                st->ref.cls = refcls;
+                st->ref.c0 = c0;
+            }
             switch (job->mode) {
             case FC_MODE_DENSE:
                 if (const_mag)
@@ -431,6 +437,7 @@ void fc_slice_decode(fc_slice_dec_job *job)
 out:
     free(ring);
     free(o.scratch);
+    free(refcls);
     if (st) {
         free(st->cols.act);
         free(st->cols.sgn);

@@ -509,6 +509,7 @@ static void slice_encode_once(fc_slice_enc_job *job)
     fc_rdoq *q = NULL;
     fc_trellis *tr = NULL;
     fc_ctxset *s = NULL;
+    uint8_t *refcls = NULL; /* the current row's reference classes */
     fc_rc_enc e;
     slice_state st;
     uint64_t r, significant;
@@ -574,11 +575,14 @@ static void slice_encode_once(fc_slice_enc_job *job)
         }
     }
     s = (fc_ctxset *)malloc(sizeof(*s));
+    if (job->ref) refcls = (uint8_t *)malloc((size_t)cols);
+    st.ref.cls = refcls;
+    st.ref.c0 = 0;
     if (job->values && quant == FC_QUANT_UNIFORM) q = (fc_rdoq *)malloc(sizeof(*q));
     if (trellis)
         tr = fc_trellis_new(quant, job->lambda, job->eta_scale, inv_step, job->max_gtx, st.m0,
                             job->window_set);
-    if (!ring || (window > 1 && !bitring) || !s || (job->values && quant == FC_QUANT_UNIFORM && !q) ||
+    if (!ring || (window > 1 && !bitring) || !s || (job->ref && !refcls) || (job->values && quant == FC_QUANT_UNIFORM && !q) ||
         (trellis && !tr) ||
         (use_above && (!st.cols.sgn || !st.cols.mag || (job->mode != FC_MODE_RUNS && !st.cols.act)))) {
         job->result = FC_ERR_NOMEM;
@@ -606,8 +610,7 @@ static void slice_encode_once(fc_slice_enc_job *job)
         const int32_t *prev_row = (r > 0 && use_above) ? ring + (size_t)((r - 1) % slots) * cols : NULL;
         const int32_t *above_row = prev_row;
         uint64_t nz, off = r * cols, c;
-        st.ref.row = job->ref ? job->ref + off : NULL;
-        st.ref.inv_step = inv_step;
+        if (refcls) fc_ref_classes(job->ref + off, cols, inv_step, refcls);
         if (job->values && quant != FC_QUANT_UNIFORM) {
             const float *x = job->values + off;
             const float step = job->step;
@@ -722,4 +725,5 @@ out:
     free(q);
     fc_trellis_free(tr);
     free(s);
+    free(refcls);
 }

@@ -570,7 +570,7 @@ uint64_t fc_trellis_row(fc_trellis *tr, const fc_colstate *colstate, const float
     uint64_t pos = 0, nz = 0, c;
     fc_row_begin(&row);
     tr->ref = ref;
-    if (ref && ref->row && !tr->ref_seen) {
+    if (ref && ref->cls && !tr->ref_seen) {
         tr->ref_seen = 1;
         fc_trellis_refresh(tr);
     }
