@@ -10,7 +10,6 @@ after every round, are identical.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -208,12 +207,12 @@ def run_flower() -> tuple[Trace, list[str], Payloads]:
         RecordDict,
     )
     from flwr.clientapp import ClientApp
-    from flwr.serverapp import Grid
     from flwr.serverapp.strategy import FedAvg
 
     from fedcodec.flower import CompressionStrategy, make_fedcodec_mod
     from fedcodec.flower import constants as fc
     from fedcodec.flower._records import array_parts
+    from fedcodec.flower.local import LocalGrid
 
     app = ClientApp(mods=[make_fedcodec_mod(initial_model=_initial())])
 
@@ -231,61 +230,30 @@ def run_flower() -> tuple[Trace, list[str], Payloads]:
         )
         return Message(content, reply_to=msg)
 
-    contexts = {
-        int(c): Context(run_id=1, node_id=int(c), node_config={}, state=RecordDict(), run_config={})
-        for c in CLIENTS
-    }
+    class Loop(LocalGrid):
+        """Records the container bytes each node downloads and uploads."""
 
-    class Loop(Grid):
         def __init__(self) -> None:
-            self.nodes: list[int] = []
+            super().__init__(app, [int(c) for c in CLIENTS])
             self.down: dict[int, int] = {}
             self.up: dict[int, int] = {}
             self.sha: dict[int, tuple[str, str]] = {}
 
-        def set_run(self, run: object) -> None:  # type: ignore[override]
-            """Not used in process."""
-
-        @property
-        def run(self) -> object:  # type: ignore[override]
-            """Not used in process."""
-            raise NotImplementedError
-
-        def create_message(  # type: ignore[override]
-            self, content: RecordDict, message_type: str, dst_node_id: int, group_id: str, ttl=None
-        ) -> Message:
-            return Message(content, dst_node_id, message_type, group_id=group_id)
-
-        def get_node_ids(self) -> Iterable[int]:
-            return list(self.nodes)
-
-        def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:
-            raise NotImplementedError
-
-        def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Message]:
-            raise NotImplementedError
-
-        def send_and_receive(
-            self, messages: Iterable[Message], timeout: float | None = None
-        ) -> Iterable[Message]:
-            replies = []
-            for msg in messages:
-                node = msg.metadata.dst_node_id
-                record = msg.content["arrays"]
-                assert isinstance(record, ArrayRecord)
-                coded = record.get(fc.KEY_MODEL_ARRAY)
-                parts = [] if coded is None else array_parts(coded)
-                self.down[node] = sum(map(len, parts))
-                down_sha = _sha(*parts)
-                reply = app(msg, contexts[node])
-                assert not reply.has_error(), reply.error
-                out = reply.content["arrays"]
-                assert isinstance(out, ArrayRecord)
-                data = bytes(out[fc.KEY_UPDATE_ARRAY].data)
-                self.up[node] = len(data)
-                self.sha[node] = (_sha(data), down_sha)
-                replies.append(reply)
-            return replies
+        def deliver(self, msg: Message) -> Message:
+            node = msg.metadata.dst_node_id
+            record = msg.content["arrays"]
+            assert isinstance(record, ArrayRecord)
+            coded = record.get(fc.KEY_MODEL_ARRAY)
+            parts = [] if coded is None else array_parts(coded)
+            self.down[node] = sum(map(len, parts))
+            reply = super().deliver(msg)
+            assert not reply.has_error(), reply.error
+            out = reply.content["arrays"]
+            assert isinstance(out, ArrayRecord)
+            data = bytes(out[fc.KEY_UPDATE_ARRAY].data)
+            self.up[node] = len(data)
+            self.sha[node] = (_sha(data), _sha(*parts))
+            return reply
 
     grid = Loop()
     strategy = CompressionStrategy(

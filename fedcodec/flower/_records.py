@@ -42,9 +42,19 @@ def _corrupt(message: str) -> CorruptStreamError:
 
 
 def wire_size(content: RecordDict | Mapping[str, ArrayRecord | ConfigRecord | MetricRecord]) -> int:
-    """Bytes of a message's content as Flower serializes it (the protobuf RecordDict)."""
+    """Bytes of a message's content as Flower transmits it.
+
+    Flower (>= 1.20) sends a message's content as content-addressed objects — the
+    RecordDict, each record, each ``Array`` and its chunks — every one deflated with its
+    own header (some 200-400 bytes per ``Array``): the sum of those is what travels.
+    With an older Flower, the protobuf ``RecordDict``.
+    """
     records = content if isinstance(content, RecordDict) else RecordDict(dict(content))
-    return int(recorddict_to_proto(records).ByteSize())
+    try:
+        from flwr.supercore.inflatable.inflatable_object import get_all_nested_objects
+    except ImportError:  # pragma: no cover - Flower before content-addressed messages
+        return int(recorddict_to_proto(records).ByteSize())
+    return sum(len(obj.deflate()) for obj in get_all_nested_objects(records).values())
 
 
 def is_coded(array: Array) -> bool:

@@ -380,7 +380,8 @@ def _encode_reply(
         stats = ConfigRecord(dict(reply))
         stats.update(_stats(0.0, 0, [0.0] * len(base.spec), 0.0))
         content = {k: v for k, v in out.content.items() if k != key}
-        overhead = wire_size({**content, key: probe, REPLY_RECORD: stats}) + 4
+        # +16: the data chunk object and the deflate framing of a non-empty payload.
+        overhead = wire_size({**content, key: probe, REPLY_RECORD: stats}) + 16
         params = params.replace(budget_bytes=max(1, params.budget_bytes - overhead))
     update = engine.encode(
         local,

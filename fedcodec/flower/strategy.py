@@ -363,12 +363,13 @@ class CompressionStrategy(Strategy):
     def summary(self) -> None:
         """Log the settings and the traffic so far, then the inner strategy's summary.
 
-        Byte counts are what Flower serializes for each message's content (the
-        protobuf ``RecordDict``: arrays, the fedcodec config and reply records, the
-        app's metrics), coded, and the same messages with plain float32 arrays.
+        Byte counts are what Flower transmits for each message's content: its
+        content-addressed objects (records, each ``Array``), deflated, with their
+        framing — arrays, the fedcodec config and reply records, the app's metrics —
+        coded, and the same messages with plain float32 arrays.
         """
         totals = self.totals
-        _log.info("\t├──> fedcodec compression (bytes as Flower serializes the messages):")
+        _log.info("\t├──> fedcodec compression (bytes as Flower transmits the messages):")
         _log.info("\t│\t├── Uplink: %s", _describe(self.schedule))
         if self.compress_downlink:
             _log.info(
