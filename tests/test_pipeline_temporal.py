@@ -203,3 +203,19 @@ def test_round_engine_with_references() -> None:
             )
         engine.publish(aggregator)
     assert len(store) == 2
+
+
+def test_sparsified_updates_go_without_reference() -> None:
+    from fedcodec.pipeline import Sparsification
+
+    base = ModelVersion.create(0, {n: np.zeros(s, np.float32) for n, s in SHAPES.items()})
+    enc = UpdateEncoder(base.spec, "c0", threads=1, temporal_reference=True)
+    sparse = RoundParams(S=16, sparsification=Sparsification(topk=0.05))
+    dense = RoundParams(S=16)
+    first = enc.encode(_local(base, 0, 0), base, dense, round_number=0, num_examples=5)
+    assert not first.uses_reference
+    second = enc.encode(_local(base, 0, 1), base, sparse, round_number=1, num_examples=5)
+    assert enc.has_reference
+    assert not second.uses_reference
+    third = enc.encode(_local(base, 0, 2), base, dense, round_number=2, num_examples=5)
+    assert third.uses_reference

@@ -61,6 +61,7 @@ import numpy.typing as npt
 from fedcodec.pipeline import (
     Aggregator,
     ClientEngine,
+    ClientReferences,
     ModelVersion,
     RobustPolicy,
     RoundEngine,
@@ -140,6 +141,10 @@ class Method:
         ``downlink.keep_versions``, default 8, allows up to 1,000), and step rule
         (:class:`~fedcodec.pipeline.engine.RoundEngine`); grid and step rule default to
         ``fedcodec serve``'s.
+    temporal : bool
+        fedcodec: each client codes its update against its previous decoded update
+        (``ClientEngine(temporal_reference=True)``), the server keeps one per client
+        (``ClientReferences``).
     """
 
     name: str
@@ -149,6 +154,7 @@ class Method:
     keyframe_bits: int = DEFAULT_KEYFRAME_BITS
     keep: int | None = None
     step_snap: StepSnap = "pow2"
+    temporal: bool = False
 
     @property
     def kind(self) -> str:
@@ -615,9 +621,16 @@ class _EngineLink:
             threads=threads,
             # The baselines average by example count with nothing capped: the same here.
             policy=RobustPolicy.fedavg(),
+            aggregator_options={"references": ClientReferences()} if method.temporal else None,
         )
         self.clients = [
-            ClientEngine(v0.spec, f"client-{c}", initial=v0, threads=threads)
+            ClientEngine(
+                v0.spec,
+                f"client-{c}",
+                initial=v0,
+                threads=threads,
+                temporal_reference=method.temporal,
+            )
             for c in range(len(fed.parts))
         ]
         self.budget = method.params.budget_bytes
