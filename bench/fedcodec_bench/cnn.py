@@ -727,25 +727,25 @@ def _summary(runs: Sequence[RunResult]) -> list[dict[str, Any]]:
         by.setdefault((r.scenario, r.method), []).append(r)
     rows = []
     for (scenario, method), rs in by.items():
-        ref = [x for x in runs if x.scenario == scenario and x.method == "fp32"]
-        ref_acc = statistics.median(x.final for x in ref) if ref else None
-        # float32 both ways: what fp32 FedAvg sends up, twice (Flower's FedAdam/FedYogi send
-        # float64 models down, which would flatter every ratio).
-        ref_bytes = statistics.median(2 * x.bytes_up for x in ref) if ref else None
-        acc = statistics.median(x.final for x in rs)
-        total = statistics.median(x.total for x in rs)
+        ref = {x.seed: x for x in runs if x.scenario == scenario and x.method == "fp32"}
+        # Paired by seed: a seed's data split and sampling move fp32 by several points.
+        deltas = [100 * (x.final - ref[x.seed].final) for x in rs if x.seed in ref]
+        ratios = [2 * ref[x.seed].bytes_up / x.total for x in rs if x.seed in ref]
         rows.append(
             {
                 "scenario": scenario,
                 "method": method,
                 "seeds": len(rs),
-                "accuracy": acc,
-                "accuracy_per_seed": [x.final for x in rs],
-                "delta_pt": None if ref_acc is None else 100 * (acc - ref_acc),
-                "bytes_total": total,
+                "accuracy": statistics.median(x.final for x in rs),
+                "accuracy_per_seed": {x.seed: x.final for x in rs},
+                "delta_pt": statistics.median(deltas) if deltas else None,
+                "delta_pt_per_seed": deltas,
+                "bytes_total": statistics.median(x.total for x in rs),
                 "bytes_up": statistics.median(x.bytes_up for x in rs),
                 "bytes_down": statistics.median(x.bytes_down for x in rs),
-                "ratio_total": None if ref_bytes is None else ref_bytes / total,
+                # float32 both ways: twice what fp32 FedAvg sends up (Flower's FedAdam and
+                # FedYogi send float64 models down, which would flatter every ratio).
+                "ratio_total": statistics.median(ratios) if ratios else None,
                 "seconds": statistics.median(x.seconds for x in rs),
             }
         )
@@ -754,15 +754,16 @@ def _summary(runs: Sequence[RunResult]) -> list[dict[str, Any]]:
 
 def _table(rows: Sequence[dict[str, Any]]) -> str:
     lines = [
-        "| scenario | method | accuracy (median) | Δ vs fp32 | total bytes | ratio vs float32 "
-        "| up / down |",
-        "|---|---|---|---|---|---|---|",
+        "| scenario | method | seeds | accuracy (median) | Δ vs fp32 | total bytes "
+        "| ratio vs float32 | up / down |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         delta = "" if r["delta_pt"] is None else f"{r['delta_pt']:+.2f} pt"
         ratio = "" if r["ratio_total"] is None else f"{r['ratio_total']:.0f}×"
         lines.append(
-            f"| {r['scenario']} | {r['method']} | {100 * r['accuracy']:.2f} % | {delta} | "
+            f"| {r['scenario']} | {r['method']} | {r['seeds']} | {100 * r['accuracy']:.2f} % | "
+            f"{delta} | "
             f"{r['bytes_total']:,.0f} | {ratio} | {r['bytes_up']:,.0f} / {r['bytes_down']:,.0f} |"
         )
     return "\n".join(lines)
