@@ -124,6 +124,24 @@ static unsigned row_const_mag(const int32_t *cur, uint64_t cols)
     return m;
 }
 
+/* ROWKIND slices under RD quantization: a row whose values round to one
+ * magnitude keeps its rounded levels (coded by sign only, zeroing or
+ * shrinking some of them would save little and break the one magnitude).
+ * Returns the row's nonzeros, or UINT64_MAX (cur undefined) when the
+ * rounded magnitudes differ or fewer than 2 are nonzero. */
+static uint64_t round_const_row(const float *x, uint64_t cols, double inv_step, int32_t *cur)
+{
+    uint64_t c, nz = 0;
+    int32_t m = 0;
+    for (c = 0; c < cols; c++) {
+        int32_t a = (int32_t)(fabs((double)x[c]) * inv_step + 0.5);
+        if (a && m && a != m) return UINT64_MAX;
+        if (a) m = a, nz++;
+        cur[c] = x[c] < 0.0f ? -a : a;
+    }
+    return nz >= 2 ? nz : UINT64_MAX;
+}
+
 /* ROWKIND pays when some rows have one magnitude throughout (rarely seen
  * tokens of an embedding table under Adam move by +-lr in every column)
  * among rows that do not: at least 4 such rows with 32+ nonzeros of a
@@ -639,9 +657,13 @@ static void slice_encode_once(fc_slice_enc_job *job)
             job->sq_error += se;
         } else if (job->values) {
             double se = 0.0;
-            nz = fc_quantize_row(q, &st.cols, job->values + off,
-                                 job->importance ? job->importance + off : NULL, cols, prev_row,
-                                 &st.ref, cur);
+            nz = UINT64_MAX;
+            if ((job->k & FC_SLICE_ROWKIND) && job->lambda > 0.0)
+                nz = round_const_row(job->values + off, cols, inv_step, cur);
+            if (nz == UINT64_MAX)
+                nz = fc_quantize_row(q, &st.cols, job->values + off,
+                                     job->importance ? job->importance + off : NULL, cols, prev_row,
+                                     &st.ref, cur);
             const float *x = job->values + off;
             if (job->recon) {
                 float *out = job->recon + off;
