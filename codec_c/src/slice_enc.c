@@ -124,22 +124,32 @@ static unsigned row_const_mag(const int32_t *cur, uint64_t cols)
     return m;
 }
 
-/* ROWKIND slices under RD quantization: a row whose values round to one
- * magnitude keeps its rounded levels (coded by sign only, zeroing or
- * shrinking some of them would save little and break the one magnitude).
- * Returns the row's nonzeros, or UINT64_MAX (cur undefined) when the
- * rounded magnitudes differ or fewer than 2 are nonzero. */
+/* ROWKIND slices under RD quantization: a row whose nonzero values all have
+ * one magnitude (within 1 %; Adam's first step moves a row by +-lr in every
+ * column) keeps its rounded levels: zeroing or shrinking some of them would
+ * save little and break the one-magnitude coding.  Returns the row's
+ * nonzeros, or UINT64_MAX (cur undefined) for any other row, or one with
+ * fewer than 32 nonzeros. */
 static uint64_t round_const_row(const float *x, uint64_t cols, double inv_step, int32_t *cur)
 {
     uint64_t c, nz = 0;
+    float lo = 0.0f, hi = 0.0f;
     int32_t m = 0;
     for (c = 0; c < cols; c++) {
-        int32_t a = (int32_t)(fabs((double)x[c]) * inv_step + 0.5);
+        float ax = fabsf(x[c]);
+        int32_t a = (int32_t)((double)ax * inv_step + 0.5);
+        if (ax != 0.0f) {
+            lo = nz && lo < ax ? lo : ax;
+            hi = hi > ax ? hi : ax;
+            nz++;
+        }
         if (a && m && a != m) return UINT64_MAX;
-        if (a) m = a, nz++;
+        if (a) m = a;
         cur[c] = x[c] < 0.0f ? -a : a;
     }
-    return nz >= 2 ? nz : UINT64_MAX;
+    if (nz < 32 || !m || hi > lo * 1.01f) return UINT64_MAX;
+    for (nz = 0, c = 0; c < cols; c++) nz += cur[c] != 0;
+    return nz;
 }
 
 /* ROWKIND pays when some rows have one magnitude throughout (rarely seen
