@@ -352,3 +352,13 @@ def test_transposed_tensors_decode_to_the_original_layout():
         np.testing.assert_array_equal(acc[0], 2.0 * w1 * 0.5)
         np.testing.assert_array_equal(acc[1], 2.0 * cube * 0.5)
         assert transpose != "auto" or len(data) <= len(plain)
+
+
+def test_lossy_encode_keeps_the_given_orientation_by_default():
+    # Keeping the smaller of two differently quantized orientations at a fixed λ
+    # favours the one that zeroes more; the lossy default codes the layout given.
+    rng = np.random.default_rng(11)
+    w = rng.laplace(0.0, 1e-3, (64, 300)).astype(np.float32)
+    w[:, rng.random(300) < 0.5] = 0.0
+    default = fedcodec.encode([w], lam=0.5, S=0).data
+    assert default == fedcodec.encode([w], lam=0.5, S=0, transpose=False).data
