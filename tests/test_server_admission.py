@@ -263,7 +263,12 @@ def test_garbage_uploads_from_one_client_do_not_grow_memory(tmp_path: Path) -> N
             grpc.StatusCode.UNAVAILABLE,
         }
         assert set(codes) <= refused
-        assert codes.count(grpc.StatusCode.INVALID_ARGUMENT) <= 20
+        # One upload per client at a time: most calls are refused as busy before their
+        # payload is read; how many get their turn (and are parsed as garbage) depends on
+        # the machine's speed, so only the refusal itself is asserted.
+        busy = codes.count(grpc.StatusCode.RESOURCE_EXHAUSTED)
+        busy += codes.count(grpc.StatusCode.UNAVAILABLE)
+        assert busy > len(codes) // 2, codes.count(grpc.StatusCode.INVALID_ARGUMENT)
         # Bound (server/README.md): model x (decodes + large payloads) + chunk x streams;
         # here 2 MiB model, one stream of this client: far below 200 MiB of growth.
         print(f"server RSS KiB: before {before}, peak {peak}, after {after}")
