@@ -312,64 +312,21 @@ def wire_bytes(msg: Message) -> int:
 
 
 def _make_grid(app: Any, nodes: int) -> Any:
-    from flwr.app import Context, Message, RecordDict
-    from flwr.serverapp import Grid
+    from fedcodec.flower.local import LocalGrid
 
-    class LocalGrid(Grid):
-        """Delivers messages to a ClientApp in this process, one Context per node."""
+    class CountingGrid(LocalGrid):
+        """The plugin's in-process grid, counting what Flower serializes both ways."""
 
-        def __init__(self) -> None:
-            self.contexts = {
-                n: Context(run_id=1, node_id=n, node_config={}, state=RecordDict(), run_config={})
-                for n in range(nodes)
-            }
-            self.bytes_down = 0
-            self.bytes_up = 0
+        bytes_down = 0
+        bytes_up = 0
 
-        def set_run(self, run_id: Any) -> None:
-            """Not used in process."""
+        def deliver(self, msg: Message) -> Message:
+            self.bytes_down += wire_bytes(msg)
+            reply = super().deliver(msg)
+            self.bytes_up += wire_bytes(reply)
+            return reply
 
-        @property
-        def run(self) -> Any:
-            """Not used in process."""
-            raise NotImplementedError
-
-        def create_message(
-            self,
-            content: RecordDict,
-            message_type: str,
-            dst_node_id: int,
-            group_id: str,
-            ttl: float | None = None,
-        ) -> Message:
-            """Create an instruction message."""
-            return Message(content, dst_node_id, message_type, group_id=group_id)
-
-        def get_node_ids(self) -> Iterable[int]:
-            """All nodes."""
-            return list(self.contexts)
-
-        def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:
-            """Not used in process."""
-            raise NotImplementedError
-
-        def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Message]:
-            """Not used in process."""
-            raise NotImplementedError
-
-        def send_and_receive(
-            self, messages: Iterable[Message], timeout: float | None = None
-        ) -> Iterable[Message]:
-            """Serialize-count each message, run the ClientApp, count the reply."""
-            replies = []
-            for msg in messages:
-                self.bytes_down += wire_bytes(msg)
-                reply = app(msg, self.contexts[msg.metadata.dst_node_id])
-                self.bytes_up += wire_bytes(reply)
-                replies.append(reply)
-            return replies
-
-    return LocalGrid()
+    return CountingGrid(app, range(nodes))
 
 
 # ---------------------------------------------------------------------------
