@@ -22,6 +22,8 @@ from hypothesis import HealthCheck, settings
 
 _REPO_ROOT = Path(__file__).resolve().parent.parent
 sys.path[:] = [p for p in sys.path if Path(p or os.curdir).resolve() != _REPO_ROOT]
+# Shared test helpers (``loopback.py``: the server tests' set-up) import by name.
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import fedcodec  # noqa: E402  (after the sys.path fix above)
 

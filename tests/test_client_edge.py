@@ -28,8 +28,10 @@ from fedcodec.client import (
 from fedcodec.client.state import load_pending
 from fedcodec.client.transport import iter_upload_requests
 from fedcodec.pipeline import ModelVersion
-from fedcodec.server import BackgroundServer, load_config
+from fedcodec.server import BackgroundServer
 from fedcodec.v1 import aggregation_service_pb2 as pb
+
+from loopback import bearer, loopback_config
 
 _RNG = np.random.default_rng(5)
 MODEL = {
@@ -44,11 +46,7 @@ MODEL_V0 = ModelVersion.create(0, MODEL)
 
 
 def make_server(tmp_path: Path, **overrides: Any) -> BackgroundServer:
-    values: dict[str, Any] = {
-        "listen": "127.0.0.1:0",
-        "metrics_listen": "",
-        "state_path": str(tmp_path / "state.sqlite"),
-        "security.insecure": True,
+    settings = {
         "rounds.min_clients": 2,
         "rounds.target_clients": 2,
         "rounds.max_rounds": 3,
@@ -56,12 +54,9 @@ def make_server(tmp_path: Path, **overrides: Any) -> BackgroundServer:
         "rounds.retry_after_s": 0.02,
         "params.lam": 0.1155,
         "params.S": 16,
-        "limits.codec_threads": 1,
     }
-    values.update(overrides)
-    return BackgroundServer(
-        load_config(env={}, overrides=values), tokens=TOKENS, initial_model=MODEL
-    )
+    config = loopback_config(tmp_path, settings, overrides)
+    return BackgroundServer(config, tokens=TOKENS, initial_model=MODEL)
 
 
 @pytest.fixture
@@ -288,9 +283,7 @@ def test_a_server_at_its_call_limit_is_retried_not_taken_as_a_refusal(tmp_path: 
                 release.wait(30)
 
             with contextlib.suppress(grpc.RpcError):  # one of the two holders is turned away
-                conn._stub.UploadUpdate(
-                    stalled(), metadata=(("authorization", f"Bearer {TOKENS[client]}"),), timeout=30
-                )
+                conn._stub.UploadUpdate(stalled(), metadata=bearer(TOKENS[client]), timeout=30)
 
         holders = [threading.Thread(target=hold, args=(c,)) for c in ("c1", "c2")]
         for t in holders:

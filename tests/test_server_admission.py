@@ -23,9 +23,11 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from fedcodec.client import Connection, RetryPolicy
 from fedcodec.client.edge import round_info_from_proto
 from fedcodec.pipeline import ModelReceiver, UpdateEncoder
-from fedcodec.server import BackgroundServer, ServerConfig, load_config
+from fedcodec.server import BackgroundServer, ServerConfig
 from fedcodec.v1 import aggregation_service_pb2 as pb
 from fedcodec.v1 import aggregation_service_pb2_grpc as pb_grpc
+
+from loopback import bearer, loopback_config
 
 _RNG = np.random.default_rng(0)
 MODEL = {"w": (_RNG.standard_normal((8, 16)) * 0.1).astype(np.float32)}
@@ -33,28 +35,21 @@ TOKENS = {f"c{i:02d}": f"token-of-client-{i:02d}-0123456789" for i in range(40)}
 
 
 def make_config(tmp_path: Path, **overrides: Any) -> ServerConfig:
-    values: dict[str, Any] = {
-        "listen": "127.0.0.1:0",
-        "metrics_listen": "",
-        "state_path": str(tmp_path / "state.sqlite"),
-        "security.insecure": True,
+    settings = {
         "rounds.min_clients": 2,
         "rounds.target_clients": 30,
         "rounds.deadline_s": 300.0,
-        "rounds.retry_after_s": 0.05,
-        "limits.codec_threads": 1,
         "limits.max_upload_streams": 4,
         "limits.max_waiting_uploads": 2,
         "limits.admission_wait_s": 0.5,
         "limits.stream_idle_timeout_s": 1.5,
         "downlink.shared_initial": False,  # raw connections here download a keyframe first
     }
-    values.update(overrides)
-    return load_config(env={}, overrides=values)
+    return loopback_config(tmp_path, settings, overrides)
 
 
 def auth(client: str) -> tuple[tuple[str, str]]:
-    return (("authorization", f"Bearer {TOKENS[client]}"),)
+    return bearer(TOKENS[client])
 
 
 class HeldStream:

@@ -20,9 +20,12 @@ from fedcodec.client import Connection, RetryPolicy
 from fedcodec.client.edge import round_info_from_proto
 from fedcodec.client.errors import ServerUnavailableError
 from fedcodec.pipeline import ModelReceiver, ModelVersion, UpdateEncoder
-from fedcodec.server import BackgroundServer, ServerConfig, load_config
+from fedcodec.server import BackgroundServer, ServerConfig
 from fedcodec.server.app import is_loopback
 from fedcodec.v1 import aggregation_service_pb2 as pb
+
+import loopback
+from loopback import bearer, loopback_config
 
 _RNG = np.random.default_rng(0)
 MODEL = {
@@ -34,30 +37,18 @@ SERVICE = "/fedcodec.v1.AggregationService/"
 
 
 def make_config(tmp_path: Path, **overrides: Any) -> ServerConfig:
-    values: dict[str, Any] = {
-        "listen": "127.0.0.1:0",
-        "metrics_listen": "",
-        "state_path": str(tmp_path / "state.sqlite"),
-        "security.insecure": True,
+    settings = {
         "rounds.min_clients": 2,
         "rounds.target_clients": 3,
         "rounds.deadline_s": 300.0,
-        "rounds.retry_after_s": 0.05,
-        "limits.codec_threads": 1,
         "downlink.shared_initial": False,  # raw connections here download a keyframe first
     }
-    values.update(overrides)
-    return load_config(env={}, overrides=values)
+    return loopback_config(tmp_path, settings, overrides)
 
 
 def connect(server: BackgroundServer, client: str, attempts: int = 1) -> Connection:
-    return Connection(
-        f"127.0.0.1:{server.port}",
-        TOKENS[client],
-        client_id=client,
-        insecure=True,
-        retry=RetryPolicy(attempts=attempts, initial_backoff_s=0.05, call_timeout_s=60),
-    )
+    retry = RetryPolicy(attempts=attempts, initial_backoff_s=0.05, call_timeout_s=60)
+    return loopback.connect(server, TOKENS[client], client, retry)
 
 
 def update_for(conn: Connection) -> tuple[pb.RoundConfig, bytes]:
@@ -102,7 +93,7 @@ def wait_for(predicate: Any, timeout: float = 30.0) -> None:
 
 def test_malformed_protobuf_is_invalid_argument(tmp_path: Path) -> None:
     with BackgroundServer(make_config(tmp_path), tokens=TOKENS, initial_model=MODEL) as server:
-        auth = (("authorization", f"Bearer {TOKENS['c0']}"),)
+        auth = bearer(TOKENS["c0"])
         garbage = b"\x0a\xff\xff\xff\xff\x0f"  # field 1, a length that runs past the end
         with grpc.insecure_channel(f"127.0.0.1:{server.port}") as channel:
             check = channel.unary_unary(SERVICE + "GetRoundConfig")

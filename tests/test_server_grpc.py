@@ -31,9 +31,12 @@ from fedcodec.pipeline import (
     RoundParams,
     UpdateEncoder,
 )
-from fedcodec.server import BackgroundServer, ServerConfig, load_config
+from fedcodec.server import BackgroundServer, ServerConfig
 from fedcodec.v1 import aggregation_service_pb2 as pb
 from fedcodec.v1 import aggregation_service_pb2_grpc as pb_grpc
+
+import loopback
+from loopback import bearer, loopback_config
 
 _RNG = np.random.default_rng(0)
 MODEL = {
@@ -44,22 +47,15 @@ TOKENS = {f"c{i}": f"token-of-client-{i}-0123456789" for i in range(6)}
 
 
 def make_config(tmp_path: Path, **overrides: Any) -> ServerConfig:
-    values: dict[str, Any] = {
-        "listen": "127.0.0.1:0",
-        "metrics_listen": "",
-        "state_path": str(tmp_path / "state.sqlite"),
-        "security.insecure": True,
+    settings = {
         "rounds.min_clients": 2,
         "rounds.target_clients": 3,
         "rounds.deadline_s": 60.0,
-        "rounds.retry_after_s": 0.05,
-        "limits.codec_threads": 1,
         # These tests exercise the transport on a keyframe stream (a client's first
         # download is a keyframe); the shared-initial default: test_server_initial.py.
         "downlink.shared_initial": False,
     }
-    values.update(overrides)
-    return load_config(env={}, overrides=values)
+    return loopback_config(tmp_path, settings, overrides)
 
 
 @pytest.fixture
@@ -69,13 +65,7 @@ def server(tmp_path: Path) -> Iterator[BackgroundServer]:
 
 
 def connect(server: BackgroundServer, client: str, token: str | None = None) -> Connection:
-    return Connection(
-        f"127.0.0.1:{server.port}",
-        TOKENS[client] if token is None else token,
-        client_id=client,
-        insecure=True,
-        retry=RetryPolicy(attempts=1, call_timeout_s=30),
-    )
+    return loopback.connect(server, TOKENS[client] if token is None else token, client)
 
 
 def check_in(conn: Connection) -> pb.RoundConfig:
@@ -130,7 +120,7 @@ def raw_stub(server: BackgroundServer) -> tuple[grpc.Channel, Any]:
 
 
 def auth(client: str) -> tuple[tuple[str, str]]:
-    return (("authorization", f"Bearer {TOKENS[client]}"),)
+    return bearer(TOKENS[client])
 
 
 def wait_for(predicate: Any, timeout: float = 30.0) -> None:

@@ -14,11 +14,14 @@ import numpy as np
 import pytest
 
 import fedcodec
-from fedcodec.client import Connection, RetryPolicy, UpdateRefusedError
+from fedcodec.client import Connection, UpdateRefusedError
 from fedcodec.client.edge import round_info_from_proto
 from fedcodec.pipeline import ModelReceiver, ModelVersion, UpdateEncoder
-from fedcodec.server import BackgroundServer, ServerConfig, load_config
+from fedcodec.server import BackgroundServer, ServerConfig
 from fedcodec.v1 import aggregation_service_pb2 as pb
+
+import loopback
+from loopback import loopback_config
 
 _RNG = np.random.default_rng(0)
 MODEL = {
@@ -29,20 +32,13 @@ TOKENS = {f"c{i:02d}": f"token-of-client-{i:02d}-0123456789" for i in range(40)}
 
 
 def make_config(tmp_path: Path, **overrides: Any) -> ServerConfig:
-    values: dict[str, Any] = {
-        "listen": "127.0.0.1:0",
-        "metrics_listen": "",
-        "state_path": str(tmp_path / "state.sqlite"),
-        "security.insecure": True,
+    settings = {
         "rounds.min_clients": 2,
         "rounds.target_clients": 30,
         "rounds.deadline_s": 120.0,
-        "rounds.retry_after_s": 0.05,
-        "limits.codec_threads": 1,
         "downlink.shared_initial": False,  # raw connections here download a keyframe first
     }
-    values.update(overrides)
-    return load_config(env={}, overrides=values)
+    return loopback_config(tmp_path, settings, overrides)
 
 
 @pytest.fixture
@@ -52,13 +48,7 @@ def server(tmp_path: Path) -> Iterator[BackgroundServer]:
 
 
 def connect(server: BackgroundServer, client: str) -> Connection:
-    return Connection(
-        f"127.0.0.1:{server.port}",
-        TOKENS[client],
-        client_id=client,
-        insecure=True,
-        retry=RetryPolicy(attempts=1, call_timeout_s=60),
-    )
+    return loopback.connect(server, TOKENS[client], client)
 
 
 def selected(conn: Connection) -> pb.RoundConfig:

@@ -12,8 +12,11 @@ import pytest
 from fedcodec.client import Connection, EdgeClient, RetryPolicy, TrainResult, UpdateRefusedError
 from fedcodec.client.edge import Outcome, RoundInfo
 from fedcodec.pipeline import InitialModelError, ModelReceiver, ModelVersion
-from fedcodec.server import BackgroundServer, load_config
+from fedcodec.server import BackgroundServer
 from fedcodec.v1 import aggregation_service_pb2 as pb
+
+import loopback
+from loopback import loopback_config
 
 _RNG = np.random.default_rng(5)
 MODEL = {
@@ -26,29 +29,20 @@ FAST = RetryPolicy(attempts=2, initial_backoff_s=0.01, max_backoff_s=0.05, call_
 
 
 def server(tmp_path: Path, **overrides: Any) -> BackgroundServer:
-    values: dict[str, Any] = {
-        "listen": "127.0.0.1:0",
-        "metrics_listen": "",
-        "state_path": str(tmp_path / "state.sqlite"),
-        "security.insecure": True,
+    settings = {
         "initial_model": "toy-model",
         "rounds.min_clients": 1,
         "rounds.target_clients": 1,
         "rounds.max_rounds": 2,
         "rounds.retry_after_s": 0.02,
         "params.S": 16,
-        "limits.codec_threads": 1,
     }
-    values.update(overrides)
-    return BackgroundServer(
-        load_config(env={}, overrides=values), tokens=TOKENS, initial_model=MODEL
-    )
+    config = loopback_config(tmp_path, settings, overrides)
+    return BackgroundServer(config, tokens=TOKENS, initial_model=MODEL)
 
 
 def connect(srv: BackgroundServer, client: str) -> Connection:
-    return Connection(
-        f"127.0.0.1:{srv.port}", TOKENS[client], client_id=client, insecure=True, retry=FAST
-    )
+    return loopback.connect(srv, TOKENS[client], client, FAST)
 
 
 def train(weights: dict[str, np.ndarray], info: RoundInfo) -> TrainResult:

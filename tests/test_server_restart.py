@@ -34,6 +34,8 @@ from fedcodec.v1 import aggregation_service_pb2_grpc as pb_grpc
 from fedcodec.v1 import round_pb2
 from fedcodec_bench.load import wait_started
 
+from loopback import bearer
+
 pytestmark = pytest.mark.slow
 
 CLIENTS = [f"c{i}" for i in range(4)]
@@ -165,9 +167,7 @@ def _half_upload(
         stalled.set()
         release.wait(60)
 
-    call = stub.UploadUpdate.future(
-        requests(), metadata=(("authorization", f"Bearer {TOKENS[client]}"),), timeout=120
-    )
+    call = stub.UploadUpdate.future(requests(), metadata=bearer(TOKENS[client]), timeout=120)
     assert stalled.wait(30)
     time.sleep(0.3)
     return call, release, channel
