@@ -154,18 +154,28 @@ static inline void fc_row_begin(fc_rowstate *r)
     r->sum_col = 0;
 }
 
-/* Rank-1 magnitude prediction for column c: colmag[c] * sum_cm / sum_col,
- * as a class: 0 none, 1 below 1/2, 2 below 3/2, 3 below 7/2, 4 above. */
-static inline unsigned fc_pred_class(const fc_colstate *cs, const fc_rowstate *r, uint64_t c)
+/* The context rules below come in two forms: *_v functions take the
+ * column state of column c as values (mag[c], act[c], sgn[c]; 0, FC_ACT_INIT
+ * and 0 when the slice has no column state), the others read them from a
+ * fc_colstate.  The decoder's hot loop calls the *_v forms with values it
+ * loads once per element; everyone else the wrappers.  Same rules either
+ * way. */
+
+/* Rank-1 magnitude prediction for a column whose last coded magnitude is m
+ * (0: none): m * sum_cm / sum_col, as a class: 0 none, 1 below 1/2, 2 below
+ * 3/2, 3 below 7/2, 4 above. */
+static inline unsigned fc_pred_class_v(unsigned m, const fc_rowstate *r)
 {
     uint64_t num, den;
-    if (!cs->mag || !r->sum_col || !cs->mag[c]) return 0;
-    num = 2u * (uint64_t)cs->mag[c] * r->sum_cm; /* 2 * prediction * sum_col */
+    if (!r->sum_col || !m) return 0;
+    num = 2u * (uint64_t)m * r->sum_cm; /* 2 * prediction * sum_col */
     den = r->sum_col;
-    if (num < den) return 1;
-    if (num < 3u * den) return 2;
-    if (num < 7u * den) return 3;
-    return 4;
+    return 1u + (unsigned)(num >= den) + (unsigned)(num >= 3u * den) + (unsigned)(num >= 7u * den);
+}
+
+static inline unsigned fc_pred_class(const fc_colstate *cs, const fc_rowstate *r, uint64_t c)
+{
+    return fc_pred_class_v(cs->mag ? cs->mag[c] : 0u, r);
 }
 
 /* Distance class of the row's last nonzero: 0 within 4 columns, 1 within
@@ -180,23 +190,27 @@ static inline unsigned fc_dist_class(const fc_rowstate *r, uint64_t c)
     return 2;
 }
 
-/* Activity classes: 0 no nonzero for several rows, 1 below ~12 %, 2 below
- * ~50 %, 3 above. */
+/* Activity classes of an activity value a: 0 no nonzero for several rows,
+ * 1 below ~12 %, 2 below ~50 %, 3 above. */
+static inline unsigned fc_act_class_v(unsigned a)
+{
+    return (unsigned)(a != 0) + (unsigned)(a >= 32) + (unsigned)(a >= 128);
+}
+
 static inline unsigned fc_act_class(const fc_colstate *cs, uint64_t c)
 {
-    unsigned a = cs->act ? cs->act[c] : FC_ACT_INIT;
-    if (a == 0) return 0;
-    if (a < 32) return 1;
-    if (a < 128) return 2;
-    return 3;
+    return fc_act_class_v(cs->act ? cs->act[c] : FC_ACT_INIT);
+}
+
+/* The activity after an element (never above 255: (3 * 255) / 4 + 64). */
+static inline unsigned fc_act_next(unsigned a, unsigned nonzero)
+{
+    return ((a * 3u) >> 2) + (nonzero ? 64u : 0u);
 }
 
 static inline void fc_col_activity(fc_colstate *cs, uint64_t c, unsigned nonzero)
 {
-    if (cs->act) {
-        unsigned a = ((cs->act[c] * 3u) >> 2) + (nonzero ? 64u : 0u);
-        cs->act[c] = (uint8_t)(a > 255u ? 255u : a);
-    }
+    if (cs->act) cs->act[c] = (uint8_t)fc_act_next(cs->act[c], nonzero);
 }
 
 /* The class byte of a reference value ref for a tensor with step 1/inv_step
@@ -237,15 +251,22 @@ static inline unsigned fc_ref_at(const fc_ref *ref, uint64_t c)
 }
 
 /* Significance: reference class x left class x column activity x
- * (prediction class when the rank-1 model has one, else distance class). */
-static inline unsigned fc_sig_ctx(const fc_colstate *cs, const fc_rowstate *r, int32_t left,
-                                  int32_t above, uint64_t c, unsigned ref)
+ * (prediction class p when the rank-1 model has one, else distance class);
+ * act = the column's activity value. */
+static inline unsigned fc_sig_ctx_v(const fc_rowstate *r, int32_t left, int32_t above, uint64_t c,
+                                    unsigned ref, unsigned act, unsigned p)
 {
-    unsigned p = fc_pred_class(cs, r, c);
     unsigned z = p ? 3u + p : fc_dist_class(r, c);
     unsigned rm = ref & 7u;
     return (rm > 3u ? 3u : rm) * FC_SIG_CTX +
-           ((fc_sign_class(left) * 2u + (above != 0)) * 4u + fc_act_class(cs, c)) * 8u + z;
+           ((fc_sign_class(left) * 2u + (above != 0)) * 4u + fc_act_class_v(act)) * 8u + z;
+}
+
+static inline unsigned fc_sig_ctx(const fc_colstate *cs, const fc_rowstate *r, int32_t left,
+                                  int32_t above, uint64_t c, unsigned ref)
+{
+    return fc_sig_ctx_v(r, left, above, c, ref, cs->act ? cs->act[c] : FC_ACT_INIT,
+                        fc_pred_class(cs, r, c));
 }
 
 /* Constant-magnitude rows (ROWKIND slices): significance context. */
@@ -282,30 +303,32 @@ typedef struct fc_nbr {
 /* Sign context: the sign predicted by a rank-1 model (the row's flip times
  * the column's last sign; none when unknown) and the left neighbour's sign.
  * Magnitude classes: cm(left) + cm(above), or the row's running magnitude
- * when both are zero. */
-static inline fc_nbr fc_neighbourhood(const fc_colstate *cs, const fc_rowstate *r, int32_t left,
-                                      int32_t above, uint64_t c, unsigned m0, unsigned ref)
+ * when both are zero.  pc = the prediction class, sgnc and magc the
+ * column's last sign and magnitude (0: none / no column state). */
+static inline fc_nbr fc_neighbourhood_v(const fc_rowstate *r, int32_t left, int32_t above,
+                                        unsigned m0, unsigned ref, unsigned pc, int sgnc,
+                                        unsigned magc)
 {
     fc_nbr n;
-    unsigned l = fc_cm(left, m0), a = fc_cm(above, m0), t = l + a, m, e, pred = 0;
+    unsigned l, a, t, m, e, pred = 0;
     const unsigned rm = ref & 7u; /* reference magnitude class */
     const unsigned rg = (rm > 5u ? 5u : rm) * FC_GTX_CLASSES;
     const unsigned rr = (rm <= 3u ? 0u : rm - 3u > 3u ? 3u : rm - 3u) * FC_REM_CLASSES;
-    if (cs->sgn && r->rowflip) {
-        int p = r->rowflip * cs->sgn[c];
+    if (r->rowflip) {
+        int p = r->rowflip * sgnc;
         pred = p > 0 ? 1u : (p < 0 ? 2u : 0u);
     }
     n.sign_ctx = ((ref >> 3) & 3u) * FC_SIGN_CTX + pred * 3u + fc_sign_class(left);
-    {
-        unsigned pc = fc_pred_class(cs, r, c);
-        if (pc) {
-            /* The rank-1 prediction, when there is one, sets the classes. */
-            n.gtx_class = rg + pc - 1u;
-            n.rem_class = rr + (pc == 4 ? (cs->mag[c] * (uint64_t)r->sum_cm >= 16u * (uint64_t)r->sum_col ? 3u : 2u)
-                                        : (pc >= 3 ? 1u : 0u));
-            return n;
-        }
+    if (pc) {
+        /* The rank-1 prediction, when there is one, sets the classes. */
+        n.gtx_class = rg + pc - 1u;
+        n.rem_class = rr + (pc == 4 ? (magc * (uint64_t)r->sum_cm >= 16u * (uint64_t)r->sum_col ? 3u : 2u)
+                                    : (pc >= 3 ? 1u : 0u));
+        return n;
     }
+    l = fc_cm(left, m0);
+    a = fc_cm(above, m0);
+    t = l + a;
     if (t == 0) t = r->rowmag;
     n.gtx_class = rg + (t > 3u ? 3u : t);
     m = l > a ? l : a;
@@ -315,25 +338,38 @@ static inline fc_nbr fc_neighbourhood(const fc_colstate *cs, const fc_rowstate *
     return n;
 }
 
+static inline fc_nbr fc_neighbourhood(const fc_colstate *cs, const fc_rowstate *r, int32_t left,
+                                      int32_t above, uint64_t c, unsigned m0, unsigned ref)
+{
+    return fc_neighbourhood_v(r, left, above, m0, ref, fc_pred_class(cs, r, c), cs->sgn ? cs->sgn[c] : 0,
+                              cs->mag ? cs->mag[c] : 0u);
+}
+
+/* The row state after a nonzero level v (coded magnitude cm) at column c
+ * whose column had last sign sgnc and magnitude magc (0: none / no column
+ * state). */
+static inline void fc_row_on_nonzero(fc_rowstate *r, int32_t v, uint64_t c, unsigned cm, int sgnc,
+                                     unsigned magc)
+{
+    if (sgnc) r->rowflip = (v < 0 ? -1 : 1) * sgnc;
+    if (magc && r->sum_col < (1u << 30)) {
+        r->sum_cm += cm > 65535u ? 65535u : cm;
+        r->sum_col += magc;
+    }
+    r->rowmag = r->rowmag ? (r->rowmag + cm + 1u) >> 1 : cm;
+    r->last_nz = c;
+}
+
 /* After a nonzero level v (coded magnitude cm) at column c.  The quantizer's
  * rate model passes write_cols = 0: the coder owns the column state. */
 static inline void fc_on_nonzero(fc_colstate *cs, fc_rowstate *r, int32_t v, uint64_t c, unsigned cm,
                                  int write_cols)
 {
-    int s = v < 0 ? -1 : 1;
-    if (cs->sgn) {
-        if (cs->sgn[c]) r->rowflip = s * cs->sgn[c];
-        if (write_cols) cs->sgn[c] = (int8_t)s;
+    fc_row_on_nonzero(r, v, c, cm, cs->sgn ? cs->sgn[c] : 0, cs->mag ? cs->mag[c] : 0u);
+    if (write_cols) {
+        if (cs->sgn) cs->sgn[c] = (int8_t)(v < 0 ? -1 : 1);
+        if (cs->mag) cs->mag[c] = (uint16_t)(cm > 65535u ? 65535u : cm);
     }
-    if (cs->mag) {
-        if (cs->mag[c] && r->sum_col < (1u << 30)) {
-            r->sum_cm += cm > 65535u ? 65535u : cm;
-            r->sum_col += cs->mag[c];
-        }
-        if (write_cols) cs->mag[c] = (uint16_t)(cm > 65535u ? 65535u : cm);
-    }
-    r->rowmag = r->rowmag ? (r->rowmag + cm + 1u) >> 1 : cm;
-    r->last_nz = c;
 }
 
 #endif /* FC_CONTEXTS_H */

@@ -40,21 +40,26 @@
 typedef struct fc_ctx {
     uint32_t fast;   /* P(1) in units of 2^-31 */
     uint32_t slow;   /* P(1) in units of 2^-31 */
-    uint16_t count;  /* bins seen, saturating at FC_WARMUP_COUNT */
-    uint8_t shift_fast;
-    uint8_t shift_slow;
+    /* Warm-up (FORMAT.md §5.2: the shifts are min(shift, 1 + ilog2(n + 1))
+     * after n bins) kept incrementally: the effective shifts now, and how
+     * many bins remain before they grow; 0 once they reached the window
+     * set's (so the steady state costs one test per bin). */
+    uint16_t left;
+    uint8_t shifts;  /* effective shifts now: fast | slow << 4 */
+    uint8_t target;  /* the window set's shifts: fast | slow << 4 */
 } fc_ctx;
 
-/* The eight window sets (fast shift, slow shift) a tensor may select. */
+/* The eight window sets (fast shift, slow shift) a tensor may select.
+ * Every set has 1 < fast <= slow <= 10 (the warm-up below relies on it). */
 extern const uint8_t fc_window_sets[8][2];
 
 static inline void fc_ctx_init(fc_ctx *c, unsigned window_set)
 {
     c->fast = FC_HALF31;
     c->slow = FC_HALF31;
-    c->count = 0;
-    c->shift_fast = fc_window_sets[window_set & 7][0];
-    c->shift_slow = fc_window_sets[window_set & 7][1];
+    c->left = 1;                 /* n = 0: both shifts 1 for one bin */
+    c->shifts = 1u | 1u << 4;
+    c->target = (uint8_t)(fc_window_sets[window_set & 7][0] | fc_window_sets[window_set & 7][1] << 4);
 }
 
 FC_HOT uint32_t fc_ctx_p1(const fc_ctx *c)
@@ -65,22 +70,39 @@ FC_HOT uint32_t fc_ctx_p1(const fc_ctx *c)
     return p;
 }
 
+/* The warm-up step after the last bin of a window w = 1 + ilog2(n + 1):
+ * the next w lasts 2^(w - 1) bins.  During the warm-up the slow shift is w
+ * itself (every set's slow shift is its larger one). */
+static inline void fc_ctx_warm(fc_ctx *c)
+{
+    unsigned w = (c->shifts >> 4) + 1u, tf = c->target & 15u, ts = c->target >> 4;
+    c->shifts = (uint8_t)((w < tf ? w : tf) | (w < ts ? w : ts) << 4);
+    c->left = (uint16_t)(w >= ts ? 0u : 1u << (w - 1u));
+}
+
+/* The estimator's update after a 1 (fc_ctx_up1) or a 0 (fc_ctx_up0). */
+FC_HOT void fc_ctx_up1(fc_ctx *c)
+{
+    unsigned sh = c->shifts;
+    c->fast += (FC_ONE31 - c->fast) >> (sh & 15u);
+    c->slow += (FC_ONE31 - c->slow) >> (sh >> 4);
+    if (FC_UNLIKELY(c->left) && --c->left == 0) fc_ctx_warm(c);
+}
+
+FC_HOT void fc_ctx_up0(fc_ctx *c)
+{
+    unsigned sh = c->shifts;
+    c->fast -= c->fast >> (sh & 15u);
+    c->slow -= c->slow >> (sh >> 4);
+    if (FC_UNLIKELY(c->left) && --c->left == 0) fc_ctx_warm(c);
+}
+
 FC_HOT void fc_ctx_update(fc_ctx *c, unsigned bin)
 {
-    unsigned sf = c->shift_fast, ss = c->shift_slow;
-    if (FC_UNLIKELY(c->count < FC_WARMUP_COUNT)) {
-        unsigned w = 1u + fc_ilog2_32((uint32_t)c->count + 1u);
-        if (w < sf) sf = w;
-        if (w < ss) ss = w;
-        c->count++;
-    }
-    if (bin) {
-        c->fast += (FC_ONE31 - c->fast) >> sf;
-        c->slow += (FC_ONE31 - c->slow) >> ss;
-    } else {
-        c->fast -= c->fast >> sf;
-        c->slow -= c->slow >> ss;
-    }
+    if (bin)
+        fc_ctx_up1(c);
+    else
+        fc_ctx_up0(c);
 }
 
 /* Cost table for rate estimation: fc_cost[p1 >> 4] is -log2(p1 / 65536) in
@@ -228,23 +250,33 @@ static inline void fc_rc_dec_init(fc_rc_dec *d, const uint8_t *src, size_t size)
     for (i = 0; i < 4; i++) d->code = (d->code << 8) | fc_rc_next_byte(d);
 }
 
+/* Renormalization after a context-coded bin: p1 >= 16 leaves range >=
+ * 2^12, so at most two bytes. */
+static inline void fc_rc_renorm(fc_rc_dec *d)
+{
+    d->range <<= 8;
+    d->code = (d->code << 8) | fc_rc_next_byte(d);
+    if (d->range < (1u << 24)) {
+        d->range <<= 8;
+        d->code = (d->code << 8) | fc_rc_next_byte(d);
+    }
+}
+
 FC_HOT unsigned fc_rc_decode(fc_rc_dec *d, fc_ctx *c)
 {
     uint32_t bound = (d->range >> 16) * fc_ctx_p1(c);
     unsigned bin;
     if (d->code < bound) {
         d->range = bound;
+        fc_ctx_up1(c);
         bin = 1;
     } else {
         d->code -= bound;
         d->range -= bound;
+        fc_ctx_up0(c);
         bin = 0;
     }
-    fc_ctx_update(c, bin);
-    while (d->range < (1u << 24)) {
-        d->range <<= 8;
-        d->code = (d->code << 8) | fc_rc_next_byte(d);
-    }
+    if (FC_UNLIKELY(d->range < (1u << 24))) fc_rc_renorm(d);
     return bin;
 }
 

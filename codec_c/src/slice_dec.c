@@ -71,12 +71,26 @@ static void emit_transposed(dec_out *o, uint64_t r, uint64_t c0, const int32_t *
     uint64_t i;
     if (lv && o->dq) lv = dequantize(o->dq, &o->state, lv, n, o->scratch);
     if (!lv && o->dq) o->state = fc_dq_skip_zeros(o->dq, o->state, n);
-    for (i = 0; i < n; i++) {
-        const uint64_t at = (c0 + i) * ts + r;
-        const int32_t v = lv ? lv[i] : 0;
-        if (k->levels) k->levels[at] = v;
-        if (k->values) k->values[at] = (float)v * step;
-        if (k->acc && v) {
+    /* one loop per output (the common case writes levels or values only) */
+    if (k->levels) {
+        int32_t *out = k->levels + c0 * ts + r;
+        if (lv)
+            for (i = 0; i < n; i++) out[i * ts] = lv[i];
+        else
+            for (i = 0; i < n; i++) out[i * ts] = 0;
+    }
+    if (k->values) {
+        float *out = k->values + c0 * ts + r;
+        if (lv)
+            for (i = 0; i < n; i++) out[i * ts] = (float)lv[i] * step;
+        else
+            for (i = 0; i < n; i++) out[i * ts] = 0.0f;
+    }
+    if (k->acc && lv) {
+        for (i = 0; i < n; i++) {
+            const uint64_t at = (c0 + i) * ts + r;
+            const int32_t v = lv[i];
+            if (!v) continue;
             if (k->acc_dtype == FC_ACC_F64)
                 ((double *)k->acc)[at] += k->weight * (double)((float)v * step);
             else
@@ -150,8 +164,9 @@ typedef struct dec_state {
     fc_ref ref;             /* the reference's current row (ref.row NULL: none) */
 } dec_state;
 
-/* Decode the level of a significant element at column c; 0 when malformed. */
-static inline int32_t dec_nonzero(dec_state *st, int32_t left, int32_t above, uint64_t c)
+/* Decode the level of a significant element at column c; 0 when malformed
+ * (runs mode). */
+static int32_t dec_nonzero(dec_state *st, int32_t left, int32_t above, uint64_t c)
 {
     unsigned neg, cm = fc_dec_level(&st->d, &st->s,
                                     fc_neighbourhood(&st->cols, &st->row, left, above, c, st->m0,
@@ -169,27 +184,76 @@ static inline int32_t dec_nonzero(dec_state *st, int32_t left, int32_t above, ui
 }
 
 /* Significance-coded columns [g0, g1) of a chunk that starts at c0
- * (`dqset`: the contexts of states in Q1, trellis slices). */
-static int32_t dec_sig_range(dec_state *st, fc_ctx *sigset, fc_ctx *dqset, int32_t *cur,
-                             const int32_t *prev, uint64_t c0, uint64_t g0, uint64_t g1, int32_t left)
+ * (`dqset`: the contexts of states in Q1, trellis slices), specialized by
+ * the constant flags: has_cols (the slice keeps column state), has_dq
+ * (trellis tensor), has_ref (reference classes).  The range decoder, the
+ * row state and the slice constants live in locals (registers: context
+ * updates cannot alias them); the column state is loaded once per element
+ * and handed to the *_v context rules. */
+FC_HOT int32_t sig_range_k(dec_state *st, fc_ctx *sigset, fc_ctx *dqset, int32_t *cur,
+                           const int32_t *prev, uint64_t c0, uint64_t g0, uint64_t g1, int32_t left,
+                           const int has_cols, const int has_dq, const int has_ref)
 {
-    const fc_dq_machine *dq = st->dq;
+    fc_rc_dec d = st->d;
+    fc_rowstate row = st->row;
+    fc_ctxset *const s = &st->s;
+    uint8_t *const act = st->cols.act;
+    int8_t *const sgn = st->cols.sgn;
+    uint16_t *const mag = st->cols.mag;
+    const fc_dq_machine *const dq = st->dq;
+    const uint8_t *const refcls = st->ref.cls;
+    const uint64_t ref0 = st->ref.c0;
+    const unsigned N = st->N, m0 = st->m0, cm_max = st->cm_max;
+    unsigned dqs = st->dq_state;
     uint64_t c;
     for (c = g0; c < g1; c++) {
+        const int32_t above = prev ? prev[c] : 0;
+        const unsigned ref = has_ref ? refcls[c - ref0] : 0u;
+        const unsigned magc = has_cols ? mag[c] : 0u, actc = has_cols ? act[c] : FC_ACT_INIT;
+        const unsigned pc = fc_pred_class_v(magc, &row);
+        fc_ctx *const set = (has_dq && dq->q[dqs]) ? dqset : sigset;
         int32_t v = 0;
-        int32_t above = prev ? prev[c] : 0;
-        fc_ctx *set = (dq && dq->q[st->dq_state]) ? dqset : sigset;
-        if (fc_rc_decode(&st->d,
-                         &set[fc_sig_ctx(&st->cols, &st->row, left, above, c, fc_ref_at(&st->ref, c))])) {
-            v = dec_nonzero(st, left, above, c);
-            if (!v) return 0;
+        if (fc_rc_decode(&d, &set[fc_sig_ctx_v(&row, left, above, c, ref, actc, pc)])) {
+            const int sgnc = has_cols ? sgn[c] : 0;
+            unsigned neg, cm = fc_dec_level(&d, s, fc_neighbourhood_v(&row, left, above, m0, ref, pc, sgnc, magc),
+                                            N, cm_max, &neg);
+            int32_t a;
+            if (!cm) {
+                st->bad = 1;
+                break;
+            }
+            a = (int32_t)(cm + m0 - 1u);
+            v = neg ? -a : a;
+            fc_row_on_nonzero(&row, v, c, cm, sgnc, magc);
+            if (has_cols) {
+                sgn[c] = (int8_t)(neg ? -1 : 1);
+                mag[c] = (uint16_t)(cm > 65535u ? 65535u : cm);
+            }
         }
-        if (dq) st->dq_state = dq->next[st->dq_state][(unsigned)v & 1u];
-        fc_col_activity(&st->cols, c, v != 0);
+        if (has_dq) dqs = dq->next[dqs][(unsigned)v & 1u];
+        if (has_cols) act[c] = (uint8_t)fc_act_next(actc, v != 0);
         cur[c - c0] = v;
         left = v;
     }
+    st->d = d;
+    st->row = row;
+    st->dq_state = dqs;
     return left;
+}
+
+static int32_t dec_sig_range(dec_state *st, fc_ctx *sigset, fc_ctx *dqset, int32_t *cur,
+                             const int32_t *prev, uint64_t c0, uint64_t g0, uint64_t g1, int32_t left)
+{
+    const int has_cols = st->cols.mag != NULL, has_dq = st->dq != NULL, has_ref = st->ref.cls != NULL;
+    /* The column state exists exactly when cols <= FC_ROW_CTX_MAX, and
+     * then act, sgn and mag together (dense and grouped slices). */
+    if (has_cols && !has_dq && !has_ref)
+        return sig_range_k(st, sigset, dqset, cur, prev, c0, g0, g1, left, 1, 0, 0);
+    if (has_cols && has_dq && !has_ref)
+        return sig_range_k(st, sigset, dqset, cur, prev, c0, g0, g1, left, 1, 1, 0);
+    if (has_cols && has_ref)
+        return sig_range_k(st, sigset, dqset, cur, prev, c0, g0, g1, left, 1, has_dq, 1);
+    return sig_range_k(st, sigset, dqset, cur, prev, c0, g0, g1, left, 0, has_dq, has_ref);
 }
 
 /* A constant-magnitude row's columns [c0, c1): significance and sign only,

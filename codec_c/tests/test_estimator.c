@@ -112,10 +112,17 @@ static void test_warmup(void)
         fc_ctx_init(&c, ws);
         for (i = 0; i < 64; i++) fc_ctx_update(&c, (unsigned)i & 1u);
         TU_CHECK(fc_ctx_p1(&c) > 24000 && fc_ctx_p1(&c) < 41000);
-        /* The warm-up counter saturates at 1024. */
+        /* The warm-up ends with the window set's shifts once 1 + ilog2(n + 1)
+         * reaches the slow shift (n = 2^(slow - 1) - 1 bins), long before
+         * the documented count of 1024 where the rule stops looking. */
         fc_ctx_init(&c, ws);
+        for (i = 0; i < (1 << (expected_sets[ws][1] - 1)) - 2; i++) fc_ctx_update(&c, 0);
+        TU_CHECK(c.left != 0);
+        fc_ctx_update(&c, 0);
+        TU_CHECK_EQ(c.left, 0);
+        TU_CHECK_EQ(c.shifts, expected_sets[ws][0] | expected_sets[ws][1] << 4);
         for (i = 0; i < 3000; i++) fc_ctx_update(&c, 0);
-        TU_CHECK_EQ(c.count, FC_WARMUP_COUNT);
+        TU_CHECK_EQ(c.left, 0);
         TU_CHECK_EQ(FC_WARMUP_COUNT, 1024);
     }
 }
