@@ -39,14 +39,17 @@
 
 typedef struct fc_ctx {
     uint32_t fast;   /* P(1) in units of 2^-31 */
-    uint32_t slow;   /* P(1) in units of 2^-31 */
     /* Warm-up (FORMAT.md §5.2: the shifts are min(shift, 1 + ilog2(n + 1))
-     * after n bins) kept incrementally: the effective shifts now, and how
-     * many bins remain before they grow; 0 once they reached the window
-     * set's (so the steady state costs one test per bin). */
+     * after n bins) kept incrementally: the effective shifts now, the
+     * window set's, and how many bins remain before the effective ones
+     * grow; 0 once they reached the window set's (so the steady state
+     * costs one test per bin). */
+    uint8_t sf, ss;  /* effective shifts now (fast, slow) */
+    uint8_t tf, ts;  /* the window set's shifts */
+    uint32_t slow;   /* P(1) in units of 2^-31 (not next to fast: the two
+                        updates stay scalar) */
     uint16_t left;
-    uint8_t shifts;  /* effective shifts now: fast | slow << 4 */
-    uint8_t target;  /* the window set's shifts: fast | slow << 4 */
+    uint16_t pad;    /* 0 (no padding bytes: whole context sets compare with memcmp) */
 } fc_ctx;
 
 /* The eight window sets (fast shift, slow shift) a tensor may select.
@@ -58,15 +61,17 @@ static inline void fc_ctx_init(fc_ctx *c, unsigned window_set)
     c->fast = FC_HALF31;
     c->slow = FC_HALF31;
     c->left = 1;                 /* n = 0: both shifts 1 for one bin */
-    c->shifts = 1u | 1u << 4;
-    c->target = (uint8_t)(fc_window_sets[window_set & 7][0] | fc_window_sets[window_set & 7][1] << 4);
+    c->pad = 0;
+    c->sf = c->ss = 1;
+    c->tf = fc_window_sets[window_set & 7][0];
+    c->ts = fc_window_sets[window_set & 7][1];
 }
 
+/* The clamp rarely applies: one predictable test in the common case. */
 FC_HOT uint32_t fc_ctx_p1(const fc_ctx *c)
 {
     uint32_t p = (c->fast + c->slow) >> 16;
-    if (p < FC_PROB_MIN) p = FC_PROB_MIN;
-    if (p > FC_PROB_MAX) p = FC_PROB_MAX;
+    if (FC_UNLIKELY(p - FC_PROB_MIN > FC_PROB_MAX - FC_PROB_MIN)) p = p < FC_PROB_MIN ? FC_PROB_MIN : FC_PROB_MAX;
     return p;
 }
 
@@ -75,25 +80,24 @@ FC_HOT uint32_t fc_ctx_p1(const fc_ctx *c)
  * itself (every set's slow shift is its larger one). */
 static inline void fc_ctx_warm(fc_ctx *c)
 {
-    unsigned w = (c->shifts >> 4) + 1u, tf = c->target & 15u, ts = c->target >> 4;
-    c->shifts = (uint8_t)((w < tf ? w : tf) | (w < ts ? w : ts) << 4);
-    c->left = (uint16_t)(w >= ts ? 0u : 1u << (w - 1u));
+    unsigned w = c->ss + 1u;
+    c->sf = (uint8_t)(w < c->tf ? w : c->tf);
+    c->ss = (uint8_t)(w < c->ts ? w : c->ts);
+    c->left = (uint16_t)(w >= c->ts ? 0u : 1u << (w - 1u));
 }
 
 /* The estimator's update after a 1 (fc_ctx_up1) or a 0 (fc_ctx_up0). */
 FC_HOT void fc_ctx_up1(fc_ctx *c)
 {
-    unsigned sh = c->shifts;
-    c->fast += (FC_ONE31 - c->fast) >> (sh & 15u);
-    c->slow += (FC_ONE31 - c->slow) >> (sh >> 4);
+    c->fast += (FC_ONE31 - c->fast) >> c->sf;
+    c->slow += (FC_ONE31 - c->slow) >> c->ss;
     if (FC_UNLIKELY(c->left) && --c->left == 0) fc_ctx_warm(c);
 }
 
 FC_HOT void fc_ctx_up0(fc_ctx *c)
 {
-    unsigned sh = c->shifts;
-    c->fast -= c->fast >> (sh & 15u);
-    c->slow -= c->slow >> (sh >> 4);
+    c->fast -= c->fast >> c->sf;
+    c->slow -= c->slow >> c->ss;
     if (FC_UNLIKELY(c->left) && --c->left == 0) fc_ctx_warm(c);
 }
 

@@ -18,7 +18,8 @@ static void pin(fc_ctx *c, uint32_t p1)
     fc_ctx_init(c, 0);
     c->fast = c->slow = p1 << 15;
     c->left = 0; /* warm-up over: the window set's shifts */
-    c->shifts = c->target;
+    c->sf = c->tf;
+    c->ss = c->ts;
 }
 
 static double bin_cost(uint32_t p1, unsigned bin)
