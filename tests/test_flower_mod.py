@@ -71,17 +71,20 @@ def _message(
     from_version: int | None = None,
     train: bool = True,
     params: bool = True,
+    layout: bool = True,
 ) -> Message:
     config = ConfigRecord(
         {
             c.KEY_FORMAT: c.FORMAT,
             c.KEY_DOWNLINK: kind,
             c.KEY_BASE_VERSION: version,
-            c.KEY_BASE_DIGEST: digest,
-            c.KEY_ROUND: 1,
-            c.KEY_KEYS: list(SHAPES),
+            c.KEY_BASE_DIGEST: bytes.fromhex(digest),
         }
     )
+    if layout:
+        config[c.KEY_KEYS] = list(SHAPES)
+    if train:
+        config[c.KEY_ROUND] = 1
     if from_version is not None:
         config[c.KEY_FROM_VERSION] = from_version
     if params:
@@ -155,12 +158,13 @@ def test_message_without_fedcodec_keys_passes_through() -> None:
     reply = fedcodec_mod(msg, _context(), app)
     # Assert
     assert seen == [msg]
-    assert c.REPLY_RECORD not in reply.content
+    assert set(reply.content.keys()) == {"arrays", "metrics"}
     assert all(a.stype == "numpy.ndarray" for a in reply.content["arrays"].values())  # type: ignore[union-attr]
 
 
 def test_keyframe_gives_the_app_plain_arrays_and_codes_the_reply() -> None:
-    """A keyframe becomes float32 arrays for the app; the reply is ONE fedcodec/v2 Array."""
+    """A keyframe becomes float32 arrays for the app; the reply is ONE fedcodec/v3 Array and
+    the app's metrics, nothing else."""
     # Prepare
     model = _model()
     downlink = _publish_first(model)
@@ -182,9 +186,7 @@ def test_keyframe_gives_the_app_plain_arrays_and_codes_the_reply() -> None:
     assert list(coded.keys()) == [c.KEY_UPDATE_ARRAY]
     array = coded[c.KEY_UPDATE_ARRAY]
     assert (array.stype, array.dtype, tuple(array.shape)) == (c.STYPE, "uint8", (len(array.data),))
-    info = reply.content[c.REPLY_RECORD]
-    assert isinstance(info, ConfigRecord)
-    assert (info[c.KEY_HELD_VERSION], info[c.KEY_HELD_DIGEST]) == (0, stream.digest)
+    assert set(reply.content.keys()) == {"arrays", "metrics"}
     assert {c.STATE_MODEL, c.STATE_RESIDUAL, c.STATE_RECORD} <= set(context.state.keys())
 
 
@@ -235,7 +237,15 @@ def test_residual_survives_in_context_state_and_is_sent_later() -> None:
     assert isinstance(first, ArrayRecord)
     first_norm = sum(float(np.sum(a.numpy() ** 2)) for a in first.values())
     stream = downlink.stream_model()
-    none = _message(ArrayRecord(), kind=c.DOWNLINK_NONE, version=0, digest=stream.digest)
+    # Not the first contact: no layout, no parameters (the mod kept both).
+    none = _message(
+        ArrayRecord(),
+        kind=c.DOWNLINK_NONE,
+        version=0,
+        digest=stream.digest,
+        layout=False,
+        params=False,
+    )
     identity_app, _ = _app(change=0.0)
     # Execute: the app changes nothing; only the residual is left to send
     reply = fedcodec_mod(none, context, identity_app)
@@ -263,9 +273,9 @@ def test_coded_deltas_are_applied_to_the_held_model() -> None:
         kind=c.DOWNLINK_DELTA,
         version=package.version,
         digest=package.digest,
-        from_version=0,
         params=False,
         train=False,
+        layout=False,
     )
     # Execute
     reply = fedcodec_mod(msg, context, app)
@@ -278,10 +288,10 @@ def test_coded_deltas_are_applied_to_the_held_model() -> None:
     stream = downlink.stream_model()
     for name, array in received.items():
         np.testing.assert_array_equal(array.numpy(), stream.tensors[name])
-    info = reply.content[c.REPLY_RECORD]
-    assert isinstance(info, ConfigRecord)
-    assert info[c.KEY_HELD_VERSION] == 2
-    assert "arrays" not in reply.content  # evaluate replies carry metrics only
+    assert context.state[c.STATE_RECORD]["receiver"]  # type: ignore[index]
+    saved = json.loads(str(context.state[c.STATE_RECORD]["receiver"]))  # type: ignore[index]
+    assert saved["version"] == 2
+    assert list(reply.content.keys()) == ["metrics"]  # evaluate replies: the app's metrics
 
 
 def test_wrong_digest_returns_an_error_message_and_forgets_the_model() -> None:
@@ -295,7 +305,7 @@ def test_wrong_digest_returns_an_error_message_and_forgets_the_model() -> None:
         _coded_record(model, [package.keyframe]),
         kind=c.DOWNLINK_KEYFRAME,
         version=0,
-        digest="0" * 64,
+        digest="00" * 32,
     )
     app, seen = _app()
     context = _context()
@@ -498,3 +508,83 @@ def test_threads_must_not_be_negative() -> None:
     """Constructor arguments are validated with ValueError."""
     with pytest.raises(ValueError, match="threads"):
         make_fedcodec_mod(threads=-1)
+
+
+def test_layout_and_parameters_are_kept_from_the_first_contact() -> None:
+    """Later messages carry neither the key order nor the parameters: the mod kept them."""
+    # Prepare
+    model = _model()
+    downlink = _publish_first(model)
+    context = _context()
+    app, _ = _app(change=5e-3)
+    fedcodec_mod(_keyframe_message(downlink, model), context, app)
+    stream = downlink.stream_model()
+    later = _message(
+        ArrayRecord(),
+        kind=c.DOWNLINK_NONE,
+        version=0,
+        digest=stream.digest,
+        layout=False,
+        params=False,
+    )
+    # Execute
+    reply = fedcodec_mod(later, context, app)
+    # Assert
+    assert not reply.has_error()
+    assert list(reply.content["arrays"].keys()) == [c.KEY_UPDATE_ARRAY]  # type: ignore[union-attr]
+    assert c.KEY_KEYS not in later.content["config"]  # type: ignore[operator]
+
+
+def test_a_node_without_layout_answers_with_an_error_naming_the_key() -> None:
+    """A node that lost its state gets no layout from a steady-state message: an error reply
+    naming the key (the server then sends the first-contact message again)."""
+    # Prepare
+    model = _model()
+    downlink = _publish_first(model)
+    package = downlink.package_for("7", keyframe=True)
+    assert package.keyframe is not None
+    msg = _message(
+        _coded_record(model, [package.keyframe]),
+        kind=c.DOWNLINK_KEYFRAME,
+        version=package.version,
+        digest=package.digest,
+        layout=False,
+    )
+    app, seen = _app()
+    # Execute
+    reply = fedcodec_mod(msg, _context(), app)
+    # Assert
+    assert reply.has_error()
+    assert c.KEY_KEYS in str(reply.error.reason)
+    assert "fedcodec" in str(reply.error.reason)
+    assert seen == []
+
+
+def test_a_train_message_without_parameters_is_an_error_reply() -> None:
+    """No parameters in the message and none kept: the reply cannot be coded."""
+    # Prepare
+    model = _model()
+    downlink = _publish_first(model)
+    msg = _keyframe_message(downlink, model, params=False)
+    app, _ = _app()
+    # Execute
+    reply = fedcodec_mod(msg, _context(), app)
+    # Assert
+    assert reply.has_error()
+    assert c.KEY_PARAMS in str(reply.error.reason)
+
+
+def test_a_text_digest_is_refused_naming_the_key() -> None:
+    """The base digest travels as 32 bytes; anything else is an error naming the key."""
+    # Prepare
+    model = _model()
+    downlink = _publish_first(model)
+    msg = _keyframe_message(downlink, model)
+    msg.content["config"][c.KEY_BASE_DIGEST] = downlink.stream_model().digest  # type: ignore[index]
+    app, seen = _app()
+    # Execute
+    reply = fedcodec_mod(msg, _context(), app)
+    # Assert
+    assert reply.has_error()
+    assert c.KEY_BASE_DIGEST in str(reply.error.reason)
+    assert seen == []

@@ -41,6 +41,7 @@ from flwr.serverapp.strategy import (
     Strategy,
 )
 
+from fedcodec import codec
 from fedcodec.flower import CompressionStrategy, make_fedcodec_mod
 from fedcodec.flower import constants as c
 from fedcodec.flower._records import array_parts
@@ -227,7 +228,7 @@ def test_aggregate_train_hands_the_inner_strategy_global_plus_decoded_updates() 
     # metrics included): 1,224 weights are 4.9 kB, the framing some 600 B.
     assert metrics[c.METRIC_BYTES_UP] < metrics[c.METRIC_RAW_BYTES_UP] / 4  # type: ignore[operator]
     assert metrics[c.METRIC_REJECTED] == 0
-    assert c.REPLY_RECORD not in replies[0].content
+    assert set(replies[0].content.keys()) == {"arrays", "metrics"}  # the mod adds no record
 
 
 @pytest.mark.parametrize(
@@ -276,7 +277,11 @@ def test_byte_budget_reaches_the_clients_and_is_met() -> None:
     # Execute
     result = strategy.start(grid=grid, initial_arrays=_initial(), num_rounds=2)
     # Assert
-    assert {_params(m.config).budget_bytes for m in grid.sent} == {budget}
+    # The parameters travel at first contact (round 1), not again while unchanged.
+    assert {_params(m.config).budget_bytes for m in grid.sent if c.KEY_PARAMS in m.config} == {
+        budget
+    }
+    assert sum(c.KEY_PARAMS in m.config for m in grid.sent) == 3
     for metrics in result.train_metrics_clientapp.values():
         assert metrics[c.METRIC_BUDGET_BYTES] == budget
         # The budget holds for what Flower transmits per reply: the container gets the
@@ -390,7 +395,9 @@ def test_a_node_that_missed_rounds_gets_several_deltas() -> None:
         arrays = out
     # Assert
     last = [m for m in grid.sent if m.node == 2][-1]
-    assert (last.config[c.KEY_DOWNLINK], last.config[c.KEY_FROM_VERSION]) == (c.DOWNLINK_DELTA, 0)
+    # The deltas start from the version the node confirmed (0): not repeated on the wire.
+    assert last.config[c.KEY_DOWNLINK] == c.DOWNLINK_DELTA
+    assert c.KEY_FROM_VERSION not in last.config
     assert last.config[c.KEY_BASE_VERSION] == 3
     # One Array for the whole package: a chain of 3 deltas or one cumulative delta,
     # whichever the engine found smaller.
@@ -420,21 +427,59 @@ def test_a_failed_node_gets_a_keyframe_next_time() -> None:
     assert kinds == {1: c.DOWNLINK_DELTA, 2: c.DOWNLINK_DELTA, 3: c.DOWNLINK_DELTA}
 
 
-def test_an_update_against_another_version_is_left_out() -> None:
-    """A reply that claims another base version is rejected and not aggregated."""
+def test_layout_and_parameters_travel_at_first_contact_and_when_they_change() -> None:
+    """The key order and the initial digest go to a node once; the parameters again only
+    when the schedule changes them; the base digest is 32 bytes."""
+    # Prepare: S doubles every 2 rounds
+    schedule = StepSchedule(RoundParams(lam=0.5, S=4), "S", gamma=2.0, every=2)
+    strategy = CompressionStrategy(FedAvg(fraction_evaluate=0.0), schedule=schedule)
+    grid = _LoopGrid(_client_app(), 2)
+    # Execute
+    strategy.start(grid=grid, initial_arrays=_initial(), num_rounds=4)
+    # Assert
+    by_round = [grid.sent[i : i + 2] for i in range(0, len(grid.sent), 2)]
+    assert [all(c.KEY_KEYS in m.config for m in r) for r in by_round] == [1, 0, 0, 0]
+    assert [all(c.KEY_INITIAL_DIGEST in m.config for m in r) for r in by_round] == [1, 0, 0, 0]
+    assert [all(c.KEY_PARAMS in m.config for m in r) for r in by_round] == [1, 0, 1, 0]
+    assert [_params(r[0].config).S for r in by_round if c.KEY_PARAMS in r[0].config] == [4, 8]
+    assert all(len(m.config[c.KEY_BASE_DIGEST]) == 32 for m in grid.sent)  # type: ignore[arg-type]
+    assert strategy.totals.updates == 8
+    assert strategy.totals.rejected == 0
+
+
+def test_a_rejected_node_gets_the_layout_and_parameters_again() -> None:
+    """A damaged update is left out and the server forgets what that node holds: its next
+    message is a first contact again (layout, parameters), the others' are not."""
     # Prepare
     strategy = CompressionStrategy(FedAvg(fraction_evaluate=0.0), schedule=PARAMS)
     grid = _LoopGrid(_client_app(), 3)
     messages = list(strategy.configure_train(1, _initial(), ConfigRecord(), grid))
     replies = list(grid.send_and_receive(messages))
-    replies[0].content[c.REPLY_RECORD][c.KEY_HELD_VERSION] = 5  # type: ignore[index]
-    # Execute
+    record = replies[0].content["arrays"]
+    assert isinstance(record, ArrayRecord)
+    good = record[c.KEY_UPDATE_ARRAY]
+    record[c.KEY_UPDATE_ARRAY] = Array(
+        dtype=good.dtype, shape=tuple(good.shape), stype=good.stype, data=bytes(good.data[:8])
+    )
+    rejected = replies[0].metadata.src_node_id
     arrays, metrics = strategy.aggregate_train(1, replies)
-    # Assert
     assert arrays is not None
     assert metrics is not None
     assert metrics[c.METRIC_REJECTED] == 1
-    assert strategy.totals.updates == 2
+    # Execute
+    second = list(strategy.configure_train(2, arrays, ConfigRecord(), grid))
+    # Assert
+    first_contact = {
+        m.metadata.dst_node_id: c.KEY_KEYS in m.content["config"]  # type: ignore[operator]
+        and c.KEY_PARAMS in m.content["config"]  # type: ignore[operator]
+        for m in second
+    }
+    assert first_contact == {n: n == rejected for n in (1, 2, 3)}
+    replies = list(grid.send_and_receive(second))
+    assert not any(r.has_error() for r in replies)
+    _, metrics = strategy.aggregate_train(2, replies)
+    assert metrics is not None
+    assert metrics[c.METRIC_REJECTED] == 0
 
 
 def test_a_damaged_update_is_left_out() -> None:
@@ -662,8 +707,11 @@ def test_sensitivity_and_the_apps_importance_reach_the_encoder() -> None:
     assert seen_importance == [True, True]
     for reply in replies:
         assert c.IMPORTANCE_RECORD not in reply.content
-        steps = reply.content[c.REPLY_RECORD][c.KEY_UP_STEP]  # type: ignore[index]
-        assert steps[1] < steps[0] / 4  # type: ignore[index,operator]
+        record = reply.content["arrays"]
+        assert isinstance(record, ArrayRecord)
+        (data,) = array_parts(record[c.KEY_UPDATE_ARRAY])
+        steps = [info.step for info in codec.inspect(data)]
+        assert steps[1] < steps[0] / 4
     arrays, metrics = strategy.aggregate_train(1, replies)
     assert arrays is not None
     assert metrics is not None

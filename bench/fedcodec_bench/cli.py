@@ -351,6 +351,7 @@ def _run_bench_cnn(args: argparse.Namespace) -> int:
         methods=tuple(args.methods) if args.methods else None,
         rounds=args.rounds,
         json_path=args.json,
+        model=args.model,
     )
     run_cnn_bench(cfg)
     return 0
@@ -387,9 +388,15 @@ def _add_bench_cnn(bsub: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         nargs="+",
         default=None,
         metavar="TEXT",
-        help="run only methods whose names contain one of these",
+        help="run only methods whose names contain one of these (=NAME: exactly that one)",
     )
     cnn.add_argument("--rounds", type=_positive_int, default=None, help="override the rounds")
+    cnn.add_argument(
+        "--model",
+        choices=("small", "wide"),
+        default="small",
+        help="the CNN: small (58.5k parameters, default) or wide (VGG-style, 324k)",
+    )
     cnn.add_argument(
         "--json", metavar="PATH", default=None, help="write all numbers to this JSON file"
     )

@@ -131,6 +131,59 @@ def cnn_methods(quick: bool = False) -> list[CnnMethod]:
             "fedcodec sens+filter rd-2%", "fedcodec", params=fc, down_params=down, filter_l1=1e-3
         ),
     ]
+    # Lower rates, coarser or sparser downlinks, trellis, filter scaling at a stronger l1.
+    down8 = RoundParams(lam=0.5, S=8, sensitivity=sens)
+    down_rd = RoundParams(
+        lam=0.5, S=16, sensitivity=sens, sparsification=Sparsification(topk=0.1, allocation="rd")
+    )
+
+    def up(topk: float, **kw: Any) -> Any:
+        return RoundParams(
+            lam=0.5,
+            S=16,
+            sparsification=Sparsification(topk=topk, allocation="rd"),
+            sensitivity=sens,
+            **kw,
+        )
+
+    sf = "fedcodec sens+fisher"
+    methods += [
+        CnnMethod(f"{sf} rd-1%", "fedcodec", params=up(0.01), down_params=down, fisher=True),
+        CnnMethod(f"{sf} rd-0.5%", "fedcodec", params=up(0.005), down_params=down, fisher=True),
+        CnnMethod(f"{sf} rd-2% down S=8", "fedcodec", params=fc, down_params=down8, fisher=True),
+        CnnMethod(
+            f"{sf} rd-1% down S=8", "fedcodec", params=up(0.01), down_params=down8, fisher=True
+        ),
+        CnnMethod(
+            f"{sf} rd-0.5% down S=8", "fedcodec", params=up(0.005), down_params=down8, fisher=True
+        ),
+        CnnMethod(
+            f"{sf} rd-1% down rd-10%", "fedcodec", params=up(0.01), down_params=down_rd, fisher=True
+        ),
+        CnnMethod(
+            f"{sf} trellis rd-1%",
+            "fedcodec",
+            params=up(0.01, quantizer="trellis"),
+            down_params=down,
+            fisher=True,
+        ),
+        CnnMethod(
+            f"{sf}+filter(1e-2) rd-1%",
+            "fedcodec",
+            params=up(0.01),
+            down_params=down,
+            fisher=True,
+            filter_l1=1e-2,
+        ),
+        CnnMethod(
+            f"{sf}+filter(1e-2) rd-2%",
+            "fedcodec",
+            params=fc,
+            down_params=down,
+            fisher=True,
+            filter_l1=1e-2,
+        ),
+    ]
     if quick:
         keep = {"fp32", "top-1%+EF", "fedcodec sens rd-2% S=16"}
         return [m for m in methods if m.name in keep]
@@ -142,9 +195,36 @@ def cnn_methods(quick: bool = False) -> list[CnnMethod]:
 # ---------------------------------------------------------------------------
 
 
-def _net() -> Any:
+#: The CNN family: ``small`` (58,546 parameters: conv 8, conv 16, linear 72, linear 10) and
+#: ``wide`` (VGG-style: three conv 3×3 + BatchNorm blocks of 16, 32 and 64 filters, linear
+#: 576 → 512 → 10: 324,074 parameters, 6× the small model's compute per example).
+MODELS = ("small", "wide")
+
+
+def _net(model: str = "small") -> Any:
     from torch import nn
 
+    if model == "wide":
+        return nn.Sequential(
+            nn.Conv2d(1, 16, 3, padding=1),
+            nn.BatchNorm2d(16),
+            nn.ReLU(),
+            nn.MaxPool2d(2),
+            nn.Conv2d(16, 32, 3, padding=1),
+            nn.BatchNorm2d(32),
+            nn.ReLU(),
+            nn.MaxPool2d(2),
+            nn.Conv2d(32, 64, 3, padding=1),
+            nn.BatchNorm2d(64),
+            nn.ReLU(),
+            nn.MaxPool2d(2),
+            nn.Flatten(),
+            nn.Linear(64 * 3 * 3, 512),
+            nn.ReLU(),
+            nn.Linear(512, 10),
+        )
+    if model != "small":
+        raise ValueError(f"unknown model {model!r}; one of {MODELS}")
     return nn.Sequential(
         nn.Conv2d(1, 8, 3, padding=1),
         nn.BatchNorm2d(8),
@@ -204,7 +284,9 @@ class _Train:
     seed: int
 
 
-def _client_app(data: _Data, train: _Train, method: CnnMethod, mods: list[Any]) -> Any:
+def _client_app(
+    data: _Data, train: _Train, method: CnnMethod, mods: list[Any], model_name: str
+) -> Any:
     """The ClientApp: what a Flower user writes, with the fedcodec.torch helper lines."""
     import torch
     from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
@@ -223,7 +305,7 @@ def _client_app(data: _Data, train: _Train, method: CnnMethod, mods: list[Any]) 
         assert isinstance(config, ConfigRecord)
         node = int(context.node_id)
         server_round = int(config["server-round"])  # type: ignore[arg-type]
-        model = _net()
+        model = _net(model_name)
         model.load_state_dict(load_record(model, record, integer_buffers="local"))
         global_weights = [w.detach().clone() for w in _weights(model)]
         scaling = (
@@ -286,12 +368,12 @@ def _weights(model: Any) -> list[Any]:
     return out
 
 
-def _accuracy(arrays: Any, data: _Data) -> float:
+def _accuracy(arrays: Any, data: _Data, model_name: str) -> float:
     import torch
 
     from fedcodec.torch import load_record
 
-    model = _net()
+    model = _net(model_name)
     model.load_state_dict(load_record(model, arrays, integer_buffers="local"))
     model.eval()
     with torch.no_grad():
@@ -311,19 +393,35 @@ def wire_bytes(msg: Message) -> int:
     return sum(len(obj.deflate()) for obj in get_all_nested_objects(msg).values())
 
 
+def payload_bytes(msg: Message) -> int:
+    """Bytes of the arrays' data in ``msg`` (the codec's containers, or the raw arrays)."""
+    if msg.has_error() or not msg.has_content():
+        return 0
+    return sum(len(a.data) for r in msg.content.array_records.values() for a in r.values())
+
+
 def _make_grid(app: Any, nodes: int) -> Any:
     from fedcodec.flower.local import LocalGrid
 
     class CountingGrid(LocalGrid):
-        """The plugin's in-process grid, counting what Flower serializes both ways."""
+        """The plugin's in-process grid, counting what Flower serializes both ways and the
+        payload (array data) inside it."""
 
         bytes_down = 0
         bytes_up = 0
+        payload_down = 0
+        payload_up = 0
+        models_down = 0  # messages that carry (a version of) the model
+        models_up = 0
 
         def deliver(self, msg: Message) -> Message:
             self.bytes_down += wire_bytes(msg)
+            self.payload_down += payload_bytes(msg)
+            self.models_down += msg.metadata.message_type == "train"
             reply = super().deliver(msg)
             self.bytes_up += wire_bytes(reply)
+            self.payload_up += payload_bytes(reply)
+            self.models_up += payload_bytes(reply) > 0
             return reply
 
     return CountingGrid(app, range(nodes))
@@ -522,6 +620,7 @@ class Scenario:
     per_round: int
     rounds: int
     server: str = "fedavg"  # fedavg | fedprox | fedadam | fedyogi | fedavgm
+    model: str = "small"  # one of MODELS
 
 
 @dataclass
@@ -594,17 +693,17 @@ def run_one(
     torch.manual_seed(seed)
     random.seed(seed)  # Flower samples nodes with the random module
     data = _data(sc.clients, seed, train_limit)
-    initial = to_record(_net(), integer_buffers="local")
+    initial = to_record(_net(sc.model), integer_buffers="local")
     tr = _Train(train.epochs, train.batch, train.lr, seed)
     inner = _inner(sc.server, sc.per_round, sc.clients)
     extra: dict[str, Any] = {}
     if method.kind == "fp32":
         strategy: Strategy = inner
-        app = _client_app(data, tr, method, [])
+        app = _client_app(data, tr, method, [], sc.model)
     elif method.kind == "baseline":
         assert method.compressor is not None
         strategy = _baseline_strategy(inner, method.compressor)
-        app = _client_app(data, tr, method, [_baseline_mod(method.compressor, initial)])
+        app = _client_app(data, tr, method, [_baseline_mod(method.compressor, initial)], sc.model)
     else:
         strategy = CompressionStrategy(
             inner,
@@ -614,13 +713,13 @@ def run_one(
         )
         # Every node builds the same initial model (the seed): it never travels.
         shared = {k: a.numpy() for k, a in initial.items()}
-        app = _client_app(data, tr, method, [make_fedcodec_mod(initial_model=shared)])
+        app = _client_app(data, tr, method, [make_fedcodec_mod(initial_model=shared)], sc.model)
     grid = _make_grid(app, sc.clients)
     accuracy: list[float] = []
 
     def evaluate(server_round: int, arrays: ArrayRecord) -> MetricRecord:
         if server_round > 0:
-            accuracy.append(_accuracy(arrays, data))
+            accuracy.append(_accuracy(arrays, data, sc.model))
         return MetricRecord({"accuracy": accuracy[-1] if accuracy else 0.0})
 
     start = time.perf_counter()
@@ -635,6 +734,12 @@ def run_one(
         totals = strategy.totals  # type: ignore[attr-defined]
         extra["keyframes"] = totals.keyframes
         extra["rejected"] = totals.rejected
+    # The payload: the array data in the messages (containers, or float32 arrays), and what
+    # the model messages would have carried as float32.
+    float_bytes = 4 * sum(int(np.prod(a.shape)) for a in initial.values())
+    extra["payload_up"] = grid.payload_up
+    extra["payload_down"] = grid.payload_down
+    extra["raw_payload"] = float_bytes * (grid.models_up + grid.models_down)
     return RunResult(
         sc.name,
         method.name,
@@ -676,6 +781,7 @@ class CNNBenchConfig:
     batch: int = 32
     lr: float = 0.05
     json_path: str | None = None
+    model: str = "small"
 
 
 def _summary(runs: Sequence[RunResult]) -> list[dict[str, Any]]:
@@ -688,6 +794,14 @@ def _summary(runs: Sequence[RunResult]) -> list[dict[str, Any]]:
         # Paired by seed: a seed's data split and sampling move fp32 by several points.
         deltas = [100 * (x.final - ref[x.seed].final) for x in rs if x.seed in ref]
         ratios = [2 * ref[x.seed].bytes_up / x.total for x in rs if x.seed in ref]
+        # The pipeline's payload ratio: float32 model bytes over the array data (containers)
+        # the same messages carried; the Flower ratio above counts every serialized byte.
+        payload = [
+            x.extra["raw_payload"] / (x.extra["payload_up"] + x.extra["payload_down"])
+            for x in rs
+            if x.extra.get("payload_up", 0) + x.extra.get("payload_down", 0) > 0
+        ]
+        flower = [x.extra["raw_payload"] / x.total for x in rs if "raw_payload" in x.extra]
         rows.append(
             {
                 "scenario": scenario,
@@ -703,6 +817,13 @@ def _summary(runs: Sequence[RunResult]) -> list[dict[str, Any]]:
                 # float32 both ways: twice what fp32 FedAvg sends up (Flower's FedAdam and
                 # FedYogi send float64 models down, which would flatter every ratio).
                 "ratio_total": statistics.median(ratios) if ratios else None,
+                "ratio_payload": statistics.median(payload) if payload else None,
+                # Flower-serialized over payload ratio in the same runs (1.0: no overhead).
+                "flower_vs_payload": statistics.median(
+                    f / p for f, p in zip(flower, payload, strict=False)
+                )
+                if payload and len(flower) == len(payload)
+                else None,
                 "seconds": statistics.median(x.seconds for x in rs),
             }
         )
@@ -712,16 +833,19 @@ def _summary(runs: Sequence[RunResult]) -> list[dict[str, Any]]:
 def _table(rows: Sequence[dict[str, Any]]) -> str:
     lines = [
         "| scenario | method | seeds | accuracy (median) | Δ vs fp32 | total bytes "
-        "| ratio vs float32 | up / down |",
-        "|---|---|---|---|---|---|---|---|",
+        "| ratio vs float32 (Flower) | payload ratio | Flower/payload | up / down |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         delta = "" if r["delta_pt"] is None else f"{r['delta_pt']:+.2f} pt"
         ratio = "" if r["ratio_total"] is None else f"{r['ratio_total']:.0f}×"
+        payload = "" if r.get("ratio_payload") is None else f"{r['ratio_payload']:.0f}×"
+        vs = r.get("flower_vs_payload")
+        share = "" if vs is None else f"{100 * vs:.0f} %"
         lines.append(
             f"| {r['scenario']} | {r['method']} | {r['seeds']} | {100 * r['accuracy']:.2f} % | "
-            f"{delta} | "
-            f"{r['bytes_total']:,.0f} | {ratio} | {r['bytes_up']:,.0f} / {r['bytes_down']:,.0f} |"
+            f"{delta} | {r['bytes_total']:,.0f} | {ratio} | {payload} | {share} | "
+            f"{r['bytes_up']:,.0f} / {r['bytes_down']:,.0f} |"
         )
     return "\n".join(lines)
 
@@ -746,23 +870,44 @@ def merge_results(paths: Sequence[str], out: TextIO | None = None) -> dict[str, 
     return merged
 
 
+def _selects(pattern: str, name: str) -> bool:
+    """``pattern`` selects ``name``: ``=NAME`` exactly, otherwise as a substring (any case)."""
+    if pattern.startswith("="):
+        return pattern[1:] == name
+    return pattern.lower() in name.lower()
+
+
 def run_cnn_bench(cfg: CNNBenchConfig, out: TextIO | None = None) -> dict[str, Any]:
     """Run the benchmark; print a table; write JSON when asked."""
     out = out or sys.stdout
     methods = cnn_methods(cfg.quick)
     if cfg.methods:
-        methods = [m for m in methods if any(p.lower() in m.name.lower() for p in cfg.methods)]
+        methods = [m for m in methods if any(_selects(p, m.name) for p in cfg.methods)]
     train = _Train(cfg.epochs, cfg.batch, cfg.lr, 0)
     limit = 800 if cfg.quick else None
     runs: list[RunResult] = []
     for key in cfg.scenarios:
         sc = SCENARIOS[key]
+        if cfg.model != "small":
+            sc = Scenario(
+                f"{cfg.model} CNN, {sc.name}",
+                sc.clients,
+                sc.per_round,
+                sc.rounds,
+                sc.server,
+                cfg.model,
+            )
         if cfg.quick:
             sc = Scenario(
-                sc.name + " (quick)", 4, 2 if sc.per_round < sc.clients else 4, 3, sc.server
+                sc.name + " (quick)",
+                4,
+                2 if sc.per_round < sc.clients else 4,
+                3,
+                sc.server,
+                sc.model,
             )
         elif cfg.rounds is not None:
-            sc = Scenario(sc.name, sc.clients, sc.per_round, cfg.rounds, sc.server)
+            sc = Scenario(sc.name, sc.clients, sc.per_round, cfg.rounds, sc.server, sc.model)
         for seed in range(cfg.first_seed, cfg.first_seed + cfg.seeds):
             for method in methods:
                 r = run_one(sc, method, seed, train, limit)
@@ -793,6 +938,7 @@ def _write(
             "lr": cfg.lr,
             "alpha": _ALPHA,
             "quick": cfg.quick,
+            "model": cfg.model,
         },
         "methods": {m.name: m.settings() for m in methods},
         "scenarios": {k: SCENARIOS[k].__dict__ for k in cfg.scenarios},

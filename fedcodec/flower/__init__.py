@@ -10,8 +10,13 @@ and ``fixedclipping_mod``:
   aggregates them;
 * :func:`fedcodec_mod` / :func:`make_fedcodec_mod` (ClientApp) rebuilds the
   model for the app and codes the app's reply as ONE
-  ``Array(stype="fedcodec/v2", data=container)`` (the engine's bytes as they
+  ``Array(stype="fedcodec/v3", data=container)`` (the engine's bytes as they
   are), with error feedback, keeping its state in ``context.state``.
+
+The wire contract (``fedcodec/v3``, :mod:`fedcodec.flower.constants`) adds a few
+short config keys to each message (about 60 bytes: format, version, binary
+digest, round), the record layout and the coding parameters only at first
+contact or when they change, and nothing to a reply besides the coded ``Array``.
 
 Both halves drive the round engine (:mod:`fedcodec.pipeline.engine`): the same
 download rule, update checks and error feedback as the gRPC server and the edge
@@ -54,7 +59,6 @@ from fedcodec.flower.constants import (
     KEY_DOWNLINK,
     KEY_FORMAT,
     KEY_PARAMS,
-    REPLY_RECORD,
     STYPE,
 )
 from fedcodec.flower.mod import fedcodec_mod, make_fedcodec_mod
@@ -66,7 +70,6 @@ __all__ = [
     "KEY_DOWNLINK",
     "KEY_FORMAT",
     "KEY_PARAMS",
-    "REPLY_RECORD",
     "STYPE",
     "CompressionStrategy",
     "Traffic",

@@ -7,7 +7,9 @@
 * :data:`~fedcodec.flower.constants.STATE_RESIDUAL` — the error-feedback
   residual of :class:`~fedcodec.pipeline.UpdateEncoder`;
 * :data:`~fedcodec.flower.constants.STATE_RECORD` — the model spec and both
-  parts' metadata as JSON.
+  parts' metadata as JSON, the message layout the server sent at first contact
+  (:class:`Layout`) and the last coding parameters it sent (the server sends them
+  again only when they change).
 
 ``context.state`` survives across rounds for a node in simulation and in
 deployment (where every message starts a fresh ClientApp process), so this is
@@ -32,11 +34,53 @@ from fedcodec.pipeline import (
     StateFormatError,
 )
 
-__all__ = ["ClientState"]
+__all__ = ["ClientState", "Layout"]
 
 _SPEC = "spec"
 _RECEIVER_META = "receiver"
 _ENCODER_META = "encoder"
+_LAYOUT = "layout"
+_PARAMS = "params"
+
+
+@dataclass(frozen=True)
+class Layout:
+    """What a node learns at first contact and keeps: how the server's records are laid out.
+
+    Attributes
+    ----------
+    keys : tuple of str
+        The ArrayRecord's key order.
+    uncoded : tuple of str
+        Keys of arrays that travel as they are.
+    initial_digest : str or None
+        Hex digest of the shared initial model the stream is relative to (None: a
+        keyframe stream).
+    """
+
+    keys: tuple[str, ...]
+    uncoded: tuple[str, ...] = ()
+    initial_digest: str | None = None
+
+    def to_json(self) -> dict[str, object]:
+        """A JSON-able dict."""
+        return {
+            "keys": list(self.keys),
+            "uncoded": list(self.uncoded),
+            "initial_digest": self.initial_digest,
+        }
+
+    @classmethod
+    def from_json(cls, data: dict[str, object]) -> Layout:
+        """Inverse of :meth:`to_json` (ValueError when malformed)."""
+        keys, uncoded, digest = data.get("keys"), data.get("uncoded"), data.get("initial_digest")
+        if not isinstance(keys, list) or not all(isinstance(k, str) for k in keys):
+            raise ValueError("layout keys must be a list of str")
+        if not isinstance(uncoded, list) or not all(isinstance(k, str) for k in uncoded):
+            raise ValueError("layout uncoded keys must be a list of str")
+        if digest is not None and not isinstance(digest, str):
+            raise ValueError("layout initial_digest must be a str or null")
+        return cls(tuple(keys), tuple(uncoded), digest)
 
 
 def _record(arrays: dict[str, np.ndarray]) -> ArrayRecord:
@@ -51,9 +95,15 @@ class ClientState:
     ----------
     engine : ClientEngine or None
         The held model (receiver) and the uplink encoder.
+    layout : Layout or None
+        The record layout of the server's messages (from the first contact).
+    params : str or None
+        The last coding parameters the server sent (JSON text).
     """
 
     engine: ClientEngine | None = None
+    layout: Layout | None = None
+    params: str | None = None
 
     @classmethod
     def load(
@@ -63,11 +113,20 @@ class ClientState:
         config = state.get(STATE_RECORD)
         if not isinstance(config, ConfigRecord):
             return cls()
+        layout: Layout | None = None
+        params = str(config[_PARAMS]) if _PARAMS in config else None
+        if _LAYOUT in config:
+            try:
+                layout = Layout.from_json(json.loads(str(config[_LAYOUT])))
+            except (ValueError, AttributeError) as exc:
+                _log.warning("fedcodec: dropping the saved layout (%s)", exc)
+        if _SPEC not in config:
+            return cls(layout=layout, params=params)
         try:
             spec = ModelSpec.from_json(json.loads(str(config[_SPEC])))
         except (KeyError, ValueError, ModelMismatchError) as exc:
             _log.warning("fedcodec: dropping unreadable client state (%s)", exc)
-            return cls()
+            return cls(layout=layout, params=params)
         engine = ClientEngine(spec, client_id, threads=threads, error_feedback=error_feedback)
         model = state.get(STATE_MODEL)
         if isinstance(model, ArrayRecord) and _RECEIVER_META in config:
@@ -87,7 +146,7 @@ class ClientState:
             except StateFormatError as exc:
                 _log.warning("fedcodec: dropping the saved residual (%s)", exc)
             engine.encoder.error_feedback = error_feedback
-        return cls(engine)
+        return cls(engine, layout, params)
 
     def engine_for(
         self,
@@ -128,10 +187,17 @@ class ClientState:
         for key in (STATE_MODEL, STATE_RESIDUAL, STATE_RECORD):
             if key in state:
                 del state[key]
+        config = ConfigRecord()
+        if self.layout is not None:
+            config[_LAYOUT] = json.dumps(self.layout.to_json())
+        if self.params is not None:
+            config[_PARAMS] = self.params
         engine = self.engine
         if engine is None:
+            if len(config):
+                state[STATE_RECORD] = config
             return
-        config = ConfigRecord({_SPEC: json.dumps(engine.spec.to_json())})
+        config[_SPEC] = json.dumps(engine.spec.to_json())
         arrays, meta = engine.receiver.state()
         state[STATE_MODEL] = _record(dict(arrays))
         config[_RECEIVER_META] = json.dumps(meta)

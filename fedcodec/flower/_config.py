@@ -8,7 +8,7 @@ from typing import Any
 from fedcodec.flower.constants import KEY_PARAMS
 from fedcodec.pipeline import RoundParams
 
-__all__ = ["config_int", "has_params", "params_from_config", "params_to_config"]
+__all__ = ["config_int", "has_params", "params_from_config", "params_from_text", "params_to_config"]
 
 
 def params_to_config(params: RoundParams) -> dict[str, str]:
@@ -32,8 +32,19 @@ def params_from_config(config: Mapping[str, Any]) -> RoundParams:
     """
     if KEY_PARAMS not in config:
         raise ValueError(f"the config has no {KEY_PARAMS!r}")
+    return params_from_text(str(config[KEY_PARAMS]))
+
+
+def params_from_text(text: str) -> RoundParams:
+    """The parameters of a :data:`~fedcodec.flower.constants.KEY_PARAMS` value.
+
+    Raises
+    ------
+    ValueError
+        A parameter that is unknown or out of range (named).
+    """
     try:
-        return RoundParams.from_json_text(str(config[KEY_PARAMS]))
+        return RoundParams.from_json_text(text)
     except ValueError as exc:
         raise ValueError(f"{KEY_PARAMS}: {exc}") from exc
 

@@ -1,33 +1,43 @@
-"""Names shared by the strategy wrapper and the client mod: record keys, the ``stype``.
+"""Names shared by the strategy wrapper and the client mod: the wire contract ``fedcodec/v3``.
 
-Every key is namespaced with ``fedcodec.`` so it cannot collide with an
-application's own configuration or with another wrapper's keys (Flower's DP
-wrappers use ``clipping_norm``).
+Every key starts with ``fc`` (short: each key is paid in every message), which keeps
+them apart from an application's own configuration and from other wrappers' keys
+(Flower's use ``server-round``, ``proximal-mu``, ``clipping_norm``).
 
 Train and evaluate messages (server to client) carry, in their single
-``ConfigRecord``:
+``ConfigRecord``, next to the inner strategy's keys:
 
-* the round's coding parameters (train only; their presence asks the client
-  mod to code the reply): :data:`KEY_PARAMS`, the parameters as one JSON text
-  (:meth:`fedcodec.pipeline.RoundParams.to_json_text`, the serialization the
-  gRPC proto also carries), and :data:`KEY_ROUND`;
-* how the model travels (:data:`KEY_DOWNLINK`: coded deltas from
-  :data:`KEY_FROM_VERSION`, a keyframe, nothing because the client is up to
-  date, raw float32 arrays, or a refusal with :data:`KEY_ERROR`), the shared
-  initial model it is relative to (:data:`KEY_INITIAL_DIGEST`,
-  :data:`KEY_INITIAL_ID`), and what the client holds afterwards:
-  :data:`KEY_BASE_VERSION` and :data:`KEY_BASE_DIGEST`.
+every message
+    :data:`KEY_FORMAT` (:data:`FORMAT`; marks a message the wrapper prepared),
+    :data:`KEY_DOWNLINK` (how the model arrives: ``DOWNLINK_*``), and — unless
+    refused, then :data:`KEY_ERROR` — :data:`KEY_BASE_VERSION` and
+    :data:`KEY_BASE_DIGEST` (the version the node holds after decoding and the
+    32 bytes of its SHA-256 :func:`~fedcodec.pipeline.model_digest`).
+train messages
+    :data:`KEY_ROUND`, and :data:`KEY_PARAMS` (the round's coding parameters for
+    this node, :meth:`fedcodec.pipeline.RoundParams.to_json_text`, the
+    serialization the gRPC proto carries too) only when they differ from the last
+    parameters the node acknowledged; the mod keeps them in ``context.state``.
+first contact
+    (a node the server has no successful reply from: new, failed or rejected)
+    the layout: :data:`KEY_KEYS` (the ArrayRecord's key order),
+    :data:`KEY_UNCODED_KEYS` (arrays that travel as they are, only when there are
+    such), the shared initial model's digest :data:`KEY_INITIAL_DIGEST` (32
+    bytes; absent in a keyframe stream) and name :data:`KEY_INITIAL_ID` (when
+    set).  The mod keeps the layout in ``context.state``.
+deltas from another version than the node holds
+    :data:`KEY_FROM_VERSION` (otherwise they start from the node's version).
 
 The coded model itself is ONE ``Array`` (:data:`KEY_MODEL_ARRAY`, stype
 :data:`STYPE`: the engine's container bytes as they are, or :data:`STYPE_SEQUENCE`
 for several), whatever the number of tensors; integer buffers travel as they are
-under their own keys; :data:`KEY_KEYS` gives the original key order.  A coded
-reply is one ``Array`` too (:data:`KEY_UPDATE_ARRAY`).
+under their own keys.
 
-Replies (client to server) carry one extra ``ConfigRecord`` named
-:data:`REPLY_RECORD` with the version and digest the client holds and its
-encoder statistics; the wrapper removes it before the inner strategy sees the
-reply.
+A reply (client to server) is the app's reply with its ``ArrayRecord`` replaced by
+ONE coded ``Array`` (:data:`KEY_UPDATE_ARRAY`) plus the integer buffers: the mod adds
+no record.  A reply without error confirms that the node rebuilt the model the
+message described (the mod checks the digest and answers with an error otherwise),
+so the server knows which version each node holds without being told.
 """
 
 from __future__ import annotations
@@ -49,9 +59,6 @@ __all__ = [
     "KEY_ERROR",
     "KEY_FORMAT",
     "KEY_FROM_VERSION",
-    "KEY_HELD_DIGEST",
-    "KEY_HELD_INITIAL",
-    "KEY_HELD_VERSION",
     "KEY_INITIAL_DIGEST",
     "KEY_INITIAL_ID",
     "KEY_KEYS",
@@ -60,10 +67,6 @@ __all__ = [
     "KEY_ROUND",
     "KEY_UNCODED_KEYS",
     "KEY_UPDATE_ARRAY",
-    "KEY_UP_ENCODE_SECONDS",
-    "KEY_UP_LAMBDA",
-    "KEY_UP_PASSES",
-    "KEY_UP_STEP",
     "METRIC_BUDGET_BYTES",
     "METRIC_BYTES_DOWN",
     "METRIC_BYTES_UP",
@@ -76,7 +79,6 @@ __all__ = [
     "METRIC_REJECTED",
     "METRIC_S",
     "MOD_FAILED_PRECONDITION",
-    "REPLY_RECORD",
     "STATE_MODEL",
     "STATE_RECORD",
     "STATE_RESIDUAL",
@@ -86,79 +88,61 @@ __all__ = [
 
 #: ``Array.stype`` of a coded model or update: ``data`` is one fedcodec container
 #: (all coded tensors; ``shape`` is ``(len(data),)``, ``dtype`` ``"uint8"``).
-STYPE: Final = "fedcodec/v2"
+STYPE: Final = "fedcodec/v3"
 #: ``Array.stype`` of several containers applied in order (a chain of deltas):
 #: ``data`` is a sequence of (uint32 little-endian length, container) pairs.
-STYPE_SEQUENCE: Final = "fedcodec/v2+seq"
+STYPE_SEQUENCE: Final = "fedcodec/v3+seq"
 
 #: Value of :data:`KEY_FORMAT`; a client mod refuses any other.
-FORMAT: Final = "fedcodec/v2"
+FORMAT: Final = "fedcodec/v3"
 
 # -- message ConfigRecord (server -> client) ---------------------------------
 #: Marks a message prepared by the wrapper (value: :data:`FORMAT`).
-KEY_FORMAT: Final = "fedcodec.format"
-#: The round's coding parameters for this node: RoundParams.to_json_text() (str).
-KEY_PARAMS: Final = "fedcodec.params"
-#: The server round the parameters belong to (int).
-KEY_ROUND: Final = "fedcodec.round"
-#: How the model arrives: one of the ``DOWNLINK_*`` values.
-KEY_DOWNLINK: Final = "fedcodec.downlink"
-#: The version coded deltas start from (int; with :data:`DOWNLINK_DELTA`).
-KEY_FROM_VERSION: Final = "fedcodec.from_version"
-#: The model version the client holds after decoding (the base of its update).
-KEY_BASE_VERSION: Final = "fedcodec.base_version"
-#: SHA-256 digest of that model (:func:`fedcodec.pipeline.model_digest`).
-KEY_BASE_DIGEST: Final = "fedcodec.base_digest"
-
-#: The original ArrayRecord's key order (list of str).
-KEY_KEYS: Final = "fedcodec.keys"
-#: Digest of the shared initial model the package is relative to (str; absent in a
-#: keyframe stream).
-KEY_INITIAL_DIGEST: Final = "fedcodec.initial_digest"
-#: The deployment's name of that initial model (str, informative).
-KEY_INITIAL_ID: Final = "fedcodec.initial_id"
-#: Why the server sends no model (str; with :data:`DOWNLINK_REFUSED`).
-KEY_ERROR: Final = "fedcodec.error"
-#: Key of the one coded ``Array`` in a message's ArrayRecord.
-KEY_MODEL_ARRAY: Final = "fedcodec.model"
-#: Key of the initial model (float32, model order) when the server sends it.
-INITIAL_ARRAY: Final = "fedcodec.initial"
-#: Key of the one coded ``Array`` in a reply's ArrayRecord.
-KEY_UPDATE_ARRAY: Final = "fedcodec.update"
+KEY_FORMAT: Final = "fc"
+#: How the model arrives: one of the ``DOWNLINK_*`` values (str).
+KEY_DOWNLINK: Final = "fc.k"
+#: The model version the client holds after decoding, the base of its update (int).
+KEY_BASE_VERSION: Final = "fc.v"
+#: SHA-256 digest of that model (:func:`fedcodec.pipeline.model_digest`), 32 bytes.
+KEY_BASE_DIGEST: Final = "fc.d"
+#: The server round (int; train messages: their presence asks for a coded reply).
+KEY_ROUND: Final = "fc.r"
+#: The node's coding parameters, RoundParams.to_json_text() (str; train messages,
+#: when they changed for the node).
+KEY_PARAMS: Final = "fc.p"
+#: The version coded deltas start from (int; only when not the version the node holds).
+KEY_FROM_VERSION: Final = "fc.f"
+#: The original ArrayRecord's key order (list of str; first contact).
+KEY_KEYS: Final = "fc.keys"
 #: Keys of arrays that travel as they are (integer buffers such as BatchNorm's
 #: ``num_batches_tracked``: the coded model is the floating-point arrays of the first
-#: global model); sent only when there are such arrays.
-KEY_UNCODED_KEYS: Final = "fedcodec.uncoded_keys"
+#: global model); first contact, only when there are such arrays (list of str).
+KEY_UNCODED_KEYS: Final = "fc.unc"
+#: Digest of the shared initial model the stream is relative to (32 bytes; first
+#: contact; absent in a keyframe stream).
+KEY_INITIAL_DIGEST: Final = "fc.i"
+#: The deployment's name of that initial model (str, informative; first contact, when set).
+KEY_INITIAL_ID: Final = "fc.iid"
+#: Why the server sends no model (str; with :data:`DOWNLINK_REFUSED`).
+KEY_ERROR: Final = "fc.e"
+#: Key of the one coded ``Array`` in a message's ArrayRecord.
+KEY_MODEL_ARRAY: Final = "fc.m"
+#: Key of the initial model (float32, model order) when the server sends it.
+INITIAL_ARRAY: Final = "fc.init"
+#: Key of the one coded ``Array`` in a reply's ArrayRecord.
+KEY_UPDATE_ARRAY: Final = "fc.u"
 
-DOWNLINK_KEYFRAME: Final = "keyframe"
-DOWNLINK_DELTA: Final = "delta"
-DOWNLINK_NONE: Final = "none"
-DOWNLINK_RAW: Final = "raw"
-DOWNLINK_REFUSED: Final = "refused"
+DOWNLINK_KEYFRAME: Final = "k"
+DOWNLINK_DELTA: Final = "d"
+DOWNLINK_NONE: Final = "n"
+DOWNLINK_RAW: Final = "r"
+DOWNLINK_REFUSED: Final = "x"
 
 # -- reply ArrayRecord the app may add (consumed by the mod, never sent) -----
 #: Name of an optional ``ArrayRecord`` in the app's train reply: per-weight importance η
 #: (e.g. the diagonal Fisher from :class:`fedcodec.torch.FisherAccumulator`) under the
 #: model's keys.  The mod codes the update with it and removes it from the reply.
 IMPORTANCE_RECORD: Final = "fedcodec.importance"
-
-# -- reply ConfigRecord (client -> server) -----------------------------------
-#: Name of the ConfigRecord the mod adds to a reply.
-REPLY_RECORD: Final = "fedcodec"
-#: The version the client holds (int).
-KEY_HELD_VERSION: Final = "fedcodec.held_version"
-#: Its digest (str).
-KEY_HELD_DIGEST: Final = "fedcodec.held_digest"
-#: Digest of the shared initial model the client holds ("" for none).
-KEY_HELD_INITIAL: Final = "fedcodec.held_initial"
-#: λ the encoder used (rate control may raise it).
-KEY_UP_LAMBDA: Final = "fedcodec.up.lambda"
-#: Encoder passes (rate control).
-KEY_UP_PASSES: Final = "fedcodec.up.passes"
-#: Quantization steps per tensor (list of float, model order).
-KEY_UP_STEP: Final = "fedcodec.up.steps"
-#: Encode wall time in seconds.
-KEY_UP_ENCODE_SECONDS: Final = "fedcodec.up.encode_seconds"
 
 # -- context.state (client) ---------------------------------------------------
 #: ArrayRecord: the client's model receiver (held model, initial model, change).

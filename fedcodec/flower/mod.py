@@ -10,12 +10,12 @@ For every message the wrapper prepared (its ``ConfigRecord`` carries
    message whose ``ArrayRecord`` holds plain float32 arrays under the original keys;
 2. calls the app;
 3. for a train message, codes the reply's ``ArrayRecord`` as the difference to
-   that model with error feedback, with the round's parameters from the config
-   (:data:`~fedcodec.flower.constants.KEY_PARAMS`): the engine's container goes
-   out as ONE ``Array(stype="fedcodec/v2", data=container)``, bytes unchanged;
-4. adds a ``ConfigRecord`` :data:`~fedcodec.flower.constants.REPLY_RECORD`
-   with the version and digest it holds (the server sends the next model as a
-   delta from it), the initial model it holds, and the encoder's statistics.
+   that model with error feedback, with the round's parameters
+   (:data:`~fedcodec.flower.constants.KEY_PARAMS`, kept in ``context.state``:
+   the server sends them when they change): the engine's container goes out as
+   ONE ``Array(stype="fedcodec/v3", data=container)``, bytes unchanged.  Nothing
+   else is added to the reply: a reply without error tells the server that the
+   node holds the model the message described (the digest checked out).
 
 The shared initial model.  Give the mod the initial model the ServerApp starts
 from (``make_fedcodec_mod(initial_model=...)``: built from the same seed, or read
@@ -61,13 +61,13 @@ from typing import Any
 
 import numpy as np
 import numpy.typing as npt
-from flwr.app import ArrayRecord, ConfigRecord, Context, Error, Message
+from flwr.app import ArrayRecord, Context, Error, Message
 from flwr.clientapp.typing import ClientAppCallable, Mod
 
 from fedcodec import codec
 from fedcodec.errors import FedCodecError
-from fedcodec.flower._client_state import ClientState
-from fedcodec.flower._config import config_int, has_params, params_from_config
+from fedcodec.flower._client_state import ClientState, Layout
+from fedcodec.flower._config import config_int, params_from_text
 from fedcodec.flower._logging import logger as _log
 from fedcodec.flower._records import (
     array_parts,
@@ -94,20 +94,14 @@ from fedcodec.flower.constants import (
     KEY_ERROR,
     KEY_FORMAT,
     KEY_FROM_VERSION,
-    KEY_HELD_DIGEST,
-    KEY_HELD_VERSION,
     KEY_INITIAL_DIGEST,
     KEY_KEYS,
     KEY_MODEL_ARRAY,
+    KEY_PARAMS,
     KEY_ROUND,
     KEY_UNCODED_KEYS,
-    KEY_UP_ENCODE_SECONDS,
-    KEY_UP_LAMBDA,
-    KEY_UP_PASSES,
-    KEY_UP_STEP,
     KEY_UPDATE_ARRAY,
     MOD_FAILED_PRECONDITION,
-    REPLY_RECORD,
 )
 from fedcodec.pipeline import (
     ClientEngine,
@@ -116,6 +110,7 @@ from fedcodec.pipeline import (
     ModelMismatchError,
     ModelSpec,
     ModelVersion,
+    RoundParams,
 )
 from fedcodec.pipeline.model import Tensors
 
@@ -266,8 +261,12 @@ def _handle(
         context.state, client_id, threads=threads, error_feedback=error_feedback
     )
     try:
-        keys = _str_list(config, KEY_KEYS)
-        uncoded_keys = _str_list(config, KEY_UNCODED_KEYS)
+        layout = _layout(config, state.layout)
+        state.layout = layout
+        if KEY_PARAMS in config:
+            state.params = str(config[KEY_PARAMS])
+        keys = list(layout.keys)
+        uncoded_keys = list(layout.uncoded)
         names = [k for k in keys if k not in uncoded_keys]
         uncoded, _ = split_record(record, uncoded_keys)
         kind = config.get(KEY_DOWNLINK)
@@ -286,7 +285,7 @@ def _handle(
             threads=threads,
             error_feedback=error_feedback,
         )
-        base = _receive(engine, record, names, coded, config)
+        base = _receive(engine, record, names, coded, config, layout)
         decoded = merge_records(keys, plain_record(base.spec, base.tensors), uncoded)
     except (FedCodecError, ValueError, KeyError, TypeError) as exc:
         if not isinstance(exc, InitialModelError):
@@ -300,15 +299,42 @@ def _handle(
     if out.has_error():
         return out
 
-    reply = ConfigRecord({KEY_HELD_VERSION: base.version, KEY_HELD_DIGEST: base.digest})
-    if has_params(config):
+    if KEY_ROUND in config:  # a train message: code the reply
         try:
-            reply.update(_encode_reply(out, engine, base, config, reply))
+            if state.params is None:
+                raise ValueError(
+                    f"{KEY_PARAMS}: the server sent this node no coding parameters (they "
+                    "are sent once, then when they change)"
+                )
+            _encode_reply(out, engine, base, config, params_from_text(state.params))
         except (FedCodecError, ValueError, KeyError, TypeError) as exc:
             return _error(msg, f"{_NAME}: cannot code the reply: {exc}")
         state.save(context.state)
-    out.content[REPLY_RECORD] = reply
     return out
+
+
+def _digest(value: object, key: str) -> str:
+    """A 32-byte binary digest from the config, as the pipeline's hex text."""
+    if not isinstance(value, bytes) or len(value) != 32:
+        raise ValueError(f"{key} must be the 32 bytes of a SHA-256 digest, got {value!r:.80}")
+    return value.hex()
+
+
+def _layout(config: Mapping[str, Any], held: Layout | None) -> Layout:
+    """The record layout: sent with the message (first contact) or kept from then."""
+    if KEY_KEYS not in config:
+        if held is None:
+            raise ValueError(
+                f"{KEY_KEYS}: this node holds no record layout (the server sends it at "
+                "first contact)"
+            )
+        return held
+    digest = config.get(KEY_INITIAL_DIGEST)
+    return Layout(
+        tuple(_str_list(config, KEY_KEYS)),
+        tuple(_str_list(config, KEY_UNCODED_KEYS)),
+        None if digest is None else _digest(digest, KEY_INITIAL_DIGEST),
+    )
 
 
 def _receive(
@@ -317,11 +343,12 @@ def _receive(
     names: list[str],
     coded: list[bytes],
     config: Mapping[str, Any],
+    layout: Layout,
 ) -> ModelVersion:
     """The model the message describes, digest-checked (the engine's receiver, once)."""
     kind = config.get(KEY_DOWNLINK)
     version = config_int(config, KEY_BASE_VERSION)
-    digest = str(config[KEY_BASE_DIGEST])
+    digest = _digest(config.get(KEY_BASE_DIGEST), KEY_BASE_DIGEST)
     if kind == DOWNLINK_RAW:
         model_part, _ = split_record(record, names)
         tensors = record_tensors(model_part, engine.spec, "received model")
@@ -331,24 +358,32 @@ def _receive(
         return model
     if kind not in (DOWNLINK_KEYFRAME, DOWNLINK_DELTA, DOWNLINK_NONE):
         raise ValueError(f"unknown {KEY_DOWNLINK} {kind!r}")
-    initial_digest = config.get(KEY_INITIAL_DIGEST)
+    initial_digest = layout.initial_digest
     initial: bytes | None = None
     if INITIAL_ARRAY in record:
         initial = np.ascontiguousarray(record[INITIAL_ARRAY].numpy(), dtype="<f4").tobytes()
+    from_version: int | None = None
+    if kind == DOWNLINK_DELTA:
+        # Deltas start from the version this node holds unless the server says otherwise.
+        from_version = (
+            config_int(config, KEY_FROM_VERSION)
+            if KEY_FROM_VERSION in config
+            else engine.receiver.version
+        )
+    elif kind == DOWNLINK_NONE:
+        from_version = version
     package = DownlinkPackage(
         version=version,
         digest=digest,
         keyframe=coded[0] if kind == DOWNLINK_KEYFRAME else None,
-        from_version=(config_int(config, KEY_FROM_VERSION) if kind == DOWNLINK_DELTA else version)
-        if kind != DOWNLINK_KEYFRAME
-        else None,
+        from_version=from_version,
         deltas=tuple(coded) if kind == DOWNLINK_DELTA else (),
         initial_version=0 if initial_digest else None,
-        initial_digest=str(initial_digest) if initial_digest else None,
+        initial_digest=initial_digest,
         initial=initial,
     )
-    if package.relative_to_initial and initial is None:
-        engine.check_initial_digest(str(initial_digest))
+    if package.relative_to_initial and initial is None and initial_digest is not None:
+        engine.check_initial_digest(initial_digest)
     return engine.receive(package)
 
 
@@ -357,13 +392,13 @@ def _encode_reply(
     engine: ClientEngine,
     base: ModelVersion,
     config: Mapping[str, Any],
-    reply: ConfigRecord,
-) -> dict[str, int | float | list[float]]:
-    """Replace the reply's ArrayRecord by the coded update; return the reply statistics.
+    params: RoundParams,
+) -> None:
+    """Replace the reply's ArrayRecord by the coded update.
 
     A byte budget holds for what the reply carries as Flower serializes it: the
     container's budget is the round's minus the reply's own framing (the Array,
-    the integer buffers, this record, the app's metrics).
+    the integer buffers, the app's metrics).
     """
     importance = _take_importance(out, base.spec)
     records = out.content.array_records
@@ -372,16 +407,13 @@ def _encode_reply(
     key, record = next(iter(records.items()))
     model_part, uncoded = split_record(record, base.spec.names)
     local = record_tensors(model_part, base.spec, "reply arrays")
-    params = params_from_config(config)
     if params.budget_bytes is not None and params.step is None:
         probe = ArrayRecord({KEY_UPDATE_ARRAY: coded_array([b""])})
         for name, array in uncoded.items():
             probe[name] = array
-        stats = ConfigRecord(dict(reply))
-        stats.update(_stats(0.0, 0, [0.0] * len(base.spec), 0.0))
         content = {k: v for k, v in out.content.items() if k != key}
         # +16: the data chunk object and the deflate framing of a non-empty payload.
-        overhead = wire_size({**content, key: probe, REPLY_RECORD: stats}) + 16
+        overhead = wire_size({**content, key: probe}) + 16
         params = params.replace(budget_bytes=max(1, params.budget_bytes - overhead))
     update = engine.encode(
         local,
@@ -395,23 +427,13 @@ def _encode_reply(
     for name, array in uncoded.items():
         wire[name] = array
     out.content[key] = wire
-    return _stats(
+    _log.debug(
+        "fedcodec: update of %d bytes (lambda %.4g, %d passes, %.3f s)",
+        len(update.data),
         update.stats.lam,
         update.stats.passes,
-        [t.step for t in update.stats.tensors],
         update.stats.seconds,
     )
-
-
-def _stats(
-    lam: float, passes: int, steps: list[float], seconds: float
-) -> dict[str, int | float | list[float]]:
-    return {
-        KEY_UP_LAMBDA: float(lam),
-        KEY_UP_PASSES: int(passes),
-        KEY_UP_STEP: [float(s) for s in steps],
-        KEY_UP_ENCODE_SECONDS: float(seconds),
-    }
 
 
 def _take_importance(out: Message, spec: ModelSpec) -> Tensors | None:

@@ -8,14 +8,16 @@ everything else, so the inner strategy only ever sees plain float32 arrays.
 
 Downlink.  Every distinct global model the wrapper sees becomes a version of a
 :class:`~fedcodec.pipeline.DownlinkEncoder` stream.  Each node gets the coded
-change from the version it confirmed holding (the mod reports it in every
-reply), several changes when it lags, nothing when it is up to date, and a
-keyframe when it is new, failed, or fell out of the kept history.
+change from the version it confirmed holding (a reply without error confirms
+the model its message described: the mod checks the digest), several changes
+when it lags, nothing when it is up to date, and a keyframe when it is new,
+failed, or fell out of the kept history.
 
 Uplink.  ``configure_train`` adds the round's λ/S or byte budget (from a
-schedule, per node with ``RoundParams.per_client``) as namespaced config keys;
-``aggregate_train`` checks each coded reply against the version it was
-computed from (version and digest), decodes it, adds it to the exact global
+schedule, per node with ``RoundParams.per_client``) to a node's message when
+they differ from what the node last acknowledged (the wire contract:
+:mod:`fedcodec.flower.constants`); ``aggregate_train`` checks each coded reply
+against the version its message carried, decodes it, adds it to the exact global
 model of that version, and hands the inner strategy a plain ``ArrayRecord``
 under the original keys.  A reply that fails the checks is left out (and
 counted as rejected); error replies go to the inner strategy unchanged.
@@ -24,8 +26,9 @@ What is coded is the floating-point arrays of the first global model (sent as
 float32); other arrays, e.g. integer buffers such as BatchNorm's
 ``num_batches_tracked``, travel as they are, and every record keeps its key order.
 
-Bytes are counted as Flower counts them (``ArrayRecord.count_bytes()``):
-coded, and what the plain float32 record would have been.  They are added to
+Bytes are counted as Flower transmits each message's content (its
+content-addressed objects, deflated): coded, and what the same message with the
+plain float32 record would have been.  They are added to
 the round's metrics (``fedcodec.*`` keys) and summed in :attr:`CompressionStrategy.totals`.
 """
 
@@ -44,7 +47,6 @@ from flwr.serverapp.strategy import Strategy
 
 from fedcodec import codec
 from fedcodec.errors import FedCodecError
-from fedcodec.flower._config import config_int, params_to_config
 from fedcodec.flower._logging import logger as _log
 from fedcodec.flower._records import (
     array_parts,
@@ -71,12 +73,11 @@ from fedcodec.flower.constants import (
     KEY_ERROR,
     KEY_FORMAT,
     KEY_FROM_VERSION,
-    KEY_HELD_DIGEST,
-    KEY_HELD_VERSION,
     KEY_INITIAL_DIGEST,
     KEY_INITIAL_ID,
     KEY_KEYS,
     KEY_MODEL_ARRAY,
+    KEY_PARAMS,
     KEY_ROUND,
     KEY_UNCODED_KEYS,
     KEY_UPDATE_ARRAY,
@@ -91,11 +92,9 @@ from fedcodec.flower.constants import (
     METRIC_RAW_BYTES_UP,
     METRIC_REJECTED,
     METRIC_S,
-    REPLY_RECORD,
     STYPE,
 )
 from fedcodec.pipeline import (
-    BaseDigestMismatchError,
     ClientRoundStats,
     ConstantSchedule,
     DownlinkPackage,
@@ -109,7 +108,6 @@ from fedcodec.pipeline import (
     RoundParams,
     RoundStats,
     Schedule,
-    StaleBaseVersionError,
     as_schedule,
     model_digest,
 )
@@ -190,6 +188,9 @@ class _Phase:
     base: _Base
     params: RoundParams | None
     keys: list[str] = field(default_factory=list)  # the global record's key order
+    # node -> the coding parameters (JSON text) of its message, None in evaluate: the
+    # nodes whose message carried the model (a reply without error confirms it)
+    sent: dict[int, str | None] = field(default_factory=dict)
     traffic: Traffic = field(default_factory=Traffic)
     updates: list[ClientRoundStats] = field(default_factory=list)
     # id(reply message) -> (node, decoded change per tensor), for the robust rules
@@ -335,7 +336,9 @@ class CompressionStrategy(Strategy):
         self._spec: ModelSpec | None = None
         self._engine: RoundEngine | None = None
         self._base: _Base | None = None
-        self._held: dict[int, tuple[int, str]] = {}  # node -> confirmed (version, digest)
+        # node -> confirmed (version, digest); a node in it also holds the record layout
+        self._held: dict[int, tuple[int, str]] = {}
+        self._params_known: dict[int, str] = {}  # node -> the parameters it holds (JSON)
         self._lacks_initial: set[int] = set()  # nodes that said they do not hold it
         self._failed: set[int] = set()  # nodes whose last package did not check out
         self._phases: dict[tuple[str, int], _Phase] = {}
@@ -407,7 +410,6 @@ class CompressionStrategy(Strategy):
         params = self.schedule(server_round - 1, self._last_stats)
         base = self._publish(arrays, server_round)
         round_config = ConfigRecord(dict(config))
-        round_config.update(params_to_config(params))
         round_config[KEY_ROUND] = server_round
         messages = list(self.strategy.configure_train(server_round, arrays, round_config, grid))
         phase = _Phase(base, params, keys=list(arrays.keys()))
@@ -537,19 +539,26 @@ class CompressionStrategy(Strategy):
             return msg
         raw_size = wire_size(content)
         node = msg.metadata.dst_node_id
+        # First contact (no successful reply yet, or the last one failed): the layout.
+        held = self._held.get(node)
         new_config = ConfigRecord(dict(config))
         new_config[KEY_FORMAT] = FORMAT
         new_config[KEY_BASE_VERSION] = phase.base.model.version
-        new_config[KEY_BASE_DIGEST] = phase.base.digest_sent
-        new_config[KEY_KEYS] = list(record.keys())
-        if len(uncoded):
-            new_config[KEY_UNCODED_KEYS] = list(uncoded.keys())
+        new_config[KEY_BASE_DIGEST] = bytes.fromhex(phase.base.digest_sent)
+        if held is None:
+            new_config[KEY_KEYS] = list(record.keys())
+            if len(uncoded):
+                new_config[KEY_UNCODED_KEYS] = list(uncoded.keys())
+        params_text: str | None = None
         if phase.params is not None:
-            new_config.update(params_to_config(phase.params.for_client(str(node))))
+            params_text = phase.params.for_client(str(node)).to_json_text()
+            if held is None or self._params_known.get(node) != params_text:
+                new_config[KEY_PARAMS] = params_text
         engine = self._engine
         if engine is None:
             wire = record
             new_config[KEY_DOWNLINK] = DOWNLINK_RAW
+            phase.sent[node] = params_text
         else:
             wire = ArrayRecord()
             try:
@@ -568,12 +577,18 @@ class CompressionStrategy(Strategy):
                     flat = np.frombuffer(package.initial, dtype="<f4")
                     wire[INITIAL_ARRAY] = Array(np.array(flat, dtype=np.float32))
                 new_config[KEY_DOWNLINK] = _kind(package)
-                if package.from_version is not None and package.deltas:
+                if (
+                    package.from_version is not None
+                    and package.deltas
+                    and (held is None or package.from_version != held[0])
+                ):
                     new_config[KEY_FROM_VERSION] = package.from_version
-                if package.initial_digest is not None:
-                    new_config[KEY_INITIAL_DIGEST] = package.initial_digest
-                    new_config[KEY_INITIAL_ID] = self.initial_id
+                if package.initial_digest is not None and held is None:
+                    new_config[KEY_INITIAL_DIGEST] = bytes.fromhex(package.initial_digest)
+                    if self.initial_id:
+                        new_config[KEY_INITIAL_ID] = self.initial_id
                 phase.traffic.keyframes += package.is_keyframe
+                phase.sent[node] = params_text
             for name, array in uncoded.items():
                 wire[name] = array
         msg.content = RecordDict(
@@ -607,29 +622,21 @@ class CompressionStrategy(Strategy):
         """The reply as the inner strategy should see it, or None to leave it out."""
         node = msg.metadata.src_node_id
         if msg.has_error():
-            self._held.pop(node, None)
+            self._forget(node)
             reason = msg.error.reason or ""
-            if KEY_INITIAL_DIGEST in reason or "initial_digest" in reason:
+            if "initial_digest" in reason:
                 self._lacks_initial.add(node)
             elif "fedcodec" in reason:
                 self._failed.add(node)
             return msg
-        reply = msg.content.get(REPLY_RECORD)
-        if not isinstance(reply, ConfigRecord):
-            return msg  # not from the mod: the inner strategy deals with it
-        self._failed.discard(node)
-        try:
-            held = (config_int(reply, KEY_HELD_VERSION), str(reply[KEY_HELD_DIGEST]))
-        except (KeyError, TypeError, ValueError):
-            held = None
-        if held is None:
-            self._held.pop(node, None)
-        else:
-            self._held[node] = held
-        self._lacks_initial.discard(node)  # it rebuilt the model: it holds the initial one
-        content = {k: v for k, v in msg.content.items() if k != REPLY_RECORD}
+        if phase is None or node not in phase.sent:
+            return msg  # not a message the wrapper coded: the inner strategy deals with it
+        # No error: the mod rebuilt (digest-checked) the model this round's message described.
+        held = (phase.base.model.version, phase.base.digest_sent)
+        content = dict(msg.content.items())
         msg_content = dict(content)
-        if decode and phase is not None:
+        confirmed = not decode
+        if decode:
             start = time.perf_counter()
             coded_bytes = wire_size(msg.content)
             try:
@@ -639,19 +646,19 @@ class CompressionStrategy(Strategy):
             except (FedCodecError, ValueError) as exc:
                 _log.warning("fedcodec: update of node %d left out: %s", node, exc)
                 phase.traffic.rejected += 1
-                self._held.pop(node, None)
+                self._forget(node)
                 return None
-            if steps:
+            if steps:  # a coded update: it came through the mod
+                confirmed = True
                 phase.changes[id(msg)] = (node, change)
-                if held is not None:
-                    plain = next(v for v in content.values() if isinstance(v, ArrayRecord))
-                    phase.containers[node] = (
-                        data_of(msg_content),
-                        _num_examples(content),
-                        held[0],
-                        held[1],
-                        plain,
-                    )
+                plain = next(v for v in content.values() if isinstance(v, ArrayRecord))
+                phase.containers[node] = (
+                    data_of(msg_content),
+                    _num_examples(content),
+                    held[0],
+                    held[1],
+                    plain,
+                )
                 phase.traffic.bytes_up += coded_bytes
                 phase.traffic.raw_bytes_up += plain_bytes
                 phase.traffic.updates += 1
@@ -664,14 +671,26 @@ class CompressionStrategy(Strategy):
                         decode_seconds=time.perf_counter() - start,
                     )
                 )
+        if confirmed:
+            self._held[node] = held
+            self._failed.discard(node)
+            self._lacks_initial.discard(node)  # it rebuilt the model: it holds the initial one
+            params_text = phase.sent[node]
+            if params_text is not None:
+                self._params_known[node] = params_text
         msg.content = RecordDict(content)
         return msg
+
+    def _forget(self, node: int) -> None:
+        """Forget what ``node`` holds: its next message carries the layout and parameters."""
+        self._held.pop(node, None)
+        self._params_known.pop(node, None)
 
     def _decode_update(
         self,
         content: dict[str, ArrayRecord | ConfigRecord | MetricRecord],
         phase: _Phase,
-        held: tuple[int, str] | None,
+        held: tuple[int, str],
         node: int,
     ) -> tuple[
         dict[str, ArrayRecord | ConfigRecord | MetricRecord],
@@ -688,16 +707,6 @@ class CompressionStrategy(Strategy):
         if len(records) != 1:
             raise ModelMismatchError(f"a coded reply must hold one ArrayRecord, not {len(records)}")
         base = phase.base
-        if held is None or held[0] != base.model.version:
-            raise StaleBaseVersionError(
-                f"the update is against version {None if held is None else held[0]}, this round "
-                f"sent version {base.model.version}"
-            )
-        if held[1] not in (base.digest_sent, base.model.digest):
-            raise BaseDigestMismatchError(
-                f"the update's base digest {held[1][:16]}… is not that of version "
-                f"{base.model.version}"
-            )
         key, record = next(iter(coded.items()))
         array = record[KEY_UPDATE_ARRAY]
         if array.stype != STYPE:
@@ -827,7 +836,7 @@ class CompressionStrategy(Strategy):
         phase.traffic.rejected += 1
         phase.traffic.updates -= 1
         phase.updates = [u for u in phase.updates if u.client_id != str(node)]
-        self._held.pop(node, None)
+        self._forget(node)
 
     def _scaled(
         self,
