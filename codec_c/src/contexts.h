@@ -166,11 +166,11 @@ static inline void fc_row_begin(fc_rowstate *r)
  * 3/2, 3 below 7/2, 4 above. */
 static inline unsigned fc_pred_class_v(unsigned m, const fc_rowstate *r)
 {
-    uint64_t num, den;
-    if (!r->sum_col || !m) return 0;
+    const uint64_t den = r->sum_col, den3 = 3u * den, den7 = 7u * den;
+    uint64_t num;
+    if (!den || !m) return 0;
     num = 2u * (uint64_t)m * r->sum_cm; /* 2 * prediction * sum_col */
-    den = r->sum_col;
-    return 1u + (unsigned)(num >= den) + (unsigned)(num >= 3u * den) + (unsigned)(num >= 7u * den);
+    return 1u + (unsigned)(num >= den) + (unsigned)(num >= den3) + (unsigned)(num >= den7);
 }
 
 static inline unsigned fc_pred_class(const fc_colstate *cs, const fc_rowstate *r, uint64_t c)
@@ -192,9 +192,19 @@ static inline unsigned fc_dist_class(const fc_rowstate *r, uint64_t c)
 
 /* Activity classes of an activity value a: 0 no nonzero for several rows,
  * 1 below ~12 %, 2 below ~50 %, 3 above. */
+#define FC_R4(x) x, x, x, x
+#define FC_R16(x) FC_R4(x), FC_R4(x), FC_R4(x), FC_R4(x)
+static const uint8_t fc_act_class_tab[256] = {
+    0, FC_R4(1), FC_R4(1), FC_R4(1), 1, 1, 1, FC_R16(1), /* 1..31 */
+    FC_R16(2), FC_R16(2), FC_R16(2), FC_R16(2), FC_R16(2), FC_R16(2),  /* 32..127 */
+    FC_R16(3), FC_R16(3), FC_R16(3), FC_R16(3), FC_R16(3), FC_R16(3), FC_R16(3), FC_R16(3),
+};
+#undef FC_R16
+#undef FC_R4
+
 static inline unsigned fc_act_class_v(unsigned a)
 {
-    return (unsigned)(a != 0) + (unsigned)(a >= 32) + (unsigned)(a >= 128);
+    return fc_act_class_tab[a & 255u];
 }
 
 static inline unsigned fc_act_class(const fc_colstate *cs, uint64_t c)

@@ -162,6 +162,7 @@ typedef struct dec_state {
     const fc_dq_machine *dq;
     unsigned dq_state;
     fc_ref ref;             /* the reference's current row (ref.row NULL: none) */
+    int32_t *zrow;          /* cols zeros (with column state): the above row of row 0 */
 } dec_state;
 
 /* Decode the level of a significant element at column c; 0 when malformed
@@ -206,8 +207,10 @@ FC_HOT int32_t sig_range_k(dec_state *st, fc_ctx *sigset, fc_ctx *dqset, int32_t
     const unsigned N = st->N, m0 = st->m0, cm_max = st->cm_max;
     unsigned dqs = st->dq_state;
     uint64_t c;
+    /* with column state, a missing above row is the zero row */
+    if (has_cols && !prev) prev = st->zrow;
     for (c = g0; c < g1; c++) {
-        const int32_t above = prev ? prev[c] : 0;
+        const int32_t above = has_cols ? prev[c] : (prev ? prev[c] : 0);
         const unsigned ref = has_ref ? refcls[c - ref0] : 0u;
         const unsigned magc = has_cols ? mag[c] : 0u, actc = has_cols ? act[c] : FC_ACT_INIT;
         const unsigned pc = fc_pred_class_v(magc, &row);
@@ -393,13 +396,14 @@ void fc_slice_decode(fc_slice_dec_job *job)
     if (st && use_above) {
         st->cols.sgn = (int8_t *)calloc((size_t)cols, 1);
         st->cols.mag = (uint16_t *)calloc((size_t)cols, sizeof(uint16_t));
+        st->zrow = (int32_t *)calloc((size_t)cols, sizeof(int32_t));
         if (job->mode != FC_MODE_RUNS) {
             st->cols.act = (uint8_t *)malloc((size_t)cols);
             if (st->cols.act) memset(st->cols.act, FC_ACT_INIT, (size_t)cols);
         }
     }
     if (!ring || !st || (dq && o.active && !o.scratch) || (job->ref && !refcls) ||
-        (use_above && (!st->cols.sgn || !st->cols.mag || (job->mode != FC_MODE_RUNS && !st->cols.act)))) {
+        (use_above && (!st->cols.sgn || !st->cols.mag || !st->zrow || (job->mode != FC_MODE_RUNS && !st->cols.act)))) {
         job->result = FC_ERR_NOMEM;
         goto out;
     }
@@ -506,6 +510,7 @@ out:
         free(st->cols.act);
         free(st->cols.sgn);
         free(st->cols.mag);
+        free(st->zrow);
     }
     free(st);
 }
