@@ -19,8 +19,10 @@ from fedcodec.codec import (
     encode,
     encode_levels,
     inspect,
+    join,
     library_version,
     reference_digest,
+    split,
 )
 from fedcodec.errors import (
     CorruptStreamError,
@@ -48,6 +50,8 @@ __all__ = [
     "encode",
     "encode_levels",
     "inspect",
+    "join",
     "library_version",
     "reference_digest",
+    "split",
 ]

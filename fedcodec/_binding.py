@@ -15,6 +15,7 @@ arrays, and the caller must not modify the inputs while a call runs).
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import operator
 from collections.abc import Sequence
@@ -585,6 +586,123 @@ def inspect(data: object, options: DecodeOptions) -> list[TensorInfoRaw]:
         )
         for info in (infos[i] for i in range(int(count[0])))
     ]
+
+
+SPLIT_OVERHEAD: int = int(lib.FC_SPLIT_OVERHEAD)
+JOIN_OVERHEAD: int = int(lib.FC_JOIN_OVERHEAD)
+
+
+def split(data: object, options: DecodeOptions) -> list[memoryview]:
+    """``fc_split``: one container per tensor, in container order, without
+    re-coding; read-only views into one buffer (no copy per part)."""
+    view = _as_bytes_view(data)
+    c_opts, _expected = _decode_options(options)
+    total = ffi.new("size_t *")
+    count = ffi.new("size_t *")
+    capacity = _INSPECT_FIRST_CAPACITY
+    dst_capacity = len(view) + SPLIT_OVERHEAD * capacity
+    with ffi.from_buffer("uint8_t[]", view) as c_src:  # released before raising (inspect)
+        while True:
+            out = bytearray(dst_capacity)
+            sizes = ffi.new("size_t[]", max(capacity, 1))
+            with ffi.from_buffer("uint8_t[]", out) as dst:
+                code = lib.fc_split(
+                    c_src, len(view), c_opts, dst, dst_capacity, total, sizes, capacity, count
+                )
+            if code != FC_ERR_BUFFER_TOO_SMALL:
+                break
+            # more tensors than the first guess: exactly what is needed
+            capacity, dst_capacity = int(count[0]), int(total[0])
+    _check_result(code, "container rejected")
+    del out[int(total[0]) :]
+    whole = memoryview(out).toreadonly()
+    parts = []
+    position = 0
+    for i in range(int(count[0])):
+        size = int(sizes[i])
+        parts.append(whole[position : position + size])
+        position += size
+    return parts
+
+
+def join(parts: Sequence[object], labels: Sequence[str], options: DecodeOptions) -> bytes:
+    """``fc_join``: one container of the tensors of ``parts`` (in order),
+    without re-coding.  ``labels`` name the parts in error messages."""
+    views = [_as_bytes_view(part) for part in parts]
+    c_opts, _expected = _decode_options(options)
+    count = len(views)
+    c_parts = ffi.new("const uint8_t *[]", max(count, 1))
+    c_sizes = ffi.new("size_t[]", max(count, 1))
+    capacity = sum(len(view) for view in views) + JOIN_OVERHEAD
+    dst = ffi.new("uint8_t[]", capacity)
+    size = ffi.new("size_t *")
+    bad = ffi.new("size_t *")
+    keep = [ffi.from_buffer("uint8_t[]", view) for view in views]
+    for position, (view, c_view) in enumerate(zip(views, keep, strict=True)):
+        c_parts[position] = c_view
+        c_sizes[position] = len(view)
+    try:
+        code = lib.fc_join(c_parts, c_sizes, count, c_opts, dst, capacity, size, bad)
+    finally:
+        for c_view in keep:  # released before raising (inspect)
+            ffi.release(c_view)
+        del keep
+    if code != FC_OK:
+        bad_part = int(bad[0])
+        _fail(code, _join_problem(views, labels, options, code, bad_part))
+    joined: bytes = ffi.buffer(dst, int(size[0]))[:]
+    return joined
+
+
+def _join_problem(
+    views: Sequence[memoryview],
+    labels: Sequence[str],
+    options: DecodeOptions,
+    code: int,
+    bad: int,
+) -> str:
+    """Why ``fc_join`` refused, in words (its refusals of parts that parse
+    are explained from their headers)."""
+    if bad >= len(views):
+        if code == FC_ERR_MISMATCH and options.expected_shapes is not None:
+            return (
+                f"the parts hold another number of tensors than expected_shapes "
+                f"({len(options.expected_shapes)})"
+            )
+        return f"parts rejected: {_MEANING.get(code, 'unknown error')}"
+    label = labels[bad]
+    if code not in (FC_ERR_INVALID_ARGUMENT, FC_ERR_MISMATCH):
+        return f"{label}: container rejected: {_MEANING.get(code, 'unknown error')}"
+    # The parts up to the bad one passed these checks in C (each part is
+    # checked without the expected shapes, which describe the whole).
+    each = dataclasses.replace(options, threads=1, expected_shapes=None)
+    infos = [inspect(view, each) for view in views[: bad + 1]]
+    earlier = [(labels[k], info) for k in range(bad) for info in infos[k]]
+    if code == FC_ERR_INVALID_ARGUMENT:
+        first = infos[bad][0].index
+        where, last = earlier[-1]
+        return (
+            f"{label} starts with tensor index {first}, which does not come after index "
+            f"{last.index} (the last tensor of {where}): a tensor is given twice, or the parts "
+            "are not in container order (tensor indices increase through a container)"
+        )
+    seeds = [(where, info.dither_seed) for where, info in earlier if info.quantizer == QUANT_DITHER]
+    for info in infos[bad]:
+        if info.quantizer == QUANT_DITHER and seeds and seeds[-1][1] != info.dither_seed:
+            return (
+                f"{label}: tensor index {info.index} is dithered with seed {info.dither_seed}, "
+                f"{seeds[-1][0]} with seed {seeds[-1][1]}: a container holds one dither seed"
+            )
+    expected = options.expected_shapes or ()
+    for position, info in enumerate(infos[bad], start=len(earlier)):
+        want = expected[position] if position < len(expected) else None
+        if info.shape != want:
+            return (
+                f"{label}: tensor index {info.index} of shape {info.shape} would be tensor "
+                f"{position} of the joined container, expected_shapes has "
+                + (f"{want}" if want is not None else f"only {len(expected)} tensors")
+            )
+    return f"{label}: {_MEANING[code]}"  # pragma: no cover - the C checks and this walk agree
 
 
 def decode(data: object, options: DecodeOptions, targets: Sequence[DecodeTarget]) -> None:

@@ -3,7 +3,9 @@
 A *container* holds a list of tensors; their positions ``0 .. n-1`` are the
 tensor indices written to it.  Names are not stored: pass a mapping to
 :func:`encode` for convenience (its iteration order is the container order)
-and ``names=`` to :func:`decode` to get a dict back.
+and ``names=`` to :func:`decode` to get a dict back.  :func:`split` cuts a
+container into one container per tensor and :func:`join` puts such parts
+together, both without re-coding (the bytes of each tensor stay as coded).
 
 Inputs are taken as they are: float32 (native byte order), C-contiguous,
 at most 8 dimensions.  Anything else raises
@@ -58,7 +60,13 @@ import numpy as np
 import numpy.typing as npt
 
 from fedcodec import _binding
-from fedcodec.errors import FC_ERR_LIMIT, FC_ERR_MISMATCH, FedCodecError, InvalidParameterError
+from fedcodec.errors import (
+    FC_ERR_LIMIT,
+    FC_ERR_MISMATCH,
+    CorruptStreamError,
+    FedCodecError,
+    InvalidParameterError,
+)
 
 __all__ = [
     "EncodeResult",
@@ -74,8 +82,10 @@ __all__ = [
     "encode",
     "encode_levels",
     "inspect",
+    "join",
     "library_version",
     "reference_digest",
+    "split",
     "verify",
 ]
 
@@ -130,7 +140,10 @@ class TensorStats:
     Attributes
     ----------
     index : int
-        Position of the tensor in the container.
+        The tensor's index: its position in the container :func:`encode`
+        wrote it to.  A part made by :func:`split` keeps it (the dither of
+        a dithered tensor depends on it), and indices increase through a
+        container.
     name : str or None
         Its key when :func:`encode` got a mapping, else None.
     shape : tuple of int
@@ -215,7 +228,10 @@ class TensorInfo:
     Attributes
     ----------
     index : int
-        Position of the tensor in the container.
+        The tensor's index: its position in the container :func:`encode`
+        wrote it to.  A part made by :func:`split` keeps it (the dither of
+        a dithered tensor depends on it), and indices increase through a
+        container.
     shape : tuple of int
         The stored shape.
     numel : int
@@ -424,10 +440,13 @@ def _decode_with_references(
     targets: list[_binding.DecodeTarget],
     infos: list[_binding.TensorInfoRaw],
     names: list[str] | None,
+    *,
+    first: int = 0,
 ) -> None:
     """``_binding.decode``; when the C library refuses a reference (its digest
     differs from the container's), say which tensor (the digests are only
-    recomputed on that error path)."""
+    recomputed on that error path).  ``first`` is the position of the first
+    target's tensor when ``data`` is a part of a container."""
     try:
         _binding.decode(data, options, targets)
     except InvalidParameterError as exc:
@@ -438,7 +457,7 @@ def _decode_with_references(
                 continue
             digest = _binding.reference_digest(target.reference, info.step)
             if digest != info.reference_digest:
-                label = _label(position, names[position] if names else None)
+                label = _label(first + position, names[position] if names else None)
                 _binding.invalid(
                     f"{label}: the reference differs from the one it was coded with (digest "
                     f"{digest:#010x}, the container records {info.reference_digest:#010x}); "
@@ -1001,6 +1020,160 @@ def inspect(
 
 
 @overload
+def split(
+    data: bytes | bytearray | memoryview,
+    *,
+    names: None = None,
+    max_tensors: int = ...,
+    max_tensor_elems: int = ...,
+    max_total_elems: int = ...,
+    expected_shapes: Shapes | None = ...,
+) -> list[bytes]: ...
+
+
+@overload
+def split(
+    data: bytes | bytearray | memoryview,
+    *,
+    names: Sequence[str],
+    max_tensors: int = ...,
+    max_tensor_elems: int = ...,
+    max_total_elems: int = ...,
+    expected_shapes: Shapes | None = ...,
+) -> dict[str, bytes]: ...
+
+
+def split(
+    data: bytes | bytearray | memoryview,
+    *,
+    names: Sequence[str] | None = None,
+    max_tensors: int = _DEFAULT_MAX_TENSORS,
+    max_tensor_elems: int = _DEFAULT_MAX_ELEMS,
+    max_total_elems: int = _DEFAULT_MAX_ELEMS,
+    expected_shapes: Shapes | None = None,
+) -> list[bytes] | dict[str, bytes]:
+    """Split a container into one container per tensor ("parts"), without
+    decoding or re-coding anything.
+
+    Each part holds its tensor's header and coded payloads byte for byte (every
+    flag: quantizer, dither seed, orientation, reference digest, window set,
+    slice modes) under a container header of its own and a new checksum; it
+    keeps the tensor's :attr:`TensorInfo.index`.  A part decodes exactly as the
+    tensor does in the whole container, and is the same bytes :func:`encode`
+    writes for that tensor alone.  :func:`join` puts parts back together.
+
+    Parameters
+    ----------
+    data : bytes-like
+        The container.
+    names : sequence of str, optional
+        One name per tensor: return a dict ``{name: part}`` (else a list).
+    max_tensors, max_tensor_elems, max_total_elems, expected_shapes
+        As for :func:`inspect`.  Splitting allocates nothing per element
+        (memory: about twice the container).
+
+    Returns
+    -------
+    list of bytes, or dict of str to bytes
+        The parts, in container order.
+
+    Raises
+    ------
+    CorruptStreamError, InvalidParameterError
+        As for :func:`inspect`; ``names`` of another length or not distinct.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import fedcodec
+    >>> update = {"w": np.ones((4, 8), np.float32), "b": np.arange(8, dtype=np.float32)}
+    >>> data = fedcodec.encode(update, S=64).data
+    >>> parts = fedcodec.split(data, names=list(update))
+    >>> sorted(fedcodec.decode(parts["b"], names=["b"]))
+    ['b']
+    >>> fedcodec.join(parts) == data
+    True
+    """
+    expected = _expected_shapes(expected_shapes)
+    options = _decode_options(0, max_tensors, max_tensor_elems, max_total_elems, expected)
+    try:
+        parts = [bytes(part) for part in _binding.split(data, options)]
+    except FedCodecError as error:
+        if error.code == FC_ERR_MISMATCH and expected is not None:
+            _binding.invalid(_mismatch(data, expected), FC_ERR_MISMATCH)
+        raise
+    return _named(parts, _check_names(names, len(parts)))
+
+
+def join(
+    parts: Sequence[bytes | bytearray | memoryview] | Mapping[str, bytes | bytearray | memoryview],
+    *,
+    max_tensors: int = _DEFAULT_MAX_TENSORS,
+    max_tensor_elems: int = _DEFAULT_MAX_ELEMS,
+    max_total_elems: int = _DEFAULT_MAX_ELEMS,
+    expected_shapes: Shapes | None = None,
+) -> bytes:
+    """Join containers (e.g. the parts from :func:`split`) into one, without
+    decoding or re-coding anything: the tensors of the first part, then
+    those of the second, and so on.
+
+    Joining, in order, the parts :func:`split` made of a container that
+    :func:`encode` or :func:`encode_levels` wrote gives back that container
+    byte for byte; a subset of them gives the container :func:`encode` writes
+    for that subset.  (Headers are written the encoder's way: a container
+    from another writer whose headers store what could be implied comes back
+    with the shorter encoding, and a dither seed no dithered tensor uses is
+    dropped.  The tensors' codes never change.)
+
+    Parameters
+    ----------
+    parts : sequence of bytes-like, or mapping of str to bytes-like
+        The containers, in the order their tensors take in the result.
+        With a mapping (e.g. from ``split(..., names=...)``) the names label
+        the parts in error messages; they are not stored (pass
+        ``names=list(parts)`` to :func:`decode`).
+    max_tensors, max_total_elems, expected_shapes
+        Limits and shapes of the joined container, as for :func:`inspect`.
+    max_tensor_elems
+        The limit of each tensor.
+
+    Returns
+    -------
+    bytes
+        The joined container.
+
+    Raises
+    ------
+    CorruptStreamError
+        A part is truncated, malformed, fails its checksum, has an unknown
+        magic or version, or exceeds a limit (the message names the part);
+        the joined container exceeds ``max_tensors`` or ``max_total_elems``.
+    InvalidParameterError
+        A tensor is given twice or the parts are out of order (tensor
+        indices must increase through a container); two parts hold dithered
+        tensors with different dither seeds (a container has one); the
+        joined tensors do not match ``expected_shapes`` (code
+        ``FC_ERR_MISMATCH``).  The message names the part and the tensor.
+    """
+    labels: list[str]
+    items: list[object]
+    if isinstance(parts, Mapping):
+        labels = [f"part {name!r} (position {i})" for i, name in enumerate(parts)]
+        items = list(parts.values())
+    elif isinstance(parts, str | bytes | bytearray | memoryview) or not isinstance(parts, Sequence):
+        _binding.invalid(
+            f"parts must be a sequence or a str-keyed mapping of containers, got "
+            f"{type(parts).__name__}"
+        )
+    else:
+        items = list(parts)
+        labels = [f"part {i}" for i in range(len(items))]
+    expected = _expected_shapes(expected_shapes)
+    options = _decode_options(0, max_tensors, max_tensor_elems, max_total_elems, expected)
+    return _binding.join(items, labels, options)
+
+
+@overload
 def decode(
     data: bytes | bytearray | memoryview,
     *,
@@ -1288,10 +1461,13 @@ def verify(
     """Check a container in full — headers, checksum *and* every payload — without
     keeping the decoded data.
 
-    The payloads are decoded one tensor at a time into one reused float32
-    buffer as large as the largest tensor, so the memory is bounded by that
-    tensor, not by the model (a server validating uploads needs no
-    model-sized scratch per update).
+    The container is split by tensor (:func:`split`, no re-coding) and the
+    payloads are decoded one part at a time into one reused float32 buffer
+    as large as the largest tensor, so the memory is bounded by that tensor
+    and a copy of the container, not by the model (a server validating
+    uploads needs no model-sized scratch per update), and the container is
+    read a fixed number of times whatever its tensor count.  A malformed
+    payload is reported with the position of its tensor.
 
     Parameters
     ----------
@@ -1326,23 +1502,31 @@ def verify(
     )
     inspected = tuple(info.shape for info in infos)
     options = _decode_options(threads, max_tensors, max_tensor_elems, max_total_elems, inspected)
+    # One part per tensor (fc_split, no re-coding): each tensor's decode then
+    # checks its own part instead of the whole container again, so verifying
+    # reads the container a fixed number of times, not once per tensor.
+    parts = _binding.split(data, options)
     raw_infos = _binding.inspect(data, options)
     refs = _decode_references(reference, None, raw_infos)
     scratch = np.empty(max((info.numel for info in infos), default=0), dtype=np.float32)
-    for position, info in enumerate(infos):
+    for position, (info, part) in enumerate(zip(infos, parts, strict=True)):
         if info.numel == 0:
             continue
         values = scratch[: info.numel]
-        targets = [
-            _binding.DecodeTarget(
-                label=_label(i, None),
-                numel=other.numel,
-                values=values if i == position else None,
-                reference=refs[i] if i == position else None,
+        target = _binding.DecodeTarget(
+            label=_label(position, None), numel=info.numel, values=values, reference=refs[position]
+        )
+        part_options = _decode_options(threads, 1, info.numel, info.numel, (info.shape,))
+        try:
+            _decode_with_references(
+                part, part_options, [target], [raw_infos[position]], None, first=position
             )
-            for i, other in enumerate(infos)
-        ]
-        _decode_with_references(data, options, targets, raw_infos, None)
+        except CorruptStreamError as error:
+            raise CorruptStreamError(
+                f"{_label(position, None)}: {str(error).removeprefix(error.result_name + ': ')}",
+                code=error.code,
+                result_name=error.result_name,
+            ) from None
         if visit is not None:
             visit(position, values)
     return infos

@@ -197,8 +197,9 @@ def test_validate_update_allocates_no_model_sized_accumulator() -> None:
         tracemalloc.stop()
     tensor_bytes = 4 * 128 * 256  # one tensor as float32
     # One tensor's float32 scratch and its float64 norm pass: per tensor, not per model
-    # (the model as float64 is 16 tensor_bytes).
-    assert peak < 4 * tensor_bytes
+    # (the model as float64 is 16 tensor_bytes), and one copy of the upload (verify splits
+    # it by tensor, so each tensor's decode reads its own part, not the whole upload again).
+    assert peak < 4 * tensor_bytes + len(update.data)
     tracemalloc.start()
     try:
         engine.aggregator().accept_update(update)

@@ -20,6 +20,9 @@
  *     its start + weight * value (for value != 0; dithered tensors: every
  *     element), every level is within FC_MAX_LEVEL, and re-encoding the
  *     levels gives a container that decodes to the same levels;
+ *   - split by tensor and joined back (fc_split, fc_join): each part holds
+ *     its tensor as the whole describes it and decodes to the same levels;
+ *     the join is no larger than the input and splits into the same parts;
  *   - on failure: every accumulator is unchanged.
  * Memory errors are the sanitizers' job (build with ASan + UBSan).
  */
@@ -74,6 +77,60 @@ static void reencode(const fc_tensor_info *info, int32_t *const *levels, size_t 
         free(again[i]);
     }
     free(buf);
+}
+
+/* Split by tensor and join back (fc_split, fc_join) an accepted container:
+ * every part holds one tensor described as in the whole and (when the whole
+ * decoded) decoding to the same levels; the join is no larger than the
+ * input (headers are written the encoder's way, which never grows them) and
+ * splits again into the same parts. */
+static void split_join(const uint8_t *data, size_t size, const fc_decode_options *o,
+                       const fc_tensor_info *info, int32_t *const *levels, size_t count,
+                       int decoded)
+{
+    size_t total = 0, n = 0, i, pos, jsize = 0, bad = 0, total2 = 0, n2 = 0;
+    size_t sizes[MAX_T], sizes2[MAX_T];
+    const uint8_t *parts[MAX_T];
+    uint8_t *all, *joined, *again;
+    check(fc_split(data, size, o, NULL, 0, &total, NULL, 0, &n) ==
+          (count ? FC_ERR_BUFFER_TOO_SMALL : FC_OK));
+    check(n == count && total <= size + FC_SPLIT_OVERHEAD * count);
+    all = (uint8_t *)malloc(total ? total : 1);
+    check(all != NULL);
+    check(fc_split(data, size, o, all, total, &total, sizes, MAX_T, &n) == FC_OK && n == count);
+    for (i = 0, pos = 0; i < n; i++) {
+        fc_tensor_info one;
+        size_t c1 = 0;
+        parts[i] = all + pos;
+        pos += sizes[i];
+        check(fc_inspect(parts[i], sizes[i], o, &one, 1, &c1) == FC_OK && c1 == 1);
+        check(one.index == info[i].index && one.numel == info[i].numel &&
+              one.step == info[i].step && one.slices == info[i].slices &&
+              one.quantizer == info[i].quantizer && one.dither_seed == info[i].dither_seed &&
+              one.reference == info[i].reference &&
+              one.reference_digest == info[i].reference_digest);
+        if (decoded) {
+            fc_decode_target tg;
+            memset(&tg, 0, sizeof tg);
+            tg.levels = (int32_t *)malloc(sizeof(int32_t) * (one.numel ? one.numel : 1));
+            check(tg.levels != NULL);
+            check(fc_decode(parts[i], sizes[i], o, &tg, 1) == FC_OK);
+            check(memcmp(tg.levels, levels[i], sizeof(int32_t) * one.numel) == 0);
+            free(tg.levels);
+        }
+    }
+    check(pos == total);
+    joined = (uint8_t *)malloc(total + FC_JOIN_OVERHEAD);
+    check(joined != NULL);
+    check(fc_join(parts, sizes, n, o, joined, total + FC_JOIN_OVERHEAD, &jsize, &bad) == FC_OK);
+    check(jsize <= size);
+    again = (uint8_t *)malloc(total ? total : 1);
+    check(again != NULL);
+    check(fc_split(joined, jsize, o, again, total, &total2, sizes2, MAX_T, &n2) == FC_OK);
+    check(n2 == n && total2 == total && memcmp(again, all, total) == 0);
+    free(again);
+    free(joined);
+    free(all);
 }
 
 static void one(const uint8_t *data, size_t size)
@@ -177,6 +234,7 @@ static void one(const uint8_t *data, size_t size)
         }
     }
     if (rc == FC_OK && count > 0) reencode(info, levels, count);
+    split_join(data, size, &o, info, levels, count, rc == FC_OK);
     for (i = 0; i < count; i++) {
         free(levels[i]);
         free(tg[i].values);

@@ -34,8 +34,9 @@
  *   - the container fits fc_encode_bound(), inspect reports the shapes,
  *     steps, quantizers and references (their digests) encoded, a tensor
  *     coded with a reference does not decode without it, the stats count the nonzero levels, an
- *     f64 accumulator receives weight * value, and encoding again with
- *     another thread count gives the same bytes.
+ *     f64 accumulator receives weight * value, encoding again with
+ *     another thread count gives the same bytes, and the container split by
+ *     tensor and joined back (fc_split, fc_join) is the same bytes.
  */
 #include <math.h>
 #include <stdint.h>
@@ -255,6 +256,23 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     }
 
     check(fc_inspect(buf, csize, NULL, info, MAX_T, &n) == FC_OK && n == count);
+    /* split by tensor and joined back: the same bytes */
+    {
+        size_t total = 0, np = 0, sizes[MAX_T], jsize = 0, pos = 0, k;
+        const uint8_t *parts[MAX_T];
+        uint8_t *all = (uint8_t *)xcalloc(csize + FC_SPLIT_OVERHEAD * MAX_T, 1);
+        uint8_t *joined = (uint8_t *)xcalloc(csize + FC_SPLIT_OVERHEAD * MAX_T + FC_JOIN_OVERHEAD, 1);
+        check(fc_split(buf, csize, NULL, all, csize + FC_SPLIT_OVERHEAD * MAX_T, &total, sizes, MAX_T,
+                       &np) == FC_OK && np == count);
+        for (k = 0; k < np; k++) {
+            parts[k] = all + pos;
+            pos += sizes[k];
+        }
+        check(fc_join(parts, sizes, np, NULL, joined, total + FC_JOIN_OVERHEAD, &jsize, NULL) == FC_OK);
+        check(jsize == csize && memcmp(joined, buf, csize) == 0);
+        free(all);
+        free(joined);
+    }
     memset(tg, 0, sizeof tg);
     for (i = 0; i < count; i++) {
         tensor_in *t = &in[i];

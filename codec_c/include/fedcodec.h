@@ -293,6 +293,65 @@ enum fc_result fc_inspect(const uint8_t *src, size_t src_size,
                           fc_tensor_info *infos, size_t capacity,
                           size_t *count);
 
+/* ------------------------------------------------------------------------ */
+/* Splitting and joining containers by tensor (no re-coding)                 */
+/* ------------------------------------------------------------------------ */
+
+/* Extra bytes per tensor that fc_split() may need beyond `src_size`. */
+#define FC_SPLIT_OVERHEAD 32u
+/* Extra bytes that fc_join() may need beyond the sum of the part sizes. */
+#define FC_JOIN_OVERHEAD 32u
+
+/* Split a container into one container per tensor (its "parts") without
+ * decoding or re-coding anything.  Part i holds tensor i: its header (every
+ * flag: quantizer kind, TRANSPOSED, REFERENCE and its digest, window set,
+ * the slices' modes and flags) and its slice payloads byte for byte, under a
+ * container header of its own (with the container's dither seed when the
+ * tensor is dithered) and a new CRC-32.  The part keeps the tensor's index
+ * (a dithered tensor's dither depends on it) and writes its step explicitly,
+ * so the tensor decodes from its part exactly as from `src`.
+ *
+ * `src` is checked as by fc_inspect() with `opts` (NULL = defaults).  The
+ * parts are written back to back into `dst`; part i takes part_sizes[i]
+ * bytes.  src_size + FC_SPLIT_OVERHEAD * (tensor count) bytes of `dst`
+ * always suffice.  When `dst_capacity` or `capacity` (entries of
+ * `part_sizes`) is too small the result is FC_ERR_BUFFER_TOO_SMALL and
+ * nothing is written but *dst_size and *count, which then hold the bytes and
+ * the number of parts needed (so a call with dst = part_sizes = NULL and
+ * capacities 0 asks for the sizes).  On other errors both are 0. */
+enum fc_result fc_split(const uint8_t *src, size_t src_size, const fc_decode_options *opts,
+                        uint8_t *dst, size_t dst_capacity, size_t *dst_size,
+                        size_t *part_sizes, size_t capacity, size_t *count);
+
+/* Join `count` containers (e.g. parts from fc_split()) into one without
+ * re-coding: the tensors of parts[0], then those of parts[1], and so on.
+ * Each part is checked as by fc_inspect() with `opts`; the limits of `opts`
+ * (max_tensors, max_total_elems) and its `expected` shapes apply to the
+ * joined container.  The tensor headers are rewritten the way fc_encode()
+ * writes them (an index implied by the previous one and a repeated step are
+ * not stored), so joining, in order, the parts that fc_split() made of a
+ * container written by fc_encode() gives back that container byte for byte;
+ * a subset of them gives a valid container of that subset.
+ *
+ * Refused, with *bad_part = the position of the part at fault:
+ *   the part's own fc_inspect() error (FC_ERR_TRUNCATED, FC_ERR_CORRUPT,
+ *   FC_ERR_CHECKSUM, FC_ERR_VERSION, FC_ERR_LIMIT);
+ *   FC_ERR_INVALID_ARGUMENT: the part's first tensor index is not greater
+ *   than the previous part's last one (a tensor given twice, or parts out of
+ *   container order: indices must increase through a container);
+ *   FC_ERR_MISMATCH: a dithered tensor whose dither seed differs from that of
+ *   an earlier part's dithered tensor (a container holds one seed), or a
+ *   tensor that does not match `opts->expected`;
+ *   FC_ERR_LIMIT: the joined container exceeds max_tensors or
+ *   max_total_elems.
+ * (*bad_part is SIZE_MAX for errors of the arguments themselves.)
+ * The sum of the part sizes + FC_JOIN_OVERHEAD bytes of `dst` always
+ * suffice; with less, FC_ERR_BUFFER_TOO_SMALL and *dst_size holds the size
+ * needed.  Memory: the parsed tables of all parts, O(total part bytes). */
+enum fc_result fc_join(const uint8_t *const *parts, const size_t *part_sizes, size_t count,
+                       const fc_decode_options *opts, uint8_t *dst, size_t dst_capacity,
+                       size_t *dst_size, size_t *bad_part);
+
 /* The dither of FC_QUANT_DITHER: out[i] receives the u that the decoder
  * subtracts from element first + i (row-major element index) of the tensor
  * with index `tensor_index` in a container with seed `seed` and a tensor

@@ -645,6 +645,196 @@ enum fc_result fc_inspect(const uint8_t *src, size_t src_size, const fc_decode_o
     return FC_OK;
 }
 
+/* ------------------------------------------------------------------ */
+/* Splitting and joining by tensor                                      */
+/* ------------------------------------------------------------------ */
+
+/* Bytes of a tensor's slice payloads, which lie back to back from
+ * slices[0].payload (FORMAT.md §3). */
+static size_t payload_bytes(const fc_tensor_desc *d)
+{
+    size_t s, n = 0;
+    for (s = 0; s < d->nslices; s++) n += d->slices[s].size;
+    return n;
+}
+
+/* Append one tensor (header relative to `prev`, then its payloads) to
+ * dst + *pos, or only count its bytes when dst is NULL.  `head` is scratch. */
+static int put_tensor(fc_buf *head, const fc_tensor_desc *d, const fc_tensor_desc *prev,
+                      uint8_t *dst, size_t *pos)
+{
+    size_t body = payload_bytes(d);
+    head->size = 0;
+    fc_write_tensor_header(head, d, prev);
+    if (head->failed) return FC_ERR_NOMEM;
+    if (dst) {
+        memcpy(dst + *pos, head->data, head->size);
+        if (body) memcpy(dst + *pos + head->size, d->slices[0].payload, body);
+    }
+    *pos += head->size + body;
+    return FC_OK;
+}
+
+/* Close a container that starts at dst + start and ends at dst + *pos. */
+static void put_crc(uint8_t *dst, size_t start, size_t *pos)
+{
+    if (dst) fc_store_le32(dst + *pos, fc_crc32(0, dst + start, *pos - start));
+    *pos += 4;
+}
+
+enum fc_result fc_split(const uint8_t *src, size_t src_size, const fc_decode_options *opts,
+                        uint8_t *dst, size_t dst_capacity, size_t *dst_size,
+                        size_t *part_sizes, size_t capacity, size_t *count)
+{
+    fc_decode_options o;
+    fc_parsed p;
+    fc_buf head;
+    size_t i, pos = 0;
+    int rc = FC_OK, pass;
+    if (dst_size) *dst_size = 0;
+    if (count) *count = 0;
+    if (!dst_size || !count || (!dst && dst_capacity) || (!part_sizes && capacity) ||
+        !get_decode_options(opts, &o))
+        return FC_ERR_INVALID_ARGUMENT;
+    rc = fc_parse(src, src_size, &o, &p);
+    if (rc != FC_OK) return (enum fc_result)rc;
+    memset(&head, 0, sizeof(head));
+    /* Pass 0 sizes the parts, pass 1 writes them. */
+    for (pass = 0; pass < 2; pass++) {
+        pos = 0;
+        for (i = 0; i < p.count; i++) {
+            const fc_tensor_desc *d = &p.tensors[i];
+            size_t start = pos;
+            uint8_t *out = pass ? dst : NULL;
+            head.size = 0;
+            fc_write_container_header(&head, 1, d->quant == FC_QUANT_DITHER, p.dither_seed);
+            if (head.failed) {
+                rc = FC_ERR_NOMEM;
+                goto out;
+            }
+            if (out) memcpy(out + pos, head.data, head.size);
+            pos += head.size;
+            rc = put_tensor(&head, d, NULL, out, &pos);
+            if (rc != FC_OK) goto out;
+            put_crc(out, start, &pos);
+            if (pass) part_sizes[i] = pos - start;
+        }
+        if (pass == 0) {
+            *dst_size = pos;
+            *count = p.count;
+            if (pos > dst_capacity || p.count > capacity) {
+                rc = FC_ERR_BUFFER_TOO_SMALL;
+                goto out;
+            }
+        }
+    }
+    rc = FC_OK;
+out:
+    if (rc != FC_OK && rc != FC_ERR_BUFFER_TOO_SMALL) *dst_size = *count = 0;
+    fc_buf_free(&head);
+    fc_parsed_free(&p);
+    return (enum fc_result)rc;
+}
+
+enum fc_result fc_join(const uint8_t *const *parts, const size_t *part_sizes, size_t count,
+                       const fc_decode_options *opts, uint8_t *dst, size_t dst_capacity,
+                       size_t *dst_size, size_t *bad_part)
+{
+    fc_decode_options o, po;
+    fc_parsed *p = NULL;
+    fc_buf head;
+    const fc_tensor_desc *prev = NULL;
+    uint64_t tensors = 0, elems = 0, seed = 0;
+    size_t k, i, bad = SIZE_MAX, pos = 0;
+    int rc = FC_OK, has_seed = 0, pass;
+    if (bad_part) *bad_part = SIZE_MAX;
+    if (dst_size) *dst_size = 0;
+    if (!dst_size || (count && (!parts || !part_sizes)) || (!dst && dst_capacity) ||
+        !get_decode_options(opts, &o))
+        return FC_ERR_INVALID_ARGUMENT;
+    /* The parts are parsed without `expected`: it describes the whole. */
+    po = o;
+    po.expected = NULL;
+    po.expected_count = 0;
+    p = (fc_parsed *)calloc(count ? count : 1, sizeof(*p));
+    if (!p) return FC_ERR_NOMEM;
+    memset(&head, 0, sizeof(head));
+    for (k = 0; k < count; k++) {
+        bad = k;
+        rc = fc_parse(parts[k], part_sizes[k], &po, &p[k]);
+        if (rc != FC_OK) goto out;
+        for (i = 0; i < p[k].count; i++) {
+            const fc_tensor_desc *d = &p[k].tensors[i];
+            if (prev && d->index <= prev->index) {
+                rc = FC_ERR_INVALID_ARGUMENT;
+                goto out;
+            }
+            if (o.expected &&
+                (tensors >= o.expected_count || o.expected[tensors].ndim != d->ndim ||
+                 memcmp(o.expected[tensors].shape, d->shape, sizeof(uint64_t) * d->ndim) != 0)) {
+                rc = FC_ERR_MISMATCH;
+                goto out;
+            }
+            if (d->quant == FC_QUANT_DITHER) {
+                if (has_seed && seed != p[k].dither_seed) {
+                    rc = FC_ERR_MISMATCH;
+                    goto out;
+                }
+                has_seed = 1;
+                seed = p[k].dither_seed;
+            }
+            if (tensors >= o.max_tensors || d->numel > o.max_total_elems - elems) {
+                rc = FC_ERR_LIMIT;
+                goto out;
+            }
+            tensors++;
+            elems += d->numel;
+            prev = d;
+        }
+    }
+    bad = SIZE_MAX;
+    if (o.expected && tensors != o.expected_count) {
+        rc = FC_ERR_MISMATCH;
+        goto out;
+    }
+    /* Pass 0 sizes the container, pass 1 writes it. */
+    for (pass = 0; pass < 2; pass++) {
+        uint8_t *out = pass ? dst : NULL;
+        prev = NULL;
+        head.size = 0;
+        fc_write_container_header(&head, (size_t)tensors, has_seed, seed);
+        if (head.failed) {
+            rc = FC_ERR_NOMEM;
+            goto out;
+        }
+        if (out) memcpy(out, head.data, head.size);
+        pos = head.size;
+        for (k = 0; k < count; k++) {
+            for (i = 0; i < p[k].count; i++) {
+                rc = put_tensor(&head, &p[k].tensors[i], prev, out, &pos);
+                if (rc != FC_OK) goto out;
+                prev = &p[k].tensors[i];
+            }
+        }
+        put_crc(out, 0, &pos);
+        if (pass == 0) {
+            *dst_size = pos;
+            if (pos > dst_capacity) {
+                rc = FC_ERR_BUFFER_TOO_SMALL;
+                goto out;
+            }
+        }
+    }
+    rc = FC_OK;
+out:
+    if (rc != FC_OK && rc != FC_ERR_BUFFER_TOO_SMALL) *dst_size = 0;
+    if (rc != FC_OK && bad_part) *bad_part = bad;
+    for (k = 0; k < count; k++) fc_parsed_free(&p[k]);
+    free(p);
+    fc_buf_free(&head);
+    return (enum fc_result)rc;
+}
+
 static void run_dec_job(void *ctx, size_t i)
 {
     fc_slice_decode(&((fc_slice_dec_job *)ctx)[i]);

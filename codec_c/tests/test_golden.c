@@ -6,7 +6,9 @@
  *      steps; values = level * step), bad_*.fcd to the listed error;
  *   2. every .fcd in the directory is listed (nothing silently skipped);
  *   3. the encoder still produces the committed ok_*.fcd bytes from the
- *      inputs in golden_cases.h (determinism across versions/platforms).
+ *      inputs in golden_cases.h (determinism across versions/platforms);
+ *   4. every ok_*.fcd splits by tensor into parts that decode to its
+ *      tensors' levels and join back to the same bytes (fc_split, fc_join).
  *
  *   test_golden GOLDEN_DIR
  *
@@ -56,6 +58,48 @@ static int result_number(const char *name)
     for (i = 0; i < 64; i++)
         if (strcmp(fc_result_name(i), name) == 0) return i;
     return -1;
+}
+
+/* ok file, split by tensor (fc_split): every part decodes to its tensor's
+ * levels, and joining the parts (fc_join) gives the file back byte for
+ * byte. */
+static void check_split(const char *file, const uint8_t *c, size_t size, const gl_tensor *want,
+                        size_t count)
+{
+    uint8_t **parts, *joined;
+    size_t *sizes, n, i, jsize, bad;
+    int rc = tu_split(c, size, NULL, &parts, &sizes, &n);
+    tu_checks++;
+    if (rc != FC_OK || n != count) {
+        fail(file, "fc_split: %s%s", fc_result_name(rc), rc == FC_OK ? " (another count)" : "");
+        tu_free_parts(parts, sizes, n);
+        return;
+    }
+    for (i = 0; i < n; i++) {
+        fc_tensor_info info;
+        fc_decode_target tg;
+        size_t one;
+        memset(&tg, 0, sizeof tg);
+        tu_checks++;
+        if (fc_inspect(parts[i], sizes[i], NULL, &info, 1, &one) != FC_OK || one != 1 ||
+            info.index != want[i].index || info.numel != want[i].numel ||
+            info.quantizer != want[i].quantizer || info.dither_seed != want[i].dither_seed) {
+            fail(file, "part %s: header differs from the tensor's%s", "", "");
+            continue;
+        }
+        tg.levels = (int32_t *)tu_guarded_alloc(sizeof(int32_t) * info.numel);
+        rc = fc_decode(parts[i], sizes[i], NULL, &tg, 1);
+        tu_checks++;
+        if (rc != FC_OK || memcmp(tg.levels, want[i].levels, sizeof(int32_t) * info.numel) != 0)
+            fail(file, "a part decodes to other levels (%s)%s", fc_result_name(rc), "");
+        tu_guarded_free(tg.levels);
+    }
+    rc = tu_join(parts, sizes, n, NULL, &joined, &jsize, &bad);
+    tu_checks++;
+    if (rc != FC_OK || jsize != size || memcmp(joined, c, size) != 0)
+        fail(file, "fc_join of its parts does not give it back (%s)%s", fc_result_name(rc), "");
+    if (rc == FC_OK) tu_guarded_free(joined);
+    tu_free_parts(parts, sizes, n);
 }
 
 /* ok file: decode and compare with NAME.levels. */
@@ -117,6 +161,7 @@ static void check_ok(const char *file)
             tu_checks++;
             if (k < info[i].numel) fail(file, "%s: decoded levels differ from %s", what, lfile);
         }
+        check_split(file, c, size, want, count);
     }
     for (i = 0; i < count; i++) {
         tu_guarded_free(tg[i].levels);

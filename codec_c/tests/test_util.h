@@ -320,6 +320,65 @@ static inline int tu_encode(const fc_tensor *t, size_t count, const fc_encode_op
     return rc;
 }
 
+/* Split a container into guarded copies of its parts (fc_split, asking for
+ * the sizes first).  Returns the result code; on FC_OK *parts (n guarded
+ * buffers, free with tu_free_parts) and *sizes (malloc'ed) are set. */
+static inline int tu_split(const uint8_t *c, size_t size, const fc_decode_options *o,
+                           uint8_t ***parts, size_t **sizes, size_t *n)
+{
+    size_t total = 0, count = 0, i, pos = 0;
+    uint8_t *all;
+    int rc;
+    *parts = NULL;
+    *sizes = NULL;
+    *n = 0;
+    rc = fc_split(c, size, o, NULL, 0, &total, NULL, 0, &count);
+    if (rc != FC_ERR_BUFFER_TOO_SMALL) return rc; /* FC_OK: no tensors, no parts */
+    all = (uint8_t *)malloc(total ? total : 1);
+    *sizes = (size_t *)malloc(sizeof(size_t) * (count ? count : 1));
+    *parts = (uint8_t **)calloc(count ? count : 1, sizeof(uint8_t *));
+    if (!all || !*sizes || !*parts) abort();
+    rc = fc_split(c, size, o, all, total, &total, *sizes, count, n);
+    if (rc == FC_OK) {
+        for (i = 0; i < *n; i++) {
+            (*parts)[i] = tu_guarded_copy(all + pos, (*sizes)[i]);
+            pos += (*sizes)[i];
+        }
+        if (pos != total) rc = FC_ERR_INVALID_ARGUMENT;
+    }
+    free(all);
+    return rc;
+}
+
+static inline void tu_free_parts(uint8_t **parts, size_t *sizes, size_t n)
+{
+    size_t i;
+    if (parts)
+        for (i = 0; i < n; i++) tu_guarded_free(parts[i]);
+    free(parts);
+    free(sizes);
+}
+
+/* Join parts into a guarded buffer of exactly the joined size (fc_join with
+ * the documented capacity).  Returns the result code; *bad the part at
+ * fault. */
+static inline int tu_join(uint8_t *const *parts, const size_t *sizes, size_t n,
+                          const fc_decode_options *o, uint8_t **out, size_t *out_size, size_t *bad)
+{
+    size_t cap = FC_JOIN_OVERHEAD, i;
+    uint8_t *buf;
+    int rc;
+    *out = NULL;
+    *out_size = 0;
+    for (i = 0; i < n; i++) cap += sizes[i];
+    buf = (uint8_t *)malloc(cap);
+    if (!buf) abort();
+    rc = fc_join((const uint8_t *const *)parts, sizes, n, o, buf, cap, out_size, bad);
+    if (rc == FC_OK) *out = tu_guarded_copy(buf, *out_size);
+    free(buf);
+    return rc;
+}
+
 /* Read a whole file; NULL if it cannot be read. */
 static inline uint8_t *tu_read_file(const char *path, size_t *size)
 {
