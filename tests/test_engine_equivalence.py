@@ -211,7 +211,7 @@ def run_flower() -> tuple[Trace, list[str], Payloads]:
 
     from fedcodec.flower import CompressionStrategy, make_fedcodec_mod
     from fedcodec.flower import constants as fc
-    from fedcodec.flower._records import array_parts
+    from fedcodec.flower._records import coded_model, coded_update
     from fedcodec.flower.local import LocalGrid
 
     app = ClientApp(mods=[make_fedcodec_mod(initial_model=_initial())])
@@ -241,16 +241,13 @@ def run_flower() -> tuple[Trace, list[str], Payloads]:
 
         def deliver(self, msg: Message) -> Message:
             node = msg.metadata.dst_node_id
-            record = msg.content["arrays"]
-            assert isinstance(record, ArrayRecord)
-            coded = record.get(fc.KEY_MODEL_ARRAY)
-            parts = [] if coded is None else array_parts(coded)
+            parts = coded_model(dict(msg.content.items()), fc.KEY_MODEL_ARRAY)
             self.down[node] = sum(map(len, parts))
             reply = super().deliver(msg)
             assert not reply.has_error(), reply.error
-            out = reply.content["arrays"]
-            assert isinstance(out, ArrayRecord)
-            data = bytes(out[fc.KEY_UPDATE_ARRAY].data)
+            found = coded_update(dict(reply.content.items()), fc.KEY_UPDATE_ARRAY)
+            assert found is not None
+            data = found[1]
             self.up[node] = len(data)
             self.sha[node] = (_sha(data), _sha(*parts))
             return reply

@@ -7,8 +7,10 @@ A small in-process ``Grid`` hands each message to a ClientApp running
 from __future__ import annotations
 
 import logging
+import random
 import subprocess
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -44,7 +46,7 @@ from flwr.serverapp.strategy import (
 from fedcodec import codec
 from fedcodec.flower import CompressionStrategy, make_fedcodec_mod
 from fedcodec.flower import constants as c
-from fedcodec.flower._records import array_parts
+from fedcodec.flower._records import array_parts, coded_update, inline_parts
 from fedcodec.flower.local import LocalGrid
 from fedcodec.pipeline import RobustPolicy, RoundParams, Sensitivity, Sparsification, StepSchedule
 
@@ -120,6 +122,28 @@ class _Sent:
     arrays: dict[str, tuple[str, bytes]]  # key -> (stype, data)
 
 
+def _update_data(reply: Message) -> bytes:
+    """The container of a coded reply (inline or in an Array)."""
+    found = coded_update(dict(reply.content.items()), c.KEY_UPDATE_ARRAY)
+    assert found is not None
+    return found[1]
+
+
+def _damage(reply: Message, change: Callable[[bytes], bytes]) -> None:
+    """Replace a coded reply's container by ``change(container)`` (inline or in an Array)."""
+    key, data, _ = coded_update(dict(reply.content.items()), c.KEY_UPDATE_ARRAY) or ("", b"", None)
+    record = reply.content[key]
+    if isinstance(record, ConfigRecord):
+        record[c.KEY_UPDATE_ARRAY] = change(data)
+    else:
+        assert isinstance(record, ArrayRecord)
+        good = record[c.KEY_UPDATE_ARRAY]
+        bad = change(data)
+        record[c.KEY_UPDATE_ARRAY] = Array(
+            dtype=good.dtype, shape=(len(bad),), stype=good.stype, data=bad
+        )
+
+
 def _snapshot(msg: Message) -> _Sent:
     config = msg.content.config_records
     arrays = msg.content.array_records
@@ -175,9 +199,8 @@ def test_configure_train_adds_round_parameters_without_touching_the_callers_conf
         # Every node holds the shared initial model: nothing to download.
         assert sent[c.KEY_DOWNLINK] == c.DOWNLINK_NONE
         assert sent[c.KEY_INITIAL_DIGEST]
-        arrays = msg.content["arrays"]
-        assert isinstance(arrays, ArrayRecord)
-        assert len(arrays) == 0
+        assert "arrays" not in msg.content  # nothing to carry: no ArrayRecord at all
+        assert sent[c.KEY_RECORD] == "arrays"  # the mod gives the app the model under it
 
 
 def test_per_client_overrides_reach_only_their_node() -> None:
@@ -211,10 +234,10 @@ def test_aggregate_train_hands_the_inner_strategy_global_plus_decoded_updates() 
         n = reply.content["metrics"]["num-examples"]  # type: ignore[index]
         total += n  # type: ignore[operator]
         record = reply.content["arrays"]
-        assert isinstance(record, ArrayRecord)
-        assert list(record) == [c.KEY_UPDATE_ARRAY]  # one Array for the whole update
-        (data,) = array_parts(record[c.KEY_UPDATE_ARRAY])
-        decoded = codec.decode(data, names=list(SHAPES))
+        # A small update: inline, the container's bytes in place of the ArrayRecord.
+        assert isinstance(record, ConfigRecord)
+        assert list(record) == [c.KEY_UPDATE_ARRAY]
+        decoded = codec.decode(_update_data(reply), names=list(SHAPES))
         for k in SHAPES:
             expected[k] += n * (initial[k].numpy() + decoded[k]).astype(np.float64)  # type: ignore[operator]
     # Execute
@@ -399,11 +422,10 @@ def test_a_node_that_missed_rounds_gets_several_deltas() -> None:
     assert last.config[c.KEY_DOWNLINK] == c.DOWNLINK_DELTA
     assert c.KEY_FROM_VERSION not in last.config
     assert last.config[c.KEY_BASE_VERSION] == 3
-    # One Array for the whole package: a chain of 3 deltas or one cumulative delta,
-    # whichever the engine found smaller.
-    assert list(last.arrays) == [c.KEY_MODEL_ARRAY]
-    stype, data = last.arrays[c.KEY_MODEL_ARRAY]
-    parts = array_parts(Array(dtype="uint8", shape=(len(data),), stype=stype, data=data))
+    # The whole package inline (small): a chain of 3 deltas or one cumulative delta,
+    # whichever the engine found smaller; no Array.
+    assert last.arrays == {}
+    parts = inline_parts(last.config[c.KEY_MODEL_ARRAY])
     assert len(parts) in (1, 3)
     assert strategy.totals.rejected == 0
     assert strategy.totals.updates == 6
@@ -455,12 +477,7 @@ def test_a_rejected_node_gets_the_layout_and_parameters_again() -> None:
     grid = _LoopGrid(_client_app(), 3)
     messages = list(strategy.configure_train(1, _initial(), ConfigRecord(), grid))
     replies = list(grid.send_and_receive(messages))
-    record = replies[0].content["arrays"]
-    assert isinstance(record, ArrayRecord)
-    good = record[c.KEY_UPDATE_ARRAY]
-    record[c.KEY_UPDATE_ARRAY] = Array(
-        dtype=good.dtype, shape=tuple(good.shape), stype=good.stype, data=bytes(good.data[:8])
-    )
+    _damage(replies[0], lambda data: data[:8])
     rejected = replies[0].metadata.src_node_id
     arrays, metrics = strategy.aggregate_train(1, replies)
     assert arrays is not None
@@ -489,14 +506,13 @@ def test_a_damaged_update_is_left_out() -> None:
     grid = _LoopGrid(_client_app(), 3)
     messages = list(strategy.configure_train(1, _initial(), ConfigRecord(), grid))
     replies = list(grid.send_and_receive(messages))
-    record = replies[1].content["arrays"]
-    assert isinstance(record, ArrayRecord)
-    good = record[c.KEY_UPDATE_ARRAY]
-    data = bytearray(good.data)
-    data[len(data) // 2] ^= 0xFF
-    record[c.KEY_UPDATE_ARRAY] = Array(
-        dtype=good.dtype, shape=tuple(good.shape), stype=good.stype, data=bytes(data)
-    )
+
+    def flip(data: bytes) -> bytes:
+        out = bytearray(data)
+        out[len(out) // 2] ^= 0xFF
+        return bytes(out)
+
+    _damage(replies[1], flip)
     # Execute
     _, metrics = strategy.aggregate_train(1, replies)
     # Assert
@@ -707,12 +723,44 @@ def test_sensitivity_and_the_apps_importance_reach_the_encoder() -> None:
     assert seen_importance == [True, True]
     for reply in replies:
         assert c.IMPORTANCE_RECORD not in reply.content
-        record = reply.content["arrays"]
-        assert isinstance(record, ArrayRecord)
-        (data,) = array_parts(record[c.KEY_UPDATE_ARRAY])
-        steps = [info.step for info in codec.inspect(data)]
+        steps = [info.step for info in codec.inspect(_update_data(reply))]
         assert steps[1] < steps[0] / 4
     arrays, metrics = strategy.aggregate_train(1, replies)
     assert arrays is not None
     assert metrics is not None
     assert metrics[c.METRIC_REJECTED] == 0
+
+
+def test_large_containers_travel_as_one_array_with_the_same_result(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Above the inline limit the containers travel as ONE Array each way: the same bytes,
+    the same models as inline (here the limit is lowered to 0 bytes)."""
+    import fedcodec.flower.mod as mod_module
+    import fedcodec.flower.strategy as strategy_module
+
+    def run() -> tuple[dict[str, np.ndarray], list[_Sent]]:
+        random.seed(0)  # Flower samples (and orders) the nodes with the random module
+        strategy = CompressionStrategy(FedAvg(fraction_evaluate=0.0), schedule=PARAMS)
+        grid = _LoopGrid(_client_app(), 3)
+        result = strategy.start(grid=grid, initial_arrays=_initial(), num_rounds=3)
+        return _numpy(result.arrays), grid.sent
+
+    inline_model, inline_sent = run()
+    monkeypatch.setattr(strategy_module, "INLINE_MAX_BYTES", 0)
+    monkeypatch.setattr(mod_module, "INLINE_MAX_BYTES", 0)
+    # Execute
+    array_model, array_sent = run()
+    # Assert
+    for name in SHAPES:
+        np.testing.assert_array_equal(array_model[name], inline_model[name])
+    deltas = [m for m in array_sent if m.config[c.KEY_DOWNLINK] == c.DOWNLINK_DELTA]
+    assert deltas
+    for sent in deltas:
+        assert list(sent.arrays) == [c.KEY_MODEL_ARRAY]
+        assert sent.arrays[c.KEY_MODEL_ARRAY][0] in (c.STYPE, c.STYPE_SEQUENCE)
+    inline_deltas = [m for m in inline_sent if m.config[c.KEY_DOWNLINK] == c.DOWNLINK_DELTA]
+    for inline, array in zip(inline_deltas, deltas, strict=True):
+        stype, data = array.arrays[c.KEY_MODEL_ARRAY]
+        parts = array_parts(Array(dtype="uint8", shape=(len(data),), stype=stype, data=data))
+        assert parts == inline_parts(inline.config[c.KEY_MODEL_ARRAY])

@@ -394,10 +394,19 @@ def wire_bytes(msg: Message) -> int:
 
 
 def payload_bytes(msg: Message) -> int:
-    """Bytes of the arrays' data in ``msg`` (the codec's containers, or the raw arrays)."""
+    """Bytes of the payload in ``msg``: the arrays' data (raw arrays, or containers in an
+    Array) and the containers fedcodec carries inline in a ConfigRecord."""
+    from fedcodec.flower.constants import KEY_MODEL_ARRAY, KEY_UPDATE_ARRAY
+
     if msg.has_error() or not msg.has_content():
         return 0
-    return sum(len(a.data) for r in msg.content.array_records.values() for a in r.values())
+    out = sum(len(a.data) for r in msg.content.array_records.values() for a in r.values())
+    for record in msg.content.config_records.values():
+        for key in (KEY_MODEL_ARRAY, KEY_UPDATE_ARRAY):
+            value = record.get(key)
+            parts = value if isinstance(value, list) else [value]
+            out += sum(len(p) for p in parts if isinstance(p, bytes))
+    return out
 
 
 def _make_grid(app: Any, nodes: int) -> Any:

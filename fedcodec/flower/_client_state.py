@@ -56,11 +56,14 @@ class Layout:
     initial_digest : str or None
         Hex digest of the shared initial model the stream is relative to (None: a
         keyframe stream).
+    record : str
+        The name of the model's ArrayRecord (the app gets the decoded model under it).
     """
 
     keys: tuple[str, ...]
     uncoded: tuple[str, ...] = ()
     initial_digest: str | None = None
+    record: str = "arrays"
 
     def to_json(self) -> dict[str, object]:
         """A JSON-able dict."""
@@ -68,6 +71,7 @@ class Layout:
             "keys": list(self.keys),
             "uncoded": list(self.uncoded),
             "initial_digest": self.initial_digest,
+            "record": self.record,
         }
 
     @classmethod
@@ -80,7 +84,10 @@ class Layout:
             raise ValueError("layout uncoded keys must be a list of str")
         if digest is not None and not isinstance(digest, str):
             raise ValueError("layout initial_digest must be a str or null")
-        return cls(tuple(keys), tuple(uncoded), digest)
+        record = data.get("record", "arrays")
+        if not isinstance(record, str):
+            raise ValueError("layout record must be a str")
+        return cls(tuple(keys), tuple(uncoded), digest, record)
 
 
 def _record(arrays: dict[str, np.ndarray]) -> ArrayRecord:

@@ -1,10 +1,12 @@
-"""Between the engine's containers and Flower's ``Array``\\ s.
+"""Between the engine's containers and Flower's records.
 
-A coded model, a chain of deltas or an update travels as ONE ``Array`` whose
-``data`` is the engine's container bytes as they are (several containers:
-length-prefixed, :data:`~fedcodec.flower.constants.STYPE_SEQUENCE`): nothing is
-decoded and coded again on the way, and Flower's per-``Array`` framing is paid
-once per message, not once per tensor.
+A coded model, a chain of deltas or an update travels as the engine's container
+bytes as they are: nothing is decoded and coded again on the way.  Up to
+:data:`INLINE_MAX_BYTES` (and when no array travels uncoded) they are a ``bytes``
+value (a list of them for a chain) in a ``ConfigRecord`` — no ``Array``, no
+``ArrayRecord``, whose framing would cost some 300-500 bytes per message; larger
+ones are ONE ``Array`` (several containers: length-prefixed,
+:data:`~fedcodec.flower.constants.STYPE_SEQUENCE`), where that framing is below 1 %.
 """
 
 from __future__ import annotations
@@ -21,9 +23,14 @@ from fedcodec.pipeline import ModelMismatchError, ModelSpec
 from fedcodec.pipeline.model import F32Array, Tensors
 
 __all__ = [
+    "INLINE_MAX_BYTES",
     "array_parts",
     "coded_array",
+    "coded_model",
+    "coded_update",
     "floating_keys",
+    "inline_parts",
+    "inline_value",
     "is_coded",
     "merge_records",
     "plain_record",
@@ -35,6 +42,9 @@ __all__ = [
 
 _LENGTH_BYTES = 4
 _FLOAT32 = "float32"
+
+#: Containers up to this many bytes in total travel inline (``bytes`` in a ConfigRecord).
+INLINE_MAX_BYTES = 65_536
 
 
 def _corrupt(message: str) -> CorruptStreamError:
@@ -102,6 +112,87 @@ def array_parts(array: Array) -> list[bytes]:
     if not parts:
         raise _corrupt("empty fedcodec sequence")
     return parts
+
+
+def inline_value(parts: Sequence[bytes]) -> bytes | list[bytes]:
+    """The ConfigRecord value of containers that travel inline: one ``bytes``, or a list."""
+    if not parts:
+        raise ValueError("inline_value needs at least one container")
+    return bytes(parts[0]) if len(parts) == 1 else [bytes(p) for p in parts]
+
+
+def inline_parts(value: object) -> list[bytes]:
+    """Inverse of :func:`inline_value`.
+
+    Raises
+    ------
+    CorruptStreamError
+        Neither bytes nor a non-empty list of bytes.
+    """
+    if isinstance(value, bytes) and value:
+        return [value]
+    if isinstance(value, list) and value and all(isinstance(v, bytes) and v for v in value):
+        return [bytes(v) for v in value]
+    raise _corrupt(
+        f"an inline fedcodec payload must be bytes or a list of bytes, got {value!r:.60}"
+    )
+
+
+def coded_model(
+    content: Mapping[str, ArrayRecord | ConfigRecord | MetricRecord], key: str
+) -> list[bytes]:
+    """The containers of a coded model in a message's content (inline in a ConfigRecord, or
+    ONE ``Array`` under ``key``); [] when it carries none.
+
+    Raises
+    ------
+    CorruptStreamError
+        Broken framing or an inline value of the wrong type.
+    """
+    for record in content.values():
+        if isinstance(record, ArrayRecord) and key in record:
+            return array_parts(record[key])
+        if isinstance(record, ConfigRecord) and key in record:
+            return inline_parts(record[key])
+    return []
+
+
+def coded_update(
+    content: Mapping[str, ArrayRecord | ConfigRecord | MetricRecord], key: str
+) -> tuple[str, bytes, ArrayRecord] | None:
+    """The coded update in a reply's content: (record name, container, the arrays that
+    travel uncoded next to it), or None when the reply holds none.
+
+    Raises
+    ------
+    CorruptStreamError
+        An update in another stype or a broken inline value.
+    ModelMismatchError
+        An inline update next to an ArrayRecord, or two coded updates.
+    """
+    found: list[tuple[str, bytes, ArrayRecord]] = []
+    for name, record in content.items():
+        if isinstance(record, ConfigRecord) and key in record:
+            parts = inline_parts(record[key])
+            if len(parts) != 1:
+                raise _corrupt("an update is one container")
+            found.append((name, parts[0], ArrayRecord()))
+        elif isinstance(record, ArrayRecord) and key in record:
+            array = record[key]
+            if array.stype != STYPE:
+                raise _corrupt(f"the update has stype {array.stype!r}, not {STYPE!r}")
+            (data,) = array_parts(array)
+            uncoded, _ = split_record(record, [k for k in record if k != key])
+            found.append((name, data, uncoded))
+    if not found:
+        return None
+    others = [k for k, r in content.items() if isinstance(r, ArrayRecord) and k != found[0][0]]
+    if len(found) > 1 or others:
+        raise ModelMismatchError(
+            f"a coded reply must hold its update and no other ArrayRecord, found "
+            f"{len(found)} updates and the ArrayRecords {others!r}"
+        )
+    return found[0]
 
 
 def record_spec(record: ArrayRecord) -> ModelSpec:

@@ -28,16 +28,22 @@ first contact
 deltas from another version than the node holds
     :data:`KEY_FROM_VERSION` (otherwise they start from the node's version).
 
-The coded model itself is ONE ``Array`` (:data:`KEY_MODEL_ARRAY`, stype
-:data:`STYPE`: the engine's container bytes as they are, or :data:`STYPE_SEQUENCE`
-for several), whatever the number of tensors; integer buffers travel as they are
-under their own keys.
+The coded model itself is the engine's container bytes as they are
+(:data:`KEY_MODEL_ARRAY`): up to 64 KiB, when no array travels uncoded, a ``bytes``
+value in the ConfigRecord (a list for a chain of deltas) and the message holds no
+ArrayRecord (:data:`KEY_RECORD`, sent at first contact, names the record the app gets
+the model in); otherwise ONE ``Array`` (stype :data:`STYPE`, or :data:`STYPE_SEQUENCE`
+for several) in the message's ArrayRecord, next to integer buffers that travel as they
+are under their own keys.  Flower frames each ``Array`` and record with some 150-300
+bytes; inline containers do without.
 
 A reply (client to server) is the app's reply with its ``ArrayRecord`` replaced by
-ONE coded ``Array`` (:data:`KEY_UPDATE_ARRAY`) plus the integer buffers: the mod adds
-no record.  A reply without error confirms that the node rebuilt the model the
-message described (the mod checks the digest and answers with an error otherwise),
-so the server knows which version each node holds without being told.
+the coded update (:data:`KEY_UPDATE_ARRAY`): a ``ConfigRecord`` with the container
+under the same record name when it is small, else ONE coded ``Array`` plus the
+integer buffers.  The mod adds no record.  A reply without error confirms that the
+node rebuilt the model the message described (the mod checks the digest and answers
+with an error otherwise), so the server knows which version each node holds without
+being told.
 """
 
 from __future__ import annotations
@@ -64,6 +70,7 @@ __all__ = [
     "KEY_KEYS",
     "KEY_MODEL_ARRAY",
     "KEY_PARAMS",
+    "KEY_RECORD",
     "KEY_ROUND",
     "KEY_UNCODED_KEYS",
     "KEY_UPDATE_ARRAY",
@@ -114,6 +121,9 @@ KEY_PARAMS: Final = "fc.p"
 KEY_FROM_VERSION: Final = "fc.f"
 #: The original ArrayRecord's key order (list of str; first contact).
 KEY_KEYS: Final = "fc.keys"
+#: The name of the model's ArrayRecord in the message (str; first contact): the mod
+#: gives the app the decoded model under it when the coded model travels inline.
+KEY_RECORD: Final = "fc.a"
 #: Keys of arrays that travel as they are (integer buffers such as BatchNorm's
 #: ``num_batches_tracked``: the coded model is the floating-point arrays of the first
 #: global model); first contact, only when there are such arrays (list of str).
@@ -125,11 +135,16 @@ KEY_INITIAL_DIGEST: Final = "fc.i"
 KEY_INITIAL_ID: Final = "fc.iid"
 #: Why the server sends no model (str; with :data:`DOWNLINK_REFUSED`).
 KEY_ERROR: Final = "fc.e"
-#: Key of the one coded ``Array`` in a message's ArrayRecord.
+#: Key of the coded model: in the ConfigRecord, the containers inline (``bytes``, or a
+#: list of ``bytes`` for a chain) when they are small (up to 64 KiB) and no array
+#: travels uncoded — then the message holds no ArrayRecord; otherwise ONE ``Array`` in
+#: the message's ArrayRecord.
 KEY_MODEL_ARRAY: Final = "fc.m"
 #: Key of the initial model (float32, model order) when the server sends it.
 INITIAL_ARRAY: Final = "fc.init"
-#: Key of the one coded ``Array`` in a reply's ArrayRecord.
+#: Key of the coded update in a reply: a ``ConfigRecord`` holding the container
+#: (``bytes``) in place of the app's ArrayRecord, under the same name, when it is small
+#: (up to 64 KiB) and no array travels uncoded; otherwise ONE ``Array`` in the ArrayRecord.
 KEY_UPDATE_ARRAY: Final = "fc.u"
 
 DOWNLINK_KEYFRAME: Final = "k"

@@ -61,7 +61,7 @@ from typing import Any
 
 import numpy as np
 import numpy.typing as npt
-from flwr.app import ArrayRecord, Context, Error, Message
+from flwr.app import ArrayRecord, ConfigRecord, Context, Error, Message
 from flwr.clientapp.typing import ClientAppCallable, Mod
 
 from fedcodec import codec
@@ -70,8 +70,9 @@ from fedcodec.flower._client_state import ClientState, Layout
 from fedcodec.flower._config import config_int, params_from_text
 from fedcodec.flower._logging import logger as _log
 from fedcodec.flower._records import (
-    array_parts,
+    INLINE_MAX_BYTES,
     coded_array,
+    coded_model,
     is_coded,
     merge_records,
     plain_record,
@@ -98,6 +99,7 @@ from fedcodec.flower.constants import (
     KEY_KEYS,
     KEY_MODEL_ARRAY,
     KEY_PARAMS,
+    KEY_RECORD,
     KEY_ROUND,
     KEY_UNCODED_KEYS,
     KEY_UPDATE_ARRAY,
@@ -254,8 +256,6 @@ def _handle(
     if config.get(KEY_DOWNLINK) == DOWNLINK_REFUSED:
         reason = str(config.get(KEY_ERROR, ""))
         return _error(msg, f"{_NAME}: the server sends no model: {reason}")
-    record_key, record = next(iter(records.items())) if records else ("arrays", ArrayRecord())
-
     client_id = str(context.node_id)
     state = ClientState.load(
         context.state, client_id, threads=threads, error_feedback=error_feedback
@@ -263,6 +263,9 @@ def _handle(
     try:
         layout = _layout(config, state.layout)
         state.layout = layout
+        record_key, record = (
+            next(iter(records.items())) if records else (layout.record, ArrayRecord())
+        )
         if KEY_PARAMS in config:
             state.params = str(config[KEY_PARAMS])
         keys = list(layout.keys)
@@ -270,7 +273,7 @@ def _handle(
         names = [k for k in keys if k not in uncoded_keys]
         uncoded, _ = split_record(record, uncoded_keys)
         kind = config.get(KEY_DOWNLINK)
-        coded = array_parts(record[KEY_MODEL_ARRAY]) if KEY_MODEL_ARRAY in record else []
+        coded = coded_model(dict(msg.content.items()), KEY_MODEL_ARRAY)
         if kind == DOWNLINK_RAW:
             model_part, _ = split_record(record, names)
             spec = ModelSpec(
@@ -330,10 +333,14 @@ def _layout(config: Mapping[str, Any], held: Layout | None) -> Layout:
             )
         return held
     digest = config.get(KEY_INITIAL_DIGEST)
+    record = config.get(KEY_RECORD, "arrays")
+    if not isinstance(record, str):
+        raise ValueError(f"{KEY_RECORD} must be a str, got {record!r}")
     return Layout(
         tuple(_str_list(config, KEY_KEYS)),
         tuple(_str_list(config, KEY_UNCODED_KEYS)),
         None if digest is None else _digest(digest, KEY_INITIAL_DIGEST),
+        record,
     )
 
 
@@ -394,10 +401,10 @@ def _encode_reply(
     config: Mapping[str, Any],
     params: RoundParams,
 ) -> None:
-    """Replace the reply's ArrayRecord by the coded update.
+    """Replace the reply's ArrayRecord by the coded update (inline when it is small).
 
     A byte budget holds for what the reply carries as Flower serializes it: the
-    container's budget is the round's minus the reply's own framing (the Array,
+    container's budget is the round's minus the reply's own framing (the record,
     the integer buffers, the app's metrics).
     """
     importance = _take_importance(out, base.spec)
@@ -408,12 +415,17 @@ def _encode_reply(
     model_part, uncoded = split_record(record, base.spec.names)
     local = record_tensors(model_part, base.spec, "reply arrays")
     if params.budget_bytes is not None and params.step is None:
-        probe = ArrayRecord({KEY_UPDATE_ARRAY: coded_array([b""])})
-        for name, array in uncoded.items():
-            probe[name] = array
         content = {k: v for k, v in out.content.items() if k != key}
-        # +16: the data chunk object and the deflate framing of a non-empty payload.
-        overhead = wire_size({**content, key: probe}) + 16
+        if not len(uncoded) and params.budget_bytes <= INLINE_MAX_BYTES:
+            # +3: the longer length prefix of a non-empty value.
+            probe: ArrayRecord | ConfigRecord = ConfigRecord({KEY_UPDATE_ARRAY: b""})
+            overhead = wire_size({**content, key: probe}) + 3
+        else:
+            probe = ArrayRecord({KEY_UPDATE_ARRAY: coded_array([b""])})
+            for name, array in uncoded.items():
+                probe[name] = array
+            # +16: the data chunk object and the deflate framing of a non-empty payload.
+            overhead = wire_size({**content, key: probe}) + 16
         params = params.replace(budget_bytes=max(1, params.budget_bytes - overhead))
     update = engine.encode(
         local,
@@ -423,10 +435,13 @@ def _encode_reply(
         base=base,
         importance=importance,
     )
-    wire = ArrayRecord({KEY_UPDATE_ARRAY: coded_array([update.data])})
-    for name, array in uncoded.items():
-        wire[name] = array
-    out.content[key] = wire
+    if not len(uncoded) and len(update.data) <= INLINE_MAX_BYTES:
+        out.content[key] = ConfigRecord({KEY_UPDATE_ARRAY: update.data})
+    else:
+        wire = ArrayRecord({KEY_UPDATE_ARRAY: coded_array([update.data])})
+        for name, array in uncoded.items():
+            wire[name] = array
+        out.content[key] = wire
     _log.debug(
         "fedcodec: update of %d bytes (lambda %.4g, %d passes, %.3f s)",
         len(update.data),

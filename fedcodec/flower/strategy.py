@@ -49,9 +49,11 @@ from fedcodec import codec
 from fedcodec.errors import FedCodecError
 from fedcodec.flower._logging import logger as _log
 from fedcodec.flower._records import (
-    array_parts,
+    INLINE_MAX_BYTES,
     coded_array,
+    coded_update,
     floating_keys,
+    inline_value,
     merge_records,
     plain_record,
     record_spec,
@@ -78,6 +80,7 @@ from fedcodec.flower.constants import (
     KEY_KEYS,
     KEY_MODEL_ARRAY,
     KEY_PARAMS,
+    KEY_RECORD,
     KEY_ROUND,
     KEY_UNCODED_KEYS,
     KEY_UPDATE_ARRAY,
@@ -92,7 +95,6 @@ from fedcodec.flower.constants import (
     METRIC_RAW_BYTES_UP,
     METRIC_REJECTED,
     METRIC_S,
-    STYPE,
 )
 from fedcodec.pipeline import (
     ClientRoundStats,
@@ -546,6 +548,7 @@ class CompressionStrategy(Strategy):
         new_config[KEY_BASE_VERSION] = phase.base.model.version
         new_config[KEY_BASE_DIGEST] = bytes.fromhex(phase.base.digest_sent)
         if held is None:
+            new_config[KEY_RECORD] = record_key
             new_config[KEY_KEYS] = list(record.keys())
             if len(uncoded):
                 new_config[KEY_UNCODED_KEYS] = list(uncoded.keys())
@@ -555,6 +558,7 @@ class CompressionStrategy(Strategy):
             if held is None or self._params_known.get(node) != params_text:
                 new_config[KEY_PARAMS] = params_text
         engine = self._engine
+        inline = False  # the coded model in the ConfigRecord, no ArrayRecord
         if engine is None:
             wire = record
             new_config[KEY_DOWNLINK] = DOWNLINK_RAW
@@ -571,7 +575,15 @@ class CompressionStrategy(Strategy):
                 containers = (
                     [package.keyframe] if package.keyframe is not None else list(package.deltas)
                 )
-                if containers:
+                inline = (
+                    not len(uncoded)
+                    and package.initial is None
+                    and sum(len(c) for c in containers) <= INLINE_MAX_BYTES
+                )
+                if inline:  # no ArrayRecord at all: its framing would cost more than the data
+                    if containers:
+                        new_config[KEY_MODEL_ARRAY] = inline_value(containers)
+                elif containers:
                     wire[KEY_MODEL_ARRAY] = coded_array(containers)
                 if package.initial is not None:
                     flat = np.frombuffer(package.initial, dtype="<f4")
@@ -591,12 +603,14 @@ class CompressionStrategy(Strategy):
                 phase.sent[node] = params_text
             for name, array in uncoded.items():
                 wire[name] = array
-        msg.content = RecordDict(
-            {
-                key: wire if key == record_key else new_config if key == config_key else value
-                for key, value in content.items()
-            }
-        )
+        out: dict[str, ArrayRecord | ConfigRecord | MetricRecord] = {}
+        for key, value in content.items():
+            if key == record_key:
+                if not inline:
+                    out[key] = wire
+            else:
+                out[key] = new_config if key == config_key else value
+        msg.content = RecordDict(out)
         phase.traffic.bytes_down += wire_size(msg.content)
         phase.traffic.raw_bytes_down += raw_size
         phase.traffic.messages_down += 1
@@ -700,18 +714,11 @@ class CompressionStrategy(Strategy):
     ]:
         """Replace a coded update by ``global + decoded`` (plain float32 arrays), after
         the engine's checks (version, digest, shapes, steps, values)."""
-        records = {k: v for k, v in content.items() if isinstance(v, ArrayRecord)}
-        coded = {k: v for k, v in records.items() if KEY_UPDATE_ARRAY in v}
-        if not coded:
+        found = coded_update(content, KEY_UPDATE_ARRAY)
+        if found is None:
             return content, 0, (), {}
-        if len(records) != 1:
-            raise ModelMismatchError(f"a coded reply must hold one ArrayRecord, not {len(records)}")
+        key, data, uncoded = found
         base = phase.base
-        key, record = next(iter(coded.items()))
-        array = record[KEY_UPDATE_ARRAY]
-        if array.stype != STYPE:
-            raise ModelMismatchError(f"the update has stype {array.stype!r}, not {STYPE!r}")
-        (data,) = array_parts(array)
         spec = base.model.spec
         num_examples = _num_examples(content)
         if self._engine is not None:
@@ -734,7 +741,6 @@ class CompressionStrategy(Strategy):
             name: np.add(base.model.tensors[name], changes[name], dtype=np.float32)
             for name in spec.names
         }
-        _, uncoded = split_record(record, [KEY_UPDATE_ARRAY])
         order = [k for k in phase.keys if k in spec.names or k in uncoded] or list(spec.names)
         plain = merge_records(order, plain_record(spec, full), uncoded)
         content = {k: (plain if k == key else v) for k, v in content.items()}
@@ -925,11 +931,10 @@ class CompressionStrategy(Strategy):
 
 def data_of(content: dict[str, ArrayRecord | ConfigRecord | MetricRecord]) -> bytes:
     """The coded update's container in a reply's content."""
-    for value in content.values():
-        if isinstance(value, ArrayRecord) and KEY_UPDATE_ARRAY in value:
-            (data,) = array_parts(value[KEY_UPDATE_ARRAY])
-            return data
-    raise ModelMismatchError("the reply holds no coded update")
+    found = coded_update(content, KEY_UPDATE_ARRAY)
+    if found is None:
+        raise ModelMismatchError("the reply holds no coded update")
+    return found[1]
 
 
 def _describe(schedule: Schedule) -> str:
