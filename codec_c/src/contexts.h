@@ -106,9 +106,11 @@ static inline unsigned fc_dq_skip_zeros(const fc_dq_machine *m, unsigned s, uint
     return s;
 }
 
+/* 0 for v = 0, 1 for v < 0, 2 for v > 0 (branch-free: signs are
+ * unpredictable) */
 static inline unsigned fc_sign_class(int32_t v)
 {
-    return v == 0 ? 0u : (v < 0 ? 1u : 2u);
+    return (unsigned)(v != 0) + (unsigned)(v > 0);
 }
 
 static inline unsigned fc_abs32(int32_t v)
@@ -324,16 +326,20 @@ static inline fc_nbr fc_neighbourhood_v(const fc_rowstate *r, int32_t left, int3
     const unsigned rm = ref & 7u; /* reference magnitude class */
     const unsigned rg = (rm > 5u ? 5u : rm) * FC_GTX_CLASSES;
     const unsigned rr = (rm <= 3u ? 0u : rm - 3u > 3u ? 3u : rm - 3u) * FC_REM_CLASSES;
-    if (r->rowflip) {
-        int p = r->rowflip * sgnc;
-        pred = p > 0 ? 1u : (p < 0 ? 2u : 0u);
+    {
+        /* 1 when the flip predicts positive, 2 negative, 0 unknown (a zero
+         * flip or no column sign); branch-free */
+        const int p = r->rowflip * sgnc;
+        pred = (unsigned)(p != 0) + (unsigned)(p < 0);
     }
     n.sign_ctx = ((ref >> 3) & 3u) * FC_SIGN_CTX + pred * 3u + fc_sign_class(left);
     if (pc) {
         /* The rank-1 prediction, when there is one, sets the classes. */
         n.gtx_class = rg + pc - 1u;
-        n.rem_class = rr + (pc == 4 ? (magc * (uint64_t)r->sum_cm >= 16u * (uint64_t)r->sum_col ? 3u : 2u)
-                                    : (pc >= 3 ? 1u : 0u));
+        /* pc 1, 2: 0; pc 3: 1; pc 4: 2, or 3 when the prediction is >= 8
+         * (branch-free) */
+        n.rem_class = rr + (unsigned)(pc >= 3) + (unsigned)(pc == 4) +
+                      ((unsigned)(pc == 4) & (unsigned)(magc * (uint64_t)r->sum_cm >= 16u * (uint64_t)r->sum_col));
         return n;
     }
     l = fc_cm(left, m0);
