@@ -379,7 +379,18 @@ def _add_bench_cnn(bsub: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     cnn.add_argument(
         "--scenarios",
         nargs="+",
-        choices=("full", "partial", "fedadam", "fedadam-tau2", "fedprox"),
+        choices=(
+            "full",
+            "partial",
+            "fedadam",
+            "fedadam-tau2",
+            "fedprox",
+            "adam-tensor",
+            "adam-weight",
+            "fedyogi",
+            "yogi-tensor",
+            "fedavgm",
+        ),
         default=["full", "partial"],
         help="scenarios (default: full partial)",
     )

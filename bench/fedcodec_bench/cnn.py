@@ -184,6 +184,18 @@ def cnn_methods(quick: bool = False) -> list[CnnMethod]:
             filter_l1=1e-2,
         ),
     ]
+    # Sparse both ways (server-side error feedback on the downlink): the server optimizer rows.
+    for pct in (1, 2):
+        both = up(pct / 100)
+        methods.append(
+            CnnMethod(
+                f"{sf} rd-{pct}% down rd-{pct}%",
+                "fedcodec",
+                params=both,
+                down_params=both,
+                fisher=True,
+            )
+        )
     if quick:
         keep = {"fp32", "top-1%+EF", "fedcodec sens rd-2% S=16"}
         return [m for m in methods if m.name in keep]
@@ -628,7 +640,7 @@ class Scenario:
     clients: int
     per_round: int
     rounds: int
-    server: str = "fedavg"  # fedavg | fedprox | fedadam | fedyogi | fedavgm
+    server: str = "fedavg"  # a key of _inner: fedavg | fedprox | fedadam | adam/tensor | ...
     model: str = "small"  # one of MODELS
 
 
@@ -656,16 +668,60 @@ class RunResult:
         return float(np.mean(self.accuracy[-3:]))
 
 
-def _inner(server: str, per_round: int, clients: int) -> Strategy:
+def _server_optimizer(server: str) -> Any:
+    """fedcodec's ServerOptimizer for ``kind/second_moment`` scenarios, else None."""
+    from fedcodec.pipeline import ServerOptimizer
+
+    if "/" not in server:
+        return None
+    kind, moment = server.split("/")
+    eta = 1.0 if kind == "avgm" else 0.01  # as the Flower strategies of the other scenarios
+    beta1 = 0.5 if kind == "avgm" else 0.9
+    return ServerOptimizer(kind, eta=eta, beta1=beta1, tau=1e-3, second_moment=moment)  # type: ignore[arg-type]
+
+
+def _optimized(optimizer: Any, per_round: int, clients: int) -> Strategy:
+    """FedAvg followed by ``optimizer`` on its aggregate: the float32 run of the optimizer
+    that ``CompressionStrategy(FedAvg(), server_optimizer=...)`` applies."""
+    from flwr.app import Array, ArrayRecord
     from flwr.serverapp import strategy as st
 
-    kw: dict[str, Any] = {
+    from fedcodec.pipeline import ModelSpec
+
+    class Optimized(st.FedAvg):
+        x: dict[str, np.ndarray]
+
+        def configure_train(self, server_round: int, arrays: Any, config: Any, grid: Any) -> Any:
+            self.x = {k: a.numpy() for k, a in arrays.items()}
+            return super().configure_train(server_round, arrays, config, grid)
+
+        def aggregate_train(self, server_round: int, replies: Any) -> Any:
+            arrays, metrics = super().aggregate_train(server_round, replies)
+            if arrays is None:
+                return arrays, metrics
+            names = [k for k, v in self.x.items() if v.dtype.kind == "f"]
+            spec = ModelSpec(tuple(names), tuple(self.x[k].shape for k in names))
+            new = optimizer.step(spec, self.x, {k: arrays[k].numpy() for k in names})
+            out = ArrayRecord({k: Array(new[k] if k in new else arrays[k].numpy()) for k in arrays})
+            return out, metrics
+
+    return Optimized(**_sampling(per_round, clients))
+
+
+def _sampling(per_round: int, clients: int) -> dict[str, Any]:
+    return {
         "fraction_train": per_round / clients,
         "min_train_nodes": per_round,
         "min_available_nodes": clients,
         "fraction_evaluate": 0.0,
         "min_evaluate_nodes": 0,
     }
+
+
+def _inner(server: str, per_round: int, clients: int) -> Strategy:
+    from flwr.serverapp import strategy as st
+
+    kw = _sampling(per_round, clients)
     if server == "fedavg":
         return st.FedAvg(**kw)
     if server == "fedprox":
@@ -678,6 +734,8 @@ def _inner(server: str, per_round: int, clients: int) -> Strategy:
         return st.FedYogi(eta=0.01, eta_l=0.05, tau=1e-3, **kw)
     if server == "fedavgm":
         return st.FedAvgM(server_momentum=0.5, **kw)
+    if _server_optimizer(server) is not None:
+        return st.FedAvg(**kw)  # + the ServerOptimizer (run_one)
     raise ValueError(f"unknown server optimizer {server!r}")
 
 
@@ -705,7 +763,10 @@ def run_one(
     initial = to_record(_net(sc.model), integer_buffers="local")
     tr = _Train(train.epochs, train.batch, train.lr, seed)
     inner = _inner(sc.server, sc.per_round, sc.clients)
+    optimizer = _server_optimizer(sc.server)
     extra: dict[str, Any] = {}
+    if method.kind != "fedcodec" and optimizer is not None:
+        inner = _optimized(optimizer, sc.per_round, sc.clients)
     if method.kind == "fp32":
         strategy: Strategy = inner
         app = _client_app(data, tr, method, [], sc.model)
@@ -719,6 +780,7 @@ def run_one(
             schedule=method.params,
             downlink=method.down_params,
             robust=RobustPolicy.fedavg(),
+            server_optimizer=optimizer,
         )
         # Every node builds the same initial model (the seed): it never travels.
         shared = {k: a.numpy() for k, a in initial.items()}
@@ -773,6 +835,19 @@ SCENARIOS = {
         "FedAdam (tau=1e-2), full: 10 of 10", 10, 10, 15, server="fedadam-tau2"
     ),
     "fedprox": Scenario("FedProx, partial: 6 of 30", 30, 6, 30, server="fedprox"),
+    # fedcodec's ServerOptimizer behind FedAvg (CompressionStrategy(server_optimizer=...)),
+    # second moment per tensor (the default) or per weight (as Flower's FedAdam/FedYogi).
+    "adam-tensor": Scenario(
+        "FedAdam, v per tensor, full: 10 of 10", 10, 10, 15, server="adam/tensor"
+    ),
+    "adam-weight": Scenario(
+        "FedAdam, v per weight, full: 10 of 10", 10, 10, 15, server="adam/weight"
+    ),
+    "fedyogi": Scenario("FedYogi, full: 10 of 10", 10, 10, 15, server="fedyogi"),
+    "yogi-tensor": Scenario(
+        "FedYogi, v per tensor, full: 10 of 10", 10, 10, 15, server="yogi/tensor"
+    ),
+    "fedavgm": Scenario("FedAvgM, full: 10 of 10", 10, 10, 15, server="fedavgm"),
 }
 
 

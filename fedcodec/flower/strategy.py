@@ -110,6 +110,7 @@ from fedcodec.pipeline import (
     RoundParams,
     RoundStats,
     Schedule,
+    ServerOptimizer,
     as_schedule,
     model_digest,
 )
@@ -259,6 +260,14 @@ class CompressionStrategy(Strategy):
     step_snap : {"grid", "pow2"}, optional
         How downlink steps snap to the stream grid (see
         :class:`~fedcodec.pipeline.DownlinkEncoder`).
+    server_optimizer : ServerOptimizer, optional
+        A server optimizer applied to the inner strategy's aggregate (wrap
+        ``FedAvg``): ``x_{v+1} = x_v + step(aggregate − x_v)`` on the exact
+        global model, the downlink codes the change it applied.  Its default
+        second moment per tensor keeps error feedback's sum, which Flower's
+        ``FedAdam``/``FedYogi``/``FedAdagrad`` (one per weight) do not: a weight
+        the coded uplink carries only now and then gets a step of about
+        ``eta`` at each release (:mod:`fedcodec.pipeline.optimizer`, docs/torch.md).
 
     Examples
     --------
@@ -299,6 +308,7 @@ class CompressionStrategy(Strategy):
         send_initial: bool = False,
         initial_id: str = "",
         step_snap: str = "grid",
+        server_optimizer: ServerOptimizer | None = None,
     ) -> None:
         super().__init__()
         if step_snap not in ("grid", "pow2"):
@@ -318,6 +328,23 @@ class CompressionStrategy(Strategy):
             raise ValueError(f"keyframe_bits must be in 2..20, got {keyframe_bits}")
         if threads < 0:
             raise ValueError(f"threads must be >= 0, got {threads}")
+        adaptive = _adaptive(strategy)
+        if server_optimizer is not None and (adaptive or aggregation == "engine"):
+            raise ValueError(
+                "server_optimizer: wrap an averaging strategy (FedAvg), not "
+                f"{type(strategy).__name__}, with aggregation='inner'"
+                if adaptive
+                else "server_optimizer needs aggregation='inner'"
+            )
+        if adaptive:
+            _log.warning(
+                "fedcodec: %s normalizes every weight by its own second moment: weights "
+                "that the coded uplink carries only now and then (top-k, error feedback) "
+                "get steps of about eta; prefer CompressionStrategy(FedAvg(...), "
+                "server_optimizer=ServerOptimizer(...)) with a second moment per tensor",
+                type(strategy).__name__,
+            )
+        self.server_optimizer = server_optimizer
         self.strategy = strategy
         self.schedule = as_schedule(schedule if schedule is not None else RoundParams())
         self.downlink_schedule = as_schedule(downlink) if downlink is not None else self.schedule
@@ -365,6 +392,21 @@ class CompressionStrategy(Strategy):
         """The version number of the latest global model (None before round 1)."""
         return None if self._base is None else self._base.model.version
 
+    def stream_model(self) -> ModelVersion | None:
+        """The latest version as the nodes rebuild it from the coded downlink.
+
+        With a server optimizer (FedAdam, FedYogi, FedAvgM) the inner strategy's
+        model moves every weight every round; the downlink codes that change with
+        server-side error feedback, so this model lags the exact global one by the
+        residual, and every node holds it bit for bit (the mod checks its digest).
+        None before round 1; the exact global model when the downlink is raw.
+        """
+        if self._base is None:
+            return None
+        if self._engine is None:
+            return self._base.model
+        return self._engine.stream_model()
+
     def summary(self) -> None:
         """Log the settings and the traffic so far, then the inner strategy's summary.
 
@@ -386,6 +428,8 @@ class CompressionStrategy(Strategy):
             )
         else:
             _log.info("\t│\t├── Downlink: raw float32")
+        if self.server_optimizer is not None:
+            _log.info("\t│\t├── Server optimizer: %r", self.server_optimizer)
         _log.info(
             "\t│\t├── Bytes up: %d coded, %d as float32 (%.1fx), %d updates, %d rejected",
             totals.bytes_up,
@@ -436,6 +480,8 @@ class CompressionStrategy(Strategy):
             arrays, metrics = self.strategy.aggregate_train(server_round, kept)
         if phase is None:
             return arrays, metrics
+        if arrays is not None and self.server_optimizer is not None:
+            arrays = self._optimizer_step(phase, arrays)
         self._record(server_round, phase.traffic)
         metrics = self._with_metrics(metrics, phase.traffic, phase.params, up=True)
         self._last_stats = self._round_stats(server_round, phase, arrays)
@@ -775,6 +821,15 @@ class CompressionStrategy(Strategy):
         total = sum(phase.containers[node][1] for node in order)
         return arrays, MetricRecord({_NUM_EXAMPLES: total})
 
+    def _optimizer_step(self, phase: _Phase, arrays: ArrayRecord) -> ArrayRecord:
+        """``x_v + step(aggregate − x_v)`` on the exact global model of the round."""
+        assert self.server_optimizer is not None
+        base = phase.base.model
+        model_part, uncoded = split_record(arrays, base.spec.names)
+        aggregate = record_tensors(model_part, base.spec, "aggregated model")
+        new = self.server_optimizer.step(base.spec, base.tensors, aggregate)
+        return merge_records(list(arrays.keys()), plain_record(base.spec, new), uncoded)
+
     def _apply_robust(self, kept: list[Message], phase: _Phase, server_round: int) -> list[Message]:
         """Leave out, clip and re-weight the decoded replies as :attr:`robust` says."""
         policy = self.robust
@@ -941,6 +996,15 @@ def _describe(schedule: Schedule) -> str:
     if isinstance(schedule, ConstantSchedule):
         return json.dumps(schedule.params.to_json(), ensure_ascii=False)
     return repr(schedule)
+
+
+def _adaptive(strategy: Strategy) -> bool:
+    """Whether ``strategy`` is one of Flower's per-weight adaptive optimizers (FedOpt)."""
+    try:
+        from flwr.serverapp.strategy.fedopt import FedOpt
+    except ImportError:  # pragma: no cover - every supported flwr has it
+        return False
+    return isinstance(strategy, FedOpt)
 
 
 def _kind(package: DownlinkPackage) -> str:

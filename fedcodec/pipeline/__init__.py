@@ -56,6 +56,7 @@ from fedcodec.pipeline.errors import (
     UpdateRejectedError,
 )
 from fedcodec.pipeline.model import ModelHistory, ModelSpec, ModelVersion, model_digest
+from fedcodec.pipeline.optimizer import ServerOptimizer
 from fedcodec.pipeline.params import (
     HIGH_RATE_LAMBDA,
     ConstantSchedule,
@@ -107,6 +108,7 @@ __all__ = [
     "RoundStats",
     "Schedule",
     "Sensitivity",
+    "ServerOptimizer",
     "Sparsification",
     "StaleBaseVersionError",
     "StateFormatError",

@@ -69,6 +69,7 @@ from fedcodec.pipeline.errors import (
     UpdateRejectedError,
 )
 from fedcodec.pipeline.model import ModelSpec, ModelVersion
+from fedcodec.pipeline.optimizer import ServerOptimizer
 from fedcodec.pipeline.params import RoundParams, Schedule, as_schedule
 from fedcodec.pipeline.ratecontrol import StepSnap
 from fedcodec.pipeline.robust import RobustPolicy, RobustRejectionError, screen_update
@@ -197,6 +198,12 @@ class RoundEngine:
         (docs/catchup.md: 84x instead of 79x total traffic on the toy task).
     server_lr : float, optional
         Server learning rate on the mean update.
+    server_optimizer : ServerOptimizer, optional
+        Applied to each round's aggregate (:meth:`publish` of an Aggregator):
+        ``x_{v+1} = x_v + step(mean − x_v)`` (FedAvgM, FedAdam, FedYogi,
+        FedAdagrad; see :mod:`fedcodec.pipeline.optimizer`).  The downlink then
+        codes the change the optimizer applied, with server-side error feedback.
+        Its moments are part of :meth:`checkpoint` (not of :meth:`state`).
     threads : int, optional
         Codec threads.
     max_step : float, optional
@@ -227,6 +234,7 @@ class RoundEngine:
         cumulative: bool | None = None,
         cache_bytes: int = DEFAULT_CUMULATIVE_CACHE_BYTES,
         server_lr: float = 1.0,
+        server_optimizer: ServerOptimizer | None = None,
         threads: int = 0,
         max_step: float = DEFAULT_MAX_STEP,
         policy: RobustPolicy | None = None,
@@ -242,6 +250,7 @@ class RoundEngine:
         )
         self._downlink_from_uplink = downlink is None
         self.server_lr = server_lr
+        self.server_optimizer = server_optimizer
         self.threads = threads
         self.max_step = max_step
         self.policy = RobustPolicy() if policy is None else policy
@@ -327,12 +336,15 @@ class RoundEngine:
     def checkpoint(self) -> tuple[Any, ...]:
         """Everything :meth:`publish` changes, for :meth:`restore` (e.g. when persisting
         the published round fails)."""
-        return (self.downlink.state(), self._global, self.last_stats)
+        optimizer = None if self.server_optimizer is None else self.server_optimizer.state()
+        return (self.downlink.state(), self._global, self.last_stats, optimizer)
 
     def restore(self, checkpoint: tuple[Any, ...]) -> None:
         """Go back to a :meth:`checkpoint`."""
-        downlink_state, model, last = checkpoint
+        downlink_state, model, last, optimizer = checkpoint
         self.downlink.load_state(*downlink_state)
+        if optimizer is not None and self.server_optimizer is not None:
+            self.server_optimizer.load_state(*optimizer)
         self._global, self.last_stats = model, last
         self._refresh_digests()
 
@@ -581,7 +593,8 @@ class RoundEngine:
         Parameters
         ----------
         result : Aggregator or ModelVersion
-            The round's aggregator, or the next global model (e.g. from a
+            The round's aggregator (its mean goes through ``server_optimizer``
+            when there is one), or the next global model as it is (e.g. from a
             Flower strategy); its version must be ``version + 1``.
         round_index : int, optional
             Index for the downlink schedule (default: the base version).
@@ -600,6 +613,9 @@ class RoundEngine:
         if isinstance(result, Aggregator):
             model = result.finalize(self._global.version + 1, payloads=payloads)
             stats = result.round_stats(bytes_down=bytes_down)
+            if self.server_optimizer is not None:
+                tensors = self.server_optimizer.step(self.spec, self._global.tensors, model.tensors)
+                model = ModelVersion.create(model.version, tensors, self.spec)
         else:
             model = result
             if model.spec != self.spec:
