@@ -36,6 +36,8 @@
 #define FC_GAP_PREFIX_POS 16
 #define FC_MAX_EG_PREFIX 30   /* remainder prefix bins (levels < 2^30) */
 #define FC_MAX_GAP_PREFIX 44  /* gap prefix bins (gaps < 2^44) */
+#define FC_PRED_RANKS 4       /* PREDICT slices: profiles of the row predictor */
+#define FC_PRED_CTX 10        /* contexts per profile coefficient */
 
 typedef struct fc_ctxset {
     fc_ctx row[2];                                  /* row non-empty | previous row's flag */
@@ -56,6 +58,9 @@ typedef struct fc_ctxset {
     fc_ctx rowkind[2];                              /* by the previous non-empty row's kind */
     fc_ctx csig[6];
     fc_ctx csign[3];
+    /* PREDICT slices: a row's predictor coefficients, per profile: zero
+     * flag, sign, Exp-Golomb prefix positions (predict.h) */
+    fc_ctx pcoef[FC_PRED_RANKS][FC_PRED_CTX];
 } fc_ctxset;
 
 static inline void fc_ctxset_init(fc_ctxset *s, unsigned window_set)
@@ -231,15 +236,32 @@ static inline void fc_col_activity(fc_colstate *cs, uint64_t c, unsigned nonzero
  * reaches (7 also for NaN), bits 3-4 the sign class (0 when m = 0, else 1
  * negative, 2 positive).  Encoder and decoder compute it alike from the
  * float32 reference and step. */
-static inline uint8_t fc_ref_class(float ref, double inv_step)
+static inline uint8_t fc_class_abs(double a, int neg)
 {
-    double a = fabs((double)ref) * inv_step;
     /* !(a < t): NaN counts as above every threshold */
     unsigned m = (unsigned)!(a < 0.5) + (unsigned)!(a < 1.5) + (unsigned)!(a < 3.5) +
                  (unsigned)!(a < 7.5) + (unsigned)!(a < 15.5) + (unsigned)!(a < 31.5) +
                  (unsigned)!(a < 63.5);
-    unsigned s = m == 0 ? 0u : (ref < 0.0f ? 1u : 2u);
+    unsigned s = m == 0 ? 0u : (neg ? 1u : 2u);
     return (uint8_t)(m | (s << 3));
+}
+
+static inline uint8_t fc_ref_class(float ref, double inv_step)
+{
+    return fc_class_abs(fabs((double)ref) * inv_step, ref < 0.0f);
+}
+
+/* The class byte of a prediction p in units of the step (PREDICT slices,
+ * FORMAT.md §7.6): with y = |p| + 1/2 (float32), the magnitude class is the
+ * number of the thresholds 1, 2, 4, 8, 16, 32, 64 that y reaches, the sign
+ * class as in fc_ref_class. */
+static inline uint8_t fc_class_of(float p)
+{
+    float y = fabsf(p) + 0.5f;
+    unsigned m = (unsigned)(y >= 1.0f) + (unsigned)(y >= 2.0f) + (unsigned)(y >= 4.0f) +
+                 (unsigned)(y >= 8.0f) + (unsigned)(y >= 16.0f) + (unsigned)(y >= 32.0f) +
+                 (unsigned)(y >= 64.0f);
+    return (uint8_t)(m ? m | (p < 0.0f ? 1u : 2u) << 3 : 0u);
 }
 
 /* The reference classes of a row (or of the columns [c0, ...) of a row):

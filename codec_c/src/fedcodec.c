@@ -470,6 +470,7 @@ enum fc_result fc_encode(const fc_tensor *tensors, size_t count, const fc_encode
             jb->ref = d->has_ref ? t->reference + off : NULL;
             jb->mode_request = o.mode;
             jb->rowkind_request = -1;
+            jb->predict_request = -1;
             r0 += rows;
         }
         if (recon && d->numel && d->nslices == 0) memset(recon, 0, sizeof(float) * d->numel);

@@ -6,6 +6,7 @@
  * Every loop is bounded by the slice's element count, so hostile input costs
  * at most a bounded number of bins per element. */
 #include "binarize.h"
+#include "predict.h"
 #include "slice.h"
 
 /* Trellis tensors: the levels of a chunk as reconstruction indices, with
@@ -360,6 +361,11 @@ void fc_slice_decode(fc_slice_dec_job *job)
     const uint64_t width = use_above ? cols : FC_ROW_CTX_MAX;
     const int refrows = job->mode != FC_MODE_RUNS && (job->k & FC_SLICE_REFROWS);
     const int rowkind = job->mode == FC_MODE_DENSE && (job->k & FC_SLICE_ROWKIND);
+    const unsigned rank = job->mode == FC_MODE_DENSE && (job->k & FC_SLICE_PREDICT)
+                              ? (job->k >> FC_SLICE_RANK_SHIFT) + 1u
+                              : 0u;
+    fc_pred pred;
+    uint8_t *predcls = NULL; /* PREDICT: the current row's prediction classes */
     unsigned prev_kind = 0;
     const unsigned window = refrows ? fc_ref_window(cols) : 1u, slots = window + 1u;
     const fc_dq_machine *dq = (job->quant == FC_QUANT_TRELLIS || job->quant == FC_QUANT_TRELLIS8)
@@ -377,7 +383,9 @@ void fc_slice_decode(fc_slice_dec_job *job)
     uint64_t r;
 
     job->result = FC_OK;
-    if (refrows && !use_above) {
+    memset(&pred, 0, sizeof(pred));
+    /* (the container checks these too) */
+    if ((refrows && !use_above) || (rank && (rowkind || job->ref || !use_above))) {
         job->result = FC_ERR_CORRUPT;
         return;
     }
@@ -401,6 +409,10 @@ void fc_slice_decode(fc_slice_dec_job *job)
             st->cols.act = (uint8_t *)malloc((size_t)cols);
             if (st->cols.act) memset(st->cols.act, FC_ACT_INIT, (size_t)cols);
         }
+    }
+    if (rank && (fc_pred_init(&pred, rank, cols) || !(predcls = (uint8_t *)malloc((size_t)cols)))) {
+        job->result = FC_ERR_NOMEM;
+        goto out;
     }
     if (!ring || !st || (dq && o.active && !o.scratch) || (job->ref && !refcls) ||
         (use_above && (!st->cols.sgn || !st->cols.mag || !st->zrow || (job->mode != FC_MODE_RUNS && !st->cols.act)))) {
@@ -458,6 +470,19 @@ void fc_slice_decode(fc_slice_dec_job *job)
                 }
                 above_row = ring + (size_t)((r - d) % slots) * width;
             }
+            if (rank) {
+                fc_pred_basis(&pred);
+                if (fc_pred_dec_coefs(&st->d, &st->s, &pred)) {
+                    st->bad = 1;
+                    break;
+                }
+                st->ref.cls = NULL;
+                if (pred.nbasis) {
+                    fc_pred_classes(&pred, predcls);
+                    st->ref.cls = predcls;
+                    st->ref.c0 = 0;
+                }
+            }
             if (rowkind) {
                 prev_kind = fc_rc_decode(&st->d, &st->s.rowkind[prev_kind]);
                 if (prev_kind) {
@@ -499,6 +524,7 @@ void fc_slice_decode(fc_slice_dec_job *job)
             }
             left = cur[c1 - c0 - 1];
         }
+        if (rank && !st->bad) fc_pred_learn(&pred, cur);
     }
     if (!st->bad && job->mode == FC_MODE_RUNS && st->next_nz != st->n) st->bad = 1;
     if (st->bad || !fc_rc_dec_ok(&st->d, job->size)) job->result = FC_ERR_CORRUPT;
@@ -506,6 +532,8 @@ out:
     free(ring);
     free(o.scratch);
     free(refcls);
+    free(predcls);
+    fc_pred_free(&pred);
     if (st) {
         free(st->cols.act);
         free(st->cols.sgn);

@@ -2,6 +2,7 @@
 #include <math.h>
 
 #include "binarize.h"
+#include "predict.h"
 #include "quant.h"
 #include "slice.h"
 
@@ -333,6 +334,7 @@ static unsigned choose_mode_by_trial(const fc_slice_enc_job *job, uint64_t signi
     memset(&trial.trace, 0, sizeof(trial.trace));
     trial.window_auto = 0;
     trial.rowkind_request = 0;
+    trial.predict_request = 0;
     trial.rows = rows;
     trial.recon = NULL;
     trial.mode_request = FC_MODE_DENSE;
@@ -496,13 +498,71 @@ void fc_slice_recode(fc_slice_enc_job *job, unsigned window_set)
 
 static void slice_encode_once(fc_slice_enc_job *job);
 
+/* Rank of the row predictor that a PREDICT trial codes with. */
+#define PREDICT_TRIAL_RANK 4
+
+/* Whether a slice may be a PREDICT slice (FORMAT.md §7.6), and with which
+ * rank: dense, not ROWKIND, no reference, rows up to FC_ROW_CTX_MAX wide,
+ * uniform levels (the predictor needs a row's levels before its
+ * coefficients; the trellis decides them jointly with the coding). */
+static unsigned predict_rank(const fc_slice_enc_job *job)
+{
+    if (job->mode != FC_MODE_DENSE || (job->k & FC_SLICE_ROWKIND) || job->ref ||
+        job->cols > FC_ROW_CTX_MAX || (job->values && job->quant != FC_QUANT_UNIFORM))
+        return 0;
+    if (job->predict_request > 0)
+        return (unsigned)job->predict_request > FC_PRED_MAX_RANK ? FC_PRED_MAX_RANK
+                                                                  : (unsigned)job->predict_request;
+    if (job->predict_request < 0 && job->rows >= 16 && job->cols >= 16) return PREDICT_TRIAL_RANK;
+    return 0;
+}
+
+/* Dense slices where the row predictor may pay are coded with and without
+ * it (same levels: the quantizer's rate model does not see the
+ * prediction), and the smaller is kept. */
+static void slice_encode_predict(fc_slice_enc_job *job)
+{
+    fc_slice_enc_job trial;
+    const int request = job->predict_request;
+    unsigned rank;
+    if (request > 0) {
+        slice_encode_once(job);
+        return;
+    }
+    job->predict_request = 0;
+    slice_encode_once(job);
+    job->predict_request = request;
+    if (job->result != FC_OK || request == 0) return;
+    rank = predict_rank(job);
+    if (!rank) return;
+    trial = *job;
+    memset(&trial.out, 0, sizeof(trial.out));
+    memset(&trial.trace, 0, sizeof(trial.trace));
+    trial.recon = NULL; /* the same levels */
+    trial.mode_request = (int)job->mode;
+    trial.rowkind_request = 0;
+    trial.predict_request = (int)rank;
+    slice_encode_once(&trial);
+    if (trial.result == FC_OK && trial.out.size < job->out.size) {
+        fc_buf_free(&job->out);
+        fc_buf_free(&job->trace);
+        job->out = trial.out;
+        job->trace = trial.trace;
+        job->k = trial.k;
+        memcpy(job->set_bits, trial.set_bits, sizeof(job->set_bits));
+    } else {
+        fc_buf_free(&trial.out);
+        fc_buf_free(&trial.trace);
+    }
+}
+
 /* A slice whose rows look like ROWKIND pays is coded both ways; the
  * smaller is kept. */
 void fc_slice_encode(fc_slice_enc_job *job)
 {
     fc_slice_enc_job trial;
     const int mode_request = job->mode_request;
-    slice_encode_once(job);
+    slice_encode_predict(job);
     if (job->result != FC_OK || !(job->k & FC_SLICE_ROWKIND) || job->rowkind_request >= 0) return;
     trial = *job;
     memset(&trial.out, 0, sizeof(trial.out));
@@ -538,6 +598,9 @@ static void slice_encode_once(fc_slice_enc_job *job)
     fc_trellis *tr = NULL;
     fc_ctxset *s = NULL;
     uint8_t *refcls = NULL; /* the current row's reference classes */
+    uint8_t *predcls = NULL; /* PREDICT: the current row's prediction classes */
+    fc_pred pred;
+    unsigned rank = 0;
     fc_rc_enc e;
     slice_state st;
     uint64_t r, significant;
@@ -587,9 +650,17 @@ static void slice_encode_once(fc_slice_enc_job *job)
         (job->rowkind_request > 0 || (job->rowkind_request < 0 && rowkind_pays(job, inv_step))))
         job->k |= FC_SLICE_ROWKIND;
     slots = window + 1;
+    memset(&pred, 0, sizeof(pred));
+    if (job->predict_request > 0 && (rank = predict_rank(job)) != 0) {
+        job->k |= FC_SLICE_PREDICT | (rank - 1u) << FC_SLICE_RANK_SHIFT;
+        if (fc_pred_init(&pred, rank, cols) || !(predcls = (uint8_t *)malloc((size_t)cols))) {
+            job->result = FC_ERR_NOMEM;
+            goto out;
+        }
+    }
     if ((job->k & FC_SLICE_ROWKIND) && !(kinds = (uint8_t *)calloc(slots, 1))) {
         job->result = FC_ERR_NOMEM;
-        return;
+        goto out;
     }
 
     ring = (int32_t *)calloc((size_t)cols * slots, sizeof(int32_t));
@@ -639,6 +710,7 @@ static void slice_encode_once(fc_slice_enc_job *job)
         const int32_t *above_row = prev_row;
         uint64_t nz, off = r * cols, c;
         if (refcls) fc_ref_classes(job->ref + off, cols, inv_step, refcls);
+        if (rank) st.ref.cls = NULL; /* the quantizer does not see the prediction */
         if (job->values && quant != FC_QUANT_UNIFORM) {
             const float *x = job->values + off;
             const float step = job->step;
@@ -738,7 +810,17 @@ static void slice_encode_once(fc_slice_enc_job *job)
                 continue;
             }
         }
-        if (job->mode == FC_MODE_DENSE)
+        if (rank) {
+            fc_pred_basis(&pred);
+            fc_pred_fit(&pred, cur);
+            fc_pred_enc_coefs(&e, s, &pred);
+            if (pred.nbasis) {
+                fc_pred_classes(&pred, predcls);
+                st.ref.cls = predcls;
+            }
+            enc_row_dense(&e, s, cur, above_row, cols, &st);
+            fc_pred_learn(&pred, cur);
+        } else if (job->mode == FC_MODE_DENSE)
             enc_row_dense(&e, s, cur, above_row, cols, &st);
         else
             enc_row_grouped(&e, s, cur, above_row, cols, &st);
@@ -758,4 +840,6 @@ out:
     fc_trellis_free(tr);
     free(s);
     free(refcls);
+    free(predcls);
+    fc_pred_free(&pred);
 }

@@ -20,7 +20,7 @@ layer() {
     rangecoder.h | tables.c | cost_table.h) echo 2 ;;
     contexts.h) echo 3 ;;
     binarize.h) echo 4 ;;
-    quant.h | quant.c | trellis.c | slice.h) echo 5 ;;
+    quant.h | quant.c | trellis.c | slice.h | predict.h) echo 5 ;;
     slice_enc.c | slice_dec.c) echo 6 ;;
     container.h | container.c) echo 7 ;;
     fedcodec.c) echo 8 ;;

@@ -21,6 +21,7 @@
 #include "craft.h"
 #include "golden_cases.h"
 #include "rangecoder.h" /* bypass-only payloads for one bad file */
+#include "slice.h"       /* slice flags of the PREDICT bad files */
 
 static const char *golden_dir, *corpus_dir;
 static FILE *manifest;
@@ -271,6 +272,25 @@ static void make_bad(const uint8_t *dense, size_t dsize, const uint8_t *multi, s
     bad_edit("index_order", multi, msize, L.t[3].index, 2, FC_ERR_CORRUPT);
 }
 
+/* PREDICT slices (FORMAT.md §7.6) where the syntax forbids them, from the
+ * "predict" container (its first slice must be a PREDICT slice). */
+static void make_bad_predict(const uint8_t *c, size_t size)
+{
+    cr_layout L;
+    uint8_t b;
+    if (!cr_walk(c, size, &L) || L.nslices < 1) die("cannot walk", "predict");
+    b = c[L.slice_modebyte[0]];
+    if ((b & 3u) != FC_MODE_DENSE || !((b >> 2) & FC_SLICE_PREDICT)) die("expected a PREDICT slice", "predict");
+    /* with ROWKIND */
+    bad_edit("predict_rowkind", c, size, L.slice_modebyte[0], (uint8_t)(b | FC_SLICE_ROWKIND << 2), FC_ERR_CORRUPT);
+    /* in grouped mode */
+    bad_edit("predict_grouped", c, size, L.slice_modebyte[0], (uint8_t)((b & ~3u) | FC_MODE_GROUPED),
+             FC_ERR_CORRUPT);
+    /* rank bits without PREDICT */
+    bad_edit("predict_rank_alone", c, size, L.slice_modebyte[0],
+             (uint8_t)((b & ~(FC_SLICE_PREDICT << 2)) | 1u << (FC_SLICE_RANK_SHIFT + 2)), FC_ERR_CORRUPT);
+}
+
 /* A container of one 1-D tensor (values or levels, `quant`) encoded with
  * step 1, its step then replaced by `step` (CRC recomputed): a CRC-valid
  * container whose reconstruction would not be a finite float32. */
@@ -388,8 +408,8 @@ static void make_seeds(void)
 
 int main(int argc, char **argv)
 {
-    uint8_t *dense = NULL, *multi = NULL, *c;
-    size_t dsize = 0, msize = 0, size;
+    uint8_t *dense = NULL, *multi = NULL, *predict = NULL, *c;
+    size_t dsize = 0, msize = 0, psize = 0, size;
     char path[1024];
     int which;
     if (argc != 3) {
@@ -409,12 +429,17 @@ int main(int argc, char **argv)
         } else if (which == 4) {
             multi = c;
             msize = size;
+        } else if (which == 17) {
+            predict = c;
+            psize = size;
         } else {
             free(c);
         }
     }
-    if (!dense || !multi) die("missing cases", "params/multi");
+    if (!dense || !multi || !predict) die("missing cases", "params/multi/predict");
     make_bad(dense, dsize, multi, msize);
+    make_bad_predict(predict, psize);
+    free(predict);
     make_bad_overflow();
     make_seeds();
     free(dense);

@@ -293,6 +293,30 @@ static inline int gc_build(int which, gc_set *s)
             t->step = 0.5;
         }
         return 1;
+    case 17: /* a dense low-rank update (PREDICT slices: the row predictor),
+              * RD-quantized floats and integer levels */
+        s->name = "predict";
+        s->o.lambda = 0.1155;
+        t = gc_add(s, 0, 2, 48, 64, 0, 0);
+        {
+            tu_rng r = tu_seed(27);
+            float *v = (float *)gc_alloc(s, sizeof(float) * 48 * 64);
+            tu_fill_lowrank(&r, v, 48, 64, 2, 0.01);
+            t->values = v;
+            t->step = 0.004;
+        }
+        t = gc_add(s, 1, 2, 40, 24, 0, 0);
+        {
+            tu_rng r = tu_seed(28);
+            float *v = (float *)gc_alloc(s, sizeof(float) * 40 * 24);
+            int32_t *lv = (int32_t *)gc_alloc(s, sizeof(int32_t) * 40 * 24);
+            uint64_t i;
+            tu_fill_lowrank(&r, v, 40, 24, 3, 1.0);
+            for (i = 0; i < 40 * 24; i++) lv[i] = (int32_t)lrint(v[i] * 2.0f);
+            t->levels = lv;
+            t->step = 0.5;
+        }
+        return 1;
     default:
         return 0;
     }

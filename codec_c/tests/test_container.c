@@ -20,6 +20,7 @@
 
 #include "craft.h"
 #include "rangecoder.h" /* to craft bypass-only payloads */
+#include "slice.h"      /* slice flags */
 
 /* ------------------------------------------------------------ helpers */
 
@@ -1640,6 +1641,63 @@ static void test_reference(void)
     free(dec);
 }
 
+/* PREDICT slices (FORMAT.md §7.6): low-rank levels and RD-quantized floats
+ * round trip (decode = levels = recon) for widths that are and are not
+ * multiples of the predictor's lanes, the encoder picks the predictor on
+ * them, and the bytes do not depend on the thread count. */
+static void test_predict(void)
+{
+    static const uint64_t shapes[4][2] = {{64, 80}, {19, 37}, {16, 16}, {40, 203}};
+    size_t si;
+    for (si = 0; si < 4; si++) {
+        const uint64_t rows = shapes[si][0], cols = shapes[si][1], n = rows * cols;
+        float *v = (float *)malloc(sizeof(float) * n), *recon = (float *)malloc(sizeof(float) * n);
+        int32_t *lv = (int32_t *)malloc(sizeof(int32_t) * n);
+        tu_rng r = tu_seed(40 + si);
+        fc_tensor t;
+        fc_encode_options o;
+        cr_layout L;
+        uint8_t *c, *c3;
+        size_t size, size3;
+        uint64_t k;
+        int pass;
+        TU_CHECK(v && recon && lv);
+        tu_fill_lowrank(&r, v, (size_t)rows, (size_t)cols, 1 + si % 3, 1.0);
+        for (k = 0; k < n; k++) lv[k] = (int32_t)lrint(v[k] * 1.5f);
+        for (pass = 0; pass < 2; pass++) {
+            t = tu_tensor(0, 2, shapes[si]);
+            opts(&o, FC_MODE_AUTO, 4, 0);
+            if (pass == 0) {
+                t.levels = lv;
+                t.step = 0.25;
+            } else {
+                t.values = v;
+                t.recon = recon;
+                o.lambda = 0.1155;
+                o.S = 16;
+            }
+            c = roundtrip(&t, 1, &o, &size);
+            TU_CHECK(cr_walk(c, size, &L));
+            /* dense low-rank slices: the predictor pays (not always on the
+             * smallest shape it is tried on, 16 x 16) */
+            TU_CHECKF(n < 512 || ((c[L.slice_modebyte[L.t[0].first_slice]] >> 2) & FC_SLICE_PREDICT),
+                      "shape %zu pass %d: no PREDICT slice", si, pass);
+            free(c);
+            /* several slices: the same bytes with 1 and 3 threads */
+            o.slice_elems = 1024;
+            c = roundtrip(&t, 1, &o, &size);
+            o.threads = 3;
+            c3 = roundtrip(&t, 1, &o, &size3);
+            TU_CHECK(size == size3 && memcmp(c, c3, size) == 0);
+            free(c3);
+            free(c);
+        }
+        free(v);
+        free(recon);
+        free(lv);
+    }
+}
+
 int main(void)
 {
     test_names();
@@ -1663,5 +1721,6 @@ int main(void)
     test_expected_shapes();
     test_accumulate();
     test_reference();
+    test_predict();
     return tu_finish("test_container");
 }

@@ -30,13 +30,15 @@ typedef struct row {
 static const struct {
     const char *name;
     size_t keep; /* top-k; 0 = dense */
-    int const_rows; /* rows of equal magnitudes (tu_fill_const_rows) */
+    int const_rows; /* 1: rows of equal magnitudes (tu_fill_const_rows),
+                       2: low rank plus noise (tu_fill_lowrank) */
 } inputs[] = {
     {"dense", 0, 0},
     {"top10", N_ELEMS / 10, 0},
     {"top1", N_ELEMS / 100, 0},
     {"top0.1", N_ELEMS / 1000, 0},
     {"constrows", 0, 1},
+    {"lowrank", 0, 2},
 };
 
 static const struct {
@@ -58,7 +60,9 @@ static size_t measure(row *out)
     for (ii = 0; ii < sizeof inputs / sizeof inputs[0]; ii++) {
         tu_rng r = tu_seed(2024);
         uint64_t shape[2] = {ROWS, COLS};
-        if (inputs[ii].const_rows)
+        if (inputs[ii].const_rows == 2)
+            tu_fill_lowrank(&r, v, ROWS, COLS, 3, 0.01);
+        else if (inputs[ii].const_rows)
             tu_fill_const_rows(&r, v, ROWS, COLS, 0.01);
         else
             tu_fill_laplace(&r, v, N_ELEMS, 0.01);
@@ -134,7 +138,8 @@ static int save(const char *path, const row *rows, size_t n)
     fprintf(f, "# Compressed sizes in bytes of deterministic synthetic updates (%dx%d float32,\n",
             ROWS, COLS);
     fprintf(f, "# S = 64; round: lambda 0, rdoq and trellis: lambda 0.1155, dither: seed 2024;\n");
-    fprintf(f, "# constrows: every row one magnitude, random signs).\n");
+    fprintf(f, "# constrows: every row one magnitude, random signs;\n");
+    fprintf(f, "# lowrank: 3 outer products plus noise).\n");
     fprintf(f, "# test_sizes fails when a size grows by more than 0.5 %%; after an intended\n");
     fprintf(f, "# change run `make sizes-update`.\n");
     fprintf(f, "# input/mode/quantizer\tbytes\n");

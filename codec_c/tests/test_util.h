@@ -254,6 +254,28 @@ static inline void tu_fill_const_rows(tu_rng *r, float *x, size_t rows, size_t c
     }
 }
 
+/* A low-rank update with noise: x = sum of `rank` outer products of
+ * Laplacian vectors (scale b) plus i.i.d. Laplacian noise of scale b / 2:
+ * what a few gradient steps of a dense layer look like. */
+static inline void tu_fill_lowrank(tu_rng *r, float *x, size_t rows, size_t cols, size_t rank, double b)
+{
+    size_t i, j, k;
+    double *u = (double *)malloc(sizeof(double) * rows * rank);
+    double *v = (double *)malloc(sizeof(double) * cols * rank);
+    if (!u || !v) abort();
+    for (i = 0; i < rows * rank; i++) u[i] = tu_laplace(r, 1.0);
+    for (j = 0; j < cols * rank; j++) v[j] = tu_laplace(r, 1.0);
+    for (i = 0; i < rows; i++) {
+        for (j = 0; j < cols; j++) {
+            double y = tu_laplace(r, 0.5);
+            for (k = 0; k < rank; k++) y += u[i * rank + k] * v[j * rank + k];
+            x[i * cols + j] = (float)(b * y);
+        }
+    }
+    free(u);
+    free(v);
+}
+
 /* Keep the (at most) `keep` largest magnitudes of x and zero the rest: a
  * top-k sparsified update. */
 static inline void tu_topk(float *x, size_t n, size_t keep)

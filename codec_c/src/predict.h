@@ -1,0 +1,305 @@
+/*
+ * predict.h - the low-rank row predictor of PREDICT slices (FORMAT.md §7.6).
+ *
+ * The update of a dense layer is close to a sum of a few outer products
+ * (a gradient is a sum of outer products, and a few steps add a few of
+ * them), so a row is close to a combination of a few "column profiles".
+ * The predictor learns up to FC_PRED_MAX_RANK such profiles from the rows
+ * already coded in the slice (candid covariance-free incremental PCA), the
+ * encoder sends per non-empty row the row's coordinates on them (a few
+ * small integers), and the prediction of each element, as a class byte of
+ * FORMAT.md §7.5, selects the contexts that a reference tensor would.
+ *
+ * Encoder and decoder run exactly the same double-precision operations in
+ * the same order (+, -, *, / and sqrt only, all correctly rounded in IEEE
+ * 754, no contraction: the library is built with -ffp-contract=off), so
+ * both compute the same classes.  The work is per row, O(cols * rank^2),
+ * outside the per-bin loops.
+ */
+#ifndef FC_PREDICT_H
+#define FC_PREDICT_H
+
+#include <math.h>
+
+#include "binarize.h"
+
+#define FC_PRED_MAX_RANK FC_PRED_RANKS
+/* Coefficients are integers in units of 1/FC_PRED_QS level per unit-RMS
+ * profile element, |q| < 2^FC_PRED_MAX_PREFIX. */
+#define FC_PRED_QS 2.0
+#define FC_PRED_MAX_PREFIX 20u
+
+/* Profiles and components are float32 vectors padded to a multiple of 8
+ * (the padding stays 0); the loops work on 4 or 8 lanes, with GCC's vector
+ * extension where available and the same operations lane by lane
+ * elsewhere: either way every lane computes the same IEEE single-precision
+ * results. */
+#if defined(__GNUC__) || defined(__clang__)
+typedef float fc_v4 __attribute__((vector_size(16)));
+typedef int32_t fc_v4i __attribute__((vector_size(16)));
+#define FC_PRED_SIMD 1
+#else
+#define FC_PRED_SIMD 0
+#endif
+
+typedef struct fc_pred {
+    unsigned rank;     /* 1 .. FC_PRED_MAX_RANK */
+    unsigned nbasis;   /* profiles of the current row (0: no prediction) */
+    uint64_t cols;
+    uint64_t n4;       /* cols rounded up to a multiple of 8 */
+    uint64_t n;        /* non-empty rows learnt */
+    float *v;          /* rank x n4: the learnt components (unnormalized) */
+    double vv[FC_PRED_MAX_RANK]; /* their squared norms */
+    float *e;          /* rank x n4: the profiles, orthonormalized and
+                          scaled to unit RMS per element */
+    float *u;          /* n4: scratch */
+    int32_t q[FC_PRED_MAX_RANK]; /* the current row's coefficients */
+} fc_pred;
+
+/* Returns 0, or -1 when out of memory (then fc_pred_free is still safe). */
+static inline int fc_pred_init(fc_pred *p, unsigned rank, uint64_t cols)
+{
+    memset(p, 0, sizeof(*p));
+    p->rank = rank;
+    p->cols = cols;
+    p->n4 = (cols + 7u) & ~(uint64_t)7u;
+    p->v = (float *)calloc((size_t)p->n4 * rank, sizeof(float));
+    p->e = (float *)calloc((size_t)p->n4 * rank, sizeof(float));
+    p->u = (float *)calloc((size_t)p->n4, sizeof(float));
+    return p->v && p->e && p->u ? 0 : -1;
+}
+
+static inline void fc_pred_free(fc_pred *p)
+{
+    free(p->v);
+    free(p->e);
+    free(p->u);
+    p->v = p->e = p->u = NULL;
+}
+
+/* Dot product of two padded vectors: eight lane sums in float32 (lane j
+ * takes the elements i with i mod 8 = j, in order), then added in double as
+ * ((l0 + l1) + (l2 + l3)) + ((l4 + l5) + (l6 + l7)). */
+static inline double fc_pred_dot(const float *a, const float *b, uint64_t n4)
+{
+    uint64_t i;
+    float l[8];
+#if FC_PRED_SIMD
+    fc_v4 s0 = {0.0f, 0.0f, 0.0f, 0.0f}, s1 = s0;
+    for (i = 0; i < n4; i += 8) {
+        fc_v4 x0, y0, x1, y1;
+        memcpy(&x0, a + i, 16);
+        memcpy(&y0, b + i, 16);
+        memcpy(&x1, a + i + 4, 16);
+        memcpy(&y1, b + i + 4, 16);
+        s0 += x0 * y0;
+        s1 += x1 * y1;
+    }
+    memcpy(l, &s0, 16);
+    memcpy(l + 4, &s1, 16);
+#else
+    unsigned j;
+    for (j = 0; j < 8; j++) l[j] = 0.0f;
+    for (i = 0; i < n4; i += 8)
+        for (j = 0; j < 8; j++) l[j] += a[i + j] * b[i + j];
+#endif
+    return (((double)l[0] + (double)l[1]) + ((double)l[2] + (double)l[3])) +
+           (((double)l[4] + (double)l[5]) + ((double)l[6] + (double)l[7]));
+}
+
+/* y[i] = a * x[i] + b * y[i] over a padded vector (products rounded, then
+ * the sum: no contraction). */
+static inline void fc_pred_axpby(float a, const float *x, float b, float *y, uint64_t n4)
+{
+    uint64_t i;
+#if FC_PRED_SIMD
+    const fc_v4 va = {a, a, a, a}, vb = {b, b, b, b};
+    for (i = 0; i < n4; i += 4) {
+        fc_v4 xv, yv;
+        memcpy(&xv, x + i, 16);
+        memcpy(&yv, y + i, 16);
+        yv = va * xv + vb * yv;
+        memcpy(y + i, &yv, 16);
+    }
+#else
+    for (i = 0; i < n4; i++) y[i] = a * x[i] + b * y[i];
+#endif
+}
+
+/* The padded row x (levels) as floats into u. */
+static inline void fc_pred_load(fc_pred *p, const int32_t *x)
+{
+    uint64_t c;
+    for (c = 0; c < p->cols; c++) p->u[c] = (float)x[c];
+}
+
+/* The profiles of the next row: the learnt components, orthonormalized
+ * (Gram-Schmidt in order; a component that vanishes is skipped) and scaled
+ * by sqrt(cols).  They are renewed before the rows n = 1 .. 16 and then
+ * before every 8th (n non-empty rows learnt), and kept in between. */
+static inline void fc_pred_basis(fc_pred *p)
+{
+    const uint64_t n4 = p->n4;
+    const double cols = (double)p->cols, scale = sqrt(cols);
+    unsigned k, j, m = p->n < p->rank ? (unsigned)p->n : p->rank;
+    if (p->n > 16 && (p->n & 7u)) return;
+    p->nbasis = 0;
+    for (k = 0; k < m; k++) {
+        float *w = p->e + (size_t)p->nbasis * n4;
+        double nw;
+        memcpy(w, p->v + (size_t)k * n4, sizeof(float) * (size_t)n4);
+        for (j = 0; j < p->nbasis; j++) {
+            const float *b = p->e + (size_t)j * n4;
+            /* b has squared norm ~cols */
+            fc_pred_axpby((float)(-fc_pred_dot(w, b, n4) / cols), b, 1.0f, w, n4);
+        }
+        nw = sqrt(fc_pred_dot(w, w, n4));
+        if (!(nw > 0.0)) continue;
+        fc_pred_axpby(0.0f, w, (float)(scale / nw), w, n4);
+        p->nbasis++;
+    }
+}
+
+/* Encoder: the coefficients of row x (levels) on the current profiles,
+ * least squares, in units of 1/FC_PRED_QS, rounded half away from zero. */
+static inline void fc_pred_fit(fc_pred *p, const int32_t *x)
+{
+    const double lim = (double)((1u << FC_PRED_MAX_PREFIX) - 1u);
+    unsigned k;
+    fc_pred_load(p, x);
+    for (k = 0; k < p->nbasis; k++) {
+        double a = fc_pred_dot(p->u, p->e + (size_t)k * p->n4, p->n4) / (double)p->cols * FC_PRED_QS;
+        double r = floor(fabs(a) + 0.5);
+        if (r > lim) r = lim;
+        p->q[k] = (int32_t)(a < 0.0 ? -r : r);
+    }
+}
+
+/* The class byte of every column of the current row from its coefficients:
+ * prediction y = sum_k (q_k / FC_PRED_QS) * profile_k (float32, in profile
+ * order, profiles with q_k = 0 left out), then fc_class_of(y). */
+static inline void fc_pred_classes(fc_pred *p, uint8_t *cls)
+{
+    const uint64_t n4 = p->n4;
+    float *acc = p->u;
+    unsigned k, m = 0;
+    uint64_t c;
+    memset(acc, 0, sizeof(float) * (size_t)n4);
+    for (k = 0; k < p->nbasis; k++) {
+        if (!p->q[k]) continue;
+        fc_pred_axpby((float)((double)p->q[k] / FC_PRED_QS), p->e + (size_t)k * n4, 1.0f, acc, n4);
+        m++;
+    }
+    if (!m) {
+        memset(cls, 0, (size_t)p->cols);
+        return;
+    }
+#if FC_PRED_SIMD
+    {
+        /* fc_class_of on 4 lanes: a comparison gives -1 per lane */
+        const fc_v4 half = {0.5f, 0.5f, 0.5f, 0.5f}, zero = {0.0f, 0.0f, 0.0f, 0.0f};
+        const fc_v4i eight = {8, 8, 8, 8}, sixteen = {16, 16, 16, 16};
+        const fc_v4i absmask = {0x7FFFFFFF, 0x7FFFFFFF, 0x7FFFFFFF, 0x7FFFFFFF};
+        for (c = 0; c + 4 <= p->cols; c += 4) {
+            fc_v4 x, y;
+            fc_v4i mm, neg, out;
+            int32_t o[4];
+            unsigned j;
+            memcpy(&x, acc + c, 16);
+            memcpy(&mm, &x, 16);
+            mm &= absmask; /* |x| */
+            memcpy(&y, &mm, 16);
+            y += half;
+            mm = -((y >= 1.0f) + (y >= 2.0f) + (y >= 4.0f) + (y >= 8.0f) + (y >= 16.0f) +
+                   (y >= 32.0f) + (y >= 64.0f));
+            neg = x < zero;
+            out = (mm | ((neg & eight) | (~neg & sixteen))) & (mm != 0);
+            memcpy(o, &out, 16);
+            for (j = 0; j < 4; j++) cls[c + j] = (uint8_t)o[j];
+        }
+        for (; c < p->cols; c++) cls[c] = fc_class_of(acc[c]);
+    }
+#else
+    for (c = 0; c < p->cols; c++) cls[c] = fc_class_of(acc[c]);
+#endif
+}
+
+/* After a non-empty row x: one step of candid covariance-free incremental
+ * PCA with deflation (u = x, then for k = 0, 1, ...):
+ *   the k-th non-empty row (or a component whose norm is 0) starts
+ *   component k as u, and the step ends there;
+ *   otherwise v_k <- w1 v_k + w2 u with w1 = (n-1)/n, w2 = (u.v_k) /
+ *   sqrt(v_k.v_k) / n, then u <- u - d v_k with d = (u.v_k) / (v_k.v_k) of
+ *   the new v_k (v_k.v_k and u.u are carried algebraically in double, not
+ *   recomputed). */
+static inline void fc_pred_learn(fc_pred *p, const int32_t *x)
+{
+    const uint64_t n4 = p->n4;
+    unsigned k;
+    double uu;
+    float *u = p->u;
+    p->n++;
+    fc_pred_load(p, x);
+    uu = fc_pred_dot(u, u, n4);
+    for (k = 0; k < p->rank && k < p->n; k++) {
+        float *v = p->v + (size_t)k * n4;
+        double uv, w1, w2, vv, uv2, d;
+        if (k + 1 == p->n || !(p->vv[k] > 0.0)) {
+            memcpy(v, u, sizeof(float) * (size_t)n4);
+            p->vv[k] = uu;
+            break;
+        }
+        uv = fc_pred_dot(u, v, n4);
+        w1 = (double)(p->n - 1) / (double)p->n;
+        w2 = uv / sqrt(p->vv[k]) / (double)p->n;
+        fc_pred_axpby((float)w2, u, (float)w1, v, n4);
+        vv = w1 * w1 * p->vv[k] + 2.0 * w1 * w2 * uv + w2 * w2 * uu;
+        uv2 = w1 * uv + w2 * uu;
+        d = vv > 0.0 ? uv2 / vv : 0.0;
+        fc_pred_axpby((float)-d, v, 1.0f, u, n4);
+        p->vv[k] = vv;
+        uu = uu - d * uv2;
+        if (uu < 0.0) uu = 0.0;
+    }
+}
+
+/* The coefficients of a row: per profile k, a zero flag, the sign and
+ * |q| - 1 as order-0 Exp-Golomb (prefix context-coded, suffix bypass). */
+static inline void fc_pred_enc_coefs(fc_rc_enc *e, fc_ctxset *s, const fc_pred *p)
+{
+    unsigned k;
+    for (k = 0; k < p->nbasis; k++) {
+        fc_ctx *cx = s->pcoef[k];
+        int32_t q = p->q[k];
+        uint32_t x, ep, j;
+        fc_rc_encode(e, &cx[0], q != 0);
+        if (!q) continue;
+        fc_rc_encode(e, &cx[1], q < 0);
+        x = fc_abs32(q); /* x - 1 + 1 */
+        ep = fc_ilog2_32(x);
+        for (j = 0; j < ep; j++) fc_rc_encode(e, &cx[2 + fc_min_u(j, FC_PRED_CTX - 3)], 1);
+        fc_rc_encode(e, &cx[2 + fc_min_u(ep, FC_PRED_CTX - 3)], 0);
+        fc_rc_bypass(e, x, ep);
+    }
+}
+
+/* Returns 0, or -1 when the stream is malformed. */
+static inline int fc_pred_dec_coefs(fc_rc_dec *d, fc_ctxset *s, fc_pred *p)
+{
+    unsigned k;
+    for (k = 0; k < p->nbasis; k++) {
+        fc_ctx *cx = s->pcoef[k];
+        unsigned neg, ep;
+        uint32_t x;
+        p->q[k] = 0;
+        if (!fc_rc_decode(d, &cx[0])) continue;
+        neg = fc_rc_decode(d, &cx[1]);
+        for (ep = 0; fc_rc_decode(d, &cx[2 + fc_min_u(ep, FC_PRED_CTX - 3)]); ep++)
+            if (ep + 1 >= FC_PRED_MAX_PREFIX) return -1;
+        x = (uint32_t)(((uint64_t)1 << ep) | fc_rc_bypass_dec(d, ep));
+        p->q[k] = neg ? -(int32_t)x : (int32_t)x;
+    }
+    return 0;
+}
+
+#endif /* FC_PREDICT_H */
