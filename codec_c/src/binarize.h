@@ -106,7 +106,7 @@ FC_HOT unsigned fc_dec_level(fc_rc_dec *d, fc_ctxset *s, fc_nbr nb, unsigned N,
 {
     unsigned cm = 1, j, ep;
     uint32_t x;
-    *neg = fc_rc_decode(d, &s->sign[nb.sign_ctx]);
+    *neg = fc_rc_decode_nb(d, &s->sign[nb.sign_ctx]);
     for (j = 0; j < N; j++) {
         if (!fc_rc_decode(d, &s->gtx[j][nb.gtx_class])) return cm <= cm_max ? cm : 0;
         cm++;
@@ -118,7 +118,7 @@ FC_HOT unsigned fc_dec_level(fc_rc_dec *d, fc_ctxset *s, fc_nbr nb, unsigned N,
     }
     x = 1;
     if (ep > 0) {
-        x = (x << 1) | fc_rc_decode(d, &s->rem_suffix[fc_min_u(ep, FC_REM_PREFIX_POS) - 1]);
+        x = (x << 1) | fc_rc_decode_nb(d, &s->rem_suffix[fc_min_u(ep, FC_REM_PREFIX_POS) - 1]);
         x = (x << (ep - 1)) | (uint32_t)fc_rc_bypass_dec(d, ep - 1);
     }
     if ((uint64_t)x + N > (uint64_t)cm_max) return 0;

@@ -284,17 +284,34 @@ FC_HOT unsigned fc_rc_decode(fc_rc_dec *d, fc_ctx *c)
     return bin;
 }
 
+/* The same decision as fc_rc_decode, computed without a branch on the bin:
+ * for bins that select data rather than control flow (signs, suffix
+ * bits), whose unpredictable branch would cost more than the masks. */
+FC_HOT unsigned fc_rc_decode_nb(fc_rc_dec *d, fc_ctx *c)
+{
+    const uint32_t bound = (d->range >> 16) * fc_ctx_p1(c);
+    const unsigned bin = d->code < bound;
+    const uint32_t m = 0u - (uint32_t)bin; /* all ones for a 1 */
+    const uint32_t fu = (FC_ONE31 - c->fast) >> c->sf, fd = c->fast >> c->sf;
+    const uint32_t su = (FC_ONE31 - c->slow) >> c->ss, sd = c->slow >> c->ss;
+    d->range = (bound & m) | ((d->range - bound) & ~m);
+    d->code -= bound & ~m;
+    c->fast += (fu & m) - (fd & ~m);
+    c->slow += (su & m) - (sd & ~m);
+    if (FC_UNLIKELY(c->left) && --c->left == 0) fc_ctx_warm(c);
+    if (FC_UNLIKELY(d->range < (1u << 24))) fc_rc_renorm(d);
+    return bin;
+}
+
 static inline uint64_t fc_rc_bypass_dec(fc_rc_dec *d, unsigned nbits)
 {
     uint64_t v = 0;
     while (nbits--) {
+        unsigned b;
         d->range >>= 1;
-        if (d->code >= d->range) {
-            d->code -= d->range;
-            v = (v << 1) | 1u;
-        } else {
-            v <<= 1;
-        }
+        b = d->code >= d->range; /* branch-free: bypass bits are coin flips */
+        d->code -= d->range & (0u - (uint32_t)b);
+        v = (v << 1) | b;
         if (d->range < (1u << 24)) {
             d->range <<= 8;
             d->code = (d->code << 8) | fc_rc_next_byte(d);
