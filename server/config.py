@@ -69,6 +69,7 @@ from fedcodec.pipeline import (
     RobustPolicy,
     RoundParams,
     Schedule,
+    ServerOptimizer,
     Sparsification,
     StepSchedule,
 )
@@ -148,6 +149,15 @@ class RoundsConfig:
         Seed of the sampling.
     server_lr : float
         Server learning rate on the FedAvg mean (1: plain FedAvg).
+    optimizer : {"none", "avgm", "adam", "yogi", "adagrad"}
+        Server optimizer on the aggregate (:class:`~fedcodec.pipeline.ServerOptimizer`:
+        FedAvgM, FedAdam, FedYogi, FedAdagrad); its moments are saved with the state.
+    optimizer_eta : float
+        Its learning rate (0: 1.0 for avgm, 0.01 otherwise).
+    optimizer_beta1, optimizer_beta2, optimizer_tau : float
+        Momentum, second-moment decay, adaptivity.
+    optimizer_second_moment : {"tensor", "weight"}
+        One second moment per tensor (keeps error feedback's sum) or per weight.
     """
 
     max_rounds: int = 0
@@ -158,6 +168,31 @@ class RoundsConfig:
     retry_after_s: float = 2.0
     seed: int = 0
     server_lr: float = 1.0
+    optimizer: str = "none"
+    optimizer_eta: float = 0.0
+    optimizer_beta1: float = 0.9
+    optimizer_beta2: float = 0.99
+    optimizer_tau: float = 1e-3
+    optimizer_second_moment: str = "tensor"
+
+    def server_optimizer(self) -> ServerOptimizer | None:
+        """The configured server optimizer (None: plain FedAvg with ``server_lr``).
+
+        Raises
+        ------
+        ValueError
+            A setting out of range (the message names it).
+        """
+        if self.optimizer == "none":
+            return None
+        return ServerOptimizer(
+            self.optimizer,  # type: ignore[arg-type]
+            eta=self.optimizer_eta or None,
+            beta1=self.optimizer_beta1,
+            beta2=self.optimizer_beta2,
+            tau=self.optimizer_tau,
+            second_moment=self.optimizer_second_moment,  # type: ignore[arg-type]
+        )
 
 
 @dataclass(frozen=True)
@@ -608,6 +643,10 @@ def _validate(c: ServerConfig) -> None:
         problems.append("rounds.retry_after_s must be >= 0")
     if not (math.isfinite(rounds.server_lr) and rounds.server_lr > 0):
         problems.append("rounds.server_lr must be > 0")
+    try:
+        rounds.server_optimizer()
+    except ValueError as exc:
+        problems.append(f"rounds.optimizer: {exc}")
     if c.schedule.kind not in {"constant", "step", "cosine"}:
         problems.append("schedule.kind must be constant, step or cosine")
     if c.log_format not in {"json", "text"}:

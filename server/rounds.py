@@ -418,6 +418,7 @@ class RoundCoordinator:
             keyframe_bits=d.keyframe_bits,
             step_snap="pow2" if d.step_snap == "pow2" else "grid",
             server_lr=self.config.rounds.server_lr,
+            server_optimizer=self.config.rounds.server_optimizer(),
             threads=self.config.limits.codec_threads,
             policy=self.config.robust,
             downlink_state=downlink_state,

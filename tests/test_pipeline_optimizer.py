@@ -147,3 +147,38 @@ def test_round_engine_applies_the_optimizer_and_clients_follow_its_steps_bit_for
     late = ClientEngine(v0.spec, "late", initial=v0, threads=1)
     late.receive(engine.package_for("late", **late.request()))
     assert late.model.digest == engine.stream_digest
+
+
+def test_the_engines_state_carries_the_moments_to_a_resumed_engine() -> None:
+    """What the gRPC server persists (``engine.state()``) holds the optimizer's moments: a
+    resumed engine publishes the same next model as one that never stopped."""
+    rng = np.random.default_rng(1)
+    v0 = ModelVersion.create(0, {"w": (0.1 * rng.standard_normal((16, 24))).astype(np.float32)})
+    params = RoundParams(lam=0.5, S=16, sparsification=Sparsification(topk=0.1))
+
+    def engine(**kw: object) -> RoundEngine:
+        return RoundEngine(
+            v0 if "downlink_state" not in kw else kw.pop("model"),  # type: ignore[arg-type]
+            schedule=params,
+            server_optimizer=ServerOptimizer("yogi", eta=0.01),
+            threads=1,
+            **kw,  # type: ignore[arg-type]
+        )
+
+    def round_of(e: RoundEngine, r: int) -> str:
+        member = ClientEngine(v0.spec, "c", initial=v0, threads=1)
+        member.receive(e.package_for("c", **member.request()))
+        local = {"w": member.model.tensors["w"] + np.float32(0.01 * r)}
+        aggregator = e.aggregator()
+        aggregator.accept_update(member.encode(local, params, round_number=r, num_examples=5))
+        return e.publish(aggregator).model.digest
+
+    whole = engine()
+    for r in (1, 2):
+        round_of(whole, r)
+    arrays, meta = whole.state()
+    assert "optimizer" in meta
+    resumed = engine(model=whole.global_model, downlink_state=(arrays, meta))
+    assert resumed.server_optimizer is not None
+    assert resumed.server_optimizer.steps == 2
+    assert round_of(resumed, 3) == round_of(whole, 3)

@@ -48,6 +48,12 @@ def test_json_files_work_the_same(tmp_path: Path) -> None:
         ({"overrides": {"limits.max_update_bytes": 2 << 30}}, "max_update_bytes"),
         ({"overrides": {"params.lam": -1}}, "lam"),
         ({"overrides": {"schedule.kind": "cosine", "schedule.name": "nope"}}, "schedule"),
+        ({"overrides": {"rounds.optimizer": "sgd"}}, "rounds.optimizer: kind"),
+        ({"overrides": {"rounds.optimizer": "adam", "rounds.optimizer_beta1": 1.5}}, "beta1"),
+        (
+            {"overrides": {"rounds.optimizer": "adam", "rounds.optimizer_second_moment": "row"}},
+            "second_moment",
+        ),
     ],
 )
 def test_unknown_keys_wrong_types_and_bad_combinations_are_errors(
@@ -108,3 +114,21 @@ def test_tokens_are_kept_as_digests_and_map_to_their_client(tmp_path: Path) -> N
         TokenRegistry({"a": "same-token-0123456789", "b": "same-token-0123456789"})
     with pytest.raises(ValueError, match="shorter"):
         TokenRegistry({"a": "short"})
+
+
+def test_a_server_optimizer_is_configured_in_rounds(tmp_path: Path) -> None:
+    path = tmp_path / "server.toml"
+    path.write_text(
+        '[rounds]\noptimizer = "adam"\noptimizer_eta = 0.02\n[security]\ninsecure = true\n'
+    )
+    optimizer = load_config(path, env={}).rounds.server_optimizer()
+    assert optimizer is not None
+    assert optimizer.settings() == {
+        "kind": "adam",
+        "eta": 0.02,
+        "beta1": 0.9,
+        "beta2": 0.99,
+        "tau": 1e-3,
+        "second_moment": "tensor",
+    }
+    assert load_config(env={}, overrides=INSECURE).rounds.server_optimizer() is None

@@ -84,6 +84,8 @@ __all__ = [
     "Submission",
 ]
 
+_OPTIMIZER = "optimizer/"  # prefix of the server optimizer's arrays in state()
+
 ScheduleLike = RoundParams | Schedule | Callable[[int, RoundStats | None], RoundParams]
 
 
@@ -203,7 +205,7 @@ class RoundEngine:
         ``x_{v+1} = x_v + step(mean − x_v)`` (FedAvgM, FedAdam, FedYogi,
         FedAdagrad; see :mod:`fedcodec.pipeline.optimizer`).  The downlink then
         codes the change the optimizer applied, with server-side error feedback.
-        Its moments are part of :meth:`checkpoint` (not of :meth:`state`).
+        Its moments are part of :meth:`state` and :meth:`checkpoint`.
     threads : int, optional
         Codec threads.
     max_step : float, optional
@@ -271,7 +273,21 @@ class RoundEngine:
         self._global = initial
         self._digests: tuple[str, frozenset[str]] = ("", frozenset())
         if downlink_state is not None:
-            self.downlink.load_state(*downlink_state)
+            arrays, meta = downlink_state
+            self.downlink.load_state(
+                {k: v for k, v in arrays.items() if not k.startswith(_OPTIMIZER)},
+                {k: v for k, v in meta.items() if k != "optimizer"},
+            )
+            saved = meta.get("optimizer")
+            if server_optimizer is not None and saved is not None:
+                server_optimizer.load_state(
+                    {
+                        k[len(_OPTIMIZER) :]: v
+                        for k, v in arrays.items()
+                        if k.startswith(_OPTIMIZER)
+                    },
+                    saved,
+                )
             if self.downlink.latest_version != initial.version:
                 raise ValueError(
                     f"the saved downlink is at version {self.downlink.latest_version}, "
@@ -330,8 +346,14 @@ class RoundEngine:
         return self.downlink.stream_model()
 
     def state(self) -> tuple[dict[str, Any], dict[str, Any]]:
-        """The downlink stream's state (with the global model, all that a restart needs)."""
-        return self.downlink.state()
+        """The downlink stream's state and the server optimizer's moments (with the global
+        model, all that a restart needs)."""
+        arrays, meta = self.downlink.state()
+        if self.server_optimizer is not None:
+            opt_arrays, opt_meta = self.server_optimizer.state()
+            arrays = {**arrays, **{_OPTIMIZER + k: v for k, v in opt_arrays.items()}}
+            meta = {**meta, "optimizer": opt_meta}
+        return arrays, meta
 
     def checkpoint(self) -> tuple[Any, ...]:
         """Everything :meth:`publish` changes, for :meth:`restore` (e.g. when persisting

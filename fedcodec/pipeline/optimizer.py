@@ -186,10 +186,11 @@ class ServerOptimizer:
         return arrays, meta
 
     def load_state(self, arrays: Mapping[str, np.ndarray], meta: Mapping[str, Any]) -> None:
-        """Restore :meth:`state` (settings must match this optimizer's)."""
+        """Restore :meth:`state`: the kind and the second moment's shape must match this
+        optimizer's (``eta``, the betas and ``tau`` may have changed)."""
         if meta.get("format") != _FORMAT:
             raise StateFormatError(f"not a server optimizer state: {meta.get('format')!r}")
-        ours = self.settings()
+        ours = {k: self.settings()[k] for k in ("kind", "second_moment")}
         theirs = {k: meta.get(k) for k in ours}
         if theirs != ours:
             raise StateFormatError(f"the saved optimizer is {theirs}, this one is {ours}")
