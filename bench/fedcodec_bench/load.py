@@ -336,9 +336,17 @@ async def _upload_retrying(
             if not _retryable(exc) or attempt == attempts - 1:
                 raise
             name = exc.code().name
-            stats.retried[name] = stats.retried.get(name, 0) + 1
-            await asyncio.sleep(wait * random.uniform(0.75, 1.25))
-            wait = min(2 * wait, 2.0)
+        except asyncio.CancelledError:
+            # grpc.aio surfaces a call the transport cancelled (seen under bursts on a loaded
+            # machine) as a bare CancelledError instead of AioRpcError(CANCELLED); only a
+            # cancellation of this task itself ends the upload.
+            task = asyncio.current_task()
+            if (task is not None and task.cancelling()) or attempt == attempts - 1:
+                raise
+            name = "CANCELLED"
+        stats.retried[name] = stats.retried.get(name, 0) + 1
+        await asyncio.sleep(wait * random.uniform(0.75, 1.25))
+        wait = min(2 * wait, 2.0)
     raise AssertionError("unreachable")
 
 
