@@ -126,11 +126,47 @@ static inline void fc_pred_axpby(float a, const float *x, float b, float *y, uin
 #endif
 }
 
+/* v[i] = a * u[i] + b * v[i], then u[i] = c * v[i] + 1 * u[i] (with the
+ * new v[i]), over padded vectors: fc_pred_axpby(a, u, b, v) followed by
+ * fc_pred_axpby(c, v, 1, u), element by element in one pass. */
+static inline void fc_pred_axpby2(float a, float b, float c, float *u, float *v, uint64_t n4)
+{
+    uint64_t i;
+#if FC_PRED_SIMD
+    const fc_v4 va = {a, a, a, a}, vb = {b, b, b, b}, vc = {c, c, c, c}, one = {1.0f, 1.0f, 1.0f, 1.0f};
+    for (i = 0; i < n4; i += 4) {
+        fc_v4 uv, vv;
+        memcpy(&uv, u + i, 16);
+        memcpy(&vv, v + i, 16);
+        vv = va * uv + vb * vv;
+        uv = vc * vv + one * uv;
+        memcpy(v + i, &vv, 16);
+        memcpy(u + i, &uv, 16);
+    }
+#else
+    for (i = 0; i < n4; i++) {
+        v[i] = a * u[i] + b * v[i];
+        u[i] = c * v[i] + 1.0f * u[i];
+    }
+#endif
+}
+
 /* The padded row x (levels) as floats into u. */
 static inline void fc_pred_load(fc_pred *p, const int32_t *x)
 {
-    uint64_t c;
-    for (c = 0; c < p->cols; c++) p->u[c] = (float)x[c];
+    float *const u = p->u;
+    const uint64_t n = p->cols;
+    uint64_t c = 0;
+#if FC_PRED_SIMD
+    for (; c + 4 <= n; c += 4) {
+        fc_v4i xi;
+        fc_v4 xf;
+        memcpy(&xi, x + c, 16);
+        xf = __builtin_convertvector(xi, fc_v4);
+        memcpy(u + c, &xf, 16);
+    }
+#endif
+    for (; c < n; c++) u[c] = (float)x[c];
 }
 
 /* The profiles of the next row: the learnt components, orthonormalized
@@ -181,31 +217,41 @@ static inline void fc_pred_fit(fc_pred *p, const int32_t *x)
 static inline void fc_pred_classes(fc_pred *p, uint8_t *cls)
 {
     const uint64_t n4 = p->n4;
-    float *acc = p->u;
+    const float *prof[FC_PRED_MAX_RANK];
+    float coef[FC_PRED_MAX_RANK];
     unsigned k, m = 0;
     uint64_t c;
-    memset(acc, 0, sizeof(float) * (size_t)n4);
     for (k = 0; k < p->nbasis; k++) {
         if (!p->q[k]) continue;
-        fc_pred_axpby((float)((double)p->q[k] / FC_PRED_QS), p->e + (size_t)k * n4, 1.0f, acc, n4);
+        prof[m] = p->e + (size_t)k * n4;
+        coef[m] = (float)((double)p->q[k] / FC_PRED_QS);
         m++;
     }
     if (!m) {
         memset(cls, 0, (size_t)p->cols);
         return;
     }
+    /* One pass: per element the sum over the profiles in order, each step
+     * the rounded product plus 1 * the sum (as fc_pred_axpby(q, e, 1, acc)
+     * from acc = 0 would do, profile after profile), then the class. */
 #if FC_PRED_SIMD
     {
         /* fc_class_of on 4 lanes: a comparison gives -1 per lane */
         const fc_v4 half = {0.5f, 0.5f, 0.5f, 0.5f}, zero = {0.0f, 0.0f, 0.0f, 0.0f};
+        const fc_v4 one = {1.0f, 1.0f, 1.0f, 1.0f};
         const fc_v4i eight = {8, 8, 8, 8}, sixteen = {16, 16, 16, 16};
         const fc_v4i absmask = {0x7FFFFFFF, 0x7FFFFFFF, 0x7FFFFFFF, 0x7FFFFFFF};
-        for (c = 0; c + 4 <= p->cols; c += 4) {
-            fc_v4 x, y;
+        for (c = 0; c < p->cols; c += 4) {
+            fc_v4 x = zero, y;
             fc_v4i mm, neg, out;
             int32_t o[4];
             unsigned j;
-            memcpy(&x, acc + c, 16);
+            for (k = 0; k < m; k++) {
+                const fc_v4 va = {coef[k], coef[k], coef[k], coef[k]};
+                fc_v4 ev;
+                memcpy(&ev, prof[k] + c, 16);
+                x = va * ev + one * x;
+            }
             memcpy(&mm, &x, 16);
             mm &= absmask; /* |x| */
             memcpy(&y, &mm, 16);
@@ -215,12 +261,23 @@ static inline void fc_pred_classes(fc_pred *p, uint8_t *cls)
             neg = x < zero;
             out = (mm | ((neg & eight) | (~neg & sixteen))) & (mm != 0);
             memcpy(o, &out, 16);
-            for (j = 0; j < 4; j++) cls[c + j] = (uint8_t)o[j];
+            if (c + 4 <= p->cols) {
+                /* the four class bytes in one store (little or big endian
+                 * alike: bytes are placed explicitly) */
+                uint8_t b4[4];
+                for (j = 0; j < 4; j++) b4[j] = (uint8_t)o[j];
+                memcpy(cls + c, b4, 4);
+            } else {
+                for (j = 0; c + j < p->cols; j++) cls[c + j] = (uint8_t)o[j];
+            }
         }
-        for (; c < p->cols; c++) cls[c] = fc_class_of(acc[c]);
     }
 #else
-    for (c = 0; c < p->cols; c++) cls[c] = fc_class_of(acc[c]);
+    for (c = 0; c < p->cols; c++) {
+        float x = 0.0f;
+        for (k = 0; k < m; k++) x = coef[k] * prof[k][c] + 1.0f * x;
+        cls[c] = fc_class_of(x);
+    }
 #endif
 }
 
@@ -252,11 +309,12 @@ static inline void fc_pred_learn(fc_pred *p, const int32_t *x)
         uv = fc_pred_dot(u, v, n4);
         w1 = (double)(p->n - 1) / (double)p->n;
         w2 = uv / sqrt(p->vv[k]) / (double)p->n;
-        fc_pred_axpby((float)w2, u, (float)w1, v, n4);
         vv = w1 * w1 * p->vv[k] + 2.0 * w1 * w2 * uv + w2 * w2 * uu;
         uv2 = w1 * uv + w2 * uu;
         d = vv > 0.0 ? uv2 / vv : 0.0;
-        fc_pred_axpby((float)-d, v, 1.0f, u, n4);
+        /* v <- w2 u + w1 v, then u <- -d v + 1 u with the new v: one pass
+         * (per element the same operations as two fc_pred_axpby calls) */
+        fc_pred_axpby2((float)w2, (float)w1, (float)-d, u, v, n4);
         p->vv[k] = vv;
         uu = uu - d * uv2;
         if (uu < 0.0) uu = 0.0;
