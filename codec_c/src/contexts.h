@@ -284,6 +284,16 @@ static inline unsigned fc_ref_at(const fc_ref *ref, uint64_t c)
     return ref && ref->cls ? ref->cls[c - ref->c0] : 0u;
 }
 
+/* The context offsets of a reference class byte (FORMAT.md §7.5), by table:
+ * significance min(rm, 3) * FC_SIG_CTX, greater-than min(rm, 5) *
+ * FC_GTX_CLASSES, remainder (0 for rm <= 3, else min(rm - 3, 3)) *
+ * FC_REM_CLASSES, sign rs * FC_SIGN_CTX (rm = bits 0-2, rs = bits 3-4;
+ * test_binarization checks the tables against these formulas). */
+static const uint16_t fc_ref_sig_off[32] = {0, 192, 384, 576, 576, 576, 576, 576, 0, 192, 384, 576, 576, 576, 576, 576, 0, 192, 384, 576, 576, 576, 576, 576, 0, 192, 384, 576, 576, 576, 576, 576};
+static const uint8_t fc_ref_gtx_off[32] = {0, 4, 8, 12, 16, 20, 20, 20, 0, 4, 8, 12, 16, 20, 20, 20, 0, 4, 8, 12, 16, 20, 20, 20, 0, 4, 8, 12, 16, 20, 20, 20};
+static const uint8_t fc_ref_rem_off[32] = {0, 0, 0, 0, 4, 8, 12, 12, 0, 0, 0, 0, 4, 8, 12, 12, 0, 0, 0, 0, 4, 8, 12, 12, 0, 0, 0, 0, 4, 8, 12, 12};
+static const uint8_t fc_ref_sign_off[32] = {0, 0, 0, 0, 0, 0, 0, 0, 9, 9, 9, 9, 9, 9, 9, 9, 18, 18, 18, 18, 18, 18, 18, 18, 27, 27, 27, 27, 27, 27, 27, 27};
+
 /* Significance: reference class x left class x column activity x
  * (prediction class p when the rank-1 model has one, else distance class);
  * act = the column's activity value. */
@@ -291,8 +301,7 @@ static inline unsigned fc_sig_ctx_v(const fc_rowstate *r, int32_t left, int32_t 
                                     unsigned ref, unsigned act, unsigned p)
 {
     unsigned z = p ? 3u + p : fc_dist_class(r, c);
-    unsigned rm = ref & 7u;
-    return (rm > 3u ? 3u : rm) * FC_SIG_CTX +
+    return fc_ref_sig_off[ref & 31u] +
            ((fc_sign_class(left) * 2u + (above != 0)) * 4u + fc_act_class_v(act)) * 8u + z;
 }
 
@@ -345,16 +354,14 @@ static inline fc_nbr fc_neighbourhood_v(const fc_rowstate *r, int32_t left, int3
 {
     fc_nbr n;
     unsigned l, a, t, m, e, pred = 0;
-    const unsigned rm = ref & 7u; /* reference magnitude class */
-    const unsigned rg = (rm > 5u ? 5u : rm) * FC_GTX_CLASSES;
-    const unsigned rr = (rm <= 3u ? 0u : rm - 3u > 3u ? 3u : rm - 3u) * FC_REM_CLASSES;
+    const unsigned rg = fc_ref_gtx_off[ref & 31u], rr = fc_ref_rem_off[ref & 31u];
     {
         /* 1 when the flip predicts positive, 2 negative, 0 unknown (a zero
          * flip or no column sign); branch-free */
         const int p = r->rowflip * sgnc;
         pred = (unsigned)(p != 0) + (unsigned)(p < 0);
     }
-    n.sign_ctx = ((ref >> 3) & 3u) * FC_SIGN_CTX + pred * 3u + fc_sign_class(left);
+    n.sign_ctx = fc_ref_sign_off[ref & 31u] + pred * 3u + fc_sign_class(left);
     if (pc) {
         /* The rank-1 prediction, when there is one, sets the classes. */
         n.gtx_class = rg + pc - 1u;

@@ -255,8 +255,10 @@ static int32_t dec_sig_range(dec_state *st, fc_ctx *sigset, fc_ctx *dqset, int32
         return sig_range_k(st, sigset, dqset, cur, prev, c0, g0, g1, left, 1, 0, 0);
     if (has_cols && has_dq && !has_ref)
         return sig_range_k(st, sigset, dqset, cur, prev, c0, g0, g1, left, 1, 1, 0);
+    if (has_cols && !has_dq && has_ref) /* reference or PREDICT slices */
+        return sig_range_k(st, sigset, dqset, cur, prev, c0, g0, g1, left, 1, 0, 1);
     if (has_cols && has_ref)
-        return sig_range_k(st, sigset, dqset, cur, prev, c0, g0, g1, left, 1, has_dq, 1);
+        return sig_range_k(st, sigset, dqset, cur, prev, c0, g0, g1, left, 1, 1, 1);
     return sig_range_k(st, sigset, dqset, cur, prev, c0, g0, g1, left, 0, has_dq, has_ref);
 }
 

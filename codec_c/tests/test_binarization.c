@@ -336,8 +336,30 @@ static void test_rate_model(void)
     }
 }
 
+/* The context offsets of a reference class byte, by table in contexts.h,
+ * against the formulas of FORMAT.md §7.5; and the value forms of the
+ * classes (fc_sign_class, fc_act_class_v) against their definitions. */
+static void test_context_tables(void)
+{
+    unsigned ref, a;
+    int32_t v;
+    for (ref = 0; ref < 32; ref++) {
+        unsigned rm = ref & 7u, rs = (ref >> 3) & 3u;
+        TU_CHECK_EQ(fc_ref_sig_off[ref], (rm > 3u ? 3u : rm) * FC_SIG_CTX);
+        TU_CHECK_EQ(fc_ref_gtx_off[ref], (rm > 5u ? 5u : rm) * FC_GTX_CLASSES);
+        TU_CHECK_EQ(fc_ref_rem_off[ref], (rm <= 3u ? 0u : rm - 3u > 3u ? 3u : rm - 3u) * FC_REM_CLASSES);
+        TU_CHECK_EQ(fc_ref_sign_off[ref], rs * FC_SIGN_CTX);
+    }
+    for (a = 0; a < 256; a++)
+        TU_CHECK_EQ(fc_act_class_v(a), a == 0 ? 0u : a < 32 ? 1u : a < 128 ? 2u : 3u);
+    for (v = -3; v <= 3; v++) TU_CHECK_EQ(fc_sign_class(v), v == 0 ? 0u : v < 0 ? 1u : 2u);
+    TU_CHECK_EQ(fc_sign_class(INT32_MIN), 1u);
+    TU_CHECK_EQ(fc_sign_class(INT32_MAX), 2u);
+}
+
 int main(void)
 {
+    test_context_tables();
     test_level_edges();
     test_level_random();
     test_level_limit();
