@@ -2,7 +2,8 @@
 
 Subcommands are registered in :func:`build_parser`; each one sets ``func`` (taking the parsed
 arguments, returning an exit status) on its subparser. Today: ``fedcodec demo``, ``fedcodec
-serve``, ``fedcodec client``, and ``fedcodec bench ...``. To add one, write a ``_add_<name>``
+serve``, ``fedcodec client``, ``fedcodec inspect`` / ``split`` / ``join`` (container files),
+and ``fedcodec bench ...``. To add one, write a ``_add_<name>``
 function and call it from :func:`build_parser`.
 
 The benchmarks are not part of this package: they are the separate ``fedcodec-bench``
@@ -326,6 +327,138 @@ def _add_demo(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     demo.set_defaults(func=_run_demo)
 
 
+# ---------------------------------------------------------------------------
+# Containers on disk: inspect, split by tensor, join
+# ---------------------------------------------------------------------------
+
+
+def _read_container(path: str, command: str) -> bytes | None:
+    try:
+        with open(path, "rb") as f:
+            return f.read()
+    except OSError as e:
+        print(f"fedcodec {command}: cannot read {path}: {e.strerror or e}", file=sys.stderr)
+        return None
+
+
+def _names(text: str | None) -> list[str] | None:
+    return None if text is None else [n.strip() for n in text.split(",")]
+
+
+def _run_inspect(args: argparse.Namespace) -> int:
+    import fedcodec
+
+    data = _read_container(args.container, "inspect")
+    if data is None:
+        return 2
+    try:
+        infos = fedcodec.inspect(data)
+        parts = fedcodec.split(data, names=_names(args.names))
+    except (fedcodec.FedCodecError, OSError) as e:
+        print(f"fedcodec inspect: {args.container}: {e}", file=sys.stderr)
+        return 1
+    labels = list(parts) if isinstance(parts, dict) else [str(i.index) for i in infos]
+    sizes = [len(p) for p in (parts.values() if isinstance(parts, dict) else parts)]
+    width = max([len("tensor"), *(len(label) for label in labels)])
+    print(f"{args.container}: {len(data):,} bytes, {len(infos)} tensors")
+    print(
+        f"{'tensor':<{width}}  {'index':>5}  {'shape':<16} {'step':>11}  {'quantizer':<9} "
+        f"{'slices':>6}  {'part bytes':>10}  notes"
+    )
+    for label, info, size in zip(labels, infos, sizes, strict=True):
+        notes = []
+        if info.dither_seed is not None:
+            notes.append(f"dither seed {info.dither_seed:#x}")
+        if info.reference_digest is not None:
+            notes.append(f"reference digest {info.reference_digest:#010x}")
+        shape = "x".join(map(str, info.shape)) or "scalar"
+        print(
+            f"{label:<{width}}  {info.index:>5}  {shape:<16} {info.step:>11.4g}  "
+            f"{info.quantizer:<9} {info.slices:>6}  {size:>10,}  {', '.join(notes)}"
+        )
+    return 0
+
+
+def _run_split(args: argparse.Namespace) -> int:
+    import fedcodec
+
+    data = _read_container(args.container, "split")
+    if data is None:
+        return 2
+    try:
+        parts = fedcodec.split(data, names=_names(args.names))
+    except fedcodec.FedCodecError as e:
+        print(f"fedcodec split: {args.container}: {e}", file=sys.stderr)
+        return 1
+    named = parts if isinstance(parts, dict) else {f"{i:04d}": p for i, p in enumerate(parts)}
+    bad = [name for name in named if not name or "/" in name or name in (".", "..")]
+    if bad:
+        print(f"fedcodec split: names that are not file names: {bad!r}", file=sys.stderr)
+        return 2
+    os.makedirs(args.out, exist_ok=True)
+    for name, part in named.items():
+        path = os.path.join(args.out, f"{name}.fcd")
+        with open(path, "wb") as f:
+            f.write(part)
+        print(f"{path}: {len(part):,} bytes")
+    return 0
+
+
+def _run_join(args: argparse.Namespace) -> int:
+    import fedcodec
+
+    parts: dict[str, bytes] = {}
+    for path in args.parts:
+        data = _read_container(path, "join")
+        if data is None:
+            return 2
+        parts[path] = data
+    try:
+        joined = fedcodec.join(parts)
+    except fedcodec.FedCodecError as e:
+        print(f"fedcodec join: {e}", file=sys.stderr)
+        return 1
+    with open(args.out, "wb") as f:
+        f.write(joined)
+    print(f"{args.out}: {len(joined):,} bytes, {len(fedcodec.inspect(joined))} tensors")
+    return 0
+
+
+def _add_containers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    names_help = "comma-separated tensor names, one per tensor in container order"
+    inspect = sub.add_parser(
+        "inspect",
+        help="describe a container file: tensors, shapes, steps, quantizers, bytes per tensor",
+        description="Check a container (magic, version, CRC, headers) without decoding it and "
+        "list its tensors; 'part bytes' is the size of each tensor as a container of its own "
+        "(fedcodec split).",
+    )
+    inspect.add_argument("container", help="a container file")
+    inspect.add_argument("--names", help=names_help)
+    inspect.set_defaults(func=_run_inspect)
+    split = sub.add_parser(
+        "split",
+        help="write one container per tensor (no re-coding)",
+        description="Split a container into one container per tensor, OUT/NAME.fcd (NAME: "
+        "--names, else the position 0000, 0001, ...). Each part holds its tensor's coded "
+        "bytes unchanged; 'fedcodec join' puts parts back together.",
+    )
+    split.add_argument("container", help="a container file")
+    split.add_argument("--out", "-o", required=True, metavar="DIR", help="output folder")
+    split.add_argument("--names", help=names_help)
+    split.set_defaults(func=_run_split)
+    join = sub.add_parser(
+        "join",
+        help="join containers (e.g. split parts) into one (no re-coding)",
+        description="Join containers into one, their tensors in the order given (tensor "
+        "indices must increase: the parts of one container, in its order). Joining all parts "
+        "of a container gives it back byte for byte.",
+    )
+    join.add_argument("parts", nargs="+", metavar="PART", help="container files, in order")
+    join.add_argument("--out", "-o", required=True, metavar="FILE", help="output file")
+    join.set_defaults(func=_run_join)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """Build the ``fedcodec`` argument parser with all subcommands.
 
@@ -342,6 +475,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_demo(sub)
     _add_serve(sub)
     _add_client(sub)
+    _add_containers(sub)
     _add_bench(sub)
     return parser
 

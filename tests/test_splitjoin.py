@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import itertools
 import zlib
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
 
 import fedcodec
+from fedcodec.cli import main
 from fedcodec.errors import CorruptStreamError, InvalidParameterError
 
 QUANTIZERS = ["uniform", "trellis", "trellis8", "dither"]
@@ -248,3 +250,38 @@ def test_verify_decodes_part_by_part_and_names_the_corrupt_tensor() -> None:
     joined = fedcodec.join([first, bytes(broken)])
     with pytest.raises(CorruptStreamError, match="FC_ERR_CORRUPT: tensor 1: "):
         fedcodec.codec.verify(joined)
+
+
+def test_command_line_inspect_split_join(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    update = _update(9)
+    names = list(update)
+    data = fedcodec.encode(update, S=32, quantizer="dither", dither_seed=5).data
+    container = tmp_path / "update.fcd"
+    container.write_bytes(data)
+    assert main(["inspect", str(container), "--names", ",".join(names)]) == 0
+    out = capsys.readouterr().out
+    assert f"{len(data):,} bytes, {len(names)} tensors" in out
+    parts = fedcodec.split(data, names=names)
+    assert all(f"{len(parts[n]):,}" in out for n in names)
+    assert "dither seed 0x5" in out
+
+    assert (
+        main(["split", str(container), "-o", str(tmp_path / "parts"), "--names", ",".join(names)])
+        == 0
+    )
+    files = [tmp_path / "parts" / f"{n}.fcd" for n in names]
+    assert [f.read_bytes() for f in files] == list(parts.values())
+    assert main(["join", *map(str, files), "-o", str(tmp_path / "joined.fcd")]) == 0
+    assert (tmp_path / "joined.fcd").read_bytes() == data
+    capsys.readouterr()
+    # refusals: exit 1 with the reason, naming the part; unreadable files exit 2
+    assert main(["join", str(files[1]), str(files[0]), "-o", str(tmp_path / "bad.fcd")]) == 1
+    assert "conv.fcd' (position 1) starts with tensor index 0" in capsys.readouterr().err
+    assert not (tmp_path / "bad.fcd").exists()
+    (tmp_path / "junk.fcd").write_bytes(b"junk")
+    assert main(["inspect", str(tmp_path / "junk.fcd")]) == 1
+    assert "FC_ERR_VERSION" in capsys.readouterr().err
+    assert main(["split", str(tmp_path / "missing.fcd"), "-o", str(tmp_path)]) == 2
+    assert main(["split", str(container), "-o", str(tmp_path), "--names", "a,../b,c,d,e,f"]) == 2
