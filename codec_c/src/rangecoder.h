@@ -86,19 +86,29 @@ static inline void fc_ctx_warm(fc_ctx *c)
     c->left = (uint16_t)(w >= c->ts ? 0u : 1u << (w - 1u));
 }
 
+/* One bin of warm-up bookkeeping: the count down runs without a branch
+ * (whether a context is still warming up is unpredictable); only the last
+ * bin of a window, a few times per context, branches. */
+FC_HOT void fc_ctx_tick(fc_ctx *c)
+{
+    const unsigned l = c->left;
+    c->left = (uint16_t)(l - (l != 0));
+    if (FC_UNLIKELY(l == 1)) fc_ctx_warm(c);
+}
+
 /* The estimator's update after a 1 (fc_ctx_up1) or a 0 (fc_ctx_up0). */
 FC_HOT void fc_ctx_up1(fc_ctx *c)
 {
     c->fast += (FC_ONE31 - c->fast) >> c->sf;
     c->slow += (FC_ONE31 - c->slow) >> c->ss;
-    if (FC_UNLIKELY(c->left) && --c->left == 0) fc_ctx_warm(c);
+    fc_ctx_tick(c);
 }
 
 FC_HOT void fc_ctx_up0(fc_ctx *c)
 {
     c->fast -= c->fast >> c->sf;
     c->slow -= c->slow >> c->ss;
-    if (FC_UNLIKELY(c->left) && --c->left == 0) fc_ctx_warm(c);
+    fc_ctx_tick(c);
 }
 
 FC_HOT void fc_ctx_update(fc_ctx *c, unsigned bin)
@@ -298,7 +308,7 @@ FC_HOT unsigned fc_rc_decode_nb(fc_rc_dec *d, fc_ctx *c)
     d->code -= bound & ~m;
     c->fast += (fu & m) - (fd & ~m);
     c->slow += (su & m) - (sd & ~m);
-    if (FC_UNLIKELY(c->left) && --c->left == 0) fc_ctx_warm(c);
+    fc_ctx_tick(c);
     if (FC_UNLIKELY(d->range < (1u << 24))) fc_rc_renorm(d);
     return bin;
 }
