@@ -61,6 +61,7 @@ typedef struct fc_ctxset {
     /* PREDICT slices: a row's predictor coefficients, per profile: zero
      * flag, sign, Exp-Golomb prefix positions (predict.h) */
     fc_ctx pcoef[FC_PRED_RANKS][FC_PRED_CTX];
+    fc_ctx pscale[16];                              /* row scale class, 4-bit tree */
 } fc_ctxset;
 
 static inline void fc_ctxset_init(fc_ctxset *s, unsigned window_set)

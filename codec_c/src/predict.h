@@ -54,13 +54,16 @@ typedef struct fc_pred {
                           scaled to unit RMS per element */
     float *u;          /* n4: scratch */
     int32_t q[FC_PRED_MAX_RANK]; /* the current row's coefficients */
+    int rowscale;      /* ROWSCALE: a scale class per non-empty row */
+    unsigned g;        /* the current row's scale class 0..15 */
 } fc_pred;
 
 /* Returns 0, or -1 when out of memory (then fc_pred_free is still safe). */
-static inline int fc_pred_init(fc_pred *p, unsigned rank, uint64_t cols)
+static inline int fc_pred_init(fc_pred *p, unsigned rank, uint64_t cols, int rowscale)
 {
     memset(p, 0, sizeof(*p));
     p->rank = rank;
+    p->rowscale = rowscale;
     p->cols = cols;
     p->n4 = (cols + 7u) & ~(uint64_t)7u;
     p->v = (float *)calloc((size_t)p->n4 * rank, sizeof(float));
@@ -196,8 +199,28 @@ static inline void fc_pred_basis(fc_pred *p)
     }
 }
 
+/* The prediction y = sum_k (q_k / FC_PRED_QS) * profile_k of the current
+ * row into p->u (float32, in profile order, profiles with q_k = 0 left
+ * out; the same sums as fc_pred_classes); returns the number of profiles
+ * used. */
+static inline unsigned fc_pred_predict(fc_pred *p)
+{
+    const uint64_t n4 = p->n4;
+    unsigned k, m = 0;
+    memset(p->u, 0, sizeof(float) * (size_t)n4);
+    for (k = 0; k < p->nbasis; k++) {
+        if (!p->q[k]) continue;
+        fc_pred_axpby((float)((double)p->q[k] / FC_PRED_QS), p->e + (size_t)k * n4, 1.0f, p->u, n4);
+        m++;
+    }
+    return m;
+}
+
 /* Encoder: the coefficients of row x (levels) on the current profiles,
- * least squares, in units of 1/FC_PRED_QS, rounded half away from zero. */
+ * least squares, in units of 1/FC_PRED_QS, rounded half away from zero;
+ * with ROWSCALE the row's scale class g, the number of the thresholds
+ * 2^(j - 4.5), j = 1 .. 15, that the mean squared residual x - prediction
+ * reaches (so 2^((g - 4) / 2) is its RMS to half an octave). */
 static inline void fc_pred_fit(fc_pred *p, const int32_t *x)
 {
     const double lim = (double)((1u << FC_PRED_MAX_PREFIX) - 1u);
@@ -209,28 +232,63 @@ static inline void fc_pred_fit(fc_pred *p, const int32_t *x)
         if (r > lim) r = lim;
         p->q[k] = (int32_t)(a < 0.0 ? -r : r);
     }
+    if (p->rowscale) {
+        double ss = 0.0;
+        uint64_t c;
+        unsigned j;
+        fc_pred_predict(p);
+        for (c = 0; c < p->cols; c++) {
+            double d = (double)x[c] - (double)p->u[c];
+            ss += d * d;
+        }
+        ss /= (double)p->cols;
+        p->g = 0;
+        for (j = 1; j <= 15; j++) p->g += ss >= ldexp(0.70710678118654752440, (int)j - 4);
+    }
+}
+
+/* ROWSCALE rows: the class bytes from the prediction (fc_pred_predict) and
+ * the row's scale class: the magnitude class of sqrt(y^2 + 2^(g - 4)) by
+ * the thresholds of fc_ref_class (squared), the sign class of y as
+ * fc_class_of. */
+static inline void fc_pred_scale_classes(fc_pred *p, uint8_t *cls)
+{
+    const float *y = p->u;
+    const float s2 = ldexpf(1.0f, (int)p->g - 4);
+    uint64_t c;
+    fc_pred_predict(p);
+    for (c = 0; c < p->cols; c++) {
+        float v = y[c], e2 = v * v + s2, t = fabsf(v) + 0.5f;
+        unsigned mm = (unsigned)(e2 >= 0.25f) + (unsigned)(e2 >= 2.25f) + (unsigned)(e2 >= 12.25f) +
+                      (unsigned)(e2 >= 56.25f) + (unsigned)(e2 >= 240.25f) + (unsigned)(e2 >= 992.25f) +
+                      (unsigned)(e2 >= 4032.25f);
+        unsigned rs = t >= 1.0f ? (v < 0.0f ? 1u : 2u) : 0u;
+        cls[c] = (uint8_t)(mm | rs << 3);
+    }
 }
 
 /* The class byte of every column of the current row from its coefficients:
  * prediction y = sum_k (q_k / FC_PRED_QS) * profile_k (float32, in profile
- * order, profiles with q_k = 0 left out), then fc_class_of(y). */
-static inline void fc_pred_classes(fc_pred *p, uint8_t *cls)
+ * order, profiles with q_k = 0 left out), then fc_class_of(y); ROWSCALE
+ * rows: fc_pred_scale_classes.  Returns 0 when every class is 0. */
+static inline int fc_pred_classes(fc_pred *p, uint8_t *cls)
 {
     const uint64_t n4 = p->n4;
     const float *prof[FC_PRED_MAX_RANK];
     float coef[FC_PRED_MAX_RANK];
     unsigned k, m = 0;
     uint64_t c;
+    if (p->rowscale) {
+        fc_pred_scale_classes(p, cls);
+        return 1;
+    }
     for (k = 0; k < p->nbasis; k++) {
         if (!p->q[k]) continue;
         prof[m] = p->e + (size_t)k * n4;
         coef[m] = (float)((double)p->q[k] / FC_PRED_QS);
         m++;
     }
-    if (!m) {
-        memset(cls, 0, (size_t)p->cols);
-        return;
-    }
+    if (!m) return 0;
     /* One pass: per element the sum over the profiles in order, each step
      * the rounded product plus 1 * the sum (as fc_pred_axpby(q, e, 1, acc)
      * from acc = 0 would do, profile after profile), then the class. */
@@ -279,6 +337,7 @@ static inline void fc_pred_classes(fc_pred *p, uint8_t *cls)
         cls[c] = fc_class_of(x);
     }
 #endif
+    return 1;
 }
 
 /* After a non-empty row x: one step of candid covariance-free incremental
@@ -339,6 +398,14 @@ static inline void fc_pred_enc_coefs(fc_rc_enc *e, fc_ctxset *s, const fc_pred *
         fc_rc_encode(e, &cx[2 + fc_min_u(ep, FC_PRED_CTX - 3)], 0);
         fc_rc_bypass(e, x, ep);
     }
+    if (p->rowscale) {
+        unsigned node = 1, b;
+        for (b = 4; b-- > 0;) {
+            unsigned bit = (p->g >> b) & 1u;
+            fc_rc_encode(e, &s->pscale[node], bit);
+            node = 2 * node + bit;
+        }
+    }
 }
 
 /* Returns 0, or -1 when the stream is malformed. */
@@ -356,6 +423,11 @@ static inline int fc_pred_dec_coefs(fc_rc_dec *d, fc_ctxset *s, fc_pred *p)
             if (ep + 1 >= FC_PRED_MAX_PREFIX) return -1;
         x = (uint32_t)(((uint64_t)1 << ep) | fc_rc_bypass_dec(d, ep));
         p->q[k] = neg ? -(int32_t)x : (int32_t)x;
+    }
+    if (p->rowscale) {
+        unsigned node = 1, b;
+        for (b = 0; b < 4; b++) node = 2 * node + fc_rc_decode(d, &s->pscale[node]);
+        p->g = node - 16u;
     }
     return 0;
 }

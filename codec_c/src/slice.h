@@ -32,7 +32,9 @@
 #define FC_SLICE_REFROWS 1u
 #define FC_SLICE_ROWKIND 2u /* dense slices: a row-kind flag per non-empty row */
 #define FC_SLICE_PREDICT 4u /* dense slices: the low-rank row predictor (predict.h) */
-#define FC_SLICE_RANK_SHIFT 3u /* PREDICT: bits 3-4 of k are the predictor's rank - 1 */
+#define FC_SLICE_ROWSCALE 8u /* PREDICT slices: a scale class per non-empty row */
+#define FC_SLICE_RANK4 16u   /* PREDICT slices: rank 4 (else 2) */
+#define FC_PREDICT_ROWSCALE 0x100 /* predict_request: with row scales */
 
 typedef struct fc_slice_enc_job {
     /* input */
@@ -53,7 +55,8 @@ typedef struct fc_slice_enc_job {
     int mode_request;         /* enum fc_mode */
     int window_auto;          /* record the bins and cost every window set */
     int rowkind_request;      /* ROWKIND: -1 when it pays (a trial), 0 never, 1 always */
-    int predict_request;      /* PREDICT: -1 when it pays (a trial), 0 never, r: rank r */
+    int predict_request;      /* PREDICT: -1 when it pays (a trial), 0 never, else the
+                                 rank (2 or 4) | FC_PREDICT_ROWSCALE */
     /* output */
     fc_buf out;
     unsigned mode;

@@ -364,7 +364,7 @@ void fc_slice_decode(fc_slice_dec_job *job)
     const int refrows = job->mode != FC_MODE_RUNS && (job->k & FC_SLICE_REFROWS);
     const int rowkind = job->mode == FC_MODE_DENSE && (job->k & FC_SLICE_ROWKIND);
     const unsigned rank = job->mode == FC_MODE_DENSE && (job->k & FC_SLICE_PREDICT)
-                              ? (job->k >> FC_SLICE_RANK_SHIFT) + 1u
+                              ? ((job->k & FC_SLICE_RANK4) ? 4u : 2u)
                               : 0u;
     fc_pred pred;
     uint8_t *predcls = NULL; /* PREDICT: the current row's prediction classes */
@@ -412,7 +412,8 @@ void fc_slice_decode(fc_slice_dec_job *job)
             if (st->cols.act) memset(st->cols.act, FC_ACT_INIT, (size_t)cols);
         }
     }
-    if (rank && (fc_pred_init(&pred, rank, cols) || !(predcls = (uint8_t *)malloc((size_t)cols)))) {
+    if (rank && (fc_pred_init(&pred, rank, cols, (job->k & FC_SLICE_ROWSCALE) != 0) ||
+                 !(predcls = (uint8_t *)malloc((size_t)cols)))) {
         job->result = FC_ERR_NOMEM;
         goto out;
     }
@@ -479,8 +480,7 @@ void fc_slice_decode(fc_slice_dec_job *job)
                     break;
                 }
                 st->ref.cls = NULL;
-                if (pred.nbasis) {
-                    fc_pred_classes(&pred, predcls);
+                if (fc_pred_classes(&pred, predcls)) {
                     st->ref.cls = predcls;
                     st->ref.c0 = 0;
                 }

@@ -501,19 +501,42 @@ static void slice_encode_once(fc_slice_enc_job *job);
 /* Rank of the row predictor that a PREDICT trial codes with. */
 #define PREDICT_TRIAL_RANK 4
 
+/* Row scales pay when the non-empty rows' scales differ (an embedding
+ * table: rows of frequent and rare tokens): fewer than 60 % of the
+ * non-empty rows share the most common octave of 4 * mean |level| (levels
+ * under plain rounding). */
+static int rowscale_pays(const fc_slice_enc_job *job, double inv_step)
+{
+    uint64_t r, c, hist[34] = {0}, nonempty = 0, top = 0;
+    for (r = 0; r < job->rows; r++) {
+        uint64_t sum = 0;
+        for (c = 0; c < job->cols; c++) {
+            uint64_t i = r * job->cols + c;
+            sum += job->values ? (uint64_t)floor(fabs((double)job->values[i]) * inv_step + 0.5)
+                               : fc_abs32(job->levels[i]);
+        }
+        if (!sum) continue;
+        nonempty++;
+        hist[fc_min_u(fc_ilog2_64(1u + 4u * sum / job->cols), 33)]++;
+    }
+    for (c = 0; c < 34; c++) top = hist[c] > top ? hist[c] : top;
+    return nonempty >= 16 && top * 10 < nonempty * 6;
+}
+
 /* Whether a slice may be a PREDICT slice (FORMAT.md §7.6), and with which
- * rank: dense, not ROWKIND, no reference, rows up to FC_ROW_CTX_MAX wide,
- * uniform levels (the predictor needs a row's levels before its
- * coefficients; the trellis decides them jointly with the coding). */
-static unsigned predict_rank(const fc_slice_enc_job *job)
+ * predict_request: dense, not ROWKIND, no reference, rows up to
+ * FC_ROW_CTX_MAX wide, uniform levels (the predictor needs a row's levels
+ * before its coefficients; the trellis decides them jointly with the
+ * coding). */
+static int predict_mode(const fc_slice_enc_job *job)
 {
     if (job->mode != FC_MODE_DENSE || (job->k & FC_SLICE_ROWKIND) || job->ref ||
         job->cols > FC_ROW_CTX_MAX || (job->values && job->quant != FC_QUANT_UNIFORM))
         return 0;
-    if (job->predict_request > 0)
-        return (unsigned)job->predict_request > FC_PRED_MAX_RANK ? FC_PRED_MAX_RANK
-                                                                  : (unsigned)job->predict_request;
-    if (job->predict_request < 0 && job->rows >= 16 && job->cols >= 16) return PREDICT_TRIAL_RANK;
+    if (job->predict_request > 0) return job->predict_request;
+    if (job->predict_request < 0 && job->rows >= 16 && job->cols >= 16)
+        return PREDICT_TRIAL_RANK |
+               (rowscale_pays(job, 1.0 / (double)job->step) ? FC_PREDICT_ROWSCALE : 0);
     return 0;
 }
 
@@ -522,9 +545,8 @@ static unsigned predict_rank(const fc_slice_enc_job *job)
  * prediction), and the smaller is kept. */
 static void slice_encode_predict(fc_slice_enc_job *job)
 {
-    fc_slice_enc_job trial;
     const int request = job->predict_request;
-    unsigned rank;
+    int pmode, variant;
     if (request > 0) {
         slice_encode_once(job);
         return;
@@ -533,31 +555,34 @@ static void slice_encode_predict(fc_slice_enc_job *job)
     slice_encode_once(job);
     job->predict_request = request;
     if (job->result != FC_OK || request == 0) return;
-    rank = predict_rank(job);
-    if (!rank) return;
-    trial = *job;
-    memset(&trial.out, 0, sizeof(trial.out));
-    memset(&trial.trace, 0, sizeof(trial.trace));
-    trial.recon = NULL; /* the same levels */
-    trial.mode_request = (int)job->mode;
-    trial.rowkind_request = 0;
-    trial.predict_request = (int)rank;
-    slice_encode_once(&trial);
-    if (trial.result == FC_OK && trial.out.size < job->out.size) {
-        fc_buf_free(&job->out);
-        fc_buf_free(&job->trace);
-        job->out = trial.out;
-        job->trace = trial.trace;
-        job->k = trial.k;
-        memcpy(job->set_bits, trial.set_bits, sizeof(job->set_bits));
-    } else {
-        fc_buf_free(&trial.out);
-        fc_buf_free(&trial.trace);
+    pmode = predict_mode(job);
+    /* with row scales also without them: they blur the prediction where
+     * the rows' scales come from the low-rank part itself */
+    for (variant = pmode; variant; variant = (variant & FC_PREDICT_ROWSCALE) ? variant & 0xFF : 0) {
+        fc_slice_enc_job trial = *job;
+        memset(&trial.out, 0, sizeof(trial.out));
+        memset(&trial.trace, 0, sizeof(trial.trace));
+        trial.recon = NULL; /* the same levels */
+        trial.mode_request = (int)job->mode;
+        trial.rowkind_request = 0;
+        trial.predict_request = variant;
+        slice_encode_once(&trial);
+        if (trial.result == FC_OK && trial.out.size < job->out.size) {
+            fc_buf_free(&job->out);
+            fc_buf_free(&job->trace);
+            job->out = trial.out;
+            job->trace = trial.trace;
+            job->k = trial.k;
+            memcpy(job->set_bits, trial.set_bits, sizeof(job->set_bits));
+        } else {
+            fc_buf_free(&trial.out);
+            fc_buf_free(&trial.trace);
+        }
     }
 }
 
-/* A slice whose rows look like ROWKIND pays is coded both ways; the
- * smaller is kept. */
+/* A slice whose rows look like ROWKIND pays is coded both ways (the way
+ * without ROWKIND with its PREDICT trial); the smaller is kept. */
 void fc_slice_encode(fc_slice_enc_job *job)
 {
     fc_slice_enc_job trial;
@@ -571,13 +596,13 @@ void fc_slice_encode(fc_slice_enc_job *job)
     trial.window_auto = 0;
     trial.rowkind_request = 0;
     trial.mode_request = (int)job->mode;
-    slice_encode_once(&trial);
+    slice_encode_predict(&trial); /* without ROWKIND the predictor may pay */
     if (trial.result == FC_OK && trial.out.size < job->out.size) {
         fc_buf_free(&job->out);
         fc_buf_free(&job->trace);
         job->rowkind_request = 0;
         job->mode_request = (int)job->mode;
-        slice_encode_once(job);
+        slice_encode_predict(job);
         job->rowkind_request = -1;
         job->mode_request = mode_request;
     }
@@ -601,6 +626,7 @@ static void slice_encode_once(fc_slice_enc_job *job)
     uint8_t *predcls = NULL; /* PREDICT: the current row's prediction classes */
     fc_pred pred;
     unsigned rank = 0;
+    int pmode = 0;
     fc_rc_enc e;
     slice_state st;
     uint64_t r, significant;
@@ -651,9 +677,12 @@ static void slice_encode_once(fc_slice_enc_job *job)
         job->k |= FC_SLICE_ROWKIND;
     slots = window + 1;
     memset(&pred, 0, sizeof(pred));
-    if (job->predict_request > 0 && (rank = predict_rank(job)) != 0) {
-        job->k |= FC_SLICE_PREDICT | (rank - 1u) << FC_SLICE_RANK_SHIFT;
-        if (fc_pred_init(&pred, rank, cols) || !(predcls = (uint8_t *)malloc((size_t)cols))) {
+    if (job->predict_request > 0 && (pmode = predict_mode(job)) != 0) {
+        rank = (pmode & 0xFF) >= 4 ? 4u : 2u;
+        job->k |= FC_SLICE_PREDICT | (rank == 4 ? FC_SLICE_RANK4 : 0u) |
+                  ((pmode & FC_PREDICT_ROWSCALE) ? FC_SLICE_ROWSCALE : 0u);
+        if (fc_pred_init(&pred, rank, cols, (pmode & FC_PREDICT_ROWSCALE) != 0) ||
+            !(predcls = (uint8_t *)malloc((size_t)cols))) {
             job->result = FC_ERR_NOMEM;
             goto out;
         }
@@ -814,10 +843,7 @@ static void slice_encode_once(fc_slice_enc_job *job)
             fc_pred_basis(&pred);
             fc_pred_fit(&pred, cur);
             fc_pred_enc_coefs(&e, s, &pred);
-            if (pred.nbasis) {
-                fc_pred_classes(&pred, predcls);
-                st.ref.cls = predcls;
-            }
+            if (fc_pred_classes(&pred, predcls)) st.ref.cls = predcls;
             enc_row_dense(&e, s, cur, above_row, cols, &st);
             fc_pred_learn(&pred, cur);
         } else if (job->mode == FC_MODE_DENSE)

@@ -113,6 +113,11 @@ static uint8_t *add_ok(int which, size_t *out_size)
         s.t[i].recon = recon[i];
     }
     if (tu_encode(s.t, s.count, &s.o, &c, &size, st) != FC_OK) die("encode failed", s.name);
+    if (strcmp(s.name, "rowscale") == 0) {
+        cr_layout L;
+        if (!cr_walk(c, size, &L) || !((c[L.slice_modebyte[0]] >> 2) & FC_SLICE_ROWSCALE))
+            die("expected a ROWSCALE slice", s.name);
+    }
     if (strcmp(s.name, "slices") == 0 && st[0].slices < 2) die("expected several slices", s.name);
     /* deterministic: the same bytes again, and with 3 threads */
     s.o.threads = 3;
@@ -288,7 +293,7 @@ static void make_bad_predict(const uint8_t *c, size_t size)
              FC_ERR_CORRUPT);
     /* rank bits without PREDICT */
     bad_edit("predict_rank_alone", c, size, L.slice_modebyte[0],
-             (uint8_t)((b & ~(FC_SLICE_PREDICT << 2)) | 1u << (FC_SLICE_RANK_SHIFT + 2)), FC_ERR_CORRUPT);
+             (uint8_t)((b & ~(FC_SLICE_PREDICT << 2)) | FC_SLICE_RANK4 << 2), FC_ERR_CORRUPT);
 }
 
 /* A container of one 1-D tensor (values or levels, `quant`) encoded with

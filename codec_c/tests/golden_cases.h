@@ -317,6 +317,25 @@ static inline int gc_build(int which, gc_set *s)
             t->step = 0.5;
         }
         return 1;
+    case 18: /* an embedding-like table: empty rows, low-rank rows of very
+              * different scales (PREDICT with ROWSCALE) */
+        s->name = "rowscale";
+        t = gc_add(s, 0, 2, 120, 64, 0, 0);
+        {
+            tu_rng r = tu_seed(29);
+            float *v = (float *)gc_alloc(s, sizeof(float) * 120 * 64);
+            int32_t *lv = (int32_t *)gc_alloc(s, sizeof(int32_t) * 120 * 64);
+            uint64_t i, j;
+            tu_fill_lowrank(&r, v, 120, 64, 2, 1.0);
+            for (i = 0; i < 120; i++) {
+                float b = (float)(1u << tu_below(&r, 7)) * 0.25f;
+                if (i % 4 == 0) continue;
+                for (j = 0; j < 64; j++) lv[i * 64 + j] = (int32_t)lrint(v[i * 64 + j] * b);
+            }
+            t->levels = lv;
+            t->step = 0.125;
+        }
+        return 1;
     default:
         return 0;
     }
