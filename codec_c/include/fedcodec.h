@@ -344,7 +344,8 @@ enum fc_result fc_split(const uint8_t *src, size_t src_size, const fc_decode_opt
  *   tensor that does not match `opts->expected`;
  *   FC_ERR_LIMIT: the joined container exceeds max_tensors or
  *   max_total_elems.
- * (*bad_part is SIZE_MAX for errors of the arguments themselves.)
+ * (*bad_part is SIZE_MAX when no single part is at fault: an argument error,
+ * fewer tensors than `opts->expected` holds, a small buffer.)
  * The sum of the part sizes + FC_JOIN_OVERHEAD bytes of `dst` always
  * suffice; with less, FC_ERR_BUFFER_TOO_SMALL and *dst_size holds the size
  * needed.  Memory: the parsed tables of all parts, O(total part bytes). */
