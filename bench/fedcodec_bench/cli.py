@@ -508,9 +508,15 @@ def _run_bench_report(args: argparse.Namespace) -> int:
         nncodec_python=args.nncodec_python,
         skip_codec=args.skip_codec,
         skip_fl=args.skip_fl,
+        scenarios=tuple(args.scenarios) if args.scenarios else None,
+        one_seed=tuple(args.one_seed or ()),
+        sweep=not args.no_sweep,
     )
     try:
         run_suite(cfg)
+    except ValueError as e:
+        print(f"fedcodec bench report: {e}", file=sys.stderr)
+        return 2
     except DataUnavailableError as e:
         print(f"fedcodec bench report: {e}", file=sys.stderr)
         return 2
@@ -547,6 +553,19 @@ def _add_bench_report(bsub: argparse._SubParsersAction[argparse.ArgumentParser])
     )
     rep.add_argument("--skip-codec", action="store_true", help="reuse OUT/bench/codec.json")
     rep.add_argument("--skip-fl", action="store_true", help="reuse OUT/bench/fl.json")
+    rep.add_argument(
+        "--scenarios",
+        nargs="+",
+        metavar="KEY",
+        help="run only these scenarios (keys such as mnist-dir0.5-10of50); the report says so",
+    )
+    rep.add_argument(
+        "--one-seed",
+        nargs="+",
+        metavar="KEY",
+        help="run these scenarios with the first seed only; the report says so",
+    )
+    rep.add_argument("--no-sweep", action="store_true", help="skip the fedcodec settings sweep")
     rep.set_defaults(func=_run_bench_report)
 
 
