@@ -511,6 +511,7 @@ def _run_bench_report(args: argparse.Namespace) -> int:
         scenarios=tuple(args.scenarios) if args.scenarios else None,
         one_seed=tuple(args.one_seed or ()),
         sweep=not args.no_sweep,
+        fedcodec=tuple(args.fedcodec) if args.fedcodec else None,
     )
     try:
         run_suite(cfg)
@@ -566,6 +567,13 @@ def _add_bench_report(bsub: argparse._SubParsersAction[argparse.ArgumentParser])
         help="run these scenarios with the first seed only; the report says so",
     )
     rep.add_argument("--no-sweep", action="store_true", help="skip the fedcodec settings sweep")
+    rep.add_argument(
+        "--fedcodec",
+        nargs="+",
+        metavar="TEXT",
+        help="run only the fedcodec settings whose names contain one of these (baselines "
+        "always run); the report says so",
+    )
     rep.set_defaults(func=_run_bench_report)
 
 

@@ -120,6 +120,9 @@ class SuiteConfig:
         Keys of scenarios run with the first seed only (a reduced run, stated in the report).
     sweep : bool
         Run the fedcodec settings sweep.
+    fedcodec : tuple of str or None
+        Run only the fedcodec settings whose names contain one of these strings (None: all;
+        the baselines always run); a reduced run, stated in the report.
     """
 
     out: str = "docs"
@@ -132,6 +135,7 @@ class SuiteConfig:
     scenarios: tuple[str, ...] | None = None
     one_seed: tuple[str, ...] = ()
     sweep: bool = True
+    fedcodec: tuple[str, ...] | None = None
 
 
 def _round_floats(o: Any, digits: int = 5) -> Any:
@@ -175,6 +179,9 @@ def run_fl_suite(cfg: SuiteConfig) -> dict[str, Any]:
         if cfg.quick:
             methods = [m for m in methods if m.kind == "fp32" or m.name.startswith("STC")]
             methods += fl.fedcodec_methods(feds[sc.key].numel, quick=True)
+        if cfg.fedcodec is not None:
+            pats = cfg.fedcodec
+            methods = [m for m in methods if m.kind != "fedcodec" or any(p in m.name for p in pats)]
         jobs += [fl.Job(sc, s, m) for s in seeds_of[sc.key] for m in methods]
     sweep_on = [
         scenarios[i]
@@ -209,6 +216,7 @@ def run_fl_suite(cfg: SuiteConfig) -> dict[str, Any]:
         "not_run": [sc.label for sc in scenarios if sc not in selected],
         "one_seed": [sc.label for sc in selected if len(seeds_of[sc.key]) < len(seeds)],
         "sweep": bool(sweep_on),
+        "fedcodec_filter": list(cfg.fedcodec) if cfg.fedcodec is not None else None,
         "elapsed_s": elapsed,
         "scenarios": reports,
         "sweeps": sweep_reports,
@@ -787,6 +795,8 @@ def render_markdown(
         reduced.append("first seed only: " + ", ".join(fl_res["one_seed"]))
     if not quick and fl_res.get("sweep") is False:
         reduced.append("no fedcodec settings sweep")
+    if fl_res.get("fedcodec_filter") is not None:
+        reduced.append(f"{_n_fedcodec(fl_res)} of the default fedcodec settings")
     if reduced:
         w += [
             "**A reduced run** (to finish on the shared machine in the time available): "
