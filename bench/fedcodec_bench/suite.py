@@ -797,6 +797,12 @@ def render_markdown(
         reduced.append("no fedcodec settings sweep")
     if fl_res.get("fedcodec_filter") is not None:
         reduced.append(f"{_n_fedcodec(fl_res)} of the default fedcodec settings")
+    cm = codec_res.get("machine") or {}
+    if meta.get("config", {}).get("skip_codec") and cm.get("date_utc") != m.get("date_utc"):
+        reduced.append(
+            f"the coder section is the codec benchmark of {cm.get('date_utc')} (commit "
+            f"{cm.get('git_commit')}), not re-measured in this run"
+        )
     if reduced:
         w += [
             "**A reduced run** (to finish on the shared machine in the time available): "
