@@ -260,7 +260,7 @@ class EncodeOptions:
     S: int = 128
     max_gtx: int = 4
     threads: int = 0
-    slice_elems: int = 262144
+    slice_elems: int = 1048576
     mode: int = MODE_AUTO
     window_set: int = 0
     quantizer: int = QUANT_UNIFORM

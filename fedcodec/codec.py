@@ -575,7 +575,7 @@ def encode(
     threads: int = 0,
     mode: Mode = "auto",
     window_set: int | Literal["auto"] = "auto",
-    slice_elems: int = 262144,
+    slice_elems: int = 1048576,
     return_recon: bool = False,
     quantizer: Quantizer = "uniform",
     dither_seed: int | None = None,
@@ -769,7 +769,7 @@ def encode_levels(
     threads: int = 0,
     mode: Mode = "auto",
     window_set: int | Literal["auto"] = "auto",
-    slice_elems: int = 262144,
+    slice_elems: int = 1048576,
     reference: Sequence[npt.ArrayLike | None] | Mapping[str, npt.ArrayLike] | None = None,
     transpose: bool | Literal["auto"] = "auto",
 ) -> EncodeResult:

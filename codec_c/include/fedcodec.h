@@ -189,7 +189,7 @@ typedef struct fc_encode_options {
     uint32_t max_gtx;       /* N: number of |level| > j flags, 1..FC_MAX_GTX
                                (default 4) */
     uint32_t threads;       /* worker threads; 0 = all online CPUs */
-    uint32_t slice_elems;   /* target elements per slice (default 262144) */
+    uint32_t slice_elems;   /* target elements per slice (default 1048576) */
     int32_t mode;           /* enum fc_mode; default FC_MODE_AUTO */
     uint32_t window_set;    /* probability-estimator window set 0..7
                                (default 0 = shifts 4 and 7), or

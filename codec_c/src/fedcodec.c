@@ -7,7 +7,7 @@
 #include "quant.h"
 #include "slice.h"
 
-#define DEFAULT_SLICE_ELEMS 262144u
+#define DEFAULT_SLICE_ELEMS 1048576u
 /* A slice should carry at least this many compressed bytes, so the flush
  * and context re-learning overhead stays small. */
 #define MIN_SLICE_BYTES 4096u
