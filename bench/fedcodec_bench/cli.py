@@ -390,6 +390,7 @@ def _add_bench_cnn(bsub: argparse._SubParsersAction[argparse.ArgumentParser]) ->
             "fedyogi",
             "yogi-tensor",
             "fedavgm",
+            "fedprox-adam",
         ),
         default=["full", "partial"],
         help="scenarios (default: full partial)",

@@ -674,21 +674,22 @@ def _server_optimizer(server: str) -> Any:
 
     if "/" not in server:
         return None
-    kind, moment = server.split("/")
+    kind, moment = server.rpartition("+")[2].split("/")
     eta = 1.0 if kind == "avgm" else 0.01  # as the Flower strategies of the other scenarios
     beta1 = 0.5 if kind == "avgm" else 0.9
     return ServerOptimizer(kind, eta=eta, beta1=beta1, tau=1e-3, second_moment=moment)  # type: ignore[arg-type]
 
 
-def _optimized(optimizer: Any, per_round: int, clients: int) -> Strategy:
-    """FedAvg followed by ``optimizer`` on its aggregate: the float32 run of the optimizer
-    that ``CompressionStrategy(FedAvg(), server_optimizer=...)`` applies."""
+def _optimized(optimizer: Any, server: str, per_round: int, clients: int) -> Strategy:
+    """FedAvg (FedProx for ``fedprox+…``) followed by ``optimizer`` on its aggregate: the
+    float32 run of what ``CompressionStrategy(FedAvg(), server_optimizer=...)`` applies."""
     from flwr.app import Array, ArrayRecord
-    from flwr.serverapp import strategy as st
 
     from fedcodec.pipeline import ModelSpec
 
-    class Optimized(st.FedAvg):
+    base = type(_inner(server, per_round, clients))
+
+    class Optimized(base):  # type: ignore[valid-type,misc]
         x: dict[str, np.ndarray]
 
         def configure_train(self, server_round: int, arrays: Any, config: Any, grid: Any) -> Any:
@@ -705,7 +706,9 @@ def _optimized(optimizer: Any, per_round: int, clients: int) -> Strategy:
             out = ArrayRecord({k: Array(new[k] if k in new else arrays[k].numpy()) for k in arrays})
             return out, metrics
 
-    return Optimized(**_sampling(per_round, clients))
+    out = _inner(server, per_round, clients)
+    out.__class__ = Optimized
+    return out
 
 
 def _sampling(per_round: int, clients: int) -> dict[str, Any]:
@@ -734,6 +737,8 @@ def _inner(server: str, per_round: int, clients: int) -> Strategy:
         return st.FedYogi(eta=0.01, eta_l=0.05, tau=1e-3, **kw)
     if server == "fedavgm":
         return st.FedAvgM(server_momentum=0.5, **kw)
+    if server.startswith("fedprox+"):
+        return st.FedProx(proximal_mu=0.01, **kw)  # + the ServerOptimizer (run_one)
     if _server_optimizer(server) is not None:
         return st.FedAvg(**kw)  # + the ServerOptimizer (run_one)
     raise ValueError(f"unknown server optimizer {server!r}")
@@ -766,7 +771,7 @@ def run_one(
     optimizer = _server_optimizer(sc.server)
     extra: dict[str, Any] = {}
     if method.kind != "fedcodec" and optimizer is not None:
-        inner = _optimized(optimizer, sc.per_round, sc.clients)
+        inner = _optimized(optimizer, sc.server, sc.per_round, sc.clients)
     if method.kind == "fp32":
         strategy: Strategy = inner
         app = _client_app(data, tr, method, [], sc.model)
@@ -848,6 +853,9 @@ SCENARIOS = {
         "FedYogi, v per tensor, full: 10 of 10", 10, 10, 15, server="yogi/tensor"
     ),
     "fedavgm": Scenario("FedAvgM, full: 10 of 10", 10, 10, 15, server="fedavgm"),
+    "fedprox-adam": Scenario(
+        "FedProx + FedAdam v per tensor, partial: 6 of 30", 30, 6, 30, server="fedprox+adam/tensor"
+    ),
 }
 
 

@@ -261,8 +261,9 @@ class CompressionStrategy(Strategy):
         How downlink steps snap to the stream grid (see
         :class:`~fedcodec.pipeline.DownlinkEncoder`).
     server_optimizer : ServerOptimizer, optional
-        A server optimizer applied to the inner strategy's aggregate (wrap
-        ``FedAvg``): ``x_{v+1} = x_v + step(aggregate − x_v)`` on the exact
+        A server optimizer applied to the round's aggregate (the inner strategy's —
+        wrap ``FedAvg`` — or the engine's with ``aggregation="engine"``):
+        ``x_{v+1} = x_v + step(aggregate − x_v)`` on the exact
         global model, the downlink codes the change it applied.  Its default
         second moment per tensor keeps error feedback's sum, which Flower's
         ``FedAdam``/``FedYogi``/``FedAdagrad`` (one per weight) do not: a weight
@@ -329,12 +330,10 @@ class CompressionStrategy(Strategy):
         if threads < 0:
             raise ValueError(f"threads must be >= 0, got {threads}")
         adaptive = _adaptive(strategy)
-        if server_optimizer is not None and (adaptive or aggregation == "engine"):
+        if server_optimizer is not None and adaptive:
             raise ValueError(
                 "server_optimizer: wrap an averaging strategy (FedAvg), not "
-                f"{type(strategy).__name__}, with aggregation='inner'"
-                if adaptive
-                else "server_optimizer needs aggregation='inner'"
+                f"{type(strategy).__name__}: it would apply a second optimizer"
             )
         if adaptive:
             _log.warning(
