@@ -33,3 +33,19 @@ def test_a_tiny_run_counts_flower_bytes_both_ways(fp32: RunResult, name: str) ->
     # fp32 sends the 57k-parameter model (228 kB) to and from both clients.
     assert fp32.bytes_up > 2 * 4 * 57_000
     assert 0 < run.bytes_up < fp32.bytes_up / 10
+
+
+@pytest.mark.parametrize("server", ["adam/tensor", "fedprox+yogi/weight@0.02"])
+def test_server_optimizer_scenarios_run_the_same_optimizer_in_float32_and_coded(
+    server: str,
+) -> None:
+    """ServerOptimizer scenarios (a smoke run): float32 runs it after FedAvg/FedProx,
+    fedcodec through CompressionStrategy(server_optimizer=...)."""
+    methods = {m.name: m for m in cnn_methods()}
+    sc = Scenario("tiny-opt", 2, 2, 2, server=server)
+    for name in ("fp32", "fedcodec sens+fisher rd-1% down rd-1%"):
+        run = run_one(sc, methods[name], 0, _Train(1, 32, 0.05, 0), train_limit=200)
+        assert len(run.accuracy) == 2
+        assert all(0.0 <= a <= 1.0 for a in run.accuracy)
+        assert run.bytes_up > 0
+        assert run.bytes_down > 0

@@ -387,6 +387,8 @@ def _add_bench_cnn(bsub: argparse._SubParsersAction[argparse.ArgumentParser]) ->
             "fedprox",
             "adam-tensor",
             "adam-weight",
+            "adam-tensor-eta0.03",
+            "adam-weight-eta0.03",
             "fedyogi",
             "yogi-tensor",
             "fedavgm",

@@ -674,8 +674,10 @@ def _server_optimizer(server: str) -> Any:
 
     if "/" not in server:
         return None
-    kind, moment = server.rpartition("+")[2].split("/")
-    eta = 1.0 if kind == "avgm" else 0.01  # as the Flower strategies of the other scenarios
+    kind, _, moment = server.rpartition("+")[2].partition("/")
+    moment, _, eta_text = moment.partition("@")  # e.g. adam/tensor@0.03
+    # eta as the Flower strategies of the other scenarios unless given
+    eta = float(eta_text) if eta_text else 1.0 if kind == "avgm" else 0.01
     beta1 = 0.5 if kind == "avgm" else 0.9
     return ServerOptimizer(kind, eta=eta, beta1=beta1, tau=1e-3, second_moment=moment)  # type: ignore[arg-type]
 
@@ -847,6 +849,12 @@ SCENARIOS = {
     ),
     "adam-weight": Scenario(
         "FedAdam, v per weight, full: 10 of 10", 10, 10, 15, server="adam/weight"
+    ),
+    "adam-tensor-eta0.03": Scenario(
+        "FedAdam eta 0.03, v per tensor, full: 10 of 10", 10, 10, 15, server="adam/tensor@0.03"
+    ),
+    "adam-weight-eta0.03": Scenario(
+        "FedAdam eta 0.03, v per weight, full: 10 of 10", 10, 10, 15, server="adam/weight@0.03"
     ),
     "fedyogi": Scenario("FedYogi, full: 10 of 10", 10, 10, 15, server="fedyogi"),
     "yogi-tensor": Scenario(
