@@ -149,7 +149,7 @@ static int parse_tensor(fc_reader *r, const fc_decode_options *o, const fc_shape
             (sd->mode == FC_MODE_GROUPED && (sd->k & ~3u)) ||
             /* PREDICT (FORMAT.md §7.6): dense slices without ROWKIND, of
              * tensors without a reference, rows up to FC_ROW_CTX_MAX; its
-             * ROWSCALE and RANK4 bits only with it */
+             * ROWSCALE and RANK8 bits only with it */
             (sd->mode == FC_MODE_DENSE && (sd->k & 4u) &&
              ((sd->k & 2u) || td->has_ref || td->cols > FC_ROW_CTX_MAX)) ||
             (sd->mode == FC_MODE_DENSE && !(sd->k & 4u) && (sd->k & ~3u)) ||

@@ -36,7 +36,7 @@
 #define FC_GAP_PREFIX_POS 16
 #define FC_MAX_EG_PREFIX 30   /* remainder prefix bins (levels < 2^30) */
 #define FC_MAX_GAP_PREFIX 44  /* gap prefix bins (gaps < 2^44) */
-#define FC_PRED_RANKS 4       /* PREDICT slices: profiles of the row predictor */
+#define FC_PRED_RANKS 8       /* PREDICT slices: profiles of the row predictor */
 #define FC_PRED_CTX 10        /* contexts per profile coefficient */
 
 typedef struct fc_ctxset {

@@ -33,7 +33,7 @@
 #define FC_SLICE_ROWKIND 2u /* dense slices: a row-kind flag per non-empty row */
 #define FC_SLICE_PREDICT 4u /* dense slices: the low-rank row predictor (predict.h) */
 #define FC_SLICE_ROWSCALE 8u /* PREDICT slices: a scale class per non-empty row */
-#define FC_SLICE_RANK4 16u   /* PREDICT slices: rank 4 (else 2) */
+#define FC_SLICE_RANK8 16u   /* PREDICT slices: rank 8 (else 4) */
 #define FC_PREDICT_ROWSCALE 0x100 /* predict_request: with row scales */
 
 typedef struct fc_slice_enc_job {
@@ -56,7 +56,7 @@ typedef struct fc_slice_enc_job {
     int window_auto;          /* record the bins and cost every window set */
     int rowkind_request;      /* ROWKIND: -1 when it pays (a trial), 0 never, 1 always */
     int predict_request;      /* PREDICT: -1 when it pays (a trial), 0 never, else the
-                                 rank (2 or 4) | FC_PREDICT_ROWSCALE */
+                                 rank (4 or 8) | FC_PREDICT_ROWSCALE */
     /* output */
     fc_buf out;
     unsigned mode;

@@ -364,7 +364,7 @@ void fc_slice_decode(fc_slice_dec_job *job)
     const int refrows = job->mode != FC_MODE_RUNS && (job->k & FC_SLICE_REFROWS);
     const int rowkind = job->mode == FC_MODE_DENSE && (job->k & FC_SLICE_ROWKIND);
     const unsigned rank = job->mode == FC_MODE_DENSE && (job->k & FC_SLICE_PREDICT)
-                              ? ((job->k & FC_SLICE_RANK4) ? 4u : 2u)
+                              ? ((job->k & FC_SLICE_RANK8) ? 8u : 4u)
                               : 0u;
     fc_pred pred;
     uint8_t *predcls = NULL; /* PREDICT: the current row's prediction classes */

@@ -499,7 +499,7 @@ void fc_slice_recode(fc_slice_enc_job *job, unsigned window_set)
 static void slice_encode_once(fc_slice_enc_job *job);
 
 /* Rank of the row predictor that a PREDICT trial codes with. */
-#define PREDICT_TRIAL_RANK 4
+#define PREDICT_TRIAL_RANK 8
 
 /* Row scales pay when the non-empty rows' scales differ (an embedding
  * table: rows of frequent and rare tokens): fewer than 60 % of the
@@ -546,7 +546,7 @@ static int predict_mode(const fc_slice_enc_job *job)
 static void slice_encode_predict(fc_slice_enc_job *job)
 {
     const int request = job->predict_request;
-    int pmode, variant;
+    int pmode, variant, pass;
     if (request > 0) {
         slice_encode_once(job);
         return;
@@ -556,10 +556,14 @@ static void slice_encode_predict(fc_slice_enc_job *job)
     job->predict_request = request;
     if (job->result != FC_OK || request == 0) return;
     pmode = predict_mode(job);
-    /* with row scales also without them: they blur the prediction where
-     * the rows' scales come from the low-rank part itself */
-    for (variant = pmode; variant; variant = (variant & FC_PREDICT_ROWSCALE) ? variant & 0xFF : 0) {
-        fc_slice_enc_job trial = *job;
+    /* with row scales also rank 4 with them (an embedding table's rows
+     * seldom share 8 profiles) and rank 8 without them (they blur the
+     * prediction where the rows' scales come from the low-rank part) */
+    for (pass = 0; pass < 3 && pmode; pass++) {
+        fc_slice_enc_job trial;
+        if (pass > 0 && !(pmode & FC_PREDICT_ROWSCALE)) break;
+        variant = pass == 0 ? pmode : (pass == 1 ? 4 | FC_PREDICT_ROWSCALE : pmode & 0xFF);
+        trial = *job;
         memset(&trial.out, 0, sizeof(trial.out));
         memset(&trial.trace, 0, sizeof(trial.trace));
         trial.recon = NULL; /* the same levels */
@@ -678,8 +682,8 @@ static void slice_encode_once(fc_slice_enc_job *job)
     slots = window + 1;
     memset(&pred, 0, sizeof(pred));
     if (job->predict_request > 0 && (pmode = predict_mode(job)) != 0) {
-        rank = (pmode & 0xFF) >= 4 ? 4u : 2u;
-        job->k |= FC_SLICE_PREDICT | (rank == 4 ? FC_SLICE_RANK4 : 0u) |
+        rank = (pmode & 0xFF) >= 8 ? 8u : 4u;
+        job->k |= FC_SLICE_PREDICT | (rank == 8 ? FC_SLICE_RANK8 : 0u) |
                   ((pmode & FC_PREDICT_ROWSCALE) ? FC_SLICE_ROWSCALE : 0u);
         if (fc_pred_init(&pred, rank, cols, (pmode & FC_PREDICT_ROWSCALE) != 0) ||
             !(predcls = (uint8_t *)malloc((size_t)cols))) {

@@ -293,7 +293,7 @@ static void make_bad_predict(const uint8_t *c, size_t size)
              FC_ERR_CORRUPT);
     /* rank bits without PREDICT */
     bad_edit("predict_rank_alone", c, size, L.slice_modebyte[0],
-             (uint8_t)((b & ~(FC_SLICE_PREDICT << 2)) | FC_SLICE_RANK4 << 2), FC_ERR_CORRUPT);
+             (uint8_t)((b & ~(FC_SLICE_PREDICT << 2)) | FC_SLICE_RANK8 << 2), FC_ERR_CORRUPT);
 }
 
 /* A container of one 1-D tensor (values or levels, `quant`) encoded with
