@@ -196,6 +196,11 @@ def cnn_methods(quick: bool = False) -> list[CnnMethod]:
                 fisher=True,
             )
         )
+    methods.append(
+        CnnMethod(
+            f"{sf} rd-1% down rd-5%", "fedcodec", params=up(0.01), down_params=up(0.05), fisher=True
+        )
+    )
     if quick:
         keep = {"fp32", "top-1%+EF", "fedcodec sens rd-2% S=16"}
         return [m for m in methods if m.name in keep]
