@@ -167,6 +167,41 @@ def cnn_methods(quick: bool = False) -> list[CnnMethod]:
             down_params=down,
             fisher=True,
         ),
+        CnnMethod(f"{sf} dense S=16", "fedcodec", params=down, down_params=down, fisher=True),
+        CnnMethod(
+            f"{sf} dense S=16 down S=8", "fedcodec", params=down, down_params=down8, fisher=True
+        ),
+        CnnMethod(
+            f"{sf} rd-10% down S=8", "fedcodec", params=up(0.1), down_params=down8, fisher=True
+        ),
+        CnnMethod(
+            f"{sf} rd-5% down S=8", "fedcodec", params=up(0.05), down_params=down8, fisher=True
+        ),
+        # Sparse downlinks (server-side error feedback keeps what a round does not send).
+        CnnMethod(
+            f"{sf} rd-3% down rd-0.7%",
+            "fedcodec",
+            params=up(0.03),
+            down_params=RoundParams(
+                lam=0.5,
+                S=16,
+                sensitivity=sens,
+                sparsification=Sparsification(topk=0.007, allocation="rd"),
+            ),
+            fisher=True,
+        ),
+        CnnMethod(
+            f"{sf} rd-2% down rd-2%",
+            "fedcodec",
+            params=fc,
+            down_params=RoundParams(
+                lam=0.5,
+                S=16,
+                sensitivity=sens,
+                sparsification=Sparsification(topk=0.02, allocation="rd"),
+            ),
+            fisher=True,
+        ),
         CnnMethod(
             f"{sf}+filter(1e-2) rd-1%",
             "fedcodec",

@@ -216,9 +216,10 @@ class CompressionStrategy(Strategy):
         The uplink coding per round: ``schedule(round_index, last_stats)``
         with ``round_index = server_round - 1`` and the previous round's
         :class:`~fedcodec.pipeline.RoundStats`, or fixed parameters.
-        Default: ``RoundParams()`` (λ = 0.1155, S = 64).  A byte budget is
-        met (±5 %) by the pipeline's whole-model container; the split into
-        one container per tensor adds a header of some ten bytes per tensor.
+        Default: ``RoundParams()`` (λ = 0.1155, S = 64).  A byte budget holds
+        for the reply as Flower serializes it (the container gets the budget
+        minus the reply's framing).  For CNNs with BatchNorm see
+        ``docs/torch.md`` (``Sensitivity``, Fisher importance, RD top-k).
     downlink : RoundParams, Schedule or callable, optional
         How changes of the global model are coded (default: the uplink
         schedule; ``per_client`` does not apply: one stream serves all nodes).
