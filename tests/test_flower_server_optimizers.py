@@ -204,11 +204,17 @@ def test_server_optimizer_wraps_fedavg_and_flowers_adaptive_optimizers_get_a_war
             FedAdam(**_plain()),  # type: ignore[arg-type]
             server_optimizer=ServerOptimizer("adam"),
         )
-    # On the plugin's own logger: a Flower run earlier in the session (bench cnn) may have
-    # raised the level of Flower's "flwr" logger, its parent.
-    caplog.set_level(logging.WARNING, logger="flwr.fedcodec")
-    CompressionStrategy(FedYogi(**_plain()))  # type: ignore[arg-type]
-    assert "FedYogi normalizes every weight" in caplog.text
-    caplog.clear()
-    CompressionStrategy(FedAvgM(**_plain()))  # type: ignore[arg-type]
-    assert "normalizes" not in caplog.text
+    # On the plugin's own logger, with the capture handler on it: a Flower run earlier in the
+    # session may have raised the level of Flower's "flwr" logger, its parent (bench cnn), or
+    # turned off its propagation to the root logger (a Flower simulation).
+    logger = logging.getLogger("flwr.fedcodec")
+    logger.addHandler(caplog.handler)
+    try:
+        with caplog.at_level(logging.WARNING, logger="flwr.fedcodec"):
+            CompressionStrategy(FedYogi(**_plain()))  # type: ignore[arg-type]
+            assert "FedYogi normalizes every weight" in caplog.text
+            caplog.clear()
+            CompressionStrategy(FedAvgM(**_plain()))  # type: ignore[arg-type]
+            assert "normalizes" not in caplog.text
+    finally:
+        logger.removeHandler(caplog.handler)
