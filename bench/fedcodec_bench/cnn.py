@@ -161,6 +161,13 @@ def cnn_methods(quick: bool = False) -> list[CnnMethod]:
             f"{sf} rd-1% down rd-10%", "fedcodec", params=up(0.01), down_params=down_rd, fisher=True
         ),
         CnnMethod(
+            f"{sf} trellis rd-2%",
+            "fedcodec",
+            params=up(0.02, quantizer="trellis"),
+            down_params=down,
+            fisher=True,
+        ),
+        CnnMethod(
             f"{sf} trellis rd-1%",
             "fedcodec",
             params=up(0.01, quantizer="trellis"),
