@@ -213,6 +213,7 @@ def run_fl_suite(cfg: SuiteConfig) -> dict[str, Any]:
         "quick": cfg.quick,
         "seeds": seeds,
         "jobs": cfg.jobs,
+        "notes": [],
         "not_run": [sc.label for sc in scenarios if sc not in selected],
         "one_seed": [sc.label for sc in selected if len(seeds_of[sc.key]) < len(seeds)],
         "sweep": bool(sweep_on),
@@ -797,6 +798,7 @@ def render_markdown(
         reduced.append("no fedcodec settings sweep")
     if fl_res.get("fedcodec_filter") is not None:
         reduced.append(f"{_n_fedcodec(fl_res)} of the default fedcodec settings")
+    reduced += [str(n) for n in fl_res.get("notes", [])]
     cm = codec_res.get("machine") or {}
     if meta.get("config", {}).get("skip_codec") and cm.get("date_utc") != m.get("date_utc"):
         reduced.append(
@@ -832,9 +834,15 @@ def render_markdown(
         "",
         "* The ratio at ≤ 1 point and the per-baseline comparison choose among the settings "
         f"of each table only ({_n_fedcodec(fl_res)} fedcodec settings, chosen before the run "
-        "and the same in every scenario); the sweep below shows more operating points of "
-        "fedcodec on the first seed of the headline scenario. *In every seed*: the setting "
-        "whose worst seed is within 1 point, ranked by its worst seed's ratio.",
+        "and the same in every scenario)"
+        + (
+            "; the sweep below shows more operating points of fedcodec on the first seed of "
+            "the headline scenario"
+            if fl_res.get("sweeps")
+            else ""
+        )
+        + ". *In every seed*: the setting whose worst seed is within 1 point, ranked by its "
+        "worst seed's ratio.",
         "* With partial participation a sampled client first downloads every model change "
         "since the last round it took part in (or a keyframe when that is smaller); this "
         "catch-up dominates the downlink of every compressed method (compare bytes down with "
