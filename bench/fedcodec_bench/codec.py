@@ -415,7 +415,8 @@ def _bench_dataset(
     ]
     # The container's floor: the same shapes with every level zero.
     zero_bytes = len(fc.encode_levels([np.zeros_like(lv) for lv in levels], step, threads=1).data)
-    rd0 = fc.encode(tensors, step=step, lam=0.0, threads=thr, return_recon=True)
+    # (the orientation choice of encode_levels: lossy encode() keeps the given one by default)
+    rd0 = fc.encode(tensors, step=step, lam=0.0, threads=thr, return_recon=True, transpose="auto")
     rdq = fc.encode(tensors, step=step, lam=cfg.rdoq_lambda, threads=thr, return_recon=True)
     rdq_bytes = bytes(rdq.data)
 

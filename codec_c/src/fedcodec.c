@@ -244,18 +244,10 @@ static void plan_slices(fc_tensor_desc *d, uint64_t significant, const fc_encode
         d->nslices = 0;
         return;
     }
-    /* Slices: about slice_elems elements of work, but not so many that each
-     * carries less than MIN_SLICE_BYTES (estimated at ~ log2(1/density) + 6
-     * bits per nonzero).  Work: every element of a tensor with 50 %+
-     * nonzeros, else two per nonzero (the empty rows of an embedding table
-     * and the zeros of a sparse one cost little to decode, and fewer
-     * slices learn more: the MiniLM SGD embedding table codes 2.3 % smaller
-     * in 2 slices than in 45).  Depends on the data only, never on the
-     * thread count. */
-    {
-        uint64_t work = significant < numel / 2 ? 2u * significant : numel;
-        nsl = (work + o->slice_elems - 1) / o->slice_elems;
-    }
+    /* Slices: about slice_elems elements, but not so many that each carries
+     * less than MIN_SLICE_BYTES (estimated at ~ log2(1/density) + 6 bits per
+     * nonzero).  Depends on the data only, never on the thread count. */
+    nsl = (numel + o->slice_elems - 1) / o->slice_elems;
     {
         /* Integer log2, so the slicing is the same with every libm. */
         uint64_t inv_dens = significant ? numel / significant : numel;
