@@ -32,6 +32,11 @@ typo does not silently leave a default in place.  An example file::
 
     [params]                  # how clients code their updates (fedcodec.pipeline.RoundParams)
     budget_bytes = 20000
+    quantizer = "uniform"     # or "trellis", "trellis8", "dither" (seed per round and client)
+    # sensitivity = true      # BatchNorm statistics/biases handled as what they are
+    # [params.sparsification]
+    # topk = 0.02
+    # allocation = "rd"       # per-tensor RD allocation of the kept values
 
     [robust]                  # fedcodec.pipeline.RobustPolicy (defaults shown)
     max_num_examples = 1000000000   # larger counts are refused (INVALID_ARGUMENT)
@@ -69,6 +74,7 @@ from fedcodec.pipeline import (
     RobustPolicy,
     RoundParams,
     Schedule,
+    Sensitivity,
     ServerOptimizer,
     Sparsification,
     StepSchedule,
@@ -404,9 +410,15 @@ _PARAM_KEYS: dict[str, type] = {
     "budget_bytes": int,
     "tolerance": float,
     "step_rule": str,
+    "quantizer": str,
+    "dither_salt": int,
+    # On: fedcodec.pipeline.Sensitivity() (normalization statistics at their own fine step,
+    # importance-derived steps per tensor, 1-d tensors never sparsified).
+    "sensitivity": bool,
     "sparsification.topk": float,
     "sparsification.threshold": float,
     "sparsification.rows": float,
+    "sparsification.allocation": str,
 }
 _OPTIONAL_PARAMS = {"step", "budget_bytes"} | {k for k in _PARAM_KEYS if "." in k}
 
@@ -444,6 +456,8 @@ def _get(config: ServerConfig, key: str) -> Any:
         if isinstance(obj, RoundParams) and part == "sparsification":
             obj = obj.sparsification or Sparsification()
             continue
+        if isinstance(obj, RoundParams) and part == "sensitivity":
+            return obj.sensitivity is not None
         obj = getattr(obj, part)
     return obj
 
@@ -524,6 +538,10 @@ def _params(values: Mapping[str, Any], prefix: str, base: RoundParams) -> RoundP
         value = values[full]
         if key.startswith("sparsification."):
             sparse[key.split(".", 1)[1]] = value
+        elif key == "sensitivity":
+            data.pop("sensitivity", None)
+            if value:
+                data["sensitivity"] = Sensitivity().to_json()
         else:
             data[key] = value
     for key in _OPTIONAL_PARAMS:
@@ -531,6 +549,8 @@ def _params(values: Mapping[str, Any], prefix: str, base: RoundParams) -> RoundP
         if key in data and not data[key]:
             del data[key]
     sparse = {k: v for k, v in sparse.items() if v}
+    if set(sparse) <= {"allocation"}:
+        sparse = {}  # an allocation rule alone sparsifies nothing
     if sparse:
         data["sparsification"] = sparse
     try:

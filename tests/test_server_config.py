@@ -5,13 +5,19 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 
-from fedcodec.pipeline import CosineSchedule, RoundParams
-from fedcodec.server import ConfigError, load_config
+from fedcodec.client.edge import round_info_from_proto
+from fedcodec.pipeline import CosineSchedule, RoundParams, Sensitivity, Sparsification
+from fedcodec.server import BackgroundServer, ConfigError, load_config
 from fedcodec.server.auth import TokenRegistry, token_digest
 
+import loopback
+from loopback import loopback_config
+
 INSECURE = {"security.insecure": True}
+SPARSE_ALLOCATION = "params.sparsification.allocation"
 
 
 def test_a_toml_file_then_the_environment_then_flags_win_in_that_order(tmp_path: Path) -> None:
@@ -47,6 +53,10 @@ def test_json_files_work_the_same(tmp_path: Path) -> None:
         ({"overrides": {"limits.max_chunk_bytes": 4 << 20}}, "max_chunk_bytes"),
         ({"overrides": {"limits.max_update_bytes": 2 << 30}}, "max_update_bytes"),
         ({"overrides": {"params.lam": -1}}, "lam"),
+        ({"overrides": {"params.quantizer": "lloyd"}}, "quantizer must be one of"),
+        ({"overrides": {"params.quantizer": "dither", "params.lam": 0.5}}, "lam must be 0"),
+        ({"env": {"FEDCODEC_PARAMS_SENSITIVITY": "maybe"}}, "true or false"),
+        ({"overrides": {"params.sparsification.topk": 0.1, SPARSE_ALLOCATION: "x"}}, "allocation"),
         ({"overrides": {"schedule.kind": "cosine", "schedule.name": "nope"}}, "schedule"),
         ({"overrides": {"rounds.optimizer": "sgd"}}, "rounds.optimizer: kind"),
         ({"overrides": {"rounds.optimizer": "adam", "rounds.optimizer_beta1": 1.5}}, "beta1"),
@@ -97,6 +107,49 @@ def test_every_key_round_trips_through_print_config() -> None:
     config = load_config(env={}, overrides={**INSECURE, "params.step": 0.01})
     again = load_config(env={}, overrides=config.to_json())
     assert again == config
+
+
+def test_quantizer_sensitivity_and_rd_sparsification_are_server_settings(tmp_path: Path) -> None:
+    """Every RoundParams choice a client can be told to use is a server setting too."""
+    path = tmp_path / "server.toml"
+    path.write_text(
+        "[security]\ninsecure = true\n"
+        '[params]\nquantizer = "trellis"\nsensitivity = true\n'
+        '[params.sparsification]\ntopk = 0.02\nallocation = "rd"\n'
+        '[downlink.params]\nquantizer = "trellis8"\n'
+    )
+    config = load_config(path, env={"FEDCODEC_PARAMS_DITHER_SALT": "7"})
+    assert config.params == RoundParams(
+        quantizer="trellis",
+        dither_salt=7,
+        sensitivity=Sensitivity(),
+        sparsification=Sparsification(topk=0.02, allocation="rd"),
+    )
+    assert config.downlink.params == RoundParams(quantizer="trellis8")
+    assert load_config(env={}, overrides=config.to_json()) == config
+    # The defaults print as "off" and load back as off: no sparsification from an
+    # allocation rule alone, no sensitivity.
+    plain = load_config(env={}, overrides=INSECURE)
+    assert plain.to_json()["params.sensitivity"] is False
+    assert load_config(env={}, overrides=plain.to_json()).params == RoundParams()
+
+
+def test_the_round_config_tells_clients_the_configured_quantizer(tmp_path: Path) -> None:
+    """End to end: a client checking in learns the quantizer from the server's settings."""
+    settings = {"params.quantizer": "dither", "params.lam": 0.0, "params.sensitivity": True}
+    config = loopback_config(tmp_path, {"rounds.min_clients": 1}, settings)
+    tokens = {"c0": "token-of-client-0-0123456789"}
+    model = {"w": np.zeros((4, 8), np.float32)}
+    with BackgroundServer(config, tokens=tokens, initial_model=model) as server:
+        conn = loopback.connect(server, tokens["c0"], "c0")
+        try:
+            answer = conn.check_in()
+        finally:
+            conn.close()
+    params = round_info_from_proto(answer.config).params
+    assert params.quantizer == "dither"
+    assert params.lam == 0.0
+    assert params.sensitivity == Sensitivity()
 
 
 def test_tokens_are_kept_as_digests_and_map_to_their_client(tmp_path: Path) -> None:
