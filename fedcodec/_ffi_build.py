@@ -212,6 +212,15 @@ def c_sources() -> list[str]:
     return sources
 
 
+def c_headers() -> list[str]:
+    """Every header of the C library (public and internal), sorted.
+
+    Passed as the extension's ``depends``: an incremental build (an in-tree ``build/``
+    folder) recompiles when only a header changed instead of linking stale objects.
+    """
+    return sorted(_relative(p) for d in ("include", "src") for p in (_CODEC / d).rglob("*.h"))
+
+
 # -ffp-contract=off: no fused multiply-add, so level * step and the
 # quantizer's arithmetic give the same float bits on every platform.
 # -Werror (CI and development: FEDCODEC_WERROR=1): a cdef that drifts from
@@ -235,6 +244,7 @@ ffi.set_source(
     "fedcodec._fedcodec_cffi",
     CSOURCE,
     sources=c_sources(),
+    depends=c_headers(),
     include_dirs=[_relative(_CODEC / "include"), _relative(_CODEC / "src")],
     extra_compile_args=COMPILE_ARGS,
     extra_link_args=["-pthread"],
