@@ -271,3 +271,23 @@ def test_temporal_reference_gain_on_real_rounds() -> None:
     assert "## Temporal side information" in temporal_lines(results)
     (target,) = temporal_targets(results, quick=True)
     assert target.status == "n/a"  # not judged on the small federation
+
+
+def test_speed_ratios_vs_nncodec_use_cpu_time_when_both_sides_measured_it() -> None:
+    """A preempted wall-clock run must not decide a per-core speed ratio."""
+    from fedcodec_bench.codec import _nncodec_speed_ratio
+
+    numel = 1_000_000
+    record: dict[str, Any] = {
+        "numel": numel,
+        # fedcodec: 0.01 s CPU per decode, but one wall-clock run was preempted (0.09 s).
+        "speed": {
+            "dec_levels_1t": {"median_mws": numel / 0.09 / 1e6},
+            "dec_levels_1t_cpu": {"median_mws": numel / 0.01 / 1e6},
+        },
+        "nncodec": {"dec_s": [0.03, 0.03, 0.03], "dec_cpu_s": [0.03, 0.03, 0.03]},
+    }
+    assert _nncodec_speed_ratio(record, "dec_levels_1t", "dec_s") == pytest.approx(3.0)
+    # An NNCodec result from before CPU times were recorded: wall clock on both sides.
+    del record["nncodec"]["dec_cpu_s"]
+    assert _nncodec_speed_ratio(record, "dec_levels_1t", "dec_s") == pytest.approx(1 / 3)
