@@ -85,6 +85,9 @@ class RoundInfo:
         The largest upload chunk the server takes.
     initial : InitialRef or None
         The shared initial model the federation starts from (None: a keyframe stream).
+    temporal_reference : bool
+        The server keeps this client's previous decoded update: the update is coded with
+        it as temporal reference (fewer bytes on dense updates).
     """
 
     round_id: int
@@ -96,6 +99,7 @@ class RoundInfo:
     max_update_bytes: int
     max_chunk_bytes: int = MAX_CHUNK_BYTES
     initial: InitialRef | None = None
+    temporal_reference: bool = False
 
 
 @dataclass(frozen=True)
@@ -184,6 +188,7 @@ def round_info_from_proto(config: round_pb2.RoundConfig) -> RoundInfo:
         initial=(
             initial_from_proto(config.initial_model) if config.HasField("initial_model") else None
         ),
+        temporal_reference=config.temporal_reference,
     )
 
 
@@ -260,6 +265,10 @@ class EdgeClient:
         self._spec: ModelSpec | None = None
         self._engine: ClientEngine | None = None
         self._pending: PendingUpload | None = None
+        # Re-encodes the pending update without temporal reference (set while a
+        # reference-coded update of this process is pending; the server may hold no
+        # reference for this client, e.g. after its restart).
+        self._reencode: Callable[[], PendingUpload] | None = None
         self._chunk_bytes = MAX_CHUNK_BYTES  # the server's limit, from its round config
         # The encoder state as of the last acknowledged update (restored when the server
         # refuses an update for good).
@@ -424,38 +433,49 @@ class EdgeClient:
         train_seconds = time.perf_counter() - start
         encoder = self._encoder
         assert encoder is not None
-        update = encoder.encode(
-            trained.weights,
-            base,
-            info.params,
-            round_number=info.round_id,
-            num_examples=trained.num_examples,
-        )
-        residual, meta = encoder.state()
-        pending = PendingUpload(
-            idempotency_key=uuid.uuid4().hex,
-            round_id=info.round_id,
-            base_version=base.version,
-            base_digest=base.digest,
-            num_examples=trained.num_examples,
-            payload=update.data,
-            residual=residual,
-            encoder_meta=meta,
-        )
-        self._set_pending(pending)
-        log.info(
-            "update encoded",
-            extra={
-                "event": "update_encoded",
-                "client_id": self.client_id,
-                "round_id": info.round_id,
-                "bytes": len(update.data),
-                "passes": update.stats.passes,
-                "density": round(update.stats.density, 6),
-                "train_s": round(train_seconds, 3),
-                "encode_s": round(update.stats.seconds, 3),
-            },
-        )
+        # Coded against the previous update when the server keeps references (the
+        # encoder holds one only after an update of this process was accepted).
+        encoder.temporal_reference = info.temporal_reference
+
+        def encode() -> PendingUpload:
+            assert encoder is not None
+            assert base is not None
+            update = encoder.encode(
+                trained.weights,
+                base,
+                info.params,
+                round_number=info.round_id,
+                num_examples=trained.num_examples,
+            )
+            residual, meta = encoder.state()
+            pending = PendingUpload(
+                idempotency_key=uuid.uuid4().hex,
+                round_id=info.round_id,
+                base_version=base.version,
+                base_digest=base.digest,
+                num_examples=trained.num_examples,
+                payload=update.data,
+                residual=residual,
+                encoder_meta=meta,
+            )
+            self._set_pending(pending, encode if update.uses_reference else None)
+            log.info(
+                "update encoded",
+                extra={
+                    "event": "update_encoded",
+                    "client_id": self.client_id,
+                    "round_id": info.round_id,
+                    "bytes": len(update.data),
+                    "passes": update.stats.passes,
+                    "density": round(update.stats.density, 6),
+                    "temporal_reference": update.uses_reference,
+                    "train_s": round(train_seconds, 3),
+                    "encode_s": round(update.stats.seconds, 3),
+                },
+            )
+            return pending
+
+        pending = encode()
         result = self._deliver(pending, retry_after)
         return RoundResult(
             result.outcome,
@@ -468,8 +488,11 @@ class EdgeClient:
             result.detail,
         )
 
-    def _set_pending(self, pending: PendingUpload | None) -> None:
+    def _set_pending(
+        self, pending: PendingUpload | None, reencode: Callable[[], PendingUpload] | None = None
+    ) -> None:
         self._pending = pending
+        self._reencode = reencode
         path = self._path("pending.npz")
         if path is None:
             return
@@ -501,9 +524,27 @@ class EdgeClient:
             )
         except UpdateRefusedError as exc:
             # Refused for good: drop the update; the residual goes back to the last
-            # acknowledged one (on disk, or the pre-encode state in memory).
+            # acknowledged one (on disk, or the pre-encode state in memory).  The
+            # temporal reference (this update's reconstruction) is not the server's.
+            reencode = self._reencode
+            encoder = self._encoder
+            assert encoder is not None
+            encoder.drop_reference()
             self._restore_acknowledged_residual()
             self._set_pending(None)
+            if reencode is not None and exc.status == "INVALID_ARGUMENT":
+                # Coded against a reference the server does not hold (it restarted, or
+                # forgot this client): the same update once more, without reference.
+                log.info(
+                    "update refused for its temporal reference; resending without",
+                    extra={
+                        "event": "temporal_reference_dropped",
+                        "client_id": self.client_id,
+                        "round_id": pending.round_id,
+                        "detail": exc.detail,
+                    },
+                )
+                return self._deliver(reencode(), retry_after)
             log.warning(
                 "update refused",
                 extra={

@@ -29,6 +29,7 @@ typo does not silently leave a default in place.  An example file::
     min_clients = 5
     target_clients = 20
     deadline_s = 300
+    # client_references = 100   # temporal references of up to 100 clients (4 B/weight each)
 
     [params]                  # how clients code their updates (fedcodec.pipeline.RoundParams)
     budget_bytes = 20000
@@ -164,6 +165,13 @@ class RoundsConfig:
         Momentum, second-moment decay, adaptivity.
     optimizer_second_moment : {"tensor", "weight"}
         One second moment per tensor (keeps error feedback's sum) or per weight.
+    client_references : int
+        Temporal references: keep the last decoded update of at most this many clients
+        (least recently stored forgotten first) and tell clients in the round config that
+        they may code their update against their previous one (0: off).  Memory: one
+        float32 model per kept client (``client_references x 4 x weights`` bytes); not
+        persisted, so after a restart a client's first reference-coded update is refused
+        and the client resends without reference.
     """
 
     max_rounds: int = 0
@@ -180,6 +188,7 @@ class RoundsConfig:
     optimizer_beta2: float = 0.99
     optimizer_tau: float = 1e-3
     optimizer_second_moment: str = "tensor"
+    client_references: int = 0
 
     def server_optimizer(self) -> ServerOptimizer | None:
         """The configured server optimizer (None: plain FedAvg with ``server_lr``).
@@ -663,6 +672,8 @@ def _validate(c: ServerConfig) -> None:
         problems.append("rounds.retry_after_s must be >= 0")
     if not (math.isfinite(rounds.server_lr) and rounds.server_lr > 0):
         problems.append("rounds.server_lr must be > 0")
+    if rounds.client_references < 0:
+        problems.append("rounds.client_references must be >= 0 (0: off)")
     try:
         rounds.server_optimizer()
     except ValueError as exc:

@@ -48,6 +48,7 @@ from fedcodec.errors import FedCodecError
 from fedcodec.pipeline import (
     Aggregator,
     BaseDigestMismatchError,
+    ClientReferences,
     ClientRoundStats,
     DownlinkPackage,
     InitialModelError,
@@ -127,6 +128,9 @@ class RoundInfo:
         Upload limits.
     initial : InitialRef or None
         The shared initial model every package is relative to (None: a keyframe stream).
+    temporal_reference : bool
+        The server keeps per-client references: the client may code its update against
+        its previous decoded update (``rounds.client_references``).
     """
 
     round_id: int
@@ -138,6 +142,7 @@ class RoundInfo:
     max_update_bytes: int
     max_chunk_bytes: int
     initial: InitialRef | None = None
+    temporal_reference: bool = False
 
 
 @dataclass(frozen=True)
@@ -329,6 +334,12 @@ class RoundCoordinator:
         )
         self._store: Store | None = None
         self._engine: RoundEngine | None = None
+        # Per-client temporal references (memory only: one float32 model per kept client).
+        self.references: ClientReferences | None = (
+            ClientReferences(max_clients=config.rounds.client_references)
+            if config.rounds.client_references > 0
+            else None
+        )
         self._downlink_lock = threading.Lock()
         self._base: ModelVersion | None = None
         self._stream_digest = ""
@@ -422,6 +433,7 @@ class RoundCoordinator:
             threads=self.config.limits.codec_threads,
             policy=self.config.robust,
             downlink_state=downlink_state,
+            aggregator_options=({} if self.references is None else {"references": self.references}),
         )
 
     def _open_record(
@@ -649,6 +661,7 @@ class RoundCoordinator:
             max_update_bytes=self.max_update_bytes,
             max_chunk_bytes=self.max_chunk_bytes,
             initial=self._need_engine().initial,
+            temporal_reference=self.references is not None,
         )
 
     async def check_in(self, client_id: str) -> CheckIn:

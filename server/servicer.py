@@ -110,6 +110,7 @@ def _round_config(info: RoundInfo) -> round_pb2.RoundConfig:
         max_update_bytes=info.max_update_bytes,
         max_chunk_bytes=info.max_chunk_bytes,
         initial_model=None if info.initial is None else initial_to_proto(info.initial),
+        temporal_reference=info.temporal_reference,
     )
 
 

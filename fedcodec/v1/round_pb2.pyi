@@ -284,6 +284,7 @@ class RoundConfig(_message.Message):
     MAX_UPDATE_BYTES_FIELD_NUMBER: _builtins.int
     MAX_CHUNK_BYTES_FIELD_NUMBER: _builtins.int
     INITIAL_MODEL_FIELD_NUMBER: _builtins.int
+    TEMPORAL_REFERENCE_FIELD_NUMBER: _builtins.int
     round_id: _builtins.int
     """Round id, counting from 1; round r turns global version r-1 into version r."""
     base_version: _builtins.int
@@ -294,6 +295,12 @@ class RoundConfig(_message.Message):
     """Largest coded update the server accepts, in bytes."""
     max_chunk_bytes: _builtins.int
     """Largest chunk the server accepts in one UploadUpdateRequest, in bytes."""
+    temporal_reference: _builtins.bool
+    """The server keeps this client's previous decoded update: the client may code its update
+    with it as temporal reference (fedcodec.pipeline.UpdateEncoder temporal_reference).  A
+    reference the server does not hold (e.g. after its restart) is refused with
+    INVALID_ARGUMENT; the client then resends the update coded without reference.
+    """
     @_builtins.property
     def params(self) -> Global___CodingParams: ...
     @_builtins.property
@@ -320,10 +327,11 @@ class RoundConfig(_message.Message):
         max_update_bytes: _builtins.int = ...,
         max_chunk_bytes: _builtins.int = ...,
         initial_model: Global___InitialModel | None = ...,
+        temporal_reference: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["deadline", b"deadline", "initial_model", b"initial_model", "model_spec", b"model_spec", "params", b"params"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["base_digest", b"base_digest", "base_version", b"base_version", "deadline", b"deadline", "initial_model", b"initial_model", "max_chunk_bytes", b"max_chunk_bytes", "max_update_bytes", b"max_update_bytes", "model_spec", b"model_spec", "params", b"params", "round_id", b"round_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["base_digest", b"base_digest", "base_version", b"base_version", "deadline", b"deadline", "initial_model", b"initial_model", "max_chunk_bytes", b"max_chunk_bytes", "max_update_bytes", b"max_update_bytes", "model_spec", b"model_spec", "params", b"params", "round_id", b"round_id", "temporal_reference", b"temporal_reference"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -1,0 +1,185 @@
+"""Temporal references end to end over real gRPC on loopback: the server setting
+``rounds.client_references`` tells edge clients to code each update against their previous
+one; fewer uplink bytes, the same aggregate; a restarted server (references are not
+persisted) refuses the reference-coded update and the client resends it without."""
+
+from __future__ import annotations
+
+import logging
+import socket
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from fedcodec.client import EdgeClient, Outcome, RetryPolicy, RoundInfo, TrainResult
+from fedcodec.server import BackgroundServer, ConfigError, load_config
+
+from loopback import loopback_config
+
+_RNG = np.random.default_rng(11)
+MODEL = {
+    "w": (_RNG.standard_normal((64, 128)) * 0.1).astype(np.float32),
+    "b": np.zeros(64, np.float32),
+}
+CLIENTS = ["c0", "c1"]
+TOKENS = {c: f"temporal-wire-token-{c}-0123456789" for c in CLIENTS}
+FAST = RetryPolicy(attempts=40, initial_backoff_s=0.05, max_backoff_s=0.2, call_timeout_s=30)
+ROUNDS = 4
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def make_server(tmp_path: Path, references: int, port: int = 0) -> BackgroundServer:
+    settings = {
+        "listen": f"127.0.0.1:{port}",
+        "rounds.min_clients": 2,
+        "rounds.target_clients": 2,
+        "rounds.max_rounds": ROUNDS,
+        "rounds.deadline_s": 60.0,
+        "rounds.retry_after_s": 0.02,
+        "rounds.client_references": references,
+        # λ = 0: plain rounding, so the reference changes the coding, never the levels.
+        "params.lam": 0.0,
+        "params.S": 16,
+    }
+    config = loopback_config(tmp_path, settings)
+    return BackgroundServer(config, tokens=TOKENS, initial_model=MODEL)
+
+
+def trainer(client: int) -> Any:
+    """Dense updates that keep a per-client direction across rounds (as local training
+    on a client's own data does), plus fresh noise."""
+    direction = {
+        k: np.random.default_rng([client, 99]).standard_normal(v.shape).astype(np.float32)
+        for k, v in MODEL.items()
+    }
+
+    def train(weights: dict[str, np.ndarray], info: RoundInfo) -> TrainResult:
+        rng = np.random.default_rng([client, info.round_id])
+        new = {
+            k: v + (0.02 * (direction[k] + 0.3 * rng.standard_normal(v.shape))).astype(np.float32)
+            for k, v in weights.items()
+        }
+        return TrainResult(new, num_examples=10 + client)
+
+    return train
+
+
+def edge(port: int, client: str) -> EdgeClient:
+    return EdgeClient(
+        f"127.0.0.1:{port}",
+        client_id=client,
+        token=TOKENS[client],
+        insecure=True,
+        retry=FAST,
+        initial_model=MODEL,
+    )
+
+
+def participate(client: EdgeClient, index: int, timeout: float = 30.0) -> Any:
+    """Run rounds until ``client`` took part in one (the next round may not be open yet)."""
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        result = client.run_round(trainer(index))
+        if result.outcome is Outcome.PARTICIPATED:
+            return result
+        assert result.outcome in (Outcome.NOT_SELECTED, Outcome.ALREADY_REPORTED), result
+        time.sleep(0.02)
+    raise AssertionError(f"{client.client_id} was not selected within {timeout} s")
+
+
+def run_federation(tmp_path: Path, references: int) -> tuple[list[int], str]:
+    """Bytes up per round (both clients) and the final global model's digest."""
+    port = free_port()
+    clients = [edge(port, c) for c in CLIENTS]
+    up = []
+    with make_server(tmp_path, references, port) as server:
+        for _ in range(ROUNDS):
+            up.append(sum(participate(c, i).bytes_up for i, c in enumerate(clients)))
+        deadline = time.monotonic() + 30
+        while not server.coordinator.finished and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert server.coordinator.finished
+        digest = server.coordinator.global_model().digest
+        if references:
+            refs = server.coordinator.references
+            assert refs is not None
+            assert all(c in refs for c in CLIENTS)
+            # The stated memory cost: one float32 model per kept client.
+            assert refs.memory_bytes == len(CLIENTS) * 4 * server.coordinator.spec.numel
+        else:
+            assert server.coordinator.references is None
+    for c in clients:
+        c.close()
+    return up, digest
+
+
+def test_references_save_uplink_bytes_and_give_the_same_model(tmp_path: Path) -> None:
+    off, model_off = run_federation(tmp_path / "off", 0)
+    on, model_on = run_federation(tmp_path / "on", 8)
+    # Round 1 has no reference yet: the same bytes.  Later rounds code against it.
+    assert on[0] == off[0]
+    saved = 1.0 - sum(on[1:]) / sum(off[1:])
+    print(f"uplink bytes rounds 2..{ROUNDS}: off {off[1:]} on {on[1:]} ({saved:.1%} fewer)")
+    assert saved > 0.05
+    # Same levels, so the same decoded updates and the same aggregate, bit for bit.
+    assert model_on == model_off
+
+
+def test_a_restarted_server_refuses_the_reference_and_the_client_resends_without(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    port = free_port()
+    clients = [edge(port, c) for c in CLIENTS]
+    with make_server(tmp_path, 8, port) as server:
+        for _ in range(2):
+            for i, c in enumerate(clients):
+                participate(c, i)
+        deadline = time.monotonic() + 30
+        while server.coordinator.open_round_id != 3 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert server.coordinator.open_round_id == 3
+    for c in clients:
+        assert c.encoder is not None
+        assert c.encoder.has_reference
+    # References are memory only: the restarted server holds none.
+    with make_server(tmp_path, 8, port) as server:
+        assert server.coordinator.references is not None
+        assert len(server.coordinator.references) == 0
+        with caplog.at_level(logging.INFO, logger="fedcodec.client"):
+            third = [participate(c, i) for i, c in enumerate(clients)]
+        dropped = [r for r in caplog.records if r.getMessage().startswith("update refused for")]
+        assert len(dropped) == len(CLIENTS)  # each refused once, resent without reference
+        assert all(r.outcome is Outcome.PARTICIPATED and r.round_id == 3 for r in third)
+        # The next round codes against the reference the server now holds again.
+        fourth = [participate(c, i) for i, c in enumerate(clients)]
+        assert all(r.outcome is Outcome.PARTICIPATED and r.round_id == 4 for r in fourth)
+        assert sum(r.bytes_up for r in fourth) < sum(r.bytes_up for r in third)
+        deadline = time.monotonic() + 30
+        while not server.coordinator.finished and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert server.coordinator.finished
+        history = server.coordinator.global_model().version
+        assert history == ROUNDS  # every round aggregated both clients' updates
+    for c in clients:
+        c.close()
+
+
+def test_client_references_is_a_setting(tmp_path: Path) -> None:
+    path = tmp_path / "server.toml"
+    path.write_text("[security]\ninsecure = true\n[rounds]\nclient_references = 50\n")
+    config = load_config(path, env={})
+    assert config.rounds.client_references == 50
+    assert load_config(env={}, overrides=config.to_json()) == config
+    env = {"FEDCODEC_ROUNDS_CLIENT_REFERENCES": "3"}
+    assert load_config(path, env=env).rounds.client_references == 3
+    assert load_config(env={}, overrides={"security.insecure": True}).rounds.client_references == 0
+    with pytest.raises(ConfigError, match="client_references"):
+        load_config(env={}, overrides={"security.insecure": True, "rounds.client_references": -1})
