@@ -44,6 +44,7 @@ from typing import Any, TypeVar
 
 import numpy.typing as npt
 
+from fedcodec import codec
 from fedcodec.errors import FedCodecError
 from fedcodec.pipeline import (
     Aggregator,
@@ -532,7 +533,40 @@ class RoundCoordinator:
             )
             self._spawn(self._close(rnd, "target reached"))
 
+    def _undecodable_updates(self, round_id: int) -> list[str]:
+        """Clients whose stored update needs a temporal reference the server does not hold
+        (runs in the database thread)."""
+        refs = self.references
+        lost = []
+        for update, payload in self.store.iter_updates(round_id):
+            client_id = update.client_id
+            try:
+                coded_with_reference = any(
+                    info.reference_digest is not None for info in codec.inspect(payload)
+                )
+            except (FedCodecError, ValueError):
+                continue  # validated when it arrived; the aggregation reports it
+            if coded_with_reference and (refs is None or client_id not in refs):
+                lost.append(client_id)
+        return lost
+
     async def _restore_round(self, record: RoundRecord) -> _Round:
+        # References live in memory only: an update of the open round coded against one
+        # cannot be decoded after a restart.  Dropped (logged), so the round does not wait
+        # for it and its client, still selected, takes part again.
+        lost = await self._in_db(self._undecodable_updates, record.round_id)
+        if lost:
+            await self._in_db(self.store.drop_updates, record.round_id, lost)
+            for client_id in lost:
+                log.warning(
+                    "a stored update coded against a temporal reference lost in the restart "
+                    "was dropped; the client may send again",
+                    extra={
+                        "event": "reference_update_dropped",
+                        "round_id": record.round_id,
+                        "client_id": client_id,
+                    },
+                )
         selected = await self._in_db(self.store.selections, record.round_id)
         reported: dict[str, tuple[str, int, int]] = {}
         for client_id in await self._in_db(self.store.reported, record.round_id):

@@ -758,6 +758,25 @@ class Store:
             (record.round_id, record.client_id),
         )
 
+    def drop_updates(self, round_id: int, client_ids: list[str]) -> None:
+        """Delete stored updates of a round (the clients may send again).
+
+        For updates that can no longer be decoded: coded against a temporal reference the
+        server lost in a restart (references are not persisted).
+        """
+        with self._transaction() as db:
+            for client_id in client_ids:
+                cur = db.execute(
+                    "DELETE FROM updates WHERE round_id = ? AND client_id = ?",
+                    (round_id, client_id),
+                )
+                if cur.rowcount:
+                    db.execute(
+                        "UPDATE clients SET updates_accepted = updates_accepted - 1 "
+                        "WHERE client_id = ?",
+                        (client_id,),
+                    )
+
     def iter_updates(self, round_id: int) -> Iterator[tuple[UpdateRecord, bytes]]:
         """The round's stored updates in client-id order, one payload in memory at a time."""
         for client_id in self.reported(round_id):

@@ -183,3 +183,45 @@ def test_client_references_is_a_setting(tmp_path: Path) -> None:
     assert load_config(env={}, overrides={"security.insecure": True}).rounds.client_references == 0
     with pytest.raises(ConfigError, match="client_references"):
         load_config(env={}, overrides={"security.insecure": True, "rounds.client_references": -1})
+
+
+def test_a_reference_coded_update_stored_before_a_restart_is_dropped_and_sent_again(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Mid-round restart: the stored update of c0 needs a reference the restarted server
+    lost; it is dropped (not left to block the round), c0 is still selected and sends
+    again, and the round aggregates both clients."""
+    port = free_port()
+    clients = [edge(port, c) for c in CLIENTS]
+    with make_server(tmp_path, 8, port) as server:
+        for i, c in enumerate(clients):
+            participate(c, i)
+        first = participate(clients[0], 0)  # round 2: coded against round 1's update
+        assert first.round_id == 2
+        assert server.coordinator.open_round_id == 2
+    with (
+        caplog.at_level(logging.INFO),
+        make_server(tmp_path, 8, port) as server,
+    ):
+        events = [getattr(r, "event", "") for r in caplog.records]
+        assert events.count("reference_update_dropped") == 1
+        again = participate(clients[0], 0)
+        assert again.outcome is Outcome.PARTICIPATED
+        assert again.round_id == 2
+        other = participate(clients[1], 1)
+        assert other.round_id == 2
+        deadline = time.monotonic() + 30
+        while server.coordinator.open_round_id == 2 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        aggregated = [
+            r
+            for r in caplog.records
+            if getattr(r, "event", "") == "round_aggregated" and getattr(r, "round_id", 0) == 2
+        ]
+        assert len(aggregated) == 1
+        assert getattr(aggregated[0], "updates", 0) == len(CLIENTS)
+        events = [getattr(r, "event", "") for r in caplog.records]
+        assert "stored_update_skipped" not in events
+        assert server.coordinator.global_model().version == 2
+    for c in clients:
+        c.close()
