@@ -263,20 +263,20 @@ MODELS = ("small", "wide")
 def _net(model: str = "small") -> Any:
     from torch import nn
 
+    def block(cin: int, cout: int) -> list[Any]:
+        """Conv 3x3 + BatchNorm + ReLU + max-pool 2."""
+        return [
+            nn.Conv2d(cin, cout, 3, padding=1),
+            nn.BatchNorm2d(cout),
+            nn.ReLU(),
+            nn.MaxPool2d(2),
+        ]
+
     if model == "wide":
         return nn.Sequential(
-            nn.Conv2d(1, 16, 3, padding=1),
-            nn.BatchNorm2d(16),
-            nn.ReLU(),
-            nn.MaxPool2d(2),
-            nn.Conv2d(16, 32, 3, padding=1),
-            nn.BatchNorm2d(32),
-            nn.ReLU(),
-            nn.MaxPool2d(2),
-            nn.Conv2d(32, 64, 3, padding=1),
-            nn.BatchNorm2d(64),
-            nn.ReLU(),
-            nn.MaxPool2d(2),
+            *block(1, 16),
+            *block(16, 32),
+            *block(32, 64),
             nn.Flatten(),
             nn.Linear(64 * 3 * 3, 512),
             nn.ReLU(),
@@ -285,14 +285,8 @@ def _net(model: str = "small") -> Any:
     if model != "small":
         raise ValueError(f"unknown model {model!r}; one of {MODELS}")
     return nn.Sequential(
-        nn.Conv2d(1, 8, 3, padding=1),
-        nn.BatchNorm2d(8),
-        nn.ReLU(),
-        nn.MaxPool2d(2),
-        nn.Conv2d(8, 16, 3, padding=1),
-        nn.BatchNorm2d(16),
-        nn.ReLU(),
-        nn.MaxPool2d(2),
+        *block(1, 8),
+        *block(8, 16),
         nn.Flatten(),
         nn.Linear(16 * 7 * 7, 72),
         nn.ReLU(),
