@@ -21,6 +21,9 @@ TIMED_OPS = {
     "enc_levels_all",
     "dec_levels_1t",
     "dec_levels_all",
+    # CPU seconds of the coding thread (the speed ratios vs NNCodec use them).
+    "enc_levels_1t_cpu",
+    "dec_levels_1t_cpu",
     "acc_1t",
     "acc_all",
     "enc_float_1t",
