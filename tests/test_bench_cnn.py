@@ -49,3 +49,9 @@ def test_server_optimizer_scenarios_run_the_same_optimizer_in_float32_and_coded(
         assert all(0.0 <= a <= 1.0 for a in run.accuracy)
         assert run.bytes_up > 0
         assert run.bytes_down > 0
+
+
+def test_method_names_are_unique() -> None:
+    """`--methods =NAME` selects by name: two methods of one name would run twice."""
+    names = [m.name for m in cnn_methods()]
+    assert len(names) == len(set(names))

@@ -133,11 +133,9 @@ def cnn_methods(quick: bool = False) -> list[CnnMethod]:
     ]
     # Lower rates, coarser or sparser downlinks, trellis, filter scaling at a stronger l1.
     down8 = RoundParams(lam=0.5, S=8, sensitivity=sens)
-    down_rd = RoundParams(
-        lam=0.5, S=16, sensitivity=sens, sparsification=Sparsification(topk=0.1, allocation="rd")
-    )
 
     def up(topk: float, **kw: Any) -> Any:
+        """λ=0.5, S=16, `sens`, RD sparsification at ``topk`` (uplinks and sparse downlinks)."""
         return RoundParams(
             lam=0.5,
             S=16,
@@ -158,7 +156,7 @@ def cnn_methods(quick: bool = False) -> list[CnnMethod]:
             f"{sf} rd-0.5% down S=8", "fedcodec", params=up(0.005), down_params=down8, fisher=True
         ),
         CnnMethod(
-            f"{sf} rd-1% down rd-10%", "fedcodec", params=up(0.01), down_params=down_rd, fisher=True
+            f"{sf} rd-1% down rd-10%", "fedcodec", params=up(0.01), down_params=up(0.1), fisher=True
         ),
         CnnMethod(
             f"{sf} trellis rd-2%",
@@ -189,24 +187,7 @@ def cnn_methods(quick: bool = False) -> list[CnnMethod]:
             f"{sf} rd-3% down rd-0.7%",
             "fedcodec",
             params=up(0.03),
-            down_params=RoundParams(
-                lam=0.5,
-                S=16,
-                sensitivity=sens,
-                sparsification=Sparsification(topk=0.007, allocation="rd"),
-            ),
-            fisher=True,
-        ),
-        CnnMethod(
-            f"{sf} rd-2% down rd-2%",
-            "fedcodec",
-            params=fc,
-            down_params=RoundParams(
-                lam=0.5,
-                S=16,
-                sensitivity=sens,
-                sparsification=Sparsification(topk=0.02, allocation="rd"),
-            ),
+            down_params=up(0.007),
             fisher=True,
         ),
         CnnMethod(
