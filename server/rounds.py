@@ -44,7 +44,6 @@ from typing import Any, TypeVar
 
 import numpy.typing as npt
 
-from fedcodec import codec
 from fedcodec.errors import FedCodecError
 from fedcodec.pipeline import (
     Aggregator,
@@ -63,8 +62,10 @@ from fedcodec.pipeline import (
     StaleBaseVersionError,
     Submission,
     UnknownBaseVersionError,
+    UpdateRejectedError,
 )
 from fedcodec.pipeline.robust import RobustRejectionError
+from fedcodec.pipeline.server import temporal_reference_for
 from fedcodec.server.config import ServerConfig
 from fedcodec.server.errors import (
     RETRY_MARK,
@@ -536,18 +537,14 @@ class RoundCoordinator:
     def _undecodable_updates(self, round_id: int) -> list[str]:
         """Clients whose stored update needs a temporal reference the server does not hold
         (runs in the database thread)."""
-        refs = self.references
         lost = []
         for update, payload in self.store.iter_updates(round_id):
-            client_id = update.client_id
             try:
-                coded_with_reference = any(
-                    info.reference_digest is not None for info in codec.inspect(payload)
-                )
+                temporal_reference_for(payload, update.client_id, self.references)
+            except UpdateRejectedError:
+                lost.append(update.client_id)
             except (FedCodecError, ValueError):
                 continue  # validated when it arrived; the aggregation reports it
-            if coded_with_reference and (refs is None or client_id not in refs):
-                lost.append(client_id)
         return lost
 
     async def _restore_round(self, record: RoundRecord) -> _Round:
