@@ -480,7 +480,12 @@ def _bench_dataset(
         return lambda: bytes(fc.encode_levels(levels, step, threads=n).data)
 
     def enc_float(n: int, lam: float) -> Callable[[], bytes]:
-        return lambda: bytes(fc.encode(tensors, step=step, lam=lam, threads=n).data)
+        # The same orientation rule as rd0 above (lossy encode keeps the given layout by default).
+        return lambda: bytes(
+            fc.encode(
+                tensors, step=step, lam=lam, threads=n, transpose="auto" if lam == 0.0 else False
+            ).data
+        )
 
     def dec_levels(n: int) -> Callable[[], list[tuple[I32Array, float]]]:
         return lambda: fc.decode_levels(ref_bytes, threads=n)
