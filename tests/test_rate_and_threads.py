@@ -112,3 +112,26 @@ def test_slice_elems_changes_slicing_not_reconstruction(big_update):
     assert coarse.stats[0].slices == 1 < fine.stats[0].slices
     # lam = 0 is plain rounding: the levels do not depend on slicing.
     np.testing.assert_array_equal(coarse.recon[0], fine.recon[0])
+
+
+def test_slices_count_the_rows_that_hold_nonzeros():
+    # An embedding-like table: 100 of 2,000 rows moved.  Slices are sized by
+    # the elements of those rows (3 x 10,000 here), not by all 600,000 (an
+    # empty row costs a fraction of a bit; every slice re-learns its contexts).
+    rng = np.random.default_rng(5)
+    table = np.zeros((2000, 300), dtype=np.float32)
+    rows = np.sort(rng.choice(2000, 100, replace=False))
+    table[rows] = rng.standard_normal((100, 300)).astype(np.float32)
+    one = fedcodec.encode([table], step=0.25, slice_elems=10000, threads=1, transpose=False)
+    assert one.stats[0].slices == 3
+    for threads in (2, 3):
+        again = fedcodec.encode(
+            [table], step=0.25, slice_elems=10000, threads=threads, transpose=False
+        )
+        assert again.data == one.data
+    np.testing.assert_array_equal(
+        fedcodec.decode(one.data)[0], np.round(table / 0.25).astype(np.float32) * np.float32(0.25)
+    )
+    # Full rows are unaffected: 600,000 elements in 60 slices of 10,000.
+    dense = rng.standard_normal((2000, 300)).astype(np.float32)
+    assert fedcodec.encode([dense], step=4.0, slice_elems=10000).stats[0].slices > 3

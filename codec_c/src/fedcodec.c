@@ -78,6 +78,8 @@ typedef struct enc_tensor {
     size_t njobs;
     double eta_scale;
     uint64_t significant;  /* nonzeros under rounding (slicing, orientation) */
+    uint64_t busy_rows;    /* rows of the given view with a nonzero under rounding, */
+    uint64_t busy_cols;    /*   and columns (slicing; numel > slice_elems only) */
     size_t src;            /* position of the tensor in the caller's array */
     int dropped;           /* the other orientation was smaller */
     /* transposed candidates: the transposed copies of the inputs */
@@ -161,7 +163,42 @@ static enum fc_result check_encode_args(const fc_tensor *tensors, size_t count,
     return FC_OK;
 }
 
-static void plan_slices(fc_tensor_desc *d, uint64_t significant, const fc_encode_options *o);
+static void plan_slices(fc_tensor_desc *d, uint64_t significant, uint64_t busy_rows,
+                        const fc_encode_options *o);
+
+/* The rows and columns of t's view (d->rows x d->cols) that hold a nonzero
+ * under plain rounding (|w| >= step/2, as fc_count_significant). */
+static enum fc_result count_busy(const fc_tensor *t, const fc_tensor_desc *d, uint64_t *rows,
+                                 uint64_t *cols)
+{
+    uint8_t *colnz = (uint8_t *)calloc((size_t)d->cols, 1);
+    const float half = d->step * 0.5f;
+    uint64_t r, c;
+    *rows = *cols = 0;
+    if (!colnz) return FC_ERR_NOMEM;
+    for (r = 0; r < d->rows; r++) {
+        unsigned any = 0;
+        if (t->values) {
+            const float *x = t->values + r * d->cols;
+            for (c = 0; c < d->cols; c++) {
+                unsigned nz = fabsf(x[c]) >= half;
+                colnz[c] |= (uint8_t)nz;
+                any |= nz;
+            }
+        } else {
+            const int32_t *x = t->levels + r * d->cols;
+            for (c = 0; c < d->cols; c++) {
+                unsigned nz = x[c] != 0;
+                colnz[c] |= (uint8_t)nz;
+                any |= nz;
+            }
+        }
+        *rows += any;
+    }
+    for (c = 0; c < d->cols; c++) *cols += colnz[c];
+    free(colnz);
+    return FC_OK;
+}
 
 /* Step, level range and slicing of tensor i. */
 static enum fc_result plan_tensor(const fc_tensor *t, const fc_encode_options *o, enc_tensor *et,
@@ -231,12 +268,19 @@ static enum fc_result plan_tensor(const fc_tensor *t, const fc_encode_options *o
         fc_reference_digest(t->reference, numel, (double)d->step, &d->ref_digest);
     }
     et->significant = *significant;
-    plan_slices(d, *significant, o);
+    et->busy_rows = d->rows;
+    et->busy_cols = d->cols;
+    if (numel > o->slice_elems && (t->values || t->levels)) {
+        enum fc_result rc = count_busy(t, d, &et->busy_rows, &et->busy_cols);
+        if (rc != FC_OK) return rc;
+    }
+    plan_slices(d, *significant, et->busy_rows, o);
     return FC_OK;
 }
 
 /* The slicing of the coded view d->rows x d->cols. */
-static void plan_slices(fc_tensor_desc *d, uint64_t significant, const fc_encode_options *o)
+static void plan_slices(fc_tensor_desc *d, uint64_t significant, uint64_t busy_rows,
+                        const fc_encode_options *o)
 {
     const uint64_t numel = d->numel;
     uint64_t nsl, rows_per;
@@ -244,10 +288,13 @@ static void plan_slices(fc_tensor_desc *d, uint64_t significant, const fc_encode
         d->nslices = 0;
         return;
     }
-    /* Slices: about slice_elems elements, but not so many that each carries
-     * less than MIN_SLICE_BYTES (estimated at ~ log2(1/density) + 6 bits per
+    /* Slices: about slice_elems elements of the rows that hold a nonzero
+     * (busy_rows: an embedding table whose untouched tokens leave most rows
+     * empty codes its empty rows in a fraction of a bit each, and every
+     * slice re-learns its contexts), but not so many that each carries less
+     * than MIN_SLICE_BYTES (estimated at ~ log2(1/density) + 6 bits per
      * nonzero).  Depends on the data only, never on the thread count. */
-    nsl = (numel + o->slice_elems - 1) / o->slice_elems;
+    nsl = (busy_rows * d->cols + o->slice_elems - 1) / o->slice_elems;
     {
         /* Integer log2, so the slicing is the same with every libm. */
         uint64_t inv_dens = significant ? numel / significant : numel;
@@ -330,7 +377,7 @@ static enum fc_result make_transposed(enc_tensor *c, const fc_tensor *t, const f
     d->transposed = 1;
     d->rows = cols;
     d->cols = rows;
-    plan_slices(d, c->significant, o);
+    plan_slices(d, c->significant, c->busy_cols, o);
     return FC_OK;
 }
 
