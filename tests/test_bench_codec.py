@@ -14,7 +14,7 @@ import pytest
 
 import fedcodec.codec as fc
 from fedcodec.cli import main
-from fedcodec_bench.nncodec_ref import run_nncodec
+from fedcodec_bench.nncodec_ref import NNCodecFloats, run_nncodec
 
 TIMED_OPS = {
     "enc_levels_1t",
@@ -202,10 +202,12 @@ import io
 import numpy as np
 
 def compress(tensors, **kw):
-    assert kw["use_dq"] is False and kw["lambda_scale"] == 0.0
+    assert kw["lambda_scale"] == 0.0
     step = 6 * 2.0 ** -14 if kw["qp"] == -46 else None
     buf = io.BytesIO()
-    lv = {k: np.round(v / np.float32(step)).astype(np.int32) for k, v in tensors.items()}
+    # a stand-in for DQ: only even multiples of the step
+    m = 2 if kw["use_dq"] else 1
+    lv = {k: m * np.round(v / np.float32(m * step)).astype(np.int32) for k, v in tensors.items()}
     np.savez(buf, **lv)
     return buf.getvalue()
 
@@ -225,10 +227,13 @@ def test_nncodec_worker_plumbing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
     monkeypatch.setenv("PYTHONPATH", str(tmp_path))
     rng = np.random.default_rng(0)
     levels = [rng.integers(-5, 6, size=(8, 16)).astype(np.int32), np.zeros(7, dtype=np.int32)]
+    step = 3.662109375e-4
+    floats = [(rng.standard_normal((8, 16)) * 4 * step).astype(np.float32)]
     runs, meta = run_nncodec(
         sys.executable,
-        [("a", levels, 3.662109375e-4), ("off-grid", levels, 3.7e-4)],
+        [("a", levels, step), ("off-grid", levels, 3.7e-4)],
         repeats=2,
+        floats=[NNCodecFloats("dq", floats, step, use_dq=True)],
     )
     a = runs["a"]
     assert a.error is None
@@ -241,6 +246,13 @@ def test_nncodec_worker_plumbing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
     assert runs["off-grid"].nncodec_bytes is None
     assert "grid" in (runs["off-grid"].error or "")
     assert "import_s" in meta
+    assert a.err_sq is None
+    # a float set: NNCodec quantizes it itself (here DQ's stand-in) and reports the error
+    dq = runs["dq"]
+    s32 = np.float32(step)
+    rec = 2 * np.round(floats[0] / (2 * s32)).astype(np.int32) * s32
+    assert dq.err_sq == pytest.approx(float(np.square(rec - floats[0].astype(np.float64)).sum()))
+    assert not dq.decoded_equal
 
 
 def test_one_thread_makes_parallel_targets_not_applicable(

@@ -44,6 +44,19 @@ def test_real_sets_and_rd_curves(tmp_path: Path) -> None:
             assert p["lzma9_bytes"] > 0
             assert p["rdoq_bytes"] > 0
             assert p["nncodec_bytes"] is None
+            assert p["nncodec_dq_bytes"] is None
+            # the dependent quantizers run at half the step, with their own levels and SNR
+            for q in ("trellis", "trellis8"):
+                assert p[f"{q}_step"] == p["step"] / 2
+                assert p[f"{q}_bytes"] > 0
+                assert p[f"{q}_snr_db"] > p["snr_db"] - 3.0
+        bd = res["bd_rates"][name]
+        # without NNCodec only fedcodec's own comparisons exist (vs its rounding)
+        assert bd["best"] is None
+        assert bd["nncodec_best"] is None
+        assert all(v is None for v in bd["vs_nncodec_urq"].values())
+        assert set(bd["vs_rounding"]) == {"rdoq", "trellis", "trellis8"}
+        assert all(isinstance(v, float) for v in bd["vs_rounding"].values())
         base = next(d for d in saved["datasets"] if d["name"] == name)
         assert pts[1]["fedcodec_bytes"] == base["fedcodec"]["bytes"]  # j = 0 is the set's step
     text = out.getvalue()
@@ -53,6 +66,39 @@ def test_real_sets_and_rd_curves(tmp_path: Path) -> None:
     # per set: bytes vs NNCodec, vs lzma-9, BD-rate; plus the dense decode speed
     assert len(real_targets) == 10
     assert {t["status"] for t in real_targets if "NNCodec" in t["name"]} == {"n/a"}
+
+
+def test_bd_rates_pick_the_best_fedcodec_curve_against_the_hardest_nncodec_curve() -> None:
+    from fedcodec_bench.codec import _bd_rates
+
+    snr = (20.0, 26.0, 32.0)
+    urq = (1000.0, 2000.0, 4000.0)
+
+    def pt(j: int) -> dict[str, float]:
+        r = urq[j]
+        return {
+            "exponent": j - 1,
+            "snr_db": snr[j],
+            "fedcodec_bytes": 0.95 * r,
+            "nncodec_bytes": r,
+            "rdoq_bytes": 0.96 * r,
+            "rdoq_snr_db": snr[j],
+            "trellis_bytes": 0.93 * r,
+            "trellis_snr_db": snr[j],
+            "trellis8_bytes": 0.92 * r,
+            "trellis8_snr_db": snr[j],
+            "nncodec_dq_bytes": 0.97 * r,
+            "nncodec_dq_snr_db": snr[j],
+        }
+
+    bd = _bd_rates([pt(0), pt(1), pt(2)])
+    assert bd["vs_nncodec_urq"]["trellis8"] == pytest.approx(-0.08)
+    assert bd["vs_nncodec_dq"]["rounding"] == pytest.approx(0.95 / 0.97 - 1)
+    assert bd["nncodec_dq_vs_urq"] == pytest.approx(-0.03)
+    assert bd["vs_rounding"]["trellis8"] == pytest.approx(0.92 / 0.95 - 1)
+    # NNCodec's DQ is its best here: the target is trellis8 against DQ
+    assert (bd["fedcodec_best"], bd["nncodec_best"]) == ("trellis8", "dq")
+    assert bd["best"] == pytest.approx(0.92 / 0.97 - 1)
 
 
 def test_bd_rate_is_the_mean_rate_ratio_at_equal_quality() -> None:
@@ -88,8 +134,11 @@ def test_real_dir_npz_sets_are_measured(tmp_path: Path, monkeypatch: pytest.Monk
     assert [d["real"] for d in res["datasets"]] == [False, True, True]
     assert res["config"]["real_dir"] == str(folder)
     assert set(res["rd_curves"]) == {"toy-embed", "toy-layers"}
-    # without NNCodec the BD-rates and the NNCodec targets are n/a, not invented
-    assert all(v is None for b in res["bd_rates"].values() for v in b.values())
+    # without NNCodec the BD-rates vs NNCodec and the NNCodec targets are n/a, not invented
+    for b in res["bd_rates"].values():
+        assert b["best"] is None
+        assert b["nncodec_dq_vs_urq"] is None
+        assert all(v is None for c in ("urq", "dq") for v in b[f"vs_nncodec_{c}"].values())
     nn_targets = [t for t in res["targets"] if "NNCodec" in t["name"]]
     assert nn_targets
     assert all(t["status"] == "n/a" for t in nn_targets)

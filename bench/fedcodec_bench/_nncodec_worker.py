@@ -15,6 +15,11 @@ feeds NNCodec the float32 tensors ``level * step`` with plain rounding (URQ: no 
 ``lambda_scale=0``, row skipping and parameter optimisation on), so that NNCodec quantizes
 them back to exactly the given levels, and times ``compress`` and ``decompress``. The decoded
 tensors must equal ``level * step`` bit for bit, which proves NNCodec coded the same levels.
+
+A set with ``"floats": true`` (and optionally ``"use_dq"``, ``"lambda_scale"``) holds float32
+tensors instead: NNCodec quantizes them itself at ``step`` with its own quantizer (URQ, or
+with ``use_dq`` its 8-state dependent quantization), and the worker reports the squared error
+of its decoded tensors (``err_sq``, float64) so the caller can place the point on an RD curve.
 """
 
 from __future__ import annotations
@@ -131,25 +136,42 @@ def import_nnc() -> Any:
     return importlib.import_module("nncodec.nnc")
 
 
-def code_set(nnc: Any, levels: list[np.ndarray], step: float, repeats: int) -> dict[str, Any]:
-    """Code one data set's levels with NNCodec URQ ``repeats`` times.
+def code_set(
+    nnc: Any,
+    arrays: list[np.ndarray],
+    step: float,
+    repeats: int,
+    *,
+    floats: bool = False,
+    use_dq: bool = False,
+    lambda_scale: float = 0.0,
+) -> dict[str, Any]:
+    """Code one data set with NNCodec ``repeats`` times.
 
     Parameters
     ----------
     nnc : module
         ``nncodec.nnc``.
-    levels : list of numpy.ndarray
-        int32 levels per tensor.
+    arrays : list of numpy.ndarray
+        int32 levels per tensor; with ``floats``, float32 tensors to quantize.
     step : float
         The step (must lie on NNCodec's qp grid).
     repeats : int
         Number of encode + decode runs.
+    floats : bool, optional
+        The arrays are floats: NNCodec quantizes them with its own quantizer.
+    use_dq : bool, optional
+        With ``floats``: NNCodec's dependent (trellis-coded) quantization instead of URQ.
+    lambda_scale : float, optional
+        With ``floats``: NNCodec's RD weight (0: plain rounding / distortion-only trellis).
 
     Returns
     -------
     dict
         ``bytes``, ``qp``, ``qp_density``, ``enc_s``/``dec_s`` (lists of seconds),
-        ``deterministic``, ``decoded_equal``; or ``error`` when the step is off the grid.
+        ``deterministic``, ``decoded_equal`` (levels only: the decode is ``level * step``),
+        ``err_sq`` (floats only: squared error of the decode); or ``error`` when the step is
+        off the grid.
     """
     grid = find_qp(step)
     if grid is None:
@@ -157,8 +179,8 @@ def code_set(nnc: Any, levels: list[np.ndarray], step: float, repeats: int) -> d
     qp, d = grid
     s32 = np.float32(step)
     tensors: dict[str, np.ndarray] = {}
-    for i, lv in enumerate(levels):
-        a = lv.astype(np.float32) * s32
+    for i, lv in enumerate(arrays):
+        a = np.asarray(lv, np.float32) if floats else lv.astype(np.float32) * s32
         tensors[f"layer{i}.weight"] = a.reshape(1, -1) if a.ndim < 2 else a
     kwargs: dict[str, Any] = {
         "bitstream_path": None,
@@ -166,8 +188,8 @@ def code_set(nnc: Any, levels: list[np.ndarray], step: float, repeats: int) -> d
         "qp_density": d,
         "nonweight_qp": qp,
         "qp_per_tensor": dict.fromkeys(tensors, qp),
-        "use_dq": False,
-        "lambda_scale": 0.0,
+        "use_dq": bool(use_dq and floats),
+        "lambda_scale": float(lambda_scale) if floats else 0.0,
         "row_skipping": True,
         "param_opt": True,
         "return_bitstream": True,
@@ -179,6 +201,7 @@ def code_set(nnc: Any, levels: list[np.ndarray], step: float, repeats: int) -> d
     dec_cpu_s: list[float] = []
     sizes: set[int] = set()
     equal = True
+    err_sq = 0.0
     for _ in range(max(1, repeats)):
         gc.collect()
         c0, t0 = time.thread_time(), time.perf_counter()
@@ -193,10 +216,14 @@ def code_set(nnc: Any, levels: list[np.ndarray], step: float, repeats: int) -> d
         enc_cpu_s.append(c1 - c0)
         dec_cpu_s.append(c2 - c1)
         sizes.add(len(bs))
+        err_sq = 0.0
         for name, a in tensors.items():
-            if not np.array_equal(np.asarray(rec[name], dtype=np.float32).reshape(a.shape), a):
+            got = np.asarray(rec[name], dtype=np.float32).reshape(a.shape)
+            if floats:
+                err_sq += float(np.square(got.astype(np.float64) - a.astype(np.float64)).sum())
+            elif not np.array_equal(got, a):
                 equal = False
-    return {
+    out: dict[str, Any] = {
         "bytes": min(sizes),
         "qp": qp,
         "qp_density": d,
@@ -207,8 +234,11 @@ def code_set(nnc: Any, levels: list[np.ndarray], step: float, repeats: int) -> d
         "enc_s_median": statistics.median(enc_s),
         "dec_s_median": statistics.median(dec_s),
         "deterministic": len(sizes) == 1,
-        "decoded_equal": equal,
+        "decoded_equal": equal and not floats,
     }
+    if floats:
+        out["err_sq"] = err_sq
+    return out
 
 
 def main(argv: list[str]) -> int:
@@ -250,7 +280,15 @@ def main(argv: list[str]) -> int:
     for s in spec["sets"]:
         with np.load(s["npz"], allow_pickle=False) as z:
             levels = [np.asarray(z[f"arr_{i}"]) for i in range(len(z.files))]
-        out["sets"][s["name"]] = code_set(nnc, levels, float(s["step"]), int(spec["repeats"]))
+        out["sets"][s["name"]] = code_set(
+            nnc,
+            levels,
+            float(s["step"]),
+            int(spec["repeats"]),
+            floats=bool(s.get("floats", False)),
+            use_dq=bool(s.get("use_dq", False)),
+            lambda_scale=float(s.get("lambda_scale", 0.0)),
+        )
     with open(argv[1], "w", encoding="utf-8") as fh:
         json.dump(out, fh)
     return 0

@@ -67,6 +67,18 @@ def _percent_list(text: str) -> tuple[float, ...]:
     return tuple(out)
 
 
+def _rd_quantizers(text: str) -> tuple[str, ...]:
+    if text.strip().lower() == "none":
+        return ()
+    out = tuple(q.strip() for q in text.split(",") if q.strip())
+    bad = [q for q in out if q not in ("trellis", "trellis8")]
+    if bad or not out:
+        raise argparse.ArgumentTypeError(
+            f"expected trellis and/or trellis8 (comma-separated) or 'none', got {text!r}"
+        )
+    return out
+
+
 def _run_bench_codec(args: argparse.Namespace) -> int:
     from fedcodec_bench.codec import BenchError, CodecBenchConfig, run_codec_bench
 
@@ -88,6 +100,7 @@ def _run_bench_codec(args: argparse.Namespace) -> int:
         rd_points=args.rd_points,
         temporal=args.temporal,
         real_dir=args.real_dir,
+        rd_quantizers=args.rd_quantizers,
     )
     try:
         _, ok = run_codec_bench(cfg)
@@ -103,7 +116,7 @@ def _run_bench_codec(args: argparse.Namespace) -> int:
 
 
 def _add_bench(bsub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    from fedcodec_bench.codec import DENSE_STEP, RDOQ_LAMBDA, SPARSE_STEP
+    from fedcodec_bench.codec import DENSE_STEP, RD_QUANTIZERS, RDOQ_LAMBDA, SPARSE_STEP
 
     codec = bsub.add_parser(
         "codec",
@@ -206,6 +219,14 @@ def _add_bench(bsub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
         default=None,
         metavar="N",
         help="steps per rate-distortion curve (default 7; 4 with --quick: real-update sets only)",
+    )
+    codec.add_argument(
+        "--rd-quantizers",
+        type=_rd_quantizers,
+        default=RD_QUANTIZERS,
+        metavar="LIST",
+        help="fedcodec's dependent quantizers on the RD curves besides rounding and RDOQ, "
+        f"comma-separated from trellis,trellis8, or 'none' (default {','.join(RD_QUANTIZERS)})",
     )
     codec.add_argument(
         "--temporal",

@@ -31,7 +31,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, TextIO, TypeVar
+from typing import TYPE_CHECKING, Any, TextIO, TypeVar, cast
 
 import numpy as np
 import numpy.typing as npt
@@ -46,15 +46,25 @@ from fedcodec_bench.data import (
     quantize,
 )
 from fedcodec_bench.machine import machine_info, usable_cores
-from fedcodec_bench.nncodec_ref import PUBLISHED, PUBLISHED_NUMEL, NNCodecRun, run_nncodec
+from fedcodec_bench.nncodec_ref import (
+    PUBLISHED,
+    PUBLISHED_NUMEL,
+    NNCodecFloats,
+    NNCodecRun,
+    run_nncodec,
+)
 from fedcodec_bench.report import fmt_int, fmt_pct, fmt_rate, table
 from fedcodec_bench.temporal import run_temporal, temporal_lines
+
+if TYPE_CHECKING:
+    from fedcodec.codec import Quantizer
 
 __all__ = [
     "DENSE_STEP",
     "FULL_DENSITIES",
     "QUICK_DENSITIES",
     "RDOQ_LAMBDA",
+    "RD_QUANTIZERS",
     "SPARSE_STEP",
     "BenchError",
     "CodecBenchConfig",
@@ -68,6 +78,12 @@ SPARSE_STEP = 3.662109375e-4
 DENSE_STEP = 7.32421875e-4
 #: The RDOQ setting reported next to plain rounding: ln(2)/6, the high-rate optimum.
 RDOQ_LAMBDA = 0.1155
+#: fedcodec's dependent quantizers on the RD curves (besides rounding and RDOQ).
+RD_QUANTIZERS: tuple[str, ...] = ("trellis", "trellis8")
+#: The curves of the BD-rate comparison: fedcodec's (rounding = the same levels NNCodec URQ
+#: codes, RDOQ, the dependent quantizers) and NNCodec's (URQ on the rounding levels, DQ).
+FEDCODEC_CURVES: tuple[str, ...] = ("rounding", "rdoq", *RD_QUANTIZERS)
+NNCODEC_CURVES: tuple[str, ...] = ("urq", "dq")
 #: Densities of the full run and of ``--quick``.
 FULL_DENSITIES: tuple[float, ...] = (0.10, 0.05, 0.01, 0.001, 0.0001)
 QUICK_DENSITIES: tuple[float, ...] = (0.01, 0.001)
@@ -124,6 +140,10 @@ class CodecBenchConfig:
         Measure the temporal-reference gain on real consecutive-round updates
         (:mod:`fedcodec_bench.temporal`; a small federation with ``quick``); None: yes unless
         ``quick``.
+    rd_quantizers : tuple of str
+        fedcodec's dependent quantizers drawn as RD curves besides rounding and RDOQ
+        (``"trellis"``, ``"trellis8"``; each at half the set's steps, where its reconstruction
+        error matches rounding's).
     real_dir : str or None
         A folder of ``.npz`` real update sets (:func:`fedcodec_bench.realdata.npz_update_datasets`,
         e.g. MiniLM fine-tuned with AdamW and SGD by ``scripts/transformer_updates.py``); None:
@@ -147,6 +167,7 @@ class CodecBenchConfig:
     rd_points: int | None = None
     temporal: bool | None = None
     real_dir: str | None = None
+    rd_quantizers: tuple[str, ...] = RD_QUANTIZERS
 
     def resolved_real_dir(self) -> str | None:
         """The folder of ``.npz`` real update sets, or None (``real_dir`` or the environment)."""
@@ -335,12 +356,45 @@ def bd_rate(
     return math.exp((integral(t) - integral(r)) / (hi - lo)) - 1.0
 
 
-def _bd_rates(points: Sequence[dict[str, Any]]) -> dict[str, float | None]:
-    """BD-rates vs NNCodec (on the same rounding levels) of one set's RD points."""
-    nn = [(p["nncodec_bytes"], p["snr_db"]) for p in points if p.get("nncodec_bytes")]
-    same = [(p["fedcodec_bytes"], p["snr_db"]) for p in points]
-    rdoq = [(p["rdoq_bytes"], p["rdoq_snr_db"]) for p in points]
-    return {"fedcodec": bd_rate(same, nn), "fedcodec_rdoq": bd_rate(rdoq, nn)}
+def _curve(points: Sequence[dict[str, Any]], name: str) -> list[tuple[float, float]]:
+    """``(bytes, snr_db)`` of one named curve of a set's RD points (missing points left out)."""
+    key = {"rounding": "fedcodec", "urq": "nncodec", "dq": "nncodec_dq"}.get(name, name)
+    snr = "snr_db" if name in ("rounding", "urq") else f"{key}_snr_db"
+    return [
+        (p[f"{key}_bytes"], p[snr])
+        for p in points
+        if p.get(f"{key}_bytes") is not None and p.get(snr) is not None
+    ]
+
+
+def _bd_rates(points: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """BD-rates of one set's RD curves: every fedcodec curve against every NNCodec curve.
+
+    ``vs_nncodec_<c>`` maps each fedcodec curve (:data:`FEDCODEC_CURVES`) to its BD-rate
+    against NNCodec's curve ``c`` (:data:`NNCODEC_CURVES`); ``vs_rounding`` gives fedcodec's
+    quantizers against its own rounding, ``nncodec_dq_vs_urq`` NNCodec's DQ against its URQ.
+    The target value ``best`` is fedcodec's best curve against NNCodec's best: per NNCodec curve
+    the lowest fedcodec BD-rate, and of those the highest (the NNCodec curve hardest to beat);
+    ``fedcodec_best`` / ``nncodec_best`` name the two curves. None where not measured.
+    """
+    fed = {q: _curve(points, q) for q in FEDCODEC_CURVES}
+    nn = {c: _curve(points, c) for c in NNCODEC_CURVES}
+    out: dict[str, Any] = {}
+    worst: tuple[float, str, str] | None = None
+    for c in NNCODEC_CURVES:
+        row = {q: bd_rate(fed[q], nn[c]) for q in FEDCODEC_CURVES}
+        out[f"vs_nncodec_{c}"] = row
+        got = [(v, q) for q, v in row.items() if v is not None]
+        if got:
+            v, q = min(got)
+            if worst is None or v > worst[0]:
+                worst = (v, q, c)
+    out["vs_rounding"] = {q: bd_rate(fed[q], fed["rounding"]) for q in FEDCODEC_CURVES[1:]}
+    out["nncodec_dq_vs_urq"] = bd_rate(nn["dq"], nn["urq"])
+    out["best"] = None if worst is None else worst[0]
+    out["fedcodec_best"] = None if worst is None else worst[1]
+    out["nncodec_best"] = None if worst is None else worst[2]
+    return out
 
 
 def _spread(runs: Sequence[float]) -> float | None:
@@ -603,30 +657,56 @@ def _rd_curves(
     rdoq_lambda: float,
     with_zstd: bool,
     log: Callable[[str], None],
-) -> tuple[dict[str, list[dict[str, Any]]], list[tuple[str, list[I32Array], float]]]:
+    quantizers: Sequence[str] = RD_QUANTIZERS,
+) -> tuple[
+    dict[str, list[dict[str, Any]]],
+    list[tuple[str, list[I32Array], float]],
+    list[NNCodecFloats],
+    dict[str, float],
+]:
     """Bits per weight against SNR for every set over steps ``step * 2**j``.
 
     At each step the float tensors are quantized by plain rounding and the *same* levels are
     coded by fedcodec (``encode_levels``), zstd-19, lzma-9 and measured against the order-0
     entropy; fedcodec's RD quantizer (``fc.encode`` at that step with ``rdoq_lambda``) gives a
-    second fedcodec point with its own levels. Steps are powers of two times the set's step,
-    so they stay on NNCodec's qp grid.
+    second fedcodec point with its own levels, and each dependent quantizer in ``quantizers``
+    (``fc.encode(quantizer=...)`` at the same λ) a point at *half* that step: its two
+    interleaved quantizers have twice the step, so its error is near rounding's at the full
+    step (NNCodec's DQ needs the same, reference notes §3). Every ``fc.encode`` chooses the
+    orientation (``transpose="auto"``) as ``encode_levels`` does. Steps are powers of two times
+    the set's step, so they stay on NNCodec's qp grid.
 
     Returns
     -------
-    curves, nncodec_sets
-        Per set name its points; and ``(name@j, levels, step)`` for NNCodec.
+    curves, nncodec_sets, nncodec_floats, signal
+        Per set name its points; ``(name@j, levels, step)`` for NNCodec's URQ on the rounding
+        levels; the float sets for NNCodec's DQ at half steps (named ``name@j:dq``); per set
+        name the sum of squared values (the SNR's signal).
     """
     from fedcodec import codec as fc
 
     curves: dict[str, list[dict[str, Any]]] = {}
     nn_sets: list[tuple[str, list[I32Array], float]] = []
+    nn_floats: list[NNCodecFloats] = []
+    signal: dict[str, float] = {}
+
+    def sq_err(ds: Dataset, recon: Sequence[F32Array] | None) -> float:
+        return float(
+            sum(
+                float(np.square(t.astype(np.float64) - np.asarray(r, np.float64)).sum())
+                for t, r in zip(ds.tensors, recon or [], strict=True)
+            )
+        )
+
     for ds in sets:
         t0 = time.perf_counter()
         sig_sq = float(sum(float(np.square(t, dtype=np.float64).sum()) for t in ds.tensors))
+        signal[ds.name] = sig_sq
         points: list[dict[str, Any]] = []
+        n = ds.numel
         for j in exponents:
             step = float(np.float32(ds.step * 2.0**j))
+            half = float(np.float32(ds.step * 2.0 ** (j - 1)))
             levels = quantize(ds.tensors, step)
             s32 = np.float32(step)
             err = float(
@@ -637,42 +717,59 @@ def _rd_curves(
             )
             fed_bytes = len(fc.encode_levels(levels, step, threads=1).data)
             base = bl.measure_baselines(levels, with_zstd=with_zstd)
-            rdq = fc.encode(ds.tensors, step=step, lam=rdoq_lambda, threads=1, return_recon=True)
-            rerr = float(
-                sum(
-                    float(np.square(t.astype(np.float64) - np.asarray(r, np.float64)).sum())
-                    for t, r in zip(ds.tensors, rdq.recon or [], strict=True)
+            rdq = fc.encode(
+                ds.tensors,
+                step=step,
+                lam=rdoq_lambda,
+                threads=1,
+                return_recon=True,
+                transpose="auto",
+            )
+            point: dict[str, Any] = {
+                "exponent": j,
+                "step": step,
+                "nonzeros": int(sum(np.count_nonzero(lv) for lv in levels)),
+                "snr_db": _snr_db(sig_sq, err),
+                "fedcodec_bytes": fed_bytes,
+                "zstd19_bytes": base.zstd19_bytes,
+                "lzma9_bytes": base.lzma9_bytes,
+                "order0_bytes": base.order0_bytes,
+                "fedcodec_bpw": 8.0 * fed_bytes / n,
+                "zstd19_bpw": None if base.zstd19_bytes is None else 8.0 * base.zstd19_bytes / n,
+                "lzma9_bpw": 8.0 * base.lzma9_bytes / n,
+                "order0_bpw": 8.0 * base.order0_bytes / n,
+                "rdoq_lambda": rdoq_lambda,
+                "rdoq_bytes": len(rdq.data),
+                "rdoq_bpw": 8.0 * len(rdq.data) / n,
+                "rdoq_snr_db": _snr_db(sig_sq, sq_err(ds, rdq.recon)),
+                "nncodec_bytes": None,
+                "nncodec_bpw": None,
+                "nncodec_dq_step": half,
+                "nncodec_dq_bytes": None,
+                "nncodec_dq_bpw": None,
+                "nncodec_dq_snr_db": None,
+            }
+            for q in quantizers:
+                # bytes do not depend on the thread count: use every core for the slow search
+                tr = fc.encode(
+                    ds.tensors,
+                    step=half,
+                    lam=rdoq_lambda,
+                    threads=0,
+                    return_recon=True,
+                    quantizer=cast("Quantizer", q),
+                    transpose="auto",
                 )
-            )
-            n = ds.numel
-            points.append(
-                {
-                    "exponent": j,
-                    "step": step,
-                    "nonzeros": int(sum(np.count_nonzero(lv) for lv in levels)),
-                    "snr_db": _snr_db(sig_sq, err),
-                    "fedcodec_bytes": fed_bytes,
-                    "zstd19_bytes": base.zstd19_bytes,
-                    "lzma9_bytes": base.lzma9_bytes,
-                    "order0_bytes": base.order0_bytes,
-                    "fedcodec_bpw": 8.0 * fed_bytes / n,
-                    "zstd19_bpw": None
-                    if base.zstd19_bytes is None
-                    else 8.0 * base.zstd19_bytes / n,
-                    "lzma9_bpw": 8.0 * base.lzma9_bytes / n,
-                    "order0_bpw": 8.0 * base.order0_bytes / n,
-                    "rdoq_lambda": rdoq_lambda,
-                    "rdoq_bytes": len(rdq.data),
-                    "rdoq_bpw": 8.0 * len(rdq.data) / n,
-                    "rdoq_snr_db": _snr_db(sig_sq, rerr),
-                    "nncodec_bytes": None,
-                    "nncodec_bpw": None,
-                }
-            )
+                point[f"{q}_step"] = half
+                point[f"{q}_bytes"] = len(tr.data)
+                point[f"{q}_bpw"] = 8.0 * len(tr.data) / n
+                point[f"{q}_snr_db"] = _snr_db(sig_sq, sq_err(ds, tr.recon))
+            points.append(point)
             nn_sets.append((f"{ds.name}@{j}", levels, step))
+            nn_floats.append(NNCodecFloats(f"{ds.name}@{j}:dq", ds.tensors, half, use_dq=True))
         curves[ds.name] = points
         log(f"    RD {ds.name}: {len(points)} steps, {time.perf_counter() - t0:.1f} s")
-    return curves, nn_sets
+    return curves, nn_sets, nn_floats, signal
 
 
 #: Targets on the real sets (issue #14): bytes vs NNCodec on every set and in geometric mean,
@@ -705,8 +802,17 @@ def _nncodec_speed_ratio(r: dict[str, Any], op: str, nn_key: str) -> float | Non
     return None if not nn else fed / nn
 
 
+_NN_LABEL = {"urq": "NNCodec URQ", "dq": "NNCodec DQ"}
+_FED_LABEL = {
+    "rounding": "rounding",
+    "rdoq": "RDOQ",
+    "trellis": "trellis",
+    "trellis8": "trellis8",
+}
+
+
 def _real_targets(
-    records: Sequence[dict[str, Any]], bd: dict[str, dict[str, float | None]]
+    records: Sequence[dict[str, Any]], bd: dict[str, dict[str, Any]]
 ) -> list[TargetResult]:
     """Targets on the real-update sets (bytes, BD-rate and dense decode speed vs NNCodec)."""
     out: list[TargetResult] = []
@@ -744,11 +850,16 @@ def _real_targets(
                 status(v, v is not None and v < 0.0),
             )
         )
-        b = bd.get(r["name"], {})
-        best = min((x for x in b.values() if x is not None), default=None)
+        b = bd.get(r["name"]) or {}
+        best = b.get("best")
+        which = (
+            f" ({_FED_LABEL[b['fedcodec_best']]} vs {_NN_LABEL[b['nncodec_best']]})"
+            if b.get("fedcodec_best")
+            else ""
+        )
         out.append(
             TargetResult(
-                "BD-rate vs NNCodec (best fedcodec quantizer)",
+                "BD-rate, fedcodec's best quantizer vs NNCodec's best" + which,
                 r["name"],
                 None if best is None else 100.0 * best,
                 f"<= {100 * REAL_BD_RATE:.0f} %",
@@ -945,16 +1056,33 @@ def _print_rd(res: dict[str, Any], out: TextIO) -> None:
     if not curves:
         return
     w = out.write
+    quants = [q for q in res["config"].get("rd_quantizers", []) if q in _FED_LABEL]
+    lam = res["config"]["rdoq_lambda"]
     w("## Rate-distortion: bits per weight against SNR\n\n")
     w(
         "Steps are the set's step times 2^j. At each step the same plain-rounding levels are "
-        "coded by every coder (so they share one SNR); 'fedcodec RDOQ' is fc.encode at that "
-        f"step with lam={res['config']['rdoq_lambda']:g} (its own levels, its own SNR). "
-        "bits/w counts zeros.\n\n"
+        "coded by fedcodec, zstd-19, lzma-9 and NNCodec URQ (so they share one SNR); "
+        f"'RDOQ' is fc.encode at that step with lam={lam:g} (its own levels and SNR); "
+        + (
+            f"{', '.join(quants)} (fedcodec's dependent quantizers, lam={lam:g}) and "
+            if quants
+            else ""
+        )
+        + "'NNCodec DQ' (its 8-state dependent quantization, lambda_scale 0, on the floats) "
+        "run at half the step, where their error is near rounding's. bits/w counts zeros; "
+        "'b @ dB' is bits/w at that SNR.\n\n"
     )
+    bds: dict[str, dict[str, Any]] = res.get("bd_rates") or {}
+    summary = []
     for name, points in curves.items():
         rows = []
         for p in points:
+
+            def at(key: str, p: dict[str, Any] = p) -> str:
+                if p.get(f"{key}_bpw") is None:
+                    return "n/a"
+                return f"{_fmt_bpw(p[f'{key}_bpw'])} @ {_fmt_db(p[f'{key}_snr_db'])}"
+
             rows.append(
                 [
                     f"{p['exponent']:+d}",
@@ -965,16 +1093,32 @@ def _print_rd(res: dict[str, Any], out: TextIO) -> None:
                     _fmt_bpw(p["lzma9_bpw"]),
                     _fmt_bpw(p["order0_bpw"]),
                     _fmt_bpw(p["nncodec_bpw"]),
-                    f"{_fmt_bpw(p['rdoq_bpw'])} @ {_fmt_db(p['rdoq_snr_db'])} dB",
+                    at("rdoq"),
+                    *[at(q) for q in quants],
+                    at("nncodec_dq"),
                 ]
             )
         w(f"### {name}\n\n")
-        bd = (res.get("bd_rates") or {}).get(name) or {}
-        if any(v is not None for v in bd.values()):
+        bd = bds.get(name) or {}
+        for c in NNCODEC_CURVES:
+            row = bd.get(f"vs_nncodec_{c}") or {}
+            if any(v is not None for v in row.values()):
+                w(
+                    f"BD-rate vs {_NN_LABEL[c]}: "
+                    + ", ".join(f"{_FED_LABEL[q]} {fmt_pct(v)}" for q, v in row.items())
+                    + "\n\n"
+                )
+        own = bd.get("vs_rounding") or {}
+        if any(v is not None for v in own.values()):
             w(
-                "BD-rate vs NNCodec (same rounding levels): fedcodec "
-                f"{fmt_pct(bd.get('fedcodec'))}, "
-                f"fedcodec RDOQ {fmt_pct(bd.get('fedcodec_rdoq'))}\n\n"
+                "BD-rate vs fedcodec rounding: "
+                + ", ".join(f"{_FED_LABEL[q]} {fmt_pct(v)}" for q, v in own.items())
+                + (
+                    f"; NNCodec DQ vs NNCodec URQ: {fmt_pct(bd['nncodec_dq_vs_urq'])}"
+                    if bd.get("nncodec_dq_vs_urq") is not None
+                    else ""
+                )
+                + "\n\n"
             )
         w(
             table(
@@ -986,13 +1130,52 @@ def _print_rd(res: dict[str, Any], out: TextIO) -> None:
                     "zstd-19",
                     "lzma-9",
                     "order-0",
-                    "NNCodec",
+                    "NNCodec URQ",
                     "fedcodec RDOQ",
+                    *[f"fedcodec {q} (step/2)" for q in quants],
+                    "NNCodec DQ (step/2)",
                 ],
                 rows,
             )
             + "\n\n"
         )
+
+        def best_of(c: str, bd: dict[str, Any] = bd) -> str:
+            got = [(v, q) for q, v in (bd.get(f"vs_nncodec_{c}") or {}).items() if v is not None]
+            if not got:
+                return "n/a"
+            v, q = min(got)
+            return f"{fmt_pct(v)} ({_FED_LABEL[q]})"
+
+        summary.append(
+            [
+                name,
+                best_of("urq"),
+                best_of("dq"),
+                fmt_pct(bd.get("nncodec_dq_vs_urq")),
+                "n/a"
+                if bd.get("best") is None
+                else f"{fmt_pct(bd['best'])} ({_FED_LABEL[bd['fedcodec_best']]} vs "
+                f"{_NN_LABEL[bd['nncodec_best']]})",
+            ]
+        )
+    w(
+        "BD-rates per set: fedcodec's best curve against each NNCodec curve, and the target "
+        "value (fedcodec's best against the NNCodec curve that is hardest to beat):\n\n"
+    )
+    w(
+        table(
+            [
+                "set",
+                "vs NNCodec URQ (best fedcodec)",
+                "vs NNCodec DQ (best fedcodec)",
+                "NNCodec DQ vs URQ",
+                "target value",
+            ],
+            summary,
+        )
+        + "\n\n"
+    )
 
 
 def _print_report(res: dict[str, Any], out: TextIO) -> None:
@@ -1398,23 +1581,35 @@ def run_codec_bench(
         say("rate-distortion curves")
         # --quick keeps the smoke run short: curves of the (small) real-update sets only.
         curve_sets = [ds for ds in sets if ds.name in real_names] if cfg.quick else sets
-        rd_curves, rd_sets = _rd_curves(
-            curve_sets or sets, cfg.resolved_rd_exponents(), cfg.rdoq_lambda, with_zstd, say
+        rd_curves, rd_sets, rd_floats, rd_signal = _rd_curves(
+            curve_sets or sets,
+            cfg.resolved_rd_exponents(),
+            cfg.rdoq_lambda,
+            with_zstd,
+            say,
+            cfg.rd_quantizers,
         )
         if nn["status"] == "measured" and cfg.nncodec_python:
-            say("NNCodec: rate-distortion points")
+            say("NNCodec: rate-distortion points (URQ on the rounding levels, DQ on the floats)")
             try:
-                rd_runs, _ = run_nncodec(cfg.nncodec_python, rd_sets, repeats=1)
+                rd_runs, _ = run_nncodec(cfg.nncodec_python, rd_sets, repeats=1, floats=rd_floats)
             except (RuntimeError, OSError, ValueError) as e:
                 say(f"NNCodec failed on the RD points: {e}")
             else:
                 for name, points in rd_curves.items():
+                    n = next(r["numel"] for r in records if r["name"] == name)
                     for pt in points:
                         got = rd_runs.get(f"{name}@{pt['exponent']}")
                         if got is not None and got.nncodec_bytes is not None:
-                            n = next(r["numel"] for r in records if r["name"] == name)
                             pt["nncodec_bytes"] = got.nncodec_bytes
                             pt["nncodec_bpw"] = 8.0 * got.nncodec_bytes / n
+                        dq = rd_runs.get(f"{name}@{pt['exponent']}:dq")
+                        if dq is not None and dq.nncodec_bytes is not None:
+                            pt["nncodec_dq_bytes"] = dq.nncodec_bytes
+                            pt["nncodec_dq_bpw"] = 8.0 * dq.nncodec_bytes / n
+                            pt["nncodec_dq_snr_db"] = (
+                                None if dq.err_sq is None else _snr_db(rd_signal[name], dq.err_sq)
+                            )
 
     temporal: list[dict[str, Any]] = []
     if cfg.resolved_temporal():
@@ -1491,6 +1686,7 @@ def run_codec_bench(
             "real": cfg.resolved_real(),
             "real_dir": real_dir,
             "rd_exponents": list(cfg.resolved_rd_exponents()) if cfg.resolved_rd() else [],
+            "rd_quantizers": list(cfg.rd_quantizers),
         },
         "zstd_available": with_zstd,
         "datasets": records,

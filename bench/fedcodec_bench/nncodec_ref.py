@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-__all__ = ["PUBLISHED", "NNCodecRun", "PublishedRow", "run_nncodec"]
+__all__ = ["PUBLISHED", "NNCodecFloats", "NNCodecRun", "PublishedRow", "run_nncodec"]
 
 WORKER = Path(__file__).with_name("_nncodec_worker.py")
 
@@ -87,6 +87,9 @@ class NNCodecRun:
         NNCodec decoded exactly ``level * step``.
     error : str or None
         Why the set was not coded.
+    err_sq : float or None
+        For a :class:`NNCodecFloats` set: the squared error of NNCodec's decoded tensors
+        against the floats it was given (float64 sum); None for a set of levels.
     """
 
     nncodec_bytes: int | None
@@ -97,6 +100,32 @@ class NNCodecRun:
     deterministic: bool
     decoded_equal: bool
     error: str | None = None
+    err_sq: float | None = None
+
+
+@dataclass(frozen=True)
+class NNCodecFloats:
+    """A set of float tensors that NNCodec quantizes with its own quantizer.
+
+    Attributes
+    ----------
+    name : str
+        Key of the result.
+    tensors : sequence of numpy.ndarray
+        float32 tensors.
+    step : float
+        The step (on NNCodec's qp grid).
+    use_dq : bool
+        NNCodec's 8-state dependent quantization (DQ) instead of URQ.
+    lambda_scale : float
+        NNCodec's RD weight (0: plain rounding, or DQ's distortion-only trellis).
+    """
+
+    name: str
+    tensors: Sequence[npt.NDArray[np.float32]]
+    step: float
+    use_dq: bool
+    lambda_scale: float = 0.0
 
 
 def _parse(d: dict[str, Any]) -> NNCodecRun:
@@ -110,6 +139,7 @@ def _parse(d: dict[str, Any]) -> NNCodecRun:
         dec_s=[float(x) for x in d["dec_s"]],
         deterministic=bool(d["deterministic"]),
         decoded_equal=bool(d["decoded_equal"]),
+        err_sq=None if d.get("err_sq") is None else float(d["err_sq"]),
     )
 
 
@@ -118,9 +148,10 @@ def run_nncodec(
     sets: Sequence[tuple[str, Sequence[npt.NDArray[np.int32]], float]],
     *,
     repeats: int,
+    floats: Sequence[NNCodecFloats] = (),
     timeout: float = 1800.0,
 ) -> tuple[dict[str, NNCodecRun], dict[str, Any]]:
-    """Code the given levels with NNCodec in a subprocess.
+    """Code the given levels (and float sets) with NNCodec in a subprocess.
 
     Parameters
     ----------
@@ -130,6 +161,8 @@ def run_nncodec(
         Data sets: int32 levels per tensor and the step they were quantized with.
     repeats : int
         Encode + decode runs per set (medians are taken by the caller).
+    floats : sequence of NNCodecFloats, optional
+        Float sets NNCodec quantizes itself (URQ or DQ); their runs carry ``err_sq``.
     timeout : float, optional
         Seconds before the subprocess is abandoned.
 
@@ -149,6 +182,19 @@ def run_nncodec(
             npz = Path(tmp) / f"set{i}.npz"
             np.savez(npz, *[np.asarray(a, dtype=np.int32) for a in levels])
             spec_sets.append({"name": name, "npz": str(npz), "step": float(step)})
+        for i, f in enumerate(floats):
+            npz = Path(tmp) / f"float{i}.npz"
+            np.savez(npz, *[np.asarray(a, dtype=np.float32) for a in f.tensors])
+            spec_sets.append(
+                {
+                    "name": f.name,
+                    "npz": str(npz),
+                    "step": float(f.step),
+                    "floats": True,
+                    "use_dq": f.use_dq,
+                    "lambda_scale": f.lambda_scale,
+                }
+            )
         spec = Path(tmp) / "spec.json"
         out = Path(tmp) / "out.json"
         spec.write_text(json.dumps({"repeats": repeats, "sets": spec_sets}), encoding="utf-8")

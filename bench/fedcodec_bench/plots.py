@@ -85,7 +85,9 @@ def plot_rd_curves(curves: dict[str, list[dict[str, Any]]], path: str | Path) ->
     series = (
         ("fedcodec_bpw", "snr_db", "fedcodec (same levels)", "-o"),
         ("rdoq_bpw", "rdoq_snr_db", "fedcodec RDOQ", "-s"),
-        ("nncodec_bpw", "snr_db", "NNCodec (same levels)", "-^"),
+        ("trellis8_bpw", "trellis8_snr_db", "fedcodec trellis8", "-D"),
+        ("nncodec_bpw", "snr_db", "NNCodec URQ (same levels)", "-^"),
+        ("nncodec_dq_bpw", "nncodec_dq_snr_db", "NNCodec DQ", "-v"),
         ("zstd19_bpw", "snr_db", "zstd-19", "--x"),
         ("lzma9_bpw", "snr_db", "lzma-9", "--+"),
         ("order0_bpw", "snr_db", "order-0 entropy", ":"),
@@ -94,7 +96,7 @@ def plot_rd_curves(curves: dict[str, list[dict[str, Any]]], path: str | Path) ->
         ax = axes[i // cols][i % cols]
         pts = curves[name]
         for xkey, ykey, label, style in series:
-            xy = [(p[xkey], p[ykey]) for p in pts if p.get(xkey) is not None and p[ykey]]
+            xy = [(p[xkey], p[ykey]) for p in pts if p.get(xkey) is not None and p.get(ykey)]
             if xy:
                 xs, ys = zip(*xy, strict=True)
                 ax.plot(xs, ys, style, ms=3.5, lw=1.2, label=label)

@@ -688,6 +688,13 @@ def _rd_table(codec_res: dict[str, Any], name: str) -> str:
                 b(p["order0_bpw"]),
                 f"{b(p['rdoq_bpw'])} @ "
                 + ("inf" if p["rdoq_snr_db"] is None else f"{p['rdoq_snr_db']:.2f} dB"),
+                *[
+                    "n/a"
+                    if p.get(f"{k}_bpw") is None
+                    else f"{b(p[f'{k}_bpw'])} @ "
+                    + ("inf" if p[f"{k}_snr_db"] is None else f"{p[f'{k}_snr_db']:.2f} dB")
+                    for k in ("trellis8", "nncodec_dq")
+                ],
             ]
         )
     return table(
@@ -700,6 +707,8 @@ def _rd_table(codec_res: dict[str, Any], name: str) -> str:
             "lzma-9",
             "order-0",
             f"fedcodec RDOQ λ={codec_res['config']['rdoq_lambda']:g}",
+            "fedcodec trellis8 (step/2)",
+            "NNCodec DQ (step/2)",
         ],
         rows,
     )
@@ -917,7 +926,8 @@ def render_markdown(
         w += [
             "Rate-distortion curves (steps = the set's step × 2^j; at each step all coders share "
             "the same levels and SNR except *fedcodec RDOQ*, fedcodec's RD quantizer at that "
-            "step):",
+            "step, and the dependent quantizers *fedcodec trellis8* and *NNCodec DQ* at half "
+            "that step, each with its own levels and SNR):",
             "",
             f"![rate-distortion]({images['codec-rd']})",
             "",
