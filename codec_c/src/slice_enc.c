@@ -335,6 +335,7 @@ static unsigned choose_mode_by_trial(const fc_slice_enc_job *job, uint64_t signi
     trial.window_auto = 0;
     trial.rowkind_request = 0;
     trial.predict_request = 0;
+    trial.dq_record = NULL;
     trial.rows = rows;
     trial.recon = NULL;
     trial.mode_request = FC_MODE_DENSE;
@@ -525,13 +526,14 @@ static int rowscale_pays(const fc_slice_enc_job *job, double inv_step)
 
 /* Whether a slice may be a PREDICT slice (FORMAT.md §7.6), and with which
  * predict_request: dense, not ROWKIND, no reference, rows up to
- * FC_ROW_CTX_MAX wide, uniform levels (the predictor needs a row's levels
- * before its coefficients; the trellis decides them jointly with the
- * coding). */
+ * FC_ROW_CTX_MAX wide, not dithered.  Trellis slices predict their coded
+ * levels k (about half the reconstruction index): the search decides a
+ * row's levels before the row is coded, without the prediction, as RDOQ
+ * does, so the predictor sees the row's levels before its coefficients. */
 static int predict_mode(const fc_slice_enc_job *job)
 {
     if (job->mode != FC_MODE_DENSE || (job->k & FC_SLICE_ROWKIND) || job->ref ||
-        job->cols > FC_ROW_CTX_MAX || (job->values && job->quant != FC_QUANT_UNIFORM))
+        job->cols > FC_ROW_CTX_MAX || (job->values && job->quant == FC_QUANT_DITHER))
         return 0;
     if (job->predict_request > 0) return job->predict_request;
     if (job->predict_request < 0 && job->rows >= 16 && job->cols >= 16)
@@ -547,14 +549,27 @@ static void slice_encode_predict(fc_slice_enc_job *job)
 {
     const int request = job->predict_request;
     int pmode, variant, pass;
+    int32_t *coded = NULL; /* trellis: the first pass's levels, replayed by the trials */
     if (request > 0) {
         slice_encode_once(job);
         return;
     }
+    /* The trials code the same levels: a trellis slice records them instead
+     * of searching again (without the memory, each trial searches again and
+     * finds the same levels) */
+    if (request < 0 && job->values && !job->dq_replay &&
+        (job->quant == FC_QUANT_TRELLIS || job->quant == FC_QUANT_TRELLIS8) && !job->ref &&
+        job->rows >= 16 && job->cols >= 16 && job->cols <= FC_ROW_CTX_MAX)
+        coded = (int32_t *)malloc(sizeof(int32_t) * (size_t)(job->rows * job->cols));
     job->predict_request = 0;
+    job->dq_record = coded;
     slice_encode_once(job);
+    job->dq_record = NULL;
     job->predict_request = request;
-    if (job->result != FC_OK || request == 0) return;
+    if (job->result != FC_OK || request == 0) {
+        free(coded);
+        return;
+    }
     pmode = predict_mode(job);
     /* with row scales also rank 4 with them (an embedding table's rows
      * seldom share 8 profiles) and rank 8 without them (they blur the
@@ -567,6 +582,7 @@ static void slice_encode_predict(fc_slice_enc_job *job)
         memset(&trial.out, 0, sizeof(trial.out));
         memset(&trial.trace, 0, sizeof(trial.trace));
         trial.recon = NULL; /* the same levels */
+        if (coded) trial.dq_replay = coded;
         trial.mode_request = (int)job->mode;
         trial.rowkind_request = 0;
         trial.predict_request = variant;
@@ -583,6 +599,7 @@ static void slice_encode_predict(fc_slice_enc_job *job)
             fc_buf_free(&trial.trace);
         }
     }
+    free(coded);
 }
 
 /* A slice whose rows look like ROWKIND pays is coded both ways (the way
@@ -711,11 +728,11 @@ static void slice_encode_once(fc_slice_enc_job *job)
     st.ref.cls = refcls;
     st.ref.c0 = 0;
     if (job->values && quant == FC_QUANT_UNIFORM) q = (fc_rdoq *)malloc(sizeof(*q));
-    if (trellis)
+    if (trellis && !job->dq_replay)
         tr = fc_trellis_new(quant, job->lambda, job->eta_scale, inv_step, job->max_gtx, st.m0,
                             job->window_set);
     if (!ring || (window > 1 && !bitring) || !s || (job->ref && !refcls) || (job->values && quant == FC_QUANT_UNIFORM && !q) ||
-        (trellis && !tr) ||
+        (trellis && !job->dq_replay && !tr) ||
         (use_above && (!st.cols.sgn || !st.cols.mag || (job->mode != FC_MODE_RUNS && !st.cols.act)))) {
         job->result = FC_ERR_NOMEM;
         goto out;
@@ -749,8 +766,16 @@ static void slice_encode_once(fc_slice_enc_job *job)
             const float step = job->step;
             double se = 0.0;
             if (trellis) {
-                nz = fc_trellis_row(tr, &st.cols, x, job->importance ? job->importance + off : NULL,
-                                    cols, prev_row, &st.ref, cur);
+                if (job->dq_replay) {
+                    memcpy(cur, job->dq_replay + off, sizeof(int32_t) * (size_t)cols);
+                    for (nz = 0, c = 0; c < cols; c++) nz += cur[c] != 0;
+                } else {
+                    nz = fc_trellis_row(tr, &st.cols, x,
+                                        job->importance ? job->importance + off : NULL, cols,
+                                        prev_row, &st.ref, cur);
+                }
+                if (job->dq_record)
+                    memcpy(job->dq_record + off, cur, sizeof(int32_t) * (size_t)cols);
             } else {
                 nz = fc_quantize_row_dither(x, cols, inv_step, step, job->dither_key,
                                             job->elem_off + off, cur);

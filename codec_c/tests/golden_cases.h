@@ -336,6 +336,21 @@ static inline int gc_build(int which, gc_set *s)
             t->step = 0.125;
         }
         return 1;
+    case 19: /* a dense low-rank update under the trellis (8 states): a
+              * PREDICT slice of trellis levels (the predictor sees the
+              * coded levels k) */
+        s->name = "predict_trellis";
+        s->o.quantizer = FC_QUANT_TRELLIS8;
+        s->o.lambda = 0.1155;
+        t = gc_add(s, 0, 2, 48, 64, 0, 0);
+        {
+            tu_rng r = tu_seed(30);
+            float *v = (float *)gc_alloc(s, sizeof(float) * 48 * 64);
+            tu_fill_lowrank(&r, v, 48, 64, 2, 0.01);
+            t->values = v;
+            t->step = 0.002;
+        }
+        return 1;
     default:
         return 0;
     }

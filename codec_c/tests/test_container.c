@@ -1641,7 +1641,8 @@ static void test_reference(void)
     free(dec);
 }
 
-/* PREDICT slices (FORMAT.md §7.6): low-rank levels and RD-quantized floats
+/* PREDICT slices (FORMAT.md §7.6): low-rank levels, RD-quantized floats and
+ * trellis floats (4 and 8 states: the predictor sees the coded levels)
  * round trip (decode = levels = recon) for widths that are and are not
  * multiples of the predictor's lanes, the encoder picks the predictor on
  * them, and the bytes do not depend on the thread count. */
@@ -1664,7 +1665,7 @@ static void test_predict(void)
         TU_CHECK(v && recon && lv);
         tu_fill_lowrank(&r, v, (size_t)rows, (size_t)cols, 1 + si % 3, 1.0);
         for (k = 0; k < n; k++) lv[k] = (int32_t)lrint(v[k] * 1.5f);
-        for (pass = 0; pass < 2; pass++) {
+        for (pass = 0; pass < 4; pass++) {
             t = tu_tensor(0, 2, shapes[si]);
             opts(&o, FC_MODE_AUTO, 4, 0);
             if (pass == 0) {
@@ -1675,6 +1676,8 @@ static void test_predict(void)
                 t.recon = recon;
                 o.lambda = 0.1155;
                 o.S = 16;
+                o.quantizer = pass == 1 ? FC_QUANT_UNIFORM
+                                        : (pass == 2 ? FC_QUANT_TRELLIS : FC_QUANT_TRELLIS8);
             }
             c = roundtrip(&t, 1, &o, &size);
             TU_CHECK(cr_walk(c, size, &L));
