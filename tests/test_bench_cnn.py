@@ -55,3 +55,24 @@ def test_method_names_are_unique() -> None:
     """`--methods =NAME` selects by name: two methods of one name would run twice."""
     names = [m.name for m in cnn_methods()]
     assert len(names) == len(set(names))
+
+
+def test_warmup_methods_run_their_schedule_through_the_plugin() -> None:
+    """A sparsity warm-up (StepSchedule on topk) codes denser early rounds, and every
+    method's settings are JSON (the schedule's fields and base parameters)."""
+    import json
+
+    methods = {m.name: m for m in cnn_methods()}
+    for m in methods.values():
+        json.dumps(m.settings())
+    warm = methods["fedcodec sens+fisher warm rd-1% down warm rd-1%"]
+    settings = warm.settings()["params"]
+    assert settings["schedule"] == "StepSchedule"
+    assert settings["name"] == "topk"
+    assert settings["base"]["sparsification"]["topk"] > settings["limit"] == 0.01
+    assert warm.params(0, None).sparsification.topk == 0.08
+    assert warm.params(20, None).sparsification.topk == 0.01
+    sc = Scenario("tiny-warm", 2, 2, 2)
+    run = run_one(sc, warm, 0, _Train(1, 32, 0.05, 0), train_limit=200)
+    assert len(run.accuracy) == 2
+    assert run.bytes_up > 0

@@ -85,6 +85,27 @@ def test_schedules() -> None:
         StepSchedule(base, "tolerance", gamma=2.0, every=1)
 
 
+def test_topk_warmup_schedules() -> None:
+    sparse = RoundParams(lam=0.5, S=16, sparsification=Sparsification(topk=0.08, allocation="rd"))
+    warm = StepSchedule(sparse, "topk", gamma=0.5, every=2, limit=0.01)
+    topks = [warm(r, None).sparsification.topk for r in range(10)]  # type: ignore[union-attr]
+    assert topks == pytest.approx([0.08, 0.08, 0.04, 0.04, 0.02, 0.02, 0.01, 0.01, 0.01, 0.01])
+    assert warm(3, None).sparsification.allocation == "rd"  # type: ignore[union-attr]
+    assert warm(3, None).lam == 0.5
+    up = StepSchedule(RoundParams(S=4), "S", gamma=2.0, every=1, limit=32)
+    assert [up(r, None).S for r in range(6)] == [4, 8, 16, 32, 32, 32]
+    cos = CosineSchedule(sparse, "topk", start=0.05, end=0.005, rounds=4)
+    assert cos(0, None).sparsification.topk == pytest.approx(0.05)  # type: ignore[union-attr]
+    assert cos(9, None).sparsification.topk == pytest.approx(0.005)  # type: ignore[union-attr]
+    assert CosineSchedule(RoundParams(), "topk", 1.5, 0.1, 2)(0, None).sparsification == (
+        Sparsification(topk=1.0)
+    )
+    with pytest.raises(ValueError, match="not set"):
+        StepSchedule(RoundParams(), "topk", gamma=0.5, every=1)
+    with pytest.raises(ValueError, match="limit"):
+        StepSchedule(sparse, "topk", gamma=0.5, every=1, limit=0.0)
+
+
 def test_model_versions_digest_and_history() -> None:
     tensors = {"a": np.ones((2, 3), np.float32), "b": np.zeros(4, np.float32)}
     v0 = ModelVersion.create(0, tensors)

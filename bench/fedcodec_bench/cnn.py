@@ -79,8 +79,8 @@ class CnnMethod:
     name: str
     kind: str
     compressor: Callable[[], cp.UpdateCompressor] | None = None
-    params: Any = None  # fedcodec.pipeline.RoundParams (uplink)
-    down_params: Any = None  # fedcodec.pipeline.RoundParams (downlink); None: as uplink
+    params: Any = None  # fedcodec.pipeline.RoundParams or a Schedule (uplink)
+    down_params: Any = None  # RoundParams or a Schedule (downlink); None: as uplink
     fisher: bool = False
     filter_l1: float | None = None
 
@@ -90,14 +90,26 @@ class CnnMethod:
         if self.compressor is not None:
             out["compressor"] = self.compressor().settings() | {"name": self.compressor().name}
         if self.params is not None:
-            out["params"] = self.params.to_json()
+            out["params"] = _params_json(self.params)
         if self.down_params is not None:
-            out["down_params"] = self.down_params.to_json()
+            out["down_params"] = _params_json(self.down_params)
         if self.fisher:
             out["fisher"] = True
         if self.filter_l1 is not None:
             out["filter_l1"] = self.filter_l1
         return out
+
+
+def _params_json(spec: Any) -> Any:
+    """RoundParams as JSON; a schedule as its fields (the base parameters as JSON)."""
+    if hasattr(spec, "to_json"):
+        return spec.to_json()
+    fields = dict(vars(spec))
+    base = fields.pop("base", None)
+    out: dict[str, Any] = {"schedule": type(spec).__name__, **fields}
+    if base is not None:
+        out["base"] = base.to_json()
+    return out
 
 
 def cnn_methods(quick: bool = False) -> list[CnnMethod]:
@@ -224,6 +236,45 @@ def cnn_methods(quick: bool = False) -> list[CnnMethod]:
             f"{sf} rd-1% down rd-5%", "fedcodec", params=up(0.01), down_params=up(0.05), fisher=True
         )
     )
+    # Long runs (50-100 rounds): sparse both ways at lower rates, and a sparsity warm-up
+    # (DGC/STC-style: dense early rounds, halving top-k every 2 rounds down to the rate).
+    from fedcodec.pipeline import StepSchedule
+
+    def warm(topk: float, start: float = 0.08) -> Any:
+        """RD top-k from ``start``, halved every 2 rounds, down to ``topk``."""
+        return StepSchedule(up(start), "topk", gamma=0.5, every=2, limit=topk)
+
+    for rate in (0.5, 0.3):
+        both = up(rate / 100)
+        methods.append(
+            CnnMethod(
+                f"{sf} rd-{rate}% down rd-{rate}%",
+                "fedcodec",
+                params=both,
+                down_params=both,
+                fisher=True,
+            )
+        )
+    for rate in (1, 0.5, 0.3):
+        methods.append(
+            CnnMethod(
+                f"{sf} warm rd-{rate}% down warm rd-{rate}%",
+                "fedcodec",
+                params=warm(rate / 100),
+                down_params=warm(rate / 100),
+                fisher=True,
+            )
+        )
+    for up_pct, down_pct in ((2, 2), (2, 1), (1, 2), (3, 1), (2, 0.5), (1, 0.5)):
+        methods.append(
+            CnnMethod(
+                f"{sf} warm rd-{up_pct}% down warm rd-{down_pct}%",
+                "fedcodec",
+                params=warm(up_pct / 100),
+                down_params=warm(down_pct / 100),
+                fisher=True,
+            )
+        )
     if quick:
         keep = {"fp32", "top-1%+EF", "fedcodec sens rd-2% S=16"}
         return [m for m in methods if m.name in keep]

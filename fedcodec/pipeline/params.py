@@ -50,7 +50,9 @@ Quantizer = Literal["uniform", "trellis", "trellis8", "dither"]
 _QUANTIZERS = ("uniform", "trellis", "trellis8", "dither")
 _STEP_RULES = ("model", "tensor")
 
-_SCHEDULABLE = ("lam", "S", "step", "budget_bytes")
+#: Fields a :class:`StepSchedule` / :class:`CosineSchedule` can move; ``"topk"`` is
+#: ``sparsification.topk`` (a sparsity warm-up: denser early rounds, sparser later ones).
+_SCHEDULABLE = ("lam", "S", "step", "budget_bytes", "topk")
 
 
 #: How a top-k budget is spread over tensors: ``"model"`` — one global ranking of the
@@ -445,9 +447,20 @@ def _check_field(name: str) -> None:
         raise ValueError(f"can schedule one of {_SCHEDULABLE}, not {name!r}")
 
 
+def _value_of(base: RoundParams, name: str) -> float | None:
+    if name == "topk":
+        return None if base.sparsification is None else base.sparsification.topk
+    value = getattr(base, name)
+    return None if value is None else float(value)
+
+
 def _with_value(base: RoundParams, name: str, value: float) -> RoundParams:
     if name in ("S", "budget_bytes"):
         return base.replace(**{name: max(0 if name == "S" else 1, round(value))})
+    if name == "topk":
+        sparsification = base.sparsification or Sparsification()
+        topk = min(1.0, max(value, 1e-9))
+        return base.replace(sparsification=dataclasses.replace(sparsification, topk=topk))
     return base.replace(**{name: value})
 
 
@@ -464,36 +477,48 @@ class ConstantSchedule:
 
 @dataclass(frozen=True)
 class StepSchedule:
-    """Multiply one parameter by ``gamma`` every ``every`` rounds.
+    """Multiply one parameter by ``gamma`` every ``every`` rounds (until ``limit``).
 
     Attributes
     ----------
     base : RoundParams
         Parameters of round 0.
-    name : {"lam", "S", "step", "budget_bytes"}
-        The parameter to change (it must be set in ``base``).
+    name : {"lam", "S", "step", "budget_bytes", "topk"}
+        The parameter to change (it must be set in ``base``; ``"topk"`` is
+        ``base.sparsification.topk``).
     gamma : float
         Factor per step (> 0).
     every : int
         Rounds per step (>= 1).
+    limit : float, optional
+        The value stops here: a floor when ``gamma < 1``, a ceiling when
+        ``gamma > 1``.  E.g. a sparsity warm-up ``StepSchedule(params, "topk",
+        gamma=0.5, every=2, limit=0.005)`` from ``topk=0.08``.
     """
 
     base: RoundParams
     name: str
     gamma: float
     every: int
+    limit: float | None = None
 
     def __post_init__(self) -> None:
         _check_field(self.name)
-        if getattr(self.base, self.name) is None:
+        if _value_of(self.base, self.name) is None:
             raise ValueError(f"StepSchedule: base.{self.name} is not set")
         if not (self.gamma > 0 and math.isfinite(self.gamma)) or self.every < 1:
             raise ValueError("StepSchedule needs gamma > 0 and every >= 1")
+        if self.limit is not None and not (math.isfinite(self.limit) and self.limit > 0):
+            raise ValueError(f"StepSchedule: limit must be finite and > 0, got {self.limit!r}")
 
     def __call__(self, round_number: int, last: RoundStats | None) -> RoundParams:
         """The parameters of ``round_number``."""
-        start = float(getattr(self.base, self.name))
-        return _with_value(self.base, self.name, start * self.gamma ** (round_number // self.every))
+        start = _value_of(self.base, self.name)
+        assert start is not None  # checked in __post_init__
+        value = start * self.gamma ** (round_number // self.every)
+        if self.limit is not None:
+            value = max(value, self.limit) if self.gamma < 1 else min(value, self.limit)
+        return _with_value(self.base, self.name, value)
 
 
 @dataclass(frozen=True)
@@ -506,8 +531,8 @@ class CosineSchedule:
     ----------
     base : RoundParams
         The other parameters.
-    name : {"lam", "S", "step", "budget_bytes"}
-        The parameter to change.
+    name : {"lam", "S", "step", "budget_bytes", "topk"}
+        The parameter to change (``"topk"``: ``sparsification.topk``).
     start, end : float
         Values in round 0 and from round ``rounds`` on.
     rounds : int
