@@ -30,16 +30,25 @@
 #define FC_PRED_MAX_PREFIX 20u
 
 /* Profiles and components are float32 vectors padded to a multiple of 8
- * (the padding stays 0); the loops work on 4 or 8 lanes, with GCC's vector
+ * (the padding stays 0); the loops work on 8 lanes, with GCC's vector
  * extension where available and the same operations lane by lane
  * elsewhere: either way every lane computes the same IEEE single-precision
  * results. */
 #if defined(__GNUC__) || defined(__clang__)
-typedef float fc_v4 __attribute__((vector_size(16)));
-typedef int32_t fc_v4i __attribute__((vector_size(16)));
+typedef float fc_v8 __attribute__((vector_size(32)));
+typedef int32_t fc_v8i __attribute__((vector_size(32)));
 #define FC_PRED_SIMD 1
 #else
 #define FC_PRED_SIMD 0
+#endif
+/* x86 with GCC or clang: a second variant of the per-row arithmetic for
+ * AVX2 (8 lanes in one register), chosen at run time by the CPU (unless
+ * built with -DFC_NO_CPU_DISPATCH, or for a CPU with AVX2 anyway). */
+#if FC_PRED_SIMD && (defined(__x86_64__) || defined(__i386__)) && !defined(__AVX2__) && \
+    !defined(FC_NO_CPU_DISPATCH)
+#define FC_PRED_AVX 1
+#else
+#define FC_PRED_AVX 0
 #endif
 
 typedef struct fc_pred {
@@ -80,96 +89,44 @@ static inline void fc_pred_free(fc_pred *p)
     p->v = p->e = p->u = NULL;
 }
 
-/* Dot product of two padded vectors: eight lane sums in float32 (lane j
- * takes the elements i with i mod 8 = j, in order), then added in double as
- * ((l0 + l1) + (l2 + l3)) + ((l4 + l5) + (l6 + l7)). */
+/* The per-row arithmetic (predict_kern.h): a generic variant, and on x86 an
+ * AVX one. */
+#define FC_PK(name) name##_gen
+#define FC_PK_ATTR
+#include "predict_kern.h"
+#undef FC_PK
+#undef FC_PK_ATTR
+#if FC_PRED_AVX
+#define FC_PK(name) name##_avx
+#define FC_PK_ATTR __attribute__((target("avx2")))
+#include "predict_kern.h"
+#undef FC_PK
+#undef FC_PK_ATTR
+/* Whether this CPU (and OS) runs AVX code. */
+static inline int fc_pred_avx(void)
+{
+    return __builtin_cpu_supports("avx2");
+}
+#else
+static inline int fc_pred_avx(void)
+{
+    return 0;
+}
+#endif
+
 static inline double fc_pred_dot(const float *a, const float *b, uint64_t n4)
 {
-    uint64_t i;
-    float l[8];
-#if FC_PRED_SIMD
-    fc_v4 s0 = {0.0f, 0.0f, 0.0f, 0.0f}, s1 = s0;
-    for (i = 0; i < n4; i += 8) {
-        fc_v4 x0, y0, x1, y1;
-        memcpy(&x0, a + i, 16);
-        memcpy(&y0, b + i, 16);
-        memcpy(&x1, a + i + 4, 16);
-        memcpy(&y1, b + i + 4, 16);
-        s0 += x0 * y0;
-        s1 += x1 * y1;
-    }
-    memcpy(l, &s0, 16);
-    memcpy(l + 4, &s1, 16);
-#else
-    unsigned j;
-    for (j = 0; j < 8; j++) l[j] = 0.0f;
-    for (i = 0; i < n4; i += 8)
-        for (j = 0; j < 8; j++) l[j] += a[i + j] * b[i + j];
-#endif
-    return (((double)l[0] + (double)l[1]) + ((double)l[2] + (double)l[3])) +
-           (((double)l[4] + (double)l[5]) + ((double)l[6] + (double)l[7]));
+    return fc_pk_dot_gen(a, b, n4);
 }
 
-/* y[i] = a * x[i] + b * y[i] over a padded vector (products rounded, then
- * the sum: no contraction). */
 static inline void fc_pred_axpby(float a, const float *x, float b, float *y, uint64_t n4)
 {
-    uint64_t i;
-#if FC_PRED_SIMD
-    const fc_v4 va = {a, a, a, a}, vb = {b, b, b, b};
-    for (i = 0; i < n4; i += 4) {
-        fc_v4 xv, yv;
-        memcpy(&xv, x + i, 16);
-        memcpy(&yv, y + i, 16);
-        yv = va * xv + vb * yv;
-        memcpy(y + i, &yv, 16);
-    }
-#else
-    for (i = 0; i < n4; i++) y[i] = a * x[i] + b * y[i];
-#endif
+    fc_pk_axpby_gen(a, x, b, y, n4);
 }
 
-/* v[i] = a * u[i] + b * v[i], then u[i] = c * v[i] + 1 * u[i] (with the
- * new v[i]), over padded vectors: fc_pred_axpby(a, u, b, v) followed by
- * fc_pred_axpby(c, v, 1, u), element by element in one pass. */
-static inline void fc_pred_axpby2(float a, float b, float c, float *u, float *v, uint64_t n4)
-{
-    uint64_t i;
-#if FC_PRED_SIMD
-    const fc_v4 va = {a, a, a, a}, vb = {b, b, b, b}, vc = {c, c, c, c}, one = {1.0f, 1.0f, 1.0f, 1.0f};
-    for (i = 0; i < n4; i += 4) {
-        fc_v4 uv, vv;
-        memcpy(&uv, u + i, 16);
-        memcpy(&vv, v + i, 16);
-        vv = va * uv + vb * vv;
-        uv = vc * vv + one * uv;
-        memcpy(v + i, &vv, 16);
-        memcpy(u + i, &uv, 16);
-    }
-#else
-    for (i = 0; i < n4; i++) {
-        v[i] = a * u[i] + b * v[i];
-        u[i] = c * v[i] + 1.0f * u[i];
-    }
-#endif
-}
-
-/* The padded row x (levels) as floats into u. */
 static inline void fc_pred_load(fc_pred *p, const int32_t *x)
 {
-    float *const u = p->u;
-    const uint64_t n = p->cols;
-    uint64_t c = 0;
-#if FC_PRED_SIMD
-    for (; c + 4 <= n; c += 4) {
-        fc_v4i xi;
-        fc_v4 xf;
-        memcpy(&xi, x + c, 16);
-        xf = __builtin_convertvector(xi, fc_v4);
-        memcpy(u + c, &xf, 16);
-    }
-#endif
-    for (; c < n; c++) u[c] = (float)x[c];
+    fc_pk_load_gen(p->u, x, p->cols);
 }
 
 /* The profiles of the next row: the learnt components, orthonormalized
@@ -178,25 +135,14 @@ static inline void fc_pred_load(fc_pred *p, const int32_t *x)
  * before every 8th (n non-empty rows learnt), and kept in between. */
 static inline void fc_pred_basis(fc_pred *p)
 {
-    const uint64_t n4 = p->n4;
-    const double cols = (double)p->cols, scale = sqrt(cols);
-    unsigned k, j, m = p->n < p->rank ? (unsigned)p->n : p->rank;
     if (p->n > 16 && (p->n & 7u)) return;
-    p->nbasis = 0;
-    for (k = 0; k < m; k++) {
-        float *w = p->e + (size_t)p->nbasis * n4;
-        double nw;
-        memcpy(w, p->v + (size_t)k * n4, sizeof(float) * (size_t)n4);
-        for (j = 0; j < p->nbasis; j++) {
-            const float *b = p->e + (size_t)j * n4;
-            /* b has squared norm ~cols */
-            fc_pred_axpby((float)(-fc_pred_dot(w, b, n4) / cols), b, 1.0f, w, n4);
-        }
-        nw = sqrt(fc_pred_dot(w, w, n4));
-        if (!(nw > 0.0)) continue;
-        fc_pred_axpby(0.0f, w, (float)(scale / nw), w, n4);
-        p->nbasis++;
+#if FC_PRED_AVX
+    if (fc_pred_avx()) {
+        fc_pk_basis_avx(p);
+        return;
     }
+#endif
+    fc_pk_basis_gen(p);
 }
 
 /* The prediction y = sum_k (q_k / FC_PRED_QS) * profile_k of the current
@@ -277,7 +223,6 @@ static inline int fc_pred_classes(fc_pred *p, uint8_t *cls)
     const float *prof[FC_PRED_MAX_RANK];
     float coef[FC_PRED_MAX_RANK];
     unsigned k, m = 0;
-    uint64_t c;
     if (p->rowscale) {
         fc_pred_scale_classes(p, cls);
         return 1;
@@ -292,51 +237,13 @@ static inline int fc_pred_classes(fc_pred *p, uint8_t *cls)
     /* One pass: per element the sum over the profiles in order, each step
      * the rounded product plus 1 * the sum (as fc_pred_axpby(q, e, 1, acc)
      * from acc = 0 would do, profile after profile), then the class. */
-#if FC_PRED_SIMD
-    {
-        /* fc_class_of on 4 lanes: a comparison gives -1 per lane */
-        const fc_v4 half = {0.5f, 0.5f, 0.5f, 0.5f}, zero = {0.0f, 0.0f, 0.0f, 0.0f};
-        const fc_v4 one = {1.0f, 1.0f, 1.0f, 1.0f};
-        const fc_v4i eight = {8, 8, 8, 8}, sixteen = {16, 16, 16, 16};
-        const fc_v4i absmask = {0x7FFFFFFF, 0x7FFFFFFF, 0x7FFFFFFF, 0x7FFFFFFF};
-        for (c = 0; c < p->cols; c += 4) {
-            fc_v4 x = zero, y;
-            fc_v4i mm, neg, out;
-            int32_t o[4];
-            unsigned j;
-            for (k = 0; k < m; k++) {
-                const fc_v4 va = {coef[k], coef[k], coef[k], coef[k]};
-                fc_v4 ev;
-                memcpy(&ev, prof[k] + c, 16);
-                x = va * ev + one * x;
-            }
-            memcpy(&mm, &x, 16);
-            mm &= absmask; /* |x| */
-            memcpy(&y, &mm, 16);
-            y += half;
-            mm = -((y >= 1.0f) + (y >= 2.0f) + (y >= 4.0f) + (y >= 8.0f) + (y >= 16.0f) +
-                   (y >= 32.0f) + (y >= 64.0f));
-            neg = x < zero;
-            out = (mm | ((neg & eight) | (~neg & sixteen))) & (mm != 0);
-            memcpy(o, &out, 16);
-            if (c + 4 <= p->cols) {
-                /* the four class bytes in one store (little or big endian
-                 * alike: bytes are placed explicitly) */
-                uint8_t b4[4];
-                for (j = 0; j < 4; j++) b4[j] = (uint8_t)o[j];
-                memcpy(cls + c, b4, 4);
-            } else {
-                for (j = 0; c + j < p->cols; j++) cls[c + j] = (uint8_t)o[j];
-            }
-        }
-    }
-#else
-    for (c = 0; c < p->cols; c++) {
-        float x = 0.0f;
-        for (k = 0; k < m; k++) x = coef[k] * prof[k][c] + 1.0f * x;
-        cls[c] = fc_class_of(x);
+#if FC_PRED_AVX
+    if (fc_pred_avx()) {
+        fc_pk_classes_avx(prof, coef, m, p->cols, cls);
+        return 1;
     }
 #endif
+    fc_pk_classes_gen(prof, coef, m, p->cols, cls);
     return 1;
 }
 
@@ -350,34 +257,13 @@ static inline int fc_pred_classes(fc_pred *p, uint8_t *cls)
  *   recomputed). */
 static inline void fc_pred_learn(fc_pred *p, const int32_t *x)
 {
-    const uint64_t n4 = p->n4;
-    unsigned k;
-    double uu;
-    float *u = p->u;
-    p->n++;
-    fc_pred_load(p, x);
-    uu = fc_pred_dot(u, u, n4);
-    for (k = 0; k < p->rank && k < p->n; k++) {
-        float *v = p->v + (size_t)k * n4;
-        double uv, w1, w2, vv, uv2, d;
-        if (k + 1 == p->n || !(p->vv[k] > 0.0)) {
-            memcpy(v, u, sizeof(float) * (size_t)n4);
-            p->vv[k] = uu;
-            break;
-        }
-        uv = fc_pred_dot(u, v, n4);
-        w1 = (double)(p->n - 1) / (double)p->n;
-        w2 = uv / sqrt(p->vv[k]) / (double)p->n;
-        vv = w1 * w1 * p->vv[k] + 2.0 * w1 * w2 * uv + w2 * w2 * uu;
-        uv2 = w1 * uv + w2 * uu;
-        d = vv > 0.0 ? uv2 / vv : 0.0;
-        /* v <- w2 u + w1 v, then u <- -d v + 1 u with the new v: one pass
-         * (per element the same operations as two fc_pred_axpby calls) */
-        fc_pred_axpby2((float)w2, (float)w1, (float)-d, u, v, n4);
-        p->vv[k] = vv;
-        uu = uu - d * uv2;
-        if (uu < 0.0) uu = 0.0;
+#if FC_PRED_AVX
+    if (fc_pred_avx()) {
+        fc_pk_learn_avx(p, x);
+        return;
     }
+#endif
+    fc_pk_learn_gen(p, x);
 }
 
 /* The coefficients of a row: per profile k, a zero flag, the sign and

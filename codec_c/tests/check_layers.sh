@@ -19,7 +19,7 @@ layer() {
     common.h | pool.h | pool.c) echo 1 ;;
     rangecoder.h | tables.c | cost_table.h) echo 2 ;;
     contexts.h) echo 3 ;;
-    binarize.h) echo 4 ;;
+    binarize.h | predict_kern.h) echo 4 ;;
     quant.h | quant.c | trellis.c | slice.h | predict.h) echo 5 ;;
     slice_enc.c | slice_dec.c) echo 6 ;;
     container.h | container.c) echo 7 ;;

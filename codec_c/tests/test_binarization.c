@@ -7,6 +7,10 @@
  * model's fc_cost_level matches the real coded size, and the model's
  * fc_update_level leaves the contexts exactly as fc_enc_level does.
  *
+ * The row predictor's arithmetic (predict_kern.h) gives the same state and
+ * classes bit for bit in every compiled variant (generic and, on x86 CPUs
+ * with AVX2, the AVX2 one).
+ *
  * The neighbourhood classes (fc_nbr) are enumerated over their documented
  * ranges rather than derived from neighbours, so this test does not depend
  * on the context-selection rules of contexts.h.
@@ -14,6 +18,7 @@
 #include "test_util.h"
 
 #include "binarize.h"
+#include "predict.h"
 
 typedef struct lvl {
     unsigned neg, cm;
@@ -357,8 +362,88 @@ static void test_context_tables(void)
     TU_CHECK_EQ(fc_sign_class(INT32_MAX), 2u);
 }
 
+/* The row predictor's generic and AVX2 variants: a slice of low-rank
+ * levels through basis, coefficients, classes and learning in both, state
+ * and classes compared after every row (without AVX2: the generic variant
+ * alone, checked for a stable state). */
+static void pred_same(const fc_pred *a, const fc_pred *b)
+{
+    const size_t vec = sizeof(float) * (size_t)a->n4 * a->rank;
+    TU_CHECK_EQ(a->n, b->n);
+    TU_CHECK_EQ(a->nbasis, b->nbasis);
+    TU_CHECK(memcmp(a->v, b->v, vec) == 0);
+    TU_CHECK(memcmp(a->e, b->e, vec) == 0);
+    TU_CHECK(memcmp(a->vv, b->vv, sizeof(a->vv)) == 0);
+}
+
+static void test_predict_variants(void)
+{
+    static const uint64_t colss[] = {1, 7, 8, 13, 64, 100, 384};
+    static const unsigned ranks[] = {4, 8};
+    tu_rng r = tu_seed(1414);
+    const int avx = fc_pred_avx();
+    size_t ci, ri;
+    if (!avx) printf("test_binarization: no AVX2 variant on this CPU/build; generic only\n");
+    for (ci = 0; ci < sizeof(colss) / sizeof(colss[0]); ci++)
+        for (ri = 0; ri < 2; ri++) {
+            const uint64_t cols = colss[ci], rows = 40;
+            fc_pred a, b;
+            int32_t *x = (int32_t *)malloc(sizeof(int32_t) * (size_t)cols);
+            uint8_t *ca = (uint8_t *)malloc((size_t)cols), *cb = (uint8_t *)malloc((size_t)cols);
+            float prof[3][384];
+            uint64_t row, c;
+            unsigned k;
+            TU_CHECK(x && ca && cb);
+            TU_CHECK(!fc_pred_init(&a, ranks[ri], cols, 0) && !fc_pred_init(&b, ranks[ri], cols, 0));
+            for (k = 0; k < 3; k++)
+                for (c = 0; c < cols; c++) prof[k][c] = (float)tu_laplace(&r, 4.0);
+            for (row = 0; row < rows; row++) {
+                const double w0 = tu_laplace(&r, 2.0), w1 = tu_laplace(&r, 1.0), w2 = tu_laplace(&r, 0.5);
+                for (c = 0; c < cols; c++)
+                    x[c] = (int32_t)lround(w0 * prof[0][c] + w1 * prof[1][c] + w2 * prof[2][c] +
+                                           tu_laplace(&r, 1.0));
+                if (row == 5) memset(x, 0, sizeof(int32_t) * (size_t)cols); /* a zero row */
+                fc_pk_basis_gen(&a);
+                fc_pred_fit(&a, x);
+                memcpy(b.q, a.q, sizeof(a.q));
+#if FC_PRED_AVX
+                if (avx) {
+                    fc_pk_basis_avx(&b);
+                    pred_same(&a, &b);
+                    for (k = 0; k < a.nbasis; k++) {
+                        const float *pr[FC_PRED_MAX_RANK];
+                        float co[FC_PRED_MAX_RANK];
+                        unsigned j, m = 0;
+                        for (j = 0; j <= k; j++) {
+                            pr[m] = a.e + (size_t)j * a.n4;
+                            co[m++] = (float)((double)a.q[j] / FC_PRED_QS);
+                        }
+                        fc_pk_classes_gen(pr, co, m, cols, ca);
+                        fc_pk_classes_avx(pr, co, m, cols, cb);
+                        TU_CHECK(memcmp(ca, cb, (size_t)cols) == 0);
+                    }
+                    fc_pk_learn_gen(&a, x);
+                    fc_pk_learn_avx(&b, x);
+                    pred_same(&a, &b);
+                    continue;
+                }
+#endif
+                fc_pk_learn_gen(&a, x);
+                fc_pk_basis_gen(&b);
+                fc_pk_learn_gen(&b, x);
+                pred_same(&a, &b);
+            }
+            fc_pred_free(&a);
+            fc_pred_free(&b);
+            free(x);
+            free(ca);
+            free(cb);
+        }
+}
+
 int main(void)
 {
+    test_predict_variants();
     test_context_tables();
     test_level_edges();
     test_level_random();
