@@ -6,6 +6,7 @@ import json
 import subprocess
 import sys
 import textwrap
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -241,6 +242,10 @@ def test_nncodec_worker_plumbing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
     assert a.nncodec_bytes is not None
     assert a.nncodec_bytes > 0
     assert len(a.enc_s) == len(a.dec_s) == 2
+    # The worker's CPU times reach the record (the speed ratios use them, not wall clock).
+    assert len(a.enc_cpu_s) == len(a.dec_cpu_s) == 2
+    assert all(x >= 0.0 for x in a.enc_cpu_s + a.dec_cpu_s)
+    assert asdict(a)["dec_cpu_s"] == a.dec_cpu_s
     assert a.decoded_equal
     assert a.deterministic
     assert runs["off-grid"].nncodec_bytes is None

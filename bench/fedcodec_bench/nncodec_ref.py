@@ -14,7 +14,7 @@ import json
 import subprocess
 import tempfile
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -80,7 +80,7 @@ class NNCodecRun:
     qp, qp_density : int or None
         NNCodec's grid point for the step.
     enc_s, dec_s : list of float
-        Seconds of each encode / decode run.
+        Seconds of each encode / decode run (wall clock).
     deterministic : bool
         The same size in every run.
     decoded_equal : bool
@@ -90,6 +90,9 @@ class NNCodecRun:
     err_sq : float or None
         For a :class:`NNCodecFloats` set: the squared error of NNCodec's decoded tensors
         against the floats it was given (float64 sum); None for a set of levels.
+    enc_cpu_s, dec_cpu_s : list of float
+        CPU seconds of the coding thread in each encode / decode run (what the speed ratios
+        against fedcodec use; empty when the worker did not measure them).
     """
 
     nncodec_bytes: int | None
@@ -101,6 +104,8 @@ class NNCodecRun:
     decoded_equal: bool
     error: str | None = None
     err_sq: float | None = None
+    enc_cpu_s: list[float] = field(default_factory=list)
+    dec_cpu_s: list[float] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -140,6 +145,8 @@ def _parse(d: dict[str, Any]) -> NNCodecRun:
         deterministic=bool(d["deterministic"]),
         decoded_equal=bool(d["decoded_equal"]),
         err_sq=None if d.get("err_sq") is None else float(d["err_sq"]),
+        enc_cpu_s=[float(x) for x in d.get("enc_cpu_s", [])],
+        dec_cpu_s=[float(x) for x in d.get("dec_cpu_s", [])],
     )
 
 
