@@ -71,29 +71,19 @@ static inline FC_PK_ATTR double FC_PK(fc_pk_axpby2)(float a, float b, float c, f
     const fc_v8 va = {a, a, a, a, a, a, a, a}, vb = {b, b, b, b, b, b, b, b};
     const fc_v8 vc = {c, c, c, c, c, c, c, c};
     const fc_v8 one = {1.0f, 1.0f, 1.0f, 1.0f, 1.0f, 1.0f, 1.0f, 1.0f};
+    /* without w the sums are taken against v and dropped (one loop) */
+    const float *const wp = w ? w : v;
     fc_v8 s = {0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f};
-    if (w) {
-        for (i = 0; i < n4; i += 8) {
-            fc_v8 uv, vv, wv;
-            memcpy(&uv, u + i, 32);
-            memcpy(&vv, v + i, 32);
-            memcpy(&wv, w + i, 32);
-            vv = va * uv + vb * vv;
-            uv = vc * vv + one * uv;
-            memcpy(v + i, &vv, 32);
-            memcpy(u + i, &uv, 32);
-            s += uv * wv;
-        }
-    } else {
-        for (i = 0; i < n4; i += 8) {
-            fc_v8 uv, vv;
-            memcpy(&uv, u + i, 32);
-            memcpy(&vv, v + i, 32);
-            vv = va * uv + vb * vv;
-            uv = vc * vv + one * uv;
-            memcpy(v + i, &vv, 32);
-            memcpy(u + i, &uv, 32);
-        }
+    for (i = 0; i < n4; i += 8) {
+        fc_v8 uv, vv, wv;
+        memcpy(&uv, u + i, 32);
+        memcpy(&vv, v + i, 32);
+        vv = va * uv + vb * vv;
+        uv = vc * vv + one * uv;
+        memcpy(v + i, &vv, 32);
+        memcpy(u + i, &uv, 32);
+        memcpy(&wv, wp + i, 32);
+        s += uv * wv;
     }
     memcpy(l, &s, 32);
 #else
