@@ -217,3 +217,27 @@ def test_trellis_fewer_bytes_at_equal_snr_on_dense_data(quantizer: str) -> None:
     assert snr.min() < t_snr < snr.max()
     rdoq_bytes = float(np.exp(np.interp(t_snr, snr, logb)))
     assert len(t.data) < 0.985 * rdoq_bytes
+
+
+def test_rdoq_keeps_one_magnitude_rows_of_an_embedding_table() -> None:
+    # An AdamW-like embedding update at a coarse step: empty rows, rows that move by one
+    # magnitude (0.62 steps) in every column, broad rows. The encoder codes such a slice with
+    # and without ROWKIND; under RD quantization the two hold different levels (without
+    # ROWKIND the quantizer zeroes the one-magnitude rows, far fewer bytes at far more
+    # distortion), so it keeps the one with the lower D + lambda R, not the smaller one.
+    rng = np.random.default_rng(5)
+    step = 1.0
+    x = np.zeros((400, 64), np.float32)
+    kind = rng.integers(0, 10, size=400)
+    for r in range(400):
+        if kind[r] < 4:
+            x[r] = 0.62 * step * rng.choice([-1.0, 1.0], size=64)
+        elif kind[r] < 6:
+            x[r] = rng.laplace(0.0, 1.5 * step, size=64)
+    const = kind < 4
+    res = fedcodec.encode([x], step=step, lam=0.1155, return_recon=True)
+    recon = np.asarray(res.recon[0])
+    # the one-magnitude rows keep their rounded levels (+-1 step)
+    np.testing.assert_array_equal(recon[const], np.sign(x[const]) * step)
+    # the broad rows are RD-quantized as usual (some values rounded down or to zero)
+    assert np.count_nonzero(recon[~const]) < np.count_nonzero(np.rint(x[~const] / step))

@@ -602,8 +602,26 @@ static void slice_encode_predict(fc_slice_enc_job *job)
     free(coded);
 }
 
+/* Whether coded slice `a` beats `b` (both of the same slice).  With RD
+ * quantization the two may hold different levels (a ROWKIND slice keeps
+ * the rounded levels of one-magnitude rows, the quantizer without ROWKIND
+ * may zero them), so they are compared by their RD cost
+ * J = distortion / step^2 + lambda * bits, the quantizer's own trade-off
+ * (lambda' of the trellis); else (the same levels) by size. */
+static int slice_better(const fc_slice_enc_job *a, const fc_slice_enc_job *b)
+{
+    double lambda = a->lambda, inv = 1.0 / (double)a->step;
+    if (!a->values || a->quant == FC_QUANT_DITHER) return a->out.size < b->out.size;
+    if (a->quant == FC_QUANT_TRELLIS || a->quant == FC_QUANT_TRELLIS8)
+        lambda = FC_DQ_LAMBDA_SCALE * (lambda > 0.0 ? lambda : FC_DQ_DEFAULT_LAMBDA);
+    if (!(lambda > 0.0)) return a->out.size < b->out.size;
+    return a->sq_error * inv * inv + lambda * 8.0 * (double)a->out.size <
+           b->sq_error * inv * inv + lambda * 8.0 * (double)b->out.size;
+}
+
 /* A slice whose rows look like ROWKIND pays is coded both ways (the way
- * without ROWKIND with its PREDICT trial); the smaller is kept. */
+ * without ROWKIND with its PREDICT trial); the better (slice_better) is
+ * kept. */
 void fc_slice_encode(fc_slice_enc_job *job)
 {
     fc_slice_enc_job trial;
@@ -618,7 +636,7 @@ void fc_slice_encode(fc_slice_enc_job *job)
     trial.rowkind_request = 0;
     trial.mode_request = (int)job->mode;
     slice_encode_predict(&trial); /* without ROWKIND the predictor may pay */
-    if (trial.result == FC_OK && trial.out.size < job->out.size) {
+    if (trial.result == FC_OK && slice_better(&trial, job)) {
         fc_buf_free(&job->out);
         fc_buf_free(&job->trace);
         job->rowkind_request = 0;

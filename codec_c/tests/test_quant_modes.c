@@ -275,12 +275,15 @@ static void rd_property(unsigned quant, size_t keep, int with_importance, uint64
 /* Rows in which every value has the same magnitude: the trellis used to
  * reconstruct them up to two steps away (frozen rates, trellis.c segment()).
  * At the same step and lambda its distortion now exceeds plain RDOQ's by at
- * most 0.15 step^2 (dependent quantization's lattice alone costs about
- * 0.1 step^2 on constant values at high rate: ~0.19 against RDOQ's 1/12;
- * measured: at most +0.095, before the fix +0.08..+0.33), and at most 0.5 %
- * of the elements are off by more than 1.5 steps (measured: at most 0.11 %;
- * before the fix 0.25..4.8 %), for row magnitudes around 2, 4, 8 and 16
- * steps. */
+ * most 0.2 step^2 (dependent quantization's lattice alone costs about
+ * 0.1 step^2 on constant values at high rate: ~0.19 against rounding's
+ * 1/12; RDOQ keeps the rounded levels of such rows in ROWKIND slices,
+ * MSE 0.079..0.082, since the encoder compares its ROWKIND trial by
+ * D + lambda R; measured: trellis 0.178..0.262, at most +0.182; against the
+ * RDOQ that zeroed part of such rows (MSE 0.28 at 2 steps) at most +0.095,
+ * before the trellis fix +0.08..+0.33), and at most 0.5 % of the elements
+ * are off by more than 1.5 steps (measured: at most 0.11 %; before the fix
+ * 0.25..4.8 %), for row magnitudes around 2, 4, 8 and 16 steps. */
 static void test_constant_rows(void)
 {
     const uint64_t rows = 160, cols = 384, n = rows * cols;
@@ -320,7 +323,7 @@ static void test_constant_rows(void)
                 mse_rdoq = mse;
                 continue;
             }
-            TU_CHECKF(mse <= mse_rdoq + 0.15, "quant %u, rows around %.0f steps: MSE %.4f step^2, "
+            TU_CHECKF(mse <= mse_rdoq + 0.2, "quant %u, rows around %.0f steps: MSE %.4f step^2, "
                       "RDOQ %.4f", quant, centers[ci], mse, mse_rdoq);
             TU_CHECKF(far * 200u <= n, "quant %u, rows around %.0f steps: %.2f %% of the elements "
                       "off by more than 1.5 steps", quant, centers[ci], 100.0 * (double)far / (double)n);
