@@ -10,7 +10,8 @@
  * A nonzero level (its significance is coded by the caller, by mode):
  *   sign        1 bin, context from the signs of left and above
  *   cm > j+1    for j = 0 .. N-1, unary, stopping at the first 0; context
- *               by j and the neighbourhood's magnitude (contexts.h)
+ *               by j and the neighbourhood's magnitude (contexts.h; in
+ *               CLASSCTX slices also by the sign: fc_nbr.gtx_neg)
  *   remainder   when all N flags were 1, x = cm - N as order-0 Exp-Golomb:
  *               e = floor(log2 x) ones and a zero (context by position and
  *               magnitude class), then the e low bits of x: the first
@@ -49,10 +50,11 @@ FC_HOT void fc_enc_level(fc_rc_enc *e, fc_ctxset *s, unsigned neg, unsigned cm, 
                                 unsigned N)
 {
     unsigned j, x, ep;
+    const unsigned g = neg ? nb.gtx_neg : nb.gtx_class;
     fc_rc_encode(e, &s->sign[nb.sign_ctx], neg);
     for (j = 0; j < N; j++) {
         unsigned f = cm > j + 1u;
-        fc_rc_encode(e, &s->gtx[j][nb.gtx_class], f);
+        fc_rc_encode(e, &s->gtx[j][g], f);
         if (!f) return;
     }
     x = cm - N;
@@ -106,9 +108,11 @@ FC_HOT unsigned fc_dec_level(fc_rc_dec *d, fc_ctxset *s, fc_nbr nb, unsigned N,
 {
     unsigned cm = 1, j, ep;
     uint32_t x;
+    unsigned g;
     *neg = fc_rc_decode_nb(d, &s->sign[nb.sign_ctx]);
+    g = *neg ? nb.gtx_neg : nb.gtx_class;
     for (j = 0; j < N; j++) {
-        if (!fc_rc_decode(d, &s->gtx[j][nb.gtx_class])) return cm <= cm_max ? cm : 0;
+        if (!fc_rc_decode(d, &s->gtx[j][g])) return cm <= cm_max ? cm : 0;
         cm++;
     }
     for (ep = 0;; ep++) {
@@ -153,10 +157,11 @@ static inline float fc_cost_level(const fc_ctxset *s, unsigned cm, unsigned neg,
                                   unsigned N)
 {
     float bits = fc_ctx_cost(&s->sign[nb.sign_ctx], neg);
+    const unsigned g = neg ? nb.gtx_neg : nb.gtx_class;
     unsigned j, x, ep;
     for (j = 0; j < N; j++) {
         unsigned f = cm > j + 1u;
-        bits += fc_ctx_cost(&s->gtx[j][nb.gtx_class], f);
+        bits += fc_ctx_cost(&s->gtx[j][g], f);
         if (!f) return bits;
     }
     x = cm - N;
@@ -173,11 +178,12 @@ static inline float fc_cost_level(const fc_ctxset *s, unsigned cm, unsigned neg,
 
 static inline void fc_update_level(fc_ctxset *s, unsigned neg, unsigned cm, fc_nbr nb, unsigned N)
 {
+    const unsigned g = neg ? nb.gtx_neg : nb.gtx_class;
     unsigned j, x, ep;
     fc_ctx_update(&s->sign[nb.sign_ctx], neg);
     for (j = 0; j < N; j++) {
         unsigned f = cm > j + 1u;
-        fc_ctx_update(&s->gtx[j][nb.gtx_class], f);
+        fc_ctx_update(&s->gtx[j][g], f);
         if (!f) return;
     }
     x = cm - N;

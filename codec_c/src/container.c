@@ -144,8 +144,9 @@ static int parse_tensor(fc_reader *r, const fc_decode_options *o, const fc_shape
         CHECK(fc_get_u8(r, &byte));
         CHECK(fc_get_varint(r, &sz));
         sd->mode = byte & 3u;
-        sd->k = (byte >> 2) & 31u;
-        if (sd->mode > FC_MODE_RUNS || (byte & 0x80u) ||
+        sd->k = (byte >> 2) & 63u;
+        /* bit 7 (k bit 5): CLASSCTX, dense PREDICT slices only (§7.7) */
+        if (sd->mode > FC_MODE_RUNS || ((byte & 0x80u) && (sd->mode != FC_MODE_DENSE || !(sd->k & 4u))) ||
             (sd->mode == FC_MODE_GROUPED && (sd->k & ~3u)) ||
             /* PREDICT (FORMAT.md §7.6): dense slices without ROWKIND, of
              * tensors without a reference, rows up to FC_ROW_CTX_MAX; its

@@ -32,6 +32,13 @@
 #define FC_GTX_CLASSES_ALL (FC_GTX_CLASSES * FC_REF_MAG)
 #define FC_REM_CLASSES_ALL (FC_REM_CLASSES * FC_REF_REM)
 #define FC_REM_CLASSES 4      /* magnitude class of the neighbourhood */
+/* CLASSCTX tensors (FORMAT.md §7.7): a class byte with bit 5 set also
+ * selects sign contexts by its magnitude class (2 signs x 4 classes more
+ * sets) and greater-than contexts by whether the level's sign agrees with
+ * the class sign (3 x the sets). */
+#define FC_CLASS_EXT 32u
+#define FC_SIGN_CTX_EXT (FC_SIGN_CTX_ALL + 2 * 4 * FC_SIGN_CTX)
+#define FC_GTX_CLASSES_EXT (3 * FC_GTX_CLASSES_ALL)
 #define FC_REM_PREFIX_POS 12  /* Exp-Golomb prefix positions with own context */
 #define FC_GAP_PREFIX_POS 16
 #define FC_MAX_EG_PREFIX 30   /* remainder prefix bins (levels < 2^30) */
@@ -45,8 +52,8 @@ typedef struct fc_ctxset {
     fc_ctx group[4];                                /* group non-empty | left, above group */
     fc_ctx sig[FC_SIG_CTX_ALL];                     /* dense-mode significance */
     fc_ctx gsig[FC_SIG_CTX_ALL];                    /* significance inside a non-empty group */
-    fc_ctx sign[FC_SIGN_CTX_ALL];
-    fc_ctx gtx[FC_MAX_GTX][FC_GTX_CLASSES_ALL];     /* |level| > j + 1 */
+    fc_ctx sign[FC_SIGN_CTX_EXT];
+    fc_ctx gtx[FC_MAX_GTX][FC_GTX_CLASSES_EXT];     /* |level| > j + 1 */
     fc_ctx rem_prefix[FC_REM_CLASSES_ALL][FC_REM_PREFIX_POS];
     fc_ctx rem_suffix[FC_REM_PREFIX_POS];           /* first suffix bin by prefix length */
     fc_ctx gap_prefix[3][FC_GAP_PREFIX_POS];       /* by the previous gap's prefix length */
@@ -279,6 +286,14 @@ static inline void fc_ref_classes(const float *ref, uint64_t n, double inv_step,
     for (i = 0; i < n; i++) out[i] = fc_ref_class(ref[i], inv_step);
 }
 
+/* CLASSCTX tensors: bit 5 on the nonzero class bytes of a row. */
+static inline void fc_classes_mark(uint8_t *cls, uint64_t n)
+{
+    uint64_t i;
+    for (i = 0; i < n; i++)
+        if (cls[i]) cls[i] = (uint8_t)(cls[i] | FC_CLASS_EXT);
+}
+
 /* The reference class byte of column c (0 without reference). */
 static inline unsigned fc_ref_at(const fc_ref *ref, uint64_t c)
 {
@@ -289,11 +304,18 @@ static inline unsigned fc_ref_at(const fc_ref *ref, uint64_t c)
  * significance min(rm, 3) * FC_SIG_CTX, greater-than min(rm, 5) *
  * FC_GTX_CLASSES, remainder (0 for rm <= 3, else min(rm - 3, 3)) *
  * FC_REM_CLASSES, sign rs * FC_SIGN_CTX (rm = bits 0-2, rs = bits 3-4;
- * test_binarization checks the tables against these formulas). */
-static const uint16_t fc_ref_sig_off[32] = {0, 192, 384, 576, 576, 576, 576, 576, 0, 192, 384, 576, 576, 576, 576, 576, 0, 192, 384, 576, 576, 576, 576, 576, 0, 192, 384, 576, 576, 576, 576, 576};
-static const uint8_t fc_ref_gtx_off[32] = {0, 4, 8, 12, 16, 20, 20, 20, 0, 4, 8, 12, 16, 20, 20, 20, 0, 4, 8, 12, 16, 20, 20, 20, 0, 4, 8, 12, 16, 20, 20, 20};
-static const uint8_t fc_ref_rem_off[32] = {0, 0, 0, 0, 4, 8, 12, 12, 0, 0, 0, 0, 4, 8, 12, 12, 0, 0, 0, 0, 4, 8, 12, 12, 0, 0, 0, 0, 4, 8, 12, 12};
-static const uint8_t fc_ref_sign_off[32] = {0, 0, 0, 0, 0, 0, 0, 0, 9, 9, 9, 9, 9, 9, 9, 9, 18, 18, 18, 18, 18, 18, 18, 18, 27, 27, 27, 27, 27, 27, 27, 27};
+ * test_binarization checks the tables against these formulas).
+ * Class bytes with FC_CLASS_EXT (bit 5, CLASSCTX tensors, FORMAT.md §7.7)
+ * and rs != 0 select the extended sign contexts FC_SIGN_CTX_ALL + ((rs - 1)
+ * * 4 + min(max(rm, 1), 4) - 1) * FC_SIGN_CTX, and add to the greater-than
+ * class, by the level's sign (fc_ref_agree_off[.][neg]), FC_GTX_CLASSES_ALL
+ * when the sign agrees with the class sign (rs = 1 negative) and twice
+ * that when it does not. */
+static const uint16_t fc_ref_sig_off[64] = {0, 192, 384, 576, 576, 576, 576, 576, 0, 192, 384, 576, 576, 576, 576, 576, 0, 192, 384, 576, 576, 576, 576, 576, 0, 192, 384, 576, 576, 576, 576, 576, 0, 192, 384, 576, 576, 576, 576, 576, 0, 192, 384, 576, 576, 576, 576, 576, 0, 192, 384, 576, 576, 576, 576, 576, 0, 192, 384, 576, 576, 576, 576, 576};
+static const uint8_t fc_ref_gtx_off[64] = {0, 4, 8, 12, 16, 20, 20, 20, 0, 4, 8, 12, 16, 20, 20, 20, 0, 4, 8, 12, 16, 20, 20, 20, 0, 4, 8, 12, 16, 20, 20, 20, 0, 4, 8, 12, 16, 20, 20, 20, 0, 4, 8, 12, 16, 20, 20, 20, 0, 4, 8, 12, 16, 20, 20, 20, 0, 4, 8, 12, 16, 20, 20, 20};
+static const uint8_t fc_ref_rem_off[64] = {0, 0, 0, 0, 4, 8, 12, 12, 0, 0, 0, 0, 4, 8, 12, 12, 0, 0, 0, 0, 4, 8, 12, 12, 0, 0, 0, 0, 4, 8, 12, 12, 0, 0, 0, 0, 4, 8, 12, 12, 0, 0, 0, 0, 4, 8, 12, 12, 0, 0, 0, 0, 4, 8, 12, 12, 0, 0, 0, 0, 4, 8, 12, 12};
+static const uint8_t fc_ref_sign_off[64] = {0, 0, 0, 0, 0, 0, 0, 0, 9, 9, 9, 9, 9, 9, 9, 9, 18, 18, 18, 18, 18, 18, 18, 18, 27, 27, 27, 27, 27, 27, 27, 27, 0, 0, 0, 0, 0, 0, 0, 0, 27, 27, 36, 45, 54, 54, 54, 54, 63, 63, 72, 81, 90, 90, 90, 90, 0, 0, 0, 0, 0, 0, 0, 0};
+static const uint8_t fc_ref_agree_off[64][2] = {{0, 0}, {0, 0}, {0, 0}, {0, 0}, {0, 0}, {0, 0}, {0, 0}, {0, 0}, {0, 0}, {0, 0}, {0, 0}, {0, 0}, {0, 0}, {0, 0}, {0, 0}, {0, 0}, {0, 0}, {0, 0}, {0, 0}, {0, 0}, {0, 0}, {0, 0}, {0, 0}, {0, 0}, {0, 0}, {0, 0}, {0, 0}, {0, 0}, {0, 0}, {0, 0}, {0, 0}, {0, 0}, {0, 0}, {0, 0}, {0, 0}, {0, 0}, {0, 0}, {0, 0}, {0, 0}, {0, 0}, {48, 24}, {48, 24}, {48, 24}, {48, 24}, {48, 24}, {48, 24}, {48, 24}, {48, 24}, {24, 48}, {24, 48}, {24, 48}, {24, 48}, {24, 48}, {24, 48}, {24, 48}, {24, 48}, {0, 0}, {0, 0}, {0, 0}, {0, 0}, {0, 0}, {0, 0}, {0, 0}, {0, 0}};
 
 /* Significance: reference class x left class x column activity x
  * (prediction class p when the rank-1 model has one, else distance class);
@@ -302,7 +324,7 @@ static inline unsigned fc_sig_ctx_v(const fc_rowstate *r, int32_t left, int32_t 
                                     unsigned ref, unsigned act, unsigned p)
 {
     unsigned z = p ? 3u + p : fc_dist_class(r, c);
-    return fc_ref_sig_off[ref & 31u] +
+    return fc_ref_sig_off[ref & 63u] +
            ((fc_sign_class(left) * 2u + (above != 0)) * 4u + fc_act_class_v(act)) * 8u + z;
 }
 
@@ -340,7 +362,8 @@ static inline unsigned fc_ref_bits(unsigned m)
 /* Everything a level's binarization needs about its neighbourhood. */
 typedef struct fc_nbr {
     unsigned sign_ctx;
-    unsigned gtx_class;
+    unsigned gtx_class;   /* greater-than class of a positive level, */
+    unsigned gtx_neg;     /*   of a negative one (differ only with FC_CLASS_EXT) */
     unsigned rem_class;
 } fc_nbr;
 
@@ -355,17 +378,19 @@ static inline fc_nbr fc_neighbourhood_v(const fc_rowstate *r, int32_t left, int3
 {
     fc_nbr n;
     unsigned l, a, t, m, e, pred = 0;
-    const unsigned rg = fc_ref_gtx_off[ref & 31u], rr = fc_ref_rem_off[ref & 31u];
+    const unsigned rg = fc_ref_gtx_off[ref & 63u], rr = fc_ref_rem_off[ref & 63u];
+    const unsigned ap = fc_ref_agree_off[ref & 63u][0], an = fc_ref_agree_off[ref & 63u][1];
     {
         /* 1 when the flip predicts positive, 2 negative, 0 unknown (a zero
          * flip or no column sign); branch-free */
         const int p = r->rowflip * sgnc;
         pred = (unsigned)(p != 0) + (unsigned)(p < 0);
     }
-    n.sign_ctx = fc_ref_sign_off[ref & 31u] + pred * 3u + fc_sign_class(left);
+    n.sign_ctx = fc_ref_sign_off[ref & 63u] + pred * 3u + fc_sign_class(left);
     if (pc) {
         /* The rank-1 prediction, when there is one, sets the classes. */
-        n.gtx_class = rg + pc - 1u;
+        n.gtx_class = rg + pc - 1u + ap;
+        n.gtx_neg = rg + pc - 1u + an;
         /* pc 1, 2: 0; pc 3: 1; pc 4: 2, or 3 when the prediction is >= 8
          * (branch-free) */
         n.rem_class = rr + (unsigned)(pc >= 3) + (unsigned)(pc == 4) +
@@ -376,7 +401,8 @@ static inline fc_nbr fc_neighbourhood_v(const fc_rowstate *r, int32_t left, int3
     a = fc_cm(above, m0);
     t = l + a;
     if (t == 0) t = r->rowmag;
-    n.gtx_class = rg + (t > 3u ? 3u : t);
+    n.gtx_class = rg + (t > 3u ? 3u : t) + ap;
+    n.gtx_neg = rg + (t > 3u ? 3u : t) + an;
     m = l > a ? l : a;
     if (r->rowmag > m) m = r->rowmag;
     e = fc_ilog2_32(m + 1u); /* 0: m = 0, 1: 1..2, 2: 3..6, 3+: 7.. */

@@ -34,7 +34,9 @@
 #define FC_SLICE_PREDICT 4u /* dense slices: the low-rank row predictor (predict.h) */
 #define FC_SLICE_ROWSCALE 8u /* PREDICT slices: a scale class per non-empty row */
 #define FC_SLICE_RANK8 16u   /* PREDICT slices: rank 8 (else 4) */
+#define FC_SLICE_CLASSCTX 32u /* PREDICT slices: the extended class contexts (contexts.h) */
 #define FC_PREDICT_ROWSCALE 0x100 /* predict_request: with row scales */
+#define FC_PREDICT_CLASSCTX 0x200 /* predict_request: with the extended class contexts */
 
 typedef struct fc_slice_enc_job {
     /* input */

@@ -481,6 +481,7 @@ void fc_slice_decode(fc_slice_dec_job *job)
                 }
                 st->ref.cls = NULL;
                 if (fc_pred_classes(&pred, predcls)) {
+                    if (job->k & FC_SLICE_CLASSCTX) fc_classes_mark(predcls, cols);
                     st->ref.cls = predcls;
                     st->ref.c0 = 0;
                 }

@@ -542,13 +542,41 @@ static int predict_mode(const fc_slice_enc_job *job)
     return 0;
 }
 
+/* Code the slice once more with PREDICT request `variant` (same levels: the
+ * quantizer's rate model does not see the prediction; a trellis slice
+ * replays `coded`, its first pass's levels) and keep it if it is smaller. */
+static void try_predict(fc_slice_enc_job *job, int variant, const int32_t *coded)
+{
+    fc_slice_enc_job trial = *job;
+    memset(&trial.out, 0, sizeof(trial.out));
+    memset(&trial.trace, 0, sizeof(trial.trace));
+    trial.recon = NULL; /* the same levels */
+    if (coded) trial.dq_replay = coded;
+    trial.mode_request = (int)job->mode;
+    trial.rowkind_request = 0;
+    trial.predict_request = variant;
+    slice_encode_once(&trial);
+    if (trial.result == FC_OK && trial.out.size < job->out.size) {
+        fc_buf_free(&job->out);
+        fc_buf_free(&job->trace);
+        job->out = trial.out;
+        job->trace = trial.trace;
+        job->k = trial.k;
+        memcpy(job->set_bits, trial.set_bits, sizeof(job->set_bits));
+    } else {
+        fc_buf_free(&trial.out);
+        fc_buf_free(&trial.trace);
+    }
+}
+
 /* Dense slices where the row predictor may pay are coded with and without
- * it (same levels: the quantizer's rate model does not see the
- * prediction), and the smaller is kept. */
+ * it, and the smaller is kept; a PREDICT winner is tried once more with
+ * the extended class contexts (CLASSCTX: they pay on large slices, dilute
+ * small ones). */
 static void slice_encode_predict(fc_slice_enc_job *job)
 {
     const int request = job->predict_request;
-    int pmode, variant, pass;
+    int pmode, pass;
     int32_t *coded = NULL; /* trellis: the first pass's levels, replayed by the trials */
     if (request > 0) {
         slice_encode_once(job);
@@ -575,30 +603,13 @@ static void slice_encode_predict(fc_slice_enc_job *job)
      * seldom share 8 profiles) and rank 8 without them (they blur the
      * prediction where the rows' scales come from the low-rank part) */
     for (pass = 0; pass < 3 && pmode; pass++) {
-        fc_slice_enc_job trial;
         if (pass > 0 && !(pmode & FC_PREDICT_ROWSCALE)) break;
-        variant = pass == 0 ? pmode : (pass == 1 ? 4 | FC_PREDICT_ROWSCALE : pmode & 0xFF);
-        trial = *job;
-        memset(&trial.out, 0, sizeof(trial.out));
-        memset(&trial.trace, 0, sizeof(trial.trace));
-        trial.recon = NULL; /* the same levels */
-        if (coded) trial.dq_replay = coded;
-        trial.mode_request = (int)job->mode;
-        trial.rowkind_request = 0;
-        trial.predict_request = variant;
-        slice_encode_once(&trial);
-        if (trial.result == FC_OK && trial.out.size < job->out.size) {
-            fc_buf_free(&job->out);
-            fc_buf_free(&job->trace);
-            job->out = trial.out;
-            job->trace = trial.trace;
-            job->k = trial.k;
-            memcpy(job->set_bits, trial.set_bits, sizeof(job->set_bits));
-        } else {
-            fc_buf_free(&trial.out);
-            fc_buf_free(&trial.trace);
-        }
+        try_predict(job, pass == 0 ? pmode : (pass == 1 ? 4 | FC_PREDICT_ROWSCALE : pmode & 0xFF), coded);
     }
+    if (job->mode == FC_MODE_DENSE && (job->k & FC_SLICE_PREDICT))
+        try_predict(job, ((job->k & FC_SLICE_RANK8) ? 8 : 4) |
+                             ((job->k & FC_SLICE_ROWSCALE) ? FC_PREDICT_ROWSCALE : 0) |
+                             FC_PREDICT_CLASSCTX, coded);
     free(coded);
 }
 
@@ -719,7 +730,8 @@ static void slice_encode_once(fc_slice_enc_job *job)
     if (job->predict_request > 0 && (pmode = predict_mode(job)) != 0) {
         rank = (pmode & 0xFF) >= 8 ? 8u : 4u;
         job->k |= FC_SLICE_PREDICT | (rank == 8 ? FC_SLICE_RANK8 : 0u) |
-                  ((pmode & FC_PREDICT_ROWSCALE) ? FC_SLICE_ROWSCALE : 0u);
+                  ((pmode & FC_PREDICT_ROWSCALE) ? FC_SLICE_ROWSCALE : 0u) |
+                  ((pmode & FC_PREDICT_CLASSCTX) ? FC_SLICE_CLASSCTX : 0u);
         if (fc_pred_init(&pred, rank, cols, (pmode & FC_PREDICT_ROWSCALE) != 0) ||
             !(predcls = (uint8_t *)malloc((size_t)cols))) {
             job->result = FC_ERR_NOMEM;
@@ -890,7 +902,10 @@ static void slice_encode_once(fc_slice_enc_job *job)
             fc_pred_basis(&pred);
             fc_pred_fit(&pred, cur);
             fc_pred_enc_coefs(&e, s, &pred);
-            if (fc_pred_classes(&pred, predcls)) st.ref.cls = predcls;
+            if (fc_pred_classes(&pred, predcls)) {
+                if (job->k & FC_SLICE_CLASSCTX) fc_classes_mark(predcls, cols);
+                st.ref.cls = predcls;
+            }
             enc_row_dense(&e, s, cur, above_row, cols, &st);
             fc_pred_learn(&pred, cur);
         } else if (job->mode == FC_MODE_DENSE)

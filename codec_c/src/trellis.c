@@ -120,6 +120,7 @@ static void rates_from(tr_rates *rt, const fc_ctxset *model, unsigned N, int all
             fc_nbr nb;
             nb.sign_ctx = 0;
             nb.gtx_class = g;
+            nb.gtx_neg = g; /* (trellis tensors have no CLASSCTX classes) */
             nb.rem_class = r;
             rt->magc[g][r][0] = 0.0f;
             for (cm = 1; cm <= TR_CMTAB; cm++)

@@ -294,6 +294,14 @@ static void make_bad_predict(const uint8_t *c, size_t size)
     /* rank bits without PREDICT */
     bad_edit("predict_rank_alone", c, size, L.slice_modebyte[0],
              (uint8_t)((b & ~(FC_SLICE_PREDICT << 2)) | FC_SLICE_RANK8 << 2), FC_ERR_CORRUPT);
+    /* CLASSCTX (§7.7; the encoder chose it for this slice, so ok_predict
+     * decodes it) without PREDICT, and in a grouped slice */
+    if (!((b >> 2) & FC_SLICE_CLASSCTX)) die("expected a CLASSCTX slice", "predict");
+    bad_edit("classctx_alone", c, size, L.slice_modebyte[0],
+             (uint8_t)(b & ~((FC_SLICE_PREDICT | FC_SLICE_ROWSCALE | FC_SLICE_RANK8) << 2)), FC_ERR_CORRUPT);
+    bad_edit("classctx_grouped", c, size, L.slice_modebyte[0],
+             (uint8_t)(((b & ~3u) | FC_MODE_GROUPED) & ~((FC_SLICE_PREDICT | FC_SLICE_ROWSCALE | FC_SLICE_RANK8) << 2)),
+             FC_ERR_CORRUPT);
 }
 
 /* A container of one 1-D tensor (values or levels, `quant`) encoded with

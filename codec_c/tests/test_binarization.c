@@ -28,8 +28,10 @@ typedef struct lvl {
 static fc_nbr some_nbr(tu_rng *r)
 {
     fc_nbr nb;
-    nb.sign_ctx = (unsigned)tu_below(r, FC_SIGN_CTX);
-    nb.gtx_class = (unsigned)tu_below(r, FC_GTX_CLASSES);
+    nb.sign_ctx = (unsigned)tu_below(r, FC_SIGN_CTX_EXT);
+    nb.gtx_class = (unsigned)tu_below(r, FC_GTX_CLASSES_EXT);
+    /* (CLASSCTX: a negative level's class may differ) */
+    nb.gtx_neg = tu_below(r, 2) ? nb.gtx_class : (unsigned)tu_below(r, FC_GTX_CLASSES_EXT);
     nb.rem_class = (unsigned)tu_below(r, FC_REM_CLASSES);
     return nb;
 }
@@ -109,6 +111,7 @@ static void test_level_edges(void)
                             v[n] = v[i];
                             v[n].nb.sign_ctx = s;
                             v[n].nb.gtx_class = gc;
+                            v[n].nb.gtx_neg = gc;
                             v[n].nb.rem_class = rc;
                             n++;
                         }
@@ -150,7 +153,7 @@ static void test_level_limit(void)
         fc_rc_enc e;
         fc_rc_dec d;
         fc_ctxset s;
-        fc_nbr nb = {0, 0, 0};
+        fc_nbr nb = {0, 0, 0, 0};
         unsigned neg, N = 4;
         memset(&out, 0, sizeof(out));
         fc_ctxset_init(&s, 0);
@@ -171,7 +174,7 @@ static void test_level_limit(void)
         uint8_t *zeros = (uint8_t *)tu_guarded_alloc(64);
         fc_rc_dec d;
         fc_ctxset s;
-        fc_nbr nb = {0, 0, 0};
+        fc_nbr nb = {0, 0, 0, 0};
         unsigned neg;
         memset(zeros, 0, 64);
         fc_ctxset_init(&s, 0);
@@ -322,7 +325,7 @@ static void test_rate_model(void)
              * neighbourhoods; occasionally a large one. */
             fc_nbr nb = some_nbr(&r);
             unsigned cm = 1, neg = tu_below(&r, 4) == 0;
-            while (tu_below(&r, 8) < 3u + nb.gtx_class) cm++;
+            while (tu_below(&r, 8) < 3u + (nb.gtx_class & 3u)) cm++;
             if (tu_below(&r, 50) == 0) cm += (unsigned)tu_below(&r, 5000);
             model += fc_cost_level(sm, cm, neg, nb, N);
             fc_update_level(sm, neg, cm, nb, N);
@@ -354,6 +357,24 @@ static void test_context_tables(void)
         TU_CHECK_EQ(fc_ref_gtx_off[ref], (rm > 5u ? 5u : rm) * FC_GTX_CLASSES);
         TU_CHECK_EQ(fc_ref_rem_off[ref], (rm <= 3u ? 0u : rm - 3u > 3u ? 3u : rm - 3u) * FC_REM_CLASSES);
         TU_CHECK_EQ(fc_ref_sign_off[ref], rs * FC_SIGN_CTX);
+        TU_CHECK_EQ(fc_ref_agree_off[ref][0], 0u);
+        TU_CHECK_EQ(fc_ref_agree_off[ref][1], 0u);
+    }
+    /* CLASSCTX class bytes (bit 5, FORMAT.md §7.7): significance, magnitude
+     * and remainder offsets as without; sign by rs and min(max(rm, 1), 4);
+     * greater-than + FC_GTX_CLASSES_ALL when the level's sign agrees with
+     * rs (1 negative, 2 positive), twice that when not. */
+    for (ref = 32; ref < 64; ref++) {
+        unsigned rm = ref & 7u, rs = (ref >> 3) & 3u, m4 = rm < 1u ? 1u : rm > 4u ? 4u : rm, neg;
+        TU_CHECK_EQ(fc_ref_sig_off[ref], fc_ref_sig_off[ref - 32]);
+        TU_CHECK_EQ(fc_ref_gtx_off[ref], fc_ref_gtx_off[ref - 32]);
+        TU_CHECK_EQ(fc_ref_rem_off[ref], fc_ref_rem_off[ref - 32]);
+        TU_CHECK_EQ(fc_ref_sign_off[ref],
+                    rs == 1u || rs == 2u ? FC_SIGN_CTX_ALL + ((rs - 1u) * 4u + m4 - 1u) * FC_SIGN_CTX : 0u);
+        TU_CHECK(fc_ref_sign_off[ref] + FC_SIGN_CTX <= FC_SIGN_CTX_EXT);
+        for (neg = 0; neg < 2; neg++)
+            TU_CHECK_EQ(fc_ref_agree_off[ref][neg],
+                        rs == 1u || rs == 2u ? ((rs == 1u) == (neg == 1u) ? 1u : 2u) * FC_GTX_CLASSES_ALL : 0u);
     }
     for (a = 0; a < 256; a++)
         TU_CHECK_EQ(fc_act_class_v(a), a == 0 ? 0u : a < 32 ? 1u : a < 128 ? 2u : 3u);
