@@ -45,6 +45,7 @@ def test_real_sets_and_rd_curves(tmp_path: Path) -> None:
             assert p["rdoq_bytes"] > 0
             assert p["nncodec_bytes"] is None
             assert p["nncodec_dq_bytes"] is None
+            assert p["nncodec_dq_rd_bytes"] is None
             # the dependent quantizers run at half the step, with their own levels and SNR
             for q in ("trellis", "trellis8"):
                 assert p[f"{q}_step"] == p["step"] / 2
@@ -89,16 +90,19 @@ def test_bd_rates_pick_the_best_fedcodec_curve_against_the_hardest_nncodec_curve
             "trellis8_snr_db": snr[j],
             "nncodec_dq_bytes": 0.97 * r,
             "nncodec_dq_snr_db": snr[j],
+            "nncodec_dq_rd_bytes": 0.96 * r,
+            "nncodec_dq_rd_snr_db": snr[j],
         }
 
     bd = _bd_rates([pt(0), pt(1), pt(2)])
     assert bd["vs_nncodec_urq"]["trellis8"] == pytest.approx(-0.08)
     assert bd["vs_nncodec_dq"]["rounding"] == pytest.approx(0.95 / 0.97 - 1)
     assert bd["nncodec_dq_vs_urq"] == pytest.approx(-0.03)
+    assert bd["nncodec_dq_rd_vs_urq"] == pytest.approx(-0.04)
     assert bd["vs_rounding"]["trellis8"] == pytest.approx(0.92 / 0.95 - 1)
-    # NNCodec's DQ is its best here: the target is trellis8 against DQ
-    assert (bd["fedcodec_best"], bd["nncodec_best"]) == ("trellis8", "dq")
-    assert bd["best"] == pytest.approx(0.92 / 0.97 - 1)
+    # NNCodec's rate-aware DQ is its best here: the target is trellis8 against it
+    assert (bd["fedcodec_best"], bd["nncodec_best"]) == ("trellis8", "dq_rd")
+    assert bd["best"] == pytest.approx(0.92 / 0.96 - 1)
 
 
 def test_bd_rate_is_the_mean_rate_ratio_at_equal_quality() -> None:
@@ -138,7 +142,7 @@ def test_real_dir_npz_sets_are_measured(tmp_path: Path, monkeypatch: pytest.Monk
     for b in res["bd_rates"].values():
         assert b["best"] is None
         assert b["nncodec_dq_vs_urq"] is None
-        assert all(v is None for c in ("urq", "dq") for v in b[f"vs_nncodec_{c}"].values())
+        assert all(v is None for c in ("urq", "dq", "dq_rd") for v in b[f"vs_nncodec_{c}"].values())
     nn_targets = [t for t in res["targets"] if "NNCodec" in t["name"]]
     assert nn_targets
     assert all(t["status"] == "n/a" for t in nn_targets)

@@ -81,9 +81,12 @@ RDOQ_LAMBDA = 0.1155
 #: fedcodec's dependent quantizers on the RD curves (besides rounding and RDOQ).
 RD_QUANTIZERS: tuple[str, ...] = ("trellis", "trellis8")
 #: The curves of the BD-rate comparison: fedcodec's (rounding = the same levels NNCodec URQ
-#: codes, RDOQ, the dependent quantizers) and NNCodec's (URQ on the rounding levels, DQ).
+#: codes, RDOQ, the dependent quantizers) and NNCodec's (URQ on the rounding levels; DQ with
+#: lambda_scale 0, its default distortion-only trellis, and 1, rate-aware).
 FEDCODEC_CURVES: tuple[str, ...] = ("rounding", "rdoq", *RD_QUANTIZERS)
-NNCODEC_CURVES: tuple[str, ...] = ("urq", "dq")
+NNCODEC_CURVES: tuple[str, ...] = ("urq", "dq", "dq_rd")
+#: lambda_scale of NNCodec's DQ curves.
+NNCODEC_DQ_LAMBDAS = {"dq": 0.0, "dq_rd": 1.0}
 #: Densities of the full run and of ``--quick``.
 FULL_DENSITIES: tuple[float, ...] = (0.10, 0.05, 0.01, 0.001, 0.0001)
 QUICK_DENSITIES: tuple[float, ...] = (0.01, 0.001)
@@ -358,7 +361,12 @@ def bd_rate(
 
 def _curve(points: Sequence[dict[str, Any]], name: str) -> list[tuple[float, float]]:
     """``(bytes, snr_db)`` of one named curve of a set's RD points (missing points left out)."""
-    key = {"rounding": "fedcodec", "urq": "nncodec", "dq": "nncodec_dq"}.get(name, name)
+    key = {
+        "rounding": "fedcodec",
+        "urq": "nncodec",
+        "dq": "nncodec_dq",
+        "dq_rd": "nncodec_dq_rd",
+    }.get(name, name)
     snr = "snr_db" if name in ("rounding", "urq") else f"{key}_snr_db"
     return [
         (p[f"{key}_bytes"], p[snr])
@@ -372,7 +380,8 @@ def _bd_rates(points: Sequence[dict[str, Any]]) -> dict[str, Any]:
 
     ``vs_nncodec_<c>`` maps each fedcodec curve (:data:`FEDCODEC_CURVES`) to its BD-rate
     against NNCodec's curve ``c`` (:data:`NNCODEC_CURVES`); ``vs_rounding`` gives fedcodec's
-    quantizers against its own rounding, ``nncodec_dq_vs_urq`` NNCodec's DQ against its URQ.
+    quantizers against its own rounding, ``nncodec_dq_vs_urq`` / ``nncodec_dq_rd_vs_urq``
+    NNCodec's DQ curves against its URQ.
     The target value ``best`` is fedcodec's best curve against NNCodec's best: per NNCodec curve
     the lowest fedcodec BD-rate, and of those the highest (the NNCodec curve hardest to beat);
     ``fedcodec_best`` / ``nncodec_best`` name the two curves. None where not measured.
@@ -391,6 +400,7 @@ def _bd_rates(points: Sequence[dict[str, Any]]) -> dict[str, Any]:
                 worst = (v, q, c)
     out["vs_rounding"] = {q: bd_rate(fed[q], fed["rounding"]) for q in FEDCODEC_CURVES[1:]}
     out["nncodec_dq_vs_urq"] = bd_rate(nn["dq"], nn["urq"])
+    out["nncodec_dq_rd_vs_urq"] = bd_rate(nn["dq_rd"], nn["urq"])
     out["best"] = None if worst is None else worst[0]
     out["fedcodec_best"] = None if worst is None else worst[1]
     out["nncodec_best"] = None if worst is None else worst[2]
@@ -680,7 +690,8 @@ def _rd_curves(
     -------
     curves, nncodec_sets, nncodec_floats, signal
         Per set name its points; ``(name@j, levels, step)`` for NNCodec's URQ on the rounding
-        levels; the float sets for NNCodec's DQ at half steps (named ``name@j:dq``); per set
+        levels; the float sets for NNCodec's DQ at half steps (``name@j:dq``, and
+        ``name@j:dq_rd`` with ``lambda_scale`` 1); per set
         name the sum of squared values (the SNR's signal).
     """
     from fedcodec import codec as fc
@@ -744,11 +755,12 @@ def _rd_curves(
                 "rdoq_snr_db": _snr_db(sig_sq, sq_err(ds, rdq.recon)),
                 "nncodec_bytes": None,
                 "nncodec_bpw": None,
-                "nncodec_dq_step": half,
-                "nncodec_dq_bytes": None,
-                "nncodec_dq_bpw": None,
-                "nncodec_dq_snr_db": None,
             }
+            for c in NNCODEC_DQ_LAMBDAS:
+                point[f"nncodec_{c}_step"] = half
+                point[f"nncodec_{c}_bytes"] = None
+                point[f"nncodec_{c}_bpw"] = None
+                point[f"nncodec_{c}_snr_db"] = None
             for q in quantizers:
                 # bytes do not depend on the thread count: use every core for the slow search
                 tr = fc.encode(
@@ -766,7 +778,10 @@ def _rd_curves(
                 point[f"{q}_snr_db"] = _snr_db(sig_sq, sq_err(ds, tr.recon))
             points.append(point)
             nn_sets.append((f"{ds.name}@{j}", levels, step))
-            nn_floats.append(NNCodecFloats(f"{ds.name}@{j}:dq", ds.tensors, half, use_dq=True))
+            for c, lam_scale in NNCODEC_DQ_LAMBDAS.items():
+                nn_floats.append(
+                    NNCodecFloats(f"{ds.name}@{j}:{c}", ds.tensors, half, True, lam_scale)
+                )
         curves[ds.name] = points
         log(f"    RD {ds.name}: {len(points)} steps, {time.perf_counter() - t0:.1f} s")
     return curves, nn_sets, nn_floats, signal
@@ -802,7 +817,7 @@ def _nncodec_speed_ratio(r: dict[str, Any], op: str, nn_key: str) -> float | Non
     return None if not nn else fed / nn
 
 
-_NN_LABEL = {"urq": "NNCodec URQ", "dq": "NNCodec DQ"}
+_NN_LABEL = {"urq": "NNCodec URQ", "dq": "NNCodec DQ", "dq_rd": "NNCodec DQ lambda_scale 1"}
 _FED_LABEL = {
     "rounding": "rounding",
     "rdoq": "RDOQ",
@@ -1068,8 +1083,9 @@ def _print_rd(res: dict[str, Any], out: TextIO) -> None:
             if quants
             else ""
         )
-        + "'NNCodec DQ' (its 8-state dependent quantization, lambda_scale 0, on the floats) "
-        "run at half the step, where their error is near rounding's. bits/w counts zeros; "
+        + "'NNCodec DQ' (its 8-state dependent quantization on the floats: lambda_scale 0, its "
+        "default, and 1, rate-aware) run at half the step, where their error is near "
+        "rounding's. bits/w counts zeros; "
         "'b @ dB' is bits/w at that SNR.\n\n"
     )
     bds: dict[str, dict[str, Any]] = res.get("bd_rates") or {}
@@ -1096,6 +1112,7 @@ def _print_rd(res: dict[str, Any], out: TextIO) -> None:
                     at("rdoq"),
                     *[at(q) for q in quants],
                     at("nncodec_dq"),
+                    at("nncodec_dq_rd"),
                 ]
             )
         w(f"### {name}\n\n")
@@ -1114,7 +1131,8 @@ def _print_rd(res: dict[str, Any], out: TextIO) -> None:
                 "BD-rate vs fedcodec rounding: "
                 + ", ".join(f"{_FED_LABEL[q]} {fmt_pct(v)}" for q, v in own.items())
                 + (
-                    f"; NNCodec DQ vs NNCodec URQ: {fmt_pct(bd['nncodec_dq_vs_urq'])}"
+                    f"; NNCodec DQ vs NNCodec URQ: {fmt_pct(bd['nncodec_dq_vs_urq'])}, "
+                    f"with lambda_scale 1: {fmt_pct(bd.get('nncodec_dq_rd_vs_urq'))}"
                     if bd.get("nncodec_dq_vs_urq") is not None
                     else ""
                 )
@@ -1134,6 +1152,7 @@ def _print_rd(res: dict[str, Any], out: TextIO) -> None:
                     "fedcodec RDOQ",
                     *[f"fedcodec {q} (step/2)" for q in quants],
                     "NNCodec DQ (step/2)",
+                    "NNCodec DQ λ=1 (step/2)",
                 ],
                 rows,
             )
@@ -1152,7 +1171,9 @@ def _print_rd(res: dict[str, Any], out: TextIO) -> None:
                 name,
                 best_of("urq"),
                 best_of("dq"),
+                best_of("dq_rd"),
                 fmt_pct(bd.get("nncodec_dq_vs_urq")),
+                fmt_pct(bd.get("nncodec_dq_rd_vs_urq")),
                 "n/a"
                 if bd.get("best") is None
                 else f"{fmt_pct(bd['best'])} ({_FED_LABEL[bd['fedcodec_best']]} vs "
@@ -1169,7 +1190,9 @@ def _print_rd(res: dict[str, Any], out: TextIO) -> None:
                 "set",
                 "vs NNCodec URQ (best fedcodec)",
                 "vs NNCodec DQ (best fedcodec)",
+                "vs NNCodec DQ λ=1 (best fedcodec)",
                 "NNCodec DQ vs URQ",
+                "NNCodec DQ λ=1 vs URQ",
                 "target value",
             ],
             summary,
@@ -1603,13 +1626,16 @@ def run_codec_bench(
                         if got is not None and got.nncodec_bytes is not None:
                             pt["nncodec_bytes"] = got.nncodec_bytes
                             pt["nncodec_bpw"] = 8.0 * got.nncodec_bytes / n
-                        dq = rd_runs.get(f"{name}@{pt['exponent']}:dq")
-                        if dq is not None and dq.nncodec_bytes is not None:
-                            pt["nncodec_dq_bytes"] = dq.nncodec_bytes
-                            pt["nncodec_dq_bpw"] = 8.0 * dq.nncodec_bytes / n
-                            pt["nncodec_dq_snr_db"] = (
-                                None if dq.err_sq is None else _snr_db(rd_signal[name], dq.err_sq)
-                            )
+                        for c in NNCODEC_DQ_LAMBDAS:
+                            dq = rd_runs.get(f"{name}@{pt['exponent']}:{c}")
+                            if dq is not None and dq.nncodec_bytes is not None:
+                                pt[f"nncodec_{c}_bytes"] = dq.nncodec_bytes
+                                pt[f"nncodec_{c}_bpw"] = 8.0 * dq.nncodec_bytes / n
+                                pt[f"nncodec_{c}_snr_db"] = (
+                                    None
+                                    if dq.err_sq is None
+                                    else _snr_db(rd_signal[name], dq.err_sq)
+                                )
 
     temporal: list[dict[str, Any]] = []
     if cfg.resolved_temporal():

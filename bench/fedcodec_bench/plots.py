@@ -88,6 +88,7 @@ def plot_rd_curves(curves: dict[str, list[dict[str, Any]]], path: str | Path) ->
         ("trellis8_bpw", "trellis8_snr_db", "fedcodec trellis8", "-D"),
         ("nncodec_bpw", "snr_db", "NNCodec URQ (same levels)", "-^"),
         ("nncodec_dq_bpw", "nncodec_dq_snr_db", "NNCodec DQ", "-v"),
+        ("nncodec_dq_rd_bpw", "nncodec_dq_rd_snr_db", "NNCodec DQ lambda_scale 1", "-<"),
         ("zstd19_bpw", "snr_db", "zstd-19", "--x"),
         ("lzma9_bpw", "snr_db", "lzma-9", "--+"),
         ("order0_bpw", "snr_db", "order-0 entropy", ":"),

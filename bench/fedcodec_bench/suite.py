@@ -693,7 +693,7 @@ def _rd_table(codec_res: dict[str, Any], name: str) -> str:
                     if p.get(f"{k}_bpw") is None
                     else f"{b(p[f'{k}_bpw'])} @ "
                     + ("inf" if p[f"{k}_snr_db"] is None else f"{p[f'{k}_snr_db']:.2f} dB")
-                    for k in ("trellis8", "nncodec_dq")
+                    for k in ("trellis8", "nncodec_dq", "nncodec_dq_rd")
                 ],
             ]
         )
@@ -709,6 +709,7 @@ def _rd_table(codec_res: dict[str, Any], name: str) -> str:
             f"fedcodec RDOQ λ={codec_res['config']['rdoq_lambda']:g}",
             "fedcodec trellis8 (step/2)",
             "NNCodec DQ (step/2)",
+            "NNCodec DQ λ=1 (step/2)",
         ],
         rows,
     )
