@@ -498,6 +498,7 @@ void fc_slice_recode(fc_slice_enc_job *job, unsigned window_set)
 }
 
 static void slice_encode_once(fc_slice_enc_job *job);
+static void slice_encode_rowkind(fc_slice_enc_job *job);
 
 /* Rank of the row predictor that a PREDICT trial codes with. */
 #define PREDICT_TRIAL_RANK 8
@@ -630,10 +631,72 @@ static int slice_better(const fc_slice_enc_job *a, const fc_slice_enc_job *b)
            b->sq_error * inv * inv + lambda * 8.0 * (double)b->out.size;
 }
 
+/* Whether at least half of the slice's rows are empty (under plain
+ * rounding): an embedding table, whose rows are tokens in no particular
+ * order, where reference rows may not pay for their signalling. */
+static int rows_mostly_empty(const fc_slice_enc_job *job)
+{
+    const float half = job->step * 0.5f;
+    uint64_t r, c, busy = 0;
+    for (r = 0; r < job->rows; r++) {
+        const uint64_t off = r * job->cols;
+        for (c = 0; c < job->cols; c++)
+            if (job->values ? fabsf(job->values[off + c]) >= half : job->levels[off + c] != 0) break;
+        busy += c < job->cols;
+    }
+    return busy * 2 <= job->rows;
+}
+
+/* A REFROWS slice of mostly empty rows is coded once more without
+ * reference rows, with the same mode, ROWKIND and PREDICT choices, and the
+ * better (slice_better) is kept. */
+static void refrows_trial(fc_slice_enc_job *job)
+{
+    fc_slice_enc_job trial;
+    const int mode_request = job->mode_request, rowkind_request = job->rowkind_request,
+              predict_request = job->predict_request;
+    if (job->mode == FC_MODE_RUNS || !(job->k & FC_SLICE_REFROWS) || !rows_mostly_empty(job)) return;
+    trial = *job;
+    memset(&trial.out, 0, sizeof(trial.out));
+    memset(&trial.trace, 0, sizeof(trial.trace));
+    trial.recon = NULL;
+    trial.window_auto = 0;
+    trial.no_refrows = 1;
+    trial.mode_request = (int)job->mode;
+    trial.rowkind_request = (job->k & FC_SLICE_ROWKIND) ? 1 : 0;
+    trial.predict_request = !(job->k & FC_SLICE_PREDICT)
+                                ? 0
+                                : ((job->k & FC_SLICE_RANK8) ? 8 : 4) |
+                                      ((job->k & FC_SLICE_ROWSCALE) ? FC_PREDICT_ROWSCALE : 0) |
+                                      ((job->k & FC_SLICE_CLASSCTX) ? FC_PREDICT_CLASSCTX : 0);
+    slice_encode_once(&trial);
+    if (trial.result == FC_OK && slice_better(&trial, job)) {
+        /* again with the job's outputs (reconstruction, bin trace) */
+        fc_buf_free(&job->out);
+        fc_buf_free(&job->trace);
+        job->no_refrows = 1;
+        job->mode_request = trial.mode_request;
+        job->rowkind_request = trial.rowkind_request;
+        job->predict_request = trial.predict_request;
+        slice_encode_once(job);
+        job->no_refrows = 0;
+        job->mode_request = mode_request;
+        job->rowkind_request = rowkind_request;
+        job->predict_request = predict_request;
+    }
+    fc_buf_free(&trial.out);
+}
+
 /* A slice whose rows look like ROWKIND pays is coded both ways (the way
  * without ROWKIND with its PREDICT trial); the better (slice_better) is
- * kept. */
+ * kept.  Then the REFROWS trial (refrows_trial). */
 void fc_slice_encode(fc_slice_enc_job *job)
+{
+    slice_encode_rowkind(job);
+    if (job->result == FC_OK) refrows_trial(job);
+}
+
+static void slice_encode_rowkind(fc_slice_enc_job *job)
 {
     fc_slice_enc_job trial;
     const int mode_request = job->mode_request;
@@ -718,7 +781,7 @@ static void slice_encode_once(fc_slice_enc_job *job)
     job->mode = job->mode_request >= 0 ? (unsigned)job->mode_request
                                         : choose_mode_by_trial(job, significant);
     job->k = job->mode == FC_MODE_RUNS ? fc_choose_gap_order(significant, n) : 0;
-    if (job->mode != FC_MODE_RUNS && use_above && cols >= 16 && rows > 1) {
+    if (job->mode != FC_MODE_RUNS && use_above && cols >= 16 && rows > 1 && !job->no_refrows) {
         job->k = FC_SLICE_REFROWS;
         window = fc_ref_window(cols);
     }

@@ -1701,6 +1701,64 @@ static void test_predict(void)
     }
 }
 
+/* REFROWS trial (FORMAT.md §10): a dense slice of mostly empty rows is
+ * also coded without reference rows.  Tokens of an embedding table in no
+ * order (i.i.d. rows) lose the reference rows; rows that repeat sparse
+ * patterns of rows far above keep them.  Both round trip, for levels and
+ * RDOQ floats. */
+static void test_refrows_trial(void)
+{
+    static const uint64_t shape[2] = {600, 96};
+    const uint64_t n = 600 * 96;
+    int32_t *lv = (int32_t *)calloc((size_t)n, sizeof(int32_t));
+    float *v = (float *)calloc((size_t)n, sizeof(float));
+    int kind;
+    TU_CHECK(lv && v);
+    for (kind = 0; kind < 2; kind++) {
+        tu_rng r = tu_seed(70 + (unsigned)kind);
+        uint64_t i, c;
+        fc_tensor t;
+        fc_encode_options o;
+        cr_layout L;
+        uint8_t *cont;
+        size_t size;
+        unsigned k;
+        int pass;
+        memset(lv, 0, sizeof(int32_t) * (size_t)n);
+        for (i = 0; i < 600; i++) {
+            if (tu_below(&r, 5) != 0) continue; /* ~80 % empty rows */
+            for (c = 0; c < 96; c++) {
+                /* kind 1: one of 3 sparse column patterns (a row like one
+                 * 5..40 rows above); kind 0: i.i.d. */
+                int on = kind ? (c * 7 + (i % 3) * 11) % 13 < 3 : tu_below(&r, 2) == 0;
+                if (on) lv[i * 96 + c] = (int32_t)(tu_below(&r, 2) ? 1 : -1) * (int32_t)(1 + tu_below(&r, 4));
+            }
+        }
+        for (i = 0; i < n; i++) v[i] = lv[i] ? (float)lv[i] * 0.5f + (float)tu_laplace(&r, 0.05) : 0.0f;
+        for (pass = 0; pass < 2; pass++) {
+            t = tu_tensor(0, 2, shape);
+            opts(&o, FC_MODE_AUTO, 4, 0);
+            if (pass == 0) {
+                t.levels = lv;
+                t.step = 0.5;
+            } else {
+                t.values = v;
+                t.step = 0.5;
+                o.lambda = 0.1155;
+            }
+            cont = roundtrip(&t, 1, &o, &size);
+            TU_CHECK(cr_walk(cont, size, &L));
+            k = cont[L.slice_modebyte[L.t[0].first_slice]] >> 2;
+            TU_CHECKF((cont[L.slice_modebyte[L.t[0].first_slice]] & 3u) == FC_MODE_DENSE, "kind %d pass %d: mode byte 0x%02x, %zu slices", kind, pass, cont[L.slice_modebyte[L.t[0].first_slice]], (size_t)L.nslices);
+            TU_CHECKF(((k & FC_SLICE_REFROWS) != 0) == (kind == 1), "kind %d pass %d: k = %u", kind,
+                      pass, k);
+            free(cont);
+        }
+    }
+    free(lv);
+    free(v);
+}
+
 int main(void)
 {
     test_names();
@@ -1725,5 +1783,6 @@ int main(void)
     test_accumulate();
     test_reference();
     test_predict();
+    test_refrows_trial();
     return tu_finish("test_container");
 }
