@@ -227,6 +227,10 @@ static inline unsigned fc_act_class(const fc_colstate *cs, uint64_t c)
     return fc_act_class_v(cs->act ? cs->act[c] : FC_ACT_INIT);
 }
 
+/* Zero elements take every activity value to 0 within this many decays
+ * ((3a) >> 2 from a <= 255; test_binarization checks it). */
+#define FC_ACT_ZERO_AFTER 17u
+
 /* The activity after an element (never above 255: (3 * 255) / 4 + 64). */
 static inline unsigned fc_act_next(unsigned a, unsigned nonzero)
 {

@@ -150,6 +150,7 @@ typedef struct dec_state {
     unsigned m0;
     unsigned cm_max;       /* largest coded magnitude that keeps |v| <= FC_MAX_LEVEL */
     unsigned prev_row_flag;
+    uint64_t act_pending;  /* all-zero rows whose activity decay is not applied yet */
     fc_colstate cols;
     fc_rowstate row;
     /* runs mode */
@@ -286,6 +287,23 @@ static void decay_activity(dec_state *st, uint64_t c0, uint64_t c1)
     uint64_t c;
     if (st->cols.act)
         for (c = c0; c < c1; c++) fc_col_activity(&st->cols, c, 0);
+}
+
+/* The activity decay of the all-zero rows since the last non-empty one
+ * (FORMAT.md §7.1: every column decays once per such row), applied when a
+ * row needs the activity: a table with mostly empty rows decays each
+ * column at most FC_ACT_ZERO_AFTER times per non-empty row, not once per
+ * empty row. */
+static void settle_activity(dec_state *st, uint64_t cols)
+{
+    uint64_t k = st->act_pending;
+    st->act_pending = 0;
+    if (!st->cols.act || !k) return;
+    if (k >= FC_ACT_ZERO_AFTER) {
+        memset(st->cols.act, 0, (size_t)cols);
+        return;
+    }
+    while (k--) decay_activity(st, 0, cols);
 }
 
 /* Decode one row chunk [c0, c1) into cur[0 .. c1-c0).  `prev` is the whole
@@ -456,11 +474,12 @@ void fc_slice_decode(fc_slice_dec_job *job)
                 } else {
                     emit_zeros(&o, off, cols);
                 }
-                if (!rowkind) decay_activity(st, 0, cols); /* ROWKIND: empty rows leave it */
+                if (!rowkind) st->act_pending++; /* ROWKIND: empty rows leave it */
                 if (dq) st->dq_state = fc_dq_skip_zeros(dq, st->dq_state, cols);
                 if (use_above) memset(cur, 0, sizeof(int32_t) * (size_t)cols);
                 continue;
             }
+            settle_activity(st, cols);
             if (refrows && r > 0) {
                 unsigned m = r < window ? (unsigned)r : window, d = 1;
                 if (m >= 2 && !fc_rc_decode(&st->d, &st->s.ref)) {

@@ -378,6 +378,18 @@ static void test_context_tables(void)
     }
     for (a = 0; a < 256; a++)
         TU_CHECK_EQ(fc_act_class_v(a), a == 0 ? 0u : a < 32 ? 1u : a < 128 ? 2u : 3u);
+    /* the decoder settles runs of empty rows with FC_ACT_ZERO_AFTER: every
+     * activity value is 0 after that many decays (and 255 needs them all) */
+    for (a = 0; a < 256; a++) {
+        unsigned x = a, k;
+        for (k = 0; k < FC_ACT_ZERO_AFTER; k++) x = fc_act_next(x, 0);
+        TU_CHECK_EQ(x, 0u);
+    }
+    {
+        unsigned x = 255, k;
+        for (k = 0; k + 1 < FC_ACT_ZERO_AFTER; k++) x = fc_act_next(x, 0);
+        TU_CHECK(x != 0u);
+    }
     for (v = -3; v <= 3; v++) TU_CHECK_EQ(fc_sign_class(v), v == 0 ? 0u : v < 0 ? 1u : 2u);
     TU_CHECK_EQ(fc_sign_class(INT32_MIN), 1u);
     TU_CHECK_EQ(fc_sign_class(INT32_MAX), 2u);
