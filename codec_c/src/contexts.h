@@ -290,12 +290,15 @@ static inline void fc_ref_classes(const float *ref, uint64_t n, double inv_step,
     for (i = 0; i < n; i++) out[i] = fc_ref_class(ref[i], inv_step);
 }
 
-/* CLASSCTX tensors: bit 5 on the nonzero class bytes of a row. */
+/* CLASSCTX tensors: bit 5 on the nonzero class bytes of a row (without a
+ * branch: whether a class is 0 is unpredictable, and the loop vectorizes). */
 static inline void fc_classes_mark(uint8_t *cls, uint64_t n)
 {
     uint64_t i;
-    for (i = 0; i < n; i++)
-        if (cls[i]) cls[i] = (uint8_t)(cls[i] | FC_CLASS_EXT);
+    for (i = 0; i < n; i++) {
+        const uint8_t m = (uint8_t)(0u - (unsigned)(cls[i] != 0)); /* 0xFF for a nonzero class */
+        cls[i] = (uint8_t)(cls[i] | (m & FC_CLASS_EXT));
+    }
 }
 
 /* The reference class byte of column c (0 without reference). */
