@@ -219,3 +219,55 @@ def test_sparsified_updates_go_without_reference() -> None:
     assert not second.uses_reference
     third = enc.encode(_local(base, 0, 2), base, dense, round_number=2, num_examples=5)
     assert third.uses_reference
+
+
+def test_engine_names_its_reference_and_clients_use_only_a_matching_one() -> None:
+    """RoundEngine(client_references=N): reference_token names what it keeps; a client
+    that syncs to it codes with its reference only when the tokens agree, so no update
+    is refused; decode_update decodes with the reference; at most N are kept."""
+    from fedcodec.pipeline import ClientEngine, RoundEngine
+
+    v0 = ModelVersion.create(0, {n: np.zeros(s, np.float32) for n, s in SHAPES.items()})
+    engine = RoundEngine(v0, schedule=RoundParams(S=32), threads=1, client_references=2)
+    assert engine.references is not None
+    assert engine.references.max_clients == 2
+    members = [ClientEngine(v0.spec, f"c{i}", initial=v0, threads=1) for i in range(3)]
+    used: list[list[bool]] = []
+    for r, taking_part in ((1, (0, 1, 2)), (2, (0, 1)), (3, (0, 1, 2))):
+        row = []
+        for i in taking_part:
+            member = members[i]
+            token = engine.reference_token(member.client_id)
+            if r == 3 and i == 1:
+                token = "0" * 16  # the server names another reference than the client holds
+            will = member.sync_reference(token)
+            update = member.encode(
+                _local(member.model, i, r), engine.round_params(), round_number=r, num_examples=5
+            )
+            assert update.uses_reference == will
+            row.append(will)
+            _, decoded = engine.decode_update(
+                update.data,
+                client_id=member.client_id,
+                base_version=update.base_version,
+                num_examples=update.num_examples,
+            )
+            engine.remember_reference(member.client_id, decoded)
+            held = member.encoder.reference
+            assert held is not None
+            for name in v0.spec.names:  # the server keeps what the client holds, bit for bit
+                assert decoded[name].tobytes() == held[name].tobytes()
+            assert engine.reference_token(member.client_id) == member.encoder.reference_token
+        used.append(row)
+    # Two references kept, least recently stored forgotten first: after round 1 those of
+    # c1 and c2; c0 then evicts c1, c1 evicts c2; in round 3 c0 has its reference, c1's is
+    # named wrongly, c2's was evicted.
+    assert used == [[False, False, False], [False, False], [True, False, False]]
+    assert len(engine.references) == 2
+    numel = sum(int(np.prod(s)) for s in SHAPES.values())
+    assert engine.references.memory_bytes == 2 * 4 * numel
+    # Offered no longer: the client drops its reference (no memory).
+    assert not members[0].sync_reference(None, offered=False)
+    assert members[0].encoder.reference is None
+    with pytest.raises(ValueError, match="client_references"):
+        RoundEngine(v0, client_references=-1)

@@ -24,6 +24,7 @@ exits 0, so CI smoke runs skip cleanly.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import logging
@@ -83,6 +84,7 @@ class CnnMethod:
     down_params: Any = None  # RoundParams or a Schedule (downlink); None: as uplink
     fisher: bool = False
     filter_l1: float | None = None
+    temporal: bool = False  # CompressionStrategy(temporal_reference=True)
 
     def settings(self) -> dict[str, Any]:
         """JSON-able description."""
@@ -97,6 +99,8 @@ class CnnMethod:
             out["fisher"] = True
         if self.filter_l1 is not None:
             out["filter_l1"] = self.filter_l1
+        if self.temporal:
+            out["temporal_reference"] = True
         return out
 
 
@@ -275,6 +279,14 @@ def cnn_methods(quick: bool = False) -> list[CnnMethod]:
                 fisher=True,
             )
         )
+    # Temporal reference: each node codes its update against its previous one (the coder
+    # uses it on dense updates only; sparsified ones go without).
+    dense_rows = ("fedcodec sens dense S=16", "fedcodec plain dense S=16", f"{sf} dense S=16")
+    methods += [
+        dataclasses.replace(m, name=f"{m.name} +tref", temporal=True)
+        for m in methods
+        if m.name in dense_rows
+    ]
     if quick:
         keep = {"fp32", "top-1%+EF", "fedcodec sens rd-2% S=16"}
         return [m for m in methods if m.name in keep]
@@ -861,6 +873,7 @@ def run_one(
             downlink=method.down_params,
             robust=RobustPolicy.fedavg(),
             server_optimizer=optimizer,
+            temporal_reference=method.temporal,
         )
         # Every node builds the same initial model (the seed): it never travels.
         shared = {k: a.numpy() for k, a in initial.items()}

@@ -18,6 +18,15 @@ short config keys to each message (about 60 bytes: format, version, binary
 digest, round), the record layout and the coding parameters only at first
 contact or when they change, and nothing to a reply besides the coded ``Array``.
 
+Temporal reference (opt-in, ``CompressionStrategy(..., temporal_reference=True)``): each
+node codes its update against its previous one (the same levels, fewer bytes), which the
+server keeps per node (at most ``reference_nodes``, 4 bytes per weight each).  When a node
+may hold another one (first contact, a reply the server did not decode, an evicted
+reference) its train message names the server's
+(:data:`~fedcodec.flower.constants.KEY_REFERENCE`, 8 bytes) and the node codes without
+unless it holds that one, so no update is refused for it.  The mod needs no setting
+(``make_fedcodec_mod(temporal_reference=False)`` declines).
+
 Both halves drive the round engine (:mod:`fedcodec.pipeline.engine`): the same
 download rule, update checks and error feedback as the gRPC server and the edge
 SDK.  By default the first global model is a shared initial model: give the mod

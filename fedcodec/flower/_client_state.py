@@ -6,6 +6,9 @@
   rounds can apply coded deltas;
 * :data:`~fedcodec.flower.constants.STATE_RESIDUAL` — the error-feedback
   residual of :class:`~fedcodec.pipeline.UpdateEncoder`;
+* :data:`~fedcodec.flower.constants.STATE_REFERENCE` — the uplink's temporal
+  reference (the last update's reconstruction), while the server offers
+  references (``CompressionStrategy(temporal_reference=True)``);
 * :data:`~fedcodec.flower.constants.STATE_RECORD` — the model spec and both
   parts' metadata as JSON, the message layout the server sent at first contact
   (:class:`Layout`) and the last coding parameters it sent (the server sends them
@@ -25,7 +28,12 @@ import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, RecordDict
 
 from fedcodec.flower._logging import logger as _log
-from fedcodec.flower.constants import STATE_MODEL, STATE_RECORD, STATE_RESIDUAL
+from fedcodec.flower.constants import (
+    STATE_MODEL,
+    STATE_RECORD,
+    STATE_REFERENCE,
+    STATE_RESIDUAL,
+)
 from fedcodec.pipeline import (
     ClientEngine,
     ModelMismatchError,
@@ -153,6 +161,13 @@ class ClientState:
             except StateFormatError as exc:
                 _log.warning("fedcodec: dropping the saved residual (%s)", exc)
             engine.encoder.error_feedback = error_feedback
+        reference = state.get(STATE_REFERENCE)
+        if isinstance(reference, ArrayRecord):
+            try:
+                engine.encoder.restore_reference({k: a.numpy() for k, a in reference.items()})
+                engine.encoder.temporal_reference = True
+            except ModelMismatchError as exc:
+                _log.warning("fedcodec: dropping the saved temporal reference (%s)", exc)
         return cls(engine, layout, params)
 
     def engine_for(
@@ -191,7 +206,7 @@ class ClientState:
 
     def save(self, state: RecordDict) -> None:
         """Write into ``context.state``."""
-        for key in (STATE_MODEL, STATE_RESIDUAL, STATE_RECORD):
+        for key in (STATE_MODEL, STATE_RESIDUAL, STATE_REFERENCE, STATE_RECORD):
             if key in state:
                 del state[key]
         config = ConfigRecord()
@@ -211,4 +226,7 @@ class ClientState:
         residual, encoder_meta = engine.encoder.state()
         state[STATE_RESIDUAL] = _record(dict(residual))
         config[_ENCODER_META] = json.dumps(encoder_meta)
+        reference = engine.encoder.reference
+        if reference is not None:
+            state[STATE_REFERENCE] = _record(dict(reference))
         state[STATE_RECORD] = config

@@ -27,6 +27,17 @@ first contact
     set).  The mod keeps the layout in ``context.state``.
 deltas from another version than the node holds
     :data:`KEY_FROM_VERSION` (otherwise they start from the node's version).
+train messages of a ``temporal_reference=True`` strategy, when the node may hold another reference
+    :data:`KEY_REFERENCE`: the 8-byte token
+    (:func:`~fedcodec.pipeline.model.reference_token`) of the temporal reference
+    the server keeps for this node — its last update as the server decoded it —
+    or empty bytes when it keeps none.  Sent at first contact (it also offers
+    references: a node keeps its reconstruction only once offered), when the
+    server did not decode the node's reply to its last train message, and when
+    it holds none (evicted); otherwise the server holds the node's last update,
+    which is the node's reference.  The node codes against its reference only
+    when the token names it, so the server always holds the reference an update
+    needs (19 bytes in the messages that carry it).
 
 The coded model itself is the engine's container bytes as they are
 (:data:`KEY_MODEL_ARRAY`): up to 64 KiB, when no array travels uncoded, a ``bytes``
@@ -71,6 +82,7 @@ __all__ = [
     "KEY_MODEL_ARRAY",
     "KEY_PARAMS",
     "KEY_RECORD",
+    "KEY_REFERENCE",
     "KEY_ROUND",
     "KEY_UNCODED_KEYS",
     "KEY_UPDATE_ARRAY",
@@ -88,6 +100,7 @@ __all__ = [
     "MOD_FAILED_PRECONDITION",
     "STATE_MODEL",
     "STATE_RECORD",
+    "STATE_REFERENCE",
     "STATE_RESIDUAL",
     "STYPE",
     "STYPE_SEQUENCE",
@@ -119,6 +132,12 @@ KEY_ROUND: Final = "fc.r"
 KEY_PARAMS: Final = "fc.p"
 #: The version coded deltas start from (int; only when not the version the node holds).
 KEY_FROM_VERSION: Final = "fc.f"
+#: The temporal reference the server keeps for the node (bytes: 8-byte
+#: :func:`~fedcodec.pipeline.model.reference_token`, or empty: none); in train messages
+#: of a strategy with ``temporal_reference=True`` when the node may hold another one
+#: (first contact, no decoded reply to the last train message, evicted).  A container
+#: coded against it says so itself (FORMAT.md §7.5).
+KEY_REFERENCE: Final = "fc.t"
 #: The original ArrayRecord's key order (list of str; first contact).
 KEY_KEYS: Final = "fc.keys"
 #: The name of the model's ArrayRecord in the message (str; first contact): the mod
@@ -164,6 +183,9 @@ IMPORTANCE_RECORD: Final = "fedcodec.importance"
 STATE_MODEL: Final = "fedcodec.receiver"
 #: ArrayRecord: the error-feedback residual.
 STATE_RESIDUAL: Final = "fedcodec.residual"
+#: ArrayRecord: the temporal reference (the last update's reconstruction; only while
+#: the server offers references).
+STATE_REFERENCE: Final = "fedcodec.reference"
 #: ConfigRecord: the receiver's and the encoder's metadata (JSON).
 STATE_RECORD: Final = "fedcodec.state"
 

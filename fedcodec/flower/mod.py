@@ -17,6 +17,15 @@ For every message the wrapper prepared (its ``ConfigRecord`` carries
    else is added to the reply: a reply without error tells the server that the
    node holds the model the message described (the digest checked out).
 
+Temporal reference.  When the strategy keeps one per node
+(``CompressionStrategy(temporal_reference=True)``), the mod keeps its previous
+update's reconstruction in ``context.state`` and codes the next update against it
+(same levels, fewer bytes; sparsified updates go without).  A train message that
+names the reference the server holds (:data:`~fedcodec.flower.constants.KEY_REFERENCE`:
+first contact, or when the server did not decode the node's last reply, or evicted
+it) is obeyed — the reference is used only when the token names the one held — so
+the server can always decode the update.
+
 The shared initial model.  Give the mod the initial model the ServerApp starts
 from (``make_fedcodec_mod(initial_model=...)``: built from the same seed, or read
 from the file shipped with the app): it never travels, and a node's first
@@ -100,6 +109,7 @@ from fedcodec.flower.constants import (
     KEY_MODEL_ARRAY,
     KEY_PARAMS,
     KEY_RECORD,
+    KEY_REFERENCE,
     KEY_ROUND,
     KEY_UNCODED_KEYS,
     KEY_UPDATE_ARRAY,
@@ -133,6 +143,7 @@ def make_fedcodec_mod(
     error_feedback: bool = True,
     threads: int = 1,
     initial_model: InitialModelSource | None = None,
+    temporal_reference: bool = True,
 ) -> Mod:
     """Build a client mod (see the module docs).
 
@@ -148,6 +159,10 @@ def make_fedcodec_mod(
         The shared initial model the ServerApp starts from (the same arrays,
         bit for bit: the same seed, or the file shipped with the app), or a
         function of the ``Context`` that builds it.
+    temporal_reference : bool, optional
+        Accept the server's offer of a temporal reference (default True; it
+        costs one float32 model in ``context.state``).  False: code every update
+        without, and keep no reference.
 
     Returns
     -------
@@ -172,6 +187,7 @@ def make_fedcodec_mod(
             error_feedback=error_feedback,
             threads=threads,
             initial_model=initial_model,
+            temporal_reference=temporal_reference,
         )
 
     return fedcodec_mod
@@ -230,6 +246,7 @@ def _handle(
     error_feedback: bool,
     threads: int,
     initial_model: InitialModelSource | None,
+    temporal_reference: bool = True,
 ) -> Message:
     if not msg.has_content():
         return call_next(msg, context)
@@ -309,11 +326,29 @@ def _handle(
                     f"{KEY_PARAMS}: the server sent this node no coding parameters (they "
                     "are sent once, then when they change)"
                 )
+            _sync_reference(engine, config, accept=temporal_reference)
             _encode_reply(out, engine, base, config, params_from_text(state.params))
         except (FedCodecError, ValueError, KeyError, TypeError) as exc:
             return _error(msg, f"{_NAME}: cannot code the reply: {exc}")
         state.save(context.state)
     return out
+
+
+def _sync_reference(engine: ClientEngine, config: Mapping[str, Any], *, accept: bool) -> None:
+    """Use the temporal reference only when the server holds the same one.
+
+    :data:`KEY_REFERENCE` names the server's (empty: none); without the key the
+    server holds this node's last update, which is what the node holds if it was
+    ever offered references (a node never offered one holds none)."""
+    if not accept:
+        engine.sync_reference(None, offered=False)
+        return
+    if KEY_REFERENCE not in config:
+        return
+    value = config[KEY_REFERENCE]
+    if not isinstance(value, bytes) or len(value) not in (0, 8):
+        raise ValueError(f"{KEY_REFERENCE} must be 0 or 8 bytes, got {value!r:.40}")
+    engine.sync_reference(value.hex() or None)
 
 
 def _digest(value: object, key: str) -> str:

@@ -22,6 +22,16 @@ model of that version, and hands the inner strategy a plain ``ArrayRecord``
 under the original keys.  A reply that fails the checks is left out (and
 counted as rejected); error replies go to the inner strategy unchanged.
 
+Temporal reference (``temporal_reference=True``).  The wrapper keeps each node's
+last update as it decoded it (at most ``reference_nodes`` nodes, the least
+recently updated forgotten first: ``4 × weights`` bytes per node).  When the node
+may hold another one — first contact, a train message without a decoded reply, an
+evicted reference — its train message names the reference the server holds
+(:data:`~fedcodec.flower.constants.KEY_REFERENCE`) and the mod codes against its
+own copy only when the names agree; otherwise both hold the node's last update and
+nothing is added.  A node restart, an evicted reference or a lost reply costs the
+gain of one update, never the update.
+
 What is coded is the floating-point arrays of the first global model (sent as
 float32); other arrays, e.g. integer buffers such as BatchNorm's
 ``num_batches_tracked``, travel as they are, and every record keeps its key order.
@@ -81,6 +91,7 @@ from fedcodec.flower.constants import (
     KEY_MODEL_ARRAY,
     KEY_PARAMS,
     KEY_RECORD,
+    KEY_REFERENCE,
     KEY_ROUND,
     KEY_UNCODED_KEYS,
     KEY_UPDATE_ARRAY,
@@ -200,6 +211,8 @@ class _Phase:
     changes: dict[int, tuple[int, dict[str, np.ndarray]]] = field(default_factory=dict)
     # node -> (container, num_examples, held version, held digest, plain reply record)
     containers: dict[int, tuple[bytes, int, int, str, ArrayRecord]] = field(default_factory=dict)
+    # node -> its decoded update: its next temporal reference (kept after the round)
+    references: dict[int, dict[str, np.ndarray]] = field(default_factory=dict)
 
 
 class CompressionStrategy(Strategy):
@@ -270,6 +283,20 @@ class CompressionStrategy(Strategy):
         ``FedAdam``/``FedYogi``/``FedAdagrad`` (one per weight) do not: a weight
         the coded uplink carries only now and then gets a step of about
         ``eta`` at each release (:mod:`fedcodec.pipeline.optimizer`, docs/torch.md).
+    temporal_reference : bool, optional
+        Let nodes code each update against their previous one (temporal side
+        information for the entropy coder: the same levels, fewer bytes;
+        sparsified updates are coded without).  The wrapper keeps each node's
+        last decoded update and names it (8 bytes) in a train message when the
+        node may hold another one; a node codes against its copy only when the
+        names agree.  Needs ``compress_downlink=True`` (the round engine
+        decodes).  Measured uplink: −6.6 % on the MNIST MLP at λ = 0.1155,
+        −0.5 % on the benchmark CNN at λ = 0.5 (``docs/codec.md``).  Default False.
+    reference_nodes : int, optional
+        Most nodes whose reference is kept (default 100; least recently updated
+        forgotten first, its next update then goes without reference).  Memory:
+        ``4 × weights`` bytes per node kept (``100 × 4 × 58,546`` ≈ 23 MB for the
+        small benchmark CNN).
 
     Examples
     --------
@@ -311,8 +338,19 @@ class CompressionStrategy(Strategy):
         initial_id: str = "",
         step_snap: str = "grid",
         server_optimizer: ServerOptimizer | None = None,
+        temporal_reference: bool = False,
+        reference_nodes: int = 100,
     ) -> None:
         super().__init__()
+        if temporal_reference and not compress_downlink:
+            raise ValueError(
+                "temporal_reference needs compress_downlink=True (the round engine keeps "
+                "and decodes with the references)"
+            )
+        if reference_nodes < 1:
+            raise ValueError(f"reference_nodes must be >= 1, got {reference_nodes}")
+        self.temporal_reference = temporal_reference
+        self.reference_nodes = reference_nodes
         if step_snap not in ("grid", "pow2"):
             raise ValueError(f"step_snap must be 'grid' or 'pow2', got {step_snap!r}")
         robust = RobustPolicy() if robust is None else robust
@@ -367,6 +405,12 @@ class CompressionStrategy(Strategy):
         self._base: _Base | None = None
         # node -> confirmed (version, digest); a node in it also holds the record layout
         self._held: dict[int, tuple[int, str]] = {}
+        # nodes whose last update was left out: they hold the model of its message, but
+        # get the layout and parameters again (a first contact from that version)
+        self._relayout: set[int] = set()
+        # nodes whose reply to their last train message the server decoded: both hold it as
+        # the node's temporal reference
+        self._reference_synced: set[int] = set()
         self._params_known: dict[int, str] = {}  # node -> the parameters it holds (JSON)
         self._lacks_initial: set[int] = set()  # nodes that said they do not hold it
         self._failed: set[int] = set()  # nodes whose last package did not check out
@@ -430,6 +474,11 @@ class CompressionStrategy(Strategy):
             _log.info("\t│\t├── Downlink: raw float32")
         if self.server_optimizer is not None:
             _log.info("\t│\t├── Server optimizer: %r", self.server_optimizer)
+        if self.temporal_reference:
+            _log.info(
+                "\t│\t├── Temporal reference: the previous update, kept for up to %d nodes",
+                self.reference_nodes,
+            )
         _log.info(
             "\t│\t├── Bytes up: %d coded, %d as float32 (%.1fx), %d updates, %d rejected",
             totals.bytes_up,
@@ -480,6 +529,12 @@ class CompressionStrategy(Strategy):
             arrays, metrics = self.strategy.aggregate_train(server_round, kept)
         if phase is None:
             return arrays, metrics
+        if self._engine is not None:
+            # The decoded updates are what the nodes hold as their reconstruction, whether
+            # or not the aggregation kept them: each node's next temporal reference.
+            for node, change in phase.references.items():
+                self._engine.remember_reference(str(node), change)
+                self._reference_synced.add(node)
         if arrays is not None and self.server_optimizer is not None:
             arrays = self._optimizer_step(phase, arrays)
         self._record(server_round, phase.traffic)
@@ -553,6 +608,7 @@ class CompressionStrategy(Strategy):
                     step_snap=self.step_snap,
                     threads=self.threads,
                     policy=self.robust,
+                    client_references=self.reference_nodes if self.temporal_reference else 0,
                 )
             else:
                 self._engine.last_stats = self._last_stats
@@ -589,11 +645,12 @@ class CompressionStrategy(Strategy):
         node = msg.metadata.dst_node_id
         # First contact (no successful reply yet, or the last one failed): the layout.
         held = self._held.get(node)
+        first_contact = held is None or node in self._relayout
         new_config = ConfigRecord(dict(config))
         new_config[KEY_FORMAT] = FORMAT
         new_config[KEY_BASE_VERSION] = phase.base.model.version
         new_config[KEY_BASE_DIGEST] = bytes.fromhex(phase.base.digest_sent)
-        if held is None:
+        if first_contact:
             new_config[KEY_RECORD] = record_key
             new_config[KEY_KEYS] = list(record.keys())
             if len(uncoded):
@@ -601,9 +658,17 @@ class CompressionStrategy(Strategy):
         params_text: str | None = None
         if phase.params is not None:
             params_text = phase.params.for_client(str(node)).to_json_text()
-            if held is None or self._params_known.get(node) != params_text:
+            if first_contact or self._params_known.get(node) != params_text:
                 new_config[KEY_PARAMS] = params_text
         engine = self._engine
+        if phase.params is not None and engine is not None and engine.references is not None:
+            # Named only when the node may hold another reference than the server's (first
+            # contact, no decoded reply to its last train message, evicted): otherwise both
+            # hold the node's last update and the message says nothing.
+            token = engine.reference_token(str(node))
+            if first_contact or token is None or node not in self._reference_synced:
+                new_config[KEY_REFERENCE] = b"" if token is None else bytes.fromhex(token)
+            self._reference_synced.discard(node)
         inline = False  # the coded model in the ConfigRecord, no ArrayRecord
         if engine is None:
             wire = record
@@ -641,7 +706,7 @@ class CompressionStrategy(Strategy):
                     and (held is None or package.from_version != held[0])
                 ):
                     new_config[KEY_FROM_VERSION] = package.from_version
-                if package.initial_digest is not None and held is None:
+                if package.initial_digest is not None and first_contact:
                     new_config[KEY_INITIAL_DIGEST] = bytes.fromhex(package.initial_digest)
                     if self.initial_id:
                         new_config[KEY_INITIAL_ID] = self.initial_id
@@ -706,7 +771,9 @@ class CompressionStrategy(Strategy):
             except (FedCodecError, ValueError) as exc:
                 _log.warning("fedcodec: update of node %d left out: %s", node, exc)
                 phase.traffic.rejected += 1
-                self._forget(node)
+                self._left_out(node, held)
+                if self._engine is not None:
+                    self._engine.forget_reference(str(node))
                 return None
             if steps:  # a coded update: it came through the mod
                 confirmed = True
@@ -733,6 +800,7 @@ class CompressionStrategy(Strategy):
                 )
         if confirmed:
             self._held[node] = held
+            self._relayout.discard(node)
             self._failed.discard(node)
             self._lacks_initial.discard(node)  # it rebuilt the model: it holds the initial one
             params_text = phase.sent[node]
@@ -745,6 +813,14 @@ class CompressionStrategy(Strategy):
         """Forget what ``node`` holds: its next message carries the layout and parameters."""
         self._held.pop(node, None)
         self._params_known.pop(node, None)
+
+    def _left_out(self, node: int, held: tuple[int, str]) -> None:
+        """An update left out: its reply (no error) still confirms that the node rebuilt
+        the model of its message, so the next package starts from that version (a
+        delta, not a failed rebuild); the layout and parameters travel again."""
+        self._held[node] = held
+        self._params_known.pop(node, None)
+        self._relayout.add(node)
 
     def _decode_update(
         self,
@@ -768,7 +844,7 @@ class CompressionStrategy(Strategy):
         spec = base.model.spec
         num_examples = _num_examples(content)
         if self._engine is not None:
-            stats = self._engine.validate_update(
+            stats, changes = self._engine.decode_update(
                 data,
                 client_id=str(node),
                 base_version=held[0],
@@ -776,13 +852,15 @@ class CompressionStrategy(Strategy):
                 base_digest=held[1],
             )
             steps = stats.steps
+            if self._engine.references is not None:
+                phase.references[node] = changes
         else:
             infos = codec.inspect(data)
             steps = check_tensors(infos, spec, client_id=str(node), max_step=DEFAULT_MAX_STEP)
-        decoded = codec.decode(
-            data, names=list(spec.names), threads=self.threads, expected_shapes=spec.shapes
-        )
-        changes = {name: decoded[name] for name in spec.names}
+            decoded = codec.decode(
+                data, names=list(spec.names), threads=self.threads, expected_shapes=spec.shapes
+            )
+            changes = {name: decoded[name] for name in spec.names}
         full = {
             name: np.add(base.model.tensors[name], changes[name], dtype=np.float32)
             for name in spec.names
@@ -897,7 +975,7 @@ class CompressionStrategy(Strategy):
         phase.traffic.rejected += 1
         phase.traffic.updates -= 1
         phase.updates = [u for u in phase.updates if u.client_id != str(node)]
-        self._forget(node)
+        self._left_out(node, (phase.base.model.version, phase.base.digest_sent))
 
     def _scaled(
         self,

@@ -68,12 +68,17 @@ from fedcodec.pipeline.errors import (
     ModelMismatchError,
     UpdateRejectedError,
 )
-from fedcodec.pipeline.model import ModelSpec, ModelVersion
+from fedcodec.pipeline.model import ModelSpec, ModelVersion, Tensors
 from fedcodec.pipeline.optimizer import ServerOptimizer
 from fedcodec.pipeline.params import RoundParams, Schedule, as_schedule
 from fedcodec.pipeline.ratecontrol import StepSnap
 from fedcodec.pipeline.robust import RobustPolicy, RobustRejectionError, screen_update
-from fedcodec.pipeline.server import DEFAULT_MAX_STEP, Aggregator, temporal_reference_for
+from fedcodec.pipeline.server import (
+    DEFAULT_MAX_STEP,
+    Aggregator,
+    ClientReferences,
+    temporal_reference_for,
+)
 from fedcodec.pipeline.stats import ClientRoundStats, RoundStats
 
 __all__ = [
@@ -219,6 +224,15 @@ class RoundEngine:
     downlink_state : tuple of (arrays, meta), optional
         Resume a saved stream (:meth:`state`); ``initial`` is then the
         latest exact global model and nothing is published.
+    client_references : int, optional
+        Keep the last decoded update of at most this many clients as their
+        temporal reference (:class:`~fedcodec.pipeline.server.ClientReferences`,
+        least recently stored forgotten first; 0, the default: none).  Memory:
+        ``4 × weights`` bytes per client kept (:attr:`references`).  Clients
+        with ``ClientEngine(temporal_reference=True)`` (or
+        :meth:`ClientEngine.sync_reference`) then code their updates against
+        their previous one; :meth:`reference_token` names the reference held.
+        A ``"references"`` store in ``aggregator_options`` is used as it is.
     """
 
     def __init__(
@@ -242,6 +256,7 @@ class RoundEngine:
         policy: RobustPolicy | None = None,
         aggregator_options: Mapping[str, Any] | None = None,
         downlink_state: tuple[Mapping[str, Any], Mapping[str, Any]] | None = None,
+        client_references: int = 0,
     ) -> None:
         self.spec: ModelSpec = initial.spec
         self.initial_id = initial_id
@@ -257,6 +272,14 @@ class RoundEngine:
         self.max_step = max_step
         self.policy = RobustPolicy() if policy is None else policy
         self.aggregator_options = dict(aggregator_options or {})
+        if client_references < 0:
+            raise ValueError(f"client_references must be >= 0, got {client_references}")
+        given = self.aggregator_options.get("references")
+        if given is None and client_references > 0:
+            given = ClientReferences(max_clients=client_references)
+            self.aggregator_options["references"] = given
+        #: The per-client temporal references kept (None: none are kept).
+        self.references: ClientReferences | None = given
         self.last_stats: RoundStats | None = None
         if self._downlink_params(0).quantizer == "dither":
             raise ValueError('quantizer: the downlink cannot use "dither" (use uniform or trellis)')
@@ -526,7 +549,7 @@ class RoundEngine:
         screen_update([], values_only, client_id=client_id, num_examples=num_examples)
         infos = codec.inspect(data)
         steps = check_tensors(infos, self.spec, client_id=client_id, max_step=self.max_step)
-        ref = temporal_reference_for(data, client_id, self.aggregator_options.get("references"))
+        ref = temporal_reference_for(data, client_id, self.references)
         try:
             codec.verify(
                 data,
@@ -557,6 +580,61 @@ class RoundEngine:
             steps=steps,
             decode_seconds=time.perf_counter() - start,
         )
+
+    def decode_update(
+        self,
+        data: bytes,
+        *,
+        client_id: str,
+        base_version: int,
+        num_examples: int,
+        base_digest: str | None = None,
+        accepted: Collection[str] = (),
+    ) -> tuple[ClientRoundStats, Tensors]:
+        """:meth:`validate_update`, then the decoded change (float32 by tensor name),
+        decoded with the client's temporal reference when it was coded with one.
+
+        For transports that hand decoded updates to an aggregation of their own
+        (the Flower strategy's inner strategy).  The reference store is not
+        changed: :meth:`remember_reference` once the round is done with it.
+        """
+        stats = self.validate_update(
+            data,
+            client_id=client_id,
+            base_version=base_version,
+            num_examples=num_examples,
+            base_digest=base_digest,
+            accepted=accepted,
+        )
+        ref = temporal_reference_for(data, client_id, self.references)
+        decoded = codec.decode(
+            data,
+            names=list(self.spec.names),
+            threads=self.threads,
+            expected_shapes=self.spec.shapes,
+            reference=ref,
+        )
+        return stats, {name: decoded[name] for name in self.spec.names}
+
+    def reference_token(self, client_id: str) -> str | None:
+        """The token of the temporal reference kept for ``client_id`` (None: none,
+        or references are off): what a transport tells the client before it codes
+        (:meth:`ClientEngine.sync_reference`)."""
+        return None if self.references is None else self.references.token(client_id)
+
+    def remember_reference(self, client_id: str, decoded: Mapping[str, npt.ArrayLike]) -> None:
+        """Keep ``decoded`` (an update of ``client_id`` as decoded from its container:
+        what the client holds as its reconstruction) as the client's next temporal
+        reference; a no-op when references are off.  The round engine's
+        :class:`~fedcodec.pipeline.server.Aggregator` does this itself for the
+        updates it accepts."""
+        if self.references is not None:
+            self.references.put(client_id, [decoded[name] for name in self.spec.names])
+
+    def forget_reference(self, client_id: str) -> None:
+        """Forget the temporal reference of ``client_id`` (its next update goes without)."""
+        if self.references is not None:
+            self.references.discard(client_id)
 
     def aggregator(self, *, keep_payloads: bool = True) -> Aggregator:
         """A fresh decode-and-accumulate aggregator of the open round.
@@ -748,6 +826,12 @@ class ClientEngine:
     def holds(self, version: int, digest: str) -> bool:
         """Whether the held model is ``version`` with ``digest``."""
         return self.receiver.version == version and self.receiver.digest == digest
+
+    def sync_reference(self, server_token: str | None, *, offered: bool = True) -> bool:
+        """Code the next update against the previous one only if the server holds
+        the same reference (:meth:`UpdateEncoder.sync_reference`,
+        :meth:`RoundEngine.reference_token`); returns whether it will."""
+        return self.encoder.sync_reference(server_token, offered=offered)
 
     def receive(self, package: DownlinkPackage) -> ModelVersion:
         """Apply a package (digest-checked); see :meth:`ModelReceiver.apply`."""

@@ -27,6 +27,7 @@ __all__ = [
     "ModelVersion",
     "Tensors",
     "model_digest",
+    "reference_token",
 ]
 
 F32Array = npt.NDArray[np.float32]
@@ -34,6 +35,7 @@ F32Array = npt.NDArray[np.float32]
 Tensors = dict[str, F32Array]
 
 _DIGEST_DOMAIN = b"fedcodec-model-v1\0"
+_REFERENCE_DOMAIN = b"fedcodec-reference-v1\0"
 
 
 @dataclass(frozen=True)
@@ -191,6 +193,27 @@ def model_digest(spec: ModelSpec, tensors: Mapping[str, F32Array]) -> str:
             h.update(n.to_bytes(8, "little"))
         h.update(np.ascontiguousarray(array, dtype="<f4").tobytes())
     return h.hexdigest()
+
+
+def reference_token(arrays: Sequence[npt.ArrayLike]) -> str:
+    """A short name of a temporal reference: 16 hex digits (8 bytes) of SHA-256
+    over the shapes and float32 little-endian bytes of ``arrays`` (model order).
+
+    Both ends of a link compute it over the reference they hold (the client over
+    its last update's reconstruction, the server over what it decoded from it);
+    equal tokens mean the same reference bit for bit, short of a 2^-64 accident,
+    which the codec's own per-tensor reference digest would then catch (a clear
+    error, never a silent mis-decode).
+    """
+    h = hashlib.sha256(_REFERENCE_DOMAIN)
+    h.update(len(arrays).to_bytes(4, "little"))
+    for value in arrays:
+        array = np.ascontiguousarray(np.asarray(value), dtype="<f4")
+        h.update(array.ndim.to_bytes(1, "little"))
+        for n in array.shape:
+            h.update(int(n).to_bytes(8, "little"))
+        h.update(array.tobytes())
+    return h.hexdigest()[:16]
 
 
 def _frozen(tensors: Mapping[str, F32Array], spec: ModelSpec) -> Tensors:

@@ -40,7 +40,7 @@ import hashlib
 import math
 import threading
 import time
-from collections.abc import Collection, Iterable
+from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -57,7 +57,7 @@ from fedcodec.pipeline.errors import (
     StaleBaseVersionError,
     UpdateRejectedError,
 )
-from fedcodec.pipeline.model import ModelHistory, ModelVersion, Tensors
+from fedcodec.pipeline.model import ModelHistory, ModelVersion, Tensors, reference_token
 from fedcodec.pipeline.robust import (
     RobustPolicy,
     RoundPlan,
@@ -105,6 +105,7 @@ class ClientReferences:
             raise ValueError(f"max_clients must be >= 1 or None, got {max_clients!r}")
         self.max_clients = max_clients
         self._refs: dict[str, list[npt.NDArray[np.float32]]] = {}
+        self._tokens: dict[str, str] = {}
         self._lock = threading.Lock()
 
     def __len__(self) -> int:
@@ -124,18 +125,32 @@ class ClientReferences:
         with self._lock:
             return self._refs.get(client_id)
 
-    def put(self, client_id: str, decoded: list[npt.NDArray[np.float32]]) -> None:
+    def token(self, client_id: str) -> str | None:
+        """:func:`~fedcodec.pipeline.model.reference_token` of the client's reference
+        (None: none held) — what a transport tells the client, so that it codes
+        against its previous update only when the server holds the same one."""
+        with self._lock:
+            return self._tokens.get(client_id)
+
+    def put(self, client_id: str, decoded: Sequence[npt.ArrayLike]) -> None:
         """Store the client's latest decoded update as its reference."""
+        arrays = [np.ascontiguousarray(a, dtype=np.float32) for a in decoded]
+        token = reference_token(arrays)
         with self._lock:
             self._refs.pop(client_id, None)
-            self._refs[client_id] = [np.ascontiguousarray(a, dtype=np.float32) for a in decoded]
+            self._tokens.pop(client_id, None)
+            self._refs[client_id] = arrays
+            self._tokens[client_id] = token
             while self.max_clients is not None and len(self._refs) > self.max_clients:
-                del self._refs[next(iter(self._refs))]
+                oldest = next(iter(self._refs))
+                del self._refs[oldest]
+                self._tokens.pop(oldest, None)
 
     def discard(self, client_id: str) -> None:
         """Forget a client's reference."""
         with self._lock:
             self._refs.pop(client_id, None)
+            self._tokens.pop(client_id, None)
 
 
 def temporal_reference_for(
