@@ -152,7 +152,7 @@ static int parse_tensor(fc_reader *r, const fc_decode_options *o, const fc_shape
              * tensors without a reference, rows up to FC_ROW_CTX_MAX; its
              * ROWSCALE and RANK8 bits only with it */
             (sd->mode == FC_MODE_DENSE && (sd->k & 4u) &&
-             ((sd->k & 2u) || td->has_ref || td->cols > FC_ROW_CTX_MAX)) ||
+             (((sd->k & 2u) && !(sd->k & 8u)) || td->has_ref || td->cols > FC_ROW_CTX_MAX)) ||
             (sd->mode == FC_MODE_DENSE && !(sd->k & 4u) && (sd->k & ~3u)) ||
             (sd->mode == FC_MODE_GROUPED && (sd->k & 2u)) ||
             ((sd->k & 1u) && sd->mode != FC_MODE_RUNS && td->cols > FC_ROW_CTX_MAX))

@@ -158,6 +158,7 @@ typedef struct fc_rowstate {
     int rowflip;       /* sign of the last nonzero times its column's previous sign */
     uint32_t sum_cm;   /* over the row's nonzeros whose column had a magnitude: */
     uint32_t sum_col;  /*   their coded magnitudes, and the columns' ones */
+    unsigned scale;    /* SCALECTX slices: the row's scale class + 1 (0: none) */
 } fc_rowstate;
 
 static inline void fc_row_begin(fc_rowstate *r)
@@ -167,6 +168,7 @@ static inline void fc_row_begin(fc_rowstate *r)
     r->rowflip = 0;
     r->sum_cm = 0;
     r->sum_col = 0;
+    r->scale = 0;
 }
 
 /* The context rules below come in two forms: *_v functions take the
@@ -394,6 +396,11 @@ static inline fc_nbr fc_neighbourhood_v(const fc_rowstate *r, int32_t left, int3
         pred = (unsigned)(p != 0) + (unsigned)(p < 0);
     }
     n.sign_ctx = fc_ref_sign_off[ref & 63u] + pred * 3u + fc_sign_class(left);
+    if (r->scale) {
+        /* SCALECTX (FORMAT.md §7.8): the row's scale class g sets both */
+        n.gtx_class = n.gtx_neg = n.rem_class = r->scale - 1u;
+        return n;
+    }
     if (pc) {
         /* The rank-1 prediction, when there is one, sets the classes. */
         n.gtx_class = rg + pc - 1u + ap;

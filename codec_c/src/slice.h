@@ -35,8 +35,22 @@
 #define FC_SLICE_ROWSCALE 8u /* PREDICT slices: a scale class per non-empty row */
 #define FC_SLICE_RANK8 16u   /* PREDICT slices: rank 8 (else 4) */
 #define FC_SLICE_CLASSCTX 32u /* PREDICT slices: the extended class contexts (contexts.h) */
+/* PREDICT + ROWSCALE slices: the ROWKIND bit (never with PREDICT otherwise)
+ * is SCALECTX, level magnitudes by the row's scale class (FORMAT.md §7.8) */
+#define FC_SLICE_SCALECTX FC_SLICE_ROWKIND
 #define FC_PREDICT_ROWSCALE 0x100 /* predict_request: with row scales */
 #define FC_PREDICT_CLASSCTX 0x200 /* predict_request: with the extended class contexts */
+#define FC_PREDICT_SCALECTX 0x400 /* predict_request: with SCALECTX (needs ROWSCALE) */
+
+/* Whether a slice (mode, flags k) has ROWKIND rows, or is SCALECTX. */
+static inline int fc_slice_rowkind(unsigned mode, unsigned k)
+{
+    return mode == FC_MODE_DENSE && (k & FC_SLICE_ROWKIND) && !(k & FC_SLICE_PREDICT);
+}
+static inline int fc_slice_scalectx(unsigned mode, unsigned k)
+{
+    return mode == FC_MODE_DENSE && (k & FC_SLICE_SCALECTX) && (k & FC_SLICE_PREDICT);
+}
 
 typedef struct fc_slice_enc_job {
     /* input */

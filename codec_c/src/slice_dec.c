@@ -380,7 +380,8 @@ void fc_slice_decode(fc_slice_dec_job *job)
     const int use_above = cols <= FC_ROW_CTX_MAX;
     const uint64_t width = use_above ? cols : FC_ROW_CTX_MAX;
     const int refrows = job->mode != FC_MODE_RUNS && (job->k & FC_SLICE_REFROWS);
-    const int rowkind = job->mode == FC_MODE_DENSE && (job->k & FC_SLICE_ROWKIND);
+    const int rowkind = fc_slice_rowkind(job->mode, job->k);
+    const int scalectx = fc_slice_scalectx(job->mode, job->k);
     const unsigned rank = job->mode == FC_MODE_DENSE && (job->k & FC_SLICE_PREDICT)
                               ? ((job->k & FC_SLICE_RANK8) ? 8u : 4u)
                               : 0u;
@@ -405,7 +406,8 @@ void fc_slice_decode(fc_slice_dec_job *job)
     job->result = FC_OK;
     memset(&pred, 0, sizeof(pred));
     /* (the container checks these too) */
-    if ((refrows && !use_above) || (rank && (rowkind || job->ref || !use_above))) {
+    if ((refrows && !use_above) || (rank && (rowkind || job->ref || !use_above)) ||
+        (scalectx && !(job->k & FC_SLICE_ROWSCALE))) {
         job->result = FC_ERR_CORRUPT;
         return;
     }
@@ -498,6 +500,7 @@ void fc_slice_decode(fc_slice_dec_job *job)
                     st->bad = 1;
                     break;
                 }
+                if (scalectx) st->row.scale = pred.g + 1u;
                 st->ref.cls = NULL;
                 if (fc_pred_classes(&pred, predcls)) {
                     if (job->k & FC_SLICE_CLASSCTX) fc_classes_mark(predcls, cols);

@@ -533,7 +533,7 @@ static int rowscale_pays(const fc_slice_enc_job *job, double inv_step)
  * does, so the predictor sees the row's levels before its coefficients. */
 static int predict_mode(const fc_slice_enc_job *job)
 {
-    if (job->mode != FC_MODE_DENSE || (job->k & FC_SLICE_ROWKIND) || job->ref ||
+    if (job->mode != FC_MODE_DENSE || fc_slice_rowkind(job->mode, job->k) || job->ref ||
         job->cols > FC_ROW_CTX_MAX || (job->values && job->quant == FC_QUANT_DITHER))
         return 0;
     if (job->predict_request > 0) return job->predict_request;
@@ -611,6 +611,11 @@ static void slice_encode_predict(fc_slice_enc_job *job)
         try_predict(job, ((job->k & FC_SLICE_RANK8) ? 8 : 4) |
                              ((job->k & FC_SLICE_ROWSCALE) ? FC_PREDICT_ROWSCALE : 0) |
                              FC_PREDICT_CLASSCTX, coded);
+    /* and with row scales, once more with SCALECTX */
+    if (job->mode == FC_MODE_DENSE && (job->k & FC_SLICE_PREDICT) && (job->k & FC_SLICE_ROWSCALE))
+        try_predict(job, ((job->k & FC_SLICE_RANK8) ? 8 : 4) | FC_PREDICT_ROWSCALE |
+                             ((job->k & FC_SLICE_CLASSCTX) ? FC_PREDICT_CLASSCTX : 0) |
+                             FC_PREDICT_SCALECTX, coded);
     free(coded);
 }
 
@@ -663,12 +668,13 @@ static void refrows_trial(fc_slice_enc_job *job)
     trial.window_auto = 0;
     trial.no_refrows = 1;
     trial.mode_request = (int)job->mode;
-    trial.rowkind_request = (job->k & FC_SLICE_ROWKIND) ? 1 : 0;
+    trial.rowkind_request = fc_slice_rowkind(job->mode, job->k) ? 1 : 0;
     trial.predict_request = !(job->k & FC_SLICE_PREDICT)
                                 ? 0
                                 : ((job->k & FC_SLICE_RANK8) ? 8 : 4) |
                                       ((job->k & FC_SLICE_ROWSCALE) ? FC_PREDICT_ROWSCALE : 0) |
-                                      ((job->k & FC_SLICE_CLASSCTX) ? FC_PREDICT_CLASSCTX : 0);
+                                      ((job->k & FC_SLICE_CLASSCTX) ? FC_PREDICT_CLASSCTX : 0) |
+                                      (fc_slice_scalectx(job->mode, job->k) ? FC_PREDICT_SCALECTX : 0);
     slice_encode_once(&trial);
     if (trial.result == FC_OK && slice_better(&trial, job)) {
         /* again with the job's outputs (reconstruction, bin trace) */
@@ -701,7 +707,7 @@ static void slice_encode_rowkind(fc_slice_enc_job *job)
     fc_slice_enc_job trial;
     const int mode_request = job->mode_request;
     slice_encode_predict(job);
-    if (job->result != FC_OK || !(job->k & FC_SLICE_ROWKIND) || job->rowkind_request >= 0) return;
+    if (job->result != FC_OK || !fc_slice_rowkind(job->mode, job->k) || job->rowkind_request >= 0) return;
     trial = *job;
     memset(&trial.out, 0, sizeof(trial.out));
     memset(&trial.trace, 0, sizeof(trial.trace));
@@ -794,14 +800,15 @@ static void slice_encode_once(fc_slice_enc_job *job)
         rank = (pmode & 0xFF) >= 8 ? 8u : 4u;
         job->k |= FC_SLICE_PREDICT | (rank == 8 ? FC_SLICE_RANK8 : 0u) |
                   ((pmode & FC_PREDICT_ROWSCALE) ? FC_SLICE_ROWSCALE : 0u) |
-                  ((pmode & FC_PREDICT_CLASSCTX) ? FC_SLICE_CLASSCTX : 0u);
+                  ((pmode & FC_PREDICT_CLASSCTX) ? FC_SLICE_CLASSCTX : 0u) |
+                  ((pmode & FC_PREDICT_SCALECTX) && (pmode & FC_PREDICT_ROWSCALE) ? FC_SLICE_SCALECTX : 0u);
         if (fc_pred_init(&pred, rank, cols, (pmode & FC_PREDICT_ROWSCALE) != 0) ||
             !(predcls = (uint8_t *)malloc((size_t)cols))) {
             job->result = FC_ERR_NOMEM;
             goto out;
         }
     }
-    if ((job->k & FC_SLICE_ROWKIND) && !(kinds = (uint8_t *)calloc(slots, 1))) {
+    if (fc_slice_rowkind(job->mode, job->k) && !(kinds = (uint8_t *)calloc(slots, 1))) {
         job->result = FC_ERR_NOMEM;
         goto out;
     }
@@ -891,7 +898,7 @@ static void slice_encode_once(fc_slice_enc_job *job)
         } else if (job->values) {
             double se = 0.0;
             nz = UINT64_MAX;
-            if ((job->k & FC_SLICE_ROWKIND) && job->lambda > 0.0)
+            if (fc_slice_rowkind(job->mode, job->k) && job->lambda > 0.0)
                 nz = round_const_row(job->values + off, cols, inv_step, cur);
             if (nz == UINT64_MAX)
                 nz = fc_quantize_row(q, &st.cols, job->values + off,
@@ -952,7 +959,7 @@ static void slice_encode_once(fc_slice_enc_job *job)
             }
             above_row = ring + (size_t)((r - d) % slots) * cols;
         }
-        if (job->k & FC_SLICE_ROWKIND) {
+        if (fc_slice_rowkind(job->mode, job->k)) {
             fc_rc_encode(&e, &s->rowkind[st.prev_kind], row_mag != 0);
             st.prev_kind = row_mag != 0;
             if (row_mag) {
@@ -965,6 +972,7 @@ static void slice_encode_once(fc_slice_enc_job *job)
             fc_pred_basis(&pred);
             fc_pred_fit(&pred, cur);
             fc_pred_enc_coefs(&e, s, &pred);
+            if (fc_slice_scalectx(job->mode, job->k)) st.row.scale = pred.g + 1u;
             if (fc_pred_classes(&pred, predcls)) {
                 if (job->k & FC_SLICE_CLASSCTX) fc_classes_mark(predcls, cols);
                 st.ref.cls = predcls;

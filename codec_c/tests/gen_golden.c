@@ -286,8 +286,9 @@ static void make_bad_predict(const uint8_t *c, size_t size)
     if (!cr_walk(c, size, &L) || L.nslices < 1) die("cannot walk", "predict");
     b = c[L.slice_modebyte[0]];
     if ((b & 3u) != FC_MODE_DENSE || !((b >> 2) & FC_SLICE_PREDICT)) die("expected a PREDICT slice", "predict");
-    /* with ROWKIND */
-    bad_edit("predict_rowkind", c, size, L.slice_modebyte[0], (uint8_t)(b | FC_SLICE_ROWKIND << 2), FC_ERR_CORRUPT);
+    /* with ROWKIND (without ROWSCALE: with it the bit is SCALECTX, §7.8) */
+    bad_edit("predict_rowkind", c, size, L.slice_modebyte[0],
+             (uint8_t)((b | FC_SLICE_ROWKIND << 2) & ~(FC_SLICE_ROWSCALE << 2)), FC_ERR_CORRUPT);
     /* in grouped mode */
     bad_edit("predict_grouped", c, size, L.slice_modebyte[0], (uint8_t)((b & ~3u) | FC_MODE_GROUPED),
              FC_ERR_CORRUPT);
@@ -301,6 +302,21 @@ static void make_bad_predict(const uint8_t *c, size_t size)
              (uint8_t)(b & ~((FC_SLICE_PREDICT | FC_SLICE_ROWSCALE | FC_SLICE_RANK8) << 2)), FC_ERR_CORRUPT);
     bad_edit("classctx_grouped", c, size, L.slice_modebyte[0],
              (uint8_t)(((b & ~3u) | FC_MODE_GROUPED) & ~((FC_SLICE_PREDICT | FC_SLICE_ROWSCALE | FC_SLICE_RANK8) << 2)),
+             FC_ERR_CORRUPT);
+}
+
+/* SCALECTX (FORMAT.md §7.8) from the "scalectx" container (its first slice
+ * must be one, so ok_scalectx decodes it): without ROWSCALE it is corrupt. */
+static void make_bad_scalectx(const uint8_t *c, size_t size)
+{
+    cr_layout L;
+    uint8_t b;
+    if (!cr_walk(c, size, &L) || L.nslices < 1) die("cannot walk", "scalectx");
+    b = c[L.slice_modebyte[0]];
+    if ((b & 3u) != FC_MODE_DENSE || !((b >> 2) & FC_SLICE_PREDICT) || !((b >> 2) & FC_SLICE_SCALECTX) ||
+        !((b >> 2) & FC_SLICE_ROWSCALE))
+        die("expected a SCALECTX slice", "scalectx");
+    bad_edit("scalectx_no_rowscale", c, size, L.slice_modebyte[0], (uint8_t)(b & ~(FC_SLICE_ROWSCALE << 2)),
              FC_ERR_CORRUPT);
 }
 
@@ -421,8 +437,8 @@ static void make_seeds(void)
 
 int main(int argc, char **argv)
 {
-    uint8_t *dense = NULL, *multi = NULL, *predict = NULL, *c;
-    size_t dsize = 0, msize = 0, psize = 0, size;
+    uint8_t *dense = NULL, *multi = NULL, *predict = NULL, *scalectx = NULL, *c;
+    size_t dsize = 0, msize = 0, psize = 0, ssize = 0, size;
     char path[1024];
     int which;
     if (argc != 3) {
@@ -445,14 +461,19 @@ int main(int argc, char **argv)
         } else if (which == 17) {
             predict = c;
             psize = size;
+        } else if (which == 20) {
+            scalectx = c;
+            ssize = size;
         } else {
             free(c);
         }
     }
-    if (!dense || !multi || !predict) die("missing cases", "params/multi/predict");
+    if (!dense || !multi || !predict || !scalectx) die("missing cases", "params/multi/predict/scalectx");
     make_bad(dense, dsize, multi, msize);
     make_bad_predict(predict, psize);
     free(predict);
+    make_bad_scalectx(scalectx, ssize);
+    free(scalectx);
     make_bad_overflow();
     make_seeds();
     free(dense);

@@ -351,6 +351,23 @@ static inline int gc_build(int which, gc_set *s)
             t->step = 0.002;
         }
         return 1;
+    case 20: /* an embedding-like table whose rows are i.i.d. at very
+              * different scales (PREDICT + ROWSCALE with SCALECTX) */
+        s->name = "scalectx";
+        t = gc_add(s, 0, 2, 240, 160, 0, 0);
+        {
+            tu_rng r = tu_seed(31);
+            int32_t *lv = (int32_t *)gc_alloc(s, sizeof(int32_t) * 240 * 160);
+            uint64_t i, j;
+            for (i = 0; i < 240; i++) {
+                double b = (double)(1u << tu_below(&r, 6)) * 0.35;
+                if (tu_below(&r, 4) == 0) continue;
+                for (j = 0; j < 160; j++) lv[i * 160 + j] = (int32_t)lrint(tu_laplace(&r, b));
+            }
+            t->levels = lv;
+            t->step = 0.125;
+        }
+        return 1;
     default:
         return 0;
     }
