@@ -425,7 +425,12 @@ def _add_bench_cnn(bsub: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         metavar="TEXT",
         help="run only methods whose names contain one of these (=NAME: exactly that one)",
     )
-    cnn.add_argument("--rounds", type=_positive_int, default=None, help="override the rounds")
+    cnn.add_argument(
+        "--rounds",
+        type=_positive_int,
+        default=None,
+        help="override the rounds (default: 50 full participation, 100 partial)",
+    )
     cnn.add_argument(
         "--model",
         choices=("small", "wide"),
