@@ -271,3 +271,152 @@ def test_engine_names_its_reference_and_clients_use_only_a_matching_one() -> Non
     assert members[0].encoder.reference is None
     with pytest.raises(ValueError, match="client_references"):
         RoundEngine(v0, client_references=-1)
+
+
+def _uses_reference(data: bytes) -> bool:
+    from fedcodec import codec
+
+    return any(info.reference_digest is not None for info in codec.inspect(data))
+
+
+def _downlink_run(reference: bool) -> tuple[list[list[tuple[str, int, bool]]], int, list[str]]:
+    """Three clients; c2 misses rounds 2-3.  Per round and client: the package kind,
+    its bytes and whether a delta uses a reference; the final model digests."""
+    from fedcodec.pipeline import ClientEngine, RoundEngine
+
+    v0 = ModelVersion.create(0, {n: np.zeros(s, np.float32) for n, s in SHAPES.items()})
+    params = RoundParams(lam=0.0, step=1e-4)
+    engine = RoundEngine(
+        v0, schedule=params, threads=1, keep=8, downlink_reference=reference, cumulative=False
+    )
+    members = [ClientEngine(v0.spec, f"c{i}", initial=v0, threads=1) for i in range(3)]
+    log: list[list[tuple[str, int, bool]]] = []
+    total = 0
+    for r in range(1, 7):
+        row = []
+        aggregator = engine.aggregator()
+        for i, member in enumerate(members):
+            if i == 2 and r in (2, 3):
+                continue
+            package = engine.package_for(member.client_id, **member.request())
+            member.receive(package)  # digest-checked: the same model as the server's stream
+            total += len(package)
+            used = any(_uses_reference(d) for d in package.deltas)
+            row.append((member.client_id, len(package.deltas), used))
+            update = member.encode(
+                _local(member.model, i, r), params, round_number=r, num_examples=5
+            )
+            aggregator.accept_update(update)
+        engine.publish(aggregator)
+        log.append(row)
+    digests = []
+    for member in members:
+        member.receive(engine.package_for(member.client_id, **member.request()))
+        digests.append(member.model.digest)
+    return log, total, digests
+
+
+def test_downlink_reference_for_clients_that_hold_the_previous_delta() -> None:
+    """RoundEngine(downlink_reference=True): a version delta is coded against the previous
+    one for a client that holds it (it came by a chain, or earlier in the same chain); the
+    models are the same as without (same levels), the bytes fewer."""
+    log, total, digests = _downlink_run(True)
+    plain_log, plain_total, plain_digests = _downlink_run(False)
+    assert digests == plain_digests
+    assert total < plain_total
+    assert not any(used for row in plain_log for _, _, used in row)
+    # Round 1: nothing to download (the shared initial model); round 2: the first version
+    # delta (no previous one); from round 3 up-to-date clients get the referenced coding.
+    assert log[1] == [("c0", 1, False), ("c1", 1, False)]
+    assert all(used for row in log[2:] for c, _, used in row if c != "c2")
+    # c2 missed rounds 2-3: it catches up by a keyframe (smaller than the chain here), so
+    # its next delta goes without reference, the one after with.
+    assert [entry for row in log[3:] for entry in row if entry[0] == "c2"] == [
+        ("c2", 0, False),
+        ("c2", 1, False),
+        ("c2", 1, True),
+    ]
+
+
+def test_a_delta_coded_against_a_delta_the_receiver_lacks_is_a_clear_error() -> None:
+    """A receiver that got its version by a keyframe (or lost its state) holds no delta:
+    a referenced delta is refused before anything changes (the transport asks for a
+    keyframe), and the receiver's saved state keeps the delta it holds."""
+    from fedcodec.pipeline import ClientEngine, DigestMismatchError, ModelReceiver, RoundEngine
+
+    v0 = ModelVersion.create(0, {n: np.zeros(s, np.float32) for n, s in SHAPES.items()})
+    params = RoundParams(lam=0.0, step=1e-4)
+    engine = RoundEngine(v0, schedule=params, threads=1, downlink_reference=True)
+    member = ClientEngine(v0.spec, "c0", initial=v0, threads=1)
+    for r in range(1, 4):
+        member.receive(engine.package_for("c0", **member.request()))
+        aggregator = engine.aggregator()
+        aggregator.accept_update(
+            member.encode(_local(member.model, 0, r), params, round_number=r, num_examples=5)
+        )
+        engine.publish(aggregator)
+    # The receiver's state carries its delta: a restored one decodes the referenced delta.
+    arrays, meta = member.receiver.state()
+    restored = ModelReceiver(v0.spec, threads=1)
+    restored.load_state(arrays, meta)
+    assert restored.holds_delta
+    package = engine.package_for("c0", **member.request())
+    assert any(_uses_reference(d) for d in package.deltas)
+    assert restored.apply(package).digest == member.receive(package).digest
+    # Told it holds the delta while it does not (a state without it): refused, unchanged.
+    engine.publish(_next(engine, member, params))  # type: ignore[arg-type]
+    bare = ModelReceiver(v0.spec, threads=1)
+    bare.load_state(*_without_delta(*member.receiver.state()))
+    assert not bare.holds_delta
+    forged = engine.package_for("c0", **{**member.request(), "holds_delta": True})
+    with pytest.raises(DigestMismatchError, match="previous version's delta"):
+        bare.apply(forged)
+    assert bare.version == member.receiver.version
+    # Told the truth, the same receiver gets the plain coding.
+    honest = engine.package_for("c0", **{**member.request(), "holds_delta": False})
+    assert not any(_uses_reference(d) for d in honest.deltas)
+    assert bare.apply(honest).digest == member.receive(honest).digest
+    # A chain: after its first delta (plain for a client without the delta of its version)
+    # the deltas use references — the client decoded the previous one just before.
+    lagging = ModelReceiver(v0.spec, threads=1)
+    lagging.load_state(*_without_delta(arrays, meta))
+    chain = engine.downlink._chain(lagging.version or 0, references=True)
+    assert chain is not None
+    assert [_uses_reference(d) for d in chain] == [False, True]
+    from fedcodec.pipeline import DownlinkPackage
+
+    latest = engine.downlink.latest_version
+    assert latest is not None
+    package = DownlinkPackage(
+        latest,
+        engine.stream_digest,
+        None,
+        lagging.version,
+        chain,
+        initial_version=0,
+        initial_digest=v0.digest,
+    )
+    assert lagging.apply(package).digest == engine.stream_digest
+    assert lagging.holds_delta
+
+
+def _next(engine: object, member: object, params: RoundParams) -> object:
+    from fedcodec.pipeline import ClientEngine, RoundEngine
+
+    assert isinstance(engine, RoundEngine)
+    assert isinstance(member, ClientEngine)
+    aggregator = engine.aggregator()
+    aggregator.accept_update(
+        member.encode(
+            _local(member.model, 0, 9),
+            params,
+            round_number=aggregator.round_number,
+            num_examples=5,
+        )
+    )
+    return aggregator
+
+
+def _without_delta(arrays: dict, meta: dict) -> tuple[dict, dict]:
+    kept = {k: v for k, v in arrays.items() if not k.startswith("lastdelta/")}
+    return kept, {k: v for k, v in meta.items() if k != "has_last_delta"}

@@ -85,6 +85,7 @@ class CnnMethod:
     fisher: bool = False
     filter_l1: float | None = None
     temporal: bool = False  # CompressionStrategy(temporal_reference=True)
+    down_temporal: bool = False  # CompressionStrategy(downlink_reference=True)
 
     def settings(self) -> dict[str, Any]:
         """JSON-able description."""
@@ -101,6 +102,8 @@ class CnnMethod:
             out["filter_l1"] = self.filter_l1
         if self.temporal:
             out["temporal_reference"] = True
+        if self.down_temporal:
+            out["downlink_reference"] = True
         return out
 
 
@@ -283,7 +286,8 @@ def cnn_methods(quick: bool = False) -> list[CnnMethod]:
     # uses it on dense updates only; sparsified ones go without).
     dense_rows = ("fedcodec sens dense S=16", "fedcodec plain dense S=16", f"{sf} dense S=16")
     methods += [
-        dataclasses.replace(m, name=f"{m.name} +tref", temporal=True)
+        dataclasses.replace(m, name=f"{m.name} +tref{dref}", temporal=True, down_temporal=down)
+        for dref, down in (("", False), ("+dref", True))
         for m in methods
         if m.name in dense_rows
     ]
@@ -874,6 +878,7 @@ def run_one(
             robust=RobustPolicy.fedavg(),
             server_optimizer=optimizer,
             temporal_reference=method.temporal,
+            downlink_reference=method.down_temporal,
         )
         # Every node builds the same initial model (the seed): it never travels.
         shared = {k: a.numpy() for k, a in initial.items()}

@@ -147,6 +147,9 @@ class Method:
         fedcodec: each client codes its update against its previous decoded update
         (``ClientEngine(temporal_reference=True)``), the server keeps one per client
         (``ClientReferences``).
+    down_temporal : bool
+        fedcodec: version deltas are also coded against the previous one for clients that
+        hold it (``RoundEngine(downlink_reference=True)``).
     error_feedback : bool
         fedcodec: clients carry what their coded update missed into the next one
         (``ClientEngine(error_feedback=...)``, on by default as in the product).
@@ -160,6 +163,7 @@ class Method:
     keep: int | None = None
     step_snap: StepSnap = "pow2"
     temporal: bool = False
+    down_temporal: bool = False
     error_feedback: bool = True
 
     @property
@@ -650,6 +654,7 @@ class _EngineLink:
             # The baselines average by example count with nothing capped: the same here.
             policy=RobustPolicy.fedavg(),
             aggregator_options={"references": ClientReferences()} if method.temporal else None,
+            downlink_reference=method.down_temporal,
         )
         self.clients = [
             ClientEngine(

@@ -211,6 +211,8 @@ class _Phase:
     changes: dict[int, tuple[int, dict[str, np.ndarray]]] = field(default_factory=dict)
     # node -> (container, num_examples, held version, held digest, plain reply record)
     containers: dict[int, tuple[bytes, int, int, str, ArrayRecord]] = field(default_factory=dict)
+    # node -> whether its package was a chain of deltas (None: no model change)
+    chains: dict[int, bool | None] = field(default_factory=dict)
     # node -> its decoded update: its next temporal reference (kept after the round)
     references: dict[int, dict[str, np.ndarray]] = field(default_factory=dict)
 
@@ -297,6 +299,12 @@ class CompressionStrategy(Strategy):
         forgotten first, its next update then goes without reference).  Memory:
         ``4 × weights`` bytes per node kept (``100 × 4 × 58,546`` ≈ 23 MB for the
         small benchmark CNN).
+    downlink_reference : bool, optional
+        Code each version delta also against the previous one (the same levels,
+        the smaller coding) for nodes that hold it — the nodes whose last package
+        was a chain of deltas (:class:`~fedcodec.pipeline.RoundEngine`
+        ``downlink_reference``).  The mod keeps that delta in ``context.state``
+        (4 bytes per weight).  Default False.
 
     Examples
     --------
@@ -340,6 +348,7 @@ class CompressionStrategy(Strategy):
         server_optimizer: ServerOptimizer | None = None,
         temporal_reference: bool = False,
         reference_nodes: int = 100,
+        downlink_reference: bool = False,
     ) -> None:
         super().__init__()
         if temporal_reference and not compress_downlink:
@@ -351,6 +360,7 @@ class CompressionStrategy(Strategy):
             raise ValueError(f"reference_nodes must be >= 1, got {reference_nodes}")
         self.temporal_reference = temporal_reference
         self.reference_nodes = reference_nodes
+        self.downlink_reference = downlink_reference
         if step_snap not in ("grid", "pow2"):
             raise ValueError(f"step_snap must be 'grid' or 'pow2', got {step_snap!r}")
         robust = RobustPolicy() if robust is None else robust
@@ -411,6 +421,8 @@ class CompressionStrategy(Strategy):
         # nodes whose reply to their last train message the server decoded: both hold it as
         # the node's temporal reference
         self._reference_synced: set[int] = set()
+        # nodes that hold the decoded delta of their version (their last package was a chain)
+        self._holds_delta: set[int] = set()
         self._params_known: dict[int, str] = {}  # node -> the parameters it holds (JSON)
         self._lacks_initial: set[int] = set()  # nodes that said they do not hold it
         self._failed: set[int] = set()  # nodes whose last package did not check out
@@ -609,6 +621,7 @@ class CompressionStrategy(Strategy):
                     threads=self.threads,
                     policy=self.robust,
                     client_references=self.reference_nodes if self.temporal_reference else 0,
+                    downlink_reference=self.downlink_reference,
                 )
             else:
                 self._engine.last_stats = self._last_stats
@@ -712,6 +725,7 @@ class CompressionStrategy(Strategy):
                         new_config[KEY_INITIAL_ID] = self.initial_id
                 phase.traffic.keyframes += package.is_keyframe
                 phase.sent[node] = params_text
+                phase.chains[node] = _is_chain(package)
             for name, array in uncoded.items():
                 wire[name] = array
         out: dict[str, ArrayRecord | ConfigRecord | MetricRecord] = {}
@@ -739,6 +753,7 @@ class CompressionStrategy(Strategy):
             initial_digest=None if ref is None or lacks else ref.digest,
             force_keyframe=node in self._failed,
             want_initial=lacks,
+            holds_delta=held is not None and node in self._holds_delta,
         )
 
     # -- replies ------------------------------------------------------------
@@ -772,6 +787,7 @@ class CompressionStrategy(Strategy):
                 _log.warning("fedcodec: update of node %d left out: %s", node, exc)
                 phase.traffic.rejected += 1
                 self._left_out(node, held)
+                self._note_chain(node, phase)
                 if self._engine is not None:
                     self._engine.forget_reference(str(node))
                 return None
@@ -801,6 +817,7 @@ class CompressionStrategy(Strategy):
         if confirmed:
             self._held[node] = held
             self._relayout.discard(node)
+            self._note_chain(node, phase)
             self._failed.discard(node)
             self._lacks_initial.discard(node)  # it rebuilt the model: it holds the initial one
             params_text = phase.sent[node]
@@ -813,6 +830,15 @@ class CompressionStrategy(Strategy):
         """Forget what ``node`` holds: its next message carries the layout and parameters."""
         self._held.pop(node, None)
         self._params_known.pop(node, None)
+        self._holds_delta.discard(node)
+
+    def _note_chain(self, node: int, phase: _Phase) -> None:
+        """The node applied its package: it holds its version's delta after a chain."""
+        chain = phase.chains.get(node)
+        if chain is True:
+            self._holds_delta.add(node)
+        elif chain is False:
+            self._holds_delta.discard(node)
 
     def _left_out(self, node: int, held: tuple[int, str]) -> None:
         """An update left out: its reply (no error) still confirms that the node rebuilt
@@ -1083,6 +1109,17 @@ def _adaptive(strategy: Strategy) -> bool:
     except ImportError:  # pragma: no cover - every supported flwr has it
         return False
     return isinstance(strategy, FedOpt)
+
+
+def _is_chain(package: DownlinkPackage) -> bool | None:
+    """Whether the receiver holds its new version's delta after ``package`` (None: unchanged)."""
+    if package.keyframe is None and not package.deltas:
+        return None
+    return (
+        package.keyframe is None
+        and package.from_version is not None
+        and len(package.deltas) == package.version - package.from_version
+    )
 
 
 def _kind(package: DownlinkPackage) -> str:

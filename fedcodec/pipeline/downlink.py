@@ -61,7 +61,7 @@ import numpy as np
 from fedcodec import codec
 from fedcodec.errors import FC_ERR_MISMATCH, InvalidParameterError
 from fedcodec.pipeline._state import load_npz_state, save_npz_state
-from fedcodec.pipeline.client import encode_tensors
+from fedcodec.pipeline.client import encode_tensors, recode_with_reference
 from fedcodec.pipeline.errors import (
     DigestMismatchError,
     InitialModelError,
@@ -171,6 +171,11 @@ class Release:
         Encoder statistics of ``delta``.
     residual_rms : float
         RMS of ``global − stream model`` after this version.
+    delta_ref : bytes or None
+        ``delta``'s levels coded with the previous version's delta as temporal
+        reference (:class:`DownlinkEncoder` with ``temporal_reference=True``),
+        when that is smaller; decoding it needs that delta.  Not saved with
+        the state.
     """
 
     version: int
@@ -178,6 +183,7 @@ class Release:
     delta: bytes | None
     stats: EncodeStats | None
     residual_rms: float
+    delta_ref: bytes | None = None
 
 
 def _grid(spec: ModelSpec, model: Tensors, bits: int) -> list[float]:
@@ -295,6 +301,13 @@ class DownlinkEncoder:
         change has small levels at a coarse step and cumulative deltas and
         keyframes cost less (a byte budget is then met in factors of 2 of
         the step).
+    temporal_reference : bool, optional
+        Also code each version delta with the previous version's delta as
+        temporal reference (the same levels, kept when smaller:
+        :func:`~fedcodec.pipeline.client.recode_with_reference`) and send that
+        coding to clients that hold the previous delta: inside a chain always,
+        as its first delta when ``package_for(..., holds_delta=True)``
+        (:attr:`ModelReceiver.holds_delta`).  Default False.
     """
 
     def __init__(
@@ -309,6 +322,7 @@ class DownlinkEncoder:
         cumulative: bool | None = None,
         cache_bytes: int = DEFAULT_CUMULATIVE_CACHE_BYTES,
         step_snap: StepSnap = "grid",
+        temporal_reference: bool = False,
     ) -> None:
         if keep < 1:
             raise ValueError(f"keep must be >= 1, got {keep}")
@@ -326,6 +340,7 @@ class DownlinkEncoder:
         self.cumulative = cumulative
         self.cache_bytes = cache_bytes
         self.step_snap: StepSnap = step_snap
+        self.temporal_reference = temporal_reference
         self._reset()
         if initial is not None:
             self.publish(initial, known_to_all=True)
@@ -341,6 +356,8 @@ class DownlinkEncoder:
         self._keyframe_cache: tuple[int, bytes] | None = None
         self._cumulative_cache: OrderedDict[tuple[int, int], bytes] = OrderedDict()
         self._warm: float | None = None
+        # the latest version's decoded delta (the next version's temporal reference)
+        self._last_step: list[F32Array] | None = None
         self.client_versions: dict[str, int] = {}
         self.bytes_sent = 0
         self.keyframes_sent = 0
@@ -468,14 +485,20 @@ class DownlinkEncoder:
             self._stream = _plus(self.spec, self._origin.tensors, change)
         else:
             self._stream = change
+        delta_ref: bytes | None = None
+        if self.temporal_reference and self._last_step is not None:
+            coded_ref, _, used = recode_with_reference(data, stats, self._last_step, self.threads)
+            delta_ref = coded_ref if used else None
         release = Release(
             version=model.version,
             digest=model_digest(self.spec, self._stream),
             delta=data,
             stats=stats,
             residual_rms=self._residual_rms(model),
+            delta_ref=delta_ref,
         )
         self._add(release)
+        self._last_step = list(recon)
         return release
 
     def _restart(self, model: ModelVersion) -> Release:
@@ -496,6 +519,7 @@ class DownlinkEncoder:
         self._change = None
         self._releases.clear()
         self.client_versions.clear()
+        self._last_step = None
         release = Release(
             version=model.version,
             digest=model_digest(self.spec, self._stream),
@@ -514,6 +538,7 @@ class DownlinkEncoder:
         self._stream = _plus(self.spec, model.tensors, self._change)
         self._releases.clear()
         self.client_versions.clear()
+        self._last_step = None
         release = Release(
             version=model.version,
             digest=model_digest(self.spec, self._stream),
@@ -555,8 +580,14 @@ class DownlinkEncoder:
 
     # -- cumulative deltas ---------------------------------------------------
 
-    def _chain(self, have: int) -> tuple[bytes, ...] | None:
-        """The per-version deltas from ``have`` to the latest version, if all are kept."""
+    def _chain(
+        self, have: int, *, references: bool = False, holds_delta: bool = False
+    ) -> tuple[bytes, ...] | None:
+        """The per-version deltas from ``have`` to the latest version, if all are kept.
+
+        ``references``: a delta's reference coding where there is one — after the
+        first delta (the client decoded the previous one just before), and for the
+        first one when the client ``holds_delta`` (of ``have``)."""
         if have not in self._releases:
             return None
         deltas: list[bytes] = []
@@ -565,7 +596,11 @@ class DownlinkEncoder:
                 continue
             if release.delta is None:
                 return None
-            deltas.append(release.delta)
+            previous_held = bool(deltas) or holds_delta
+            if references and previous_held and release.delta_ref is not None:
+                deltas.append(release.delta_ref)
+            else:
+                deltas.append(release.delta)
         return tuple(deltas)
 
     def cumulative_delta(self, have: int) -> bytes | None:
@@ -781,6 +816,7 @@ class DownlinkEncoder:
         have_digest: str | None = None,
         keyframe: bool = False,
         send_initial: bool = False,
+        holds_delta: bool = False,
     ) -> DownlinkPackage:
         """What ``client_id`` needs to reach the latest version.
 
@@ -801,6 +837,10 @@ class DownlinkEncoder:
             In a shared-initial stream, attach the initial model (4 bytes
             per weight) for a client that does not hold it; it then gets a
             keyframe relative to it.  Ignored in a keyframe stream.
+        holds_delta : bool, optional
+            The client holds the decoded delta of ``have_version``
+            (:attr:`ModelReceiver.holds_delta`): with ``temporal_reference``
+            the first delta of a chain may then be coded against it.
 
         Returns
         -------
@@ -822,7 +862,7 @@ class DownlinkEncoder:
         cumulative = False
         if not keyframe and not initial and self._known(have, have_digest):
             assert have is not None
-            deltas, cumulative = self._catch_up(have)
+            deltas, cumulative = self._catch_up(have, holds_delta)
         origin = self._origin
         package = DownlinkPackage(
             latest.version,
@@ -844,13 +884,15 @@ class DownlinkEncoder:
         self.bytes_sent += len(package)
         return package
 
-    def _catch_up(self, have: int) -> tuple[tuple[bytes, ...] | None, bool]:
+    def _catch_up(
+        self, have: int, holds_delta: bool = False
+    ) -> tuple[tuple[bytes, ...] | None, bool]:
         """The cheapest deltas from ``have`` (None: a keyframe is cheaper or the only way),
         and whether they are a cumulative delta."""
         assert self._latest is not None
         if have == self._latest:
             return (), False
-        chain = self._chain(have)
+        chain = self._chain(have, references=self.temporal_reference, holds_delta=holds_delta)
         if chain is not None and len(chain) < 2:
             return chain, False
         best: tuple[bytes, ...] | None = None
@@ -889,6 +931,8 @@ class ModelReceiver:
         self._model: ModelVersion | None = None
         self._initial: ModelVersion | None = None
         self._change: Tensors | None = None  # C of the held model, in a shared-initial stream
+        # the decoded delta that led to the held version (a downlink temporal reference)
+        self._last_delta: list[F32Array] | None = None
         if initial is not None:
             self.assume(initial)
 
@@ -904,6 +948,7 @@ class ModelReceiver:
             raise ModelMismatchError("the initial model does not match the receiver's model")
         self._initial = initial
         self._change = self.spec.zeros()
+        self._last_delta = None
         self._model = ModelVersion.create(
             initial.version, _plus(self.spec, initial.tensors, self._change), self.spec
         )
@@ -924,18 +969,31 @@ class ModelReceiver:
         return self._initial
 
     @property
+    def holds_delta(self) -> bool:
+        """Whether the held version came by its own version delta (the last delta of
+        a chain), which this receiver keeps: a server streaming with
+        ``temporal_reference`` may then code the next delta against it
+        (``package_for(..., holds_delta=True)``)."""
+        return self._last_delta is not None
+
+    @property
     def model(self) -> ModelVersion:
         """The model held (the base for local training and the next update)."""
         if self._model is None:
             raise LookupError("no model received yet")
         return self._model
 
-    def _decode(self, data: bytes) -> Tensors:
+    def _decode(self, data: bytes, reference: list[F32Array] | None = None) -> Tensors:
         # The container is checked against the model's shapes while its header
         # is parsed: one that claims other (or more) tensors is refused before
         # anything is allocated from it.
         try:
-            decoded = codec.decode(data, threads=self.threads, expected_shapes=self.spec.shapes)
+            decoded = codec.decode(
+                data,
+                threads=self.threads,
+                expected_shapes=self.spec.shapes,
+                reference=None if reference is None else list(reference),
+            )
         except InvalidParameterError as error:
             if error.code != FC_ERR_MISMATCH:
                 raise
@@ -1001,8 +1059,20 @@ class ModelReceiver:
                 )
             else:
                 base = {name: array.copy() for name, array in self._change.items()}
+        # A delta coded against the previous version's delta (a downlink temporal
+        # reference): the one this receiver holds, or the one decoded just before.
+        previous = self._last_delta if package.keyframe is None else None
         for delta in package.deltas:
-            base = _plus(self.spec, base, self._decode(delta))
+            if previous is None and any(
+                info.reference_digest is not None for info in codec.inspect(delta)
+            ):
+                raise DigestMismatchError(
+                    f"a delta to version {package.version} is coded against the previous "
+                    "version's delta, which this client does not hold; request a keyframe"
+                )
+            step = self._decode(delta, previous)
+            previous = [step[name] for name in self.spec.names]
+            base = _plus(self.spec, base, step)
         model = base if initial is None else _plus(self.spec, initial.tensors, base)
         result = ModelVersion.create(package.version, model, self.spec)
         if result.digest != package.digest:
@@ -1010,6 +1080,14 @@ class ModelReceiver:
                 f"reconstructed version {package.version} hashes to {result.digest[:16]}…, "
                 f"the server sent {package.digest[:16]}…; request a keyframe"
             )
+        chain = (
+            package.keyframe is None
+            and package.from_version is not None
+            and len(package.deltas) == package.version - package.from_version
+        )
+        if package.deltas or package.keyframe is not None:
+            # held only when it is the delta of the new version (a chain, not cumulative)
+            self._last_delta = previous if chain and package.deltas else None
         self._model = result
         if initial is not None:
             self._initial = initial
@@ -1034,8 +1112,13 @@ class ModelReceiver:
             "digest": self.digest,
             "saved_at": time.time(),
         }
+        last = self._last_delta
+        if last is not None:
+            meta["has_last_delta"] = True
         if self._initial is None:
             plain: dict[str, np.ndarray] = {} if self._model is None else dict(self._model.tensors)
+            if last is not None:
+                plain.update({f"lastdelta/{i}": a for i, a in enumerate(last)})
             return plain, meta
         arrays: dict[str, np.ndarray] = {}
         meta["initial"] = {"version": self._initial.version, "digest": self._initial.digest}
@@ -1046,6 +1129,8 @@ class ModelReceiver:
                 arrays[f"model/{i}"] = self._model.tensors[name]
             if self._change is not None:
                 arrays[f"change/{i}"] = self._change[name]
+            if last is not None:
+                arrays[f"lastdelta/{i}"] = last[i]
         return arrays, meta
 
     def load_state(self, arrays: Mapping[str, np.ndarray], meta: Mapping[str, Any]) -> None:
@@ -1065,8 +1150,14 @@ class ModelReceiver:
             initial: ModelVersion | None = None
             change: Tensors | None = None
             version = meta.get("version")
+            last_delta: list[F32Array] | None = None
+            if meta.get("has_last_delta"):
+                saved = self.spec.check(self._indexed(arrays, "lastdelta"), "saved delta")
+                last_delta = [saved[name] for name in self.spec.names]
             if fmt == _RECEIVER_FORMAT:
-                model_arrays: Mapping[str, np.ndarray] = arrays
+                model_arrays: Mapping[str, np.ndarray] = {
+                    k: v for k, v in arrays.items() if not k.startswith("lastdelta/")
+                }
             else:
                 record = meta["initial"]
                 initial = ModelVersion.create(
@@ -1093,6 +1184,7 @@ class ModelReceiver:
         self._model = model
         self._initial = initial
         self._change = None if change is None else {k: v.copy() for k, v in change.items()}
+        self._last_delta = None if model is None else last_delta
 
     def _indexed(self, arrays: Mapping[str, np.ndarray], prefix: str) -> dict[str, np.ndarray]:
         return {name: arrays[f"{prefix}/{i}"] for i, name in enumerate(self.spec.names)}
