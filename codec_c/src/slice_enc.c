@@ -543,17 +543,34 @@ static int predict_mode(const fc_slice_enc_job *job)
     return 0;
 }
 
+/* A trial of job: the same inputs and requests in the mode the job chose,
+ * fresh outputs, no reconstruction (a trial that wins is either taken as
+ * it is or coded again with the job's outputs). */
+static fc_slice_enc_job trial_of(const fc_slice_enc_job *job)
+{
+    fc_slice_enc_job trial = *job;
+    memset(&trial.out, 0, sizeof(trial.out));
+    memset(&trial.trace, 0, sizeof(trial.trace));
+    trial.recon = NULL;
+    trial.mode_request = (int)job->mode;
+    return trial;
+}
+
+/* The predict_request that codes a PREDICT slice with flags k again. */
+static int predict_request_of(unsigned mode, unsigned k)
+{
+    return ((k & FC_SLICE_RANK8) ? 8 : 4) | ((k & FC_SLICE_ROWSCALE) ? FC_PREDICT_ROWSCALE : 0) |
+           ((k & FC_SLICE_CLASSCTX) ? FC_PREDICT_CLASSCTX : 0) |
+           (fc_slice_scalectx(mode, k) ? FC_PREDICT_SCALECTX : 0);
+}
+
 /* Code the slice once more with PREDICT request `variant` (same levels: the
  * quantizer's rate model does not see the prediction; a trellis slice
  * replays `coded`, its first pass's levels) and keep it if it is smaller. */
 static void try_predict(fc_slice_enc_job *job, int variant, const int32_t *coded)
 {
-    fc_slice_enc_job trial = *job;
-    memset(&trial.out, 0, sizeof(trial.out));
-    memset(&trial.trace, 0, sizeof(trial.trace));
-    trial.recon = NULL; /* the same levels */
+    fc_slice_enc_job trial = trial_of(job); /* the same levels */
     if (coded) trial.dq_replay = coded;
-    trial.mode_request = (int)job->mode;
     trial.rowkind_request = 0;
     trial.predict_request = variant;
     slice_encode_once(&trial);
@@ -608,14 +625,10 @@ static void slice_encode_predict(fc_slice_enc_job *job)
         try_predict(job, pass == 0 ? pmode : (pass == 1 ? 4 | FC_PREDICT_ROWSCALE : pmode & 0xFF), coded);
     }
     if (job->mode == FC_MODE_DENSE && (job->k & FC_SLICE_PREDICT))
-        try_predict(job, ((job->k & FC_SLICE_RANK8) ? 8 : 4) |
-                             ((job->k & FC_SLICE_ROWSCALE) ? FC_PREDICT_ROWSCALE : 0) |
-                             FC_PREDICT_CLASSCTX, coded);
+        try_predict(job, predict_request_of(job->mode, job->k) | FC_PREDICT_CLASSCTX, coded);
     /* and with row scales, once more with SCALECTX */
     if (job->mode == FC_MODE_DENSE && (job->k & FC_SLICE_PREDICT) && (job->k & FC_SLICE_ROWSCALE))
-        try_predict(job, ((job->k & FC_SLICE_RANK8) ? 8 : 4) | FC_PREDICT_ROWSCALE |
-                             ((job->k & FC_SLICE_CLASSCTX) ? FC_PREDICT_CLASSCTX : 0) |
-                             FC_PREDICT_SCALECTX, coded);
+        try_predict(job, predict_request_of(job->mode, job->k) | FC_PREDICT_SCALECTX, coded);
     free(coded);
 }
 
@@ -661,20 +674,11 @@ static void refrows_trial(fc_slice_enc_job *job)
     const int mode_request = job->mode_request, rowkind_request = job->rowkind_request,
               predict_request = job->predict_request;
     if (job->mode == FC_MODE_RUNS || !(job->k & FC_SLICE_REFROWS) || !rows_mostly_empty(job)) return;
-    trial = *job;
-    memset(&trial.out, 0, sizeof(trial.out));
-    memset(&trial.trace, 0, sizeof(trial.trace));
-    trial.recon = NULL;
+    trial = trial_of(job);
     trial.window_auto = 0;
     trial.no_refrows = 1;
-    trial.mode_request = (int)job->mode;
     trial.rowkind_request = fc_slice_rowkind(job->mode, job->k) ? 1 : 0;
-    trial.predict_request = !(job->k & FC_SLICE_PREDICT)
-                                ? 0
-                                : ((job->k & FC_SLICE_RANK8) ? 8 : 4) |
-                                      ((job->k & FC_SLICE_ROWSCALE) ? FC_PREDICT_ROWSCALE : 0) |
-                                      ((job->k & FC_SLICE_CLASSCTX) ? FC_PREDICT_CLASSCTX : 0) |
-                                      (fc_slice_scalectx(job->mode, job->k) ? FC_PREDICT_SCALECTX : 0);
+    trial.predict_request = (job->k & FC_SLICE_PREDICT) ? predict_request_of(job->mode, job->k) : 0;
     slice_encode_once(&trial);
     if (trial.result == FC_OK && slice_better(&trial, job)) {
         /* again with the job's outputs (reconstruction, bin trace) */
@@ -708,13 +712,9 @@ static void slice_encode_rowkind(fc_slice_enc_job *job)
     const int mode_request = job->mode_request;
     slice_encode_predict(job);
     if (job->result != FC_OK || !fc_slice_rowkind(job->mode, job->k) || job->rowkind_request >= 0) return;
-    trial = *job;
-    memset(&trial.out, 0, sizeof(trial.out));
-    memset(&trial.trace, 0, sizeof(trial.trace));
-    trial.recon = NULL;
+    trial = trial_of(job);
     trial.window_auto = 0;
     trial.rowkind_request = 0;
-    trial.mode_request = (int)job->mode;
     slice_encode_predict(&trial); /* without ROWKIND the predictor may pay */
     if (trial.result == FC_OK && slice_better(&trial, job)) {
         fc_buf_free(&job->out);
