@@ -169,9 +169,11 @@ class RoundsConfig:
         Temporal references: keep the last decoded update of at most this many clients
         (least recently stored forgotten first) and tell clients in the round config that
         they may code their update against their previous one (0: off).  Memory: one
-        float32 model per kept client (``client_references x 4 x weights`` bytes); not
-        persisted, so after a restart a client's first reference-coded update is refused
-        and the client resends without reference.
+        float32 model per kept client (``client_references x 4 x weights`` bytes), and in
+        the state database the same deflated (written with each round), so a restart
+        keeps them; a client whose reference the server lacks (forgotten, or a database
+        from before they were saved) has its reference-coded update refused and resends
+        it without reference.
     """
 
     max_rounds: int = 0

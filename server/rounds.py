@@ -336,7 +336,8 @@ class RoundCoordinator:
         )
         self._store: Store | None = None
         self._engine: RoundEngine | None = None
-        # Per-client temporal references (memory only: one float32 model per kept client).
+        # Per-client temporal references: one float32 model per kept client in memory, and
+        # in the database (deflated), so a restart keeps them.
         self.references: ClientReferences | None = (
             ClientReferences(max_clients=config.rounds.client_references)
             if config.rounds.client_references > 0
@@ -491,6 +492,7 @@ class RoundCoordinator:
             )
             return model, engine, first, first is None
         model = store.model()
+        self._load_references(store, model.spec)
         try:
             engine = self._new_engine(model, store.downlink())
         except ValueError as exc:
@@ -509,6 +511,29 @@ class RoundCoordinator:
             },
         )
         return model, engine, record, record is None
+
+    def _load_references(self, store: Store, spec: ModelSpec) -> None:
+        """The temporal references saved with the federation (database thread)."""
+        references = self.references
+        if references is None or references.max_clients is None:
+            return
+        for client_id, blob in store.client_references(references.max_clients):
+            try:
+                references.put_bytes(client_id, blob, spec.shapes)
+            except (ValueError, zlib.error) as exc:
+                log.warning(
+                    "a stored temporal reference does not fit the model; dropped",
+                    extra={
+                        "event": "reference_dropped",
+                        "client_id": client_id,
+                        "detail": str(exc),
+                    },
+                )
+        if len(references):
+            log.info(
+                "temporal references restored",
+                extra={"event": "references_restored", "clients": len(references)},
+            )
 
     async def start(self) -> None:
         """Open (or create) the database, restore the open round, start the deadline clock."""
@@ -548,9 +573,10 @@ class RoundCoordinator:
         return lost
 
     async def _restore_round(self, record: RoundRecord) -> _Round:
-        # References live in memory only: an update of the open round coded against one
-        # cannot be decoded after a restart.  Dropped (logged), so the round does not wait
-        # for it and its client, still selected, takes part again.
+        # References are saved with each round; an update of the open round coded against
+        # one the database lacks (forgotten, or saved before references were) cannot be
+        # decoded after a restart.  Dropped (logged), so the round does not wait for it and
+        # its client, still selected, takes part again.
         lost = await self._in_db(self._undecodable_updates, record.round_id)
         if lost:
             await self._in_db(self.store.drop_updates, record.round_id, lost)
@@ -1148,6 +1174,8 @@ class RoundCoordinator:
                     next_record,
                     keep_model_blobs=self.config.limits.keep_model_blobs,
                     now=now,
+                    references=self._round_references(outcome.stats),
+                    keep_references=self.config.rounds.client_references,
                 )
             except BaseException:
                 # Nothing was committed: go back to the engine as it was.
@@ -1155,6 +1183,18 @@ class RoundCoordinator:
                 raise
         self._report_plan(rnd.round_id, aggregator)
         return outcome.model, outcome.stats, next_record
+
+    def _round_references(self, stats: RoundStats) -> list[tuple[str, bytes]]:
+        """The temporal references a round stored, to persist with it."""
+        references = self.references
+        if references is None:
+            return []
+        out = []
+        for update in stats.updates:
+            blob = references.to_bytes(update.client_id)
+            if blob is not None:
+                out.append((update.client_id, blob))
+        return out
 
     def _report_plan(self, round_id: int, aggregator: Aggregator) -> None:
         """Count and log what the robust-aggregation rules did in a round."""

@@ -33,7 +33,7 @@ import math
 import os
 import sqlite3
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
@@ -109,6 +109,11 @@ CREATE TABLE IF NOT EXISTS clients (
     last_seen REAL NOT NULL,
     updates_accepted INTEGER NOT NULL DEFAULT 0,
     last_round INTEGER
+);
+CREATE TABLE IF NOT EXISTS client_references (
+    client_id TEXT PRIMARY KEY,
+    stored_at REAL NOT NULL,        -- the round that stored it closed then (LRU order)
+    reference BLOB NOT NULL         -- ClientReferences.to_bytes(): deflated float32
 );
 CREATE TABLE IF NOT EXISTS downlink (
     id INTEGER PRIMARY KEY CHECK (id = 1),
@@ -777,6 +782,16 @@ class Store:
                         (client_id,),
                     )
 
+    def client_references(self, limit: int) -> list[tuple[str, bytes]]:
+        """The stored temporal references (client id, blob) of the ``limit`` clients stored
+        most recently, least recent first."""
+        rows = self._conn.execute(
+            "SELECT client_id, reference FROM client_references "
+            "ORDER BY stored_at DESC, client_id DESC LIMIT ?",
+            (limit,),
+        ).fetchall()
+        return [(str(c), bytes(b)) for c, b in reversed(rows)]
+
     def iter_updates(self, round_id: int) -> Iterator[tuple[UpdateRecord, bytes]]:
         """The round's stored updates in client-id order, one payload in memory at a time."""
         for client_id in self.reported(round_id):
@@ -802,12 +817,16 @@ class Store:
         *,
         keep_model_blobs: int,
         now: float,
+        references: Sequence[tuple[str, bytes]] = (),
+        keep_references: int = 0,
     ) -> None:
         """Close a round in one transaction.
 
         Records the new model and the downlink state, marks the round finalized with its
         statistics, drops its update payloads (their metadata stays, for idempotent
-        resends), prunes old weights and opens ``next_round``.
+        resends), prunes old weights and opens ``next_round``.  ``references``: the
+        temporal references the round stored (client id, ``ClientReferences.to_bytes``),
+        kept for the ``keep_references`` clients stored most recently.
         """
         spec = self._need_spec()
         with self._transaction() as db:
@@ -835,6 +854,17 @@ class Store:
             )
             if cur.rowcount != 1:
                 raise StoreError(f"round {round_id} is not open")
+            for client_id, blob in references:
+                db.execute(
+                    "INSERT OR REPLACE INTO client_references (client_id, stored_at, reference) "
+                    "VALUES (?, ?, ?)",
+                    (client_id, now, blob),
+                )
+            db.execute(
+                "DELETE FROM client_references WHERE client_id NOT IN (SELECT client_id FROM "
+                "client_references ORDER BY stored_at DESC, client_id DESC LIMIT ?)",
+                (keep_references,),
+            )
             db.execute("UPDATE updates SET payload = NULL WHERE round_id = ?", (round_id,))
             db.execute("DELETE FROM selections WHERE round_id = ?", (round_id,))
             if next_round is not None:

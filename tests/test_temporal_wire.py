@@ -1,12 +1,14 @@
 """Temporal references end to end over real gRPC on loopback: the server setting
 ``rounds.client_references`` tells edge clients to code each update against their previous
-one; fewer uplink bytes, the same aggregate; a restarted server (references are not
-persisted) refuses the reference-coded update and the client resends it without."""
+one; fewer uplink bytes, the same aggregate; the references are saved with the round, so a
+restarted server keeps them; a server that lost them refuses a reference-coded update and
+the client resends it without."""
 
 from __future__ import annotations
 
 import logging
 import socket
+import sqlite3
 import time
 from pathlib import Path
 from typing import Any
@@ -111,9 +113,10 @@ def run_federation(tmp_path: Path, references: int) -> tuple[list[int], str]:
         if references:
             refs = server.coordinator.references
             assert refs is not None
-            assert all(c in refs for c in CLIENTS)
             # The stated memory cost: one float32 model per kept client.
-            assert refs.memory_bytes == len(CLIENTS) * 4 * server.coordinator.spec.numel
+            kept = min(references, len(CLIENTS))
+            assert len(refs) == kept
+            assert refs.memory_bytes == kept * 4 * server.coordinator.spec.numel
         else:
             assert server.coordinator.references is None
     for c in clients:
@@ -133,8 +136,15 @@ def test_references_save_uplink_bytes_and_give_the_same_model(tmp_path: Path) ->
     assert model_on == model_off
 
 
-def test_a_restarted_server_refuses_the_reference_and_the_client_resends_without(
-    tmp_path: Path, caplog: pytest.LogCaptureFixture
+def forget_saved_references(tmp_path: Path) -> None:
+    """What a server that lost its references sees (a database from before they were saved)."""
+    with sqlite3.connect(tmp_path / "state.sqlite") as db:
+        db.execute("DELETE FROM client_references")
+
+
+@pytest.mark.parametrize("saved", [True, False])
+def test_a_restarted_server_keeps_its_references_or_refuses_and_the_client_resends(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, saved: bool
 ) -> None:
     port = free_port()
     clients = [edge(port, c) for c in CLIENTS]
@@ -146,22 +156,32 @@ def test_a_restarted_server_refuses_the_reference_and_the_client_resends_without
         while server.coordinator.open_round_id != 3 and time.monotonic() < deadline:
             time.sleep(0.02)
         assert server.coordinator.open_round_id == 3
+        held = server.coordinator.references
+        assert held is not None
+        tokens = {c: held.token(c) for c in CLIENTS}
     for c in clients:
         assert c.encoder is not None
         assert c.encoder.has_reference
-    # References are memory only: the restarted server holds none.
+    if not saved:
+        forget_saved_references(tmp_path)
     with make_server(tmp_path, 8, port) as server:
-        assert server.coordinator.references is not None
-        assert len(server.coordinator.references) == 0
+        restored = server.coordinator.references
+        assert restored is not None
+        if saved:  # the same references, bit for bit (the token hashes the float32 bytes)
+            assert {c: restored.token(c) for c in CLIENTS} == tokens
+        else:
+            assert len(restored) == 0
         with caplog.at_level(logging.INFO, logger="fedcodec.client"):
             third = [participate(c, i) for i, c in enumerate(clients)]
         dropped = [r for r in caplog.records if r.getMessage().startswith("update refused for")]
-        assert len(dropped) == len(CLIENTS)  # each refused once, resent without reference
+        # Lost: each refused once, resent without reference.  Kept: none refused.
+        assert len(dropped) == (0 if saved else len(CLIENTS))
         assert all(r.outcome is Outcome.PARTICIPATED and r.round_id == 3 for r in third)
         # The next round codes against the reference the server now holds again.
         fourth = [participate(c, i) for i, c in enumerate(clients)]
         assert all(r.outcome is Outcome.PARTICIPATED and r.round_id == 4 for r in fourth)
-        assert sum(r.bytes_up for r in fourth) < sum(r.bytes_up for r in third)
+        if not saved:
+            assert sum(r.bytes_up for r in fourth) < sum(r.bytes_up for r in third)
         deadline = time.monotonic() + 30
         while not server.coordinator.finished and time.monotonic() < deadline:
             time.sleep(0.02)
@@ -185,12 +205,14 @@ def test_client_references_is_a_setting(tmp_path: Path) -> None:
         load_config(env={}, overrides={"security.insecure": True, "rounds.client_references": -1})
 
 
-def test_a_reference_coded_update_stored_before_a_restart_is_dropped_and_sent_again(
-    tmp_path: Path, caplog: pytest.LogCaptureFixture
+@pytest.mark.parametrize("saved", [True, False])
+def test_a_reference_coded_update_stored_before_a_restart_is_kept_or_dropped_and_sent_again(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, saved: bool
 ) -> None:
-    """Mid-round restart: the stored update of c0 needs a reference the restarted server
-    lost; it is dropped (not left to block the round), c0 is still selected and sends
-    again, and the round aggregates both clients."""
+    """Mid-round restart: the stored update of c0 needs c0's reference.  Saved with the
+    round, the restarted server holds it and keeps the update; lost, the update is
+    dropped (not left to block the round), c0 is still selected and sends again.  The
+    round aggregates both clients."""
     port = free_port()
     clients = [edge(port, c) for c in CLIENTS]
     with make_server(tmp_path, 8, port) as server:
@@ -199,15 +221,18 @@ def test_a_reference_coded_update_stored_before_a_restart_is_dropped_and_sent_ag
         first = participate(clients[0], 0)  # round 2: coded against round 1's update
         assert first.round_id == 2
         assert server.coordinator.open_round_id == 2
+    if not saved:
+        forget_saved_references(tmp_path)
     with (
         caplog.at_level(logging.INFO),
         make_server(tmp_path, 8, port) as server,
     ):
         events = [getattr(r, "event", "") for r in caplog.records]
-        assert events.count("reference_update_dropped") == 1
-        again = participate(clients[0], 0)
-        assert again.outcome is Outcome.PARTICIPATED
-        assert again.round_id == 2
+        assert events.count("reference_update_dropped") == (0 if saved else 1)
+        if not saved:
+            again = participate(clients[0], 0)
+            assert again.outcome is Outcome.PARTICIPATED
+            assert again.round_id == 2
         other = participate(clients[1], 1)
         assert other.round_id == 2
         deadline = time.monotonic() + 30
@@ -225,3 +250,16 @@ def test_a_reference_coded_update_stored_before_a_restart_is_dropped_and_sent_ag
         assert server.coordinator.global_model().version == 2
     for c in clients:
         c.close()
+
+
+def test_saved_references_are_bounded_by_the_setting(tmp_path: Path) -> None:
+    """client_references = 1 with two clients: one reference in memory and one row in the
+    database (the most recent); the evicted client's reference-coded updates are refused and
+    resent without, and every round completes."""
+    up, _ = run_federation(tmp_path, 1)
+    assert len(up) == ROUNDS
+    with sqlite3.connect(tmp_path / "state.sqlite") as db:
+        rows = db.execute("SELECT client_id, length(reference) FROM client_references").fetchall()
+    assert len(rows) == 1
+    numel = sum(int(np.prod(v.shape)) for v in MODEL.values())
+    assert 0 < rows[0][1] < 4 * numel  # deflated

@@ -40,6 +40,7 @@ import hashlib
 import math
 import threading
 import time
+import zlib
 from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass
 
@@ -151,6 +152,39 @@ class ClientReferences:
         with self._lock:
             self._refs.pop(client_id, None)
             self._tokens.pop(client_id, None)
+
+    def clients(self) -> list[str]:
+        """The clients held, least recently stored first."""
+        with self._lock:
+            return list(self._refs)
+
+    def to_bytes(self, client_id: str) -> bytes | None:
+        """The client's reference as a self-contained blob (None: none held):
+        deflated float32, exact (e.g. for a server's database; :meth:`put_bytes`
+        reads it back)."""
+        ref = self.get(client_id)
+        if ref is None:
+            return None
+        raw = b"".join(np.ascontiguousarray(a, dtype="<f4").tobytes() for a in ref)
+        return zlib.compress(raw, 6)
+
+    def put_bytes(self, client_id: str, blob: bytes, shapes: Sequence[tuple[int, ...]]) -> None:
+        """Store a reference from :meth:`to_bytes` (ValueError when it does not fit
+        ``shapes``, the model's)."""
+        raw = zlib.decompress(blob)
+        sizes = [math.prod(shape) for shape in shapes]
+        if len(raw) != 4 * sum(sizes):
+            raise ValueError(
+                f"a stored reference of {client_id!r} has {len(raw)} bytes, the model "
+                f"{4 * sum(sizes)}"
+            )
+        arrays = []
+        offset = 0
+        for size, shape in zip(sizes, shapes, strict=True):
+            values = np.frombuffer(raw, dtype="<f4", count=size, offset=offset)
+            arrays.append(values.astype(np.float32).reshape(shape))
+            offset += 4 * size
+        self.put(client_id, arrays)
 
 
 def temporal_reference_for(
