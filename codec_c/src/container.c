@@ -146,14 +146,15 @@ static int parse_tensor(fc_reader *r, const fc_decode_options *o, const fc_shape
         sd->mode = byte & 3u;
         sd->k = (byte >> 2) & 63u;
         /* bit 7 (k bit 5): CLASSCTX, dense PREDICT slices only (§7.7) */
-        if (sd->mode > FC_MODE_RUNS || ((byte & 0x80u) && (sd->mode != FC_MODE_DENSE || !(sd->k & 4u))) ||
+        if (sd->mode > FC_MODE_RUNS ||
+            ((byte & 0x80u) && (sd->mode != FC_MODE_DENSE || !((sd->k & 4u) || td->has_ref))) ||
             (sd->mode == FC_MODE_GROUPED && (sd->k & ~3u)) ||
             /* PREDICT (FORMAT.md §7.6): dense slices without ROWKIND, of
              * tensors without a reference, rows up to FC_ROW_CTX_MAX; its
              * ROWSCALE and RANK8 bits only with it */
             (sd->mode == FC_MODE_DENSE && (sd->k & 4u) &&
              (((sd->k & 2u) && !(sd->k & 8u)) || td->has_ref || td->cols > FC_ROW_CTX_MAX)) ||
-            (sd->mode == FC_MODE_DENSE && !(sd->k & 4u) && (sd->k & ~3u)) ||
+            (sd->mode == FC_MODE_DENSE && !(sd->k & 4u) && (sd->k & ~(td->has_ref ? 35u : 3u))) ||
             (sd->mode == FC_MODE_GROUPED && (sd->k & 2u)) ||
             ((sd->k & 1u) && sd->mode != FC_MODE_RUNS && td->cols > FC_ROW_CTX_MAX))
             return FC_ERR_CORRUPT;

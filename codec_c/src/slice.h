@@ -74,6 +74,7 @@ typedef struct fc_slice_enc_job {
     int predict_request;      /* PREDICT: -1 when it pays (a trial), 0 never, else the
                                  rank (4 or 8) | FC_PREDICT_ROWSCALE */
     int no_refrows;           /* never REFROWS (a trial of fc_slice_encode) */
+    int ref_classctx;         /* dense slices with a reference: CLASSCTX (a trial) */
     int32_t *dq_record;       /* trellis: rows x cols out, the coded levels, or NULL */
     const int32_t *dq_replay; /* trellis: rows x cols coded levels to code instead of
                                  searching again (a trial of the same levels), or NULL */

@@ -524,6 +524,7 @@ void fc_slice_decode(fc_slice_dec_job *job)
             uint64_t c1 = c0 + width < cols ? c0 + width : cols;
             if (refcls) {
                 fc_ref_classes(job->ref + off + c0, c1 - c0, inv_step, refcls);
+                if (job->k & FC_SLICE_CLASSCTX) fc_classes_mark(refcls, c1 - c0);
                 st->ref.cls = refcls;
                 st->ref.c0 = c0;
             }

@@ -697,13 +697,50 @@ static void refrows_trial(fc_slice_enc_job *job)
     fc_buf_free(&trial.out);
 }
 
+/* A dense slice with a reference (not trellis) is coded once more with
+ * CLASSCTX (§7.7 on the reference's classes), with its mode and ROWKIND
+ * and REFROWS choices, and the better (slice_better) is kept. */
+static void ref_classctx_trial(fc_slice_enc_job *job)
+{
+    fc_slice_enc_job trial;
+    const int mode_request = job->mode_request, rowkind_request = job->rowkind_request,
+              no_refrows = job->no_refrows;
+    if (!job->ref || job->mode != FC_MODE_DENSE || (job->values && job->quant != FC_QUANT_UNIFORM &&
+                                                   job->quant != FC_QUANT_DITHER))
+        return;
+    trial = trial_of(job);
+    trial.window_auto = 0;
+    trial.ref_classctx = 1;
+    trial.no_refrows = !(job->k & FC_SLICE_REFROWS);
+    trial.rowkind_request = fc_slice_rowkind(job->mode, job->k) ? 1 : 0;
+    trial.predict_request = 0;
+    slice_encode_once(&trial);
+    if (trial.result == FC_OK && slice_better(&trial, job)) {
+        /* again with the job's outputs (reconstruction, bin trace) */
+        fc_buf_free(&job->out);
+        fc_buf_free(&job->trace);
+        job->ref_classctx = 1;
+        job->no_refrows = trial.no_refrows;
+        job->mode_request = trial.mode_request;
+        job->rowkind_request = trial.rowkind_request;
+        slice_encode_once(job);
+        job->ref_classctx = 0;
+        job->no_refrows = no_refrows;
+        job->mode_request = mode_request;
+        job->rowkind_request = rowkind_request;
+    }
+    fc_buf_free(&trial.out);
+}
+
 /* A slice whose rows look like ROWKIND pays is coded both ways (the way
  * without ROWKIND with its PREDICT trial); the better (slice_better) is
- * kept.  Then the REFROWS trial (refrows_trial). */
+ * kept.  Then the REFROWS trial (refrows_trial) and, with a reference, the
+ * CLASSCTX trial (ref_classctx_trial). */
 void fc_slice_encode(fc_slice_enc_job *job)
 {
     slice_encode_rowkind(job);
     if (job->result == FC_OK) refrows_trial(job);
+    if (job->result == FC_OK) ref_classctx_trial(job);
 }
 
 static void slice_encode_rowkind(fc_slice_enc_job *job)
@@ -794,6 +831,9 @@ static void slice_encode_once(fc_slice_enc_job *job)
     if (job->mode == FC_MODE_DENSE && quant != FC_QUANT_DITHER &&
         (job->rowkind_request > 0 || (job->rowkind_request < 0 && rowkind_pays(job, inv_step))))
         job->k |= FC_SLICE_ROWKIND;
+    /* a reference's classes with CLASSCTX (never trellis: its rate tables
+     * cover the classes of §7.5 only) */
+    if (job->ref_classctx && job->ref && job->mode == FC_MODE_DENSE && !trellis) job->k |= FC_SLICE_CLASSCTX;
     slots = window + 1;
     memset(&pred, 0, sizeof(pred));
     if (job->predict_request > 0 && (pmode = predict_mode(job)) != 0) {
@@ -859,7 +899,10 @@ static void slice_encode_once(fc_slice_enc_job *job)
         const int32_t *prev_row = (r > 0 && use_above) ? ring + (size_t)((r - 1) % slots) * cols : NULL;
         const int32_t *above_row = prev_row;
         uint64_t nz, off = r * cols, c;
-        if (refcls) fc_ref_classes(job->ref + off, cols, inv_step, refcls);
+        if (refcls) {
+            fc_ref_classes(job->ref + off, cols, inv_step, refcls);
+            if (job->k & FC_SLICE_CLASSCTX) fc_classes_mark(refcls, cols);
+        }
         if (rank) st.ref.cls = NULL; /* the quantizer does not see the prediction */
         if (job->values && quant != FC_QUANT_UNIFORM) {
             const float *x = job->values + off;

@@ -233,6 +233,7 @@ static inline int cr_walk(const uint8_t *p, size_t size, cr_layout *L)
         t->params = pos++;
         t->quant = CR_NONE;
         if (pos <= size && (p[t->params] & 0x80u)) t->quant = pos++;
+        if (t->quant != CR_NONE && t->quant < size && (p[t->quant] & 0x08u)) pos += 4; /* REFERENCE digest */
         t->nslices_pos = pos;
         if (!cr_get_varint(p, size, &pos, &v) || L->nslices + v > CR_MAX_SLICES) return 0;
         t->nslices = (size_t)v;

@@ -1540,7 +1540,7 @@ static void test_reference(void)
     float *recon = (float *)malloc(sizeof(float) * n), *vals = (float *)malloc(sizeof(float) * n);
     int32_t *lv = (int32_t *)malloc(sizeof(int32_t) * n), *dec = (int32_t *)malloc(sizeof(int32_t) * n);
     uint64_t shape[2] = {rows, cols}, k;
-    unsigned quant;
+    unsigned quant, classctx_seen = 0;
     int mode;
     tu_rng r = tu_seed(31);
     TU_CHECK(x && ref && other && same && recon && vals && lv && dec);
@@ -1586,6 +1586,20 @@ static void test_reference(void)
             TU_CHECK_EQ(info[0].reference_digest, digest);
             TU_CHECK_EQ(info[1].reference, 0);
             TU_CHECK_EQ(info[1].reference_digest, 0);
+            /* CLASSCTX on the reference's classes (§7.7): dense slices of
+             * uniform or dithered tensors only */
+            {
+                cr_layout L;
+                size_t sl;
+                TU_CHECK(cr_walk(c, size, &L));
+                for (sl = L.t[0].first_slice; sl < L.t[1].first_slice; sl++) {
+                    const uint8_t b = c[L.slice_modebyte[sl]];
+                    if (!(b & 0x80u)) continue;
+                    classctx_seen++;
+                    TU_CHECK((b & 3u) == FC_MODE_DENSE);
+                    TU_CHECK(quant == FC_QUANT_UNIFORM || quant == FC_QUANT_DITHER);
+                }
+            }
             /* a correlated reference saves bytes (tensor 1 alone costs size0 - 11) */
             TU_CHECKF(size - (size0 - 11) < size0 - 11 - 11, "quant %u mode %d: %zu B with, "
                       "%zu B without", quant, mode, size - (size0 - 11) - 11, size0 - 11);
@@ -1631,6 +1645,7 @@ static void test_reference(void)
             free(c0);
         }
     }
+    (void)classctx_seen; /* (small: the extended contexts seldom pay here; test_reference_classctx) */
     free(x);
     free(ref);
     free(other);
@@ -1759,6 +1774,65 @@ static void test_refrows_trial(void)
     free(v);
 }
 
+/* A larger update with a correlated reference: the CLASSCTX trial (§7.7 on
+ * the reference's classes) pays, for levels and RDOQ floats, and the
+ * container decodes to the encoder's reconstruction. */
+static void test_reference_classctx(void)
+{
+    const uint64_t rows = 256, cols = 128, n = rows * cols;
+    uint64_t shape[2] = {rows, cols}, k;
+    float *x = (float *)malloc(sizeof(float) * n), *ref = (float *)malloc(sizeof(float) * n);
+    float *recon = (float *)malloc(sizeof(float) * n), *vals = (float *)malloc(sizeof(float) * n);
+    int32_t *lv = (int32_t *)malloc(sizeof(int32_t) * n), *dec = (int32_t *)malloc(sizeof(int32_t) * n);
+    tu_rng r = tu_seed(77);
+    int pass;
+    TU_CHECK(x && ref && recon && vals && lv && dec);
+    for (k = 0; k < n; k++) {
+        double prev = tu_laplace(&r, 2.0);
+        ref[k] = (float)prev;
+        x[k] = (float)(0.8 * prev + 0.6 * tu_laplace(&r, 1.0));
+        lv[k] = (int32_t)lrint(x[k] * 2.0f);
+    }
+    for (pass = 0; pass < 2; pass++) {
+        fc_tensor t = tu_tensor(0, 2, shape);
+        fc_encode_options o;
+        fc_decode_target tg;
+        cr_layout L;
+        uint8_t *c;
+        size_t size, sl, seen = 0;
+        opts(&o, FC_MODE_AUTO, 4, 0);
+        t.step = 0.5;
+        t.reference = ref;
+        if (pass == 0) {
+            t.levels = lv;
+        } else {
+            t.values = x;
+            t.recon = recon;
+            o.lambda = 0.1155;
+        }
+        TU_CHECK_RC(tu_encode(&t, 1, &o, &c, &size, NULL), FC_OK);
+        TU_CHECK(cr_walk(c, size, &L));
+        for (sl = 0; sl < L.t[0].nslices; sl++) seen += (c[L.slice_modebyte[sl]] & 0x80u) != 0;
+        TU_CHECKF(seen > 0, "pass %d: no CLASSCTX slice", pass);
+        memset(&tg, 0, sizeof tg);
+        tg.levels = dec;
+        tg.values = vals;
+        tg.reference = ref;
+        TU_CHECK_RC(fc_decode(c, size, NULL, &tg, 1), FC_OK);
+        if (pass == 0)
+            TU_CHECK(memcmp(dec, lv, sizeof(int32_t) * n) == 0);
+        else
+            for (k = 0; k < n; k++) TU_CHECK(memcmp(&recon[k], &vals[k], 4) == 0);
+        free(c);
+    }
+    free(x);
+    free(ref);
+    free(recon);
+    free(vals);
+    free(lv);
+    free(dec);
+}
+
 int main(void)
 {
     test_names();
@@ -1782,6 +1856,7 @@ int main(void)
     test_expected_shapes();
     test_accumulate();
     test_reference();
+    test_reference_classctx();
     test_predict();
     test_refrows_trial();
     return tu_finish("test_container");
