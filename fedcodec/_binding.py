@@ -76,6 +76,8 @@ _UINT64_MAX = 2**64 - 1
 _WINDOW_SETS = 8  # fc_encode_options.window_set is 0..7 (fedcodec.h) ...
 WINDOW_AUTO: int = int(lib.FC_WINDOW_AUTO)  # ... or this: chosen per tensor
 TRANSPOSE_AUTO: int = int(lib.FC_TRANSPOSE_AUTO)
+REFERENCE_AUTO: int = int(lib.FC_REFERENCE_AUTO)  # a tensor's reference where it pays
+REFERENCE_ALWAYS: int = int(lib.FC_REFERENCE_ALWAYS)
 
 _F32 = np.dtype(np.float32)
 _F32_NORMAL_MIN = float(np.finfo(np.float32).tiny)
@@ -266,6 +268,7 @@ class EncodeOptions:
     quantizer: int = QUANT_UNIFORM
     dither_seed: int = 0
     transpose: int = 0  # 0 as given, 1 transposed, TRANSPOSE_AUTO
+    reference: int = 0  # REFERENCE_AUTO (where it pays) or REFERENCE_ALWAYS
 
 
 @dataclass(frozen=True)
@@ -353,6 +356,9 @@ def _encode_options(options: EncodeOptions) -> Any:
     if options.transpose not in (0, 1, TRANSPOSE_AUTO):
         invalid(f"transpose must be 0, 1 or TRANSPOSE_AUTO, got {options.transpose!r}")
     c_opts.transpose = options.transpose
+    if options.reference not in (REFERENCE_AUTO, REFERENCE_ALWAYS):
+        invalid(f"reference must be REFERENCE_AUTO or REFERENCE_ALWAYS, got {options.reference!r}")
+    c_opts.reference = options.reference
     return c_opts
 
 

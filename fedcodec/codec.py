@@ -527,6 +527,14 @@ def _window_number(window_set: object) -> int:
     return window_set
 
 
+def _use_reference_number(use_reference: object) -> int:
+    if use_reference == "auto":
+        return _binding.REFERENCE_AUTO
+    if use_reference != "always":
+        _binding.invalid(f"use_reference must be 'auto' or 'always', got {use_reference!r}")
+    return _binding.REFERENCE_ALWAYS
+
+
 def _transpose_number(transpose: object) -> int:
     if transpose == "auto":
         return _binding.TRANSPOSE_AUTO
@@ -581,6 +589,7 @@ def encode(
     dither_seed: int | None = None,
     reference: Sequence[npt.ArrayLike | None] | Mapping[str, npt.ArrayLike] | None = None,
     transpose: bool | Literal["auto"] = False,
+    use_reference: Literal["auto", "always"] = "auto",
 ) -> EncodeResult:
     """Quantize and entropy-code float32 tensors into one container.
 
@@ -640,7 +649,8 @@ def encode(
         the one that zeroes more (measured: the Flower example app at λ=0.5,
         S=0 lost 2.7 accuracy points with "auto", 0 without).  Lossless coding
         (:func:`encode_levels`, same levels either way) defaults to "auto".
-        Tensors with a reference are never transposed.  Decoders always
+        A tensor coded with its reference is not transposed (it may be
+        coded transposed without it, ``use_reference``).  Decoders always
         return the original layout.
     slice_elems : int, optional
         Target elements per independently coded slice (the unit of
@@ -665,9 +675,19 @@ def encode(
         update of the same client, or the previous global change); the
         co-located reference value conditions the significance, sign and
         magnitude contexts, so a correlated reference saves bytes.  None
-        entries (or names missing from a mapping) code without one.  The
-        container records a digest of each reference; decoding needs the
-        same references (converted to float32).
+        entries (or names missing from a mapping) code without one.  A
+        tensor coded with its reference records a digest of it
+        (:attr:`TensorInfo.reference_digest`); decoding it needs the same
+        reference (converted to float32).  See ``use_reference``.
+    use_reference : {"auto", "always"}, optional
+        ``"auto"`` (default): a tensor given a reference is also coded
+        without it (in every orientation ``transpose`` allows) and the better
+        coding is kept — the smaller when both hold the same levels
+        (rounding, :func:`encode_levels`), else the lower
+        ``distortion / step² + λ · bits`` (RD quantization, trellis) — so a
+        reference never costs bytes and unrelated references are dropped
+        tensor by tensor.  ``"always"``: every given reference is used (as
+        given, never transposed).
 
     Returns
     -------
@@ -700,6 +720,7 @@ def encode(
         quantizer=quantizer_number,
         dither_seed=seed,
         transpose=_transpose_number(transpose),
+        reference=_use_reference_number(use_reference),
     )
     specs: list[_binding.EncodeTensor] = []
     shapes: list[tuple[int, ...]] = []
@@ -772,6 +793,7 @@ def encode_levels(
     slice_elems: int = 1048576,
     reference: Sequence[npt.ArrayLike | None] | Mapping[str, npt.ArrayLike] | None = None,
     transpose: bool | Literal["auto"] = "auto",
+    use_reference: Literal["auto", "always"] = "auto",
 ) -> EncodeResult:
     """Code integer quantization levels losslessly.
 
@@ -788,8 +810,9 @@ def encode_levels(
     step : float, sequence or mapping
         The step > 0 of each tensor (stored as float32), one for all or one
         per tensor.
-    max_gtx, threads, mode, window_set, slice_elems, reference, transpose
-        As for :func:`encode`.
+    max_gtx, threads, mode, window_set, slice_elems, reference, transpose, use_reference
+        As for :func:`encode` (the same levels either way: with ``use_reference="auto"``
+        each tensor given a reference keeps the smaller of its codings with and without).
 
     Returns
     -------
@@ -814,6 +837,7 @@ def encode_levels(
         mode=_mode_number(mode),
         window_set=_window_number(window_set),
         transpose=_transpose_number(transpose),
+        reference=_use_reference_number(use_reference),
     )
     specs: list[_binding.EncodeTensor] = []
     shapes: list[tuple[int, ...]] = []

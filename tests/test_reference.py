@@ -120,3 +120,40 @@ def test_old_containers_decode_unchanged() -> None:
         again = fedcodec.decode_levels(data, reference=refs)
         for (a, _), (b, _) in zip(decoded, again, strict=True):
             assert np.array_equal(a, b)
+
+
+@pytest.mark.parametrize("quantizer", ["uniform", "trellis", None])
+def test_reference_kept_only_where_it_pays(quantizer: str | None) -> None:
+    """use_reference="auto" (default): a tensor is also coded without its reference and the
+    better coding kept; "always" forces every reference.  A correlated reference is kept, an
+    unrelated one dropped (that tensor decodes without it), and the container is never larger
+    than without references (same levels) or than with every reference forced."""
+    cur, prev = _pair(5)
+    rng = np.random.default_rng(9)
+    cur["u"] = rng.laplace(0.0, 1e-3, size=(48, 40)).astype(np.float32)
+    prev["u"] = rng.laplace(0.0, 1e-3, size=(48, 40)).astype(np.float32)  # unrelated
+    names = list(cur)
+
+    def code(**kw: object) -> fedcodec.EncodeResult:
+        if quantizer is None:  # the same levels every way: compared by size
+            levels = {n: np.round(t / 2e-4).astype(np.int32) for n, t in cur.items()}
+            return fedcodec.encode_levels(levels, 2e-4, **kw)  # type: ignore[arg-type]
+        return fedcodec.encode(cur, lam=0.1155, S=64, quantizer=quantizer, **kw)  # type: ignore[arg-type]
+
+    auto = code(reference=prev)
+    forced = code(reference=prev, use_reference="always")
+    plain = code()
+    used = [info.reference_digest is not None for info in fedcodec.inspect(auto.data)]
+    assert used[0]  # w: correlated
+    assert not used[2]  # u: unrelated
+    assert all(info.reference_digest is not None for info in fedcodec.inspect(forced.data))
+    if quantizer is None:
+        assert len(auto.data) < len(plain.data)
+        assert len(auto.data) < len(forced.data)
+    # u decodes without its reference; w needs its own
+    refs = {"w": prev["w"], "b": prev["b"]}
+    out = fedcodec.decode(auto.data, names=names, reference=refs)
+    again = fedcodec.decode(auto.data, names=names, reference=prev)
+    assert all(np.array_equal(out[n], again[n]) for n in names)
+    with pytest.raises(InvalidParameterError, match="use_reference"):
+        code(reference=prev, use_reference="never")

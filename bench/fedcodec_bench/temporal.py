@@ -13,7 +13,11 @@ at ``std / 8``):
 * the same client's previous decoded update (its round r - 1 levels times their step);
 * the previous global change (the FedAvg aggregate of round r - 1).
 
-Every coded update is decoded with its reference and compared with its levels.
+The encoder uses a given reference tensor by tensor where it pays (``use_reference="auto"``:
+each tensor is also coded without and the smaller coding kept), so a reference never costs
+bytes; the bytes with every reference forced (``use_reference="always"``) and how many tensors
+kept theirs are recorded too. Every coded update is decoded with its reference and compared
+with its levels.
 """
 
 from __future__ import annotations
@@ -99,6 +103,9 @@ def _measure(ts: TemporalSet, seed: int) -> dict[str, Any]:
     prev_decoded: dict[int, list[np.ndarray]] = {}
     prev_global: list[np.ndarray] | None = None
     totals = dict.fromkeys(TEMPORAL_KINDS, 0)
+    forced = dict.fromkeys(TEMPORAL_KINDS[1:], 0)
+    with_ref = dict.fromkeys(TEMPORAL_KINDS[1:], 0)
+    tensors = 0
     updates = decodes = 0
     for r in range(sc.rounds):
         deltas: dict[int, list[np.ndarray]] = {}
@@ -121,7 +128,17 @@ def _measure(ts: TemporalSet, seed: int) -> dict[str, Any]:
                     ):
                         raise RuntimeError(f"{ts.name}: a {kind} decode differs from its levels")
                     decodes += 1
+                    if ref is not None:
+                        with_ref[kind] += sum(
+                            info.reference_digest is not None for info in fedcodec.inspect(res.data)
+                        )
+                        forced[kind] += len(
+                            fedcodec.encode_levels(
+                                levels, steps, reference=ref, use_reference="always"
+                            ).data
+                        )
                 updates += 1
+                tensors += len(levels)
             prev_decoded[c] = decoded
             deltas[c] = update
         n = {c: len(fed.parts[c]) for c in deltas}
@@ -139,6 +156,9 @@ def _measure(ts: TemporalSet, seed: int) -> dict[str, Any]:
         "clients": sc.clients,
         "numel": int(sum(v.size for v in fed.init.values())),
         "bytes": totals,
+        "bytes_reference_forced": forced,
+        "tensors": tensors,
+        "tensors_with_reference": with_ref,
         "decodes_verified": decodes,
         "gain": {
             kind: (totals[kind] / totals["none"] - 1.0) if totals["none"] else None
@@ -153,8 +173,9 @@ def run_temporal(quick: bool, seed: int = 0) -> list[dict[str, Any]]:
     Returns
     -------
     list of dict
-        Per set: bytes per reference kind summed over the updates of rounds 1.., the relative
-        gains, and how many decodes were verified.
+        Per set: bytes per reference kind summed over the updates of rounds 1.. (and with
+        every reference forced), the relative gains, how many of the coded tensors kept their
+        reference, and how many decodes were verified.
     """
     from fedcodec_bench.fldata import DataUnavailableError
 

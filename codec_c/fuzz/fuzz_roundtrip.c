@@ -17,7 +17,10 @@
  *             values; levels always use the given step)
  *   scale     values: 2^(b - 140)
  *   per tensor: ndim = b % 4 (bit 7: with a reference tensor, derived
- *             from the elements), then each dim b % 11, then its elements
+ *             from the elements; in the first tensor's byte, bit 6:
+ *             FC_REFERENCE_ALWAYS, else FC_REFERENCE_AUTO, and bits 4-5
+ *             transpose: 0 as given, 1 transposed, 2 and 3 auto), then
+ *             each dim b % 11, then its elements
  *             (levels: a class byte, and 4 bytes for a large level;
  *             values: 2 bytes, or 4 raw bytes; importance: 1 byte each)
  *
@@ -32,8 +35,13 @@
  *     decode), are finite, and equal float32(level) * step (minus the
  *     dither);
  *   - the container fits fc_encode_bound(), inspect reports the shapes,
- *     steps, quantizers and references (their digests) encoded, a tensor
- *     coded with a reference does not decode without it, the stats count the nonzero levels, an
+ *     steps, quantizers and references (their digests) encoded (with
+ *     FC_REFERENCE_AUTO a tensor given a reference may be coded without;
+ *     when the levels do not depend on it, integer levels or rounding, the
+ *     container is then no larger than with every reference forced and than
+ *     without references), a tensor coded with a reference does not decode
+ *     without it, a reference given for a tensor coded without is ignored,
+ *     the stats count the nonzero levels, an
  *     f64 accumulator receives weight * value, encoding again with
  *     another thread count gives the same bytes, and the container split by
  *     tensor and joined back (fc_split, fc_join) is the same bytes.
@@ -167,6 +175,10 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
             uint8_t b = rd8(&r);
             t->t.ndim = b % 4u;
             t->with_ref = (b & 0x80u) != 0;
+            if (i == 0) {
+                o.reference = (b & 0x40u) ? FC_REFERENCE_ALWAYS : FC_REFERENCE_AUTO;
+                o.transpose = (b >> 4 & 3u) >= 2u ? FC_TRANSPOSE_AUTO : (int32_t)(b >> 4 & 1u);
+            }
         }
         t->numel = 1;
         for (d = 0; d < t->t.ndim; d++) {
@@ -255,6 +267,26 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         free(buf2);
     }
 
+    /* the same levels with and without references: never more bytes than
+     * with every reference forced, or than without references */
+    if (o.reference == FC_REFERENCE_AUTO &&
+        (!values_mode || (quant == FC_QUANT_UNIFORM && o.lambda == 0.0) || quant == FC_QUANT_DITHER)) {
+        fc_tensor plain[MAX_T];
+        size_t s_forced = 0, s_plain = 0;
+        buf2 = (uint8_t *)xcalloc(cap, 1);
+        o.reference = FC_REFERENCE_ALWAYS;
+        check(fc_encode(tensors, count, &o, buf2, cap, &s_forced, NULL, NULL) == FC_OK);
+        o.reference = FC_REFERENCE_AUTO;
+        for (i = 0; i < count; i++) {
+            plain[i] = tensors[i];
+            plain[i].reference = NULL;
+            plain[i].recon = NULL;
+        }
+        check(fc_encode(plain, count, &o, buf2, cap, &s_plain, NULL, NULL) == FC_OK);
+        check(csize <= s_forced && csize <= s_plain);
+        free(buf2);
+    }
+
     check(fc_inspect(buf, csize, NULL, info, MAX_T, &n) == FC_OK && n == count);
     /* split by tensor and joined back: the same bytes */
     {
@@ -281,13 +313,16 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         check(memcmp(info[i].shape, t->t.shape, sizeof(uint64_t) * t->t.ndim) == 0);
         check(info[i].step == stats[i].step);
         check(info[i].quantizer == (values_mode ? quant : FC_QUANT_UNIFORM));
-        check(info[i].reference == (t->with_ref && t->numel > 0));
+        if (o.reference == FC_REFERENCE_ALWAYS)
+            check(info[i].reference == (t->with_ref && t->numel > 0));
+        else
+            check(!info[i].reference || (t->with_ref && t->numel > 0));
         if (info[i].reference) {
             uint32_t digest;
             check(fc_reference_digest(t->ref, t->numel, info[i].step, &digest) == FC_OK);
             check(digest == info[i].reference_digest);
-            tg[i].reference = t->ref;
         }
+        tg[i].reference = t->ref; /* ignored for a tensor coded without */
         t->dec_levels = (int32_t *)xcalloc((size_t)t->numel, sizeof(int32_t));
         t->dec_values = (float *)xcalloc((size_t)t->numel, sizeof(float));
         t->acc = (double *)xcalloc((size_t)t->numel, sizeof(double));

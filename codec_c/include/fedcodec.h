@@ -163,8 +163,10 @@ typedef struct fc_tensor {
                                       holds (e.g. the previous round's decoded
                                       update), same layout as the tensor; the
                                       co-located value conditions the
-                                      contexts.  The container records a
-                                      digest (fc_reference_digest); a decoder
+                                      contexts.  Used where it pays
+                                      (fc_encode_options.reference); a tensor
+                                      coded with it records its digest
+                                      (fc_reference_digest), and a decoder
                                       must pass the same reference. */
 } fc_tensor;
 
@@ -209,9 +211,20 @@ typedef struct fc_encode_options {
                                code both when the view has more empty
                                columns than empty rows and keep the smaller.
                                Decoders always return the original layout. */
+    /* since 0.3 */
+    int32_t reference;      /* tensors given a reference (fc_tensor.reference):
+                               FC_REFERENCE_AUTO (0, default) code each with
+                               and without it and keep the better (by size;
+                               under RD quantization by distortion / step^2
+                               + lambda * bits), so a reference never costs
+                               bytes; the REFERENCE flag (fc_tensor_info) says
+                               which.  FC_REFERENCE_ALWAYS (1): always with it
+                               (as given, never transposed). */
 } fc_encode_options;
 
 #define FC_TRANSPOSE_AUTO (-1)
+#define FC_REFERENCE_AUTO 0
+#define FC_REFERENCE_ALWAYS 1
 
 /* Fill `opts` with the defaults (and struct_size). */
 void fc_encode_options_init(fc_encode_options *opts);

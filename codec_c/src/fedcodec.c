@@ -81,8 +81,10 @@ typedef struct enc_tensor {
     uint64_t busy_rows;    /* rows of the given view with a nonzero under rounding, */
     uint64_t busy_cols;    /*   and columns (slicing; numel > slice_elems only) */
     size_t src;            /* position of the tensor in the caller's array */
-    int dropped;           /* the other orientation was smaller */
-    /* transposed candidates: the transposed copies of the inputs */
+    int dropped;           /* another candidate of the tensor was better */
+    /* transposed candidates: the transposed copies of the inputs; trecon
+     * also holds the reconstruction (in the coded view) of a candidate
+     * that is not the tensor's first */
     float *tvalues, *timportance, *trecon;
     int32_t *tlevels;
 } enc_tensor;
@@ -137,6 +139,7 @@ static enum fc_result check_encode_args(const fc_tensor *tensors, size_t count,
     if (o->mode < FC_MODE_AUTO || o->mode > FC_MODE_RUNS) return FC_ERR_INVALID_ARGUMENT;
     if (o->slice_elems == 0) return FC_ERR_INVALID_ARGUMENT;
     if (o->quantizer < FC_QUANT_UNIFORM || o->quantizer > FC_QUANT_DITHER) return FC_ERR_INVALID_ARGUMENT;
+    if (o->reference != FC_REFERENCE_AUTO && o->reference != FC_REFERENCE_ALWAYS) return FC_ERR_INVALID_ARGUMENT;
     /* The dither's error is independent of the input only under rounding. */
     if (o->quantizer == FC_QUANT_DITHER && o->lambda != 0.0) return FC_ERR_INVALID_ARGUMENT;
     if (!tensors && count) return FC_ERR_INVALID_ARGUMENT;
@@ -389,36 +392,64 @@ static void free_candidate(enc_tensor *c)
     free(c->tlevels);
 }
 
+/* The bytes of a candidate that depend on how it is coded: its payloads and
+ * the header bytes of its flags, digest and slice table. */
 static uint64_t candidate_bytes(const enc_tensor *c, const fc_slice_enc_job *jobs)
 {
-    uint64_t b = 0;
+    const fc_tensor_desc *d = &c->desc;
+    uint64_t b = fc_varint_size(c->njobs) + (d->has_ref ? 4u : 0u) +
+                 (d->quant || d->transposed || d->has_ref ? 1u : 0u);
     size_t j;
-    for (j = 0; j < c->njobs; j++) b += jobs[c->first_job + j].out.size;
+    for (j = 0; j < c->njobs; j++) {
+        const fc_slice_enc_job *jb = &jobs[c->first_job + j];
+        if (j + 1 < c->njobs) b += fc_varint_size(jb->rows);
+        b += 1u + fc_varint_size(jb->out.size) + jb->out.size;
+    }
     return b;
 }
 
-/* Per tensor with two candidates keep the smaller (ties: as given), drop
- * the other's payloads, and copy the chosen candidates, in tensor order,
- * to et. */
-static void choose_orientation(enc_tensor *cand, size_t ncand, fc_slice_enc_job *jobs,
-                               const fc_tensor *tensors, enc_tensor *et)
+static double candidate_sq_error(const enc_tensor *c, const fc_slice_enc_job *jobs)
 {
-    size_t k, j;
-    for (k = 0; k < ncand; k++) {
-        enc_tensor *c = &cand[k];
-        if (k + 1 < ncand && cand[k + 1].src == c->src) {
-            enc_tensor *tr = &cand[k + 1];
-            enc_tensor *lose = candidate_bytes(tr, jobs) < candidate_bytes(c, jobs) ? c : tr;
-            lose->dropped = 1;
-            for (j = 0; j < lose->njobs; j++) fc_buf_free(&jobs[lose->first_job + j].out);
+    double e = 0.0;
+    size_t j;
+    for (j = 0; j < c->njobs; j++) e += jobs[c->first_job + j].sq_error;
+    return e;
+}
+
+/* Per tensor keep the best of its candidates (consecutive in cand: as
+ * given and/or transposed, each without and with the reference), by
+ * fc_coding_better (ties: the earlier one), drop the others' payloads, and
+ * copy the chosen candidates, in tensor order, to et (with their
+ * reconstruction). */
+static void choose_candidates(enc_tensor *cand, size_t ncand, fc_slice_enc_job *jobs,
+                              const fc_tensor *tensors, enc_tensor *et)
+{
+    size_t k, j, first, best;
+    for (first = 0; first < ncand; first = k) {
+        const double lambda = cand[first].njobs ? fc_choice_lambda(&jobs[cand[first].first_job]) : 0.0;
+        best = first;
+        for (k = first + 1; k < ncand && cand[k].src == cand[first].src; k++)
+            if (fc_coding_better(lambda, cand[k].desc.step, candidate_sq_error(&cand[k], jobs),
+                                 candidate_bytes(&cand[k], jobs), candidate_sq_error(&cand[best], jobs),
+                                 candidate_bytes(&cand[best], jobs)))
+                best = k;
+        for (j = first; j < k; j++) {
+            size_t s;
+            if (j == best) continue;
+            cand[j].dropped = 1;
+            for (s = 0; s < cand[j].njobs; s++) fc_buf_free(&jobs[cand[j].first_job + s].out);
         }
     }
     for (k = 0; k < ncand; k++) {
         enc_tensor *c = &cand[k];
         const fc_tensor *t = &tensors[c->src];
         if (c->dropped) continue;
-        if (c->desc.transposed && t->recon && c->trecon)
-            transpose_f32(t->recon, c->trecon, c->desc.rows, c->desc.cols);
+        if (t->recon && c->trecon) {
+            if (c->desc.transposed)
+                transpose_f32(t->recon, c->trecon, c->desc.rows, c->desc.cols);
+            else
+                memcpy(t->recon, c->trecon, sizeof(float) * (size_t)c->desc.numel);
+        }
         et[c->src] = *c;
     }
 }
@@ -445,22 +476,33 @@ enum fc_result fc_encode(const fc_tensor *tensors, size_t count, const fc_encode
     if (rc != FC_OK) goto fail;
 
     et = (enc_tensor *)calloc(count ? count : 1, sizeof(*et));
-    cand = (enc_tensor *)calloc(count ? 2 * count : 1, sizeof(*cand));
+    cand = (enc_tensor *)calloc(count ? 3 * count : 1, sizeof(*cand));
     if (!et || !cand) {
         rc = FC_ERR_NOMEM;
         goto fail;
     }
-    /* Candidates: per tensor as given and/or transposed (orientation()). */
+    /* Candidates: per tensor as given and/or transposed (orientation()),
+     * without the reference, then as given with the tensor's reference, if
+     * it has one (FC_REFERENCE_ALWAYS: only that); choose_candidates keeps
+     * the best. */
     for (i = 0; i < count; i++) {
         uint64_t significant;
-        enc_tensor *c = &cand[ncand];
+        enc_tensor planned, *c = &cand[ncand];
         int orient;
-        rc = plan_tensor(&tensors[i], &o, c, &significant);
+        memset(&planned, 0, sizeof(planned));
+        rc = plan_tensor(&tensors[i], &o, &planned, &significant);
         if (rc != FC_OK) {
             bad = i;
             goto fail;
         }
-        c->src = i;
+        planned.src = i;
+        *c = planned;
+        if (planned.desc.has_ref && o.reference == FC_REFERENCE_ALWAYS) {
+            ncand++;
+            continue;
+        }
+        c->desc.has_ref = 0;
+        c->desc.ref_digest = 0;
         orient = orientation(&tensors[i], &c->desc, &o);
         if (orient == 2) {
             cand[ncand + 1] = *c;
@@ -470,6 +512,17 @@ enum fc_result fc_encode(const fc_tensor *tensors, size_t count, const fc_encode
         if (orient) {
             rc = make_transposed(c, &tensors[i], &o);
             if (rc != FC_OK) {
+                bad = i;
+                goto fail;
+            }
+        }
+        if (planned.desc.has_ref) {
+            /* with the reference, and a reconstruction of its own */
+            c = &cand[ncand++];
+            *c = planned;
+            if (tensors[i].recon &&
+                !(c->trecon = (float *)malloc(sizeof(float) * (size_t)planned.desc.numel))) {
+                rc = FC_ERR_NOMEM;
                 bad = i;
                 goto fail;
             }
@@ -493,7 +546,7 @@ enum fc_result fc_encode(const fc_tensor *tensors, size_t count, const fc_encode
         const float *values = d->transposed ? c->tvalues : t->values;
         const int32_t *levels = d->transposed ? c->tlevels : t->levels;
         const float *importance = d->transposed ? c->timportance : t->importance;
-        float *recon = d->transposed ? c->trecon : t->recon;
+        float *recon = d->transposed || c->trecon ? c->trecon : t->recon;
         uint64_t rows_per = d->nslices ? (d->rows + d->nslices - 1) / d->nslices : 0, r0 = 0;
         for (j = 0; j < c->njobs; j++) {
             fc_slice_enc_job *jb = &jobs[c->first_job + j];
@@ -534,7 +587,7 @@ enum fc_result fc_encode(const fc_tensor *tensors, size_t count, const fc_encode
         }
         if (pass == 0 && o.window_set == FC_WINDOW_AUTO) choose_window_sets(cand, ncand, jobs, njobs, o.threads);
     }
-    choose_orientation(cand, ncand, jobs, tensors, et);
+    choose_candidates(cand, ncand, jobs, tensors, et);
 
     /* Assemble: container header, then per tensor its header and payloads. */
     for (i = 0; i < count; i++) has_seed |= et[i].desc.quant == FC_QUANT_DITHER;

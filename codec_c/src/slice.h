@@ -93,6 +93,18 @@ typedef struct fc_slice_enc_job {
 
 void fc_slice_encode(fc_slice_enc_job *job);
 
+/* Two codings of the same input (a slice, or a whole tensor: the sums over
+ * its slices) may hold different levels under RD quantization (e.g. with
+ * and without ROWKIND, or with and without a reference); they are compared
+ * by their RD cost J = sq_error / step^2 + lambda * 8 * bytes with the
+ * quantizer's own trade-off, fc_choice_lambda(job) of one of the slice jobs
+ * (the trellis' lambda'), or by size when that is 0 (integer levels,
+ * rounding, the dither: the same levels either way).  fc_coding_better:
+ * whether coding a beats coding b (ties: b). */
+double fc_choice_lambda(const fc_slice_enc_job *job);
+int fc_coding_better(double lambda, float step, double sq_a, uint64_t bytes_a, double sq_b,
+                     uint64_t bytes_b);
+
 /* Recode a window_auto job's traced bins with another window set into
  * job->out (same levels, so the same decoded slice); frees the trace. */
 void fc_slice_recode(fc_slice_enc_job *job, unsigned window_set);

@@ -640,13 +640,26 @@ static void slice_encode_predict(fc_slice_enc_job *job)
  * (lambda' of the trellis); else (the same levels) by size. */
 static int slice_better(const fc_slice_enc_job *a, const fc_slice_enc_job *b)
 {
-    double lambda = a->lambda, inv = 1.0 / (double)a->step;
-    if (!a->values || a->quant == FC_QUANT_DITHER) return a->out.size < b->out.size;
-    if (a->quant == FC_QUANT_TRELLIS || a->quant == FC_QUANT_TRELLIS8)
+    return fc_coding_better(fc_choice_lambda(a), a->step, a->sq_error, a->out.size, b->sq_error,
+                            b->out.size);
+}
+
+double fc_choice_lambda(const fc_slice_enc_job *job)
+{
+    double lambda = job->lambda;
+    if (!job->values || job->quant == FC_QUANT_DITHER) return 0.0;
+    if (job->quant == FC_QUANT_TRELLIS || job->quant == FC_QUANT_TRELLIS8)
         lambda = FC_DQ_LAMBDA_SCALE * (lambda > 0.0 ? lambda : FC_DQ_DEFAULT_LAMBDA);
-    if (!(lambda > 0.0)) return a->out.size < b->out.size;
-    return a->sq_error * inv * inv + lambda * 8.0 * (double)a->out.size <
-           b->sq_error * inv * inv + lambda * 8.0 * (double)b->out.size;
+    return lambda > 0.0 ? lambda : 0.0;
+}
+
+int fc_coding_better(double lambda, float step, double sq_a, uint64_t bytes_a, double sq_b,
+                     uint64_t bytes_b)
+{
+    const double inv = 1.0 / (double)step;
+    if (!(lambda > 0.0)) return bytes_a < bytes_b;
+    return sq_a * inv * inv + lambda * 8.0 * (double)bytes_a <
+           sq_b * inv * inv + lambda * 8.0 * (double)bytes_b;
 }
 
 /* Whether at least half of the slice's rows are empty (under plain

@@ -20,6 +20,7 @@
 
 #include "craft.h"
 #include "rangecoder.h" /* to craft bypass-only payloads */
+#include "quant.h"      /* FC_DQ_LAMBDA_SCALE */
 #include "slice.h"      /* slice flags */
 
 /* ------------------------------------------------------------ helpers */
@@ -1656,6 +1657,128 @@ static void test_reference(void)
     free(dec);
 }
 
+/* The reference is used where it pays (fc_encode_options.reference): a
+ * tensor given a reference is also coded without it (in every orientation)
+ * and the better coding is kept, by size when the levels are the same
+ * (integer levels, rounding), else by distortion / step^2 + lambda * bits.
+ * The container of one tensor is then byte for byte either the one coded
+ * with FC_REFERENCE_ALWAYS or the one coded without reference, whichever is
+ * better; a correlated reference is kept, an unrelated one on low-rank
+ * data (where the PREDICT slices pay) and on a matrix with empty columns
+ * (transposed) is dropped; the reconstruction is that of the kept coding;
+ * a reference passed to the decoder for a tensor coded without is ignored. */
+static void test_reference_choice(void)
+{
+    const uint64_t rows = 64, cols = 80, n = rows * cols;
+    uint64_t shape[2] = {rows, cols}, k;
+    float *x = (float *)malloc(sizeof(float) * n), *ref = (float *)malloc(sizeof(float) * n);
+    float *recon = (float *)malloc(sizeof(float) * n), *vals = (float *)malloc(sizeof(float) * n);
+    int32_t *lv = (int32_t *)malloc(sizeof(int32_t) * n), *dec = (int32_t *)malloc(sizeof(int32_t) * n);
+    int data, quant, used[2][2] = {{0, 0}, {0, 0}};
+    TU_CHECK(x && ref && recon && vals && lv && dec);
+    for (data = 0; data < 3; data++) {
+        tu_rng r = tu_seed(70 + (unsigned)data);
+        /* 0: correlated with its reference; 1: low rank, unrelated reference;
+         * 2: every other column empty, unrelated reference */
+        if (data == 0) {
+            for (k = 0; k < n; k++) {
+                double prev = tu_laplace(&r, 1.0);
+                ref[k] = (float)(fabs(prev) < 0.7 ? 0.0 : prev);
+                x[k] = (float)(0.9 * ref[k] + 0.3 * tu_laplace(&r, 1.0));
+            }
+        } else {
+            tu_fill_lowrank(&r, x, (size_t)rows, (size_t)cols, 2, 1.0);
+            for (k = 0; k < n; k++) {
+                ref[k] = (float)tu_laplace(&r, 1.0);
+                if (data == 2 && (k % cols) % 2) x[k] = 0.0f;
+            }
+        }
+        for (k = 0; k < n; k++) lv[k] = (int32_t)lrint(x[k] * 2.0f);
+        for (quant = -1; quant <= FC_QUANT_TRELLIS8; quant++) {
+            fc_tensor t = tu_tensor(0, 2, shape);
+            fc_encode_options o;
+            fc_tensor_stats st_auto, st_with, st_none;
+            fc_tensor_info info;
+            fc_decode_target tg;
+            uint8_t *c_auto, *c_with, *c_none;
+            size_t s_auto, s_with, s_none, cnt;
+            double lambda, j_with, j_none;
+            int want_ref;
+            opts(&o, FC_MODE_AUTO, 4, 0);
+            o.transpose = FC_TRANSPOSE_AUTO;
+            if (quant < 0) { /* integer levels */
+                t.levels = lv;
+                t.step = 0.5;
+            } else {
+                t.values = x;
+                t.step = 0.5;
+                t.recon = recon;
+                o.quantizer = quant;
+                o.lambda = quant == FC_QUANT_UNIFORM && data == 1 ? 0.0 : 0.1155;
+            }
+            TU_CHECK_RC(tu_encode(&t, 1, &o, &c_none, &s_none, &st_none), FC_OK);
+            t.reference = ref;
+            o.reference = FC_REFERENCE_ALWAYS;
+            TU_CHECK_RC(tu_encode(&t, 1, &o, &c_with, &s_with, &st_with), FC_OK);
+            TU_CHECK_RC(fc_inspect(c_with, s_with, NULL, &info, 1, &cnt), FC_OK);
+            TU_CHECK_EQ(info.reference, 1);
+            o.reference = FC_REFERENCE_AUTO;
+            TU_CHECK_RC(tu_encode(&t, 1, &o, &c_auto, &s_auto, &st_auto), FC_OK);
+            /* the choice: by size, or by J with the quantizer's lambda */
+            lambda = quant < 0 || o.lambda == 0.0 ? 0.0
+                     : quant >= FC_QUANT_TRELLIS ? FC_DQ_LAMBDA_SCALE * o.lambda : o.lambda;
+            j_with = st_with.sq_error / 0.25 + lambda * 8.0 * (double)s_with;
+            j_none = st_none.sq_error / 0.25 + lambda * 8.0 * (double)s_none;
+            want_ref = lambda > 0.0 ? j_with < j_none : s_with < s_none;
+            TU_CHECKF(want_ref ? s_auto == s_with && memcmp(c_auto, c_with, s_auto) == 0
+                               : s_auto == s_none && memcmp(c_auto, c_none, s_auto) == 0,
+                      "data %d quant %d: auto %zu B, with %zu B (J %.1f), without %zu B (J %.1f)",
+                      data, quant, s_auto, s_with, j_with, s_none, j_none);
+            TU_CHECK_RC(fc_inspect(c_auto, s_auto, NULL, &info, 1, &cnt), FC_OK);
+            TU_CHECK_EQ(info.reference, (uint32_t)want_ref);
+            TU_CHECK(st_auto.bytes == (want_ref ? st_with.bytes : st_none.bytes));
+            /* the expected outcome per data set */
+            TU_CHECKF(want_ref == (data == 0), "data %d quant %d: reference %d", data, quant, want_ref);
+            used[data == 0][want_ref] = 1;
+            /* decode: with the reference always; without only when unused;
+             * the values are the kept coding's reconstruction */
+            memset(&tg, 0, sizeof tg);
+            tg.levels = dec;
+            tg.values = vals;
+            tg.reference = ref;
+            TU_CHECK_RC(fc_decode(c_auto, s_auto, NULL, &tg, 1), FC_OK);
+            if (t.recon)
+                for (k = 0; k < n; k++) TU_CHECK(memcmp(&recon[k], &vals[k], 4) == 0);
+            else
+                TU_CHECK(memcmp(dec, lv, sizeof(int32_t) * n) == 0);
+            tg.reference = NULL;
+            TU_CHECK_RC(fc_decode(c_auto, s_auto, NULL, &tg, 1), want_ref ? FC_ERR_MISMATCH : FC_OK);
+            free(c_auto);
+            free(c_with);
+            free(c_none);
+        }
+    }
+    TU_CHECK(used[1][1] && used[0][0]);
+    {
+        /* an unknown choice is refused */
+        fc_tensor t = tu_tensor(0, 2, shape);
+        fc_encode_options o;
+        uint8_t *c;
+        size_t s;
+        opts(&o, FC_MODE_AUTO, 4, 0);
+        t.values = x;
+        t.reference = ref;
+        o.reference = 2;
+        TU_CHECK_RC(tu_encode(&t, 1, &o, &c, &s, NULL), FC_ERR_INVALID_ARGUMENT);
+    }
+    free(x);
+    free(ref);
+    free(recon);
+    free(vals);
+    free(lv);
+    free(dec);
+}
+
 /* PREDICT slices (FORMAT.md §7.6): low-rank levels, RD-quantized floats and
  * trellis floats (4 and 8 states: the predictor sees the coded levels)
  * round trip (decode = levels = recon) for widths that are and are not
@@ -1857,6 +1980,7 @@ int main(void)
     test_accumulate();
     test_reference();
     test_reference_classctx();
+    test_reference_choice();
     test_predict();
     test_refrows_trial();
     return tu_finish("test_container");
