@@ -420,3 +420,29 @@ def _next(engine: object, member: object, params: RoundParams) -> object:
 def _without_delta(arrays: dict, meta: dict) -> tuple[dict, dict]:
     kept = {k: v for k, v in arrays.items() if not k.startswith("lastdelta/")}
     return kept, {k: v for k, v in meta.items() if k != "has_last_delta"}
+
+
+def test_an_update_whose_tensors_all_dropped_the_reference_needs_none() -> None:
+    """The codec keeps a reference tensor by tensor only where it pays: an update whose
+    reference is unrelated to it is coded without any, says so, and is accepted (and, stored,
+    survives a restart: ``temporal_reference_for`` reads the per-tensor flags) by a server
+    that holds no reference for the client."""
+    from fedcodec.pipeline.server import temporal_reference_for
+
+    params = RoundParams(lam=0.0, step=1e-4)
+    base = ModelVersion.create(0, {n: np.zeros(s, np.float32) for n, s in SHAPES.items()})
+    enc = UpdateEncoder(base.spec, "c0", threads=1, temporal_reference=True)
+    enc.encode(_local(base, 0, 0), base, params, round_number=0, num_examples=5)
+    assert enc.has_reference
+    # round 1: a different direction altogether (client 7's), unrelated to round 0's update
+    update = enc.encode(_local(base, 7, 1), base, params, round_number=1, num_examples=5)
+    assert not update.uses_reference
+    assert temporal_reference_for(update.data, "c0", None) is None
+    agg = Aggregator(base, round_number=1, threads=1)  # keeps no references
+    agg.accept_update(update)
+    agg.finalize()
+    # the same client's next, related update does use it
+    related = enc.encode(_local(base, 7, 2), base, params, round_number=2, num_examples=5)
+    assert related.uses_reference
+    with pytest.raises(UpdateRejectedError, match="keeps no per-client references"):
+        temporal_reference_for(related.data, "c0", None)

@@ -192,13 +192,22 @@ def temporal_lines(results: list[dict[str, Any]]) -> str:
     """The report section (markdown) for :func:`run_temporal`'s results."""
     if not results:
         return ""
+
+    def cell(r: dict[str, Any], kind: str) -> str:
+        forced = r["bytes_reference_forced"][kind]
+        return (
+            f"{fmt_int(r['bytes'][kind])} ({fmt_pct(r['gain'][kind])}; "
+            f"{r['tensors_with_reference'][kind]}/{r['tensors']} tensors; forced "
+            f"{fmt_int(forced)}, {fmt_pct(forced / r['bytes']['none'] - 1.0)})"
+        )
+
     rows = [
         [
             r["name"],
             f"{r['updates']} updates",
             fmt_int(r["bytes"]["none"]),
-            f"{fmt_int(r['bytes']['client_prev'])} ({fmt_pct(r['gain']['client_prev'])})",
-            f"{fmt_int(r['bytes']['global_prev'])} ({fmt_pct(r['gain']['global_prev'])})",
+            cell(r, "client_prev"),
+            cell(r, "global_prev"),
         ]
         for r in results
     ]
@@ -207,7 +216,9 @@ def temporal_lines(results: list[dict[str, Any]]) -> str:
         "Real consecutive-round client updates (FedAvg, every client every round, one local "
         "epoch; levels: per tensor rounding at std/8), rounds 1.. coded without a reference, "
         "with the same client's previous decoded update, and with the previous global change "
-        "(`encode_levels(..., reference=...)`); every update decoded with its reference.\n\n"
+        "(`encode_levels(..., reference=...)`); every update decoded with its reference. "
+        "The encoder keeps a reference where it pays, tensor by tensor (how many tensors kept "
+        'theirs; "forced": every reference used, `use_reference="always"`).\n\n'
     )
     return (
         head

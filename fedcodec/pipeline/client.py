@@ -376,11 +376,13 @@ def recode_with_reference(
 
     The levels, steps and so the reconstruction stay exactly those of ``data``
     (quantized without reference): the reference only changes the entropy coding,
-    and each uniformly quantized tensor keeps whichever of its two codings is
-    smaller (a tensor coded with a reference costs 4 more header bytes; small
-    tensors rarely gain).  Quantizing *with* the reference in the RD loop moved the
-    operating point instead: on the benchmark CNN (dense λ = 0.5, S = 16) 18 % more
-    bytes for 14 % less squared error, no accuracy gained.
+    and each uniformly quantized tensor keeps whichever of its codings is smaller:
+    as quantized, or its levels coded again by ``encode_levels(..., reference=...)``,
+    which itself keeps the reference only where it pays (a tensor coded with a
+    reference costs 4 more header bytes; small tensors rarely gain).  Quantizing
+    *with* the reference in the RD loop moved the operating point instead: on the
+    benchmark CNN (dense λ = 0.5, S = 16) 18 % more bytes for 14 % less squared
+    error, no accuracy gained.
 
     Parameters
     ----------
@@ -399,7 +401,8 @@ def recode_with_reference(
         The container (``data`` itself when no tensor got smaller).
     stats : EncodeStats
     used : bool
-        Whether some tensor is coded with its reference.
+        Whether some tensor is coded with its reference (read from the tensors'
+        REFERENCE flags).
     """
     infos = codec.inspect(data)
     candidates = [
@@ -427,12 +430,16 @@ def recode_with_reference(
             saved[i] = len(plain_parts[i]) - len(ref_parts[i])
     if not any(saved):
         return data, stats, False
+    # the codec keeps each reference only where it pays: a re-coded tensor may have dropped it
+    used = any(
+        saved[i] and codec.inspect(parts[i])[0].reference_digest is not None for i in candidates
+    )
     out = codec.join(parts)
     tensors = tuple(
         dataclasses.replace(t, bytes=t.bytes - saved[i]) if i < len(saved) else t
         for i, t in enumerate(stats.tensors)
     )
-    return out, dataclasses.replace(stats, bytes=len(out), tensors=tensors), True
+    return out, dataclasses.replace(stats, bytes=len(out), tensors=tensors), used
 
 
 class UpdateEncoder:
