@@ -235,8 +235,8 @@ def test_node_restart_server_restart_and_a_lost_reply_cost_the_reference_not_the
     for server_round in (1, 2):
         arrays = _round(strategy, grid, server_round, arrays)
     # Execute: node 1 restarts (empty context.state); node 2's reply of round 3 never
-    # arrives.  Both then miss a round for their model, as without references (node 1
-    # lacks the layout, node 2 holds a newer version than the server knows): error replies.
+    # arrives.  Node 1 answers round 3 with an error (it lacks the layout and its model);
+    # node 2's holding is unknown to the server, which sends it a keyframe in round 4.
     grid.contexts[1].state = RecordDict()
     grid.timeout = {2}
     used: list[dict[int, bool]] = []
@@ -255,20 +255,19 @@ def test_node_restart_server_restart_and_a_lost_reply_cost_the_reference_not_the
         grid.timeout = set()
     # Assert
     assert used[0] == {3: True}  # node 1 failed, node 2's reply did not arrive
-    # Round 4: node 1 holds no reference; node 2 cannot rebuild the model (it holds the
-    # version of round 3's message, the server knows it at round 2's).
-    assert used[1] == {1: False, 3: True}
-    # Round 5: node 2 coded round 3 against its round-2 update; the server never saw
-    # round 3 and names round 2's, which node 2 no longer holds: without reference.
-    assert used[2] == {1: True, 2: False, 3: True}
+    # Round 4: node 1 holds no reference; node 2 rebuilds the model from a keyframe, and
+    # codes without reference: it coded round 3 against its round-2 update, the server
+    # never saw round 3 and names round 2's, which node 2 no longer holds.
+    assert used[1] == {1: False, 2: False, 3: True}
+    assert used[2] == {1: True, 2: True, 3: True}
     assert used[3] == {1: True, 2: True, 3: True}
     assert strategy.totals.rejected == 0
     # The server names its reference where the node may hold another: node 1 at its first
-    # contact again (round 4), node 2 while its round-3 reply is undecoded (rounds 4, 5).
+    # contact again (round 4), node 2 while its round-3 reply is undecoded (round 4).
     assert [sorted(n for n, v in r.items() if v is not None) for r in named] == [
         [],
         [1, 2],
-        [2],
+        [],
         [],
     ]
     assert all(len(v) == 8 for r in named for v in r.values() if v is not None)  # type: ignore[arg-type]
@@ -420,14 +419,138 @@ def test_downlink_reference_through_the_plugin() -> None:
     plain, plain_used = results[False]
     assert not any(v for row in plain_used for v in row.values())
     assert strategy.totals.rejected == 0
-    # Both runs alike otherwise: node 3's lost replies cost it rounds 4-5 (it holds a
-    # newer model than the server knows; as without references) and a keyframe in round 6.
-    assert strategy.totals.updates == plain.totals.updates == 21
-    assert strategy.totals.keyframes == plain.totals.keyframes == 1
+    # Both runs alike otherwise: node 3's replies of rounds 3 and 4 are lost (it may hold
+    # a newer model than the server knows): keyframes in rounds 4 and 5, no error reply.
+    assert strategy.totals.updates == plain.totals.updates == 22
+    assert strategy.totals.keyframes == plain.totals.keyframes == 2
     assert strategy.totals.bytes_down < plain.totals.bytes_down
     # Rounds 1-2: nothing to reference yet; then nodes 1-2 get referenced deltas.
     assert all(used[r][n] for r in range(2, 8) for n in (1, 2))
     assert not any(used[r].get(n, False) for r in (0, 1) for n in (1, 2, 3))
-    # Node 3: referenced in round 3 (it held round 2's delta), then the keyframe of round 6
-    # and the plain delta after it, referenced again in round 8.
-    assert [used[r][3] for r in range(2, 8)] == [True, False, False, False, False, True]
+    # Node 3: referenced in round 3 (it held round 2's delta), then the keyframes of
+    # rounds 4 and 5 and the plain delta after them, referenced again from round 7.
+    assert [used[r][3] for r in range(2, 8)] == [True, False, False, False, True, True]
+
+
+class _LossyGrid(_Grid):
+    """``unreached``: the message never reaches the node (it runs nothing); ``timeout``
+    (of :class:`_Grid`): the node runs, its reply is lost.  Keeps every reply it delivers."""
+
+    def __init__(self, app: ClientApp, nodes: int) -> None:
+        super().__init__(app, nodes)
+        self.unreached: set[int] = set()
+        self.replies: list[tuple[int, Message]] = []
+
+    def send_and_receive(
+        self, messages: Iterable[Message], timeout: float | None = None
+    ) -> Iterable[Message]:
+        """Messages to ``unreached`` nodes are dropped before delivery."""
+        kept = [m for m in messages if m.metadata.dst_node_id not in self.unreached]
+        return super().send_and_receive(kept, timeout)
+
+    def deliver(self, msg: Message) -> Message:
+        reply = super().deliver(msg)
+        self.replies.append((msg.metadata.dst_node_id, reply))
+        return reply
+
+
+@pytest.mark.parametrize("temporal", [False, True])
+@pytest.mark.parametrize("reached", [True, False])
+def test_a_lost_train_reply_costs_no_later_round(temporal: bool, reached: bool) -> None:
+    """A train reply that never arrives (the node applied the model and trained, or the
+    message never reached it): the server does not know which version the node holds and
+    sends it a keyframe next; the node answers every later round without error."""
+    # Prepare
+    strategy = _strategy(temporal)
+    grid = _LossyGrid(_client_app(), 3)
+    arrays = _initial()
+    for server_round in (1, 2):
+        arrays = _round(strategy, grid, server_round, arrays)
+    # Execute: node 2's round-3 reply is lost
+    if reached:
+        grid.timeout = {2}
+    else:
+        grid.unreached = {2}
+    arrays = _round(strategy, grid, 3, arrays)
+    grid.timeout, grid.unreached = set(), set()
+    grid.replies.clear()
+    start = len(grid.configs)
+    updates_before = strategy.totals.updates
+    for server_round in (4, 5, 6):
+        arrays = _round(strategy, grid, server_round, arrays)
+    # Assert
+    assert [node for node, reply in grid.replies if reply.has_error()] == []
+    assert strategy.totals.updates - updates_before == 9  # every node, every round
+    assert strategy.totals.rejected == 0
+    kinds = [
+        (node, cfg[c.KEY_DOWNLINK])
+        for node, cfg in zip(grid.config_nodes[start:], grid.configs[start:], strict=True)
+    ]
+    assert [k for node, k in kinds if node == 2] == [
+        c.DOWNLINK_KEYFRAME,
+        c.DOWNLINK_DELTA,
+        c.DOWNLINK_DELTA,
+    ]
+    assert all(k == c.DOWNLINK_DELTA for node, k in kinds if node != 2)
+    assert strategy.totals.keyframes == 1  # a shared-initial stream: only node 2's
+
+
+def test_a_lost_evaluate_reply_costs_no_later_round() -> None:
+    """The same for an evaluate message that carried a model change."""
+    # Prepare
+    strategy = CompressionStrategy(FedAvg(fraction_evaluate=1.0), schedule=DENSE)
+    app = _client_app()
+
+    @app.evaluate()
+    def evaluate(msg: Message, context: Context) -> Message:
+        return Message(RecordDict({"metrics": MetricRecord({"num-examples": 1})}), reply_to=msg)
+
+    grid = _LossyGrid(app, 2)
+    arrays = _initial()
+    arrays = _round(strategy, grid, 1, arrays)
+    # Execute: the evaluate messages carry version 1; node 2 evaluates, its reply is lost
+    grid.timeout = {2}
+    messages = list(strategy.configure_evaluate(1, arrays, ConfigRecord(), grid))
+    strategy.aggregate_evaluate(1, grid.send_and_receive(messages))
+    grid.timeout = set()
+    grid.replies.clear()
+    arrays = _round(strategy, grid, 2, arrays)
+    # Assert
+    assert [node for node, reply in grid.replies if reply.has_error()] == []
+    last = {
+        node: cfg[c.KEY_DOWNLINK] for node, cfg in zip(grid.config_nodes, grid.configs, strict=True)
+    }
+    assert last == {1: c.DOWNLINK_NONE, 2: c.DOWNLINK_KEYFRAME}
+    assert strategy.totals.updates == 4
+
+
+def test_a_node_that_lost_its_state_fails_one_round_only() -> None:
+    """A restarted node (empty ``context.state``) lacks the layout, the parameters and the
+    model: its error reply names what it lacks, and the next message carries all of them
+    (layout, parameters, keyframe).  Flower's Message API offers no same-round retry: the
+    round's replies come back to ``aggregate_train``, which has no grid to resend on."""
+    # Prepare
+    strategy = _strategy(False)
+    grid = _LossyGrid(_client_app(), 2)
+    arrays = _initial()
+    arrays = _round(strategy, grid, 1, arrays)
+    grid.contexts[1].state = RecordDict()
+    grid.replies.clear()
+    start = len(grid.configs)
+    # Execute
+    for server_round in (2, 3):
+        arrays = _round(strategy, grid, server_round, arrays)
+    # Assert
+    errors = [(node, reply.error.reason) for node, reply in grid.replies if reply.has_error()]
+    assert len(errors) == 1
+    assert errors[0][0] == 1
+    assert c.KEY_KEYS in errors[0][1]
+    again = [
+        cfg
+        for node, cfg in zip(grid.config_nodes[start:], grid.configs[start:], strict=True)
+        if node == 1
+    ][1]
+    assert c.KEY_KEYS in again
+    assert c.KEY_PARAMS in again
+    assert again[c.KEY_DOWNLINK] == c.DOWNLINK_KEYFRAME
+    assert strategy.totals.updates == 2 + 1 + 2

@@ -55,6 +55,26 @@ integer buffers.  The mod adds no record.  A reply without error confirms that t
 node rebuilt the model the message described (the mod checks the digest and answers
 with an error otherwise), so the server knows which version each node holds without
 being told.
+
+Recovery (what the server assumes when it learns nothing, or an error):
+
+a message whose reply never comes (Flower's timeout)
+    the node holds either the version it last confirmed or the one the message
+    carried (it may have applied the package, trained, and lost only the reply).
+    When the message changed the node's model, the server treats its holding as
+    unknown: the node's next message carries a keyframe (:data:`DOWNLINK_KEYFRAME`,
+    which a node applies whatever version it holds; the digest check confirms the
+    result) and the parameters (:data:`KEY_PARAMS`) again.  The lost reply's
+    contribution is lost, no later round fails.  A message that changed nothing
+    (:data:`DOWNLINK_NONE`) leaves the holding certain.
+an error reply (the mod could not rebuild the model: a digest mismatch, deltas from
+a version it does not hold, no layout or parameters — a node that lost
+``context.state`` — ...)
+    the server forgets what the node holds: its next message is a first contact
+    (the layout, the parameters) with a keyframe.  That round's contribution is
+    lost: a Flower round sends each node one message and ``aggregate_train`` gets
+    the replies without a grid to resend on, so the server cannot retry within
+    the round; the next round succeeds.
 """
 
 from __future__ import annotations

@@ -11,7 +11,9 @@ Downlink.  Every distinct global model the wrapper sees becomes a version of a
 change from the version it confirmed holding (a reply without error confirms
 the model its message described: the mod checks the digest), several changes
 when it lags, nothing when it is up to date, and a keyframe when it is new,
-failed, or fell out of the kept history.
+failed, fell out of the kept history, or its reply to a message that changed its
+model never came (Flower's timeout: it may hold either version, and a keyframe is
+what it applies whichever it holds).
 
 Uplink.  ``configure_train`` adds the round's λ/S or byte budget (from a
 schedule, per node with ``RoundParams.per_client``) to a node's message when
@@ -425,7 +427,7 @@ class CompressionStrategy(Strategy):
         self._holds_delta: set[int] = set()
         self._params_known: dict[int, str] = {}  # node -> the parameters it holds (JSON)
         self._lacks_initial: set[int] = set()  # nodes that said they do not hold it
-        self._failed: set[int] = set()  # nodes whose last package did not check out
+        self._failed: set[int] = set()  # last package failed, or its reply never came
         self._phases: dict[tuple[str, int], _Phase] = {}
         self._last_stats: RoundStats | None = None
 
@@ -529,10 +531,14 @@ class CompressionStrategy(Strategy):
         """Decode the coded replies into plain arrays, then let the inner strategy aggregate."""
         phase = self._phases.pop(("train", server_round), None)
         kept: list[Message] = []
+        answered: set[int] = set()
         for msg in replies:
+            answered.add(msg.metadata.src_node_id)
             decoded = self._take_reply(msg, phase, decode=True)
             if decoded is not None:
                 kept.append(decoded)
+        if phase is not None:
+            self._unanswered(phase, answered)
         if phase is not None and self.aggregation == "engine" and self._engine is not None:
             arrays, metrics = self._engine_aggregate(phase)
         else:
@@ -574,10 +580,14 @@ class CompressionStrategy(Strategy):
         """Note the version each node holds, then let the inner strategy aggregate."""
         phase = self._phases.pop(("evaluate", server_round), None)
         kept: list[Message] = []
+        answered: set[int] = set()
         for msg in replies:
+            answered.add(msg.metadata.src_node_id)
             out = self._take_reply(msg, phase, decode=False)
             if out is not None:
                 kept.append(out)
+        if phase is not None:
+            self._unanswered(phase, answered)
         metrics = self.strategy.aggregate_evaluate(server_round, kept)
         if phase is None:
             return metrics
@@ -826,6 +836,22 @@ class CompressionStrategy(Strategy):
         msg.content = RecordDict(content)
         return msg
 
+    def _unanswered(self, phase: _Phase, answered: set[int]) -> None:
+        """Nodes whose message went out but whose reply never came (Flower's timeout).
+
+        Such a node holds either the version it confirmed or the one its message
+        carried (it may have applied the package, trained, and lost only the reply):
+        its holding is unknown, so its next package is a keyframe, which it applies
+        whatever it holds (a delta from either version would fail on the other).  Its
+        parameters travel again too (it may have kept the lost message's).  A message
+        that changed nothing leaves the holding certain."""
+        for node in phase.sent:
+            if node in answered:
+                continue
+            self._params_known.pop(node, None)
+            if phase.chains.get(node) is not None:  # the message carried a model change
+                self._failed.add(node)
+
     def _forget(self, node: int) -> None:
         """Forget what ``node`` holds: its next message carries the layout and parameters."""
         self._held.pop(node, None)
@@ -847,6 +873,7 @@ class CompressionStrategy(Strategy):
         self._held[node] = held
         self._params_known.pop(node, None)
         self._relayout.add(node)
+        self._failed.discard(node)
 
     def _decode_update(
         self,
