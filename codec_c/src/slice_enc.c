@@ -678,14 +678,36 @@ static int rows_mostly_empty(const fc_slice_enc_job *job)
     return busy * 2 <= job->rows;
 }
 
+/* A trial of fc_slice_encode won: code the job again with the trial's
+ * choices (mode, ROWKIND, PREDICT, REFROWS, reference CLASSCTX) into the
+ * job's own outputs (reconstruction, bin trace), then restore the job's
+ * requests. */
+static void adopt_trial(fc_slice_enc_job *job, const fc_slice_enc_job *trial)
+{
+    const int mode_request = job->mode_request, rowkind_request = job->rowkind_request,
+              predict_request = job->predict_request, no_refrows = job->no_refrows,
+              ref_classctx = job->ref_classctx;
+    fc_buf_free(&job->out);
+    fc_buf_free(&job->trace);
+    job->mode_request = trial->mode_request;
+    job->rowkind_request = trial->rowkind_request;
+    job->predict_request = trial->predict_request;
+    job->no_refrows = trial->no_refrows;
+    job->ref_classctx = trial->ref_classctx;
+    slice_encode_once(job);
+    job->mode_request = mode_request;
+    job->rowkind_request = rowkind_request;
+    job->predict_request = predict_request;
+    job->no_refrows = no_refrows;
+    job->ref_classctx = ref_classctx;
+}
+
 /* A REFROWS slice of mostly empty rows is coded once more without
  * reference rows, with the same mode, ROWKIND and PREDICT choices, and the
  * better (slice_better) is kept. */
 static void refrows_trial(fc_slice_enc_job *job)
 {
     fc_slice_enc_job trial;
-    const int mode_request = job->mode_request, rowkind_request = job->rowkind_request,
-              predict_request = job->predict_request;
     if (job->mode == FC_MODE_RUNS || !(job->k & FC_SLICE_REFROWS) || !rows_mostly_empty(job)) return;
     trial = trial_of(job);
     trial.window_auto = 0;
@@ -693,20 +715,7 @@ static void refrows_trial(fc_slice_enc_job *job)
     trial.rowkind_request = fc_slice_rowkind(job->mode, job->k) ? 1 : 0;
     trial.predict_request = (job->k & FC_SLICE_PREDICT) ? predict_request_of(job->mode, job->k) : 0;
     slice_encode_once(&trial);
-    if (trial.result == FC_OK && slice_better(&trial, job)) {
-        /* again with the job's outputs (reconstruction, bin trace) */
-        fc_buf_free(&job->out);
-        fc_buf_free(&job->trace);
-        job->no_refrows = 1;
-        job->mode_request = trial.mode_request;
-        job->rowkind_request = trial.rowkind_request;
-        job->predict_request = trial.predict_request;
-        slice_encode_once(job);
-        job->no_refrows = 0;
-        job->mode_request = mode_request;
-        job->rowkind_request = rowkind_request;
-        job->predict_request = predict_request;
-    }
+    if (trial.result == FC_OK && slice_better(&trial, job)) adopt_trial(job, &trial);
     fc_buf_free(&trial.out);
 }
 
@@ -716,8 +725,6 @@ static void refrows_trial(fc_slice_enc_job *job)
 static void ref_classctx_trial(fc_slice_enc_job *job)
 {
     fc_slice_enc_job trial;
-    const int mode_request = job->mode_request, rowkind_request = job->rowkind_request,
-              no_refrows = job->no_refrows;
     if (!job->ref || job->mode != FC_MODE_DENSE || (job->values && job->quant != FC_QUANT_UNIFORM &&
                                                    job->quant != FC_QUANT_DITHER))
         return;
@@ -726,22 +733,9 @@ static void ref_classctx_trial(fc_slice_enc_job *job)
     trial.ref_classctx = 1;
     trial.no_refrows = !(job->k & FC_SLICE_REFROWS);
     trial.rowkind_request = fc_slice_rowkind(job->mode, job->k) ? 1 : 0;
-    trial.predict_request = 0;
+    trial.predict_request = 0; /* (a slice with a reference is never PREDICT: predict_mode) */
     slice_encode_once(&trial);
-    if (trial.result == FC_OK && slice_better(&trial, job)) {
-        /* again with the job's outputs (reconstruction, bin trace) */
-        fc_buf_free(&job->out);
-        fc_buf_free(&job->trace);
-        job->ref_classctx = 1;
-        job->no_refrows = trial.no_refrows;
-        job->mode_request = trial.mode_request;
-        job->rowkind_request = trial.rowkind_request;
-        slice_encode_once(job);
-        job->ref_classctx = 0;
-        job->no_refrows = no_refrows;
-        job->mode_request = mode_request;
-        job->rowkind_request = rowkind_request;
-    }
+    if (trial.result == FC_OK && slice_better(&trial, job)) adopt_trial(job, &trial);
     fc_buf_free(&trial.out);
 }
 
