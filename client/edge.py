@@ -608,25 +608,39 @@ class EdgeClient:
             want_initial = True
         bytes_down = 0
         keyframe = False
-        for force in (False, True):
+        # First as held (with the decoded delta this client keeps, if any).  A package
+        # coded against that delta that does not check out (it was lost, or differs: its
+        # digest is not the container's) is asked for again without it; anything else
+        # that fails, as a keyframe.
+        attempts = ["held", "keyframe"]
+        while attempts:
+            attempt = attempts.pop(0)
+            force = attempt == "keyframe"
             package = self.connection.download(
                 None if force else receiver.version,
                 None if force else receiver.digest,
                 force_keyframe=force,
                 initial_digest=engine.initial_digest,
                 want_initial=want_initial,
+                holds_delta=attempt == "held" and receiver.holds_delta,
             )
             bytes_down += len(package)
             keyframe = keyframe or package.is_keyframe
             try:
                 receiver.apply(package)
             except (DigestMismatchError, ModelMismatchError, CorruptStreamError) as exc:
+                on_held = package.held_delta_reference
+                if on_held:
+                    attempts.insert(0, "plain")
                 log.warning(
-                    "downloaded model did not check out; asking for a keyframe",
+                    "downloaded model did not check out; asking again without the held delta"
+                    if on_held
+                    else "downloaded model did not check out; asking for a keyframe",
                     extra={
                         "event": "model_rejected",
                         "client_id": self.client_id,
                         "reason": str(exc),
+                        "held_delta_reference": on_held,
                     },
                 )
                 continue

@@ -260,13 +260,22 @@ class Connection:
         force_keyframe: bool = False,
         initial_digest: str | None = None,
         want_initial: bool = False,
+        delta_references: bool = True,
+        holds_delta: bool = False,
     ) -> DownlinkPackage:
-        """``DownloadModel``: the package to reach the newest version, reassembled and checked."""
+        """``DownloadModel``: the package to reach the newest version, reassembled and checked.
+
+        ``delta_references``: this client decodes deltas coded against the previous
+        version's delta; ``holds_delta``: it holds the decoded delta of ``have_version``
+        (:attr:`fedcodec.pipeline.ModelReceiver.holds_delta`).
+        """
         request = pb.DownloadModelRequest(
             have_digest=have_digest or "",
             force_keyframe=force_keyframe,
             initial_digest=initial_digest or "",
             want_initial=want_initial,
+            delta_references=delta_references,
+            holds_delta=holds_delta and have_version is not None,
         )
         if have_version is not None:
             request.have_version = have_version

@@ -170,6 +170,7 @@ def package_to_wire(
         part_sizes=[len(p) for p in parts],
         total_bytes=sum(len(p) for p in parts),
         initial_attached=package.initial is not None,
+        held_delta_reference=package.held_delta_reference,
     )
     if package.from_version is not None:
         header.from_version = package.from_version
@@ -204,6 +205,8 @@ def package_from_wire(header: pb.ModelPackageHeader, parts: Sequence[bytes]) -> 
         raise WireError("kind: a keyframe package has exactly one container")
     if header.kind == pb.PACKAGE_KIND_UP_TO_DATE and rest:
         raise WireError("kind: an up-to-date package carries no container")
+    if header.held_delta_reference and (header.kind != pb.PACKAGE_KIND_DELTAS or not rest):
+        raise WireError("held_delta_reference: only a package of deltas has one")
     ref = initial_from_proto(header.initial_model) if header.HasField("initial_model") else None
     return DownlinkPackage(
         version=header.version,
@@ -214,4 +217,5 @@ def package_from_wire(header: pb.ModelPackageHeader, parts: Sequence[bytes]) -> 
         initial_version=None if ref is None else ref.version,
         initial_digest=None if ref is None else ref.digest,
         initial=initial,
+        held_delta_reference=header.held_delta_reference,
     )

@@ -31,6 +31,9 @@ typo does not silently leave a default in place.  An example file::
     deadline_s = 300
     # client_references = 100   # temporal references of up to 100 clients (4 B/weight each)
 
+    [downlink]
+    # temporal_reference = true  # version deltas coded against the previous one (4 B/weight)
+
     [params]                  # how clients code their updates (fedcodec.pipeline.RoundParams)
     budget_bytes = 20000
     quantizer = "uniform"     # or "trellis", "trellis8", "dither" (seed per round and client)
@@ -266,6 +269,13 @@ class DownlinkConfig:
         up to 2x coarser (it suits byte budgets).
     params : RoundParams
         How each new version is coded (``[downlink.params]``).
+    temporal_reference : bool
+        Code each version delta also against the previous version's delta (the same
+        levels, the smaller coding per tensor) and send that coding to clients that hold
+        the previous delta (edge SDK clients say so in their download request; older
+        clients always get deltas without reference).  Memory: one float32 model (the
+        latest decoded delta) plus up to ``keep_versions + 1`` extra coded deltas, in
+        memory and in the state database.  Default false.
     """
 
     keep_versions: int = 32
@@ -274,6 +284,7 @@ class DownlinkConfig:
     send_initial: bool = False
     step_snap: str = "grid"
     params: RoundParams = field(default_factory=RoundParams)
+    temporal_reference: bool = False
 
 
 @dataclass(frozen=True)

@@ -436,6 +436,7 @@ class RoundCoordinator:
             threads=self.config.limits.codec_threads,
             policy=self.config.robust,
             downlink_state=downlink_state,
+            downlink_reference=d.temporal_reference,
             aggregator_options=({} if self.references is None else {"references": self.references}),
         )
 
@@ -657,8 +658,14 @@ class RoundCoordinator:
         force_keyframe: bool = False,
         initial_digest: str | None = None,
         want_initial: bool = False,
+        delta_references: bool = False,
+        holds_delta: bool = False,
     ) -> DownlinkPackage:
         """What ``client_id`` needs to reach the newest version (the engine's rule).
+
+        ``delta_references``: the client decodes deltas coded against the previous
+        version's delta (``downlink.temporal_reference``); ``holds_delta``: it holds the
+        decoded delta of ``have_version``, so the first delta may be coded against it.
 
         Raises
         ------
@@ -677,6 +684,8 @@ class RoundCoordinator:
                     initial_digest=initial_digest or None,
                     force_keyframe=force_keyframe,
                     want_initial=want_initial,
+                    holds_delta=holds_delta,
+                    delta_references=delta_references,
                 )
 
         try:

@@ -246,6 +246,8 @@ class AggregationServicer(pb_grpc.AggregationServiceServicer):
             force_keyframe=request.force_keyframe,
             initial_digest=request.initial_digest or None,
             want_initial=request.want_initial,
+            delta_references=request.delta_references,
+            holds_delta=request.holds_delta,
         )
         header, parts = package_to_wire(package, self._coordinator.initial)
         crc = 0

@@ -9,11 +9,24 @@ each file keeps only the settings its tests are about (round sizes, deadlines, l
 
 from __future__ import annotations
 
+import socket
+import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from fedcodec.client import Connection, RetryPolicy
+import numpy as np
+
+from fedcodec.client import (
+    Connection,
+    EdgeClient,
+    Outcome,
+    RetryPolicy,
+    RoundInfo,
+    RoundResult,
+    TrainFn,
+    TrainResult,
+)
 from fedcodec.server import BackgroundServer, ServerConfig, load_config
 
 #: Settings every loopback test server shares: an ephemeral port, no metrics listener,
@@ -69,3 +82,41 @@ def connect(
 def bearer(token: str) -> tuple[tuple[str, str]]:
     """gRPC call metadata carrying ``token`` as a bearer token (for raw stubs)."""
     return (("authorization", f"Bearer {token}"),)
+
+
+def free_port() -> int:
+    """A loopback port free right now (for a server restarted on the same address)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def directional_trainer(model: Mapping[str, np.ndarray], client: int, salt: int) -> TrainFn:
+    """A training callback with dense updates that keep a per-client direction across
+    rounds (as local training on a client's own data does), plus fresh noise per round."""
+    direction = {
+        k: np.random.default_rng([client, salt]).standard_normal(v.shape).astype(np.float32)
+        for k, v in model.items()
+    }
+
+    def train(weights: dict[str, np.ndarray], info: RoundInfo) -> TrainResult:
+        rng = np.random.default_rng([client, info.round_id])
+        new = {
+            k: v + (0.02 * (direction[k] + 0.3 * rng.standard_normal(v.shape))).astype(np.float32)
+            for k, v in weights.items()
+        }
+        return TrainResult(new, num_examples=10 + client)
+
+    return train
+
+
+def participate(client: EdgeClient, train: TrainFn, timeout: float = 30.0) -> RoundResult:
+    """Run rounds until ``client`` took part in one (the next round may not be open yet)."""
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        result = client.run_round(train)
+        if result.outcome is Outcome.PARTICIPATED:
+            return result
+        assert result.outcome in (Outcome.NOT_SELECTED, Outcome.ALREADY_REPORTED), result
+        time.sleep(0.02)
+    raise AssertionError(f"{client.client_id} was not selected within {timeout} s")

@@ -380,8 +380,10 @@ def test_a_delta_coded_against_a_delta_the_receiver_lacks_is_a_clear_error() -> 
     # the deltas use references — the client decoded the previous one just before.
     lagging = ModelReceiver(v0.spec, threads=1)
     lagging.load_state(*_without_delta(arrays, meta))
-    chain = engine.downlink._chain(lagging.version or 0, references=True)
-    assert chain is not None
+    found = engine.downlink._chain(lagging.version or 0, references=True)
+    assert found is not None
+    chain, on_held = found
+    assert not on_held
     assert [_uses_reference(d) for d in chain] == [False, True]
     from fedcodec.pipeline import DownlinkPackage
 
@@ -446,3 +448,94 @@ def test_an_update_whose_tensors_all_dropped_the_reference_needs_none() -> None:
     assert related.uses_reference
     with pytest.raises(UpdateRejectedError, match="keeps no per-client references"):
         temporal_reference_for(related.data, "c0", None)
+
+
+def _referenced_engine(rounds: int = 4) -> tuple[object, object, RoundParams]:
+    """A RoundEngine with downlink references and a client that followed every version."""
+    from fedcodec.pipeline import ClientEngine, RoundEngine
+
+    v0 = ModelVersion.create(0, {n: np.zeros(s, np.float32) for n, s in SHAPES.items()})
+    params = RoundParams(lam=0.0, step=1e-4)
+    engine = RoundEngine(v0, schedule=params, threads=1, downlink_reference=True, keep=8)
+    member = ClientEngine(v0.spec, "c0", initial=v0, threads=1)
+    for r in range(1, rounds + 1):
+        member.receive(engine.package_for("c0", **member.request()))
+        aggregator = engine.aggregator()
+        aggregator.accept_update(
+            member.encode(_local(member.model, 0, r), params, round_number=r, num_examples=5)
+        )
+        engine.publish(aggregator)
+    return engine, member, params
+
+
+def test_downlink_packages_say_when_they_use_the_held_delta_and_old_receivers_get_none() -> None:
+    """``DownlinkPackage.held_delta_reference`` says the first delta is coded against the
+    client's held delta; ``delta_references=False`` (a receiver from before downlink
+    references) gets every delta without reference, in a chain too."""
+    from fedcodec.pipeline import ModelReceiver, RoundEngine
+
+    engine, member, _ = _referenced_engine()
+    assert isinstance(engine, RoundEngine)
+    request = member.request()  # type: ignore[attr-defined]
+    assert request["holds_delta"]
+    held = engine.package_for("c0", **request)
+    assert held.held_delta_reference
+    assert _uses_reference(held.deltas[0])
+    old = engine.package_for("c0", **request, delta_references=False)
+    assert not old.held_delta_reference
+    assert not _uses_reference(old.deltas[0])
+    plain = engine.package_for("c0", **{**request, "holds_delta": False})
+    assert not plain.held_delta_reference
+    assert not _uses_reference(plain.deltas[0])
+    assert old.deltas == plain.deltas
+    # A chain of three from version 1: the old receiver's deltas all go without reference.
+    spec = engine.spec
+    v0 = ModelVersion.create(0, {n: np.zeros(s, np.float32) for n, s in SHAPES.items()})
+    lagging = ModelReceiver(spec, threads=1, initial=v0)
+    lagging.apply(engine.downlink.package_for("x", have_version=0, delta_references=False))
+    assert lagging.version == engine.downlink.latest_version
+    chain_new = engine.downlink._chain(1, references=True)
+    chain_old = engine.downlink._chain(1, references=False)
+    assert chain_new is not None
+    assert chain_old is not None
+    assert [_uses_reference(d) for d in chain_new[0]] == [False, True, True]
+    assert not any(_uses_reference(d) for d in chain_old[0])
+
+
+def test_downlink_references_survive_a_state_round_trip() -> None:
+    """The engine's downlink state keeps the reference codings and the latest decoded
+    delta: a restored stream serves the same packages and codes the next version (and its
+    reference coding) into the same bytes as one that never stopped."""
+    from fedcodec.pipeline import DownlinkEncoder, RoundEngine
+
+    engine, member, params = _referenced_engine()
+    assert isinstance(engine, RoundEngine)
+    arrays, meta = engine.downlink.state()
+    assert meta["has_last_step"]
+    assert any(k.startswith("deltaref/") for k in arrays)
+    restored = DownlinkEncoder(
+        engine.spec, params=params, threads=1, keep=8, temporal_reference=True
+    )
+    restored.load_state(arrays, meta)
+    request = member.request()  # type: ignore[attr-defined]
+    request.pop("initial_digest")
+    assert restored.package_for("c1", **request) == engine.downlink.package_for("c1", **request)
+    v_next = ModelVersion.create(
+        (engine.downlink.latest_version or 0) + 1,
+        _local(engine.downlink.stream_model(), 0, 9),
+    )
+    a = engine.downlink.publish(v_next, params)
+    b = restored.publish(v_next, params)
+    assert a.delta_ref is not None
+    assert (a.delta, a.delta_ref) == (b.delta, b.delta_ref)
+    # A state from before downlink references (no reference codings, no latest delta):
+    # the next version goes without reference, the one after with.
+    old_arrays = {k: v for k, v in arrays.items() if not k.startswith(("deltaref/", "laststep/"))}
+    old_meta = {**meta, "has_last_step": False}
+    old_meta["releases"] = [
+        {k: v for k, v in r.items() if k != "has_delta_ref"} for r in meta["releases"]
+    ]
+    legacy = DownlinkEncoder(engine.spec, params=params, threads=1, keep=8, temporal_reference=True)
+    legacy.load_state(old_arrays, old_meta)
+    assert not legacy.package_for("c1", **request).held_delta_reference
+    assert legacy.publish(v_next, params).delta_ref is None

@@ -7,19 +7,18 @@ the client resends it without."""
 from __future__ import annotations
 
 import logging
-import socket
 import sqlite3
 import time
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pytest
 
-from fedcodec.client import EdgeClient, Outcome, RetryPolicy, RoundInfo, TrainResult
+from fedcodec.client import EdgeClient, Outcome, RetryPolicy, RoundResult, TrainFn
 from fedcodec.server import BackgroundServer, ConfigError, load_config
 
-from loopback import loopback_config
+from loopback import directional_trainer, free_port, loopback_config
+from loopback import participate as run_rounds_until_in
 
 _RNG = np.random.default_rng(11)
 MODEL = {
@@ -30,12 +29,6 @@ CLIENTS = ["c0", "c1"]
 TOKENS = {c: f"temporal-wire-token-{c}-0123456789" for c in CLIENTS}
 FAST = RetryPolicy(attempts=40, initial_backoff_s=0.05, max_backoff_s=0.2, call_timeout_s=30)
 ROUNDS = 4
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def make_server(tmp_path: Path, references: int, port: int = 0) -> BackgroundServer:
@@ -55,23 +48,8 @@ def make_server(tmp_path: Path, references: int, port: int = 0) -> BackgroundSer
     return BackgroundServer(config, tokens=TOKENS, initial_model=MODEL)
 
 
-def trainer(client: int) -> Any:
-    """Dense updates that keep a per-client direction across rounds (as local training
-    on a client's own data does), plus fresh noise."""
-    direction = {
-        k: np.random.default_rng([client, 99]).standard_normal(v.shape).astype(np.float32)
-        for k, v in MODEL.items()
-    }
-
-    def train(weights: dict[str, np.ndarray], info: RoundInfo) -> TrainResult:
-        rng = np.random.default_rng([client, info.round_id])
-        new = {
-            k: v + (0.02 * (direction[k] + 0.3 * rng.standard_normal(v.shape))).astype(np.float32)
-            for k, v in weights.items()
-        }
-        return TrainResult(new, num_examples=10 + client)
-
-    return train
+def trainer(client: int) -> TrainFn:
+    return directional_trainer(MODEL, client, 99)
 
 
 def edge(port: int, client: str) -> EdgeClient:
@@ -85,16 +63,8 @@ def edge(port: int, client: str) -> EdgeClient:
     )
 
 
-def participate(client: EdgeClient, index: int, timeout: float = 30.0) -> Any:
-    """Run rounds until ``client`` took part in one (the next round may not be open yet)."""
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        result = client.run_round(trainer(index))
-        if result.outcome is Outcome.PARTICIPATED:
-            return result
-        assert result.outcome in (Outcome.NOT_SELECTED, Outcome.ALREADY_REPORTED), result
-        time.sleep(0.02)
-    raise AssertionError(f"{client.client_id} was not selected within {timeout} s")
+def participate(client: EdgeClient, index: int) -> RoundResult:
+    return run_rounds_until_in(client, trainer(index))
 
 
 def run_federation(tmp_path: Path, references: int) -> tuple[list[int], str]:

@@ -124,6 +124,12 @@ class DownlinkPackage:
     initial : bytes or None
         The initial model itself (:func:`initial_to_bytes`), only when asked
         for (``package_for(..., send_initial=True)``).
+    held_delta_reference : bool
+        The first of ``deltas`` is coded against the decoded delta of
+        ``from_version``, which the client said it holds
+        (``package_for(..., holds_delta=True)``,
+        :attr:`ModelReceiver.holds_delta`).  Each later delta of a chain may
+        be coded against the one before it, which the receiver decodes first.
     """
 
     version: int
@@ -134,6 +140,7 @@ class DownlinkPackage:
     initial_version: int | None = None
     initial_digest: str | None = None
     initial: bytes | None = None
+    held_delta_reference: bool = False
 
     @property
     def is_keyframe(self) -> bool:
@@ -174,8 +181,7 @@ class Release:
     delta_ref : bytes or None
         ``delta``'s levels coded with the previous version's delta as temporal
         reference (:class:`DownlinkEncoder` with ``temporal_reference=True``),
-        when that is smaller; decoding it needs that delta.  Not saved with
-        the state.
+        when that is smaller; decoding it needs that delta.
     """
 
     version: int
@@ -582,8 +588,9 @@ class DownlinkEncoder:
 
     def _chain(
         self, have: int, *, references: bool = False, holds_delta: bool = False
-    ) -> tuple[bytes, ...] | None:
-        """The per-version deltas from ``have`` to the latest version, if all are kept.
+    ) -> tuple[tuple[bytes, ...], bool] | None:
+        """The per-version deltas from ``have`` to the latest version, if all are kept,
+        and whether the first is coded against the client's held delta of ``have``.
 
         ``references``: a delta's reference coding where there is one — after the
         first delta (the client decoded the previous one just before), and for the
@@ -591,6 +598,7 @@ class DownlinkEncoder:
         if have not in self._releases:
             return None
         deltas: list[bytes] = []
+        on_held = False
         for version, release in self._releases.items():
             if version <= have:
                 continue
@@ -598,10 +606,11 @@ class DownlinkEncoder:
                 return None
             previous_held = bool(deltas) or holds_delta
             if references and previous_held and release.delta_ref is not None:
+                on_held = on_held or not deltas
                 deltas.append(release.delta_ref)
             else:
                 deltas.append(release.delta)
-        return tuple(deltas)
+        return tuple(deltas), on_held
 
     def cumulative_delta(self, have: int) -> bytes | None:
         """The lossless code of ``C_latest − C_have`` (one delta from ``have``), or None.
@@ -621,11 +630,11 @@ class DownlinkEncoder:
         if self._origin is not None and have == self._origin.version:
             data = self.keyframe()
         else:
-            chain = self._chain(have)
-            if chain is None:
+            found = self._chain(have)
+            if found is None:
                 return None
             total = self.spec.zeros()
-            for delta in chain:
+            for delta in found[0]:
                 decoded = codec.decode(
                     delta,
                     names=list(self.spec.names),
@@ -653,8 +662,10 @@ class DownlinkEncoder:
 
         Holds the grid, the stream model (and in a shared-initial stream the
         initial model and the accumulated change), the kept releases (their
-        deltas, not their statistics), the rate-control warm start, the
-        versions sent to each client and the byte counters.  A
+        deltas, not their statistics; with ``temporal_reference`` also their
+        reference codings and the latest version's decoded delta, the next
+        version's reference), the rate-control warm start, the versions sent
+        to each client and the byte counters.  A
         :meth:`load_state` of it serves the same packages and codes the next
         version into the same bytes as an encoder that never stopped.
         """
@@ -670,14 +681,22 @@ class DownlinkEncoder:
         for release in self._releases.values():
             if release.delta is not None:
                 arrays[f"delta/{release.version}"] = np.frombuffer(release.delta, dtype=np.uint8)
+            if release.delta_ref is not None:
+                arrays[f"deltaref/{release.version}"] = np.frombuffer(
+                    release.delta_ref, dtype=np.uint8
+                )
             releases.append(
                 {
                     "version": release.version,
                     "digest": release.digest,
                     "residual_rms": release.residual_rms,
                     "has_delta": release.delta is not None,
+                    "has_delta_ref": release.delta_ref is not None,
                 }
             )
+        if self._last_step is not None:
+            for i, step in enumerate(self._last_step):
+                arrays[f"laststep/{i}"] = step.copy()
         meta: dict[str, Any] = {
             "format": _DOWNLINK_FORMAT if self._origin is None else _DOWNLINK_FORMAT_INITIAL,
             "spec": self.spec.to_json(),
@@ -687,6 +706,7 @@ class DownlinkEncoder:
             "latest": self._latest,
             "warm": self._warm,
             "releases": releases,
+            "has_last_step": self._last_step is not None,
             "client_versions": dict(self.client_versions),
             "bytes_sent": self.bytes_sent,
             "keyframes_sent": self.keyframes_sent,
@@ -747,13 +767,23 @@ class DownlinkEncoder:
                     if record["has_delta"]
                     else None
                 )
+                delta_ref = (
+                    np.asarray(arrays[f"deltaref/{version}"], dtype=np.uint8).tobytes()
+                    if record.get("has_delta_ref")
+                    else None
+                )
                 releases[version] = Release(
                     version=version,
                     digest=str(record["digest"]),
                     delta=delta,
                     stats=None,
                     residual_rms=float(record["residual_rms"]),
+                    delta_ref=delta_ref,
                 )
+            last_step: list[F32Array] | None = None
+            if meta.get("has_last_step"):
+                saved_step = self._saved_tensors(arrays, "laststep")
+                last_step = [saved_step[name] for name in self.spec.names]
             if model_digest(self.spec, stream) != releases[int(latest)].digest:
                 raise StateFormatError("the saved stream model does not match its digest")
         except StateFormatError:
@@ -766,6 +796,7 @@ class DownlinkEncoder:
         self._change = change
         self._latest = int(latest)
         self._releases = releases
+        self._last_step = last_step
         while len(self._releases) > self.keep + 1:
             self._releases.popitem(last=False)
         warm = meta.get("warm")
@@ -817,6 +848,7 @@ class DownlinkEncoder:
         keyframe: bool = False,
         send_initial: bool = False,
         holds_delta: bool = False,
+        delta_references: bool = True,
     ) -> DownlinkPackage:
         """What ``client_id`` needs to reach the latest version.
 
@@ -841,6 +873,11 @@ class DownlinkEncoder:
             The client holds the decoded delta of ``have_version``
             (:attr:`ModelReceiver.holds_delta`): with ``temporal_reference``
             the first delta of a chain may then be coded against it.
+        delta_references : bool, optional
+            The client decodes deltas coded against the previous version's
+            delta (a :class:`ModelReceiver` of this version).  False, for a
+            receiver from before downlink references: only deltas coded
+            without reference.  Default True.
 
         Returns
         -------
@@ -859,10 +896,12 @@ class DownlinkEncoder:
             have = self._origin.version  # known to all
         initial = self._origin is not None and send_initial
         deltas: tuple[bytes, ...] | None = None
-        cumulative = False
+        cumulative = on_held = False
         if not keyframe and not initial and self._known(have, have_digest):
             assert have is not None
-            deltas, cumulative = self._catch_up(have, holds_delta)
+            deltas, cumulative, on_held = self._catch_up(
+                have, holds_delta, references=delta_references and self.temporal_reference
+            )
         origin = self._origin
         package = DownlinkPackage(
             latest.version,
@@ -873,6 +912,7 @@ class DownlinkEncoder:
             initial_version=None if origin is None else origin.version,
             initial_digest=None if origin is None else origin.digest,
             initial=initial_to_bytes(origin) if initial and origin is not None else None,
+            held_delta_reference=on_held,
         )
         if package.is_keyframe:
             self.keyframes_sent += 1
@@ -885,16 +925,18 @@ class DownlinkEncoder:
         return package
 
     def _catch_up(
-        self, have: int, holds_delta: bool = False
-    ) -> tuple[tuple[bytes, ...] | None, bool]:
+        self, have: int, holds_delta: bool = False, *, references: bool = False
+    ) -> tuple[tuple[bytes, ...] | None, bool, bool]:
         """The cheapest deltas from ``have`` (None: a keyframe is cheaper or the only way),
-        and whether they are a cumulative delta."""
+        whether they are a cumulative delta, and whether the first is coded against the
+        client's held delta."""
         assert self._latest is not None
         if have == self._latest:
-            return (), False
-        chain = self._chain(have, references=self.temporal_reference, holds_delta=holds_delta)
+            return (), False, False
+        found = self._chain(have, references=references, holds_delta=holds_delta)
+        chain, on_held = (None, False) if found is None else found
         if chain is not None and len(chain) < 2:
-            return chain, False
+            return chain, False, on_held
         best: tuple[bytes, ...] | None = None
         if chain is not None:
             best = chain
@@ -904,8 +946,8 @@ class DownlinkEncoder:
             if data is not None and (best is None or len(data) < sum(len(d) for d in best)):
                 best, is_cumulative = (data,), True
         if best is None or sum(len(d) for d in best) > len(self.keyframe()):
-            return None, False
-        return best, is_cumulative
+            return None, False, False
+        return best, is_cumulative, on_held and not is_cumulative
 
 
 class ModelReceiver:
@@ -1063,8 +1105,9 @@ class ModelReceiver:
         # reference): the one this receiver holds, or the one decoded just before.
         previous = self._last_delta if package.keyframe is None else None
         for delta in package.deltas:
-            if previous is None and any(
-                info.reference_digest is not None for info in codec.inspect(delta)
+            if previous is None and (
+                package.held_delta_reference
+                or any(info.reference_digest is not None for info in codec.inspect(delta))
             ):
                 raise DigestMismatchError(
                     f"a delta to version {package.version} is coded against the previous "

@@ -431,6 +431,7 @@ class RoundEngine:
         force_keyframe: bool = False,
         want_initial: bool = False,
         holds_delta: bool = False,
+        delta_references: bool = True,
     ) -> DownlinkPackage:
         """What ``client_id`` downloads to reach the latest version — the one rule.
 
@@ -453,6 +454,10 @@ class RoundEngine:
             The client holds the decoded delta of ``have_version``
             (:attr:`ModelReceiver.holds_delta`); with ``downlink_reference`` the
             next delta may then be coded against it.
+        delta_references : bool, optional
+            The client decodes deltas coded against the previous version's delta
+            (default); False for a receiver from before downlink references: its
+            deltas then go without reference.
 
         Returns
         -------
@@ -490,6 +495,7 @@ class RoundEngine:
             have_digest=None if have_version is None else have_digest,
             keyframe=force_keyframe,
             holds_delta=holds_delta and have_version is not None,
+            delta_references=delta_references,
         )
 
     # -- uplink ----------------------------------------------------------------

@@ -182,6 +182,8 @@ class DownloadModelRequest(_message.Message):
     FORCE_KEYFRAME_FIELD_NUMBER: _builtins.int
     INITIAL_DIGEST_FIELD_NUMBER: _builtins.int
     WANT_INITIAL_FIELD_NUMBER: _builtins.int
+    DELTA_REFERENCES_FIELD_NUMBER: _builtins.int
+    HOLDS_DELTA_FIELD_NUMBER: _builtins.int
     have_version: _builtins.int
     """The version the client holds; absent for a client without a model (keyframe)."""
     have_digest: _builtins.str
@@ -195,6 +197,17 @@ class DownloadModelRequest(_message.Message):
     """
     want_initial: _builtins.bool
     """The client lacks the initial model and asks for it (4 bytes per weight, once)."""
+    delta_references: _builtins.bool
+    """The client decodes version deltas coded against the previous version's delta (a
+    downlink temporal reference, server setting downlink.temporal_reference).  Unset (a
+    client from before them): every delta it gets is coded without reference.
+    """
+    holds_delta: _builtins.bool
+    """The client holds the decoded delta of have_version (the last part of its last
+    download was that version's own delta, which it kept): the first delta may be coded
+    against it (ModelPackageHeader.held_delta_reference).  A client whose delta does not
+    check out (the container's reference digest differs) asks again without it.
+    """
     def __init__(
         self,
         *,
@@ -203,10 +216,12 @@ class DownloadModelRequest(_message.Message):
         force_keyframe: _builtins.bool = ...,
         initial_digest: _builtins.str = ...,
         want_initial: _builtins.bool = ...,
+        delta_references: _builtins.bool = ...,
+        holds_delta: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_have_version", b"_have_version", "have_version", b"have_version"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_have_version", b"_have_version", "force_keyframe", b"force_keyframe", "have_digest", b"have_digest", "have_version", b"have_version", "initial_digest", b"initial_digest", "want_initial", b"want_initial"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_have_version", b"_have_version", "delta_references", b"delta_references", "force_keyframe", b"force_keyframe", "have_digest", b"have_digest", "have_version", b"have_version", "holds_delta", b"holds_delta", "initial_digest", b"initial_digest", "want_initial", b"want_initial"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__have_version: _TypeAlias = _typing.Literal["have_version"]  # noqa: Y015
     _WhichOneofArgType__have_version: _TypeAlias = _typing.Literal["_have_version", b"_have_version"]  # noqa: Y015
@@ -229,6 +244,7 @@ class ModelPackageHeader(_message.Message):
     CRC32_FIELD_NUMBER: _builtins.int
     INITIAL_MODEL_FIELD_NUMBER: _builtins.int
     INITIAL_ATTACHED_FIELD_NUMBER: _builtins.int
+    HELD_DELTA_REFERENCE_FIELD_NUMBER: _builtins.int
     version: _builtins.int
     """The version the client holds after applying the package."""
     digest: _builtins.str
@@ -243,6 +259,13 @@ class ModelPackageHeader(_message.Message):
     initial_attached: _builtins.bool
     """The first part is the initial model itself (float32 little-endian, tensors in model
     order), sent because the client asked for it.
+    """
+    held_delta_reference: _builtins.bool
+    """With PACKAGE_KIND_DELTAS: the first delta is coded against the decoded delta of
+    from_version that the client said it holds (holds_delta).  Each later delta may be
+    coded against the delta before it in this package (only for a client that set
+    delta_references); every such container names its reference by digest.  The client
+    keeps the last delta it decoded when the deltas are one per version.
     """
     @_builtins.property
     def part_sizes(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
@@ -266,10 +289,11 @@ class ModelPackageHeader(_message.Message):
         crc32: _builtins.int = ...,
         initial_model: _round_pb2.InitialModel | None = ...,
         initial_attached: _builtins.bool = ...,
+        held_delta_reference: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_from_version", b"_from_version", "from_version", b"from_version", "initial_model", b"initial_model"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_from_version", b"_from_version", "crc32", b"crc32", "digest", b"digest", "from_version", b"from_version", "initial_attached", b"initial_attached", "initial_model", b"initial_model", "kind", b"kind", "part_sizes", b"part_sizes", "total_bytes", b"total_bytes", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_from_version", b"_from_version", "crc32", b"crc32", "digest", b"digest", "from_version", b"from_version", "held_delta_reference", b"held_delta_reference", "initial_attached", b"initial_attached", "initial_model", b"initial_model", "kind", b"kind", "part_sizes", b"part_sizes", "total_bytes", b"total_bytes", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__from_version: _TypeAlias = _typing.Literal["from_version"]  # noqa: Y015
     _WhichOneofArgType__from_version: _TypeAlias = _typing.Literal["_from_version", b"_from_version"]  # noqa: Y015
