@@ -539,3 +539,41 @@ def test_downlink_references_survive_a_state_round_trip() -> None:
     legacy.load_state(old_arrays, old_meta)
     assert not legacy.package_for("c1", **request).held_delta_reference
     assert legacy.publish(v_next, params).delta_ref is None
+
+
+def test_restore_rolls_back_the_references_a_published_round_stored() -> None:
+    """``RoundEngine.restore`` (a round whose commit failed) puts back the references held
+    before the round: its updates, coded against them, decode again when the round is
+    aggregated once more — into the same model."""
+    from fedcodec.pipeline import ClientEngine, RoundEngine, Submission
+
+    v0 = ModelVersion.create(0, {n: np.zeros(s, np.float32) for n, s in SHAPES.items()})
+    params = RoundParams(lam=0.0, step=1e-4)
+    engine = RoundEngine(v0, schedule=params, threads=1, client_references=4)
+    members = [ClientEngine(v0.spec, f"c{i}", initial=v0, threads=1) for i in range(2)]
+    for member in members:
+        member.encoder.temporal_reference = True
+
+    def round_updates(r: int) -> list[Submission]:
+        subs = []
+        for i, member in enumerate(members):
+            member.receive(engine.package_for(member.client_id, **member.request()))
+            member.sync_reference(engine.reference_token(member.client_id))
+            update = member.encode(
+                _local(member.model, i, r), params, round_number=r, num_examples=5
+            )
+            assert update.uses_reference == (r > 1)
+            subs.append(Submission(update.data, member.client_id, member.model.version, 5, None))
+        return subs
+
+    engine.publish(engine.aggregate(round_updates(1)))
+    subs = round_updates(2)
+    assert engine.references is not None
+    tokens = {m.client_id: engine.references.token(m.client_id) for m in members}
+    before = engine.checkpoint()
+    first = engine.publish(engine.aggregate(subs)).model
+    assert {c: engine.references.token(c) for c in tokens} != tokens
+    engine.restore(before)  # the commit failed: back to before the round
+    assert {c: engine.references.token(c) for c in tokens} == tokens
+    again = engine.publish(engine.aggregate(subs)).model
+    assert again.digest == first.digest

@@ -390,16 +390,23 @@ class RoundEngine:
 
     def checkpoint(self) -> tuple[Any, ...]:
         """Everything :meth:`publish` changes, for :meth:`restore` (e.g. when persisting
-        the published round fails)."""
+        the published round fails): the downlink, the global model, the statistics, the
+        server optimizer's moments and the per-client temporal references (a published
+        round stores its decoded updates as the next references)."""
         optimizer = None if self.server_optimizer is None else self.server_optimizer.state()
-        return (self.downlink.state(), self._global, self.last_stats, optimizer)
+        references = None if self.references is None else self.references.snapshot()
+        return (self.downlink.state(), self._global, self.last_stats, optimizer, references)
 
     def restore(self, checkpoint: tuple[Any, ...]) -> None:
-        """Go back to a :meth:`checkpoint`."""
-        downlink_state, model, last, optimizer = checkpoint
+        """Go back to a :meth:`checkpoint`.  The references go back too: the round's
+        updates, coded against the references held before it, decode again when the
+        round is aggregated once more."""
+        downlink_state, model, last, optimizer, references = checkpoint
         self.downlink.load_state(*downlink_state)
         if optimizer is not None and self.server_optimizer is not None:
             self.server_optimizer.load_state(*optimizer)
+        if references is not None and self.references is not None:
+            self.references.rollback(references)
         self._global, self.last_stats = model, last
         self._refresh_digests()
 

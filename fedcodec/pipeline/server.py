@@ -153,6 +153,23 @@ class ClientReferences:
             self._refs.pop(client_id, None)
             self._tokens.pop(client_id, None)
 
+    def snapshot(self) -> tuple[dict[str, list[npt.NDArray[np.float32]]], dict[str, str]]:
+        """What the store holds now, for :meth:`rollback` (the arrays are shared, not
+        copied: a reference is replaced by :meth:`put`, never changed in place)."""
+        with self._lock:
+            return dict(self._refs), dict(self._tokens)
+
+    def rollback(
+        self, snapshot: tuple[dict[str, list[npt.NDArray[np.float32]]], dict[str, str]]
+    ) -> None:
+        """Hold again what :meth:`snapshot` saw (e.g. when the round that stored newer
+        references is not committed: its updates, coded against the older ones, are
+        decoded again)."""
+        refs, tokens = snapshot
+        with self._lock:
+            self._refs = dict(refs)
+            self._tokens = dict(tokens)
+
     def clients(self) -> list[str]:
         """The clients held, least recently stored first."""
         with self._lock:
