@@ -12,6 +12,7 @@ pytest.importorskip(
     "flwr", reason="the Flower plugin tests need flwr (pip install 'fedcodec[flower]')"
 )
 
+from flower_helpers import task_identity  # noqa: F401  (autouse fixture)
 from flwr.app import (
     Array,
     ArrayRecord,
@@ -32,16 +33,6 @@ from fedcodec.pipeline import DownlinkEncoder, ModelVersion, RoundParams
 
 SHAPES = {"w": (16, 40), "b": (16,)}
 ROUND_PARAMS = RoundParams(lam=0.5, S=0)
-
-
-@pytest.fixture(autouse=True)
-def _task_identity(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Instruction messages need a run id; a ServerApp process sets it, tests do it here."""
-    from flwr.supercore.task_identity import TaskIdentity
-
-    monkeypatch.setattr(TaskIdentity, "_run_id", 1)
-    monkeypatch.setattr(TaskIdentity, "_node_id", 0)
-    monkeypatch.setattr(TaskIdentity, "_task_id", 1)
 
 
 def _model(version: int = 0, seed: int = 0) -> ModelVersion:

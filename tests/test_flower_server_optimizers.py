@@ -18,6 +18,7 @@ pytest.importorskip(
     "flwr", reason="the Flower plugin tests need flwr (pip install 'fedcodec[flower]')"
 )
 
+from flower_helpers import initial_arrays, task_identity  # noqa: F401  (autouse fixture)
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 from flwr.serverapp.strategy import FedAdam, FedAvg, FedAvgM, FedYogi, Strategy
@@ -32,21 +33,6 @@ UPLINK = RoundParams(lam=0.5, S=16, sparsification=Sparsification(topk=0.05))
 DOWNLINK = RoundParams(lam=0.5, S=16)
 
 
-def _initial_arrays() -> dict[str, np.ndarray]:
-    rng = np.random.default_rng(0)
-    return {k: (rng.standard_normal(s) * 0.1).astype(np.float32) for k, s in SHAPES.items()}
-
-
-@pytest.fixture(autouse=True)
-def _task_identity(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Strategies create instruction messages, which need a run id (a ServerApp sets it)."""
-    from flwr.supercore.task_identity import TaskIdentity
-
-    monkeypatch.setattr(TaskIdentity, "_run_id", 1)
-    monkeypatch.setattr(TaskIdentity, "_node_id", 0)
-    monkeypatch.setattr(TaskIdentity, "_task_id", 1)
-
-
 def _federation(
     inner: Strategy, nodes: int = 4, **options: object
 ) -> tuple[CompressionStrategy, LocalGrid, list[tuple[int, int, bool]]]:
@@ -55,7 +41,7 @@ def _federation(
     Each node pulls toward its own target (a shared drift plus node noise)."""
     options.setdefault("downlink", DOWNLINK)
     strategy = CompressionStrategy(inner, schedule=UPLINK, robust=RobustPolicy.fedavg(), **options)  # type: ignore[arg-type]
-    app = ClientApp(mods=[make_fedcodec_mod(initial_model=_initial_arrays())])
+    app = ClientApp(mods=[make_fedcodec_mod(initial_model=initial_arrays(SHAPES))])
     seen: list[tuple[int, int, bool]] = []  # (node, version, bit-identical)
 
     @app.train()
@@ -89,7 +75,7 @@ def _federation(
 
 
 def _initial() -> ArrayRecord:
-    return ArrayRecord({k: Array(v) for k, v in _initial_arrays().items()})
+    return ArrayRecord({k: Array(v) for k, v in initial_arrays(SHAPES).items()})
 
 
 def _plain(**kw: float) -> dict[str, object]:
@@ -144,7 +130,7 @@ def test_nodes_hold_the_servers_stream_model_bit_for_bit(
     final = {k: a.numpy() for k, a in result.arrays.items()}
     stream = strategy.stream_model()
     assert stream is not None
-    moved = np.sqrt(sum(np.sum((final[k] - _initial_arrays()[k]) ** 2) for k in SHAPES))
+    moved = np.sqrt(sum(np.sum((final[k] - initial_arrays(SHAPES)[k]) ** 2) for k in SHAPES))
     lag = np.sqrt(sum(np.sum((final[k] - stream.tensors[k]) ** 2) for k in SHAPES))
     assert 0.0 < lag < 0.5 * moved
 

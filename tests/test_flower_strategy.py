@@ -21,6 +21,7 @@ pytest.importorskip(
     "flwr", reason="the Flower plugin tests need flwr (pip install 'fedcodec[flower]')"
 )
 
+from flower_helpers import initial_arrays, task_identity  # noqa: F401  (autouse fixture)
 from flwr.app import (
     Array,
     ArrayRecord,
@@ -54,28 +55,13 @@ SHAPES = {"w": (24, 50), "b": (24,)}
 PARAMS = RoundParams(lam=0.5, S=0)
 
 
-def _initial_arrays() -> dict[str, np.ndarray]:
-    rng = np.random.default_rng(0)
-    return {k: (rng.standard_normal(s) * 0.1).astype(np.float32) for k, s in SHAPES.items()}
-
-
 #: The ClientApp's mod holds the shared initial model (the same seed as the ServerApp's).
-fedcodec_mod = make_fedcodec_mod(initial_model=_initial_arrays())
+fedcodec_mod = make_fedcodec_mod(initial_model=initial_arrays(SHAPES))
 
 
 def _params(config: object) -> RoundParams:
     assert isinstance(config, dict | ConfigRecord)
     return RoundParams.from_json_text(str(config[c.KEY_PARAMS]))
-
-
-@pytest.fixture(autouse=True)
-def _task_identity(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Strategies create instruction messages, which need a run id (a ServerApp sets it)."""
-    from flwr.supercore.task_identity import TaskIdentity
-
-    monkeypatch.setattr(TaskIdentity, "_run_id", 1)
-    monkeypatch.setattr(TaskIdentity, "_node_id", 0)
-    monkeypatch.setattr(TaskIdentity, "_task_id", 1)
 
 
 def _client_app(*mods: object, change: float = 2e-3) -> ClientApp:
@@ -172,7 +158,7 @@ class _LoopGrid(LocalGrid):
 
 
 def _initial() -> ArrayRecord:
-    return ArrayRecord({k: Array(v) for k, v in _initial_arrays().items()})
+    return ArrayRecord({k: Array(v) for k, v in initial_arrays(SHAPES).items()})
 
 
 def _numpy(record: ArrayRecord) -> dict[str, np.ndarray]:

@@ -17,6 +17,7 @@ pytest.importorskip(
     "flwr", reason="the Flower plugin tests need flwr (pip install 'fedcodec[flower]')"
 )
 
+from flower_helpers import initial_arrays, task_identity  # noqa: F401  (autouse fixture)
 from flwr.app import (
     Array,
     ArrayRecord,
@@ -43,25 +44,12 @@ NUMEL = sum(int(np.prod(s)) for s in SHAPES.values())
 DENSE = RoundParams(lam=0.5, S=16)
 
 
-def _initial_arrays() -> dict[str, np.ndarray]:
-    rng = np.random.default_rng(0)
-    return {k: (rng.standard_normal(s) * 0.1).astype(np.float32) for k, s in SHAPES.items()}
-
-
-@pytest.fixture(autouse=True)
-def _task_identity(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Strategies create instruction messages, which need a run id (a ServerApp sets it)."""
-    from flwr.supercore.task_identity import TaskIdentity
-
-    monkeypatch.setattr(TaskIdentity, "_run_id", 1)
-    monkeypatch.setattr(TaskIdentity, "_node_id", 0)
-    monkeypatch.setattr(TaskIdentity, "_task_id", 1)
-
-
 def _client_app(*, temporal_reference: bool = True) -> ClientApp:
     """Each node moves every weight along a direction of its own that persists over
     rounds (as local training on a node's data does), plus noise."""
-    mod = make_fedcodec_mod(initial_model=_initial_arrays(), temporal_reference=temporal_reference)
+    mod = make_fedcodec_mod(
+        initial_model=initial_arrays(SHAPES), temporal_reference=temporal_reference
+    )
     app = ClientApp(mods=[mod])
 
     @app.train()
@@ -129,7 +117,7 @@ def _strategy(temporal: bool, **options: object) -> CompressionStrategy:
 
 
 def _initial() -> ArrayRecord:
-    return ArrayRecord({k: Array(v) for k, v in _initial_arrays().items()})
+    return ArrayRecord({k: Array(v) for k, v in initial_arrays(SHAPES).items()})
 
 
 def _round(
@@ -379,7 +367,7 @@ def test_temporal_reference_needs_the_coded_downlink() -> None:
 def test_reference_token_names_the_arrays() -> None:
     """Equal arrays give equal tokens; one changed bit or shape gives another."""
     spec = ModelSpec(tuple(SHAPES), tuple(SHAPES.values()))
-    arrays = [_initial_arrays()[n] for n in spec.names]
+    arrays = [initial_arrays(SHAPES)[n] for n in spec.names]
     token = reference_token(arrays)
     assert len(token) == 16
     assert reference_token([a.copy() for a in arrays]) == token
