@@ -643,8 +643,11 @@ def encode(
         Code the 2-D view of tensors with two or more dimensions transposed
         (never for the dithered quantizer).  "auto" codes both orientations
         of a view that has a larger share of empty columns than of empty rows
-        (an input layer whose features are zero for the client's data) and
-        keeps the smaller.  Default False here: the two orientations quantize
+        (an input layer whose features are zero for the client's data), and
+        tensors with three or more dimensions also with their first two axes
+        swapped (a conv filter bank ``[out, in, kh, kw]`` as rows of input
+        channels, ``[in, out·kh·kw]``: 1-7 % smaller on real CNN updates), and
+        keeps the better.  Default False here: the orientations quantize
         differently, and keeping the smaller container at a fixed λ favours
         the one that zeroes more (measured: the Flower example app at λ=0.5,
         S=0 lost 2.7 accuracy points with "auto", 0 without).  Lossless coding

@@ -354,6 +354,32 @@ def test_transposed_tensors_decode_to_the_original_layout():
         assert transpose != "auto" or len(data) <= len(plain)
 
 
+def test_conv_filters_coded_as_rows_of_input_channels_decode_to_the_original_layout():
+    # A conv filter bank [out, in, kh, kw] whose update scale is set by the input
+    # channel: "auto" also codes it with axes 0 and 1 swapped (FORMAT.md §4, SWAPPED)
+    # and keeps the smaller; decoders return [out, in, kh, kw].
+    rng = np.random.default_rng(12)
+    scale = 2.0 ** rng.integers(-2, 4, 16)
+    conv = np.round(rng.laplace(0.0, 1.0, (24, 16, 3, 3)) * scale[None, :, None, None])
+    conv = conv.astype(np.int32)
+    given = fedcodec.encode_levels([conv], step=0.5, transpose=False).data
+    auto = fedcodec.encode_levels([conv], step=0.5).data
+    assert len(auto) < len(given)
+    ((got, _),) = fedcodec.decode_levels(auto)
+    np.testing.assert_array_equal(got, conv)
+    acc = [np.zeros(conv.shape, np.float32)]
+    fedcodec.decode_accumulate(auto, acc, weight=1.0)
+    np.testing.assert_array_equal(acc[0], conv * np.float32(0.5))
+    # lossy, every quantizer but the dither: the decode is the encoder's reconstruction
+    w = (conv * 1e-3).astype(np.float32)
+    for quantizer in ("uniform", "trellis", "trellis8"):
+        res = fedcodec.encode(
+            [w], lam=0.1155, S=16, transpose="auto", quantizer=quantizer, return_recon=True
+        )
+        assert res.recon is not None
+        np.testing.assert_array_equal(fedcodec.decode(res.data)[0], res.recon[0])
+
+
 def test_lossy_encode_keeps_the_given_orientation_by_default():
     # Keeping the smaller of two differently quantized orientations at a fixed λ
     # favours the one that zeroes more; the lossy default codes the layout given.

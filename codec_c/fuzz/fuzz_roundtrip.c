@@ -19,7 +19,8 @@
  *   per tensor: ndim = b % 4 (bit 7: with a reference tensor, derived
  *             from the elements; in the first tensor's byte, bit 6:
  *             FC_REFERENCE_ALWAYS, else FC_REFERENCE_AUTO, and bits 4-5
- *             transpose: 0 as given, 1 transposed, 2 and 3 auto), then
+ *             transpose: 0 as given, 1 transposed, 2 auto, 3 axes 0
+ *             and 1 swapped), then
  *             each dim b % 11, then its elements
  *             (levels: a class byte, and 4 bytes for a large level;
  *             values: 2 bytes, or 4 raw bytes; importance: 1 byte each)
@@ -177,7 +178,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
             t->with_ref = (b & 0x80u) != 0;
             if (i == 0) {
                 o.reference = (b & 0x40u) ? FC_REFERENCE_ALWAYS : FC_REFERENCE_AUTO;
-                o.transpose = (b >> 4 & 3u) >= 2u ? FC_TRANSPOSE_AUTO : (int32_t)(b >> 4 & 1u);
+                static const int32_t views[4] = {0, 1, FC_TRANSPOSE_AUTO, FC_TRANSPOSE_SWAP};
+                o.transpose = views[b >> 4 & 3u];
             }
         }
         t->numel = 1;

@@ -209,8 +209,15 @@ typedef struct fc_encode_options {
                                (not dithered ones): 0 (default) as given,
                                1 code the transposed 2-D view, FC_TRANSPOSE_AUTO
                                code both when the view has more empty
-                               columns than empty rows and keep the smaller.
-                               Decoders always return the original layout. */
+                               columns than empty rows, and tensors with
+                               >= 3 dimensions also with their
+                               first two axes swapped (conv filters as rows
+                               of input channels), and keep the best.
+                               FC_TRANSPOSE_SWAP: tensors with
+                               >= 3 dimensions with their first two axes
+                               swapped, others as given.  Other values are
+                               invalid.  Decoders always return the
+                               original layout. */
     /* since 0.3 */
     int32_t reference;      /* tensors given a reference (fc_tensor.reference):
                                FC_REFERENCE_AUTO (0, default) code each with
@@ -223,6 +230,7 @@ typedef struct fc_encode_options {
 } fc_encode_options;
 
 #define FC_TRANSPOSE_AUTO (-1)
+#define FC_TRANSPOSE_SWAP 2
 #define FC_REFERENCE_AUTO 0
 #define FC_REFERENCE_ALWAYS 1
 

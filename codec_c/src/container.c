@@ -3,6 +3,14 @@
 
 #include "container.h"
 
+uint64_t fc_inner_size(const fc_tensor_desc *d)
+{
+    uint64_t k = 1;
+    uint32_t i;
+    for (i = 2; i < d->ndim; i++) k *= d->shape[i]; /* a factor of numel: no overflow */
+    return k;
+}
+
 int fc_layout(uint32_t ndim, const uint64_t *shape, uint64_t *numel, uint64_t *rows, uint64_t *cols)
 {
     uint64_t n = 1, c = 1;
@@ -93,7 +101,8 @@ static int parse_tensor(fc_reader *r, const fc_decode_options *o, const fc_shape
     if (byte & FC_PARAMS_EXT) {
         uint8_t ext;
         CHECK(fc_get_u8(r, &ext));
-        if (ext & ~(FC_QBYTE_KIND | FC_QBYTE_TRANSPOSED | FC_QBYTE_REFERENCE)) return FC_ERR_CORRUPT;
+        if (ext & ~(FC_QBYTE_KIND | FC_QBYTE_TRANSPOSED | FC_QBYTE_REFERENCE | FC_QBYTE_SWAPPED))
+            return FC_ERR_CORRUPT;
         td->quant = ext & FC_QBYTE_KIND;
         if (td->quant == FC_QUANT_DITHER && !out->has_seed) return FC_ERR_CORRUPT;
         if (ext & FC_QBYTE_TRANSPOSED) {
@@ -102,9 +111,19 @@ static int parse_tensor(fc_reader *r, const fc_decode_options *o, const fc_shape
              * with a reference (which is in the original layout). */
             if (td->ndim < 2 || td->quant == FC_QUANT_DITHER || (ext & FC_QBYTE_REFERENCE))
                 return FC_ERR_CORRUPT;
-            td->transposed = 1;
+            td->transposed = FC_VIEW_TRANSPOSED;
             td->rows = td->cols;
             td->cols = t;
+        }
+        if (ext & FC_QBYTE_SWAPPED) {
+            /* Only >= 3 dimensions (for a matrix it is the transposition),
+             * never with TRANSPOSED, dithered or with a reference. */
+            if (td->ndim < 3 || (ext & (FC_QBYTE_TRANSPOSED | FC_QBYTE_REFERENCE)) ||
+                td->quant == FC_QUANT_DITHER)
+                return FC_ERR_CORRUPT;
+            td->transposed = FC_VIEW_SWAPPED;
+            td->rows = td->shape[1];
+            td->cols = td->rows ? td->numel / td->rows : 0;
         }
         if (ext & FC_QBYTE_REFERENCE) {
             if (r->end - r->p < 4) return FC_ERR_TRUNCATED;
@@ -261,7 +280,8 @@ void fc_write_tensor_header(fc_buf *b, const fc_tensor_desc *t, const fc_tensor_
         fc_buf_write(b, le, 4);
     }
     {
-        unsigned ext = t->quant | (t->transposed ? FC_QBYTE_TRANSPOSED : 0u) |
+        unsigned ext = t->quant | (t->transposed == FC_VIEW_TRANSPOSED ? FC_QBYTE_TRANSPOSED : 0u) |
+                       (t->transposed == FC_VIEW_SWAPPED ? FC_QBYTE_SWAPPED : 0u) |
                        (t->has_ref ? FC_QBYTE_REFERENCE : 0u);
         fc_buf_put(b, (uint8_t)(t->max_gtx | (t->window_set << 4) | (ext ? FC_PARAMS_EXT : 0)));
         if (ext) fc_buf_put(b, (uint8_t)ext);

@@ -22,10 +22,17 @@
 #define FC_PARAMS_EXT 0x80u
 /* Quantizer byte: bits 0-1 the kind; bit 2 = the 2-D view is coded
  * transposed; bit 3 = coded with a reference tensor, whose digest (u32)
- * follows the quantizer byte. */
+ * follows the quantizer byte; bit 4 = the view of the tensor with its first
+ * two axes swapped is coded (ndim >= 3: a conv filter bank [out, in, kh, kw]
+ * coded as rows of input channels, [in, out * kh * kw]). */
 #define FC_QBYTE_KIND 0x03u
 #define FC_QBYTE_TRANSPOSED 0x04u
 #define FC_QBYTE_REFERENCE 0x08u
+#define FC_QBYTE_SWAPPED 0x10u
+/* fc_tensor_desc.transposed: which view of the tensor is coded. */
+#define FC_VIEW_GIVEN 0
+#define FC_VIEW_TRANSPOSED 1 /* the 2-D view transposed: cols x rows */
+#define FC_VIEW_SWAPPED 2    /* axes 0 and 1 swapped: d1 x (d0 * inner) */
 
 typedef struct fc_slice_desc {
     uint64_t rows;
@@ -39,8 +46,8 @@ typedef struct fc_tensor_desc {
     uint32_t index;
     uint32_t ndim;
     uint64_t shape[FC_MAX_DIMS];
-    uint64_t numel, rows, cols; /* rows, cols: the coded view (swapped when transposed) */
-    int transposed;
+    uint64_t numel, rows, cols; /* rows, cols: the coded view (FC_VIEW_*) */
+    int transposed;             /* FC_VIEW_GIVEN, FC_VIEW_TRANSPOSED or FC_VIEW_SWAPPED */
     float step;
     unsigned max_gtx;
     unsigned window_set;
@@ -62,6 +69,10 @@ typedef struct fc_parsed {
 
 /* Rows and columns of the coded 2-D view; returns 0 on overflow. */
 int fc_layout(uint32_t ndim, const uint64_t *shape, uint64_t *numel, uint64_t *rows, uint64_t *cols);
+
+/* Elements per (axis 0, axis 1) pair: the product of shape[2 ..] (1 for
+ * ndim < 3); the block a SWAPPED view moves as one. */
+uint64_t fc_inner_size(const fc_tensor_desc *d);
 
 /* Parse and check everything but the payload contents. */
 int fc_parse(const uint8_t *src, size_t size, const fc_decode_options *opts, fc_parsed *out);

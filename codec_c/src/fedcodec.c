@@ -140,6 +140,9 @@ static enum fc_result check_encode_args(const fc_tensor *tensors, size_t count,
     if (o->slice_elems == 0) return FC_ERR_INVALID_ARGUMENT;
     if (o->quantizer < FC_QUANT_UNIFORM || o->quantizer > FC_QUANT_DITHER) return FC_ERR_INVALID_ARGUMENT;
     if (o->reference != FC_REFERENCE_AUTO && o->reference != FC_REFERENCE_ALWAYS) return FC_ERR_INVALID_ARGUMENT;
+    if (o->transpose != 0 && o->transpose != 1 && o->transpose != FC_TRANSPOSE_AUTO &&
+        o->transpose != FC_TRANSPOSE_SWAP)
+        return FC_ERR_INVALID_ARGUMENT;
     /* The dither's error is independent of the input only under rounding. */
     if (o->quantizer == FC_QUANT_DITHER && o->lambda != 0.0) return FC_ERR_INVALID_ARGUMENT;
     if (!tensors && count) return FC_ERR_INVALID_ARGUMENT;
@@ -339,7 +342,7 @@ static int orientation(const fc_tensor *t, const fc_tensor_desc *d, const fc_enc
     uint8_t *colnz;
     float half;
     if (t->ndim < 2 || d->quant == FC_QUANT_DITHER || d->has_ref || d->rows < 2 || d->cols < 2) return 0;
-    if (o->transpose != FC_TRANSPOSE_AUTO) return o->transpose ? 1 : 0;
+    if (o->transpose != FC_TRANSPOSE_AUTO) return o->transpose == 1;
     colnz = (uint8_t *)calloc((size_t)d->cols, 1);
     if (!colnz) return 0;
     half = d->step * 0.5f;
@@ -362,25 +365,71 @@ static int orientation(const fc_tensor *t, const fc_tensor_desc *d, const fc_enc
                : 0;
 }
 
-/* Turn a planned candidate into the transposed one (copies of the inputs). */
-static enum fc_result make_transposed(enc_tensor *c, const fc_tensor *t, const fc_encode_options *o)
+/* dst = src with its first two axes swapped: src holds d0 x d1 blocks of k
+ * elements, dst d1 x d0 (the SWAPPED view and back). */
+#define SWAP01_FN(name, type)                                                                \
+    static void name(type *dst, const type *src, uint64_t d0, uint64_t d1, uint64_t k)     \
+    {                                                                                        \
+        uint64_t i, j;                                                                       \
+        for (i = 0; i < d0; i++)                                                             \
+            for (j = 0; j < d1; j++)                                                         \
+                memcpy(dst + (j * d0 + i) * k, src + (i * d1 + j) * k, sizeof(type) * (size_t)k); \
+    }
+SWAP01_FN(swap01_f32, float)
+SWAP01_FN(swap01_i32, int32_t)
+
+/* The SWAPPED view of a tensor: 0 none, 1 also tried (transpose auto: conv
+ * filter banks [out, in, kh, kw] coded as rows of input channels are 1-7 %
+ * smaller on real CNN updates, docs/codec.md), 2 only (FC_TRANSPOSE_SWAP).
+ * Tensors with >= 3 dimensions, never dithered or with a reference. */
+static int swap_view(const fc_tensor *t, const fc_tensor_desc *d, const fc_encode_options *o)
+{
+    if (t->ndim < 3 || d->quant == FC_QUANT_DITHER || d->has_ref || d->numel == 0) return 0;
+    if (o->transpose == FC_TRANSPOSE_SWAP) return 2;
+    return o->transpose == FC_TRANSPOSE_AUTO && t->shape[0] >= 2 && t->shape[1] >= 2;
+}
+
+/* Turn a planned candidate into the view `view` (FC_VIEW_TRANSPOSED or
+ * FC_VIEW_SWAPPED) of its tensor (copies of the inputs). */
+static enum fc_result make_view(enc_tensor *c, const fc_tensor *t, const fc_encode_options *o, int view)
 {
     fc_tensor_desc *d = &c->desc;
     const uint64_t rows = d->rows, cols = d->cols;
+    const uint64_t d0 = d->shape[0], d1 = view == FC_VIEW_SWAPPED ? d->shape[1] : 0;
+    const uint64_t k = view == FC_VIEW_SWAPPED ? fc_inner_size(d) : 0;
     const size_t n = (size_t)d->numel;
+    uint64_t busy = c->busy_cols;
     c->tvalues = c->timportance = c->trecon = NULL;
     c->tlevels = NULL;
     if (t->values && !(c->tvalues = (float *)malloc(sizeof(float) * n))) return FC_ERR_NOMEM;
     if (t->levels && !(c->tlevels = (int32_t *)malloc(sizeof(int32_t) * n))) return FC_ERR_NOMEM;
     if (t->importance && !(c->timportance = (float *)malloc(sizeof(float) * n))) return FC_ERR_NOMEM;
     if (t->recon && !(c->trecon = (float *)malloc(sizeof(float) * n))) return FC_ERR_NOMEM;
-    if (t->values) transpose_f32(c->tvalues, t->values, rows, cols);
-    if (t->levels) transpose_i32(c->tlevels, t->levels, rows, cols);
-    if (t->importance) transpose_f32(c->timportance, t->importance, rows, cols);
-    d->transposed = 1;
-    d->rows = cols;
-    d->cols = rows;
-    plan_slices(d, c->significant, c->busy_cols, o);
+    if (view == FC_VIEW_SWAPPED) {
+        if (t->values) swap01_f32(c->tvalues, t->values, d0, d1, k);
+        if (t->levels) swap01_i32(c->tlevels, t->levels, d0, d1, k);
+        if (t->importance) swap01_f32(c->timportance, t->importance, d0, d1, k);
+        d->rows = d1;
+        d->cols = d0 * k;
+        busy = d->rows;
+        if (d->numel > o->slice_elems && (t->values || t->levels)) {
+            fc_tensor v = *t;
+            uint64_t busy_cols;
+            enum fc_result rc;
+            v.values = c->tvalues;
+            v.levels = c->tlevels;
+            rc = count_busy(&v, d, &busy, &busy_cols);
+            if (rc != FC_OK) return rc;
+        }
+    } else {
+        if (t->values) transpose_f32(c->tvalues, t->values, rows, cols);
+        if (t->levels) transpose_i32(c->tlevels, t->levels, rows, cols);
+        if (t->importance) transpose_f32(c->timportance, t->importance, rows, cols);
+        d->rows = cols;
+        d->cols = rows;
+    }
+    d->transposed = view;
+    plan_slices(d, c->significant, busy, o);
     return FC_OK;
 }
 
@@ -445,7 +494,9 @@ static void choose_candidates(enc_tensor *cand, size_t ncand, fc_slice_enc_job *
         const fc_tensor *t = &tensors[c->src];
         if (c->dropped) continue;
         if (t->recon && c->trecon) {
-            if (c->desc.transposed)
+            if (c->desc.transposed == FC_VIEW_SWAPPED)
+                swap01_f32(t->recon, c->trecon, c->desc.shape[1], c->desc.shape[0], fc_inner_size(&c->desc));
+            else if (c->desc.transposed)
                 transpose_f32(t->recon, c->trecon, c->desc.rows, c->desc.cols);
             else
                 memcpy(t->recon, c->trecon, sizeof(float) * (size_t)c->desc.numel);
@@ -476,19 +527,20 @@ enum fc_result fc_encode(const fc_tensor *tensors, size_t count, const fc_encode
     if (rc != FC_OK) goto fail;
 
     et = (enc_tensor *)calloc(count ? count : 1, sizeof(*et));
-    cand = (enc_tensor *)calloc(count ? 3 * count : 1, sizeof(*cand));
+    cand = (enc_tensor *)calloc(count ? 4 * count : 1, sizeof(*cand));
     if (!et || !cand) {
         rc = FC_ERR_NOMEM;
         goto fail;
     }
     /* Candidates: per tensor as given and/or transposed (orientation()),
+     * and/or with its first two axes swapped (swap_view()),
      * without the reference, then as given with the tensor's reference, if
      * it has one (FC_REFERENCE_ALWAYS: only that); choose_candidates keeps
      * the best. */
     for (i = 0; i < count; i++) {
         uint64_t significant;
         enc_tensor planned, *c = &cand[ncand];
-        int orient;
+        int orient, swap;
         memset(&planned, 0, sizeof(planned));
         rc = plan_tensor(&tensors[i], &o, &planned, &significant);
         if (rc != FC_OK) {
@@ -504,13 +556,22 @@ enum fc_result fc_encode(const fc_tensor *tensors, size_t count, const fc_encode
         c->desc.has_ref = 0;
         c->desc.ref_digest = 0;
         orient = orientation(&tensors[i], &c->desc, &o);
+        swap = swap_view(&tensors[i], &c->desc, &o);
+        if (swap == 1) cand[ncand + 1] = *c;
         if (orient == 2) {
-            cand[ncand + 1] = *c;
+            cand[ncand + 1 + (swap == 1)] = *c;
             c = &cand[++ncand];
         }
         ncand++;
         if (orient) {
-            rc = make_transposed(c, &tensors[i], &o);
+            rc = make_view(c, &tensors[i], &o, FC_VIEW_TRANSPOSED);
+            if (rc != FC_OK) {
+                bad = i;
+                goto fail;
+            }
+        }
+        if (swap) {
+            rc = make_view(swap == 2 ? c : &cand[ncand++], &tensors[i], &o, FC_VIEW_SWAPPED);
             if (rc != FC_OK) {
                 bad = i;
                 goto fail;
@@ -1009,7 +1070,10 @@ enum fc_result fc_decode(const uint8_t *src, size_t src_size, const fc_decode_op
             for (j = 0; j < d->nslices; j++) {
                 fc_slice_dec_job *jb = &jobs[n++];
                 const fc_slice_desc *sd = &d->slices[j];
-                uint64_t off = d->transposed ? r0 : r0 * d->cols;
+                const uint64_t inner = d->transposed == FC_VIEW_SWAPPED ? fc_inner_size(d) : 0;
+                uint64_t off = d->transposed == FC_VIEW_SWAPPED ? r0 * inner
+                               : d->transposed                 ? r0
+                                                               : r0 * d->cols;
                 memset(jb, 0, sizeof(*jb));
                 jb->src = sd->payload;
                 jb->size = sd->size;
@@ -1033,7 +1097,10 @@ enum fc_result fc_decode(const uint8_t *src, size_t src_size, const fc_decode_op
                                            : (void *)((float *)tg->acc + off);
                     jb->sink.acc_dtype = tg->acc_dtype;
                     jb->sink.weight = tg->weight;
-                    jb->sink.tstride = d->transposed ? d->rows : 0;
+                    jb->sink.tstride = d->transposed == FC_VIEW_SWAPPED ? d->rows * inner
+                                       : d->transposed                 ? d->rows
+                                                                       : 0;
+                    jb->sink.tblock = inner;
                 }
                 r0 += sd->rows;
             }

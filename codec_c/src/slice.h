@@ -117,7 +117,11 @@ typedef struct fc_sink {
     int acc_dtype;
     double weight;
     uint64_t tstride;  /* 0, or transposed: element (r, c) of the slice goes
-                          to c * tstride + r (tstride = the coded rows) */
+                          to c * tstride + r (tstride = the coded rows); or
+                          swapped (tblock > 0): to (c / tblock) * tstride +
+                          r * tblock + c % tblock (tstride = coded rows *
+                          tblock) */
+    uint64_t tblock;   /* swapped views: the inner block size, else 0 */
 } fc_sink;
 
 typedef struct fc_slice_dec_job {

@@ -62,8 +62,48 @@ typedef struct dec_out {
     int active;               /* any output at all */
 } dec_out;
 
-/* Transposed tensors: row r, columns [c0, c0 + n) of the slice (lv NULL:
- * zeros) scattered to the original layout. */
+/* Swapped views: row r, columns [c0, c0 + n) of the slice (lv NULL: zeros,
+ * lv already dequantized), runs of whole or partial inner blocks, each
+ * contiguous in the original layout. */
+static void emit_swapped(const dec_out *o, uint64_t r, uint64_t c0, const int32_t *lv, uint64_t n)
+{
+    const fc_sink *k = o->sink;
+    const uint64_t kb = k->tblock, ts = k->tstride;
+    const float step = o->step;
+    uint64_t q = c0 / kb, m = c0 % kb, done = 0, i;
+    while (done < n) {
+        const uint64_t run = kb - m < n - done ? kb - m : n - done;
+        const uint64_t at = q * ts + r * kb + m;
+        const int32_t *v = lv ? lv + done : NULL;
+        if (k->levels) {
+            if (v) memcpy(k->levels + at, v, sizeof(int32_t) * (size_t)run);
+            else memset(k->levels + at, 0, sizeof(int32_t) * (size_t)run);
+        }
+        if (k->values) {
+            float *out = k->values + at;
+            if (v)
+                for (i = 0; i < run; i++) out[i] = (float)v[i] * step;
+            else
+                memset(out, 0, sizeof(float) * (size_t)run);
+        }
+        if (k->acc && v) {
+            for (i = 0; i < run; i++) {
+                if (!v[i]) continue;
+                if (k->acc_dtype == FC_ACC_F64)
+                    ((double *)k->acc)[at + i] += k->weight * (double)((float)v[i] * step);
+                else
+                    ((float *)k->acc)[at + i] =
+                        (float)((double)((float *)k->acc)[at + i] + k->weight * (double)((float)v[i] * step));
+            }
+        }
+        done += run;
+        q++;
+        m = 0;
+    }
+}
+
+/* Transposed (and swapped) tensors: row r, columns [c0, c0 + n) of the
+ * slice (lv NULL: zeros) scattered to the original layout. */
 static void emit_transposed(dec_out *o, uint64_t r, uint64_t c0, const int32_t *lv, uint64_t n)
 {
     const fc_sink *k = o->sink;
@@ -72,6 +112,10 @@ static void emit_transposed(dec_out *o, uint64_t r, uint64_t c0, const int32_t *
     uint64_t i;
     if (lv && o->dq) lv = dequantize(o->dq, &o->state, lv, n, o->scratch);
     if (!lv && o->dq) o->state = fc_dq_skip_zeros(o->dq, o->state, n);
+    if (k->tblock) {
+        emit_swapped(o, r, c0, lv, n);
+        return;
+    }
     /* one loop per output (the common case writes levels or values only) */
     if (k->levels) {
         int32_t *out = k->levels + c0 * ts + r;

@@ -320,6 +320,19 @@ static void make_bad_scalectx(const uint8_t *c, size_t size)
              FC_ERR_CORRUPT);
 }
 
+/* SWAPPED (FORMAT.md §4) from the "swapped" container (its first tensor
+ * must be swapped): never together with TRANSPOSED or REFERENCE. */
+static void make_bad_swapped(const uint8_t *c, size_t size)
+{
+    cr_layout L;
+    uint8_t q;
+    if (!cr_walk(c, size, &L) || L.count < 1 || L.t[0].quant == CR_NONE) die("cannot walk", "swapped");
+    q = c[L.t[0].quant];
+    if (!(q & 0x10u)) die("expected a SWAPPED tensor", "swapped");
+    bad_edit("swapped_transposed", c, size, L.t[0].quant, (uint8_t)(q | 0x04u), FC_ERR_CORRUPT);
+    bad_edit("swapped_reference", c, size, L.t[0].quant, (uint8_t)(q | 0x08u), FC_ERR_CORRUPT);
+}
+
 /* A container of one 1-D tensor (values or levels, `quant`) encoded with
  * step 1, its step then replaced by `step` (CRC recomputed): a CRC-valid
  * container whose reconstruction would not be a finite float32. */
@@ -437,8 +450,8 @@ static void make_seeds(void)
 
 int main(int argc, char **argv)
 {
-    uint8_t *dense = NULL, *multi = NULL, *predict = NULL, *scalectx = NULL, *c;
-    size_t dsize = 0, msize = 0, psize = 0, ssize = 0, size;
+    uint8_t *dense = NULL, *multi = NULL, *predict = NULL, *scalectx = NULL, *swapped = NULL, *c;
+    size_t dsize = 0, msize = 0, psize = 0, ssize = 0, wsize = 0, size;
     char path[1024];
     int which;
     if (argc != 3) {
@@ -464,16 +477,22 @@ int main(int argc, char **argv)
         } else if (which == 20) {
             scalectx = c;
             ssize = size;
+        } else if (which == 21) {
+            swapped = c;
+            wsize = size;
         } else {
             free(c);
         }
     }
-    if (!dense || !multi || !predict || !scalectx) die("missing cases", "params/multi/predict/scalectx");
+    if (!dense || !multi || !predict || !scalectx || !swapped)
+        die("missing cases", "params/multi/predict/scalectx/swapped");
     make_bad(dense, dsize, multi, msize);
     make_bad_predict(predict, psize);
     free(predict);
     make_bad_scalectx(scalectx, ssize);
     free(scalectx);
+    make_bad_swapped(swapped, wsize);
+    free(swapped);
     make_bad_overflow();
     make_seeds();
     free(dense);

@@ -368,6 +368,28 @@ static inline int gc_build(int which, gc_set *s)
             t->step = 0.125;
         }
         return 1;
+    case 21: /* conv filter banks [out, in, kh, kw] coded with their first two
+              * axes swapped (SWAPPED, FC_TRANSPOSE_SWAP): levels whose scale
+              * is set by the input channel, and RD-trellis floats [8, 6, 5] */
+        s->name = "swapped";
+        s->o.transpose = FC_TRANSPOSE_SWAP;
+        s->o.quantizer = FC_QUANT_TRELLIS;
+        s->o.lambda = 0.1155;
+        t = gc_add(s, 0, 4, 12, 10, 3, 3);
+        {
+            tu_rng r = tu_seed(37);
+            int32_t *lv = (int32_t *)gc_alloc(s, sizeof(int32_t) * 12 * 10 * 9);
+            double scale[10];
+            uint64_t i;
+            for (i = 0; i < 10; i++) scale[i] = (double)(1u << tu_below(&r, 5)) * 0.4;
+            for (i = 0; i < 12 * 10 * 9; i++) lv[i] = (int32_t)lrint(tu_laplace(&r, scale[(i / 9) % 10]));
+            t->levels = lv;
+            t->step = 0.25;
+        }
+        t = gc_add(s, 1, 3, 8, 6, 5, 0);
+        gc_laplace(s, t, 38, 0.3);
+        t->step = 0.125;
+        return 1;
     default:
         return 0;
     }

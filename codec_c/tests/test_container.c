@@ -352,6 +352,167 @@ static void test_window_auto(void)
     free(rec);
 }
 
+/* SWAPPED views (axes 0 and 1 swapped, ndim >= 3): forced with
+ * FC_TRANSPOSE_SWAP they decode to the original layout (levels, values,
+ * accumulators, every mode, several slices, every quantizer but the
+ * dither); auto keeps the smaller of as given and swapped (the flag is
+ * there exactly when swapped won); matrices, vectors and dithered tensors
+ * are never swapped; other transpose values are invalid. */
+static void test_swap(void)
+{
+    static const uint64_t shapes[][5] = {{3, 7, 5, 11}, {4, 12, 10, 3, 3}, {5, 3, 4, 2, 2}, {4, 2, 2, 1, 1}};
+    size_t si;
+    for (si = 0; si < sizeof shapes / sizeof shapes[0]; si++) {
+        fc_tensor t = tu_tensor(0, (uint32_t)shapes[si][0], shapes[si] + 1);
+        uint64_t n = tu_numel(&t), rows, cols, i;
+        int32_t *lv = (int32_t *)malloc(sizeof(int32_t) * n);
+        float *x = (float *)malloc(sizeof(float) * n), *rec = (float *)malloc(sizeof(float) * n);
+        int kind, mode, q;
+        TU_CHECK(lv && x && rec);
+        layout(&t, &rows, &cols);
+        for (kind = D_DENSE; kind < D_KINDS; kind++) {
+            tu_rng r = tu_seed(1700 + si * 8 + (unsigned)kind);
+            gen_levels(lv, rows, cols, kind, &r);
+            for (mode = FC_MODE_AUTO; mode <= FC_MODE_RUNS; mode++) {
+                fc_encode_options o;
+                size_t size;
+                uint8_t *c;
+                cr_layout L;
+                opts(&o, mode, 4, kind == D_SPARSE ? FC_WINDOW_AUTO : 0);
+                o.transpose = FC_TRANSPOSE_SWAP;
+                o.slice_elems = 60;
+                t.values = NULL;
+                t.recon = NULL;
+                t.levels = lv;
+                t.step = 0.25;
+                c = roundtrip(&t, 1, &o, &size);
+                TU_CHECK(cr_walk(c, size, &L));
+                TU_CHECK(L.t[0].quant != CR_NONE && c[L.t[0].quant] == 0x10);
+                free(c);
+            }
+        }
+        for (i = 0; i < n; i++) x[i] = (float)((int)(i * 7919 % 201) - 100) * 0.01f * (float)(i % 5 != 0);
+        for (q = FC_QUANT_UNIFORM; q <= FC_QUANT_TRELLIS8; q++) {
+            fc_encode_options o;
+            size_t size;
+            uint8_t *c;
+            float *acc = (float *)calloc((size_t)n, sizeof(float));
+            float *val = (float *)malloc(sizeof(float) * n);
+            fc_decode_target tg;
+            opts(&o, FC_MODE_AUTO, 4, 0);
+            o.transpose = FC_TRANSPOSE_SWAP;
+            o.lambda = 0.1;
+            o.quantizer = q;
+            o.slice_elems = 50;
+            t.levels = NULL;
+            t.values = x;
+            t.recon = rec;
+            t.step = 0.0;
+            c = roundtrip(&t, 1, &o, &size);
+            /* accumulators in the original layout */
+            TU_CHECK(acc && val);
+            memset(&tg, 0, sizeof(tg));
+            tg.values = val;
+            tg.acc = acc;
+            tg.acc_dtype = FC_ACC_F32;
+            tg.weight = 1.0;
+            TU_CHECK_RC(fc_decode(c, size, NULL, &tg, 1), FC_OK);
+            for (i = 0; i < n; i++) TU_CHECK(acc[i] == val[i] && val[i] == rec[i]);
+            free(acc);
+            free(val);
+            free(c);
+        }
+        free(lv);
+        free(x);
+        free(rec);
+    }
+    {
+        /* a conv filter bank whose scale is set by the input channel: auto
+         * tries both and keeps the smaller */
+        uint64_t shape[4] = {24, 16, 3, 3}, n = 24 * 16 * 9, i;
+        int32_t *lv = (int32_t *)malloc(sizeof(int32_t) * n);
+        float *x = (float *)malloc(sizeof(float) * n), *rec = (float *)malloc(sizeof(float) * n);
+        double scale[16];
+        tu_rng r = tu_seed(4343);
+        fc_tensor t = tu_tensor(0, 4, shape);
+        fc_encode_options o;
+        size_t s_auto, s_plain, s_w;
+        uint8_t *c;
+        cr_layout L;
+        TU_CHECK(lv && x && rec);
+        for (i = 0; i < 16; i++) scale[i] = (double)(1u << tu_below(&r, 6)) * 0.3;
+        for (i = 0; i < n; i++) lv[i] = (int32_t)lrint(tu_laplace(&r, scale[(i / 9) % 16]));
+        t.levels = lv;
+        t.step = 1.0;
+        opts(&o, FC_MODE_AUTO, 4, 0);
+        free(roundtrip(&t, 1, &o, &s_plain));
+        o.transpose = FC_TRANSPOSE_SWAP;
+        free(roundtrip(&t, 1, &o, &s_w));
+        o.transpose = FC_TRANSPOSE_AUTO;
+        c = roundtrip(&t, 1, &o, &s_auto);
+        TU_CHECK(s_auto == (s_w < s_plain ? s_w : s_plain));
+        TU_CHECK(cr_walk(c, s_auto, &L));
+        TU_CHECK((s_w < s_plain) == (L.t[0].quant != CR_NONE && c[L.t[0].quant] == 0x10));
+        TU_CHECK(s_w < s_plain); /* the structure this view is for */
+        free(c);
+        /* lossy auto: the reconstruction is the kept coding's */
+        for (i = 0; i < n; i++) x[i] = (float)lv[i] * 0.37f;
+        t.levels = NULL;
+        t.values = x;
+        t.recon = rec;
+        t.step = 0.0;
+        o.lambda = 0.1155;
+        o.quantizer = FC_QUANT_TRELLIS;
+        free(roundtrip(&t, 1, &o, &s_auto));
+        /* a matrix, a vector and a dithered tensor stay as given */
+        {
+            uint64_t m[2] = {40, 36}, v[1] = {1440};
+            fc_tensor u = tu_tensor(0, 2, m);
+            u.levels = lv;
+            u.step = 1.0;
+            opts(&o, FC_MODE_AUTO, 4, 0);
+            o.transpose = FC_TRANSPOSE_SWAP;
+            c = roundtrip(&u, 1, &o, &s_w);
+            TU_CHECK(cr_walk(c, s_w, &L));
+            TU_CHECK(L.t[0].quant == CR_NONE);
+            free(c);
+            u = tu_tensor(0, 1, v);
+            u.levels = lv;
+            u.step = 1.0;
+            c = roundtrip(&u, 1, &o, &s_w);
+            TU_CHECK(cr_walk(c, s_w, &L));
+            TU_CHECK(L.t[0].quant == CR_NONE);
+            free(c);
+            t.recon = NULL;
+            o.quantizer = FC_QUANT_DITHER;
+            o.lambda = 0.0;
+            o.dither_seed = 5;
+            c = (uint8_t *)malloc(fc_encode_bound(&t, 1));
+            TU_CHECK(c != NULL);
+            TU_CHECK_RC(fc_encode(&t, 1, &o, c, fc_encode_bound(&t, 1), &s_w, NULL, NULL), FC_OK);
+            TU_CHECK(cr_walk(c, s_w, &L));
+            TU_CHECK(L.t[0].quant != CR_NONE && c[L.t[0].quant] == FC_QUANT_DITHER);
+            free(c);
+        }
+        {
+            /* other transpose values are invalid */
+            uint8_t buf[64];
+            size_t size;
+            opts(&o, FC_MODE_AUTO, 4, 0);
+            t.values = NULL;
+            t.levels = lv;
+            t.step = 1.0;
+            o.transpose = 3;
+            TU_CHECK_RC(fc_encode(&t, 1, &o, buf, sizeof buf, &size, NULL, NULL), FC_ERR_INVALID_ARGUMENT);
+            o.transpose = -2;
+            TU_CHECK_RC(fc_encode(&t, 1, &o, buf, sizeof buf, &size, NULL, NULL), FC_ERR_INVALID_ARGUMENT);
+        }
+        free(lv);
+        free(x);
+        free(rec);
+    }
+}
+
 /* Orientation: transposed tensors decode to the original layout (levels,
  * values, accumulators, every mode, several slices, 3-d and 4-d shapes,
  * trellis), auto picks the transposed view for an input layer with empty
@@ -1080,6 +1241,11 @@ static void test_crafted_headers(void)
         ext[0] = (uint8_t)(c[L.t[1].params] | 0x80);
         ext[1] = 0x04;
         expect_splice(c, size, L.t[1].params, 1, ext, 2, FC_ERR_CORRUPT, "transposed 1-d tensor");
+        /* SWAPPED: only for tensors of >= 3 dimensions (a 2-d view: TRANSPOSED) */
+        ext[1] = 0x10;
+        expect_splice(c, size, L.t[1].params, 1, ext, 2, FC_ERR_CORRUPT, "swapped 1-d tensor");
+        ext[0] = (uint8_t)(c[L.t[0].params] | 0x80);
+        expect_splice(c, size, L.t[0].params, 1, ext, 2, FC_ERR_CORRUPT, "swapped 2-d tensor");
     }
     /* slice table */
     {
@@ -1964,6 +2130,7 @@ int main(void)
     test_params();
     test_window_auto();
     test_transpose();
+    test_swap();
     test_rowkind();
     test_multi();
     test_bound_and_capacity();
