@@ -69,7 +69,7 @@ def _message(
             c.KEY_FORMAT: c.FORMAT,
             c.KEY_DOWNLINK: kind,
             c.KEY_BASE_VERSION: version,
-            c.KEY_BASE_DIGEST: bytes.fromhex(digest),
+            c.KEY_BASE_DIGEST: bytes.fromhex(digest)[: c.DIGEST_BYTES],
         }
     )
     if layout:
@@ -158,8 +158,8 @@ def test_message_without_fedcodec_keys_passes_through() -> None:
 
 
 def test_keyframe_gives_the_app_plain_arrays_and_codes_the_reply() -> None:
-    """A keyframe becomes float32 arrays for the app; the reply is ONE fedcodec/v3 Array and
-    the app's metrics, nothing else."""
+    """A keyframe becomes float32 arrays for the app; the reply is ONE record: the inline
+    container with the app's metrics folded in, nothing else."""
     # Prepare
     model = _model()
     downlink = _publish_first(model)
@@ -177,13 +177,14 @@ def test_keyframe_gives_the_app_plain_arrays_and_codes_the_reply() -> None:
         assert array.stype == "numpy.ndarray"
         np.testing.assert_array_equal(array.numpy(), stream.tensors[name])
     # A small update travels inline: the app's ArrayRecord becomes a ConfigRecord holding
-    # the container's bytes under the same name.
+    # the container's bytes under the same name, and the app's metrics under their keys.
     coded = reply.content["arrays"]
     assert isinstance(coded, ConfigRecord)
-    assert list(coded.keys()) == [c.KEY_UPDATE_ARRAY]
+    assert list(coded.keys()) == [c.KEY_UPDATE_ARRAY, "num-examples"]
+    assert coded["num-examples"] == 10
     assert isinstance(coded[c.KEY_UPDATE_ARRAY], bytes)
     assert codec.inspect(coded[c.KEY_UPDATE_ARRAY])[0].shape == SHAPES["w"]
-    assert set(reply.content.keys()) == {"arrays", "metrics"}
+    assert list(reply.content.keys()) == ["arrays"]
     assert {c.STATE_MODEL, c.STATE_RESIDUAL, c.STATE_RECORD} <= set(context.state.keys())
 
 
@@ -568,7 +569,7 @@ def test_a_train_message_without_parameters_is_an_error_reply() -> None:
 
 
 def test_a_text_digest_is_refused_naming_the_key() -> None:
-    """The base digest travels as 32 bytes; anything else is an error naming the key."""
+    """The base digest travels as 16 bytes; anything else is an error naming the key."""
     # Prepare
     model = _model()
     downlink = _publish_first(model)

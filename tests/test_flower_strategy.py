@@ -217,12 +217,14 @@ def test_aggregate_train_hands_the_inner_strategy_global_plus_decoded_updates() 
     expected = {k: np.zeros(s, np.float64) for k, s in SHAPES.items()}
     total = 0
     for reply in replies:
-        n = reply.content["metrics"]["num-examples"]  # type: ignore[index]
-        total += n  # type: ignore[operator]
         record = reply.content["arrays"]
-        # A small update: inline, the container's bytes in place of the ArrayRecord.
+        # A small update: inline, the container's bytes in place of the ArrayRecord, and
+        # the app's metrics folded into the same record.
         assert isinstance(record, ConfigRecord)
-        assert list(record) == [c.KEY_UPDATE_ARRAY]
+        assert list(record) == [c.KEY_UPDATE_ARRAY, "num-examples"]
+        assert list(reply.content) == ["arrays"]
+        n = record["num-examples"]
+        total += n  # type: ignore[operator]
         decoded = codec.decode(_update_data(reply), names=list(SHAPES))
         for k in SHAPES:
             expected[k] += n * (initial[k].numpy() + decoded[k]).astype(np.float64)  # type: ignore[operator]
@@ -434,7 +436,7 @@ def test_a_failed_node_gets_a_keyframe_next_time() -> None:
 
 def test_layout_and_parameters_travel_at_first_contact_and_when_they_change() -> None:
     """The key order and the initial digest go to a node once; the parameters again only
-    when the schedule changes them; the base digest is 32 bytes."""
+    when the schedule changes them; the base digest is 16 bytes."""
     # Prepare: S doubles every 2 rounds
     schedule = StepSchedule(RoundParams(lam=0.5, S=4), "S", gamma=2.0, every=2)
     strategy = CompressionStrategy(FedAvg(fraction_evaluate=0.0), schedule=schedule)
@@ -447,7 +449,7 @@ def test_layout_and_parameters_travel_at_first_contact_and_when_they_change() ->
     assert [all(c.KEY_INITIAL_DIGEST in m.config for m in r) for r in by_round] == [1, 0, 0, 0]
     assert [all(c.KEY_PARAMS in m.config for m in r) for r in by_round] == [1, 0, 1, 0]
     assert [_params(r[0].config).S for r in by_round if c.KEY_PARAMS in r[0].config] == [4, 8]
-    assert all(len(m.config[c.KEY_BASE_DIGEST]) == 32 for m in grid.sent)  # type: ignore[arg-type]
+    assert all(len(m.config[c.KEY_BASE_DIGEST]) == 16 for m in grid.sent)  # type: ignore[arg-type]
     assert strategy.totals.updates == 8
     assert strategy.totals.rejected == 0
 

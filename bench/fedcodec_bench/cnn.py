@@ -510,12 +510,27 @@ def payload_bytes(msg: Message) -> int:
     return out
 
 
+def message_kind(msg: Message, reply: bool = False) -> str:
+    """The kind of a message for the per-kind byte counts: ``train``/``evaluate``, with
+    ``first contact`` when it carries the plugin's record layout (a node's first message
+    or one after a failure), ``reply`` for a reply, ``error`` for an error reply."""
+    from fedcodec.flower.constants import KEY_KEYS
+
+    if msg.has_error():
+        return "error reply"
+    kind = msg.metadata.message_type.split(".")[0]
+    if reply:
+        return f"{kind} reply"
+    first = any(KEY_KEYS in r for r in msg.content.config_records.values())
+    return f"{kind} first contact" if first else kind
+
+
 def _make_grid(app: Any, nodes: int) -> Any:
     from fedcodec.flower.local import LocalGrid
 
     class CountingGrid(LocalGrid):
         """The plugin's in-process grid, counting what Flower serializes both ways and the
-        payload (array data) inside it."""
+        payload (array data) inside it, in total and per message kind."""
 
         bytes_down = 0
         bytes_up = 0
@@ -524,12 +539,25 @@ def _make_grid(app: Any, nodes: int) -> Any:
         models_down = 0  # messages that carry (a version of) the model
         models_up = 0
 
+        def __init__(self, app: Any, node_ids: Any) -> None:
+            super().__init__(app, node_ids)
+            self.by_kind: dict[str, list[int]] = {}  # kind -> [messages, bytes]
+
+        def _count(self, kind: str, size: int) -> None:
+            entry = self.by_kind.setdefault(kind, [0, 0])
+            entry[0] += 1
+            entry[1] += size
+
         def deliver(self, msg: Message) -> Message:
-            self.bytes_down += wire_bytes(msg)
+            size = wire_bytes(msg)
+            self._count(message_kind(msg), size)
+            self.bytes_down += size
             self.payload_down += payload_bytes(msg)
             self.models_down += msg.metadata.message_type == "train"
             reply = super().deliver(msg)
-            self.bytes_up += wire_bytes(reply)
+            size = wire_bytes(reply)
+            self._count(message_kind(reply, reply=True), size)
+            self.bytes_up += size
             self.payload_up += payload_bytes(reply)
             self.models_up += payload_bytes(reply) > 0
             return reply
@@ -909,6 +937,8 @@ def run_one(
     extra["payload_up"] = grid.payload_up
     extra["payload_down"] = grid.payload_down
     extra["raw_payload"] = float_bytes * (grid.models_up + grid.models_down)
+    # Bytes per message kind (Flower's serialization): {kind: [messages, bytes]}.
+    extra["by_kind"] = {k: list(v) for k, v in sorted(grid.by_kind.items())}
     return RunResult(
         sc.name,
         method.name,
@@ -1131,6 +1161,10 @@ def run_cnn_bench(cfg: CNNBenchConfig, out: TextIO | None = None) -> dict[str, A
                     file=out,
                     flush=True,
                 )
+                kinds = r.extra.get("by_kind", {})
+                if kinds:
+                    per = ", ".join(f"{k} {n} x {b / n:,.0f}" for k, (n, b) in kinds.items())
+                    print(f"  bytes per message (mean): {per}", file=out, flush=True)
     result = _write(cfg, methods, runs)
     print(_table(result["summary"]), file=out)
     return result

@@ -9,14 +9,18 @@ and ``fixedclipping_mod``:
   decodes the coded updates into plain arrays before the inner strategy
   aggregates them;
 * :func:`fedcodec_mod` / :func:`make_fedcodec_mod` (ClientApp) rebuilds the
-  model for the app and codes the app's reply as ONE
-  ``Array(stype="fedcodec/v3", data=container)`` (the engine's bytes as they
-  are), with error feedback, keeping its state in ``context.state``.
+  model for the app and codes the app's reply as the engine's container as it
+  is (inline ``bytes`` in a ``ConfigRecord`` when small, else ONE
+  ``Array(stype="fedcodec/v3", data=container)``), with error feedback, keeping
+  its state in ``context.state``.
 
-The wire contract (``fedcodec/v3``, :mod:`fedcodec.flower.constants`) adds a few
-short config keys to each message (about 60 bytes: format, version, binary
-digest, round), the record layout and the coding parameters only at first
-contact or when they change, and nothing to a reply besides the coded ``Array``.
+The wire contract (``fedcodec/v4``, :mod:`fedcodec.flower.constants`) adds a few
+short config keys to each message (about 50 bytes: format, downlink kind,
+version, a 16-byte digest, round), the record layout and the coding parameters
+only at first contact or when they change, and nothing to a reply besides the
+coded update; an inline update carries the app's metrics in its own record
+(one Flower record less per reply), restored exactly before the inner strategy
+sees them.
 
 Temporal reference (opt-in, ``CompressionStrategy(..., temporal_reference=True)``): each
 node codes its update against its previous one (the same levels, fewer bytes), which the

@@ -18,7 +18,13 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, MetricRecord, RecordDict
 from flwr.common.serde import recorddict_to_proto
 
 from fedcodec.errors import FC_ERR_CORRUPT, CorruptStreamError
-from fedcodec.flower.constants import STYPE, STYPE_SEQUENCE
+from fedcodec.flower.constants import (
+    KEY_METRICS,
+    KEY_UPDATE_ARRAY,
+    METRICS_RECORD,
+    STYPE,
+    STYPE_SEQUENCE,
+)
 from fedcodec.pipeline import ModelMismatchError, ModelSpec
 from fedcodec.pipeline.model import F32Array, Tensors
 
@@ -36,12 +42,17 @@ __all__ = [
     "plain_record",
     "record_spec",
     "record_tensors",
+    "reply_records",
+    "restore_metrics",
     "split_record",
     "wire_size",
 ]
 
 _LENGTH_BYTES = 4
 _FLOAT32 = "float32"
+#: Prefix of the wire contract's keys: app metrics under such keys are not folded.
+_RESERVED = "fc"
+_Records = Mapping[str, ArrayRecord | ConfigRecord | MetricRecord]
 
 #: Containers up to this many bytes in total travel inline (``bytes`` in a ConfigRecord).
 INLINE_MAX_BYTES = 65_536
@@ -193,6 +204,90 @@ def coded_update(
             f"{len(found)} updates and the ArrayRecords {others!r}"
         )
     return found[0]
+
+
+def reply_records(
+    content: _Records, key: str, container: bytes, uncoded: ArrayRecord, *, inline: bool
+) -> dict[str, ArrayRecord | ConfigRecord | MetricRecord]:
+    """A reply's records with its ``ArrayRecord`` (under ``key``) replaced by the coded update.
+
+    Inline: a ``ConfigRecord`` holding the container (:data:`KEY_UPDATE_ARRAY`), into
+    which the app's metrics are folded when the reply holds nothing but the update and
+    ONE ``MetricRecord`` right after it, whose keys do not start with ``fc`` (the wire
+    contract, :mod:`fedcodec.flower.constants`): Flower frames every record with some
+    180 bytes.  Otherwise ONE coded ``Array`` next to the ``uncoded`` arrays.
+    :func:`restore_metrics` is the inverse on the server.
+    """
+    if not inline:
+        wire = ArrayRecord({KEY_UPDATE_ARRAY: coded_array([container])})
+        for name, array in uncoded.items():
+            wire[name] = array
+        return {k: (wire if k == key else v) for k, v in content.items()}
+    names = list(content)
+    position = names.index(key)
+    metrics = content[names[position + 1]] if position + 1 < len(names) else None
+    if (
+        len(names) != 2
+        or not isinstance(metrics, MetricRecord)
+        or any(k.startswith(_RESERVED) for k in metrics)
+    ):
+        record = ConfigRecord({KEY_UPDATE_ARRAY: container})
+        return {k: (record if k == key else v) for k, v in content.items()}
+    metrics_name = names[position + 1]
+    record = ConfigRecord({KEY_UPDATE_ARRAY: container})
+    for name, value in metrics.items():
+        record[name] = value
+    if metrics_name != METRICS_RECORD or not len(metrics):
+        record[KEY_METRICS] = metrics_name
+    return {key: record}
+
+
+def restore_metrics(
+    content: _Records, key: str
+) -> dict[str, ArrayRecord | ConfigRecord | MetricRecord]:
+    """The reply's records with the app's ``MetricRecord`` restored from the inline update
+    under ``key`` (:func:`reply_records`): the same name, keys, order, values and types,
+    right after the update record, which keeps its ``fc`` keys only.
+
+    Raises
+    ------
+    CorruptStreamError
+        A folded value that is not a metric (str, bytes, bool), an unknown ``fc`` key,
+        or a metrics name that is not a str or that another record already has.
+    """
+    record = content[key]
+    out: dict[str, ArrayRecord | ConfigRecord | MetricRecord] = {}
+    if not isinstance(record, ConfigRecord):
+        return dict(content)
+    unknown = [
+        k for k in record if k.startswith(_RESERVED) and k not in (KEY_UPDATE_ARRAY, KEY_METRICS)
+    ]
+    if unknown:
+        raise _corrupt(f"the reply's update record holds unknown keys {unknown!r}")
+    metrics: dict[str, int | float | list[int] | list[float]] = {}
+    for metric, value in record.items():
+        if metric.startswith(_RESERVED):
+            continue
+        items = value if isinstance(value, list) else [value]
+        if not all(isinstance(v, int | float) and not isinstance(v, bool) for v in items):
+            raise _corrupt(f"the reply's metric {metric!r} is not a metric value: {value!r:.60}")
+        metrics[metric] = value  # type: ignore[assignment]  # checked just above
+    if not metrics and KEY_METRICS not in record:
+        return dict(content)
+    name = record.get(KEY_METRICS, METRICS_RECORD)
+    if not isinstance(name, str) or not name or name in content:
+        raise _corrupt(f"the reply's {KEY_METRICS!r} must name a new record, got {name!r:.60}")
+    try:
+        restored = MetricRecord(metrics)
+    except (TypeError, ValueError) as exc:
+        raise _corrupt(f"the reply's metrics do not form a MetricRecord: {exc}") from exc
+    for k, v in content.items():
+        if k == key:
+            out[k] = ConfigRecord({KEY_UPDATE_ARRAY: record[KEY_UPDATE_ARRAY]})
+            out[name] = restored
+        else:
+            out[k] = v
+    return out
 
 
 def record_spec(record: ArrayRecord) -> ModelSpec:

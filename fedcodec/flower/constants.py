@@ -1,4 +1,4 @@
-"""Names shared by the strategy wrapper and the client mod: the wire contract ``fedcodec/v3``.
+"""Names shared by the strategy wrapper and the client mod: the wire contract ``fedcodec/v4``.
 
 Every key starts with ``fc`` (short: each key is paid in every message), which keeps
 them apart from an application's own configuration and from other wrappers' keys
@@ -12,7 +12,10 @@ every message
     :data:`KEY_DOWNLINK` (how the model arrives: ``DOWNLINK_*``), and — unless
     refused, then :data:`KEY_ERROR` — :data:`KEY_BASE_VERSION` and
     :data:`KEY_BASE_DIGEST` (the version the node holds after decoding and the
-    32 bytes of its SHA-256 :func:`~fedcodec.pipeline.model_digest`).
+    first :data:`DIGEST_BYTES` = 16 bytes of its SHA-256
+    :func:`~fedcodec.pipeline.model_digest`: 128 bits, against which a wrong model
+    passes with probability 2^-128 — the check guards against divergence, not
+    forgery: the server sends the value).
 train messages
     :data:`KEY_ROUND`, and :data:`KEY_PARAMS` (the round's coding parameters for
     this node, :meth:`fedcodec.pipeline.RoundParams.to_json_text`, the
@@ -51,7 +54,14 @@ bytes; inline containers do without.
 A reply (client to server) is the app's reply with its ``ArrayRecord`` replaced by
 the coded update (:data:`KEY_UPDATE_ARRAY`): a ``ConfigRecord`` with the container
 under the same record name when it is small, else ONE coded ``Array`` plus the
-integer buffers.  The mod adds no record.  A reply without error confirms that the
+integer buffers.  The mod adds no record, and when the update travels inline and the
+reply holds nothing else but ONE ``MetricRecord`` right after it, whose keys do not
+start with ``fc``, the metrics travel in that ``ConfigRecord`` under their own keys
+(every metric value is a ConfigRecord value of the same type), with
+:data:`KEY_METRICS` naming the record when it is not ``"metrics"`` or is empty: each
+record costs Flower's RecordDict a 64-hex-digit reference twice and its own object
+(some 180 bytes).  The server restores the ``MetricRecord`` — name, keys, order, values
+and types — before the inner strategy sees the reply.  A reply without error confirms that the
 node rebuilt the model the message described (the mod checks the digest and answers
 with an error otherwise), so the server knows which version each node holds without
 being told.
@@ -82,6 +92,7 @@ from __future__ import annotations
 from typing import Final
 
 __all__ = [
+    "DIGEST_BYTES",
     "DOWNLINK_DELTA",
     "DOWNLINK_KEYFRAME",
     "DOWNLINK_NONE",
@@ -99,6 +110,7 @@ __all__ = [
     "KEY_INITIAL_DIGEST",
     "KEY_INITIAL_ID",
     "KEY_KEYS",
+    "KEY_METRICS",
     "KEY_MODEL_ARRAY",
     "KEY_PARAMS",
     "KEY_RECORD",
@@ -106,6 +118,7 @@ __all__ = [
     "KEY_ROUND",
     "KEY_UNCODED_KEYS",
     "KEY_UPDATE_ARRAY",
+    "METRICS_RECORD",
     "METRIC_BUDGET_BYTES",
     "METRIC_BYTES_DOWN",
     "METRIC_BYTES_UP",
@@ -133,8 +146,12 @@ STYPE: Final = "fedcodec/v3"
 #: ``data`` is a sequence of (uint32 little-endian length, container) pairs.
 STYPE_SEQUENCE: Final = "fedcodec/v3+seq"
 
-#: Value of :data:`KEY_FORMAT`; a client mod refuses any other.
-FORMAT: Final = "fedcodec/v3"
+#: Value of :data:`KEY_FORMAT`: the wire contract's version (``fedcodec/v4``: a base
+#: digest of :data:`DIGEST_BYTES`, metrics folded into the reply); a client mod refuses
+#: any other, and a ``fedcodec/v3`` mod refuses it.
+FORMAT: Final = "v4"
+#: Bytes of the base digest (:data:`KEY_BASE_DIGEST`): the first 16 of the SHA-256.
+DIGEST_BYTES: Final = 16
 
 # -- message ConfigRecord (server -> client) ---------------------------------
 #: Marks a message prepared by the wrapper (value: :data:`FORMAT`).
@@ -143,7 +160,8 @@ KEY_FORMAT: Final = "fc"
 KEY_DOWNLINK: Final = "fc.k"
 #: The model version the client holds after decoding, the base of its update (int).
 KEY_BASE_VERSION: Final = "fc.v"
-#: SHA-256 digest of that model (:func:`fedcodec.pipeline.model_digest`), 32 bytes.
+#: The first :data:`DIGEST_BYTES` (16) bytes of the SHA-256 digest of that model
+#: (:func:`fedcodec.pipeline.model_digest`).
 KEY_BASE_DIGEST: Final = "fc.d"
 #: The server round (int; train messages: their presence asks for a coded reply).
 KEY_ROUND: Final = "fc.r"
@@ -185,6 +203,12 @@ INITIAL_ARRAY: Final = "fc.init"
 #: (``bytes``) in place of the app's ArrayRecord, under the same name, when it is small
 #: (up to 64 KiB) and no array travels uncoded; otherwise ONE ``Array`` in the ArrayRecord.
 KEY_UPDATE_ARRAY: Final = "fc.u"
+#: In a reply's update ``ConfigRecord`` that carries the app's metrics under their own
+#: keys: the name of the ``MetricRecord`` they came from (str), sent only when it is
+#: not ``"metrics"`` or the record is empty (no other key says it was there).
+KEY_METRICS: Final = "fc.mr"
+#: The name of a folded ``MetricRecord`` when :data:`KEY_METRICS` is absent.
+METRICS_RECORD: Final = "metrics"
 
 DOWNLINK_KEYFRAME: Final = "k"
 DOWNLINK_DELTA: Final = "d"

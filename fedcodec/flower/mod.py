@@ -12,8 +12,10 @@ For every message the wrapper prepared (its ``ConfigRecord`` carries
 3. for a train message, codes the reply's ``ArrayRecord`` as the difference to
    that model with error feedback, with the round's parameters
    (:data:`~fedcodec.flower.constants.KEY_PARAMS`, kept in ``context.state``:
-   the server sends them when they change): the engine's container goes out as
-   ONE ``Array(stype="fedcodec/v3", data=container)``, bytes unchanged.  Nothing
+   the server sends them when they change): the engine's container goes out
+   as it is, inline in a ``ConfigRecord`` under the ArrayRecord's name (with the
+   app's ``MetricRecord`` folded into it, which the server restores exactly) or,
+   when large, as ONE ``Array(stype="fedcodec/v3", data=container)``.  Nothing
    else is added to the reply: a reply without error tells the server that the
    node holds the model the message described (the digest checked out).
 
@@ -70,7 +72,7 @@ from typing import Any
 
 import numpy as np
 import numpy.typing as npt
-from flwr.app import ArrayRecord, ConfigRecord, Context, Error, Message
+from flwr.app import ArrayRecord, Context, Error, Message, RecordDict
 from flwr.clientapp.typing import ClientAppCallable, Mod
 
 from fedcodec import codec
@@ -80,16 +82,17 @@ from fedcodec.flower._config import config_int, params_from_text
 from fedcodec.flower._logging import logger as _log
 from fedcodec.flower._records import (
     INLINE_MAX_BYTES,
-    coded_array,
     coded_model,
     is_coded,
     merge_records,
     plain_record,
     record_tensors,
+    reply_records,
     split_record,
     wire_size,
 )
 from fedcodec.flower.constants import (
+    DIGEST_BYTES,
     DOWNLINK_DELTA,
     DOWNLINK_KEYFRAME,
     DOWNLINK_NONE,
@@ -112,7 +115,6 @@ from fedcodec.flower.constants import (
     KEY_REFERENCE,
     KEY_ROUND,
     KEY_UNCODED_KEYS,
-    KEY_UPDATE_ARRAY,
     MOD_FAILED_PRECONDITION,
 )
 from fedcodec.pipeline import (
@@ -124,7 +126,7 @@ from fedcodec.pipeline import (
     ModelVersion,
     RoundParams,
 )
-from fedcodec.pipeline.model import Tensors
+from fedcodec.pipeline.model import Tensors, digest_matches
 
 __all__ = ["InitialModelSource", "fedcodec_mod", "make_fedcodec_mod"]
 
@@ -351,10 +353,11 @@ def _sync_reference(engine: ClientEngine, config: Mapping[str, Any], *, accept: 
     engine.sync_reference(value.hex() or None)
 
 
-def _digest(value: object, key: str) -> str:
-    """A 32-byte binary digest from the config, as the pipeline's hex text."""
-    if not isinstance(value, bytes) or len(value) != 32:
-        raise ValueError(f"{key} must be the 32 bytes of a SHA-256 digest, got {value!r:.80}")
+def _digest(value: object, key: str, size: int = 32) -> str:
+    """A binary digest (``size`` bytes: a SHA-256 or its first bytes) from the config, as
+    the pipeline's hex text."""
+    if not isinstance(value, bytes) or len(value) != size:
+        raise ValueError(f"{key} must be {size} bytes of a SHA-256 digest, got {value!r:.80}")
     return value.hex()
 
 
@@ -390,12 +393,12 @@ def _receive(
     """The model the message describes, digest-checked (the engine's receiver, once)."""
     kind = config.get(KEY_DOWNLINK)
     version = config_int(config, KEY_BASE_VERSION)
-    digest = _digest(config.get(KEY_BASE_DIGEST), KEY_BASE_DIGEST)
+    digest = _digest(config.get(KEY_BASE_DIGEST), KEY_BASE_DIGEST, DIGEST_BYTES)
     if kind == DOWNLINK_RAW:
         model_part, _ = split_record(record, names)
         tensors = record_tensors(model_part, engine.spec, "received model")
         model = ModelVersion.create(version, tensors, engine.spec)
-        if model.digest != digest:
+        if not digest_matches(model.digest, digest):
             raise ValueError(f"the raw model hashes to {model.digest[:16]}…, not {digest[:16]}…")
         return model
     if kind not in (DOWNLINK_KEYFRAME, DOWNLINK_DELTA, DOWNLINK_NONE):
@@ -436,7 +439,8 @@ def _encode_reply(
     config: Mapping[str, Any],
     params: RoundParams,
 ) -> None:
-    """Replace the reply's ArrayRecord by the coded update (inline when it is small).
+    """Replace the reply's ArrayRecord by the coded update (inline when it is small, with
+    the app's metrics folded in when they can be: :func:`~fedcodec.flower._records.reply_records`).
 
     A byte budget holds for what the reply carries as Flower serializes it: the
     container's budget is the round's minus the reply's own framing (the record,
@@ -449,18 +453,13 @@ def _encode_reply(
     key, record = next(iter(records.items()))
     model_part, uncoded = split_record(record, base.spec.names)
     local = record_tensors(model_part, base.spec, "reply arrays")
+    content = dict(out.content.items())
     if params.budget_bytes is not None and params.step is None:
-        content = {k: v for k, v in out.content.items() if k != key}
-        if not len(uncoded) and params.budget_bytes <= INLINE_MAX_BYTES:
-            # +3: the longer length prefix of a non-empty value.
-            probe: ArrayRecord | ConfigRecord = ConfigRecord({KEY_UPDATE_ARRAY: b""})
-            overhead = wire_size({**content, key: probe}) + 3
-        else:
-            probe = ArrayRecord({KEY_UPDATE_ARRAY: coded_array([b""])})
-            for name, array in uncoded.items():
-                probe[name] = array
-            # +16: the data chunk object and the deflate framing of a non-empty payload.
-            overhead = wire_size({**content, key: probe}) + 16
+        inline = not len(uncoded) and params.budget_bytes <= INLINE_MAX_BYTES
+        probe = reply_records(content, key, b"", uncoded, inline=inline)
+        # Inline, +3: the longer length prefix of a non-empty value; in an Array, +16: the
+        # data chunk object and the deflate framing of a non-empty payload.
+        overhead = wire_size(probe) + (3 if inline else 16)
         params = params.replace(budget_bytes=max(1, params.budget_bytes - overhead))
     update = engine.encode(
         local,
@@ -470,13 +469,8 @@ def _encode_reply(
         base=base,
         importance=importance,
     )
-    if not len(uncoded) and len(update.data) <= INLINE_MAX_BYTES:
-        out.content[key] = ConfigRecord({KEY_UPDATE_ARRAY: update.data})
-    else:
-        wire = ArrayRecord({KEY_UPDATE_ARRAY: coded_array([update.data])})
-        for name, array in uncoded.items():
-            wire[name] = array
-        out.content[key] = wire
+    inline = not len(uncoded) and len(update.data) <= INLINE_MAX_BYTES
+    out.content = RecordDict(reply_records(content, key, update.data, uncoded, inline=inline))
     _log.debug(
         "fedcodec: update of %d bytes (lambda %.4g, %d passes, %.3f s)",
         len(update.data),

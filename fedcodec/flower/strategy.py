@@ -70,10 +70,12 @@ from fedcodec.flower._records import (
     plain_record,
     record_spec,
     record_tensors,
+    restore_metrics,
     split_record,
     wire_size,
 )
 from fedcodec.flower.constants import (
+    DIGEST_BYTES,
     DOWNLINK_DELTA,
     DOWNLINK_KEYFRAME,
     DOWNLINK_NONE,
@@ -672,7 +674,7 @@ class CompressionStrategy(Strategy):
         new_config = ConfigRecord(dict(config))
         new_config[KEY_FORMAT] = FORMAT
         new_config[KEY_BASE_VERSION] = phase.base.model.version
-        new_config[KEY_BASE_DIGEST] = bytes.fromhex(phase.base.digest_sent)
+        new_config[KEY_BASE_DIGEST] = bytes.fromhex(phase.base.digest_sent)[:DIGEST_BYTES]
         if first_contact:
             new_config[KEY_RECORD] = record_key
             new_config[KEY_KEYS] = list(record.keys())
@@ -893,6 +895,8 @@ class CompressionStrategy(Strategy):
         if found is None:
             return content, 0, (), {}
         key, data, uncoded = found
+        # The app's MetricRecord, folded into an inline update, back in place.
+        content = restore_metrics(content, key)
         base = phase.base
         spec = base.model.spec
         num_examples = _num_examples(content)

@@ -68,7 +68,14 @@ from fedcodec.pipeline.errors import (
     ModelMismatchError,
     StateFormatError,
 )
-from fedcodec.pipeline.model import F32Array, ModelSpec, ModelVersion, Tensors, model_digest
+from fedcodec.pipeline.model import (
+    F32Array,
+    ModelSpec,
+    ModelVersion,
+    Tensors,
+    digest_matches,
+    model_digest,
+)
 from fedcodec.pipeline.params import RoundParams
 from fedcodec.pipeline.ratecontrol import StepSnap
 from fedcodec.pipeline.stats import EncodeStats
@@ -106,7 +113,9 @@ class DownlinkPackage:
     version : int
         The version the client holds after applying it.
     digest : str
-        :func:`~fedcodec.pipeline.model.model_digest` of that model.
+        :func:`~fedcodec.pipeline.model.model_digest` of that model, or a prefix of
+        it of at least 32 hex digits (a transport may truncate it:
+        :func:`~fedcodec.pipeline.model.digest_matches`).
     keyframe : bytes or None
         The lossless code of the stream's accumulated change (the full model
         in a keyframe stream), or None.
@@ -1118,7 +1127,7 @@ class ModelReceiver:
             base = _plus(self.spec, base, step)
         model = base if initial is None else _plus(self.spec, initial.tensors, base)
         result = ModelVersion.create(package.version, model, self.spec)
-        if result.digest != package.digest:
+        if not digest_matches(result.digest, package.digest):
             raise DigestMismatchError(
                 f"reconstructed version {package.version} hashes to {result.digest[:16]}…, "
                 f"the server sent {package.digest[:16]}…; request a keyframe"

@@ -26,6 +26,7 @@ __all__ = [
     "ModelSpec",
     "ModelVersion",
     "Tensors",
+    "digest_matches",
     "model_digest",
     "reference_token",
 ]
@@ -35,6 +36,8 @@ F32Array = npt.NDArray[np.float32]
 Tensors = dict[str, F32Array]
 
 _DIGEST_DOMAIN = b"fedcodec-model-v1\0"
+#: Fewest hex digits of a digest a transport may send (128 bits; see :func:`digest_matches`).
+MIN_DIGEST_HEX = 32
 _REFERENCE_DOMAIN = b"fedcodec-reference-v1\0"
 
 
@@ -158,6 +161,21 @@ class ModelSpec:
     def zeros(self) -> Tensors:
         """float32 zero arrays of every tensor, in model order."""
         return {name: np.zeros(shape, dtype=np.float32) for name, shape in self}
+
+
+def digest_matches(digest: str, sent: str) -> bool:
+    """Whether a model whose :func:`model_digest` is ``digest`` is the one a peer named.
+
+    ``sent`` is the full digest or a prefix of at least :data:`MIN_DIGEST_HEX` hex
+    digits (128 bits: a transport that pays for every byte may truncate; a wrong
+    model then passes with probability 2^-128).  Shorter or non-lowercase-hex
+    values never match.
+    """
+    return (
+        MIN_DIGEST_HEX <= len(sent) <= len(digest)
+        and all(c in "0123456789abcdef" for c in sent)
+        and digest.startswith(sent)
+    )
 
 
 def model_digest(spec: ModelSpec, tensors: Mapping[str, F32Array]) -> str:
