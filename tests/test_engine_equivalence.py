@@ -220,7 +220,7 @@ def run_flower() -> tuple[Trace, list[str], Payloads]:
     def train(msg: Message, context: Context) -> Message:
         record = msg.content["arrays"]
         assert isinstance(record, ArrayRecord)
-        r = int(msg.content["config"][fc.KEY_ROUND])  # type: ignore[index,arg-type]
+        r = int(msg.content["config"][fc.FLOWER_ROUND])  # type: ignore[index,arg-type]
         local = _train({k: a.numpy() for k, a in record.items()}, str(context.node_id), r)
         content = RecordDict(
             {

@@ -24,6 +24,7 @@ from flwr.app import (
     ConfigRecord,
     Context,
     Message,
+    MessageType,
     MetricRecord,
     RecordDict,
 )
@@ -100,7 +101,8 @@ class _Grid(LocalGrid):
         self.config_nodes.append(msg.metadata.dst_node_id)
         reply = super().deliver(msg)
         node = msg.metadata.dst_node_id
-        if not reply.has_error() and c.KEY_ROUND in config and node not in self.timeout:
+        train = msg.metadata.message_type == MessageType.TRAIN
+        if not reply.has_error() and train and node not in self.timeout:
             found = coded_update(dict(reply.content.items()), c.KEY_UPDATE_ARRAY)
             assert found is not None
             self.containers.append((node, found[1]))

@@ -291,7 +291,7 @@ def _config_items_size(config: ConfigRecord, keys: Iterable[str]) -> int:
 
 def test_bytes_per_message_kind_stay_within_bounds() -> None:
     """What the plugin adds on the wire: a train message's contract keys (besides the
-    container) fit in 80 bytes after first contact (fedcodec/v3: 102), and a coded reply
+    container) fit in 55 bytes after first contact (fedcodec/v3: 102), and a coded reply
     is ONE Flower record — its framing beyond the container and the app's metric items
     fits in 195 bytes (fedcodec/v3, a second record: some 370)."""
     # Prepare
@@ -312,14 +312,9 @@ def test_bytes_per_message_kind_stay_within_bounds() -> None:
         assert isinstance(config, ConfigRecord)
         assert config[c.KEY_DOWNLINK] == c.DOWNLINK_DELTA
         ours = [k for k in config if k.startswith("fc") and k != c.KEY_MODEL_ARRAY]
-        assert set(ours) == {
-            c.KEY_FORMAT,
-            c.KEY_DOWNLINK,
-            c.KEY_BASE_VERSION,
-            c.KEY_BASE_DIGEST,
-            c.KEY_ROUND,
-        }
-        assert _config_items_size(config, ours) <= 80
+        # the version and the downlink kind in one value, the round under Flower's key
+        assert set(ours) == {c.KEY_FORMAT, c.KEY_BASE_VERSION, c.KEY_BASE_DIGEST}
+        assert _config_items_size(config, ours) <= 55
         found = coded_update(dict(reply.items()), c.KEY_UPDATE_ARRAY)
         assert found is not None
         record = reply["arrays"]
@@ -340,3 +335,43 @@ def test_a_truncated_digest_names_the_model_with_128_bits() -> None:
     assert not digest_matches(full, full[:32].upper())
     assert not digest_matches(full, "f" + full[1:32])
     assert not digest_matches(full[:32], full)
+
+
+class _NoRound(FedAvg):
+    """FedAvg without Flower's ``server-round`` key in its train messages."""
+
+    def configure_train(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Any
+    ) -> Iterable[Message]:
+        messages = list(super().configure_train(server_round, arrays, config, grid))
+        for msg in messages:
+            msg.content["config"].pop("server-round", None)  # type: ignore[union-attr]
+        return messages
+
+
+def test_the_round_travels_when_the_inner_strategy_does_not_send_it() -> None:
+    """With Flower's ``server-round`` the wrapper sends no round of its own; without it
+    the message carries :data:`KEY_ROUND`, and the updates decode either way."""
+    # Prepare
+    app = ClientApp(mods=[make_fedcodec_mod(initial_model=_initial_arrays())])
+
+    @app.train()
+    def train(msg: Message, context: Context) -> Message:
+        record = msg.content["arrays"]
+        assert isinstance(record, ArrayRecord)
+        arrays = ArrayRecord({k: Array(a.numpy() + np.float32(1e-3)) for k, a in record.items()})
+        metrics = MetricRecord({"num-examples": 5})
+        return Message(RecordDict({"arrays": arrays, "metrics": metrics}), reply_to=msg)
+
+    rounds: dict[str, list[object]] = {}
+    for name, inner in (("flower", FedAvg()), ("none", _NoRound())):
+        inner.fraction_evaluate = 0.0
+        strategy = CompressionStrategy(inner, schedule=PARAMS, robust=RobustPolicy.fedavg())
+        grid = _WireGrid(app, 2)
+        # Execute
+        strategy.start(grid=grid, initial_arrays=_initial(), num_rounds=2)
+        # Assert
+        assert strategy.totals.updates == 4
+        assert strategy.totals.rejected == 0
+        rounds[name] = [sent["config"].get(c.KEY_ROUND) for _, sent, _ in grid.pairs]  # type: ignore[union-attr]
+    assert rounds == {"flower": [None] * 4, "none": [1, 1, 2, 2]}

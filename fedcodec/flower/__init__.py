@@ -15,8 +15,9 @@ and ``fixedclipping_mod``:
   its state in ``context.state``.
 
 The wire contract (``fedcodec/v4``, :mod:`fedcodec.flower.constants`) adds a few
-short config keys to each message (about 50 bytes: format, downlink kind,
-version, a 16-byte digest, round), the record layout and the coding parameters
+short config keys to each message (about 50 bytes: the format and downlink
+kind in one value, the version, a 16-byte digest; the round only when the inner
+strategy's config lacks Flower's ``server-round``), the record layout and the coding parameters
 only at first contact or when they change, and nothing to a reply besides the
 coded update; an inline update carries the app's metrics in its own record
 (one Flower record less per reply), restored exactly before the inner strategy

@@ -8,8 +8,9 @@ Train and evaluate messages (server to client) carry, in their single
 ``ConfigRecord``, next to the inner strategy's keys:
 
 every message
-    :data:`KEY_FORMAT` (:data:`FORMAT`; marks a message the wrapper prepared),
-    :data:`KEY_DOWNLINK` (how the model arrives: ``DOWNLINK_*``), and — unless
+    :data:`KEY_FORMAT` (marks a message the wrapper prepared; its value is the
+    contract's version :data:`FORMAT` followed by how the model arrives — one of the
+    ``DOWNLINK_*`` values, e.g. ``"v4d"``; :data:`KEY_DOWNLINK` is the same key), and — unless
     refused, then :data:`KEY_ERROR` — :data:`KEY_BASE_VERSION` and
     :data:`KEY_BASE_DIGEST` (the version the node holds after decoding and the
     first :data:`DIGEST_BYTES` = 16 bytes of its SHA-256
@@ -17,7 +18,10 @@ every message
     passes with probability 2^-128 — the check guards against divergence, not
     forgery: the server sends the value).
 train messages
-    :data:`KEY_ROUND`, and :data:`KEY_PARAMS` (the round's coding parameters for
+    (``message_type`` ``"train"``: the mod codes the reply) :data:`KEY_ROUND` when the
+    inner strategy's config does not carry the round under Flower's own
+    :data:`FLOWER_ROUND` (``server-round``, which every Flower strategy sets), and
+    :data:`KEY_PARAMS` (the round's coding parameters for
     this node, :meth:`fedcodec.pipeline.RoundParams.to_json_text`, the
     serialization the gRPC proto carries too) only when they differ from the last
     parameters the node acknowledged; the mod keeps them in ``context.state``.
@@ -95,9 +99,11 @@ __all__ = [
     "DIGEST_BYTES",
     "DOWNLINK_DELTA",
     "DOWNLINK_KEYFRAME",
+    "DOWNLINK_KINDS",
     "DOWNLINK_NONE",
     "DOWNLINK_RAW",
     "DOWNLINK_REFUSED",
+    "FLOWER_ROUND",
     "FORMAT",
     "IMPORTANCE_RECORD",
     "INITIAL_ARRAY",
@@ -146,25 +152,31 @@ STYPE: Final = "fedcodec/v3"
 #: ``data`` is a sequence of (uint32 little-endian length, container) pairs.
 STYPE_SEQUENCE: Final = "fedcodec/v3+seq"
 
-#: Value of :data:`KEY_FORMAT`: the wire contract's version (``fedcodec/v4``: a base
-#: digest of :data:`DIGEST_BYTES`, metrics folded into the reply); a client mod refuses
-#: any other, and a ``fedcodec/v3`` mod refuses it.
+#: The wire contract's version, the start of :data:`KEY_FORMAT`'s value (``fedcodec/v4``:
+#: a base digest of :data:`DIGEST_BYTES`, the downlink kind in the format value, the
+#: round under Flower's key, metrics folded into the reply); a client mod refuses any
+#: other, and a ``fedcodec/v3`` mod refuses it.
 FORMAT: Final = "v4"
 #: Bytes of the base digest (:data:`KEY_BASE_DIGEST`): the first 16 of the SHA-256.
 DIGEST_BYTES: Final = 16
 
 # -- message ConfigRecord (server -> client) ---------------------------------
-#: Marks a message prepared by the wrapper (value: :data:`FORMAT`).
+#: Marks a message prepared by the wrapper and says how the model arrives: one of the
+#: ``DOWNLINK_*`` values (str: :data:`FORMAT` and a letter).
 KEY_FORMAT: Final = "fc"
-#: How the model arrives: one of the ``DOWNLINK_*`` values (str).
-KEY_DOWNLINK: Final = "fc.k"
+#: The same key as :data:`KEY_FORMAT` (one key, one value: the version and the kind).
+KEY_DOWNLINK: Final = KEY_FORMAT
 #: The model version the client holds after decoding, the base of its update (int).
 KEY_BASE_VERSION: Final = "fc.v"
 #: The first :data:`DIGEST_BYTES` (16) bytes of the SHA-256 digest of that model
 #: (:func:`fedcodec.pipeline.model_digest`).
 KEY_BASE_DIGEST: Final = "fc.d"
-#: The server round (int; train messages: their presence asks for a coded reply).
+#: The server round (int; train messages whose config lacks :data:`FLOWER_ROUND`, or
+#: holds another value there).  The mod seeds its dither with it.
 KEY_ROUND: Final = "fc.r"
+#: Flower's strategies' config key for the server round: the round of a train message
+#: when :data:`KEY_ROUND` is absent.
+FLOWER_ROUND: Final = "server-round"
 #: The node's coding parameters, RoundParams.to_json_text() (str; train messages,
 #: when they changed for the node).
 KEY_PARAMS: Final = "fc.p"
@@ -210,11 +222,15 @@ KEY_METRICS: Final = "fc.mr"
 #: The name of a folded ``MetricRecord`` when :data:`KEY_METRICS` is absent.
 METRICS_RECORD: Final = "metrics"
 
-DOWNLINK_KEYFRAME: Final = "k"
-DOWNLINK_DELTA: Final = "d"
-DOWNLINK_NONE: Final = "n"
-DOWNLINK_RAW: Final = "r"
-DOWNLINK_REFUSED: Final = "x"
+DOWNLINK_KEYFRAME: Final = FORMAT + "k"
+DOWNLINK_DELTA: Final = FORMAT + "d"
+DOWNLINK_NONE: Final = FORMAT + "n"
+DOWNLINK_RAW: Final = FORMAT + "r"
+DOWNLINK_REFUSED: Final = FORMAT + "x"
+#: Every value :data:`KEY_FORMAT` may have.
+DOWNLINK_KINDS: Final = frozenset(
+    {DOWNLINK_KEYFRAME, DOWNLINK_DELTA, DOWNLINK_NONE, DOWNLINK_RAW, DOWNLINK_REFUSED}
+)
 
 # -- reply ArrayRecord the app may add (consumed by the mod, never sent) -----
 #: Name of an optional ``ArrayRecord`` in the app's train reply: per-weight importance η

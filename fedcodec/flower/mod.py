@@ -72,7 +72,7 @@ from typing import Any
 
 import numpy as np
 import numpy.typing as npt
-from flwr.app import ArrayRecord, Context, Error, Message, RecordDict
+from flwr.app import ArrayRecord, Context, Error, Message, MessageType, RecordDict
 from flwr.clientapp.typing import ClientAppCallable, Mod
 
 from fedcodec import codec
@@ -95,9 +95,11 @@ from fedcodec.flower.constants import (
     DIGEST_BYTES,
     DOWNLINK_DELTA,
     DOWNLINK_KEYFRAME,
+    DOWNLINK_KINDS,
     DOWNLINK_NONE,
     DOWNLINK_RAW,
     DOWNLINK_REFUSED,
+    FLOWER_ROUND,
     FORMAT,
     IMPORTANCE_RECORD,
     INITIAL_ARRAY,
@@ -270,8 +272,12 @@ def _handle(
             f"{len(records)} and {len(configs)}",
         )
     config = marked[0]
-    if config[KEY_FORMAT] != FORMAT:
-        return _error(msg, f"{_NAME}: unsupported format {config[KEY_FORMAT]!r}, not {FORMAT!r}")
+    if config[KEY_FORMAT] not in DOWNLINK_KINDS:
+        return _error(
+            msg,
+            f"{_NAME}: unsupported format {config[KEY_FORMAT]!r}, not {FORMAT!r} and a "
+            "downlink kind",
+        )
     if config.get(KEY_DOWNLINK) == DOWNLINK_REFUSED:
         reason = str(config.get(KEY_ERROR, ""))
         return _error(msg, f"{_NAME}: the server sends no model: {reason}")
@@ -321,7 +327,7 @@ def _handle(
     if out.has_error():
         return out
 
-    if KEY_ROUND in config:  # a train message: code the reply
+    if msg.metadata.message_type.split(".")[0] == MessageType.TRAIN:  # code the reply
         try:
             if state.params is None:
                 raise ValueError(
@@ -464,7 +470,7 @@ def _encode_reply(
     update = engine.encode(
         local,
         params,
-        round_number=int(config.get(KEY_ROUND, 0)),
+        round_number=_round(config),
         num_examples=_num_examples(out),
         base=base,
         importance=importance,
@@ -506,6 +512,13 @@ def _str_list(config: Mapping[str, Any], key: str) -> list[str]:
     if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
         raise ValueError(f"{key} must be a list of str, got {value!r}")
     return list(value)
+
+
+def _round(config: Mapping[str, Any]) -> int:
+    """The server round of a train message (it seeds the dither): :data:`KEY_ROUND`, else
+    Flower's ``server-round``, else 0."""
+    value = config.get(KEY_ROUND, config.get(FLOWER_ROUND, 0))
+    return value if isinstance(value, int) and not isinstance(value, bool) else 0
 
 
 def _num_examples(out: Message) -> int:

@@ -81,13 +81,12 @@ from fedcodec.flower.constants import (
     DOWNLINK_NONE,
     DOWNLINK_RAW,
     DOWNLINK_REFUSED,
-    FORMAT,
+    FLOWER_ROUND,
     INITIAL_ARRAY,
     KEY_BASE_DIGEST,
     KEY_BASE_VERSION,
     KEY_DOWNLINK,
     KEY_ERROR,
-    KEY_FORMAT,
     KEY_FROM_VERSION,
     KEY_INITIAL_DIGEST,
     KEY_INITIAL_ID,
@@ -672,7 +671,8 @@ class CompressionStrategy(Strategy):
         held = self._held.get(node)
         first_contact = held is None or node in self._relayout
         new_config = ConfigRecord(dict(config))
-        new_config[KEY_FORMAT] = FORMAT
+        if new_config.get(FLOWER_ROUND) == server_round and KEY_ROUND in new_config:
+            del new_config[KEY_ROUND]  # the inner strategy's config carries the round
         new_config[KEY_BASE_VERSION] = phase.base.model.version
         new_config[KEY_BASE_DIGEST] = bytes.fromhex(phase.base.digest_sent)[:DIGEST_BYTES]
         if first_contact:
