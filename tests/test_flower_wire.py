@@ -21,6 +21,7 @@ pytest.importorskip(
     "flwr", reason="the Flower plugin tests need flwr (pip install 'fedcodec[flower]')"
 )
 
+from flower_helpers import initial_arrays, task_identity  # noqa: F401  (autouse fixture)
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 from flwr.serverapp.strategy import FedAdam, FedAvg, FedProx, Strategy
@@ -40,18 +41,7 @@ PARAMS = RoundParams(lam=0.5, S=0)
 
 
 def _initial_arrays() -> dict[str, np.ndarray]:
-    rng = np.random.default_rng(0)
-    return {k: (rng.standard_normal(s) * 0.1).astype(np.float32) for k, s in SHAPES.items()}
-
-
-@pytest.fixture(autouse=True)
-def _task_identity(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Strategies create instruction messages, which need a run id (a ServerApp sets it)."""
-    from flwr.supercore.task_identity import TaskIdentity
-
-    monkeypatch.setattr(TaskIdentity, "_run_id", 1)
-    monkeypatch.setattr(TaskIdentity, "_node_id", 0)
-    monkeypatch.setattr(TaskIdentity, "_task_id", 1)
+    return initial_arrays(SHAPES)
 
 
 def _metrics(node: int, server_round: int) -> dict[str, Any]:
