@@ -245,11 +245,20 @@ def _run_pair(fed: _Federation, tmp_path: Path, settings: str) -> dict[bool, dic
 
 
 def test_simulation_accuracy_with_fedcodec_stays_within_a_point(tmp_path: Path) -> None:
-    """Simulation: both runs complete; accuracy within 1 point; the plugin's byte reduction."""
+    """Simulation: both runs complete; accuracy within 1 point; the plugin's byte reduction;
+    the example's temporal options (uplink and downlink references) save bytes."""
     _require("ray", "mlxtend")
     # Execute
     with _Federation(tmp_path, simulation=True) as fed:
         runs = _run_pair(fed, tmp_path, f"num-server-rounds={SIM_ROUNDS}")
+        temporal = tmp_path / "result-temporal.json"
+        fed.completed(
+            fed.submit(
+                f"num-server-rounds={SIM_ROUNDS} {CODING} temporal-reference=true "
+                f"downlink-reference=true results-json='{temporal}'"
+            )
+        )
+        with_refs = json.loads(temporal.read_text())
     # Assert
     on, off = runs[True]["result"], runs[False]["result"]
     print(json.dumps({"on": on, "off": off}, indent=2))
@@ -261,6 +270,9 @@ def test_simulation_accuracy_with_fedcodec_stays_within_a_point(tmp_path: Path) 
     assert traffic["rejected"] == 0
     assert traffic["ratio_up"] > 20
     assert traffic["ratio_down"] > 5
+    assert abs(with_refs["accuracy"] - off["accuracy"]) <= 1.0
+    assert with_refs["traffic"]["rejected"] == 0
+    assert with_refs["traffic"]["bytes_up"] < traffic["bytes_up"]
 
 
 def test_deployment_superlink_counts_fewer_bytes_with_fedcodec(tmp_path: Path) -> None:

@@ -35,7 +35,13 @@ def main(grid: Grid, context: Context) -> None:
             lam=float(cfg["lambda"]), S=int(cfg["S"]), budget_bytes=budget if budget > 0 else None
         )
         wrapper = CompressionStrategy(
-            inner, schedule=params, compress_downlink=bool(cfg["compress-downlink"])
+            inner,
+            schedule=params,
+            compress_downlink=bool(cfg["compress-downlink"]),
+            # the node's previous update as side information of its next one
+            temporal_reference=bool(cfg["temporal-reference"]),
+            # the previous model change as side information of the next one
+            downlink_reference=bool(cfg["downlink-reference"]),
         )
         strategy = wrapper
 
