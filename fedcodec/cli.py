@@ -276,6 +276,7 @@ def _run_demo(args: argparse.Namespace) -> int:
         out_dir=args.out,
         progress=not args.no_progress,
         baseline=not args.no_baseline,
+        downlink_reference=args.downlink_reference,
     )
     if args.quick:
         cfg.clients, cfg.per_round, cfg.rounds = 4, 2, 4
@@ -321,6 +322,12 @@ def _add_demo(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     )
     demo.add_argument("--no-progress", action="store_true", help="no progress bar")
     demo.add_argument("--no-baseline", action="store_true", help="skip the float32 replay")
+    demo.add_argument(
+        "--downlink-reference",
+        action="store_true",
+        help="code version deltas against the previous one for clients that hold it "
+        "(server setting downlink.temporal_reference)",
+    )
     demo.add_argument(
         "--quick", action="store_true", help="4 clients, 2 per round, 4 rounds (CI smoke run)"
     )

