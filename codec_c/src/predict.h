@@ -37,6 +37,15 @@
 #if defined(__GNUC__) || defined(__clang__)
 typedef float fc_v8 __attribute__((vector_size(32)));
 typedef int32_t fc_v8i __attribute__((vector_size(32)));
+typedef uint8_t fc_v32b __attribute__((vector_size(32)));
+/* The byte of each int32 lane that holds its low 8 bits, in lane order. */
+#if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_BIG_ENDIAN__
+#define FC_LOWBYTE 3
+#else
+#define FC_LOWBYTE 0
+#endif
+static const fc_v32b fc_v32b_lowbytes = {FC_LOWBYTE, 4 + FC_LOWBYTE, 8 + FC_LOWBYTE, 12 + FC_LOWBYTE,
+                                         16 + FC_LOWBYTE, 20 + FC_LOWBYTE, 24 + FC_LOWBYTE, 28 + FC_LOWBYTE};
 #define FC_PRED_SIMD 1
 #else
 #define FC_PRED_SIMD 0

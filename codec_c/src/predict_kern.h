@@ -215,14 +215,15 @@ static FC_PK_ATTR void FC_PK(fc_pk_classes)(const float **prof, const float *coe
         mm = -((y >= t1) + (y >= t2) + (y >= t4) + (y >= t8) + (y >= t16) + (y >= t32) + (y >= t64));
         neg = x < zero;
         out = (mm | ((neg & eight) | (~neg & sixteen))) & (mm != 0);
-        memcpy(o, &out, 32);
         if (c + 8 <= cols) {
-            /* the eight class bytes in one store (little or big endian
-             * alike: bytes are placed explicitly) */
-            uint8_t b8[8];
-            for (j = 0; j < 8; j++) b8[j] = (uint8_t)o[j];
-            memcpy(cls + c, b8, 8);
+            /* the eight class bytes in one store (lane j at cls[c + j] on
+             * any byte order) */
+            fc_v32b b;
+            memcpy(&b, &out, 32);
+            b = __builtin_shuffle(b, fc_v32b_lowbytes);
+            memcpy(cls + c, &b, 8);
         } else {
+            memcpy(o, &out, 32);
             for (j = 0; c + j < cols; j++) cls[c + j] = (uint8_t)o[j];
         }
     }

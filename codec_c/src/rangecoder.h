@@ -244,12 +244,10 @@ typedef struct fc_rc_dec {
     const uint8_t *end;
     uint32_t range;
     uint32_t code;
-    uint64_t consumed; /* bytes read, counting the implicit zeros past end */
 } fc_rc_dec;
 
 FC_HOT uint8_t fc_rc_next_byte(fc_rc_dec *d)
 {
-    d->consumed++;
     return d->p < d->end ? *d->p++ : 0;
 }
 
@@ -260,7 +258,6 @@ static inline void fc_rc_dec_init(fc_rc_dec *d, const uint8_t *src, size_t size)
     d->end = src + size;
     d->range = 0xFFFFFFFFu;
     d->code = 0;
-    d->consumed = 0;
     for (i = 0; i < 4; i++) d->code = (d->code << 8) | fc_rc_next_byte(d);
 }
 
@@ -331,10 +328,11 @@ static inline uint64_t fc_rc_bypass_dec(fc_rc_dec *d, unsigned nbits)
 }
 
 /* A well-formed codeword leaves code < range and has been read to its last
- * stored byte (the encoder trims only trailing zeros). */
-static inline int fc_rc_dec_ok(const fc_rc_dec *d, size_t size)
+ * stored byte (the encoder trims only trailing zeros): p reached end (bytes
+ * are read in order, the implicit zeros only after the last stored one). */
+static inline int fc_rc_dec_ok(const fc_rc_dec *d)
 {
-    return d->code < d->range && d->consumed >= size;
+    return d->code < d->range && d->p == d->end;
 }
 
 #endif /* FC_RANGECODER_H */

@@ -188,7 +188,6 @@ static void emit(dec_out *o, uint64_t off, const int32_t *lv, uint64_t n)
 
 typedef struct dec_state {
     fc_rc_dec d;
-    fc_ctxset s;
     unsigned N;
     unsigned k;
     unsigned m0;
@@ -209,6 +208,9 @@ typedef struct dec_state {
     unsigned dq_state;
     fc_ref ref;             /* the reference's current row (ref.row NULL: none) */
     int32_t *zrow;          /* cols zeros (with column state): the above row of row 0 */
+    /* last: the allocation zeroes the fields before it only
+     * (fc_ctxset_init sets every context) */
+    fc_ctxset s;
 } dec_state;
 
 /* Decode the level of a significant element at column c; 0 when malformed
@@ -466,7 +468,8 @@ void fc_slice_decode(fc_slice_dec_job *job)
     ring = (int32_t *)calloc((size_t)width * slots, sizeof(int32_t));
     if (dq && o.active) o.scratch = (int32_t *)malloc(sizeof(int32_t) * (size_t)width);
     if (job->ref) refcls = (uint8_t *)malloc((size_t)width);
-    st = (dec_state *)calloc(1, sizeof(*st));
+    st = (dec_state *)malloc(sizeof(*st));
+    if (st) memset(st, 0, offsetof(dec_state, s));
     if (st && use_above) {
         st->cols.sgn = (int8_t *)calloc((size_t)cols, 1);
         st->cols.mag = (uint16_t *)calloc((size_t)cols, sizeof(uint16_t));
@@ -597,7 +600,7 @@ void fc_slice_decode(fc_slice_dec_job *job)
         if (rank && !st->bad) fc_pred_learn(&pred, cur);
     }
     if (!st->bad && job->mode == FC_MODE_RUNS && st->next_nz != st->n) st->bad = 1;
-    if (st->bad || !fc_rc_dec_ok(&st->d, job->size)) job->result = FC_ERR_CORRUPT;
+    if (st->bad || !fc_rc_dec_ok(&st->d)) job->result = FC_ERR_CORRUPT;
 out:
     free(ring);
     free(o.scratch);

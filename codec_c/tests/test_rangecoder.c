@@ -88,6 +88,7 @@ static int decode_stream_ok(const stream *s, const uint8_t *data, size_t size)
     fc_rc_dec d;
     fc_ctx c;
     size_t i;
+    int ok;
     fc_rc_dec_init(&d, g, size);
     for (i = 0; i < s->n; i++) {
         uint64_t got;
@@ -102,8 +103,9 @@ static int decode_stream_ok(const stream *s, const uint8_t *data, size_t size)
                       (unsigned long long)got, (unsigned long long)s->val[i]);
         }
     }
+    ok = fc_rc_dec_ok(&d);
     tu_guarded_free(g);
-    return fc_rc_dec_ok(&d, size);
+    return ok;
 }
 
 static void decode_stream(const stream *s, const uint8_t *data, size_t size)
@@ -452,7 +454,7 @@ static void test_garbage(void)
             if (i % 3) (void)fc_rc_decode(&d, &c);
             else (void)fc_rc_bypass_dec(&d, 1 + (unsigned)(i % 48));
         }
-        TU_CHECK(d.consumed >= 4);
+        TU_CHECK(d.p == d.end); /* read every byte (n < 40), then zeros */
         tu_guarded_free(g);
     }
 }
