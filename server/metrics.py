@@ -20,6 +20,8 @@ metric                                 meaning
 ``fedcodec_decode_seconds``            validation (decode) time of one upload
 ``fedcodec_finalize_seconds``          time to aggregate a round and code the new version
 ``fedcodec_keyframes_total``           downloads served as keyframes
+``fedcodec_held_delta_references_total`` downloads whose first delta was coded against the
+                                       delta the client holds (``downlink.temporal_reference``)
 ``fedcodec_calls_cancelled_total``     calls that ended by cancellation (client gone, transport
                                        dropped) by ``kind``: upload, other
 ``fedcodec_streams``                   open streams by ``kind``: uploading, waiting (for an
@@ -90,6 +92,11 @@ class Metrics:
             registry=r,
         )
         self.keyframes = Counter("fedcodec_keyframes", "Downloads served as keyframes", registry=r)
+        self.held_delta_references = Counter(
+            "fedcodec_held_delta_references",
+            "Downloads whose first delta was coded against the delta the client holds",
+            registry=r,
+        )
         self.calls_cancelled = Counter(
             "fedcodec_calls_cancelled", "Calls ended by cancellation", ["kind"], registry=r
         )

@@ -696,6 +696,8 @@ class RoundCoordinator:
         self.metrics.bytes_down.inc(size)
         if package.is_keyframe:
             self.metrics.keyframes.inc()
+        if package.held_delta_reference:
+            self.metrics.held_delta_references.inc()
         if self._round is not None:
             self._round.bytes_down += size
         return package

@@ -117,6 +117,12 @@ def run_federation(
                 continue
             wait_finished(server)
             digest = server.coordinator.global_model().digest
+            held_refs = server.server.metrics.registry.get_sample_value(
+                "fedcodec_held_delta_references_total"
+            )
+            # Rounds 3.. (both clients) when on and nothing restarted in between.
+            if not restart_at:
+                assert held_refs == (2 * (ROUNDS - 2) if reference else 0)
             # Each client brings its model to the last version (what the stream delivers).
             for i, c in enumerate(clients):
                 assert c.run_round(trainer(i)).outcome is Outcome.FINISHED
