@@ -646,7 +646,7 @@ def encode(
         (an input layer whose features are zero for the client's data), and
         tensors with three or more dimensions also with their first two axes
         swapped (a conv filter bank ``[out, in, kh, kw]`` as rows of input
-        channels, ``[in, out·kh·kw]``: 1-7 % smaller on real CNN updates), and
+        channels, ``[in, out·kh·kw]``: up to 12 % smaller on real CNN updates), and
         keeps the better.  Default False here: the orientations quantize
         differently, and keeping the smaller container at a fixed λ favours
         the one that zeroes more (measured: the Flower example app at λ=0.5,

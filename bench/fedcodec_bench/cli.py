@@ -182,7 +182,8 @@ def _add_bench(bsub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
         metavar="DIR",
         default=None,
         help="a folder of .npz real update sets to add (one set per file, e.g. MiniLM AdamW/SGD "
-        "updates from scripts/transformer_updates.py); default: $FEDCODEC_REAL_DIR",
+        "updates from scripts/transformer_updates.py, CNN updates with BatchNorm from "
+        "scripts/cnn_updates.py); default: $FEDCODEC_REAL_DIR",
     )
     codec.add_argument(
         "--nncodec-python",

@@ -96,8 +96,10 @@ def npz_update_datasets(folder: str | Path) -> list[Dataset]:
 
     ``scripts/transformer_updates.py`` makes such files (MiniLM fine-tuned with AdamW and SGD in
     a side environment: attention/FFN matrices, and the word-embedding table with mostly zero
-    rows). Each set's step is the power of two nearest a quarter of the RMS of its nonzero
-    values (a power of two lies on NNCodec's qp grid), about 2 bits per nonzero weight.
+    rows), and so does ``scripts/cnn_updates.py`` (CNNs with BatchNorm: 4-D conv filters, BN
+    weights, biases and running statistics, dense and top-k). Each set's step is the power of
+    two nearest a quarter of the RMS of its nonzero values (a power of two lies on NNCodec's qp
+    grid), about 2 bits per nonzero weight.
 
     Parameters
     ----------

@@ -379,7 +379,7 @@ SWAP01_FN(swap01_f32, float)
 SWAP01_FN(swap01_i32, int32_t)
 
 /* The SWAPPED view of a tensor: 0 none, 1 also tried (transpose auto: conv
- * filter banks [out, in, kh, kw] coded as rows of input channels are 1-7 %
+ * filter banks [out, in, kh, kw] coded as rows of input channels are up to 12 %
  * smaller on real CNN updates, docs/codec.md), 2 only (FC_TRANSPOSE_SWAP).
  * Tensors with >= 3 dimensions, never dithered or with a reference. */
 static int swap_view(const fc_tensor *t, const fc_tensor_desc *d, const fc_encode_options *o)
