@@ -20,8 +20,10 @@ output array, while a call that reads or writes it is running.
 Determinism: the same tensors and options give the same bytes on every run,
 platform and thread count, and the reconstruction of a level ``k`` is the
 float32 product ``float32(k) * step`` (minus the dither for
-``quantizer="dither"``), so the ``recon`` returned by :func:`encode` equals
-what :func:`decode` returns, bit for bit.
+``quantizer="dither"``; in a uniform tensor coded from floats, a row whose
+nonzero levels share one magnitude may carry that row's value to 1/16 step,
+``codec_c/FORMAT.md`` §8.1 ROWFINE), so the ``recon`` returned by
+:func:`encode` equals what :func:`decode` returns, bit for bit.
 
 Quantizers (``encode(..., quantizer=...)``):
 
@@ -1376,7 +1378,10 @@ def decode_levels(
         a trellis tensor the levels are reconstruction indices (the same
         rule holds); for a dithered tensor the reconstruction is
         ``float32(level) * step - dither_values(...)`` (see :func:`inspect`
-        for the seed).
+        for the seed).  In a uniform tensor coded from floats, the rows of
+        one level magnitude may decode to their own value within half a step
+        of ``level * step`` (``codec_c/FORMAT.md`` §8.1 ROWFINE): the levels
+        here are those rows' rounded levels.
 
     Raises
     ------

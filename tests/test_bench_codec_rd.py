@@ -43,6 +43,9 @@ def test_real_sets_and_rd_curves(tmp_path: Path) -> None:
         for p in pts:
             assert p["lzma9_bytes"] > 0
             assert p["rdoq_bytes"] > 0
+            # fc.encode at lam 0 codes rounding's levels: its error is at most rounding's
+            assert p["encode_bytes"] > 0
+            assert p["encode_snr_db"] >= p["snr_db"] - 1e-9
             assert p["nncodec_bytes"] is None
             assert p["nncodec_dq_bytes"] is None
             assert p["nncodec_dq_rd_bytes"] is None
@@ -56,7 +59,7 @@ def test_real_sets_and_rd_curves(tmp_path: Path) -> None:
         assert bd["best"] is None
         assert bd["nncodec_best"] is None
         assert all(v is None for v in bd["vs_nncodec_urq"].values())
-        assert set(bd["vs_rounding"]) == {"rdoq", "trellis", "trellis8"}
+        assert set(bd["vs_rounding"]) == {"encode", "rdoq", "trellis", "trellis8"}
         assert all(isinstance(v, float) for v in bd["vs_rounding"].values())
         base = next(d for d in saved["datasets"] if d["name"] == name)
         assert pts[1]["fedcodec_bytes"] == base["fedcodec"]["bytes"]  # j = 0 is the set's step
@@ -84,6 +87,8 @@ def test_bd_rates_pick_the_best_fedcodec_curve_against_the_hardest_nncodec_curve
             "nncodec_bytes": r,
             "rdoq_bytes": 0.96 * r,
             "rdoq_snr_db": snr[j],
+            "encode_bytes": 0.95 * r,
+            "encode_snr_db": snr[j],
             "trellis_bytes": 0.93 * r,
             "trellis_snr_db": snr[j],
             "trellis8_bytes": 0.92 * r,

@@ -237,7 +237,50 @@ def test_rdoq_keeps_one_magnitude_rows_of_an_embedding_table() -> None:
     const = kind < 4
     res = fedcodec.encode([x], step=step, lam=0.1155, return_recon=True)
     recon = np.asarray(res.recon[0])
-    # the one-magnitude rows keep their rounded levels (+-1 step)
-    np.testing.assert_array_equal(recon[const], np.sign(x[const]) * step)
+    levels = fedcodec.decode_levels(res.data)[0][0]
+    # the one-magnitude rows keep their rounded levels (+-1 step), reconstructed to the
+    # row's value on the 1/16-step ROWFINE grid (0.625 steps)
+    np.testing.assert_array_equal(levels[const], np.sign(x[const]))
+    np.testing.assert_array_equal(recon[const], np.sign(x[const]) * np.float32(0.625 * step))
     # the broad rows are RD-quantized as usual (some values rounded down or to zero)
     assert np.count_nonzero(recon[~const]) < np.count_nonzero(np.rint(x[~const] / step))
+    np.testing.assert_array_equal(recon[~const], levels[~const] * np.float32(step))
+
+
+@pytest.mark.parametrize("lam", [0.0, 0.1155])
+def test_rowfine_values_of_one_magnitude_rows(lam: float) -> None:
+    # Adam's rarely seen tokens: rows of one magnitude per row from a few values (steps since
+    # the token was seen) among broad rows. ROWFINE slices give each such row its value to
+    # 1/16 step: the decoder's output equals the encoder's recon, the levels are the rounded
+    # ones (decode_levels), no element's error exceeds rounding's by more than float rounding,
+    # and the squared error of those rows falls to (1/32 step)^2 at most per element.
+    rng = np.random.default_rng(8)
+    step = 1.0
+    mags = np.array([0.63, 1.2, 1.71, 2.18, 2.62, 3.02], np.float32)
+    x = np.zeros((600, 96), np.float32)
+    kind = rng.integers(0, 10, size=600)
+    for r in range(600):
+        if kind[r] < 3:
+            x[r] = mags[rng.integers(0, len(mags))] * rng.choice([-1.0, 1.0], size=96)
+        elif kind[r] < 5:
+            x[r] = rng.laplace(0.0, 1.5 * step, size=96)
+    const = kind < 3
+    res = fedcodec.encode([x], step=step, lam=lam, return_recon=True)
+    assert res.recon is not None
+    recon = np.asarray(res.recon[0])
+    np.testing.assert_array_equal(bits(fedcodec.decode(res.data)[0]), bits(recon))
+    levels = fedcodec.decode_levels(res.data)[0][0]
+    np.testing.assert_array_equal(levels[const], np.rint(x[const]))
+    err_fine = np.square(recon[const].astype(np.float64) - x[const])
+    err_levels = np.square(levels[const] * np.float64(step) - x[const])
+    assert err_fine.max() <= (step / 32) ** 2 + 1e-12
+    assert err_fine.sum() < 0.05 * err_levels.sum()
+    # per row the refined value never costs squared error against the level's
+    assert np.all(err_fine.sum(axis=1) <= err_levels.sum(axis=1) + 1e-9)
+    # accumulation adds the same values
+    acc = np.zeros(x.shape, np.float64)
+    fedcodec.decode_accumulate(res.data, [acc], weight=1.0)
+    np.testing.assert_array_equal(acc, recon.astype(np.float64))
+    # a levels-only coding of the same levels has no ROWFINE values
+    plain = fedcodec.encode_levels([levels], step)
+    np.testing.assert_array_equal(fedcodec.decode(plain.data)[0], levels * np.float32(step))

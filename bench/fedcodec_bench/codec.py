@@ -81,9 +81,11 @@ RDOQ_LAMBDA = 0.1155
 #: fedcodec's dependent quantizers on the RD curves (besides rounding and RDOQ).
 RD_QUANTIZERS: tuple[str, ...] = ("trellis", "trellis8")
 #: The curves of the BD-rate comparison: fedcodec's (rounding = the same levels NNCodec URQ
-#: codes, RDOQ, the dependent quantizers) and NNCodec's (URQ on the rounding levels; DQ with
-#: lambda_scale 0, its default distortion-only trellis, and 1, rate-aware).
-FEDCODEC_CURVES: tuple[str, ...] = ("rounding", "rdoq", *RD_QUANTIZERS)
+#: codes; "encode" = ``fc.encode`` at lam 0, rounding from the floats, where one-magnitude rows
+#: get their own value (ROWFINE); RDOQ; the dependent quantizers) and NNCodec's (URQ on the
+#: rounding levels; DQ with lambda_scale 0, its default distortion-only trellis, and 1,
+#: rate-aware).
+FEDCODEC_CURVES: tuple[str, ...] = ("rounding", "encode", "rdoq", *RD_QUANTIZERS)
 NNCODEC_CURVES: tuple[str, ...] = ("urq", "dq", "dq_rd")
 #: lambda_scale of NNCodec's DQ curves.
 NNCODEC_DQ_LAMBDAS = {"dq": 0.0, "dq_rd": 1.0}
@@ -736,6 +738,10 @@ def _rd_curves(
                 return_recon=True,
                 transpose="auto",
             )
+            # the product's encode at lam 0: rounding's levels, ROWFINE values where they apply
+            enc0 = fc.encode(
+                ds.tensors, step=step, lam=0.0, threads=1, return_recon=True, transpose="auto"
+            )
             point: dict[str, Any] = {
                 "exponent": j,
                 "step": step,
@@ -753,6 +759,9 @@ def _rd_curves(
                 "rdoq_bytes": len(rdq.data),
                 "rdoq_bpw": 8.0 * len(rdq.data) / n,
                 "rdoq_snr_db": _snr_db(sig_sq, sq_err(ds, rdq.recon)),
+                "encode_bytes": len(enc0.data),
+                "encode_bpw": 8.0 * len(enc0.data) / n,
+                "encode_snr_db": _snr_db(sig_sq, sq_err(ds, enc0.recon)),
                 "nncodec_bytes": None,
                 "nncodec_bpw": None,
             }
@@ -820,6 +829,7 @@ def _nncodec_speed_ratio(r: dict[str, Any], op: str, nn_key: str) -> float | Non
 _NN_LABEL = {"urq": "NNCodec URQ", "dq": "NNCodec DQ", "dq_rd": "NNCodec DQ lambda_scale 1"}
 _FED_LABEL = {
     "rounding": "rounding",
+    "encode": "encode lam 0",
     "rdoq": "RDOQ",
     "trellis": "trellis",
     "trellis8": "trellis8",
@@ -1077,6 +1087,8 @@ def _print_rd(res: dict[str, Any], out: TextIO) -> None:
     w(
         "Steps are the set's step times 2^j. At each step the same plain-rounding levels are "
         "coded by fedcodec, zstd-19, lzma-9 and NNCodec URQ (so they share one SNR); "
+        "'encode lam 0' is fc.encode at that step with lam=0 (rounding's levels; rows of one "
+        "magnitude get their own value, ROWFINE); "
         f"'RDOQ' is fc.encode at that step with lam={lam:g} (its own levels and SNR); "
         + (
             f"{', '.join(quants)} (fedcodec's dependent quantizers, lam={lam:g}) and "
@@ -1109,6 +1121,7 @@ def _print_rd(res: dict[str, Any], out: TextIO) -> None:
                     _fmt_bpw(p["lzma9_bpw"]),
                     _fmt_bpw(p["order0_bpw"]),
                     _fmt_bpw(p["nncodec_bpw"]),
+                    at("encode"),
                     at("rdoq"),
                     *[at(q) for q in quants],
                     at("nncodec_dq"),
@@ -1149,6 +1162,7 @@ def _print_rd(res: dict[str, Any], out: TextIO) -> None:
                     "lzma-9",
                     "order-0",
                     "NNCodec URQ",
+                    "fedcodec encode lam 0",
                     "fedcodec RDOQ",
                     *[f"fedcodec {q} (step/2)" for q in quants],
                     "NNCodec DQ (step/2)",

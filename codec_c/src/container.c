@@ -173,7 +173,10 @@ static int parse_tensor(fc_reader *r, const fc_decode_options *o, const fc_shape
              * ROWSCALE and RANK8 bits only with it */
             (sd->mode == FC_MODE_DENSE && (sd->k & 4u) &&
              (((sd->k & 2u) && !(sd->k & 8u)) || td->has_ref || td->cols > FC_ROW_CTX_MAX)) ||
-            (sd->mode == FC_MODE_DENSE && !(sd->k & 4u) && (sd->k & ~(td->has_ref ? 35u : 3u))) ||
+            /* ROWFINE (bit 3 without PREDICT): ROWKIND slices of uniform tensors */
+            (sd->mode == FC_MODE_DENSE && !(sd->k & 4u) &&
+             (sd->k & ~(td->has_ref ? 35u : 3u) &
+              ~((sd->k & 2u) && td->quant == FC_QUANT_UNIFORM ? 8u : 0u))) ||
             (sd->mode == FC_MODE_GROUPED && (sd->k & 2u)) ||
             ((sd->k & 1u) && sd->mode != FC_MODE_RUNS && td->cols > FC_ROW_CTX_MAX))
             return FC_ERR_CORRUPT;

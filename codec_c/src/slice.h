@@ -38,6 +38,11 @@
 /* PREDICT + ROWSCALE slices: the ROWKIND bit (never with PREDICT otherwise)
  * is SCALECTX, level magnitudes by the row's scale class (FORMAT.md §7.8) */
 #define FC_SLICE_SCALECTX FC_SLICE_ROWKIND
+/* ROWKIND slices (no PREDICT) of uniform tensors: the ROWSCALE bit is
+ * ROWFINE, each one-magnitude row's value refined to 1/16 step (FORMAT.md
+ * §6.2 step 2a, §8.1) */
+#define FC_SLICE_ROWFINE FC_SLICE_ROWSCALE
+#define FC_ROWFINE_BITS 4u
 #define FC_PREDICT_ROWSCALE 0x100 /* predict_request: with row scales */
 #define FC_PREDICT_CLASSCTX 0x200 /* predict_request: with the extended class contexts */
 #define FC_PREDICT_SCALECTX 0x400 /* predict_request: with SCALECTX (needs ROWSCALE) */
@@ -46,6 +51,17 @@
 static inline int fc_slice_rowkind(unsigned mode, unsigned k)
 {
     return mode == FC_MODE_DENSE && (k & FC_SLICE_ROWKIND) && !(k & FC_SLICE_PREDICT);
+}
+static inline int fc_slice_rowfine(unsigned mode, unsigned k)
+{
+    return fc_slice_rowkind(mode, k) && (k & FC_SLICE_ROWFINE);
+}
+/* The value magnitude of a ROWFINE row of level magnitude a and fraction f
+ * (0 .. 15): (a + (f - 8) / 16) * step, one float32 rounding of an exact
+ * double product (a < 2^30). */
+static inline float fc_rowfine_value(uint32_t a, uint32_t f, float step)
+{
+    return (float)((double)((int64_t)a * 16 + (int64_t)f - 8) * (double)step * 0.0625);
 }
 static inline int fc_slice_scalectx(unsigned mode, unsigned k)
 {

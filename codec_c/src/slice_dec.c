@@ -5,6 +5,8 @@
  * than that are coded without the "above" context (as the encoder does).
  * Every loop is bounded by the slice's element count, so hostile input costs
  * at most a bounded number of bins per element. */
+#include <float.h>
+
 #include "binarize.h"
 #include "predict.h"
 #include "slice.h"
@@ -60,7 +62,16 @@ typedef struct dec_out {
     int32_t *scratch;         /* trellis tensors: a chunk of indices */
     uint64_t key, first;      /* dithered tensors */
     int active;               /* any output at all */
+    int finerow;              /* a ROWFINE row: its nonzero values are +-fine */
+    float fine;
 } dec_out;
+
+/* The value of level v: (float)v * step, or +-fine in a ROWFINE row. */
+static inline float level_value(const dec_out *o, int32_t v)
+{
+    if (o->finerow) return v > 0 ? o->fine : (v < 0 ? -o->fine : 0.0f);
+    return (float)v * o->step;
+}
 
 /* Swapped views: row r, columns [c0, c0 + n) of the slice (lv NULL: zeros,
  * lv already dequantized), runs of whole or partial inner blocks, each
@@ -69,7 +80,6 @@ static void emit_swapped(const dec_out *o, uint64_t r, uint64_t c0, const int32_
 {
     const fc_sink *k = o->sink;
     const uint64_t kb = k->tblock, ts = k->tstride;
-    const float step = o->step;
     uint64_t q = c0 / kb, m = c0 % kb, done = 0, i;
     while (done < n) {
         const uint64_t run = kb - m < n - done ? kb - m : n - done;
@@ -82,7 +92,7 @@ static void emit_swapped(const dec_out *o, uint64_t r, uint64_t c0, const int32_
         if (k->values) {
             float *out = k->values + at;
             if (v)
-                for (i = 0; i < run; i++) out[i] = (float)v[i] * step;
+                for (i = 0; i < run; i++) out[i] = level_value(o, v[i]);
             else
                 memset(out, 0, sizeof(float) * (size_t)run);
         }
@@ -90,10 +100,10 @@ static void emit_swapped(const dec_out *o, uint64_t r, uint64_t c0, const int32_
             for (i = 0; i < run; i++) {
                 if (!v[i]) continue;
                 if (k->acc_dtype == FC_ACC_F64)
-                    ((double *)k->acc)[at + i] += k->weight * (double)((float)v[i] * step);
+                    ((double *)k->acc)[at + i] += k->weight * (double)level_value(o, v[i]);
                 else
                     ((float *)k->acc)[at + i] =
-                        (float)((double)((float *)k->acc)[at + i] + k->weight * (double)((float)v[i] * step));
+                        (float)((double)((float *)k->acc)[at + i] + k->weight * (double)level_value(o, v[i]));
             }
         }
         done += run;
@@ -108,7 +118,6 @@ static void emit_transposed(dec_out *o, uint64_t r, uint64_t c0, const int32_t *
 {
     const fc_sink *k = o->sink;
     const uint64_t ts = k->tstride;
-    const float step = o->step;
     uint64_t i;
     if (lv && o->dq) lv = dequantize(o->dq, &o->state, lv, n, o->scratch);
     if (!lv && o->dq) o->state = fc_dq_skip_zeros(o->dq, o->state, n);
@@ -127,7 +136,7 @@ static void emit_transposed(dec_out *o, uint64_t r, uint64_t c0, const int32_t *
     if (k->values) {
         float *out = k->values + c0 * ts + r;
         if (lv)
-            for (i = 0; i < n; i++) out[i * ts] = (float)lv[i] * step;
+            for (i = 0; i < n; i++) out[i * ts] = level_value(o, lv[i]);
         else
             for (i = 0; i < n; i++) out[i * ts] = 0.0f;
     }
@@ -137,9 +146,9 @@ static void emit_transposed(dec_out *o, uint64_t r, uint64_t c0, const int32_t *
             const int32_t v = lv[i];
             if (!v) continue;
             if (k->acc_dtype == FC_ACC_F64)
-                ((double *)k->acc)[at] += k->weight * (double)((float)v * step);
+                ((double *)k->acc)[at] += k->weight * (double)level_value(o, v);
             else
-                ((float *)k->acc)[at] = (float)((double)((float *)k->acc)[at] + k->weight * (double)((float)v * step));
+                ((float *)k->acc)[at] = (float)((double)((float *)k->acc)[at] + k->weight * (double)level_value(o, v));
         }
     }
 }
@@ -169,6 +178,20 @@ static void emit(dec_out *o, uint64_t off, const int32_t *lv, uint64_t n)
     }
     if (o->dq) lv = dequantize(o->dq, &o->state, lv, n, o->scratch);
     if (k->levels) memcpy(k->levels + off, lv, sizeof(int32_t) * (size_t)n);
+    if (o->finerow) { /* a ROWFINE row (uniform tensors only) */
+        for (i = 0; i < n; i++) {
+            const float x = level_value(o, lv[i]);
+            if (k->values) k->values[off + i] = x;
+            if (k->acc && lv[i]) {
+                if (k->acc_dtype == FC_ACC_F64)
+                    ((double *)k->acc)[off + i] += k->weight * (double)x;
+                else
+                    ((float *)k->acc)[off + i] =
+                        (float)((double)((float *)k->acc)[off + i] + k->weight * (double)x);
+            }
+        }
+        return;
+    }
     if (k->values) {
         float *v = k->values + off;
         for (i = 0; i < n; i++) v[i] = (float)lv[i] * step;
@@ -427,6 +450,7 @@ void fc_slice_decode(fc_slice_dec_job *job)
     const uint64_t width = use_above ? cols : FC_ROW_CTX_MAX;
     const int refrows = job->mode != FC_MODE_RUNS && (job->k & FC_SLICE_REFROWS);
     const int rowkind = fc_slice_rowkind(job->mode, job->k);
+    const int rowfine = fc_slice_rowfine(job->mode, job->k);
     const int scalectx = fc_slice_scalectx(job->mode, job->k);
     const unsigned rank = job->mode == FC_MODE_DENSE && (job->k & FC_SLICE_PREDICT)
                               ? ((job->k & FC_SLICE_RANK8) ? 8u : 4u)
@@ -453,7 +477,7 @@ void fc_slice_decode(fc_slice_dec_job *job)
     memset(&pred, 0, sizeof(pred));
     /* (the container checks these too) */
     if ((refrows && !use_above) || (rank && (rowkind || job->ref || !use_above)) ||
-        (scalectx && !(job->k & FC_SLICE_ROWSCALE))) {
+        (scalectx && !(job->k & FC_SLICE_ROWSCALE)) || (rowfine && job->quant != FC_QUANT_UNIFORM)) {
         job->result = FC_ERR_CORRUPT;
         return;
     }
@@ -513,6 +537,7 @@ void fc_slice_decode(fc_slice_dec_job *job)
         unsigned left_group = 0, flag = 1;
         int32_t left = 0, const_mag = 0;
         uint64_t c0;
+        o.finerow = 0;
         fc_row_begin(&st->row);
         if (job->mode != FC_MODE_RUNS) {
             flag = fc_rc_decode(&st->d, &st->s.row[st->prev_row_flag]);
@@ -564,6 +589,16 @@ void fc_slice_decode(fc_slice_dec_job *job)
                         break;
                     }
                     const_mag = (int32_t)(cm1 + st->m0);
+                    if (rowfine) {
+                        o.fine = fc_rowfine_value((uint32_t)const_mag,
+                                                  (uint32_t)fc_rc_bypass_dec(&st->d, FC_ROWFINE_BITS),
+                                                  job->step);
+                        o.finerow = 1;
+                        if (!(o.fine <= FLT_MAX)) { /* (a + 7/16) * step beyond float32 */
+                            st->bad = 1;
+                            break;
+                        }
+                    }
                 }
             }
         }

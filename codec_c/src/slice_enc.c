@@ -1,4 +1,5 @@
 /* slice_enc.c - quantize and code one slice (see slice.h for the syntax). */
+#include <float.h>
 #include <math.h>
 
 #include "binarize.h"
@@ -151,6 +152,38 @@ static uint64_t round_const_row(const float *x, uint64_t cols, double inv_step, 
     if (nz < 32 || !m || hi > lo * 1.01f) return UINT64_MAX;
     for (nz = 0, c = 0; c < cols; c++) nz += cur[c] != 0;
     return nz;
+}
+
+/* ROWFINE: the fraction f (0 .. 15) of a one-magnitude row of level
+ * magnitude a whose value, (a + (f - 8) / 16) * step, is nearest the mean
+ * magnitude of the row's values at its nonzero levels: the least-squares
+ * single value of the row on the grid, which holds a itself (f = 8), so the
+ * row's squared error never grows.  Returns f. */
+static unsigned rowfine_fraction(const float *x, const int32_t *cur, uint64_t cols, unsigned a,
+                                 float step)
+{
+    double sum = 0.0, t, best_err = -1.0;
+    uint64_t c, n = 0;
+    unsigned f, best = 8u;
+    for (c = 0; c < cols; c++)
+        if (cur[c]) {
+            sum += fabs((double)x[c]);
+            n++;
+        }
+    if (!n) return 8u;
+    t = sum / (double)n;
+    /* the grid's float32 values, compared exactly (a value beyond float32
+     * is never chosen: f = 8 is a * step, finite) */
+    for (f = 0; f < 16u; f++) {
+        double v = (double)fc_rowfine_value(a, f, step), e;
+        if (!(v <= (double)FLT_MAX)) continue;
+        e = fabs(v - t);
+        if (best_err < 0.0 || e < best_err || (e == best_err && f == 8u)) {
+            best_err = e;
+            best = f;
+        }
+    }
+    return best;
 }
 
 /* ROWKIND pays when some rows have one magnitude throughout (rarely seen
@@ -782,6 +815,7 @@ static void slice_encode_once(fc_slice_enc_job *job)
     uint64_t *bitring = NULL;
     uint8_t *kinds = NULL;  /* ROWKIND: per ring row 0 empty, 1 constant, 2 other */
     unsigned row_mag = 0;
+    unsigned row_fine = 8u; /* ROWFINE: the current one-magnitude row's fraction */
     fc_rdoq *q = NULL;
     fc_trellis *tr = NULL;
     fc_ctxset *s = NULL;
@@ -836,8 +870,12 @@ static void slice_encode_once(fc_slice_enc_job *job)
         window = fc_ref_window(cols);
     }
     if (job->mode == FC_MODE_DENSE && quant != FC_QUANT_DITHER &&
-        (job->rowkind_request > 0 || (job->rowkind_request < 0 && rowkind_pays(job, inv_step))))
+        (job->rowkind_request > 0 || (job->rowkind_request < 0 && rowkind_pays(job, inv_step)))) {
         job->k |= FC_SLICE_ROWKIND;
+        /* floats of a uniform tensor: one-magnitude rows get their value
+         * to 1/16 step (4 bypass bits per such row) */
+        if (job->values && quant == FC_QUANT_UNIFORM) job->k |= FC_SLICE_ROWFINE;
+    }
     /* a reference's classes with CLASSCTX (never trellis: its rate tables
      * cover the classes of §7.5 only) */
     if (job->ref_classctx && job->ref && job->mode == FC_MODE_DENSE && !trellis) job->k |= FC_SLICE_CLASSCTX;
@@ -955,7 +993,18 @@ static void slice_encode_once(fc_slice_enc_job *job)
                                      job->importance ? job->importance + off : NULL, cols, prev_row,
                                      &st.ref, cur);
             const float *x = job->values + off;
-            if (job->recon) {
+            unsigned fa = 0; /* ROWFINE: a one-magnitude row's magnitude */
+            row_fine = 8u;
+            if (fc_slice_rowfine(job->mode, job->k) && nz && (fa = row_const_mag(cur, cols)) != 0) {
+                const float v = fc_rowfine_value(fa, row_fine = rowfine_fraction(x, cur, cols, fa, job->step),
+                                                 job->step);
+                for (c = 0; c < cols; c++) {
+                    const float rec = cur[c] > 0 ? v : (cur[c] < 0 ? -v : 0.0f);
+                    const double d = (double)x[c] - (double)rec;
+                    se += d * d;
+                    if (job->recon) job->recon[off + c] = rec;
+                }
+            } else if (job->recon) {
                 float *out = job->recon + off;
                 for (c = 0; c < cols; c++) {
                     float rec = (float)cur[c] * job->step;
@@ -1014,6 +1063,7 @@ static void slice_encode_once(fc_slice_enc_job *job)
             st.prev_kind = row_mag != 0;
             if (row_mag) {
                 fc_enc_eg0_bypass(&e, row_mag - st.m0);
+                if (fc_slice_rowfine(job->mode, job->k)) fc_rc_bypass(&e, row_fine, FC_ROWFINE_BITS);
                 enc_row_const(&e, s, cur, above_row, cols, &st);
                 continue;
             }

@@ -333,6 +333,21 @@ static void make_bad_swapped(const uint8_t *c, size_t size)
     bad_edit("swapped_reference", c, size, L.t[0].quant, (uint8_t)(q | 0x08u), FC_ERR_CORRUPT);
 }
 
+/* ROWFINE (FORMAT.md §6.2 step 2a, §8.1) from the "rowkind" container (its
+ * first slice must be a dense ROWKIND slice without PREDICT): without
+ * ROWKIND the bit is not a flag of a slice without PREDICT. */
+static void make_bad_rowfine(const uint8_t *c, size_t size)
+{
+    cr_layout L;
+    uint8_t b;
+    if (!cr_walk(c, size, &L) || L.nslices < 1) die("cannot walk", "rowkind");
+    b = c[L.slice_modebyte[0]];
+    if ((b & 3u) != FC_MODE_DENSE || !((b >> 2) & FC_SLICE_ROWKIND) || ((b >> 2) & FC_SLICE_PREDICT))
+        die("expected a ROWKIND slice", "rowkind");
+    bad_edit("rowfine_no_rowkind", c, size, L.slice_modebyte[0],
+             (uint8_t)((b | (FC_SLICE_ROWFINE << 2)) & ~(FC_SLICE_ROWKIND << 2)), FC_ERR_CORRUPT);
+}
+
 /* A container of one 1-D tensor (values or levels, `quant`) encoded with
  * step 1, its step then replaced by `step` (CRC recomputed): a CRC-valid
  * container whose reconstruction would not be a finite float32. */
@@ -450,8 +465,9 @@ static void make_seeds(void)
 
 int main(int argc, char **argv)
 {
-    uint8_t *dense = NULL, *multi = NULL, *predict = NULL, *scalectx = NULL, *swapped = NULL, *c;
-    size_t dsize = 0, msize = 0, psize = 0, ssize = 0, wsize = 0, size;
+    uint8_t *dense = NULL, *multi = NULL, *predict = NULL, *scalectx = NULL, *swapped = NULL,
+            *constrows = NULL, *c;
+    size_t dsize = 0, msize = 0, psize = 0, ssize = 0, wsize = 0, csize = 0, size;
     char path[1024];
     int which;
     if (argc != 3) {
@@ -480,12 +496,15 @@ int main(int argc, char **argv)
         } else if (which == 21) {
             swapped = c;
             wsize = size;
+        } else if (which == 15) {
+            constrows = c;
+            csize = size;
         } else {
             free(c);
         }
     }
-    if (!dense || !multi || !predict || !scalectx || !swapped)
-        die("missing cases", "params/multi/predict/scalectx/swapped");
+    if (!dense || !multi || !predict || !scalectx || !swapped || !constrows)
+        die("missing cases", "params/multi/predict/scalectx/swapped/rowkind");
     make_bad(dense, dsize, multi, msize);
     make_bad_predict(predict, psize);
     free(predict);
@@ -493,6 +512,8 @@ int main(int argc, char **argv)
     free(scalectx);
     make_bad_swapped(swapped, wsize);
     free(swapped);
+    make_bad_rowfine(constrows, csize);
+    free(constrows);
     make_bad_overflow();
     make_seeds();
     free(dense);

@@ -413,6 +413,18 @@ def recode_with_reference(
     if not candidates:
         return data, stats, False
     levels = codec.decode_levels(data, threads=threads)
+    # a tensor with ROWFINE rows (one-magnitude rows valued to 1/16 step, codec FORMAT.md
+    # §8.1) does not decode to level * step: re-coding its levels would change it
+    values = codec.decode(data, threads=threads)
+    candidates = [
+        i
+        for i in candidates
+        if np.array_equal(
+            np.asarray(values[i]), levels[i][0].astype(np.float32) * np.float32(levels[i][1])
+        )
+    ]
+    if not candidates:
+        return data, stats, False
     chosen = set(candidates)
     again = codec.encode_levels(
         [lv for lv, _ in levels],

@@ -305,11 +305,21 @@ class _Encoder:
             threads=self.threads,
             reference=self.reference,
         )
-        stats = [
-            dataclasses.replace(s, sq_error=p.stats[0].sq_error)
-            for s, p in zip(joined.stats, parts, strict=True)
-        ]
-        recon = [p.recon[0] for p in parts if p.recon is not None]
+        # The joined container holds the levels only: a part whose one-magnitude rows had
+        # ROWFINE values (codec FORMAT.md §8.1) reconstructs to level * step there, so its
+        # recon and squared error are those of the levels.
+        stats = []
+        recon = []
+        for s, p, lv, tensor in zip(joined.stats, parts, levels, self.tensors, strict=True):
+            assert p.recon is not None
+            plain = lv.astype(np.float32) * np.float32(p.stats[0].step)
+            if np.array_equal(plain, p.recon[0]):
+                stats.append(dataclasses.replace(s, sq_error=p.stats[0].sq_error))
+                recon.append(p.recon[0])
+            else:
+                err = np.asarray(tensor, np.float64) - plain
+                stats.append(dataclasses.replace(s, sq_error=float(np.square(err).sum())))
+                recon.append(plain)
         return codec.EncodeResult(joined.data, stats, recon)
 
     def _planned(self, steps: Sequence[float]) -> list[float]:
