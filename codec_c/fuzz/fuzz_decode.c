@@ -15,6 +15,7 @@
  *     FC_ERR_MISMATCH;
  *   - on success: every value is finite (a container whose values would
  *     overflow float32 is corrupt), value = (float)level * step bit for bit
+ *     (or a ROWFINE row's value of that level, FORMAT.md §8.1)
  *     (dithered tensors: minus fc_dither(), FC_QUANT_DITHER; trellis
  *     tensors: the levels are reconstruction indices), the accumulator equals
  *     its start + weight * value (for value != 0; dithered tensors: every
@@ -32,6 +33,18 @@
 #include <string.h>
 
 #include "fedcodec.h"
+
+/* FORMAT.md §8.1: a ROWFINE row's value of level l (uniform tensors only),
+ * (|l| + (f - 8) / 16) * step for some f in 0 .. 15, with l's sign. */
+static int rowfine_value_ok(int32_t l, float got, float step)
+{
+    int64_t a = l < 0 ? -(int64_t)l : (int64_t)l, f;
+    for (f = 0; l && f < 16; f++) {
+        float m = (float)((double)(a * 16 + f - 8) * (double)step * 0.0625);
+        if (memcmp(l < 0 ? &(float){-m} : &m, &got, 4) == 0) return 1;
+    }
+    return 0;
+}
 
 #define MAX_T 16
 
@@ -220,7 +233,11 @@ static void one(const uint8_t *data, size_t size)
                 }
                 check(l >= -FC_MAX_LEVEL && l <= FC_MAX_LEVEL);
                 check(isfinite(tg[i].values[k]));
-                check(memcmp(&v, &tg[i].values[k], 4) == 0);
+                if (memcmp(&v, &tg[i].values[k], 4) != 0) {
+                    check(info[i].quantizer == FC_QUANT_UNIFORM &&
+                          rowfine_value_ok(l, tg[i].values[k], step));
+                    v = tg[i].values[k];
+                }
                 if (i & 1)
                     check(((float *)tg[i].acc)[k] ==
                           (l || dither ? (float)((double)k + 0.75 * (double)v) : (float)k));

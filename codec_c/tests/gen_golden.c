@@ -131,9 +131,9 @@ static uint8_t *add_ok(int which, size_t *out_size)
     for (i = 0; i < count; i++) {
         const fc_tensor *t = &s.t[i];
         for (k = 0; k < dec[i].numel; k++) {
-            float v = gl_value(&dec[i], k, dec[i].levels[k]);
             if (t->levels && dec[i].levels[k] != t->levels[k]) die("levels differ from the input", s.name);
-            if (memcmp(&v, &recon[i][k], 4) != 0) die("decode differs from recon", s.name);
+            if (!gl_value_ok(&dec[i], k, dec[i].levels[k], recon[i][k]))
+                die("decode differs from recon", s.name);
         }
     }
     snprintf(file, sizeof file, "ok_%s.fcd", s.name);

@@ -390,6 +390,28 @@ static inline int gc_build(int which, gc_set *s)
         gc_laplace(s, t, 38, 0.3);
         t->step = 0.125;
         return 1;
+    case 22: /* an AdamW-like embedding table from floats: empty rows, rows
+              * of one magnitude from a few values (ROWKIND with ROWFINE, each
+              * such row valued to 1/16 step), broad rows */
+        s->name = "rowfine";
+        t = gc_add(s, 0, 2, 200, 64, 0, 0);
+        {
+            static const float mags[5] = {0.63f, 1.2f, 1.71f, 2.18f, 3.02f};
+            tu_rng r = tu_seed(32);
+            float *v = (float *)gc_alloc(s, sizeof(float) * 200 * 64);
+            uint64_t i, j;
+            for (i = 0; i < 200; i++) {
+                unsigned kind = (unsigned)tu_below(&r, 10);
+                float m = mags[tu_below(&r, 5)] * 0.25f;
+                for (j = 0; j < 64; j++)
+                    v[i * 64 + j] = kind < 3   ? (tu_below(&r, 2) ? m : -m)
+                                    : kind < 5 ? (float)tu_laplace(&r, 0.4)
+                                               : 0.0f;
+            }
+            t->values = v;
+            t->step = 0.25;
+        }
+        return 1;
     default:
         return 0;
     }
@@ -524,6 +546,25 @@ static inline float gl_value(const gl_tensor *t, uint64_t k, int32_t level)
         v = v - u;
     }
     return v;
+}
+
+/* Whether `got` is the value a decoder may produce for level `level` of
+ * element k: gl_value, or in a ROWFINE row of a uniform tensor (FORMAT.md
+ * §8.1) (|level| + (f - 8) / 16) * step with the level's sign, f in 0..15
+ * (the container's bytes, which the encoder reproduces, pin f). */
+static inline int gl_value_ok(const gl_tensor *t, uint64_t k, int32_t level, float got)
+{
+    float v = gl_value(t, k, level), step;
+    int64_t a = level < 0 ? -(int64_t)level : (int64_t)level, f;
+    if (memcmp(&v, &got, 4) == 0) return 1;
+    if (t->quantizer != FC_QUANT_UNIFORM || !level) return 0;
+    memcpy(&step, &t->step_bits, 4);
+    for (f = 0; f < 16; f++) {
+        float m = (float)((double)(a * 16 + f - 8) * (double)step * 0.0625);
+        if (level < 0) m = -m;
+        if (memcmp(&m, &got, 4) == 0) return 1;
+    }
+    return 0;
 }
 
 #endif /* FC_GOLDEN_CASES_H */
