@@ -582,3 +582,29 @@ def test_a_text_digest_is_refused_naming_the_key() -> None:
     assert reply.has_error()
     assert c.KEY_BASE_DIGEST in str(reply.error.reason)
     assert seen == []
+
+
+@pytest.mark.parametrize(
+    ("value", "digest_bytes"),
+    [("fedcodec/v3", 16), ("v4", 16), ("v4q", 16), ("v3k", 16), (c.DOWNLINK_KEYFRAME, 32)],
+)
+def test_another_wire_version_is_refused_before_the_app_runs(value: str, digest_bytes: int) -> None:
+    """A message of another contract version (``fedcodec/v3``: 32-byte digest, kind in its own
+    key), without a kind or with an unknown one, or a v4 message with a full 32-byte digest, is
+    an error reply naming what is wrong; the app never runs."""
+    # Prepare
+    model = _model()
+    downlink = _publish_first(model)
+    msg = _keyframe_message(downlink, model)
+    config = msg.content["config"]
+    assert isinstance(config, ConfigRecord)
+    config[c.KEY_FORMAT] = value
+    config[c.KEY_BASE_DIGEST] = bytes.fromhex(downlink.stream_model().digest)[:digest_bytes]
+    app, seen = _app()
+    # Execute
+    reply = fedcodec_mod(msg, _context(), app)
+    # Assert
+    assert reply.has_error()
+    reason = str(reply.error.reason)
+    assert ("unsupported format" in reason) if digest_bytes == 16 else (c.KEY_BASE_DIGEST in reason)
+    assert seen == []
