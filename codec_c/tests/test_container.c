@@ -358,6 +358,85 @@ static void test_window_auto(void)
     free(rec);
 }
 
+/* Tensors coded in another view (o.transpose = transpose) decode to the
+ * original layout: levels of every kind in every mode over several slices
+ * (slice_levels elements), floats with every quantizer but the dither
+ * (slice_values; decode == recon, accumulators in the original layout);
+ * with a nonzero `flag` every levels container's quantizer byte is flag. */
+static void check_views(const uint64_t (*shapes)[5], size_t count, int32_t transpose, unsigned seed,
+                        uint64_t slice_levels, uint64_t slice_values, int flag)
+{
+    size_t si;
+    for (si = 0; si < count; si++) {
+        fc_tensor t = tu_tensor(0, (uint32_t)shapes[si][0], shapes[si] + 1);
+        uint64_t n = tu_numel(&t), rows, cols, i;
+        int32_t *lv = (int32_t *)malloc(sizeof(int32_t) * n);
+        float *x = (float *)malloc(sizeof(float) * n), *rec = (float *)malloc(sizeof(float) * n);
+        int kind, mode, q;
+        TU_CHECK(lv && x && rec);
+        layout(&t, &rows, &cols);
+        for (kind = D_DENSE; kind < D_KINDS; kind++) {
+            tu_rng r = tu_seed(seed + (unsigned)si * 8 + (unsigned)kind);
+            gen_levels(lv, rows, cols, kind, &r);
+            for (mode = FC_MODE_AUTO; mode <= FC_MODE_RUNS; mode++) {
+                fc_encode_options o;
+                size_t size;
+                uint8_t *c;
+                opts(&o, mode, 4, kind == D_SPARSE ? FC_WINDOW_AUTO : 0);
+                o.transpose = transpose;
+                o.slice_elems = slice_levels;
+                t.values = NULL;
+                t.recon = NULL;
+                t.levels = lv;
+                t.step = 0.25;
+                c = roundtrip(&t, 1, &o, &size);
+                if (flag) {
+                    cr_layout L;
+                    TU_CHECK(cr_walk(c, size, &L));
+                    TU_CHECK(L.t[0].quant != CR_NONE && c[L.t[0].quant] == flag);
+                }
+                free(c);
+            }
+        }
+        for (i = 0; i < n; i++) x[i] = (float)((int)(i * 7919 % 201) - 100) * 0.01f * (float)(i % 5 != 0);
+        for (q = FC_QUANT_UNIFORM; q <= FC_QUANT_TRELLIS8; q++) {
+            fc_encode_options o;
+            size_t size;
+            uint8_t *c;
+            opts(&o, FC_MODE_AUTO, 4, 0);
+            o.transpose = transpose;
+            o.lambda = 0.1;
+            o.quantizer = q;
+            o.slice_elems = slice_values;
+            t.levels = NULL;
+            t.values = x;
+            t.recon = rec;
+            t.step = 0.0;
+            c = roundtrip(&t, 1, &o, &size);
+            {
+                /* accumulators in the original layout */
+                float *acc = (float *)calloc((size_t)n, sizeof(float));
+                float *val = (float *)malloc(sizeof(float) * n);
+                fc_decode_target tg;
+                TU_CHECK(acc && val);
+                memset(&tg, 0, sizeof(tg));
+                tg.values = val;
+                tg.acc = acc;
+                tg.acc_dtype = FC_ACC_F32;
+                tg.weight = 1.0;
+                TU_CHECK_RC(fc_decode(c, size, NULL, &tg, 1), FC_OK);
+                for (i = 0; i < n; i++) TU_CHECK(acc[i] == val[i] && val[i] == rec[i]);
+                free(acc);
+                free(val);
+            }
+            free(c);
+        }
+        free(lv);
+        free(x);
+        free(rec);
+    }
+}
+
 /* SWAPPED views (axes 0 and 1 swapped, ndim >= 3): forced with
  * FC_TRANSPOSE_SWAP they decode to the original layout (levels, values,
  * accumulators, every mode, several slices, every quantizer but the
@@ -367,71 +446,7 @@ static void test_window_auto(void)
 static void test_swap(void)
 {
     static const uint64_t shapes[][5] = {{3, 7, 5, 11}, {4, 12, 10, 3, 3}, {5, 3, 4, 2, 2}, {4, 2, 2, 1, 1}};
-    size_t si;
-    for (si = 0; si < sizeof shapes / sizeof shapes[0]; si++) {
-        fc_tensor t = tu_tensor(0, (uint32_t)shapes[si][0], shapes[si] + 1);
-        uint64_t n = tu_numel(&t), rows, cols, i;
-        int32_t *lv = (int32_t *)malloc(sizeof(int32_t) * n);
-        float *x = (float *)malloc(sizeof(float) * n), *rec = (float *)malloc(sizeof(float) * n);
-        int kind, mode, q;
-        TU_CHECK(lv && x && rec);
-        layout(&t, &rows, &cols);
-        for (kind = D_DENSE; kind < D_KINDS; kind++) {
-            tu_rng r = tu_seed(1700 + si * 8 + (unsigned)kind);
-            gen_levels(lv, rows, cols, kind, &r);
-            for (mode = FC_MODE_AUTO; mode <= FC_MODE_RUNS; mode++) {
-                fc_encode_options o;
-                size_t size;
-                uint8_t *c;
-                cr_layout L;
-                opts(&o, mode, 4, kind == D_SPARSE ? FC_WINDOW_AUTO : 0);
-                o.transpose = FC_TRANSPOSE_SWAP;
-                o.slice_elems = 60;
-                t.values = NULL;
-                t.recon = NULL;
-                t.levels = lv;
-                t.step = 0.25;
-                c = roundtrip(&t, 1, &o, &size);
-                TU_CHECK(cr_walk(c, size, &L));
-                TU_CHECK(L.t[0].quant != CR_NONE && c[L.t[0].quant] == 0x10);
-                free(c);
-            }
-        }
-        for (i = 0; i < n; i++) x[i] = (float)((int)(i * 7919 % 201) - 100) * 0.01f * (float)(i % 5 != 0);
-        for (q = FC_QUANT_UNIFORM; q <= FC_QUANT_TRELLIS8; q++) {
-            fc_encode_options o;
-            size_t size;
-            uint8_t *c;
-            float *acc = (float *)calloc((size_t)n, sizeof(float));
-            float *val = (float *)malloc(sizeof(float) * n);
-            fc_decode_target tg;
-            opts(&o, FC_MODE_AUTO, 4, 0);
-            o.transpose = FC_TRANSPOSE_SWAP;
-            o.lambda = 0.1;
-            o.quantizer = q;
-            o.slice_elems = 50;
-            t.levels = NULL;
-            t.values = x;
-            t.recon = rec;
-            t.step = 0.0;
-            c = roundtrip(&t, 1, &o, &size);
-            /* accumulators in the original layout */
-            TU_CHECK(acc && val);
-            memset(&tg, 0, sizeof(tg));
-            tg.values = val;
-            tg.acc = acc;
-            tg.acc_dtype = FC_ACC_F32;
-            tg.weight = 1.0;
-            TU_CHECK_RC(fc_decode(c, size, NULL, &tg, 1), FC_OK);
-            for (i = 0; i < n; i++) TU_CHECK(acc[i] == val[i] && val[i] == rec[i]);
-            free(acc);
-            free(val);
-            free(c);
-        }
-        free(lv);
-        free(x);
-        free(rec);
-    }
+    check_views(shapes, sizeof shapes / sizeof shapes[0], FC_TRANSPOSE_SWAP, 1700, 60, 50, 0x10);
     {
         /* a conv filter bank whose scale is set by the input channel: auto
          * tries both and keeps the smaller */
@@ -526,70 +541,7 @@ static void test_swap(void)
 static void test_transpose(void)
 {
     static const uint64_t shapes[][5] = {{2, 37, 50}, {3, 20, 6, 7}, {2, 64, 300}, {4, 5, 3, 2, 2}};
-    size_t si;
-    for (si = 0; si < sizeof shapes / sizeof shapes[0]; si++) {
-        fc_tensor t = tu_tensor(0, (uint32_t)shapes[si][0], shapes[si] + 1);
-        uint64_t n = tu_numel(&t), rows, cols, i;
-        int32_t *lv = (int32_t *)malloc(sizeof(int32_t) * n);
-        float *x = (float *)malloc(sizeof(float) * n), *rec = (float *)malloc(sizeof(float) * n);
-        int kind, mode, q;
-        TU_CHECK(lv && x && rec);
-        layout(&t, &rows, &cols);
-        for (kind = D_DENSE; kind < D_KINDS; kind++) {
-            tu_rng r = tu_seed(1300 + si * 8 + (unsigned)kind);
-            gen_levels(lv, rows, cols, kind, &r);
-            for (mode = FC_MODE_AUTO; mode <= FC_MODE_RUNS; mode++) {
-                fc_encode_options o;
-                size_t size;
-                uint8_t *c;
-                opts(&o, mode, 4, kind == D_SPARSE ? FC_WINDOW_AUTO : 0);
-                o.transpose = 1;
-                o.slice_elems = 700;
-                t.values = NULL;
-                t.recon = NULL;
-                t.levels = lv;
-                t.step = 0.25;
-                c = roundtrip(&t, 1, &o, &size);
-                free(c);
-            }
-        }
-        for (i = 0; i < n; i++) x[i] = (float)((int)(i * 7919 % 201) - 100) * 0.01f * (float)(i % 5 != 0);
-        for (q = FC_QUANT_UNIFORM; q <= FC_QUANT_TRELLIS8; q++) {
-            fc_encode_options o;
-            size_t size;
-            uint8_t *c;
-            opts(&o, FC_MODE_AUTO, 4, 0);
-            o.transpose = 1;
-            o.lambda = 0.1;
-            o.quantizer = q;
-            o.slice_elems = 500;
-            t.levels = NULL;
-            t.values = x;
-            t.recon = rec;
-            t.step = 0.0;
-            c = roundtrip(&t, 1, &o, &size);
-            {
-                /* accumulators in the original layout */
-                float *acc = (float *)calloc((size_t)n, sizeof(float));
-                float *val = (float *)malloc(sizeof(float) * n);
-                fc_decode_target tg;
-                TU_CHECK(acc && val);
-                memset(&tg, 0, sizeof(tg));
-                tg.values = val;
-                tg.acc = acc;
-                tg.acc_dtype = FC_ACC_F32;
-                tg.weight = 1.0;
-                TU_CHECK_RC(fc_decode(c, size, NULL, &tg, 1), FC_OK);
-                for (i = 0; i < n; i++) TU_CHECK(acc[i] == val[i] && val[i] == rec[i]);
-                free(acc);
-                free(val);
-            }
-            free(c);
-        }
-        free(lv);
-        free(x);
-        free(rec);
-    }
+    check_views(shapes, sizeof shapes / sizeof shapes[0], 1, 1300, 700, 500, 0);
     {
         /* an input layer: 40 % of its columns empty (auto tries both) */
         uint64_t shape[2] = {128, 200}, n = 128 * 200, i;
