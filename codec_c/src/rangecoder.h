@@ -42,15 +42,18 @@ typedef struct fc_ctx {
     /* Warm-up (FORMAT.md §5.2: the shifts are min(shift, 1 + ilog2(n + 1))
      * after n bins) kept incrementally: the effective shifts now, the
      * window set's, and how many bins remain before the effective ones
-     * grow; 0 once they reached the window set's (so the steady state
-     * costs one test per bin). */
+     * grow; FC_CTX_STEADY once they reached the window set's.  The count
+     * runs down on every bin without a test (a step at 0 on a context past
+     * its warm-up, after 2^32 - 1 more bins, changes nothing: see
+     * fc_ctx_warm). */
     uint8_t sf, ss;  /* effective shifts now (fast, slow) */
     uint8_t tf, ts;  /* the window set's shifts */
     uint32_t slow;   /* P(1) in units of 2^-31 (not next to fast: the two
                         updates stay scalar) */
-    uint16_t left;
-    uint16_t pad;    /* 0 (no padding bytes: whole context sets compare with memcmp) */
+    uint32_t left;   /* (no padding bytes: whole context sets compare with memcmp) */
 } fc_ctx;
+
+#define FC_CTX_STEADY 0xFFFFFFFFu
 
 /* The eight window sets (fast shift, slow shift) a tensor may select.
  * Every set has 1 < fast <= slow <= 10 (the warm-up below relies on it). */
@@ -61,7 +64,6 @@ static inline void fc_ctx_init(fc_ctx *c, unsigned window_set)
     c->fast = FC_HALF31;
     c->slow = FC_HALF31;
     c->left = 1;                 /* n = 0: both shifts 1 for one bin */
-    c->pad = 0;
     c->sf = c->ss = 1;
     c->tf = fc_window_sets[window_set & 7][0];
     c->ts = fc_window_sets[window_set & 7][1];
@@ -77,23 +79,30 @@ FC_HOT uint32_t fc_ctx_p1(const fc_ctx *c)
 
 /* The warm-up step after the last bin of a window w = 1 + ilog2(n + 1):
  * the next w lasts 2^(w - 1) bins.  During the warm-up the slow shift is w
- * itself (every set's slow shift is its larger one). */
+ * itself (every set's slow shift is its larger one).  Past the warm-up
+ * (ss = ts) a step keeps the window set's shifts. */
 static inline void fc_ctx_warm(fc_ctx *c)
 {
     unsigned w = c->ss + 1u;
     c->sf = (uint8_t)(w < c->tf ? w : c->tf);
     c->ss = (uint8_t)(w < c->ts ? w : c->ts);
-    c->left = (uint16_t)(w >= c->ts ? 0u : 1u << (w - 1u));
+    c->left = w >= c->ts ? FC_CTX_STEADY : 1u << (w - 1u);
 }
 
-/* One bin of warm-up bookkeeping: the count down runs without a branch
+/* Whether a context is still in its warm-up. */
+static inline int fc_ctx_warming(const fc_ctx *c)
+{
+    return c->ss < c->ts;
+}
+
+/* One bin of warm-up bookkeeping: the count down runs without a test
  * (whether a context is still warming up is unpredictable); only the last
  * bin of a window, a few times per context, branches. */
 FC_HOT void fc_ctx_tick(fc_ctx *c)
 {
-    const unsigned l = c->left;
-    c->left = (uint16_t)(l - (l != 0));
-    if (FC_UNLIKELY(l == 1)) fc_ctx_warm(c);
+    const uint32_t l = c->left - 1u;
+    c->left = l;
+    if (FC_UNLIKELY(l == 0)) fc_ctx_warm(c);
 }
 
 /* The estimator's update after a 1 (fc_ctx_up1) or a 0 (fc_ctx_up0). */

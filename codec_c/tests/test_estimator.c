@@ -117,12 +117,20 @@ static void test_warmup(void)
          * the documented count of 1024 where the rule stops looking. */
         fc_ctx_init(&c, ws);
         for (i = 0; i < (1 << (expected_sets[ws][1] - 1)) - 2; i++) fc_ctx_update(&c, 0);
-        TU_CHECK(c.left != 0);
+        TU_CHECK(fc_ctx_warming(&c));
         fc_ctx_update(&c, 0);
-        TU_CHECK_EQ(c.left, 0);
+        TU_CHECK(!fc_ctx_warming(&c));
+        TU_CHECK_EQ(c.left, FC_CTX_STEADY);
         TU_CHECK(c.sf == expected_sets[ws][0] && c.ss == expected_sets[ws][1]);
         for (i = 0; i < 3000; i++) fc_ctx_update(&c, 0);
-        TU_CHECK_EQ(c.left, 0);
+        TU_CHECK(!fc_ctx_warming(&c));
+        TU_CHECK(c.sf == expected_sets[ws][0] && c.ss == expected_sets[ws][1]);
+        /* the count of a steady context reaching 0 (after 2^32 - 1 bins)
+         * steps the warm-up again: the shifts stay the window set's */
+        c.left = 1;
+        fc_ctx_update(&c, 1);
+        TU_CHECK_EQ(c.left, FC_CTX_STEADY);
+        TU_CHECK(c.sf == expected_sets[ws][0] && c.ss == expected_sets[ws][1]);
         TU_CHECK_EQ(FC_WARMUP_COUNT, 1024);
     }
 }

@@ -17,7 +17,7 @@ static void pin(fc_ctx *c, uint32_t p1)
 {
     fc_ctx_init(c, 0);
     c->fast = c->slow = p1 << 15;
-    c->left = 0; /* warm-up over: the window set's shifts */
+    c->left = FC_CTX_STEADY; /* warm-up over: the window set's shifts */
     c->sf = c->tf;
     c->ss = c->ts;
 }
