@@ -116,7 +116,71 @@ static inline FC_PK_ATTR void FC_PK(fc_pk_load)(float *u, const int32_t *x, uint
     for (; c < n; c++) u[c] = (float)x[c];
 }
 
-/* fc_pred_basis (predict.h) */
+/* y[i] = a * x[i] + 1 * y[i] over padded vectors (as fc_pk_axpby(a, x, 1,
+ * y)), returning dot(y, w) of the new y (w = y: its squared norm): the
+ * same lane sums as fc_pk_dot after the pass. */
+static inline FC_PK_ATTR double FC_PK(fc_pk_axpy_dot)(float a, const float *x, float *y, const float *w,
+                                                     uint64_t n4)
+{
+    uint64_t i;
+    float l[8];
+#if FC_PRED_SIMD
+    const fc_v8 va = {a, a, a, a, a, a, a, a};
+    const fc_v8 one = {1.0f, 1.0f, 1.0f, 1.0f, 1.0f, 1.0f, 1.0f, 1.0f};
+    fc_v8 s = {0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f};
+    for (i = 0; i < n4; i += 8) {
+        fc_v8 xv, yv, wv;
+        memcpy(&xv, x + i, 32);
+        memcpy(&yv, y + i, 32);
+        yv = va * xv + one * yv;
+        memcpy(y + i, &yv, 32);
+        memcpy(&wv, w + i, 32);
+        s += yv * wv;
+    }
+    memcpy(l, &s, 32);
+#else
+    unsigned j;
+    for (j = 0; j < 8; j++) l[j] = 0.0f;
+    for (i = 0; i < n4; i++) {
+        y[i] = a * x[i] + 1.0f * y[i];
+        l[i & 7u] += y[i] * w[i];
+    }
+#endif
+    return (((double)l[0] + (double)l[1]) + ((double)l[2] + (double)l[3])) +
+           (((double)l[4] + (double)l[5]) + ((double)l[6] + (double)l[7]));
+}
+
+/* y = x over padded vectors, returning dot(y, w) (w = y: the squared norm),
+ * the lane sums of fc_pk_dot. */
+static inline FC_PK_ATTR double FC_PK(fc_pk_copy_dot)(const float *x, float *y, const float *w, uint64_t n4)
+{
+    uint64_t i;
+    float l[8];
+#if FC_PRED_SIMD
+    fc_v8 s = {0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f, 0.0f};
+    for (i = 0; i < n4; i += 8) {
+        fc_v8 yv, wv;
+        memcpy(&yv, x + i, 32);
+        memcpy(y + i, &yv, 32);
+        memcpy(&wv, w + i, 32);
+        s += yv * wv;
+    }
+    memcpy(l, &s, 32);
+#else
+    unsigned j;
+    for (j = 0; j < 8; j++) l[j] = 0.0f;
+    for (i = 0; i < n4; i++) {
+        y[i] = x[i];
+        l[i & 7u] += y[i] * w[i];
+    }
+#endif
+    return (((double)l[0] + (double)l[1]) + ((double)l[2] + (double)l[3])) +
+           (((double)l[4] + (double)l[5]) + ((double)l[6] + (double)l[7]));
+}
+
+/* fc_pred_basis (predict.h): per component, the copy, each projection and
+ * the norm in one pass each (every pass also takes the dot product the
+ * next step needs: the same values as computing it on its own). */
 static FC_PK_ATTR void FC_PK(fc_pk_basis)(fc_pred *p)
 {
     const uint64_t n4 = p->n4;
@@ -125,14 +189,16 @@ static FC_PK_ATTR void FC_PK(fc_pk_basis)(fc_pred *p)
     p->nbasis = 0;
     for (k = 0; k < m; k++) {
         float *w = p->e + (size_t)p->nbasis * n4;
-        double nw;
-        memcpy(w, p->v + (size_t)k * n4, sizeof(float) * (size_t)n4);
+        double d, nw;
+        /* w = v_k, and w.b_0 (w.w without basis vectors yet) */
+        d = FC_PK(fc_pk_copy_dot)(p->v + (size_t)k * n4, w, p->nbasis ? p->e : w, n4);
         for (j = 0; j < p->nbasis; j++) {
             const float *b = p->e + (size_t)j * n4;
-            /* b has squared norm ~cols */
-            FC_PK(fc_pk_axpby)((float)(-FC_PK(fc_pk_dot)(w, b, n4) / cols), b, 1.0f, w, n4);
+            const float *next = j + 1 < p->nbasis ? p->e + (size_t)(j + 1) * n4 : w;
+            /* b has squared norm ~cols; then w.b_{j+1}, or w.w after the last */
+            d = FC_PK(fc_pk_axpy_dot)((float)(-d / cols), b, w, next, n4);
         }
-        nw = sqrt(FC_PK(fc_pk_dot)(w, w, n4));
+        nw = sqrt(d);
         if (!(nw > 0.0)) continue;
         FC_PK(fc_pk_axpby)(0.0f, w, (float)(scale / nw), w, n4);
         p->nbasis++;
