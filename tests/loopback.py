@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import socket
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -120,3 +120,35 @@ def participate(client: EdgeClient, train: TrainFn, timeout: float = 30.0) -> Ro
         assert result.outcome in (Outcome.NOT_SELECTED, Outcome.ALREADY_REPORTED), result
         time.sleep(0.02)
     raise AssertionError(f"{client.client_id} was not selected within {timeout} s")
+
+
+#: Retries of the edge clients in the round tests: many, with short back-offs.
+FAST_RETRY = RetryPolicy(attempts=40, initial_backoff_s=0.05, max_backoff_s=0.2, call_timeout_s=30)
+
+
+def edge_client(
+    port: int,
+    client_id: str,
+    token: str,
+    initial_model: Mapping[str, np.ndarray] | None,
+    state_dir: Path | None = None,
+) -> EdgeClient:
+    """An edge client of a loopback server (plain text, :data:`FAST_RETRY`)."""
+    return EdgeClient(
+        f"127.0.0.1:{port}",
+        client_id=client_id,
+        token=token,
+        insecure=True,
+        retry=FAST_RETRY,
+        initial_model=initial_model,
+        state_dir=state_dir,
+    )
+
+
+def wait_until(condition: Callable[[], bool], timeout: float = 30.0) -> None:
+    """Poll ``condition`` until it holds (AssertionError after ``timeout`` seconds)."""
+    end = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > end:
+            raise AssertionError(f"not reached within {timeout} s")
+        time.sleep(0.02)

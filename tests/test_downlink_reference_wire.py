@@ -8,19 +8,25 @@ download in the same round; a restarted server or client keeps serving reference
 from __future__ import annotations
 
 import logging
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from fedcodec import codec
-from fedcodec.client import EdgeClient, Outcome, RetryPolicy, RoundResult, TrainFn
+from fedcodec.client import EdgeClient, Outcome, RoundResult, TrainFn
 from fedcodec.pipeline import ModelReceiver, ModelVersion
 from fedcodec.pipeline._state import load_npz_state, save_npz_state
 from fedcodec.server import BackgroundServer, load_config
 
-from loopback import connect, directional_trainer, free_port, loopback_config
+from loopback import (
+    connect,
+    directional_trainer,
+    edge_client,
+    free_port,
+    loopback_config,
+    wait_until,
+)
 from loopback import participate as run_rounds_until_in
 
 _RNG = np.random.default_rng(5)
@@ -30,7 +36,6 @@ MODEL = {
 }
 CLIENTS = ["c0", "c1"]
 TOKENS = {c: f"downref-wire-token-{c}-0123456789" for c in CLIENTS}
-FAST = RetryPolicy(attempts=40, initial_backoff_s=0.05, max_backoff_s=0.2, call_timeout_s=30)
 ROUNDS = 5
 
 
@@ -60,15 +65,7 @@ def trainer(client: int) -> TrainFn:
 
 
 def edge(port: int, client: str, state_dir: Path | None = None, initial: bool = True) -> EdgeClient:
-    return EdgeClient(
-        f"127.0.0.1:{port}",
-        client_id=client,
-        token=TOKENS[client],
-        insecure=True,
-        retry=FAST,
-        initial_model=MODEL if initial else None,
-        state_dir=state_dir,
-    )
+    return edge_client(port, client, TOKENS[client], MODEL if initial else None, state_dir)
 
 
 def participate(client: EdgeClient, index: int) -> RoundResult:
@@ -76,17 +73,11 @@ def participate(client: EdgeClient, index: int) -> RoundResult:
 
 
 def wait_round(server: BackgroundServer, round_id: int) -> None:
-    deadline = time.monotonic() + 30
-    while server.coordinator.open_round_id != round_id and time.monotonic() < deadline:
-        time.sleep(0.02)
-    assert server.coordinator.open_round_id == round_id
+    wait_until(lambda: server.coordinator.open_round_id == round_id)
 
 
 def wait_finished(server: BackgroundServer) -> None:
-    deadline = time.monotonic() + 30
-    while not server.coordinator.finished and time.monotonic() < deadline:
-        time.sleep(0.02)
-    assert server.coordinator.finished
+    wait_until(lambda: server.coordinator.finished)
 
 
 def uses_reference(data: bytes) -> bool:

@@ -14,10 +14,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from fedcodec.client import EdgeClient, Outcome, RetryPolicy, RoundResult, TrainFn
+from fedcodec.client import EdgeClient, Outcome, RoundResult, TrainFn
 from fedcodec.server import BackgroundServer, ConfigError, load_config
 
-from loopback import directional_trainer, free_port, loopback_config
+from loopback import directional_trainer, edge_client, free_port, loopback_config, wait_until
 from loopback import participate as run_rounds_until_in
 
 _RNG = np.random.default_rng(11)
@@ -27,7 +27,6 @@ MODEL = {
 }
 CLIENTS = ["c0", "c1"]
 TOKENS = {c: f"temporal-wire-token-{c}-0123456789" for c in CLIENTS}
-FAST = RetryPolicy(attempts=40, initial_backoff_s=0.05, max_backoff_s=0.2, call_timeout_s=30)
 ROUNDS = 4
 
 
@@ -53,14 +52,7 @@ def trainer(client: int) -> TrainFn:
 
 
 def edge(port: int, client: str) -> EdgeClient:
-    return EdgeClient(
-        f"127.0.0.1:{port}",
-        client_id=client,
-        token=TOKENS[client],
-        insecure=True,
-        retry=FAST,
-        initial_model=MODEL,
-    )
+    return edge_client(port, client, TOKENS[client], MODEL)
 
 
 def participate(client: EdgeClient, index: int) -> RoundResult:
@@ -75,10 +67,7 @@ def run_federation(tmp_path: Path, references: int) -> tuple[list[int], str]:
     with make_server(tmp_path, references, port) as server:
         for _ in range(ROUNDS):
             up.append(sum(participate(c, i).bytes_up for i, c in enumerate(clients)))
-        deadline = time.monotonic() + 30
-        while not server.coordinator.finished and time.monotonic() < deadline:
-            time.sleep(0.02)
-        assert server.coordinator.finished
+        wait_until(lambda: server.coordinator.finished)
         digest = server.coordinator.global_model().digest
         if references:
             refs = server.coordinator.references
@@ -122,10 +111,7 @@ def test_a_restarted_server_keeps_its_references_or_refuses_and_the_client_resen
         for _ in range(2):
             for i, c in enumerate(clients):
                 participate(c, i)
-        deadline = time.monotonic() + 30
-        while server.coordinator.open_round_id != 3 and time.monotonic() < deadline:
-            time.sleep(0.02)
-        assert server.coordinator.open_round_id == 3
+        wait_until(lambda: server.coordinator.open_round_id == 3)
         held = server.coordinator.references
         assert held is not None
         tokens = {c: held.token(c) for c in CLIENTS}
@@ -152,10 +138,7 @@ def test_a_restarted_server_keeps_its_references_or_refuses_and_the_client_resen
         assert all(r.outcome is Outcome.PARTICIPATED and r.round_id == 4 for r in fourth)
         if not saved:
             assert sum(r.bytes_up for r in fourth) < sum(r.bytes_up for r in third)
-        deadline = time.monotonic() + 30
-        while not server.coordinator.finished and time.monotonic() < deadline:
-            time.sleep(0.02)
-        assert server.coordinator.finished
+        wait_until(lambda: server.coordinator.finished)
         history = server.coordinator.global_model().version
         assert history == ROUNDS  # every round aggregated both clients' updates
     for c in clients:
