@@ -266,7 +266,8 @@ class DownlinkConfig:
         ``grid`` (default): version steps snap to any multiple of the grid; ``pow2``:
         to power-of-two multiples, so catch-up deltas are far smaller (the demo: 111x
         instead of 71x total traffic at a 1 % budget) but a fixed coarse step may get
-        up to 2x coarser (it suits byte budgets).
+        up to 2x coarser (it suits byte budgets); ``auto``: ``pow2`` for versions coded
+        with sparsification, ``grid`` for dense ones.
     params : RoundParams
         How each new version is coded (``[downlink.params]``).
     temporal_reference : bool
@@ -701,8 +702,8 @@ def _validate(c: ServerConfig) -> None:
         problems.append("downlink.keep_versions must be in 1..1000")
     if not 2 <= c.downlink.keyframe_bits <= 20:
         problems.append("downlink.keyframe_bits must be in 2..20")
-    if c.downlink.step_snap not in ("grid", "pow2"):
-        problems.append("downlink.step_snap must be grid or pow2")
+    if c.downlink.step_snap not in ("grid", "pow2", "auto"):
+        problems.append("downlink.step_snap must be grid, pow2 or auto")
     if not 0 <= lim.max_update_bytes <= MAX_STORED_BYTES:
         problems.append(f"limits.max_update_bytes must be in 0..{MAX_STORED_BYTES}")
     if not 1024 <= lim.max_chunk_bytes <= MIB:

@@ -64,6 +64,7 @@ from fedcodec.pipeline import (
     UnknownBaseVersionError,
     UpdateRejectedError,
 )
+from fedcodec.pipeline.ratecontrol import step_snap_policy
 from fedcodec.pipeline.robust import RobustRejectionError
 from fedcodec.pipeline.server import temporal_reference_for
 from fedcodec.server.config import ServerConfig
@@ -430,7 +431,7 @@ class RoundCoordinator:
             downlink=d.params,
             keep=d.keep_versions,
             keyframe_bits=d.keyframe_bits,
-            step_snap="pow2" if d.step_snap == "pow2" else "grid",
+            step_snap=step_snap_policy(d.step_snap),
             server_lr=self.config.rounds.server_lr,
             server_optimizer=self.config.rounds.server_optimizer(),
             threads=self.config.limits.codec_threads,

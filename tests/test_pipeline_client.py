@@ -215,6 +215,50 @@ def test_topk_keeps_the_largest_and_feeds_the_rest_back() -> None:
     assert kept.min() >= np.quantile(dropped, 0.9)
 
 
+def _sparse_rounds(
+    params: RoundParams, rounds: list[int]
+) -> tuple[UpdateEncoder, ModelVersion, dict[str, np.ndarray], list[dict[str, np.ndarray]]]:
+    """Encode one fixed delta in each of ``rounds``; the residual before the last encode."""
+    base = ModelVersion.create(0, _model(0))
+    enc = UpdateEncoder(base.spec, "c0", threads=1)
+    local = {k: base.tensors[k] + d for k, d in _laplace_delta(np.random.default_rng(5)).items()}
+    residual: dict[str, np.ndarray] = {}
+    decoded = []
+    for r in rounds:
+        residual = {k: np.array(v) for k, v in enc.residual.items()}
+        update = enc.encode(local, base, params, round_number=r, num_examples=1)
+        decoded.append(fedcodec.decode(update.data, names=list(SHAPES)))
+    return enc, base, residual, decoded
+
+
+def test_stale_decay_scales_the_residual_by_the_rounds_missed() -> None:
+    params = RoundParams(lam=0.0, S=4096, sparsification=Sparsification(topk=0.05))
+    delta = {
+        k: (d + _model(0)[k]) - _model(0)[k]
+        for k, d in _laplace_delta(np.random.default_rng(5)).items()
+    }
+    # back after missing rounds 2..4: the residual enters the update at 0.5**3
+    enc, _, before, decoded = _sparse_rounds(params.replace(stale_decay=0.5), [0, 1, 5])
+    assert enc.residual_scale(params.replace(stale_decay=0.5), 9) == 0.5**3
+    assert sum(float(np.abs(v).sum()) for v in before.values()) > 0
+    for k in SHAPES:
+        np.testing.assert_allclose(
+            decoded[-1][k] + enc.residual[k], delta[k] + np.float32(0.125) * before[k], atol=1e-6
+        )
+    # consecutive rounds (full participation) and stale_decay=1: nothing decays, same bytes
+    _, _, _, plain = _sparse_rounds(params, [0, 1, 5])
+    _, _, _, consecutive = _sparse_rounds(params.replace(stale_decay=0.5), [0, 1, 2])
+    _, _, _, consecutive_plain = _sparse_rounds(params, [0, 1, 2])
+    for k in SHAPES:
+        np.testing.assert_array_equal(consecutive[-1][k], consecutive_plain[-1][k])
+    assert any(not np.array_equal(plain[-1][k], decoded[-1][k]) for k in SHAPES)
+    # 0.0 drops the residual after any absence: the update is the fresh delta's top-k alone
+    _, _, _, dropped = _sparse_rounds(params.replace(stale_decay=0.0), [0, 3])
+    _, _, _, fresh = _sparse_rounds(params, [3])
+    for k in SHAPES:
+        np.testing.assert_array_equal(dropped[-1][k], fresh[0][k])
+
+
 def test_threshold_and_row_sparsification() -> None:
     base = ModelVersion.create(0, {"w": np.zeros((20, 10), np.float32)})
     rows = np.arange(1, 21, dtype=np.float32)[:, None] * np.ones((1, 10), np.float32) * 1e-3

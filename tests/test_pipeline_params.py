@@ -43,6 +43,15 @@ def test_params_json_round_trip_with_per_client_overrides() -> None:
     assert again.for_client("other").budget_bytes == 5000
 
 
+def test_stale_decay_travels_only_when_set() -> None:
+    assert "stale_decay" not in RoundParams().to_json()  # older clients still read it
+    params = RoundParams(stale_decay=0.5, per_client={"far": {"stale_decay": 0.0}})
+    again = RoundParams.from_json_text(params.to_json_text())
+    assert again == params
+    assert again.stale_decay == 0.5
+    assert again.for_client("far").stale_decay == 0.0
+
+
 @pytest.mark.parametrize(
     "bad",
     [
@@ -52,6 +61,9 @@ def test_params_json_round_trip_with_per_client_overrides() -> None:
         {"budget_bytes": 0},
         {"tolerance": 0.0},
         {"step_rule": "layer"},
+        {"stale_decay": -0.1},
+        {"stale_decay": 1.5},
+        {"stale_decay": float("nan")},
         {"per_client": {"x": {"nope": 1}}},
     ],
 )

@@ -443,6 +443,34 @@ def test_power_of_two_steps_make_cumulative_deltas_cheaper_and_stay_exact() -> N
         DownlinkEncoder(spec, step_snap="pow3")  # type: ignore[arg-type]
 
 
+def test_auto_snaps_sparse_versions_to_powers_of_two_and_dense_ones_to_the_grid() -> None:
+    v0 = _initial()
+    spec = v0.spec
+    sparse = RoundParams(lam=0.5, S=16, sparsification=Sparsification(topk=0.05))
+    dense = RoundParams(lam=0.5, S=16)
+    for params, same_as in ((sparse, "pow2"), (dense, "grid")):
+        coded = {}
+        for snap in ("auto", same_as):
+            down = DownlinkEncoder(spec, params=params, threads=1, initial=v0, step_snap=snap)
+            coded[snap] = [r.delta for r in _publish(down, v0, 4, seed=11)]
+        assert coded["auto"] == coded[same_as]
+    # one stream, a sparsity schedule ending dense: both kinds of step, still exact
+    down = DownlinkEncoder(spec, threads=1, initial=v0, step_snap="auto")
+    rng = np.random.default_rng(3)
+    model = v0
+    for params in (sparse, sparse, dense, sparse):
+        model = _next(model, rng)
+        release = down.publish(model, params=params)
+        assert release.stats is not None
+        ratios = [t.step / g for t, g in zip(release.stats.tensors, down.grid or [], strict=True)]
+        assert all(r == round(r) >= 1 for r in ratios)
+        if params is sparse:
+            assert all(r == 2.0 ** round(np.log2(r)) for r in ratios)
+    rx = ModelReceiver(spec, threads=1, initial=v0)
+    rx.apply(down.package_for("c"))
+    assert rx.digest == down.digest_of(4)
+
+
 def test_a_budget_on_a_power_of_two_ladder_lands_under_it_or_within_tolerance() -> None:
     v0 = _initial()
     down = DownlinkEncoder(

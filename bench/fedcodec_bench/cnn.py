@@ -86,6 +86,7 @@ class CnnMethod:
     filter_l1: float | None = None
     temporal: bool = False  # CompressionStrategy(temporal_reference=True)
     down_temporal: bool = False  # CompressionStrategy(downlink_reference=True)
+    step_snap: str = "grid"  # CompressionStrategy(step_snap=...)
 
     def settings(self) -> dict[str, Any]:
         """JSON-able description."""
@@ -104,6 +105,8 @@ class CnnMethod:
             out["temporal_reference"] = True
         if self.down_temporal:
             out["downlink_reference"] = True
+        if self.step_snap != "grid":
+            out["step_snap"] = self.step_snap
         return out
 
 
@@ -247,9 +250,9 @@ def cnn_methods(quick: bool = False) -> list[CnnMethod]:
     # (DGC/STC-style: dense early rounds, halving top-k every 2 rounds down to the rate).
     from fedcodec.pipeline import StepSchedule
 
-    def warm(topk: float, start: float = 0.08) -> Any:
+    def warm(topk: float, start: float = 0.08, **kw: Any) -> Any:
         """RD top-k from ``start``, halved every 2 rounds, down to ``topk``."""
-        return StepSchedule(up(start), "topk", gamma=0.5, every=2, limit=topk)
+        return StepSchedule(up(start, **kw), "topk", gamma=0.5, every=2, limit=topk)
 
     for rate in (0.5, 0.3):
         both = up(rate / 100)
@@ -272,7 +275,7 @@ def cnn_methods(quick: bool = False) -> list[CnnMethod]:
                 fisher=True,
             )
         )
-    for up_pct, down_pct in ((2, 2), (2, 1), (1, 2), (3, 1), (2, 0.5), (1, 0.5)):
+    for up_pct, down_pct in ((2, 2), (2, 1), (1, 2), (3, 1), (2, 0.5), (1, 0.5), (3, 0.5)):
         methods.append(
             CnnMethod(
                 f"{sf} warm rd-{up_pct}% down warm rd-{down_pct}%",
@@ -282,6 +285,32 @@ def cnn_methods(quick: bool = False) -> list[CnnMethod]:
                 fisher=True,
             )
         )
+    # Partial participation: a returning node's residual decays by the rounds it missed
+    # (RoundParams.stale_decay).
+    for up_pct, down_pct in ((2, 0.5), (1, 0.5)):
+        for decay in (0.0, 0.5, 0.8):
+            methods.append(
+                CnnMethod(
+                    f"{sf} warm rd-{up_pct}% decay {decay} down warm rd-{down_pct}%",
+                    "fedcodec",
+                    params=warm(up_pct / 100, stale_decay=decay),
+                    down_params=warm(down_pct / 100),
+                    fisher=True,
+                )
+            )
+    # Power-of-two downlink steps: version steps divide each other, so a catch-up's
+    # cumulative delta has small levels.
+    methods += [
+        dataclasses.replace(m, name=f"{m.name} pow2", step_snap="pow2")
+        for m in methods
+        if m.name
+        in (
+            f"{sf} warm rd-2% down warm rd-0.5%",
+            f"{sf} warm rd-3% down warm rd-0.5%",
+            f"{sf} warm rd-2% down warm rd-1%",
+            f"{sf} rd-1% down rd-1%",
+        )
+    ]
     # Temporal reference: each node codes its update against its previous one (the coder
     # uses it on dense updates only; sparsified ones go without).
     dense_rows = ("fedcodec sens dense S=16", "fedcodec plain dense S=16", f"{sf} dense S=16")
@@ -907,6 +936,7 @@ def run_one(
             server_optimizer=optimizer,
             temporal_reference=method.temporal,
             downlink_reference=method.down_temporal,
+            step_snap=method.step_snap,
         )
         # Every node builds the same initial model (the seed): it never travels.
         shared = {k: a.numpy() for k, a in initial.items()}

@@ -130,7 +130,7 @@ from fedcodec.pipeline import (
 )
 from fedcodec.pipeline.checks import check_tensors
 from fedcodec.pipeline.downlink import DEFAULT_KEYFRAME_BITS
-from fedcodec.pipeline.ratecontrol import StepSnap
+from fedcodec.pipeline.ratecontrol import StepSnapPolicy, step_snap_policy
 from fedcodec.pipeline.robust import RobustRejectionError, UpdateSummary, plan_round, screen_update
 from fedcodec.pipeline.server import DEFAULT_MAX_STEP
 
@@ -276,7 +276,7 @@ class CompressionStrategy(Strategy):
         ``initial_digest`` every round.
     initial_id : str, optional
         A name for the initial model, sent next to its digest.
-    step_snap : {"grid", "pow2"}, optional
+    step_snap : {"grid", "pow2", "auto"}, optional
         How downlink steps snap to the stream grid (see
         :class:`~fedcodec.pipeline.DownlinkEncoder`).
     server_optimizer : ServerOptimizer, optional
@@ -364,8 +364,7 @@ class CompressionStrategy(Strategy):
         self.temporal_reference = temporal_reference
         self.reference_nodes = reference_nodes
         self.downlink_reference = downlink_reference
-        if step_snap not in ("grid", "pow2"):
-            raise ValueError(f"step_snap must be 'grid' or 'pow2', got {step_snap!r}")
+        policy = step_snap_policy(step_snap)
         robust = RobustPolicy() if robust is None else robust
         if robust.aggregator != "mean":
             raise ValueError(
@@ -409,7 +408,7 @@ class CompressionStrategy(Strategy):
         self.shared_initial = shared_initial
         self.send_initial = send_initial
         self.initial_id = initial_id
-        self.step_snap: StepSnap = "pow2" if step_snap == "pow2" else "grid"
+        self.step_snap: StepSnapPolicy = policy
         #: Traffic per server round (train and evaluate messages of that round), as
         #: Flower serializes the messages' content.
         self.history: dict[int, Traffic] = {}

@@ -628,6 +628,30 @@ class UpdateEncoder:
         self._reference = None
         self._reference_token = None
 
+    def residual_scale(self, params: RoundParams, round_number: int) -> float:
+        """The factor on the residual of an update in ``round_number``.
+
+        ``params.stale_decay ** m``, ``m`` the rounds missed since this
+        encoder's last update (0 for the first update, or when rounds are
+        consecutive or repeated).
+
+        Parameters
+        ----------
+        params : RoundParams
+            The client's round parameters (``stale_decay``).
+        round_number : int
+            The round of the update about to be encoded.
+
+        Returns
+        -------
+        float
+            1.0 when nothing decays.
+        """
+        if params.stale_decay == 1.0 or self.last_round is None:
+            return 1.0
+        missed = round_number - self.last_round - 1
+        return float(params.stale_decay**missed) if missed > 0 else 1.0
+
     def encode(
         self,
         local: Mapping[str, npt.ArrayLike],
@@ -690,10 +714,14 @@ class UpdateEncoder:
         # +1.1 % uplink bytes; dense: -13 %), so they go without one.
         sparse = params.sparsification is not None and params.sparsification.active
         use_reference = self.has_reference and not sparse
+        residual = self._residual
+        scale = self.residual_scale(params, round_number)
+        if scale != 1.0:
+            residual = {name: r * np.float32(scale) for name, r in residual.items()}
         target: Tensors = {}
         for name in self.spec.names:
             delta = np.subtract(checked[name], base.tensors[name], dtype=np.float32)
-            target[name] = delta + self._residual[name] if self.error_feedback else delta
+            target[name] = delta + residual[name] if self.error_feedback else delta
         data, recon, stats, warm = encode_tensors(
             self.spec,
             target,

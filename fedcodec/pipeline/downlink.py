@@ -77,7 +77,7 @@ from fedcodec.pipeline.model import (
     model_digest,
 )
 from fedcodec.pipeline.params import RoundParams
-from fedcodec.pipeline.ratecontrol import StepSnap
+from fedcodec.pipeline.ratecontrol import StepSnapPolicy, resolve_step_snap, step_snap_policy
 from fedcodec.pipeline.stats import EncodeStats
 
 __all__ = [
@@ -309,13 +309,15 @@ class DownlinkEncoder:
     cache_bytes : int, optional
         Memory budget of the coded cumulative deltas kept for reuse (least
         recently used first out).
-    step_snap : {"grid", "pow2"}, optional
+    step_snap : {"grid", "pow2", "auto"}, optional
         How the steps of version deltas snap to the grid: to any integer
         multiple (default), or to a power-of-two multiple — steps of
         different versions then divide each other, so the accumulated
         change has small levels at a coarse step and cumulative deltas and
         keyframes cost less (a byte budget is then met in factors of 2 of
-        the step).
+        the step) — or ``"auto"``: power-of-two for versions coded with
+        active sparsification, the grid for dense ones
+        (:func:`~fedcodec.pipeline.ratecontrol.resolve_step_snap`).
     temporal_reference : bool, optional
         Also code each version delta with the previous version's delta as
         temporal reference (the same levels, kept when smaller:
@@ -336,7 +338,7 @@ class DownlinkEncoder:
         initial: ModelVersion | None = None,
         cumulative: bool | None = None,
         cache_bytes: int = DEFAULT_CUMULATIVE_CACHE_BYTES,
-        step_snap: StepSnap = "grid",
+        step_snap: StepSnapPolicy = "grid",
         temporal_reference: bool = False,
     ) -> None:
         if keep < 1:
@@ -350,11 +352,10 @@ class DownlinkEncoder:
         self.keep = keep
         self.keyframe_bits = keyframe_bits
         self.threads = threads
-        if step_snap not in ("grid", "pow2"):
-            raise ValueError(f"step_snap must be 'grid' or 'pow2', got {step_snap!r}")
+        step_snap = step_snap_policy(step_snap)
         self.cumulative = cumulative
         self.cache_bytes = cache_bytes
-        self.step_snap: StepSnap = step_snap
+        self.step_snap: StepSnapPolicy = step_snap
         self.temporal_reference = temporal_reference
         self._reset()
         if initial is not None:
@@ -484,7 +485,7 @@ class DownlinkEncoder:
             threads=self.threads,
             step_grid=self._grid,
             warm_start=self._warm,
-            step_snap=self.step_snap,
+            step_snap=resolve_step_snap(self.step_snap, coding),
         )
         if warm is not None:
             self._warm = warm

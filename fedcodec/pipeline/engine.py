@@ -71,7 +71,7 @@ from fedcodec.pipeline.errors import (
 from fedcodec.pipeline.model import ModelSpec, ModelVersion, Tensors
 from fedcodec.pipeline.optimizer import ServerOptimizer
 from fedcodec.pipeline.params import RoundParams, Schedule, as_schedule
-from fedcodec.pipeline.ratecontrol import StepSnap
+from fedcodec.pipeline.ratecontrol import StepSnapPolicy
 from fedcodec.pipeline.robust import RobustPolicy, RobustRejectionError, screen_update
 from fedcodec.pipeline.server import (
     DEFAULT_MAX_STEP,
@@ -254,7 +254,7 @@ class RoundEngine:
         downlink: ScheduleLike | None = None,
         keep: int = 32,
         keyframe_bits: int = DEFAULT_KEYFRAME_BITS,
-        step_snap: StepSnap = "grid",
+        step_snap: StepSnapPolicy = "grid",
         cumulative: bool | None = None,
         cache_bytes: int = DEFAULT_CUMULATIVE_CACHE_BYTES,
         server_lr: float = 1.0,

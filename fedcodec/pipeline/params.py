@@ -297,6 +297,14 @@ class RoundParams:
         the first 8 bytes of SHA-256 of the client id).
     dither_salt : int
         Salt of the dither seed rule (``quantizer="dither"`` only).
+    stale_decay : float
+        Error feedback of a client that missed rounds: its residual is
+        multiplied by ``stale_decay ** (rounds missed)`` before it is added to
+        the new update (``rounds missed`` = this update's round − the round of
+        the client's last update − 1).  1.0 (default) keeps the residual as it
+        is; 0.0 drops it after any absence.  In full participation no round is
+        missed and nothing changes.  The decayed part is never sent (the
+        error-feedback sum ``Σ decoded = Σ delta − residual`` loses it).
     per_client : mapping of str to mapping
         Field overrides per client id, e.g. ``{"phone-7": {"budget_bytes":
         2000}}``; see :meth:`for_client`.
@@ -312,6 +320,7 @@ class RoundParams:
     sensitivity: Sensitivity | None = None
     quantizer: Quantizer = "uniform"
     dither_salt: int = 0
+    stale_decay: float = 1.0
     per_client: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -341,6 +350,12 @@ class RoundParams:
             or not 0 <= self.dither_salt < 2**64
         ):
             raise ValueError(f"dither_salt must be an int in [0, 2**64), got {self.dither_salt!r}")
+        if not (
+            isinstance(self.stale_decay, int | float)
+            and not isinstance(self.stale_decay, bool)
+            and 0.0 <= self.stale_decay <= 1.0
+        ):
+            raise ValueError(f"stale_decay must be in [0, 1], got {self.stale_decay!r}")
         for client, overrides in self.per_client.items():
             bad = set(overrides) - (_FIELD_NAMES - {"per_client"})
             if bad:
@@ -379,6 +394,8 @@ class RoundParams:
             out["quantizer"] = self.quantizer
         if self.dither_salt:
             out["dither_salt"] = self.dither_salt
+        if self.stale_decay != 1.0:
+            out["stale_decay"] = self.stale_decay
         if self.per_client:
             out["per_client"] = {
                 cid: {

@@ -34,7 +34,7 @@ import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, cast
 
 import numpy as np
 
@@ -45,12 +45,16 @@ from fedcodec.pipeline.params import Quantizer, RoundParams
 
 __all__ = [
     "DEFAULT_MAX_PASSES",
+    "STEP_SNAP_POLICIES",
     "CodedTensors",
     "StepSnap",
+    "StepSnapPolicy",
     "encode_with_params",
     "importance_lam_scales",
     "min_container_bytes",
     "model_rule_step",
+    "resolve_step_snap",
+    "step_snap_policy",
     "tensor_rule_steps",
 ]
 
@@ -194,6 +198,44 @@ def min_container_bytes(shapes: Sequence[tuple[int, ...]]) -> int:
 #: of different encodes divide each other.
 StepSnap = Literal["grid", "pow2"]
 _STEP_SNAPS = ("grid", "pow2")
+#: A downlink stream's snapping policy: a :data:`StepSnap` for every version, or ``"auto"``
+#: — ``"pow2"`` for versions coded with active sparsification, ``"grid"`` for dense ones
+#: (:func:`resolve_step_snap`).
+StepSnapPolicy = Literal["grid", "pow2", "auto"]
+STEP_SNAP_POLICIES = ("grid", "pow2", "auto")
+
+
+def step_snap_policy(name: str) -> StepSnapPolicy:
+    """``name`` as a :data:`StepSnapPolicy` (a ``ValueError`` naming the choices otherwise)."""
+    if name not in STEP_SNAP_POLICIES:
+        raise ValueError(f"step_snap must be one of {STEP_SNAP_POLICIES}, got {name!r}")
+    return cast(StepSnapPolicy, name)
+
+
+def resolve_step_snap(policy: StepSnapPolicy, params: RoundParams) -> StepSnap:
+    """The snapping of one encode under ``policy`` with coding ``params``.
+
+    ``"auto"`` snaps sparsified encodes to power-of-two steps: a catch-up then
+    sums deltas whose steps divide each other (small levels at a coarse step), and
+    the server's error feedback keeps what the octave costs.  Dense encodes keep
+    the nearest grid multiple (an octave is up to √2 coarser, which a dense
+    downlink at a fixed coarse step pays in accuracy).
+
+    Parameters
+    ----------
+    policy : {"grid", "pow2", "auto"}
+        The stream's policy.
+    params : RoundParams
+        The encode's parameters.
+
+    Returns
+    -------
+    {"grid", "pow2"}
+    """
+    if policy == "auto":
+        sparse = params.sparsification is not None and params.sparsification.active
+        return "pow2" if sparse else "grid"
+    return policy
 
 
 def _snap(
