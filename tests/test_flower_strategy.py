@@ -581,6 +581,9 @@ def test_constructor_validates_its_arguments() -> None:
         CompressionStrategy(FedAvg(), keep=0)
     with pytest.raises(ValueError, match="keyframe_bits"):
         CompressionStrategy(FedAvg(), keyframe_bits=1)
+    with pytest.raises(ValueError, match="step_snap"):
+        CompressionStrategy(FedAvg(), step_snap="octave")
+    assert CompressionStrategy(FedAvg(), step_snap="auto").step_snap == "auto"
 
 
 def test_importing_fedcodec_does_not_import_flwr(tmp_path: Path) -> None:

@@ -59,6 +59,7 @@ def test_json_files_work_the_same(tmp_path: Path) -> None:
         ({"overrides": {"params.sparsification.topk": 0.1, SPARSE_ALLOCATION: "x"}}, "allocation"),
         ({"overrides": {"schedule.kind": "cosine", "schedule.name": "nope"}}, "schedule"),
         ({"overrides": {"rounds.optimizer": "sgd"}}, "rounds.optimizer: kind"),
+        ({"overrides": {"downlink.step_snap": "octave"}}, "grid, pow2 or auto"),
         ({"overrides": {"rounds.optimizer": "adam", "rounds.optimizer_beta1": 1.5}}, "beta1"),
         (
             {"overrides": {"rounds.optimizer": "adam", "rounds.optimizer_second_moment": "row"}},
@@ -72,6 +73,11 @@ def test_unknown_keys_wrong_types_and_bad_combinations_are_errors(
     overrides = {**INSECURE, **source.get("overrides", {})}
     with pytest.raises(ConfigError, match=message):
         load_config(env=source.get("env", {}), overrides=overrides)
+
+
+def test_the_downlink_step_snap_may_be_auto() -> None:
+    config = load_config(env={}, overrides={**INSECURE, "downlink.step_snap": "auto"})
+    assert config.downlink.step_snap == "auto"
 
 
 def test_other_programs_fedcodec_variables_are_left_alone() -> None:

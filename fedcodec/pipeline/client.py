@@ -10,7 +10,9 @@
 
 so whatever is not sent this round (quantization error, sparsified values)
 is sent later: over rounds, the sum of decoded updates equals the sum of true
-deltas minus the current residual.  The residual state saves to ``.npz``
+deltas minus the current residual.  A client that missed rounds may enter
+with a decayed residual (``RoundParams.stale_decay``; off by default), which
+drops the decayed part from that sum.  The residual state saves to ``.npz``
 without pickle (:meth:`UpdateEncoder.save_state`) and survives a restart.
 """
 
