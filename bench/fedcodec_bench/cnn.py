@@ -275,7 +275,16 @@ def cnn_methods(quick: bool = False) -> list[CnnMethod]:
                 fisher=True,
             )
         )
-    for up_pct, down_pct in ((2, 2), (2, 1), (1, 2), (3, 1), (2, 0.5), (1, 0.5), (3, 0.5)):
+    for up_pct, down_pct in (
+        (2, 2),
+        (2, 1),
+        (1, 2),
+        (3, 1),
+        (2, 0.5),
+        (1, 0.5),
+        (3, 0.5),
+        (4, 0.5),
+    ):
         methods.append(
             CnnMethod(
                 f"{sf} warm rd-{up_pct}% down warm rd-{down_pct}%",
@@ -307,6 +316,7 @@ def cnn_methods(quick: bool = False) -> list[CnnMethod]:
         in (
             f"{sf} warm rd-2% down warm rd-0.5%",
             f"{sf} warm rd-3% down warm rd-0.5%",
+            f"{sf} warm rd-4% down warm rd-0.5%",
             f"{sf} warm rd-2% down warm rd-1%",
             f"{sf} rd-1% down rd-1%",
         )
