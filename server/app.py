@@ -107,6 +107,13 @@ def _server_options(config: ServerConfig) -> list[tuple[str, int]]:
         # waits for a free stream instead of overrunning the server (under a burst of
         # thousands of calls gRPC otherwise cancels some before the servicer sees them).
         ("grpc.max_concurrent_streams", 128),
+        # What gRPC buffers for a stream before the servicer reads it is its flow-control
+        # window.  Bandwidth-delay probing grows that window to several MiB per stream, so
+        # 128 streams of a client whose uploads are refused as busy (never read) held over
+        # 300 MiB under load; a fixed 256 KiB window bounds them to 32 MiB per connection
+        # and still streams ~5 MB/s per upload at 50 ms of round trip.
+        ("grpc.http2.bdp_probe", 0),
+        ("grpc.http2.lookahead_bytes", 256 * 1024),
     ]
 
 
