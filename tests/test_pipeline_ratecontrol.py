@@ -117,3 +117,35 @@ def test_bytes_fall_as_the_budget_falls() -> None:
         for b in (20000, 5000, 1000)
     ]
     assert sizes[0] > sizes[1] > sizes[2]
+
+
+def test_a_step_grid_keeps_one_magnitude_rows_on_level_times_step() -> None:
+    """On a grid (the downlink's), every reconstruction is a multiple of its step.
+
+    An embedding-like table whose nonzero rows are half one-magnitude: coded freely, the
+    codec values such rows to 1/16 step (ROWFINE, FORMAT.md §8.1), off any grid of the
+    step; with ``step_grid`` the encoder re-codes the levels and the container decodes to
+    exactly the returned reconstruction.
+    """
+    from fedcodec import codec
+
+    rng = np.random.default_rng(0)
+    table = np.zeros((2000, 32), np.float32)
+    for j, r in enumerate(rng.choice(2000, 200, replace=False)):
+        table[r] = rng.choice([-1, 1], 32) * 0.0137 if j % 2 else rng.standard_normal(32) * 0.02
+    step = np.float32(0.01)
+
+    def on_levels(values: np.ndarray) -> bool:
+        return bool(np.array_equal(np.rint(values / step).astype(np.float32) * step, values))
+
+    free = encode_with_params([table], RoundParams(step=float(step), lam=0.0), threads=1)
+    assert not on_levels(free.recon[0])  # the codec valued the one-magnitude rows finer
+    grid = float(step) / 4
+    coded = encode_with_params(
+        [table], RoundParams(step=float(step), lam=0.0), threads=1, step_grid=[grid]
+    )
+    assert coded.result.stats[0].step == float(step)
+    assert on_levels(coded.recon[0])
+    assert np.array_equal(codec.decode(coded.result.data)[0], coded.recon[0])
+    err = float(np.square(table.astype(np.float64) - coded.recon[0]).sum())
+    assert coded.result.stats[0].sq_error == pytest.approx(err)

@@ -301,7 +301,7 @@ class _Encoder:
             steps = self._planned(tensor_rule_steps(self.tensors, S) if steps is None else steps)
         snapped = None if steps is None else _snap(steps, self.grid, self.step_snap)
         if self.lam_scales is None:
-            return codec.encode(
+            result = codec.encode(
                 self.tensors,
                 lam=lam,
                 S=S,
@@ -313,7 +313,52 @@ class _Encoder:
                 dither_seed=self.dither_seed,
                 reference=self.reference,
             )
+            return result if self.grid is None else self._on_levels(result)
         return self._run_per_tensor(lam, S, snapped)
+
+    def _on_levels(self, result: codec.EncodeResult) -> codec.EncodeResult:
+        """``result`` with every tensor reconstructing to ``level * step``.
+
+        A grid (the downlink's) needs reconstructions that are integer multiples
+        of the step: a uniform tensor whose one-magnitude rows carry ROWFINE
+        values (codec FORMAT.md §8.1, 1/16 step) is re-coded from its levels, as
+        the per-tensor path joins its parts.  Trellis tensors reconstruct to
+        ``q * step`` already; other tensors are returned as they are.
+        """
+        assert result.recon is not None
+        off = [
+            i
+            for i, (rec, st) in enumerate(zip(result.recon, result.stats, strict=True))
+            if st.step > 0
+            and not np.array_equal(
+                np.rint(rec / np.float32(st.step)).astype(np.float32) * np.float32(st.step), rec
+            )
+        ]
+        if not off:
+            return result
+        decoded = codec.decode_levels(result.data, threads=self.threads, reference=self.reference)
+        assert isinstance(decoded, list)
+        levels = [lv for lv, _ in decoded]
+        joined = codec.encode_levels(
+            levels,
+            [st.step for st in result.stats],
+            threads=self.threads,
+            reference=self.reference,
+        )
+        stats = []
+        recon = []
+        for i, (s, st, lv, tensor) in enumerate(
+            zip(joined.stats, result.stats, levels, self.tensors, strict=True)
+        ):
+            if i not in off:
+                stats.append(dataclasses.replace(s, sq_error=st.sq_error))
+                recon.append(result.recon[i])
+                continue
+            plain = lv.astype(np.float32) * np.float32(st.step)
+            err = np.asarray(tensor, np.float64) - plain
+            stats.append(dataclasses.replace(s, sq_error=float(np.square(err).sum())))
+            recon.append(plain)
+        return codec.EncodeResult(joined.data, stats, recon)
 
     def _run_per_tensor(
         self, lam: float, S: int, steps: Sequence[float] | None
