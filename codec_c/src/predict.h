@@ -98,6 +98,14 @@ static inline void fc_pred_free(fc_pred *p)
     p->v = p->e = p->u = NULL;
 }
 
+/* The eight float32 lane sums of a dot product added in double as
+ * ((l0 + l1) + (l2 + l3)) + ((l4 + l5) + (l6 + l7)) (FORMAT.md §7.6). */
+static inline double fc_pred_lanes(const float *l)
+{
+    return (((double)l[0] + (double)l[1]) + ((double)l[2] + (double)l[3])) +
+           (((double)l[4] + (double)l[5]) + ((double)l[6] + (double)l[7]));
+}
+
 /* The per-row arithmetic (predict_kern.h): a generic variant, and on x86 an
  * AVX one. */
 #define FC_PK(name) name##_gen

@@ -34,8 +34,7 @@ static inline FC_PK_ATTR double FC_PK(fc_pk_dot)(const float *a, const float *b,
     for (i = 0; i < n4; i += 8)
         for (j = 0; j < 8; j++) l[j] += a[i + j] * b[i + j];
 #endif
-    return (((double)l[0] + (double)l[1]) + ((double)l[2] + (double)l[3])) +
-           (((double)l[4] + (double)l[5]) + ((double)l[6] + (double)l[7]));
+    return fc_pred_lanes(l);
 }
 
 /* y[i] = a * x[i] + b * y[i] over a padded vector (products rounded, then
@@ -96,8 +95,7 @@ static inline FC_PK_ATTR double FC_PK(fc_pk_axpby2)(float a, float b, float c, f
     }
 #endif
     if (!w) return 0.0;
-    return (((double)l[0] + (double)l[1]) + ((double)l[2] + (double)l[3])) +
-           (((double)l[4] + (double)l[5]) + ((double)l[6] + (double)l[7]));
+    return fc_pred_lanes(l);
 }
 
 /* The padded row x (levels) as floats into u (the padding stays 0). */
@@ -146,8 +144,7 @@ static inline FC_PK_ATTR double FC_PK(fc_pk_axpy_dot)(float a, const float *x, f
         l[i & 7u] += y[i] * w[i];
     }
 #endif
-    return (((double)l[0] + (double)l[1]) + ((double)l[2] + (double)l[3])) +
-           (((double)l[4] + (double)l[5]) + ((double)l[6] + (double)l[7]));
+    return fc_pred_lanes(l);
 }
 
 /* y = x over padded vectors, returning dot(y, w) (w = y: the squared norm),
@@ -174,8 +171,7 @@ static inline FC_PK_ATTR double FC_PK(fc_pk_copy_dot)(const float *x, float *y, 
         l[i & 7u] += y[i] * w[i];
     }
 #endif
-    return (((double)l[0] + (double)l[1]) + ((double)l[2] + (double)l[3])) +
-           (((double)l[4] + (double)l[5]) + ((double)l[6] + (double)l[7]));
+    return fc_pred_lanes(l);
 }
 
 /* fc_pred_basis (predict.h): per component, the copy, each projection and
