@@ -44,8 +44,20 @@ typedef uint8_t fc_v32b __attribute__((vector_size(32)));
 #else
 #define FC_LOWBYTE 0
 #endif
+/* FC_V32B_LOWBYTES(b): the low byte of each of b's eight int32 lanes in its
+ * first eight bytes (the rest unspecified); GCC and clang spell the byte
+ * shuffle differently. */
+#if defined(__clang__)
+#define FC_V32B_LOWBYTES(b)                                                                       \
+    __builtin_shufflevector((b), (b), FC_LOWBYTE, 4 + FC_LOWBYTE, 8 + FC_LOWBYTE, 12 + FC_LOWBYTE, \
+                            16 + FC_LOWBYTE, 20 + FC_LOWBYTE, 24 + FC_LOWBYTE, 28 + FC_LOWBYTE, -1, -1, \
+                            -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1, -1,  \
+                            -1, -1, -1, -1)
+#else
 static const fc_v32b fc_v32b_lowbytes = {FC_LOWBYTE, 4 + FC_LOWBYTE, 8 + FC_LOWBYTE, 12 + FC_LOWBYTE,
                                          16 + FC_LOWBYTE, 20 + FC_LOWBYTE, 24 + FC_LOWBYTE, 28 + FC_LOWBYTE};
+#define FC_V32B_LOWBYTES(b) __builtin_shuffle((b), fc_v32b_lowbytes)
+#endif
 #define FC_PRED_SIMD 1
 #else
 #define FC_PRED_SIMD 0

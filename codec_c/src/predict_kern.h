@@ -282,7 +282,7 @@ static FC_PK_ATTR void FC_PK(fc_pk_classes)(const float **prof, const float *coe
              * any byte order) */
             fc_v32b b;
             memcpy(&b, &out, 32);
-            b = __builtin_shuffle(b, fc_v32b_lowbytes);
+            b = FC_V32B_LOWBYTES(b);
             memcpy(cls + c, &b, 8);
         } else {
             memcpy(o, &out, 32);
