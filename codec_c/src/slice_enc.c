@@ -673,8 +673,13 @@ static void slice_encode_predict(fc_slice_enc_job *job)
  * (lambda' of the trellis); else (the same levels) by size. */
 static int slice_better(const fc_slice_enc_job *a, const fc_slice_enc_job *b)
 {
-    return fc_coding_better(fc_choice_lambda(a), a->step, a->sq_error, a->out.size, b->sq_error,
-                            b->out.size);
+    double lambda = fc_choice_lambda(a);
+    /* Rounding from floats: the same levels either way, but a ROWKIND
+     * coding's ROWFINE rows reconstruct closer (FORMAT.md §8.1); the two
+     * trials sum the same errors in the same order otherwise, so with
+     * equal distortion J orders them as their sizes do. */
+    if (!(lambda > 0.0) && a->values && a->quant == FC_QUANT_UNIFORM) lambda = FC_DQ_DEFAULT_LAMBDA;
+    return fc_coding_better(lambda, a->step, a->sq_error, a->out.size, b->sq_error, b->out.size);
 }
 
 double fc_choice_lambda(const fc_slice_enc_job *job)
