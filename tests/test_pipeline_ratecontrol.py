@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+import fedcodec
 from fedcodec.pipeline import (
     HIGH_RATE_LAMBDA,
     BudgetTooSmallError,
@@ -149,3 +150,32 @@ def test_a_step_grid_keeps_one_magnitude_rows_on_level_times_step() -> None:
     assert np.array_equal(codec.decode(coded.result.data)[0], coded.recon[0])
     err = float(np.square(table.astype(np.float64) - coded.recon[0]).sum())
     assert coded.result.stats[0].sq_error == pytest.approx(err)
+
+
+@pytest.mark.parametrize("lam_scales", [None, [0.5, 2.0]])
+def test_recon_is_the_decode_with_rowfine_rows(lam_scales: list[float] | None) -> None:
+    # An AdamW-like embedding table (rows of one magnitude from a few values, codec FORMAT.md
+    # §8.1 ROWFINE) and a dense tensor. With per-tensor lambda scales the levels are re-joined
+    # by encode_levels, which carries no ROWFINE values: recon and squared error must still be
+    # what a decoder reconstructs from the container sent.
+    rng = np.random.default_rng(3)
+    table = np.zeros((300, 64), np.float32)
+    for r in range(300):
+        if r % 3 == 0:
+            table[r] = rng.choice([0.63, 1.71, 2.62]) * rng.choice([-1.0, 1.0], size=64)
+        elif r % 3 == 1:
+            table[r] = rng.laplace(0.0, 1.5, size=64)
+    dense = rng.laplace(0.0, 1.0, size=(32, 48)).astype(np.float32)
+    tensors = [table, dense]
+    coded = encode_with_params(
+        tensors, RoundParams(lam=0.1155, step=1.0), threads=1, lam_scales=lam_scales
+    )
+    decoded = fedcodec.decode(coded.result.data)
+    for t, rec, dec, st in zip(tensors, coded.recon, decoded, coded.result.stats, strict=True):
+        np.testing.assert_array_equal(np.asarray(rec), np.asarray(dec))
+        err = float(np.square(t.astype(np.float64) - np.asarray(dec, np.float64)).sum())
+        assert st.sq_error == pytest.approx(err, rel=1e-6)
+    # one call: the table's one-magnitude rows keep their own values (ROWFINE)
+    if lam_scales is None:
+        levels = fedcodec.decode_levels(coded.result.data)[0][0]
+        assert not np.array_equal(np.asarray(decoded[0]), levels * np.float32(1.0))
