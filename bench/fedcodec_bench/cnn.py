@@ -265,17 +265,10 @@ def cnn_methods(quick: bool = False) -> list[CnnMethod]:
                 fisher=True,
             )
         )
-    for rate in (1, 0.5, 0.3):
-        methods.append(
-            CnnMethod(
-                f"{sf} warm rd-{rate}% down warm rd-{rate}%",
-                "fedcodec",
-                params=warm(rate / 100),
-                down_params=warm(rate / 100),
-                fisher=True,
-            )
-        )
     for up_pct, down_pct in (
+        (1, 1),
+        (0.5, 0.5),
+        (0.3, 0.3),
         (2, 2),
         (2, 1),
         (1, 2),
