@@ -326,39 +326,17 @@ class _Encoder:
         ``q * step`` already; other tensors are returned as they are.
         """
         assert result.recon is not None
-        off = [
-            i
-            for i, (rec, st) in enumerate(zip(result.recon, result.stats, strict=True))
-            if st.step > 0
-            and not np.array_equal(
+        if all(
+            st.step == 0
+            or np.array_equal(
                 np.rint(rec / np.float32(st.step)).astype(np.float32) * np.float32(st.step), rec
             )
-        ]
-        if not off:
+            for rec, st in zip(result.recon, result.stats, strict=True)
+        ):
             return result
         decoded = codec.decode_levels(result.data, threads=self.threads, reference=self.reference)
         assert isinstance(decoded, list)
-        levels = [lv for lv, _ in decoded]
-        joined = codec.encode_levels(
-            levels,
-            [st.step for st in result.stats],
-            threads=self.threads,
-            reference=self.reference,
-        )
-        stats = []
-        recon = []
-        for i, (s, st, lv, tensor) in enumerate(
-            zip(joined.stats, result.stats, levels, self.tensors, strict=True)
-        ):
-            if i not in off:
-                stats.append(dataclasses.replace(s, sq_error=st.sq_error))
-                recon.append(result.recon[i])
-                continue
-            plain = lv.astype(np.float32) * np.float32(st.step)
-            err = np.asarray(tensor, np.float64) - plain
-            stats.append(dataclasses.replace(s, sq_error=float(np.square(err).sum())))
-            recon.append(plain)
-        return codec.EncodeResult(joined.data, stats, recon)
+        return self._join([lv for lv, _ in decoded], result.stats, result.recon)
 
     def _run_per_tensor(
         self, lam: float, S: int, steps: Sequence[float] | None
@@ -386,28 +364,43 @@ class _Encoder:
             assert isinstance(decoded, list)
             parts.append(part)
             levels.append(decoded[0][0])
-        joined = codec.encode_levels(
-            levels,
-            [p.stats[0].step for p in parts],
-            threads=self.threads,
-            reference=self.reference,
-        )
-        # The joined container holds the levels only: a part whose one-magnitude rows had
-        # ROWFINE values (codec FORMAT.md §8.1) reconstructs to level * step there, so its
-        # recon and squared error are those of the levels.
-        stats = []
         recon = []
-        for s, p, lv, tensor in zip(joined.stats, parts, levels, self.tensors, strict=True):
+        for p in parts:
             assert p.recon is not None
-            plain = lv.astype(np.float32) * np.float32(p.stats[0].step)
-            if np.array_equal(plain, p.recon[0]):
-                stats.append(dataclasses.replace(s, sq_error=p.stats[0].sq_error))
-                recon.append(p.recon[0])
+            recon.append(p.recon[0])
+        return self._join(levels, [p.stats[0] for p in parts], recon)
+
+    def _join(
+        self,
+        levels: Sequence[np.ndarray],
+        stats: Sequence[codec.TensorStats],
+        recon: Sequence[F32Array],
+    ) -> codec.EncodeResult:
+        """The levels (with the steps of ``stats``) coded into one container by
+        :func:`fedcodec.codec.encode_levels`, with each tensor's recon and squared error.
+
+        The joined container holds the levels only: a tensor whose one-magnitude rows had
+        ROWFINE values (codec FORMAT.md §8.1) in ``recon`` reconstructs to level * step
+        there, so its recon and squared error become those of the levels; the others keep
+        ``recon`` and the squared error of ``stats``.
+        """
+        joined = codec.encode_levels(
+            levels, [st.step for st in stats], threads=self.threads, reference=self.reference
+        )
+        out_stats = []
+        out_recon = []
+        for s, st, lv, rec, tensor in zip(
+            joined.stats, stats, levels, recon, self.tensors, strict=True
+        ):
+            plain = lv.astype(np.float32) * np.float32(st.step)
+            if np.array_equal(plain, rec):
+                out_stats.append(dataclasses.replace(s, sq_error=st.sq_error))
+                out_recon.append(rec)
             else:
                 err = np.asarray(tensor, np.float64) - plain
-                stats.append(dataclasses.replace(s, sq_error=float(np.square(err).sum())))
-                recon.append(plain)
-        return codec.EncodeResult(joined.data, stats, recon)
+                out_stats.append(dataclasses.replace(s, sq_error=float(np.square(err).sum())))
+                out_recon.append(plain)
+        return codec.EncodeResult(joined.data, out_stats, out_recon)
 
     def _planned(self, steps: Sequence[float]) -> list[float]:
         """``steps`` with the per-tensor factors and fixed steps applied."""
