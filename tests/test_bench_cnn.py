@@ -76,3 +76,23 @@ def test_warmup_methods_run_their_schedule_through_the_plugin() -> None:
     run = run_one(sc, warm, 0, _Train(1, 32, 0.05, 0), train_limit=200)
     assert len(run.accuracy) == 2
     assert run.bytes_up > 0
+
+
+def test_baselines_are_framed_as_fedcodec_so_bytes_compare_codecs() -> None:
+    """The baselines' messages carry the coded bytes inline in one ConfigRecord each way
+    (the reply with the app's metrics folded in, as fedcodec's wire): what a message costs
+    besides its payload is no more than fedcodec's, and the metrics still reach the
+    strategy (FedAvg weights by ``num-examples``; a missing key would raise)."""
+    sc = Scenario("tiny-framing", 3, 3, 2)
+    methods = {m.name: m for m in cnn_methods()}
+
+    def overhead(name: str) -> float:
+        run = run_one(sc, methods[name], 0, _Train(1, 32, 0.05, 0), train_limit=200)
+        messages = sum(n for n, _ in run.extra["by_kind"].values())
+        payload = run.extra["payload_up"] + run.extra["payload_down"]
+        assert payload > 0
+        return (run.total - payload) / messages
+
+    ours = overhead("fedcodec sens rd-2% S=16")
+    for name in ("STC 1%", "top-1%+EF"):
+        assert overhead(name) <= ours

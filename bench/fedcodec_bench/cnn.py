@@ -528,14 +528,14 @@ def wire_bytes(msg: Message) -> int:
 
 def payload_bytes(msg: Message) -> int:
     """Bytes of the payload in ``msg``: the arrays' data (raw arrays, or containers in an
-    Array) and the containers fedcodec carries inline in a ConfigRecord."""
+    Array) and the containers fedcodec (or a baseline) carries inline in a ConfigRecord."""
     from fedcodec.flower.constants import KEY_MODEL_ARRAY, KEY_UPDATE_ARRAY
 
     if msg.has_error() or not msg.has_content():
         return 0
     out = sum(len(a.data) for r in msg.content.array_records.values() for a in r.values())
     for record in msg.content.config_records.values():
-        for key in (KEY_MODEL_ARRAY, KEY_UPDATE_ARRAY):
+        for key in (KEY_MODEL_ARRAY, KEY_UPDATE_ARRAY, _BL_CHAIN, _BL_UPDATE):
             value = record.get(key)
             parts = value if isinstance(value, list) else [value]
             out += sum(len(p) for p in parts if isinstance(p, bytes))
@@ -601,10 +601,18 @@ def _make_grid(app: Any, nodes: int) -> Any:
 # Baselines as a Flower wrapper + mod (same shape as fedcodec's)
 # ---------------------------------------------------------------------------
 
-_BL_KIND = "bench.kind"
-_BL_VERSION = "bench.version"
-_BL_STATE = "bench.state"
+#: The baselines' wire, framed as fedcodec's (``fedcodec/v4``, :mod:`fedcodec.flower.constants`)
+#: so that the byte counts compare codecs, not framing: a train message is ONE ConfigRecord
+#: (the inner strategy's config plus the coded chain inline, ``bytes`` or a list of them, up to
+#: :data:`_INLINE_MAX` bytes) unless the node gets the raw model or a longer chain (then an
+#: ``ArrayRecord`` as well); a reply is ONE ConfigRecord: the coded update inline with the
+#: app's metrics folded in (restored as a ``MetricRecord`` on the server).  The downlink's
+#: dither is seeded by Flower's ``server-round``, as fedcodec's.
+_BL_CHAIN = "bl.c"  # config: the coded changes the node lacks (bytes or a list of bytes)
+_BL_UPDATE = "bl.u"  # reply: the coded update
+_BL_STATE = "bench.state"  # context.state (never sent)
 _BL_RESIDUAL = "bench.residual"
+_INLINE_MAX = 65_536  # as fedcodec's INLINE_MAX_BYTES
 
 
 def _framed(parts: Sequence[bytes]) -> bytes:
@@ -621,7 +629,7 @@ def _unframed(data: bytes) -> list[bytes]:
 
 
 def _baseline_strategy(inner: Strategy, make: Callable[[], cp.UpdateCompressor]) -> Strategy:
-    from flwr.app import Array, ArrayRecord, ConfigRecord, RecordDict
+    from flwr.app import Array, ArrayRecord, ConfigRecord, MetricRecord, RecordDict
     from flwr.serverapp.strategy import Strategy as _Strategy
 
     class BaselineStrategy(_Strategy):
@@ -668,27 +676,22 @@ def _baseline_strategy(inner: Strategy, make: Callable[[], cp.UpdateCompressor])
                 have = self.held.get(node, 0)
                 chain = self.releases[have + 1 :]
                 new_config = ConfigRecord(dict(msg.content["config"]))  # type: ignore[arg-type]
-                new_config[_BL_VERSION] = latest
-                if sum(len(c) for c in chain) <= raw:
-                    new_config[_BL_KIND] = "chain"
-                    record = (
-                        ArrayRecord(
-                            {
-                                "chain": Array(
-                                    "uint8", (len(_framed(chain)),), "bench/chain", _framed(chain)
-                                )
-                            }
-                        )
-                        if chain
-                        else ArrayRecord()
-                    )
-                else:
-                    new_config[_BL_KIND] = "raw"
-                    record = ArrayRecord(
+                content: dict[str, ArrayRecord | ConfigRecord | MetricRecord] = {}
+                size = sum(len(c) for c in chain)
+                if size > raw:  # the raw model is smaller: an ArrayRecord of float32 arrays
+                    content["arrays"] = ArrayRecord(
                         {k: Array(s) for k, s in zip(self.names, self.stream, strict=True)}
                     )
+                elif size > _INLINE_MAX:  # a long chain: one Array (framing below 1 % there)
+                    data = _framed(chain)
+                    content["arrays"] = ArrayRecord(
+                        {"chain": Array("uint8", (len(data),), "bench/chain", data)}
+                    )
+                elif chain:
+                    new_config[_BL_CHAIN] = chain[0] if len(chain) == 1 else list(chain)
+                content["config"] = new_config
                 self.held[node] = latest
-                msg.content = RecordDict({"arrays": record, "config": new_config})
+                msg.content = RecordDict(content)
                 out.append(msg)
             return out
 
@@ -698,7 +701,13 @@ def _baseline_strategy(inner: Strategy, make: Callable[[], cp.UpdateCompressor])
                 if msg.has_error():
                     kept.append(msg)
                     continue
-                data = bytes(msg.content["arrays"]["update"].data)  # type: ignore[union-attr]
+                record = msg.content["arrays"]
+                assert isinstance(record, ConfigRecord)
+                data = record[_BL_UPDATE]
+                assert isinstance(data, bytes)
+                metrics = MetricRecord(
+                    {k: v for k, v in record.items() if k != _BL_UPDATE}  # type: ignore[misc]
+                )
                 rec = self.comp.decode(data, self.shapes)
                 plain = ArrayRecord(
                     {
@@ -706,7 +715,7 @@ def _baseline_strategy(inner: Strategy, make: Callable[[], cp.UpdateCompressor])
                         for k, s, r in zip(self.names, self.stream, rec, strict=True)
                     }
                 )
-                msg.content = RecordDict({"arrays": plain, "metrics": msg.content["metrics"]})
+                msg.content = RecordDict({"arrays": plain, "metrics": metrics})
                 kept.append(msg)
             return self.inner.aggregate_train(server_round, kept)
 
@@ -723,7 +732,7 @@ def _baseline_strategy(inner: Strategy, make: Callable[[], cp.UpdateCompressor])
 
 
 def _baseline_mod(make: Callable[[], cp.UpdateCompressor], initial: Any) -> Any:
-    from flwr.app import Array, ArrayRecord, ConfigRecord, Message
+    from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 
     comp = make()
 
@@ -731,11 +740,9 @@ def _baseline_mod(make: Callable[[], cp.UpdateCompressor], initial: Any) -> Any:
         config = msg.content["config"]
         assert isinstance(config, ConfigRecord)
         state = context.state
-        record = msg.content["arrays"]
-        assert isinstance(record, ArrayRecord)
-        if config[_BL_KIND] == "raw":
+        record = msg.content.array_records.get("arrays")
+        if record is not None and "chain" not in record:  # the raw model
             held = {k: a.numpy().astype(np.float32) for k, a in record.items()}
-            state[_BL_STATE] = ArrayRecord({k: Array(v) for k, v in held.items()})
         else:
             if _BL_STATE not in state:
                 state[_BL_STATE] = initial  # the shared initial model (a shared seed)
@@ -743,13 +750,25 @@ def _baseline_mod(make: Callable[[], cp.UpdateCompressor], initial: Any) -> Any:
             held = {k: a.numpy().astype(np.float32) for k, a in held_rec.items()}  # type: ignore[union-attr]
             names = list(held)
             shapes = [held[k].shape for k in names]
-            if "chain" in record:
-                for part in _unframed(bytes(record["chain"].data)):
-                    rec = comp.decode(part, shapes)
-                    for k, r in zip(names, rec, strict=True):
-                        held[k] = np.add(held[k], r, dtype=np.float32)
-            state[_BL_STATE] = ArrayRecord({k: Array(v) for k, v in held.items()})
-        msg.content["arrays"] = ArrayRecord({k: Array(v) for k, v in held.items()})
+            inline = config.get(_BL_CHAIN)
+            parts: list[bytes] = (
+                _unframed(bytes(record["chain"].data))
+                if record is not None
+                else []
+                if inline is None
+                else [inline]
+                if isinstance(inline, bytes)
+                else [p for p in inline if isinstance(p, bytes)]  # type: ignore[union-attr]
+            )
+            for part in parts:
+                rec = comp.decode(part, shapes)
+                for k, r in zip(names, rec, strict=True):
+                    held[k] = np.add(held[k], r, dtype=np.float32)
+        state[_BL_STATE] = ArrayRecord({k: Array(v) for k, v in held.items()})
+        app_config = ConfigRecord({k: v for k, v in config.items() if k != _BL_CHAIN})
+        msg.content = RecordDict(
+            {"arrays": ArrayRecord({k: Array(v) for k, v in held.items()}), "config": app_config}
+        )
         out = call_next(msg, context)
         local = out.content["arrays"]
         names = list(held)
@@ -757,7 +776,7 @@ def _baseline_mod(make: Callable[[], cp.UpdateCompressor], initial: Any) -> Any:
         if comp.error_feedback and _BL_RESIDUAL in state:
             res = state[_BL_RESIDUAL]
             target = [t + res[k].numpy() for t, k in zip(target, names, strict=True)]  # type: ignore[union-attr]
-        rng = np.random.default_rng([int(context.node_id), int(config[_BL_VERSION])])  # type: ignore[arg-type]
+        rng = np.random.default_rng([int(context.node_id), int(config["server-round"])])  # type: ignore[arg-type]
         data = comp.encode(target, rng)
         if comp.error_feedback:
             rec = comp.decode(data, [t.shape for t in target])
@@ -767,9 +786,12 @@ def _baseline_mod(make: Callable[[], cp.UpdateCompressor], initial: Any) -> Any:
                     for k, t, r in zip(names, target, rec, strict=True)
                 }
             )
-        out.content["arrays"] = ArrayRecord(
-            {"update": Array("uint8", (len(data),), "bench/update", data)}
-        )
+        metrics = out.content["metrics"]
+        assert isinstance(metrics, MetricRecord)
+        reply = ConfigRecord({_BL_UPDATE: data})
+        for key, value in metrics.items():
+            reply[key] = value
+        out.content = RecordDict({"arrays": reply})
         assert isinstance(out, Message)
         return out
 
