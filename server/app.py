@@ -117,6 +117,30 @@ def _server_options(config: ServerConfig) -> list[tuple[str, int]]:
     ]
 
 
+def _bind_failure(address: str, key: str, reason: str | None) -> str:
+    reason = reason or "the address is in use or not available"
+    return f"cannot listen on {address!r} ({key}): {reason}; set {key} to a free HOST:PORT"
+
+
+def _bind(
+    server: grpc.aio.Server,
+    address: str,
+    key: str,
+    credentials: grpc.ServerCredentials | None = None,
+) -> int:
+    """Bind ``address`` (the setting ``key``) and return the port, or raise ConfigError."""
+    try:
+        if credentials is None:
+            port = server.add_insecure_port(address)
+        else:
+            port = server.add_secure_port(address, credentials)
+    except RuntimeError as exc:  # gRPC's "Failed to bind to address ..."
+        raise ConfigError(_bind_failure(address, key, None)) from exc
+    if port == 0:
+        raise ConfigError(_bind_failure(address, key, None))
+    return port
+
+
 def is_loopback(address: str) -> bool:
     """Whether a ``host:port`` address listens on loopback only."""
     host = address.rpartition(":")[0].strip("[]").lower()
@@ -179,14 +203,8 @@ class FedcodecServer:
         )
         add_to_server(AggregationServicer(self.coordinator, tokens, self.metrics), self._server)
         health_pb2_grpc.add_HealthServicer_to_server(cast(Any, self.health), self._server)
-        credentials = _credentials(config)
-        if credentials is None:
-            self.port = self._server.add_insecure_port(config.listen)
-        else:
-            self.port = self._server.add_secure_port(config.listen, credentials)
-        if self.port == 0:
-            raise ConfigError(f"cannot listen on {config.listen!r}")
-        if credentials is None and not is_loopback(config.listen):
+        self.port = _bind(self._server, config.listen, "listen", _credentials(config))
+        if config.security.insecure and not is_loopback(config.listen):
             log.warning(
                 "plaintext gRPC (security.insecure) on a non-loopback address: client tokens "
                 "and updates travel unencrypted; use TLS outside loopback tests",
@@ -199,9 +217,7 @@ class FedcodecServer:
             health_pb2_grpc.add_HealthServicer_to_server(
                 cast(Any, self.health), self._health_server
             )
-            self.health_port = self._health_server.add_insecure_port(config.health_listen)
-            if self.health_port == 0:
-                raise ConfigError(f"cannot listen on {config.health_listen!r}")
+            self.health_port = _bind(self._health_server, config.health_listen, "health_listen")
         self.metrics_port: int | None = None
         self._started = False
 
@@ -212,13 +228,26 @@ class FedcodecServer:
     async def start(self) -> None:
         """Open the state, start serving, report SERVING."""
         await self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
-        if self._health_server is not None:
-            await self._health_server.start()
-        await self.coordinator.start()
-        await self._server.start()
-        if self.config.metrics_listen:
-            self.metrics_port = self.metrics.serve(self.config.metrics_listen)
-        self._started = True
+        try:
+            # The metrics port first: a port in use stops the start before the state is
+            # opened (a second server on one machine collides on the default 9464).
+            if self.config.metrics_listen:
+                try:
+                    self.metrics_port = self.metrics.serve(self.config.metrics_listen)
+                except OSError as exc:
+                    raise ConfigError(
+                        _bind_failure(self.config.metrics_listen, "metrics_listen", exc.strerror)
+                    ) from exc
+            if self._health_server is not None:
+                await self._health_server.start()
+            await self.coordinator.start()
+            self._started = True
+            await self._server.start()
+        except BaseException:
+            # Whatever started is stopped again (state closed, ports released), so a
+            # failed start leaves no running gRPC server behind.
+            await self._shutdown(0)
+            raise
         await self._set_health(health_pb2.HealthCheckResponse.SERVING)
         log.info(
             "server started",
@@ -236,6 +265,10 @@ class FedcodecServer:
     async def stop(self, grace: float | None = None) -> None:
         """Report NOT_SERVING, let running calls finish (``grace`` seconds), close the state."""
         grace = self.config.limits.shutdown_grace_s if grace is None else grace
+        await self._shutdown(grace)
+        log.info("server stopped", extra={"event": "server_stopped"})
+
+    async def _shutdown(self, grace: float) -> None:
         await self.health.enter_graceful_shutdown()
         await self._server.stop(grace)
         if self._started:
@@ -244,7 +277,6 @@ class FedcodecServer:
             await self._health_server.stop(0)
         self.metrics.close()
         self._started = False
-        log.info("server stopped", extra={"event": "server_stopped"})
 
     async def wait_for_termination(self) -> None:
         """Return when the gRPC server has stopped."""

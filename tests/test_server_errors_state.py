@@ -4,6 +4,7 @@ loopback, real SQLite, real ``fedcodec serve`` processes).  Each test failed bef
 from __future__ import annotations
 
 import json
+import socket
 import subprocess
 import sys
 import threading
@@ -350,3 +351,35 @@ def test_sigkill_while_aggregating_then_restart_aggregates_at_once(tmp_path: Pat
     finally:
         proc.terminate()
         proc.wait(timeout=60)
+
+
+@pytest.mark.slow
+def test_a_port_in_use_is_one_line_naming_the_setting(tmp_path: Path) -> None:
+    # A second server on one machine: gRPC's bind failure used to end in a Python traceback
+    # (exit 1), and the default metrics port 9464 in an "Errno 98" without an address, after
+    # the state database was created, plus an "Event loop is closed" traceback from the
+    # started gRPC server.
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        address = f"127.0.0.1:{taken.getsockname()[1]}"
+        for key, flag in (
+            ("listen", "--listen"),
+            ("metrics_listen", "--metrics-listen"),
+            ("health_listen", "--health-listen"),
+        ):
+            state = tmp_path / f"{key}.sqlite"
+            result = _serve(tmp_path, flag, address, state=str(state))
+            assert result.returncode == 2, result.stderr
+            assert "Traceback" not in result.stderr
+            assert "Exception ignored" not in result.stderr
+            errors = [
+                json.loads(line)["msg"]
+                for line in result.stderr.splitlines()
+                if line.startswith("{") and '"level": "error"' in line
+            ]
+            assert errors == [
+                f"cannot listen on {address!r} ({key}): " + errors[0].split(": ", 1)[1]
+            ]
+            assert f"set {key} to a free HOST:PORT" in errors[0]
+            assert not state.exists()  # nothing created: the start stopped before the state
