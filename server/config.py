@@ -40,7 +40,7 @@ typo does not silently leave a default in place.  An example file::
     # sensitivity = true      # BatchNorm statistics/biases handled as what they are
     # [params.sparsification]
     # topk = 0.02
-    # allocation = "rd"       # per-tensor RD allocation of the kept values
+    # allocation = "rd"       # per-tensor RD allocation of the kept values ("rd-rows": by row)
 
     [robust]                  # fedcodec.pipeline.RobustPolicy (defaults shown)
     max_num_examples = 1000000000   # larger counts are refused (INVALID_ARGUMENT)

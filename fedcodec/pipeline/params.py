@@ -60,8 +60,12 @@ _SCHEDULABLE = ("lam", "S", "step", "budget_bytes", "topk")
 #: value's score is divided by the estimated cost of a nonzero in its tensor (position
 #: entropy at the tensor's density plus sign and magnitude), so sparse tensors do not
 #: starve and dense ones do not hog the budget.
-TopkAllocation = Literal["model", "rd"]
-_TOPK_ALLOCATIONS = ("model", "rd")
+#: ``"rd-rows"``: as ``"rd"``, with a nonzero's position cost from its row (output unit,
+#: conv filter) in tensors of two or more dimensions: a row that already holds nonzeros
+#: codes another one in fewer bits, so values cluster in rows and the same bytes carry
+#: more of them.
+TopkAllocation = Literal["model", "rd", "rd-rows"]
+_TOPK_ALLOCATIONS = ("model", "rd", "rd-rows")
 
 
 def _check_fraction(value: float | None, what: str) -> None:
@@ -88,7 +92,7 @@ class Sparsification:
         Structured: keep this fraction (0, 1] of the rows (slices along axis
         0: output units, conv filters) with the largest mean square, over the
         whole model; 1-d tensors count each element as a row.
-    allocation : {"model", "rd"}
+    allocation : {"model", "rd", "rd-rows"}
         How ``topk`` is spread over tensors (see :data:`TopkAllocation`).
     """
 

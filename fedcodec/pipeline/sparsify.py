@@ -89,6 +89,61 @@ def _rd_topk(scores: list[np.ndarray], count: int, iterations: int = 4) -> list[
     return out
 
 
+def _row_bits(keep: np.ndarray, rows: int) -> np.ndarray:
+    """Estimated position bits of a nonzero in each row of a (rows, cols) tensor.
+
+    The coder flags every all-zero row and codes a row's significance with contexts that
+    follow the row's own activity (the distance to its last nonzero, its magnitudes), so
+    a row that holds ``k`` of the tensor's ``K`` nonzeros costs about
+    ``log2(rows·cols / K) + log2(K / (rows·k))`` bits per nonzero: the tensor's uniform
+    position entropy (as :func:`_rd_topk`) plus a term that is negative for rows denser
+    than the average and positive for sparser ones (``k`` smoothed by 1/2, so an empty
+    row pays for being opened).
+    """
+    size = keep.size
+    cols = size // rows
+    kept = keep.reshape(rows, cols)
+    total = float(np.count_nonzero(kept))
+    per_row = kept.sum(axis=1, dtype=np.float64) + 0.5
+    uniform = float(_binary_entropy(np.array(max(total, 1.0) / size))) * size / max(total, 1.0)
+    bits = uniform + np.log2((total + 0.5 * rows) / rows / per_row)
+    return np.asarray(np.maximum(bits, 1.0))
+
+
+def _rd_rows_topk(scores: list[np.ndarray], count: int, iterations: int = 6) -> list[np.ndarray]:
+    """As :func:`_rd_topk`, with a nonzero's position bits from its row (:func:`_row_bits`)
+    in tensors of two or more dimensions (rows: output units, conv filters).
+
+    The same bytes carry more nonzeros when they share rows; a value in a row that holds
+    others ranks higher than one of the same score alone in its row.  Starts from
+    :func:`_rd_topk`'s choice and refines rows' costs and the ranking together.
+    """
+    sizes = [s.size for s in scores]
+    starts = np.concatenate([[0], np.cumsum(sizes)]).astype(int)
+    if not scores:
+        return []
+    keep = np.concatenate([k.ravel() for k in _rd_topk(scores, count)])
+    for _ in range(iterations):
+        ranked = []
+        for s, a, b in zip(scores, starts[:-1], starts[1:], strict=True):
+            part = keep[a:b]
+            kept = max(int(np.count_nonzero(part)), 1)
+            if s.ndim >= 2 and s.size:
+                rows = s.shape[0]
+                bits = np.repeat(_row_bits(part, rows), s.size // rows)
+            else:
+                density = kept / max(s.size, 1)
+                bits = np.full(s.size, float(_binary_entropy(np.array(density))) / density)
+            ranked.append(s.ravel() / (bits + _NONZERO_BITS))
+        new_keep = _keep_largest(np.concatenate(ranked), count)
+        if np.array_equal(new_keep, keep):
+            break
+        keep = new_keep
+    return [
+        keep[a:b].reshape(s.shape) for s, a, b in zip(scores, starts[:-1], starts[1:], strict=True)
+    ]
+
+
 def sparsify(
     tensors: Sequence[F32Array],
     how: Sparsification,
@@ -148,8 +203,9 @@ def sparsify(
         total = sum(tensors[i].size for i in active)
         count = math.ceil(how.topk * total)
         masked = [np.where(masks[i], scores(i), -1.0) for i in active]
-        if how.allocation == "rd":
-            kept = _rd_topk(
+        if how.allocation in ("rd", "rd-rows"):
+            select = _rd_topk if how.allocation == "rd" else _rd_rows_topk
+            kept = select(
                 [np.maximum(m, 0.0) * masks[i] for m, i in zip(masked, active, strict=True)], count
             )
             for i, k in zip(active, kept, strict=True):
