@@ -1455,6 +1455,15 @@ def run_fl_bench(cfg: FLBenchConfig, out: TextIO | None = None) -> dict[str, Any
             f"\nNo fedcodec setting stayed within {ACCURACY_SLACK_POINTS:g} point of fp32.",
             file=out,
         )
+    if cfg.quick:
+        # A newcomer's first run: 3 rounds are too few for error feedback to catch up at
+        # the tightest budget, so the accuracy above says nothing about the product.
+        print(
+            f"--quick is a smoke run ({sc.rounds} rounds, one fedcodec setting at the tightest"
+            " budget): its accuracies are not the product's.  The full run (`fedcodec bench"
+            " fl`, all settings and baselines) and its measured results: docs/benchmarks.md.",
+            file=out,
+        )
     fp32_first = next(r for r in results if r.kind == "fp32")
     report: dict[str, Any] = {
         "benchmark": "fl",
