@@ -250,3 +250,35 @@ def test_rd_rows_clusters_nonzeros_in_rows_and_codes_them_in_fewer_bytes() -> No
             assert kept.min() >= np.abs(fc[r][f[r] == 0]).max()
     params = RoundParams(sparsification=Sparsification(topk=0.01, allocation="rd-rows"))
     assert RoundParams.from_json(params.to_json()) == params
+
+
+def test_downlink_statistics_follow_stat_bits_of_the_statistic() -> None:
+    """The downlink codes statistics at 2**-stat_bits of the statistic's RMS in the stream
+    model (as the uplink does), so a coarser ``stat_bits`` saves bytes there too (before,
+    the step followed the round's change and snapped to the stream grid whatever
+    ``stat_bits`` said); the stream stays exact for the receiver."""
+    from fedcodec.pipeline import DownlinkEncoder, ModelReceiver
+
+    rng = np.random.default_rng(21)
+    base = _cnn_like(rng)
+    base["bn.running_var"] = (20.0 + rng.uniform(0, 10, 8)).astype(np.float32)
+    v0 = ModelVersion.create(0, base)
+    stat_bytes = {}
+    for bits in (10, 4):
+        params = RoundParams(lam=0.5, S=16, sensitivity=Sensitivity(stat_bits=bits))
+        down = DownlinkEncoder(v0.spec, params=params, threads=1, initial=v0)
+        down.publish(v0, known_to_all=True)
+        gen = np.random.default_rng(3)
+        model = dict(base)
+        total = 0
+        for version in range(1, 4):
+            step = _deltas(gen, model)
+            model = {k: v + step[k] for k, v in model.items()}
+            release = down.publish(ModelVersion.create(version, model))
+            assert release.stats is not None
+            total += sum(t.bytes for t in release.stats.tensors if "running" in t.name)
+        rx = ModelReceiver(v0.spec, threads=1, initial=v0)
+        rx.apply(down.package_for("c"))
+        assert rx.digest == down.digest_of(3)
+        stat_bytes[bits] = total
+    assert stat_bytes[4] < stat_bytes[10]

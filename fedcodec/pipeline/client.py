@@ -151,7 +151,8 @@ def sensitivity_plan(
         Per-weight η per tensor (None where not given), or None.
     reference : mapping of str to ndarray, optional
         The weights the deltas apply to (the base model): the magnitude
-        fallback and the scale of statistics.
+        fallback and the scale of statistics (tensors it does not name use
+        neither: the neutral importance, the statistic's own delta).
 
     Returns
     -------
@@ -169,7 +170,7 @@ def sensitivity_plan(
         eta = None if importance is None else importance[i]
         if eta is not None and eta.size:
             means.append(max(float(np.mean(eta, dtype=np.float64)), 1e-30))
-        elif sensitivity.fallback == "magnitude" and reference is not None:
+        elif sensitivity.fallback == "magnitude" and reference is not None and name in reference:
             means.append(1.0 / max(_rms(np.asarray(reference[name])) ** 2, 1e-30))
         else:
             means.append(neutral)

@@ -417,6 +417,18 @@ class DownlinkEncoder:
         zero = self.spec.zeros()
         return model_digest(self.spec, _plus(self.spec, self._origin.tensors, zero))
 
+    def _statistics(self, coding: RoundParams) -> dict[str, np.ndarray] | None:
+        """The stream model's normalization statistics (``coding.sensitivity``'s kinds),
+        the scale of their steps; None without a sensitivity policy or a stream."""
+        sens = coding.sensitivity
+        if sens is None or self._stream is None:
+            return None
+        return {
+            name: self._stream[name]
+            for name, shape in self.spec
+            if sens.kind(name, shape) == "stat"
+        }
+
     def _change_of_stream(self) -> Tensors:
         """``C_latest``: the accumulated change (the stream model itself in a keyframe stream)."""
         if self._change is not None:
@@ -486,6 +498,10 @@ class DownlinkEncoder:
             step_grid=self._grid,
             warm_start=self._warm,
             step_snap=resolve_step_snap(self.step_snap, coding),
+            # Statistics at 2**-stat_bits of the statistic's RMS in the stream model (as on
+            # the uplink), not of this round's change (a step that fine snaps to the grid,
+            # whatever stat_bits says); the other tensors keep the neutral importance.
+            reference=self._statistics(coding),
         )
         if warm is not None:
             self._warm = warm
