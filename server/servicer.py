@@ -51,6 +51,7 @@ from fedcodec.v1 import round_pb2
 from fedcodec.wire import initial_to_proto, package_to_wire, params_to_proto, spec_to_proto
 
 __all__ = [
+    "MIN_CHUNK_BYTES",
     "STATUS_OF",
     "AggregationServicer",
     "add_to_server",
@@ -88,6 +89,11 @@ _ASSIGNMENTS = {
 # Uploads up to this size stay in memory while they arrive; larger ones go to a temporary
 # file, so many concurrent uploads do not hold many update-sized buffers.
 _SPOOL_IN_MEMORY = 1 << 20
+#: Every chunk of an upload but the last carries at least this many bytes (or the round's
+#: ``max_chunk_bytes`` if smaller); no chunk is empty.  Without a floor one client streaming
+#: empty or 1-byte chunks kept the server's event loop busy (0.7 of a core for as long as
+#: the stream's rate deadline allows: minutes for a large declared size).
+MIN_CHUNK_BYTES = 4096
 
 _Context = grpc.aio.ServicerContext[Any, Any]
 
@@ -359,6 +365,7 @@ class AggregationServicer(pb_grpc.AggregationServiceServicer):
     ) -> None:
         limit = self._coordinator.max_update_bytes
         chunk_limit = self._coordinator.max_chunk_bytes
+        chunk_floor = min(MIN_CHUNK_BYTES, chunk_limit)
         received = 0
         crc = 0
         # A dropped connection cancels this coroutine: the spool goes away, nothing is kept.
@@ -382,6 +389,13 @@ class AggregationServicer(pb_grpc.AggregationServiceServicer):
             if received > header.total_bytes:
                 raise InvalidUpdateError(
                     f"more than the declared {header.total_bytes} bytes arrived"
+                )
+            if not chunk:
+                raise InvalidUpdateError("an empty chunk: every chunk carries payload bytes")
+            if len(chunk) < chunk_floor and received < header.total_bytes:
+                raise InvalidUpdateError(
+                    f"a chunk of {len(chunk)} bytes before the last one: every chunk but the "
+                    f"last carries at least {chunk_floor} bytes"
                 )
             crc = zlib.crc32(chunk, crc)
             spool.write(chunk)

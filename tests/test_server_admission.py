@@ -24,6 +24,7 @@ from fedcodec.client import Connection, RetryPolicy
 from fedcodec.client.edge import round_info_from_proto
 from fedcodec.pipeline import ModelReceiver, UpdateEncoder
 from fedcodec.server import BackgroundServer, ServerConfig
+from fedcodec.server.servicer import MIN_CHUNK_BYTES
 from fedcodec.v1 import aggregation_service_pb2 as pb
 from fedcodec.v1 import aggregation_service_pb2_grpc as pb_grpc
 
@@ -80,7 +81,7 @@ class HeldStream:
             if header:
                 yield pb.UploadUpdateRequest(header=first)
             while trickle and not self.release.wait(trickle):
-                yield pb.UploadUpdateRequest(chunk=b"x")
+                yield pb.UploadUpdateRequest(chunk=b"x" * MIN_CHUNK_BYTES)
             self.release.wait()
 
         self.future = stub.UploadUpdate.future(requests(), metadata=auth(client), timeout=60)
@@ -157,18 +158,19 @@ def test_idle_streams_cannot_lock_out_clients_or_health(tmp_path: Path) -> None:
 def test_slow_drip_upload_is_cut(tmp_path: Path) -> None:
     config = make_config(
         tmp_path,
-        **{"limits.stream_idle_timeout_s": 1.0, "limits.min_stream_bytes_per_s": 1000},
+        **{"limits.stream_idle_timeout_s": 1.0, "limits.min_stream_bytes_per_s": 20_000},
     )
     with BackgroundServer(config, tokens=TOKENS, initial_model=MODEL) as server:
         channel = grpc.insecure_channel(f"127.0.0.1:{server.port}")
         stub = pb_grpc.AggregationServiceStub(channel)
-        # 1 byte every 0.3 s is never idle, but 2,000 bytes may take 1 + 2 s at most.
+        # The smallest chunk allowed every 0.3 s (13.7 kB/s) is never idle, but 40,960 bytes
+        # may take 1 + 2.05 s at most.
         conn = Connection(f"127.0.0.1:{server.port}", TOKENS["c00"], insecure=True)
         assert conn.check_in().assignment == pb.ASSIGNMENT_SELECTED
-        held = HeldStream(stub, "c00", header=True, total=2000, trickle=0.3)
+        held = HeldStream(stub, "c00", header=True, total=10 * MIN_CHUNK_BYTES, trickle=0.3)
         code, detail, seconds = held.outcome()
         assert code == grpc.StatusCode.DEADLINE_EXCEEDED
-        assert "slower than 1000 bytes/s" in detail
+        assert "slower than 20000 bytes/s" in detail
         assert 2.5 < seconds < 6
         channel.close()
 

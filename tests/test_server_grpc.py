@@ -342,6 +342,42 @@ def test_a_chunk_above_the_chunk_limit_is_resource_exhausted(server: BackgroundS
     assert info.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
 
 
+@pytest.mark.parametrize("size", [0, 1])
+def test_a_flood_of_tiny_chunks_is_refused_at_the_first(
+    server: BackgroundServer, size: int
+) -> None:
+    # One client streaming empty or 1-byte chunks under a large declared size kept the
+    # server's event loop busy (~0.7 of a core) until the rate deadline, minutes later.
+    conn = connect(server, "c0")
+    cfg = check_in(conn)
+    channel, stub = raw_stub(server)
+    sent = 0
+
+    def requests() -> Iterator[pb.UploadUpdateRequest]:
+        nonlocal sent
+        header = pb.UploadHeader(
+            round_id=cfg.round_id,
+            base_version=cfg.base_version,
+            idempotency_key="k",
+            total_bytes=1 << 20,
+            num_examples=1,
+        )
+        yield pb.UploadUpdateRequest(header=header)
+        tiny = pb.UploadUpdateRequest(chunk=b"\1" * size)
+        for _ in range(20_000):
+            sent += 1
+            yield tiny
+
+    started = time.monotonic()
+    with channel, pytest.raises(grpc.RpcError) as info:
+        stub.UploadUpdate(requests(), metadata=auth("c0"), timeout=60)
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert ("empty chunk" if size == 0 else "at least 4096 bytes") in (info.value.details() or "")
+    assert sent < 2_000  # what gRPC had in flight when the refusal came
+    assert time.monotonic() - started < 10
+    assert stored(server) == []
+
+
 # -- malformed and corrupt updates ------------------------------------------------------
 
 

@@ -98,7 +98,9 @@ def _federation(root: Path) -> None:
         "security": {"insecure": True, "tokens_file": str(root / "tokens.json")},
         "rounds": {"max_rounds": 2, "min_clients": 4, "target_clients": 4, "deadline_s": 300},
         "params": {"lam": 0.1155, "S": 32},
-        "limits": {"codec_threads": 1},
+        # 1 KiB chunks: an update of this small model is several chunks, so one can be
+        # interrupted after its first (every chunk but the last is a full one).
+        "limits": {"codec_threads": 1, "max_chunk_bytes": 1024},
         "downlink": {"shared_initial": False},
     }
     (root / "server.json").write_text(json.dumps(config))
@@ -140,6 +142,7 @@ def _upload(
         idempotency_key=key,
         num_examples=10 + CLIENTS.index(client),
         payload=data,
+        chunk_bytes=config.max_chunk_bytes,
     )
 
 
@@ -163,7 +166,8 @@ def _half_upload(
             num_examples=10 + CLIENTS.index(client),
         )
         yield pb.UploadUpdateRequest(header=header)
-        yield pb.UploadUpdateRequest(chunk=data[: len(data) // 2])
+        assert len(data) > config.max_chunk_bytes == 1024
+        yield pb.UploadUpdateRequest(chunk=data[: config.max_chunk_bytes])
         stalled.set()
         release.wait(60)
 

@@ -619,14 +619,16 @@ class _Attacker:
         )
 
     async def _slow(self, index: int) -> None:
-        drip = index % 2 == 1  # half send a header and one byte per second, half nothing
+        # Half send a header and the smallest chunk the server takes (4 KiB) per second, far
+        # below its minimum rate; half send nothing.
+        drip = index % 2 == 1
         while not self.stop.is_set():
 
             async def requests() -> Any:
                 if drip:
                     yield pb.UploadUpdateRequest(header=self._header(1 << 20, 0))
                     while not self.stop.is_set():
-                        yield pb.UploadUpdateRequest(chunk=b"x")
+                        yield pb.UploadUpdateRequest(chunk=b"x" * 4096)
                         with contextlib.suppress(TimeoutError):
                             await asyncio.wait_for(self.stop.wait(), 1.0)
                 else:

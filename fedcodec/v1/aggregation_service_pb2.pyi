@@ -383,6 +383,10 @@ class UploadUpdateRequest(_message.Message):
     HEADER_FIELD_NUMBER: _builtins.int
     CHUNK_FIELD_NUMBER: _builtins.int
     chunk: _builtins.bytes
+    """At most the round's max_chunk_bytes.  No chunk is empty, and every chunk but the last
+    carries at least 4096 bytes (or max_chunk_bytes if smaller): a shorter one is
+    INVALID_ARGUMENT.
+    """
     @_builtins.property
     def header(self) -> Global___UploadHeader: ...
     def __init__(
