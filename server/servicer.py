@@ -103,6 +103,15 @@ coding_params_to_proto = params_to_proto
 model_spec_to_proto = spec_to_proto
 
 
+def _shown(claimed: str, limit: int = 64) -> str:
+    """A client-supplied string as it may appear in a reply: quoted, at most ``limit``
+    characters (an echoed megabyte made the reply's trailer exceed the client's metadata
+    limit, so the client saw RESOURCE_EXHAUSTED "Stream removed" instead of the refusal)."""
+    if len(claimed) <= limit:
+        return repr(claimed)
+    return f"{claimed[:limit]!r}… ({len(claimed)} characters)"
+
+
 def _round_config(info: RoundInfo) -> round_pb2.RoundConfig:
     deadline = Timestamp()
     deadline.FromNanoseconds(int(info.deadline * 1e9))
@@ -189,7 +198,7 @@ class AggregationServicer(pb_grpc.AggregationServiceServicer):
             await self._abort(
                 context,
                 grpc.StatusCode.PERMISSION_DENIED,
-                f"this token belongs to another client than {claimed!r}",
+                f"this token belongs to another client than {_shown(claimed)}",
                 upload=upload,
             )
         return client
@@ -324,7 +333,7 @@ class AggregationServicer(pb_grpc.AggregationServiceServicer):
             await self._abort(
                 context,
                 grpc.StatusCode.PERMISSION_DENIED,
-                f"this token belongs to another client than {h.client_id!r}",
+                f"this token belongs to another client than {_shown(h.client_id)}",
                 upload=True,
             )
         header = UploadHeader(

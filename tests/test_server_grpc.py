@@ -265,6 +265,33 @@ def test_a_token_used_for_another_client_id_is_permission_denied(
     assert info.value.status == "PERMISSION_DENIED"
 
 
+def test_a_long_claimed_client_id_is_permission_denied_not_a_transport_error(
+    server: BackgroundServer,
+) -> None:
+    # The claimed id was echoed whole: from 10 kB on, the reply's trailer exceeded the
+    # client's metadata limit and it saw RESOURCE_EXHAUSTED "Stream removed" instead.
+    channel, stub = raw_stub(server)
+    claimed = "x" * 1_000_000
+    header = pb.UploadHeader(client_id=claimed, total_bytes=5, idempotency_key="k")
+    calls = (
+        lambda: stub.GetRoundConfig(
+            pb.GetRoundConfigRequest(client_id=claimed), metadata=auth("c0"), timeout=30
+        ),
+        lambda: stub.UploadUpdate(
+            iter([pb.UploadUpdateRequest(header=header)]), metadata=auth("c0"), timeout=30
+        ),
+    )
+    with channel:
+        for call in calls:
+            with pytest.raises(grpc.RpcError) as info:
+                call()
+            assert info.value.code() == grpc.StatusCode.PERMISSION_DENIED
+            details = info.value.details() or ""
+            assert "another client than 'xxxx" in details
+            assert "(1000000 characters)" in details
+            assert len(details) < 200
+
+
 # -- sizes ------------------------------------------------------------------------------
 
 
