@@ -269,6 +269,7 @@ class EncodeOptions:
     dither_seed: int = 0
     transpose: int = 0  # 0 as given, 1 transposed, TRANSPOSE_AUTO
     reference: int = 0  # REFERENCE_AUTO (where it pays) or REFERENCE_ALWAYS
+    compact: bool = False  # a compact container (shapes known to the decoder)
 
 
 @dataclass(frozen=True)
@@ -359,6 +360,7 @@ def _encode_options(options: EncodeOptions) -> Any:
     if options.reference not in (REFERENCE_AUTO, REFERENCE_ALWAYS):
         invalid(f"reference must be REFERENCE_AUTO or REFERENCE_ALWAYS, got {options.reference!r}")
     c_opts.reference = options.reference
+    c_opts.compact = 1 if options.compact else 0
     return c_opts
 
 

@@ -110,6 +110,7 @@ typedef struct fc_encode_options {
     uint64_t dither_seed;
     int32_t transpose;
     int32_t reference;
+    int32_t compact;
 } fc_encode_options;
 
 void fc_encode_options_init(fc_encode_options *opts);

@@ -54,6 +54,7 @@ True
 from __future__ import annotations
 
 import math
+import zlib
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, TypeVar, overload
@@ -84,9 +85,11 @@ __all__ = [
     "encode",
     "encode_levels",
     "inspect",
+    "is_compact",
     "join",
     "library_version",
     "reference_digest",
+    "shape_digest",
     "split",
     "verify",
 ]
@@ -592,6 +595,7 @@ def encode(
     reference: Sequence[npt.ArrayLike | None] | Mapping[str, npt.ArrayLike] | None = None,
     transpose: bool | Literal["auto"] = False,
     use_reference: Literal["auto", "always"] = "auto",
+    compact: bool = False,
 ) -> EncodeResult:
     """Quantize and entropy-code float32 tensors into one container.
 
@@ -693,6 +697,17 @@ def encode(
         reference never costs bytes and unrelated references are dropped
         tensor by tensor.  ``"always"``: every given reference is used (as
         given, never transposed).
+    compact : bool, optional
+        Write a compact container for a decoder that knows the shapes (e.g.
+        both ends of a federation agree on the model): no shapes are stored,
+        only a 4-byte digest of the list of all the tensors' shapes; all-zero
+        tensors (not dithered ones) cost nothing; a step takes 1 byte when
+        it is ``(1 + m/8) · 2**e`` (m = 0..7, e = -27..4), 2 bytes when it is
+        a bfloat16, else 4 (codec FORMAT.md §2-3).  Every decoding function
+        then needs ``expected_shapes`` (the same shapes, in order); a
+        container coded for other shapes is refused (``FC_ERR_MISMATCH``).
+        Old decoders refuse compact containers: use it only with peers that
+        read it.  Default False: the self-describing container.
 
     Returns
     -------
@@ -726,6 +741,7 @@ def encode(
         dither_seed=seed,
         transpose=_transpose_number(transpose),
         reference=_use_reference_number(use_reference),
+        compact=_flag(compact, "compact"),
     )
     specs: list[_binding.EncodeTensor] = []
     shapes: list[tuple[int, ...]] = []
@@ -799,6 +815,7 @@ def encode_levels(
     reference: Sequence[npt.ArrayLike | None] | Mapping[str, npt.ArrayLike] | None = None,
     transpose: bool | Literal["auto"] = "auto",
     use_reference: Literal["auto", "always"] = "auto",
+    compact: bool = False,
 ) -> EncodeResult:
     """Code integer quantization levels losslessly.
 
@@ -815,7 +832,7 @@ def encode_levels(
     step : float, sequence or mapping
         The step > 0 of each tensor (stored as float32), one for all or one
         per tensor.
-    max_gtx, threads, mode, window_set, slice_elems, reference, transpose, use_reference
+    max_gtx, threads, mode, window_set, slice_elems, reference, transpose, use_reference, compact
         As for :func:`encode` (the same levels either way: with ``use_reference="auto"``
         each tensor given a reference keeps the smaller of its codings with and without).
 
@@ -843,6 +860,7 @@ def encode_levels(
         window_set=_window_number(window_set),
         transpose=_transpose_number(transpose),
         reference=_use_reference_number(use_reference),
+        compact=_flag(compact, "compact"),
     )
     specs: list[_binding.EncodeTensor] = []
     shapes: list[tuple[int, ...]] = []
@@ -871,6 +889,98 @@ def encode_levels(
 # ---------------------------------------------------------------------------
 # Decoding
 # ---------------------------------------------------------------------------
+
+
+def _flag(value: object, what: str) -> bool:
+    if not isinstance(value, bool):
+        _binding.invalid(f"{what} must be a bool, got {type(value).__name__}")
+    return value
+
+
+#: Container flag bit 1 (codec FORMAT.md §2): a compact container.
+_COMPACT_FLAG = 0x02
+
+
+def is_compact(data: bytes | bytearray | memoryview) -> bool:
+    """Whether ``data`` is a compact container (``encode(..., compact=True)``).
+
+    Only the container's flags byte is read (nothing is checked): a compact
+    container needs ``expected_shapes`` in every decoding function.
+
+    Parameters
+    ----------
+    data : bytes-like
+        A container.
+
+    Returns
+    -------
+    bool
+    """
+    view = _binding.as_bytes_view(data)
+    return len(view) > 5 and bytes(view[:4]) == b"FCDC" and bool(view[5] & _COMPACT_FLAG)
+
+
+def _varint(value: int) -> bytes:
+    out = bytearray()
+    while value >= 0x80:
+        out.append((value & 0x7F) | 0x80)
+        value >>= 7
+    out.append(value)
+    return bytes(out)
+
+
+def shape_digest(shapes: Shapes) -> int:
+    """The digest a compact container records of its tensors' shapes.
+
+    CRC-32 of ``varint(len(shapes))`` followed by ``varint(ndim)`` and the
+    varint sizes of each shape (codec FORMAT.md §2).
+
+    Parameters
+    ----------
+    shapes : sequence of shapes
+        All the tensors' shapes, in container order.
+
+    Returns
+    -------
+    int
+        The unsigned 32-bit digest.
+    """
+    expected = _expected_shapes(shapes) or ()
+    crc = zlib.crc32(_varint(len(expected)))
+    for shape in expected:
+        crc = zlib.crc32(_varint(len(shape)) + b"".join(_varint(n) for n in shape), crc)
+    return crc
+
+
+def _recorded_digest(view: memoryview) -> int | None:
+    """The shape digest a compact container's header records (None if too short)."""
+    at = 6 + (8 if len(view) > 5 and view[5] & 0x01 else 0)
+    if len(view) < at + 4:
+        return None
+    return int.from_bytes(bytes(view[at : at + 4]), "little")
+
+
+def _compact_problem(
+    data: bytes | bytearray | memoryview, expected: tuple[tuple[int, ...], ...] | None
+) -> str | None:
+    """Why a compact container is refused for these ``expected`` shapes (None: it is
+    not compact, or its shapes are these)."""
+    view = _binding.as_bytes_view(data)
+    if not is_compact(view):
+        return None
+    if expected is None:
+        return (
+            "container rejected: it is a compact container, which stores no shapes: pass "
+            "expected_shapes= (all the shapes it was coded with, in order)"
+        )
+    recorded, digest = _recorded_digest(view), shape_digest(expected)
+    if recorded is not None and recorded != digest:
+        return (
+            "container rejected: it is a compact container coded for other shapes than "
+            f"expected_shapes ({len(expected)} tensors): it records shape digest "
+            f"0x{recorded:08x}, expected_shapes give 0x{digest:08x}"
+        )
+    return None
 
 
 def _decode_options(
@@ -936,6 +1046,10 @@ def _inspect_for_decode(
         return _binding.inspect(data, options)
     except FedCodecError as error:
         expected = options.expected_shapes
+        if error.code == FC_ERR_MISMATCH:
+            problem = _compact_problem(data, expected)
+            if problem is not None:
+                _binding.invalid(problem, FC_ERR_MISMATCH)
         if error.code == FC_ERR_MISMATCH and expected is not None:
             _binding.invalid(_mismatch(data, expected), FC_ERR_MISMATCH)
         if error.code == FC_ERR_LIMIT and expected is None and not explicit_limit:
@@ -1014,7 +1128,9 @@ def inspect(
     expected_shapes : sequence of shapes, optional
         The shapes the container must hold, one per tensor (e.g. a model's
         ``spec.shapes``): another tensor count or shape is refused as soon as
-        the header field that differs is read.
+        the header field that differs is read.  Required for a compact
+        container (:func:`is_compact`), which then holds all these tensors
+        (those it omits are all zero, step 1, no slices).
 
     Returns
     -------
@@ -1128,6 +1244,9 @@ def split(
     try:
         parts = [bytes(part) for part in _binding.split(data, options)]
     except FedCodecError as error:
+        problem = _compact_problem(data, expected) if error.code == FC_ERR_MISMATCH else None
+        if problem is not None:
+            _binding.invalid(problem, FC_ERR_MISMATCH)
         if error.code == FC_ERR_MISMATCH and expected is not None:
             _binding.invalid(_mismatch(data, expected), FC_ERR_MISMATCH)
         raise
@@ -1163,6 +1282,9 @@ def join(
         ``names=list(parts)`` to :func:`decode`).
     max_tensors, max_total_elems, expected_shapes
         Limits and shapes of the joined container, as for :func:`inspect`.
+        Compact parts (:func:`is_compact`, e.g. from :func:`split` of a compact
+        container) need ``expected_shapes`` (the model's shapes) and join into a
+        compact container; they do not mix with self-describing parts.
     max_tensor_elems
         The limit of each tensor.
 
@@ -1199,6 +1321,19 @@ def join(
         labels = [f"part {i}" for i in range(len(items))]
     expected = _expected_shapes(expected_shapes)
     options = _decode_options(0, max_tensors, max_tensor_elems, max_total_elems, expected)
+    compact = [is_compact(item) for item in items]  # type: ignore[arg-type]
+    if any(compact):
+        # compact parts are read with the whole's shapes and do not mix with others
+        for position, item in enumerate(items):
+            if not compact[position]:
+                _binding.invalid(
+                    f"{labels[position]}: a self-describing container cannot join compact "
+                    f"ones ({labels[compact.index(True)]} is compact)",
+                    FC_ERR_MISMATCH,
+                )
+            problem = _compact_problem(item, expected)  # type: ignore[arg-type]
+            if problem is not None:
+                _binding.invalid(f"{labels[position]}: {problem}", FC_ERR_MISMATCH)
     return _binding.join(items, labels, options)
 
 
@@ -1269,7 +1404,9 @@ def decode(
     expected_shapes : sequence of shapes, optional
         The shapes the container must hold, one per tensor (e.g. a model's
         ``spec.shapes``): another tensor count or shape is refused while the
-        header is parsed, before anything is allocated.
+        header is parsed, before anything is allocated.  Required for a
+        compact container (``encode(..., compact=True)``): the shapes it was
+        coded with, checked by their digest.
 
     Returns
     -------
@@ -1431,7 +1568,8 @@ def decode_accumulate(
     accumulators : sequence or mapping of ndarray
         One per tensor, in container order (mapping order for a mapping):
         float32 or float64, C-contiguous, writeable, with exactly the stored
-        shape.
+        shape.  A compact container (:func:`is_compact`) is read with the
+        accumulators' shapes as its expected shapes.
     weight : float, optional
         Finite accumulation weight (e.g. a client's share of the examples).
     threads, max_tensors, max_tensor_elems, max_total_elems
@@ -1448,9 +1586,21 @@ def decode_accumulate(
         As for :func:`decode`.
     """
     names, accs = _split_collection(accumulators, "accumulators")
-    options = _decode_options(threads, max_tensors, max_tensor_elems, max_total_elems)
+    # a compact container stores no shapes: the accumulators' are the expected ones
+    shapes = (
+        tuple(tuple(int(n) for n in np.shape(acc)) for acc in accs) if is_compact(data) else None
+    )
+    options = _decode_options(threads, max_tensors, max_tensor_elems, max_total_elems, shapes)
     weight = _binding.check_real(weight, "weight")
-    infos = _binding.inspect(data, options)
+    try:
+        infos = _binding.inspect(data, options)
+    except FedCodecError as error:
+        problem = _compact_problem(data, shapes) if error.code == FC_ERR_MISMATCH else None
+        if problem is not None:
+            _binding.invalid(
+                problem.replace("expected_shapes", "the accumulators' shapes"), FC_ERR_MISMATCH
+            )
+        raise
     if len(accs) != len(infos):
         _binding.invalid(
             f"got {len(accs)} accumulators, the container holds {len(infos)} tensors",

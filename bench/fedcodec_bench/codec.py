@@ -493,6 +493,17 @@ def _bench_dataset(
     ]
     # The container's floor: the same shapes with every level zero.
     zero_bytes = len(fc.encode_levels([np.zeros_like(lv) for lv in levels], step, threads=1).data)
+    # The compact container (shapes known to the decoder, all-zero tensors omitted): what the
+    # round engine sends to peers that read it.
+    compact = bytes(fc.encode_levels(levels, step, threads=1, compact=True).data)
+    checks["compact_decodes"] = all(
+        np.array_equal(np.asarray(a), b)
+        for a, b in zip(
+            fc.decode(compact, threads=thr, expected_shapes=[lv.shape for lv in levels]),
+            expected,
+            strict=True,
+        )
+    )
     # (the orientation choice of encode_levels: lossy encode() keeps the given one by default)
     rd0 = fc.encode(tensors, step=step, lam=0.0, threads=thr, return_recon=True, transpose="auto")
     rdq = fc.encode(tensors, step=step, lam=cfg.rdoq_lambda, threads=thr, return_recon=True)
@@ -634,6 +645,7 @@ def _bench_dataset(
             "bits_per_weight": 8.0 * nbytes / numel,
             "bits_per_nonzero": (8.0 * nbytes / lvl_nnz) if lvl_nnz else None,
             "all_zero_bytes": zero_bytes,
+            "compact_bytes": len(compact),
             "tensors": tensor_stats,
         },
         "baselines": asdict(base),
@@ -1313,13 +1325,17 @@ def _print_report(res: dict[str, Any], out: TextIO) -> None:
                 fmt_int(b["order0_bytes"]),
                 fmt_int(b["iid_bytes"]),
                 fmt_int(r["fedcodec"]["all_zero_bytes"]),
+                fmt_int(r["fedcodec"]["bytes"]),
+                fmt_int(r["fedcodec"]["compact_bytes"]),
                 " / ".join(modes),
             ]
         )
     w(
         "Baselines in bytes (zstd/lzma: all levels concatenated in the narrowest signed dtype; "
         "order-0: global N*H0/8; iid ideal: sum over tensors of numel*H0(tensor)/8); fedcodec's "
-        "floor (the same shapes, all levels zero) and the slice modes it chose per tensor:\n\n"
+        "floor (the same shapes, all levels zero), its bytes as a self-describing and as a "
+        "compact container (shapes known to the decoder, as the round engine sends them to "
+        "peers that read it) and the slice modes it chose per tensor:\n\n"
     )
     w(
         table(
@@ -1332,6 +1348,8 @@ def _print_report(res: dict[str, Any], out: TextIO) -> None:
                 "order-0",
                 "iid ideal",
                 "all-zero B",
+                "fedcodec",
+                "compact",
                 "modes per tensor",
             ],
             rows,

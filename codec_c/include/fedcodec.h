@@ -227,6 +227,17 @@ typedef struct fc_encode_options {
                                bytes; the REFERENCE flag (fc_tensor_info) says
                                which.  FC_REFERENCE_ALWAYS (1): always with it
                                (as given, never transposed). */
+    /* added in 0.3 after `reference` */
+    int32_t compact;        /* 1: a compact container for ends that both know
+                               the shapes (FORMAT.md §2): no shapes are
+                               stored, only a digest of the list of all
+                               `count` shapes; all-zero tensors (not
+                               dithered) are omitted; steps take 1, 2 or 4
+                               bytes (the shortest exact form).  Tensor
+                               indices must be 0, 1, ..., count - 1.  Every
+                               decoder call then needs these shapes as
+                               fc_decode_options.expected.  0 (default):
+                               the self-describing container. */
 } fc_encode_options;
 
 #define FC_TRANSPOSE_AUTO (-1)
@@ -284,6 +295,14 @@ typedef struct fc_decode_options {
                                   fc_decode then never writes more than
                                   these shapes hold. */
     size_t expected_count;     /* entries of `expected` */
+    /* A compact container (fc_encode_options.compact) stores no shapes:
+     * it is read with `expected` = all the shapes it was coded with (their
+     * digest is checked, FC_ERR_MISMATCH without them or with others), and
+     * every function then sees all expected_count tensors, those it omits
+     * as all-zero tensors with step 1 and no slices.  fc_split makes one
+     * compact part per tensor (one without tensors for an omitted one),
+     * fc_join joins compact parts with the same `expected` into a compact
+     * container (not mixed with self-describing parts: FC_ERR_MISMATCH). */
 } fc_decode_options;
 
 void fc_decode_options_init(fc_decode_options *opts);

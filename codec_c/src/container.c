@@ -50,6 +50,28 @@ void fc_parsed_free(fc_parsed *p)
         if (rc_ != FC_OK) return rc_; \
     } while (0)
 
+/* The shape of a tensor from the caller (compact containers): checked
+ * against the limits like a shape read from the container. */
+static int known_shape(const fc_decode_options *o, const fc_shape *want, uint32_t index,
+                       uint64_t *total, fc_tensor_desc *td)
+{
+    uint32_t i;
+    td->index = index;
+    td->ndim = want->ndim;
+    for (i = 0; i < td->ndim; i++) {
+        td->shape[i] = want->shape[i];
+        if (td->shape[i] > o->max_tensor_elems && td->shape[i] > 1) return FC_ERR_LIMIT;
+    }
+    if (!fc_layout(td->ndim, td->shape, &td->numel, &td->rows, &td->cols)) return FC_ERR_LIMIT;
+    if (td->numel > o->max_tensor_elems) return FC_ERR_LIMIT;
+    *total += td->numel;
+    if (*total > o->max_total_elems) return FC_ERR_LIMIT;
+    return FC_OK;
+}
+
+/* Parse one tensor.  In compact containers (out->compact) the shape comes
+ * from out->tensors[index], filled from o->expected and checked against the
+ * limits by fc_parse (`total` is not used then). */
 static int parse_tensor(fc_reader *r, const fc_decode_options *o, const fc_shape *want,
                         const fc_tensor_desc *prev, uint64_t *total, fc_tensor_desc *td,
                         fc_parsed *out, size_t *slice_cap)
@@ -58,36 +80,63 @@ static int parse_tensor(fc_reader *r, const fc_decode_options *o, const fc_shape
     size_t first;
     uint32_t i;
     uint8_t byte, flags;
+    int compact = out->compact;
 
     memset(td, 0, sizeof(*td));
     CHECK(fc_get_u8(r, &flags));
-    td->ndim = flags & 0x0Fu;
-    if (((flags >> 4) & 3u) != FC_DTYPE_F32 || td->ndim > FC_MAX_DIMS) return FC_ERR_CORRUPT;
-    if (want && td->ndim != want->ndim) return FC_ERR_MISMATCH;
+    if (((flags >> 4) & 3u) != FC_DTYPE_F32) return FC_ERR_CORRUPT;
+    if (compact) {
+        /* bits 0-1: the step form (not with STEP_REPEAT, not 3); bits 2-3 zero */
+        if ((flags & 0x0Cu) || (flags & FC_STEP_FORM_MASK) == 3u ||
+            ((flags & FC_HDR_STEP_REPEAT) && (flags & FC_STEP_FORM_MASK)))
+            return FC_ERR_CORRUPT;
+    } else {
+        td->ndim = flags & 0x0Fu;
+        if (td->ndim > FC_MAX_DIMS) return FC_ERR_CORRUPT;
+        if (want && td->ndim != want->ndim) return FC_ERR_MISMATCH;
+    }
     if (flags & FC_HDR_INDEX_IMPLICIT) {
         v = prev ? (uint64_t)prev->index + 1u : 0u;
     } else {
         CHECK(fc_get_varint(r, &v));
     }
     if (v > FC_MAX_INDEX || (prev && v <= prev->index)) return FC_ERR_CORRUPT;
-    td->index = (uint32_t)v;
-    for (i = 0; i < td->ndim; i++) {
-        CHECK(fc_get_varint(r, &td->shape[i]));
-        if (want && td->shape[i] != want->shape[i]) return FC_ERR_MISMATCH;
-        if (td->shape[i] > o->max_tensor_elems && td->shape[i] > 1) return FC_ERR_LIMIT;
+    if (compact) {
+        if (v >= o->expected_count) return FC_ERR_CORRUPT;
+        *td = out->tensors[v]; /* the known shape, checked by fc_parse */
+        td->coded = 1;
+    } else {
+        td->index = (uint32_t)v;
+        for (i = 0; i < td->ndim; i++) {
+            CHECK(fc_get_varint(r, &td->shape[i]));
+            if (want && td->shape[i] != want->shape[i]) return FC_ERR_MISMATCH;
+            if (td->shape[i] > o->max_tensor_elems && td->shape[i] > 1) return FC_ERR_LIMIT;
+        }
+        if (!fc_layout(td->ndim, td->shape, &td->numel, &td->rows, &td->cols)) return FC_ERR_LIMIT;
+        if (td->numel > o->max_tensor_elems) return FC_ERR_LIMIT;
+        *total += td->numel;
+        if (*total > o->max_total_elems) return FC_ERR_LIMIT;
     }
-    if (!fc_layout(td->ndim, td->shape, &td->numel, &td->rows, &td->cols)) return FC_ERR_LIMIT;
-    if (td->numel > o->max_tensor_elems) return FC_ERR_LIMIT;
-    *total += td->numel;
-    if (*total > o->max_total_elems) return FC_ERR_LIMIT;
 
     if (flags & FC_HDR_STEP_REPEAT) {
         if (!prev) return FC_ERR_CORRUPT;
         td->step = prev->step;
     } else {
-        if (r->end - r->p < 4) return FC_ERR_TRUNCATED;
-        td->step = fc_bits_f32(fc_load_le32(r->p));
-        r->p += 4;
+        unsigned form = compact ? flags & FC_STEP_FORM_MASK : FC_STEP_F32;
+        uint32_t bits;
+        if (form == FC_STEP_CODE) {
+            CHECK(fc_get_u8(r, &byte));
+            bits = ((100u + (byte >> 3)) << 23) | ((uint32_t)(byte & 7u) << 20);
+        } else if (form == FC_STEP_BF16) {
+            if (r->end - r->p < 2) return FC_ERR_TRUNCATED;
+            bits = ((uint32_t)r->p[0] | ((uint32_t)r->p[1] << 8)) << 16;
+            r->p += 2;
+        } else {
+            if (r->end - r->p < 4) return FC_ERR_TRUNCATED;
+            bits = fc_load_le32(r->p);
+            r->p += 4;
+        }
+        td->step = fc_bits_f32(bits);
         if (!isnormal(td->step) || !(td->step > 0.0f)) return FC_ERR_CORRUPT;
     }
 
@@ -212,7 +261,7 @@ int fc_parse(const uint8_t *src, size_t size, const fc_decode_options *o, fc_par
     if (size < 11) return FC_ERR_TRUNCATED;
     if (src[4] != FC_FORMAT_VERSION) return FC_ERR_VERSION;
     if (fc_crc32(0, src, size - 4) != fc_load_le32(src + size - 4)) return FC_ERR_CHECKSUM;
-    if (src[5] & ~FC_CFLAG_DITHER_SEED) return FC_ERR_CORRUPT;
+    if (src[5] & ~(FC_CFLAG_DITHER_SEED | FC_CFLAG_COMPACT)) return FC_ERR_CORRUPT;
 
     r.p = src + 6;
     r.end = src + size - 4;
@@ -222,23 +271,68 @@ int fc_parse(const uint8_t *src, size_t size, const fc_decode_options *o, fc_par
         out->dither_seed = (uint64_t)fc_load_le32(r.p) | ((uint64_t)fc_load_le32(r.p + 4) << 32);
         r.p += 8;
     }
+    if (src[5] & FC_CFLAG_COMPACT) {
+        if (r.end - r.p < 4) return FC_ERR_TRUNCATED;
+        out->compact = 1;
+        out->shape_digest = fc_load_le32(r.p);
+        r.p += 4;
+        /* The shapes are the caller's: without them, or with others, the
+         * container cannot be read. */
+        if (!o->expected || fc_shape_digest(o->expected, o->expected_count) != out->shape_digest)
+            return FC_ERR_MISMATCH;
+    }
     rc = fc_get_varint(&r, &count);
     if (rc != FC_OK) return rc;
-    if (o->expected && count != o->expected_count) return FC_ERR_MISMATCH;
-    if (count > o->max_tensors) return FC_ERR_LIMIT;
-    /* Each tensor takes at least 3 bytes: bounds the allocation. */
-    if (count > (uint64_t)(r.end - r.p) / 3u) return FC_ERR_TRUNCATED;
-    out->tensors = (fc_tensor_desc *)calloc(count ? (size_t)count : 1, sizeof(fc_tensor_desc));
-    if (!out->tensors) return FC_ERR_NOMEM;
-    for (t = 0; t < count; t++) {
-        rc = parse_tensor(&r, o, o->expected ? &o->expected[t] : NULL,
-                          t ? &out->tensors[t - 1] : NULL, &total, &out->tensors[t], out,
-                          &slice_cap);
-        if (rc != FC_OK) {
-            fc_parsed_free(out);
-            return rc;
+    if (out->compact) {
+        fc_tensor_desc *coded_prev = NULL;
+        if (o->expected_count > o->max_tensors) return FC_ERR_LIMIT;
+        if (count > o->expected_count) return FC_ERR_CORRUPT;
+        if (count > (uint64_t)(r.end - r.p) / 3u) return FC_ERR_TRUNCATED;
+        out->tensors = (fc_tensor_desc *)calloc(o->expected_count ? o->expected_count : 1,
+                                                sizeof(fc_tensor_desc));
+        if (!out->tensors) return FC_ERR_NOMEM;
+        /* Every tensor of the model; those the container omits are all zero. */
+        for (i = 0; i < o->expected_count; i++) {
+            fc_tensor_desc *td = &out->tensors[i];
+            rc = known_shape(o, &o->expected[i], (uint32_t)i, &total, td);
+            if (rc == FC_OK && i > FC_MAX_INDEX) rc = FC_ERR_LIMIT;
+            if (rc != FC_OK) {
+                fc_parsed_free(out);
+                return rc;
+            }
+            td->step = 1.0f;
+            td->max_gtx = 4;
+            td->quant = FC_QUANT_UNIFORM;
         }
-        out->count = (size_t)t + 1;
+        out->count = o->expected_count;
+        for (t = 0; t < count; t++) {
+            fc_tensor_desc td;
+            rc = parse_tensor(&r, o, NULL, coded_prev, &total, &td, out, &slice_cap);
+            if (rc != FC_OK) {
+                fc_parsed_free(out);
+                return rc;
+            }
+            out->tensors[td.index] = td;
+            coded_prev = &out->tensors[td.index];
+        }
+    } else {
+        if (o->expected && count != o->expected_count) return FC_ERR_MISMATCH;
+        if (count > o->max_tensors) return FC_ERR_LIMIT;
+        /* Each tensor takes at least 3 bytes: bounds the allocation. */
+        if (count > (uint64_t)(r.end - r.p) / 3u) return FC_ERR_TRUNCATED;
+        out->tensors = (fc_tensor_desc *)calloc(count ? (size_t)count : 1, sizeof(fc_tensor_desc));
+        if (!out->tensors) return FC_ERR_NOMEM;
+        for (t = 0; t < count; t++) {
+            rc = parse_tensor(&r, o, o->expected ? &o->expected[t] : NULL,
+                              t ? &out->tensors[t - 1] : NULL, &total, &out->tensors[t], out,
+                              &slice_cap);
+            if (rc != FC_OK) {
+                fc_parsed_free(out);
+                return rc;
+            }
+            out->tensors[t].coded = 1;
+            out->count = (size_t)t + 1;
+        }
     }
     if (r.p != r.end) {
         fc_parsed_free(out);
@@ -250,37 +344,86 @@ int fc_parse(const uint8_t *src, size_t size, const fc_decode_options *o, fc_par
     return FC_OK;
 }
 
-void fc_write_container_header(fc_buf *b, size_t count, int has_seed, uint64_t seed)
+/* crc updated with the LEB128 varint of v */
+static uint32_t crc_varint(uint32_t crc, uint64_t v)
 {
+    uint8_t b[10];
+    size_t n = 0;
+    while (v >= 0x80) {
+        b[n++] = (uint8_t)(v | 0x80);
+        v >>= 7;
+    }
+    b[n++] = (uint8_t)v;
+    return fc_crc32(crc, b, n);
+}
+
+uint32_t fc_shape_digest(const fc_shape *shapes, size_t count)
+{
+    uint32_t crc = crc_varint(0, count), i;
+    size_t k;
+    for (k = 0; k < count; k++) {
+        crc = crc_varint(crc, shapes[k].ndim);
+        for (i = 0; i < shapes[k].ndim && i < FC_MAX_DIMS; i++) crc = crc_varint(crc, shapes[k].shape[i]);
+    }
+    return crc;
+}
+
+void fc_write_container_header(fc_buf *b, size_t count, int has_seed, uint64_t seed, int compact,
+                               uint32_t digest)
+{
+    uint8_t le[8];
     fc_buf_put(b, FC_MAGIC0);
     fc_buf_put(b, FC_MAGIC1);
     fc_buf_put(b, FC_MAGIC2);
     fc_buf_put(b, FC_MAGIC3);
     fc_buf_put(b, FC_FORMAT_VERSION);
-    fc_buf_put(b, has_seed ? FC_CFLAG_DITHER_SEED : 0);
+    fc_buf_put(b, (uint8_t)((has_seed ? FC_CFLAG_DITHER_SEED : 0u) | (compact ? FC_CFLAG_COMPACT : 0u)));
     if (has_seed) {
-        uint8_t le[8];
         fc_store_le32(le, (uint32_t)seed);
         fc_store_le32(le + 4, (uint32_t)(seed >> 32));
         fc_buf_write(b, le, 8);
     }
+    if (compact) {
+        fc_store_le32(le, digest);
+        fc_buf_write(b, le, 4);
+    }
     fc_put_varint(b, count);
 }
 
-void fc_write_tensor_header(fc_buf *b, const fc_tensor_desc *t, const fc_tensor_desc *prev)
+/* The shortest exact step form of a compact header (FORMAT.md §3). */
+static unsigned step_form(uint32_t bits)
+{
+    uint32_t e = bits >> 23; /* a positive step: the sign bit is 0 */
+    if ((bits & 0xFFFFFu) == 0 && e >= 100u && e <= 131u) return FC_STEP_CODE;
+    if ((bits & 0xFFFFu) == 0) return FC_STEP_BF16;
+    return FC_STEP_F32;
+}
+
+void fc_write_tensor_header(fc_buf *b, const fc_tensor_desc *t, const fc_tensor_desc *prev,
+                            int compact)
 {
     uint8_t le[4];
-    uint32_t i;
+    uint32_t i, bits = fc_f32_bits(t->step);
     size_t s;
     int index_implicit = prev ? t->index == prev->index + 1u : t->index == 0;
-    int step_repeat = prev && fc_f32_bits(prev->step) == fc_f32_bits(t->step);
-    fc_buf_put(b, (uint8_t)((FC_DTYPE_F32 << 4) | t->ndim | (index_implicit ? FC_HDR_INDEX_IMPLICIT : 0) |
+    int step_repeat = prev && fc_f32_bits(prev->step) == bits;
+    unsigned form = compact && !step_repeat ? step_form(bits) : FC_STEP_F32;
+    fc_buf_put(b, (uint8_t)((FC_DTYPE_F32 << 4) | (compact ? form : t->ndim) |
+                            (index_implicit ? FC_HDR_INDEX_IMPLICIT : 0) |
                             (step_repeat ? FC_HDR_STEP_REPEAT : 0)));
     if (!index_implicit) fc_put_varint(b, t->index);
-    for (i = 0; i < t->ndim; i++) fc_put_varint(b, t->shape[i]);
+    if (!compact)
+        for (i = 0; i < t->ndim; i++) fc_put_varint(b, t->shape[i]);
     if (!step_repeat) {
-        fc_store_le32(le, fc_f32_bits(t->step));
-        fc_buf_write(b, le, 4);
+        if (form == FC_STEP_CODE) {
+            fc_buf_put(b, (uint8_t)((((bits >> 23) - 100u) << 3) | ((bits >> 20) & 7u)));
+        } else if (form == FC_STEP_BF16) {
+            fc_buf_put(b, (uint8_t)(bits >> 16));
+            fc_buf_put(b, (uint8_t)(bits >> 24));
+        } else {
+            fc_store_le32(le, bits);
+            fc_buf_write(b, le, 4);
+        }
     }
     {
         unsigned ext = t->quant | (t->transposed == FC_VIEW_TRANSPOSED ? FC_QBYTE_TRANSPOSED : 0u) |

@@ -18,6 +18,15 @@
 #define FC_HDR_STEP_REPEAT 0x80u    /* step = previous tensor's step */
 /* Container flag bits (byte 5). */
 #define FC_CFLAG_DITHER_SEED 0x01u  /* a u64 dither seed follows the flags */
+#define FC_CFLAG_COMPACT 0x02u      /* shapes known to both ends: a u32 shape
+                                       digest follows (after the seed); tensor
+                                       headers carry no ndim/shape, omitted
+                                       tensors are all zero, short steps */
+/* Compact tensor headers: bits 0-1 of the desc byte are the step form. */
+#define FC_STEP_F32 0u  /* 4-byte float32 */
+#define FC_STEP_CODE 1u /* 1 byte c: float32 bits ((100 + (c >> 3)) << 23) | ((c & 7) << 20) */
+#define FC_STEP_BF16 2u /* 2 bytes: the upper half of the float32's bits */
+#define FC_STEP_FORM_MASK 0x03u
 /* Tensor params byte: bit 7 = a quantizer byte follows. */
 #define FC_PARAMS_EXT 0x80u
 /* Quantizer byte: bits 0-1 the kind; bit 2 = the 2-D view is coded
@@ -54,12 +63,15 @@ typedef struct fc_tensor_desc {
     unsigned quant;        /* enum fc_quantizer */
     int has_ref;           /* coded with a reference tensor */
     uint32_t ref_digest;   /* fc_reference_digest() of that reference */
+    int coded;             /* in a compact container: 0 = omitted (all zero) */
     size_t nslices;
     fc_slice_desc *slices; /* points into fc_parsed.slices */
 } fc_tensor_desc;
 
 typedef struct fc_parsed {
     int has_seed;
+    int compact;           /* FC_CFLAG_COMPACT: `count` is the caller's shape count */
+    uint32_t shape_digest; /* with compact */
     uint64_t dither_seed;
     size_t count;
     fc_tensor_desc *tensors;
@@ -78,9 +90,18 @@ uint64_t fc_inner_size(const fc_tensor_desc *d);
 int fc_parse(const uint8_t *src, size_t size, const fc_decode_options *opts, fc_parsed *out);
 void fc_parsed_free(fc_parsed *p);
 
-/* Header writing. */
-void fc_write_container_header(fc_buf *b, size_t count, int has_seed, uint64_t seed);
-/* `prev` is the previous tensor of the container, or NULL for the first. */
-void fc_write_tensor_header(fc_buf *b, const fc_tensor_desc *t, const fc_tensor_desc *prev);
+/* The digest a compact container records of its tensors' shapes
+ * (FORMAT.md §2): CRC-32 of varint(count), then per tensor varint(ndim) and
+ * varint(shape[i]) for each dimension. */
+uint32_t fc_shape_digest(const fc_shape *shapes, size_t count);
+
+/* Header writing.  `compact`: a compact container (FC_CFLAG_COMPACT) with
+ * shape digest `digest`; `count` is then the number of coded tensors. */
+void fc_write_container_header(fc_buf *b, size_t count, int has_seed, uint64_t seed, int compact,
+                               uint32_t digest);
+/* `prev` is the previous (coded) tensor of the container, or NULL for the
+ * first; `compact`: the compact header form (no ndim/shape, short steps). */
+void fc_write_tensor_header(fc_buf *b, const fc_tensor_desc *t, const fc_tensor_desc *prev,
+                            int compact);
 
 #endif

@@ -146,6 +146,7 @@ static enum fc_result check_encode_args(const fc_tensor *tensors, size_t count,
     /* The dither's error is independent of the input only under rounding. */
     if (o->quantizer == FC_QUANT_DITHER && o->lambda != 0.0) return FC_ERR_INVALID_ARGUMENT;
     if (!tensors && count) return FC_ERR_INVALID_ARGUMENT;
+    if (o->compact != 0 && o->compact != 1) return FC_ERR_INVALID_ARGUMENT;
     for (i = 0; i < count; i++) {
         const fc_tensor *t = &tensors[i];
         uint64_t numel, rows, cols;
@@ -155,6 +156,8 @@ static enum fc_result check_encode_args(const fc_tensor *tensors, size_t count,
         if ((t->values == NULL) == (t->levels == NULL) && numel > 0) return FC_ERR_INVALID_ARGUMENT;
         if (t->levels && t->importance) return FC_ERR_INVALID_ARGUMENT;
         if (i > 0 && t->index <= tensors[i - 1].index) return FC_ERR_INVALID_ARGUMENT;
+        /* compact: the tensors are the caller's shape list, index = position */
+        if (o->compact && t->index != i) return FC_ERR_INVALID_ARGUMENT;
         if (!(t->step >= 0.0) || !isfinite(t->step)) return FC_ERR_INVALID_ARGUMENT;
         if (t->step > 0.0 && !isnormal((float)t->step)) return FC_ERR_INVALID_ARGUMENT;
         if (t->levels && !(t->step > 0.0)) return FC_ERR_INVALID_ARGUMENT;
@@ -513,8 +516,10 @@ enum fc_result fc_encode(const fc_tensor *tensors, size_t count, const fc_encode
     enc_tensor *et = NULL, *cand = NULL;
     fc_slice_enc_job *jobs = NULL;
     fc_slice_desc *sdesc = NULL;
-    size_t i, j, njobs = 0, ncand = 0, bad = SIZE_MAX, total;
+    size_t i, j, njobs = 0, ncand = 0, bad = SIZE_MAX, total, ncoded = 0;
     int has_seed = 0, pass;
+    uint32_t digest = 0;
+    const fc_tensor_desc *prev;
     enum fc_result rc;
     fc_buf head = {0};
 
@@ -650,10 +655,32 @@ enum fc_result fc_encode(const fc_tensor *tensors, size_t count, const fc_encode
     }
     choose_candidates(cand, ncand, jobs, tensors, et);
 
-    /* Assemble: container header, then per tensor its header and payloads. */
-    for (i = 0; i < count; i++) has_seed |= et[i].desc.quant == FC_QUANT_DITHER;
-    fc_write_container_header(&head, count, has_seed, o.dither_seed);
+    /* Assemble: container header, then per tensor its header and payloads.
+     * A compact container omits all-zero tensors (not dithered ones: they
+     * never reconstruct to zero). */
+    for (i = 0; i < count; i++) {
+        uint64_t nz = 0;
+        has_seed |= et[i].desc.quant == FC_QUANT_DITHER;
+        for (j = 0; j < et[i].njobs; j++) nz += jobs[et[i].first_job + j].nonzeros;
+        et[i].desc.coded = !o.compact || nz > 0 || et[i].desc.quant == FC_QUANT_DITHER;
+        ncoded += (size_t)et[i].desc.coded;
+    }
+    if (o.compact) {
+        fc_shape *shapes = (fc_shape *)calloc(count ? count : 1, sizeof(*shapes));
+        if (!shapes) {
+            rc = FC_ERR_NOMEM;
+            goto fail;
+        }
+        for (i = 0; i < count; i++) {
+            shapes[i].ndim = tensors[i].ndim;
+            memcpy(shapes[i].shape, tensors[i].shape, sizeof(shapes[i].shape));
+        }
+        digest = fc_shape_digest(shapes, count);
+        free(shapes);
+    }
+    fc_write_container_header(&head, ncoded, has_seed, o.dither_seed, o.compact, digest);
     total = head.size;
+    prev = NULL;
     for (i = 0; i < count; i++) {
         fc_tensor_desc *d = &et[i].desc;
         uint64_t nz = 0, payload = 0;
@@ -673,7 +700,10 @@ enum fc_result fc_encode(const fc_tensor *tensors, size_t count, const fc_encode
             d->nslices = 0; /* an all-zero tensor has no slices */
             payload = 0;
         }
-        fc_write_tensor_header(&head, d, i ? &et[i - 1].desc : NULL);
+        if (d->coded) {
+            fc_write_tensor_header(&head, d, prev, o.compact);
+            prev = d;
+        }
         if (stats) {
             fc_tensor_stats *st = &stats[i];
             st->step = (double)d->step;
@@ -709,12 +739,15 @@ enum fc_result fc_encode(const fc_tensor *tensors, size_t count, const fc_encode
         /* Re-walk headers: write tensor header bytes then payloads. */
         fc_buf tmp = {0};
         size_t pos = 0;
-        fc_write_container_header(&tmp, count, has_seed, o.dither_seed);
+        fc_write_container_header(&tmp, ncoded, has_seed, o.dither_seed, o.compact, digest);
         memcpy(dst, tmp.data, tmp.size);
         pos = tmp.size;
+        prev = NULL;
         for (i = 0; i < count; i++) {
+            if (!et[i].desc.coded) continue;
             tmp.size = 0;
-            fc_write_tensor_header(&tmp, &et[i].desc, i ? &et[i - 1].desc : NULL);
+            fc_write_tensor_header(&tmp, &et[i].desc, prev, o.compact);
+            prev = &et[i].desc;
             if (tmp.failed) {
                 fc_buf_free(&tmp);
                 rc = FC_ERR_NOMEM;
@@ -823,11 +856,11 @@ static size_t payload_bytes(const fc_tensor_desc *d)
 /* Append one tensor (header relative to `prev`, then its payloads) to
  * dst + *pos, or only count its bytes when dst is NULL.  `head` is scratch. */
 static int put_tensor(fc_buf *head, const fc_tensor_desc *d, const fc_tensor_desc *prev,
-                      uint8_t *dst, size_t *pos)
+                      int compact, uint8_t *dst, size_t *pos)
 {
     size_t body = payload_bytes(d);
     head->size = 0;
-    fc_write_tensor_header(head, d, prev);
+    fc_write_tensor_header(head, d, prev, compact);
     if (head->failed) return FC_ERR_NOMEM;
     if (dst) {
         memcpy(dst + *pos, head->data, head->size);
@@ -869,15 +902,19 @@ enum fc_result fc_split(const uint8_t *src, size_t src_size, const fc_decode_opt
             size_t start = pos;
             uint8_t *out = pass ? dst : NULL;
             head.size = 0;
-            fc_write_container_header(&head, 1, d->quant == FC_QUANT_DITHER, p.dither_seed);
+            /* a tensor a compact container omits: a part without tensors */
+            fc_write_container_header(&head, d->coded ? 1 : 0, d->quant == FC_QUANT_DITHER,
+                                      p.dither_seed, p.compact, p.shape_digest);
             if (head.failed) {
                 rc = FC_ERR_NOMEM;
                 goto out;
             }
             if (out) memcpy(out + pos, head.data, head.size);
             pos += head.size;
-            rc = put_tensor(&head, d, NULL, out, &pos);
-            if (rc != FC_OK) goto out;
+            if (d->coded) {
+                rc = put_tensor(&head, d, NULL, p.compact, out, &pos);
+                if (rc != FC_OK) goto out;
+            }
             put_crc(out, start, &pos);
             if (pass) part_sizes[i] = pos - start;
         }
@@ -908,7 +945,7 @@ enum fc_result fc_join(const uint8_t *const *parts, const size_t *part_sizes, si
     const fc_tensor_desc *prev = NULL;
     uint64_t tensors = 0, elems = 0, seed = 0;
     size_t k, i, bad = SIZE_MAX, pos = 0;
-    int rc = FC_OK, has_seed = 0, pass;
+    int rc = FC_OK, has_seed = 0, pass, compact = 0;
     if (bad_part) *bad_part = SIZE_MAX;
     if (dst_size) *dst_size = 0;
     if (!dst_size || (count && (!parts || !part_sizes)) || (!dst && dst_capacity) ||
@@ -922,16 +959,25 @@ enum fc_result fc_join(const uint8_t *const *parts, const size_t *part_sizes, si
     if (!p) return FC_ERR_NOMEM;
     memset(&head, 0, sizeof(head));
     for (k = 0; k < count; k++) {
+        /* A compact part is read with the whole's shapes (its digest covers
+         * the model); compact and self-describing parts do not mix. */
+        int part_compact = parts[k] && part_sizes[k] > 5 && (parts[k][5] & FC_CFLAG_COMPACT);
         bad = k;
-        rc = fc_parse(parts[k], part_sizes[k], &po, &p[k]);
+        rc = fc_parse(parts[k], part_sizes[k], part_compact ? &o : &po, &p[k]);
         if (rc != FC_OK) goto out;
+        if (k == 0) compact = p[k].compact;
+        if (p[k].compact != compact) {
+            rc = FC_ERR_MISMATCH;
+            goto out;
+        }
         for (i = 0; i < p[k].count; i++) {
             const fc_tensor_desc *d = &p[k].tensors[i];
+            if (!d->coded) continue;
             if (prev && d->index <= prev->index) {
                 rc = FC_ERR_INVALID_ARGUMENT;
                 goto out;
             }
-            if (o.expected &&
+            if (o.expected && !compact &&
                 (tensors >= o.expected_count || o.expected[tensors].ndim != d->ndim ||
                  memcmp(o.expected[tensors].shape, d->shape, sizeof(uint64_t) * d->ndim) != 0)) {
                 rc = FC_ERR_MISMATCH;
@@ -955,7 +1001,7 @@ enum fc_result fc_join(const uint8_t *const *parts, const size_t *part_sizes, si
         }
     }
     bad = SIZE_MAX;
-    if (o.expected && tensors != o.expected_count) {
+    if (o.expected && !compact && tensors != o.expected_count) {
         rc = FC_ERR_MISMATCH;
         goto out;
     }
@@ -964,7 +1010,8 @@ enum fc_result fc_join(const uint8_t *const *parts, const size_t *part_sizes, si
         uint8_t *out = pass ? dst : NULL;
         prev = NULL;
         head.size = 0;
-        fc_write_container_header(&head, (size_t)tensors, has_seed, seed);
+        fc_write_container_header(&head, (size_t)tensors, has_seed, seed, compact,
+                                  count ? p[0].shape_digest : 0);
         if (head.failed) {
             rc = FC_ERR_NOMEM;
             goto out;
@@ -973,7 +1020,8 @@ enum fc_result fc_join(const uint8_t *const *parts, const size_t *part_sizes, si
         pos = head.size;
         for (k = 0; k < count; k++) {
             for (i = 0; i < p[k].count; i++) {
-                rc = put_tensor(&head, &p[k].tensors[i], prev, out, &pos);
+                if (!p[k].tensors[i].coded) continue;
+                rc = put_tensor(&head, &p[k].tensors[i], prev, compact, out, &pos);
                 if (rc != FC_OK) goto out;
                 prev = &p[k].tensors[i];
             }

@@ -211,7 +211,7 @@ static void make_bad(const uint8_t *dense, size_t dsize, const uint8_t *multi, s
     m[L.slice_payload[0] + 1] ^= 0x10;
     add_bad("crc", m, dsize, FC_ERR_CHECKSUM);
     free(m);
-    bad_edit("flags", dense, dsize, 5, 0x02, FC_ERR_CORRUPT);
+    bad_edit("flags", dense, dsize, 5, 0x04, FC_ERR_CORRUPT);
     /* payload corruption behind a valid CRC */
     {
         uint8_t buf[8192];

@@ -1158,7 +1158,7 @@ static void test_crafted_headers(void)
     expect_edit(c, size, 0, 'X', FC_ERR_VERSION, "magic");
     expect_edit(c, size, 4, 2, FC_ERR_VERSION, "format version 2");
     expect_edit(c, size, 4, 0, FC_ERR_VERSION, "format version 0");
-    expect_edit(c, size, 5, 2, FC_ERR_CORRUPT, "container flags (reserved bit 1)");
+    expect_edit(c, size, 5, 4, FC_ERR_CORRUPT, "container flags (reserved bit 2)");
     expect_edit(c, size, 6, 3, FC_ERR_TRUNCATED, "tensor count 3");
     expect_edit(c, size, 6, 1, FC_ERR_CORRUPT, "tensor count 1 (bytes left over)");
     expect_edit(c, size, 6, 0x7F, FC_ERR_TRUNCATED, "tensor count 127");
@@ -2080,6 +2080,197 @@ static void test_reference_classctx(void)
     free(dec);
 }
 
+/* Compact containers (fc_encode_options.compact, FORMAT.md §2-3): shapes
+ * from the caller with a digest, omitted all-zero tensors, short steps. */
+static uint32_t compact_digest(const fc_shape *w, size_t n)
+{
+    /* independently of the library: CRC-32 of varint(n), then per shape
+     * varint(ndim) and its sizes */
+    cr_buf b = {0};
+    size_t i, k;
+    uint32_t crc;
+    cr_varint(&b, n);
+    for (i = 0; i < n; i++) {
+        cr_varint(&b, w[i].ndim);
+        for (k = 0; k < w[i].ndim; k++) cr_varint(&b, w[i].shape[k]);
+    }
+    crc = cr_crc32(b.d, b.n);
+    cr_free(&b);
+    return crc;
+}
+
+static void test_compact(void)
+{
+    uint64_t s0[2] = {6, 5}, s1[1] = {7}, s2[3] = {2, 3, 4}, s3[1] = {9};
+    const uint64_t *shapes[4] = {s0, s1, s2, s3};
+    const uint32_t ndims[4] = {2, 1, 3, 1};
+    /* steps: a 1-byte code, float32 (an omitted tensor's), bfloat16, a 1-byte code */
+    const double steps[4] = {0.375, 0.1, 0x1.02p-30, 0x1.8p-27};
+    int32_t lv[4][30], out[4][30];
+    float vals[4][30];
+    fc_tensor t[4];
+    fc_shape want[4];
+    fc_encode_options eo;
+    fc_decode_options d;
+    fc_decode_target tg[4];
+    fc_tensor_info info[4];
+    fc_tensor_stats st[4];
+    uint8_t *c, *plain, *g, *joined, **parts;
+    size_t size, plain_size, cnt, i, k, *psizes, nparts, jsize, bad;
+    tu_rng r = tu_seed(77);
+    memset(t, 0, sizeof t);
+    memset(want, 0, sizeof want);
+    memset(lv, 0, sizeof lv);
+    for (i = 0; i < 4; i++) {
+        uint64_t n = 1;
+        t[i] = tu_tensor((uint32_t)i, ndims[i], shapes[i]);
+        want[i].ndim = ndims[i];
+        for (k = 0; k < ndims[i]; k++) {
+            want[i].shape[k] = shapes[i][k];
+            n *= shapes[i][k];
+        }
+        for (k = 0; k < n; k++) lv[i][k] = i == 1 ? 0 : (int32_t)tu_below(&r, 7) - 3;
+        t[i].levels = lv[i];
+        t[i].step = steps[i];
+    }
+    fc_encode_options_init(&eo);
+    TU_CHECK_EQ(eo.compact, 0);
+    TU_CHECK_RC(tu_encode(t, 4, &eo, &plain, &plain_size, NULL), FC_OK);
+    eo.compact = 1;
+    TU_CHECK_RC(tu_encode(t, 4, &eo, &c, &size, st), FC_OK);
+    /* header: flags bit 1, the digest, 3 coded tensors (tensor 1 is zero) */
+    TU_CHECK_EQ(c[5], 2);
+    TU_CHECK_EQ((uint32_t)c[6] | (uint32_t)c[7] << 8 | (uint32_t)c[8] << 16 | (uint32_t)c[9] << 24,
+                compact_digest(want, 4));
+    TU_CHECK_EQ(c[10], 3);
+    TU_CHECK_EQ(st[1].bytes, 0);
+    /* shapes (6 B), tensor 1's header (8 B) and steps (3 + 2 + 3 B) saved, a
+     * digest (4 B) and tensor 2's explicit index (1 B) added */
+    TU_CHECK_EQ(size + 6 + 8 + 3 + 2 + 3 - 4 - 1, plain_size);
+    /* the step forms: tensor 0 a code, tensor 2 (index explicit) bfloat16, tensor 3 a code */
+    TU_CHECK_EQ(c[11], 0x40u | 0x10u | 1u);
+    TU_CHECK_EQ(c[12], ((125u - 100u) << 3) | 4u); /* 0.375 = 1.5 * 2^-2 */
+    g = tu_guarded_copy(c, size);
+    fc_decode_options_init(&d);
+    /* without the shapes, with others, with another count: a mismatch */
+    TU_CHECK_RC(fc_inspect(g, size, &d, NULL, 0, &cnt), FC_ERR_MISMATCH);
+    d.expected = want;
+    d.expected_count = 3;
+    TU_CHECK_RC(fc_inspect(g, size, &d, NULL, 0, &cnt), FC_ERR_MISMATCH);
+    d.expected_count = 4;
+    want[2].shape[2] = 5;
+    TU_CHECK_RC(fc_inspect(g, size, &d, NULL, 0, &cnt), FC_ERR_MISMATCH);
+    want[2].shape[2] = 4;
+    TU_CHECK_RC(fc_inspect(g, size, &d, info, 4, &cnt), FC_OK);
+    TU_CHECK_EQ(cnt, 4);
+    for (i = 0; i < 4; i++) {
+        TU_CHECK_EQ(info[i].index, i);
+        TU_CHECK_EQ(info[i].ndim, ndims[i]);
+        TU_CHECK(info[i].step == (i == 1 ? 1.0 : (double)(float)steps[i]));
+        TU_CHECK_EQ(info[i].slices, i == 1 ? 0u : st[i].slices);
+    }
+    memset(tg, 0, sizeof tg);
+    memset(out, 0x55, sizeof out);
+    for (i = 0; i < 4; i++) {
+        tg[i].levels = out[i];
+        tg[i].values = vals[i];
+    }
+    TU_CHECK_RC(fc_decode(g, size, &d, tg, 3), FC_ERR_MISMATCH);
+    TU_CHECK_RC(fc_decode(g, size, &d, tg, 4), FC_OK);
+    for (i = 0; i < 4; i++) {
+        TU_CHECK(memcmp(out[i], lv[i], sizeof(int32_t) * (size_t)info[i].numel) == 0);
+        for (k = 0; k < info[i].numel; k++) TU_CHECK(vals[i][k] == (float)lv[i][k] * (float)steps[i]);
+    }
+    /* split: one part per tensor (none coded in tensor 1's), joined back byte for byte */
+    TU_CHECK_RC(tu_split(g, size, &d, &parts, &psizes, &nparts), FC_OK);
+    TU_CHECK_EQ(nparts, 4);
+    TU_CHECK_EQ(psizes[1], 15);
+    TU_CHECK_RC(tu_join(parts, psizes, nparts, &d, &joined, &jsize, &bad), FC_OK);
+    TU_CHECK(jsize == size && memcmp(joined, c, size) == 0);
+    tu_guarded_free(joined);
+    /* compact parts need the shapes; they do not mix with self-describing ones */
+    {
+        fc_decode_options none;
+        uint8_t *mixed[2];
+        size_t msizes[2];
+        fc_decode_options_init(&none);
+        TU_CHECK_RC(tu_join(parts, psizes, nparts, &none, &joined, &jsize, &bad), FC_ERR_MISMATCH);
+        TU_CHECK_EQ(bad, 0);
+        mixed[0] = parts[0];
+        msizes[0] = psizes[0];
+        mixed[1] = tu_guarded_copy(plain, plain_size);
+        msizes[1] = plain_size;
+        TU_CHECK_RC(tu_join(mixed, msizes, 2, &d, &joined, &jsize, &bad), FC_ERR_MISMATCH);
+        TU_CHECK_EQ(bad, 1);
+        tu_guarded_free(mixed[1]);
+    }
+    tu_free_parts(parts, psizes, nparts);
+    tu_guarded_free(g);
+    /* an all-zero update: header, digest, count 0, CRC */
+    for (i = 0; i < 4; i++) t[i].levels = lv[1];
+    free(c);
+    TU_CHECK_RC(tu_encode(t, 4, &eo, &c, &size, NULL), FC_OK);
+    TU_CHECK_EQ(size, 15);
+    g = tu_guarded_copy(c, size);
+    TU_CHECK_RC(fc_decode(g, size, &d, tg, 4), FC_OK);
+    for (i = 0; i < 4; i++)
+        for (k = 0; k < info[i].numel; k++) TU_CHECK(out[i][k] == 0 && vals[i][k] == 0.0f);
+    tu_guarded_free(g);
+    free(c);
+    /* compact needs index = position */
+    t[2].index = 3;
+    t[3].index = 4;
+    TU_CHECK_RC(tu_encode(t, 4, &eo, &c, &size, NULL), FC_ERR_INVALID_ARGUMENT);
+    t[2].index = 2;
+    t[3].index = 3;
+    eo.compact = 2;
+    TU_CHECK_RC(tu_encode(t, 4, &eo, &c, &size, NULL), FC_ERR_INVALID_ARGUMENT);
+    /* crafted compact headers (valid CRC) */
+    {
+        static const struct {
+            unsigned desc;
+            unsigned index;
+            int extra; /* bytes of the step */
+            int want;
+        } cases[] = {
+            {0x10u | 0x40u | 3u, 0, 0, FC_ERR_CORRUPT},          /* step form 3 */
+            {0x10u | 0x40u | 4u, 0, 4, FC_ERR_CORRUPT},          /* bit 2 */
+            {0x10u | 0x40u | 0x80u | 1u, 0, 0, FC_ERR_CORRUPT}, /* repeat with a form */
+            {0x10u, 4, 4, FC_ERR_CORRUPT},                       /* index >= count */
+            {0x10u | 0x40u | 1u, 0, 1, FC_OK},                   /* a 1-byte step */
+            {0x10u | 0x40u | 2u, 0, 2, FC_OK},                   /* bfloat16 */
+            {0x10u | 0x40u | 2u, 0, -2, FC_ERR_CORRUPT},         /* bfloat16 zero step */
+        };
+        uint32_t dg = compact_digest(want, 4);
+        for (i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+            cr_buf b = {0};
+            cr_bytes(&b, "FCDC", 4);
+            cr_u8(&b, 1);
+            cr_u8(&b, 2);
+            cr_le32(&b, dg);
+            cr_varint(&b, 1);
+            cr_u8(&b, cases[i].desc);
+            if (!(cases[i].desc & 0x40u)) cr_varint(&b, cases[i].index);
+            if (cases[i].extra == 1) cr_u8(&b, 0x77);
+            if (cases[i].extra == 2) cr_le32(&b, 0x3F80u), b.n -= 2;
+            if (cases[i].extra == -2) cr_u8(&b, 0), cr_u8(&b, 0);
+            if (cases[i].extra == 4) cr_f32(&b, 0.5f);
+            cr_u8(&b, 4);  /* N = 4 */
+            cr_varint(&b, 0);
+            cr_seal(&b);
+            g = tu_guarded_copy(b.d, b.n);
+            TU_CHECK_RC(fc_inspect(g, b.n, &d, info, 4, &cnt), cases[i].want);
+            if (cases[i].want == FC_OK && cases[i].extra == 1)
+                TU_CHECK(info[0].step == ldexp(1.0 + 7.0 / 8.0, (0x77 >> 3) - 27));
+            if (cases[i].want == FC_OK && cases[i].extra == 2) TU_CHECK(info[0].step == 1.0);
+            tu_guarded_free(g);
+            cr_free(&b);
+        }
+    }
+    free(c);
+    free(plain);
+}
+
 int main(void)
 {
     test_names();
@@ -2102,6 +2293,7 @@ int main(void)
     test_crafted_payloads();
     test_limits();
     test_expected_shapes();
+    test_compact();
     test_accumulate();
     test_reference();
     test_reference_classctx();

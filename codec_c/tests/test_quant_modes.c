@@ -536,7 +536,7 @@ static void test_format(void)
         cr_free(&b);
     }
     /* flag bits other than bit 0 */
-    c[5] = 0x03;
+    c[5] = 0x05;
     cr_reseal(c, size);
     TU_CHECK_EQ(decode_rc(c, size), FC_ERR_CORRUPT);
     free(c);
