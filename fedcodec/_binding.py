@@ -600,6 +600,25 @@ SPLIT_OVERHEAD: int = int(lib.FC_SPLIT_OVERHEAD)
 JOIN_OVERHEAD: int = int(lib.FC_JOIN_OVERHEAD)
 
 
+def convert(data: object, options: DecodeOptions, compact: bool) -> bytes:
+    """``fc_convert``: the container rewritten compact or self-describing (no re-coding)."""
+    view = _as_bytes_view(data)
+    c_opts, _expected = _decode_options(options)
+    size = ffi.new("size_t *")
+    count = len(options.expected_shapes or ())
+    capacity = len(view) + 16 + int(lib.FC_CONVERT_OVERHEAD) * count
+    with ffi.from_buffer("uint8_t[]", view) as c_src:  # released before raising (inspect)
+        while True:
+            out = bytearray(capacity)
+            with ffi.from_buffer("uint8_t[]", out) as dst:
+                code = lib.fc_convert(c_src, len(view), c_opts, int(compact), dst, capacity, size)
+            if code != FC_ERR_BUFFER_TOO_SMALL:
+                break
+            capacity = int(size[0])  # exactly what is needed
+    _check_result(code, "container rejected")
+    return bytes(out[: int(size[0])])
+
+
 def split(data: object, options: DecodeOptions) -> list[memoryview]:
     """``fc_split``: one container per tensor, in container order, without
     re-coding; read-only views into one buffer (no copy per part)."""

@@ -162,12 +162,15 @@ enum fc_result fc_inspect(const uint8_t *src, size_t src_size,
 
 #define FC_SPLIT_OVERHEAD ...
 #define FC_JOIN_OVERHEAD ...
+#define FC_CONVERT_OVERHEAD ...
 enum fc_result fc_split(const uint8_t *src, size_t src_size, const fc_decode_options *opts,
                         uint8_t *dst, size_t dst_capacity, size_t *dst_size,
                         size_t *part_sizes, size_t capacity, size_t *count);
 enum fc_result fc_join(const uint8_t *const *parts, const size_t *part_sizes, size_t count,
                        const fc_decode_options *opts, uint8_t *dst, size_t dst_capacity,
                        size_t *dst_size, size_t *bad_part);
+enum fc_result fc_convert(const uint8_t *src, size_t src_size, const fc_decode_options *opts,
+                          int compact, uint8_t *dst, size_t dst_capacity, size_t *dst_size);
 
 enum fc_result fc_reference_digest(const float *reference, uint64_t numel, double step,
                                    uint32_t *digest);

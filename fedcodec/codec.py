@@ -77,6 +77,7 @@ __all__ = [
     "Quantizer",
     "TensorInfo",
     "TensorStats",
+    "convert",
     "decode",
     "decode_accumulate",
     "decode_levels",
@@ -983,6 +984,83 @@ def _compact_problem(
     return None
 
 
+def convert(
+    data: bytes | bytearray | memoryview,
+    *,
+    compact: bool,
+    expected_shapes: Shapes | None = None,
+    max_tensors: int = _DEFAULT_MAX_TENSORS,
+    max_tensor_elems: int = _DEFAULT_MAX_ELEMS,
+    max_total_elems: int = _DEFAULT_MAX_ELEMS,
+) -> bytes:
+    """The container rewritten as a compact or a self-describing one, without re-coding.
+
+    The tensors' coded bytes are copied as they are, so the result decodes to exactly
+    the same values; only the headers change (codec FORMAT.md §2-3).  A transport uses
+    it to send one coded update to peers that read compact containers and to peers
+    that do not.
+
+    Parameters
+    ----------
+    data : bytes-like
+        A container (compact or not).
+    compact : bool
+        True: write a compact container (the tensor indices must be 0, 1, …; all-zero
+        tensors are dropped, steps take their shortest exact form).  False: a
+        self-describing one (a tensor a compact ``data`` omits becomes an all-zero
+        tensor with step 1).
+    expected_shapes : sequence of shapes, optional
+        As for :func:`inspect`; required when ``data`` is compact.
+    max_tensors, max_tensor_elems, max_total_elems
+        As for :func:`inspect`.
+
+    Returns
+    -------
+    bytes
+        The rewritten container (``data``'s bytes when it already has that form).
+
+    Raises
+    ------
+    CorruptStreamError, InvalidParameterError
+        As for :func:`inspect`; tensor indices that are not positions (to compact).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import fedcodec
+    >>> from fedcodec import codec
+    >>> update = [np.ones((4, 8), np.float32), np.zeros(8, np.float32)]
+    >>> data = fedcodec.encode(update, S=64).data
+    >>> small = codec.convert(data, compact=True)  # the all-zero tensor is dropped
+    >>> again = codec.convert(small, compact=False, expected_shapes=[(4, 8), (8,)])
+    >>> len(small) < len(data)
+    True
+    >>> [np.array_equal(a, b) for a, b in zip(fedcodec.decode(data), fedcodec.decode(again))]
+    [True, True]
+    """
+    flag = _flag(compact, "compact")
+    expected = _expected_shapes(expected_shapes)
+    if is_compact(data) == flag:
+        inspect(
+            data,
+            max_tensors=max_tensors,
+            max_tensor_elems=max_tensor_elems,
+            max_total_elems=max_total_elems,
+            expected_shapes=expected,
+        )
+        return bytes(data)
+    options = _decode_options(0, max_tensors, max_tensor_elems, max_total_elems, expected)
+    try:
+        return _binding.convert(data, options, flag)
+    except FedCodecError as error:
+        problem = _compact_problem(data, expected) if error.code == FC_ERR_MISMATCH else None
+        if problem is not None:
+            _binding.invalid(problem, FC_ERR_MISMATCH)
+        if error.code == FC_ERR_MISMATCH and expected is not None:
+            _binding.invalid(_mismatch(data, expected), FC_ERR_MISMATCH)
+        raise
+
+
 def _decode_options(
     threads: int,
     max_tensors: int,
@@ -1684,6 +1762,9 @@ def verify(
     )
     inspected = tuple(info.shape for info in infos)
     options = _decode_options(threads, max_tensors, max_tensor_elems, max_total_elems, inspected)
+    if is_compact(data):
+        # parts of a compact container hold every tensor: verify its self-describing form
+        data = _binding.convert(data, options, False)
     # One part per tensor (fc_split, no re-coding): each tensor's decode then
     # checks its own part instead of the whole container again, so verifying
     # reads the container a fixed number of times, not once per tensor.

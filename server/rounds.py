@@ -567,7 +567,7 @@ class RoundCoordinator:
         lost = []
         for update, payload in self.store.iter_updates(round_id):
             try:
-                temporal_reference_for(payload, update.client_id, self.references)
+                temporal_reference_for(payload, update.client_id, self.references, self.spec.shapes)
             except UpdateRejectedError:
                 lost.append(update.client_id)
             except (FedCodecError, ValueError):

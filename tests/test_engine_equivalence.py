@@ -259,6 +259,7 @@ def run_flower() -> tuple[Trace, list[str], Payloads]:
         threads=1,
         robust=RobustPolicy.fedavg(),
         aggregation="engine",
+        compact=False,  # the self-describing containers the other two transports send
     )
     arrays = ArrayRecord({k: Array(v) for k, v in _initial().items()})
     spec_names = list(SHAPES)

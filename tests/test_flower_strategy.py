@@ -225,7 +225,11 @@ def test_aggregate_train_hands_the_inner_strategy_global_plus_decoded_updates() 
         assert list(reply.content) == ["arrays"]
         n = record["num-examples"]
         total += n  # type: ignore[operator]
-        decoded = codec.decode(_update_data(reply), names=list(SHAPES))
+        # the strategy asks for compact replies (KEY_COMPACT): they need the shapes
+        assert codec.is_compact(_update_data(reply))
+        decoded = codec.decode(
+            _update_data(reply), names=list(SHAPES), expected_shapes=list(SHAPES.values())
+        )
         for k in SHAPES:
             expected[k] += n * (initial[k].numpy() + decoded[k]).astype(np.float64)  # type: ignore[operator]
     # Execute
@@ -714,7 +718,10 @@ def test_sensitivity_and_the_apps_importance_reach_the_encoder() -> None:
     assert seen_importance == [True, True]
     for reply in replies:
         assert c.IMPORTANCE_RECORD not in reply.content
-        steps = [info.step for info in codec.inspect(_update_data(reply))]
+        steps = [
+            info.step
+            for info in codec.inspect(_update_data(reply), expected_shapes=list(SHAPES.values()))
+        ]
         assert steps[1] < steps[0] / 4
     arrays, metrics = strategy.aggregate_train(1, replies)
     assert arrays is not None

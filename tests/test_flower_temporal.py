@@ -132,7 +132,9 @@ def _round(
 
 
 def _uses_reference(data: bytes) -> bool:
-    return any(info.reference_digest is not None for info in codec.inspect(data))
+    shapes = list(SHAPES.values()) if codec.is_compact(data) else None
+    infos = codec.inspect(data, expected_shapes=shapes)
+    return any(info.reference_digest is not None for info in infos)
 
 
 def _node_reference(grid: _Grid, node: int) -> dict[str, np.ndarray] | None:

@@ -24,6 +24,11 @@
  *   - split by tensor and joined back (fc_split, fc_join): each part holds
  *     its tensor as the whole describes it and decodes to the same levels;
  *     the join is no larger than the input and splits into the same parts;
+ *   - compact containers (FORMAT.md §2-3): an accepted container whose
+ *     indices are positions converts (fc_convert) to a compact one that
+ *     decodes to the same levels with the inspected shapes, and back;
+ *     an input with the COMPACT flag is read with the fixed shape list
+ *     FUZZ_SHAPES (the seeds fuzz/corpus/decode/compact_* use it);
  *   - on failure: every accumulator is unchanged.
  * Memory errors are the sanitizers' job (build with ASan + UBSan).
  */
@@ -135,6 +140,58 @@ static void split_join(const uint8_t *data, size_t size, const fc_decode_options
     free(all);
 }
 
+/* The shapes compact inputs are read with (the compact seeds' model). */
+static const fc_shape FUZZ_SHAPES[] = {
+    {4, {8, 4, 3, 3}}, {1, {8}}, {2, {16, 40}}, {1, {16}}, {0, {0}}};
+#define FUZZ_NSHAPES (sizeof FUZZ_SHAPES / sizeof FUZZ_SHAPES[0])
+
+/* An accepted container as a compact one and back (fc_convert): the same
+ * levels; a compact container converts back to self-describing. */
+static void compact_roundtrip(const uint8_t *data, size_t size, const fc_decode_options *o,
+                              const fc_tensor_info *info, int32_t *const *levels, size_t count)
+{
+    fc_shape want[MAX_T];
+    fc_decode_options e = *o;
+    fc_decode_target tg[MAX_T];
+    int32_t *again[MAX_T];
+    size_t cap = size + FC_CONVERT_OVERHEAD * MAX_T + 16, n = 0, n2 = 0, i;
+    uint8_t *c = (uint8_t *)malloc(cap), *back = (uint8_t *)malloc(cap);
+    int positions = 1;
+    check(c && back);
+    memset(want, 0, sizeof want);
+    memset(tg, 0, sizeof tg);
+    for (i = 0; i < count; i++) {
+        positions &= info[i].index == i;
+        want[i].ndim = info[i].ndim;
+        memcpy(want[i].shape, info[i].shape, sizeof(want[i].shape));
+    }
+    e.expected = want;
+    e.expected_count = count;
+    if (!positions) {
+        check(fc_convert(data, size, &e, 1, c, cap, &n) == FC_ERR_INVALID_ARGUMENT);
+        free(c);
+        free(back);
+        return;
+    }
+    check(fc_convert(data, size, &e, 1, c, cap, &n) == FC_OK && n <= cap);
+    check(fc_convert(c, n, &e, 0, back, cap, &n2) == FC_OK && n2 <= cap);
+    for (i = 0; i < count; i++) {
+        again[i] = (int32_t *)malloc(sizeof(int32_t) * (info[i].numel ? info[i].numel : 1));
+        check(again[i] != NULL);
+        tg[i].levels = again[i];
+    }
+    check(fc_decode(c, n, &e, tg, count) == FC_OK);
+    for (i = 0; i < count; i++)
+        check(memcmp(again[i], levels[i], sizeof(int32_t) * info[i].numel) == 0);
+    check(fc_decode(back, n2, &e, tg, count) == FC_OK);
+    for (i = 0; i < count; i++) {
+        check(memcmp(again[i], levels[i], sizeof(int32_t) * info[i].numel) == 0);
+        free(again[i]);
+    }
+    free(c);
+    free(back);
+}
+
 static void one(const uint8_t *data, size_t size)
 {
     fc_decode_options o;
@@ -154,6 +211,10 @@ static void one(const uint8_t *data, size_t size)
     o.max_total_elems = (uint64_t)1024 + 64 * (uint64_t)size;
     if (o.max_total_elems > (1u << 16)) o.max_total_elems = 1u << 16;
     o.max_tensor_elems = o.max_total_elems;
+    if (size > 5 && (data[5] & 2u)) {
+        o.expected = FUZZ_SHAPES;
+        o.expected_count = FUZZ_NSHAPES;
+    }
     rc = fc_inspect(data, size, &o, info, MAX_T, &count);
     if (rc != FC_OK) {
         check((int)fc_decode(data, size, &o, NULL, 0) == rc);
@@ -161,7 +222,7 @@ static void one(const uint8_t *data, size_t size)
     }
     check(count <= MAX_T);
     /* expected shapes: the inspected ones pass, one size more is refused */
-    {
+    if (!o.expected) {
         fc_shape want[MAX_T];
         fc_decode_options e = o;
         size_t n = 0;
@@ -240,7 +301,8 @@ static void one(const uint8_t *data, size_t size)
         }
     }
     if (rc == FC_OK && count > 0) reencode(info, levels, count);
-    split_join(data, size, &o, info, levels, count, rc == FC_OK);
+    if (!o.expected) split_join(data, size, &o, info, levels, count, rc == FC_OK);
+    if (rc == FC_OK) compact_roundtrip(data, size, &o, info, levels, count);
     for (i = 0; i < count; i++) {
         free(levels[i]);
         free(tg[i].values);

@@ -393,6 +393,21 @@ enum fc_result fc_join(const uint8_t *const *parts, const size_t *part_sizes, si
                        const fc_decode_options *opts, uint8_t *dst, size_t dst_capacity,
                        size_t *dst_size, size_t *bad_part);
 
+/* Rewrite a container as compact (`compact` = 1) or self-describing (0)
+ * without decoding or re-coding anything (fc_encode_options.compact): the
+ * same tensors, payloads byte for byte, decoding to the same values.
+ * `src` is checked as by fc_inspect() with `opts` (NULL = defaults; a
+ * compact `src` needs opts->expected).  To compact: the tensor indices must
+ * be 0, 1, ..., count - 1 (FC_ERR_INVALID_ARGUMENT otherwise); all-zero
+ * tensors are dropped and steps take their shortest form.  To
+ * self-describing: a tensor a compact `src` omits becomes an all-zero
+ * tensor with step 1.  src_size + FC_CONVERT_OVERHEAD * (tensor count) + 16
+ * bytes of `dst` always suffice; with less, FC_ERR_BUFFER_TOO_SMALL and
+ * *dst_size holds the size needed. */
+#define FC_CONVERT_OVERHEAD 96u
+enum fc_result fc_convert(const uint8_t *src, size_t src_size, const fc_decode_options *opts,
+                          int compact, uint8_t *dst, size_t dst_capacity, size_t *dst_size);
+
 /* The dither of FC_QUANT_DITHER: out[i] receives the u that the decoder
  * subtracts from element first + i (row-major element index) of the tensor
  * with index `tensor_index` in a container with seed `seed` and a tensor

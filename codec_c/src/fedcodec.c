@@ -1045,6 +1045,86 @@ out:
     return (enum fc_result)rc;
 }
 
+enum fc_result fc_convert(const uint8_t *src, size_t src_size, const fc_decode_options *opts,
+                          int compact, uint8_t *dst, size_t dst_capacity, size_t *dst_size)
+{
+    fc_decode_options o;
+    fc_parsed p;
+    fc_buf head;
+    fc_shape *shapes = NULL;
+    const fc_tensor_desc *prev;
+    uint32_t digest = 0;
+    size_t i, ncoded = 0, pos = 0;
+    int rc = FC_OK, pass, has_seed = 0;
+    if (dst_size) *dst_size = 0;
+    if (!dst_size || (!dst && dst_capacity) || (compact != 0 && compact != 1) ||
+        !get_decode_options(opts, &o))
+        return FC_ERR_INVALID_ARGUMENT;
+    rc = fc_parse(src, src_size, &o, &p);
+    if (rc != FC_OK) return (enum fc_result)rc;
+    memset(&head, 0, sizeof(head));
+    for (i = 0; i < p.count; i++) {
+        fc_tensor_desc *d = &p.tensors[i];
+        has_seed |= d->quant == FC_QUANT_DITHER;
+        if (compact) {
+            if (d->index != i) {
+                rc = FC_ERR_INVALID_ARGUMENT;
+                goto out;
+            }
+            d->coded = d->nslices > 0 || d->quant == FC_QUANT_DITHER;
+        } else {
+            d->coded = 1;
+        }
+        ncoded += (size_t)d->coded;
+    }
+    if (compact) {
+        shapes = (fc_shape *)calloc(p.count ? p.count : 1, sizeof(*shapes));
+        if (!shapes) {
+            rc = FC_ERR_NOMEM;
+            goto out;
+        }
+        for (i = 0; i < p.count; i++) {
+            shapes[i].ndim = p.tensors[i].ndim;
+            memcpy(shapes[i].shape, p.tensors[i].shape, sizeof(shapes[i].shape));
+        }
+        digest = fc_shape_digest(shapes, p.count);
+    }
+    /* Pass 0 sizes the container, pass 1 writes it. */
+    for (pass = 0; pass < 2; pass++) {
+        uint8_t *out = pass ? dst : NULL;
+        head.size = 0;
+        fc_write_container_header(&head, ncoded, has_seed, p.dither_seed, compact, digest);
+        if (head.failed) {
+            rc = FC_ERR_NOMEM;
+            goto out;
+        }
+        if (out) memcpy(out, head.data, head.size);
+        pos = head.size;
+        prev = NULL;
+        for (i = 0; i < p.count; i++) {
+            if (!p.tensors[i].coded) continue;
+            rc = put_tensor(&head, &p.tensors[i], prev, compact, out, &pos);
+            if (rc != FC_OK) goto out;
+            prev = &p.tensors[i];
+        }
+        put_crc(out, 0, &pos);
+        if (pass == 0) {
+            *dst_size = pos;
+            if (pos > dst_capacity) {
+                rc = FC_ERR_BUFFER_TOO_SMALL;
+                goto out;
+            }
+        }
+    }
+    rc = FC_OK;
+out:
+    if (rc != FC_OK && rc != FC_ERR_BUFFER_TOO_SMALL) *dst_size = 0;
+    free(shapes);
+    fc_buf_free(&head);
+    fc_parsed_free(&p);
+    return (enum fc_result)rc;
+}
+
 static void run_dec_job(void *ctx, size_t i)
 {
     fc_slice_decode(&((fc_slice_dec_job *)ctx)[i]);

@@ -2205,6 +2205,33 @@ static void test_compact(void)
         tu_guarded_free(mixed[1]);
     }
     tu_free_parts(parts, psizes, nparts);
+    /* fc_convert: self-describing -> compact is what the encoder writes; back decodes alike */
+    {
+        size_t need = 0, n2 = 0, cap = size + FC_CONVERT_OVERHEAD * 4 + 16;
+        uint8_t *conv = (uint8_t *)malloc(cap), *back = (uint8_t *)malloc(cap);
+        fc_decode_options none;
+        int32_t out2[4][30];
+        fc_decode_target tg2[4];
+        fc_decode_options_init(&none);
+        TU_CHECK(conv && back);
+        TU_CHECK_RC(fc_convert(plain, plain_size, &none, 1, conv, 4, &need), FC_ERR_BUFFER_TOO_SMALL);
+        TU_CHECK_EQ(need, size);
+        TU_CHECK_RC(fc_convert(plain, plain_size, &none, 1, conv, cap, &need), FC_OK);
+        TU_CHECK(need == size && memcmp(conv, c, size) == 0);
+        TU_CHECK_RC(fc_convert(g, size, &none, 0, back, cap, &n2), FC_ERR_MISMATCH);
+        TU_CHECK_RC(fc_convert(g, size, &d, 2, back, cap, &n2), FC_ERR_INVALID_ARGUMENT);
+        TU_CHECK_RC(fc_convert(g, size, &d, 0, back, cap, &n2), FC_OK);
+        memset(tg2, 0, sizeof tg2);
+        for (i = 0; i < 4; i++) tg2[i].levels = out2[i];
+        TU_CHECK_RC(fc_decode(back, n2, &none, tg2, 4), FC_OK);
+        for (i = 0; i < 4; i++)
+            TU_CHECK(memcmp(out2[i], lv[i], sizeof(int32_t) * (size_t)info[i].numel) == 0);
+        /* compact -> compact is the same container */
+        TU_CHECK_RC(fc_convert(g, size, &d, 1, conv, cap, &need), FC_OK);
+        TU_CHECK(need == size && memcmp(conv, c, size) == 0);
+        free(conv);
+        free(back);
+    }
     tu_guarded_free(g);
     /* an all-zero update: header, digest, count 0, CRC */
     for (i = 0; i < 4; i++) t[i].levels = lv[1];

@@ -66,12 +66,15 @@ class Layout:
         keyframe stream).
     record : str
         The name of the model's ArrayRecord (the app gets the decoded model under it).
+    compact : bool
+        The server reads compact containers: replies are coded compact.
     """
 
     keys: tuple[str, ...]
     uncoded: tuple[str, ...] = ()
     initial_digest: str | None = None
     record: str = "arrays"
+    compact: bool = False
 
     def to_json(self) -> dict[str, object]:
         """A JSON-able dict."""
@@ -80,6 +83,7 @@ class Layout:
             "uncoded": list(self.uncoded),
             "initial_digest": self.initial_digest,
             "record": self.record,
+            "compact": self.compact,
         }
 
     @classmethod
@@ -95,7 +99,10 @@ class Layout:
         record = data.get("record", "arrays")
         if not isinstance(record, str):
             raise ValueError("layout record must be a str")
-        return cls(tuple(keys), tuple(uncoded), digest, record)
+        compact = data.get("compact", False)
+        if not isinstance(compact, bool):
+            raise ValueError("layout compact must be a bool")
+        return cls(tuple(keys), tuple(uncoded), digest, record, compact)
 
 
 def _record(arrays: dict[str, np.ndarray]) -> ArrayRecord:

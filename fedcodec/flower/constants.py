@@ -109,6 +109,7 @@ __all__ = [
     "INITIAL_ARRAY",
     "KEY_BASE_DIGEST",
     "KEY_BASE_VERSION",
+    "KEY_COMPACT",
     "KEY_DOWNLINK",
     "KEY_ERROR",
     "KEY_FORMAT",
@@ -188,6 +189,11 @@ KEY_FROM_VERSION: Final = "fc.f"
 #: (first contact, no decoded reply to the last train message, evicted).  A container
 #: coded against it says so itself (FORMAT.md §7.5).
 KEY_REFERENCE: Final = "fc.t"
+#: The server reads compact containers (codec FORMAT.md §2-3: no shapes, all-zero
+#: tensors omitted, one-byte steps): ``True`` at first contact from a strategy with
+#: ``compact=True``; the node then codes its replies compact.  A mod that predates
+#: the key ignores it and codes self-describing containers, which the server reads too.
+KEY_COMPACT: Final = "fc.c"
 #: The original ArrayRecord's key order (list of str; first contact).
 KEY_KEYS: Final = "fc.keys"
 #: The name of the model's ArrayRecord in the message (str; first contact): the mod

@@ -105,6 +105,7 @@ from fedcodec.flower.constants import (
     INITIAL_ARRAY,
     KEY_BASE_DIGEST,
     KEY_BASE_VERSION,
+    KEY_COMPACT,
     KEY_DOWNLINK,
     KEY_ERROR,
     KEY_FORMAT,
@@ -335,6 +336,7 @@ def _handle(
                     "are sent once, then when they change)"
                 )
             _sync_reference(engine, config, accept=temporal_reference)
+            engine.encoder.compact = layout.compact  # the server reads compact containers
             _encode_reply(out, engine, base, config, params_from_text(state.params))
         except (FedCodecError, ValueError, KeyError, TypeError) as exc:
             return _error(msg, f"{_NAME}: cannot code the reply: {exc}")
@@ -380,11 +382,15 @@ def _layout(config: Mapping[str, Any], held: Layout | None) -> Layout:
     record = config.get(KEY_RECORD, "arrays")
     if not isinstance(record, str):
         raise ValueError(f"{KEY_RECORD} must be a str, got {record!r}")
+    compact = config.get(KEY_COMPACT, False)
+    if not isinstance(compact, bool):
+        raise ValueError(f"{KEY_COMPACT} must be a bool, got {compact!r:.40}")
     return Layout(
         tuple(_str_list(config, KEY_KEYS)),
         tuple(_str_list(config, KEY_UNCODED_KEYS)),
         None if digest is None else _digest(digest, KEY_INITIAL_DIGEST),
         record,
+        compact,
     )
 
 

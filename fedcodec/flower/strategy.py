@@ -85,6 +85,7 @@ from fedcodec.flower.constants import (
     INITIAL_ARRAY,
     KEY_BASE_DIGEST,
     KEY_BASE_VERSION,
+    KEY_COMPACT,
     KEY_DOWNLINK,
     KEY_ERROR,
     KEY_FROM_VERSION,
@@ -128,7 +129,7 @@ from fedcodec.pipeline import (
     as_schedule,
     model_digest,
 )
-from fedcodec.pipeline.checks import check_tensors
+from fedcodec.pipeline.checks import check_tensors, inspect_update
 from fedcodec.pipeline.downlink import DEFAULT_KEYFRAME_BITS
 from fedcodec.pipeline.ratecontrol import StepSnapPolicy, step_snap_policy
 from fedcodec.pipeline.robust import RobustRejectionError, UpdateSummary, plan_round, screen_update
@@ -312,6 +313,14 @@ class CompressionStrategy(Strategy):
         was a chain of deltas (:class:`~fedcodec.pipeline.RoundEngine`
         ``downlink_reference``).  The mod keeps that delta in ``context.state``
         (4 bytes per weight).  Default False.
+    compact : bool, optional
+        Ask nodes for compact replies (:data:`~fedcodec.flower.constants.KEY_COMPACT`
+        at first contact; codec FORMAT.md §2-3): no shapes (both ends know the
+        model), all-zero tensors omitted, steps rounded to one-byte steps (within
+        6.25 %); a node that replies compact gets its downlink compact too (the
+        engine's containers rewritten, :func:`fedcodec.codec.convert`).  Default True:
+        the server reads both forms, and a mod that does not know the key keeps coding
+        self-describing containers and gets self-describing downlinks.
 
     Examples
     --------
@@ -356,8 +365,10 @@ class CompressionStrategy(Strategy):
         temporal_reference: bool = False,
         reference_nodes: int = 100,
         downlink_reference: bool = False,
+        compact: bool = True,
     ) -> None:
         super().__init__()
+        self.compact = compact
         if temporal_reference and not compress_downlink:
             raise ValueError(
                 "temporal_reference needs compress_downlink=True (the round engine keeps "
@@ -429,6 +440,8 @@ class CompressionStrategy(Strategy):
         self._reference_synced: set[int] = set()
         # nodes that hold the decoded delta of their version (their last package was a chain)
         self._holds_delta: set[int] = set()
+        # nodes whose last coded reply was a compact container: they read compact ones
+        self._compact_nodes: set[int] = set()
         self._params_known: dict[int, str] = {}  # node -> the parameters it holds (JSON)
         self._lacks_initial: set[int] = set()  # nodes that said they do not hold it
         self._failed: set[int] = set()  # last package failed, or its reply never came
@@ -683,6 +696,8 @@ class CompressionStrategy(Strategy):
             new_config[KEY_KEYS] = list(record.keys())
             if len(uncoded):
                 new_config[KEY_UNCODED_KEYS] = list(uncoded.keys())
+            if self.compact:
+                new_config[KEY_COMPACT] = True
         params_text: str | None = None
         if phase.params is not None:
             params_text = phase.params.for_client(str(node)).to_json_text()
@@ -714,6 +729,9 @@ class CompressionStrategy(Strategy):
                 containers = (
                     [package.keyframe] if package.keyframe is not None else list(package.deltas)
                 )
+                if self.compact and not first_contact and node in self._compact_nodes:
+                    # the same coded tensors under compact headers (no re-coding)
+                    containers = [codec.convert(c, compact=True) for c in containers]
                 inline = (
                     not len(uncoded)
                     and package.initial is None
@@ -862,6 +880,7 @@ class CompressionStrategy(Strategy):
         self._held.pop(node, None)
         self._params_known.pop(node, None)
         self._holds_delta.discard(node)
+        self._compact_nodes.discard(node)
 
     def _note_chain(self, node: int, phase: _Phase) -> None:
         """The node applied its package: it holds its version's delta after a chain."""
@@ -898,6 +917,12 @@ class CompressionStrategy(Strategy):
         if found is None:
             return content, 0, (), {}
         key, data, uncoded = found
+        # A node that codes compact replies reads compact containers (KEY_COMPACT): its
+        # downlink goes compact from its next non-first-contact message on.
+        if codec.is_compact(data):
+            self._compact_nodes.add(node)
+        else:
+            self._compact_nodes.discard(node)
         # The app's MetricRecord, folded into an inline update, back in place.
         content = restore_metrics(content, key)
         base = phase.base
@@ -915,7 +940,7 @@ class CompressionStrategy(Strategy):
             if self._engine.references is not None:
                 phase.references[node] = changes
         else:
-            infos = codec.inspect(data)
+            infos = inspect_update(data, spec, client_id=str(node))
             steps = check_tensors(infos, spec, client_id=str(node), max_step=DEFAULT_MAX_STEP)
             decoded = codec.decode(
                 data, names=list(spec.names), threads=self.threads, expected_shapes=spec.shapes

@@ -13,7 +13,9 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Collection, Sequence
 
+from fedcodec import codec
 from fedcodec.codec import TensorInfo
+from fedcodec.errors import InvalidParameterError
 from fedcodec.pipeline.errors import (
     BaseDigestMismatchError,
     ModelMismatchError,
@@ -23,7 +25,7 @@ from fedcodec.pipeline.errors import (
 )
 from fedcodec.pipeline.model import ModelSpec
 
-__all__ = ["check_base", "check_sender", "check_tensors"]
+__all__ = ["check_base", "check_sender", "check_tensors", "inspect_update"]
 
 
 def check_sender(client_id: object, num_examples: object, data: object) -> None:
@@ -84,6 +86,27 @@ def check_base(
         )
 
 
+def inspect_update(data: bytes, spec: ModelSpec, *, client_id: str) -> list[TensorInfo]:
+    """The tensor table of an update's container, compact or not.
+
+    A compact container (:func:`fedcodec.codec.is_compact`) is read with the model's
+    shapes (it stores only their digest).
+
+    Raises
+    ------
+    ModelMismatchError
+        A compact container coded for other shapes.
+    CorruptStreamError
+        A malformed container.
+    """
+    if not codec.is_compact(data):
+        return list(codec.inspect(data))
+    try:
+        return list(codec.inspect(data, expected_shapes=spec.shapes))
+    except InvalidParameterError as exc:
+        raise ModelMismatchError(f"update of {client_id!r}: {exc}") from exc
+
+
 def check_tensors(
     infos: Sequence[TensorInfo], spec: ModelSpec, *, client_id: str, max_step: float
 ) -> tuple[float, ...]:
@@ -106,7 +129,8 @@ def check_tensors(
                 f"update of {client_id!r}: tensor {info.index} ({name!r}) has shape "
                 f"{info.shape}, the model has {shape}"
             )
-        if not (math.isfinite(info.step) and 0.0 < info.step <= max_step):
+        # an all-zero tensor (no slices) reconstructs to zero whatever its step
+        if info.slices and not (math.isfinite(info.step) and 0.0 < info.step <= max_step):
             raise UpdateRejectedError(
                 f"update of {client_id!r}: tensor {name!r} has step {info.step!r}, "
                 f"beyond the accepted maximum {max_step:.3g}"

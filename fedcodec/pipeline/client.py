@@ -219,6 +219,7 @@ def encode_tensors(
     reference: Mapping[str, np.ndarray] | None = None,
     dither_seed: int | None = None,
     temporal_reference: Mapping[str, np.ndarray] | None = None,
+    compact: bool = False,
 ) -> tuple[bytes, list[F32Array], EncodeStats, float | None]:
     """Sparsify and encode ``target`` as ``params`` say (shared by uplink and downlink).
 
@@ -231,7 +232,9 @@ def encode_tensors(
     already keep the relative importance of tensors.  ``temporal_reference``
     (by tensor name, missing names: none) is temporal side information for the
     codec (``codec.encode(..., reference=...)``): a tensor the decoder also
-    holds, e.g. the same client's previous decoded update.
+    holds, e.g. the same client's previous decoded update.  ``compact``: a compact
+    container (shapes known to the decoder: ``spec.shapes``; one-byte steps off a
+    ``step_grid``, see :func:`~fedcodec.pipeline.ratecontrol.encode_with_params`).
 
     Returns
     -------
@@ -301,6 +304,7 @@ def encode_tensors(
         temporal_reference=None
         if temporal_reference is None
         else [temporal_reference.get(name) for name in spec.names],
+        compact=compact,
     )
     per_tensor: list[TensorEncodeStats] = []
     total_sig = total_err = 0.0
@@ -373,6 +377,7 @@ def recode_with_reference(
     stats: EncodeStats,
     reference: Sequence[npt.ArrayLike | None],
     threads: int = 0,
+    shapes: Sequence[tuple[int, ...]] | None = None,
 ) -> tuple[bytes, EncodeStats, bool]:
     """Code the levels of ``data`` again with a temporal reference, tensor by tensor
     where that is smaller.
@@ -397,6 +402,9 @@ def recode_with_reference(
         One reference per tensor (container order); None: none for that tensor.
     threads : int, optional
         Codec threads.
+    shapes : sequence of shapes, optional
+        The model's shapes: required when ``data`` is a compact container (the
+        result is compact too).
 
     Returns
     -------
@@ -407,18 +415,20 @@ def recode_with_reference(
         Whether some tensor is coded with its reference (read from the tensors'
         REFERENCE flags).
     """
-    infos = codec.inspect(data)
+    compact = codec.is_compact(data)
+    expected = shapes if compact else None
+    infos = codec.inspect(data, expected_shapes=expected)
     candidates = [
         i
         for i, info in enumerate(infos)
-        if info.quantizer == "uniform" and info.numel > 0 and reference[i] is not None
+        if info.quantizer == "uniform" and info.slices > 0 and reference[i] is not None
     ]
     if not candidates:
         return data, stats, False
-    levels = codec.decode_levels(data, threads=threads)
+    levels = codec.decode_levels(data, threads=threads, expected_shapes=expected)
     # a tensor with ROWFINE rows (one-magnitude rows valued to 1/16 step, codec FORMAT.md
     # §8.1) does not decode to level * step: re-coding its levels would change it
-    values = codec.decode(data, threads=threads)
+    values = codec.decode(data, threads=threads, expected_shapes=expected)
     candidates = [
         i
         for i in candidates
@@ -434,9 +444,10 @@ def recode_with_reference(
         [step for _, step in levels],
         threads=threads,
         reference=[reference[i] if i in chosen else None for i in range(len(infos))],
+        compact=compact,
     )
-    plain_parts = codec.split(data)
-    ref_parts = codec.split(again.data)
+    plain_parts = codec.split(data, expected_shapes=expected)
+    ref_parts = codec.split(again.data, expected_shapes=expected)
     parts = list(plain_parts)
     saved = [0] * len(parts)
     for i in candidates:
@@ -447,9 +458,12 @@ def recode_with_reference(
         return data, stats, False
     # the codec keeps each reference only where it pays: a re-coded tensor may have dropped it
     used = any(
-        saved[i] and codec.inspect(parts[i])[0].reference_digest is not None for i in candidates
+        saved[i]
+        and codec.inspect(parts[i], expected_shapes=expected)[i if compact else 0].reference_digest
+        is not None
+        for i in candidates
     )
-    out = codec.join(parts)
+    out = codec.join(parts, expected_shapes=expected)
     tensors = tuple(
         dataclasses.replace(t, bytes=t.bytes - saved[i]) if i < len(saved) else t
         for i, t in enumerate(stats.tensors)
@@ -486,6 +500,12 @@ class UpdateEncoder:
         an update for its reference (it holds another one, or none), call
         :meth:`drop_reference` and encode again.  The reference is not part
         of the saved state: after a restart the first update goes without.
+    compact : bool, optional
+        Code compact containers (``codec.encode(..., compact=True)``: no shapes,
+        all-zero tensors omitted, one-byte steps — the steps are rounded to them,
+        within 6.25 %) for a server that reads them (default False: the
+        self-describing container every fedcodec version reads).  A transport sets
+        it once the server said it reads them; it may change between updates.
 
     Examples
     --------
@@ -507,12 +527,14 @@ class UpdateEncoder:
         threads: int = 0,
         error_feedback: bool = True,
         temporal_reference: bool = False,
+        compact: bool = False,
     ) -> None:
         self.spec = spec
         self.client_id = client_id
         self.threads = threads
         self.error_feedback = error_feedback
         self.temporal_reference = temporal_reference
+        self.compact = compact
         self._reference: Tensors | None = None
         self._reference_token: str | None = None  # cache of reference_token
         # the state before the last encode that used a reference (drop_reference)
@@ -735,12 +757,17 @@ class UpdateEncoder:
             importance_scale=importance_scale,
             reference=base.tensors,
             dither_seed=update_dither_seed(params, round_number, self.client_id),
+            compact=self.compact,
         )
         uses_reference = False
         if use_reference:
             assert self._reference is not None
             data, stats, uses_reference = recode_with_reference(
-                data, stats, [self._reference[name] for name in self.spec.names], self.threads
+                data,
+                stats,
+                [self._reference[name] for name in self.spec.names],
+                self.threads,
+                shapes=self.spec.shapes,
             )
         self._undo = (
             (self._residual, self._warm_start, self.rounds_encoded, self.last_round)

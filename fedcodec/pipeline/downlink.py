@@ -1133,7 +1133,12 @@ class ModelReceiver:
         for delta in package.deltas:
             if previous is None and (
                 package.held_delta_reference
-                or any(info.reference_digest is not None for info in codec.inspect(delta))
+                or any(
+                    info.reference_digest is not None
+                    for info in codec.inspect(
+                        delta, expected_shapes=self.spec.shapes if codec.is_compact(delta) else None
+                    )
+                )
             ):
                 raise DigestMismatchError(
                     f"a delta to version {package.version} is coded against the previous "

@@ -52,7 +52,7 @@ import numpy.typing as npt
 
 from fedcodec import codec
 from fedcodec.errors import InvalidParameterError
-from fedcodec.pipeline.checks import check_base, check_sender, check_tensors
+from fedcodec.pipeline.checks import check_base, check_sender, check_tensors, inspect_update
 from fedcodec.pipeline.client import EncodedUpdate, UpdateEncoder
 from fedcodec.pipeline.downlink import (
     DEFAULT_CUMULATIVE_CACHE_BYTES,
@@ -576,9 +576,9 @@ class RoundEngine:
             sq[0] += norm * norm
 
         screen_update([], values_only, client_id=client_id, num_examples=num_examples)
-        infos = codec.inspect(data)
+        infos = inspect_update(data, self.spec, client_id=client_id)
         steps = check_tensors(infos, self.spec, client_id=client_id, max_step=self.max_step)
-        ref = temporal_reference_for(data, client_id, self.references)
+        ref = temporal_reference_for(data, client_id, self.references, self.spec.shapes)
         try:
             codec.verify(
                 data,
@@ -635,7 +635,7 @@ class RoundEngine:
             base_digest=base_digest,
             accepted=accepted,
         )
-        ref = temporal_reference_for(data, client_id, self.references)
+        ref = temporal_reference_for(data, client_id, self.references, self.spec.shapes)
         decoded = codec.decode(
             data,
             names=list(self.spec.names),

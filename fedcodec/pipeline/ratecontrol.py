@@ -238,6 +238,36 @@ def resolve_step_snap(policy: StepSnapPolicy, params: RoundParams) -> StepSnap:
     return policy
 
 
+#: The steps a compact container stores in one byte (codec FORMAT.md §3.1):
+#: ``(1 + m/8) · 2**e`` for m = 0..7, e = -27..4.
+_CODE_MIN_EXP, _CODE_MAX_EXP = -27, 4
+
+
+def compact_step(step: float) -> float:
+    """``step`` rounded to the nearest step a compact container codes in one byte.
+
+    The steps ``(1 + m/8) · 2**e`` (m = 0..7, e = -27..4; codec FORMAT.md §3.1) are
+    within 6.25 % of any step in their range; a step outside it is returned as it is
+    (it takes 2 or 4 bytes).
+
+    Parameters
+    ----------
+    step : float
+        A step > 0.
+
+    Returns
+    -------
+    float
+        The rounded step (exactly a float32).
+    """
+    mantissa, exp = math.frexp(step)  # step = mantissa * 2**exp, mantissa in [0.5, 1)
+    eighths = round((2.0 * mantissa - 1.0) * 8.0)  # step ≈ (1 + eighths/8) * 2**(exp - 1)
+    value = (1.0 + eighths / 8.0) * 2.0 ** (exp - 1)
+    if not 2.0**_CODE_MIN_EXP <= value <= 1.875 * 2.0**_CODE_MAX_EXP:
+        return step
+    return value
+
+
 def _snap(
     steps: Sequence[float], grid: Sequence[float] | None, how: StepSnap = "grid"
 ) -> list[float]:
@@ -274,8 +304,13 @@ class _Encoder:
         quantizer: Quantizer = "uniform",
         dither_seed: int | None = None,
         temporal_reference: Sequence[F32Array | None] | None = None,
+        compact: bool = False,
     ) -> None:
         self.tensors = list(tensors)
+        # a compact container (codec FORMAT.md §2-3); off the grid its steps snap to
+        # one-byte steps (compact_step)
+        self.compact = compact
+        self.shapes = [tuple(t.shape) for t in self.tensors] if compact else None
         self.reference = None if temporal_reference is None else list(temporal_reference)
         self.quantizer: Quantizer = quantizer
         self.dither_seed = dither_seed if quantizer == "dither" else None
@@ -299,6 +334,9 @@ class _Encoder:
         self.passes += 1
         if self.step_factors is not None or self.fixed_steps is not None:
             steps = self._planned(tensor_rule_steps(self.tensors, S) if steps is None else steps)
+        if self.compact and self.grid is None:
+            rule = tensor_rule_steps(self.tensors, S) if steps is None else steps
+            steps = [compact_step(x) for x in rule]
         snapped = None if steps is None else _snap(steps, self.grid, self.step_snap)
         if self.lam_scales is None:
             result = codec.encode(
@@ -312,6 +350,7 @@ class _Encoder:
                 quantizer=self.quantizer,
                 dither_seed=self.dither_seed,
                 reference=self.reference,
+                compact=self.compact,
             )
             return result if self.grid is None else self._on_levels(result)
         return self._run_per_tensor(lam, S, snapped)
@@ -334,7 +373,12 @@ class _Encoder:
             for rec, st in zip(result.recon, result.stats, strict=True)
         ):
             return result
-        decoded = codec.decode_levels(result.data, threads=self.threads, reference=self.reference)
+        decoded = codec.decode_levels(
+            result.data,
+            threads=self.threads,
+            reference=self.reference,
+            expected_shapes=self.shapes,
+        )
         assert isinstance(decoded, list)
         return self._join([lv for lv, _ in decoded], result.stats, result.recon)
 
@@ -385,7 +429,11 @@ class _Encoder:
         ``recon`` and the squared error of ``stats``.
         """
         joined = codec.encode_levels(
-            levels, [st.step for st in stats], threads=self.threads, reference=self.reference
+            levels,
+            [st.step for st in stats],
+            threads=self.threads,
+            reference=self.reference,
+            compact=self.compact,
         )
         out_stats = []
         out_recon = []
@@ -534,12 +582,16 @@ def encode_with_params(
     fixed_steps: Sequence[float | None] | None = None,
     dither_seed: int | None = None,
     temporal_reference: Sequence[F32Array | None] | None = None,
+    compact: bool = False,
 ) -> CodedTensors:
     """Encode tensors with fixed parameters or to a byte budget.
 
     ``params.quantizer`` chooses the quantizer; ``dither_seed`` is the seed of a
     dithered encode (``quantizer="dither"``: required); ``temporal_reference``
     (one tensor or None per tensor) is passed to the codec as ``reference``.
+    ``compact``: a compact container (``codec.encode(..., compact=True)``, for a
+    decoder that knows the shapes); without ``step_grid`` its steps are rounded to
+    one-byte steps (:func:`compact_step`, within 6.25 %).
 
     Parameters
     ----------
@@ -622,6 +674,7 @@ def encode_with_params(
         params.quantizer,
         dither_seed,
         temporal_reference,
+        compact,
     )
     lam = params.lam
     # The tensors that follow the round's step (fixed ones do not shape it).

@@ -49,7 +49,7 @@ import numpy.typing as npt
 
 from fedcodec import codec
 from fedcodec.errors import InvalidParameterError
-from fedcodec.pipeline.checks import check_base, check_sender, check_tensors
+from fedcodec.pipeline.checks import check_base, check_sender, check_tensors, inspect_update
 from fedcodec.pipeline.client import EncodedUpdate
 from fedcodec.pipeline.errors import (
     DuplicateUpdateError,
@@ -205,10 +205,13 @@ class ClientReferences:
 
 
 def temporal_reference_for(
-    data: bytes, client_id: str, references: ClientReferences | None
+    data: bytes,
+    client_id: str,
+    references: ClientReferences | None,
+    shapes: Sequence[tuple[int, ...]] | None = None,
 ) -> list[npt.NDArray[np.float32]] | None:
     """The temporal reference an update needs from ``references`` (None: it was
-    coded without one).
+    coded without one).  ``shapes``: the model's, needed for a compact container.
 
     Raises
     ------
@@ -216,7 +219,8 @@ def temporal_reference_for(
         The update was coded with a reference, and ``references`` is None or
         holds none for ``client_id``.
     """
-    if all(info.reference_digest is None for info in codec.inspect(data)):
+    expected = shapes if codec.is_compact(data) else None
+    if all(info.reference_digest is None for info in codec.inspect(data, expected_shapes=expected)):
         return None
     if references is None:
         raise UpdateRejectedError(
@@ -450,7 +454,7 @@ class Aggregator:
         return stats
 
     def _reference_for(self, data: bytes, client_id: str) -> list[npt.NDArray[np.float32]] | None:
-        return temporal_reference_for(data, client_id, self.references)
+        return temporal_reference_for(data, client_id, self.references, self.spec.shapes)
 
     def _check(
         self,
@@ -483,7 +487,10 @@ class Aggregator:
             was_issued=None if self.history is None else self.history.was_issued,
         )
         return check_tensors(
-            codec.inspect(data), self.spec, client_id=client_id, max_step=self.max_step
+            inspect_update(data, self.spec, client_id=client_id),
+            self.spec,
+            client_id=client_id,
+            max_step=self.max_step,
         )
 
     # -- result -------------------------------------------------------------
