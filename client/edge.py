@@ -273,12 +273,16 @@ class EdgeClient:
         # The encoder state as of the last acknowledged update (restored when the server
         # refuses an update for good).
         self._acknowledged: tuple[dict[str, np.ndarray], dict[str, Any]] | None = None
+        # Set by close(): a run() in another thread returns instead of waiting for an
+        # unavailable server for ever.
+        self._closed = threading.Event()
         self._resume_pending()
 
     # -- lifecycle ----------------------------------------------------------
 
     def close(self) -> None:
-        """Close the connection."""
+        """Close the connection; a :meth:`run` in another thread returns (with its results)."""
+        self._closed.set()
         self.connection.close()
 
     def __enter__(self) -> EdgeClient:
@@ -681,13 +685,16 @@ class EdgeClient:
         list of RoundResult
             The rounds this client took part in (and the final outcome).
         """
-        stop = stop or threading.Event()
+        # Without a stop event of the caller's, close() interrupts the waits, too.
+        stop = stop or self._closed
         results: list[RoundResult] = []
         participated = 0
-        while not stop.is_set():
+        while not (stop.is_set() or self._closed.is_set()):
             try:
                 result = self.run_round(train)
             except ServerUnavailableError as exc:
+                if self._closed.is_set():
+                    break
                 log.warning(
                     "server unavailable; waiting",
                     extra={
@@ -698,6 +705,10 @@ class EdgeClient:
                 )
                 stop.wait(self.connection.retry.max_backoff_s)
                 continue
+            except Exception:
+                if self._closed.is_set():  # closed under a running call
+                    break
+                raise
             if on_round is not None:
                 on_round(result)
             if result.outcome in (Outcome.PARTICIPATED, Outcome.REFUSED, Outcome.FINISHED):

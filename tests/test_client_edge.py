@@ -89,18 +89,34 @@ def edge(server: BackgroundServer, client: str, state_dir: Path | None = None) -
     )
 
 
-def run_clients(server: BackgroundServer, clients: list[EdgeClient]) -> list[list[Any]]:
+def run_threads(clients: list[EdgeClient], **run_args: Any) -> list[list[Any]]:
+    """Run the clients in threads until they finish (at most 240 s).
+
+    A client still running then is closed, so its thread ends: one left behind looped
+    against the stopped server for ever, and the test process could not exit.
+    """
     results: list[list[Any]] = [[] for _ in clients]
 
     def work(i: int) -> None:
-        results[i] = clients[i].run(trainer(i))
+        results[i] = clients[i].run(trainer(i), **run_args)
 
-    threads = [threading.Thread(target=work, args=(i,)) for i in range(len(clients))]
+    threads = [threading.Thread(target=work, args=(i,), daemon=True) for i in range(len(clients))]
     for t in threads:
         t.start()
+    end = time.monotonic() + 240
     for t in threads:
-        t.join(timeout=120)
+        t.join(timeout=max(end - time.monotonic(), 0.0))
+    late = [c.client_id for c, t in zip(clients, threads, strict=True) if t.is_alive()]
+    for c, t in zip(clients, threads, strict=True):
+        if t.is_alive():
+            c.close()
+            t.join(timeout=60)
+    assert not late, f"clients {late} did not finish in 240 s"
     return results
+
+
+def run_clients(server: BackgroundServer, clients: list[EdgeClient]) -> list[list[Any]]:
+    return run_threads(clients)
 
 
 def test_clients_run_every_round_and_hold_the_servers_model(server: BackgroundServer) -> None:
@@ -131,14 +147,7 @@ def test_state_dir_keeps_model_and_residual_across_client_restarts(
     server: BackgroundServer, tmp_path: Path
 ) -> None:
     first = [edge(server, "c0", tmp_path / "c0"), edge(server, "c1", tmp_path / "c1")]
-    run_first = [
-        threading.Thread(target=c.run, args=(trainer(i),), kwargs={"max_rounds": 1})
-        for i, c in enumerate(first)
-    ]
-    for t in run_first:
-        t.start()
-    for t in run_first:
-        t.join(timeout=120)
+    run_threads(first, max_rounds=1)
     encoder = first[0].encoder
     assert encoder is not None
     residual = {k: v.copy() for k, v in encoder.residual.items()}
@@ -239,6 +248,32 @@ def test_the_client_retries_until_the_server_comes_up(tmp_path: Path) -> None:
         thread.join(timeout=60)
     assert answers
     assert answers[0].assignment == pb.ASSIGNMENT_SELECTED
+
+
+def test_close_ends_a_run_that_waits_for_an_unavailable_server() -> None:
+    # run() waits for a server that is down for ever (an edge device outlives outages);
+    # close() from another thread is how a program ends it.  It used to make run() die with
+    # "ValueError: Cannot invoke RPC on closed channel!" at its next call.
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    client = EdgeClient(
+        f"127.0.0.1:{port}",
+        client_id="c0",
+        token=TOKENS["c0"],
+        insecure=True,
+        initial_model=MODEL,
+        retry=RetryPolicy(attempts=2, initial_backoff_s=0.05, max_backoff_s=2.0),
+    )
+    results: list[Any] = []
+    thread = threading.Thread(target=lambda: results.append(client.run(trainer(0))), daemon=True)
+    thread.start()
+    time.sleep(1.0)  # unavailable: run() logs and waits
+    assert thread.is_alive()
+    client.close()
+    thread.join(timeout=10)
+    assert not thread.is_alive()
+    assert results == [[]]  # it returned, with no rounds
 
 
 def test_retry_delays_grow_are_capped_and_jittered() -> None:
