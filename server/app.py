@@ -367,6 +367,7 @@ class BackgroundServer:
         self._stop: asyncio.Event | None = None
         self._grace = 1.0
         self._server: FedcodecServer | None = None
+        self._abandoned = False  # start() gave up waiting
         self._thread = threading.Thread(target=self._run, name="fedcodec-server", daemon=True)
 
     @property
@@ -390,7 +391,12 @@ class BackgroundServer:
         """Start and wait until the server is serving (startup errors are raised here)."""
         self._thread.start()
         if not self._ready.wait(timeout):
-            raise TimeoutError("the server did not start in time")
+            # The start goes on in its thread: stop the server as soon as it is up, so it
+            # does not serve (and hold its port and database) for the rest of the process.
+            self._abandoned = True
+            if self._loop is not None and self._stop is not None:
+                self._loop.call_soon_threadsafe(self._stop.set)
+            raise TimeoutError(f"the server did not start within {timeout:g} s")
         if self._error is not None:
             raise self._error
         return self
@@ -410,6 +416,8 @@ class BackgroundServer:
         await server.start()
         self._server = server
         self._loop, self._stop = asyncio.get_running_loop(), asyncio.Event()
+        if self._abandoned:
+            self._stop.set()
         self._ready.set()
         try:
             await self._stop.wait()

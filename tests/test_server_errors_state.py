@@ -383,3 +383,18 @@ def test_a_port_in_use_is_one_line_naming_the_setting(tmp_path: Path) -> None:
             ]
             assert f"set {key} to a free HOST:PORT" in errors[0]
             assert not state.exists()  # nothing created: the start stopped before the state
+
+
+def test_a_server_that_starts_too_late_stops_once_it_is_up(tmp_path: Path) -> None:
+    # BackgroundServer.start(timeout) gave up waiting but its thread went on: the server came
+    # up later and served (port, database, CPU) until the process ended.
+    big = {"w": np.random.default_rng(7).standard_normal((1024, 1024)).astype(np.float32)}
+    config = loopback_config(tmp_path, {"downlink.shared_initial": False})
+    background = BackgroundServer(config, tokens=TOKENS, initial_model=big)
+    with pytest.raises(TimeoutError, match="did not start"):
+        background.start(timeout=0.001)
+    background._thread.join(timeout=120)
+    assert not background._thread.is_alive()
+    # It stopped cleanly: the state is closed and a new server opens it.
+    with BackgroundServer(config, tokens=TOKENS) as again:
+        assert again.coordinator.global_model().version == 0
