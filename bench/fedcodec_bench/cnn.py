@@ -314,6 +314,75 @@ def cnn_methods(quick: bool = False) -> list[CnnMethod]:
             f"{sf} rd-1% down rd-1%",
         )
     ]
+
+    # Full participation toward 300x (docs/bench/cnn.md, "Small CNN, full participation: toward
+    # 300×"): up/down asymmetry, row-clustered RD top-k, a coarser S, coarser statistics and
+    # sparsified 1-d tensors, and all of them together ("lean").
+    def lean(topk: float) -> Any:
+        """RD top-k by row at S=8, statistics at 6 bits, 1-d tensors in the ranking."""
+        return RoundParams(
+            lam=0.5,
+            S=8,
+            sparsification=Sparsification(topk=topk, allocation="rd-rows"),
+            sensitivity=Sensitivity(stat_bits=6, sparsify_vectors=True),
+        )
+
+    def rows(topk: float) -> Any:
+        return RoundParams(
+            lam=0.5,
+            S=16,
+            sparsification=Sparsification(topk=topk, allocation="rd-rows"),
+            sensitivity=sens,
+        )
+
+    stat6 = Sensitivity(stat_bits=6, sparsify_vectors=True)
+    methods += [
+        CnnMethod(
+            f"{sf} rd-0.5% down rd-1%",
+            "fedcodec",
+            params=up(0.005),
+            down_params=up(0.01),
+            fisher=True,
+        ),
+        CnnMethod(
+            f"{sf} rd-1% down rd-0.5%",
+            "fedcodec",
+            params=up(0.01),
+            down_params=up(0.005),
+            fisher=True,
+        ),
+        CnnMethod(
+            f"{sf} rd-rows-0.5% down rd-rows-0.5%",
+            "fedcodec",
+            params=rows(0.005),
+            down_params=rows(0.005),
+            fisher=True,
+        ),
+        CnnMethod(
+            f"{sf} rd-0.5% S=8 down rd-0.5% S=8",
+            "fedcodec",
+            params=up(0.005).replace(S=8),
+            down_params=up(0.005).replace(S=8),
+            fisher=True,
+        ),
+        CnnMethod(
+            f"{sf} stat6+vec rd-0.5% down stat6+vec rd-0.5%",
+            "fedcodec",
+            params=up(0.005).replace(sensitivity=stat6),
+            down_params=up(0.005).replace(sensitivity=stat6),
+            fisher=True,
+        ),
+    ]
+    methods += [
+        CnnMethod(
+            f"{sf} lean rd-{rate}% down lean rd-{rate}%",
+            "fedcodec",
+            params=lean(rate / 100),
+            down_params=lean(rate / 100),
+            fisher=True,
+        )
+        for rate in (0.5, 0.4, 0.7)
+    ]
     # Temporal reference: each node codes its update against its previous one (the coder
     # uses it on dense updates only; sparsified ones go without).
     dense_rows = ("fedcodec sens dense S=16", "fedcodec plain dense S=16", f"{sf} dense S=16")
