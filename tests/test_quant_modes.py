@@ -4,6 +4,8 @@ seeds, unbiasedness, zeros, and the trellis's bytes at equal SNR."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import pytest
 from hypothesis import given
@@ -217,6 +219,26 @@ def test_trellis_fewer_bytes_at_equal_snr_on_dense_data(quantizer: str) -> None:
     assert snr.min() < t_snr < snr.max()
     rdoq_bytes = float(np.exp(np.interp(t_snr, snr, logb)))
     assert len(t.data) < 0.985 * rdoq_bytes
+
+
+@pytest.mark.parametrize("quantizer", ["trellis", "trellis8"])
+def test_window_auto_searches_the_trellis_under_window_set_4(quantizer: str) -> None:
+    """With window_set="auto" a trellis tensor is searched and first coded under window set 4
+    (steadier rates than set 0's fast estimators; docs/quantizers.md, "Closing the gap"): its
+    levels are those of an encode at set 4, whichever set then codes it, while uniform RDOQ
+    keeps set 0's levels."""
+    x = laplace((128, 512), 11)
+
+    def levels(**kw: Any) -> np.ndarray:
+        r = fedcodec.encode([x], S=64, lam=0.1155, threads=1, **kw)
+        return np.asarray(fedcodec.decode_levels(r.data)[0][0])
+
+    auto = levels(quantizer=quantizer)
+    set0 = levels(quantizer=quantizer, window_set=0)
+    set4 = levels(quantizer=quantizer, window_set=4)
+    assert not np.array_equal(set0, set4)  # the search's window set matters on this data
+    np.testing.assert_array_equal(auto, set4)
+    np.testing.assert_array_equal(levels(), levels(window_set=0))
 
 
 def test_rdoq_keeps_one_magnitude_rows_of_an_embedding_table() -> None:
