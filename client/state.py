@@ -20,9 +20,8 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 import zipfile
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -30,12 +29,11 @@ from typing import Any
 import numpy as np
 
 from fedcodec.pipeline import StateFormatError
+from fedcodec.pipeline._state import write_npz_atomic
 
 __all__ = ["PendingUpload", "load_pending", "save_pending"]
 
 _FORMAT = "fedcodec-pending-upload/1"
-# numpy's stubs read **kwargs as its keyword options; the arrays are plain names here.
-_savez: Callable[..., None] = np.savez
 
 
 @dataclass(frozen=True)
@@ -86,17 +84,7 @@ def save_pending(path: str | os.PathLike[str], pending: PendingUpload) -> None:
     arrays: dict[str, np.ndarray] = {f"r{i}": pending.residual[n] for i, n in enumerate(names)}
     arrays["payload"] = np.frombuffer(pending.payload, dtype=np.uint8)
     arrays["meta"] = np.frombuffer(json.dumps(meta).encode("utf-8"), dtype=np.uint8)
-    target = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=target.name, suffix=".tmp", dir=target.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            _savez(handle, **arrays)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_npz_atomic(path, arrays)
 
 
 def load_pending(path: str | os.PathLike[str]) -> PendingUpload | None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import socket
 import time
+import uuid
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -28,6 +29,8 @@ from fedcodec.client import (
     TrainResult,
 )
 from fedcodec.server import BackgroundServer, ServerConfig, load_config
+from fedcodec.v1 import aggregation_service_pb2 as pb
+from fedcodec.v1 import round_pb2
 
 #: Settings every loopback test server shares: an ephemeral port, no metrics listener,
 #: its own SQLite file, plain-text gRPC on loopback, fast retry hints, one codec thread.
@@ -77,6 +80,30 @@ def connect(
         insecure=True,
         retry=RetryPolicy(attempts=1, call_timeout_s=60) if retry is None else retry,
     )
+
+
+def selected(conn: Connection) -> round_pb2.RoundConfig:
+    """Check in and return the round's configuration (the client must be selected)."""
+    answer = conn.check_in()
+    assert answer.assignment == pb.ASSIGNMENT_SELECTED, answer
+    return answer.config
+
+
+def upload(
+    conn: Connection, config: round_pb2.RoundConfig, payload: bytes, **fields: Any
+) -> pb.UploadUpdateResponse:
+    """Upload ``payload`` for ``config``'s round (a fresh idempotency key, 10 examples;
+    ``fields`` override any of :meth:`Connection.upload`'s arguments)."""
+    args: dict[str, Any] = {
+        "round_id": config.round_id,
+        "base_version": config.base_version,
+        "base_digest": config.base_digest,
+        "idempotency_key": uuid.uuid4().hex,
+        "num_examples": 10,
+        "payload": payload,
+    }
+    args.update(fields)
+    return conn.upload(**args)
 
 
 def bearer(token: str) -> tuple[tuple[str, str]]:

@@ -26,7 +26,7 @@ from fedcodec.server.app import is_loopback
 from fedcodec.v1 import aggregation_service_pb2 as pb
 
 import loopback
-from loopback import bearer, loopback_config
+from loopback import bearer, loopback_config, selected, upload, wait_until
 
 _RNG = np.random.default_rng(0)
 MODEL = {
@@ -53,9 +53,7 @@ def connect(server: BackgroundServer, client: str, attempts: int = 1) -> Connect
 
 
 def update_for(conn: Connection) -> tuple[pb.RoundConfig, bytes]:
-    answer = conn.check_in()
-    assert answer.assignment == pb.ASSIGNMENT_SELECTED, answer
-    config = answer.config
+    config = selected(conn)
     info = round_info_from_proto(config)
     base = ModelReceiver(info.spec, threads=1).apply(conn.download(None, None))
     rng = np.random.default_rng(len(conn.client_id))
@@ -69,24 +67,6 @@ def update_for(conn: Connection) -> tuple[pb.RoundConfig, bytes]:
         .data
     )
     return config, data
-
-
-def send(conn: Connection, config: pb.RoundConfig, data: bytes, key: str = "") -> Any:
-    return conn.upload(
-        round_id=config.round_id,
-        base_version=config.base_version,
-        base_digest=config.base_digest,
-        idempotency_key=key or uuid.uuid4().hex,
-        num_examples=10,
-        payload=data,
-    )
-
-
-def wait_for(predicate: Any, timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.02)
 
 
 # -- status codes ---------------------------------------------------------------------------
@@ -136,14 +116,16 @@ def test_full_disk_is_resource_exhausted_and_nothing_is_lost(tmp_path: Path) -> 
         server.call(lambda: limit_pages(0))
         key = uuid.uuid4().hex
         with pytest.raises(ServerUnavailableError) as refused:  # retryable, not final
-            send(conn, config, data, key)
+            upload(conn, config, data, idempotency_key=key)
         assert refused.value.status == "RESOURCE_EXHAUSTED"
         assert "storage is full" in refused.value.detail
         assert server.call(lambda: coordinator.stored_updates()) == []
         # The SDK keeps resending (same key) until the operator frees space.
         patient = connect(server, "c0", attempts=20)
         result: list[Any] = []
-        sender = threading.Thread(target=lambda: result.append(send(patient, config, data, key)))
+        sender = threading.Thread(
+            target=lambda: result.append(upload(patient, config, data, idempotency_key=key))
+        )
         sender.start()
         time.sleep(0.5)
         server.call(lambda: limit_pages(100_000))
@@ -179,10 +161,10 @@ def test_a_full_round_aggregates_at_once_after_a_restart(tmp_path: Path) -> None
     ) as server:
         for client in ("c0", "c1", "c2"):
             conn = connect(server, client)
-            send(conn, *update_for(conn))
+            upload(conn, *update_for(conn))
         assert len(server.call(lambda: server.coordinator.stored_updates())) == 3
     with BackgroundServer(make_config(tmp_path), tokens=TOKENS) as server:
-        wait_for(lambda: server.coordinator.global_model().version == 1, timeout=20)
+        wait_until(lambda: server.coordinator.global_model().version == 1, timeout=20)
         assert server.coordinator.open_round_id == 2
 
 
@@ -327,7 +309,7 @@ def test_sigkill_while_aggregating_then_restart_aggregates_at_once(tmp_path: Pat
             )
             work.append((conn, config, data))
         for conn, config, data in work:
-            assert send(conn, config, data).status == pb.UPLOAD_STATUS_ACCEPTED
+            assert upload(conn, config, data).status == pb.UPLOAD_STATUS_ACCEPTED
         proc.kill()  # SIGKILL right after the round became full: aggregation is running
         proc.wait(timeout=30)
     finally:

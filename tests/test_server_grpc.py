@@ -9,7 +9,6 @@ from __future__ import annotations
 import threading
 import time
 import urllib.request
-import uuid
 import zlib
 from collections.abc import Iterator
 from pathlib import Path
@@ -36,7 +35,7 @@ from fedcodec.v1 import aggregation_service_pb2 as pb
 from fedcodec.v1 import aggregation_service_pb2_grpc as pb_grpc
 
 import loopback
-from loopback import bearer, loopback_config
+from loopback import bearer, loopback_config, selected, upload, wait_until
 
 _RNG = np.random.default_rng(0)
 MODEL = {
@@ -68,12 +67,6 @@ def connect(server: BackgroundServer, client: str, token: str | None = None) -> 
     return loopback.connect(server, TOKENS[client] if token is None else token, client)
 
 
-def check_in(conn: Connection) -> pb.RoundConfig:
-    answer = conn.check_in()
-    assert answer.assignment == pb.ASSIGNMENT_SELECTED, answer
-    return answer.config
-
-
 def base_model(conn: Connection, config: pb.RoundConfig) -> ModelVersion:
     receiver = ModelReceiver(round_info_from_proto(config).spec, threads=1)
     return receiver.apply(conn.download(None, None))
@@ -95,21 +88,6 @@ def coded_update(
     return update.data
 
 
-def upload(
-    conn: Connection, config: pb.RoundConfig, payload: bytes, **fields: Any
-) -> pb.UploadUpdateResponse:
-    args: dict[str, Any] = {
-        "round_id": config.round_id,
-        "base_version": config.base_version,
-        "base_digest": config.base_digest,
-        "idempotency_key": uuid.uuid4().hex,
-        "num_examples": 10,
-        "payload": payload,
-    }
-    args.update(fields)
-    return conn.upload(**args)
-
-
 def stored(server: BackgroundServer, round_id: int | None = None) -> list[str]:
     return server.call(lambda: server.coordinator.stored_updates(round_id))
 
@@ -121,13 +99,6 @@ def raw_stub(server: BackgroundServer) -> tuple[grpc.Channel, Any]:
 
 def auth(client: str) -> tuple[tuple[str, str]]:
     return bearer(TOKENS[client])
-
-
-def wait_for(predicate: Any, timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.02)
 
 
 # -- the happy path ------------------------------------------------------------------------
@@ -145,7 +116,7 @@ def test_selection_stops_at_the_target_and_a_round_aggregates_fedavg(
     server: BackgroundServer,
 ) -> None:
     conns = [connect(server, f"c{i}") for i in range(4)]
-    configs = [check_in(c) for c in conns[:3]]
+    configs = [selected(c) for c in conns[:3]]
     assert conns[3].check_in().assignment == pb.ASSIGNMENT_NOT_SELECTED
     assert configs[0].round_id == 1
     assert configs[0].base_version == 0
@@ -161,7 +132,7 @@ def test_selection_stops_at_the_target_and_a_round_aggregates_fedavg(
         pb.ASSIGNMENT_ALREADY_REPORTED,
         pb.ASSIGNMENT_SELECTED,  # round 2 may already be open
     )
-    wait_for(lambda: server.coordinator.global_model().version == 1)
+    wait_until(lambda: server.coordinator.global_model().version == 1)
     expected = Aggregator(base, round_number=1, threads=1)
     for i, data in enumerate(payloads):
         expected.accept(data, client_id=f"c{i}", base_version=0, num_examples=5 + i)
@@ -170,14 +141,14 @@ def test_selection_stops_at_the_target_and_a_round_aggregates_fedavg(
 
 def test_download_is_a_keyframe_first_then_coded_deltas(server: BackgroundServer) -> None:
     conns = [connect(server, f"c{i}") for i in range(3)]
-    configs = [check_in(c) for c in conns]
+    configs = [selected(c) for c in conns]
     receiver = ModelReceiver(ModelSpec.from_tensors(MODEL), threads=1)
     first = conns[0].download(None, None)
     assert first.is_keyframe
     receiver.apply(first)
     for i, (c, cfg) in enumerate(zip(conns, configs, strict=True)):
         upload(c, cfg, coded_update(c, cfg, seed=i))
-    wait_for(lambda: server.coordinator.global_model().version == 1)
+    wait_until(lambda: server.coordinator.global_model().version == 1)
     second = conns[0].download(receiver.version, receiver.digest)
     assert not second.is_keyframe
     assert second.from_version == 0
@@ -190,7 +161,7 @@ def test_models_and_updates_larger_than_a_grpc_message_move_in_chunks(tmp_path: 
     big = {"w": (np.random.default_rng(1).standard_normal((600, 512)) * 0.1).astype(np.float32)}
     with BackgroundServer(make_config(tmp_path, **limits), tokens=TOKENS, initial_model=big) as srv:
         conn = connect(srv, "c0")
-        cfg = check_in(conn)
+        cfg = selected(conn)
         assert cfg.max_chunk_bytes == 256 << 10
         package = conn.download(None, None)
         assert package.keyframe is not None
@@ -215,7 +186,7 @@ def test_metrics_endpoint_counts_bytes_and_rejections(tmp_path: Path) -> None:
     config = make_config(tmp_path, metrics_listen="127.0.0.1:0")
     with BackgroundServer(config, tokens=TOKENS, initial_model=MODEL) as srv:
         conn = connect(srv, "c0")
-        cfg = check_in(conn)
+        cfg = selected(conn)
         upload(conn, cfg, coded_update(conn, cfg, seed=0))
         with pytest.raises(UpdateRefusedError):
             upload(conn, cfg, b"not a container")
@@ -235,7 +206,7 @@ def test_no_token_or_a_wrong_token_is_unauthenticated_and_stores_nothing(
     server: BackgroundServer,
 ) -> None:
     good = connect(server, "c0")
-    cfg = check_in(good)
+    cfg = selected(good)
     payload = coded_update(good, cfg, seed=0)
     for token in ("", "not-a-token-of-anybody-0000"):
         bad = connect(server, "c0", token=token)
@@ -299,7 +270,7 @@ def test_an_update_declared_too_large_is_resource_exhausted_before_any_payload(
     server: BackgroundServer,
 ) -> None:
     conn = connect(server, "c0")
-    cfg = check_in(conn)
+    cfg = selected(conn)
     channel, stub = raw_stub(server)
     sent = []
 
@@ -328,7 +299,7 @@ def test_a_stream_that_exceeds_the_limit_is_resource_exhausted(
     server: BackgroundServer,
 ) -> None:
     conn = connect(server, "c0")
-    cfg = check_in(conn)
+    cfg = selected(conn)
     limit = cfg.max_update_bytes
     channel, stub = raw_stub(server)
 
@@ -353,7 +324,7 @@ def test_a_stream_that_exceeds_the_limit_is_resource_exhausted(
 
 def test_a_chunk_above_the_chunk_limit_is_resource_exhausted(server: BackgroundServer) -> None:
     conn = connect(server, "c0")
-    cfg = check_in(conn)
+    cfg = selected(conn)
     channel, stub = raw_stub(server)
     chunk = b"\2" * ((1 << 20) + 1)
     header = pb.UploadHeader(
@@ -376,7 +347,7 @@ def test_a_flood_of_tiny_chunks_is_refused_at_the_first(
     # One client streaming empty or 1-byte chunks under a large declared size kept the
     # server's event loop busy (~0.7 of a core) until the rate deadline, minutes later.
     conn = connect(server, "c0")
-    cfg = check_in(conn)
+    cfg = selected(conn)
     channel, stub = raw_stub(server)
     sent = 0
 
@@ -412,7 +383,7 @@ def test_a_stream_without_a_header_or_with_a_wrong_crc_is_invalid_argument(
     server: BackgroundServer,
 ) -> None:
     conn = connect(server, "c0")
-    cfg = check_in(conn)
+    cfg = selected(conn)
     payload = coded_update(conn, cfg, seed=0)
     channel, stub = raw_stub(server)
     with channel:
@@ -442,7 +413,7 @@ def test_a_corrupt_bitstream_is_invalid_argument_and_the_round_carries_on(
     config = make_config(tmp_path, **{"rounds.deadline_s": 3.0})
     with BackgroundServer(config, tokens=TOKENS, initial_model=MODEL) as srv:
         conns = [connect(srv, f"c{i}") for i in range(3)]
-        configs = [check_in(c) for c in conns]
+        configs = [selected(c) for c in conns]
         payloads = [
             coded_update(c, cfg, seed=i)
             for i, (c, cfg) in enumerate(zip(conns, configs, strict=True))
@@ -457,7 +428,7 @@ def test_a_corrupt_bitstream_is_invalid_argument_and_the_round_carries_on(
             upload(c, cfg, data)
         assert stored(srv) == ["c1", "c2"]
         # min_clients = 2: the deadline closes the round with the two good updates.
-        wait_for(lambda: srv.coordinator.global_model().version == 1, timeout=60)
+        wait_until(lambda: srv.coordinator.global_model().version == 1, timeout=60)
         expected = Aggregator(base, round_number=1, threads=1)
         for i in (1, 2):
             expected.accept(payloads[i], client_id=f"c{i}", base_version=0, num_examples=10)
@@ -466,7 +437,7 @@ def test_a_corrupt_bitstream_is_invalid_argument_and_the_round_carries_on(
 
 def test_tensors_of_the_wrong_shapes_are_invalid_argument(server: BackgroundServer) -> None:
     conn = connect(server, "c0")
-    cfg = check_in(conn)
+    cfg = selected(conn)
     other = ModelVersion.create(
         0, {"w": np.zeros((16, 8), np.float32), "b": np.zeros(8, np.float32)}
     )
@@ -489,7 +460,7 @@ def test_closed_rounds_unknown_base_versions_and_unselected_clients_are_failed_p
     server: BackgroundServer,
 ) -> None:
     conns = [connect(server, f"c{i}") for i in range(4)]
-    configs = [check_in(c) for c in conns[:3]]
+    configs = [selected(c) for c in conns[:3]]
     payload = coded_update(conns[0], configs[0], seed=0)
     with pytest.raises(UpdateRefusedError) as info:
         upload(conns[0], configs[0], payload, base_version=7)
@@ -503,7 +474,7 @@ def test_closed_rounds_unknown_base_versions_and_unselected_clients_are_failed_p
     assert info.value.status == "FAILED_PRECONDITION"
     for i, (c, cfg) in enumerate(zip(conns[:3], configs, strict=True)):
         upload(c, cfg, coded_update(c, cfg, seed=i))
-    wait_for(lambda: server.coordinator.open_round_id == 2)
+    wait_until(lambda: server.coordinator.open_round_id == 2)
     late = conns[3]
     with pytest.raises(UpdateRefusedError) as info:
         upload(late, configs[0], payload)  # round 1 is closed
@@ -514,7 +485,7 @@ def test_closed_rounds_unknown_base_versions_and_unselected_clients_are_failed_p
 
 def test_a_resend_with_the_same_key_is_not_counted_twice(server: BackgroundServer) -> None:
     conn = connect(server, "c0")
-    cfg = check_in(conn)
+    cfg = selected(conn)
     payload = coded_update(conn, cfg, seed=0)
     first = upload(conn, cfg, payload, idempotency_key="update-1")
     again = upload(conn, cfg, payload, idempotency_key="update-1")
@@ -535,7 +506,7 @@ def test_a_client_that_disconnects_mid_upload_leaves_no_partial_state(tmp_path: 
     config = make_config(tmp_path, **{"limits.max_update_bytes": 8 << 20})
     with BackgroundServer(config, tokens=TOKENS, initial_model=MODEL) as srv:
         conn = connect(srv, "c0")
-        cfg = check_in(conn)
+        cfg = selected(conn)
         channel, stub = raw_stub(srv)
         half_sent, release = threading.Event(), threading.Event()
 
@@ -572,7 +543,7 @@ def test_check_in_says_finished_after_the_last_round(tmp_path: Path) -> None:
     )
     with BackgroundServer(config, tokens=TOKENS, initial_model=MODEL) as srv:
         conn = connect(srv, "c0")
-        cfg = check_in(conn)
+        cfg = selected(conn)
         upload(conn, cfg, coded_update(conn, cfg, seed=0))
-        wait_for(lambda: srv.coordinator.finished)
+        wait_until(lambda: srv.coordinator.finished)
         assert conn.check_in().assignment == pb.ASSIGNMENT_FINISHED

@@ -4,8 +4,6 @@ real SQLite).  Each test here failed on the code before the hardening."""
 from __future__ import annotations
 
 import threading
-import time
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -21,7 +19,7 @@ from fedcodec.server import BackgroundServer, ServerConfig
 from fedcodec.v1 import aggregation_service_pb2 as pb
 
 import loopback
-from loopback import loopback_config
+from loopback import loopback_config, selected, upload, wait_until
 
 _RNG = np.random.default_rng(0)
 MODEL = {
@@ -51,12 +49,6 @@ def connect(server: BackgroundServer, client: str) -> Connection:
     return loopback.connect(server, TOKENS[client], client)
 
 
-def selected(conn: Connection) -> pb.RoundConfig:
-    answer = conn.check_in()
-    assert answer.assignment == pb.ASSIGNMENT_SELECTED, answer
-    return answer.config
-
-
 def honest_update(conn: Connection, config: pb.RoundConfig, seed: int) -> bytes:
     info = round_info_from_proto(config)
     base = ModelReceiver(info.spec, threads=1).apply(conn.download(None, None))
@@ -72,30 +64,10 @@ def honest_update(conn: Connection, config: pb.RoundConfig, seed: int) -> bytes:
     )
 
 
-def upload(conn: Connection, config: pb.RoundConfig, payload: bytes, **fields: Any) -> Any:
-    args: dict[str, Any] = {
-        "round_id": config.round_id,
-        "base_version": config.base_version,
-        "base_digest": config.base_digest,
-        "idempotency_key": uuid.uuid4().hex,
-        "num_examples": 10,
-        "payload": payload,
-    }
-    args.update(fields)
-    return conn.upload(**args)
-
-
 def levels_update(level: int, step: float) -> bytes:
     return fedcodec.encode_levels(
         [np.full(v.shape, level, np.int32) for v in MODEL.values()], step=step
     ).data
-
-
-def wait_for(predicate: Any, timeout: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.02)
 
 
 def robust_count(server: BackgroundServer, action: str) -> float:
@@ -129,7 +101,7 @@ def test_one_client_no_longer_controls_the_model(tmp_path: Path) -> None:
         for i, (c, cfg) in enumerate(zip(conns[:27], configs[:27], strict=True)):
             upload(c, cfg, honest_update(c, cfg, seed=i))
         upload(evil, evil_cfg, attack, num_examples=10**9)
-        wait_for(lambda: server.coordinator.global_model().version == 1)
+        wait_until(lambda: server.coordinator.global_model().version == 1, timeout=60)
         assert robust_count(server, "share_capped") == 1
         assert robust_count(server, "clipped") == 1
         # The honest change is ~0.01 per weight; plain FedAvg would have moved it by ~1.0.

@@ -14,7 +14,7 @@ import numpy as np
 
 from fedcodec.pipeline.errors import StateFormatError
 
-__all__ = ["load_npz_state", "save_npz_state"]
+__all__ = ["load_npz_state", "save_npz_state", "write_npz_atomic"]
 
 _META_KEY = "__meta__"
 # numpy's stubs read **kwargs as its keyword options; the arrays are plain names here.
@@ -36,11 +36,17 @@ def save_npz_state(
             raise TypeError(f"array {key} has an object dtype; only plain arrays are saved")
     document = {"meta": dict(meta), "arrays": names}
     payload[_META_KEY] = np.frombuffer(json.dumps(document).encode("utf-8"), dtype=np.uint8)
+    write_npz_atomic(path, payload)
+
+
+def write_npz_atomic(path: str | os.PathLike[str], arrays: Mapping[str, np.ndarray]) -> None:
+    """Write ``arrays`` as an ``.npz`` at ``path`` atomically: a temporary file beside it,
+    fsync, rename (a crash leaves the old file or the new one, never a torn one)."""
     target = Path(path)
     fd, tmp = tempfile.mkstemp(prefix=target.name, suffix=".tmp", dir=target.parent or ".")
     try:
         with os.fdopen(fd, "wb") as handle:
-            _savez(handle, **payload)
+            _savez(handle, **arrays)
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, target)
