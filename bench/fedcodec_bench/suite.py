@@ -748,7 +748,7 @@ def render_markdown(
         "## How this was made",
         "",
         "```bash",
-        "pip install '.[bench,data]'",
+        "pip install '.[bench,data]' ./bench   # fedcodec, then the benchmark distribution",
         "fedcodec bench report --out docs                       # everything (this file)",
         "fedcodec bench report --out docs --nncodec-python PY   # ... with NNCodec measured",
         "fedcodec bench fl --quick && fedcodec bench codec --quick   # CI smoke runs",
