@@ -34,8 +34,9 @@ static void emit_dither(const fc_sink *k, float step, uint64_t key, uint64_t fir
 {
     uint64_t i;
     if (k->levels) {
-        if (lv) memcpy(k->levels + off, lv, sizeof(int32_t) * (size_t)n);
-        else memset(k->levels + off, 0, sizeof(int32_t) * (size_t)n);
+        if (!lv) memset(k->levels + off, 0, sizeof(int32_t) * (size_t)n);
+        else if (lv != k->levels + off) /* (decoded in place: see fc_slice_decode) */
+            memcpy(k->levels + off, lv, sizeof(int32_t) * (size_t)n);
     }
     if (!k->values && !k->acc) return;
     for (i = 0; i < n; i++) {
@@ -177,7 +178,8 @@ static void emit(dec_out *o, uint64_t off, const int32_t *lv, uint64_t n)
         return;
     }
     if (o->dq) lv = dequantize(o->dq, &o->state, lv, n, o->scratch);
-    if (k->levels) memcpy(k->levels + off, lv, sizeof(int32_t) * (size_t)n);
+    if (k->levels && lv != k->levels + off) /* (decoded in place: see fc_slice_decode) */
+        memcpy(k->levels + off, lv, sizeof(int32_t) * (size_t)n);
     if (o->finerow) { /* a ROWFINE row (uniform tensors only) */
         for (i = 0; i < n; i++) {
             const float x = level_value(o, lv[i]);
@@ -466,6 +468,13 @@ void fc_slice_decode(fc_slice_dec_job *job)
      * container whose levels would decode to infinity is corrupt. */
     const int32_t max_level =
         fc_max_finite_level(job->step, dq ? FC_MAX_DQ_LEVEL : FC_MAX_LEVEL, job->quant);
+    /* The previous rows (the "above" context, any of the last `window` ones
+     * in REFROWS slices) are kept in a ring of rows; a levels target that
+     * takes the decoded rows as they are (row-major, not a trellis tensor's
+     * reconstruction indices) holds them already: the rows then decode in
+     * place, without the ring (up to 129 rows) and without copying them. */
+    const int direct = use_above && job->sink.levels != NULL && !job->sink.tstride && !dq;
+    int32_t *const lv_out = job->sink.levels;
     int32_t *ring = NULL;
     dec_state *st = NULL;
     dec_out o;
@@ -489,7 +498,7 @@ void fc_slice_decode(fc_slice_dec_job *job)
     o.key = job->dither_key;
     o.first = job->elem_off;
     o.active = job->sink.levels || job->sink.values || job->sink.acc;
-    ring = (int32_t *)calloc((size_t)width * slots, sizeof(int32_t));
+    if (!direct) ring = (int32_t *)calloc((size_t)width * slots, sizeof(int32_t));
     if (dq && o.active) o.scratch = (int32_t *)malloc(sizeof(int32_t) * (size_t)width);
     if (job->ref) refcls = (uint8_t *)malloc((size_t)width);
     st = (dec_state *)malloc(sizeof(*st));
@@ -508,7 +517,7 @@ void fc_slice_decode(fc_slice_dec_job *job)
         job->result = FC_ERR_NOMEM;
         goto out;
     }
-    if (!ring || !st || (dq && o.active && !o.scratch) || (job->ref && !refcls) ||
+    if ((!direct && !ring) || !st || (dq && o.active && !o.scratch) || (job->ref && !refcls) ||
         (use_above && (!st->cols.sgn || !st->cols.mag || !st->zrow || (job->mode != FC_MODE_RUNS && !st->cols.act)))) {
         job->result = FC_ERR_NOMEM;
         goto out;
@@ -531,8 +540,10 @@ void fc_slice_decode(fc_slice_dec_job *job)
     if (job->mode == FC_MODE_RUNS) next_gap(st);
 
     for (r = 0; r < rows && !st->bad; r++) {
-        int32_t *cur = ring + (size_t)(use_above ? r % slots : 0) * width;
-        const int32_t *above_row = (r > 0 && use_above) ? ring + (size_t)((r - 1) % slots) * width : NULL;
+        int32_t *cur = direct ? lv_out + (size_t)r * cols : ring + (size_t)(use_above ? r % slots : 0) * width;
+        const int32_t *above_row = (r > 0 && use_above)
+                                       ? (direct ? lv_out + (size_t)(r - 1) * cols : ring + (size_t)((r - 1) % slots) * width)
+                                       : NULL;
         const uint64_t off = r * cols;
         unsigned left_group = 0, flag = 1;
         int32_t left = 0, const_mag = 0;
@@ -550,7 +561,7 @@ void fc_slice_decode(fc_slice_dec_job *job)
                 }
                 if (!rowkind) st->act_pending++; /* ROWKIND: empty rows leave it */
                 if (dq) st->dq_state = fc_dq_skip_zeros(dq, st->dq_state, cols);
-                if (use_above) memset(cur, 0, sizeof(int32_t) * (size_t)cols);
+                if (use_above && !direct) memset(cur, 0, sizeof(int32_t) * (size_t)cols);
                 continue;
             }
             settle_activity(st, cols);
@@ -564,7 +575,7 @@ void fc_slice_decode(fc_slice_dec_job *job)
                     }
                     d = (unsigned)x + 2u;
                 }
-                above_row = ring + (size_t)((r - d) % slots) * width;
+                above_row = direct ? lv_out + (size_t)(r - d) * cols : ring + (size_t)((r - d) % slots) * width;
             }
             if (rank) {
                 fc_pred_basis(&pred);
