@@ -124,7 +124,9 @@ class DemoRound:
 
 
 def _progress(total: int, enabled: bool) -> Any:
-    if not enabled:
+    # Only on a terminal: written to a file or a pipe, each redraw of the bar is a line of
+    # its own between the table's rows.
+    if not enabled or not sys.stderr.isatty():
         return None
     try:
         tqdm = importlib.import_module("tqdm").tqdm

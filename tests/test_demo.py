@@ -49,3 +49,21 @@ def test_the_demos_downlink_reference_saves_bytes_and_keeps_every_model(tmp_path
     assert [(c, up, acc) for c, up, _, acc in on] == [(c, up, acc) for c, up, _, acc in off]
     assert [down for _, _, down, _ in on[:2]] == [down for _, _, down, _ in off[:2]]
     assert sum(d for _, _, d, _ in on[2:]) < sum(d for _, _, d, _ in off[2:])
+
+
+def test_the_progress_bar_is_only_drawn_on_a_terminal(monkeypatch: pytest.MonkeyPatch) -> None:
+    # `fedcodec demo > log 2>&1` wrote every redraw of the bar between the table's rows.
+    pytest.importorskip("tqdm")
+    from fedcodec import demo
+
+    class Terminal(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    monkeypatch.setattr("sys.stderr", io.StringIO())
+    assert demo._progress(3, True) is None
+    monkeypatch.setattr("sys.stderr", Terminal())
+    bar = demo._progress(3, True)
+    assert bar is not None
+    bar.close()
+    assert demo._progress(3, False) is None
