@@ -10,8 +10,12 @@ the README's code blocks that start with ``fedcodec``.
 from __future__ import annotations
 
 import json
+import os
 import re
 import shlex
+import socket
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -126,3 +130,37 @@ def test_no_secrets_are_committed() -> None:
             text = path.read_text(errors="replace")
             assert "BEGIN PRIVATE KEY" not in text, path
             assert "BEGIN CERTIFICATE" not in text, path
+
+
+def _quickstart() -> str:
+    """The bash block of the README's "On one machine first" section."""
+    readme = (DEPLOYMENTS / "README.md").read_text()
+    section = readme.split("## On one machine first", 1)[1]
+    return section.split("```bash\n", 1)[1].split("\n```", 1)[0] + "\n"
+
+
+@pytest.mark.slow
+def test_the_loopback_quickstart_runs_as_written(tmp_path: Path) -> None:
+    """A newcomer's first server: the README's commands, only the port made free."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    script = _quickstart()
+    assert script.count("127.0.0.1:50051") == 3
+    env = {
+        **os.environ,
+        "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
+    }
+    result = subprocess.run(
+        ["bash", "-c", script.replace("127.0.0.1:50051", f"127.0.0.1:{port}")],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-4000:]
+    assert result.stderr.count("round aggregated") == 3, result.stderr[-4000:]
+    assert result.stderr.count("client finished") == 2
+    assert "server stopped" in result.stderr
+    assert (tmp_path / "phone-0" / "model.npz").exists()
