@@ -65,7 +65,7 @@ def _add_bench(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     # Listed for `fedcodec --help`; main() dispatches `fedcodec bench ...` before parsing.
     sub.add_parser(
         "bench",
-        help="run a benchmark (codec, fl, report, quant, load; needs the fedcodec-bench "
+        help="run a benchmark (codec, fl, load, cnn, report, quant; needs the fedcodec-bench "
         "distribution: pip install ./bench)",
         add_help=False,
     )
