@@ -403,8 +403,12 @@ def _run_split(args: argparse.Namespace) -> int:
         print(f"fedcodec split: names that are not file names: {bad!r}", file=sys.stderr)
         return 2
     os.makedirs(args.out, exist_ok=True)
-    for name, part in named.items():
-        path = os.path.join(args.out, f"{name}.fcd")
+    for i, (name, part) in enumerate(named.items()):
+        # The position first: `fedcodec join DIR/*` gets the parts in container order (by
+        # name alone the shell's order was alphabetical, and join refused it).
+        path = os.path.join(
+            args.out, f"{name}.fcd" if name == f"{i:04d}" else f"{i:04d}-{name}.fcd"
+        )
         with open(path, "wb") as f:
             f.write(part)
         print(f"{path}: {len(part):,} bytes")

@@ -271,9 +271,11 @@ def test_command_line_inspect_split_join(
         main(["split", str(container), "-o", str(tmp_path / "parts"), "--names", ",".join(names)])
         == 0
     )
-    files = [tmp_path / "parts" / f"{n}.fcd" for n in names]
+    files = [tmp_path / "parts" / f"{i:04d}-{n}.fcd" for i, n in enumerate(names)]
     assert [f.read_bytes() for f in files] == list(parts.values())
-    assert main(["join", *map(str, files), "-o", str(tmp_path / "joined.fcd")]) == 0
+    # `fedcodec join DIR/*`: the shell's (sorted) order is the container's order
+    globbed = sorted(map(str, (tmp_path / "parts").iterdir()))
+    assert main(["join", *globbed, "-o", str(tmp_path / "joined.fcd")]) == 0
     assert (tmp_path / "joined.fcd").read_bytes() == data
     capsys.readouterr()
     # refusals: exit 1 with the reason, naming the part; unreadable files exit 2
