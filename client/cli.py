@@ -94,11 +94,13 @@ def run_client(args: argparse.Namespace) -> int:
             client_key=args.client_key,
         )
         try:
-            serving = connection.health()
+            status = connection.health_status()
         finally:
             connection.close()
-        print("SERVING" if serving else "NOT_SERVING")
-        return 0 if serving else 1
+        # A server that answers NOT_SERVING and one that cannot be reached at all are
+        # different problems: the reason is printed (it used to be NOT_SERVING for both).
+        print(status)
+        return 0 if status == "SERVING" else 1
     if not args.client_id:
         print("fedcodec client: --client-id (or FEDCODEC_CLIENT_ID) is required", file=sys.stderr)
         return 2

@@ -234,13 +234,28 @@ class Connection:
 
     def health(self, service: str = "") -> bool:
         """Whether the server's health service reports SERVING (no retries, no token)."""
+        return self.health_status(service) == "SERVING"
+
+    def health_status(self, service: str = "") -> str:
+        """What the server's health service says (no retries, no token).
+
+        Returns
+        -------
+        str
+            ``"SERVING"``, ``"NOT_SERVING"`` (e.g. shutting down), ``"SERVICE_UNKNOWN"``,
+            or, when no answer came, the gRPC status and its details, e.g.
+            ``"UNAVAILABLE: failed to connect to all addresses ..."`` (nothing listens there).
+        """
         try:
             response = self._health.Check(
                 health_pb2.HealthCheckRequest(service=service), timeout=self.retry.call_timeout_s
             )
-        except grpc.RpcError:
-            return False
-        return bool(response.status == health_pb2.HealthCheckResponse.SERVING)
+        except grpc.RpcError as exc:
+            code = exc.code() if callable(getattr(exc, "code", None)) else None
+            details = exc.details() if callable(getattr(exc, "details", None)) else ""
+            name = code.name if isinstance(code, grpc.StatusCode) else "UNKNOWN"
+            return f"{name}: {details}" if details else name
+        return str(health_pb2.HealthCheckResponse.ServingStatus.Name(response.status))
 
     def check_in(self) -> pb.GetRoundConfigResponse:
         """``GetRoundConfig``, with retries."""

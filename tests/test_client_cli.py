@@ -80,11 +80,15 @@ def test_fedcodec_client_health_exits_0_when_serving_and_1_when_not(
     with BackgroundServer(config, tokens=TOKENS, initial_model=model) as server:
         port = server.server.health_port
         assert main(["client", "--server", f"127.0.0.1:{port}", "--insecure", "--health"]) == 0
-    assert "SERVING" in capsys.readouterr().out
+    assert capsys.readouterr().out == "SERVING\n"
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         closed = s.getsockname()[1]
     assert main(["client", "--server", f"127.0.0.1:{closed}", "--insecure", "--health"]) == 1
+    # Nothing listens there: said so, not NOT_SERVING (a server that answers "not serving").
+    out = capsys.readouterr().out
+    assert out.startswith("UNAVAILABLE: "), out
+    assert "NOT_SERVING" not in out
 
 
 def test_fedcodec_client_without_a_token_is_a_usage_error(
