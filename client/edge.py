@@ -88,6 +88,8 @@ class RoundInfo:
     temporal_reference : bool
         The server keeps this client's previous decoded update: the update is coded with
         it as temporal reference (fewer bytes on dense updates).
+    compact_updates : bool
+        The server reads compact update containers (codec FORMAT.md §2-3).
     """
 
     round_id: int
@@ -100,6 +102,7 @@ class RoundInfo:
     max_chunk_bytes: int = MAX_CHUNK_BYTES
     initial: InitialRef | None = None
     temporal_reference: bool = False
+    compact_updates: bool = False
 
 
 @dataclass(frozen=True)
@@ -189,6 +192,7 @@ def round_info_from_proto(config: round_pb2.RoundConfig) -> RoundInfo:
             initial_from_proto(config.initial_model) if config.HasField("initial_model") else None
         ),
         temporal_reference=config.temporal_reference,
+        compact_updates=config.compact_updates,
     )
 
 
@@ -221,6 +225,12 @@ class EdgeClient:
     request_initial : bool, optional
         Ask the server for the initial model when this client does not hold it (4 bytes
         per weight, once).
+    compact : bool, optional
+        Use compact containers (codec FORMAT.md §2-3: no shapes, all-zero tensors
+        omitted, one-byte steps; both ends know the model) where the server offers them:
+        downloads always ask for them (a server from before them ignores the request),
+        updates are coded compact when the round config says the server reads them
+        (default True).
     """
 
     def __init__(
@@ -239,10 +249,12 @@ class EdgeClient:
         codec_threads: int = 1,
         initial_model: Mapping[str, npt.ArrayLike] | None = None,
         request_initial: bool = False,
+        compact: bool = True,
     ) -> None:
         if not client_id:
             raise ValueError("client_id must be set")
         self.client_id = client_id
+        self.compact = compact
         self.codec_threads = codec_threads
         self.initial_model = (
             None if initial_model is None else ModelVersion.create(0, initial_model)
@@ -440,6 +452,7 @@ class EdgeClient:
         # Coded against the previous update when the server keeps references (the
         # encoder holds one only after an update of this process was accepted).
         encoder.temporal_reference = info.temporal_reference
+        encoder.compact = self.compact and info.compact_updates
 
         def encode() -> PendingUpload:
             assert encoder is not None
@@ -627,6 +640,7 @@ class EdgeClient:
                 initial_digest=engine.initial_digest,
                 want_initial=want_initial,
                 holds_delta=attempt == "held" and receiver.holds_delta,
+                compact=self.compact,
             )
             bytes_down += len(package)
             keyframe = keyframe or package.is_keyframe

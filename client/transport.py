@@ -277,12 +277,14 @@ class Connection:
         want_initial: bool = False,
         delta_references: bool = True,
         holds_delta: bool = False,
+        compact: bool = False,
     ) -> DownlinkPackage:
         """``DownloadModel``: the package to reach the newest version, reassembled and checked.
 
         ``delta_references``: this client decodes deltas coded against the previous
         version's delta; ``holds_delta``: it holds the decoded delta of ``have_version``
-        (:attr:`fedcodec.pipeline.ModelReceiver.holds_delta`).
+        (:attr:`fedcodec.pipeline.ModelReceiver.holds_delta`); ``compact``: it reads
+        compact containers (it knows the model's shapes).
         """
         request = pb.DownloadModelRequest(
             have_digest=have_digest or "",
@@ -291,6 +293,7 @@ class Connection:
             want_initial=want_initial,
             delta_references=delta_references,
             holds_delta=holds_delta and have_version is not None,
+            compact=compact,
         )
         if have_version is not None:
             request.have_version = have_version

@@ -661,12 +661,14 @@ class RoundCoordinator:
         want_initial: bool = False,
         delta_references: bool = False,
         holds_delta: bool = False,
+        compact: bool = False,
     ) -> DownlinkPackage:
         """What ``client_id`` needs to reach the newest version (the engine's rule).
 
         ``delta_references``: the client decodes deltas coded against the previous
         version's delta (``downlink.temporal_reference``); ``holds_delta``: it holds the
         decoded delta of ``have_version``, so the first delta may be coded against it.
+        ``compact``: the client reads compact containers (the package's are rewritten).
 
         Raises
         ------
@@ -687,6 +689,7 @@ class RoundCoordinator:
                     want_initial=want_initial,
                     holds_delta=holds_delta,
                     delta_references=delta_references,
+                    compact=compact,
                 )
 
         try:

@@ -126,6 +126,8 @@ def _round_config(info: RoundInfo) -> round_pb2.RoundConfig:
         max_chunk_bytes=info.max_chunk_bytes,
         initial_model=None if info.initial is None else initial_to_proto(info.initial),
         temporal_reference=info.temporal_reference,
+        # the round engine reads compact update containers (codec FORMAT.md §2-3)
+        compact_updates=True,
     )
 
 
@@ -263,6 +265,7 @@ class AggregationServicer(pb_grpc.AggregationServiceServicer):
             want_initial=request.want_initial,
             delta_references=request.delta_references,
             holds_delta=request.holds_delta,
+            compact=request.compact,
         )
         header, parts = package_to_wire(package, self._coordinator.initial)
         crc = 0

@@ -16,6 +16,7 @@ import grpc
 import numpy as np
 import pytest
 
+from fedcodec import codec
 from fedcodec.client import (
     Connection,
     EdgeClient,
@@ -337,3 +338,62 @@ def test_a_server_at_its_call_limit_is_retried_not_taken_as_a_refusal(tmp_path: 
         assert time.monotonic() - started > 0.7  # it waited for the slot instead of giving up
         for t in holders:
             t.join(timeout=30)
+
+
+def test_compact_containers_both_ways_and_a_client_that_does_not_use_them(
+    tmp_path: Path,
+) -> None:
+    """The server offers compact updates (RoundConfig.compact_updates) and sends compact
+    packages to a client that asks (DownloadModelRequest.compact); a client with
+    ``compact=False`` (as one from before them) gets and sends self-describing ones, in
+    the same rounds, and both hold the server's model."""
+    with make_server(tmp_path) as srv:
+        new = EdgeClient(
+            f"127.0.0.1:{srv.port}",
+            client_id="c0",
+            token=TOKENS["c0"],
+            insecure=True,
+            retry=FAST,
+            initial_model=MODEL,
+        )
+        old = EdgeClient(
+            f"127.0.0.1:{srv.port}",
+            client_id="c1",
+            token=TOKENS["c1"],
+            insecure=True,
+            retry=FAST,
+            initial_model=MODEL,
+            compact=False,
+        )
+        uploads: dict[str, list[bytes]] = {"c0": [], "c1": []}
+        for client in (new, old):
+            original = client.connection.upload
+
+            def spy(_orig: Any = original, _id: str = client.client_id, **kw: Any) -> Any:
+                uploads[_id].append(bytes(kw["payload"]))
+                return _orig(**kw)
+
+            client.connection.upload = spy  # type: ignore[method-assign]
+        results = run_clients(srv, [new, old])
+        for history in results:
+            assert [r.outcome for r in history][:3] == [Outcome.PARTICIPATED] * 3
+        assert uploads["c0"]
+        assert uploads["c1"]
+        assert all(codec.is_compact(d) for d in uploads["c0"])
+        assert not any(codec.is_compact(d) for d in uploads["c1"])
+        # downloads: compact for the client that asks, self-describing for the other
+        stream = srv.coordinator.stream_model()
+        for client, compact in ((new, True), (old, False)):
+            model = client.model
+            assert model is not None
+            package = client.connection.download(
+                model.version, model.digest, initial_digest=MODEL_V0.digest, compact=compact
+            )
+            assert package.digest == stream.digest
+            engine = client._engine
+            assert engine is not None
+            engine.receiver.apply(package)  # decodes (compact: with the model's shapes)
+            assert engine.receiver.digest == stream.digest
+            containers = [package.keyframe] if package.keyframe else list(package.deltas)
+            assert containers
+            assert all(codec.is_compact(c) == compact for c in containers)

@@ -164,6 +164,7 @@ def run_grpc(tmp_path: Path) -> tuple[Trace, list[str]]:
                 insecure=True,
                 initial_model=_initial(),
                 retry=RetryPolicy(attempts=2, initial_backoff_s=0.01, call_timeout_s=30),
+                compact=False,  # the self-describing containers the in-process engine sends
             )
             for c in CLIENTS
         }

@@ -720,7 +720,12 @@ class CompressionStrategy(Strategy):
         else:
             wire = ArrayRecord()
             try:
-                package = self._package_for(engine, node)
+                # a node that replies compact reads compact containers (not at first contact)
+                package = self._package_for(
+                    engine,
+                    node,
+                    compact=self.compact and not first_contact and node in self._compact_nodes,
+                )
             except InitialModelError as exc:
                 new_config[KEY_DOWNLINK] = DOWNLINK_REFUSED
                 new_config[KEY_ERROR] = str(exc)
@@ -729,9 +734,6 @@ class CompressionStrategy(Strategy):
                 containers = (
                     [package.keyframe] if package.keyframe is not None else list(package.deltas)
                 )
-                if self.compact and not first_contact and node in self._compact_nodes:
-                    # the same coded tensors under compact headers (no re-coding)
-                    containers = [codec.convert(c, compact=True) for c in containers]
                 inline = (
                     not len(uncoded)
                     and package.initial is None
@@ -774,7 +776,9 @@ class CompressionStrategy(Strategy):
         phase.traffic.messages_down += 1
         return msg
 
-    def _package_for(self, engine: RoundEngine, node: int) -> DownlinkPackage:
+    def _package_for(
+        self, engine: RoundEngine, node: int, *, compact: bool = False
+    ) -> DownlinkPackage:
         """The engine's package for ``node`` from what the node confirmed holding."""
         held = self._held.get(node)
         ref = engine.initial
@@ -787,6 +791,7 @@ class CompressionStrategy(Strategy):
             force_keyframe=node in self._failed,
             want_initial=lacks,
             holds_delta=held is not None and node in self._holds_delta,
+            compact=compact,
         )
 
     # -- replies ------------------------------------------------------------

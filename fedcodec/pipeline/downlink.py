@@ -53,7 +53,7 @@ import os
 import time
 from collections import OrderedDict
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -87,6 +87,7 @@ __all__ = [
     "DownlinkPackage",
     "ModelReceiver",
     "Release",
+    "compact_package",
     "initial_from_bytes",
     "initial_to_bytes",
 ]
@@ -235,6 +236,21 @@ def _lossless(spec: ModelSpec, tensors: Tensors, grid: list[float], threads: int
 
 def _plus(spec: ModelSpec, a: Mapping[str, F32Array], b: Mapping[str, F32Array]) -> Tensors:
     return {name: np.add(a[name], b[name], dtype=np.float32) for name in spec.names}
+
+
+def compact_package(package: DownlinkPackage) -> DownlinkPackage:
+    """``package`` with its containers rewritten compact (codec FORMAT.md §2-3).
+
+    The coded tensors are copied as they are (:func:`fedcodec.codec.convert`), so a
+    receiver that knows the model's shapes decodes exactly the same model from fewer
+    bytes (no shapes, no all-zero tensors, short steps).
+    """
+    keyframe = package.keyframe
+    return replace(
+        package,
+        keyframe=None if keyframe is None else codec.convert(keyframe, compact=True),
+        deltas=tuple(codec.convert(d, compact=True) for d in package.deltas),
+    )
 
 
 def initial_to_bytes(model: ModelVersion) -> bytes:

@@ -61,6 +61,7 @@ from fedcodec.pipeline.downlink import (
     DownlinkPackage,
     ModelReceiver,
     Release,
+    compact_package,
 )
 from fedcodec.pipeline.errors import (
     DuplicateUpdateError,
@@ -439,6 +440,7 @@ class RoundEngine:
         want_initial: bool = False,
         holds_delta: bool = False,
         delta_references: bool = True,
+        compact: bool = False,
     ) -> DownlinkPackage:
         """What ``client_id`` downloads to reach the latest version — the one rule.
 
@@ -465,6 +467,10 @@ class RoundEngine:
             The client decodes deltas coded against the previous version's delta
             (default); False for a receiver from before downlink references: its
             deltas then go without reference.
+        compact : bool, optional
+            The client reads compact containers (codec FORMAT.md §2-3): the
+            package's containers are rewritten compact (:func:`fedcodec.codec.convert`:
+            the same coded tensors, fewer header bytes).  Default False.
 
         Returns
         -------
@@ -496,7 +502,7 @@ class RoundEngine:
             )
         if ref is None and have_version is None:
             force_keyframe = True
-        return self.downlink.package_for(
+        package = self.downlink.package_for(
             client_id,
             have_version=ref.version if ref is not None and have_version is None else have_version,
             have_digest=None if have_version is None else have_digest,
@@ -504,6 +510,7 @@ class RoundEngine:
             holds_delta=holds_delta and have_version is not None,
             delta_references=delta_references,
         )
+        return compact_package(package) if compact else package
 
     # -- uplink ----------------------------------------------------------------
 

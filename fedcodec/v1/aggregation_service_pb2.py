@@ -26,35 +26,35 @@ from fedcodec.v1 import round_pb2 as fedcodec_dot_v1_dot_round__pb2
 from google.protobuf import duration_pb2 as google_dot_protobuf_dot_duration__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n%fedcodec/v1/aggregation_service.proto\x12\x0b\x66\x65\x64\x63odec.v1\x1a\x17\x66\x65\x64\x63odec/v1/round.proto\x1a\x1egoogle/protobuf/duration.proto\"*\n\x15GetRoundConfigRequest\x12\x11\n\tclient_id\x18\x01 \x01(\t\"\xc9\x01\n\x16GetRoundConfigResponse\x12+\n\nassignment\x18\x01 \x01(\x0e\x32\x17.fedcodec.v1.Assignment\x12(\n\x06\x63onfig\x18\x02 \x01(\x0b\x32\x18.fedcodec.v1.RoundConfig\x12.\n\x0bretry_after\x18\x03 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x10\n\x08round_id\x18\x04 \x01(\x04\x12\x16\n\x0elatest_version\x18\x05 \x01(\x04\"\xcc\x01\n\x14\x44ownloadModelRequest\x12\x19\n\x0chave_version\x18\x01 \x01(\x04H\x00\x88\x01\x01\x12\x13\n\x0bhave_digest\x18\x02 \x01(\t\x12\x16\n\x0e\x66orce_keyframe\x18\x03 \x01(\x08\x12\x16\n\x0einitial_digest\x18\x04 \x01(\t\x12\x14\n\x0cwant_initial\x18\x05 \x01(\x08\x12\x18\n\x10\x64\x65lta_references\x18\x06 \x01(\x08\x12\x13\n\x0bholds_delta\x18\x07 \x01(\x08\x42\x0f\n\r_have_version\"\xab\x02\n\x12ModelPackageHeader\x12\x0f\n\x07version\x18\x01 \x01(\x04\x12\x0e\n\x06\x64igest\x18\x02 \x01(\t\x12&\n\x04kind\x18\x03 \x01(\x0e\x32\x18.fedcodec.v1.PackageKind\x12\x19\n\x0c\x66rom_version\x18\x04 \x01(\x04H\x00\x88\x01\x01\x12\x12\n\npart_sizes\x18\x05 \x03(\x04\x12\x13\n\x0btotal_bytes\x18\x06 \x01(\x04\x12\r\n\x05\x63rc32\x18\x07 \x01(\r\x12\x30\n\rinitial_model\x18\x08 \x01(\x0b\x32\x19.fedcodec.v1.InitialModel\x12\x18\n\x10initial_attached\x18\t \x01(\x08\x12\x1c\n\x14held_delta_reference\x18\n \x01(\x08\x42\x0f\n\r_from_version\"f\n\x15\x44ownloadModelResponse\x12\x31\n\x06header\x18\x01 \x01(\x0b\x32\x1f.fedcodec.v1.ModelPackageHeaderH\x00\x12\x0f\n\x05\x63hunk\x18\x02 \x01(\x0cH\x00\x42\t\n\x07payload\"\xb1\x01\n\x0cUploadHeader\x12\x11\n\tclient_id\x18\x01 \x01(\t\x12\x10\n\x08round_id\x18\x02 \x01(\x04\x12\x14\n\x0c\x62\x61se_version\x18\x03 \x01(\x04\x12\x13\n\x0b\x62\x61se_digest\x18\x04 \x01(\t\x12\x17\n\x0fidempotency_key\x18\x05 \x01(\t\x12\x13\n\x0btotal_bytes\x18\x06 \x01(\x04\x12\r\n\x05\x63rc32\x18\x07 \x01(\r\x12\x14\n\x0cnum_examples\x18\x08 \x01(\x04\"^\n\x13UploadUpdateRequest\x12+\n\x06header\x18\x01 \x01(\x0b\x32\x19.fedcodec.v1.UploadHeaderH\x00\x12\x0f\n\x05\x63hunk\x18\x02 \x01(\x0cH\x00\x42\t\n\x07payload\"\x86\x01\n\x14UploadUpdateResponse\x12)\n\x06status\x18\x01 \x01(\x0e\x32\x19.fedcodec.v1.UploadStatus\x12\x10\n\x08round_id\x18\x02 \x01(\x04\x12\x16\n\x0e\x62ytes_received\x18\x03 \x01(\x04\x12\x19\n\x11\x61\x63\x63\x65pted_in_round\x18\x04 \x01(\r*\x98\x01\n\nAssignment\x12\x1a\n\x16\x41SSIGNMENT_UNSPECIFIED\x10\x00\x12\x17\n\x13\x41SSIGNMENT_SELECTED\x10\x01\x12\x1b\n\x17\x41SSIGNMENT_NOT_SELECTED\x10\x02\x12\x1f\n\x1b\x41SSIGNMENT_ALREADY_REPORTED\x10\x03\x12\x17\n\x13\x41SSIGNMENT_FINISHED\x10\x04*|\n\x0bPackageKind\x12\x1c\n\x18PACKAGE_KIND_UNSPECIFIED\x10\x00\x12\x19\n\x15PACKAGE_KIND_KEYFRAME\x10\x01\x12\x17\n\x13PACKAGE_KIND_DELTAS\x10\x02\x12\x1b\n\x17PACKAGE_KIND_UP_TO_DATE\x10\x03*m\n\x0cUploadStatus\x12\x1d\n\x19UPLOAD_STATUS_UNSPECIFIED\x10\x00\x12\x1a\n\x16UPLOAD_STATUS_ACCEPTED\x10\x01\x12\"\n\x1eUPLOAD_STATUS_ALREADY_ACCEPTED\x10\x02\x32\xa0\x02\n\x12\x41ggregationService\x12Y\n\x0eGetRoundConfig\x12\".fedcodec.v1.GetRoundConfigRequest\x1a#.fedcodec.v1.GetRoundConfigResponse\x12X\n\rDownloadModel\x12!.fedcodec.v1.DownloadModelRequest\x1a\".fedcodec.v1.DownloadModelResponse0\x01\x12U\n\x0cUploadUpdate\x12 .fedcodec.v1.UploadUpdateRequest\x1a!.fedcodec.v1.UploadUpdateResponse(\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n%fedcodec/v1/aggregation_service.proto\x12\x0b\x66\x65\x64\x63odec.v1\x1a\x17\x66\x65\x64\x63odec/v1/round.proto\x1a\x1egoogle/protobuf/duration.proto\"*\n\x15GetRoundConfigRequest\x12\x11\n\tclient_id\x18\x01 \x01(\t\"\xc9\x01\n\x16GetRoundConfigResponse\x12+\n\nassignment\x18\x01 \x01(\x0e\x32\x17.fedcodec.v1.Assignment\x12(\n\x06\x63onfig\x18\x02 \x01(\x0b\x32\x18.fedcodec.v1.RoundConfig\x12.\n\x0bretry_after\x18\x03 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x10\n\x08round_id\x18\x04 \x01(\x04\x12\x16\n\x0elatest_version\x18\x05 \x01(\x04\"\xdd\x01\n\x14\x44ownloadModelRequest\x12\x19\n\x0chave_version\x18\x01 \x01(\x04H\x00\x88\x01\x01\x12\x13\n\x0bhave_digest\x18\x02 \x01(\t\x12\x16\n\x0e\x66orce_keyframe\x18\x03 \x01(\x08\x12\x16\n\x0einitial_digest\x18\x04 \x01(\t\x12\x14\n\x0cwant_initial\x18\x05 \x01(\x08\x12\x18\n\x10\x64\x65lta_references\x18\x06 \x01(\x08\x12\x13\n\x0bholds_delta\x18\x07 \x01(\x08\x12\x0f\n\x07\x63ompact\x18\x08 \x01(\x08\x42\x0f\n\r_have_version\"\xab\x02\n\x12ModelPackageHeader\x12\x0f\n\x07version\x18\x01 \x01(\x04\x12\x0e\n\x06\x64igest\x18\x02 \x01(\t\x12&\n\x04kind\x18\x03 \x01(\x0e\x32\x18.fedcodec.v1.PackageKind\x12\x19\n\x0c\x66rom_version\x18\x04 \x01(\x04H\x00\x88\x01\x01\x12\x12\n\npart_sizes\x18\x05 \x03(\x04\x12\x13\n\x0btotal_bytes\x18\x06 \x01(\x04\x12\r\n\x05\x63rc32\x18\x07 \x01(\r\x12\x30\n\rinitial_model\x18\x08 \x01(\x0b\x32\x19.fedcodec.v1.InitialModel\x12\x18\n\x10initial_attached\x18\t \x01(\x08\x12\x1c\n\x14held_delta_reference\x18\n \x01(\x08\x42\x0f\n\r_from_version\"f\n\x15\x44ownloadModelResponse\x12\x31\n\x06header\x18\x01 \x01(\x0b\x32\x1f.fedcodec.v1.ModelPackageHeaderH\x00\x12\x0f\n\x05\x63hunk\x18\x02 \x01(\x0cH\x00\x42\t\n\x07payload\"\xb1\x01\n\x0cUploadHeader\x12\x11\n\tclient_id\x18\x01 \x01(\t\x12\x10\n\x08round_id\x18\x02 \x01(\x04\x12\x14\n\x0c\x62\x61se_version\x18\x03 \x01(\x04\x12\x13\n\x0b\x62\x61se_digest\x18\x04 \x01(\t\x12\x17\n\x0fidempotency_key\x18\x05 \x01(\t\x12\x13\n\x0btotal_bytes\x18\x06 \x01(\x04\x12\r\n\x05\x63rc32\x18\x07 \x01(\r\x12\x14\n\x0cnum_examples\x18\x08 \x01(\x04\"^\n\x13UploadUpdateRequest\x12+\n\x06header\x18\x01 \x01(\x0b\x32\x19.fedcodec.v1.UploadHeaderH\x00\x12\x0f\n\x05\x63hunk\x18\x02 \x01(\x0cH\x00\x42\t\n\x07payload\"\x86\x01\n\x14UploadUpdateResponse\x12)\n\x06status\x18\x01 \x01(\x0e\x32\x19.fedcodec.v1.UploadStatus\x12\x10\n\x08round_id\x18\x02 \x01(\x04\x12\x16\n\x0e\x62ytes_received\x18\x03 \x01(\x04\x12\x19\n\x11\x61\x63\x63\x65pted_in_round\x18\x04 \x01(\r*\x98\x01\n\nAssignment\x12\x1a\n\x16\x41SSIGNMENT_UNSPECIFIED\x10\x00\x12\x17\n\x13\x41SSIGNMENT_SELECTED\x10\x01\x12\x1b\n\x17\x41SSIGNMENT_NOT_SELECTED\x10\x02\x12\x1f\n\x1b\x41SSIGNMENT_ALREADY_REPORTED\x10\x03\x12\x17\n\x13\x41SSIGNMENT_FINISHED\x10\x04*|\n\x0bPackageKind\x12\x1c\n\x18PACKAGE_KIND_UNSPECIFIED\x10\x00\x12\x19\n\x15PACKAGE_KIND_KEYFRAME\x10\x01\x12\x17\n\x13PACKAGE_KIND_DELTAS\x10\x02\x12\x1b\n\x17PACKAGE_KIND_UP_TO_DATE\x10\x03*m\n\x0cUploadStatus\x12\x1d\n\x19UPLOAD_STATUS_UNSPECIFIED\x10\x00\x12\x1a\n\x16UPLOAD_STATUS_ACCEPTED\x10\x01\x12\"\n\x1eUPLOAD_STATUS_ALREADY_ACCEPTED\x10\x02\x32\xa0\x02\n\x12\x41ggregationService\x12Y\n\x0eGetRoundConfig\x12\".fedcodec.v1.GetRoundConfigRequest\x1a#.fedcodec.v1.GetRoundConfigResponse\x12X\n\rDownloadModel\x12!.fedcodec.v1.DownloadModelRequest\x1a\".fedcodec.v1.DownloadModelResponse0\x01\x12U\n\x0cUploadUpdate\x12 .fedcodec.v1.UploadUpdateRequest\x1a!.fedcodec.v1.UploadUpdateResponse(\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'fedcodec.v1.aggregation_service_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_ASSIGNMENT']._serialized_start=1386
-  _globals['_ASSIGNMENT']._serialized_end=1538
-  _globals['_PACKAGEKIND']._serialized_start=1540
-  _globals['_PACKAGEKIND']._serialized_end=1664
-  _globals['_UPLOADSTATUS']._serialized_start=1666
-  _globals['_UPLOADSTATUS']._serialized_end=1775
+  _globals['_ASSIGNMENT']._serialized_start=1403
+  _globals['_ASSIGNMENT']._serialized_end=1555
+  _globals['_PACKAGEKIND']._serialized_start=1557
+  _globals['_PACKAGEKIND']._serialized_end=1681
+  _globals['_UPLOADSTATUS']._serialized_start=1683
+  _globals['_UPLOADSTATUS']._serialized_end=1792
   _globals['_GETROUNDCONFIGREQUEST']._serialized_start=111
   _globals['_GETROUNDCONFIGREQUEST']._serialized_end=153
   _globals['_GETROUNDCONFIGRESPONSE']._serialized_start=156
   _globals['_GETROUNDCONFIGRESPONSE']._serialized_end=357
   _globals['_DOWNLOADMODELREQUEST']._serialized_start=360
-  _globals['_DOWNLOADMODELREQUEST']._serialized_end=564
-  _globals['_MODELPACKAGEHEADER']._serialized_start=567
-  _globals['_MODELPACKAGEHEADER']._serialized_end=866
-  _globals['_DOWNLOADMODELRESPONSE']._serialized_start=868
-  _globals['_DOWNLOADMODELRESPONSE']._serialized_end=970
-  _globals['_UPLOADHEADER']._serialized_start=973
-  _globals['_UPLOADHEADER']._serialized_end=1150
-  _globals['_UPLOADUPDATEREQUEST']._serialized_start=1152
-  _globals['_UPLOADUPDATEREQUEST']._serialized_end=1246
-  _globals['_UPLOADUPDATERESPONSE']._serialized_start=1249
-  _globals['_UPLOADUPDATERESPONSE']._serialized_end=1383
-  _globals['_AGGREGATIONSERVICE']._serialized_start=1778
-  _globals['_AGGREGATIONSERVICE']._serialized_end=2066
+  _globals['_DOWNLOADMODELREQUEST']._serialized_end=581
+  _globals['_MODELPACKAGEHEADER']._serialized_start=584
+  _globals['_MODELPACKAGEHEADER']._serialized_end=883
+  _globals['_DOWNLOADMODELRESPONSE']._serialized_start=885
+  _globals['_DOWNLOADMODELRESPONSE']._serialized_end=987
+  _globals['_UPLOADHEADER']._serialized_start=990
+  _globals['_UPLOADHEADER']._serialized_end=1167
+  _globals['_UPLOADUPDATEREQUEST']._serialized_start=1169
+  _globals['_UPLOADUPDATEREQUEST']._serialized_end=1263
+  _globals['_UPLOADUPDATERESPONSE']._serialized_start=1266
+  _globals['_UPLOADUPDATERESPONSE']._serialized_end=1400
+  _globals['_AGGREGATIONSERVICE']._serialized_start=1795
+  _globals['_AGGREGATIONSERVICE']._serialized_end=2083
 # @@protoc_insertion_point(module_scope)

@@ -184,6 +184,7 @@ class DownloadModelRequest(_message.Message):
     WANT_INITIAL_FIELD_NUMBER: _builtins.int
     DELTA_REFERENCES_FIELD_NUMBER: _builtins.int
     HOLDS_DELTA_FIELD_NUMBER: _builtins.int
+    COMPACT_FIELD_NUMBER: _builtins.int
     have_version: _builtins.int
     """The version the client holds; absent for a client without a model (keyframe)."""
     have_digest: _builtins.str
@@ -208,6 +209,11 @@ class DownloadModelRequest(_message.Message):
     against it (ModelPackageHeader.held_delta_reference).  A client whose delta does not
     check out (the container's reference digest differs) asks again without it.
     """
+    compact: _builtins.bool
+    """The client reads compact containers (codec FORMAT.md §2-3: no shapes, all-zero tensors
+    omitted, short steps; it knows the shapes from RoundConfig.model_spec): the package's
+    containers come compact.  Unset (a client from before them): self-describing ones.
+    """
     def __init__(
         self,
         *,
@@ -218,10 +224,11 @@ class DownloadModelRequest(_message.Message):
         want_initial: _builtins.bool = ...,
         delta_references: _builtins.bool = ...,
         holds_delta: _builtins.bool = ...,
+        compact: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_have_version", b"_have_version", "have_version", b"have_version"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_have_version", b"_have_version", "delta_references", b"delta_references", "force_keyframe", b"force_keyframe", "have_digest", b"have_digest", "have_version", b"have_version", "holds_delta", b"holds_delta", "initial_digest", b"initial_digest", "want_initial", b"want_initial"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_have_version", b"_have_version", "compact", b"compact", "delta_references", b"delta_references", "force_keyframe", b"force_keyframe", "have_digest", b"have_digest", "have_version", b"have_version", "holds_delta", b"holds_delta", "initial_digest", b"initial_digest", "want_initial", b"want_initial"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__have_version: _TypeAlias = _typing.Literal["have_version"]  # noqa: Y015
     _WhichOneofArgType__have_version: _TypeAlias = _typing.Literal["_have_version", b"_have_version"]  # noqa: Y015

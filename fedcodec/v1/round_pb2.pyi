@@ -285,6 +285,7 @@ class RoundConfig(_message.Message):
     MAX_CHUNK_BYTES_FIELD_NUMBER: _builtins.int
     INITIAL_MODEL_FIELD_NUMBER: _builtins.int
     TEMPORAL_REFERENCE_FIELD_NUMBER: _builtins.int
+    COMPACT_UPDATES_FIELD_NUMBER: _builtins.int
     round_id: _builtins.int
     """Round id, counting from 1; round r turns global version r-1 into version r."""
     base_version: _builtins.int
@@ -300,6 +301,10 @@ class RoundConfig(_message.Message):
     with it as temporal reference (fedcodec.pipeline.UpdateEncoder temporal_reference).  A
     reference the server does not hold (e.g. after its restart) is refused with
     INVALID_ARGUMENT; the client then resends the update coded without reference.
+    """
+    compact_updates: _builtins.bool
+    """The server reads compact update containers (codec FORMAT.md §2-3): a client that
+    knows them may code its update compact (fedcodec.pipeline.UpdateEncoder compact).
     """
     @_builtins.property
     def params(self) -> Global___CodingParams: ...
@@ -328,10 +333,11 @@ class RoundConfig(_message.Message):
         max_chunk_bytes: _builtins.int = ...,
         initial_model: Global___InitialModel | None = ...,
         temporal_reference: _builtins.bool = ...,
+        compact_updates: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["deadline", b"deadline", "initial_model", b"initial_model", "model_spec", b"model_spec", "params", b"params"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["base_digest", b"base_digest", "base_version", b"base_version", "deadline", b"deadline", "initial_model", b"initial_model", "max_chunk_bytes", b"max_chunk_bytes", "max_update_bytes", b"max_update_bytes", "model_spec", b"model_spec", "params", b"params", "round_id", b"round_id", "temporal_reference", b"temporal_reference"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["base_digest", b"base_digest", "base_version", b"base_version", "compact_updates", b"compact_updates", "deadline", b"deadline", "initial_model", b"initial_model", "max_chunk_bytes", b"max_chunk_bytes", "max_update_bytes", b"max_update_bytes", "model_spec", b"model_spec", "params", b"params", "round_id", b"round_id", "temporal_reference", b"temporal_reference"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
