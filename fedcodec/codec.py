@@ -704,7 +704,10 @@ def encode(
         only a 4-byte digest of the list of all the tensors' shapes; all-zero
         tensors (not dithered ones) cost nothing; a step takes 1 byte when
         it is ``(1 + m/8) · 2**e`` (m = 0..7, e = -27..4), 2 bytes when it is
-        a bfloat16, else 4 (codec FORMAT.md §2-3).  Every decoding function
+        a bfloat16, else 4 (codec FORMAT.md §2-3); tiny tensors (biases,
+        normalization statistics: at most 4096 elements) are coded without
+        adaptive contexts (a zero bit, sign and Exp-Golomb code per level,
+        FORMAT.md §6.6) where that is smaller, with the same levels.  Every decoding function
         then needs ``expected_shapes`` (the same shapes, in order); a
         container coded for other shapes is refused (``FC_ERR_MISMATCH``).
         Old decoders refuse compact containers: use it only with peers that

@@ -151,3 +151,24 @@ def test_argument_checks() -> None:
         codec.encode([np.ones(3, np.float32)], compact=1)  # type: ignore[arg-type]
     assert not codec.is_compact(b"")
     assert not codec.is_compact(b"XXXX\x01\x02")
+
+
+def test_tiny_tensors_take_the_short_code_where_smaller() -> None:
+    # normalization statistics at a fine step: few, large levels
+    rng = np.random.default_rng(4)
+    levels = [rng.integers(-600, 600, size=16).astype(np.int32), np.arange(-3, 5, dtype=np.int32)]
+    steps = [2.0**-10, 0.5]
+    small = codec.encode_levels(levels, steps, compact=True).data
+    # the same coded tensors under compact headers, without the short code
+    headers_only = codec.convert(codec.encode_levels(levels, steps).data, compact=True)
+    assert len(small) < len(headers_only)
+    out = codec.decode_levels(small, expected_shapes=[(16,), (8,)])
+    for (got, step), want, s in zip(out, levels, steps, strict=True):
+        np.testing.assert_array_equal(got, want)
+        assert step == s
+    # values and accumulation as for any uniform tensor
+    values = codec.decode(small, expected_shapes=[(16,), (8,)])
+    np.testing.assert_array_equal(values[0], levels[0].astype(np.float32) * np.float32(2.0**-10))
+    acc = [np.zeros(16), np.zeros(8)]
+    codec.decode_accumulate(small, acc, weight=2.0)
+    np.testing.assert_array_equal(acc[1], 2.0 * levels[1].astype(np.float64) * 0.5)

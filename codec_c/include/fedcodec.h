@@ -233,7 +233,10 @@ typedef struct fc_encode_options {
                                stored, only a digest of the list of all
                                `count` shapes; all-zero tensors (not
                                dithered) are omitted; steps take 1, 2 or 4
-                               bytes (the shortest exact form).  Tensor
+                               bytes (the shortest exact form); tensors of
+                               at most 4096 elements are coded in the
+                               short code (FORMAT.md §6.6) where that is
+                               smaller (the same levels).  Tensor
                                indices must be 0, 1, ..., count - 1.  Every
                                decoder call then needs these shapes as
                                fc_decode_options.expected.  0 (default):

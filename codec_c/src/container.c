@@ -2,6 +2,7 @@
 #include <math.h>
 
 #include "container.h"
+#include "short.h"
 
 uint64_t fc_inner_size(const fc_tensor_desc *d)
 {
@@ -150,9 +151,15 @@ static int parse_tensor(fc_reader *r, const fc_decode_options *o, const fc_shape
     if (byte & FC_PARAMS_EXT) {
         uint8_t ext;
         CHECK(fc_get_u8(r, &ext));
-        if (ext & ~(FC_QBYTE_KIND | FC_QBYTE_TRANSPOSED | FC_QBYTE_REFERENCE | FC_QBYTE_SWAPPED))
+        if (ext & ~(FC_QBYTE_KIND | FC_QBYTE_TRANSPOSED | FC_QBYTE_REFERENCE | FC_QBYTE_SWAPPED |
+                    FC_QBYTE_SHORT))
             return FC_ERR_CORRUPT;
         td->quant = ext & FC_QBYTE_KIND;
+        /* SHORT: uniform tensors in the given view, without reference */
+        if ((ext & FC_QBYTE_SHORT) &&
+            ((ext & (FC_QBYTE_KIND | FC_QBYTE_TRANSPOSED | FC_QBYTE_REFERENCE | FC_QBYTE_SWAPPED))))
+            return FC_ERR_CORRUPT;
+        td->short_code = (ext & FC_QBYTE_SHORT) != 0;
         if (td->quant == FC_QUANT_DITHER && !out->has_seed) return FC_ERR_CORRUPT;
         if (ext & FC_QBYTE_TRANSPOSED) {
             uint64_t t = td->rows;
@@ -213,8 +220,11 @@ static int parse_tensor(fc_reader *r, const fc_decode_options *o, const fc_shape
         CHECK(fc_get_varint(r, &sz));
         sd->mode = byte & 3u;
         sd->k = (byte >> 2) & 63u;
-        /* bit 7 (k bit 5): CLASSCTX, dense PREDICT slices only (§7.7) */
-        if (sd->mode > FC_MODE_RUNS ||
+        if (td->short_code) {
+            /* short code (§6.6): mode 0, k the order (<= FC_SHORT_MAX_K), bit 7 clear */
+            if (sd->mode != 0 || sd->k > FC_SHORT_MAX_K) return FC_ERR_CORRUPT;
+        } else if (sd->mode > FC_MODE_RUNS ||
+            /* bit 7 (k bit 5): CLASSCTX, dense PREDICT slices only (§7.7) */
             ((byte & 0x80u) && (sd->mode != FC_MODE_DENSE || !((sd->k & 4u) || td->has_ref))) ||
             (sd->mode == FC_MODE_GROUPED && (sd->k & ~3u)) ||
             /* PREDICT (FORMAT.md §7.6): dense slices without ROWKIND, of
@@ -428,7 +438,7 @@ void fc_write_tensor_header(fc_buf *b, const fc_tensor_desc *t, const fc_tensor_
     {
         unsigned ext = t->quant | (t->transposed == FC_VIEW_TRANSPOSED ? FC_QBYTE_TRANSPOSED : 0u) |
                        (t->transposed == FC_VIEW_SWAPPED ? FC_QBYTE_SWAPPED : 0u) |
-                       (t->has_ref ? FC_QBYTE_REFERENCE : 0u);
+                       (t->has_ref ? FC_QBYTE_REFERENCE : 0u) | (t->short_code ? FC_QBYTE_SHORT : 0u);
         fc_buf_put(b, (uint8_t)(t->max_gtx | (t->window_set << 4) | (ext ? FC_PARAMS_EXT : 0)));
         if (ext) fc_buf_put(b, (uint8_t)ext);
     }

@@ -38,6 +38,9 @@
 #define FC_QBYTE_TRANSPOSED 0x04u
 #define FC_QBYTE_REFERENCE 0x08u
 #define FC_QBYTE_SWAPPED 0x10u
+/* Quantizer byte bit 5: the tensor's slices use the short code (short.h,
+ * FORMAT.md §6.6): uniform tensors in the given view without reference. */
+#define FC_QBYTE_SHORT 0x20u
 /* fc_tensor_desc.transposed: which view of the tensor is coded. */
 #define FC_VIEW_GIVEN 0
 #define FC_VIEW_TRANSPOSED 1 /* the 2-D view transposed: cols x rows */
@@ -64,6 +67,7 @@ typedef struct fc_tensor_desc {
     int has_ref;           /* coded with a reference tensor */
     uint32_t ref_digest;   /* fc_reference_digest() of that reference */
     int coded;             /* in a compact container: 0 = omitted (all zero) */
+    int short_code;        /* FC_QBYTE_SHORT: slices in the short code */
     size_t nslices;
     fc_slice_desc *slices; /* points into fc_parsed.slices */
 } fc_tensor_desc;

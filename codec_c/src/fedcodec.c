@@ -5,6 +5,7 @@
 #include "container.h"
 #include "pool.h"
 #include "quant.h"
+#include "short.h"
 #include "slice.h"
 
 #define DEFAULT_SLICE_ELEMS 1048576u
@@ -521,6 +522,8 @@ static void choose_candidates(enc_tensor *cand, size_t ncand, fc_slice_enc_job *
     }
 }
 
+static enum fc_result try_short(enc_tensor *et, fc_slice_enc_job *jobs);
+
 enum fc_result fc_encode(const fc_tensor *tensors, size_t count, const fc_encode_options *opts,
                          uint8_t *dst, size_t dst_capacity, size_t *dst_size,
                          fc_tensor_stats *stats, size_t *bad_tensor)
@@ -667,6 +670,14 @@ enum fc_result fc_encode(const fc_tensor *tensors, size_t count, const fc_encode
         if (pass == 0 && o.window_set == FC_WINDOW_AUTO) choose_window_sets(cand, ncand, jobs, njobs, o.threads);
     }
     choose_candidates(cand, ncand, jobs, tensors, et);
+    /* compact containers: tiny tensors in the short code where it is smaller */
+    for (i = 0; o.compact && i < count; i++) {
+        rc = try_short(&et[i], jobs);
+        if (rc != FC_OK) {
+            bad = i;
+            goto fail;
+        }
+    }
 
     /* Assemble: container header, then per tensor its header and payloads.
      * A compact container omits all-zero tensors (not dithered ones: they
@@ -1138,9 +1149,96 @@ out:
     return (enum fc_result)rc;
 }
 
+/* The decode jobs and which of them are slices in the short code. */
+typedef struct dec_jobs {
+    fc_slice_dec_job *jobs;
+    const unsigned char *is_short;
+} dec_jobs;
+
 static void run_dec_job(void *ctx, size_t i)
 {
-    fc_slice_decode(&((fc_slice_dec_job *)ctx)[i]);
+    const dec_jobs *d = (const dec_jobs *)ctx;
+    if (d->is_short[i]) fc_short_decode(&d->jobs[i]);
+    else fc_slice_decode(&d->jobs[i]);
+}
+
+/* SHORT (FORMAT.md §6.6) for the small uniform tensors of a compact
+ * container where it is smaller: the levels of each slice (decoded from
+ * the job's own payload) coded again in the short code, every slice at its
+ * best order.  Slices with ROWFINE rows (values not level * step) keep
+ * their coding. */
+static enum fc_result try_short(enc_tensor *et, fc_slice_enc_job *jobs)
+{
+    fc_tensor_desc *d = &et->desc;
+    uint64_t before = 0, after = 0, nz = 0;
+    unsigned ks[64];
+    int32_t *lv;
+    size_t j;
+    if (d->quant != FC_QUANT_UNIFORM || d->transposed != FC_VIEW_GIVEN || d->has_ref ||
+        d->numel == 0 || d->numel > FC_SHORT_MAX_ELEMS || et->njobs == 0 || et->njobs > 64)
+        return FC_OK;
+    for (j = 0; j < et->njobs; j++) {
+        const fc_slice_enc_job *jb = &jobs[et->first_job + j];
+        if (jb->mode == FC_MODE_DENSE && (jb->k & 8u) && !(jb->k & 4u)) return FC_OK; /* ROWFINE */
+        before += jb->out.size;
+        nz += jb->nonzeros;
+    }
+    if (nz == 0) return FC_OK;
+    lv = (int32_t *)malloc(sizeof(int32_t) * (size_t)d->numel);
+    if (!lv) return FC_ERR_NOMEM;
+    {
+        int32_t *p = lv;
+        for (j = 0; j < et->njobs; j++) {
+            fc_slice_enc_job *jb = &jobs[et->first_job + j];
+            fc_slice_dec_job dj;
+            uint64_t bits, n = jb->rows * jb->cols;
+            memset(&dj, 0, sizeof(dj));
+            dj.src = jb->out.data;
+            dj.size = jb->out.size;
+            dj.rows = jb->rows;
+            dj.cols = jb->cols;
+            dj.step = d->step;
+            dj.max_gtx = jb->max_gtx;
+            dj.window_set = d->window_set;
+            dj.quant = d->quant;
+            dj.elem_off = jb->elem_off;
+            dj.mode = jb->mode;
+            dj.k = jb->k;
+            dj.sink.levels = p;
+            fc_slice_decode(&dj);
+            if (dj.result != FC_OK) {
+                free(lv);
+                return FC_OK; /* cannot happen: keep the coding */
+            }
+            ks[j] = fc_short_best_k(p, n, &bits);
+            after += (bits + 7u) / 8u;
+            p += n;
+        }
+    }
+    /* the SHORT flag adds the quantizer byte (the tensor had none: uniform,
+     * given view, no reference) */
+    if (after + 1u >= before) {
+        free(lv);
+        return FC_OK;
+    }
+    {
+        const int32_t *p = lv;
+        for (j = 0; j < et->njobs; j++) {
+            fc_slice_enc_job *jb = &jobs[et->first_job + j];
+            uint64_t n = jb->rows * jb->cols;
+            fc_short_encode(p, n, ks[j], &jb->out);
+            if (jb->out.failed) {
+                free(lv);
+                return FC_ERR_NOMEM;
+            }
+            jb->mode = FC_MODE_DENSE;
+            jb->k = ks[j];
+            p += n;
+        }
+    }
+    d->short_code = 1;
+    free(lv);
+    return FC_OK;
 }
 
 enum fc_result fc_decode(const uint8_t *src, size_t src_size, const fc_decode_options *opts,
@@ -1149,6 +1247,8 @@ enum fc_result fc_decode(const uint8_t *src, size_t src_size, const fc_decode_op
     fc_decode_options o;
     fc_parsed p;
     fc_slice_dec_job *jobs = NULL;
+    unsigned char *is_short = NULL;
+    dec_jobs ctx;
     size_t i, j, n = 0;
     int rc, accumulate = 0, pass;
     if ((!targets && count) || !get_decode_options(opts, &o)) return FC_ERR_INVALID_ARGUMENT;
@@ -1191,10 +1291,15 @@ enum fc_result fc_decode(const uint8_t *src, size_t src_size, const fc_decode_op
         }
     }
     jobs = (fc_slice_dec_job *)calloc(p.nslices ? p.nslices : 1, sizeof(*jobs));
-    if (!jobs) {
+    is_short = (unsigned char *)calloc(p.nslices ? p.nslices : 1, 1);
+    if (!jobs || !is_short) {
+        free(jobs);
+        free(is_short);
         fc_parsed_free(&p);
         return FC_ERR_NOMEM;
     }
+    ctx.jobs = jobs;
+    ctx.is_short = is_short;
     /* Pass 0 validates every payload when anything accumulates, so a
      * corrupt container never touches an accumulator. */
     for (pass = accumulate ? 0 : 1; pass < 2; pass++) {
@@ -1209,7 +1314,8 @@ enum fc_result fc_decode(const uint8_t *src, size_t src_size, const fc_decode_op
              * tensor is not written either). */
             if (d->has_ref && !tg->reference) continue;
             for (j = 0; j < d->nslices; j++) {
-                fc_slice_dec_job *jb = &jobs[n++];
+                fc_slice_dec_job *jb = &jobs[n];
+                is_short[n++] = (unsigned char)d->short_code;
                 const fc_slice_desc *sd = &d->slices[j];
                 const uint64_t inner = d->transposed == FC_VIEW_SWAPPED ? fc_inner_size(d) : 0;
                 uint64_t off = d->transposed == FC_VIEW_SWAPPED ? r0 * inner
@@ -1246,7 +1352,7 @@ enum fc_result fc_decode(const uint8_t *src, size_t src_size, const fc_decode_op
                 r0 += sd->rows;
             }
         }
-        fc_parallel_for(n, o.threads, run_dec_job, jobs);
+        fc_parallel_for(n, o.threads, run_dec_job, &ctx);
         for (j = 0; j < n; j++) {
             if (jobs[j].result != FC_OK) {
                 rc = jobs[j].result;
@@ -1257,6 +1363,7 @@ enum fc_result fc_decode(const uint8_t *src, size_t src_size, const fc_decode_op
     rc = FC_OK;
 out:
     free(jobs);
+    free(is_short);
     fc_parsed_free(&p);
     return (enum fc_result)rc;
 }

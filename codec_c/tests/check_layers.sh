@@ -21,7 +21,7 @@ layer() {
     contexts.h) echo 3 ;;
     binarize.h | predict_kern.h) echo 4 ;;
     quant.h | quant.c | trellis.c | slice.h | predict.h) echo 5 ;;
-    slice_enc.c | slice_dec.c) echo 6 ;;
+    slice_enc.c | slice_dec.c | short.h | short.c) echo 6 ;;
     container.h | container.c) echo 7 ;;
     fedcodec.c) echo 8 ;;
     *) echo "" ;;

@@ -2298,6 +2298,141 @@ static void test_compact(void)
     free(plain);
 }
 
+/* The short code of tiny tensors (FORMAT.md §6.6): compact containers only,
+ * where smaller; the same levels, values and accumulation; malformed short
+ * tensors are corrupt. */
+static int decode_short(const uint8_t *c, size_t size, int32_t *lv, float *vals, double *acc)
+{
+    uint8_t *g = tu_guarded_copy(c, size);
+    uint64_t s8[1] = {8};
+    fc_shape want;
+    fc_decode_options d;
+    fc_decode_target tg;
+    int rc;
+    memset(&want, 0, sizeof want);
+    want.ndim = 1;
+    want.shape[0] = s8[0];
+    fc_decode_options_init(&d);
+    d.expected = &want;
+    d.expected_count = 1;
+    memset(&tg, 0, sizeof tg);
+    tg.levels = lv;
+    tg.values = vals;
+    tg.acc = acc;
+    tg.acc_dtype = acc ? FC_ACC_F64 : FC_ACC_NONE;
+    tg.weight = 0.5;
+    rc = fc_decode(g, size, &d, &tg, 1);
+    tu_guarded_free(g);
+    return rc;
+}
+
+static void test_short_code(void)
+{
+    int32_t lv[8] = {300, -250, 0, -380, 290, 310, -305, 270}, out[8];
+    uint64_t s8[1] = {8};
+    float vals[8];
+    double acc[8];
+    fc_tensor t = tu_tensor(0, 1, s8);
+    fc_encode_options eo;
+    uint8_t *c, *plain, *m;
+    size_t size, plain_size, i;
+    t.levels = lv;
+    t.step = 0.375;
+    fc_encode_options_init(&eo);
+    TU_CHECK_RC(tu_encode(&t, 1, &eo, &plain, &plain_size, NULL), FC_OK);
+    eo.compact = 1;
+    TU_CHECK_RC(tu_encode(&t, 1, &eo, &c, &size, NULL), FC_OK);
+    /* magic, version, flags, digest, count; desc (step code), step, params with
+     * the quantizer byte, SHORT, one slice: mode byte (k), size, payload */
+    TU_CHECK_EQ(c[11], 0x40u | 0x10u | 1u);
+    TU_CHECK_EQ(c[13] & 0x80u, 0x80u);
+    TU_CHECK_EQ(c[14], 0x20u);
+    TU_CHECK_EQ(c[15], 1);
+    TU_CHECK_EQ(c[16] & 3u, 0);
+    /* zero bit, sign, Exp-Golomb of |v| - 1 at order k: 7 nonzero, 1 zero level */
+    TU_CHECK_EQ(c[17], size - 18 - 4);
+    TU_CHECK(size < plain_size + 4 - 1); /* smaller than the digest alone would make it */
+    memset(acc, 0, sizeof acc);
+    TU_CHECK_RC(decode_short(c, size, out, vals, acc), FC_OK);
+    for (i = 0; i < 8; i++) {
+        TU_CHECK_EQ(out[i], lv[i]);
+        TU_CHECK(vals[i] == (float)lv[i] * 0.375f);
+        TU_CHECK(acc[i] == 0.5 * (double)vals[i]);
+    }
+    /* split, join and convert keep it */
+    {
+        fc_shape want;
+        fc_decode_options d;
+        uint8_t buf[256];
+        size_t n = 0;
+        memset(&want, 0, sizeof want);
+        want.ndim = 1;
+        want.shape[0] = 8;
+        fc_decode_options_init(&d);
+        d.expected = &want;
+        d.expected_count = 1;
+        TU_CHECK_RC(fc_convert(c, size, &d, 0, buf, sizeof buf, &n), FC_OK);
+        TU_CHECK(n == size - 4 + 1 + 3); /* no digest; the shape; a 4-byte step */
+        TU_CHECK_RC(fc_decode(buf, n, NULL, NULL, 0), FC_ERR_MISMATCH);
+    }
+    /* malformed: each edit with a valid CRC */
+    m = (uint8_t *)malloc(size + 1);
+    TU_CHECK(m != NULL);
+    {
+        static const struct {
+            size_t at;
+            unsigned value;
+        } edits[] = {
+            {14, 0x21u}, /* SHORT with the trellis */
+            {14, 0x24u}, /* SHORT transposed (a 1-d tensor: corrupt anyway) */
+            {14, 0x28u}, /* SHORT with a reference */
+            {16, 0x01u}, /* mode 1 */
+            {16, 30u << 2}, /* order 30 */
+            {16, 0x80u}, /* bit 7 */
+        };
+        for (i = 0; i < sizeof edits / sizeof edits[0]; i++) {
+            memcpy(m, c, size);
+            m[edits[i].at] = (uint8_t)edits[i].value;
+            cr_reseal(m, size);
+            TU_CHECKF(decode_short(m, size, out, vals, NULL) == FC_ERR_CORRUPT, "edit %zu", i);
+        }
+        /* a padding bit set in the last byte, when there is padding */
+        memcpy(m, c, size);
+        if (m[size - 5] & 1u) {
+            m[size - 5] = (uint8_t)(m[size - 5] & ~1u); /* changes a coded bit: still a check */
+        } else {
+            m[size - 5] |= 1u;
+        }
+        cr_reseal(m, size);
+        TU_CHECK(decode_short(m, size, out, vals, NULL) != FC_OK ||
+                 memcmp(out, lv, sizeof lv) != 0);
+        /* one payload byte less (the table says so), one more */
+        memcpy(m, c, size - 4);
+        m[17] = (uint8_t)(m[17] - 1);
+        {
+            size_t n = size - 1;
+            uint8_t *t2 = (uint8_t *)malloc(n);
+            memcpy(t2, m, n - 4);
+            cr_reseal(t2, n);
+            TU_CHECK_EQ(decode_short(t2, n, out, vals, NULL), FC_ERR_CORRUPT);
+            free(t2);
+        }
+        {
+            size_t n = size + 1;
+            uint8_t *t2 = (uint8_t *)malloc(n);
+            memcpy(t2, c, size - 4);
+            t2[17] = (uint8_t)(c[17] + 1);
+            t2[size - 4] = 0;
+            cr_reseal(t2, n);
+            TU_CHECK_EQ(decode_short(t2, n, out, vals, NULL), FC_ERR_CORRUPT);
+            free(t2);
+        }
+    }
+    free(m);
+    free(c);
+    free(plain);
+}
+
 int main(void)
 {
     test_names();
@@ -2321,6 +2456,7 @@ int main(void)
     test_limits();
     test_expected_shapes();
     test_compact();
+    test_short_code();
     test_accumulate();
     test_reference();
     test_reference_classctx();
