@@ -1056,12 +1056,24 @@ def convert(
     try:
         return _binding.convert(data, options, flag)
     except FedCodecError as error:
-        problem = _compact_problem(data, expected) if error.code == FC_ERR_MISMATCH else None
-        if problem is not None:
-            _binding.invalid(problem, FC_ERR_MISMATCH)
-        if error.code == FC_ERR_MISMATCH and expected is not None:
-            _binding.invalid(_mismatch(data, expected), FC_ERR_MISMATCH)
+        _name_mismatch(data, expected, error)
         raise
+
+
+def _name_mismatch(
+    data: bytes | bytearray | memoryview,
+    expected: tuple[tuple[int, ...], ...] | None,
+    error: FedCodecError,
+) -> None:
+    """A refusal for other shapes (``FC_ERR_MISMATCH``) raised again naming them; other
+    errors return (the caller re-raises them)."""
+    if error.code != FC_ERR_MISMATCH:
+        return
+    problem = _compact_problem(data, expected)
+    if problem is not None:
+        _binding.invalid(problem, FC_ERR_MISMATCH)
+    if expected is not None:
+        _binding.invalid(_mismatch(data, expected), FC_ERR_MISMATCH)
 
 
 def _decode_options(
@@ -1127,12 +1139,7 @@ def _inspect_for_decode(
         return _binding.inspect(data, options)
     except FedCodecError as error:
         expected = options.expected_shapes
-        if error.code == FC_ERR_MISMATCH:
-            problem = _compact_problem(data, expected)
-            if problem is not None:
-                _binding.invalid(problem, FC_ERR_MISMATCH)
-        if error.code == FC_ERR_MISMATCH and expected is not None:
-            _binding.invalid(_mismatch(data, expected), FC_ERR_MISMATCH)
+        _name_mismatch(data, expected, error)
         if error.code == FC_ERR_LIMIT and expected is None and not explicit_limit:
             _binding.invalid(
                 f"container rejected: its {len(_binding.as_bytes_view(data))} bytes declare "
@@ -1325,11 +1332,7 @@ def split(
     try:
         parts = [bytes(part) for part in _binding.split(data, options)]
     except FedCodecError as error:
-        problem = _compact_problem(data, expected) if error.code == FC_ERR_MISMATCH else None
-        if problem is not None:
-            _binding.invalid(problem, FC_ERR_MISMATCH)
-        if error.code == FC_ERR_MISMATCH and expected is not None:
-            _binding.invalid(_mismatch(data, expected), FC_ERR_MISMATCH)
+        _name_mismatch(data, expected, error)
         raise
     return _named(parts, _check_names(names, len(parts)))
 

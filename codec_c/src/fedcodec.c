@@ -901,6 +901,34 @@ static void put_crc(uint8_t *dst, size_t start, size_t *pos)
     *pos += 4;
 }
 
+/* Append the coded tensors of np parsed containers, in order, each header
+ * relative to the one before (the way fc_encode writes them), then the CRC of
+ * the container that starts at dst (only counted when dst is NULL). */
+static int put_parsed(fc_buf *head, const fc_parsed *p, size_t np, int compact, uint8_t *dst,
+                      size_t *pos)
+{
+    const fc_tensor_desc *prev = NULL;
+    size_t k, i;
+    int rc;
+    for (k = 0; k < np; k++) {
+        for (i = 0; i < p[k].count; i++) {
+            if (!p[k].tensors[i].coded) continue;
+            rc = put_tensor(head, &p[k].tensors[i], prev, compact, dst, pos);
+            if (rc != FC_OK) return rc;
+            prev = &p[k].tensors[i];
+        }
+    }
+    put_crc(dst, 0, pos);
+    return FC_OK;
+}
+
+/* The sizing pass's verdict: *dst_size = the bytes needed. */
+static int sized(size_t pos, size_t capacity, size_t *dst_size)
+{
+    *dst_size = pos;
+    return pos > capacity ? FC_ERR_BUFFER_TOO_SMALL : FC_OK;
+}
+
 enum fc_result fc_split(const uint8_t *src, size_t src_size, const fc_decode_options *opts,
                         uint8_t *dst, size_t dst_capacity, size_t *dst_size,
                         size_t *part_sizes, size_t capacity, size_t *count)
@@ -1042,22 +1070,9 @@ enum fc_result fc_join(const uint8_t *const *parts, const size_t *part_sizes, si
         }
         if (out) memcpy(out, head.data, head.size);
         pos = head.size;
-        for (k = 0; k < count; k++) {
-            for (i = 0; i < p[k].count; i++) {
-                if (!p[k].tensors[i].coded) continue;
-                rc = put_tensor(&head, &p[k].tensors[i], prev, compact, out, &pos);
-                if (rc != FC_OK) goto out;
-                prev = &p[k].tensors[i];
-            }
-        }
-        put_crc(out, 0, &pos);
-        if (pass == 0) {
-            *dst_size = pos;
-            if (pos > dst_capacity) {
-                rc = FC_ERR_BUFFER_TOO_SMALL;
-                goto out;
-            }
-        }
+        rc = put_parsed(&head, p, count, compact, out, &pos);
+        if (rc == FC_OK && pass == 0) rc = sized(pos, dst_capacity, dst_size);
+        if (rc != FC_OK) goto out;
     }
     rc = FC_OK;
 out:
@@ -1076,7 +1091,6 @@ enum fc_result fc_convert(const uint8_t *src, size_t src_size, const fc_decode_o
     fc_parsed p;
     fc_buf head;
     fc_shape *shapes = NULL;
-    const fc_tensor_desc *prev;
     uint32_t digest = 0;
     size_t i, ncoded = 0, pos = 0;
     int rc = FC_OK, pass, has_seed = 0;
@@ -1124,21 +1138,9 @@ enum fc_result fc_convert(const uint8_t *src, size_t src_size, const fc_decode_o
         }
         if (out) memcpy(out, head.data, head.size);
         pos = head.size;
-        prev = NULL;
-        for (i = 0; i < p.count; i++) {
-            if (!p.tensors[i].coded) continue;
-            rc = put_tensor(&head, &p.tensors[i], prev, compact, out, &pos);
-            if (rc != FC_OK) goto out;
-            prev = &p.tensors[i];
-        }
-        put_crc(out, 0, &pos);
-        if (pass == 0) {
-            *dst_size = pos;
-            if (pos > dst_capacity) {
-                rc = FC_ERR_BUFFER_TOO_SMALL;
-                goto out;
-            }
-        }
+        rc = put_parsed(&head, &p, 1, compact, out, &pos);
+        if (rc == FC_OK && pass == 0) rc = sized(pos, dst_capacity, dst_size);
+        if (rc != FC_OK) goto out;
     }
     rc = FC_OK;
 out:
