@@ -318,13 +318,13 @@ def cnn_methods(quick: bool = False) -> list[CnnMethod]:
     # Full participation toward 300x (docs/bench/cnn.md, "Small CNN, full participation: toward
     # 300×"): up/down asymmetry, row-clustered RD top-k, a coarser S, coarser statistics and
     # sparsified 1-d tensors, and all of them together ("lean").
-    def lean(topk: float) -> Any:
+    def lean(topk: float, stat_bits: int = 6) -> Any:
         """RD top-k by row at S=8, statistics at 6 bits, 1-d tensors in the ranking."""
         return RoundParams(
             lam=0.5,
             S=8,
             sparsification=Sparsification(topk=topk, allocation="rd-rows"),
-            sensitivity=Sensitivity(stat_bits=6, sparsify_vectors=True),
+            sensitivity=Sensitivity(stat_bits=stat_bits, sparsify_vectors=True),
         )
 
     def rows(topk: float) -> Any:
@@ -383,6 +383,26 @@ def cnn_methods(quick: bool = False) -> list[CnnMethod]:
         )
         for rate in (0.5, 0.4, 0.7)
     ]
+    methods.append(
+        CnnMethod(
+            f"{sf} lean4 rd-0.5% down lean4 rd-0.5%",
+            "fedcodec",
+            params=lean(0.005, stat_bits=4),
+            down_params=lean(0.005, stat_bits=4),
+            fisher=True,
+        )
+    )
+    # Partial participation: the warm-up of the 105x row with the lean coding.
+    methods.append(
+        CnnMethod(
+            f"{sf} warm lean4 rd-4% down warm lean4 rd-0.5% auto",
+            "fedcodec",
+            params=StepSchedule(lean(0.08, 4), "topk", gamma=0.5, every=2, limit=0.04),
+            down_params=StepSchedule(lean(0.08, 4), "topk", gamma=0.5, every=2, limit=0.005),
+            fisher=True,
+            step_snap="auto",
+        )
+    )
     # Temporal reference: each node codes its update against its previous one (the coder
     # uses it on dense updates only; sparsified ones go without).
     dense_rows = ("fedcodec sens dense S=16", "fedcodec plain dense S=16", f"{sf} dense S=16")
