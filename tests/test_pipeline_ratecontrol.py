@@ -179,3 +179,26 @@ def test_recon_is_the_decode_with_rowfine_rows(lam_scales: list[float] | None) -
     if lam_scales is None:
         levels = fedcodec.decode_levels(coded.result.data)[0][0]
         assert not np.array_equal(np.asarray(decoded[0]), levels * np.float32(1.0))
+
+
+@pytest.mark.parametrize("make", [_mlp_update, _conv_like])
+@pytest.mark.parametrize("fraction", [0.002, 0.01, 0.05])
+def test_compact_budget_within_five_percent_and_fixed_steps_in_one_byte(
+    make, fraction: float
+) -> None:  # type: ignore[no-untyped-def]
+    """Compact containers: a budget search rounds steps to bfloat16s (its ±5 % holds);
+    fixed parameters round them to the one-byte steps (1 + m/8)·2**e."""
+    tensors = make(0)
+    shapes = [t.shape for t in tensors]
+    budget = max(int(sum(t.nbytes for t in tensors) * fraction), 80)
+    coded = encode_with_params(tensors, RoundParams(budget_bytes=budget), threads=1, compact=True)
+    assert fedcodec.codec.is_compact(coded.result.data)
+    assert abs(len(coded.result.data) - budget) <= 0.05 * budget, (len(coded.result), budget)
+    fixed = encode_with_params(tensors, RoundParams(lam=0.5, S=16), threads=1, compact=True)
+    for info in fedcodec.inspect(fixed.result.data, expected_shapes=shapes):
+        if info.slices:
+            mantissa, _ = np.frexp(info.step)
+            assert (2 * mantissa * 8) % 1 == 0  # (1 + m/8) * 2**e
+    decoded = fedcodec.decode(fixed.result.data, expected_shapes=shapes)
+    for got, want in zip(decoded, fixed.recon, strict=True):
+        np.testing.assert_array_equal(got, want)

@@ -49,6 +49,7 @@ __all__ = [
     "CodedTensors",
     "StepSnap",
     "StepSnapPolicy",
+    "compact_step",
     "encode_with_params",
     "importance_lam_scales",
     "min_container_bytes",
@@ -243,23 +244,32 @@ def resolve_step_snap(policy: StepSnapPolicy, params: RoundParams) -> StepSnap:
 _CODE_MIN_EXP, _CODE_MAX_EXP = -27, 4
 
 
-def compact_step(step: float) -> float:
+def compact_step(step: float, *, fine: bool = False) -> float:
     """``step`` rounded to the nearest step a compact container codes in one byte.
 
     The steps ``(1 + m/8) · 2**e`` (m = 0..7, e = -27..4; codec FORMAT.md §3.1) are
     within 6.25 % of any step in their range; a step outside it is returned as it is
-    (it takes 2 or 4 bytes).
+    (it takes 2 or 4 bytes).  ``fine``: the nearest bfloat16 instead (2 bytes, within
+    0.4 %), for a byte-budget search, which the one-byte steps' 9 % stairs would keep
+    from landing within its tolerance.
 
     Parameters
     ----------
     step : float
         A step > 0.
+    fine : bool, optional
+        Round to a bfloat16 (default False: to a one-byte step).
 
     Returns
     -------
     float
         The rounded step (exactly a float32).
     """
+    if fine:
+        bits = int(np.array(step, dtype=np.float32).view(np.uint32))
+        bits = (bits + 0x7FFF + ((bits >> 16) & 1)) & 0xFFFF0000  # round to nearest even
+        value = float(np.array(bits, dtype=np.uint32).view(np.float32))
+        return value if math.isfinite(value) and value > 0.0 else step
     mantissa, exp = math.frexp(step)  # step = mantissa * 2**exp, mantissa in [0.5, 1)
     eighths = round((2.0 * mantissa - 1.0) * 8.0)  # step ≈ (1 + eighths/8) * 2**(exp - 1)
     value = (1.0 + eighths / 8.0) * 2.0 ** (exp - 1)
@@ -305,11 +315,13 @@ class _Encoder:
         dither_seed: int | None = None,
         temporal_reference: Sequence[F32Array | None] | None = None,
         compact: bool = False,
+        fine_steps: bool = False,
     ) -> None:
         self.tensors = list(tensors)
         # a compact container (codec FORMAT.md §2-3); off the grid its steps snap to
-        # one-byte steps (compact_step)
+        # one-byte steps (compact_step), to bfloat16s in a budget search (fine_steps)
         self.compact = compact
+        self.fine_steps = fine_steps
         self.shapes = [tuple(t.shape) for t in self.tensors] if compact else None
         self.reference = None if temporal_reference is None else list(temporal_reference)
         self.quantizer: Quantizer = quantizer
@@ -336,7 +348,7 @@ class _Encoder:
             steps = self._planned(tensor_rule_steps(self.tensors, S) if steps is None else steps)
         if self.compact and self.grid is None:
             rule = tensor_rule_steps(self.tensors, S) if steps is None else steps
-            steps = [compact_step(x) for x in rule]
+            steps = [compact_step(x, fine=self.fine_steps) for x in rule]
         snapped = None if steps is None else _snap(steps, self.grid, self.step_snap)
         if self.lam_scales is None:
             result = codec.encode(
@@ -591,7 +603,8 @@ def encode_with_params(
     (one tensor or None per tensor) is passed to the codec as ``reference``.
     ``compact``: a compact container (``codec.encode(..., compact=True)``, for a
     decoder that knows the shapes); without ``step_grid`` its steps are rounded to
-    one-byte steps (:func:`compact_step`, within 6.25 %).
+    one-byte steps (:func:`compact_step`, within 6.25 %), to bfloat16 steps (within 0.4 %)
+    when it searches a byte budget.
 
     Parameters
     ----------
@@ -675,6 +688,7 @@ def encode_with_params(
         dither_seed,
         temporal_reference,
         compact,
+        fine_steps=params.budget_bytes is not None and params.step is None,
     )
     lam = params.lam
     # The tensors that follow the round's step (fixed ones do not shape it).
