@@ -9,10 +9,12 @@ the README's code blocks that start with ``fedcodec``.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
 import shlex
+import signal
 import socket
 import subprocess
 import sys
@@ -151,15 +153,25 @@ def test_the_loopback_quickstart_runs_as_written(tmp_path: Path) -> None:
         **os.environ,
         "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
     }
-    result = subprocess.run(
+    # Its own process group: whatever the block leaves running (a server whose clients
+    # failed is never killed by it) is stopped here, not left holding the port.
+    proc = subprocess.Popen(
         ["bash", "-c", script.replace("127.0.0.1:50051", f"127.0.0.1:{port}")],
         cwd=tmp_path,
         env=env,
-        capture_output=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
         text=True,
-        timeout=600,
+        start_new_session=True,
     )
-    assert result.returncode == 0, result.stderr[-4000:]
+    try:
+        out, err = proc.communicate(timeout=600)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    result = subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
+    assert result.returncode == 0, (result.returncode, result.stdout[-2000:], result.stderr[-6000:])
     assert result.stderr.count("round aggregated") == 3, result.stderr[-4000:]
     assert result.stderr.count("client finished") == 2
     assert "server stopped" in result.stderr
