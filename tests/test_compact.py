@@ -172,3 +172,22 @@ def test_tiny_tensors_take_the_short_code_where_smaller() -> None:
     acc = [np.zeros(16), np.zeros(8)]
     codec.decode_accumulate(small, acc, weight=2.0)
     np.testing.assert_array_equal(acc[1], 2.0 * levels[1].astype(np.float64) * 0.5)
+
+
+def test_golden_compact_container() -> None:
+    """codec_c's golden ok_compact.fcd (the shapes the fuzz target uses) decodes with its
+    model's shapes and is refused without them; an omitted tensor decodes as zeros."""
+    from pathlib import Path
+
+    golden = Path(__file__).resolve().parents[1] / "codec_c" / "tests" / "golden"
+    data = (golden / "ok_compact.fcd").read_bytes()
+    shapes = [(8, 4, 3, 3), (8,), (16, 40), (16,), ()]
+    assert codec.is_compact(data)
+    with pytest.raises(InvalidParameterError, match="stores no shapes"):
+        codec.inspect(data)
+    levels = codec.decode_levels(data, expected_shapes=shapes)
+    assert not levels[1][0].any()
+    assert levels[1][1] == 1.0
+    values = codec.decode(data, expected_shapes=shapes)
+    for (lv, step), value in zip(levels, values, strict=True):
+        np.testing.assert_array_equal(value, lv.astype(np.float32) * np.float32(step))

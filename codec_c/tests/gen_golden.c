@@ -40,14 +40,15 @@ static void put_file(const char *dir, const char *name, const void *data, size_t
 }
 
 /* Inspect, then decode into targets sized from inspect: the result code of
- * a full decode. */
-static int full_decode(const uint8_t *c, size_t size, gl_tensor *out, size_t cap, size_t *count)
+ * a full decode (`o`: NULL, or the shapes a compact container needs). */
+static int full_decode_with(const uint8_t *c, size_t size, const fc_decode_options *o,
+                            gl_tensor *out, size_t cap, size_t *count)
 {
     fc_tensor_info info[GC_MAX_TENSORS];
     fc_decode_target tg[GC_MAX_TENSORS];
     int32_t *lv[GC_MAX_TENSORS];
     size_t n = 0, i;
-    int rc = fc_inspect(c, size, NULL, info, GC_MAX_TENSORS, &n);
+    int rc = fc_inspect(c, size, o, info, GC_MAX_TENSORS, &n);
     if (count) *count = n;
     if (rc != FC_OK) return rc;
     if (n > GC_MAX_TENSORS) return FC_ERR_LIMIT;
@@ -57,7 +58,7 @@ static int full_decode(const uint8_t *c, size_t size, gl_tensor *out, size_t cap
         if (!lv[i]) abort();
         tg[i].levels = lv[i];
     }
-    rc = fc_decode(c, size, NULL, tg, n);
+    rc = fc_decode(c, size, o, tg, n);
     for (i = 0; i < n; i++) {
         if (rc == FC_OK && out && i < cap) {
             float step = (float)info[i].step;
@@ -74,6 +75,11 @@ static int full_decode(const uint8_t *c, size_t size, gl_tensor *out, size_t cap
         }
     }
     return rc;
+}
+
+static int full_decode(const uint8_t *c, size_t size, gl_tensor *out, size_t cap, size_t *count)
+{
+    return full_decode_with(c, size, NULL, out, cap, count);
 }
 
 static void add_bad(const char *name, const uint8_t *c, size_t size, int want)
@@ -126,8 +132,25 @@ static uint8_t *add_ok(int which, size_t *out_size)
         die("encoder not deterministic", s.name);
     free(c2);
     memset(dec, 0, sizeof dec);
-    if (full_decode(c, size, dec, GC_MAX_TENSORS, &count) != FC_OK || count != s.count)
-        die("does not decode", s.name);
+    {
+        /* a compact container is read with the case's shapes */
+        fc_shape want[GC_MAX_TENSORS];
+        fc_decode_options o;
+        fc_decode_options_init(&o);
+        memset(want, 0, sizeof want);
+        for (i = 0; i < s.count; i++) {
+            want[i].ndim = s.t[i].ndim;
+            memcpy(want[i].shape, s.t[i].shape, sizeof(want[i].shape));
+        }
+        o.expected = want;
+        o.expected_count = s.count;
+        if (full_decode_with(c, size, s.o.compact ? &o : NULL, dec, GC_MAX_TENSORS, &count) !=
+                FC_OK ||
+            count != s.count)
+            die("does not decode", s.name);
+        if (s.o.compact && full_decode(c, size, NULL, 0, NULL) != FC_ERR_MISMATCH)
+            die("a compact container decodes without the shapes", s.name);
+    }
     for (i = 0; i < count; i++) {
         const fc_tensor *t = &s.t[i];
         for (k = 0; k < dec[i].numel; k++) {
@@ -499,6 +522,10 @@ int main(int argc, char **argv)
         } else if (which == 15) {
             constrows = c;
             csize = size;
+        } else if (which == 23) {
+            /* a compact container read without the caller's shapes */
+            add_bad("compact_no_shapes", c, size, FC_ERR_MISMATCH);
+            free(c);
         } else {
             free(c);
         }

@@ -412,6 +412,32 @@ static inline int gc_build(int which, gc_set *s)
             t->step = 0.25;
         }
         return 1;
+    case 23: /* a compact container (FORMAT.md §2-3): no shapes (the
+                        * fuzz target's FUZZ_SHAPES), an omitted all-zero
+                        * tensor, one-byte steps, SHORT statistics (§6.6) */
+        s->name = "compact";
+        s->o.compact = 1;
+        t = gc_add(s, 0, 4, 8, 4, 3, 3);
+        gc_laplace(s, t, 33, 0.01);
+        t->step = 0.375 * 0.01;
+        t = gc_add(s, 1, 1, 8, 0, 0, 0);
+        t->levels = (int32_t *)gc_alloc(s, sizeof(int32_t) * 8); /* all zero: omitted */
+        t->step = 0.5;
+        t = gc_add(s, 2, 2, 16, 40, 0, 0);
+        gc_levels(s, t, 34, 60, 3);
+        t->step = 0.0625;
+        t = gc_add(s, 3, 1, 16, 0, 0, 0);
+        { /* few large levels (statistics at a fine step): the short code */
+            int32_t *lv = (int32_t *)gc_alloc(s, sizeof(int32_t) * 16);
+            uint64_t i;
+            for (i = 0; i < 16; i++) lv[i] = (int32_t)((i * 389u) % 1201u) - 600;
+            t->levels = lv;
+        }
+        t->step = 0x1.02p-20;
+        t = gc_add(s, 4, 0, 0, 0, 0, 0);
+        gc_levels(s, t, 36, 1000, 2);
+        t->step = 0.1;
+        return 1;
     default:
         return 0;
     }
