@@ -40,6 +40,7 @@ import time
 import zlib
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
+from pathlib import PurePath
 from typing import Any, TypeVar
 
 import numpy.typing as npt
@@ -275,6 +276,14 @@ class _Round:
         return self.record.round_id
 
 
+def _public_model_id(source: str) -> str:
+    """The initial model's name as clients see it (RoundConfig, refusals): a file's name
+    without its folder — the server's paths are nobody's business (the digest decides)."""
+    if not source or source.startswith("builtin:"):
+        return source
+    return PurePath(source).name
+
+
 def _receipt_matches(stored: tuple[str, int, int], h: UploadHeader) -> bool:
     return stored == (h.idempotency_key, h.total_bytes, h.crc32)
 
@@ -424,7 +433,7 @@ class RoundCoordinator:
         d = self.config.downlink
         return RoundEngine(
             model,
-            initial_id=self.config.initial_model,
+            initial_id=_public_model_id(self.config.initial_model),
             shared_initial=d.shared_initial,
             send_initial=d.send_initial,
             schedule=self._schedule,

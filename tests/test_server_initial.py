@@ -119,3 +119,20 @@ def test_the_operator_may_send_the_initial_model_once_to_a_client_that_asks(
         assert results[1].bytes_down < V0.spec.numel
         assert client.model is not None
         assert client.model.version == 1
+
+
+def test_clients_see_the_initial_models_file_name_not_the_servers_path(tmp_path: Path) -> None:
+    # The path of the server's initial model file went to every client in each round config
+    # and in refusals ("starts from the shared initial model '/etc/...'").
+    source = tmp_path / "private" / "init.npz"
+    source.parent.mkdir()
+    np.savez(source, **MODEL)
+    with server(tmp_path, initial_model=str(source)) as srv:
+        conn = connect(srv, "c0")
+        answer = conn.check_in()
+        assert answer.config.initial_model.model_id == "init.npz"
+        assert answer.config.initial_model.digest == V0.digest
+        with pytest.raises(UpdateRefusedError) as info:
+            conn.download(None, None)
+        assert "'init.npz'" in str(info.value)
+        assert str(tmp_path) not in str(info.value)
