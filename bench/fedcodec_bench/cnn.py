@@ -393,16 +393,17 @@ def cnn_methods(quick: bool = False) -> list[CnnMethod]:
         )
     )
     # Partial participation: the warm-up of the 105x row with the lean coding.
-    methods.append(
+    methods += [
         CnnMethod(
-            f"{sf} warm lean4 rd-4% down warm lean4 rd-0.5% auto",
+            f"{sf} warm lean4 rd-{pct}% down warm lean4 rd-0.5% auto",
             "fedcodec",
-            params=StepSchedule(lean(0.08, 4), "topk", gamma=0.5, every=2, limit=0.04),
+            params=StepSchedule(lean(0.08, 4), "topk", gamma=0.5, every=2, limit=pct / 100),
             down_params=StepSchedule(lean(0.08, 4), "topk", gamma=0.5, every=2, limit=0.005),
             fisher=True,
             step_snap="auto",
         )
-    )
+        for pct in (4, 6)
+    ]
     # Temporal reference: each node codes its update against its previous one (the coder
     # uses it on dense updates only; sparsified ones go without).
     dense_rows = ("fedcodec sens dense S=16", "fedcodec plain dense S=16", f"{sf} dense S=16")
