@@ -352,6 +352,45 @@ def _names(text: str | None) -> list[str] | None:
     return None if text is None else [n.strip() for n in text.split(",")]
 
 
+def _shapes(text: str) -> list[tuple[int, ...]]:
+    """``--shapes``: comma-separated shapes, dimensions joined by ``x`` (``64x32,32``);
+    ``scalar`` for a 0-d tensor (as ``fedcodec inspect`` prints them)."""
+    shapes = []
+    for item in text.split(","):
+        item = item.strip()
+        try:
+            shape = () if item == "scalar" else tuple(int(d) for d in item.split("x"))
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"not a shape: {item!r} (dimensions joined by 'x', e.g. 64x32, or 'scalar')"
+            ) from None
+        if any(d < 0 for d in shape):
+            raise argparse.ArgumentTypeError(f"a negative dimension in {item!r}")
+        shapes.append(shape)
+    return shapes
+
+
+def _container_error(command: str, path: str, data: bytes, error: Exception, shapes: object) -> int:
+    """A refusal on stderr (exit 1); for a compact container without ``--shapes`` the
+    message says how to give them (the library's names its Python argument)."""
+    from fedcodec import codec
+    from fedcodec.errors import FC_ERR_MISMATCH
+
+    if (
+        shapes is None
+        and codec.is_compact(data)
+        and getattr(error, "code", None) == FC_ERR_MISMATCH
+    ):
+        print(
+            f"fedcodec {command}: {path}: a compact container stores no shapes: give all "
+            "the shapes it was coded with, in order, with --shapes (e.g. --shapes 64x32,32)",
+            file=sys.stderr,
+        )
+    else:
+        print(f"fedcodec {command}: {path}: {error}", file=sys.stderr)
+    return 1
+
+
 def _run_inspect(args: argparse.Namespace) -> int:
     import fedcodec
 
@@ -359,11 +398,10 @@ def _run_inspect(args: argparse.Namespace) -> int:
     if data is None:
         return 2
     try:
-        infos = fedcodec.inspect(data)
-        parts = fedcodec.split(data, names=_names(args.names))
+        infos = fedcodec.inspect(data, expected_shapes=args.shapes)
+        parts = fedcodec.split(data, names=_names(args.names), expected_shapes=args.shapes)
     except (fedcodec.FedCodecError, OSError) as e:
-        print(f"fedcodec inspect: {args.container}: {e}", file=sys.stderr)
-        return 1
+        return _container_error("inspect", args.container, data, e, args.shapes)
     labels = list(parts) if isinstance(parts, dict) else [str(i.index) for i in infos]
     sizes = [len(p) for p in (parts.values() if isinstance(parts, dict) else parts)]
     width = max([len("tensor"), *(len(label) for label in labels)])
@@ -393,10 +431,9 @@ def _run_split(args: argparse.Namespace) -> int:
     if data is None:
         return 2
     try:
-        parts = fedcodec.split(data, names=_names(args.names))
+        parts = fedcodec.split(data, names=_names(args.names), expected_shapes=args.shapes)
     except fedcodec.FedCodecError as e:
-        print(f"fedcodec split: {args.container}: {e}", file=sys.stderr)
-        return 1
+        return _container_error("split", args.container, data, e, args.shapes)
     named = parts if isinstance(parts, dict) else {f"{i:04d}": p for i, p in enumerate(parts)}
     bad = [name for name in named if not name or "/" in name or name in (".", "..")]
     if bad:
@@ -425,18 +462,28 @@ def _run_join(args: argparse.Namespace) -> int:
             return 2
         parts[path] = data
     try:
-        joined = fedcodec.join(parts)
+        joined = fedcodec.join(parts, expected_shapes=args.shapes)
     except fedcodec.FedCodecError as e:
+        from fedcodec import codec
+
+        compact = [path for path, data in parts.items() if codec.is_compact(data)]
+        if compact and args.shapes is None:
+            return _container_error("join", compact[0], parts[compact[0]], e, None)
         print(f"fedcodec join: {e}", file=sys.stderr)
         return 1
     with open(args.out, "wb") as f:
         f.write(joined)
-    print(f"{args.out}: {len(joined):,} bytes, {len(fedcodec.inspect(joined))} tensors")
+    tensors = len(fedcodec.inspect(joined, expected_shapes=args.shapes))
+    print(f"{args.out}: {len(joined):,} bytes, {tensors} tensors")
     return 0
 
 
 def _add_containers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     names_help = "comma-separated tensor names, one per tensor in container order"
+    shapes_help = (
+        "the model's shapes, comma-separated, dimensions joined by 'x' (64x32,32; 'scalar' "
+        "for 0-d): required for a compact container, which stores none"
+    )
     inspect = sub.add_parser(
         "inspect",
         help="describe a container file: tensors, shapes, steps, quantizers, bytes per tensor",
@@ -446,17 +493,20 @@ def _add_containers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     )
     inspect.add_argument("container", help="a container file")
     inspect.add_argument("--names", help=names_help)
+    inspect.add_argument("--shapes", type=_shapes, help=shapes_help)
     inspect.set_defaults(func=_run_inspect)
     split = sub.add_parser(
         "split",
         help="write one container per tensor (no re-coding)",
-        description="Split a container into one container per tensor, OUT/NAME.fcd (NAME: "
-        "--names, else the position 0000, 0001, ...). Each part holds its tensor's coded "
+        description="Split a container into one container per tensor, OUT/NNNN-NAME.fcd "
+        "(NNNN: the position 0000, 0001, ...; NAME from --names, else OUT/NNNN.fcd), so "
+        "'fedcodec join OUT/*' takes them in order. Each part holds its tensor's coded "
         "bytes unchanged; 'fedcodec join' puts parts back together.",
     )
     split.add_argument("container", help="a container file")
     split.add_argument("--out", "-o", required=True, metavar="DIR", help="output folder")
     split.add_argument("--names", help=names_help)
+    split.add_argument("--shapes", type=_shapes, help=shapes_help)
     split.set_defaults(func=_run_split)
     join = sub.add_parser(
         "join",
@@ -467,6 +517,7 @@ def _add_containers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     )
     join.add_argument("parts", nargs="+", metavar="PART", help="container files, in order")
     join.add_argument("--out", "-o", required=True, metavar="FILE", help="output file")
+    join.add_argument("--shapes", type=_shapes, help=shapes_help)
     join.set_defaults(func=_run_join)
 
 

@@ -287,3 +287,45 @@ def test_command_line_inspect_split_join(
     assert "FC_ERR_VERSION" in capsys.readouterr().err
     assert main(["split", str(tmp_path / "missing.fcd"), "-o", str(tmp_path)]) == 2
     assert main(["split", str(container), "-o", str(tmp_path), "--names", "a,../b,c,d,e,f"]) == 2
+
+
+def test_command_line_compact_containers_take_shapes(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A compact container stores no shapes: the commands take them with --shapes, and
+    without them say so in the command line's terms (not the Python argument's)."""
+    update = _update(4)
+    data = fedcodec.encode(update, S=32, lam=0.1155, compact=True).data
+    container = tmp_path / "compact.fcd"
+    container.write_bytes(data)
+    shapes = ",".join("x".join(map(str, t.shape)) or "scalar" for t in update.values())
+    out_dir = tmp_path / "parts"
+    for command in (["inspect"], ["split", "-o", str(out_dir)]):
+        assert main([*command, str(container)]) == 1
+        err = capsys.readouterr().err
+        assert "compact container stores no shapes" in err and "--shapes" in err
+        assert "expected_shapes" not in err
+    assert not out_dir.exists()
+
+    assert main(["inspect", str(container), "--shapes", shapes]) == 0
+    out = capsys.readouterr().out
+    assert f"{len(update)} tensors" in out
+    assert "16x16" in out and "scalar" in out  # the omitted all-zero tensor is listed
+    assert main(["split", str(container), "-o", str(out_dir), "--shapes", shapes]) == 0
+    parts = sorted(map(str, out_dir.iterdir()))
+    assert len(parts) == len(update)
+    capsys.readouterr()
+    assert main(["join", *parts, "-o", str(tmp_path / "joined.fcd")]) == 1
+    assert "--shapes" in capsys.readouterr().err
+    assert main(["join", *parts, "-o", str(tmp_path / "joined.fcd"), "--shapes", shapes]) == 0
+    assert (tmp_path / "joined.fcd").read_bytes() == data
+    capsys.readouterr()
+
+    # other shapes: the digest refusal; a malformed --shapes is a usage error
+    wrong = shapes.replace("64x96", "96x64")
+    assert main(["inspect", str(container), "--shapes", wrong]) == 1
+    assert "shape digest" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_info:
+        main(["inspect", str(container), "--shapes", "4xfour"])
+    assert exit_info.value.code == 2
+    assert "not a shape: '4xfour'" in capsys.readouterr().err
