@@ -102,6 +102,13 @@ def test_rejected_updates_never_change_the_aggregate() -> None:
     wrong_shape = UpdateEncoder(other.spec, "x", threads=1).encode(
         {"w": np.ones((24, 40), np.float32)}, other, RoundParams(), round_number=0, num_examples=1
     )
+    # a compact container (it stores only a digest of the shapes) coded for another model
+    compact_other = UpdateEncoder(other.spec, "x", threads=1, compact=True).encode(
+        {"w": np.ones((24, 40), np.float32)}, other, RoundParams(), round_number=0, num_examples=1
+    )
+    with pytest.raises(ModelMismatchError, match="compact container coded for other") as mm:
+        agg.accept(compact_other.data, client_id="c1", base_version=1, num_examples=3)
+    assert "expected_shapes" not in str(mm.value)  # the refusal reaches remote clients
     corrupt = bytearray(good[1].data)
     corrupt[len(corrupt) // 2] ^= 0x40
     # A valid container (level 1 x 1e38 is finite) whose step is beyond the aggregator's limit.
@@ -134,7 +141,7 @@ def test_rejected_updates_never_change_the_aggregate() -> None:
     with pytest.raises(DuplicateUpdateError) as dup:
         agg.accept(good[3].data, client_id="c2", base_version=1, num_examples=1)
     assert not dup.value.same_payload
-    assert agg.rejected == len(bad_calls) + 3
+    assert agg.rejected == len(bad_calls) + 4
     assert agg.num_updates == 4
     a, b = agg.finalize(), clean.finalize()
     assert a.digest == b.digest  # bit-identical to the round without the bad updates

@@ -15,7 +15,7 @@ from collections.abc import Callable, Collection, Sequence
 
 from fedcodec import codec
 from fedcodec.codec import TensorInfo
-from fedcodec.errors import InvalidParameterError
+from fedcodec.errors import FC_ERR_MISMATCH, InvalidParameterError
 from fedcodec.pipeline.errors import (
     BaseDigestMismatchError,
     ModelMismatchError,
@@ -104,7 +104,15 @@ def inspect_update(data: bytes, spec: ModelSpec, *, client_id: str) -> list[Tens
     try:
         return list(codec.inspect(data, expected_shapes=spec.shapes))
     except InvalidParameterError as exc:
-        raise ModelMismatchError(f"update of {client_id!r}: {exc}") from exc
+        if exc.code != FC_ERR_MISMATCH:
+            raise ModelMismatchError(f"update of {client_id!r}: {exc}") from exc
+        # in the model's terms: the codec's message names its Python argument
+        # (expected_shapes), and this one reaches remote clients
+        raise ModelMismatchError(
+            f"update of {client_id!r}: a compact container coded for other tensor shapes "
+            f"than the model's {len(spec.names)} tensors (model shape digest "
+            f"0x{codec.shape_digest(spec.shapes):08x})"
+        ) from exc
 
 
 def check_tensors(
