@@ -434,7 +434,10 @@ def _run_split(args: argparse.Namespace) -> int:
         parts = fedcodec.split(data, names=_names(args.names), expected_shapes=args.shapes)
     except fedcodec.FedCodecError as e:
         return _container_error("split", args.container, data, e, args.shapes)
-    named = parts if isinstance(parts, dict) else {f"{i:04d}": p for i, p in enumerate(parts)}
+    # positions as wide as the last one needs (at least 4 digits): 10000 after 9999 in
+    # the shell's order too
+    width = max(4, len(str(len(parts) - 1)))
+    named = parts if isinstance(parts, dict) else {f"{i:0{width}d}": p for i, p in enumerate(parts)}
     bad = [name for name in named if not name or "/" in name or name in (".", "..")]
     if bad:
         print(f"fedcodec split: names that are not file names: {bad!r}", file=sys.stderr)
@@ -443,8 +446,9 @@ def _run_split(args: argparse.Namespace) -> int:
     for i, (name, part) in enumerate(named.items()):
         # The position first: `fedcodec join DIR/*` gets the parts in container order (by
         # name alone the shell's order was alphabetical, and join refused it).
+        position = f"{i:0{width}d}"
         path = os.path.join(
-            args.out, f"{name}.fcd" if name == f"{i:04d}" else f"{i:04d}-{name}.fcd"
+            args.out, f"{name}.fcd" if name == position else f"{position}-{name}.fcd"
         )
         with open(path, "wb") as f:
             f.write(part)

@@ -331,3 +331,21 @@ def test_command_line_compact_containers_take_shapes(
         main(["inspect", str(container), "--shapes", "4xfour"])
     assert exit_info.value.code == 2
     assert "not a shape: '4xfour'" in capsys.readouterr().err
+
+
+def test_command_line_split_names_sort_in_container_order_past_9999(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Positions are as wide as the last one: with 10,001 tensors the shell's order of
+    the parts (``fedcodec join DIR/*``) is still the container's."""
+    update = [np.full(1, i % 5, np.float32) for i in range(10_001)]
+    data = fedcodec.encode(update, S=32).data
+    container = tmp_path / "many.fcd"
+    container.write_bytes(data)
+    assert main(["split", str(container), "-o", str(tmp_path / "parts")]) == 0
+    globbed = sorted(map(str, (tmp_path / "parts").iterdir()))
+    assert Path(globbed[-1]).name == "10000.fcd"
+    assert Path(globbed[0]).name == "00000.fcd"
+    assert main(["join", *globbed, "-o", str(tmp_path / "joined.fcd")]) == 0
+    assert (tmp_path / "joined.fcd").read_bytes() == data
+    capsys.readouterr()
