@@ -327,14 +327,7 @@ def cnn_methods(quick: bool = False) -> list[CnnMethod]:
             sensitivity=Sensitivity(stat_bits=stat_bits, sparsify_vectors=True),
         )
 
-    def rows(topk: float) -> Any:
-        return RoundParams(
-            lam=0.5,
-            S=16,
-            sparsification=Sparsification(topk=topk, allocation="rd-rows"),
-            sensitivity=sens,
-        )
-
+    rows = Sparsification(topk=0.005, allocation="rd-rows")
     stat6 = Sensitivity(stat_bits=6, sparsify_vectors=True)
     methods += [
         CnnMethod(
@@ -354,8 +347,8 @@ def cnn_methods(quick: bool = False) -> list[CnnMethod]:
         CnnMethod(
             f"{sf} rd-rows-0.5% down rd-rows-0.5%",
             "fedcodec",
-            params=rows(0.005),
-            down_params=rows(0.005),
+            params=up(0.005).replace(sparsification=rows),
+            down_params=up(0.005).replace(sparsification=rows),
             fisher=True,
         ),
         CnnMethod(
