@@ -9,8 +9,6 @@ Real ``Message``/``Context`` objects and the real strategy/mod pair, in process
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-
 import numpy as np
 import pytest
 
@@ -87,11 +85,6 @@ class _Grid(LocalGrid):
         self.down_after_reply: list[tuple[int, bytes]] = []
         self.up: list[tuple[int, bytes]] = []
         self.offered: set[int] = set()
-
-    def send_and_receive(
-        self, messages: Iterable[Message], timeout: float | None = None
-    ) -> Iterable[Message]:
-        return [self.deliver(msg) for msg in messages]
 
     def deliver(self, msg: Message) -> Message:
         node = msg.metadata.dst_node_id
