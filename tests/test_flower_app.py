@@ -40,7 +40,10 @@ EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "flower-app"
 BIN = Path(sys.executable).parent
 #: The coding the tests run (the example's run config names).
 CODING = "lambda=0.5 S=0"
-SIM_ROUNDS = 5
+#: Simulation rounds: at round 5 accuracy still climbs 1-3 points a round and the coded and
+#: float32 runs cross (compact containers' one-byte steps: 88.0 vs 89.2 % at round 5, 90.0 vs
+#: 90.2 % at round 10), so the within-a-point check reads round 10.
+SIM_ROUNDS = 10
 DEPLOY_ROUNDS = 2
 RUN_TIMEOUT = 900.0
 
