@@ -12,6 +12,7 @@ from fedcodec.client.edge import EdgeClient, Outcome, RoundInfo, RoundResult, Tr
 from fedcodec.client.errors import (
     AuthenticationError,
     ClientError,
+    DeadlineExceededError,
     ProtocolError,
     ServerUnavailableError,
     UpdateRefusedError,
@@ -22,6 +23,7 @@ __all__ = [
     "AuthenticationError",
     "ClientError",
     "Connection",
+    "DeadlineExceededError",
     "EdgeClient",
     "Outcome",
     "ProtocolError",

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from fedcodec.client.edge import EdgeClient, Outcome, RoundResult, TrainFn
 from fedcodec.client.errors import AuthenticationError, ServerUnavailableError
-from fedcodec.client.transport import Connection
+from fedcodec.client.transport import Connection, RetryPolicy
 from fedcodec.logs import setup_logging
 from fedcodec.models import BUILTIN_MNIST_MLP, load_model
 
@@ -83,6 +83,7 @@ def _report(result: RoundResult) -> None:
 def run_client(args: argparse.Namespace) -> int:
     """Run ``fedcodec client`` with parsed arguments; return the exit status."""
     setup_logging(args.log_level, args.log_format)
+    call_deadline_s: float | None = getattr(args, "call_deadline", None)
     if args.health:
         connection = Connection(
             args.server,
@@ -92,6 +93,7 @@ def run_client(args: argparse.Namespace) -> int:
             server_name=args.server_name,
             client_cert=args.client_cert,
             client_key=args.client_key,
+            retry=RetryPolicy(call_deadline_s=call_deadline_s),
         )
         try:
             status = connection.health_status()
@@ -127,6 +129,7 @@ def run_client(args: argparse.Namespace) -> int:
             client_key=args.client_key,
             initial_model=initial,
             request_initial=bool(getattr(args, "request_initial", False)),
+            call_deadline_s=call_deadline_s,
         ) as client:
             results = client.run(trainer, max_rounds=args.rounds, on_round=_report)
     except AuthenticationError as exc:

@@ -28,7 +28,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -36,7 +36,11 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from fedcodec.client.errors import ServerUnavailableError, UpdateRefusedError
+from fedcodec.client.errors import (
+    DeadlineExceededError,
+    ServerUnavailableError,
+    UpdateRefusedError,
+)
 from fedcodec.client.state import PendingUpload, load_pending, save_pending
 from fedcodec.client.transport import MAX_CHUNK_BYTES, Connection, RetryPolicy
 from fedcodec.errors import CorruptStreamError
@@ -215,6 +219,12 @@ class EdgeClient:
         with ``insecure=True``.
     retry : RetryPolicy, optional
         Retries of transient failures.
+    call_deadline_s : float, optional
+        The most seconds one call to the server may take, all its tries and the waits
+        between them (sets ``retry.call_deadline_s``).  A call that gets no answer within
+        it raises :class:`~fedcodec.client.errors.DeadlineExceededError`, and so does
+        :meth:`run`.  Default: no deadline (with the default retry policy a call to a
+        server that never answers gives up after about 16 minutes).
     codec_threads : int, optional
         Threads of the encoder (0: all CPUs).
     initial_model : mapping of str to array_like, optional
@@ -246,6 +256,7 @@ class EdgeClient:
         client_cert: str | None = None,
         client_key: str | None = None,
         retry: RetryPolicy | None = None,
+        call_deadline_s: float | None = None,
         codec_threads: int = 1,
         initial_model: Mapping[str, npt.ArrayLike] | None = None,
         request_initial: bool = False,
@@ -260,6 +271,8 @@ class EdgeClient:
             None if initial_model is None else ModelVersion.create(0, initial_model)
         )
         self.request_initial = request_initial
+        if call_deadline_s is not None:
+            retry = replace(retry or RetryPolicy(), call_deadline_s=call_deadline_s)
         self.connection = Connection(
             target,
             token,
@@ -421,6 +434,8 @@ class EdgeClient:
         ServerUnavailableError
             The server could not be reached within the retries (an encoded update stays
             pending and is resent by the next call).
+        DeadlineExceededError
+            A :class:`ServerUnavailableError`: no answer within the call deadline.
         """
         answer = self.connection.check_in()
         retry_after = answer.retry_after.ToNanoseconds() / 1e9
@@ -698,6 +713,14 @@ class EdgeClient:
         -------
         list of RoundResult
             The rounds this client took part in (and the final outcome).
+
+        Raises
+        ------
+        AuthenticationError
+            The server does not accept this client's token.
+        DeadlineExceededError
+            With a call deadline: a call got no answer within it.  Without one, an
+            unavailable server is waited for (and tried again) for ever.
         """
         # Without a stop event of the caller's, close() interrupts the waits, too.
         stop = stop or self._closed
@@ -709,6 +732,8 @@ class EdgeClient:
             except ServerUnavailableError as exc:
                 if self._closed.is_set():
                     break
+                if isinstance(exc, DeadlineExceededError):
+                    raise  # the caller's bound: not waited out
                 log.warning(
                     "server unavailable; waiting",
                     extra={

@@ -9,6 +9,8 @@ exception                          when
                                    a stale base, corrupt or too large (``status`` names the
                                    gRPC code); resending the same bytes cannot help
 :class:`ServerUnavailableError`    the server could not be reached within the retries
+:class:`DeadlineExceededError`     a :class:`ServerUnavailableError`: no answer within the
+                                   call deadline (``RetryPolicy.call_deadline_s``)
 :class:`ProtocolError`             the server's answer is malformed (size or CRC mismatch)
 =================================  =========================================================
 """
@@ -20,6 +22,7 @@ from fedcodec.errors import FC_ERR_CORRUPT, FC_ERR_INVALID_ARGUMENT, FedCodecErr
 __all__ = [
     "AuthenticationError",
     "ClientError",
+    "DeadlineExceededError",
     "ProtocolError",
     "ServerUnavailableError",
     "UpdateRefusedError",
@@ -61,6 +64,14 @@ class UpdateRefusedError(ClientError, RuntimeError):
 
 class ServerUnavailableError(ClientError, ConnectionError):
     """No answer from the server within the retry policy."""
+
+
+class DeadlineExceededError(ServerUnavailableError, TimeoutError):
+    """No answer from the server within the call deadline (``RetryPolicy.call_deadline_s``).
+
+    ``status`` and ``detail`` are those of the last try's failure (``DEADLINE_EXCEEDED``
+    when the deadline cut it short).
+    """
 
 
 class ProtocolError(ClientError, ValueError):

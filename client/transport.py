@@ -9,11 +9,20 @@ refusal whose message carries :data:`RETRY_MARK`) are retried with exponential b
 jitter.  An upload is safe
 to retry: it carries an idempotency key, and the server answers a resend of a stored
 update with ``UPLOAD_STATUS_ALREADY_ACCEPTED`` instead of counting it twice.
+
+A call's tries can be bounded as a whole (:attr:`RetryPolicy.call_deadline_s`): each try
+goes out with gRPC's own deadline set to what is left of it (the server sees that deadline
+too), no backoff sleeps past it, and when it runs out the call raises
+:class:`~fedcodec.client.errors.DeadlineExceededError`.  The retries themselves stay ours,
+not gRPC's service-config ``retryPolicy``: that one cannot tell a "retry later" refusal
+from a final RESOURCE_EXHAUSTED by its message, and replays a client stream only from a
+bounded buffer (uploads are larger).
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import random
 import time
 import zlib
@@ -27,6 +36,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from fedcodec.client.errors import (
     AuthenticationError,
+    DeadlineExceededError,
     ProtocolError,
     ServerUnavailableError,
     UpdateRefusedError,
@@ -81,7 +91,14 @@ class RetryPolicy:
         Each wait is scaled by a random factor in ``[1 - jitter, 1 + jitter]`` so clients
         that lost the server together do not come back together.
     call_timeout_s : float
-        Deadline of one call (per chunked transfer, the whole stream).
+        Deadline of one try (per chunked transfer, the whole stream).
+    call_deadline_s : float, optional
+        Deadline of a whole call, all its tries and the waits between them (default: none,
+        the call ends when its tries run out: up to ``attempts * call_timeout_s`` plus the
+        waits, about 16 minutes with the defaults when the server never answers).  Each
+        try's gRPC deadline is the smaller of ``call_timeout_s`` and what is left; a wait
+        that would end past it is not taken.  When it runs out the call raises
+        :class:`~fedcodec.client.errors.DeadlineExceededError`.
     """
 
     attempts: int = 8
@@ -90,10 +107,13 @@ class RetryPolicy:
     multiplier: float = 2.0
     jitter: float = 0.25
     call_timeout_s: float = 120.0
+    call_deadline_s: float | None = None
 
     def __post_init__(self) -> None:
         if self.attempts < 1:
             raise ValueError("attempts must be >= 1")
+        if self.call_deadline_s is not None and not self.call_deadline_s > 0:
+            raise ValueError("call_deadline_s must be > 0 (or None: no deadline)")
         if not (0 <= self.jitter < 1) or self.initial_backoff_s < 0 or self.multiplier < 1:
             raise ValueError("need 0 <= jitter < 1, initial_backoff_s >= 0, multiplier >= 1")
 
@@ -209,16 +229,29 @@ class Connection:
         """Close the channel."""
         self._channel.close()
 
-    def _call(self, what: str, fn: Callable[[], _T]) -> _T:
+    def _call(self, what: str, fn: Callable[[float], _T]) -> _T:
+        """``fn(timeout)`` with retries; ``timeout`` is the gRPC deadline of one try."""
         delays = self.retry.delays(self._rng)
+        budget = self.retry.call_deadline_s
+        deadline = None if budget is None else time.monotonic() + budget
+        tries = 0
         while True:
+            timeout = self._try_timeout(deadline)
+            tries += 1
             try:
-                return fn()
+                return fn(timeout)
             except grpc.RpcError as exc:
                 error = _status_error(exc, what)
                 if not isinstance(error, ServerUnavailableError):
                     raise error from exc
                 wait = next(delays, None)
+                if deadline is not None and time.monotonic() + (wait or 0.0) >= deadline:
+                    raise DeadlineExceededError(
+                        f"{what}: no answer within the call deadline of {budget:g} s "
+                        f"({tries} {'try' if tries == 1 else 'tries'}; last: {error})",
+                        status=error.status,
+                        detail=error.detail,
+                    ) from exc
                 if wait is None:
                     raise error from exc
                 log.info(
@@ -231,6 +264,13 @@ class Connection:
                     },
                 )
                 time.sleep(wait)
+
+    def _try_timeout(self, deadline: float | None) -> float:
+        """The gRPC deadline of the next try: ``call_timeout_s``, or less when the call's
+        deadline comes first."""
+        if deadline is None:
+            return self.retry.call_timeout_s
+        return max(0.0, min(self.retry.call_timeout_s, deadline - time.monotonic()))
 
     def health(self, service: str = "") -> bool:
         """Whether the server's health service reports SERVING (no retries, no token)."""
@@ -248,7 +288,8 @@ class Connection:
         """
         try:
             response = self._health.Check(
-                health_pb2.HealthCheckRequest(service=service), timeout=self.retry.call_timeout_s
+                health_pb2.HealthCheckRequest(service=service),
+                timeout=min(self.retry.call_timeout_s, self.retry.call_deadline_s or math.inf),
             )
         except grpc.RpcError as exc:
             code = exc.code() if callable(getattr(exc, "code", None)) else None
@@ -262,8 +303,8 @@ class Connection:
         request = pb.GetRoundConfigRequest(client_id=self.client_id)
         return self._call(
             "GetRoundConfig",
-            lambda: self._stub.GetRoundConfig(
-                request, metadata=self._metadata, timeout=self.retry.call_timeout_s
+            lambda timeout: self._stub.GetRoundConfig(
+                request, metadata=self._metadata, timeout=timeout
             ),
         )
 
@@ -298,10 +339,8 @@ class Connection:
         if have_version is not None:
             request.have_version = have_version
 
-        def attempt() -> DownlinkPackage:
-            stream = self._stub.DownloadModel(
-                request, metadata=self._metadata, timeout=self.retry.call_timeout_s
-            )
+        def attempt(timeout: float) -> DownlinkPackage:
+            stream = self._stub.DownloadModel(request, metadata=self._metadata, timeout=timeout)
             header: pb.ModelPackageHeader | None = None
             buffer = bytearray()
             for message in stream:
@@ -357,9 +396,9 @@ class Connection:
         )
         return self._call(
             "UploadUpdate",
-            lambda: self._stub.UploadUpdate(
+            lambda timeout: self._stub.UploadUpdate(
                 iter_upload_requests(header, payload, chunk_bytes),
                 metadata=self._metadata,
-                timeout=self.retry.call_timeout_s,
+                timeout=timeout,
             ),
         )

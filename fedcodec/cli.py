@@ -42,6 +42,16 @@ def _fraction(text: str) -> float:
     return v
 
 
+def _seconds(text: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not 0 < v < float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a positive number of seconds, got {text!r}")
+    return v
+
+
 _BENCH_MISSING = (
     "fedcodec bench: the benchmarks are a separate distribution, not installed here.\n"
     "From a checkout of the repository: pip install ./bench   (then `fedcodec-bench --help`)"
@@ -253,6 +263,14 @@ def _add_client(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     )
     client.add_argument(
         "--rounds", type=_positive_int, default=None, help="stop after taking part N times"
+    )
+    client.add_argument(
+        "--call-deadline",
+        type=_seconds,
+        default=None,
+        metavar="SECONDS",
+        help="give up (exit 1) when a call to the server gets no answer within SECONDS, "
+        "its retries included (default: retry an unavailable server for ever)",
     )
     client.add_argument("--health", action="store_true", help="check the server's health, exit")
     client.add_argument(

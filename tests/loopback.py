@@ -9,13 +9,17 @@ each file keeps only the settings its tests are about (round sizes, deadlines, l
 
 from __future__ import annotations
 
+import contextlib
 import socket
+import threading
 import time
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from concurrent import futures
 from pathlib import Path
 from typing import Any
 
+import grpc
 import numpy as np
 
 from fedcodec.client import (
@@ -179,3 +183,37 @@ def wait_until(condition: Callable[[], bool], timeout: float = 30.0) -> None:
         if time.monotonic() > end:
             raise AssertionError(f"not reached within {timeout} s")
         time.sleep(0.02)
+
+
+@contextlib.contextmanager
+def silent_server() -> Iterator[int]:
+    """A gRPC server on loopback that takes every ``AggregationService`` call and never
+    answers (a hung server: the connection is fine, the calls run into their deadlines).
+
+    Yields
+    ------
+    int
+        Its port.
+    """
+    release = threading.Event()
+
+    def hang(request: Any, context: grpc.ServicerContext) -> Any:
+        release.wait()
+        context.abort(grpc.StatusCode.UNAVAILABLE, "the silent test server stopped")
+
+    handlers = {
+        "GetRoundConfig": grpc.unary_unary_rpc_method_handler(hang),
+        "DownloadModel": grpc.unary_stream_rpc_method_handler(hang),
+        "UploadUpdate": grpc.stream_unary_rpc_method_handler(hang),
+    }
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
+    server.add_generic_rpc_handlers(
+        (grpc.method_handlers_generic_handler("fedcodec.v1.AggregationService", handlers),)
+    )
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    try:
+        yield port
+    finally:
+        release.set()
+        server.stop(grace=None)

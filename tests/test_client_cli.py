@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import socket
+import time
 from pathlib import Path
 
 import pytest
 
 from fedcodec.cli import main
 from fedcodec.server import BackgroundServer, load_config, load_initial_model
+
+from loopback import silent_server
 
 TOKENS = {"phone-1": "cli-client-token-0123456789abcdef"}
 
@@ -98,3 +101,33 @@ def test_fedcodec_client_without_a_token_is_a_usage_error(
     status = main(["client", "--server", "127.0.0.1:1", "--client-id", "x", "--insecure"])
     assert status == 2
     assert "token" in capsys.readouterr().err
+
+
+def test_call_deadline_ends_the_client_when_the_server_never_answers(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    pytest.importorskip("mlxtend")
+    token_file = tmp_path / "token"
+    token_file.write_text(TOKENS["phone-1"] + "\n")
+    with silent_server() as port:
+        start = time.monotonic()
+        status = main(
+            [
+                "client",
+                "--server",
+                f"127.0.0.1:{port}",
+                "--client-id",
+                "phone-1",
+                "--token-file",
+                str(token_file),
+                "--insecure",
+                "--call-deadline",
+                "0.5",
+                "--log-format",
+                "text",
+            ]
+        )
+        elapsed = time.monotonic() - start
+    assert status == 1
+    assert elapsed < 5.0
+    assert "no answer within the call deadline of 0.5 s" in capsys.readouterr().err

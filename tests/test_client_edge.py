@@ -19,6 +19,7 @@ import pytest
 from fedcodec import codec
 from fedcodec.client import (
     Connection,
+    DeadlineExceededError,
     EdgeClient,
     Outcome,
     RetryPolicy,
@@ -32,7 +33,7 @@ from fedcodec.pipeline import ModelVersion
 from fedcodec.server import BackgroundServer
 from fedcodec.v1 import aggregation_service_pb2 as pb
 
-from loopback import bearer, loopback_config
+from loopback import bearer, free_port, loopback_config, silent_server
 
 _RNG = np.random.default_rng(5)
 MODEL = {
@@ -275,6 +276,62 @@ def test_close_ends_a_run_that_waits_for_an_unavailable_server() -> None:
     thread.join(timeout=10)
     assert not thread.is_alive()
     assert results == [[]]  # it returned, with no rounds
+
+
+def test_a_call_to_a_server_that_never_answers_ends_at_the_call_deadline() -> None:
+    # The default policy (8 tries of 120 s) waits ~16 min for a hung server; a call
+    # deadline bounds the call as a whole, and run() gives up with it too.
+    with silent_server() as port:
+        client = EdgeClient(
+            f"127.0.0.1:{port}",
+            client_id="c0",
+            token=TOKENS["c0"],
+            insecure=True,
+            initial_model=MODEL,
+            call_deadline_s=0.5,
+        )
+        with client:
+            assert client.connection.retry.call_timeout_s == 120.0  # one try is not the bound
+            for call in (lambda: client.run_round(trainer(0)), lambda: client.run(trainer(0))):
+                start = time.monotonic()
+                with pytest.raises(DeadlineExceededError, match=r"call deadline of 0\.5 s") as info:
+                    call()
+                assert 0.45 <= time.monotonic() - start < 5.0
+                assert isinstance(info.value, ServerUnavailableError | TimeoutError)
+                assert info.value.status == "DEADLINE_EXCEEDED"
+
+
+def test_the_call_deadline_cuts_the_retries_of_an_unreachable_server() -> None:
+    # Nothing listens: every try fails at once, the backoff waits fill the deadline and no
+    # wait that would end past it is taken.
+    conn = Connection(
+        f"127.0.0.1:{free_port()}",
+        TOKENS["c0"],
+        client_id="c0",
+        insecure=True,
+        retry=RetryPolicy(
+            attempts=1000, initial_backoff_s=0.2, max_backoff_s=0.2, call_deadline_s=1.0
+        ),
+    )
+    start = time.monotonic()
+    with pytest.raises(DeadlineExceededError, match=r"\(\d+ tries; last: .*UNAVAILABLE") as info:
+        conn.check_in()
+    assert 0.7 <= time.monotonic() - start < 1.5
+    assert info.value.status == "UNAVAILABLE"
+    conn.close()
+    # Tries that run out before the deadline end as they did, not as a deadline.
+    conn = Connection(
+        f"127.0.0.1:{free_port()}",
+        TOKENS["c0"],
+        insecure=True,
+        retry=RetryPolicy(attempts=2, initial_backoff_s=0.05, call_deadline_s=30.0),
+    )
+    with pytest.raises(ServerUnavailableError) as unavailable:
+        conn.check_in()
+    assert not isinstance(unavailable.value, DeadlineExceededError)
+    conn.close()
+    with pytest.raises(ValueError, match="call_deadline_s"):
+        RetryPolicy(call_deadline_s=0)
 
 
 def test_retry_delays_grow_are_capped_and_jittered() -> None:
