@@ -18,6 +18,8 @@ typo does not silently leave a default in place.  An example file::
     state_path = "/var/lib/fedcodec/state.sqlite"
     initial_model = "/etc/fedcodec/initial-model.npz"   # or "builtin:mnist-mlp"
     metrics_listen = "0.0.0.0:9464"
+    # preset = "balanced"     # a measured coding of both links (fedcodec.pipeline.get_preset);
+    #                         # then leave [params], [schedule], [downlink.params] unset
 
     [security]
     tls_cert = "/etc/fedcodec/tls/tls.crt"
@@ -73,6 +75,7 @@ from pathlib import Path
 from typing import Any
 
 from fedcodec.pipeline import (
+    PRESET_NAMES,
     ConstantSchedule,
     CosineSchedule,
     RobustPolicy,
@@ -82,8 +85,11 @@ from fedcodec.pipeline import (
     ServerOptimizer,
     Sparsification,
     StepSchedule,
+    as_schedule,
+    get_preset,
 )
 from fedcodec.pipeline.downlink import DEFAULT_KEYFRAME_BITS
+from fedcodec.pipeline.ratecontrol import StepSnapPolicy, step_snap_policy
 
 __all__ = [
     "ENV_PREFIX",
@@ -387,6 +393,12 @@ class ServerConfig:
         When ``state_path`` is unusable (empty, truncated, corrupt, not a fedcodec
         database), move it aside and start a new federation.  Without it the server
         refuses to start (a valid database is always resumed).
+    preset : str
+        A named coding of both links (:func:`fedcodec.pipeline.get_preset`:
+        ``near-lossless``, ``balanced``, ``lean-full``, ``lean-partial``): the uplink
+        schedule, the downlink's and ``downlink.step_snap`` come from it, so ``[params]``,
+        ``[schedule]``, ``[downlink.params]`` and ``downlink.step_snap`` must be left
+        unset.  Empty (default): those sections.
     """
 
     listen: str = "[::]:50051"
@@ -397,6 +409,7 @@ class ServerConfig:
     log_level: str = "info"
     log_format: str = "json"
     new_federation: bool = False
+    preset: str = ""
     security: SecurityConfig = field(default_factory=SecurityConfig)
     rounds: RoundsConfig = field(default_factory=RoundsConfig)
     params: RoundParams = field(default_factory=RoundParams)
@@ -409,7 +422,9 @@ class ServerConfig:
         _validate(self)
 
     def build_schedule(self) -> Schedule:
-        """The uplink schedule: ``[params]`` varied as ``[schedule]`` says."""
+        """The uplink schedule: the preset's, or ``[params]`` varied as ``[schedule]`` says."""
+        if self.preset:
+            return as_schedule(get_preset(self.preset).uplink)
         s = self.schedule
         if s.kind == "constant":
             return ConstantSchedule(self.params)
@@ -417,9 +432,29 @@ class ServerConfig:
             return StepSchedule(self.params, s.name, s.gamma, s.every)
         return CosineSchedule(self.params, s.name, s.start, s.end, s.rounds)
 
+    def build_downlink(self) -> RoundParams | Schedule:
+        """The downlink coding: the preset's schedule, or ``[downlink.params]`` every round."""
+        if self.preset:
+            return get_preset(self.preset).downlink
+        return self.downlink.params
+
+    def step_snap(self) -> StepSnapPolicy:
+        """The downlink's step snapping: the preset's, or ``downlink.step_snap``."""
+        if self.preset:
+            return get_preset(self.preset).step_snap
+        return step_snap_policy(self.downlink.step_snap)
+
     def to_json(self) -> dict[str, Any]:
-        """All settings as a JSON-able dict (dotted keys), e.g. for ``--print-config``."""
-        return {key: _get(self, key) for key in KEYS}
+        """All settings as a JSON-able dict (dotted keys), e.g. for ``--print-config``.
+
+        With a preset, the keys it sets are left out (it sets them; loading both is an
+        error).
+        """
+        return {
+            key: _get(self, key)
+            for key in KEYS
+            if not (self.preset and key.startswith(_PRESET_SETS))
+        }
 
 
 # ---------------------------------------------------------------------------
@@ -634,6 +669,13 @@ def load_config(
         if key not in KEYS:
             raise ConfigError(f"unknown setting {key!r}")
         values[key] = _coerce(key, value, "command line")
+    if values.get("preset"):
+        clash = sorted(k for k in values if k.startswith(_PRESET_SETS))
+        if clash:
+            raise ConfigError(
+                f"preset = {values['preset']!r} sets the uplink and downlink coding: "
+                f"leave {', '.join(clash)} unset (or drop the preset)"
+            )
     try:
         return ServerConfig(
             **{f: values[f] for f in _section_keys("", ServerConfig) if f in values},
@@ -655,6 +697,9 @@ def load_config(
             raise
         raise ConfigError(str(exc)) from exc
 
+
+#: Keys a preset sets (prefixes): they may not be given with ``preset``.
+_PRESET_SETS = ("params.", "schedule.", "downlink.params.", "downlink.step_snap")
 
 _SECTION_ENV_PREFIXES = tuple(
     f"{ENV_PREFIX}{section.upper()}_"
@@ -704,6 +749,19 @@ def _validate(c: ServerConfig) -> None:
         problems.append("downlink.keyframe_bits must be in 2..20")
     if c.downlink.step_snap not in ("grid", "pow2", "auto"):
         problems.append("downlink.step_snap must be grid, pow2 or auto")
+    if c.preset:
+        if c.preset not in PRESET_NAMES:
+            problems.append(f"preset must be one of {', '.join(PRESET_NAMES)}, got {c.preset!r}")
+        elif (
+            c.params != RoundParams()
+            or c.schedule != ScheduleConfig()
+            or c.downlink.params != RoundParams()
+            or c.downlink.step_snap != DownlinkConfig.step_snap
+        ):
+            problems.append(
+                "preset sets the uplink and downlink coding: leave [params], [schedule], "
+                "[downlink.params] and downlink.step_snap at their defaults"
+            )
     if not 0 <= lim.max_update_bytes <= MAX_STORED_BYTES:
         problems.append(f"limits.max_update_bytes must be in 0..{MAX_STORED_BYTES}")
     if not 1024 <= lim.max_chunk_bytes <= MIB:

@@ -65,7 +65,6 @@ from fedcodec.pipeline import (
     UnknownBaseVersionError,
     UpdateRejectedError,
 )
-from fedcodec.pipeline.ratecontrol import step_snap_policy
 from fedcodec.pipeline.robust import RobustRejectionError
 from fedcodec.pipeline.server import temporal_reference_for
 from fedcodec.server.config import ServerConfig
@@ -437,10 +436,10 @@ class RoundCoordinator:
             shared_initial=d.shared_initial,
             send_initial=d.send_initial,
             schedule=self._schedule,
-            downlink=d.params,
+            downlink=self.config.build_downlink(),
             keep=d.keep_versions,
             keyframe_bits=d.keyframe_bits,
-            step_snap=step_snap_policy(d.step_snap),
+            step_snap=self.config.step_snap(),
             server_lr=self.config.rounds.server_lr,
             server_optimizer=self.config.rounds.server_optimizer(),
             threads=self.config.limits.codec_threads,

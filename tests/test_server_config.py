@@ -3,15 +3,24 @@
 from __future__ import annotations
 
 import json
+import threading
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from fedcodec.client.edge import round_info_from_proto
-from fedcodec.pipeline import CosineSchedule, RoundParams, Sensitivity, Sparsification
-from fedcodec.server import BackgroundServer, ConfigError, load_config
+from fedcodec.pipeline import (
+    CosineSchedule,
+    RoundParams,
+    Sensitivity,
+    Sparsification,
+    as_schedule,
+    get_preset,
+)
+from fedcodec.server import BackgroundServer, ConfigError, ServerConfig, load_config
 from fedcodec.server.auth import TokenRegistry, token_digest
+from fedcodec.server.config import SecurityConfig
 
 import loopback
 from loopback import loopback_config
@@ -191,3 +200,100 @@ def test_a_server_optimizer_is_configured_in_rounds(tmp_path: Path) -> None:
         "second_moment": "tensor",
     }
     assert load_config(env={}, overrides=INSECURE).rounds.server_optimizer() is None
+
+
+def test_a_preset_sets_the_coding_of_both_links(tmp_path: Path) -> None:
+    """``preset = "..."``: the uplink schedule, the downlink's and the step snapping are the
+    product preset's (the Flower wrapper's ``preset=`` objects)."""
+    path = tmp_path / "server.toml"
+    path.write_text('preset = "lean-partial"\n[security]\ninsecure = true\n')
+    config = load_config(path, env={})
+    preset = get_preset("lean-partial")
+    uplink, downlink = config.build_schedule(), as_schedule(config.build_downlink())
+    for r in range(10):
+        assert uplink(r, None) == as_schedule(preset.uplink)(r, None)
+        assert downlink(r, None) == as_schedule(preset.downlink)(r, None)
+    assert config.step_snap() == "auto"
+    assert load_config(env={"FEDCODEC_PRESET": "lean-full"}, overrides=INSECURE).step_snap() == (
+        "grid"
+    )
+    # --print-config leaves out what the preset sets, and loads back the same
+    printed = config.to_json()
+    assert printed["preset"] == "lean-partial"
+    assert not [k for k in printed if k.startswith(("params.", "schedule.", "downlink.params."))]
+    assert load_config(env={}, overrides=printed) == config
+    # without a preset: [params] and [downlink] as before
+    plain = load_config(env={}, overrides={**INSECURE, "downlink.step_snap": "pow2"})
+    assert plain.build_downlink() == RoundParams()
+    assert plain.step_snap() == "pow2"
+    assert plain.build_schedule()(3, None) == RoundParams()
+
+
+@pytest.mark.parametrize(
+    ("settings", "message"),
+    [
+        ({"preset": "balanced", "params.lam": 0.2}, "leave params.lam unset"),
+        ({"preset": "balanced", "schedule.kind": "step"}, "schedule.kind"),
+        ({"preset": "balanced", "downlink.params.S": 8}, "downlink.params.S"),
+        ({"preset": "balanced", "downlink.step_snap": "grid"}, "downlink.step_snap"),
+        ({"preset": "fastest"}, "preset must be one of near-lossless, balanced, lean-full"),
+    ],
+)
+def test_a_preset_with_explicit_coding_or_an_unknown_name_is_a_config_error(
+    settings: dict[str, object], message: str
+) -> None:
+    with pytest.raises(ConfigError, match=message):
+        load_config(env={}, overrides={**INSECURE, **settings})
+
+
+def test_a_preset_and_explicit_coding_in_one_config_object_are_refused() -> None:
+    with pytest.raises(ConfigError, match="preset sets the uplink and downlink coding"):
+        ServerConfig(
+            preset="balanced",
+            params=RoundParams(S=8),
+            security=SecurityConfig(insecure=True),
+        )
+
+
+def test_clients_run_rounds_with_a_preset(tmp_path: Path) -> None:
+    """End to end: edge clients get the preset's parameters, and two rounds of the sparse
+    coding (top-k warm-up both ways, row-clustered) aggregate and travel back."""
+    settings = {"rounds.min_clients": 2, "rounds.target_clients": 2, "preset": "lean-partial"}
+    config = loopback_config(tmp_path, settings)
+    tokens = {f"c{i}": f"token-of-client-{i}-0123456789" for i in range(2)}
+    rng = np.random.default_rng(0)
+    model = {
+        "w": rng.standard_normal((16, 32)).astype(np.float32),
+        "bn.running_var": np.ones(16, np.float32),
+    }
+    with BackgroundServer(config, tokens=tokens, initial_model=model) as server:
+        conn = loopback.connect(server, tokens["c0"], "c0")
+        try:
+            answer = conn.check_in()
+        finally:
+            conn.close()
+        params = round_info_from_proto(answer.config).params
+        assert params == as_schedule(get_preset("lean-partial").uplink)(0, None)
+        clients = [
+            loopback.edge_client(server.port, cid, token, model) for cid, token in tokens.items()
+        ]
+        try:
+            results: list[loopback.RoundResult] = []
+
+            def run(i: int) -> None:
+                train = loopback.directional_trainer(model, i, 1)
+                results.append(loopback.participate(clients[i], train))
+
+            for _ in range(2):
+                results.clear()
+                threads = [threading.Thread(target=run, args=(i,)) for i in range(2)]
+                for t in threads:
+                    t.start()
+                for t in threads:
+                    t.join()
+                assert len(results) == 2
+                # an update of 1 % of 528 weights: far below the float32 model (2,112 B)
+                assert all(0 < r.bytes_up < 600 for r in results), results
+        finally:
+            for c in clients:
+                c.close()

@@ -123,12 +123,22 @@ def _params_json(spec: Any) -> Any:
 
 
 def cnn_methods(quick: bool = False) -> list[CnnMethod]:
-    """The methods of the benchmark (a short list with ``quick``)."""
-    from fedcodec.pipeline import RoundParams, Sensitivity, Sparsification
+    """The methods of the benchmark (a short list with ``quick``).
 
+    The settings the product names (:func:`fedcodec.pipeline.get_preset`) come from the
+    presets themselves: ``fedcodec preset NAME`` runs one as ``CompressionStrategy(inner,
+    preset=NAME)`` does, and the historical methods they were measured as (``fedcodec sens
+    dense S=16``, ``… rd-1% down rd-1%``, ``… lean4 rd-0.5% down lean4 rd-0.5%``, ``… warm
+    lean4 rd-6% down warm lean4 rd-0.5% auto``) use the same parameter objects with their
+    own step snapping, so their results stay comparable with ``docs/bench/cnn.md``.
+    """
+    from fedcodec.pipeline import PRESET_NAMES, RoundParams, Sensitivity, Sparsification, get_preset
+
+    presets = {name: get_preset(name) for name in PRESET_NAMES}
+    near, balanced = presets["near-lossless"], presets["balanced"]
     sens = Sensitivity()
     rd = Sparsification(topk=0.02, allocation="rd")
-    down = RoundParams(lam=0.5, S=16, sensitivity=sens)
+    down = near.downlink  # RoundParams(lam=0.5, S=16, sensitivity=Sensitivity())
     fc = RoundParams(lam=0.5, S=16, sparsification=rd, sensitivity=sens)
     dense = RoundParams(lam=2.0, S=4, sensitivity=sens)
     methods = [
@@ -138,7 +148,9 @@ def cnn_methods(quick: bool = False) -> list[CnnMethod]:
         CnnMethod("STC 1%", "baseline", lambda: cp.STC(0.01)),
         CnnMethod("QSGD s=4", "baseline", lambda: cp.QSGD(levels=4)),
         CnnMethod("fedcodec sens dense S=4 λ=2", "fedcodec", params=dense, down_params=down),
-        CnnMethod("fedcodec sens dense S=16", "fedcodec", params=down, down_params=down),
+        CnnMethod(
+            "fedcodec sens dense S=16", "fedcodec", params=near.uplink, down_params=near.downlink
+        ),
         CnnMethod(
             "fedcodec plain dense S=16",
             "fedcodec",
@@ -230,14 +242,16 @@ def cnn_methods(quick: bool = False) -> list[CnnMethod]:
         ),
     ]
     # Sparse both ways (server-side error feedback on the downlink): the server optimizer rows.
-    for pct in (1, 2):
-        both = up(pct / 100)
+    for pct, (uplink, downlink) in (
+        (1, (balanced.uplink, balanced.downlink)),  # = up(0.01) both ways
+        (2, (up(0.02), up(0.02))),
+    ):
         methods.append(
             CnnMethod(
                 f"{sf} rd-{pct}% down rd-{pct}%",
                 "fedcodec",
-                params=both,
-                down_params=both,
+                params=uplink,
+                down_params=downlink,
                 fisher=True,
             )
         )
@@ -376,26 +390,44 @@ def cnn_methods(quick: bool = False) -> list[CnnMethod]:
         )
         for rate in (0.5, 0.4, 0.7)
     ]
+    lean_full = presets["lean-full"]  # lean(0.005, stat_bits=4) both ways
     methods.append(
         CnnMethod(
             f"{sf} lean4 rd-0.5% down lean4 rd-0.5%",
             "fedcodec",
-            params=lean(0.005, stat_bits=4),
-            down_params=lean(0.005, stat_bits=4),
+            params=lean_full.uplink,
+            down_params=lean_full.downlink,
             fisher=True,
         )
     )
-    # Partial participation: the warm-up of the 105x row with the lean coding.
+    # Partial participation: the warm-up of the 105x row with the lean coding (6 % up: the
+    # "lean-partial" preset).
+    lean_partial = presets["lean-partial"]
     methods += [
         CnnMethod(
             f"{sf} warm lean4 rd-{pct}% down warm lean4 rd-0.5% auto",
             "fedcodec",
-            params=StepSchedule(lean(0.08, 4), "topk", gamma=0.5, every=2, limit=pct / 100),
-            down_params=StepSchedule(lean(0.08, 4), "topk", gamma=0.5, every=2, limit=0.005),
+            params=uplink,
+            down_params=lean_partial.downlink,
             fisher=True,
             step_snap="auto",
         )
-        for pct in (4, 6)
+        for pct, uplink in (
+            (4, StepSchedule(lean(0.08, 4), "topk", gamma=0.5, every=2, limit=0.04)),
+            (6, lean_partial.uplink),
+        )
+    ]
+    # The product's presets, exactly as CompressionStrategy(inner, preset=NAME) runs them.
+    methods += [
+        CnnMethod(
+            f"fedcodec preset {p.name}",
+            "fedcodec",
+            params=p.uplink,
+            down_params=p.downlink,
+            fisher=p.fisher,
+            step_snap=p.step_snap,
+        )
+        for p in presets.values()
     ]
     # Temporal reference: each node codes its update against its previous one (the coder
     # uses it on dense updates only; sparsified ones go without).

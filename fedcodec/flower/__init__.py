@@ -56,6 +56,9 @@ ServerApp::
     strategy = CompressionStrategy(FedAvg(), schedule=RoundParams(lam=0.5, S=0))
     result = strategy.start(grid=grid, initial_arrays=arrays, num_rounds=5)
 
+    # or a named coding of both links, as measured (docs/torch.md, "Which preset")
+    strategy = CompressionStrategy(FedAvg(), preset="balanced")
+
 ClientApp::
 
     from flwr.clientapp import ClientApp

@@ -120,6 +120,7 @@ from fedcodec.pipeline import (
     ModelSpec,
     ModelVersion,
     PipelineError,
+    Preset,
     RobustPolicy,
     RoundEngine,
     RoundParams,
@@ -127,6 +128,7 @@ from fedcodec.pipeline import (
     Schedule,
     ServerOptimizer,
     as_schedule,
+    get_preset,
     model_digest,
 )
 from fedcodec.pipeline.checks import check_tensors, inspect_update
@@ -242,6 +244,15 @@ class CompressionStrategy(Strategy):
     downlink : RoundParams, Schedule or callable, optional
         How changes of the global model are coded (default: the uplink
         schedule; ``per_client`` does not apply: one stream serves all nodes).
+    preset : str or Preset, optional
+        A named coding of both links as measured on the CNN family
+        (:func:`fedcodec.pipeline.get_preset`: ``"near-lossless"``,
+        ``"balanced"``, ``"lean-full"``, ``"lean-partial"``; the table is in
+        ``docs/torch.md``): it sets ``schedule``, ``downlink`` and ``step_snap``,
+        so none of them may be given with it (a ``ValueError``).  All but
+        ``"near-lossless"`` were measured with the ClientApp sending Fisher
+        importance (:class:`fedcodec.torch.FisherAccumulator`).  An unknown name
+        is a ``ValueError`` listing the presets.
     compress_downlink : bool, optional
         Code the downlink (default True); False sends raw float32 models and
         codes the uplink only.
@@ -279,7 +290,7 @@ class CompressionStrategy(Strategy):
         A name for the initial model, sent next to its digest.
     step_snap : {"auto", "grid", "pow2"}, optional
         How downlink steps snap to the stream grid (see
-        :class:`~fedcodec.pipeline.DownlinkEncoder`).  Default ``"auto"``:
+        :class:`~fedcodec.pipeline.DownlinkEncoder`).  Default: the preset's, else ``"auto"``:
         power-of-two steps for sparsified versions (a catch-up's cumulative delta
         then has small levels: −31 % downlink bytes with 6 of 30 nodes a round),
         grid steps for dense ones (measured on the benchmark CNN, docs/bench/cnn.md:
@@ -351,6 +362,7 @@ class CompressionStrategy(Strategy):
         | Schedule
         | Callable[[int, RoundStats | None], RoundParams]
         | None = None,
+        preset: str | Preset | None = None,
         compress_downlink: bool = True,
         keep: int = 32,
         keyframe_bits: int = DEFAULT_KEYFRAME_BITS,
@@ -360,7 +372,7 @@ class CompressionStrategy(Strategy):
         shared_initial: bool = True,
         send_initial: bool = False,
         initial_id: str = "",
-        step_snap: str = "auto",
+        step_snap: str | None = None,
         server_optimizer: ServerOptimizer | None = None,
         temporal_reference: bool = False,
         reference_nodes: int = 100,
@@ -379,7 +391,27 @@ class CompressionStrategy(Strategy):
         self.temporal_reference = temporal_reference
         self.reference_nodes = reference_nodes
         self.downlink_reference = downlink_reference
-        policy = step_snap_policy(step_snap)
+        chosen: Preset | None = None
+        if preset is not None:
+            given = [
+                f"{name}="
+                for name, value in (
+                    ("schedule", schedule),
+                    ("downlink", downlink),
+                    ("step_snap", step_snap),
+                )
+                if value is not None
+            ]
+            if given:
+                raise ValueError(
+                    f"preset sets the schedule, the downlink and step_snap: pass either "
+                    f"preset= or {', '.join(given)}, not both"
+                )
+            chosen = preset if isinstance(preset, Preset) else get_preset(preset)
+            schedule, downlink, step_snap = chosen.uplink, chosen.downlink, chosen.step_snap
+        #: The preset the coding comes from (None: explicit or default parameters).
+        self.preset = chosen
+        policy = step_snap_policy("auto" if step_snap is None else step_snap)
         robust = RobustPolicy() if robust is None else robust
         if robust.aggregator != "mean":
             raise ValueError(
@@ -492,6 +524,13 @@ class CompressionStrategy(Strategy):
         """
         totals = self.totals
         _log.info("\t├──> fedcodec compression (bytes as Flower transmits the messages):")
+        if self.preset is not None:
+            _log.info(
+                "\t│\t├── Preset: %s (step_snap %s%s)",
+                self.preset.name,
+                self.preset.step_snap,
+                ", expects Fisher importance from the ClientApp" if self.preset.fisher else "",
+            )
         _log.info("\t│\t├── Uplink: %s", _describe(self.schedule))
         if self.compress_downlink:
             _log.info(

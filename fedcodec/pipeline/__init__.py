@@ -8,6 +8,9 @@ Flower plugin).
   digest), :class:`ModelHistory`.
 * :mod:`~fedcodec.pipeline.params` — :class:`RoundParams` (λ, S or Δ, byte budget,
   sparsification, per-client overrides) and schedules.
+* :mod:`~fedcodec.pipeline.presets` — :class:`Preset`, :func:`get_preset`: named codings of
+  both links as measured (``"near-lossless"``, ``"balanced"``, ``"lean-full"``,
+  ``"lean-partial"``).
 * :mod:`~fedcodec.pipeline.ratecontrol` — fixed parameters or a byte budget met within ±5 %.
 * :mod:`~fedcodec.pipeline.client` — :class:`UpdateEncoder`: differential updates with error
   feedback, residual state saved without pickle.
@@ -68,6 +71,7 @@ from fedcodec.pipeline.params import (
     StepSchedule,
     as_schedule,
 )
+from fedcodec.pipeline.presets import PRESET_NAMES, Preset, get_preset
 from fedcodec.pipeline.ratecontrol import encode_with_params, min_container_bytes
 from fedcodec.pipeline.robust import RobustPolicy, RoundPlan
 from fedcodec.pipeline.server import Aggregator, ClientReferences
@@ -75,6 +79,7 @@ from fedcodec.pipeline.stats import ClientRoundStats, EncodeStats, RoundStats, T
 
 __all__ = [
     "HIGH_RATE_LAMBDA",
+    "PRESET_NAMES",
     "Aggregator",
     "BaseDigestMismatchError",
     "BudgetTooSmallError",
@@ -98,6 +103,7 @@ __all__ = [
     "ModelSpec",
     "ModelVersion",
     "PipelineError",
+    "Preset",
     "Release",
     "RobustPolicy",
     "RoundClosedError",
@@ -120,6 +126,7 @@ __all__ = [
     "UpdateRejectedError",
     "as_schedule",
     "encode_with_params",
+    "get_preset",
     "min_container_bytes",
     "model_digest",
 ]

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 from flwr.app import ArrayRecord, Context, MetricRecord
 from flwr.serverapp import Grid, ServerApp
@@ -16,6 +18,22 @@ from fedcodec_app import task
 
 app = ServerApp()
 _log = logging.getLogger("flwr.fedcodec_app")
+
+
+def coding(cfg: Mapping[str, Any]) -> dict[str, Any]:
+    """The coding arguments of ``CompressionStrategy`` from the run config.
+
+    ``preset`` (a name of :func:`fedcodec.pipeline.get_preset`, e.g. ``"balanced"``) sets
+    both links; empty (the default): ``lambda`` and ``S``, or ``budget-bytes``, on both.
+    """
+    preset = str(cfg.get("preset", ""))
+    if preset:
+        return {"preset": preset}
+    budget = int(cfg["budget-bytes"])
+    params = RoundParams(
+        lam=float(cfg["lambda"]), S=int(cfg["S"]), budget_bytes=budget if budget > 0 else None
+    )
+    return {"schedule": params}
 
 
 @app.main()
@@ -30,13 +48,9 @@ def main(grid: Grid, context: Context) -> None:
     strategy: Strategy = inner
     wrapper: CompressionStrategy | None = None
     if bool(cfg["fedcodec"]):
-        budget = int(cfg["budget-bytes"])
-        params = RoundParams(
-            lam=float(cfg["lambda"]), S=int(cfg["S"]), budget_bytes=budget if budget > 0 else None
-        )
         wrapper = CompressionStrategy(
             inner,
-            schedule=params,
+            **coding(cfg),
             compress_downlink=bool(cfg["compress-downlink"]),
             # the node's previous update as side information of its next one
             temporal_reference=bool(cfg["temporal-reference"]),

@@ -1,0 +1,217 @@
+"""Named coding presets: the settings measured on the CNN family, one name each.
+
+A preset is everything the round engine needs to code a federation both ways: the uplink
+schedule, the downlink schedule and the downlink's step-snap policy
+(:class:`~fedcodec.pipeline.engine.RoundEngine`'s ``schedule``, ``downlink`` and
+``step_snap``; ``CompressionStrategy(inner, preset=...)`` and ``fedcodec serve``'s
+``preset = "..."`` take the name).  Each was measured by ``fedcodec-bench cnn`` (which
+builds its methods of the same names from these objects) on the benchmark's CNN with
+BatchNorm (58,546 parameters; MNIST-5k, Dirichlet(0.3) label skew, one local epoch of SGD):
+``docs/bench/cnn.md`` has the tables.  Ratios are against float32 both ways as Flower
+serializes every message; Δ is the accuracy of the last three rounds against float32 FedAvg
+over the same rounds, paired by seed, median of 3 seeds.
+
+* ``"near-lossless"`` — dense, any participation, short runs: 30× at −0.23 pt (full
+  participation, 15 rounds; 17× at −0.30 pt with 6 of 30 nodes a round, 30 rounds);
+* ``"balanced"`` — RD top-1 % both ways, full participation, FedAvg or a
+  ``ServerOptimizer``: 186× at −0.40 pt (50 rounds);
+* ``"lean-full"`` — the 300× coding, full participation, FedAvg, ≥ 50 rounds: 303× at
+  −0.67 pt (50 rounds);
+* ``"lean-partial"`` — partial participation (a node's turn every ~5 rounds): 111× at
+  −0.77 pt (6 of 30 nodes a round, 100 rounds).
+
+Fisher importance.  All presets but ``"near-lossless"`` were measured with the clients'
+diagonal Fisher importance (:class:`fedcodec.torch.FisherAccumulator`, sent in the reply's
+``IMPORTANCE_RECORD``, which the mod consumes; :attr:`Preset.fisher`).  Without it
+:class:`~fedcodec.pipeline.params.Sensitivity` falls back to its ``fallback="magnitude"``
+rule: every weight of a tensor gets the same importance, ``1 / mean(w²)`` of the tensor's
+base weights (tensors with small weights get finer steps; the sparsification ranks
+squared values weighted per tensor, not per weight).  That costs accuracy at the same
+bytes: RD top-2 % on the same CNN lost 3.2 instead of 1.0 points (full participation, 15
+rounds) and 8.1 instead of 2.3 (partial, 30 rounds) without it (``docs/bench/cnn.md``,
+"Earlier results").
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from fedcodec.pipeline.params import (
+    RoundParams,
+    Schedule,
+    Sensitivity,
+    Sparsification,
+    StepSchedule,
+)
+from fedcodec.pipeline.ratecontrol import StepSnapPolicy, step_snap_policy
+
+__all__ = [
+    "PRESET_NAMES",
+    "Preset",
+    "balanced",
+    "get_preset",
+    "lean_full",
+    "lean_partial",
+    "near_lossless",
+]
+
+
+@dataclass(frozen=True)
+class Preset:
+    """A named coding of both links, as measured.
+
+    Attributes
+    ----------
+    name : str
+        The preset's name (:data:`PRESET_NAMES`).
+    uplink : RoundParams or Schedule
+        How clients code their updates, per round.
+    downlink : RoundParams or Schedule
+        How the server codes each new global model version, per round.
+    step_snap : {"auto", "grid", "pow2"}
+        The downlink stream's step snapping (``CompressionStrategy(step_snap=...)``,
+        ``[downlink] step_snap``).
+    fisher : bool
+        Measured with the clients' Fisher importance
+        (:class:`fedcodec.torch.FisherAccumulator`); without it the coder falls back to a
+        per-tensor magnitude importance (see the module docs).
+    """
+
+    name: str
+    uplink: RoundParams | Schedule
+    downlink: RoundParams | Schedule
+    step_snap: StepSnapPolicy
+    fisher: bool
+
+    def __post_init__(self) -> None:
+        step_snap_policy(self.step_snap)
+
+
+def _lean(topk: float) -> RoundParams:
+    """λ=0.5, S=8, RD top-k clustered by row, statistics at 4 bits, 1-d tensors ranked."""
+    return RoundParams(
+        lam=0.5,
+        S=8,
+        sparsification=Sparsification(topk=topk, allocation="rd-rows"),
+        sensitivity=Sensitivity(stat_bits=4, sparsify_vectors=True),
+    )
+
+
+def _warm(base: RoundParams, limit: float) -> StepSchedule:
+    """Sparsity warm-up: ``base``'s top-k halved every 2 rounds down to ``limit``."""
+    return StepSchedule(base, "topk", gamma=0.5, every=2, limit=limit)
+
+
+def near_lossless() -> Preset:
+    """``"near-lossless"``: dense RD quantization at S=16 both ways, no sparsification.
+
+    ``RoundParams(lam=0.5, S=16, sensitivity=Sensitivity())`` on both links (BatchNorm
+    statistics at their own 10-bit step, per-tensor steps from the importance).  Measured
+    (``fedcodec-bench cnn``, method ``fedcodec sens dense S=16``, without Fisher
+    importance, the ``fedcodec/v3`` wire): full participation (10 of 10, 15 rounds) 30× at
+    −0.23 pt; partial (6 of 30, 30 rounds) 17× at −0.30 pt; 3 seeds each
+    (``docs/bench/cnn.md``, "Results with the fedcodec/v3 wire").  On the 324k-parameter
+    CNN, 6 of 30: 19× at −1.13 pt (1 seed).  Fisher importance is optional here (not
+    measured with it).
+    """
+    dense = RoundParams(lam=0.5, S=16, sensitivity=Sensitivity())
+    return Preset("near-lossless", dense, dense, "grid", fisher=False)
+
+
+def balanced() -> Preset:
+    """``"balanced"``: RD top-1 % both ways at λ=0.5, S=16, with server-side error feedback.
+
+    ``RoundParams(lam=0.5, S=16, sparsification=Sparsification(topk=0.01,
+    allocation="rd"), sensitivity=Sensitivity())`` on both links, ``step_snap="auto"``.
+    Measured (method ``fedcodec sens+fisher rd-1% down rd-1%``, Fisher importance, full
+    participation, 10 of 10, 50 rounds, 3 seeds): 186× at −0.40 pt median (−0.73, −0.07,
+    −0.40) with ``step_snap="grid"`` (``fedcodec/v4`` wire); with ``"auto"`` (this preset)
+    −0.20 pt median (−1.17, −0.14, −0.20) at 0.1-0.5 % fewer bytes.  Behind fedcodec's
+    ``ServerOptimizer("adam")`` (second moment per tensor): 175× at +1.2 pt.  Sparse error
+    feedback needs the rounds: 3.6 pt behind after 15 rounds, 0.7 after 30.  Partial
+    participation (6 of 30, 100 rounds): 87× at −2.2 pt (seed 0) — use
+    ``"lean-partial"`` there (``docs/bench/cnn.md``, "Long runs", "toward 300×").
+    """
+    rd1 = RoundParams(
+        lam=0.5,
+        S=16,
+        sparsification=Sparsification(topk=0.01, allocation="rd"),
+        sensitivity=Sensitivity(),
+    )
+    return Preset("balanced", rd1, rd1, "auto", fisher=True)
+
+
+def lean_full() -> Preset:
+    """``"lean-full"``: the 300× full-participation coding (``lean4`` RD top-0.5 % both ways).
+
+    ``RoundParams(lam=0.5, S=8, sparsification=Sparsification(topk=0.005,
+    allocation="rd-rows"), sensitivity=Sensitivity(stat_bits=4, sparsify_vectors=True))``
+    on both links, ``step_snap="grid"`` (as measured).  Measured (method ``fedcodec
+    sens+fisher lean4 rd-0.5% down lean4 rd-0.5%``, Fisher importance, compact containers,
+    full participation, 10 of 10, 50 rounds, 3 seeds): 303× (302, 303, 303) at −0.67 pt
+    median (−1.50, −0.67, −0.60); over rounds 41-50 1.2-1.7 pt behind float32.  With FedAvg
+    only: behind ``ServerOptimizer("adam")`` it lost 7.2 pt (306×; use ``"balanced"``).
+    Needs long runs (sparse error feedback at 0.5 %); on larger models the plain RD top-0.5 %
+    both ways already gave 446× at −0.87 pt (324k-parameter CNN, 40 rounds, 3 seeds;
+    ``docs/bench/cnn.md``, "toward 300×", "Long runs").
+    """
+    lean = _lean(0.005)
+    return Preset("lean-full", lean, lean, "grid", fisher=True)
+
+
+def lean_partial() -> Preset:
+    """``"lean-partial"``: partial participation at ~110× (warm ``lean4``, 6 % up / 0.5 % down).
+
+    The ``lean4`` parameters (see :func:`lean_full`) with a sparsity warm-up: RD top-k from
+    8 %, halved every 2 rounds (``StepSchedule(..., "topk", gamma=0.5, every=2,
+    limit=...)``) down to 6 % on the uplink and 0.5 % on the downlink, with
+    ``step_snap="auto"`` (power-of-two downlink steps, so a returning node's cumulative
+    delta has small levels).  Measured (method ``fedcodec sens+fisher warm lean4 rd-6% down
+    warm lean4 rd-0.5% auto``, Fisher importance, compact containers, 6 of 30 nodes a round,
+    100 rounds, 3 seeds): 111× (114, 110, 108) at −0.77 pt median (−1.57, −0.57, −0.77);
+    over rounds 51-100 1.4-3.1 pt behind float32 (a round swings by 1-3 points).  FedProx
+    (mu 0.01): 110× at −1.20 pt (``docs/bench/cnn.md``, "toward 300×", partial table).
+    """
+    return Preset(
+        "lean-partial",
+        _warm(_lean(0.08), 0.06),
+        _warm(_lean(0.08), 0.005),
+        "auto",
+        fisher=True,
+    )
+
+
+_FACTORIES: dict[str, Callable[[], Preset]] = {
+    "near-lossless": near_lossless,
+    "balanced": balanced,
+    "lean-full": lean_full,
+    "lean-partial": lean_partial,
+}
+
+#: The valid preset names, from the least to the most compression.
+PRESET_NAMES: tuple[str, ...] = tuple(_FACTORIES)
+
+
+def get_preset(name: str) -> Preset:
+    """The preset called ``name``.
+
+    Parameters
+    ----------
+    name : str
+        One of :data:`PRESET_NAMES`.
+
+    Returns
+    -------
+    Preset
+        A new object each call (its parameters are frozen dataclasses).
+
+    Raises
+    ------
+    ValueError
+        ``name`` is not a preset (the message lists the valid names).
+    """
+    factory = _FACTORIES.get(name) if isinstance(name, str) else None
+    if factory is None:
+        raise ValueError(f"unknown preset {name!r}; the presets are: {', '.join(PRESET_NAMES)}")
+    return factory()

@@ -1,0 +1,191 @@
+"""Named presets (``fedcodec.pipeline.presets``): the benchmark's measured settings, by name.
+
+A preset must be exactly what ``fedcodec-bench cnn`` measured under its method name (the
+numbers its docstring and ``docs/torch.md`` quote), and the benchmark must build those
+methods from the presets, so the two cannot drift apart.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from fedcodec.pipeline import (
+    PRESET_NAMES,
+    Preset,
+    RoundEngine,
+    RoundParams,
+    Sensitivity,
+    Sparsification,
+    StepSchedule,
+    as_schedule,
+    get_preset,
+)
+from fedcodec.pipeline.model import ModelVersion
+
+BENCH_JSON = Path(__file__).resolve().parents[1] / "docs" / "bench"
+
+
+def _lean4(topk: float) -> RoundParams:
+    return RoundParams(
+        lam=0.5,
+        S=8,
+        sparsification=Sparsification(topk=topk, allocation="rd-rows"),
+        sensitivity=Sensitivity(stat_bits=4, sparsify_vectors=True),
+    )
+
+
+_DENSE = RoundParams(lam=0.5, S=16, sensitivity=Sensitivity())
+_RD1 = RoundParams(
+    lam=0.5,
+    S=16,
+    sparsification=Sparsification(topk=0.01, allocation="rd"),
+    sensitivity=Sensitivity(),
+)
+
+#: The settings as the benchmark's method list wrote them out before the presets existed
+#: (bench/fedcodec_bench/cnn.py: ``down``, ``up(0.01)``, ``lean(0.005, stat_bits=4)``, the
+#: warm lean4 rows): uplink, downlink, step snapping, Fisher importance, and the method that
+#: measured them (with its own step snapping).
+HISTORICAL: dict[str, tuple[Any, Any, str, bool, str, str, str]] = {
+    "near-lossless": (_DENSE, _DENSE, "grid", False, "fedcodec sens dense S=16", "grid", "cnn-v3"),
+    "balanced": (
+        _RD1,
+        _RD1,
+        "auto",
+        True,
+        "fedcodec sens+fisher rd-1% down rd-1%",
+        "grid",
+        "cnn-long",
+    ),
+    "lean-full": (
+        _lean4(0.005),
+        _lean4(0.005),
+        "grid",
+        True,
+        "fedcodec sens+fisher lean4 rd-0.5% down lean4 rd-0.5%",
+        "grid",
+        "cnn-300",
+    ),
+    "lean-partial": (
+        StepSchedule(_lean4(0.08), "topk", gamma=0.5, every=2, limit=0.06),
+        StepSchedule(_lean4(0.08), "topk", gamma=0.5, every=2, limit=0.005),
+        "auto",
+        True,
+        "fedcodec sens+fisher warm lean4 rd-6% down warm lean4 rd-0.5% auto",
+        "auto",
+        "cnn-300",
+    ),
+}
+
+
+def test_the_preset_names_in_order_of_compression() -> None:
+    assert PRESET_NAMES == ("near-lossless", "balanced", "lean-full", "lean-partial")
+    assert set(HISTORICAL) == set(PRESET_NAMES)
+
+
+@pytest.mark.parametrize("name", PRESET_NAMES)
+def test_a_preset_is_the_benchmarks_historical_setting_field_by_field(name: str) -> None:
+    uplink, downlink, snap, fisher, _, _, _ = HISTORICAL[name]
+    preset = get_preset(name)
+    assert isinstance(preset, Preset)
+    assert preset.name == name
+    assert type(preset.uplink) is type(uplink)
+    assert type(preset.downlink) is type(downlink)
+    assert preset.uplink == uplink  # frozen dataclasses: equal field by field
+    assert preset.downlink == downlink
+    assert preset.step_snap == snap
+    assert preset.fisher is fisher
+    # And round by round, as the engine asks for them (the warm-up's top-k ladder).
+    up, down = as_schedule(preset.uplink), as_schedule(preset.downlink)
+    for r in range(12):
+        assert up(r, None) == as_schedule(uplink)(r, None)
+        assert down(r, None) == as_schedule(downlink)(r, None)
+    if name == "lean-partial":
+        assert [_topk(up(r, None)) for r in range(6)] == [0.08, 0.08, 0.06, 0.06, 0.06, 0.06]
+        assert [_topk(down(r, None)) for r in range(0, 12, 2)] == [
+            0.08,
+            0.04,
+            0.02,
+            0.01,
+            0.005,
+            0.005,
+        ]
+
+
+def _topk(params: RoundParams) -> float | None:
+    assert params.sparsification is not None
+    return params.sparsification.topk
+
+
+@pytest.mark.parametrize("name", PRESET_NAMES)
+def test_the_recorded_benchmark_runs_used_the_presets_settings(name: str) -> None:
+    """The JSON the quoted numbers come from (docs/bench/*.json) records these settings."""
+    pytest.importorskip("fedcodec_bench", reason="the benchmark distribution (pip install ./bench)")
+    from fedcodec_bench.cnn import CnnMethod
+
+    _, _, _, _, method, snap, record = HISTORICAL[name]
+    recorded = json.loads((BENCH_JSON / f"{record}.json").read_text())["methods"][method]
+    preset = get_preset(name)
+    rebuilt = CnnMethod(
+        method,
+        "fedcodec",
+        params=preset.uplink,
+        down_params=preset.downlink,
+        fisher=preset.fisher,
+        step_snap=snap,
+    )
+    assert rebuilt.settings() == recorded
+
+
+@pytest.mark.parametrize("name", PRESET_NAMES)
+def test_the_benchmark_builds_its_methods_from_the_presets(name: str) -> None:
+    pytest.importorskip("fedcodec_bench", reason="the benchmark distribution (pip install ./bench)")
+    from fedcodec_bench.cnn import cnn_methods
+
+    methods = {m.name: m for m in cnn_methods()}
+    preset = get_preset(name)
+    _, _, _, _, historical, snap, _ = HISTORICAL[name]
+    old = methods[historical]  # the name and settings the measurements carry
+    assert (old.params, old.down_params, old.step_snap) == (preset.uplink, preset.downlink, snap)
+    assert old.fisher is preset.fisher
+    run = methods[f"fedcodec preset {name}"]  # what CompressionStrategy(preset=name) runs
+    assert (run.params, run.down_params) == (preset.uplink, preset.downlink)
+    assert (run.step_snap, run.fisher) == (preset.step_snap, preset.fisher)
+
+
+@pytest.mark.parametrize("bad", ["", "Balanced", "fast", "lean"])
+def test_an_unknown_name_is_a_value_error_listing_the_presets(bad: str) -> None:
+    with pytest.raises(ValueError, match="unknown preset") as info:
+        get_preset(bad)
+    for name in PRESET_NAMES:
+        assert name in str(info.value)
+
+
+def test_a_bad_step_snap_is_refused() -> None:
+    with pytest.raises(ValueError, match="step_snap"):
+        Preset("x", _DENSE, _DENSE, "octave", fisher=False)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("name", PRESET_NAMES)
+def test_the_round_engine_runs_a_preset(name: str) -> None:
+    """The engine takes a preset's three parts as they are (schedules and all)."""
+    import numpy as np
+
+    preset = get_preset(name)
+    rng = np.random.default_rng(0)
+    v0 = ModelVersion.create(
+        0,
+        {
+            "conv.weight": rng.standard_normal((8, 1, 3, 3)).astype(np.float32),
+            "bn.running_mean": rng.standard_normal(8).astype(np.float32),
+            "fc.weight": rng.standard_normal((10, 72)).astype(np.float32),
+        },
+    )
+    engine = RoundEngine(
+        v0, schedule=preset.uplink, downlink=preset.downlink, step_snap=preset.step_snap
+    )
+    assert engine.round_params(0) == as_schedule(preset.uplink)(0, None)
