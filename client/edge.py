@@ -36,6 +36,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from fedcodec import wire
 from fedcodec.client.errors import (
     DeadlineExceededError,
     ServerUnavailableError,
@@ -47,66 +48,20 @@ from fedcodec.errors import CorruptStreamError
 from fedcodec.pipeline import (
     ClientEngine,
     DigestMismatchError,
-    InitialRef,
     ModelMismatchError,
     ModelReceiver,
     ModelSpec,
     ModelVersion,
-    RoundParams,
+    RoundInfo,
     StateFormatError,
     UpdateEncoder,
 )
 from fedcodec.v1 import aggregation_service_pb2 as pb
 from fedcodec.v1 import round_pb2
-from fedcodec.wire import initial_from_proto, params_from_proto, spec_from_proto
 
 __all__ = ["EdgeClient", "Outcome", "RoundInfo", "RoundResult", "TrainFn", "TrainResult"]
 
 log = logging.getLogger("fedcodec.client")
-
-
-@dataclass(frozen=True)
-class RoundInfo:
-    """The round the client was selected for (what the training callback is told).
-
-    Attributes
-    ----------
-    round_id : int
-        The round (from 1).
-    base_version : int
-        The global version the client trains from.
-    base_digest : str
-        Its digest.
-    params : RoundParams
-        How the update is coded (λ, S or step, byte budget).
-    deadline : float
-        Unix time after which the round may be closed.
-    spec : ModelSpec
-        The model's tensors.
-    max_update_bytes : int
-        The server's size limit for an update.
-    max_chunk_bytes : int
-        The largest upload chunk the server takes.
-    initial : InitialRef or None
-        The shared initial model the federation starts from (None: a keyframe stream).
-    temporal_reference : bool
-        The server keeps this client's previous decoded update: the update is coded with
-        it as temporal reference (fewer bytes on dense updates).
-    compact_updates : bool
-        The server reads compact update containers (codec FORMAT.md §2-3).
-    """
-
-    round_id: int
-    base_version: int
-    base_digest: str
-    params: RoundParams
-    deadline: float
-    spec: ModelSpec
-    max_update_bytes: int
-    max_chunk_bytes: int = MAX_CHUNK_BYTES
-    initial: InitialRef | None = None
-    temporal_reference: bool = False
-    compact_updates: bool = False
 
 
 @dataclass(frozen=True)
@@ -182,22 +137,9 @@ class RoundResult:
 
 
 def round_info_from_proto(config: round_pb2.RoundConfig) -> RoundInfo:
-    """A :class:`RoundInfo` from a ``RoundConfig`` message."""
-    return RoundInfo(
-        round_id=config.round_id,
-        base_version=config.base_version,
-        base_digest=config.base_digest,
-        params=params_from_proto(config.params),
-        deadline=config.deadline.ToNanoseconds() / 1e9,
-        spec=spec_from_proto(config.model_spec),
-        max_update_bytes=config.max_update_bytes,
-        max_chunk_bytes=min(config.max_chunk_bytes or MAX_CHUNK_BYTES, MAX_CHUNK_BYTES),
-        initial=(
-            initial_from_proto(config.initial_model) if config.HasField("initial_model") else None
-        ),
-        temporal_reference=config.temporal_reference,
-        compact_updates=config.compact_updates,
-    )
+    """A :class:`RoundInfo` from a ``RoundConfig`` message (chunks of at most
+    :data:`~fedcodec.client.transport.MAX_CHUNK_BYTES`)."""
+    return wire.round_info_from_proto(config, MAX_CHUNK_BYTES)
 
 
 class EdgeClient:

@@ -1,7 +1,8 @@
 """The round engine's values on the gRPC wire (``fedcodec.v1`` messages), both ways.
 
 The one place where :class:`~fedcodec.pipeline.RoundParams`, model specs, the shared
-initial model's reference and downlink packages become protobuf messages and back; the
+initial model's reference, a client's :class:`~fedcodec.pipeline.RoundInfo` (the round
+config) and downlink packages become protobuf messages and back; the
 server's servicer and the edge client's transport both use it.  Coding parameters go
 through :meth:`RoundParams.to_json` / :meth:`RoundParams.from_json`, so the checks (and the
 error messages naming the field) are those of the pipeline.
@@ -12,7 +13,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from fedcodec.pipeline import DownlinkPackage, InitialRef, ModelSpec, RoundParams
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from fedcodec.pipeline import DownlinkPackage, InitialRef, ModelSpec, RoundInfo, RoundParams
 from fedcodec.v1 import aggregation_service_pb2 as pb
 from fedcodec.v1 import round_pb2
 
@@ -24,6 +27,8 @@ __all__ = [
     "package_to_wire",
     "params_from_proto",
     "params_to_proto",
+    "round_info_from_proto",
+    "round_info_to_proto",
     "spec_from_proto",
     "spec_to_proto",
 ]
@@ -140,6 +145,58 @@ def initial_to_proto(ref: InitialRef) -> round_pb2.InitialModel:
 def initial_from_proto(msg: round_pb2.InitialModel) -> InitialRef:
     """Inverse of :func:`initial_to_proto`."""
     return InitialRef(msg.model_id, msg.version, msg.digest)
+
+
+def round_info_to_proto(info: RoundInfo) -> round_pb2.RoundConfig:
+    """A selected client's :class:`RoundInfo` as the ``RoundConfig`` message."""
+    deadline = Timestamp()
+    deadline.FromNanoseconds(int(info.deadline * 1e9))
+    return round_pb2.RoundConfig(
+        round_id=info.round_id,
+        base_version=info.base_version,
+        base_digest=info.base_digest,
+        params=params_to_proto(info.params),
+        deadline=deadline,
+        model_spec=spec_to_proto(info.spec),
+        max_update_bytes=info.max_update_bytes,
+        max_chunk_bytes=info.max_chunk_bytes,
+        initial_model=None if info.initial is None else initial_to_proto(info.initial),
+        temporal_reference=info.temporal_reference,
+        compact_updates=info.compact_updates,
+    )
+
+
+def round_info_from_proto(config: round_pb2.RoundConfig, max_chunk_bytes: int) -> RoundInfo:
+    """A :class:`RoundInfo` from a ``RoundConfig`` message.
+
+    Parameters
+    ----------
+    config : RoundConfig
+        The message.
+    max_chunk_bytes : int
+        The receiver's own chunk limit: the announced one is capped by it, and it stands
+        for an announcement of 0 (a server from before the field).
+
+    Raises
+    ------
+    WireError
+        The coding parameters are invalid.
+    """
+    return RoundInfo(
+        round_id=config.round_id,
+        base_version=config.base_version,
+        base_digest=config.base_digest,
+        params=params_from_proto(config.params),
+        deadline=config.deadline.ToNanoseconds() / 1e9,
+        spec=spec_from_proto(config.model_spec),
+        max_update_bytes=config.max_update_bytes,
+        max_chunk_bytes=min(config.max_chunk_bytes or max_chunk_bytes, max_chunk_bytes),
+        initial=(
+            initial_from_proto(config.initial_model) if config.HasField("initial_model") else None
+        ),
+        temporal_reference=config.temporal_reference,
+        compact_updates=config.compact_updates,
+    )
 
 
 def package_to_wire(

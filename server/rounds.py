@@ -57,7 +57,7 @@ from fedcodec.pipeline import (
     ModelSpec,
     ModelVersion,
     RoundEngine,
-    RoundParams,
+    RoundInfo,
     RoundStats,
     Schedule,
     StaleBaseVersionError,
@@ -107,45 +107,6 @@ class Assignment(enum.Enum):
     NOT_SELECTED = "not_selected"
     ALREADY_REPORTED = "already_reported"
     FINISHED = "finished"
-
-
-@dataclass(frozen=True)
-class RoundInfo:
-    """What a selected client needs to take part in a round.
-
-    Attributes
-    ----------
-    round_id : int
-        The round (from 1).
-    base_version : int
-        The version the update is computed against.
-    base_digest : str
-        Digest of that version as the downlink delivers it.
-    params : RoundParams
-        Coding parameters, resolved for this client.
-    deadline : float
-        Unix time after which the round may have closed.
-    spec : ModelSpec
-        The model's tensors.
-    max_update_bytes, max_chunk_bytes : int
-        Upload limits.
-    initial : InitialRef or None
-        The shared initial model every package is relative to (None: a keyframe stream).
-    temporal_reference : bool
-        The server keeps per-client references: the client may code its update against
-        its previous decoded update (``rounds.client_references``).
-    """
-
-    round_id: int
-    base_version: int
-    base_digest: str
-    params: RoundParams
-    deadline: float
-    spec: ModelSpec
-    max_update_bytes: int
-    max_chunk_bytes: int
-    initial: InitialRef | None = None
-    temporal_reference: bool = False
 
 
 @dataclass(frozen=True)
@@ -742,6 +703,8 @@ class RoundCoordinator:
             max_chunk_bytes=self.max_chunk_bytes,
             initial=self._need_engine().initial,
             temporal_reference=self.references is not None,
+            # the round engine reads compact update containers (codec FORMAT.md §2-3)
+            compact_updates=True,
         )
 
     async def check_in(self, client_id: str) -> CheckIn:

@@ -17,7 +17,6 @@ import grpc
 from google.protobuf.duration_pb2 import Duration
 from google.protobuf.message import DecodeError
 from google.protobuf.message import Message as ProtoMessage
-from google.protobuf.timestamp_pb2 import Timestamp
 
 from fedcodec.server.admission import Admission, AdmissionLimits
 from fedcodec.server.auth import TokenRegistry
@@ -41,14 +40,12 @@ from fedcodec.server.metrics import Metrics
 from fedcodec.server.rounds import (
     Assignment,
     RoundCoordinator,
-    RoundInfo,
     UploadHeader,
     UploadReceipt,
 )
 from fedcodec.v1 import aggregation_service_pb2 as pb
 from fedcodec.v1 import aggregation_service_pb2_grpc as pb_grpc
-from fedcodec.v1 import round_pb2
-from fedcodec.wire import initial_to_proto, package_to_wire, params_to_proto, spec_to_proto
+from fedcodec.wire import package_to_wire, params_to_proto, round_info_to_proto, spec_to_proto
 
 __all__ = [
     "MIN_CHUNK_BYTES",
@@ -110,25 +107,6 @@ def _shown(claimed: str, limit: int = 64) -> str:
     if len(claimed) <= limit:
         return repr(claimed)
     return f"{claimed[:limit]!r}… ({len(claimed)} characters)"
-
-
-def _round_config(info: RoundInfo) -> round_pb2.RoundConfig:
-    deadline = Timestamp()
-    deadline.FromNanoseconds(int(info.deadline * 1e9))
-    return round_pb2.RoundConfig(
-        round_id=info.round_id,
-        base_version=info.base_version,
-        base_digest=info.base_digest,
-        params=coding_params_to_proto(info.params),
-        deadline=deadline,
-        model_spec=model_spec_to_proto(info.spec),
-        max_update_bytes=info.max_update_bytes,
-        max_chunk_bytes=info.max_chunk_bytes,
-        initial_model=None if info.initial is None else initial_to_proto(info.initial),
-        temporal_reference=info.temporal_reference,
-        # the round engine reads compact update containers (codec FORMAT.md §2-3)
-        compact_updates=True,
-    )
 
 
 def _upload_response(receipt: UploadReceipt) -> pb.UploadUpdateResponse:
@@ -238,7 +216,7 @@ class AggregationServicer(pb_grpc.AggregationServiceServicer):
             ),
         )
         if answer.round is not None:
-            response.config.CopyFrom(_round_config(answer.round))
+            response.config.CopyFrom(round_info_to_proto(answer.round))
         return response
 
     async def DownloadModel(

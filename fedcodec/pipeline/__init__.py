@@ -40,6 +40,7 @@ from fedcodec.pipeline.engine import (
     ClientEngine,
     InitialRef,
     RoundEngine,
+    RoundInfo,
     RoundOutcome,
     Submission,
 )
@@ -108,6 +109,7 @@ __all__ = [
     "RobustPolicy",
     "RoundClosedError",
     "RoundEngine",
+    "RoundInfo",
     "RoundOutcome",
     "RoundParams",
     "RoundPlan",

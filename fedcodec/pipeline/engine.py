@@ -86,6 +86,7 @@ __all__ = [
     "ClientEngine",
     "InitialRef",
     "RoundEngine",
+    "RoundInfo",
     "RoundOutcome",
     "Submission",
 ]
@@ -118,6 +119,51 @@ class InitialRef:
     def of(cls, model: ModelVersion, model_id: str = "") -> InitialRef:
         """The reference of ``model``."""
         return cls(model_id, model.version, model.digest)
+
+
+@dataclass(frozen=True)
+class RoundInfo:
+    """The round a client was selected for: what a transport's server says and its client
+    (and the client's training callback) is told.
+
+    Attributes
+    ----------
+    round_id : int
+        The round (from 1).
+    base_version : int
+        The global version the client trains from (the update is computed against it).
+    base_digest : str
+        Its digest, as the downlink delivers it.
+    params : RoundParams
+        How the update is coded (λ, S or step, byte budget), resolved for this client.
+    deadline : float
+        Unix time after which the round may be closed.
+    spec : ModelSpec
+        The model's tensors.
+    max_update_bytes : int
+        The server's size limit for an update.
+    max_chunk_bytes : int
+        The largest upload chunk the server takes.
+    initial : InitialRef or None
+        The shared initial model every package is relative to (None: a keyframe stream).
+    temporal_reference : bool
+        The server keeps this client's previous decoded update: the update is coded with
+        it as temporal reference (fewer bytes on dense updates).
+    compact_updates : bool
+        The server reads compact update containers (codec FORMAT.md §2-3).
+    """
+
+    round_id: int
+    base_version: int
+    base_digest: str
+    params: RoundParams
+    deadline: float
+    spec: ModelSpec
+    max_update_bytes: int
+    max_chunk_bytes: int
+    initial: InitialRef | None = None
+    temporal_reference: bool = False
+    compact_updates: bool = False
 
 
 @dataclass(frozen=True)
