@@ -1508,39 +1508,68 @@ def decode(
         with a reference tensor gets none, one of another shape, or one that
         differs from the encoder's (by digest).
     """
-    infos, options = _inspect_outputs(
-        data, threads, max_tensors, max_tensor_elems, max_total_elems, expected_shapes
+    outputs, _, checked_names = _decode_new_arrays(
+        data,
+        levels=False,
+        names=names,
+        threads=threads,
+        reference=reference,
+        max_tensors=max_tensors,
+        max_tensor_elems=max_tensor_elems,
+        max_total_elems=max_total_elems,
+        expected_shapes=expected_shapes,
     )
-    checked_names = _check_names(names, len(infos))
-    refs = _decode_references(reference, checked_names, infos)
-    outputs = [np.empty(info.shape, dtype=np.float32) for info in infos]
-    targets = [
-        _binding.DecodeTarget(
-            label=_label(i, None), numel=info.numel, values=out, reference=refs[i]
-        )
-        for i, (info, out) in enumerate(zip(infos, outputs, strict=True))
-    ]
-    _decode_with_references(data, options, targets, infos, checked_names)
     return _named(outputs, checked_names)
 
 
-def _inspect_outputs(
+def _decode_new_arrays(
     data: bytes | bytearray | memoryview,
+    *,
+    levels: bool,
+    names: Sequence[str] | None,
     threads: int,
+    reference: Sequence[npt.ArrayLike | None] | Mapping[str, npt.ArrayLike] | None,
     max_tensors: int,
     max_tensor_elems: int,
     max_total_elems: int | None,
     expected_shapes: Shapes | None,
-) -> tuple[list[_binding.TensorInfoRaw], _binding.DecodeOptions]:
-    """Inspect before allocating outputs; the options of the decode call then
-    expect exactly the inspected shapes, so the decoder never writes past the
-    outputs even if the buffer changed in between."""
+) -> tuple[list[npt.NDArray[Any]], list[_binding.TensorInfoRaw], list[str] | None]:
+    """Decode every tensor into a new array: int32 levels (``levels``) or float32
+    values (the body of :func:`decode_levels` and :func:`decode`).
+
+    The container is inspected before the outputs are allocated; the options of
+    the decode call then expect exactly the inspected shapes, so the decoder never
+    writes past the outputs even if the buffer changed in between.
+
+    Returns
+    -------
+    outputs, infos, names
+        The arrays, the inspected tensors, and the checked names (None: none given).
+    """
     expected = _expected_shapes(expected_shapes)
     limit = _element_limit(data, expected, max_total_elems)
     options = _decode_options(threads, max_tensors, max_tensor_elems, limit, expected)
     infos = _inspect_for_decode(data, options, explicit_limit=max_total_elems is not None)
     inspected = tuple(info.shape for info in infos)
-    return infos, _decode_options(threads, max_tensors, max_tensor_elems, limit, inspected)
+    options = _decode_options(threads, max_tensors, max_tensor_elems, limit, inspected)
+    checked_names = _check_names(names, len(infos))
+    refs = _decode_references(reference, checked_names, infos)
+    outputs: list[npt.NDArray[Any]] = []
+    targets: list[_binding.DecodeTarget] = []
+    for i, info in enumerate(infos):
+        out: npt.NDArray[Any] = np.empty(info.shape, dtype=np.int32 if levels else np.float32)
+        outputs.append(out)
+        targets.append(
+            _binding.DecodeTarget(
+                label=_label(i, None),
+                numel=info.numel,
+                levels=out if levels else None,
+                values=None if levels else out,
+                reference=refs[i],
+            )
+        )
+    _decode_with_references(data, options, targets, infos, checked_names)
+    return outputs, infos, checked_names
 
 
 @overload
@@ -1609,19 +1638,17 @@ def decode_levels(
     CorruptStreamError, InvalidParameterError
         As for :func:`decode`.
     """
-    infos, options = _inspect_outputs(
-        data, threads, max_tensors, max_tensor_elems, max_total_elems, expected_shapes
+    outputs, infos, checked_names = _decode_new_arrays(
+        data,
+        levels=True,
+        names=names,
+        threads=threads,
+        reference=reference,
+        max_tensors=max_tensors,
+        max_tensor_elems=max_tensor_elems,
+        max_total_elems=max_total_elems,
+        expected_shapes=expected_shapes,
     )
-    checked_names = _check_names(names, len(infos))
-    refs = _decode_references(reference, checked_names, infos)
-    outputs = [np.empty(info.shape, dtype=np.int32) for info in infos]
-    targets = [
-        _binding.DecodeTarget(
-            label=_label(i, None), numel=info.numel, levels=out, reference=refs[i]
-        )
-        for i, (info, out) in enumerate(zip(infos, outputs, strict=True))
-    ]
-    _decode_with_references(data, options, targets, infos, checked_names)
     pairs = [(out, info.step) for out, info in zip(outputs, infos, strict=True)]
     return _named(pairs, checked_names)
 
