@@ -1508,30 +1508,20 @@ def decode(
         with a reference tensor gets none, one of another shape, or one that
         differs from the encoder's (by digest).
     """
+    limits = (max_tensors, max_tensor_elems, max_total_elems)
     outputs, _, checked_names = _decode_new_arrays(
-        data,
-        levels=False,
-        names=names,
-        threads=threads,
-        reference=reference,
-        max_tensors=max_tensors,
-        max_tensor_elems=max_tensor_elems,
-        max_total_elems=max_total_elems,
-        expected_shapes=expected_shapes,
+        data, False, names, threads, reference, limits, expected_shapes
     )
     return _named(outputs, checked_names)
 
 
 def _decode_new_arrays(
     data: bytes | bytearray | memoryview,
-    *,
     levels: bool,
     names: Sequence[str] | None,
     threads: int,
     reference: Sequence[npt.ArrayLike | None] | Mapping[str, npt.ArrayLike] | None,
-    max_tensors: int,
-    max_tensor_elems: int,
-    max_total_elems: int | None,
+    limits: tuple[int, int, int | None],
     expected_shapes: Shapes | None,
 ) -> tuple[list[npt.NDArray[Any]], list[_binding.TensorInfoRaw], list[str] | None]:
     """Decode every tensor into a new array: int32 levels (``levels``) or float32
@@ -1541,11 +1531,14 @@ def _decode_new_arrays(
     the decode call then expect exactly the inspected shapes, so the decoder never
     writes past the outputs even if the buffer changed in between.
 
+    ``limits`` holds ``max_tensors``, ``max_tensor_elems`` and ``max_total_elems``.
+
     Returns
     -------
     outputs, infos, names
         The arrays, the inspected tensors, and the checked names (None: none given).
     """
+    max_tensors, max_tensor_elems, max_total_elems = limits
     expected = _expected_shapes(expected_shapes)
     limit = _element_limit(data, expected, max_total_elems)
     options = _decode_options(threads, max_tensors, max_tensor_elems, limit, expected)
@@ -1638,16 +1631,9 @@ def decode_levels(
     CorruptStreamError, InvalidParameterError
         As for :func:`decode`.
     """
+    limits = (max_tensors, max_tensor_elems, max_total_elems)
     outputs, infos, checked_names = _decode_new_arrays(
-        data,
-        levels=True,
-        names=names,
-        threads=threads,
-        reference=reference,
-        max_tensors=max_tensors,
-        max_tensor_elems=max_tensor_elems,
-        max_total_elems=max_total_elems,
-        expected_shapes=expected_shapes,
+        data, True, names, threads, reference, limits, expected_shapes
     )
     pairs = [(out, info.step) for out, info in zip(outputs, infos, strict=True)]
     return _named(pairs, checked_names)
