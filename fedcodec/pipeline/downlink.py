@@ -565,17 +565,7 @@ class DownlinkEncoder:
         self._stream = {name: decoded[name] for name in self.spec.names}
         self._origin = None
         self._change = None
-        self._releases.clear()
-        self.client_versions.clear()
-        self._last_step = None
-        release = Release(
-            version=model.version,
-            digest=model_digest(self.spec, self._stream),
-            delta=None,
-            stats=None,
-            residual_rms=self._residual_rms(model),
-        )
-        self._add(release)
+        release = self._first_release(model)
         self._keyframe_cache = (model.version, data)
         return release
 
@@ -584,6 +574,12 @@ class DownlinkEncoder:
         self._origin = model
         self._change = self.spec.zeros()
         self._stream = _plus(self.spec, model.tensors, self._change)
+        return self._first_release(model)
+
+    def _first_release(self, model: ModelVersion) -> Release:
+        """Release ``model`` as the first version of a new stream (its stream model is
+        set): every earlier release and client version is forgotten, no delta leads to it."""
+        assert self._stream is not None
         self._releases.clear()
         self.client_versions.clear()
         self._last_step = None
