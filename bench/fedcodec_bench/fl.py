@@ -59,6 +59,7 @@ import numpy as np
 import numpy.typing as npt
 
 from fedcodec.pipeline import (
+    PRESET_NAMES,
     Aggregator,
     ClientEngine,
     ClientReferences,
@@ -66,11 +67,14 @@ from fedcodec.pipeline import (
     RobustPolicy,
     RoundEngine,
     RoundParams,
+    Schedule,
     Sparsification,
+    as_schedule,
+    get_preset,
 )
 from fedcodec.pipeline.downlink import DEFAULT_KEYFRAME_BITS
 from fedcodec.pipeline.params import Quantizer
-from fedcodec.pipeline.ratecontrol import StepSnap
+from fedcodec.pipeline.ratecontrol import StepSnap, StepSnapPolicy
 from fedcodec.toy import accuracy, init_mlp, limit_blas_threads, train_local
 from fedcodec_bench import compressors as cp
 from fedcodec_bench.fldata import (
@@ -131,9 +135,10 @@ class Method:
     ----------
     name : str
         Label in the report.
-    params : RoundParams or None
-        fedcodec: coding of the uplink (None for a baseline).
-    down_params : RoundParams or None
+    params : RoundParams, Schedule or None
+        fedcodec: coding of the uplink (None for a baseline); a schedule per round, e.g. a
+        product preset's (:func:`preset_methods`).
+    down_params : RoundParams, Schedule or None
         fedcodec: coding of the downlink (None: the same as ``params``).
     compressor : UpdateCompressor or None
         Baseline coder of both links (None for fedcodec).
@@ -156,12 +161,12 @@ class Method:
     """
 
     name: str
-    params: RoundParams | None = None
-    down_params: RoundParams | None = None
+    params: RoundParams | Schedule | None = None
+    down_params: RoundParams | Schedule | None = None
     compressor: cp.UpdateCompressor | None = None
     keyframe_bits: int = DEFAULT_KEYFRAME_BITS
     keep: int | None = None
-    step_snap: StepSnap = "pow2"
+    step_snap: StepSnapPolicy = "pow2"
     temporal: bool = False
     down_temporal: bool = False
     error_feedback: bool = True
@@ -175,13 +180,18 @@ class Method:
             return "fp32"
         return "baseline"
 
+    @property
+    def first_params(self) -> RoundParams | None:
+        """fedcodec: the uplink parameters of round 0 (None for a baseline)."""
+        return None if self.params is None else as_schedule(self.params)(0, None)
+
     def settings(self) -> dict[str, Any]:
         """The method's parameters as JSON."""
         if self.params is not None:
             down = self.down_params or self.params
             return {
-                "up": self.params.to_json(),
-                "down": down.to_json(),
+                "up": params_json(self.params),
+                "down": params_json(down),
                 "keyframe_bits": self.keyframe_bits,
                 "keep": self.keep,
                 "step_snap": self.step_snap,
@@ -190,6 +200,18 @@ class Method:
         if self.compressor is not None:
             return self.compressor.settings()
         return {"dtype": "float32"}
+
+
+def params_json(spec: RoundParams | Schedule) -> dict[str, Any]:
+    """RoundParams as JSON; a schedule as its fields (the base parameters as JSON)."""
+    if isinstance(spec, RoundParams):
+        return spec.to_json()
+    fields = dict(vars(spec))
+    base = fields.pop("base", None)
+    out: dict[str, Any] = {"schedule": type(spec).__name__, **fields}
+    if base is not None:
+        out["base"] = base.to_json()
+    return out
 
 
 def baseline_methods(quick: bool = False) -> list[Method]:
@@ -299,6 +321,24 @@ def fedcodec_methods(numel: int, quick: bool = False) -> list[Method]:
 def default_methods(numel: int, quick: bool) -> list[Method]:
     """Baselines then fedcodec settings."""
     return baseline_methods(quick) + fedcodec_methods(numel, quick)
+
+
+def preset_methods() -> list[Method]:
+    """The product's presets (:func:`fedcodec.pipeline.get_preset`), ``fedcodec preset NAME``:
+    both links' schedules and step snapping exactly as the preset gives them (measured on
+    a CNN with Fisher importance; these numpy models send none, so the coder uses
+    ``Sensitivity``'s per-tensor magnitude importance).  Not in the default sweep: chosen
+    with ``--methods preset``."""
+    presets = (get_preset(name) for name in PRESET_NAMES)
+    return [
+        Method(
+            f"fedcodec preset {p.name}",
+            params=p.uplink,
+            down_params=p.downlink,
+            step_snap=p.step_snap,
+        )
+        for p in presets
+    ]
 
 
 @dataclass(frozen=True)
@@ -667,8 +707,10 @@ class _EngineLink:
             )
             for c in range(len(fed.parts))
         ]
-        self.budget = method.params.budget_bytes
-        self.tolerance = method.params.tolerance
+        first = method.first_params
+        assert first is not None
+        self.budget = first.budget_bytes
+        self.tolerance = first.tolerance
         self._round: Aggregator | None = None
 
     def download(self, c: int) -> Download:
@@ -922,7 +964,8 @@ def run_method(fed: Federation, method: Method, threads: int = 1) -> MethodResul
         held, enc = link.publish(r)
         curves.enc[-1] += enc
         curves.acc.append(fed.model.accuracy(held, fed.x_test, fed.y_test))
-    budget = method.params.budget_bytes if method.params is not None else None
+    first = method.first_params
+    budget = first.budget_bytes if first is not None else None
     return curves.result(
         method,
         fed,
@@ -1405,7 +1448,9 @@ def run_fl_bench(cfg: FLBenchConfig, out: TextIO | None = None) -> dict[str, Any
     limit_blas_threads(1)
     fed = make_federation(sc, seeds[0])
     numel = fed.numel
-    methods = _select(default_methods(numel, cfg.quick), cfg.methods)
+    # The presets only when asked for: the default sweep (and its reports) stays as it was.
+    offered = default_methods(numel, cfg.quick) + (preset_methods() if cfg.methods else [])
+    methods = _select(offered, cfg.methods)
 
     def log(msg: str) -> None:
         print(msg, file=out, flush=True)
