@@ -15,41 +15,46 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import math
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, TypeVar
+
+if TYPE_CHECKING:
+    from fedcodec.codec import TensorInfo
 
 __all__ = ["build_parser", "main"]
 
+_N = TypeVar("_N", int, float)
+
+
+def _number(
+    text: str, convert: Callable[[str], _N], what: str, valid: Callable[[_N], bool], need: str
+) -> _N:
+    """An argparse type: ``text`` read by ``convert``, refused as "not WHAT" when it does not
+    read, as "must be NEED" when it is not ``valid``."""
+    try:
+        value = convert(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not {what}: {text!r}") from None
+    if not valid(value):
+        raise argparse.ArgumentTypeError(f"must be {need}, got {text!r}")
+    return value
+
 
 def _positive_int(text: str) -> int:
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
-    if v < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {v}")
-    return v
+    return _number(text, int, "an integer", lambda v: v >= 1, ">= 1")
 
 
 def _fraction(text: str) -> float:
-    try:
-        v = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if not 0 < v <= 1:
-        raise argparse.ArgumentTypeError(f"must be in (0, 1], got {text!r}")
-    return v
+    return _number(text, float, "a number", lambda v: 0 < v <= 1, "in (0, 1]")
 
 
 def _seconds(text: str) -> float:
-    try:
-        v = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if not 0 < v < float("inf"):
-        raise argparse.ArgumentTypeError(f"must be a positive number of seconds, got {text!r}")
-    return v
+    return _number(
+        text, float, "a number", lambda v: 0 < v < math.inf, "a positive number of seconds"
+    )
 
 
 _BENCH_MISSING = (
@@ -409,17 +414,30 @@ def _container_error(command: str, path: str, data: bytes, error: Exception, sha
     return 1
 
 
-def _run_inspect(args: argparse.Namespace) -> int:
+def _split_container(
+    args: argparse.Namespace, command: str
+) -> tuple[bytes, list[TensorInfo], list[bytes] | dict[str, bytes]] | int:
+    """Read ``args.container`` and split it by tensor (``--names``, ``--shapes``); for
+    ``inspect`` its tensors are inspected first.  On failure the exit status, the
+    reason on stderr."""
     import fedcodec
 
-    data = _read_container(args.container, "inspect")
+    data = _read_container(args.container, command)
     if data is None:
         return 2
     try:
-        infos = fedcodec.inspect(data, expected_shapes=args.shapes)
+        infos = fedcodec.inspect(data, expected_shapes=args.shapes) if command == "inspect" else []
         parts = fedcodec.split(data, names=_names(args.names), expected_shapes=args.shapes)
     except (fedcodec.FedCodecError, OSError) as e:
-        return _container_error("inspect", args.container, data, e, args.shapes)
+        return _container_error(command, args.container, data, e, args.shapes)
+    return data, infos, parts
+
+
+def _run_inspect(args: argparse.Namespace) -> int:
+    read = _split_container(args, "inspect")
+    if isinstance(read, int):
+        return read
+    data, infos, parts = read
     labels = list(parts) if isinstance(parts, dict) else [str(i.index) for i in infos]
     sizes = [len(p) for p in (parts.values() if isinstance(parts, dict) else parts)]
     width = max([len("tensor"), *(len(label) for label in labels)])
@@ -443,15 +461,10 @@ def _run_inspect(args: argparse.Namespace) -> int:
 
 
 def _run_split(args: argparse.Namespace) -> int:
-    import fedcodec
-
-    data = _read_container(args.container, "split")
-    if data is None:
-        return 2
-    try:
-        parts = fedcodec.split(data, names=_names(args.names), expected_shapes=args.shapes)
-    except fedcodec.FedCodecError as e:
-        return _container_error("split", args.container, data, e, args.shapes)
+    read = _split_container(args, "split")
+    if isinstance(read, int):
+        return read
+    parts = read[2]
     # positions as wide as the last one needs (at least 4 digits): 10000 after 9999 in
     # the shell's order too
     width = max(4, len(str(len(parts) - 1)))
