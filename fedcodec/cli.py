@@ -132,6 +132,7 @@ _SERVE_FLAGS = (
     ("metrics_listen", "metrics_listen"),
     ("log_level", "log_level"),
     ("log_format", "log_format"),
+    ("preset", "preset"),
 )
 
 
@@ -186,6 +187,14 @@ def _add_serve(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     )
     serve.add_argument("--log-level", choices=["debug", "info", "warning", "error"], default=None)
     serve.add_argument("--log-format", choices=["json", "text"], default=None)
+    serve.add_argument(
+        "--preset",
+        metavar="NAME",
+        default=None,
+        help="a measured coding of both links (near-lossless, balanced, lean-full, "
+        "lean-partial; docs/torch.md 'Which preset'); excludes params.*, schedule.*, "
+        "downlink.params.* and downlink.step_snap",
+    )
     serve.add_argument(
         "--set",
         metavar="KEY=VALUE",

@@ -297,3 +297,17 @@ def test_clients_run_rounds_with_a_preset(tmp_path: Path) -> None:
         finally:
             for c in clients:
                 c.close()
+
+
+def test_fedcodec_serve_takes_a_preset_flag(capsys: pytest.CaptureFixture[str]) -> None:
+    from fedcodec.cli import main
+
+    assert main(["serve", "--insecure", "--preset", "lean-full", "--print-config"]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    assert printed["preset"] == "lean-full"
+    assert "params.lam" not in printed
+    assert main(["serve", "--insecure", "--preset", "fastest", "--print-config"]) == 2
+    assert "near-lossless, balanced, lean-full, lean-partial" in capsys.readouterr().err
+    args = ["serve", "--insecure", "--preset", "balanced", "--set", "params.S=8"]
+    assert main([*args, "--print-config"]) == 2
+    assert "leave params.S unset" in capsys.readouterr().err
