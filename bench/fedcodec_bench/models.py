@@ -11,12 +11,11 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Protocol
 
 import numpy as np
 import numpy.typing as npt
 
-from fedcodec.toy import MLP, Params, minibatches, softmax_xent_grad
+from fedcodec.toy import MLP, Params, SGDModel, softmax_xent_grad
 
 __all__ = ["MLP", "CharMLP", "Model", "Params", "softmax_xent_grad"]
 
@@ -24,39 +23,13 @@ F32 = npt.NDArray[np.float32]
 I64 = npt.NDArray[np.int64]
 
 
-class Model(Protocol):
-    """What the FL harness needs from a model."""
-
-    def init(self, rng: np.random.Generator) -> Params:
-        """Fresh float32 parameters (ordered dict: the model's tensor order)."""
-        ...
-
-    def train(
-        self,
-        params: Params,
-        x: npt.NDArray[np.generic],
-        y: I64,
-        *,
-        epochs: int,
-        batch: int,
-        lr: float,
-        rng: np.random.Generator,
-        max_steps: int | None = None,
-    ) -> Params:
-        """Local SGD from ``params``; returns new parameters (inputs untouched)."""
-        ...
-
-    def accuracy(self, params: Params, x: npt.NDArray[np.generic], y: I64) -> float:
-        """Top-1 accuracy in percent."""
-        ...
-
-    def describe(self) -> str:
-        """One line for reports."""
-        ...
+#: What the FL harness needs from a model: fresh parameters, local SGD, accuracy, a line
+#: for reports (:class:`fedcodec.toy.SGDModel`).
+Model = SGDModel
 
 
 @dataclass(frozen=True)
-class CharMLP:
+class CharMLP(SGDModel):
     """Next-character model: embed each of ``context`` characters, concatenate, one ReLU
     hidden layer, softmax over the vocabulary.
 
@@ -100,39 +73,24 @@ class CharMLP:
         h = np.maximum(z, 0.0)
         return e, z, h, h @ p["w2"].T + p["b2"]
 
-    def train(
-        self,
-        params: Params,
-        x: npt.NDArray[np.generic],
-        y: I64,
-        *,
-        epochs: int,
-        batch: int,
-        lr: float,
-        rng: np.random.Generator,
-        max_steps: int | None = None,
-    ) -> Params:
-        p = {k: v.copy() for k, v in params.items()}
-        xi = np.asarray(x, dtype=np.int64)
-        step = np.float32(lr)
-        for idx in minibatches(len(y), epochs, batch, rng, max_steps):
-            xb = xi[idx]
-            e, z, h, out = self._forward(p, xb)
-            g = softmax_xent_grad(out, y[idx]).astype(np.float32)
-            gw2 = g.T @ h
-            gb2 = g.sum(axis=0)
-            gz = (g @ p["w2"]) * (z > 0)
-            gw1 = gz.T @ e
-            gb1 = gz.sum(axis=0)
-            ge = (gz @ p["w1"]).reshape(len(idx), self.context, self.embed)
-            gemb = np.zeros_like(p["emb"])
-            np.add.at(gemb, xb, ge)
-            p["w2"] -= step * gw2
-            p["b2"] -= step * gb2
-            p["w1"] -= step * gw1
-            p["b1"] -= step * gb1
-            p["emb"] -= step * gemb
-        return p
+    def inputs(self, x: npt.NDArray[np.generic]) -> I64:
+        return np.asarray(x, dtype=np.int64)
+
+    def gradients(self, p: Params, x: npt.NDArray[np.generic], y: I64) -> Params:
+        xb = np.asarray(x, dtype=np.int64)
+        e, z, h, out = self._forward(p, xb)
+        g = softmax_xent_grad(out, y).astype(np.float32)
+        gz = (g @ p["w2"]) * (z > 0)
+        ge = (gz @ p["w1"]).reshape(len(xb), self.context, self.embed)
+        gemb = np.zeros_like(p["emb"])
+        np.add.at(gemb, xb, ge)
+        return {
+            "w2": g.T @ h,
+            "b2": g.sum(axis=0),
+            "w1": gz.T @ e,
+            "b1": gz.sum(axis=0),
+            "emb": gemb,
+        }
 
     def accuracy(self, params: Params, x: npt.NDArray[np.generic], y: I64) -> float:
         xi = np.asarray(x, dtype=np.int64)
