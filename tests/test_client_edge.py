@@ -79,15 +79,23 @@ def trainer(client: int) -> Any:
     return train
 
 
-def edge(server: BackgroundServer, client: str, state_dir: Path | None = None) -> EdgeClient:
+def edge(
+    server: BackgroundServer | int,
+    client: str = "c0",
+    state_dir: Path | None = None,
+    **options: Any,
+) -> EdgeClient:
+    """An edge client of a loopback server (or port): plain text, :data:`FAST` retries
+    unless ``options`` say otherwise."""
+    port = server if isinstance(server, int) else server.port
     return EdgeClient(
-        f"127.0.0.1:{server.port}",
+        f"127.0.0.1:{port}",
         client_id=client,
         token=TOKENS[client],
         insecure=True,
         state_dir=state_dir,
-        retry=FAST,
         initial_model=MODEL,  # the shared initial model: built, not downloaded
+        **{"retry": FAST, **options},
     )
 
 
@@ -256,16 +264,8 @@ def test_close_ends_a_run_that_waits_for_an_unavailable_server() -> None:
     # run() waits for a server that is down for ever (an edge device outlives outages);
     # close() from another thread is how a program ends it.  It used to make run() die with
     # "ValueError: Cannot invoke RPC on closed channel!" at its next call.
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    client = EdgeClient(
-        f"127.0.0.1:{port}",
-        client_id="c0",
-        token=TOKENS["c0"],
-        insecure=True,
-        initial_model=MODEL,
-        retry=RetryPolicy(attempts=2, initial_backoff_s=0.05, max_backoff_s=2.0),
+    client = edge(
+        free_port(), retry=RetryPolicy(attempts=2, initial_backoff_s=0.05, max_backoff_s=2.0)
     )
     results: list[Any] = []
     thread = threading.Thread(target=lambda: results.append(client.run(trainer(0))), daemon=True)
@@ -281,24 +281,15 @@ def test_close_ends_a_run_that_waits_for_an_unavailable_server() -> None:
 def test_a_call_to_a_server_that_never_answers_ends_at_the_call_deadline() -> None:
     # The default policy (8 tries of 120 s) waits ~16 min for a hung server; a call
     # deadline bounds the call as a whole, and run() gives up with it too.
-    with silent_server() as port:
-        client = EdgeClient(
-            f"127.0.0.1:{port}",
-            client_id="c0",
-            token=TOKENS["c0"],
-            insecure=True,
-            initial_model=MODEL,
-            call_deadline_s=0.5,
-        )
-        with client:
-            assert client.connection.retry.call_timeout_s == 120.0  # one try is not the bound
-            for call in (lambda: client.run_round(trainer(0)), lambda: client.run(trainer(0))):
-                start = time.monotonic()
-                with pytest.raises(DeadlineExceededError, match=r"call deadline of 0\.5 s") as info:
-                    call()
-                assert 0.45 <= time.monotonic() - start < 5.0
-                assert isinstance(info.value, ServerUnavailableError | TimeoutError)
-                assert info.value.status == "DEADLINE_EXCEEDED"
+    with silent_server() as port, edge(port, retry=None, call_deadline_s=0.5) as client:
+        assert client.connection.retry.call_timeout_s == 120.0  # one try is not the bound
+        for call in (lambda: client.run_round(trainer(0)), lambda: client.run(trainer(0))):
+            start = time.monotonic()
+            with pytest.raises(DeadlineExceededError, match=r"call deadline of 0\.5 s") as info:
+                call()
+            assert 0.45 <= time.monotonic() - start < 5.0
+            assert isinstance(info.value, ServerUnavailableError | TimeoutError)
+            assert info.value.status == "DEADLINE_EXCEEDED"
 
 
 def test_the_call_deadline_cuts_the_retries_of_an_unreachable_server() -> None:
