@@ -12,7 +12,8 @@ update with ``UPLOAD_STATUS_ALREADY_ACCEPTED`` instead of counting it twice.
 
 A call's tries can be bounded as a whole (:attr:`RetryPolicy.call_deadline_s`): each try
 goes out with gRPC's own deadline set to what is left of it (the server sees that deadline
-too), no backoff sleeps past it, and when it runs out the call raises
+too), no backoff wait ends past it (the last one is cut for one last try), and when it runs
+out the call raises
 :class:`~fedcodec.client.errors.DeadlineExceededError`.  The retries themselves stay ours,
 not gRPC's service-config ``retryPolicy``: that one cannot tell a "retry later" refusal
 from a final RESOURCE_EXHAUSTED by its message, and replays a client stream only from a
@@ -97,8 +98,8 @@ class RetryPolicy:
         the call ends when its tries run out: up to ``attempts * call_timeout_s`` plus the
         waits, about 16 minutes with the defaults when the server never answers).  Each
         try's gRPC deadline is the smaller of ``call_timeout_s`` and what is left; a wait
-        that would end past it is not taken.  When it runs out the call raises
-        :class:`~fedcodec.client.errors.DeadlineExceededError`.
+        that would end past it is cut to half of what is left, for one last try.  When it
+        runs out the call raises :class:`~fedcodec.client.errors.DeadlineExceededError`.
     """
 
     attempts: int = 8
@@ -235,6 +236,7 @@ class Connection:
         budget = self.retry.call_deadline_s
         deadline = None if budget is None else time.monotonic() + budget
         tries = 0
+        last_try = False
         while True:
             timeout = self._try_timeout(deadline)
             tries += 1
@@ -245,15 +247,20 @@ class Connection:
                 if not isinstance(error, ServerUnavailableError):
                     raise error from exc
                 wait = next(delays, None)
-                if deadline is not None and time.monotonic() + (wait or 0.0) >= deadline:
+                remaining = math.inf if deadline is None else deadline - time.monotonic()
+                if remaining <= 0 or last_try:
                     raise DeadlineExceededError(
                         f"{what}: no answer within the call deadline of {budget:g} s "
-                        f"({tries} {'try' if tries == 1 else 'tries'}; last: {error})",
+                        f"({tries} {'try' if tries == 1 else 'tries'}; last: "
+                        f"{error.status}: {error.detail})",
                         status=error.status,
                         detail=error.detail,
                     ) from exc
                 if wait is None:
                     raise error from exc
+                if wait >= remaining:
+                    # One last try, with half of what is left; no wait ends past the deadline.
+                    wait, last_try = remaining / 2, True
                 log.info(
                     "retrying",
                     extra={
