@@ -37,6 +37,11 @@ _RESULT_NAMES = {
 class ClientError(FedCodecError):
     """Root of the edge client's errors.
 
+    The message names the call and the gRPC status that failed it (``upload: UNAVAILABLE:
+    ...``); it starts with the codec's result name only where that code describes the
+    failure (:class:`ProtocolError`: ``FC_ERR_CORRUPT``): a connection or credential
+    failure is not an invalid argument.
+
     Attributes
     ----------
     status : str
@@ -46,10 +51,14 @@ class ClientError(FedCodecError):
     """
 
     code_number: int = FC_ERR_INVALID_ARGUMENT
+    #: Whether ``code_number``'s name describes the failure (starts a message without status).
+    names_failure: bool = False
 
     def __init__(self, message: str, *, status: str = "", detail: str = "") -> None:
         code = type(self).code_number
-        super().__init__(message, code=code, result_name=_RESULT_NAMES[code])
+        name = _RESULT_NAMES[code]
+        label = name if type(self).names_failure else ""
+        super().__init__(message, code=code, result_name=name, label=label)
         self.status = status
         self.detail = detail
 
@@ -78,3 +87,4 @@ class ProtocolError(ClientError, ValueError):
     """The server's answer does not add up."""
 
     code_number = FC_ERR_CORRUPT
+    names_failure = True

@@ -66,10 +66,16 @@ class FedCodecError(Exception):
         (``FC_ERR_INVALID_ARGUMENT`` or ``FC_ERR_MISMATCH``).
     result_name : str
         The C name of ``code``, e.g. ``"FC_ERR_CORRUPT"``.
+
+    The message starts with ``label`` when one is given (``""``: no prefix), else with
+    ``result_name``.
     """
 
-    def __init__(self, message: str, *, code: int, result_name: str) -> None:
-        super().__init__(f"{result_name}: {message}")
+    def __init__(
+        self, message: str, *, code: int, result_name: str, label: str | None = None
+    ) -> None:
+        prefix = result_name if label is None else label
+        super().__init__(f"{prefix}: {message}" if prefix else message)
         self.code = code
         self.result_name = result_name
 
