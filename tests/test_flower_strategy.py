@@ -762,3 +762,100 @@ def test_large_containers_travel_as_one_array_with_the_same_result(
         stype, data = array.arrays[c.KEY_MODEL_ARRAY]
         parts = array_parts(Array(dtype="uint8", shape=(len(data),), stype=stype, data=data))
         assert parts == inline_parts(inline.config[c.KEY_MODEL_ARRAY])
+
+
+# -- a mod without the shared initial model (the plain fedcodec_mod) -----------------
+
+
+def _plain_or_holding(*plain: int) -> Callable[..., Message]:
+    """A mod that is the plain ``fedcodec_mod`` (no initial model) on the ``plain`` nodes
+    and the one holding the initial model on the others."""
+    from fedcodec.flower import fedcodec_mod as plain_mod
+
+    def mod(msg: Message, context: Context, call_next: Callable[..., Message]) -> Message:
+        chosen = plain_mod if context.node_id in plain else fedcodec_mod
+        return chosen(msg, context, call_next)
+
+    return mod
+
+
+def _sends_of_the_initial(grid: _LoopGrid) -> list[tuple[int, str]]:
+    """(node, message type) of every message that carried the raw initial model."""
+    return [(m.node, m.message_type) for m in grid.sent if c.INITIAL_ARRAY in m.arrays]
+
+
+@pytest.mark.parametrize("fraction_evaluate", [0.0, 1.0])
+def test_the_plain_mod_trains_with_the_default_strategy_losing_only_its_first_round(
+    caplog: pytest.LogCaptureFixture, fraction_evaluate: float
+) -> None:
+    """ClientApp(mods=[fedcodec_mod]) without an initial model and CompressionStrategy(FedAvg()):
+    the first message's reply says the node lacks the initial model, its next message carries
+    it (once, 4 bytes per weight, one warning per node): every later round aggregates every
+    node's update.  (It never trained: send_initial was False by default; with it, round 2
+    failed too, the error's text not being recognised.)"""
+    # Prepare
+    random.seed(0)
+    strategy = CompressionStrategy(FedAvg(fraction_evaluate=fraction_evaluate), schedule=PARAMS)
+    grid = _LoopGrid(_client_app(_plain_or_holding(1, 2, 3, 4)), 4)
+    # Execute
+    with caplog.at_level(logging.WARNING, logger="flwr.fedcodec"):
+        strategy.start(grid=grid, initial_arrays=_initial(), num_rounds=4)
+    # Assert
+    assert [strategy.history[r].updates for r in (1, 2, 3, 4)] == [0, 4, 4, 4]
+    assert strategy.totals.rejected == 0
+    sends = _sends_of_the_initial(grid)
+    # The evaluate message of round 1 carries it when there is one, else round 2's train.
+    kind = MessageType.EVALUATE if fraction_evaluate else MessageType.TRAIN
+    assert sorted(sends) == [(node, kind) for node in (1, 2, 3, 4)]
+    numel = sum(int(np.prod(s)) for s in SHAPES.values())
+    warnings = [r.getMessage() for r in caplog.records if "sending it" in r.getMessage()]
+    assert len(warnings) == 4
+    assert all(f"({4 * numel} bytes" in w and "initial_model=" in w for w in warnings)
+
+
+def test_with_send_initial_false_a_node_without_the_initial_model_gets_the_clear_error() -> None:
+    """An operator who forbids sending the initial model keeps the error naming it, every
+    round, and nothing is sent raw."""
+    # Prepare
+    strategy = CompressionStrategy(
+        FedAvg(fraction_evaluate=0.0), schedule=PARAMS, send_initial=False
+    )
+    grid = LocalGrid(_client_app(_plain_or_holding(1, 2)), [1, 2])
+    arrays = _initial()
+    for server_round in (1, 2, 3):
+        messages = list(strategy.configure_train(server_round, arrays, ConfigRecord(), grid))
+        # Execute
+        replies = list(grid.send_and_receive(messages))
+        # Assert
+        assert all(m.has_error() for m in replies)
+        reasons = [m.error.reason for m in replies]
+        if server_round == 1:  # the node says what it lacks
+            assert all(c.ERROR_NO_INITIAL in r for r in reasons)
+        else:  # the server refuses to send it
+            assert all("initial_digest" in r and "does not send it" in r for r in reasons)
+            assert all(m.content["config"][c.KEY_DOWNLINK] == c.DOWNLINK_REFUSED for m in messages)  # type: ignore[index]
+        assert strategy.aggregate_train(server_round, replies)[0] is None
+    assert strategy.totals.updates == 0
+
+
+def test_a_mod_holding_the_initial_model_never_receives_it() -> None:
+    """Sending the initial model is for nodes that said they lack it: nodes whose mod holds
+    it get the same messages whether the strategy may send it or not (the same bytes), and
+    in a mixed federation only the plain nodes get it."""
+
+    def run(app: ClientApp, **kwargs: bool) -> tuple[CompressionStrategy, _LoopGrid]:
+        random.seed(0)
+        strategy = CompressionStrategy(FedAvg(), schedule=PARAMS, **kwargs)  # type: ignore[arg-type]
+        grid = _LoopGrid(app, 4)
+        strategy.start(grid=grid, initial_arrays=_initial(), num_rounds=3)
+        return strategy, grid
+
+    # Execute
+    default, default_grid = run(_client_app())
+    forbidden, forbidden_grid = run(_client_app(), send_initial=False)
+    _, mixed_grid = run(_client_app(_plain_or_holding(2, 4)))
+    # Assert
+    assert default.totals == forbidden.totals
+    assert default_grid.sent == forbidden_grid.sent
+    assert _sends_of_the_initial(default_grid) == []
+    assert sorted(node for node, _ in _sends_of_the_initial(mixed_grid)) == [2, 4]

@@ -89,6 +89,16 @@ a version it does not hold, no layout or parameters — a node that lost
     lost: a Flower round sends each node one message and ``aggregate_train`` gets
     the replies without a grid to resend on, so the server cannot retry within
     the round; the next round succeeds.
+an error reply naming :data:`ERROR_NO_INITIAL` (the node does not hold the shared initial
+model the stream starts from — a mod built without ``initial_model`` — or holds another)
+    the server sends that node the initial model (float32, 4 bytes per weight, under
+    :data:`INITIAL_ARRAY`) with a keyframe relative to it in its next message, once,
+    when it may (``CompressionStrategy(send_initial=True)``, the default), and logs a
+    warning naming the node and the bytes; otherwise (``send_initial=False``) every later
+    message to that node is :data:`DOWNLINK_REFUSED` with the reason in :data:`KEY_ERROR`.
+    The server cannot know what a node holds before its first reply, so such a node
+    loses the round of its first message; a node that holds the initial model never
+    gets it.
 """
 
 from __future__ import annotations
@@ -103,6 +113,7 @@ __all__ = [
     "DOWNLINK_NONE",
     "DOWNLINK_RAW",
     "DOWNLINK_REFUSED",
+    "ERROR_NO_INITIAL",
     "FLOWER_ROUND",
     "FORMAT",
     "IMPORTANCE_RECORD",
@@ -208,6 +219,9 @@ KEY_UNCODED_KEYS: Final = "fc.unc"
 KEY_INITIAL_DIGEST: Final = "fc.i"
 #: The deployment's name of that initial model (str, informative; first contact, when set).
 KEY_INITIAL_ID: Final = "fc.iid"
+#: In the reason of the mod's error reply: the node does not hold the shared initial
+#: model (or holds another); the server then sends it the initial model once when it may.
+ERROR_NO_INITIAL: Final = "fc.noinit"
 #: Why the server sends no model (str; with :data:`DOWNLINK_REFUSED`).
 KEY_ERROR: Final = "fc.e"
 #: Key of the coded model: in the ConfigRecord, the containers inline (``bytes``, or a

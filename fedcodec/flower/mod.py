@@ -31,9 +31,13 @@ the server can always decode the update.
 The shared initial model.  Give the mod the initial model the ServerApp starts
 from (``make_fedcodec_mod(initial_model=...)``: built from the same seed, or read
 from the file shipped with the app): it never travels, and a node's first
-download is a delta.  A mod without it answers a message relative to an initial
-model with an error ``Message`` naming ``initial_digest``; the strategy then sends
-that node the initial model once if it was built with ``send_initial=True``.
+download is a delta.  A mod without it (the plain :data:`fedcodec_mod`) answers its
+first message with an error ``Message`` naming
+:data:`~fedcodec.flower.constants.ERROR_NO_INITIAL` — the server cannot know what a
+node holds before it answers — and the strategy sends it the initial model once in its
+next message (4 bytes per weight; ``CompressionStrategy(send_initial=True)``, the
+default), so it loses the round of its first message.  With
+``send_initial=False`` such a node gets an error every round.
 
 If the app's reply holds an ``ArrayRecord`` named
 :data:`~fedcodec.flower.constants.IMPORTANCE_RECORD` (per-weight importance η, e.g.
@@ -67,6 +71,7 @@ Order with other mods (the first mod in ``mods=[...]`` is the outermost):
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -99,6 +104,7 @@ from fedcodec.flower.constants import (
     DOWNLINK_NONE,
     DOWNLINK_RAW,
     DOWNLINK_REFUSED,
+    ERROR_NO_INITIAL,
     FLOWER_ROUND,
     FORMAT,
     IMPORTANCE_RECORD,
@@ -198,9 +204,20 @@ def make_fedcodec_mod(
     return fedcodec_mod
 
 
-def _error(msg: Message, reason: str) -> Message:
-    _log.error("%s", reason)
+def _error(msg: Message, reason: str, *, level: int = logging.ERROR) -> Message:
+    _log.log(level, "%s", reason)
     return Message(Error(code=MOD_FAILED_PRECONDITION, reason=reason), reply_to=msg)
+
+
+def _no_initial(msg: Message, exc: InitialModelError) -> Message:
+    """The error reply of a node without the shared initial model: it names
+    :data:`ERROR_NO_INITIAL`, and the server sends the model once when it may."""
+    reason = (
+        f"{_NAME}: {ERROR_NO_INITIAL}: this node does not hold the shared initial model "
+        f"({exc}); the server sends it once (4 bytes per weight) unless built with "
+        "send_initial=False; give the mod initial_model=... to spare that"
+    )
+    return _error(msg, reason, level=logging.WARNING)
 
 
 def _initial(
@@ -239,7 +256,7 @@ def _spec(
         return ModelSpec(tuple(names), tuple(info.shape for info in infos))
     raise InitialModelError(
         f"{KEY_INITIAL_DIGEST}: the message is relative to a shared initial model this "
-        "node does not hold (give the mod initial_model=...)"
+        "node does not hold"
     )
 
 
@@ -316,9 +333,11 @@ def _handle(
         )
         base = _receive(engine, record, names, coded, config, layout)
         decoded = merge_records(keys, plain_record(base.spec, base.tensors), uncoded)
+    except InitialModelError as exc:
+        state.save(context.state)
+        return _no_initial(msg, exc)
     except (FedCodecError, ValueError, KeyError, TypeError) as exc:
-        if not isinstance(exc, InitialModelError):
-            state.forget_model()  # the server sends a keyframe next time
+        state.forget_model()  # the server sends a keyframe next time
         state.save(context.state)
         return _error(msg, f"{_NAME}: cannot rebuild the model: {exc}")
     state.save(context.state)

@@ -81,6 +81,7 @@ from fedcodec.flower.constants import (
     DOWNLINK_NONE,
     DOWNLINK_RAW,
     DOWNLINK_REFUSED,
+    ERROR_NO_INITIAL,
     FLOWER_ROUND,
     INITIAL_ARRAY,
     KEY_BASE_DIGEST,
@@ -284,8 +285,12 @@ class CompressionStrategy(Strategy):
         delta (default True).  False: a keyframe stream.
     send_initial : bool, optional
         Send the initial model once (4 bytes per weight) to a node that reports
-        it lacks it; default False: such a node gets an error naming
-        ``initial_digest`` every round.
+        it lacks it (default True: the plain :data:`~fedcodec.flower.fedcodec_mod`
+        works; such a node loses the round of its first message, which tells the
+        server, and the server logs a warning per node with the bytes).  A mod
+        built with ``make_fedcodec_mod(initial_model=...)`` never gets it.
+        False: a node without it gets an error naming ``initial_digest`` every
+        round.
     initial_id : str, optional
         A name for the initial model, sent next to its digest.
     step_snap : {"auto", "grid", "pow2"}, optional
@@ -370,7 +375,7 @@ class CompressionStrategy(Strategy):
         robust: RobustPolicy | None = None,
         aggregation: str = "inner",
         shared_initial: bool = True,
-        send_initial: bool = False,
+        send_initial: bool = True,
         initial_id: str = "",
         step_snap: str | None = None,
         server_optimizer: ServerOptimizer | None = None,
@@ -476,6 +481,7 @@ class CompressionStrategy(Strategy):
         self._compact_nodes: set[int] = set()
         self._params_known: dict[int, str] = {}  # node -> the parameters it holds (JSON)
         self._lacks_initial: set[int] = set()  # nodes that said they do not hold it
+        self._initial_sent: set[int] = set()  # nodes sent the initial model (warned once)
         self._failed: set[int] = set()  # last package failed, or its reply never came
         self._phases: dict[tuple[str, int], _Phase] = {}
         self._last_stats: RoundStats | None = None
@@ -786,6 +792,7 @@ class CompressionStrategy(Strategy):
                 if package.initial is not None:
                     flat = np.frombuffer(package.initial, dtype="<f4")
                     wire[INITIAL_ARRAY] = Array(np.array(flat, dtype=np.float32))
+                    self._warn_initial_sent(node, server_round, len(package.initial))
                 new_config[KEY_DOWNLINK] = _kind(package)
                 if (
                     package.from_version is not None
@@ -815,6 +822,20 @@ class CompressionStrategy(Strategy):
         phase.traffic.messages_down += 1
         return msg
 
+    def _warn_initial_sent(self, node: int, server_round: int, size: int) -> None:
+        """One warning per node that gets the raw initial model (its mod holds none)."""
+        if node in self._initial_sent:
+            return
+        self._initial_sent.add(node)
+        _log.warning(
+            "fedcodec: round %d: node %d does not hold the shared initial model: sending it "
+            "(%d bytes, 4 per weight, once); give the ClientApp's mod the initial model "
+            "(make_fedcodec_mod(initial_model=...)) to spare that",
+            server_round,
+            node,
+            size,
+        )
+
     def _package_for(
         self, engine: RoundEngine, node: int, *, compact: bool = False
     ) -> DownlinkPackage:
@@ -841,7 +862,7 @@ class CompressionStrategy(Strategy):
         if msg.has_error():
             self._forget(node)
             reason = msg.error.reason or ""
-            if "initial_digest" in reason:
+            if ERROR_NO_INITIAL in reason:
                 self._lacks_initial.add(node)
             elif "fedcodec" in reason:
                 self._failed.add(node)
