@@ -128,7 +128,7 @@ def run_client(args: argparse.Namespace) -> int:
             client_cert=args.client_cert,
             client_key=args.client_key,
             initial_model=initial,
-            request_initial=bool(getattr(args, "request_initial", False)),
+            request_initial=bool(getattr(args, "request_initial", True)),
             call_deadline_s=call_deadline_s,
         ) as client:
             results = client.run(trainer, max_rounds=args.rounds, on_round=_report)

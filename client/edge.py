@@ -172,11 +172,12 @@ class EdgeClient:
     initial_model : mapping of str to array_like, optional
         The federation's shared initial model, built as the deployment says (from its
         seed, or read from the file shipped with the app).  A federation that starts
-        from a shared initial model refuses a client without it, unless
-        ``request_initial`` is set and the server allows sending it.
+        from a shared initial model sends a client without it the model once (4 bytes
+        per weight; ``request_initial``), unless the server forbids it.
     request_initial : bool, optional
-        Ask the server for the initial model when this client does not hold it (4 bytes
-        per weight, once).
+        Ask the server for the initial model when this client does not hold it, or holds
+        another (4 bytes per weight, once; default True: the round goes on).  False: such
+        a client raises :class:`~fedcodec.pipeline.InitialModelError` before downloading.
     compact : bool, optional
         Use compact containers (codec FORMAT.md §2-3: no shapes, all-zero tensors
         omitted, one-byte steps; both ends know the model) where the server offers them:
@@ -201,7 +202,7 @@ class EdgeClient:
         call_deadline_s: float | None = None,
         codec_threads: int = 1,
         initial_model: Mapping[str, npt.ArrayLike] | None = None,
-        request_initial: bool = False,
+        request_initial: bool = True,
         compact: bool = True,
     ) -> None:
         if not client_id:
@@ -580,6 +581,11 @@ class EdgeClient:
             if not self.request_initial:
                 engine.check_initial(info.initial)  # raises, naming the model it lacks
             want_initial = True
+            log.info(
+                "this client does not hold the shared initial model %s: asking the server "
+                "for it (4 bytes per weight, once; initial_model=... spares that)",
+                info.initial.digest[:16],
+            )
         bytes_down = 0
         keyframe = False
         # First as held (with the decoded delta this client keeps, if any).  A package

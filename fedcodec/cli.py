@@ -272,8 +272,10 @@ def _add_client(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     )
     client.add_argument(
         "--request-initial",
-        action="store_true",
-        help="ask the server for the initial model when this client does not hold it",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="ask the server for the initial model (4 bytes per weight, once) when this "
+        "client does not hold it (default); --no-request-initial: stop with the error instead",
     )
     client.add_argument(
         "--rounds", type=_positive_int, default=None, help="stop after taking part N times"

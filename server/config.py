@@ -35,6 +35,7 @@ typo does not silently leave a default in place.  An example file::
 
     [downlink]
     # temporal_reference = true  # version deltas coded against the previous one (4 B/weight)
+    # send_initial = false       # refuse clients without the initial model (default: send it)
 
     [params]                  # how clients code their updates (fedcodec.pipeline.RoundParams)
     budget_bytes = 20000
@@ -266,8 +267,10 @@ class DownlinkConfig:
         app), so it never travels and a client's first download is a delta (default);
         false: a keyframe stream, where a client's first download is a keyframe.
     send_initial : bool
-        Send the initial model (4 bytes per weight) once to a client that lacks it and asks;
-        false (default): such a client is refused with FAILED_PRECONDITION.
+        Send the initial model (4 bytes per weight) once to a client that lacks it and asks
+        (default: an edge client without it works out of the box; the server logs a warning
+        per client it sends it to).  False: such a client is refused with
+        FAILED_PRECONDITION naming ``initial_digest``.  A client that holds it never asks.
     step_snap : str
         ``grid`` (default): version steps snap to any multiple of the grid; ``pow2``:
         to power-of-two multiples, so catch-up deltas are far smaller (the demo: 111x
@@ -288,7 +291,7 @@ class DownlinkConfig:
     keep_versions: int = 32
     keyframe_bits: int = DEFAULT_KEYFRAME_BITS
     shared_initial: bool = True
-    send_initial: bool = False
+    send_initial: bool = True
     step_snap: str = "grid"
     params: RoundParams = field(default_factory=RoundParams)
     temporal_reference: bool = False

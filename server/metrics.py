@@ -22,6 +22,9 @@ metric                                 meaning
 ``fedcodec_keyframes_total``           downloads served as keyframes
 ``fedcodec_held_delta_references_total`` downloads whose first delta was coded against the
                                        delta the client holds (``downlink.temporal_reference``)
+``fedcodec_initial_models_sent_total`` downloads that carried the raw initial model (4 bytes
+                                       per weight: a client without it asked;
+                                       ``downlink.send_initial``)
 ``fedcodec_calls_cancelled_total``     calls that ended by cancellation (client gone, transport
                                        dropped) by ``kind``: upload, other
 ``fedcodec_streams``                   open streams by ``kind``: uploading, waiting (for an
@@ -95,6 +98,11 @@ class Metrics:
         self.held_delta_references = Counter(
             "fedcodec_held_delta_references",
             "Downloads whose first delta was coded against the delta the client holds",
+            registry=r,
+        )
+        self.initial_models_sent = Counter(
+            "fedcodec_initial_models_sent",
+            "Downloads that carried the raw initial model (a client without it asked)",
             registry=r,
         )
         self.calls_cancelled = Counter(

@@ -314,6 +314,7 @@ class RoundCoordinator:
             else None
         )
         self._downlink_lock = threading.Lock()
+        self._initial_sent: set[str] = set()  # clients sent the raw initial model (warned)
         self._base: ModelVersion | None = None
         self._stream_digest = ""
         self._round: _Round | None = None
@@ -671,6 +672,18 @@ class RoundCoordinator:
             self.metrics.keyframes.inc()
         if package.held_delta_reference:
             self.metrics.held_delta_references.inc()
+        if package.initial is not None:
+            self.metrics.initial_models_sent.inc()
+            if client_id not in self._initial_sent:
+                self._initial_sent.add(client_id)
+                log.warning(
+                    "client %r does not hold the shared initial model: sending it (%d bytes, "
+                    "4 per weight, once); give the client the initial model "
+                    "(EdgeClient(initial_model=...), fedcodec client --initial-model) to "
+                    "spare that, or set downlink.send_initial = false to refuse it",
+                    client_id,
+                    len(package.initial),
+                )
         if self._round is not None:
             self._round.bytes_down += size
         return package

@@ -1,8 +1,10 @@
-"""The shared initial model over gRPC: built by every participant, never sent unless the
-operator allows it and the client asks; a client without it gets a clear refusal."""
+"""The shared initial model over gRPC: built by every participant; sent once (by default) to a
+client that lacks it and asks, never to one that holds it; with ``downlink.send_initial =
+false`` a client without it gets a clear refusal."""
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +47,14 @@ def connect(srv: BackgroundServer, client: str) -> Connection:
     return loopback.connect(srv, TOKENS[client], client, FAST)
 
 
+def edge(srv: BackgroundServer, client: str, **kwargs: Any) -> EdgeClient:
+    """An edge client of the loopback server (FAST retries unless told otherwise)."""
+    kwargs.setdefault("retry", FAST)
+    return EdgeClient(
+        f"127.0.0.1:{srv.port}", client_id=client, token=TOKENS[client], insecure=True, **kwargs
+    )
+
+
 def train(weights: dict[str, np.ndarray], info: RoundInfo) -> TrainResult:
     rng = np.random.default_rng(info.round_id)
     return TrainResult(
@@ -59,8 +69,13 @@ def train(weights: dict[str, np.ndarray], info: RoundInfo) -> TrainResult:
 def test_the_round_config_names_the_initial_model_and_a_client_without_it_is_refused(
     tmp_path: Path,
 ) -> None:
-    # Room for all three; the rounds close at the deadline with whoever reported.
-    overrides = {"rounds.target_clients": 3, "rounds.deadline_s": 1.0}
+    # Room for all three; the rounds close at the deadline with whoever reported.  The
+    # operator forbids sending the initial model.
+    overrides = {
+        "rounds.target_clients": 3,
+        "rounds.deadline_s": 1.0,
+        "downlink.send_initial": False,
+    }
     with server(tmp_path, **overrides) as srv:
         conn = connect(srv, "c0")
         answer = conn.check_in()
@@ -76,23 +91,20 @@ def test_the_round_config_names_the_initial_model_and_a_client_without_it_is_ref
         package = conn.download(None, None, initial_digest=V0.digest)
         assert len(package) == 0
         assert ModelReceiver(V0.spec, initial=V0).apply(package).digest == V0.digest
-        # The edge SDK says what is missing before it asks for anything.
+        # Told not to ask, the edge SDK says what is missing before it asks for anything.
         with (
-            EdgeClient(
-                f"127.0.0.1:{srv.port}", client_id="c1", token=TOKENS["c1"], insecure=True
-            ) as bare,
+            edge(srv, "c1", request_initial=False) as bare,
             pytest.raises(InitialModelError, match="initial_digest"),
         ):
             bare.run_round(train)
+        # By default it asks, and the server refuses, naming what it lacks.
+        with (
+            edge(srv, "c1") as asking,
+            pytest.raises(UpdateRefusedError, match=r"FAILED_PRECONDITION.*initial_digest"),
+        ):
+            asking.run_round(train)
         # The round carries on with a client that holds the model.
-        with EdgeClient(
-            f"127.0.0.1:{srv.port}",
-            client_id="c2",
-            token=TOKENS["c2"],
-            insecure=True,
-            initial_model=MODEL,
-            retry=FAST,
-        ) as good:
+        with edge(srv, "c2", initial_model=MODEL) as good:
             results = good.run(train)
         assert [r.outcome for r in results] == [Outcome.PARTICIPATED] * 2 + [Outcome.FINISHED]
         assert results[0].bytes_down == 0
@@ -101,24 +113,33 @@ def test_the_round_config_names_the_initial_model_and_a_client_without_it_is_ref
         assert good.model.version == 1  # the base of the last round it took part in
 
 
-def test_the_operator_may_send_the_initial_model_once_to_a_client_that_asks(
-    tmp_path: Path,
+def test_by_default_a_client_without_the_initial_model_gets_it_once_and_takes_part(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    with server(tmp_path, **{"downlink.send_initial": True}) as srv:
-        with EdgeClient(
-            f"127.0.0.1:{srv.port}",
-            client_id="c0",
-            token=TOKENS["c0"],
-            insecure=True,
-            request_initial=True,
-            retry=FAST,
-        ) as client:
-            results = client.run(train)
-        assert [r.outcome for r in results] == [Outcome.PARTICIPATED] * 2 + [Outcome.FINISHED]
-        assert results[0].bytes_down >= 4 * V0.spec.numel  # the initial model, once
-        assert results[1].bytes_down < V0.spec.numel
-        assert client.model is not None
-        assert client.model.version == 1
+    """Out of the box (no initial_model, default server): the client asks, the server sends
+    the initial model once with one warning naming the client and the bytes, and the client
+    takes part from its first round on; a client that holds it downloads nothing for it."""
+    with (
+        caplog.at_level(logging.WARNING, logger="fedcodec.server"),
+        server(tmp_path, **{"rounds.max_rounds": 3}) as srv,
+        edge(srv, "c0") as bare,
+        edge(srv, "c1", initial_model=MODEL) as holder,
+    ):
+        first = holder.run(train, max_rounds=1)  # round 1
+        results = bare.run(train)  # rounds 2 and 3
+        sent = srv.server.metrics.registry.get_sample_value("fedcodec_initial_models_sent_total")
+    assert [r.outcome for r in first] == [Outcome.PARTICIPATED]
+    assert first[0].bytes_down == 0  # it holds the initial model: version 0 costs nothing
+    assert [r.outcome for r in results] == [Outcome.PARTICIPATED] * 2 + [Outcome.FINISHED]
+    assert results[0].bytes_down >= 4 * V0.spec.numel  # the initial model, once
+    assert results[1].bytes_down < V0.spec.numel
+    assert bare.model is not None
+    assert bare.model.version == 2
+    assert sent == 1
+    warnings = [r.getMessage() for r in caplog.records if "initial model" in r.getMessage()]
+    assert len(warnings) == 1
+    assert "'c0'" in warnings[0]
+    assert f"({4 * V0.spec.numel} bytes" in warnings[0]
 
 
 def test_clients_see_the_initial_models_file_name_not_the_servers_path(tmp_path: Path) -> None:
