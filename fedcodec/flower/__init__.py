@@ -36,6 +36,11 @@ Both halves drive the round engine (:mod:`fedcodec.pipeline.engine`): the same
 download rule, update checks and error feedback as the gRPC server and the edge
 SDK.  By default the first global model is a shared initial model: give the mod
 the same arrays (``make_fedcodec_mod(initial_model=...)``) and it never travels.
+The plain :data:`fedcodec_mod` works too: its node answers its first message with
+an error naming :data:`~fedcodec.flower.constants.ERROR_NO_INITIAL` (that round is
+lost for it), and the strategy sends it the initial model once in its next message
+(4 bytes per weight per node, one warning per node;
+``CompressionStrategy(send_initial=False)`` refuses instead).
 
 Reproducible comparisons: Flower's strategies sample nodes with Python's
 ``random`` module (unseeded); call ``random.seed(...)`` in the ServerApp before
