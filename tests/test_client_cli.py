@@ -129,5 +129,7 @@ def test_call_deadline_ends_the_client_when_the_server_never_answers(
         )
         elapsed = time.monotonic() - start
     assert status == 1
-    assert elapsed < 5.0
+    # The run also loads the bundled data and builds the model, which takes seconds on a
+    # loaded machine; without the deadline the first call alone would wait ~16 min.
+    assert elapsed < 60.0
     assert "no answer within the call deadline of 0.5 s" in capsys.readouterr().err
