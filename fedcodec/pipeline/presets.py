@@ -11,14 +11,17 @@ BatchNorm (58,546 parameters; MNIST-5k, Dirichlet(0.3) label skew, one local epo
 serializes every message; Δ is the accuracy of the last three rounds against float32 FedAvg
 over the same rounds, paired by seed, median of 3 seeds.
 
-* ``"near-lossless"`` — dense, any participation, short runs: 30× at −0.23 pt (full
-  participation, 15 rounds; 17× at −0.30 pt with 6 of 30 nodes a round, 30 rounds);
+* ``"near-lossless"`` — dense, any participation, any horizon: 32× at −0.03 pt (full
+  participation, 50 rounds), 17× at −0.03 pt (6 of 30 nodes a round, 100 rounds);
 * ``"balanced"`` — RD top-1 % both ways, full participation, FedAvg or a
-  ``ServerOptimizer``: 186× at −0.40 pt (50 rounds);
+  ``ServerOptimizer``: 197× at −0.33 pt (50 rounds);
 * ``"lean-full"`` — the 300× coding, full participation, FedAvg, ≥ 50 rounds: 303× at
   −0.67 pt (50 rounds);
 * ``"lean-partial"`` — partial participation (a node's turn every ~5 rounds): 111× at
   −0.77 pt (6 of 30 nodes a round, 100 rounds).
+
+Every number above was measured as ``fedcodec preset NAME`` on main at f9f2487
+(``docs/bench/cnn.md``, "The presets"; runs in ``docs/bench/cnn-presets.json``).
 
 Fisher importance.  All presets but ``"near-lossless"`` were measured with the clients'
 diagonal Fisher importance (:class:`fedcodec.torch.FisherAccumulator`, sent in the reply's
@@ -108,12 +111,14 @@ def near_lossless() -> Preset:
 
     ``RoundParams(lam=0.5, S=16, sensitivity=Sensitivity())`` on both links (BatchNorm
     statistics at their own 10-bit step, per-tensor steps from the importance).  Measured
-    (``fedcodec-bench cnn``, method ``fedcodec sens dense S=16``, without Fisher
-    importance, the ``fedcodec/v3`` wire): full participation (10 of 10, 15 rounds) 30× at
-    −0.23 pt; partial (6 of 30, 30 rounds) 17× at −0.30 pt; 3 seeds each
-    (``docs/bench/cnn.md``, "Results with the fedcodec/v3 wire").  On the 324k-parameter
-    CNN, 6 of 30: 19× at −1.13 pt (1 seed).  Fisher importance is optional here (not
-    measured with it).
+    as ``fedcodec preset near-lossless`` (``fedcodec-bench cnn``, without Fisher importance,
+    compact containers, 3 seeds; ``docs/bench/cnn.md``, "The presets"): full participation
+    (10 of 10, 50 rounds) 32× (31.8, 32.3, 31.8) at −0.03 pt median (−0.13, 0.00, −0.03),
+    never more than 0.4 pt behind from round 15 on (three-round means); partial (6 of 30,
+    100 rounds) 17× (16.9, 17.1, 16.3) at −0.03 pt (+0.03, −0.03, −0.10), 0.0-0.1 pt behind
+    over rounds 51-100 — most of its bytes are the catch-up downlink (14 of 17 MB).  On the
+    324k-parameter CNN, 6 of 30, 30 rounds (``fedcodec/v3`` wire): 19× at −1.13 pt (1 seed).
+    Fisher importance is optional here (not measured with it).
     """
     dense = RoundParams(lam=0.5, S=16, sensitivity=Sensitivity())
     return Preset("near-lossless", dense, dense, "grid", fisher=False)
@@ -124,14 +129,15 @@ def balanced() -> Preset:
 
     ``RoundParams(lam=0.5, S=16, sparsification=Sparsification(topk=0.01,
     allocation="rd"), sensitivity=Sensitivity())`` on both links, ``step_snap="auto"``.
-    Measured (method ``fedcodec sens+fisher rd-1% down rd-1%``, Fisher importance, full
-    participation, 10 of 10, 50 rounds, 3 seeds): 186× at −0.40 pt median (−0.73, −0.07,
-    −0.40) with ``step_snap="grid"`` (``fedcodec/v4`` wire); with ``"auto"`` (this preset)
-    −0.20 pt median (−1.17, −0.14, −0.20) at 0.1-0.5 % fewer bytes.  Behind fedcodec's
+    Measured as ``fedcodec preset balanced`` (Fisher importance, compact containers, full
+    participation, 10 of 10, 50 rounds, 3 seeds; ``docs/bench/cnn.md``, "The presets"):
+    197× (196.7, 197.0, 196.1) at −0.33 pt median (−0.33, +0.23, −0.53); rounds 41-50
+    −0.65, −0.08, −0.45.  Before (method ``fedcodec sens+fisher rd-1% down rd-1%``,
+    ``step_snap="grid"``, ``fedcodec/v4`` wire): 186× at −0.40 pt.  Behind fedcodec's
     ``ServerOptimizer("adam")`` (second moment per tensor): 175× at +1.2 pt.  Sparse error
-    feedback needs the rounds: 3.6 pt behind after 15 rounds, 0.7 after 30.  Partial
-    participation (6 of 30, 100 rounds): 87× at −2.2 pt (seed 0) — use
-    ``"lean-partial"`` there (``docs/bench/cnn.md``, "Long runs", "toward 300×").
+    feedback needs the rounds: 3.4-3.6 pt behind at round 15, 0.7-1.1 at round 30.  Partial
+    participation (6 of 30, 100 rounds, 3 seeds): 128× at −1.23 pt (−2.40, −1.23, −0.83);
+    over rounds 51-100 −2.4, −1.7, −1.4 (``"lean-partial"``: −3.1, −1.5, −1.4 at 111×).
     """
     rd1 = RoundParams(
         lam=0.5,
@@ -150,7 +156,9 @@ def lean_full() -> Preset:
     on both links, ``step_snap="grid"`` (as measured).  Measured (method ``fedcodec
     sens+fisher lean4 rd-0.5% down lean4 rd-0.5%``, Fisher importance, compact containers,
     full participation, 10 of 10, 50 rounds, 3 seeds): 303× (302, 303, 303) at −0.67 pt
-    median (−1.50, −0.67, −0.60); over rounds 41-50 1.2-1.7 pt behind float32.  With FedAvg
+    median (−1.50, −0.67, −0.60); over rounds 41-50 1.2-1.7 pt behind float32; 4.6-7.2 pt
+    behind at round 15.  Re-run as ``fedcodec preset lean-full``: the same accuracies,
+    bytes within 30 B.  With FedAvg
     only: behind ``ServerOptimizer("adam")`` it lost 7.2 pt (306×; use ``"balanced"``).
     Needs long runs (sparse error feedback at 0.5 %); on larger models the plain RD top-0.5 %
     both ways already gave 446× at −0.87 pt (324k-parameter CNN, 40 rounds, 3 seeds;
@@ -172,6 +180,8 @@ def lean_partial() -> Preset:
     100 rounds, 3 seeds): 111× (114, 110, 108) at −0.77 pt median (−1.57, −0.57, −0.77);
     over rounds 51-100 1.4-3.1 pt behind float32 (a round swings by 1-3 points).  FedProx
     (mu 0.01): 110× at −1.20 pt (``docs/bench/cnn.md``, "toward 300×", partial table).
+    Re-run as ``fedcodec preset lean-partial``: the same accuracies, bytes within 200 B.
+    ``"balanced"`` there: 128× at −1.23 pt, about as far behind over rounds 51-100.
     """
     return Preset(
         "lean-partial",
