@@ -96,3 +96,47 @@ def test_baselines_are_framed_as_fedcodec_so_bytes_compare_codecs() -> None:
     ours = overhead("fedcodec sens rd-2% S=16")
     for name in ("STC 1%", "top-1%+EF"):
         assert overhead(name) <= ours
+
+
+def test_mobile_is_a_depthwise_separable_net_with_residuals() -> None:
+    """``--model mobile``: depthwise 3×3 filters ([C, 1, 3, 3]), pointwise convs without
+    biases, BatchNorm after each, identity residuals, global pooling, one linear head."""
+    import torch
+    from torch import nn
+
+    from fedcodec_bench.cnn import MODELS, _net
+
+    assert "mobile" in MODELS
+    net = _net("mobile")
+    convs = [m for m in net.modules() if isinstance(m, nn.Conv2d)]
+    depthwise = [c for c in convs if c.groups > 1]
+    assert len(depthwise) == 6
+    assert all(c.groups == c.in_channels and c.weight.shape[1:] == (1, 3, 3) for c in depthwise)
+    assert all(c.bias is None for c in convs)
+    assert sum(isinstance(m, nn.BatchNorm2d) for m in net.modules()) == len(convs)
+    assert sum(bool(getattr(m, "residual", False)) for m in net.modules()) == 3
+    assert [type(m) for m in net if isinstance(m, nn.Linear)] == [nn.Linear]
+    assert sum(p.numel() for p in net.parameters()) == 54_922
+    stats = sum(v.numel() for k, v in net.state_dict().items() if "running" in k)
+    assert stats == 1_984
+    assert net(torch.zeros(2, 1, 28, 28)).shape == (2, 10)
+    with pytest.raises(ValueError, match="unknown model"):
+        _net("resnet")
+
+
+@pytest.mark.parametrize(
+    "name", ["fedcodec sens+fisher lean4 rd-0.5% down lean4 rd-0.5%", "fedcodec default"]
+)
+def test_mobile_runs_through_the_plugin(name: str) -> None:
+    """Two rounds of the mobile net through the plugin: the 300x setting and the defaults a
+    new user gets (``CompressionStrategy(FedAvg())``, no schedule) code both ways."""
+    methods = {m.name: m for m in cnn_methods()}
+    sc = Scenario("tiny-mobile", 2, 2, 2, model="mobile")
+    run = run_one(sc, methods[name], 0, _Train(1, 32, 0.05, 0), train_limit=200)
+    assert len(run.accuracy) == 2
+    assert all(0.0 <= a <= 1.0 for a in run.accuracy)
+    assert run.bytes_down > 0
+    # float32 both ways would be 4 messages of 37k parameters (+ 1.5k statistics) each way
+    assert run.extra["raw_payload"] == 8 * 4 * (54_922 + 1_984)
+    assert 0 < run.total < run.extra["raw_payload"] / 4
+    assert run.extra["rejected"] == 0

