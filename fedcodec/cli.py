@@ -191,8 +191,8 @@ def _add_serve(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         "--preset",
         metavar="NAME",
         default=None,
-        help="a measured coding of both links (near-lossless, balanced, lean-full, "
-        "lean-partial; docs/torch.md 'Which preset'); excludes params.*, schedule.*, "
+        help="a measured coding of both links (near-lossless, robust, balanced, "
+        "lean-full, lean-partial; docs/torch.md 'Which preset'); excludes params.*, schedule.*, "
         "downlink.params.* and downlink.step_snap",
     )
     serve.add_argument(

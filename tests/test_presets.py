@@ -39,12 +39,18 @@ def _lean4(topk: float) -> RoundParams:
 
 
 _DENSE = RoundParams(lam=0.5, S=16, sensitivity=Sensitivity())
-_RD1 = RoundParams(
-    lam=0.5,
-    S=16,
-    sparsification=Sparsification(topk=0.01, allocation="rd"),
-    sensitivity=Sensitivity(),
-)
+
+
+def _rd(topk: float) -> RoundParams:
+    return RoundParams(
+        lam=0.5,
+        S=16,
+        sparsification=Sparsification(topk=topk, allocation="rd"),
+        sensitivity=Sensitivity(),
+    )
+
+
+_RD1 = _rd(0.01)
 
 #: The settings as the benchmark's method list wrote them out before the presets existed
 #: (bench/fedcodec_bench/cnn.py: ``down``, ``up(0.01)``, ``lean(0.005, stat_bits=4)``, the
@@ -52,6 +58,8 @@ _RD1 = RoundParams(
 #: measured them (with its own step snapping).
 HISTORICAL: dict[str, tuple[Any, Any, str, bool, str, str, str]] = {
     "near-lossless": (_DENSE, _DENSE, "grid", False, "fedcodec sens dense S=16", "grid", "cnn-v3"),
+    # Measured as the preset itself (no earlier method): top-5 % up, top-2 % down.
+    "robust": (_rd(0.05), _rd(0.02), "auto", False, "fedcodec preset robust", "auto", "cnn-robust"),
     "balanced": (
         _RD1,
         _RD1,
@@ -83,7 +91,7 @@ HISTORICAL: dict[str, tuple[Any, Any, str, bool, str, str, str]] = {
 
 
 def test_the_preset_names_in_order_of_compression() -> None:
-    assert PRESET_NAMES == ("near-lossless", "balanced", "lean-full", "lean-partial")
+    assert PRESET_NAMES == ("near-lossless", "robust", "balanced", "lean-full", "lean-partial")
     assert set(HISTORICAL) == set(PRESET_NAMES)
 
 
@@ -155,6 +163,11 @@ def test_the_benchmark_builds_its_methods_from_the_presets(name: str) -> None:
     run = methods[f"fedcodec preset {name}"]  # what CompressionStrategy(preset=name) runs
     assert (run.params, run.down_params) == (preset.uplink, preset.downlink)
     assert (run.step_snap, run.fisher) == (preset.step_snap, preset.fisher)
+    # The same coding the other way round: without Fisher importance when it was measured
+    # with it, with it when not.
+    other = methods[f"fedcodec preset {name} {'nofisher' if preset.fisher else '+fisher'}"]
+    assert (other.params, other.down_params) == (preset.uplink, preset.downlink)
+    assert (other.step_snap, other.fisher) == (preset.step_snap, not preset.fisher)
 
 
 @pytest.mark.parametrize("bad", ["", "Balanced", "fast", "lean"])

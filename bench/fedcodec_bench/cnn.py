@@ -425,6 +425,19 @@ def cnn_methods(quick: bool = False) -> list[CnnMethod]:
         )
         for p in presets.values()
     ]
+    # Each preset also the other way round: without the clients' Fisher importance when it
+    # was measured with it (the coder's per-tensor magnitude fallback), with it when not.
+    methods += [
+        CnnMethod(
+            f"fedcodec preset {p.name} {'nofisher' if p.fisher else '+fisher'}",
+            "fedcodec",
+            params=p.uplink,
+            down_params=p.downlink,
+            fisher=not p.fisher,
+            step_snap=p.step_snap,
+        )
+        for p in presets.values()
+    ]
     # Temporal reference: each node codes its update against its previous one (the coder
     # uses it on dense updates only; sparsified ones go without).
     dense_rows = ("fedcodec sens dense S=16", "fedcodec plain dense S=16", f"{sf} dense S=16")

@@ -248,11 +248,12 @@ class CompressionStrategy(Strategy):
     preset : str or Preset, optional
         A named coding of both links as measured on the CNN family
         (:func:`fedcodec.pipeline.get_preset`: ``"near-lossless"``,
-        ``"balanced"``, ``"lean-full"``, ``"lean-partial"``; the table is in
+        ``"robust"``, ``"balanced"``, ``"lean-full"``, ``"lean-partial"``; the table is in
         ``docs/torch.md``): it sets ``schedule``, ``downlink`` and ``step_snap``,
         so none of them may be given with it (a ``ValueError``).  All but
-        ``"near-lossless"`` were measured with the ClientApp sending Fisher
-        importance (:class:`fedcodec.torch.FisherAccumulator`).  An unknown name
+        ``"near-lossless"`` and ``"robust"`` (measured with and without it) were
+        measured with the ClientApp sending Fisher importance
+        (:class:`fedcodec.torch.FisherAccumulator`).  An unknown name
         is a ``ValueError`` listing the presets.
     compress_downlink : bool, optional
         Code the downlink (default True); False sends raw float32 models and
