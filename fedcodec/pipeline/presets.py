@@ -149,10 +149,12 @@ def robust() -> Preset:
       rounds): 15 a round 119× (122.5, 119.0, 118.0) at −0.70 pt (−0.70, −0.40, −0.86);
       all 30 a round 138× (140.5, 137.4, 137.7) at −0.66 pt (−0.40, −0.66, −0.90).
 
-    Partial participation on the CNN (6 of 30, 100 rounds) is not covered: seed 0 without
-    Fisher importance lost 2.1 pt at 90× (``"lean-partial"`` with Fisher importance is the
-    measured choice there).  The price of the robustness: ``"balanced"`` is 197× at
-    −0.33 pt on the CNN with Fisher importance, but 1.8 pt behind on the MLP.
+    Partial participation on the CNN (6 of 30, 100 rounds) is not covered: without Fisher
+    importance 88× (90.2, 87.7, 87.7) at −1.17 pt (−2.07, −0.93, −1.17), a miss; with it
+    70× at −0.57 pt (−0.93, −0.57, −0.37).  ``"lean-partial"`` (111× at −0.77 pt, with
+    Fisher importance) is the measured choice there.  The price of the robustness:
+    ``"balanced"`` is 197× at −0.33 pt on the CNN with Fisher importance, but 1.8 pt behind
+    on the MLP.
     """
     return Preset("robust", _rd(0.05), _rd(0.02), "auto", fisher=False)
 
