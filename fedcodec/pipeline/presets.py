@@ -154,10 +154,10 @@ def robust() -> Preset:
     70× at −0.57 pt (−0.93, −0.57, −0.37).  ``"lean-partial"`` (111× at −0.77 pt, with
     Fisher importance) is the measured choice there.  The price of the robustness:
     ``"balanced"`` is 197× at −0.33 pt on the CNN with Fisher importance, but 1.8 pt behind
-    on the MLP.  Nor does it hold on a deeper CNN: the MobileNet-style net of
+    on the MLP.  Nor does it hold in every seed on a deeper CNN: the MobileNet-style net of
     ``fedcodec-bench cnn --model mobile`` (twelve BatchNorm layers, full participation, 50
-    rounds, seed 0, no Fisher importance) 64× at −1.53 pt, where ``"near-lossless"`` was
-    24× at +0.33 pt in the same run.
+    rounds, no Fisher importance) 65× at +1.27 pt median (−1.53, +1.27, +1.37), where
+    ``"near-lossless"`` is 24× at +0.33 pt.
     """
     return Preset("robust", _rd(0.05), _rd(0.02), "auto", fisher=False)
 
