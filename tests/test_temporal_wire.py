@@ -188,14 +188,21 @@ def test_a_reference_coded_update_stored_before_a_restart_is_kept_or_dropped_and
             assert again.round_id == 2
         other = participate(clients[1], 1)
         assert other.round_id == 2
+
+        def aggregated_round_2() -> list[logging.LogRecord]:
+            return [
+                r
+                for r in caplog.records
+                if getattr(r, "event", "") == "round_aggregated" and getattr(r, "round_id", 0) == 2
+            ]
+
+        # Wait for the log record itself: the coordinator opens round 3 on its event loop
+        # before it logs round 2's aggregation, so a wait on open_round_id can read the log
+        # too early (it did once in CI).
         deadline = time.monotonic() + 30
-        while server.coordinator.open_round_id == 2 and time.monotonic() < deadline:
+        while not aggregated_round_2() and time.monotonic() < deadline:
             time.sleep(0.02)
-        aggregated = [
-            r
-            for r in caplog.records
-            if getattr(r, "event", "") == "round_aggregated" and getattr(r, "round_id", 0) == 2
-        ]
+        aggregated = aggregated_round_2()
         assert len(aggregated) == 1
         assert getattr(aggregated[0], "updates", 0) == len(CLIENTS)
         events = [getattr(r, "event", "") for r in caplog.records]
