@@ -3,14 +3,19 @@
 * :func:`task_identity` — an autouse fixture: instruction messages need a run id, which a
   ServerApp process sets; a test module that imports it gets it for every test.
 * :func:`initial_arrays` — the shared initial model of a test federation, from seed 0.
+* :func:`noisy_client_app` — a ClientApp whose training adds seeded noise to the model.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pytest
+
+if TYPE_CHECKING:
+    from flwr.clientapp import ClientApp
 
 
 @pytest.fixture(autouse=True)
@@ -27,3 +32,50 @@ def initial_arrays(shapes: Mapping[str, tuple[int, ...]]) -> dict[str, np.ndarra
     """The shared initial model: N(0, 0.1²) float32 weights of ``shapes``, from seed 0."""
     rng = np.random.default_rng(0)
     return {k: (rng.standard_normal(s) * 0.1).astype(np.float32) for k, s in shapes.items()}
+
+
+def noisy_client_app(*mods: object, change: float = 2e-3) -> ClientApp:
+    """A ClientApp whose training adds a seeded Laplace change ``change`` (per node and
+    round) to every weight; evaluate returns the model's squared norm.  ``mods``: the
+    app's mods, outermost first (e.g. ``make_fedcodec_mod(initial_model=...)``)."""
+    from flwr.app import (
+        Array,
+        ArrayRecord,
+        ConfigRecord,
+        Context,
+        Message,
+        MetricRecord,
+        RecordDict,
+    )
+    from flwr.clientapp import ClientApp
+
+    app = ClientApp(mods=list(mods))  # type: ignore[arg-type]
+
+    @app.train()
+    def train(msg: Message, context: Context) -> Message:
+        record = msg.content["arrays"]
+        config = msg.content["config"]
+        assert isinstance(record, ArrayRecord)
+        assert isinstance(config, ConfigRecord)
+        rng = np.random.default_rng([context.node_id, int(config["server-round"])])  # type: ignore[arg-type]
+        local = {
+            k: a.numpy() + (rng.laplace(size=a.shape) * change).astype(np.float32)
+            for k, a in record.items()
+        }
+        content = RecordDict(
+            {
+                "arrays": ArrayRecord({k: Array(v) for k, v in local.items()}),
+                "metrics": MetricRecord({"num-examples": 10 * context.node_id}),
+            }
+        )
+        return Message(content, reply_to=msg)
+
+    @app.evaluate()
+    def evaluate(msg: Message, context: Context) -> Message:
+        record = msg.content["arrays"]
+        assert isinstance(record, ArrayRecord)
+        norm = float(sum(np.sum(a.numpy() ** 2) for a in record.values()))
+        metrics = MetricRecord({"num-examples": 1, "norm": norm})
+        return Message(RecordDict({"metrics": metrics}), reply_to=msg)
+
+    return app

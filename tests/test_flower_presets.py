@@ -16,8 +16,12 @@ pytest.importorskip(
     "flwr", reason="the Flower plugin tests need flwr (pip install 'fedcodec[flower]')"
 )
 
-from flower_helpers import initial_arrays, task_identity  # noqa: F401  (autouse fixture)
-from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flower_helpers import (  # noqa: F401  (task_identity: autouse fixture)
+    initial_arrays,
+    noisy_client_app,
+    task_identity,
+)
+from flwr.app import Array, ArrayRecord, ConfigRecord
 from flwr.clientapp import ClientApp
 from flwr.serverapp.strategy import FedAvg
 
@@ -39,29 +43,7 @@ EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "flower-app"
 
 
 def _client_app() -> ClientApp:
-    mod = make_fedcodec_mod(initial_model=initial_arrays(SHAPES))
-    app = ClientApp(mods=[mod])
-
-    @app.train()
-    def train(msg: Message, context: Context) -> Message:
-        record = msg.content["arrays"]
-        config = msg.content["config"]
-        assert isinstance(record, ArrayRecord)
-        assert isinstance(config, ConfigRecord)
-        rng = np.random.default_rng([context.node_id, int(config["server-round"])])  # type: ignore[arg-type]
-        local = {
-            k: (a.numpy() + rng.laplace(0, 2e-3, size=a.shape)).astype(np.float32)
-            for k, a in record.items()
-        }
-        content = RecordDict(
-            {
-                "arrays": ArrayRecord({k: Array(v) for k, v in local.items()}),
-                "metrics": MetricRecord({"num-examples": 10 * context.node_id}),
-            }
-        )
-        return Message(content, reply_to=msg)
-
-    return app
+    return noisy_client_app(make_fedcodec_mod(initial_model=initial_arrays(SHAPES)))
 
 
 def _coded_bytes(strategy: CompressionStrategy, rounds: int = 4) -> tuple[int, ArrayRecord]:

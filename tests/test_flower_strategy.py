@@ -21,7 +21,11 @@ pytest.importorskip(
     "flwr", reason="the Flower plugin tests need flwr (pip install 'fedcodec[flower]')"
 )
 
-from flower_helpers import initial_arrays, task_identity  # noqa: F401  (autouse fixture)
+from flower_helpers import (  # noqa: F401  (task_identity: autouse fixture)
+    initial_arrays,
+    noisy_client_app,
+    task_identity,
+)
 from flwr.app import (
     Array,
     ArrayRecord,
@@ -65,37 +69,8 @@ def _params(config: object) -> RoundParams:
 
 
 def _client_app(*mods: object, change: float = 2e-3) -> ClientApp:
-    """Each node adds a seeded change (node, round) to every weight; evaluate returns a metric."""
-    app = ClientApp(mods=list(mods) if mods else [fedcodec_mod])  # type: ignore[arg-type]
-
-    @app.train()
-    def train(msg: Message, context: Context) -> Message:
-        record = msg.content["arrays"]
-        config = msg.content["config"]
-        assert isinstance(record, ArrayRecord)
-        assert isinstance(config, ConfigRecord)
-        rng = np.random.default_rng([context.node_id, int(config["server-round"])])  # type: ignore[arg-type]
-        local = {
-            k: a.numpy() + (rng.laplace(size=a.shape) * change).astype(np.float32)
-            for k, a in record.items()
-        }
-        content = RecordDict(
-            {
-                "arrays": ArrayRecord({k: Array(v) for k, v in local.items()}),
-                "metrics": MetricRecord({"num-examples": 10 * context.node_id}),
-            }
-        )
-        return Message(content, reply_to=msg)
-
-    @app.evaluate()
-    def evaluate(msg: Message, context: Context) -> Message:
-        record = msg.content["arrays"]
-        assert isinstance(record, ArrayRecord)
-        norm = float(sum(np.sum(a.numpy() ** 2) for a in record.values()))
-        metrics = MetricRecord({"num-examples": 1, "norm": norm})
-        return Message(RecordDict({"metrics": metrics}), reply_to=msg)
-
-    return app
+    """:func:`noisy_client_app` with ``mods`` (default: the mod holding the initial model)."""
+    return noisy_client_app(*(mods or (fedcodec_mod,)), change=change)
 
 
 @dataclass(frozen=True)
