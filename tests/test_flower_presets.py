@@ -27,7 +27,7 @@ from flwr.serverapp.strategy import FedAvg
 
 from fedcodec.flower import CompressionStrategy, make_fedcodec_mod
 from fedcodec.flower.local import LocalGrid
-from fedcodec.pipeline import PRESET_NAMES, RoundParams, as_schedule, get_preset
+from fedcodec.pipeline import PRESET_NAMES, RobustPolicy, RoundParams, as_schedule, get_preset
 
 #: A small CNN-like model: conv and linear weights, a bias, BatchNorm's scale and statistics.
 SHAPES = {
@@ -135,3 +135,32 @@ def test_the_example_apps_run_config_takes_a_preset(monkeypatch: pytest.MonkeyPa
     # the example's shipped run config keeps the default coding
     text = (EXAMPLE / "pyproject.toml").read_text()
     assert '\npreset = ""\n' in text
+
+
+def test_the_mods_statistics_hook_sets_what_the_server_averages() -> None:
+    """make_fedcodec_mod(statistics=fn): fn gets the coded model and the node's Context; the
+    statistics it returns, not the app's, are what FedAvg averages into the global model."""
+    from flwr.app import Context
+
+    calls: list[tuple[int, set[str]]] = []
+
+    def measure(arrays: object, context: Context) -> dict[str, np.ndarray]:
+        assert isinstance(arrays, dict)
+        calls.append((int(context.node_id), set(arrays)))
+        return {"bn.running_mean": np.full(8, float(context.node_id), dtype=np.float32)}
+
+    mod = make_fedcodec_mod(initial_model=initial_arrays(SHAPES), statistics=measure)
+    grid = LocalGrid(noisy_client_app(mod), range(1, 5))
+    strategy = CompressionStrategy(FedAvg(), preset="robust", robust=RobustPolicy.fedavg())
+    arrays = ArrayRecord({k: Array(v) for k, v in initial_arrays(SHAPES).items()})
+    for server_round in (1, 2):
+        messages = list(strategy.configure_train(server_round, arrays, ConfigRecord(), grid))
+        out, _ = strategy.aggregate_train(server_round, grid.send_and_receive(messages))
+        assert out is not None
+        arrays = out
+        # FedAvg weights node i by 10·i examples: (1·1 + 2·2 + 3·3 + 4·4) / 10 = 3
+        np.testing.assert_allclose(arrays["bn.running_mean"].numpy(), 3.0, atol=1e-3)
+    assert sorted(node for node, _ in calls) == [1, 1, 2, 2, 3, 3, 4, 4]
+    assert all(keys == set(SHAPES) for _, keys in calls)
+    # the other statistic is the app's (noisy) one, coded as usual
+    assert not np.allclose(arrays["bn.running_var"].numpy(), 3.0, atol=0.5)

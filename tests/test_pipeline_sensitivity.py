@@ -282,3 +282,64 @@ def test_downlink_statistics_follow_stat_bits_of_the_statistic() -> None:
         assert rx.digest == down.digest_of(3)
         stat_bytes[bits] = total
     assert stat_bytes[4] < stat_bytes[10]
+
+
+def test_statistics_hook_measures_the_coded_model_and_its_values_are_sent() -> None:
+    """encode(statistics=fn): fn sees base + the decoded update; what it returns is what the
+    server decodes for those tensors (within their step); the rest is coded as without it."""
+    from fedcodec import codec
+    from fedcodec.pipeline import ModelMismatchError
+
+    rng = np.random.default_rng(3)
+    base = ModelVersion.create(0, _cnn_like(rng))
+    local = {k: v + _cnn_like(rng, 0.05)[k] for k, v in base.tensors.items()}
+    params = RoundParams(
+        lam=0.5,
+        S=16,
+        sparsification=Sparsification(topk=0.05, allocation="rd"),
+        sensitivity=Sensitivity(),
+    )
+    seen: list[dict[str, np.ndarray]] = []
+
+    def measure(coded: object) -> dict[str, np.ndarray]:
+        assert isinstance(coded, dict)
+        seen.append({k: np.array(v) for k, v in coded.items()})
+        # a statistic that depends on the coded weights, as BatchNorm's does
+        return {"bn.running_mean": coded["conv.weight"].sum(axis=(1, 2, 3)) + 0.25}
+
+    plain = UpdateEncoder(base.spec, "c").encode(
+        local, base, params, round_number=0, num_examples=1
+    )
+    enc = UpdateEncoder(base.spec, "c")
+    update = enc.encode(local, base, params, round_number=0, num_examples=1, statistics=measure)
+    assert len(seen) == 1
+    names = list(base.spec.names)
+    decoded = codec.decode(update.data, names=names, expected_shapes=base.spec.shapes)
+    first = codec.decode(plain.data, names=names, expected_shapes=base.spec.shapes)
+    # the hook saw exactly base + what the server decodes (for the tensors it did not change)
+    for name in names:
+        if name != "bn.running_mean":
+            np.testing.assert_allclose(seen[0][name], base.tensors[name] + decoded[name], atol=1e-6)
+            np.testing.assert_array_equal(decoded[name], first[name])
+    # the statistic the server rebuilds is the measured one, not the locally trained one
+    steps = {t.name: t.step for t in update.stats.tensors}
+    rebuilt = base.tensors["bn.running_mean"] + decoded["bn.running_mean"]
+    expected = seen[0]["conv.weight"].sum(axis=(1, 2, 3)) + 0.25
+    assert np.max(np.abs(rebuilt - expected)) <= steps["bn.running_mean"] / 2 + 1e-6
+    assert np.max(np.abs(local["bn.running_mean"] - expected)) > 10 * steps["bn.running_mean"]
+    # error feedback keeps the measured statistic's own coding error, not the local one's
+    residual = enc.residual["bn.running_mean"]
+    np.testing.assert_allclose(residual, expected - rebuilt, atol=1e-6)
+
+    for bad, match in (
+        ({"bn.nope": np.zeros(8)}, "lacks"),
+        ({"bn.running_mean": np.zeros(7)}, "shape"),
+        ({"bn.running_mean": np.full(8, np.nan)}, "finite|non-finite"),
+    ):
+        fresh = UpdateEncoder(base.spec, "c")
+        with pytest.raises(ModelMismatchError, match=match):
+            fresh.encode(
+                local, base, params, round_number=0, num_examples=1, statistics=lambda _, b=bad: b
+            )
+        assert fresh.rounds_encoded == 0
+        assert fresh.residual_norm() == 0.0

@@ -15,8 +15,10 @@ from torch import nn  # noqa: E402
 
 from fedcodec.pipeline import ModelMismatchError  # noqa: E402
 from fedcodec.torch import (  # noqa: E402
+    CodedStatistics,
     FilterScaling,
     FisherAccumulator,
+    batchnorm_statistics,
     load_arrays,
     state_dict_to_arrays,
 )
@@ -82,6 +84,72 @@ def test_bad_arrays_name_the_key() -> None:
         load_arrays(model, {**arrays, "0.bias": np.zeros(4, np.complex64)})
     with pytest.raises(ModelMismatchError, match="cplx"):
         state_dict_to_arrays({"cplx": torch.zeros(2, dtype=torch.complex64)})
+
+
+def test_batchnorm_statistics_measure_the_model_as_it_is() -> None:
+    """The statistics are the batches' own (unbiased variance), and the model is left as it was."""
+    model = _net()
+    model[1].running_mean.fill_(3.0)
+    model[1].momentum = 0.3
+    model.eval()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    x, y = _batch()
+    halves = [(x[:8], y[:8]), (x[8:], y[8:])]
+    stats = batchnorm_statistics(model, halves)
+    assert list(stats) == ["1.running_mean", "1.running_var"]
+    with torch.no_grad():
+        feats = [model[0](h) for h, _ in halves]
+    mean = torch.stack([f.mean(dim=(0, 2, 3)) for f in feats]).mean(dim=0)
+    var = torch.stack([f.var(dim=(0, 2, 3), unbiased=True) for f in feats]).mean(dim=0)
+    torch.testing.assert_close(stats["1.running_mean"], mean)
+    torch.testing.assert_close(stats["1.running_var"], var)
+    for key, value in model.state_dict().items():
+        torch.testing.assert_close(value, before[key])
+    assert model[1].momentum == 0.3
+    assert not model.training
+    # What the docs tell a ClientApp to do: train, then put the measured statistics back.
+    model.load_state_dict(stats, strict=False)
+    torch.testing.assert_close(model[1].running_mean, mean)
+    only_first = batchnorm_statistics(model, iter([x[:8], x[8:]]), max_batches=1)
+    torch.testing.assert_close(only_first["1.running_mean"], feats[0].mean(dim=(0, 2, 3)))
+    assert batchnorm_statistics(nn.Linear(3, 2), []) == {}
+    with pytest.raises(ValueError, match="at least one batch"):
+        batchnorm_statistics(model, [])
+    with pytest.raises(ValueError, match="max_batches"):
+        batchnorm_statistics(model, halves, max_batches=0)
+    torch.testing.assert_close(model[1].running_mean, mean)
+
+
+def test_coded_statistics_measure_the_arrays_they_are_given() -> None:
+    """CodedStatistics(arrays, context): the BatchNorm statistics of those arrays as a model,
+    on the batches of that context, as float32 numpy arrays by state_dict key."""
+    model = _net()
+    with torch.no_grad():
+        model[0].weight.mul_(3.0)  # the "coded" weights differ from a fresh _net()'s
+    arrays = state_dict_to_arrays(model, integer_buffers="local")
+    x, _ = _batch()
+    contexts: list[object] = []
+
+    def batches(context: object) -> list[torch.Tensor]:
+        contexts.append(context)
+        return [x]
+
+    hook = CodedStatistics(_net, batches)
+    stats = hook(arrays, "node-7")
+    assert contexts == ["node-7"]
+    assert sorted(stats) == ["1.running_mean", "1.running_var"]
+    assert all(v.dtype == np.float32 for v in stats.values())
+    expected = batchnorm_statistics(model, [x])
+    for key, value in stats.items():
+        np.testing.assert_allclose(value, expected[key].numpy(), rtol=1e-5, atol=1e-6)
+    fresh = batchnorm_statistics(_net(), [x])
+    assert not np.allclose(stats["1.running_var"], fresh["1.running_var"].numpy())
+    # the edge SDK calls it without a context
+    assert sorted(CodedStatistics(_net, lambda _: [x], max_batches=1)(arrays)) == sorted(stats)
+    with pytest.raises(ValueError, match="max_batches"):
+        CodedStatistics(_net, batches, max_batches=0)
+    with pytest.raises(ModelMismatchError, match=r"0\.weight"):
+        hook({**arrays, "0.weight": np.zeros((2, 2), np.float32)})
 
 
 def test_fisher_accumulates_squared_gradients() -> None:

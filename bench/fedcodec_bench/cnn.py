@@ -93,6 +93,9 @@ class CnnMethod:
     #: ``CompressionStrategy(inner)`` with every default (schedule, downlink, robust policy,
     #: step snap): what a new user gets; the other fields' coding settings are not used.
     defaults: bool = False
+    #: The mod measures the BatchNorm statistics on the coded model
+    #: (``make_fedcodec_mod(statistics=fedcodec.torch.CodedStatistics(...))``).
+    bn_stats: bool = False
 
     def settings(self) -> dict[str, Any]:
         """JSON-able description."""
@@ -115,6 +118,8 @@ class CnnMethod:
             out["step_snap"] = self.step_snap
         if self.defaults:
             out["defaults"] = True
+        if self.bn_stats:
+            out["bn_stats"] = True
         return out
 
 
@@ -449,6 +454,13 @@ def cnn_methods(quick: bool = False) -> list[CnnMethod]:
     ]
     # What a new user gets: CompressionStrategy(FedAvg()) and fedcodec_mod, nothing else.
     methods.append(CnnMethod("fedcodec default", "fedcodec", defaults=True))
+    # Every fedcodec method also with the BatchNorm statistics measured on the coded model
+    # (make_fedcodec_mod(statistics=CodedStatistics(...))), not during local training.
+    methods += [
+        dataclasses.replace(m, name=f"{m.name} +bnstats", bn_stats=True)
+        for m in methods
+        if m.kind == "fedcodec"
+    ]
     if quick:
         keep = {"fp32", "top-1%+EF", "fedcodec sens rd-2% S=16"}
         return [m for m in methods if m.name in keep]
@@ -652,6 +664,17 @@ def _client_app(
         return Message(content, reply_to=msg)
 
     return app
+
+
+def _coded_statistics(data: _Data, model_name: str) -> Any:
+    """``CodedStatistics`` over the node's training images (what a ClientApp passes)."""
+    from fedcodec.torch import CodedStatistics
+
+    def batches(context: Context) -> Any:
+        idx = data.parts[int(context.node_id)]
+        return (data.x_train[idx[i : i + 256]] for i in range(0, len(idx), 256))
+
+    return CodedStatistics(lambda: _net(model_name), batches)
 
 
 def _weights(model: Any) -> list[Any]:
@@ -1137,7 +1160,9 @@ def run_one(
     if method.kind == "fedcodec":
         # Every node builds the same initial model (the seed): it never travels.
         shared = {k: a.numpy() for k, a in initial.items()}
-        app = _client_app(data, tr, method, [make_fedcodec_mod(initial_model=shared)], sc.model)
+        statistics = _coded_statistics(data, sc.model) if method.bn_stats else None
+        mod = make_fedcodec_mod(initial_model=shared, statistics=statistics)
+        app = _client_app(data, tr, method, [mod], sc.model)
     grid = _make_grid(app, sc.clients)
     accuracy: list[float] = []
 

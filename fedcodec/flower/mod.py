@@ -134,10 +134,11 @@ from fedcodec.pipeline import (
     ModelSpec,
     ModelVersion,
     RoundParams,
+    StatisticsFn,
 )
 from fedcodec.pipeline.model import Tensors, digest_matches
 
-__all__ = ["InitialModelSource", "fedcodec_mod", "make_fedcodec_mod"]
+__all__ = ["InitialModelSource", "ModStatisticsFn", "fedcodec_mod", "make_fedcodec_mod"]
 
 
 _NAME = "fedcodec_mod"
@@ -148,6 +149,10 @@ _NUM_EXAMPLES = "num-examples"
 #: (e.g. reading the seed from ``context.run_config``).
 InitialModelSource = Mapping[str, npt.ArrayLike] | Callable[[Context], Mapping[str, npt.ArrayLike]]
 
+#: Measures tensors (BatchNorm statistics) on the coded model with the node's data:
+#: ``statistics(arrays, context)``; see ``make_fedcodec_mod(statistics=...)``.
+ModStatisticsFn = Callable[[Mapping[str, np.ndarray], Context], Mapping[str, npt.ArrayLike]]
+
 
 def make_fedcodec_mod(
     *,
@@ -155,6 +160,7 @@ def make_fedcodec_mod(
     threads: int = 1,
     initial_model: InitialModelSource | None = None,
     temporal_reference: bool = True,
+    statistics: ModStatisticsFn | None = None,
 ) -> Mod:
     """Build a client mod (see the module docs).
 
@@ -174,6 +180,15 @@ def make_fedcodec_mod(
         Accept the server's offer of a temporal reference (default True; it
         costs one float32 model in ``context.state``).  False: code every update
         without, and keep no reference.
+    statistics : callable, optional
+        ``statistics(arrays, context) -> {name: array}``: measures tensors on the
+        model the server will build from this node's update (the received model
+        plus the update as coded, every coded array by name); what it returns
+        replaces the app's values of those arrays and the update is coded again
+        (:meth:`fedcodec.pipeline.UpdateEncoder.encode`).  Made for BatchNorm
+        running statistics with sparse or coarse updates:
+        :class:`fedcodec.torch.CodedStatistics` builds one from the app's model
+        class and data.
 
     Returns
     -------
@@ -199,6 +214,7 @@ def make_fedcodec_mod(
             threads=threads,
             initial_model=initial_model,
             temporal_reference=temporal_reference,
+            statistics=statistics,
         )
 
     return fedcodec_mod
@@ -269,6 +285,7 @@ def _handle(
     threads: int,
     initial_model: InitialModelSource | None,
     temporal_reference: bool = True,
+    statistics: ModStatisticsFn | None = None,
 ) -> Message:
     if not msg.has_content():
         return call_next(msg, context)
@@ -356,7 +373,16 @@ def _handle(
                 )
             _sync_reference(engine, config, accept=temporal_reference)
             engine.encoder.compact = layout.compact  # the server reads compact containers
-            _encode_reply(out, engine, base, config, params_from_text(state.params))
+            measure = None
+            if statistics is not None:
+                user_fn = statistics
+
+                def measure(arrays: Mapping[str, np.ndarray]) -> Mapping[str, Any]:
+                    return user_fn(arrays, context)
+
+            _encode_reply(
+                out, engine, base, config, params_from_text(state.params), statistics=measure
+            )
         except (FedCodecError, ValueError, KeyError, TypeError) as exc:
             return _error(msg, f"{_NAME}: cannot code the reply: {exc}")
         state.save(context.state)
@@ -469,6 +495,8 @@ def _encode_reply(
     base: ModelVersion,
     config: Mapping[str, Any],
     params: RoundParams,
+    *,
+    statistics: StatisticsFn | None = None,
 ) -> None:
     """Replace the reply's ArrayRecord by the coded update (inline when it is small, with
     the app's metrics folded in when they can be: :func:`~fedcodec.flower._records.reply_records`).
@@ -499,6 +527,7 @@ def _encode_reply(
         num_examples=_num_examples(out),
         base=base,
         importance=importance,
+        statistics=statistics,
     )
     inline = not len(uncoded) and len(update.data) <= INLINE_MAX_BYTES
     out.content = RecordDict(reply_records(content, key, update.data, uncoded, inline=inline))

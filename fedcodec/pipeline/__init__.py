@@ -34,7 +34,7 @@ A round, in-process::
             new = aggregator.finalize(); downlink.publish(new)
 """
 
-from fedcodec.pipeline.client import EncodedUpdate, UpdateEncoder
+from fedcodec.pipeline.client import EncodedUpdate, StatisticsFn, UpdateEncoder
 from fedcodec.pipeline.downlink import DownlinkEncoder, DownlinkPackage, ModelReceiver, Release
 from fedcodec.pipeline.engine import (
     ClientEngine,
@@ -120,6 +120,7 @@ __all__ = [
     "Sparsification",
     "StaleBaseVersionError",
     "StateFormatError",
+    "StatisticsFn",
     "StepSchedule",
     "Submission",
     "TensorEncodeStats",

@@ -23,7 +23,7 @@ import hashlib
 import math
 import os
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -43,6 +43,7 @@ __all__ = [
     "EncodedUpdate",
     "ImportanceScale",
     "SensitivityPlan",
+    "StatisticsFn",
     "UpdateEncoder",
     "encode_tensors",
     "recode_with_reference",
@@ -50,6 +51,12 @@ __all__ = [
 ]
 
 _STATE_FORMAT = "fedcodec-update-encoder/1"
+
+#: Measures tensors on the *coded* model (``base`` + the update as the server decodes it):
+#: given every tensor of that model by name, it returns new values for some of them —
+#: typically BatchNorm running statistics measured on local data
+#: (:class:`fedcodec.torch.CodedStatistics`).  See :meth:`UpdateEncoder.encode`.
+StatisticsFn = Callable[[Mapping[str, F32Array]], Mapping[str, npt.ArrayLike]]
 
 #: How per-weight importance is normalized: ``"tensor"`` — to mean 1 in each tensor (the
 #: codec's own rule); ``"global"`` — by one factor over the whole model.
@@ -687,6 +694,7 @@ class UpdateEncoder:
         num_examples: int,
         importance: Mapping[str, npt.ArrayLike] | None = None,
         importance_scale: ImportanceScale = "tensor",
+        statistics: StatisticsFn | None = None,
     ) -> EncodedUpdate:
         """Encode ``local − base`` (plus the residual) and update the residual.
 
@@ -716,6 +724,16 @@ class UpdateEncoder:
             each tensor at ``λ · M/m_t`` (``M``: model mean of η, ``m_t``:
             the tensor's) — one codec call per tensor and encode pass, then
             one lossless coding of the levels.
+        statistics : callable, optional
+            Called once with the coded model (``base`` plus the update as the
+            server will decode it, every tensor by name, float32); the tensors
+            it returns replace those of ``local`` and the update is coded
+            again.  For normalization statistics: with sparse or coarse
+            updates the server's weights move far less than the client's
+            local ones, so statistics measured during local training do not
+            fit the model the server builds; measured on the coded model they
+            do (docs/bench/cnn.md, "Statistics of the coded model").  Costs a
+            second encode pass.
 
         Returns
         -------
@@ -724,7 +742,8 @@ class UpdateEncoder:
         Raises
         ------
         ModelMismatchError
-            ``local``, ``base`` or ``importance`` do not match the model.
+            ``local``, ``base`` or ``importance`` do not match the model, or
+            ``statistics`` returned a name, shape or value that does not.
         BudgetTooSmallError
             The budget is below the smallest possible container; the residual
             is unchanged.
@@ -744,21 +763,49 @@ class UpdateEncoder:
         if scale != 1.0:
             residual = {name: r * np.float32(scale) for name, r in residual.items()}
         target: Tensors = {}
-        for name in self.spec.names:
-            delta = np.subtract(checked[name], base.tensors[name], dtype=np.float32)
+
+        def set_target(name: str, value: F32Array) -> None:
+            delta = np.subtract(value, base.tensors[name], dtype=np.float32)
             target[name] = delta + residual[name] if self.error_feedback else delta
-        data, recon, stats, warm = encode_tensors(
-            self.spec,
-            target,
-            params,
-            importance=importance,
-            threads=self.threads,
-            warm_start=self._warm_start,
-            importance_scale=importance_scale,
-            reference=base.tensors,
-            dither_seed=update_dither_seed(params, round_number, self.client_id),
-            compact=self.compact,
-        )
+
+        def code() -> tuple[bytes, list[F32Array], EncodeStats, float | None]:
+            return encode_tensors(
+                self.spec,
+                target,
+                params,
+                importance=importance,
+                threads=self.threads,
+                warm_start=self._warm_start,
+                importance_scale=importance_scale,
+                reference=base.tensors,
+                dither_seed=update_dither_seed(params, round_number, self.client_id),
+                compact=self.compact,
+            )
+
+        for name in self.spec.names:
+            set_target(name, checked[name])
+        data, recon, stats, warm = code()
+        if statistics is not None:
+            coded = {
+                name: np.add(base.tensors[name], r, dtype=np.float32)
+                for name, r in zip(self.spec.names, recon, strict=True)
+            }
+            measured = statistics(coded)
+            if not isinstance(measured, Mapping):
+                raise ModelMismatchError(
+                    "statistics must return a mapping of name to array, "
+                    f"got {type(measured).__name__}"
+                )
+            unknown = [k for k in measured if k not in self.spec.names]
+            if unknown:
+                raise ModelMismatchError(
+                    f"statistics returned names the model lacks: {sorted(map(str, unknown))}"
+                )
+            if measured:
+                replaced = self.spec.check({**coded, **measured}, "measured statistics")
+                for name in measured:
+                    set_target(name, replaced[name])
+                data, recon, stats, warm = code()
         uses_reference = False
         if use_reference:
             assert self._reference is not None
