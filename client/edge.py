@@ -54,6 +54,7 @@ from fedcodec.pipeline import (
     ModelVersion,
     RoundInfo,
     StateFormatError,
+    StatisticsFn,
     UpdateEncoder,
 )
 from fedcodec.v1 import aggregation_service_pb2 as pb
@@ -76,11 +77,18 @@ class TrainResult:
         Local training examples (the FedAvg weight), >= 1.
     metrics : mapping of str to float
         Anything to log (loss, accuracy).
+    statistics : callable, optional
+        Measures tensors on the model the server will build from this update
+        (the base plus the update as coded; e.g. BatchNorm running statistics on
+        the local data, :class:`fedcodec.torch.CodedStatistics`); what it returns
+        replaces those tensors of ``weights`` (see
+        :meth:`fedcodec.pipeline.UpdateEncoder.encode`).
     """
 
     weights: Mapping[str, npt.ArrayLike]
     num_examples: int
     metrics: Mapping[str, float] = field(default_factory=dict)
+    statistics: StatisticsFn | None = None
 
 
 #: The training callback: global weights (writeable float32 copies) and the round.
@@ -421,6 +429,7 @@ class EdgeClient:
                 info.params,
                 round_number=info.round_id,
                 num_examples=trained.num_examples,
+                statistics=trained.statistics,
             )
             residual, meta = encoder.state()
             pending = PendingUpload(

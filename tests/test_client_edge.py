@@ -450,3 +450,33 @@ def test_compact_containers_both_ways_and_a_client_that_does_not_use_them(
             containers = [package.keyframe] if package.keyframe else list(package.deltas)
             assert containers
             assert all(codec.is_compact(c) == compact for c in containers)
+
+
+def test_a_statistics_callback_sets_what_the_server_aggregates(server: BackgroundServer) -> None:
+    """TrainResult(statistics=fn): fn gets base + the coded update; its values replace the
+    trained ones, so the server's model holds what fn measured (the bias here: 0.5)."""
+    seen: list[set[str]] = []
+
+    def measure(coded: Any) -> dict[str, np.ndarray]:
+        seen.append(set(coded))
+        return {"b": np.full(16, 0.5, np.float32)}
+
+    def train(weights: dict[str, np.ndarray], info: RoundInfo) -> TrainResult:
+        base = trainer(0)(weights, info)
+        return TrainResult(base.weights, num_examples=10, statistics=measure)
+
+    clients = [edge(server, "c0"), edge(server, "c1")]
+    results: list[list[Any]] = [[], []]
+    threads = [
+        threading.Thread(target=lambda i=i: results.__setitem__(i, clients[i].run(train)))
+        for i in range(2)
+    ]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=240)
+    assert all(r and r[-1].outcome == Outcome.FINISHED for r in results)
+    assert seen
+    assert all(keys == set(MODEL) for keys in seen)
+    bias = server.coordinator.global_model().tensors["b"]
+    np.testing.assert_allclose(bias, 0.5, atol=0.05)
