@@ -443,6 +443,19 @@ def cnn_methods(quick: bool = False) -> list[CnnMethod]:
         )
         for p in presets.values()
     ]
+    # "robust" with coarser statistics (the statistics are ~half of a sparse container on the
+    # mobile net).
+    rb = presets["robust"]
+    methods += [
+        CnnMethod(
+            f"fedcodec robust stat{bits}",
+            "fedcodec",
+            params=rb.uplink.replace(sensitivity=Sensitivity(stat_bits=bits)),
+            down_params=rb.downlink.replace(sensitivity=Sensitivity(stat_bits=bits)),
+            step_snap=rb.step_snap,
+        )
+        for bits in (6, 4)
+    ]
     # Temporal reference: each node codes its update against its previous one (the coder
     # uses it on dense updates only; sparsified ones go without).
     dense_rows = ("fedcodec sens dense S=16", "fedcodec plain dense S=16", f"{sf} dense S=16")
