@@ -158,8 +158,9 @@ def test_the_mods_statistics_hook_sets_what_the_server_averages() -> None:
         out, _ = strategy.aggregate_train(server_round, grid.send_and_receive(messages))
         assert out is not None
         arrays = out
-        # FedAvg weights node i by 10·i examples: (1·1 + 2·2 + 3·3 + 4·4) / 10 = 3
-        np.testing.assert_allclose(arrays["bn.running_mean"].numpy(), 3.0, atol=1e-3)
+        # FedAvg weights node i by 10·i examples: (1·1 + 2·2 + 3·3 + 4·4) / 10 = 3, within
+        # half the statistics' step (2**-6 of their RMS in the base model, at most 3.0)
+        np.testing.assert_allclose(arrays["bn.running_mean"].numpy(), 3.0, atol=3.0 * 2**-7)
     assert sorted(node for node, _ in calls) == [1, 1, 2, 2, 3, 3, 4, 4]
     assert all(keys == set(SHAPES) for _, keys in calls)
     # the other statistic is the app's (noisy) one, coded as usual

@@ -41,12 +41,12 @@ def _lean4(topk: float) -> RoundParams:
 _DENSE = RoundParams(lam=0.5, S=16, sensitivity=Sensitivity())
 
 
-def _rd(topk: float) -> RoundParams:
+def _rd(topk: float, stat_bits: int = 10) -> RoundParams:
     return RoundParams(
         lam=0.5,
         S=16,
         sparsification=Sparsification(topk=topk, allocation="rd"),
-        sensitivity=Sensitivity(),
+        sensitivity=Sensitivity(stat_bits=stat_bits),
     )
 
 
@@ -58,8 +58,17 @@ _RD1 = _rd(0.01)
 #: measured them (with its own step snapping).
 HISTORICAL: dict[str, tuple[Any, Any, str, bool, str, str, str]] = {
     "near-lossless": (_DENSE, _DENSE, "grid", False, "fedcodec sens dense S=16", "grid", "cnn-v3"),
-    # Measured as the preset itself (no earlier method): top-5 % up, top-2 % down.
-    "robust": (_rd(0.05), _rd(0.02), "auto", False, "fedcodec preset robust", "auto", "cnn-robust"),
+    # Top-5 % up, top-2 % down, statistics at 6 bits (first measured as the preset itself
+    # with 10-bit statistics, docs/bench/cnn-robust.json).
+    "robust": (
+        _rd(0.05, stat_bits=6),
+        _rd(0.02, stat_bits=6),
+        "auto",
+        False,
+        "fedcodec robust stat6",
+        "auto",
+        "cnn-bnstats",
+    ),
     "balanced": (
         _RD1,
         _RD1,

@@ -13,10 +13,10 @@ over the same rounds, paired by seed, median of 3 seeds.
 
 * ``"near-lossless"`` — dense, any participation, any horizon: 32× at −0.03 pt (full
   participation, 50 rounds), 17× at −0.03 pt (6 of 30 nodes a round, 100 rounds);
-* ``"robust"`` — RD top-5 % up, top-2 % down, with or without Fisher importance: 141× at
-  −0.13 pt without it, 101× at −0.17 pt with it (CNN, full participation, 50 rounds); on a
-  numpy MNIST MLP without it 119× at −0.70 pt (15 of 30 nodes a round) and 138× at −0.66 pt
-  (30 of 30);
+* ``"robust"`` — RD top-5 % up, top-2 % down, statistics at 6 bits, with or without Fisher
+  importance: 143× at −0.17 pt without it (CNN, full participation, 50 rounds), 81× at
+  +1.17 pt on a MobileNet-style CNN with twelve BatchNorm layers; on a numpy MNIST MLP
+  without it 119× at −0.70 pt (15 of 30 nodes a round) and 138× at −0.66 pt (30 of 30);
 * ``"balanced"`` — RD top-1 % both ways, full participation, FedAvg or a
   ``ServerOptimizer``: 197× at −0.33 pt (50 rounds);
 * ``"lean-full"`` — the 300× coding, full participation, FedAvg, ≥ 50 rounds: 303× at
@@ -26,7 +26,8 @@ over the same rounds, paired by seed, median of 3 seeds.
 
 Every number above was measured as ``fedcodec preset NAME`` on main at f9f2487
 (``docs/bench/cnn.md``, "The presets"; runs in ``docs/bench/cnn-presets.json``), those of
-``"robust"`` on main at 2c5a2e4 (``docs/bench/cnn-robust.json``).
+``"robust"`` on main at 2c5a2e4 (``docs/bench/cnn-robust.json``, 10-bit statistics) and, with
+6-bit statistics, on main at 66975eb + the statistics hook (``docs/bench/cnn-bnstats.json``).
 
 Fisher importance.  All presets but ``"near-lossless"`` and ``"robust"`` were measured
 with the clients' diagonal Fisher importance (:class:`fedcodec.torch.FisherAccumulator`,
@@ -134,41 +135,48 @@ def robust() -> Preset:
     """``"robust"``: RD top-5 % up, top-2 % down at λ=0.5, S=16; no Fisher importance needed.
 
     ``RoundParams(lam=0.5, S=16, sparsification=Sparsification(topk=0.05,
-    allocation="rd"), sensitivity=Sensitivity())`` on the uplink, the same at
+    allocation="rd"), sensitivity=Sensitivity(stat_bits=6))`` on the uplink, the same at
     ``topk=0.02`` on the downlink, ``step_snap="auto"``.  The sparse preset for tasks the
     others were not tuned on: chosen (seed 0) for staying within a point both with and
-    without the clients' Fisher importance, on the CNN and on a numpy MLP, and measured as
-    ``fedcodec preset robust`` (compact containers, 3 seeds, Δ of the last rounds against
-    float32 FedAvg paired by seed, median; ``docs/bench/cnn.md``, "The presets"):
+    without the clients' Fisher importance, on the CNN and on a numpy MLP.  Measured
+    (``fedcodec-bench cnn``, compact containers, 3 seeds, Δ of the last three rounds against
+    float32 FedAvg paired by seed, median; ``docs/bench/cnn.md``, "The presets" and
+    "Statistics of the coded model"):
 
-    * ``fedcodec-bench cnn``, full participation (10 of 10, 50 rounds), without Fisher
-      importance: 141× (139.4, 141.2, 141.5) at −0.13 pt (−0.13, −0.23, −0.07); with it
-      (method ``fedcodec preset robust +fisher``; its uplink payload is ~1.9× larger):
-      101× (100.6, 101.0, 100.0) at −0.17 pt (−0.20, −0.17, +0.10);
-    * ``fedcodec-bench fl`` (numpy MNIST MLP, no Fisher importance, 30 clients, 40
-      rounds): 15 a round 119× (122.5, 119.0, 118.0) at −0.70 pt (−0.70, −0.40, −0.86);
-      all 30 a round 138× (140.5, 137.4, 137.7) at −0.66 pt (−0.40, −0.66, −0.90).
+    * the benchmark's CNN, full participation (10 of 10, 50 rounds), without Fisher
+      importance: 143× (141.5, 143.2, 143.4) at −0.17 pt (−0.17, −0.20, −0.07) (method
+      ``fedcodec robust stat6``);
+    * the MobileNet-style CNN (``--model mobile``: twelve BatchNorm layers, 1,984
+      statistics), same setting: 81× (79.7, 80.6, 80.7) at +1.17 pt (−1.63, +1.17, +1.47);
+      seed 0 misses by 0.6 pt;
+    * ``fedcodec-bench fl`` (numpy MNIST MLP, no statistics, no Fisher importance, 30
+      clients, 40 rounds): 15 a round 119× (122.5, 119.0, 118.0) at −0.70 pt (−0.70, −0.40,
+      −0.86); all 30 a round 138× (140.5, 137.4, 137.7) at −0.66 pt (−0.40, −0.66, −0.90).
 
-    Partial participation on the CNN (6 of 30, 100 rounds) is not covered: without Fisher
-    importance 88× (90.2, 87.7, 87.7) at −1.17 pt (−2.07, −0.93, −1.17), a miss; with it
-    70× at −0.57 pt (−0.93, −0.57, −0.37).  ``"lean-partial"`` (111× at −0.77 pt, with
-    Fisher importance) is the measured choice there.  The price of the robustness:
+    Statistics at 6 bits (``2**-6`` of each statistic's RMS) instead of the default 10: on the
+    mobile net the statistics are a third of every container, and 6 bits gave 81× where 10
+    gave 65× (+1.27 pt median: −1.53, +1.27, +1.37) at the same accuracy; 4 bits lost up to
+    10 points there (90×, −3.03 pt median).  On the small CNN (48 statistics) 6 and 10 bits
+    are the same (143× / 141×).  Measured with 10-bit statistics (the small CNN's 48
+    statistics are under 2 % of its bytes): with Fisher importance 101× at −0.17 pt (full
+    participation; its uplink payload is ~1.9× larger); partial participation (6 of 30, 100
+    rounds) 88× (90.2, 87.7, 87.7) at −1.17 pt (−2.07, −0.93, −1.17) without Fisher
+    importance, a miss, and 70× at −0.57 pt with it — ``"lean-partial"`` (111× at −0.77 pt,
+    with Fisher importance) is the measured choice there.  The price of the robustness:
     ``"balanced"`` is 197× at −0.33 pt on the CNN with Fisher importance, but 1.8 pt behind
-    on the MLP.  Nor does it hold in every seed on a deeper CNN: the MobileNet-style net of
-    ``fedcodec-bench cnn --model mobile`` (twelve BatchNorm layers, full participation, 50
-    rounds, no Fisher importance) 65× at +1.27 pt median (−1.53, +1.27, +1.37), where
-    ``"near-lossless"`` is 24× at +0.33 pt.
+    on the MLP and 4.1 pt behind on the mobile net (87×).
     """
     return Preset("robust", _rd(0.05), _rd(0.02), "auto", fisher=False)
 
 
 def _rd(topk: float) -> RoundParams:
-    """λ=0.5, S=16, RD top-k over the model, per-tensor steps from the importance."""
+    """λ=0.5, S=16, RD top-k over the model, statistics at 6 bits, per-tensor steps from the
+    importance."""
     return RoundParams(
         lam=0.5,
         S=16,
         sparsification=Sparsification(topk=topk, allocation="rd"),
-        sensitivity=Sensitivity(),
+        sensitivity=Sensitivity(stat_bits=6),
     )
 
 
