@@ -165,3 +165,35 @@ def test_the_mods_statistics_hook_sets_what_the_server_averages() -> None:
     assert all(keys == set(SHAPES) for _, keys in calls)
     # the other statistic is the app's (noisy) one, coded as usual
     assert not np.allclose(arrays["bn.running_var"].numpy(), 3.0, atol=0.5)
+
+
+def test_a_failing_statistics_function_is_the_nodes_error_reply_and_costs_one_round() -> None:
+    """An exception in the app's statistics function: that node answers with an error naming
+    it, its coding state is untouched, and its next round goes through."""
+    from flwr.app import Context
+
+    fail = {"on": True}
+
+    def measure(arrays: object, context: Context) -> dict[str, np.ndarray]:
+        if fail["on"] and int(context.node_id) == 2:
+            raise RuntimeError("CUDA out of memory")
+        return {}
+
+    mod = make_fedcodec_mod(initial_model=initial_arrays(SHAPES), statistics=measure)
+    grid = LocalGrid(noisy_client_app(mod), range(1, 5))
+    strategy = CompressionStrategy(FedAvg(), preset="robust", robust=RobustPolicy.fedavg())
+    arrays = ArrayRecord({k: Array(v) for k, v in initial_arrays(SHAPES).items()})
+    messages = list(strategy.configure_train(1, arrays, ConfigRecord(), grid))
+    replies = list(grid.send_and_receive(messages))
+    errors = {r.metadata.src_node_id: r.error.reason for r in replies if r.has_error()}
+    assert list(errors) == [2]
+    assert "statistics function failed: RuntimeError: CUDA out of memory" in errors[2]
+    out, _ = strategy.aggregate_train(1, replies)
+    assert out is not None
+    assert strategy.totals.updates == 3
+    fail["on"] = False
+    messages = list(strategy.configure_train(2, out, ConfigRecord(), grid))
+    replies = list(grid.send_and_receive(messages))
+    assert not any(r.has_error() for r in replies)
+    strategy.aggregate_train(2, replies)
+    assert strategy.totals.updates == 7

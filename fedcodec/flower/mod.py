@@ -378,7 +378,12 @@ def _handle(
                 user_fn = statistics
 
                 def measure(arrays: Mapping[str, np.ndarray]) -> Mapping[str, Any]:
-                    return user_fn(arrays, context)
+                    try:
+                        return user_fn(arrays, context)
+                    except Exception as exc:  # the app's code: any failure is its error reply
+                        raise ValueError(
+                            f"the statistics function failed: {type(exc).__name__}: {exc}"
+                        ) from exc
 
             _encode_reply(
                 out, engine, base, config, params_from_text(state.params), statistics=measure
