@@ -29,21 +29,24 @@ LAM_NOT_MONOTONE = (
 )
 
 
-@pytest.mark.xfail(strict=True, reason=LAM_NOT_MONOTONE)
 @given(
     tensor=tensors,
     lams=st.lists(st.floats(0.0, 4.0), min_size=2, max_size=2).map(sorted),
     coarseness=st.sampled_from([2.0, 8.0, 32.0, 128.0]),
     mode=st.sampled_from(["auto", "dense", "grouped", "runs"]),
 )
-def test_larger_lam_never_increases_the_byte_count(tensor, lams, coarseness, mode):
+def test_larger_lam_costs_at_most_a_byte_or_five_percent_more(tensor, lams, coarseness, mode):
+    """A larger λ never costs more than the known non-monotonicity allows (LAM_NOT_MONOTONE:
+    up to ~4 %; one byte on a tiny container); the strict monotone form is the pinned
+    counterexample below.  (As a strict xfail on these derandomized examples this property
+    passed or failed with the hypothesis build of the environment.)"""
     peak = float(np.abs(tensor).max())
     step = peak / coarseness if peak > 0 else 1.0
     small, large = lams
     low = fedcodec.encode([tensor], lam=small, step=step, mode=mode)
     high = fedcodec.encode([tensor], lam=large, step=step, mode=mode)
     assert low.stats[0].step == high.stats[0].step
-    assert len(high) <= len(low), (small, large, len(low), len(high))
+    assert len(high) <= max(len(low) + 1, 1.05 * len(low)), (small, large, len(low), len(high))
 
 
 @pytest.mark.xfail(strict=True, reason=LAM_NOT_MONOTONE)
