@@ -335,7 +335,7 @@ class CodedStatistics:
     codes the update again with them.  So the statistics the server averages
     describe the weights it averages.  Without it a sparse or coarse update
     moves the server's weights a little while the statistics come from the
-    client's locally trained weights: on a MobileNet-style CNN with twelve
+    client's locally trained weights: on a MobileNet-style CNN with thirteen
     BatchNorm layers that mismatch cost 8 of the 20 points lost at RD top-0.5 %
     (docs/bench/cnn.md, "Statistics of the coded model").  The cost is one
     forward pass over the batches per round (no gradients) and a second encode.

@@ -140,3 +140,27 @@ def test_mobile_runs_through_the_plugin(name: str) -> None:
     assert run.extra["raw_payload"] == 8 * 4 * (54_922 + 1_984)
     assert 0 < run.total < run.extra["raw_payload"] / 4
     assert run.extra["rejected"] == 0
+
+
+def test_coded_statistics_run_through_the_plugin(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`+bnstats`: every node's mod calls CodedStatistics on its coded model once per train
+    round (the mobile net's 67 coded arrays, the node's Context) and codes what it returns."""
+    import fedcodec.torch as ft
+
+    calls: list[tuple[int, int, int]] = []
+    measure = ft.CodedStatistics.__call__
+
+    def counted(self: ft.CodedStatistics, arrays: object, context: object = None) -> object:
+        out = measure(self, arrays, context)  # type: ignore[arg-type]
+        calls.append((int(context.node_id), len(arrays), len(out)))  # type: ignore[attr-defined,arg-type]
+        return out
+
+    monkeypatch.setattr(ft.CodedStatistics, "__call__", counted)
+    methods = {m.name: m for m in cnn_methods()}
+    sc = Scenario("tiny-mobile", 2, 2, 2, model="mobile")
+    run = run_one(sc, methods["fedcodec preset robust +bnstats"], 0, _Train(1, 32, 0.05, 0), 200)
+    assert len(run.accuracy) == 2
+    assert run.extra["rejected"] == 0
+    # 2 nodes x 2 rounds; 67 coded arrays (the 13 num_batches_tracked stay local), the 26
+    # running means and variances of its 13 BatchNorm layers
+    assert sorted(calls) == sorted([(n, 67, 26) for n in (0, 1)] * 2)

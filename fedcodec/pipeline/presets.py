@@ -15,7 +15,7 @@ over the same rounds, paired by seed, median of 3 seeds.
   participation, 50 rounds), 17× at −0.03 pt (6 of 30 nodes a round, 100 rounds);
 * ``"robust"`` — RD top-5 % up, top-2 % down, statistics at 6 bits, with or without Fisher
   importance: 143× at −0.17 pt without it (CNN, full participation, 50 rounds), 81× at
-  +1.17 pt on a MobileNet-style CNN with twelve BatchNorm layers; on a numpy MNIST MLP
+  +1.17 pt on a MobileNet-style CNN with thirteen BatchNorm layers; on a numpy MNIST MLP
   without it 119× at −0.70 pt (15 of 30 nodes a round) and 138× at −0.66 pt (30 of 30);
 * ``"balanced"`` — RD top-1 % both ways, full participation, FedAvg or a
   ``ServerOptimizer``: 197× at −0.33 pt (50 rounds);
@@ -146,7 +146,7 @@ def robust() -> Preset:
     * the benchmark's CNN, full participation (10 of 10, 50 rounds), without Fisher
       importance: 143× (141.5, 143.2, 143.4) at −0.17 pt (−0.17, −0.20, −0.07) (method
       ``fedcodec robust stat6``);
-    * the MobileNet-style CNN (``--model mobile``: twelve BatchNorm layers, 1,984
+    * the MobileNet-style CNN (``--model mobile``: thirteen BatchNorm layers, 1,984
       statistics), same setting: 81× (79.7, 80.6, 80.7) at +1.17 pt (−1.63, +1.17, +1.47);
       seed 0 misses by 0.6 pt; with 6 of 30 nodes a round (100 rounds) it misses: 62× at
       −5.07 pt (−5.07, −6.20, −1.93);
