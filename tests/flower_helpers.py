@@ -3,12 +3,13 @@
 * :func:`task_identity` — an autouse fixture: instruction messages need a run id, which a
   ServerApp process sets; a test module that imports it gets it for every test.
 * :func:`initial_arrays` — the shared initial model of a test federation, from seed 0.
+* :func:`stepping_client_app` — a ClientApp whose training is a given function of the arrays.
 * :func:`noisy_client_app` — a ClientApp whose training adds seeded noise to the model.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -34,10 +35,16 @@ def initial_arrays(shapes: Mapping[str, tuple[int, ...]]) -> dict[str, np.ndarra
     return {k: (rng.standard_normal(s) * 0.1).astype(np.float32) for k, s in shapes.items()}
 
 
-def noisy_client_app(*mods: object, change: float = 2e-3) -> ClientApp:
-    """A ClientApp whose training adds a seeded Laplace change ``change`` (per node and
-    round) to every weight; evaluate returns the model's squared norm.  ``mods``: the
-    app's mods, outermost first (e.g. ``make_fedcodec_mod(initial_model=...)``)."""
+#: A test node's local training: ``step(arrays, node_id, server_round)`` -> new arrays.
+Step = Callable[[dict[str, np.ndarray], int, int], Mapping[str, np.ndarray]]
+
+
+def stepping_client_app(
+    *mods: object, step: Step, num_examples: Callable[[int], int] = lambda node: 10 * node
+) -> ClientApp:
+    """A ClientApp whose training is ``step`` on the received arrays (float32 copies by
+    name); its reply carries the result and ``num_examples(node_id)``.  ``mods``: the app's
+    mods, outermost first (e.g. ``make_fedcodec_mod(initial_model=...)``)."""
     from flwr.app import (
         Array,
         ArrayRecord,
@@ -57,18 +64,33 @@ def noisy_client_app(*mods: object, change: float = 2e-3) -> ClientApp:
         config = msg.content["config"]
         assert isinstance(record, ArrayRecord)
         assert isinstance(config, ConfigRecord)
-        rng = np.random.default_rng([context.node_id, int(config["server-round"])])  # type: ignore[arg-type]
-        local = {
-            k: a.numpy() + (rng.laplace(size=a.shape) * change).astype(np.float32)
-            for k, a in record.items()
-        }
+        arrays = {k: a.numpy() for k, a in record.items()}
+        local = step(arrays, context.node_id, int(config["server-round"]))  # type: ignore[arg-type]
         content = RecordDict(
             {
                 "arrays": ArrayRecord({k: Array(v) for k, v in local.items()}),
-                "metrics": MetricRecord({"num-examples": 10 * context.node_id}),
+                "metrics": MetricRecord({"num-examples": num_examples(context.node_id)}),
             }
         )
         return Message(content, reply_to=msg)
+
+    return app
+
+
+def noisy_client_app(*mods: object, change: float = 2e-3) -> ClientApp:
+    """A ClientApp whose training adds a seeded Laplace change ``change`` (per node and
+    round) to every weight; evaluate returns the model's squared norm.  ``mods``: the
+    app's mods, outermost first (e.g. ``make_fedcodec_mod(initial_model=...)``)."""
+    from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
+
+    def step(arrays: dict[str, np.ndarray], node: int, server_round: int) -> dict[str, np.ndarray]:
+        rng = np.random.default_rng([node, server_round])
+        return {
+            k: a + (rng.laplace(size=a.shape) * change).astype(np.float32)
+            for k, a in arrays.items()
+        }
+
+    app = stepping_client_app(*mods, step=step)
 
     @app.evaluate()
     def evaluate(msg: Message, context: Context) -> Message:

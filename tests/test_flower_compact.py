@@ -16,16 +16,17 @@ pytest.importorskip(
     "flwr", reason="the Flower plugin tests need flwr (pip install 'fedcodec[flower]')"
 )
 
-from flower_helpers import initial_arrays, task_identity  # noqa: F401  (autouse fixture)
+from flower_helpers import (  # noqa: F401  (task_identity: autouse fixture)
+    initial_arrays,
+    stepping_client_app,
+    task_identity,
+)
 from flwr.app import (
     Array,
     ArrayRecord,
     ConfigRecord,
-    Context,
     Message,
     MessageType,
-    MetricRecord,
-    RecordDict,
 )
 from flwr.clientapp import ClientApp
 from flwr.serverapp.strategy import FedAvg
@@ -47,29 +48,15 @@ PARAMS = RoundParams(
 
 
 def _client_app() -> ClientApp:
-    mod = make_fedcodec_mod(initial_model=initial_arrays(SHAPES))
-    app = ClientApp(mods=[mod])
-
-    @app.train()
-    def train(msg: Message, context: Context) -> Message:
-        record = msg.content["arrays"]
-        config = msg.content["config"]
-        assert isinstance(record, ArrayRecord)
-        assert isinstance(config, ConfigRecord)
-        rng = np.random.default_rng([context.node_id, int(config["server-round"])])  # type: ignore[arg-type]
+    def step(arrays: dict[str, np.ndarray], node: int, server_round: int) -> dict[str, np.ndarray]:
+        rng = np.random.default_rng([node, server_round])
         local = {}
-        for k, a in record.items():
+        for k, a in arrays.items():
             move = rng.laplace(0, 2e-3, size=a.shape) if k != "zero" else 0.0
-            local[k] = (a.numpy() + move).astype(np.float32)
-        content = RecordDict(
-            {
-                "arrays": ArrayRecord({k: Array(v) for k, v in local.items()}),
-                "metrics": MetricRecord({"num-examples": 10 * context.node_id}),
-            }
-        )
-        return Message(content, reply_to=msg)
+            local[k] = (a + move).astype(np.float32)
+        return local
 
-    return app
+    return stepping_client_app(make_fedcodec_mod(initial_model=initial_arrays(SHAPES)), step=step)
 
 
 class _Grid(LocalGrid):

@@ -18,9 +18,12 @@ pytest.importorskip(
     "flwr", reason="the Flower plugin tests need flwr (pip install 'fedcodec[flower]')"
 )
 
-from flower_helpers import initial_arrays, task_identity  # noqa: F401  (autouse fixture)
-from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
-from flwr.clientapp import ClientApp
+from flower_helpers import (  # noqa: F401  (task_identity: autouse fixture)
+    initial_arrays,
+    stepping_client_app,
+    task_identity,
+)
+from flwr.app import Array, ArrayRecord, ConfigRecord
 from flwr.serverapp.strategy import FedAdam, FedAvg, FedAvgM, FedYogi, Strategy
 
 from fedcodec.flower import CompressionStrategy, make_fedcodec_mod
@@ -41,36 +44,24 @@ def _federation(
     Each node pulls toward its own target (a shared drift plus node noise)."""
     options.setdefault("downlink", DOWNLINK)
     strategy = CompressionStrategy(inner, schedule=UPLINK, robust=RobustPolicy.fedavg(), **options)  # type: ignore[arg-type]
-    app = ClientApp(mods=[make_fedcodec_mod(initial_model=initial_arrays(SHAPES))])
     seen: list[tuple[int, int, bool]] = []  # (node, version, bit-identical)
 
-    @app.train()
-    def train(msg: Message, context: Context) -> Message:
-        record = msg.content["arrays"]
-        config = msg.content["config"]
-        assert isinstance(record, ArrayRecord)
-        assert isinstance(config, ConfigRecord)
+    def step(arrays: dict[str, np.ndarray], node: int, server_round: int) -> dict[str, np.ndarray]:
         held = strategy.stream_model()
         assert held is not None
-        same = all(record[k].numpy().tobytes() == held.tensors[k].tobytes() for k in SHAPES)
-        seen.append((context.node_id, held.version, same))
-        server_round = int(config["server-round"])  # type: ignore[arg-type]
-        rng = np.random.default_rng([context.node_id, server_round])
+        same = all(arrays[k].tobytes() == held.tensors[k].tobytes() for k in SHAPES)
+        seen.append((node, held.version, same))
+        rng = np.random.default_rng([node, server_round])
         drift = np.random.default_rng(99)
         local = {}
-        for k, a in record.items():
-            w = a.numpy()
+        for k, w in arrays.items():
             target = drift.standard_normal(w.shape).astype(np.float32) * 0.2
-            step = 0.1 * (target - w) + rng.laplace(size=w.shape).astype(np.float32) * 2e-2
-            local[k] = (w + step).astype(np.float32)
-        content = RecordDict(
-            {
-                "arrays": ArrayRecord({k: Array(v) for k, v in local.items()}),
-                "metrics": MetricRecord({"num-examples": 10}),
-            }
-        )
-        return Message(content, reply_to=msg)
+            move = 0.1 * (target - w) + rng.laplace(size=w.shape).astype(np.float32) * 2e-2
+            local[k] = (w + move).astype(np.float32)
+        return local
 
+    mod = make_fedcodec_mod(initial_model=initial_arrays(SHAPES))
+    app = stepping_client_app(mod, step=step, num_examples=lambda _: 10)
     return strategy, LocalGrid(app, range(1, nodes + 1)), seen
 
 

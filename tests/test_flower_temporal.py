@@ -17,7 +17,11 @@ pytest.importorskip(
     "flwr", reason="the Flower plugin tests need flwr (pip install 'fedcodec[flower]')"
 )
 
-from flower_helpers import initial_arrays, task_identity  # noqa: F401  (autouse fixture)
+from flower_helpers import (  # noqa: F401  (task_identity: autouse fixture)
+    initial_arrays,
+    stepping_client_app,
+    task_identity,
+)
 from flwr.app import (
     Array,
     ArrayRecord,
@@ -51,30 +55,18 @@ def _client_app(*, temporal_reference: bool = True) -> ClientApp:
     mod = make_fedcodec_mod(
         initial_model=initial_arrays(SHAPES), temporal_reference=temporal_reference
     )
-    app = ClientApp(mods=[mod])
 
-    @app.train()
-    def train(msg: Message, context: Context) -> Message:
-        record = msg.content["arrays"]
-        config = msg.content["config"]
-        assert isinstance(record, ArrayRecord)
-        assert isinstance(config, ConfigRecord)
-        direction = np.random.default_rng(context.node_id)
-        noise = np.random.default_rng([context.node_id, int(config["server-round"])])  # type: ignore[arg-type]
+    def step(arrays: dict[str, np.ndarray], node: int, server_round: int) -> dict[str, np.ndarray]:
+        direction = np.random.default_rng(node)
+        noise = np.random.default_rng([node, server_round])
         local = {}
-        for k, a in record.items():
+        for k, a in arrays.items():
             shape = a.shape
             d = direction.laplace(0, 2e-3, size=shape)
-            local[k] = (a.numpy() + d + noise.laplace(0, 4e-4, size=shape)).astype(np.float32)
-        content = RecordDict(
-            {
-                "arrays": ArrayRecord({k: Array(v) for k, v in local.items()}),
-                "metrics": MetricRecord({"num-examples": 10 * context.node_id}),
-            }
-        )
-        return Message(content, reply_to=msg)
+            local[k] = (a + d + noise.laplace(0, 4e-4, size=shape)).astype(np.float32)
+        return local
 
-    return app
+    return stepping_client_app(mod, step=step)
 
 
 class _Grid(LocalGrid):
