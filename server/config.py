@@ -276,7 +276,9 @@ class DownlinkConfig:
         to power-of-two multiples, so catch-up deltas are far smaller (the demo: 111x
         instead of 71x total traffic at a 1 % budget) but a fixed coarse step may get
         up to 2x coarser (it suits byte budgets); ``auto``: ``pow2`` for versions coded
-        with sparsification, ``grid`` for dense ones.
+        with sparsification and for dense ones while a client the stream served lags
+        behind it (partial participation: its catch-up sums them), ``grid`` for dense
+        versions every client follows one by one.
     params : RoundParams
         How each new version is coded (``[downlink.params]``).
     temporal_reference : bool

@@ -70,7 +70,9 @@ def _examples(client: str) -> int:
 def run_in_process() -> tuple[Trace, list[str], Payloads]:
     """(a) The engine in process: per-round client bytes and digests, global digests."""
     v0 = ModelVersion.create(0, _initial())
-    engine = RoundEngine(v0, schedule=PARAMS, threads=1, policy=RobustPolicy.fedavg())
+    engine = RoundEngine(
+        v0, schedule=PARAMS, threads=1, policy=RobustPolicy.fedavg(), step_snap="auto"
+    )
     members = {c: ClientEngine(v0.spec, c, initial=v0, threads=1) for c in CLIENTS}
     trace: Trace = {}
     payloads: Payloads = {}
@@ -134,7 +136,8 @@ def run_grpc(tmp_path: Path) -> tuple[Trace, list[str]]:
             "params.S": PARAMS.S,
             "downlink.params.lam": PARAMS.lam,
             "downlink.params.S": PARAMS.S,
-            "downlink.step_snap": "grid",
+            # the Flower strategy's default: power-of-two steps once a client lags
+            "downlink.step_snap": "auto",
             "robust.max_share": 1.0,
             "robust.norm_bound_rel": 0.0,
             "limits.codec_threads": 1,

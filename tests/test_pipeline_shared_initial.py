@@ -36,9 +36,9 @@ def _initial(seed: int = 0) -> ModelVersion:
     return ModelVersion.create(0, tensors)
 
 
-def _next(model: ModelVersion, rng: np.random.Generator) -> ModelVersion:
+def _next(model: ModelVersion, rng: np.random.Generator, scale: float = 3e-3) -> ModelVersion:
     tensors = {
-        k: x + (rng.laplace(size=x.shape) * 3e-3).astype(np.float32)
+        k: x + (rng.laplace(size=x.shape) * scale).astype(np.float32)
         for k, x in model.tensors.items()
     }
     return ModelVersion.create(model.version + 1, tensors, model.spec)
@@ -469,6 +469,61 @@ def test_auto_snaps_sparse_versions_to_powers_of_two_and_dense_ones_to_the_grid(
     rx = ModelReceiver(spec, threads=1, initial=v0)
     rx.apply(down.package_for("c"))
     assert rx.digest == down.digest_of(4)
+
+
+def test_auto_snaps_dense_versions_to_powers_of_two_while_a_client_lags() -> None:
+    """Partial participation: dense versions that a returning client's catch-up sums get
+    power-of-two steps (its cumulative delta is cheaper); in a stream every client follows
+    version by version they keep the grid; the catch-up is exact either way."""
+    v0 = _initial()
+    spec = v0.spec
+    dense = RoundParams(lam=0.5, S=16)
+
+    def pow2(release: Release, grid: list[float]) -> bool:
+        assert release.stats is not None
+        ratios = [t.step / g for t, g in zip(release.stats.tensors, grid, strict=True)]
+        assert all(r == round(r) >= 1 for r in ratios)
+        return all(r == 2.0 ** round(np.log2(r)) for r in ratios)
+
+    sizes, deltas, kinds = {}, {}, {}
+    for snap in ("auto", "grid"):
+        down = DownlinkEncoder(spec, params=dense, keep=12, threads=1, initial=v0, step_snap=snap)
+        rng = np.random.default_rng(5)
+        model = v0
+        deltas[snap], kinds[snap] = [], []
+        for version in range(1, 9):
+            # the updates shrink as training converges: the dense steps drift
+            model = _next(model, rng, scale=3e-3 * 0.85**version)
+            release = down.publish(model)
+            deltas[snap].append(release.delta)
+            kinds[snap].append(pow2(release, down.grid or []))
+            down.package_for("every-round")  # follows the stream one version at a time
+            if version == 2:
+                down.package_for("returning")  # then away
+        rx = ModelReceiver(spec, threads=1, initial=v0)
+        rx.apply(down.package_for("returning", have_version=0))
+        rx.apply(down.package_for("returning"))
+        assert rx.digest == down.digest_of(8)
+        sizes[snap] = len(down.cumulative_delta(2) or b"")
+    # versions 1-3: every served client holds the latest version when the next is coded,
+    # so "auto" codes them as "grid" does; from version 4 "returning" lags (holds 2)
+    assert deltas["auto"][:3] == deltas["grid"][:3]
+    assert kinds["auto"][3:] == [True] * 5
+    assert not all(kinds["grid"][3:])
+    assert sizes["auto"] < 0.9 * sizes["grid"]  # 1,264 vs 1,487 B
+    # a stream every client follows keeps grid steps: the same bytes as "grid"
+    coded = {}
+    for snap in ("auto", "grid"):
+        down = DownlinkEncoder(spec, params=dense, threads=1, initial=v0, step_snap=snap)
+        rng = np.random.default_rng(5)
+        model, deltas = v0, []
+        for _ in range(4):
+            model = _next(model, rng)
+            deltas.append(down.publish(model).delta)
+            down.package_for("a")
+            down.package_for("b")
+        coded[snap] = deltas
+    assert coded["auto"] == coded["grid"]
 
 
 def test_a_budget_on_a_power_of_two_ladder_lands_under_it_or_within_tolerance() -> None:

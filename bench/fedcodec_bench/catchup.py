@@ -27,6 +27,11 @@ SETTINGS: dict[str, dict[str, Any]] = {
     "cumulative deltas, grid steps": {"step_snap": "grid", "cumulative": True},
     "cumulative deltas, pow2 steps": {"step_snap": "pow2", "cumulative": True},
     "cumulative deltas, pow2 steps, keep 32": {"step_snap": "pow2", "cumulative": True, "keep": 32},
+    # The server's default coding (RoundParams(): dense, λ for high rate, S=64) both ways,
+    # keep 32, with grid steps (the server's default snapping) and with "auto" (power-of-two
+    # steps once a client lags, the Flower strategy's default).
+    "dense default coding, grid steps": {"step_snap": "grid", "keep": 32, "dense": True},
+    "dense default coding, auto steps": {"step_snap": "auto", "keep": 32, "dense": True},
 }
 
 
@@ -40,8 +45,9 @@ def run(
     init = init_mlp(np.random.default_rng(seed + 2), data.x_train.shape[1], 128, 10)
     v0 = ModelVersion.create(0, init)
     budget = max(256, int(0.01 * v0.spec.float32_bytes))
-    params = RoundParams(budget_bytes=budget)
-    engine = RoundEngine(v0, schedule=params, threads=1, **setting)
+    options = dict(setting)
+    params = RoundParams() if options.pop("dense", False) else RoundParams(budget_bytes=budget)
+    engine = RoundEngine(v0, schedule=params, threads=1, **options)
     members = [ClientEngine(v0.spec, str(i), initial=v0, threads=1) for i in range(clients)]
     draw = np.random.default_rng([seed, 11])
     by_missed: dict[int, list[int]] = defaultdict(list)
@@ -75,7 +81,7 @@ def run(
         engine.publish(aggregator)
     raw = 2 * rounds * per_round * v0.spec.float32_bytes
     return {
-        "budget_bytes": budget,
+        "budget_bytes": params.budget_bytes,
         "keyframe_bytes": len(engine.downlink.keyframe()),
         "float32_bytes": v0.spec.float32_bytes,
         "by_missed": {k: sorted(v) for k, v in sorted(by_missed.items())},
@@ -91,7 +97,8 @@ def _table(name: str, result: dict[str, Any]) -> str:
         f"### {name}",
         "",
         f"keyframe {result['keyframe_bytes']:,} B, float32 model {result['float32_bytes']:,} B, "
-        f"budget {result['budget_bytes']:,} B; total traffic {result['ratio']:.0f}x "
+        + (f"budget {result['budget_bytes']:,} B" if result["budget_bytes"] else "no budget")
+        + f"; total traffic {result['ratio']:.0f}x "
         f"(up {result['bytes_up']:,} B, down {result['bytes_down']:,} B), "
         f"accuracy {result['accuracy']:.1f} %",
         "",

@@ -298,9 +298,11 @@ class CompressionStrategy(Strategy):
         How downlink steps snap to the stream grid (see
         :class:`~fedcodec.pipeline.DownlinkEncoder`).  Default: the preset's, else ``"auto"``:
         power-of-two steps for sparsified versions (a catch-up's cumulative delta
-        then has small levels: −31 % downlink bytes with 6 of 30 nodes a round),
-        grid steps for dense ones (measured on the benchmark CNN, docs/bench/cnn.md:
-        in full participation the same accuracy and 0.1-0.5 % fewer bytes, 3 seeds).
+        then has small levels: −31 % downlink bytes with 6 of 30 nodes a round; in
+        full participation the same accuracy and 0.1-0.5 % fewer bytes, 3 seeds) and
+        for dense ones while a node lags behind the stream (partial participation;
+        docs/catchup.md, "Dense versions"), grid steps for dense versions every node
+        follows one by one (the same bytes as ``"grid"``).
     server_optimizer : ServerOptimizer, optional
         A server optimizer applied to the round's aggregate (the inner strategy's —
         wrap ``FedAvg`` — or the engine's with ``aggregation="engine"``):

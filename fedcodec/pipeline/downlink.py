@@ -332,7 +332,9 @@ class DownlinkEncoder:
         change has small levels at a coarse step and cumulative deltas and
         keyframes cost less (a byte budget is then met in factors of 2 of
         the step) — or ``"auto"``: power-of-two for versions coded with
-        active sparsification, the grid for dense ones
+        active sparsification and, while some client lags behind the
+        stream (partial participation: catch-ups to come), for dense ones
+        too; the grid for dense versions every client follows one by one
         (:func:`~fedcodec.pipeline.ratecontrol.resolve_step_snap`).
     temporal_reference : bool, optional
         Also code each version delta with the previous version's delta as
@@ -513,7 +515,7 @@ class DownlinkEncoder:
             threads=self.threads,
             step_grid=self._grid,
             warm_start=self._warm,
-            step_snap=resolve_step_snap(self.step_snap, coding),
+            step_snap=resolve_step_snap(self.step_snap, coding, catching_up=self._lagging()),
             # Statistics at 2**-stat_bits of the statistic's RMS in the stream model (as on
             # the uplink), not of this round's change (a step that fine snaps to the grid,
             # whatever stat_bits says); the other tensors keep the neutral importance.
@@ -548,6 +550,21 @@ class DownlinkEncoder:
         self._add(release)
         self._last_step = list(recon)
         return release
+
+    def _lagging(self) -> bool:
+        """Whether a client this stream served holds a version older than the latest
+        (its next catch-up spans several versions).
+
+        Clients at the initial version of a shared-initial stream do not count: every
+        client the server has not served holds it, and whether such a client was told
+        "up to date" depends on the transport (a Flower node is, an edge client that
+        holds the announced version does not ask), so counting them would make the
+        transports code different bytes."""
+        latest = self._latest
+        if latest is None:
+            return False
+        floor = self._origin.version if self._origin is not None else -1
+        return any(floor < v < latest for v in self.client_versions.values())
 
     def _restart(self, model: ModelVersion) -> Release:
         self._grid = _grid(self.spec, model.tensors, self.keyframe_bits)
