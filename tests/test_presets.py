@@ -57,7 +57,10 @@ _RD1 = _rd(0.01)
 #: warm lean4 rows): uplink, downlink, step snapping, Fisher importance, and the method that
 #: measured them (with its own step snapping).
 HISTORICAL: dict[str, tuple[Any, Any, str, bool, str, str, str]] = {
-    "near-lossless": (_DENSE, _DENSE, "grid", False, "fedcodec sens dense S=16", "grid", "cnn-v3"),
+    # Step snapping "auto" since the participation-aware rule (dense versions on powers of two
+    # only while a node lags: in full participation the same bytes as "grid", which measured
+    # it; partial participation re-measured as the preset, docs/bench/cnn-catchup.json).
+    "near-lossless": (_DENSE, _DENSE, "auto", False, "fedcodec sens dense S=16", "grid", "cnn-v3"),
     # Top-5 % up, top-2 % down, statistics at 6 bits (first measured as the preset itself
     # with 10-bit statistics, docs/bench/cnn-robust.json).
     "robust": (

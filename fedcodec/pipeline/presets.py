@@ -12,7 +12,7 @@ serializes every message; Δ is the accuracy of the last three rounds against fl
 over the same rounds, paired by seed, median of 3 seeds.
 
 * ``"near-lossless"`` — dense, any participation, any horizon: 32× at −0.03 pt (full
-  participation, 50 rounds), 17× at −0.03 pt (6 of 30 nodes a round, 100 rounds);
+  participation, 50 rounds), 23× at −0.07 pt (6 of 30 nodes a round, 100 rounds);
 * ``"robust"`` — RD top-5 % up, top-2 % down, statistics at 6 bits, with or without Fisher
   importance: 143× at −0.17 pt without it (CNN, full participation, 50 rounds), 81× at
   +1.17 pt on a MobileNet-style CNN with thirteen BatchNorm layers; on a numpy MNIST MLP
@@ -25,7 +25,9 @@ over the same rounds, paired by seed, median of 3 seeds.
   −0.77 pt (6 of 30 nodes a round, 100 rounds).
 
 Every number above was measured as ``fedcodec preset NAME`` on main at f9f2487
-(``docs/bench/cnn.md``, "The presets"; runs in ``docs/bench/cnn-presets.json``), those of
+(``docs/bench/cnn.md``, "The presets"; runs in ``docs/bench/cnn-presets.json``), the partial
+participation of ``"near-lossless"`` with its ``step_snap="auto"`` in
+``docs/bench/cnn-catchup.json``, those of
 ``"robust"`` on main at 2c5a2e4 (``docs/bench/cnn-robust.json``, 10-bit statistics) and, with
 6-bit statistics, on main at 66975eb + the statistics hook (``docs/bench/cnn-bnstats.json``).
 
@@ -117,18 +119,25 @@ def near_lossless() -> Preset:
     """``"near-lossless"``: dense RD quantization at S=16 both ways, no sparsification.
 
     ``RoundParams(lam=0.5, S=16, sensitivity=Sensitivity())`` on both links (BatchNorm
-    statistics at their own 10-bit step, per-tensor steps from the importance).  Measured
-    as ``fedcodec preset near-lossless`` (``fedcodec-bench cnn``, without Fisher importance,
-    compact containers, 3 seeds; ``docs/bench/cnn.md``, "The presets"): full participation
-    (10 of 10, 50 rounds) 32× (31.8, 32.3, 31.8) at −0.03 pt median (−0.13, 0.00, −0.03),
-    never more than 0.4 pt behind from round 15 on (three-round means); partial (6 of 30,
-    100 rounds) 17× (16.9, 17.1, 16.3) at −0.03 pt (+0.03, −0.03, −0.10), 0.0-0.1 pt behind
-    over rounds 51-100 — most of its bytes are the catch-up downlink (14 of 17 MB).  On the
+    statistics at their own 10-bit step, per-tensor steps from the importance),
+    ``step_snap="auto"`` (power-of-two downlink steps while a node lags behind the stream,
+    grid steps in full participation).  Measured as ``fedcodec preset near-lossless``
+    (``fedcodec-bench cnn``, without Fisher importance, compact containers, 3 seeds;
+    ``docs/bench/cnn.md``, "The presets"): full participation (10 of 10, 50 rounds) 32×
+    (31.8, 32.3, 31.8) at −0.03 pt median (−0.13, 0.00, −0.03), never more than 0.4 pt
+    behind from round 15 on (three-round means; measured with ``"grid"``, which codes the
+    same bytes there); partial (6 of 30, 100 rounds) 23× (23.7, 23.4, 22.9) at −0.07 pt
+    (+0.30, −0.07, −0.10), 0.0-0.1 pt behind over rounds 51-100; with ``"grid"`` it was 17×
+    (16.9, 17.1, 16.3) at −0.03 pt, 14 of its 17 MB the catch-up downlink
+    (``docs/catchup.md``, "Dense versions in partial participation";
+    ``docs/bench/cnn-catchup.json``).  On the MobileNet-style CNN (``--model mobile``): 24×
+    at +0.33 pt (full), 20× (19.4, 20.0, 20.2) at −0.27 pt (+0.07, −0.27, −0.43) with 6 of 30
+    (15× with ``"grid"``).  On the
     324k-parameter CNN, 6 of 30, 30 rounds (``fedcodec/v3`` wire): 19× at −1.13 pt (1 seed).
     Fisher importance is optional here (not measured with it).
     """
     dense = RoundParams(lam=0.5, S=16, sensitivity=Sensitivity())
-    return Preset("near-lossless", dense, dense, "grid", fisher=False)
+    return Preset("near-lossless", dense, dense, "auto", fisher=False)
 
 
 def robust() -> Preset:
