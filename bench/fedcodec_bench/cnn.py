@@ -158,6 +158,15 @@ def cnn_methods(quick: bool = False) -> list[CnnMethod]:
             params=RoundParams(lam=0.5, S=16),
             down_params=RoundParams(lam=0.5, S=16),
         ),
+        # The example Flower app's coding (lambda 0.5, S 0, dense) under the strategy's
+        # default step snapping (docs/catchup.md, "At a coarse fixed step").
+        CnnMethod(
+            "fedcodec plain dense S=0 auto",
+            "fedcodec",
+            params=RoundParams(lam=0.5, S=0),
+            down_params=RoundParams(lam=0.5, S=0),
+            step_snap="auto",
+        ),
         CnnMethod("fedcodec sens rd-2% S=16", "fedcodec", params=fc, down_params=down),
         CnnMethod(
             "fedcodec sens+fisher rd-2%", "fedcodec", params=fc, down_params=down, fisher=True
