@@ -272,13 +272,16 @@ class DownlinkConfig:
         per client it sends it to).  False: such a client is refused with
         FAILED_PRECONDITION naming ``initial_digest``.  A client that holds it never asks.
     step_snap : str
-        ``grid`` (default): version steps snap to any multiple of the grid; ``pow2``:
+        ``grid``: version steps snap to any multiple of the grid; ``pow2``:
         to power-of-two multiples, so catch-up deltas are far smaller (the demo: 111x
         instead of 71x total traffic at a 1 % budget) but a fixed coarse step may get
-        up to 2x coarser (it suits byte budgets); ``auto``: ``pow2`` for versions coded
-        with sparsification and for dense ones while a client the stream served lags
-        behind it (partial participation: its catch-up sums them), ``grid`` for dense
-        versions every client follows one by one.
+        up to 2x coarser (it suits byte budgets); ``auto`` (default, as the Flower
+        strategy's): ``pow2`` for versions coded with sparsification and for dense ones
+        while a client the stream served lags behind it (partial participation: its
+        catch-up sums them), ``grid`` for dense versions every client follows one by one
+        (docs/catchup.md: the default dense coding's downlink −4.4 % on the toy MLP with 10
+        of 50 clients a round, −31 % on the benchmark CNNs with 6 of 30 through the Flower
+        plugin, which codes the same bytes; the same accuracy).
     params : RoundParams
         How each new version is coded (``[downlink.params]``).
     temporal_reference : bool
@@ -294,7 +297,7 @@ class DownlinkConfig:
     keyframe_bits: int = DEFAULT_KEYFRAME_BITS
     shared_initial: bool = True
     send_initial: bool = True
-    step_snap: str = "grid"
+    step_snap: str = "auto"
     params: RoundParams = field(default_factory=RoundParams)
     temporal_reference: bool = False
 
