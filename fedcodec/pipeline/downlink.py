@@ -52,7 +52,7 @@ import math
 import os
 import time
 from collections import OrderedDict
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -550,6 +550,20 @@ class DownlinkEncoder:
         self._add(release)
         self._last_step = list(recon)
         return release
+
+    def note_held(self, client_ids: Iterable[str], version: int) -> None:
+        """Record that ``client_ids`` hold ``version`` (or a newer one they were sent): e.g.
+        the clients whose updates of a round, all based on ``version``, were accepted.
+
+        What a client was sent is recorded when :meth:`package_for` serves it; a server
+        that restarts in the middle of a round reloads the versions sent as of the last
+        round's end, but the round's accepted updates name their base.  Recording them
+        keeps the record — which ``step_snap="auto"`` reads — the same as in a run that
+        never stopped."""
+        for client_id in client_ids:
+            self.client_versions[client_id] = max(
+                version, self.client_versions.get(client_id, version)
+            )
 
     def _lagging(self) -> bool:
         """Whether a client this stream served holds a version older than the latest

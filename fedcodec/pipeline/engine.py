@@ -795,6 +795,10 @@ class RoundEngine:
         if isinstance(result, Aggregator):
             model = result.finalize(self._global.version + 1, payloads=payloads)
             stats = result.round_stats(bytes_down=bytes_down)
+            # Every accepted update was based on the latest version: its sender holds it
+            # (also after a restart in the middle of the round, which reloads the versions
+            # sent as of the last round's end; step_snap="auto" reads them).
+            self.downlink.note_held((u.client_id for u in stats.updates), self._global.version)
             if self.server_optimizer is not None:
                 tensors = self.server_optimizer.step(self.spec, self._global.tensors, model.tensors)
                 model = ModelVersion.create(model.version, tensors, self.spec)
