@@ -22,6 +22,7 @@ from fedcodec.pipeline import (
 )
 from fedcodec.pipeline._state import load_npz_state
 from fedcodec.pipeline.downlink import initial_from_bytes, initial_to_bytes
+from fedcodec.pipeline.ratecontrol import StepSnapPolicy
 
 SHAPES = {"w": (32, 48), "b": (32,), "out": (6, 32)}
 #: The downlink's coarse settings: a small budget after top-5 % sparsification.
@@ -485,21 +486,32 @@ def test_auto_snaps_dense_versions_to_powers_of_two_while_a_client_lags() -> Non
         assert all(r == round(r) >= 1 for r in ratios)
         return all(r == 2.0 ** round(np.log2(r)) for r in ratios)
 
+    # the updates shrink as training converges: the dense steps drift
+    rng = np.random.default_rng(5)
+    models = [v0]
+    for version in range(1, 9):
+        models.append(_next(models[-1], rng, scale=3e-3 * 0.85**version))
+
+    def serve(down: DownlinkEncoder, upto: int) -> list[Release]:
+        """Publish versions 1..upto; "every-round" follows the stream one version at a
+        time, "returning" takes version 2 and is then away."""
+        releases = []
+        for version in range(1, upto + 1):
+            releases.append(down.publish(models[version]))
+            down.package_for("every-round")
+            if version == 2:
+                down.package_for("returning")
+        return releases
+
+    def encoder(snap: StepSnapPolicy) -> DownlinkEncoder:
+        return DownlinkEncoder(spec, params=dense, keep=12, threads=1, initial=v0, step_snap=snap)
+
     sizes, deltas, kinds = {}, {}, {}
     for snap in ("auto", "grid"):
-        down = DownlinkEncoder(spec, params=dense, keep=12, threads=1, initial=v0, step_snap=snap)
-        rng = np.random.default_rng(5)
-        model = v0
-        deltas[snap], kinds[snap] = [], []
-        for version in range(1, 9):
-            # the updates shrink as training converges: the dense steps drift
-            model = _next(model, rng, scale=3e-3 * 0.85**version)
-            release = down.publish(model)
-            deltas[snap].append(release.delta)
-            kinds[snap].append(pow2(release, down.grid or []))
-            down.package_for("every-round")  # follows the stream one version at a time
-            if version == 2:
-                down.package_for("returning")  # then away
+        down = encoder(snap)
+        releases = serve(down, 8)
+        deltas[snap] = [r.delta for r in releases]
+        kinds[snap] = [pow2(r, down.grid or []) for r in releases]
         rx = ModelReceiver(spec, threads=1, initial=v0)
         rx.apply(down.package_for("returning", have_version=0))
         rx.apply(down.package_for("returning"))
@@ -513,19 +525,11 @@ def test_auto_snaps_dense_versions_to_powers_of_two_while_a_client_lags() -> Non
     assert sizes["auto"] < 0.9 * sizes["grid"]  # 1,264 vs 1,487 B
     # a restart while a node lags: the reloaded stream knows it (the versions sent are part
     # of the state) and codes the next version into the same bytes
-    down = DownlinkEncoder(spec, params=dense, keep=12, threads=1, initial=v0, step_snap="auto")
-    rng = np.random.default_rng(5)
-    model = v0
-    for version in range(1, 5):
-        model = _next(model, rng, scale=3e-3 * 0.85**version)
-        down.publish(model)
-        down.package_for("every-round")
-        if version == 2:
-            down.package_for("returning")
-    again = DownlinkEncoder(spec, params=dense, keep=12, threads=1, initial=v0, step_snap="auto")
+    down = encoder("auto")
+    serve(down, 4)
+    again = encoder("auto")
     again.load_state(*down.state())
-    model = _next(model, rng, scale=3e-3 * 0.85**5)
-    first, second = down.publish(model), again.publish(model)
+    first, second = down.publish(models[5]), again.publish(models[5])
     assert first.delta == second.delta
     assert first.digest == second.digest
     assert pow2(second, again.grid or [])
@@ -534,13 +538,13 @@ def test_auto_snaps_dense_versions_to_powers_of_two_while_a_client_lags() -> Non
     for snap in ("auto", "grid"):
         down = DownlinkEncoder(spec, params=dense, threads=1, initial=v0, step_snap=snap)
         rng = np.random.default_rng(5)
-        model, deltas = v0, []
+        model, followed = v0, []
         for _ in range(4):
             model = _next(model, rng)
-            deltas.append(down.publish(model).delta)
+            followed.append(down.publish(model).delta)
             down.package_for("a")
             down.package_for("b")
-        coded[snap] = deltas
+        coded[snap] = followed
     assert coded["auto"] == coded["grid"]
 
 
