@@ -467,6 +467,21 @@ def cnn_methods(quick: bool = False) -> list[CnnMethod]:
         for bits in (6, 4)
     ]
     methods.append(CnnMethod("fedcodec near-lossless stat6", "fedcodec", **stat_bits(near, 6)))
+    # What each link's coding costs in partial participation (docs/bench/cnn.md, "Which link
+    # costs the points"): "robust" on one link, the example app's coarse dense coding
+    # (lambda 0.5, S 0: step = the RMS of the nonzeros) or a top-5 % without Sensitivity on
+    # the other.
+    robust, coarse = presets["robust"], RoundParams(lam=0.5, S=0)
+    top5 = Sparsification(topk=0.05, allocation="rd")
+    plain_top5 = RoundParams(lam=0.5, S=16, sparsification=top5)
+    methods += [
+        CnnMethod(name, "fedcodec", params=up, down_params=down, step_snap="auto")
+        for name, up, down in (
+            ("fedcodec robust up, plain dense S=0 down", robust.uplink, coarse),
+            ("fedcodec plain dense S=0 up, robust down", coarse, robust.downlink),
+            ("fedcodec plain rd-5% up, robust down", plain_top5, robust.downlink),
+        )
+    ]
     # Temporal reference: each node codes its update against its previous one (the coder
     # uses it on dense updates only; sparsified ones go without).
     dense_rows = ("fedcodec sens dense S=16", "fedcodec plain dense S=16", f"{sf} dense S=16")

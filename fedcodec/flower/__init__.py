@@ -61,8 +61,9 @@ ServerApp::
     strategy = CompressionStrategy(FedAvg(), schedule=RoundParams(lam=0.5, S=0))
     result = strategy.start(grid=grid, initial_arrays=arrays, num_rounds=5)
 
-    # or a named coding of both links, as measured (docs/torch.md, "Which preset")
-    strategy = CompressionStrategy(FedAvg(), preset="balanced")
+    # or a named coding of both links, as measured (docs/torch.md, "Which preset"); "robust"
+    # needs no Fisher importance from the ClientApp
+    strategy = CompressionStrategy(FedAvg(), preset="robust")
 
 ClientApp::
 
