@@ -78,6 +78,39 @@ def test_warmup_methods_run_their_schedule_through_the_plugin() -> None:
     assert run.bytes_up > 0
 
 
+def test_sensitivity_part_methods_change_only_what_their_names_say() -> None:
+    """The part-by-part methods of docs/bench/cnn.md ("robust's uplink without
+    Sensitivity") are robust with one thing changed: the uplink's Sensitivity (statistics
+    only; statistics as biases) or the downlink's top-k early (16 % halved every 10 rounds
+    to robust's 2 %)."""
+    from fedcodec.pipeline import Sensitivity, get_preset
+
+    robust = get_preset("robust")
+    methods = {m.name: m for m in cnn_methods()}
+    spec = (("bn.running_var", (4,)), ("fc.weight", (4, 4)), ("fc.bias", (4,)))
+    only = methods["fedcodec robust up statistics-only Sensitivity, robust down"]
+    biases = methods["fedcodec robust up statistics as biases, robust down"]
+    for m, max_refine, vectors, stat_kind in (
+        (only, 1.0, True, "stat"),
+        (biases, 16.0, False, "bias"),
+    ):
+        assert m.params.replace(sensitivity=Sensitivity(stat_bits=6)) == robust.uplink
+        assert (m.params.sensitivity.max_refine, m.params.sensitivity.sparsify_vectors) == (
+            max_refine,
+            vectors,
+        )
+        kinds = [m.params.sensitivity.kind(name, shape) for name, shape in spec]
+        assert kinds == [stat_kind, "weight", "bias"]
+        assert m.down_params == robust.downlink
+        assert m.step_snap == robust.step_snap
+        assert not m.fisher
+    warm = methods["fedcodec robust, downlink warm-up 16% to 2%"]
+    assert warm.params == robust.uplink
+    topk = [warm.down_params(r, None).sparsification.topk for r in (0, 9, 10, 20, 30, 99)]
+    assert topk == [0.16, 0.16, 0.08, 0.04, 0.02, 0.02]
+    assert warm.down_params(99, None) == robust.downlink
+
+
 def test_baselines_are_framed_as_fedcodec_so_bytes_compare_codecs() -> None:
     """The baselines' messages carry the coded bytes inline in one ConfigRecord each way
     (the reply with the app's metrics folded in, as fedcodec's wire): what a message costs

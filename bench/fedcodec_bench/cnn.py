@@ -133,7 +133,14 @@ def cnn_methods(quick: bool = False) -> list[CnnMethod]:
     lean4 rd-6% down warm lean4 rd-0.5% auto``) use the same parameter objects with their
     own step snapping, so their results stay comparable with ``docs/bench/cnn.md``.
     """
-    from fedcodec.pipeline import PRESET_NAMES, RoundParams, Sensitivity, Sparsification, get_preset
+    from fedcodec.pipeline import (
+        PRESET_NAMES,
+        RoundParams,
+        Sensitivity,
+        Sparsification,
+        StepSchedule,
+        get_preset,
+    )
 
     presets = {name: get_preset(name) for name in PRESET_NAMES}
     near, balanced = presets["near-lossless"], presets["balanced"]
@@ -272,7 +279,6 @@ def cnn_methods(quick: bool = False) -> list[CnnMethod]:
     )
     # Long runs (50-100 rounds): sparse both ways at lower rates, and a sparsity warm-up
     # (DGC/STC-style: dense early rounds, halving top-k every 2 rounds down to the rate).
-    from fedcodec.pipeline import StepSchedule
 
     def warm(topk: float, start: float = 0.08, **kw: Any) -> Any:
         """RD top-k from ``start``, halved every 2 rounds, down to ``topk``."""
@@ -480,6 +486,37 @@ def cnn_methods(quick: bool = False) -> list[CnnMethod]:
             ("fedcodec robust up, plain dense S=0 down", robust.uplink, coarse),
             ("fedcodec plain dense S=0 up, robust down", coarse, robust.downlink),
             ("fedcodec plain rd-5% up, robust down", plain_top5, robust.downlink),
+        )
+    ]
+    # "robust"'s uplink with Sensitivity part by part (docs/bench/cnn.md, "robust's uplink
+    # without Sensitivity"): statistics at 6 bits only (no finer steps, vectors sparsified),
+    # or the statistics handled as biases (no pattern: the model step, never sparsified);
+    # and "robust" with a downlink warm-up (top-16 %, halved every 10 rounds down to 2 %).
+    assert isinstance(robust.uplink, RoundParams)
+    assert isinstance(robust.downlink, RoundParams)
+    stats_only = Sensitivity(stat_bits=6, max_refine=1.0, sparsify_vectors=True)
+    as_biases = Sensitivity(stat_bits=6, stat_patterns=())
+    warm_down = StepSchedule(
+        robust.downlink.replace(sparsification=Sparsification(topk=0.16, allocation="rd")),
+        "topk",
+        gamma=0.5,
+        every=10,
+        limit=0.02,
+    )
+    methods += [
+        CnnMethod(name, "fedcodec", params=up, down_params=down, step_snap="auto")
+        for name, up, down in (
+            (
+                "fedcodec robust up statistics-only Sensitivity, robust down",
+                robust.uplink.replace(sensitivity=stats_only),
+                robust.downlink,
+            ),
+            (
+                "fedcodec robust up statistics as biases, robust down",
+                robust.uplink.replace(sensitivity=as_biases),
+                robust.downlink,
+            ),
+            ("fedcodec robust, downlink warm-up 16% to 2%", robust.uplink, warm_down),
         )
     ]
     # Temporal reference: each node codes its update against its previous one (the coder
