@@ -81,8 +81,8 @@ def test_warmup_methods_run_their_schedule_through_the_plugin() -> None:
 def test_sensitivity_part_methods_change_only_what_their_names_say() -> None:
     """The part-by-part methods of docs/bench/cnn.md ("robust's uplink without
     Sensitivity") are robust with one thing changed: the uplink's Sensitivity (statistics
-    only; statistics as biases) or the downlink's top-k early (16 % halved every 10 rounds
-    to robust's 2 %)."""
+    only; statistics as biases) or one link's top-k early (16 % halved every 10 rounds to
+    robust's 2 % down, 40 % to its 5 % up)."""
     from fedcodec.pipeline import Sensitivity, get_preset
 
     robust = get_preset("robust")
@@ -109,6 +109,11 @@ def test_sensitivity_part_methods_change_only_what_their_names_say() -> None:
     topk = [warm.down_params(r, None).sparsification.topk for r in (0, 9, 10, 20, 30, 99)]
     assert topk == [0.16, 0.16, 0.08, 0.04, 0.02, 0.02]
     assert warm.down_params(99, None) == robust.downlink
+    warm_up = methods["fedcodec robust, uplink warm-up 40% to 5%"]
+    assert warm_up.down_params == robust.downlink
+    topk = [warm_up.params(r, None).sparsification.topk for r in (0, 10, 20, 30, 99)]
+    assert topk == [0.4, 0.2, 0.1, 0.05, 0.05]
+    assert warm_up.params(99, None) == robust.uplink
 
 
 def test_baselines_are_framed_as_fedcodec_so_bytes_compare_codecs() -> None:

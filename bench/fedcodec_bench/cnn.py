@@ -491,7 +491,8 @@ def cnn_methods(quick: bool = False) -> list[CnnMethod]:
     # "robust"'s uplink with Sensitivity part by part (docs/bench/cnn.md, "robust's uplink
     # without Sensitivity"): statistics at 6 bits only (no finer steps, vectors sparsified),
     # or the statistics handled as biases (no pattern: the model step, never sparsified);
-    # and "robust" with a downlink warm-up (top-16 %, halved every 10 rounds down to 2 %).
+    # and "robust" with a downlink warm-up (top-16 %, halved every 10 rounds down to 2 %) or
+    # an uplink warm-up (top-40 %, halved every 10 rounds down to 5 %).
     assert isinstance(robust.uplink, RoundParams)
     assert isinstance(robust.downlink, RoundParams)
     stats_only = Sensitivity(stat_bits=6, max_refine=1.0, sparsify_vectors=True)
@@ -502,6 +503,13 @@ def cnn_methods(quick: bool = False) -> list[CnnMethod]:
         gamma=0.5,
         every=10,
         limit=0.02,
+    )
+    warm_up = StepSchedule(
+        robust.uplink.replace(sparsification=Sparsification(topk=0.4, allocation="rd")),
+        "topk",
+        gamma=0.5,
+        every=10,
+        limit=0.05,
     )
     methods += [
         CnnMethod(name, "fedcodec", params=up, down_params=down, step_snap="auto")
@@ -517,6 +525,7 @@ def cnn_methods(quick: bool = False) -> list[CnnMethod]:
                 robust.downlink,
             ),
             ("fedcodec robust, downlink warm-up 16% to 2%", robust.uplink, warm_down),
+            ("fedcodec robust, uplink warm-up 40% to 5%", warm_up, robust.downlink),
         )
     ]
     # Temporal reference: each node codes its update against its previous one (the coder
