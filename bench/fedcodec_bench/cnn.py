@@ -497,20 +497,15 @@ def cnn_methods(quick: bool = False) -> list[CnnMethod]:
     assert isinstance(robust.downlink, RoundParams)
     stats_only = Sensitivity(stat_bits=6, max_refine=1.0, sparsify_vectors=True)
     as_biases = Sensitivity(stat_bits=6, stat_patterns=())
-    warm_down = StepSchedule(
-        robust.downlink.replace(sparsification=Sparsification(topk=0.16, allocation="rd")),
-        "topk",
-        gamma=0.5,
-        every=10,
-        limit=0.02,
-    )
-    warm_up = StepSchedule(
-        robust.uplink.replace(sparsification=Sparsification(topk=0.4, allocation="rd")),
-        "topk",
-        gamma=0.5,
-        every=10,
-        limit=0.05,
-    )
+
+    def slow_warm(link: RoundParams, start: float) -> StepSchedule:
+        """``link`` from RD top-``start``, halved every 10 rounds down to its own top-k."""
+        assert link.sparsification is not None
+        assert link.sparsification.topk is not None
+        first = link.replace(sparsification=Sparsification(topk=start, allocation="rd"))
+        return StepSchedule(first, "topk", gamma=0.5, every=10, limit=link.sparsification.topk)
+
+    warm_down, warm_up = slow_warm(robust.downlink, 0.16), slow_warm(robust.uplink, 0.4)
     methods += [
         CnnMethod(name, "fedcodec", params=up, down_params=down, step_snap="auto")
         for name, up, down in (
