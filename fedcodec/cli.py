@@ -191,7 +191,7 @@ def _add_serve(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
         "--preset",
         metavar="NAME",
         default=None,
-        help="a measured coding of both links (near-lossless, robust, balanced, "
+        help="a measured coding of both links (near-lossless, dense, robust, balanced, "
         "lean-full, lean-partial; docs/torch.md 'Which preset'); excludes params.*, schedule.*, "
         "downlink.params.* and downlink.step_snap",
     )

@@ -403,7 +403,8 @@ class ServerConfig:
         refuses to start (a valid database is always resumed).
     preset : str
         A named coding of both links (:func:`fedcodec.pipeline.get_preset`:
-        ``near-lossless``, ``robust``, ``balanced``, ``lean-full``, ``lean-partial``):
+        ``near-lossless``, ``dense``, ``robust``, ``balanced``, ``lean-full``,
+        ``lean-partial``):
         the uplink schedule, the downlink's and ``downlink.step_snap`` come from it, so
         ``[params]``, ``[schedule]``, ``[downlink.params]`` and ``downlink.step_snap``
         must be left unset.  Empty (default): those sections.

@@ -116,6 +116,20 @@ def test_sensitivity_part_methods_change_only_what_their_names_say() -> None:
     assert warm_up.params(99, None) == robust.uplink
 
 
+def test_coarser_near_lossless_methods_differ_only_in_s() -> None:
+    """The "near-lossless S=N" methods are the preset with another S on both links."""
+    from fedcodec.pipeline import get_preset
+
+    near = get_preset("near-lossless")
+    methods = {m.name: m for m in cnn_methods()}
+    for S in (8, 4, 2, 0):
+        m = methods[f"fedcodec near-lossless S={S}"]
+        assert m.params == m.down_params == near.uplink.replace(S=S)
+        assert m.params.S == S
+        assert m.params.replace(S=16) == near.uplink
+        assert (m.step_snap, m.fisher) == (near.step_snap, near.fisher)
+
+
 def test_baselines_are_framed_as_fedcodec_so_bytes_compare_codecs() -> None:
     """The baselines' messages carry the coded bytes inline in one ConfigRecord each way
     (the reply with the app's metrics folded in, as fedcodec's wire): what a message costs

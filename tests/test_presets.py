@@ -61,6 +61,16 @@ HISTORICAL: dict[str, tuple[Any, Any, str, bool, str, str, str]] = {
     # only while a node lags: in full participation the same bytes as "grid", which measured
     # it; partial participation re-measured as the preset, docs/bench/cnn-catchup.json).
     "near-lossless": (_DENSE, _DENSE, "auto", False, "fedcodec sens dense S=16", "grid", "cnn-v3"),
+    # "near-lossless" at S=4 (docs/bench/cnn.md, "Dense at coarser steps").
+    "dense": (
+        _DENSE.replace(S=4),
+        _DENSE.replace(S=4),
+        "auto",
+        False,
+        "fedcodec near-lossless S=4",
+        "auto",
+        "cnn-dense",
+    ),
     # Top-5 % up, top-2 % down, statistics at 6 bits (first measured as the preset itself
     # with 10-bit statistics, docs/bench/cnn-robust.json).
     "robust": (
@@ -103,7 +113,14 @@ HISTORICAL: dict[str, tuple[Any, Any, str, bool, str, str, str]] = {
 
 
 def test_the_preset_names_in_order_of_compression() -> None:
-    assert PRESET_NAMES == ("near-lossless", "robust", "balanced", "lean-full", "lean-partial")
+    assert PRESET_NAMES == (
+        "near-lossless",
+        "dense",
+        "robust",
+        "balanced",
+        "lean-full",
+        "lean-partial",
+    )
     assert set(HISTORICAL) == set(PRESET_NAMES)
 
 

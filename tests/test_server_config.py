@@ -241,7 +241,10 @@ def test_a_preset_sets_the_coding_of_both_links(tmp_path: Path) -> None:
         ({"preset": "balanced", "schedule.kind": "step"}, "schedule.kind"),
         ({"preset": "balanced", "downlink.params.S": 8}, "downlink.params.S"),
         ({"preset": "balanced", "downlink.step_snap": "grid"}, "downlink.step_snap"),
-        ({"preset": "fastest"}, "preset must be one of near-lossless, robust, balanced, lean-full"),
+        (
+            {"preset": "fastest"},
+            "preset must be one of near-lossless, dense, robust, balanced, lean-full",
+        ),
     ],
 )
 def test_a_preset_with_explicit_coding_or_an_unknown_name_is_a_config_error(
@@ -307,7 +310,8 @@ def test_fedcodec_serve_takes_a_preset_flag(capsys: pytest.CaptureFixture[str]) 
     assert printed["preset"] == "lean-full"
     assert "params.lam" not in printed
     assert main(["serve", "--insecure", "--preset", "fastest", "--print-config"]) == 2
-    assert "near-lossless, robust, balanced, lean-full, lean-partial" in capsys.readouterr().err
+    names = "near-lossless, dense, robust, balanced, lean-full, lean-partial"
+    assert names in capsys.readouterr().err
     args = ["serve", "--insecure", "--preset", "balanced", "--set", "params.S=8"]
     assert main([*args, "--print-config"]) == 2
     assert "leave params.S unset" in capsys.readouterr().err

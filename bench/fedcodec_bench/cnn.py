@@ -473,6 +473,20 @@ def cnn_methods(quick: bool = False) -> list[CnnMethod]:
         for bits in (6, 4)
     ]
     methods.append(CnnMethod("fedcodec near-lossless stat6", "fedcodec", **stat_bits(near, 6)))
+    # "near-lossless" at coarser steps (S = 16 in the preset; S = 0: the RMS of the nonzeros),
+    # dense both ways (docs/bench/cnn.md, "Dense at coarser steps").
+    assert isinstance(near.uplink, RoundParams)
+    assert near.downlink == near.uplink
+    methods += [
+        CnnMethod(
+            f"fedcodec near-lossless S={S}",
+            "fedcodec",
+            params=near.uplink.replace(S=S),
+            down_params=near.uplink.replace(S=S),
+            step_snap=near.step_snap,
+        )
+        for S in (8, 4, 2, 0)
+    ]
     # What each link's coding costs in partial participation (docs/bench/cnn.md, "Which link
     # costs the points"): "robust" on one link, the example app's coarse dense coding
     # (lambda 0.5, S 0: step = the RMS of the nonzeros) or a top-5 % without Sensitivity on

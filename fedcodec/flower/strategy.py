@@ -247,7 +247,7 @@ class CompressionStrategy(Strategy):
         schedule; ``per_client`` does not apply: one stream serves all nodes).
     preset : str or Preset, optional
         A named coding of both links as measured on the CNN family
-        (:func:`fedcodec.pipeline.get_preset`: ``"near-lossless"``,
+        (:func:`fedcodec.pipeline.get_preset`: ``"near-lossless"``, ``"dense"``,
         ``"robust"``, ``"balanced"``, ``"lean-full"``, ``"lean-partial"``; the table is in
         ``docs/torch.md``): it sets ``schedule``, ``downlink`` and ``step_snap``,
         so none of them may be given with it (a ``ValueError``).  All but

@@ -9,7 +9,7 @@ Flower plugin).
 * :mod:`~fedcodec.pipeline.params` — :class:`RoundParams` (λ, S or Δ, byte budget,
   sparsification, per-client overrides) and schedules.
 * :mod:`~fedcodec.pipeline.presets` — :class:`Preset`, :func:`get_preset`: named codings of
-  both links as measured (``"near-lossless"``, ``"robust"``, ``"balanced"``,
+  both links as measured (``"near-lossless"``, ``"dense"``, ``"robust"``, ``"balanced"``,
   ``"lean-full"``, ``"lean-partial"``).
 * :mod:`~fedcodec.pipeline.ratecontrol` — fixed parameters or a byte budget met within ±5 %.
 * :mod:`~fedcodec.pipeline.client` — :class:`UpdateEncoder`: differential updates with error

@@ -13,6 +13,8 @@ over the same rounds, paired by seed, median of 3 seeds.
 
 * ``"near-lossless"`` — dense, any participation, any horizon: 32× at −0.03 pt (full
   participation, 50 rounds), 23× at −0.07 pt (6 of 30 nodes a round, 100 rounds);
+* ``"dense"`` — ``"near-lossless"`` at S=4, any participation: 42× at −0.13 pt (full
+  participation), 32× at −0.10 pt (6 of 30 nodes a round);
 * ``"robust"`` — RD top-5 % up, top-2 % down, statistics at 6 bits, with or without Fisher
   importance: 143× at −0.17 pt without it (CNN, full participation, 50 rounds), 81× at
   +1.17 pt on a MobileNet-style CNN with thirteen BatchNorm layers; on a numpy MNIST MLP
@@ -31,7 +33,7 @@ participation of ``"near-lossless"`` with its ``step_snap="auto"`` in
 ``"robust"`` on main at 2c5a2e4 (``docs/bench/cnn-robust.json``, 10-bit statistics) and, with
 6-bit statistics, on main at 66975eb + the statistics hook (``docs/bench/cnn-bnstats.json``).
 
-Fisher importance.  All presets but ``"near-lossless"`` and ``"robust"`` were measured
+Fisher importance.  All presets but ``"near-lossless"``, ``"dense"`` and ``"robust"`` were measured
 with the clients' diagonal Fisher importance (:class:`fedcodec.torch.FisherAccumulator`,
 sent in the reply's ``IMPORTANCE_RECORD``, which the mod consumes; :attr:`Preset.fisher`).
 Without it :class:`~fedcodec.pipeline.params.Sensitivity` falls back to its ``fallback="magnitude"``
@@ -61,6 +63,7 @@ __all__ = [
     "PRESET_NAMES",
     "Preset",
     "balanced",
+    "dense",
     "get_preset",
     "lean_full",
     "lean_partial",
@@ -138,6 +141,30 @@ def near_lossless() -> Preset:
     """
     dense = RoundParams(lam=0.5, S=16, sensitivity=Sensitivity())
     return Preset("near-lossless", dense, dense, "auto", fisher=False)
+
+
+def dense() -> Preset:
+    """``"dense"``: ``"near-lossless"``'s coding at S=4 instead of 16, no sparsification.
+
+    ``RoundParams(lam=0.5, S=4, sensitivity=Sensitivity())`` on both links,
+    ``step_snap="auto"``: the coding of :func:`near_lossless` with S=4 instead of 16.
+    Measured as ``fedcodec near-lossless S=4`` (``fedcodec-bench cnn``, without Fisher
+    importance, 3 seeds; ``docs/bench/cnn.md``, "Dense at coarser steps";
+    ``docs/bench/cnn-dense.json``), in every seed within 0.7 point of float32 FedAvg over
+    the last three rounds: the small CNN 42× (42, 43, 42) at −0.13 pt (−0.20, −0.13, +0.03)
+    in full participation (10 of 10, 50 rounds; ``"near-lossless"`` 32×) and 32× (33, 32,
+    31) at −0.10 pt (−0.10, −0.30, +0.03) with 6 of 30 nodes a round (100 rounds; 23×); the
+    MobileNet-style CNN 31× (31, 31, 35) at 0.00 pt (0.00, −0.07, +1.87) in full
+    participation (24×) and 26× (26, 24, 29) at −0.40 pt (−0.27, −0.67, −0.40) with 6 of 30
+    (20×; over rounds 51-100 1.8-2.2 pt behind, ``"near-lossless"`` 0.5-1.3); bench fl's
+    numpy MNIST MLP (15 of 30 clients a round, 40 rounds) 51.5× (55.0, 51.5, 50.2) at
+    −0.16 pt (−0.16, −0.10, −0.28; ``"near-lossless"`` 34× at −0.12).
+    The next step down in bytes for a task no sparse preset was measured on, or when nodes
+    take turns (partial participation), where ``"robust"`` lost 1.1 points on the small CNN
+    and 5.1 on the MobileNet-style one.  Fisher importance is optional (not measured with it).
+    """
+    coarse = RoundParams(lam=0.5, S=4, sensitivity=Sensitivity())
+    return Preset("dense", coarse, coarse, "auto", fisher=False)
 
 
 def robust() -> Preset:
@@ -260,6 +287,7 @@ def lean_partial() -> Preset:
 
 _FACTORIES: dict[str, Callable[[], Preset]] = {
     "near-lossless": near_lossless,
+    "dense": dense,
     "robust": robust,
     "balanced": balanced,
     "lean-full": lean_full,
