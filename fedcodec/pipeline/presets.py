@@ -113,6 +113,12 @@ def _lean(topk: float) -> RoundParams:
     )
 
 
+def _dense(S: int) -> RoundParams:
+    """λ=0.5 at resolution ``S``, no sparsification, statistics at 10 bits, per-tensor steps
+    from the importance (``"near-lossless"`` at S=16, ``"dense"`` at S=4)."""
+    return RoundParams(lam=0.5, S=S, sensitivity=Sensitivity())
+
+
 def _warm(base: RoundParams, limit: float) -> StepSchedule:
     """Sparsity warm-up: ``base``'s top-k halved every 2 rounds down to ``limit``."""
     return StepSchedule(base, "topk", gamma=0.5, every=2, limit=limit)
@@ -139,8 +145,8 @@ def near_lossless() -> Preset:
     324k-parameter CNN, 6 of 30, 30 rounds (``fedcodec/v3`` wire): 19× at −1.13 pt (1 seed).
     Fisher importance is optional here (not measured with it).
     """
-    dense = RoundParams(lam=0.5, S=16, sensitivity=Sensitivity())
-    return Preset("near-lossless", dense, dense, "auto", fisher=False)
+    both = _dense(16)
+    return Preset("near-lossless", both, both, "auto", fisher=False)
 
 
 def dense() -> Preset:
@@ -163,8 +169,8 @@ def dense() -> Preset:
     take turns (partial participation), where ``"robust"`` lost 1.1 points on the small CNN
     and 5.1 on the MobileNet-style one.  Fisher importance is optional (not measured with it).
     """
-    coarse = RoundParams(lam=0.5, S=4, sensitivity=Sensitivity())
-    return Preset("dense", coarse, coarse, "auto", fisher=False)
+    both = _dense(4)
+    return Preset("dense", both, both, "auto", fisher=False)
 
 
 def robust() -> Preset:
