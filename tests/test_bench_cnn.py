@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 
 pytest.importorskip("torch", reason="the CNN benchmark needs torch")
@@ -128,6 +130,19 @@ def test_coarser_near_lossless_methods_differ_only_in_s() -> None:
         assert m.params.S == S
         assert m.params.replace(S=16) == near.uplink
         assert (m.step_snap, m.fisher) == (near.step_snap, near.fisher)
+
+
+def test_filter_scaling_preset_methods_differ_only_in_the_filter_weight() -> None:
+    """The "+filter(l1)" methods of issue #13's proof are the lean presets exactly as
+    ``preset=NAME`` runs them, with ``FilterScaling(l1)`` in local training."""
+    methods = {m.name: m for m in cnn_methods()}
+    for name in ("lean-full", "lean-partial"):
+        preset = methods[f"fedcodec preset {name}"]
+        assert preset.filter_l1 is None
+        for text, l1 in (("1e-3", 1e-3), ("1e-2", 1e-2)):
+            m = methods[f"fedcodec preset {name} +filter({text})"]
+            assert m.filter_l1 == l1
+            assert dataclasses.replace(m, name=preset.name, filter_l1=None) == preset
 
 
 def test_baselines_are_framed_as_fedcodec_so_bytes_compare_codecs() -> None:

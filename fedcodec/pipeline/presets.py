@@ -278,7 +278,9 @@ def lean_partial() -> Preset:
     warm lean4 rd-0.5% auto``, Fisher importance, compact containers, 6 of 30 nodes a round,
     100 rounds, 3 seeds): 111× (114, 110, 108) at −0.77 pt median (−1.57, −0.57, −0.77);
     over rounds 51-100 1.4-3.1 pt behind float32 (a round swings by 1-3 points).  FedProx
-    (mu 0.01): 110× at −1.20 pt (``docs/bench/cnn.md``, "toward 300×", partial table).
+    (mu 0.01): 110× at −1.20 pt (``docs/bench/cnn.md``, "toward 300×", partial table); with
+    the statistics measured on the coded model (``CodedStatistics``) 110× at −0.93 pt
+    (re-run on main at c320346, ``docs/bench/cnn.md``, "Issue #13's proof").
     Re-run as ``fedcodec preset lean-partial``: the same accuracies, bytes within 200 B.
     ``"balanced"`` there: 128× at −1.23 pt, about as far behind over rounds 51-100.
     """
