@@ -461,11 +461,11 @@ def cnn_methods(quick: bool = False) -> list[CnnMethod]:
     # The 300x and the partial-participation presets with the seed paper's filter-wise scaling
     # in local training (FilterScaling, its l1 regularizer at two weights): the option's gain
     # at the codings the proof uses.
-    lean = {f"fedcodec preset {name}" for name in ("lean-full", "lean-partial")}
+    lean_names = {f"fedcodec preset {name}" for name in ("lean-full", "lean-partial")}
     methods += [
         dataclasses.replace(m, name=f"{m.name} +filter({text})", filter_l1=l1)
         for m in methods
-        if m.name in lean
+        if m.name in lean_names
         for text, l1 in (("1e-3", 1e-3), ("1e-2", 1e-2))
     ]
 
