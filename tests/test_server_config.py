@@ -302,6 +302,19 @@ def test_clients_run_rounds_with_a_preset(tmp_path: Path) -> None:
                 c.close()
 
 
+def test_fedcodec_serve_help_names_every_preset(capsys: pytest.CaptureFixture[str]) -> None:
+    """The --preset help lists the names by hand (the CLI does not import the pipeline to
+    start); it must name every preset, in order."""
+    from fedcodec.cli import main
+    from fedcodec.pipeline import PRESET_NAMES
+
+    with pytest.raises(SystemExit) as exc:
+        main(["serve", "--help"])
+    assert exc.value.code == 0
+    text = " ".join(capsys.readouterr().out.split())
+    assert f"({', '.join(PRESET_NAMES)};" in text
+
+
 def test_fedcodec_serve_takes_a_preset_flag(capsys: pytest.CaptureFixture[str]) -> None:
     from fedcodec.cli import main
 
